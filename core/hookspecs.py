@@ -1,0 +1,646 @@
+"""The contract between skiff's microkernel and its drivers.
+
+Two kinds of hooks live here (project name ``skiff``):
+
+*Discovery hooks* let a plugin module contribute named drivers.  Each returns
+a mapping of driver name to a factory; the daemon calls the factory of the
+driver that ``daemon.json`` selects.  Five kinds exist, one entry-point group
+each: ``skiff.storage``, ``skiff.network``, ``skiff.logging``,
+``skiff.isolation`` and ``skiff.limits``.  A third-party package adds a driver
+by declaring an entry point in one of those groups whose value is a module
+holding ``@hookimpl`` functions; the built-in drivers register the same way.
+
+*Lifecycle broadcasts* are called on every registered plugin in turn, so any
+plugin may act on daemon start-up and shutdown and on each step of a
+container's life.
+
+Drivers are plain objects that satisfy the ``typing.Protocol`` classes below.
+Their methods are synchronous and may block (mounting, copying, unpacking): the
+daemon calls them from worker threads, never on its event loop, so a driver
+needs no knowledge of trio.  The one exception is the container runtime, whose
+methods are async because starting a process is a conversation.
+
+Read Moby's graphdriver for the storage model and containerd's snapshotters
+for the idea of describing mounts as data: a storage driver returns
+``MountSpec`` records and the container init performs them inside the
+container's own mount namespace, so a running container leaves nothing in the
+host's mount table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import IO, Any, Literal, Protocol, runtime_checkable
+
+import pluggy
+
+PROJECT = "skiff"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+#: Entry-point group for each driver kind, in the order the daemon loads them.
+ENTRY_POINT_GROUPS: dict[str, str] = {
+    "storage": "skiff.storage",
+    "network": "skiff.network",
+    "logging": "skiff.logging",
+    "isolation": "skiff.isolation",
+    "limits": "skiff.limits",
+}
+
+
+class DriverNotSupported(Exception):
+    """Raised by a driver factory when the driver cannot work on this host.
+
+    The message says why (missing kernel feature, wrong filesystem under the
+    data-root, missing helper binary) and what the operator can do.  When no
+    storage driver is configured the daemon tries drivers in order of
+    preference and skips those that raise this.
+    """
+
+
+# ---------------------------------------------------------------------------
+# Shared records
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class MountSpec:
+    """A mount described as data, performed later by whoever owns the namespace.
+
+    ``type`` is a filesystem type (``overlay``, ``tmpfs``, ``proc``) or ``bind``.
+    ``options`` are mount(8)-style options: flags such as ``ro``, ``rbind``,
+    ``nosuid`` and ``rprivate`` are turned into mount flags, anything else
+    (``lowerdir=...``) is passed to the filesystem as data.
+
+    ``destination`` is a path inside the container; for the root filesystem
+    mounts a storage driver returns it is ``/``.  ``cwd``, when set, is a host
+    directory to change into before mounting, so that long option strings can
+    use short relative paths (overlay2's ``l/`` links keep ``lowerdir`` under
+    the one-page limit of mount data this way).
+    """
+
+    type: str
+    source: str
+    destination: str = "/"
+    options: list[str] = field(default_factory=list)
+    cwd: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "source": self.source,
+            "destination": self.destination,
+            "options": list(self.options),
+            "cwd": self.cwd,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> MountSpec:
+        return cls(
+            type=data["type"],
+            source=data["source"],
+            destination=data.get("destination", "/"),
+            options=list(data.get("options", [])),
+            cwd=data.get("cwd"),
+        )
+
+
+@dataclass
+class Change:
+    """One entry of a filesystem diff, as ``docker diff`` shows it.
+
+    ``kind`` is 0 for modified, 1 for added, 2 for deleted (Docker's values).
+    """
+
+    path: str
+    kind: Literal[0, 1, 2]
+
+
+# ---------------------------------------------------------------------------
+# Storage
+# ---------------------------------------------------------------------------
+
+
+@runtime_checkable
+class StorageDriver(Protocol):
+    """A layer store: read-only image layers and read-write container layers.
+
+    Every layer has a driver-chosen ``id`` (skiff passes the layer's cache-id, a
+    random hex string) and an optional parent.  A driver may keep whatever it
+    likes under its home directory (``<data-root>/<driver name>``); skiff keeps
+    the content-addressed metadata (diffID, chainID, sizes) itself, under
+    ``<data-root>/image/<driver>/layerdb``.
+
+    All methods may block and are called from worker threads.  Methods that
+    change state must either complete or leave the layer as it was: a failed
+    ``create`` leaves no directory behind, a failed ``apply_diff`` leaves the
+    layer empty and removable.
+    """
+
+    name: str
+
+    def status(self) -> list[tuple[str, str]]:
+        """Key/value pairs for ``docker info``'s DriverStatus (backing fs, ...)."""
+        ...
+
+    def create(self, id: str, parent: str | None) -> None:
+        """Create an empty read-only layer on top of ``parent`` (None: a base layer)."""
+        ...
+
+    def create_rw(self, id: str, parent: str | None, storage_opts: Mapping[str, str]) -> None:
+        """Create a container's read-write layer on top of ``parent``.
+
+        ``storage_opts`` are the per-container ``--storage-opt`` values; a
+        driver that does not understand one raises ``ValueError`` naming it.
+        """
+        ...
+
+    def remove(self, id: str) -> None:
+        """Remove a layer and everything the driver keeps for it.  Idempotent."""
+        ...
+
+    def exists(self, id: str) -> bool:
+        """Whether the layer exists."""
+        ...
+
+    def metadata(self, id: str) -> dict[str, str]:
+        """Driver data for inspect's ``GraphDriver.Data`` (e.g. LowerDir, UpperDir)."""
+        ...
+
+    def mounts(self, id: str) -> list[MountSpec]:
+        """Describe how to mount layer ``id`` as a root filesystem, without mounting.
+
+        The container init performs these mounts, in order, inside the
+        container's private mount namespace with ``destination`` ``/``
+        meaning the new root.  Nothing is mounted on the host.
+        """
+        ...
+
+    def get(self, id: str) -> str:
+        """Mount the layer on the host and return the path of its root.
+
+        Reference counted: every ``get`` must be paired with a ``put``.  Only
+        operations that need a host path use it (cp, export, commit, apply).
+        """
+        ...
+
+    def put(self, id: str) -> None:
+        """Release one reference taken by ``get``; unmount at zero."""
+        ...
+
+    def apply_diff(self, id: str, parent: str | None, diff: IO[bytes]) -> int:
+        """Unpack an uncompressed layer tar stream into layer ``id``.
+
+        OCI whiteouts (``.wh.<name>`` and ``.wh..wh..opq``) delete or hide what
+        the parent chain holds, in whatever representation the driver uses.
+        The tar must never write outside the layer (``skiff.core.archive``
+        does the safe extraction).  Returns the size in bytes of the unpacked
+        content.
+        """
+        ...
+
+    def diff(self, id: str, parent: str | None) -> IO[bytes]:
+        """An uncompressed tar stream of what layer ``id`` changes over ``parent``,
+        with deletions as OCI whiteouts.  The caller closes the stream."""
+        ...
+
+    def changes(self, id: str, parent: str | None) -> list[Change]:
+        """What layer ``id`` adds, modifies and deletes relative to ``parent``."""
+        ...
+
+    def diff_size(self, id: str, parent: str | None) -> int:
+        """Size in bytes of what ``diff`` would contain, without building the tar."""
+        ...
+
+    def cleanup(self) -> None:
+        """Release host resources at daemon shutdown (mounts the driver made)."""
+        ...
+
+
+@dataclass
+class StorageContext:
+    """What a storage driver factory receives."""
+
+    home: str  #: the driver's own directory, ``<data-root>/<name>``
+    data_root: str
+    options: dict[str, str]  #: ``storage-opts`` from daemon.json, prefix removed
+
+
+class StorageFactory(Protocol):
+    def __call__(self, ctx: StorageContext) -> StorageDriver:
+        """Build the driver, or raise ``DriverNotSupported`` saying why not."""
+        ...
+
+
+# ---------------------------------------------------------------------------
+# Network
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class Endpoint:
+    """A container's attachment to one network, as the driver reports it."""
+
+    network_id: str
+    endpoint_id: str
+    container_id: str
+    ip_address: str = ""
+    ip_prefix_len: int = 0
+    gateway: str = ""
+    mac_address: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class NetworkDriver(Protocol):
+    """Plumbing between a container's network namespace and the outside.
+
+    ``netns`` decides where a container's network stack comes from:
+    ``"new"`` gives it a fresh namespace, which ``join`` then plumbs (a veth,
+    a route) between clone and exec; ``"host"`` shares the host's namespace
+    and ``join`` has nothing to do.
+    """
+
+    name: str
+    netns: Literal["new", "host"]
+
+    def create_network(self, network_id: str, options: Mapping[str, Any]) -> None:
+        """Create the network's host-side resources (bridge, firewall chains)."""
+        ...
+
+    def delete_network(self, network_id: str) -> None:
+        """Remove what ``create_network`` made.  Idempotent."""
+        ...
+
+    def create_endpoint(self, network_id: str, endpoint: Endpoint) -> Endpoint:
+        """Reserve what the endpoint needs (address, interface) and describe it."""
+        ...
+
+    def join(self, endpoint: Endpoint, pid: int) -> None:
+        """Plumb the endpoint into the namespace of process ``pid`` (before exec)."""
+        ...
+
+    def leave(self, endpoint: Endpoint) -> None:
+        """Undo ``join`` after the container stopped.  Idempotent."""
+        ...
+
+    def delete_endpoint(self, endpoint: Endpoint) -> None:
+        """Release what ``create_endpoint`` reserved.  Idempotent."""
+        ...
+
+
+@dataclass
+class NetworkContext:
+    """What a network driver factory receives."""
+
+    data_root: str
+    exec_root: str
+    config: Mapping[str, Any]  #: the whole daemon configuration (bridge, bip, iptables, ...)
+
+
+class NetworkFactory(Protocol):
+    def __call__(self, ctx: NetworkContext) -> NetworkDriver: ...
+
+
+# ---------------------------------------------------------------------------
+# Logging
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class LogMessage:
+    """One line (or partial line) a container wrote."""
+
+    stream: Literal["stdout", "stderr"]
+    line: bytes  #: including the trailing newline when there was one
+    time: float  #: seconds since the epoch, with sub-second precision
+
+
+@dataclass
+class ReadConfig:
+    """What ``docker logs`` asks for."""
+
+    tail: int | None = None  #: last N lines; None for all
+    since: float | None = None
+    until: float | None = None
+    stdout: bool = True
+    stderr: bool = True
+
+
+@runtime_checkable
+class LogDriver(Protocol):
+    """Where a container's stdout and stderr go."""
+
+    name: str
+
+    def write(self, msg: LogMessage) -> None:
+        """Record one message.  Called in order, from one thread at a time."""
+        ...
+
+    def read(self, config: ReadConfig) -> Iterator[LogMessage]:
+        """Messages already recorded, oldest first, filtered by ``config``.
+
+        Following (``docker logs -f``) is the daemon's job: it reads the past
+        here and then streams live messages.  A driver that cannot read back
+        (syslog) raises ``NotImplementedError``.
+        """
+        ...
+
+    def close(self) -> None:
+        """Flush and release; the container is gone or stopped."""
+        ...
+
+
+@dataclass
+class LogContext:
+    """What a log driver factory receives for one container."""
+
+    container_id: str
+    container_name: str
+    log_path: str  #: ``<data-root>/containers/<id>/<id>-json.log``; file drivers may use it
+    options: dict[str, str]  #: ``log-opts`` merged with the container's ``--log-opt``
+
+
+class LogFactory(Protocol):
+    def __call__(self, ctx: LogContext) -> LogDriver: ...
+
+
+# ---------------------------------------------------------------------------
+# Isolation: the container runtime
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class ContainerSpec:
+    """Everything the container init needs to build the container and exec.
+
+    Isolation plugins may amend it in ``skiff_container_spec`` before the
+    runtime sees it (capabilities, masked paths, seccomp).
+    """
+
+    id: str
+    bundle: str  #: a per-container host directory under exec-root; ``rootfs`` is in it
+    rootfs_mounts: list[MountSpec]  #: from the storage driver, destination ``/``
+    mounts: list[MountSpec]  #: everything else, destinations inside the container
+    args: list[str]
+    env: list[str]
+    cwd: str = "/"
+    user: str = ""  #: Docker's ``--user``: name, uid, uid:gid, name:group
+    hostname: str = ""
+    #: namespace kind -> None for a fresh one, or a path to join (``/proc/PID/ns/net``).
+    #: A kind absent from the mapping is shared with the host.
+    namespaces: dict[str, str | None] = field(default_factory=dict)
+    capabilities: list[str] = field(default_factory=list)  #: names without ``CAP_``
+    masked_paths: list[str] = field(default_factory=list)
+    readonly_paths: list[str] = field(default_factory=list)
+    no_new_privileges: bool = True
+    readonly_rootfs: bool = False
+    rlimits: list[tuple[str, int, int]] = field(default_factory=list)  #: (name, soft, hard)
+    tty: bool = False
+    open_stdin: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        data = {k: v for k, v in self.__dict__.items()}
+        data["rootfs_mounts"] = [m.to_json() for m in self.rootfs_mounts]
+        data["mounts"] = [m.to_json() for m in self.mounts]
+        data["rlimits"] = [list(r) for r in self.rlimits]
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ContainerSpec:
+        kw = dict(data)
+        kw["rootfs_mounts"] = [MountSpec.from_json(m) for m in data["rootfs_mounts"]]
+        kw["mounts"] = [MountSpec.from_json(m) for m in data["mounts"]]
+        kw["rlimits"] = [tuple(r) for r in data.get("rlimits", [])]
+        return cls(**kw)
+
+
+class StartError(Exception):
+    """The container could not be started: its process never ran the user's command.
+
+    ``exit_code`` follows Docker's convention for ``docker run``: 127 when the
+    command was not found, 126 when it could not be executed, 125 otherwise.
+    """
+
+    def __init__(self, message: str, exit_code: int = 125) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class ContainerProcess(Protocol):
+    """A container's init process, between clone and exec and afterwards."""
+
+    pid: int  #: host pid of the container's PID 1
+
+    async def go(self) -> None:
+        """Let the prepared process exec the user's command.
+
+        Returns once ``execve`` succeeded; raises ``StartError`` if it did
+        not (the process is gone then).
+        """
+        ...
+
+    async def wait(self) -> int:
+        """Wait for the process to end; its exit code, 128+N for signal N."""
+        ...
+
+    def kill(self, signal: int) -> None:
+        """Send ``signal`` to the container's PID 1.  No error if it already ended."""
+        ...
+
+    async def abort(self) -> None:
+        """Kill a process that has not been told to ``go`` and reap it."""
+        ...
+
+
+@dataclass
+class Stdio:
+    """File descriptors the container's PID 1 gets as 0, 1 and 2.
+
+    The runtime duplicates them; the caller closes its own copies.
+    """
+
+    stdin: int
+    stdout: int
+    stderr: int
+
+
+class Runtime(Protocol):
+    """Starts container processes.  Isolation is its business.
+
+    ``prepare`` returns a process that has its namespaces, root filesystem,
+    hostname and mounts in place but has not yet dropped privileges or run
+    the user's command.  Between ``prepare`` and ``ContainerProcess.go`` the
+    daemon runs ``skiff_container_prestart`` (cgroups, network plumbing), so
+    the user's process is limited and networked from its first instruction.
+    """
+
+    name: str
+
+    async def start(self) -> None:
+        """Start helpers (the fork server).  Called once when the daemon starts."""
+        ...
+
+    async def stop(self) -> None:
+        """Stop helpers.  Running containers are not affected."""
+        ...
+
+    async def prepare(self, spec: ContainerSpec, stdio: Stdio) -> ContainerProcess:
+        """Create the container's process up to, not including, exec.
+
+        Raises ``StartError`` with a clear message when the spec cannot be
+        realised (missing command, bad user, failed mount); nothing is left
+        running then.
+        """
+        ...
+
+
+@dataclass
+class RuntimeContext:
+    exec_root: str
+    options: dict[str, str]  #: ``exec-opts`` from daemon.json
+
+
+class RuntimeFactory(Protocol):
+    def __call__(self, ctx: RuntimeContext) -> Runtime: ...
+
+
+# ---------------------------------------------------------------------------
+# Limits: cgroups
+# ---------------------------------------------------------------------------
+
+
+class CgroupDriver(Protocol):
+    """Puts containers into control groups and applies their resource limits."""
+
+    name: str  #: ``cgroupfs``
+    version: int  #: 1 or 2
+
+    def create(self, container_id: str, resources: Mapping[str, Any]) -> None:
+        """Create the container's groups and write its limits.
+
+        ``resources`` holds HostConfig's resource fields (Memory, CpuShares,
+        PidsLimit, ...), Docker's names and units.
+        """
+        ...
+
+    def add_process(self, container_id: str, pid: int) -> None:
+        """Move ``pid`` into the container's groups (before exec)."""
+        ...
+
+    def update(self, container_id: str, resources: Mapping[str, Any]) -> None:
+        """Change limits of a running container."""
+        ...
+
+    def stats(self, container_id: str) -> dict[str, Any]:
+        """Counters for the stats API (cpu, memory, pids, blkio)."""
+        ...
+
+    def destroy(self, container_id: str) -> None:
+        """Remove the container's groups; its processes are gone.  Idempotent."""
+        ...
+
+
+@dataclass
+class CgroupContext:
+    parent: str  #: ``cgroup-parent``, default ``skiff``
+
+
+class CgroupFactory(Protocol):
+    def __call__(self, ctx: CgroupContext) -> CgroupDriver: ...
+
+
+# ---------------------------------------------------------------------------
+# What lifecycle hooks see
+# ---------------------------------------------------------------------------
+
+
+class ContainerView(Protocol):
+    """The read-only face of a container that lifecycle hooks receive."""
+
+    id: str
+    name: str
+    config: Mapping[str, Any]  #: Docker's container Config (Image, Cmd, Env, ...)
+    host_config: Mapping[str, Any]  #: Docker's HostConfig
+    root: str  #: ``<data-root>/containers/<id>``
+
+
+# ---------------------------------------------------------------------------
+# The hookspecs
+# ---------------------------------------------------------------------------
+
+
+class SkiffSpec:
+    """Hook specifications.  Implement any subset with ``@hookimpl``."""
+
+    # -- discovery ---------------------------------------------------------
+
+    @hookspec
+    def skiff_storage_drivers(self) -> Mapping[str, StorageFactory]:
+        """Storage drivers this plugin provides, by name (``overlay2``)."""
+
+    @hookspec
+    def skiff_network_drivers(self) -> Mapping[str, NetworkFactory]:
+        """Network drivers this plugin provides, by name (``bridge``, ``host``)."""
+
+    @hookspec
+    def skiff_log_drivers(self) -> Mapping[str, LogFactory]:
+        """Log drivers this plugin provides, by name (``json-file``)."""
+
+    @hookspec
+    def skiff_runtimes(self) -> Mapping[str, RuntimeFactory]:
+        """Container runtimes (isolation kind) this plugin provides, by name."""
+
+    @hookspec
+    def skiff_cgroup_drivers(self) -> Mapping[str, CgroupFactory]:
+        """Cgroup drivers (limits kind) this plugin provides, by name (``cgroupfs``)."""
+
+    # -- lifecycle broadcasts ----------------------------------------------
+
+    @hookspec
+    def skiff_daemon_start(self, config: Mapping[str, Any]) -> None:
+        """The daemon configured itself and is about to serve the API."""
+
+    @hookspec
+    def skiff_daemon_shutdown(self, config: Mapping[str, Any]) -> None:
+        """The daemon stopped serving and is about to exit."""
+
+    @hookspec
+    def skiff_container_create(self, container: ContainerView) -> None:
+        """A container was created (its layers and files exist)."""
+
+    @hookspec
+    def skiff_container_spec(self, container: ContainerView, spec: ContainerSpec) -> None:
+        """Amend the spec before the runtime prepares the process.
+
+        Isolation features hook in here: a plugin may add or drop
+        capabilities, mask paths, add mounts.  Called on every start.
+        """
+
+    @hookspec
+    def skiff_container_prestart(self, container: ContainerView, pid: int) -> None:
+        """The container's process exists (namespaces set up) but has not exec'd.
+
+        Raising here aborts the start: the process is killed and the error is
+        reported to the client.
+        """
+
+    @hookspec
+    def skiff_container_poststop(self, container: ContainerView, exit_code: int) -> None:
+        """The container's process ended and was reaped."""
+
+    @hookspec
+    def skiff_container_remove(self, container: ContainerView) -> None:
+        """The container is about to be deleted; release what you keep for it."""
+
+
+def merge_named(results: Iterable[Mapping[str, Any]], kind: str) -> dict[str, Any]:
+    """Merge discovery-hook results; the same name from two plugins is an error."""
+    merged: dict[str, Any] = {}
+    for mapping in results:
+        for name, factory in mapping.items():
+            if name in merged and merged[name] is not factory:
+                raise ValueError(f"two plugins provide a {kind} driver named {name!r}")
+            merged[name] = factory
+    return merged

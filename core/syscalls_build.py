@@ -1,0 +1,98 @@
+"""cffi out-of-line build of ``skiff.core._syscalls``.
+
+The container start path needs a handful of Linux system calls that the
+standard library does not expose (mount, pivot_root, unshare, setns, capset,
+prctl).  They are compiled once, when the package is built, so no process on
+the start path pays for a run-time ``cdef``.  Storage drivers (overlay and bind
+mounts) and the isolation plugin (the container init) both use them, which is
+why they live in core/.
+"""
+
+from cffi import FFI
+
+CDEF = """
+int mount(const char *source, const char *target, const char *fstype,
+          unsigned long flags, const void *data);
+int umount2(const char *target, int flags);
+int unshare(int flags);
+int setns(int fd, int nstype);
+int skiff_pivot_root(const char *new_root, const char *put_old);
+int skiff_capset(uint64_t effective, uint64_t permitted, uint64_t inheritable);
+int skiff_capget(uint64_t *effective, uint64_t *permitted, uint64_t *inheritable);
+int skiff_bounding_keep(uint64_t keep, int last_cap);
+int skiff_ambient_clear(void);
+int skiff_prctl(int option, unsigned long a2, unsigned long a3,
+                unsigned long a4, unsigned long a5);
+"""
+
+SOURCE = r"""
+#define _GNU_SOURCE
+#include <sched.h>
+#include <stdint.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#include <linux/capability.h>
+
+int skiff_pivot_root(const char *new_root, const char *put_old)
+{
+    return (int)syscall(SYS_pivot_root, new_root, put_old);
+}
+
+int skiff_capset(uint64_t eff, uint64_t perm, uint64_t inh)
+{
+    struct __user_cap_header_struct hdr = {_LINUX_CAPABILITY_VERSION_3, 0};
+    struct __user_cap_data_struct data[2];
+    data[0].effective = (uint32_t)eff;
+    data[1].effective = (uint32_t)(eff >> 32);
+    data[0].permitted = (uint32_t)perm;
+    data[1].permitted = (uint32_t)(perm >> 32);
+    data[0].inheritable = (uint32_t)inh;
+    data[1].inheritable = (uint32_t)(inh >> 32);
+    return (int)syscall(SYS_capset, &hdr, data);
+}
+
+int skiff_capget(uint64_t *eff, uint64_t *perm, uint64_t *inh)
+{
+    struct __user_cap_header_struct hdr = {_LINUX_CAPABILITY_VERSION_3, 0};
+    struct __user_cap_data_struct data[2];
+    int rc = (int)syscall(SYS_capget, &hdr, data);
+    if (rc != 0)
+        return rc;
+    *eff = ((uint64_t)data[1].effective << 32) | data[0].effective;
+    *perm = ((uint64_t)data[1].permitted << 32) | data[0].permitted;
+    *inh = ((uint64_t)data[1].inheritable << 32) | data[0].inheritable;
+    return 0;
+}
+
+/* Drop every capability not in `keep` from the bounding set. */
+int skiff_bounding_keep(uint64_t keep, int last_cap)
+{
+    for (int cap = 0; cap <= last_cap; cap++) {
+        if (keep & ((uint64_t)1 << cap))
+            continue;
+        if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+int skiff_ambient_clear(void)
+{
+    return prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
+}
+
+int skiff_prctl(int option, unsigned long a2, unsigned long a3,
+                unsigned long a4, unsigned long a5)
+{
+    return prctl(option, a2, a3, a4, a5);
+}
+"""
+
+ffibuilder = FFI()
+ffibuilder.cdef(CDEF)
+ffibuilder.set_source("skiff.core._syscalls", SOURCE)
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=True)
