@@ -50,7 +50,7 @@ def _check(rc: int, what: str, path: str | None = None) -> None:
         raise OSError(err, f"{what}: {os.strerror(err)}", path)
 
 
-def _c(s: str | bytes | None):  # noqa: ANN202 - cffi char* or NULL
+def _c(s: str | bytes | None):
     if s is None:
         return ffi.NULL
     return s.encode() if isinstance(s, str) else s

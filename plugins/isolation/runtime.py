@@ -1,0 +1,454 @@
+"""The ``skiff`` container runtime: a fork server, a shim per container, a Python init.
+
+Registered under the ``skiff.isolation`` entry point ``forkserver``.  It also
+fills Docker's security defaults (capabilities, masked and read-only paths,
+no-new-privileges) into every container spec.
+
+Process model::
+
+    skiffd ──unix socket──▶ fork server ──fork──▶ shim ──unshare(pid), fork──▶ init ─exec─▶ cmd
+             (one, started by start())          (per container,
+                                                 owns the connection)
+
+``prepare`` connects to the fork server and sends the spec with the stdio
+descriptors; the fork server forks a shim that keeps the connection (or hands
+the connection to a spare shim forked ahead of time, whose init already
+waits in fresh pid, uts, ipc and net namespaces), so the rest of the
+conversation (pid, go, started, exit) is between the daemon and that
+container's shim alone.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import trio
+
+from skiff.core.hookspecs import (
+    ContainerSpec,
+    ContainerView,
+    RuntimeContext,
+    StartError,
+    Stdio,
+    hookimpl,
+)
+from skiff.plugins.isolation import capabilities
+from skiff.plugins.isolation.forkserver import (
+    PARENT_ENV,
+    READY,
+    short_socket_path,
+    spare_socket_path,
+)
+from skiff.plugins.isolation.shim import EXITCODE_FILE, spec_fits_spare
+
+FORKSERVER_MODULE = "skiff.plugins.isolation.forkserver"
+SOCKET_NAME = "forkserver.sock"
+
+#: Docker's masked paths (moby oci/defaults.go)
+DEFAULT_MASKED_PATHS: tuple[str, ...] = (
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+)
+
+#: Docker's read-only paths
+DEFAULT_READONLY_PATHS: tuple[str, ...] = (
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+)
+
+#: exit code reported when neither the shim nor the exitcode file can say
+UNKNOWN_EXIT = 255
+
+
+# ---------------------------------------------------------------------------
+# Hooks
+# ---------------------------------------------------------------------------
+
+
+@hookimpl
+def skiff_runtimes() -> Mapping[str, Any]:
+    return {"skiff": ForkServerRuntime}
+
+
+@hookimpl(tryfirst=True)
+def skiff_container_spec(container: ContainerView, spec: ContainerSpec) -> None:
+    """Docker's defaults from HostConfig; runs first so other plugins amend them."""
+    hc = container.host_config or {}
+    privileged = bool(hc.get("Privileged"))
+    spec.capabilities = capabilities.tweak(
+        capabilities.DEFAULT_CAPABILITIES, hc.get("CapAdd"), hc.get("CapDrop"), privileged
+    )
+    if privileged:
+        spec.masked_paths = []
+        spec.readonly_paths = []
+    else:
+        # API 1.40+: explicit lists (even empty ones) replace the defaults
+        masked = hc.get("MaskedPaths")
+        readonly = hc.get("ReadonlyPaths")
+        spec.masked_paths = list(DEFAULT_MASKED_PATHS if masked is None else masked)
+        spec.readonly_paths = list(DEFAULT_READONLY_PATHS if readonly is None else readonly)
+    spec.no_new_privileges = no_new_privileges(hc.get("SecurityOpt") or [])
+    if hc.get("ReadonlyRootfs"):
+        spec.readonly_rootfs = True
+
+
+def no_new_privileges(security_opt: Sequence[str]) -> bool:
+    """skiff's rule: on unless ``no-new-privileges:false`` (or ``=false``) asks otherwise."""
+    value = True
+    for opt in security_opt:
+        key, sep, raw = opt.replace("=", ":", 1).partition(":")
+        if key.strip() != "no-new-privileges":
+            continue
+        if not sep:
+            value = True
+            continue
+        lowered = raw.strip().lower()
+        if lowered in ("true", "1", "t"):
+            value = True
+        elif lowered in ("false", "0", "f"):
+            value = False
+        else:
+            raise ValueError(
+                f"invalid --security-opt: {opt!r}: no-new-privileges takes true or false"
+            )
+    return value
+
+
+# ---------------------------------------------------------------------------
+# The daemon's side of the shim protocol
+# ---------------------------------------------------------------------------
+
+
+class _Channel:
+    """Newline-delimited JSON over a trio unix socket."""
+
+    def __init__(self, sock: trio.socket.SocketType) -> None:
+        self.sock = sock
+        self.buf = b""
+
+    async def send(self, message: Mapping[str, Any]) -> None:
+        data = json.dumps(message).encode() + b"\n"
+        while data:
+            sent = await self.sock.send(data)
+            data = data[sent:]
+
+    async def receive(self) -> dict[str, Any] | None:
+        while b"\n" not in self.buf:
+            try:
+                chunk = await self.sock.recv(65536)
+            except OSError:
+                return None
+            if not chunk:
+                return None
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\n")
+        return json.loads(line)
+
+    def close(self) -> None:
+        try:
+            trio.lowlevel.current_task()
+        except RuntimeError:
+            # outside trio (a sync caller dropping the container): no task can
+            # be waiting on the socket, so closing the descriptor is enough
+            if self.sock.fileno() >= 0:
+                os.close(self.sock.detach())
+            return
+        self.sock.close()
+
+
+class ForkServerProcess:
+    """A container's PID 1 as the shim reports it; satisfies ``ContainerProcess``.
+
+    ``kill`` goes through a pidfd opened while the process was known to be
+    alive and unreaped, so a signal can never hit a recycled pid.  If ``go``
+    is cancelled after it sent the word, the command may be running: the
+    caller then ``abort``s (or ``kill``s and ``wait``s) as for any started
+    process.
+    """
+
+    def __init__(self, chan: _Channel, pid: int, pidfd: int, bundle: str) -> None:
+        self.pid = pid
+        self.bundle = bundle
+        self._chan = chan
+        self._pidfd = pidfd
+        self._go_sent = False
+        self._exit: int | None = None
+        self._wait_lock = trio.Lock()
+
+    async def go(self) -> None:
+        if self._go_sent:
+            raise RuntimeError("go() was already called")
+        self._go_sent = True
+        # a failed send shows in the reply, or its absence, below
+        with contextlib.suppress(OSError):
+            await self._chan.send({"cmd": "go"})
+        reply = await self._chan.receive()
+        if reply is not None and reply.get("started"):
+            return
+        if reply is None:
+            code = await self.wait()
+            raise StartError(
+                f"container shim went away before the process started (exit code {code})"
+            )
+        await self.wait()
+        raise StartError(
+            reply.get("error", "container process failed to start"),
+            int(reply.get("exit_code", 125)),
+        )
+
+    async def wait(self) -> int:
+        async with self._wait_lock:
+            if self._exit is not None:
+                return self._exit
+            code: int | None = None
+            while code is None:
+                message = await self._chan.receive()
+                if message is None:
+                    code = await self._exit_without_shim()
+                elif "exit" in message:
+                    code = int(message["exit"])
+            self._exit = code
+            self.close()
+            return code
+
+    async def _exit_without_shim(self) -> int:
+        # The shim died (killed by someone): wait for the init itself through
+        # the pidfd and take whatever exit code the shim managed to record.
+        if self._pidfd >= 0:
+            await trio.lowlevel.wait_readable(self._pidfd)
+        try:
+            with open(os.path.join(self.bundle, EXITCODE_FILE)) as f:
+                return int(f.read().strip())
+        except (OSError, ValueError):
+            return UNKNOWN_EXIT
+
+    def kill(self, signal: int) -> None:
+        if self._pidfd < 0:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            _pidfd_send_signal(self._pidfd, signal)
+
+    async def abort(self) -> None:
+        if not self._go_sent:
+            self._go_sent = True
+            with contextlib.suppress(OSError):
+                await self._chan.send({"cmd": "abort"})
+        self.kill(signal.SIGKILL)
+        await self.wait()
+
+    def close(self) -> None:
+        """Drop the connection to the shim without waiting.
+
+        The container keeps running (a prepared one that was never told to
+        go is killed by its shim); the shim still records the exit code in
+        ``<bundle>/exitcode``.  ``wait`` closes by itself.  Idempotent, and
+        callable outside trio.
+        """
+        self._chan.close()
+        if self._pidfd >= 0:
+            os.close(self._pidfd)
+            self._pidfd = -1
+
+
+def _pidfd_send_signal(pidfd: int, sig: int) -> None:
+    signal.pidfd_send_signal(pidfd, sig)
+
+
+class ForkServerRuntime:
+    """The ``skiff`` runtime; satisfies ``Runtime``.
+
+    ``ctx.exec_root`` holds the fork server's socket.  Containers' bundles are
+    the caller's (``ContainerSpec.bundle``).
+    """
+
+    name = "skiff"
+
+    def __init__(self, ctx: RuntimeContext) -> None:
+        self.exec_root = os.path.abspath(ctx.exec_root)
+        self.options = dict(ctx.options)
+        self.socket_path = os.path.join(self.exec_root, SOCKET_NAME)
+        #: exec-opt ``skiff.spare=false`` turns pre-forked shims off
+        self.spares = self.options.get("skiff.spare", "true").lower() not in ("false", "0", "no")
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._start_lock = trio.Lock()
+
+    @property
+    def forkserver_pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    async def start(self) -> None:
+        async with self._start_lock:
+            if self._proc is not None and self._proc.poll() is None:
+                return
+            await self._spawn()
+
+    async def _spawn(self) -> None:
+        os.makedirs(self.exec_root, 0o711, exist_ok=True)
+        env = dict(os.environ)
+        env[PARENT_ENV] = str(os.getpid())
+        # Popen right here, not trio.lowlevel.open_process: trio spawns from a
+        # worker thread, and PR_SET_PDEATHSIG fires when the *thread* that
+        # forked exits, which trio's idle workers do after a few seconds.
+        argv = [sys.executable, "-m", FORKSERVER_MODULE, self.socket_path]
+        if not self.spares:
+            argv.append("--no-spare")
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            env=env,
+            close_fds=True,
+            start_new_session=True,  # a Ctrl-C at the daemon's terminal is the daemon's
+        )
+        assert proc.stdout is not None
+        stream = trio.lowlevel.FdStream(os.dup(proc.stdout.fileno()))
+        proc.stdout.close()
+        got = b""
+        try:
+            with trio.move_on_after(30):
+                while not got.endswith(b"\n"):
+                    chunk = await stream.receive_some(64)
+                    if not chunk:
+                        break
+                    got += chunk
+        except BaseException:
+            # cancelled (daemon shutting down): leave no half-started server
+            proc.kill()
+            proc.wait()
+            raise
+        finally:
+            await stream.aclose()
+        if got != READY:
+            proc.kill()
+            code = await _wait_popen(proc)
+            raise RuntimeError(
+                f"the skiff fork server did not start (exit code {code}); "
+                "see the daemon's stderr for its traceback"
+            )
+        self._proc = proc
+
+    async def stop(self) -> None:
+        async with self._start_lock:
+            proc, self._proc = self._proc, None
+            if proc is None:
+                return
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                with trio.move_on_after(10):
+                    await _wait_popen(proc)
+                if proc.poll() is None:
+                    proc.kill()
+                    await _wait_popen(proc)
+            if proc.returncode != 0:
+                # it could not clean up after itself
+                for path in (self.socket_path, spare_socket_path(self.socket_path)):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)
+
+    async def prepare(self, spec: ContainerSpec, stdio: Stdio) -> ForkServerProcess:
+        if spec.tty:
+            # the runtime would have to hand a pty master back to the daemon,
+            # which the Runtime contract has no place for yet
+            raise StartError(
+                "TTY mode is not supported by the skiff runtime yet; run the container without -t"
+            )
+        if self._proc is None:
+            raise StartError("the skiff runtime is not started")
+        if self._proc.poll() is not None:
+            # the fork server died (OOM killer, an operator's kill): start anew
+            await self.start()
+        data = spec.to_json()
+        # the shim and init resolve paths from the fork server's directory
+        data["bundle"] = os.path.abspath(spec.bundle)
+        payload = json.dumps(data).encode() + b"\n"
+        use_spare = self.spares and spec_fits_spare(spec.namespaces)
+        try:
+            return await self._prepare(spec, stdio, payload, use_spare)
+        except _NoReply:
+            if not use_spare:
+                raise StartError(
+                    "the container shim exited before the container was ready"
+                ) from None
+        # A spare shim that died just as it was handed our connection never
+        # forked anything for us; a fresh shim is safe to ask.
+        try:
+            return await self._prepare(spec, stdio, payload, False)
+        except _NoReply:
+            raise StartError("the container shim exited before the container was ready") from None
+
+    async def _prepare(
+        self, spec: ContainerSpec, stdio: Stdio, payload: bytes, use_spare: bool
+    ) -> ForkServerProcess:
+        path = spare_socket_path(self.socket_path) if use_spare else self.socket_path
+        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            try:
+                with short_socket_path(path) as short:
+                    await sock.connect(short)
+            except OSError as exc:
+                raise StartError(f"cannot reach the skiff fork server: {exc.strerror}") from None
+            fds = array.array("i", [stdio.stdin, stdio.stdout, stdio.stderr])
+            if min(fds) < 0:
+                raise StartError(f"invalid stdio descriptors {list(fds)}; pass /dev/null instead")
+            chan = _Channel(sock)
+            try:
+                sent = await sock.sendmsg([payload], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+                rest = payload[sent:]
+                while rest:
+                    rest = rest[await sock.send(rest) :]
+            except (BrokenPipeError, ConnectionResetError):
+                raise _NoReply from None
+            reply = await chan.receive()
+            if reply is None:
+                raise _NoReply
+            if "error" in reply:
+                raise StartError(reply["error"], int(reply.get("exit_code", 125)))
+            pid = int(reply["pid"])
+            # the init is blocked waiting for go and only its shim may reap it,
+            # so this pid cannot have been recycled yet
+            pidfd = os.pidfd_open(pid)
+        except BaseException:
+            # closing makes the shim kill a prepared init: nothing stays behind
+            sock.close()
+            raise
+        return ForkServerProcess(chan, pid, pidfd, os.path.abspath(spec.bundle))
+
+
+class _NoReply(Exception):
+    """The shim closed the connection without a word."""
+
+
+async def _wait_popen(proc: subprocess.Popen[bytes]) -> int:
+    """Reap ``proc`` without blocking the event loop."""
+    if proc.poll() is not None:
+        return proc.returncode
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+    except ProcessLookupError:
+        return proc.wait()
+    try:
+        await trio.lowlevel.wait_readable(pidfd)
+    finally:
+        os.close(pidfd)
+    return proc.wait()

@@ -1,0 +1,1008 @@
+"""The ``skiff`` runtime (fork server, shim, Python init) on the real kernel.
+
+Runs as root.  Every container gets a busybox root filesystem from
+tests/rootfs.py and fresh pid, mount, uts, ipc and net namespaces.  The
+runtime's methods are async; each test drives them with ``trio.run``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import statistics
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from skiff.core.hookspecs import ContainerSpec, MountSpec, RuntimeContext, StartError, Stdio
+from skiff.plugins.isolation import capabilities, mounts, users
+from skiff.plugins.isolation.runtime import (
+    DEFAULT_MASKED_PATHS,
+    DEFAULT_READONLY_PATHS,
+    ForkServerRuntime,
+    no_new_privileges,
+    skiff_container_spec,
+)
+from tests.rootfs import make_busybox_rootfs
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the runtime needs root")
+
+NAMESPACES: dict[str, str | None] = {
+    "pid": None,
+    "mount": None,
+    "uts": None,
+    "ipc": None,
+    "net": None,
+}
+PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+DOCKER_DEFAULT_CAPS = "00000000a80425fb"
+
+
+# ---------------------------------------------------------------------------
+# Fixtures and helpers
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A shared, read-mostly rootfs; tests that write build their own."""
+    return make_busybox_rootfs(tmp_path_factory.mktemp("image") / "rootfs")
+
+
+@pytest.fixture(scope="module")
+def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ForkServerRuntime]:
+    rt = ForkServerRuntime(
+        RuntimeContext(exec_root=str(tmp_path_factory.mktemp("exec")), options={})
+    )
+    trio.run(rt.start)
+    yield rt
+    trio.run(rt.stop)
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except FileNotFoundError:
+        return []
+
+
+def _our_mounts(base: Path) -> list[str]:
+    with open("/proc/self/mountinfo") as f:
+        return [line for line in f if str(base) in line]
+
+
+def _busy_shims(forkserver: int) -> list[int]:
+    """Shims of the fork server other than its idle spare.
+
+    The spare is the one shim whose single child (its init) has not yet been
+    given a spec: that init's cmdline is still the fork server's and it has
+    no children of its own.  Every other shim belongs to a container.
+    """
+    busy = []
+    spares = 0
+    for shim_pid in _children(forkserver):
+        inits = _children(shim_pid)
+        if len(inits) == 1 and not _children(inits[0]) and spares == 0:
+            spares += 1
+            continue
+        busy.append(shim_pid)
+    return busy
+
+
+@pytest.fixture(autouse=True)
+def no_leaks(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[None]:
+    """After each test: no mount of ours on the host, no shim left running."""
+    yield
+    assert _our_mounts(tmp_path.parent.parent) == []
+    if "runtime" in request.fixturenames:
+        rt: ForkServerRuntime = request.getfixturevalue("runtime")
+        pid = rt.forkserver_pid
+        assert pid is not None
+        deadline = time.monotonic() + 5
+        # a shim exits right after it reported the exit code
+        while _busy_shims(pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert _busy_shims(pid) == []
+
+
+def make_spec(rootfs: Path, bundle: Path, args: list[str], **kw: Any) -> ContainerSpec:
+    bundle.mkdir(parents=True, exist_ok=True)
+    defaults: dict[str, Any] = {
+        "id": bundle.name,
+        "bundle": str(bundle),
+        "rootfs_mounts": [MountSpec("bind", str(rootfs), "/", ["rbind"])],
+        "mounts": [],
+        "args": args,
+        "env": [PATH_ENV],
+        "hostname": "skiffbox",
+        "namespaces": dict(NAMESPACES),
+        "capabilities": list(capabilities.DEFAULT_CAPABILITIES),
+        "masked_paths": list(DEFAULT_MASKED_PATHS),
+        "readonly_paths": list(DEFAULT_READONLY_PATHS),
+    }
+    defaults.update(kw)
+    return ContainerSpec(**defaults)
+
+
+@dataclass
+class Result:
+    code: int
+    stdout: bytes
+    stderr: bytes
+    pid: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def out(self) -> str:
+        return self.stdout.decode()
+
+
+async def _drain(fd: int, into: list[bytes]) -> None:
+    async with trio.lowlevel.FdStream(fd) as stream:
+        while chunk := await stream.receive_some(65536):
+            into.append(chunk)
+
+
+async def run_container(
+    rt: ForkServerRuntime, spec: ContainerSpec, stdin: bytes | None = None
+) -> Result:
+    """prepare, go, wait; stdout and stderr captured through pipes."""
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    in_r, in_w = os.pipe()
+    if stdin is not None:
+        os.write(in_w, stdin)
+    os.close(in_w)
+    out: list[bytes] = []
+    err: list[bytes] = []
+    try:
+        t0 = time.perf_counter()
+        try:
+            proc = await rt.prepare(spec, Stdio(in_r, out_w, err_w))
+        finally:
+            for fd in (in_r, out_w, err_w):
+                os.close(fd)
+        t1 = time.perf_counter()
+        # go() before draining is fine: nothing runs until go, and go returns
+        # right after exec, long before a pipe could fill
+        await proc.go()
+        t2 = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_drain, out_r, out)
+            nursery.start_soon(_drain, err_r, err)
+            out_r = err_r = -1  # owned by the streams now
+            code = await proc.wait()
+            t3 = time.perf_counter()
+    finally:
+        for fd in (out_r, err_r):
+            if fd >= 0:
+                os.close(fd)
+    timings = {"prepare": t1 - t0, "go": t2 - t1, "wait": t3 - t2, "total": t3 - t0}
+    return Result(code, b"".join(out), b"".join(err), proc.pid, timings)
+
+
+def run(rt: ForkServerRuntime, spec: ContainerSpec, stdin: bytes | None = None) -> Result:
+    return trio.run(run_container, rt, spec, stdin)
+
+
+def start_error(rt: ForkServerRuntime, spec: ContainerSpec) -> StartError:
+    with pytest.raises(StartError) as info:
+        run(rt, spec)
+    return info.value
+
+
+def status_field(text: str, name: str) -> str:
+    for line in text.splitlines():
+        if line.startswith(name + ":"):
+            return line.split(":", 1)[1].strip()
+    raise AssertionError(f"{name} not in {text!r}")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+# ---------------------------------------------------------------------------
+# Running commands
+# ---------------------------------------------------------------------------
+
+
+def test_echo_hello(runtime: ForkServerRuntime, image: Path, tmp_path: Path) -> None:
+    r = run(runtime, make_spec(image, tmp_path / "b", ["echo", "hello"]))
+    assert (r.code, r.stdout, r.stderr) == (0, b"hello\n", b"")
+    assert (tmp_path / "b" / "exitcode").read_text() == "0\n"
+
+
+def test_exit_code(runtime: ForkServerRuntime, image: Path, tmp_path: Path) -> None:
+    r = run(runtime, make_spec(image, tmp_path / "b", ["sh", "-c", "exit 3"]))
+    assert r.code == 3
+
+
+def test_stderr_and_stdin(runtime: ForkServerRuntime, image: Path, tmp_path: Path) -> None:
+    spec = make_spec(image, tmp_path / "b", ["sh", "-c", "cat; echo oops >&2"], open_stdin=True)
+    r = run(runtime, spec, stdin=b"from stdin\n")
+    assert (r.code, r.stdout, r.stderr) == (0, b"from stdin\n", b"oops\n")
+
+
+def test_command_is_pid_1(runtime: ForkServerRuntime, image: Path, tmp_path: Path) -> None:
+    r = run(runtime, make_spec(image, tmp_path / "b", ["cat", "/proc/1/cmdline"]))
+    assert r.stdout == b"cat\0/proc/1/cmdline\0"
+    # and nothing else lives in its pid namespace
+    r = run(runtime, make_spec(image, tmp_path / "c", ["ls", "/proc"]))
+    pids = sorted(int(x) for x in r.out.split() if x.isdigit())
+    assert pids == [1]
+
+
+def test_only_loopback(runtime: ForkServerRuntime, image: Path, tmp_path: Path) -> None:
+    r = run(runtime, make_spec(image, tmp_path / "b", ["ip", "-o", "link"]))
+    names = [line.split(":")[1].strip() for line in r.out.splitlines()]
+    assert names == ["lo"]
+
+
+def test_hostname(runtime: ForkServerRuntime, image: Path, tmp_path: Path) -> None:
+    host_before = os.uname().nodename
+    r = run(runtime, make_spec(image, tmp_path / "b", ["hostname"], hostname="c0ffee"))
+    assert r.stdout == b"c0ffee\n"
+    assert os.uname().nodename == host_before
+
+
+def test_environment_and_home(runtime: ForkServerRuntime, image: Path, tmp_path: Path) -> None:
+    spec = make_spec(image, tmp_path / "b", ["env"], env=[PATH_ENV, "FOO=bar=baz"])
+    env = dict(line.split("=", 1) for line in run(runtime, spec).out.splitlines())
+    assert env["FOO"] == "bar=baz"
+    assert env["HOME"] == "/root"
+    spec = make_spec(image, tmp_path / "c", ["env"], env=[PATH_ENV, "HOME=/elsewhere"])
+    assert "HOME=/elsewhere\n" in run(runtime, spec).out
+
+
+def test_devices(runtime: ForkServerRuntime, image: Path, tmp_path: Path) -> None:
+    script = (
+        "for d in null zero full random urandom tty; do stat -c '%n %t,%T %a' /dev/$d; done;"
+        " readlink /dev/fd; readlink /dev/ptmx; head -c 4 /dev/zero | wc -c; echo x > /dev/null"
+    )
+    r = run(runtime, make_spec(image, tmp_path / "b", ["sh", "-c", script], user="nobody"))
+    assert r.code == 0, r.stderr
+    lines = r.out.splitlines()
+    assert lines[:6] == [
+        "/dev/null 1,3 666",
+        "/dev/zero 1,5 666",
+        "/dev/full 1,7 666",
+        "/dev/random 1,8 666",
+        "/dev/urandom 1,9 666",
+        "/dev/tty 5,0 666",
+    ]
+    assert lines[6:] == ["/proc/self/fd", "pts/ptmx", "4"]
+
+
+# ---------------------------------------------------------------------------
+# Users and privileges
+# ---------------------------------------------------------------------------
+
+
+def test_user_nobody(runtime: ForkServerRuntime, image: Path, tmp_path: Path) -> None:
+    spec = make_spec(image, tmp_path / "b", ["sh", "-c", "id -u; id -g; echo $HOME"], user="nobody")
+    assert run(runtime, spec).out == "65534\n65534\n/nonexistent\n"
+
+
+def test_numeric_user_without_passwd_entry(
+    runtime: ForkServerRuntime, image: Path, tmp_path: Path
+) -> None:
+    spec = make_spec(image, tmp_path / "b", ["sh", "-c", "id -u; id -g"], user="1234:65534")
+    assert run(runtime, spec).out == "1234\n65534\n"
+
+
+def test_unknown_user(runtime: ForkServerRuntime, image: Path, tmp_path: Path) -> None:
+    err = start_error(runtime, make_spec(image, tmp_path / "b", ["true"], user="alice"))
+    assert str(err) == "unable to find user alice: no matching entries in passwd file"
+    assert err.exit_code == 125
+
+
+def test_root_capabilities(runtime: ForkServerRuntime, image: Path, tmp_path: Path) -> None:
+    r = run(runtime, make_spec(image, tmp_path / "b", ["cat", "/proc/self/status"]))
+    assert status_field(r.out, "CapEff") == DOCKER_DEFAULT_CAPS
+    assert status_field(r.out, "CapPrm") == DOCKER_DEFAULT_CAPS
+    assert status_field(r.out, "CapBnd") == DOCKER_DEFAULT_CAPS
+    assert status_field(r.out, "CapAmb") == "0000000000000000"
+    assert status_field(r.out, "NoNewPrivs") == "1"
+
+
+def test_nobody_capabilities(runtime: ForkServerRuntime, image: Path, tmp_path: Path) -> None:
+    spec = make_spec(image, tmp_path / "b", ["cat", "/proc/self/status"], user="nobody")
+    r = run(runtime, spec)
+    assert status_field(r.out, "CapEff") == "0000000000000000"
+    assert status_field(r.out, "CapPrm") == "0000000000000000"
+    assert status_field(r.out, "CapBnd") == DOCKER_DEFAULT_CAPS
+    assert status_field(r.out, "Uid").split() == ["65534"] * 4
+    assert status_field(r.out, "Gid").split() == ["65534"] * 4
+    assert status_field(r.out, "Groups") == ""
+
+
+def test_cap_add_and_new_privileges_off(
+    runtime: ForkServerRuntime, image: Path, tmp_path: Path
+) -> None:
+    caps = [*capabilities.DEFAULT_CAPABILITIES, "NET_ADMIN"]
+    caps.remove("CHOWN")
+    spec = make_spec(
+        image,
+        tmp_path / "b",
+        ["cat", "/proc/self/status"],
+        capabilities=caps,
+        no_new_privileges=False,
+    )
+    r = run(runtime, spec)
+    want = f"{(0xA80425FB | 1 << 12) & ~1:016x}"
+    assert status_field(r.out, "CapEff") == want
+    assert status_field(r.out, "NoNewPrivs") == "0"
+    # and the capability is real: NET_ADMIN may bring lo up
+    spec = make_spec(image, tmp_path / "c", ["ip", "link", "set", "lo", "up"], capabilities=caps)
+    assert run(runtime, spec).code == 0
+    spec = make_spec(image, tmp_path / "d", ["ip", "link", "set", "lo", "up"])
+    assert run(runtime, spec).code != 0
+
+
+def test_rlimits(runtime: ForkServerRuntime, image: Path, tmp_path: Path) -> None:
+    spec = make_spec(
+        image, tmp_path / "b", ["sh", "-c", "ulimit -n; ulimit -Hn"], rlimits=[("nofile", 100, 200)]
+    )
+    assert run(runtime, spec).out == "100\n200\n"
+
+
+# ---------------------------------------------------------------------------
+# Filesystem
+# ---------------------------------------------------------------------------
+
+
+def test_masked_paths(runtime: ForkServerRuntime, image: Path, tmp_path: Path) -> None:
+    # which masked paths exist depends on the kernel: check those the host has
+    files = [p for p in DEFAULT_MASKED_PATHS if os.path.isfile(p)]
+    dirs = [p for p in DEFAULT_MASKED_PATHS if os.path.isdir(p)]
+    assert files and dirs
+    script = "".join(f"wc -c < {p};" for p in files) + "".join(f"ls -A {p} | wc -l;" for p in dirs)
+    r = run(runtime, make_spec(image, tmp_path / "b", ["sh", "-c", script]))
+    assert r.code == 0, r.stderr
+    assert r.out.split() == ["0"] * (len(files) + len(dirs))
+    if os.path.exists("/proc/kcore"):
+        r = run(runtime, make_spec(image, tmp_path / "c", ["wc", "-c", "/proc/kcore"]))
+        assert r.out.split()[0] == "0"
+
+
+def test_proc_sys_read_only(runtime: ForkServerRuntime, image: Path, tmp_path: Path) -> None:
+    script = "echo other > /proc/sys/kernel/hostname; echo rc=$?; hostname"
+    r = run(runtime, make_spec(image, tmp_path / "b", ["sh", "-c", script]))
+    assert "Read-only file system" in r.stderr.decode()
+    assert r.out == "rc=1\nskiffbox\n"
+    r = run(runtime, make_spec(image, tmp_path / "c", ["cat", "/proc/self/mountinfo"]))
+    options = {line.split()[4]: line.split()[5] for line in r.out.splitlines()}
+    for path in ("/proc/sys", "/proc/bus", "/proc/fs", "/proc/irq", "/sys"):
+        if path in options:
+            assert options[path].split(",")[0] == "ro", path
+    assert options["/proc"].startswith("rw")
+
+
+def test_privileged_spec_unmasks(runtime: ForkServerRuntime, image: Path, tmp_path: Path) -> None:
+    files = [p for p in ("/proc/timer_list", "/proc/kcore") if os.path.exists(p)]
+    script = "".join(f"head -c 1 {p} | wc -c;" for p in files) + "cat /proc/self/mountinfo"
+    spec = make_spec(
+        image, tmp_path / "b", ["sh", "-c", script], masked_paths=[], readonly_paths=[]
+    )
+    r = run(runtime, spec)
+    lines = r.out.splitlines()
+    assert lines[: len(files)] == ["1"] * len(files)
+    assert not [line for line in lines[len(files) :] if " /proc/" in line]
+
+
+def test_no_host_mounts(runtime: ForkServerRuntime, image: Path, tmp_path: Path) -> None:
+    async def main() -> None:
+        spec = make_spec(image, tmp_path / "b", ["sleep", "100"])
+        null = os.open("/dev/null", os.O_RDWR)
+        try:
+            proc = await runtime.prepare(spec, Stdio(null, null, null))
+        finally:
+            os.close(null)
+        # the container's mounts live in its own namespace only, even now
+        assert _our_mounts(image) == []
+        assert _our_mounts(tmp_path) == []
+        await proc.go()
+        assert _our_mounts(tmp_path) == []
+        proc.kill(signal.SIGKILL)
+        assert await proc.wait() == 137
+
+    trio.run(main)
+
+
+def test_bind_mounts_and_tmpfs(runtime: ForkServerRuntime, tmp_path: Path) -> None:
+    rootfs = make_busybox_rootfs(tmp_path / "rootfs")
+    host_file = tmp_path / "hostname"
+    host_file.write_text("from-host\n")
+    host_dir = tmp_path / "vol"
+    host_dir.mkdir()
+    (host_dir / "data").write_text("vol-data\n")
+    spec = make_spec(
+        rootfs,
+        tmp_path / "b",
+        [
+            "sh",
+            "-c",
+            "cat /etc/hostname /mnt/vol/data; echo w > /mnt/vol/new; "
+            "echo w > /ro/x; echo rc=$?; grep -c ' /scratch ' /proc/mounts",
+        ],
+        mounts=[
+            MountSpec("bind", str(host_file), "/etc/hostname", ["rbind", "ro"]),
+            MountSpec("bind", str(host_dir), "/mnt/vol", ["rbind", "rprivate"]),
+            MountSpec("bind", str(host_dir), "/ro", ["bind", "ro"]),
+            MountSpec("tmpfs", "tmpfs", "/scratch", ["nosuid", "size=1m"]),
+        ],
+    )
+    r = run(runtime, spec)
+    assert r.out == "from-host\nvol-data\nrc=1\n1\n", r.stderr
+    assert (host_dir / "new").read_text() == "w\n"
+    # destinations were created inside the rootfs, matching the source type
+    assert (rootfs / "etc" / "hostname").is_file()
+    assert (rootfs / "mnt" / "vol").is_dir()
+
+
+def test_symlinked_destination_stays_inside(runtime: ForkServerRuntime, tmp_path: Path) -> None:
+    rootfs = make_busybox_rootfs(tmp_path / "rootfs")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    # an image may hold links that point anywhere; they resolve inside the rootfs
+    (rootfs / "abs").symlink_to(str(outside))
+    (rootfs / "rel").symlink_to("../../../../../../../../" + str(outside))
+    spec = make_spec(
+        rootfs,
+        tmp_path / "b",
+        ["sh", "-c", "ls -d /abs/sub /rel/sub2"],
+        mounts=[
+            MountSpec("tmpfs", "tmpfs", "/abs/sub", []),
+            MountSpec("tmpfs", "tmpfs", "/rel/sub2", []),
+        ],
+    )
+    r = run(runtime, spec)
+    assert r.code == 0, r.stderr
+    assert list(outside.iterdir()) == []
+    inside = rootfs / str(outside).lstrip("/")
+    assert sorted(p.name for p in inside.iterdir()) == ["sub", "sub2"]
+
+
+def test_readonly_rootfs(runtime: ForkServerRuntime, image: Path, tmp_path: Path) -> None:
+    script = "touch /newfile; echo rc=$?; touch /tmp/x; echo rc=$?"
+    spec = make_spec(
+        image,
+        tmp_path / "b",
+        ["sh", "-c", script],
+        readonly_rootfs=True,
+        mounts=[MountSpec("tmpfs", "tmpfs", "/tmp", [])],
+    )
+    r = run(runtime, spec)
+    assert r.out == "rc=1\nrc=0\n"
+    assert "Read-only file system" in r.stderr.decode()
+    assert not (image / "newfile").exists()
+
+
+def test_working_directory_created(runtime: ForkServerRuntime, tmp_path: Path) -> None:
+    rootfs = make_busybox_rootfs(tmp_path / "rootfs")
+    spec = make_spec(rootfs, tmp_path / "b", ["pwd"], cwd="/work/a/b", user="nobody")
+    assert run(runtime, spec).out == "/work/a/b\n"
+    st = (rootfs / "work" / "a" / "b").stat()
+    assert (st.st_uid, st.st_mode & 0o7777) == (0, 0o755)
+
+
+def test_overlay_rootfs_with_relative_paths(runtime: ForkServerRuntime, tmp_path: Path) -> None:
+    # overlay2 passes lowerdir relative to its home and sets cwd; do the same
+    home = tmp_path / "overlay2"
+    make_busybox_rootfs(home / "lower")
+    (home / "upper").mkdir()
+    (home / "work").mkdir()
+    spec = make_spec(
+        home / "unused",
+        tmp_path / "b",
+        ["sh", "-c", "echo hi > /written; cat /etc/group | head -1"],
+        rootfs_mounts=[
+            MountSpec(
+                "overlay",
+                "overlay",
+                "/",
+                ["lowerdir=lower", "upperdir=upper", "workdir=work"],
+                cwd=str(home),
+            )
+        ],
+    )
+    r = run(runtime, spec)
+    assert (r.code, r.out) == (0, "root:x:0:\n"), r.stderr
+    assert (home / "upper" / "written").read_text() == "hi\n"
+    assert not (home / "lower" / "written").exists()
+
+
+def test_bad_mount_is_a_start_error(
+    runtime: ForkServerRuntime, image: Path, tmp_path: Path
+) -> None:
+    spec = make_spec(
+        image,
+        tmp_path / "b",
+        ["true"],
+        mounts=[MountSpec("bind", str(tmp_path / "missing"), "/x", ["rbind"])],
+    )
+    err = start_error(runtime, spec)
+    assert "missing" in str(err) and err.exit_code == 125
+
+
+# ---------------------------------------------------------------------------
+# Start errors, signals, lifecycle
+# ---------------------------------------------------------------------------
+
+
+def test_missing_command(runtime: ForkServerRuntime, image: Path, tmp_path: Path) -> None:
+    err = start_error(runtime, make_spec(image, tmp_path / "b", ["nosuchcmd", "x"]))
+    assert str(err) == 'exec: "nosuchcmd": executable file not found in $PATH'
+    assert err.exit_code == 127
+    err = start_error(runtime, make_spec(image, tmp_path / "c", ["/no/such"]))
+    assert "/no/such" in str(err) and "no such file" in str(err)
+    assert err.exit_code == 127
+
+
+def test_not_executable(runtime: ForkServerRuntime, image: Path, tmp_path: Path) -> None:
+    err = start_error(runtime, make_spec(image, tmp_path / "b", ["/etc/passwd"]))
+    assert err.exit_code == 126
+    assert str(err) == 'exec: "/etc/passwd": permission denied'
+
+
+def test_exec_failure_after_go(runtime: ForkServerRuntime, tmp_path: Path) -> None:
+    # executable bit but no valid format: only execve itself can tell
+    rootfs = make_busybox_rootfs(tmp_path / "rootfs")
+    junk = rootfs / "bin" / "junk"
+    junk.write_bytes(b"\x00\x01\x02\x03")
+    junk.chmod(0o755)
+    err = start_error(runtime, make_spec(rootfs, tmp_path / "b", ["junk"]))
+    assert err.exit_code == 126
+    assert "exec format error" in str(err)
+    assert (tmp_path / "b" / "exitcode").read_text() == "126\n"
+
+
+def test_kill(runtime: ForkServerRuntime, image: Path, tmp_path: Path) -> None:
+    async def main() -> None:
+        spec = make_spec(image, tmp_path / "b", ["sleep", "1000"])
+        null = os.open("/dev/null", os.O_RDWR)
+        try:
+            proc = await runtime.prepare(spec, Stdio(null, null, null))
+        finally:
+            os.close(null)
+        await proc.go()
+        assert pid_alive(proc.pid)
+        # PID 1 ignores SIGTERM without a handler, as in Docker
+        proc.kill(signal.SIGTERM)
+        with trio.move_on_after(0.2) as scope:
+            await proc.wait()
+        assert scope.cancelled_caught
+        proc.kill(signal.SIGKILL)
+        assert await proc.wait() == 137
+        assert not pid_alive(proc.pid)
+        proc.kill(signal.SIGKILL)  # gone: no error
+
+    trio.run(main)
+
+
+def test_signal_with_handler(runtime: ForkServerRuntime, image: Path, tmp_path: Path) -> None:
+    async def main() -> None:
+        script = "trap 'exit 42' TERM; echo ready; while :; do sleep 0.05; done"
+        spec = make_spec(image, tmp_path / "b", ["sh", "-c", script])
+        r, w = os.pipe()
+        null = os.open("/dev/null", os.O_RDWR)
+        try:
+            proc = await runtime.prepare(spec, Stdio(null, w, null))
+        finally:
+            os.close(null)
+            os.close(w)
+        await proc.go()
+        async with trio.lowlevel.FdStream(r) as stream:
+            assert await stream.receive_some(100) == b"ready\n"
+            proc.kill(signal.SIGTERM)
+            assert await proc.wait() == 42
+
+    trio.run(main)
+
+
+def test_abort_before_go(runtime: ForkServerRuntime, image: Path, tmp_path: Path) -> None:
+    async def main() -> None:
+        spec = make_spec(image, tmp_path / "b", ["sleep", "1000"])
+        null = os.open("/dev/null", os.O_RDWR)
+        try:
+            proc = await runtime.prepare(spec, Stdio(null, null, null))
+        finally:
+            os.close(null)
+        assert pid_alive(proc.pid)
+        await proc.abort()
+        assert not pid_alive(proc.pid)
+        assert await proc.wait() == 137
+
+    trio.run(main)
+
+
+def test_cancelled_prepare_leaves_nothing(
+    runtime: ForkServerRuntime, image: Path, tmp_path: Path
+) -> None:
+    async def main(inside_trio: bool) -> int:
+        spec = make_spec(image, tmp_path / f"b{inside_trio}", ["sleep", "1000"])
+        null = os.open("/dev/null", os.O_RDWR)
+        with trio.CancelScope() as scope:
+            try:
+                proc = await runtime.prepare(spec, Stdio(null, null, null))
+            finally:
+                os.close(null)
+            scope.cancel()
+            await proc.go()  # cancelled before it sends anything
+        if inside_trio:
+            proc.close()  # the daemon drops a prepared container: the shim kills it
+        else:
+            dropped.append(proc)
+        return proc.pid
+
+    dropped: list[Any] = []
+    pids = [trio.run(main, True), trio.run(main, False)]
+    dropped[0].close()  # a sync caller may drop it too
+    dropped[0].close()  # and twice
+    deadline = time.monotonic() + 5
+    while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not any(pid_alive(p) for p in pids)
+
+
+def test_shim_outlives_daemon_connection(
+    runtime: ForkServerRuntime, image: Path, tmp_path: Path
+) -> None:
+    bundle = tmp_path / "b"
+
+    async def main() -> int:
+        spec = make_spec(image, bundle, ["sh", "-c", "read x; exit 7"])
+        r, w = os.pipe()
+        null = os.open("/dev/null", os.O_RDWR)
+        try:
+            proc = await runtime.prepare(spec, Stdio(r, null, null))
+        finally:
+            os.close(null)
+            os.close(r)
+        await proc.go()
+        proc.close()  # as if the daemon died
+        os.write(w, b"go on\n")
+        os.close(w)
+        return proc.pid
+
+    pid = trio.run(main)
+    deadline = time.monotonic() + 5
+    while not (bundle / "exitcode").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert (bundle / "exitcode").read_text() == "7\n"
+    assert not pid_alive(pid)
+
+
+def test_forkserver_lifecycle(image: Path, tmp_path: Path) -> None:
+    exec_root = tmp_path / "exec"
+    rt = ForkServerRuntime(RuntimeContext(exec_root=str(exec_root), options={}))
+
+    async def main() -> tuple[int, int]:
+        await rt.start()
+        fs_pid = rt.forkserver_pid
+        assert fs_pid is not None and pid_alive(fs_pid)
+        assert (exec_root / "forkserver.sock").exists()
+        # a container started before stop() keeps running after it
+        spec = make_spec(image, tmp_path / "b", ["sleep", "1000"])
+        null = os.open("/dev/null", os.O_RDWR)
+        try:
+            proc = await rt.prepare(spec, Stdio(null, null, null))
+        finally:
+            os.close(null)
+        await proc.go()
+        await rt.stop()
+        assert not pid_alive(fs_pid)
+        assert not (exec_root / "forkserver.sock").exists()
+        assert pid_alive(proc.pid)
+        proc.kill(signal.SIGKILL)
+        return fs_pid, await proc.wait()
+
+    _, code = trio.run(main)
+    assert code == 137
+    assert rt.forkserver_pid is None
+
+
+def test_spare_is_cleaned_up_on_stop(image: Path, tmp_path: Path) -> None:
+    rt = ForkServerRuntime(RuntimeContext(exec_root=str(tmp_path / "exec"), options={}))
+
+    async def main() -> list[int]:
+        await rt.start()
+        fs_pid = rt.forkserver_pid
+        assert fs_pid is not None
+        # the spare shim and its waiting init appear shortly after start
+        with trio.fail_after(5):
+            while not (_children(fs_pid) and _children(_children(fs_pid)[0])):
+                await trio.sleep(0.01)
+        shim_pid = _children(fs_pid)[0]
+        spare = [shim_pid, *_children(shim_pid)]
+        await rt.stop()
+        return spare
+
+    spare = trio.run(main)
+    deadline = time.monotonic() + 5
+    while any(pid_alive(p) for p in spare) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not any(pid_alive(p) for p in spare)
+
+
+@pytest.mark.parametrize("spare", ["true", "false"])
+def test_with_and_without_spares(image: Path, tmp_path: Path, spare: str) -> None:
+    rt = ForkServerRuntime(
+        RuntimeContext(exec_root=str(tmp_path / "exec"), options={"skiff.spare": spare})
+    )
+
+    async def main() -> list[Result]:
+        await rt.start()
+        try:
+            results = []
+            for i in range(3):  # back to back: the spare is used and replaced
+                spec = make_spec(image, tmp_path / f"b{i}", ["sh", "-c", "hostname; ip -o link"])
+                results.append(await run_container(rt, spec))
+            return results
+        finally:
+            await rt.stop()
+
+    for r in trio.run(main):
+        assert r.code == 0
+        assert r.out.splitlines()[0] == "skiffbox"
+        assert len(r.out.splitlines()) == 2  # lo only: a fresh net namespace each time
+
+
+def test_host_network_namespace(runtime: ForkServerRuntime, image: Path, tmp_path: Path) -> None:
+    # no "net" entry: the container shares the host's network stack
+    namespaces = {k: v for k, v in NAMESPACES.items() if k != "net"}
+    spec = make_spec(
+        image, tmp_path / "b", ["readlink", "/proc/self/ns/net"], namespaces=namespaces
+    )
+    assert run(runtime, spec).out.strip() == os.readlink("/proc/self/ns/net")
+
+
+def test_join_namespace_by_path(runtime: ForkServerRuntime, image: Path, tmp_path: Path) -> None:
+    async def main() -> tuple[str, str]:
+        spec = make_spec(image, tmp_path / "a", ["sleep", "1000"])
+        null = os.open("/dev/null", os.O_RDWR)
+        try:
+            first = await runtime.prepare(spec, Stdio(null, null, null))
+        finally:
+            os.close(null)
+        await first.go()
+        try:
+            own = os.readlink(f"/proc/{first.pid}/ns/net")
+            namespaces = dict(
+                NAMESPACES, net=f"/proc/{first.pid}/ns/net", ipc=f"/proc/{first.pid}/ns/ipc"
+            )
+            spec = make_spec(
+                image, tmp_path / "b", ["readlink", "/proc/self/ns/net"], namespaces=namespaces
+            )
+            second = await run_container(runtime, spec)
+            return own, second.out.strip()
+        finally:
+            first.kill(signal.SIGKILL)
+            await first.wait()
+
+    own, joined = trio.run(main)
+    assert own == joined
+    assert own != os.readlink("/proc/self/ns/net")
+
+
+PIDS_CGROUP = Path("/sys/fs/cgroup/pids")
+
+
+@pytest.mark.skipif(not PIDS_CGROUP.is_dir(), reason="no cgroup v1 pids hierarchy")
+def test_cgroup_namespace_is_rooted_after_prestart(
+    runtime: ForkServerRuntime, image: Path, tmp_path: Path
+) -> None:
+    # the daemon moves the process into its cgroup between prepare and go;
+    # the cgroup namespace must be rooted there, not where the init was born
+    group = PIDS_CGROUP / f"skiff-test-{os.getpid()}-{tmp_path.name}"
+    group.mkdir()
+    try:
+
+        async def main() -> Result:
+            spec = make_spec(
+                image,
+                tmp_path / "b",
+                ["cat", "/proc/self/cgroup"],
+                namespaces=dict(NAMESPACES, cgroup=None),
+            )
+            out_r, out_w = os.pipe()
+            null = os.open("/dev/null", os.O_RDWR)
+            try:
+                proc = await runtime.prepare(spec, Stdio(null, out_w, null))
+            finally:
+                os.close(null)
+                os.close(out_w)
+            (group / "cgroup.procs").write_text(str(proc.pid))
+            await proc.go()
+            out: list[bytes] = []
+            await _drain(out_r, out)
+            return Result(await proc.wait(), b"".join(out), b"")
+
+        r = trio.run(main)
+        assert r.code == 0
+        pids_line = [line for line in r.out.splitlines() if ":pids:" in line]
+        assert pids_line and pids_line[0].endswith(":pids:/")
+    finally:
+        group.rmdir()
+
+
+def test_forkserver_restarts_after_crash(image: Path, tmp_path: Path) -> None:
+    rt = ForkServerRuntime(RuntimeContext(exec_root=str(tmp_path / "exec"), options={}))
+
+    async def main() -> Result:
+        await rt.start()
+        old = rt.forkserver_pid
+        assert old is not None
+        os.kill(old, signal.SIGKILL)
+        while pid_alive(old):
+            await trio.sleep(0.01)
+        try:
+            result = await run_container(rt, make_spec(image, tmp_path / "b", ["echo", "ok"]))
+            assert rt.forkserver_pid not in (None, old)
+            return result
+        finally:
+            await rt.stop()
+
+    assert trio.run(main).stdout == b"ok\n"
+
+
+def test_tty_is_refused(runtime: ForkServerRuntime, image: Path, tmp_path: Path) -> None:
+    err = start_error(runtime, make_spec(image, tmp_path / "b", ["true"], tty=True))
+    assert "TTY" in str(err)
+
+
+def test_concurrent_containers(runtime: ForkServerRuntime, image: Path, tmp_path: Path) -> None:
+    # one spare, many callers at once: the rest get fresh shims, all must work
+    results: dict[int, Result] = {}
+
+    async def one(i: int) -> None:
+        spec = make_spec(
+            image, tmp_path / f"b{i}", ["sh", "-c", f"echo {i}; exit {i}"], hostname=f"h{i}"
+        )
+        results[i] = await run_container(runtime, spec)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            for i in range(12):
+                nursery.start_soon(one, i)
+
+    trio.run(main)
+    assert {i: (r.code, r.stdout) for i, r in results.items()} == {
+        i: (i, f"{i}\n".encode()) for i in range(12)
+    }
+    assert len({r.pid for r in results.values()}) == 12
+
+
+def test_start_latency(runtime: ForkServerRuntime, image: Path, tmp_path: Path) -> None:
+    """prepare + go + wait of `true`, 20 runs; printed, not asserted."""
+    totals = []
+    parts: dict[str, list[float]] = {"prepare": [], "go": [], "wait": []}
+    for i in range(20):
+        r = run(runtime, make_spec(image, tmp_path / f"b{i}", ["true"]))
+        assert r.code == 0
+        totals.append(r.timings["total"])
+        for k in parts:
+            parts[k].append(r.timings[k])
+    detail = " ".join(f"{k}={statistics.median(v) * 1000:.1f}ms" for k, v in parts.items())
+    median = statistics.median(totals) * 1000
+    print(
+        f"\nstart latency of `true` over 20 runs: median {median:.1f} ms"
+        f" (min {min(totals) * 1000:.1f}, max {max(totals) * 1000:.1f}; {detail})"
+    )
+
+
+# ---------------------------------------------------------------------------
+# The spec hook and pure helpers
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class FakeContainer:
+    host_config: dict[str, Any]
+    id: str = "c1"
+    name: str = "c1"
+    config: dict[str, Any] = field(default_factory=dict)
+    root: str = "/nonexistent"
+
+
+def _hooked(host_config: dict[str, Any]) -> ContainerSpec:
+    spec = ContainerSpec(id="c1", bundle="/x", rootfs_mounts=[], mounts=[], args=["true"], env=[])
+    skiff_container_spec(FakeContainer(host_config), spec)
+    return spec
+
+
+def test_spec_hook_defaults() -> None:
+    spec = _hooked({})
+    assert capabilities.to_mask(spec.capabilities) == 0xA80425FB
+    assert spec.masked_paths == list(DEFAULT_MASKED_PATHS)
+    assert spec.readonly_paths == list(DEFAULT_READONLY_PATHS)
+    assert spec.no_new_privileges is True
+
+
+def test_spec_hook_adjustments() -> None:
+    spec = _hooked({"CapAdd": ["NET_ADMIN", "cap_sys_time"], "CapDrop": ["CHOWN", "CAP_KILL"]})
+    assert set(spec.capabilities) == (
+        set(capabilities.DEFAULT_CAPABILITIES) | {"NET_ADMIN", "SYS_TIME"}
+    ) - {"CHOWN", "KILL"}
+    assert _hooked({"CapDrop": ["ALL"], "CapAdd": ["CHOWN"]}).capabilities == ["CHOWN"]
+    all_but = _hooked({"CapAdd": ["ALL"], "CapDrop": ["SYS_ADMIN"]}).capabilities
+    assert set(all_but) == set(capabilities.CAPABILITIES) - {"SYS_ADMIN"}
+    priv = _hooked({"Privileged": True, "CapDrop": ["ALL"]})
+    assert set(priv.capabilities) == set(capabilities.CAPABILITIES)
+    assert priv.masked_paths == [] and priv.readonly_paths == []
+    assert _hooked({"SecurityOpt": ["no-new-privileges:false"]}).no_new_privileges is False
+    assert _hooked({"SecurityOpt": ["no-new-privileges=false"]}).no_new_privileges is False
+    assert _hooked({"SecurityOpt": ["no-new-privileges"]}).no_new_privileges is True
+    assert _hooked({"MaskedPaths": [], "ReadonlyPaths": ["/x"]}).masked_paths == []
+    assert _hooked({"ReadonlyRootfs": True}).readonly_rootfs is True
+    with pytest.raises(ValueError, match='unknown capability: "CAP_BOGUS"'):
+        _hooked({"CapAdd": ["BOGUS"]})
+    with pytest.raises(ValueError, match="no-new-privileges"):
+        no_new_privileges(["no-new-privileges:maybe"])
+
+
+PASSWD = "root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000::/home/alice:/bin/sh\n"
+GROUP = "root:x:0:\nusers:x:100:alice,bob\nalice:x:1000:\nwheel:x:10:alice\n"
+
+
+@pytest.mark.parametrize(
+    ("spec", "uid", "gid", "sgids", "home"),
+    [
+        ("", 0, 0, [], "/root"),
+        ("root", 0, 0, [], "/root"),
+        ("alice", 1000, 1000, [100, 10], "/home/alice"),
+        ("1000", 1000, 1000, [100, 10], "/home/alice"),
+        ("alice:wheel", 1000, 10, [], "/home/alice"),
+        ("alice:4242", 1000, 4242, [], "/home/alice"),
+        ("4242", 4242, 0, [], "/"),
+        ("4242:100", 4242, 100, [], "/"),
+    ],
+)
+def test_resolve_user(spec: str, uid: int, gid: int, sgids: list[int], home: str) -> None:
+    user = users.resolve_user(spec, PASSWD, GROUP)
+    assert (user.uid, user.gid, user.sgids, user.home) == (uid, gid, sgids, home)
+
+
+def test_resolve_user_errors() -> None:
+    with pytest.raises(users.UserError, match="unable to find user bob: no matching entries"):
+        users.resolve_user("bob", PASSWD, GROUP)
+    with pytest.raises(users.UserError, match="unable to find group nope: no matching entries"):
+        users.resolve_user("alice:nope", PASSWD, GROUP)
+    assert users.resolve_user("0", None, None).uid == 0
+
+
+def test_secure_join(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "a").mkdir(parents=True)
+    (root / "a" / "up").symlink_to("../../../..")
+    (root / "abs").symlink_to("/a")
+    (root / "loop").symlink_to("loop")
+    assert mounts.secure_join(str(root), "/a/up/etc") == f"{root}/etc"
+    assert mounts.secure_join(str(root), "../../x") == f"{root}/x"
+    assert mounts.secure_join(str(root), "/abs/b/c") == f"{root}/a/b/c"
+    assert mounts.secure_join(str(root), "/") == str(root)
+    with pytest.raises(OSError):
+        mounts.secure_join(str(root), "/loop/x")
+
+
+def test_parse_options() -> None:
+    from skiff.core import syscalls as sc
+
+    flags, prop, data = mounts.parse_options(
+        ["rbind", "ro", "nosuid", "rprivate", "lowerdir=a:b", "upperdir=u"]
+    )
+    assert flags == sc.MS_BIND | sc.MS_REC | sc.MS_RDONLY | sc.MS_NOSUID
+    assert prop == sc.MS_PRIVATE | sc.MS_REC
+    assert data == "lowerdir=a:b,upperdir=u"
+    assert mounts.parse_options(["ro", "rw"])[0] == 0
