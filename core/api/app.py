@@ -1,0 +1,19 @@
+"""The daemon's router: every endpoint group registered on one ``Router``."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from skiff.core.api import containers, images, system
+from skiff.core.api.router import Router
+
+if TYPE_CHECKING:
+    from skiff.core.engine import Engine
+
+
+def build_router(engine: Engine) -> Router:
+    router = Router()
+    system.register(router, engine)
+    images.register(router, engine)
+    containers.register(router, engine)
+    return router

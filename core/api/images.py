@@ -1,0 +1,140 @@
+"""Image endpoints: list, inspect, history, tag, remove, import, load, save."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import IO, TYPE_CHECKING, Any
+
+from skiff.core.api.bridge import feed_sync_consumer, stream_sync_producer
+from skiff.core.api.router import Request, Router, StreamResponse
+from skiff.core.api.streams import json_line
+from skiff.core.errors import InvalidParameter, NotFound
+from skiff.core.images import archives
+
+if TYPE_CHECKING:
+    from skiff.core.engine import Engine
+
+
+def register(router: Router, engine: Engine) -> None:
+    images = engine.images
+
+    def in_use(image_id: str) -> str | None:
+        users = engine.containers.using_image(image_id)
+        return users[0].id if users else None
+
+    @router.route("GET", "/images/json")
+    async def list_images(req: Request) -> list[dict[str, Any]]:
+        filters = _filters(req)
+        return await engine.to_thread(images.list, req.qbool("all"), filters)
+
+    @router.route("GET", "/images/{name:path}/json")
+    async def inspect(req: Request, name: str) -> dict[str, Any]:
+        return await engine.to_thread(images.inspect, name)
+
+    @router.route("GET", "/images/{name:path}/history")
+    async def history(req: Request, name: str) -> list[dict[str, Any]]:
+        return await engine.to_thread(images.history, name)
+
+    @router.route("POST", "/images/{name:path}/tag")
+    async def tag(req: Request, name: str) -> Any:
+        repo = req.q("repo", "")
+        if not repo:
+            raise InvalidParameter("repository name must have at least one component")
+        target = repo + (":" + req.q("tag") if req.q("tag") else "")
+        await engine.to_thread(images.tag, name, target)
+        return _created()
+
+    @router.route("DELETE", "/images/{name:path}")
+    async def remove(req: Request, name: str) -> list[dict[str, str]]:
+        force = req.qbool("force")
+        prune = not req.qbool("noprune")
+        return await engine.to_thread(images.delete, name, force, prune, in_use)
+
+    @router.route("POST", "/images/create")
+    async def create(req: Request) -> Any:
+        src = req.q("fromSrc")
+        if src == "-":
+            repo = req.q("repo", "")
+            tag = req.q("tag", "")
+            ref = (repo + (":" + tag if tag else "")) if repo else None
+            changes = req.query.get("changes", [])
+            message = req.q("message", "")
+
+            def consume(stream: IO[bytes]) -> str:
+                return archives.import_tarball(stream, engine.layers, images, ref, changes,
+                                               message)
+
+            image_id = await feed_sync_consumer(req.body_stream(), consume, engine.limiter)
+            return StreamResponse(_one(json_line({"status": image_id})))
+        if src:
+            raise InvalidParameter(
+                f"importing from a URL ({src}) is not supported: pipe the tarball to stdin "
+                "(docker import - ) instead"
+            )
+        image = req.q("fromImage", "")
+        tag = req.q("tag", "")
+        raise NotFound(
+            f"pull access denied for {image}{':' + tag if tag else ''}: skiff cannot pull "
+            "images yet; load one with `docker load`, or make busybox with "
+            "`skiff image bootstrap busybox`"
+        )
+
+    @router.route("POST", "/images/load")
+    async def load(req: Request) -> StreamResponse:
+        quiet = req.qbool("quiet")
+
+        def consume(stream: IO[bytes]) -> list[str]:
+            return archives.load(stream, engine.layers, images)
+
+        messages = await feed_sync_consumer(req.body_stream(), consume, engine.limiter)
+        lines = b"".join(json_line({"stream": m + "\n"}) for m in messages)
+        return StreamResponse(_one(b"" if quiet and not messages else lines))
+
+    @router.route("GET", "/images/get")
+    async def save_many(req: Request) -> StreamResponse:
+        names = req.query.get("names", [])
+        if not names:
+            raise InvalidParameter("name at least one image to save (?names=...)")
+        return await _save(names)
+
+    @router.route("GET", "/images/{name:path}/get")
+    async def save_one(req: Request, name: str) -> StreamResponse:
+        return await _save([name])
+
+    async def _save(names: list[str]) -> StreamResponse:
+        for n in names:  # refuse before any byte is sent: a 404 instead of a broken tar
+            await engine.to_thread(images.get, n)
+
+        def produce(out: IO[bytes]) -> None:
+            archives.save(names, engine.layers, images, out)
+
+        return StreamResponse(
+            stream_sync_producer(produce, engine.limiter, engine.nursery),
+            content_type="application/x-tar",
+        )
+
+
+def _filters(req: Request) -> dict[str, list[str]]:
+    raw = req.q("filters")
+    if not raw:
+        return {}
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise InvalidParameter(f"invalid filters: {exc}") from exc
+    out: dict[str, list[str]] = {}
+    for key, value in data.items():
+        out[key] = list(value) if isinstance(value, list) else [k for k, on in value.items() if on]
+    return out
+
+
+async def _one(data: bytes) -> AsyncIterator[bytes]:
+    if data:
+        yield data
+
+
+def _created() -> Any:
+    from skiff.core.api.router import Response
+
+    return Response(201, b"", "text/plain")

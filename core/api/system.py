@@ -1,0 +1,193 @@
+"""System endpoints: /_ping, /version, /info."""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import time
+from typing import TYPE_CHECKING, Any
+
+from skiff import __version__
+from skiff.core.api.router import Request, Response, Router
+from skiff.core.timefmt import rfc3339
+
+if TYPE_CHECKING:
+    from skiff.core.engine import Engine
+
+API_VERSION = "1.41"
+MIN_API_VERSION = "1.24"
+
+
+def _arch() -> str:
+    machine = platform.machine()
+    return {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
+
+
+def _os_release() -> str:
+    try:
+        with open("/etc/os-release") as f:
+            for line in f:
+                if line.startswith("PRETTY_NAME="):
+                    return line.split("=", 1)[1].strip().strip('"')
+    except OSError:
+        pass
+    return "Linux"
+
+
+def _mem_total() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _read_flag(path: str) -> bool:
+    try:
+        with open(path) as f:
+            return f.read().strip() == "1"
+    except OSError:
+        return False
+
+
+def version_payload() -> dict[str, Any]:
+    kernel = platform.release()
+    return {
+        "Platform": {"Name": "skiff"},
+        "Components": [{
+            "Name": "Engine",
+            "Version": __version__,
+            "Details": {
+                "ApiVersion": API_VERSION, "Arch": _arch(), "BuildTime": "",
+                "Experimental": "false", "GitCommit": "", "GoVersion": "",
+                "KernelVersion": kernel, "MinAPIVersion": MIN_API_VERSION, "Os": "linux",
+                "Python": platform.python_version(),
+            },
+        }],
+        "Version": __version__,
+        "ApiVersion": API_VERSION,
+        "MinAPIVersion": MIN_API_VERSION,
+        "GitCommit": "",
+        "GoVersion": "python" + platform.python_version(),
+        "Os": "linux",
+        "Arch": _arch(),
+        "KernelVersion": kernel,
+        "BuildTime": "",
+    }
+
+
+def register(router: Router, engine: Engine) -> None:
+    @router.route("GET", "/_ping")
+    @router.route("HEAD", "/_ping")
+    async def ping(req: Request) -> Response:
+        return Response(200, b"" if req.method == "HEAD" else b"OK", "text/plain; charset=utf-8",
+                        headers=[("Cache-Control", "no-cache, no-store, must-revalidate"),
+                                 ("Pragma", "no-cache"), ("Builder-Version", "1")])
+
+    @router.route("GET", "/version")
+    async def version(req: Request) -> dict[str, Any]:
+        return version_payload()
+
+    @router.route("GET", "/info")
+    async def info(req: Request) -> dict[str, Any]:
+        return await engine.to_thread(info_payload, engine)
+
+
+def info_payload(engine: Engine) -> dict[str, Any]:
+    total, running, paused, stopped = engine.containers.counts()
+    cg = engine.cgroups
+    plugins = engine.plugins.drivers
+    names = {kind: sorted(found) for kind, found in plugins.items()}
+    return {
+        "ID": _daemon_id(engine),
+        "Containers": total,
+        "ContainersRunning": running,
+        "ContainersPaused": paused,
+        "ContainersStopped": stopped,
+        "Images": engine.images.count(),
+        "Driver": engine.storage_name,
+        "DriverStatus": [list(kv) for kv in engine.storage.status()],
+        "SystemStatus": None,
+        "Plugins": {
+            "Volume": ["local"],
+            "Network": names.get("network", []),
+            "Authorization": None,
+            "Log": names.get("logging", []),
+            # skiff's own kinds; the docker CLI ignores keys it does not know
+            "Storage": names.get("storage", []),
+            "Isolation": names.get("isolation", []),
+            "Limits": names.get("limits", []),
+        },
+        "SkiffPluginModules": engine.plugins.modules,
+        "MemoryLimit": True,
+        "SwapLimit": os.path.exists("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes"),
+        "KernelMemory": False,
+        "KernelMemoryTCP": False,
+        "CpuCfsPeriod": True,
+        "CpuCfsQuota": True,
+        "CPUShares": True,
+        "CPUSet": True,
+        "PidsLimit": True,
+        "IPv4Forwarding": _read_flag("/proc/sys/net/ipv4/ip_forward"),
+        "BridgeNfIptables": _read_flag("/proc/sys/net/bridge/bridge-nf-call-iptables"),
+        "BridgeNfIp6tables": _read_flag("/proc/sys/net/bridge/bridge-nf-call-ip6tables"),
+        "Debug": bool(engine.config["debug"]),
+        "NFd": len(os.listdir("/proc/self/fd")),
+        "OomKillDisable": True,
+        "NGoroutines": 0,
+        "SystemTime": rfc3339(time.time()),
+        "LoggingDriver": engine.config["log-driver"],
+        "CgroupDriver": getattr(cg, "name", "none"),
+        "CgroupVersion": str(getattr(cg, "version", "")),
+        "NEventsListener": 0,
+        "KernelVersion": platform.release(),
+        "OperatingSystem": _os_release(),
+        "OSVersion": "",
+        "OSType": "linux",
+        "Architecture": platform.machine(),
+        "IndexServerAddress": "https://index.docker.io/v1/",
+        "RegistryConfig": {"AllowNondistributableArtifactsCIDRs": [],
+                           "AllowNondistributableArtifactsHostnames": [],
+                           "InsecureRegistryCIDRs": ["127.0.0.0/8"],
+                           "IndexConfigs": {}, "Mirrors": []},
+        "NCPU": os.cpu_count() or 1,
+        "MemTotal": _mem_total(),
+        "GenericResources": None,
+        "DockerRootDir": engine.data_root,
+        "HttpProxy": "",
+        "HttpsProxy": "",
+        "NoProxy": "",
+        "Name": socket.gethostname(),
+        "Labels": [],
+        "ExperimentalBuild": False,
+        "ServerVersion": __version__,
+        "Runtimes": {name: {"path": name} for name in names.get("isolation", [])},
+        "DefaultRuntime": engine.runtime_name,
+        "Swarm": {"NodeID": "", "NodeAddr": "", "LocalNodeState": "inactive",
+                  "ControlAvailable": False, "Error": "", "RemoteManagers": None},
+        "LiveRestoreEnabled": bool(engine.config["live-restore"]),
+        "Isolation": "",
+        "InitBinary": "",
+        "ContainerdCommit": {"ID": "", "Expected": ""},
+        "RuncCommit": {"ID": "", "Expected": ""},
+        "InitCommit": {"ID": "", "Expected": ""},
+        "SecurityOptions": ["name=seccomp,profile=unconfined", "name=no-new-privileges"],
+        "Warnings": [],
+    }
+
+
+def _daemon_id(engine: Engine) -> str:
+    """A stable daemon ID kept in the data-root, as dockerd keeps its engine-id."""
+    path = os.path.join(engine.data_root, "engine-id")
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except FileNotFoundError:
+        import uuid
+
+        from skiff.core.atomic import write_atomic
+
+        ident = str(uuid.uuid4())
+        write_atomic(path, ident + "\n")
+        return ident

@@ -1,0 +1,309 @@
+"""daemon.json: schema, defaults, validation, and flags that overlap it.
+
+Key names and meanings are Docker's, so an operator's dockerd configuration
+reads the same here.  An unknown key, a value of the wrong type or malformed
+JSON refuses the start with the file and key named; the same option given as a
+flag and in the file is refused, as dockerd does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+DEFAULT_CONFIG_FILE = "/etc/skiff/daemon.json"
+DEFAULT_SOCKET = "unix:///run/skiff.sock"
+
+
+class ConfigError(Exception):
+    """The configuration is unusable; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class Option:
+    """One daemon.json key: its type, default and the flag that sets it too."""
+
+    key: str
+    type: type | tuple[type, ...]
+    default: Any
+    flag: str | None = None  #: long flag name, e.g. "--data-root"
+    short: str | None = None
+    help: str = ""
+    item: type | None = None  #: element type of a list, value type of a dict
+    multiple: bool = False  #: a flag that may repeat and collects into a list
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("data-root", str, "/var/lib/skiff", "--data-root",
+           help="root of persistent state (images, containers, volumes)"),
+    Option("exec-root", str, "/run/skiff", "--exec-root",
+           help="root of run-time state (shim sockets, pid files)"),
+    Option("pidfile", str, "/run/skiff.pid", "--pidfile", "-p", help="daemon pid file"),
+    Option("storage-driver", str, "", "--storage-driver", "-s",
+           help="storage driver; empty picks the best that works here"),
+    Option("storage-opts", list, [], "--storage-opt", item=str, multiple=True,
+           help="storage driver options, driver.key=value"),
+    Option("log-driver", str, "json-file", "--log-driver", help="default log driver"),
+    Option("log-opts", dict, {}, "--log-opt", item=str, multiple=True,
+           help="default log driver options, key=value"),
+    Option("log-level", str, "info", "--log-level", "-l",
+           help="debug, info, warn, error or fatal"),
+    Option("bridge", str, "", "--bridge", "-b",
+           help="default bridge name ('none' disables the default bridge)"),
+    Option("bip", str, "", "--bip", help="default bridge address, CIDR"),
+    Option("iptables", bool, True, "--iptables", help="manage firewall rules"),
+    Option("ip-forward", bool, True, "--ip-forward", help="enable IP forwarding"),
+    Option("icc", bool, True, "--icc", help="inter-container traffic on the default bridge"),
+    Option("userns-remap", str, "", "--userns-remap", help="user namespace remapping"),
+    Option("default-ulimits", dict, {}, "--default-ulimit", item=dict, multiple=True,
+           help="default ulimits, name=soft:hard"),
+    Option("live-restore", bool, False, "--live-restore",
+           help="keep containers running while the daemon is down"),
+    Option("debug", bool, False, "--debug", "-D", help="debug logging"),
+    Option("hosts", list, [], "--host", "-H", item=str, multiple=True,
+           help="sockets to listen on"),
+    Option("cgroup-parent", str, "skiff", "--cgroup-parent",
+           help="parent cgroup of every container"),
+    Option("exec-opts", list, [], "--exec-opt", item=str, multiple=True,
+           help="runtime options, e.g. native.cgroupdriver=cgroupfs"),
+    Option("default-address-pools", list, [], None, item=dict,
+           help="pools for user-defined networks: [{base, size}]"),
+    Option("default-runtime", str, "skiff", "--default-runtime",
+           help="container runtime (isolation plugin)"),
+)
+
+BY_KEY: dict[str, Option] = {o.key: o for o in OPTIONS}
+
+_TYPE_NAMES = {str: "string", bool: "boolean", list: "array", dict: "object", int: "number"}
+
+
+def _type_name(t: type | tuple[type, ...]) -> str:
+    if isinstance(t, tuple):
+        return " or ".join(_TYPE_NAMES.get(x, x.__name__) for x in t)
+    return _TYPE_NAMES.get(t, t.__name__)
+
+
+def _check_type(path: str, key: str, value: Any, opt: Option) -> None:
+    # bool is a subclass of int in Python; JSON true must not pass as a number
+    ok = isinstance(value, opt.type) and not (opt.type is int and isinstance(value, bool))
+    if not ok:
+        raise ConfigError(
+            f"{path}: invalid value for {key!r}: expected a {_type_name(opt.type)}, "
+            f"got {json.dumps(value)}"
+        )
+    if opt.item is not None:
+        items = value.values() if isinstance(value, dict) else value
+        for item in items:
+            if not isinstance(item, opt.item):
+                raise ConfigError(
+                    f"{path}: invalid value for {key!r}: every entry must be a "
+                    f"{_type_name(opt.item)}, got {json.dumps(item)}"
+                )
+
+
+def read_file(path: str, *, required: bool) -> dict[str, Any]:
+    """Parse and type-check daemon.json; {} when it is absent and not required."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        if required:
+            raise ConfigError(f"{path}: configuration file not found") from None
+        return {}
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read configuration file: {exc.strerror}") from exc
+    if not raw.strip():
+        return {}
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"{path}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
+        ) from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the configuration must be a JSON object")
+    unknown = sorted(k for k in data if k not in BY_KEY)
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown configuration key(s): {', '.join(unknown)} "
+            f"(known keys: {', '.join(sorted(BY_KEY))})"
+        )
+    for key, value in data.items():
+        _check_type(path, key, value, BY_KEY[key])
+    return data
+
+
+def _parse_kv(values: Sequence[str], flag: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for v in values:
+        k, sep, val = v.partition("=")
+        if not sep or not k:
+            raise ConfigError(f"invalid {flag} value {v!r}: expected key=value")
+        out[k] = val
+    return out
+
+
+def _parse_ulimits(values: Sequence[str]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for v in values:
+        name, sep, limits = v.partition("=")
+        soft, _, hard = limits.partition(":")
+        try:
+            s = int(soft)
+            h = int(hard) if hard else s
+        except ValueError:
+            raise ConfigError(
+                f"invalid --default-ulimit {v!r}: expected name=soft[:hard]"
+            ) from None
+        if not sep or not name:
+            raise ConfigError(f"invalid --default-ulimit {v!r}: expected name=soft[:hard]")
+        out[name] = {"Name": name, "Soft": s, "Hard": h}
+    return out
+
+
+def _bool_flag(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="skiffd",
+        description="skiff daemon: serves the Docker Engine API v1.41",
+    )
+    p.add_argument("--config-file", default=None,
+                   help=f"daemon configuration file (default {DEFAULT_CONFIG_FILE})")
+    p.add_argument("--version", "-v", action="store_true", help="print version and exit")
+    for opt in OPTIONS:
+        if opt.flag is None:
+            continue
+        names = [opt.flag] + ([opt.short] if opt.short else [])
+        dest = opt.key.replace("-", "_")
+        if opt.type is bool:
+            # "--iptables" alone means true, "--iptables=false" turns it off, as dockerd
+            p.add_argument(*names, dest=dest, nargs="?", const=True, type=_bool_flag,
+                           default=None, help=opt.help)
+        elif opt.multiple:
+            p.add_argument(*names, dest=dest, action="append", default=None, help=opt.help)
+        else:
+            p.add_argument(*names, dest=dest, default=None, help=opt.help)
+    return p
+
+
+def _flag_values(ns: argparse.Namespace) -> dict[str, Any]:
+    """The options given on the command line, converted to daemon.json shape."""
+    out: dict[str, Any] = {}
+    for opt in OPTIONS:
+        if opt.flag is None:
+            continue
+        value = getattr(ns, opt.key.replace("-", "_"))
+        if value is None:
+            continue
+        if opt.key == "log-opts":
+            value = _parse_kv(value, "--log-opt")
+        elif opt.key == "default-ulimits":
+            value = _parse_ulimits(value)
+        out[opt.key] = value
+    return out
+
+
+def load(argv: Sequence[str] | None = None) -> tuple[dict[str, Any], argparse.Namespace]:
+    """Parse flags and daemon.json into one validated configuration.
+
+    Returns the full configuration (every key present, defaults filled) and
+    the parsed flags.
+    """
+    ns = build_parser().parse_args(argv)
+    if ns.version:
+        return {}, ns
+    explicit = ns.config_file is not None
+    path = ns.config_file or DEFAULT_CONFIG_FILE
+    from_file = read_file(path, required=explicit)
+    from_flags = _flag_values(ns)
+    both = sorted(set(from_file) & set(from_flags))
+    if both:
+        detail = ", ".join(
+            f"{k}: (from flag: {from_flags[k]}, from file: {from_file[k]})" for k in both
+        )
+        raise ConfigError(
+            f"the following directives are specified both as a flag and in the "
+            f"configuration file ({path}): {detail}"
+        )
+    config = {o.key: _copy(o.default) for o in OPTIONS}
+    config.update(from_file)
+    config.update(from_flags)
+    config["config-file"] = path
+    validate(config, path)
+    return config, ns
+
+
+def _copy(value: Any) -> Any:
+    return json.loads(json.dumps(value))
+
+
+def validate(config: Mapping[str, Any], path: str) -> None:
+    """Checks on values (not just types), each naming the key."""
+    if config["log-level"] not in ("debug", "info", "warn", "error", "fatal"):
+        raise ConfigError(
+            f"{path}: invalid value for 'log-level': {config['log-level']!r} "
+            "(use debug, info, warn, error or fatal)"
+        )
+    for key in ("data-root", "exec-root"):
+        if not os.path.isabs(config[key]):
+            raise ConfigError(f"{path}: {key!r} must be an absolute path, got {config[key]!r}")
+    for item in config["storage-opts"]:
+        if "=" not in item:
+            raise ConfigError(f"{path}: invalid 'storage-opts' entry {item!r}: expected key=value")
+    for item in config["exec-opts"]:
+        if "=" not in item:
+            raise ConfigError(f"{path}: invalid 'exec-opts' entry {item!r}: expected key=value")
+    for name, ul in config["default-ulimits"].items():
+        if not isinstance(ul, dict) or not {"Soft", "Hard"} <= set(ul):
+            raise ConfigError(
+                f"{path}: invalid 'default-ulimits' entry {name!r}: expected "
+                '{"Name": ..., "Soft": N, "Hard": N}'
+            )
+    for pool in config["default-address-pools"]:
+        if not {"base", "size"} <= set(pool):
+            raise ConfigError(
+                f"{path}: invalid 'default-address-pools' entry {pool}: expected "
+                '{"base": "CIDR", "size": N}'
+            )
+    for host in config["hosts"]:
+        if not host.startswith("unix://"):
+            raise ConfigError(
+                f"{path}: invalid 'hosts' entry {host!r}: only unix:// sockets are supported"
+            )
+
+
+def storage_options(config: Mapping[str, Any], driver: str) -> dict[str, str]:
+    """``storage-opts`` for ``driver``: keys with the driver's prefix stripped.
+
+    Docker's options carry a driver prefix (``overlay2.size``); options of other
+    drivers are ignored, unprefixed ones are passed through.
+    """
+    out: dict[str, str] = {}
+    for item in config["storage-opts"]:
+        key, _, value = item.partition("=")
+        prefix, dot, rest = key.partition(".")
+        if dot and prefix in (driver, "dm" if driver == "devicemapper" else driver):
+            out[rest] = value
+        elif not dot:
+            out[key] = value
+    return out
+
+
+def exec_options(config: Mapping[str, Any]) -> dict[str, str]:
+    return dict(item.split("=", 1) for item in config["exec-opts"])
+
+
+def socket_paths(config: Mapping[str, Any]) -> list[str]:
+    hosts = config["hosts"] or [DEFAULT_SOCKET]
+    return [h.removeprefix("unix://") for h in hosts]

@@ -1,0 +1,157 @@
+"""Turning a create request and an image into a container's effective config.
+
+Docker's rules: an Entrypoint given at create replaces the image's and drops
+the image's Cmd; Env merges by key with the request winning; WorkingDir, User,
+Labels, StopSignal and ExposedPorts fall back to the image.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+from collections.abc import Mapping
+from typing import Any
+
+NAME_RE = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+CONFIG_KEYS = (
+    "Hostname", "Domainname", "User", "AttachStdin", "AttachStdout", "AttachStderr",
+    "ExposedPorts", "Tty", "OpenStdin", "StdinOnce", "Env", "Cmd", "Image", "Volumes",
+    "WorkingDir", "Entrypoint", "OnBuild", "Labels", "StopSignal", "StopTimeout",
+)
+
+
+class InvalidConfig(ValueError):
+    """The create request cannot make a container; the message says why."""
+
+
+def _as_list(value: Any) -> list[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise InvalidConfig(f"expected a string or a list of strings, got {value!r}")
+
+
+def merge_env(image_env: list[str] | None, env: list[str] | None) -> list[str]:
+    merged: dict[str, str] = {}
+    for item in (image_env or []) + (env or []):
+        key = item.split("=", 1)[0]
+        merged.pop(key, None)  # a later value moves to the end, as Docker orders it
+        merged[key] = item
+    return list(merged.values())
+
+
+def effective_config(body: Mapping[str, Any], image_config: Mapping[str, Any]) -> dict[str, Any]:
+    """The container's Config: the request's fields with the image's defaults."""
+    cfg: dict[str, Any] = {k: body.get(k) for k in CONFIG_KEYS}
+    img = image_config or {}
+    entrypoint = _as_list(body.get("Entrypoint"))
+    cmd = _as_list(body.get("Cmd"))
+    if entrypoint is not None:
+        # An explicit entrypoint ([""] means "none") discards the image's Cmd.
+        entrypoint = [e for e in entrypoint if e] or None
+        if cmd is None:
+            cmd = None
+    else:
+        entrypoint = _as_list(img.get("Entrypoint"))
+        if cmd is None:
+            cmd = _as_list(img.get("Cmd"))
+    cfg["Entrypoint"] = entrypoint
+    cfg["Cmd"] = cmd
+    env = merge_env(img.get("Env"), _as_list(body.get("Env")))
+    if not any(e.startswith("PATH=") for e in env):
+        env.insert(0, f"PATH={DEFAULT_PATH}")
+    cfg["Env"] = env
+    cfg["WorkingDir"] = body.get("WorkingDir") or img.get("WorkingDir") or ""
+    cfg["User"] = body.get("User") or img.get("User") or ""
+    labels = dict(img.get("Labels") or {})
+    labels.update(body.get("Labels") or {})
+    cfg["Labels"] = labels
+    cfg["StopSignal"] = body.get("StopSignal") or img.get("StopSignal") or None
+    exposed = dict(img.get("ExposedPorts") or {})
+    exposed.update(body.get("ExposedPorts") or {})
+    cfg["ExposedPorts"] = exposed or None
+    volumes = dict(img.get("Volumes") or {})
+    volumes.update(body.get("Volumes") or {})
+    cfg["Volumes"] = volumes or None
+    for key in ("Tty", "OpenStdin", "StdinOnce", "AttachStdin", "AttachStdout", "AttachStderr"):
+        cfg[key] = bool(body.get(key))
+    cfg["Hostname"] = body.get("Hostname") or ""
+    cfg["Domainname"] = body.get("Domainname") or ""
+    if not (entrypoint or cmd):
+        raise InvalidConfig("No command specified")
+    if cfg["WorkingDir"] and not cfg["WorkingDir"].startswith("/"):
+        raise InvalidConfig(
+            f"the working directory '{cfg['WorkingDir']}' is invalid, it needs to be an "
+            "absolute path"
+        )
+    return cfg
+
+
+def command_line(cfg: Mapping[str, Any]) -> tuple[str, list[str]]:
+    argv = (cfg.get("Entrypoint") or []) + (cfg.get("Cmd") or [])
+    return argv[0], argv[1:]
+
+
+def parse_signal(value: str | int | None, default: int = signal.SIGKILL) -> int:
+    """``SIGTERM``, ``TERM``, ``15`` -> 15; a clear error otherwise."""
+    if value is None or value == "":
+        return int(default)
+    if isinstance(value, int):
+        sig = value
+    elif value.isdigit():
+        sig = int(value)
+    else:
+        name = value.upper()
+        if not name.startswith("SIG"):
+            name = "SIG" + name
+        try:
+            sig = int(getattr(signal.Signals, name))
+        except AttributeError:
+            raise InvalidConfig(f"Invalid signal: {value}") from None
+    if not 0 < sig < 65:
+        raise InvalidConfig(f"Invalid signal: {value}")
+    return sig
+
+
+def normalize_host_config(hc: Mapping[str, Any] | None) -> dict[str, Any]:
+    out = dict(hc or {})
+    out.setdefault("NetworkMode", "default")
+    out.setdefault("Binds", None)
+    out.setdefault("AutoRemove", False)
+    out.setdefault("Privileged", False)
+    out.setdefault("CapAdd", None)
+    out.setdefault("CapDrop", None)
+    out.setdefault("LogConfig", {"Type": "", "Config": {}})
+    out.setdefault("RestartPolicy", {"Name": "no", "MaximumRetryCount": 0})
+    out.setdefault("ReadonlyRootfs", False)
+    out.setdefault("SecurityOpt", None)
+    return out
+
+
+def parse_binds(binds: list[str] | None) -> list[tuple[str, str, list[str]]]:
+    """``/host:/ctr[:ro]`` into (source, destination, options)."""
+    out = []
+    for bind in binds or []:
+        parts = bind.split(":")
+        if len(parts) not in (2, 3) or not parts[1].startswith("/"):
+            raise InvalidConfig(f"invalid volume specification: '{bind}'")
+        src, dst = parts[0], parts[1]
+        if not src.startswith("/"):
+            raise InvalidConfig(
+                f"invalid volume specification: '{bind}': named volumes are not "
+                "supported yet; use an absolute host path"
+            )
+        mode = parts[2].split(",") if len(parts) == 3 else []
+        for m in mode:
+            if m not in ("ro", "rw", "z", "Z", "rprivate", "private", "rslave", "slave",
+                         "rshared", "shared"):
+                raise InvalidConfig(f"invalid mode: {m}")
+        opts = ["rbind", "ro" if "ro" in mode else "rw"]
+        out.append((src, dst, opts))
+    return out

@@ -1,0 +1,680 @@
+"""Container lifecycle: create, start, wait, stop, kill, remove, attach, logs.
+
+The manager owns the records (``Container``), the run-time state of running
+containers (``Live``) and the tasks that watch them.  Drivers are reached
+through the engine; their blocking calls go to worker threads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import structlog
+import trio
+
+from skiff.core.containers import names
+from skiff.core.containers.config import (
+    NAME_RE,
+    InvalidConfig,
+    command_line,
+    effective_config,
+    normalize_host_config,
+    parse_binds,
+    parse_signal,
+)
+from skiff.core.containers.model import Container, State, now_rfc3339
+from skiff.core.containers.streams import OutputHub, pump
+from skiff.core.errors import Conflict, InvalidParameter, NotFound, NotModified
+from skiff.core.hookspecs import (
+    ContainerProcess,
+    ContainerSpec,
+    Endpoint,
+    LogContext,
+    LogDriver,
+    MountSpec,
+    ReadConfig,
+    StartError,
+    Stdio,
+)
+
+if TYPE_CHECKING:
+    from skiff.core.engine import Engine
+
+log = structlog.get_logger("skiff.containers")
+
+DEFAULT_STOP_TIMEOUT = 10
+#: after PID 1 exits, how long its output pipes may stay open (a process that
+#: escaped the pid namespace keeps them); the kernel kills the rest of the
+#: namespace, so this is a safety net, not a normal wait
+OUTPUT_GRACE = 2.0
+
+
+@dataclass
+class Notice:
+    """A one-shot event carrying the exit code it announces."""
+
+    event: trio.Event = field(default_factory=trio.Event)
+    code: int = 0
+
+    def fire(self, code: int) -> None:
+        self.code = code
+        self.event.set()
+
+
+@dataclass
+class Track:
+    """Everything the manager keeps per container besides its record."""
+
+    hub: OutputHub = field(default_factory=OutputHub)
+    lock: trio.Lock = field(default_factory=trio.Lock)
+    next_exit: Notice = field(default_factory=Notice)
+    removed: Notice = field(default_factory=Notice)
+    process: ContainerProcess | None = None
+    endpoint: Endpoint | None = None
+    stopping: bool = False
+    log_limiter: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(1))
+
+
+class ContainerManager:
+    """The containers of one daemon."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.root = os.path.join(engine.data_root, "containers")
+        self.by_id: dict[str, Container] = {}
+        self.by_name: dict[str, str] = {}
+        self.tracks: dict[str, Track] = {}
+
+    # -- lookup ------------------------------------------------------------
+
+    def get(self, ref: str) -> Container:
+        """By full ID, name (with or without "/") or unique ID prefix: Docker's order."""
+        if ref in self.by_id:
+            return self.by_id[ref]
+        name = ref.lstrip("/")
+        if name in self.by_name:
+            return self.by_id[self.by_name[name]]
+        if ref:
+            matches = [cid for cid in self.by_id if cid.startswith(ref)]
+            if len(matches) == 1:
+                return self.by_id[matches[0]]
+            if len(matches) > 1:
+                raise InvalidParameter(
+                    f"multiple IDs found with provided prefix: {ref}"
+                )
+        raise NotFound(f"No such container: {ref}")
+
+    def using_image(self, image_id: str) -> list[Container]:
+        return [c for c in self.by_id.values() if c.image_id == image_id]
+
+    def counts(self) -> tuple[int, int, int, int]:
+        running = sum(1 for c in self.by_id.values() if c.state.Running and not c.state.Paused)
+        paused = sum(1 for c in self.by_id.values() if c.state.Paused)
+        total = len(self.by_id)
+        return total, running, paused, total - running - paused
+
+    # -- start-up ----------------------------------------------------------
+
+    def restore(self) -> None:
+        """Load every container record; those that were running are not any more.
+
+        Without live-restore a container does not survive its daemon.  A shim
+        that outlived a crash has written the exit code beside the bundle.
+        """
+        os.makedirs(self.root, mode=0o710, exist_ok=True)
+        for cid in os.listdir(self.root):
+            path = os.path.join(self.root, cid)
+            try:
+                c = Container.load(path)
+            except (OSError, ValueError, KeyError) as exc:
+                log.warning("container.restore_failed", id=cid, error=str(exc))
+                continue
+            if c.state.Running:
+                code = self._exit_code_from_bundle(c.id)
+                if code is None and c.state.Pid:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(c.state.Pid, signal.SIGKILL)
+                    code = 137
+                c.state = State(
+                    Status="exited", ExitCode=code if code is not None else 255,
+                    StartedAt=c.state.StartedAt, FinishedAt=now_rfc3339(),
+                )
+                c.save()
+            self._index(c)
+
+    def _exit_code_from_bundle(self, cid: str) -> int | None:
+        try:
+            with open(os.path.join(self.engine.exec_root, "containers", cid, "exitcode")) as f:
+                return int(f.read().strip())
+        except (OSError, ValueError):
+            return None
+
+    def _index(self, c: Container) -> None:
+        self.by_id[c.id] = c
+        self.by_name[c.name] = c.id
+        self.tracks.setdefault(c.id, Track())
+
+    # -- create --------------------------------------------------------------
+
+    async def create(self, body: dict[str, Any], name: str | None) -> tuple[str, list[str]]:
+        eng = self.engine
+        if not isinstance(body, dict):
+            raise InvalidParameter("the request body must be a JSON object")
+        image_ref = body.get("Image")
+        if not image_ref or not isinstance(image_ref, str):
+            raise InvalidParameter("config.Image is required: name the image to run")
+        if name:
+            if not NAME_RE.match(name):
+                raise InvalidParameter(
+                    f"Invalid container name ({name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
+                )
+            name = name.lstrip("/")
+            if name in self.by_name:
+                raise Conflict(
+                    f'Conflict. The container name "/{name}" is already in use by container '
+                    f'"{self.by_name[name]}". You have to remove (or rename) that container '
+                    "to be able to reuse that name."
+                )
+        image = eng.images.get(image_ref)  # raises NotFound: "No such image: ..."
+        try:
+            cfg = effective_config(body, image.config.get("config") or {})
+            cfg["Image"] = image_ref
+            hc = normalize_host_config(body.get("HostConfig"))
+            parse_binds(hc.get("Binds"))
+            if hc.get("LogConfig", {}).get("Type") in ("", None):
+                hc["LogConfig"] = {"Type": eng.config["log-driver"],
+                                   "Config": dict(eng.config["log-opts"])}
+            eng.plugins.factory("logging", hc["LogConfig"]["Type"])
+            network_mode = eng.resolve_network_mode(hc.get("NetworkMode") or "default")
+        except (InvalidConfig, LookupError) as exc:
+            raise InvalidParameter(str(exc).strip("'\"")) from exc
+        cid = secrets.token_hex(32)
+        while name is None or name in self.by_name:
+            name = names.generate()
+        if not cfg["Hostname"]:
+            cfg["Hostname"] = socket.gethostname() if network_mode == "host" else cid[:12]
+        path, args = command_line(cfg)
+        root = os.path.join(self.root, cid)
+        c = Container(
+            id=cid, name=name, created=now_rfc3339(), image_id=image.id, config=cfg,
+            host_config=hc, path=path, args=args, driver=eng.storage_name, root=root,
+            log_driver=hc["LogConfig"]["Type"], network_mode=network_mode,
+        )
+        # Reserve the name before the first await so a concurrent create cannot take it.
+        self._index(c)
+        try:
+            os.makedirs(root, mode=0o700)
+            storage_opts = hc.get("StorageOpt") or {}
+            init_id, mount_id = await eng.to_thread(
+                eng.layers.create_rw, cid, image.top_layer, storage_opts
+            )
+            c.init_id, c.mount_id = init_id, mount_id
+            c.graph_data = await eng.to_thread(eng.storage.metadata, mount_id)
+            self._write_etc_files(c)
+            c.save()
+            eng.plugins.hook.skiff_container_create(container=c)
+        except BaseException:
+            await self._discard(c)
+            raise
+        log.info("container.create", id=cid, name=name, image=image_ref,
+                 storage=eng.storage_name, network=network_mode)
+        return cid, []
+
+    def _write_etc_files(self, c: Container) -> None:
+        with open(c.hostname_path, "w") as f:
+            f.write(c.config["Hostname"] + "\n")
+        if c.network_mode == "host":
+            shutil.copyfile("/etc/hosts", c.hosts_path)
+        else:
+            with open(c.hosts_path, "w") as f:
+                f.write(
+                    "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+                    "fe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\n"
+                    "ff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n"
+                )
+        with open(c.resolv_conf_path, "w") as f:
+            f.write(resolv_conf_for(c.network_mode))
+
+    async def _discard(self, c: Container) -> None:
+        """Undo a create that failed half-way; leaves no trace of ``c``."""
+        eng = self.engine
+        if c.mount_id:
+            with contextlib.suppress(Exception):
+                await eng.to_thread(eng.layers.remove_rw, c.id)
+        shutil.rmtree(c.root, ignore_errors=True)
+        self.by_id.pop(c.id, None)
+        if self.by_name.get(c.name) == c.id:
+            del self.by_name[c.name]
+        self.tracks.pop(c.id, None)
+
+    # -- start ---------------------------------------------------------------
+
+    def _spec(self, c: Container) -> ContainerSpec:
+        eng = self.engine
+        mounts = [
+            MountSpec("bind", c.resolv_conf_path, "/etc/resolv.conf", ["rbind", "rw"]),
+            MountSpec("bind", c.hostname_path, "/etc/hostname", ["rbind", "rw"]),
+            MountSpec("bind", c.hosts_path, "/etc/hosts", ["rbind", "rw"]),
+        ]
+        for src, dst, opts in parse_binds(c.host_config.get("Binds")):
+            mounts.append(MountSpec("bind", src, dst, opts))
+        namespaces: dict[str, str | None] = {"pid": None, "mount": None, "uts": None, "ipc": None}
+        if eng.network_driver(c.network_mode).netns == "new":
+            namespaces["net"] = None
+        rlimits = [
+            (u["Name"], int(u["Soft"]), int(u["Hard"]))
+            for u in list(eng.config["default-ulimits"].values())
+            + list(c.host_config.get("Ulimits") or [])
+        ]
+        return ContainerSpec(
+            id=c.id,
+            bundle=os.path.join(eng.exec_root, "containers", c.id),
+            rootfs_mounts=eng.storage.mounts(c.mount_id),
+            mounts=mounts,
+            args=[c.path, *c.args],
+            env=list(c.config.get("Env") or []),
+            cwd=c.config.get("WorkingDir") or "/",
+            user=c.config.get("User") or "",
+            hostname=c.config["Hostname"],
+            namespaces=namespaces,
+            readonly_rootfs=bool(c.host_config.get("ReadonlyRootfs")),
+            rlimits=rlimits,
+            tty=bool(c.config.get("Tty")),
+            open_stdin=bool(c.config.get("OpenStdin")),
+        )
+
+    async def start(self, ref: str) -> None:
+        c = self.get(ref)
+        track = self.tracks[c.id]
+        async with track.lock:
+            if c.state.Running:
+                raise NotModified("container already started")
+            if c.state.Status == "removing":
+                raise Conflict(f"container {c.id} is marked for removal and cannot be started")
+            try:
+                await self._start_locked(c, track)
+            except BaseException as exc:
+                # Attached clients must not wait for output that will never come,
+                # and `docker run --rm` waits for the removal.
+                track.hub.end_run()
+                failed = exc
+            else:
+                return
+        if c.host_config.get("AutoRemove"):
+            with trio.CancelScope(shield=True):
+                try:
+                    await self.remove(c.id, force=True)
+                except Exception as exc:
+                    log.error("container.autoremove_failed", id=c.id, error=str(exc))
+        if isinstance(failed, StartError):
+            # Docker answers 400 here; the CLI turns "not found" into exit code 127.
+            raise InvalidParameter(f"failed to start container {c.id[:12]}: {failed}") from failed
+        raise failed
+
+    async def _start_locked(self, c: Container, track: Track) -> None:
+        eng = self.engine
+        t0 = time.perf_counter()
+        spec = await eng.to_thread(self._spec, c)
+        os.makedirs(spec.bundle, mode=0o700, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(spec.bundle, "exitcode"))
+        eng.plugins.hook.skiff_container_spec(container=c, spec=spec)
+        log_driver = self._open_log(c)
+        pipes: list[int] = []
+        try:
+            out_r, out_w = os.pipe2(os.O_CLOEXEC)
+            err_r, err_w = os.pipe2(os.O_CLOEXEC)
+            pipes += [out_r, out_w, err_r, err_w]
+            if spec.open_stdin:
+                in_r, in_w = os.pipe2(os.O_CLOEXEC)
+                pipes += [in_r, in_w]
+            else:
+                in_r, in_w = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC), -1
+                pipes.append(in_r)
+            process = await eng.runtime.prepare(spec, Stdio(in_r, out_w, err_w))
+        except BaseException:
+            for fd in pipes:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            if log_driver is not None:
+                log_driver.close()
+            raise
+        for fd in (in_r, out_w, err_w):
+            os.close(fd)
+        try:
+            await self._prestart(c, track, process)
+            await process.go()
+        except BaseException as exc:
+            with trio.CancelScope(shield=True):
+                await process.abort()
+                await self._release_run_resources(c, track)
+                for fd in (out_r, err_r, in_w):
+                    if fd >= 0:
+                        os.close(fd)
+                if log_driver is not None:
+                    log_driver.close()
+            if isinstance(exc, StartError):
+                c.state.Error = str(exc)
+                c.state.ExitCode = exc.exit_code
+                c.save()
+            raise
+        c.state = State(Status="running", Running=True, Pid=process.pid,
+                        StartedAt=now_rfc3339(), FinishedAt=c.state.FinishedAt)
+        track.process = process
+        track.stopping = False
+        track.hub.begin_run()
+        if in_w >= 0:
+            track.hub.stdin = trio.lowlevel.FdStream(in_w)
+            track.hub.stdin_ready.set()
+        c.save()
+        eng.nursery.start_soon(self._monitor, c, track, process, out_r, err_r, log_driver)
+        log.info("container.start", id=c.id, pid=process.pid,
+                 ms=round((time.perf_counter() - t0) * 1000, 2))
+
+    async def _prestart(self, c: Container, track: Track, process: ContainerProcess) -> None:
+        eng = self.engine
+        if eng.cgroups is not None:
+            await eng.to_thread(eng.cgroups.create, c.id, c.host_config)
+            await eng.to_thread(eng.cgroups.add_process, c.id, process.pid)
+        driver = eng.network_driver(c.network_mode)
+        endpoint = Endpoint(network_id=c.network_mode, endpoint_id=secrets.token_hex(32),
+                            container_id=c.id)
+        track.endpoint = await eng.to_thread(driver.create_endpoint, c.network_mode, endpoint)
+        await eng.to_thread(driver.join, track.endpoint, process.pid)
+        eng.plugins.hook.skiff_container_prestart(container=c, pid=process.pid)
+
+    async def _release_run_resources(self, c: Container, track: Track) -> None:
+        eng = self.engine
+        if track.endpoint is not None:
+            driver = eng.network_driver(c.network_mode)
+            ep, track.endpoint = track.endpoint, None
+            with contextlib.suppress(Exception):
+                await eng.to_thread(driver.leave, ep)
+            with contextlib.suppress(Exception):
+                await eng.to_thread(driver.delete_endpoint, ep)
+        if eng.cgroups is not None:
+            try:
+                await eng.to_thread(eng.cgroups.destroy, c.id)
+            except Exception as exc:
+                log.warning("container.cgroup_destroy_failed", id=c.id, error=str(exc))
+
+    def _open_log(self, c: Container) -> LogDriver | None:
+        lc = c.host_config.get("LogConfig") or {}
+        name = lc.get("Type") or "json-file"
+        if name == "none":
+            return None
+        factory = self.engine.plugins.factory("logging", name)
+        return factory(LogContext(container_id=c.id, container_name=c.name,
+                                  log_path=c.log_path, options=dict(lc.get("Config") or {})))
+
+    async def _monitor(self, c: Container, track: Track, process: ContainerProcess,
+                       out_r: int, err_r: int, log_driver: LogDriver | None) -> None:
+        async with trio.open_nursery() as n:
+            for fd, name in ((out_r, "stdout"), (err_r, "stderr")):
+                n.start_soon(pump, trio.lowlevel.FdStream(fd), name, track.hub, log_driver,
+                             track.log_limiter)
+            code = await process.wait()
+            n.cancel_scope.deadline = trio.current_time() + OUTPUT_GRACE
+        with trio.CancelScope(shield=True):
+            if log_driver is not None:
+                await trio.to_thread.run_sync(log_driver.close, limiter=track.log_limiter)
+            await self._release_run_resources(c, track)
+            track.process = None
+            c.state = State(Status="exited", ExitCode=code, StartedAt=c.state.StartedAt,
+                            FinishedAt=now_rfc3339(), OOMKilled=False)
+            if c.id in self.by_id:
+                c.save()
+            track.hub.end_run()
+            self.engine.plugins.hook.skiff_container_poststop(container=c, exit_code=code)
+            notice, track.next_exit = track.next_exit, Notice()
+            notice.fire(code)
+            log.info("container.exit", id=c.id, code=code)
+            if c.host_config.get("AutoRemove") and c.id in self.by_id:
+                try:
+                    await self.remove(c.id, force=True)
+                except Exception as exc:
+                    log.error("container.autoremove_failed", id=c.id, error=str(exc))
+
+    # -- stop, kill, wait ---------------------------------------------------
+
+    async def kill(self, ref: str, sig: str | int | None) -> None:
+        c = self.get(ref)
+        try:
+            signum = parse_signal(sig, signal.SIGKILL)
+        except InvalidConfig as exc:
+            raise InvalidParameter(str(exc)) from exc
+        track = self.tracks[c.id]
+        if not c.state.Running or track.process is None:
+            raise Conflict(f"Cannot kill container: {ref}: Container {c.id} is not running")
+        track.process.kill(signum)
+
+    async def stop(self, ref: str, timeout: int | None = None) -> None:
+        c = self.get(ref)
+        track = self.tracks[c.id]
+        if not c.state.Running or track.process is None:
+            raise NotModified("container already stopped")
+        await self._stop(c, track, timeout)
+
+    async def _stop(self, c: Container, track: Track, timeout: int | None) -> None:
+        if timeout is None or (timeout < 0 and timeout != -1):
+            timeout = c.config.get("StopTimeout") or DEFAULT_STOP_TIMEOUT
+        try:
+            signum = parse_signal(c.config.get("StopSignal"), signal.SIGTERM)
+        except InvalidConfig:
+            signum = signal.SIGTERM
+        notice = track.next_exit
+        process = track.process
+        if process is None:
+            return
+        track.stopping = True
+        process.kill(signum)
+        if timeout == -1:
+            await notice.event.wait()
+            return
+        with trio.move_on_after(timeout):
+            await notice.event.wait()
+            return
+        log.info("container.stop_timeout", id=c.id, signal=signum, timeout=timeout)
+        process.kill(signal.SIGKILL)
+        await notice.event.wait()
+
+    def waiter(self, ref: str, condition: str) -> Notice | None:
+        """Register a wait now; the returned notice fires later (None: already true).
+
+        Registering before the HTTP response is sent matters: ``docker run``
+        waits with ``next-exit`` before it starts the container.
+        """
+        c = self.get(ref)
+        track = self.tracks[c.id]
+        if condition in ("", "not-running"):
+            if not c.state.Running:
+                return None
+            return track.next_exit
+        if condition == "next-exit":
+            return track.next_exit
+        if condition == "removed":
+            return track.removed
+        raise InvalidParameter(
+            f"invalid condition: {condition!r}: use not-running, next-exit or removed"
+        )
+
+    # -- remove ----------------------------------------------------------------
+
+    async def remove(self, ref: str, force: bool = False) -> None:
+        c = self.get(ref)
+        track = self.tracks[c.id]
+        if c.state.Running:
+            if not force:
+                raise Conflict(
+                    f"You cannot remove a running container {c.id}. Stop the container "
+                    "before attempting removal or force remove"
+                )
+            notice = track.next_exit
+            if track.process is not None:
+                track.process.kill(signal.SIGKILL)
+            await notice.event.wait()
+        if c.id not in self.by_id:
+            return  # removed meanwhile (auto-remove)
+        if c.state.Status == "removing":
+            raise Conflict(f"removal of container {c.id} is already in progress")
+        c.state.Status = "removing"
+        eng = self.engine
+        eng.plugins.hook.skiff_container_remove(container=c)
+        try:
+            await eng.to_thread(eng.layers.remove_rw, c.id)
+        except Exception:
+            c.state.Status = "dead"
+            c.state.Dead = True
+            c.save()
+            raise
+        await eng.to_thread(shutil.rmtree, c.root, True)
+        await eng.to_thread(
+            shutil.rmtree, os.path.join(eng.exec_root, "containers", c.id), True
+        )
+        del self.by_id[c.id]
+        if self.by_name.get(c.name) == c.id:
+            del self.by_name[c.name]
+        self.tracks.pop(c.id, None)
+        track.removed.fire(c.state.ExitCode)
+        log.info("container.remove", id=c.id)
+
+    # -- attach and logs -----------------------------------------------------
+
+    async def attach(self, ref: str, stream: trio.abc.Stream, *, stdin: bool, stdout: bool,
+                     stderr: bool, logs: bool, framed: bool) -> None:
+        """Serve a hijacked connection until the container's current run ends."""
+        from skiff.core.api.streams import multiplex_frame
+
+        c = self.get(ref)
+        track = self.tracks[c.id]
+        hub = track.hub
+        kinds = {"stdout": 1, "stderr": 2}
+
+        def frame(kind: str, data: bytes) -> bytes:
+            return multiplex_frame(kinds[kind], data) if framed else data
+
+        recv = hub.subscribe(stdout=stdout, stderr=stderr)
+        if logs:
+            for msg in await self._history(c, ReadConfig(stdout=stdout, stderr=stderr)):
+                await stream.send_all(frame(msg.stream, msg.line))
+
+        async def copy_stdin() -> None:
+            if not (stdin and c.config.get("OpenStdin")):
+                return
+            await hub.stdin_ready.wait()
+            target = hub.stdin
+            while target is not None:
+                try:
+                    data = await stream.receive_some(65536)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    data = b""
+                if not data:
+                    if c.config.get("StdinOnce"):
+                        with contextlib.suppress(trio.ClosedResourceError):
+                            await target.aclose()
+                    return
+                try:
+                    await target.send_all(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return
+
+        async with trio.open_nursery() as n:
+            n.start_soon(copy_stdin)
+            try:
+                async for kind, data in recv:
+                    await stream.send_all(frame(kind, data))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+            n.cancel_scope.cancel()
+
+    async def _history(self, c: Container, cfg: ReadConfig) -> list[Any]:
+        lc = c.host_config.get("LogConfig") or {}
+        name = lc.get("Type") or "json-file"
+        if name == "none":
+            return []
+        driver = self._open_log_reader(c)
+        try:
+            return await self.engine.to_thread(lambda: list(driver.read(cfg)))
+        finally:
+            driver.close()
+
+    def _open_log_reader(self, c: Container) -> LogDriver:
+        lc = c.host_config.get("LogConfig") or {}
+        factory = self.engine.plugins.factory("logging", lc.get("Type") or "json-file")
+        return factory(LogContext(container_id=c.id, container_name=c.name,
+                                  log_path=c.log_path, options=dict(lc.get("Config") or {})))
+
+    async def logs(self, ref: str, cfg: ReadConfig, *, follow: bool, timestamps: bool,
+                   framed: bool) -> AsyncIterator[bytes]:
+        """The log stream of ``docker logs``, history first, then live when following."""
+        from skiff.core.api.streams import multiplex_frame
+        from skiff.core.timefmt import rfc3339
+
+        c = self.get(ref)
+        if c.host_config.get("LogConfig", {}).get("Type") == "none":
+            raise InvalidParameter(
+                'configured logging driver does not support reading: "none"'
+            )
+        track = self.tracks[c.id]
+        kinds = {"stdout": 1, "stderr": 2}
+
+        def render(kind: str, data: bytes, when: float) -> bytes:
+            if timestamps:
+                data = rfc3339(when).encode() + b" " + data
+            return multiplex_frame(kinds[kind], data) if framed else data
+
+        live = None
+        async with track.hub.log_lock:
+            history = await self._history(c, cfg)
+            if follow and c.state.Running:
+                live = track.hub.subscribe(stdout=cfg.stdout, stderr=cfg.stderr)
+        for msg in history:
+            yield render(msg.stream, msg.line, msg.time)
+        if live is not None:
+            async with live:
+                async for kind, data in live:
+                    if cfg.until is not None and time.time() > cfg.until:
+                        break
+                    yield render(kind, data, time.time())
+
+    # -- shutdown --------------------------------------------------------------
+
+    async def shutdown(self) -> None:
+        """Stop every running container (no live-restore yet), in parallel."""
+        async with trio.open_nursery() as n:
+            for c in list(self.by_id.values()):
+                track = self.tracks.get(c.id)
+                if c.state.Running and track is not None and track.process is not None:
+                    n.start_soon(self._stop, c, track, None)
+
+
+def resolv_conf_for(network_mode: str) -> str:
+    """The host's resolv.conf; loopback resolvers are dropped outside the host netns."""
+    try:
+        with open("/etc/resolv.conf") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        lines = []
+    if network_mode == "host":
+        return "\n".join(lines) + "\n"
+    kept = [
+        line for line in lines
+        if not (line.startswith("nameserver") and len(line.split()) > 1
+                and (line.split()[1].startswith("127.") or line.split()[1] == "::1"))
+    ]
+    return "\n".join(kept) + ("\n" if kept else "")
+
+
+def json_status(code: int, error: str | None = None) -> bytes:
+    return json.dumps({"StatusCode": code, "Error": {"Message": error} if error else None}
+                      ).encode() + b"\n"

@@ -1,0 +1,256 @@
+"""The container record: what is persisted, and the shapes the API returns.
+
+On disk, as Docker keeps it: ``containers/<id>/config.v2.json`` (everything
+but the host config) and ``containers/<id>/hostconfig.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from skiff.core.atomic import write_json_atomic
+from skiff.core.timefmt import format_duration_ago, rfc3339
+
+ZERO_TIME = "0001-01-01T00:00:00Z"
+
+
+@dataclass
+class State:
+    """Docker's ContainerState; times are RFC 3339 strings as inspect shows them."""
+
+    Status: str = "created"  # created, running, paused, restarting, removing, exited, dead
+    Running: bool = False
+    Paused: bool = False
+    Restarting: bool = False
+    OOMKilled: bool = False
+    Dead: bool = False
+    Pid: int = 0
+    ExitCode: int = 0
+    Error: str = ""
+    StartedAt: str = ZERO_TIME
+    FinishedAt: str = ZERO_TIME
+    #: seconds since the epoch of the last state change; not part of Docker's shape
+    changed: float = field(default_factory=time.time)
+
+    def api(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("changed")
+        return d
+
+
+@dataclass
+class Container:
+    """A container's persistent record.  Live process state lives in the manager."""
+
+    id: str
+    name: str  #: without the leading "/"
+    created: str
+    image_id: str
+    config: dict[str, Any]  #: Docker's container Config, image defaults merged in
+    host_config: dict[str, Any]
+    path: str
+    args: list[str]
+    driver: str
+    root: str  #: ``<data-root>/containers/<id>``
+    mount_id: str = ""  #: the storage driver's id of the read-write layer
+    init_id: str = ""
+    log_driver: str = "json-file"
+    network_mode: str = "none"
+    state: State = field(default_factory=State)
+    restart_count: int = 0
+    graph_data: dict[str, str] = field(default_factory=dict)
+
+    # -- paths -----------------------------------------------------------
+
+    @property
+    def log_path(self) -> str:
+        return os.path.join(self.root, f"{self.id}-json.log")
+
+    @property
+    def hostname_path(self) -> str:
+        return os.path.join(self.root, "hostname")
+
+    @property
+    def hosts_path(self) -> str:
+        return os.path.join(self.root, "hosts")
+
+    @property
+    def resolv_conf_path(self) -> str:
+        return os.path.join(self.root, "resolv.conf")
+
+    # -- persistence -----------------------------------------------------
+
+    def save(self) -> None:
+        record = {
+            "ID": self.id,
+            "Name": "/" + self.name,
+            "Created": self.created,
+            "Image": self.image_id,
+            "Config": self.config,
+            "Path": self.path,
+            "Args": self.args,
+            "Driver": self.driver,
+            "MountID": self.mount_id,
+            "InitID": self.init_id,
+            "LogDriver": self.log_driver,
+            "NetworkMode": self.network_mode,
+            "State": asdict(self.state),
+            "RestartCount": self.restart_count,
+            "GraphData": self.graph_data,
+        }
+        write_json_atomic(os.path.join(self.root, "config.v2.json"), record)
+        write_json_atomic(os.path.join(self.root, "hostconfig.json"), self.host_config)
+
+    @classmethod
+    def load(cls, root: str) -> Container:
+        with open(os.path.join(root, "config.v2.json")) as f:
+            rec = json.load(f)
+        with open(os.path.join(root, "hostconfig.json")) as f:
+            host_config = json.load(f)
+        return cls(
+            id=rec["ID"],
+            name=rec["Name"].lstrip("/"),
+            created=rec["Created"],
+            image_id=rec["Image"],
+            config=rec["Config"],
+            host_config=host_config,
+            path=rec["Path"],
+            args=rec["Args"],
+            driver=rec["Driver"],
+            root=root,
+            mount_id=rec.get("MountID", ""),
+            init_id=rec.get("InitID", ""),
+            log_driver=rec.get("LogDriver", "json-file"),
+            network_mode=rec.get("NetworkMode", "none"),
+            state=State(**rec["State"]),
+            restart_count=rec.get("RestartCount", 0),
+            graph_data=rec.get("GraphData", {}),
+        )
+
+    # -- API shapes ------------------------------------------------------
+
+    def network_settings(self) -> dict[str, Any]:
+        networks = {
+            self.network_mode: {
+                "IPAMConfig": None,
+                "Links": None,
+                "Aliases": None,
+                "NetworkID": self.network_mode,
+                "EndpointID": "",
+                "Gateway": "",
+                "IPAddress": "",
+                "IPPrefixLen": 0,
+                "IPv6Gateway": "",
+                "GlobalIPv6Address": "",
+                "GlobalIPv6PrefixLen": 0,
+                "MacAddress": "",
+                "DriverOpts": None,
+            }
+        }
+        return {
+            "Bridge": "",
+            "SandboxID": "",
+            "HairpinMode": False,
+            "LinkLocalIPv6Address": "",
+            "LinkLocalIPv6PrefixLen": 0,
+            "Ports": {},
+            "SandboxKey": f"/proc/{self.state.Pid}/ns/net" if self.state.Running else "",
+            "SecondaryIPAddresses": None,
+            "SecondaryIPv6Addresses": None,
+            "EndpointID": "",
+            "Gateway": "",
+            "GlobalIPv6Address": "",
+            "GlobalIPv6PrefixLen": 0,
+            "IPAddress": "",
+            "IPPrefixLen": 0,
+            "IPv6Gateway": "",
+            "MacAddress": "",
+            "Networks": networks,
+        }
+
+    def mounts_api(self) -> list[dict[str, Any]]:
+        out = []
+        for bind in self.host_config.get("Binds") or []:
+            parts = bind.split(":")
+            mode = parts[2] if len(parts) > 2 else ""
+            out.append({
+                "Type": "bind",
+                "Source": parts[0],
+                "Destination": parts[1],
+                "Mode": mode,
+                "RW": "ro" not in mode.split(","),
+                "Propagation": "rprivate",
+            })
+        return out
+
+    def inspect(self) -> dict[str, Any]:
+        return {
+            "Id": self.id,
+            "Created": self.created,
+            "Path": self.path,
+            "Args": self.args,
+            "State": self.state.api(),
+            "Image": self.image_id,
+            "ResolvConfPath": self.resolv_conf_path,
+            "HostnamePath": self.hostname_path,
+            "HostsPath": self.hosts_path,
+            "LogPath": self.log_path if self.log_driver == "json-file" else "",
+            "Name": "/" + self.name,
+            "RestartCount": self.restart_count,
+            "Driver": self.driver,
+            "Platform": "linux",
+            "MountLabel": "",
+            "ProcessLabel": "",
+            "AppArmorProfile": "",
+            "ExecIDs": None,
+            "HostConfig": self.host_config,
+            "GraphDriver": {"Name": self.driver, "Data": self.graph_data},
+            "Mounts": self.mounts_api(),
+            "Config": self.config,
+            "NetworkSettings": self.network_settings(),
+        }
+
+    def status_text(self, now: float | None = None) -> str:
+        """The human ``Status`` column of ``docker ps``."""
+        s = self.state
+        if s.Running:
+            return f"Up {format_duration_ago(s.StartedAt, now)}" + (" (Paused)" if s.Paused else "")
+        if s.Status == "exited":
+            return f"Exited ({s.ExitCode}) {format_duration_ago(s.FinishedAt, now)} ago"
+        if s.Status == "removing":
+            return "Removal In Progress"
+        if s.Status == "dead":
+            return "Dead"
+        return "Created"
+
+    def summary(self, image_name: str) -> dict[str, Any]:
+        command = " ".join([self.path, *self.args]).strip()
+        return {
+            "Id": self.id,
+            "Names": ["/" + self.name],
+            "Image": image_name,
+            "ImageID": self.image_id,
+            "Command": command,
+            "Created": int(_parse_created(self.created)),
+            "Ports": [],
+            "Labels": self.config.get("Labels") or {},
+            "State": self.state.Status,
+            "Status": self.status_text(),
+            "HostConfig": {"NetworkMode": self.host_config.get("NetworkMode") or "default"},
+            "NetworkSettings": {"Networks": self.network_settings()["Networks"]},
+            "Mounts": self.mounts_api(),
+        }
+
+
+def _parse_created(text: str) -> float:
+    from skiff.core.timefmt import parse_rfc3339
+
+    return parse_rfc3339(text)
+
+
+def now_rfc3339() -> str:
+    return rfc3339(time.time())

@@ -1,0 +1,123 @@
+"""skiffd: configuration, start-up, serving, and a clean shutdown on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import structlog
+import trio
+
+from skiff import __version__
+from skiff.core.config import ConfigError, load, socket_paths
+from skiff.core.plugins import PluginLoadError, load_plugins
+
+log = structlog.get_logger("skiff.daemon")
+
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
+          "error": logging.ERROR, "fatal": logging.CRITICAL}
+
+
+def configure_logging(level: str, debug: bool) -> None:
+    """One event per line with key-value fields; JSON unless stderr is a terminal."""
+    renderer: Any = (structlog.dev.ConsoleRenderer(colors=False) if sys.stderr.isatty()
+                     else structlog.processors.JSONRenderer())
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.DEBUG if debug else LEVELS[level]),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+
+
+@contextlib.contextmanager
+def pidfile(path: str) -> Iterator[None]:
+    """Hold ``path`` locked for the daemon's life: a second skiffd refuses to start."""
+    os.makedirs(os.path.dirname(path) or "/", exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        other = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        os.close(fd)
+        raise ConfigError(
+            f"pid file found, ensure skiffd is not running or delete {path}"
+            + (f" (held by pid {other})" if other else "")
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        os.close(fd)
+
+
+async def serve(config: dict[str, Any]) -> None:
+    from skiff.core.api.app import build_router
+    from skiff.core.api.http import serve_unix
+    from skiff.core.engine import Engine
+
+    plugins = load_plugins()
+    engine = Engine(config, plugins)
+    router = build_router(engine)
+    async with trio.open_nursery() as engine_nursery:
+        await engine.start(engine_nursery)
+        try:
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async with trio.open_nursery() as servers:
+                    for path in socket_paths(config):
+                        await servers.start(serve_unix, path, router)
+                    log.info("daemon.ready", version=__version__, sockets=socket_paths(config),
+                             storage=engine.storage_name, runtime=engine.runtime_name,
+                             log_driver=config["log-driver"], cgroups=engine.cgroup_driver_name)
+                    async for signum in signals:
+                        log.info("daemon.shutdown", signal=signal.Signals(signum).name)
+                        servers.cancel_scope.cancel()
+                        break
+        finally:
+            await engine.shutdown()
+            engine_nursery.cancel_scope.cancel()
+    log.info("daemon.stopped")
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        config, ns = load(argv)
+    except ConfigError as exc:
+        print(f"skiffd: {exc}", file=sys.stderr)
+        return 1
+    if ns.version:
+        print(f"skiffd version {__version__}")
+        return 0
+    configure_logging(config["log-level"], config["debug"])
+    if os.geteuid() != 0:
+        print("skiffd: needs to run as root", file=sys.stderr)
+        return 1
+    try:
+        with pidfile(config["pidfile"]):
+            trio.run(serve, config)
+    except (ConfigError, PluginLoadError) as exc:
+        log.error("daemon.refused", error=str(exc))
+        print(f"skiffd: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""The engine: the configured drivers and the services built on them.
+
+One engine per daemon.  It picks each driver from ``daemon.json`` through the
+plugin manager (refusing to start when one is missing or cannot work here),
+and owns the image store, layer store and container manager.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import structlog
+import trio
+
+from skiff.core.config import ConfigError, exec_options, storage_options
+from skiff.core.containers.manager import ContainerManager
+from skiff.core.errors import NotFound
+from skiff.core.hookspecs import (
+    CgroupContext,
+    CgroupDriver,
+    DriverNotSupported,
+    NetworkContext,
+    NetworkDriver,
+    Runtime,
+    RuntimeContext,
+    StorageContext,
+    StorageDriver,
+)
+from skiff.core.images.layers import LayerStore
+from skiff.core.images.store import ImageStore
+from skiff.core.plugins import Plugins
+
+log = structlog.get_logger("skiff.engine")
+
+T = TypeVar("T")
+
+#: the order in which storage drivers are tried when daemon.json names none
+STORAGE_PREFERENCE = ("overlay2", "vfs")
+#: worker threads for blocking driver calls (mounts, tar, copies)
+THREADS = 16
+
+
+def select_storage(config: dict[str, Any], plugins: Plugins) -> tuple[str, StorageDriver]:
+    """The configured storage driver, or the best that works here."""
+    data_root = config["data-root"]
+
+    def build(name: str) -> StorageDriver:
+        factory = plugins.factory("storage", name)
+        home = os.path.join(data_root, name)
+        return factory(StorageContext(home=home, data_root=data_root,
+                                      options=storage_options(config, name)))
+
+    name = config["storage-driver"]
+    if name:
+        try:
+            return name, build(name)
+        except LookupError as exc:
+            raise ConfigError(f"{config['config-file']}: storage-driver: {exc}") from exc
+        except DriverNotSupported as exc:
+            raise ConfigError(
+                f"storage driver {name!r} cannot be used on this machine: {exc}"
+            ) from exc
+    reasons = []
+    installed = plugins.drivers.get("storage", {})
+    for candidate in STORAGE_PREFERENCE:
+        if candidate not in installed:
+            continue
+        try:
+            driver = build(candidate)
+        except DriverNotSupported as exc:
+            reasons.append(f"{candidate}: {exc}")
+            continue
+        log.info("storage.auto_selected", driver=candidate, skipped=reasons or None,
+                 hint="set storage-driver in daemon.json to choose")
+        return candidate, driver
+    raise ConfigError(
+        "no usable storage driver found; tried " + "; ".join(reasons or ["nothing installed"])
+    )
+
+
+class Engine:
+    """Drivers and services of one daemon; handlers reach everything through it."""
+
+    def __init__(self, config: dict[str, Any], plugins: Plugins) -> None:
+        self.config = config
+        self.plugins = plugins
+        self.data_root: str = config["data-root"]
+        self.exec_root: str = config["exec-root"]
+        self.limiter = trio.CapacityLimiter(THREADS)
+        self.nursery: trio.Nursery
+        self._networks: dict[str, NetworkDriver] = {}
+        for path in (self.data_root, self.exec_root, os.path.join(self.exec_root, "containers")):
+            os.makedirs(path, mode=0o711, exist_ok=True)
+
+        self.storage_name, self.storage = select_storage(config, plugins)
+        self.layers = LayerStore(self.data_root, self.storage_name, self.storage)
+        self.images = ImageStore(self.data_root, self.storage_name, self.layers)
+        self.runtime_name = config["default-runtime"]
+        self.runtime: Runtime = self._build(
+            "isolation", self.runtime_name, "default-runtime",
+            RuntimeContext(exec_root=self.exec_root, options=exec_options(config)),
+        )
+        self.cgroup_driver_name = exec_options(config).get("native.cgroupdriver", "cgroupfs")
+        self.cgroups: CgroupDriver | None = self._build(
+            "limits", self.cgroup_driver_name, "exec-opts native.cgroupdriver",
+            CgroupContext(parent=config["cgroup-parent"]),
+        )
+        # Fail at start, not at the first container, when the log driver is absent.
+        self._check_installed("logging", config["log-driver"], "log-driver")
+        self.containers = ContainerManager(self)
+
+    def _check_installed(self, kind: str, name: str, key: str) -> None:
+        try:
+            self.plugins.factory(kind, name)
+        except LookupError as exc:
+            raise ConfigError(f"{self.config['config-file']}: {key}: {exc}") from exc
+
+    def _build(self, kind: str, name: str, key: str, ctx: Any) -> Any:
+        self._check_installed(kind, name, key)
+        try:
+            return self.plugins.factory(kind, name)(ctx)
+        except DriverNotSupported as exc:
+            raise ConfigError(f"{kind} driver {name!r} cannot be used here: {exc}") from exc
+
+    async def to_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run blocking driver work off the event loop, bounded by the engine's limiter."""
+        return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+
+    # -- networks ------------------------------------------------------------
+
+    def resolve_network_mode(self, mode: str) -> str:
+        """``default``/``bridge`` fall back to ``none`` while no bridge driver is installed."""
+        installed = self.plugins.drivers.get("network", {})
+        if mode in ("default", ""):
+            if "bridge" in installed:
+                return "bridge"
+            log.info("network.default_is_none",
+                     reason="no bridge network driver is installed; containers get --network none")
+            return "none"
+        if mode in installed:
+            return mode
+        raise NotFound(f"network {mode} not found")
+
+    def network_driver(self, mode: str) -> NetworkDriver:
+        if mode not in self._networks:
+            factory = self.plugins.factory("network", mode)
+            self._networks[mode] = factory(NetworkContext(
+                data_root=self.data_root, exec_root=self.exec_root, config=self.config))
+        return self._networks[mode]
+
+    # -- life ------------------------------------------------------------------
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        self.nursery = nursery
+        await self.to_thread(self.containers.restore)
+        await self.runtime.start()
+        self.plugins.hook.skiff_daemon_start(config=self.config)
+
+    async def shutdown(self) -> None:
+        with trio.CancelScope(shield=True):
+            await self.containers.shutdown()
+            await self.runtime.stop()
+            self.plugins.hook.skiff_daemon_shutdown(config=self.config)
+            await self.to_thread(self.storage.cleanup)

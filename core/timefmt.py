@@ -1,0 +1,77 @@
+"""Docker's time formats: RFC 3339 with nanoseconds, and ``docker ps`` durations."""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import UTC, datetime
+
+_RFC3339 = re.compile(
+    r"^(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)$"
+)
+
+
+def rfc3339(ts: float) -> str:
+    """``2026-11-28T01:02:03.123456789Z`` for a Unix time (microsecond precision)."""
+    secs = int(ts)
+    frac = round((ts - secs) * 1_000_000)
+    if frac >= 1_000_000:
+        secs, frac = secs + 1, 0
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{frac:06d}000Z"
+
+
+def parse_rfc3339(text: str) -> float:
+    """The Unix time of an RFC 3339 timestamp; 0.0 for Docker's zero time."""
+    m = _RFC3339.match(text)
+    if not m:
+        raise ValueError(f"not an RFC 3339 time: {text!r}")
+    y, mo, d, h, mi, s, frac, tz = m.groups()
+    if y == "0001":
+        return 0.0
+    dt = datetime(int(y), int(mo), int(d), int(h), int(mi), int(s), tzinfo=UTC)
+    ts = dt.timestamp() + (int(frac.ljust(9, "0")) / 1e9 if frac else 0.0)
+    if tz != "Z":
+        sign = 1 if tz[0] == "+" else -1
+        ts -= sign * (int(tz[1:3]) * 3600 + int(tz[4:6]) * 60)
+    return ts
+
+
+def parse_time_param(text: str) -> float:
+    """A ``since``/``until`` query value: Unix seconds (with fraction) or RFC 3339."""
+    try:
+        return float(text)
+    except ValueError:
+        return parse_rfc3339(text)
+
+
+def human_duration(seconds: float) -> str:
+    """Docker's go-units HumanDuration."""
+    s = int(seconds)
+    if s < 1:
+        return "Less than a second"
+    if s == 1:
+        return "1 second"
+    if s < 60:
+        return f"{s} seconds"
+    minutes = s // 60
+    if minutes == 1:
+        return "About a minute"
+    if minutes < 60:
+        return f"{minutes} minutes"
+    hours = round(s / 3600)
+    if hours == 1:
+        return "About an hour"
+    if hours < 48:
+        return f"{hours} hours"
+    if hours < 24 * 7 * 2:
+        return f"{hours // 24} days"
+    if hours < 24 * 30 * 2:
+        return f"{hours // 24 // 7} weeks"
+    if hours < 24 * 365 * 2:
+        return f"{hours // 24 // 30} months"
+    return f"{hours // 24 // 365} years"
+
+
+def format_duration_ago(stamp: str, now: float | None = None) -> str:
+    then = parse_rfc3339(stamp)
+    return human_duration((now or time.time()) - then)
