@@ -1,0 +1,86 @@
+"""Session-wide guards shared by every test folder.
+
+The leak check snapshots what a test run could leave on the host (mounts,
+network namespaces, links, cgroups, skiff processes) before the session and
+fails the run if anything new is still there after it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _mounts() -> set[str]:
+    with open("/proc/self/mountinfo") as f:
+        return {line.split()[4] for line in f}
+
+
+def _netns() -> set[str]:
+    try:
+        return set(os.listdir("/run/netns"))
+    except FileNotFoundError:
+        return set()
+
+
+def _links() -> set[str]:
+    out = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+    return {line.split(":")[1].strip().split("@")[0] for line in out.splitlines() if ":" in line}
+
+
+def _cgroups() -> set[str]:
+    found = set()
+    base = Path("/sys/fs/cgroup")
+    for top in base.iterdir() if base.exists() else []:
+        for p in [top, *(top.iterdir() if top.is_dir() else [])]:
+            if p.is_dir() and "skiff" in p.name:
+                found.add(str(p))
+    return found
+
+
+_OURS = re.compile(r"skiffd|skiff\.plugins\.isolation|skiff-shim|skiff-init")
+
+
+def _processes() -> set[str]:
+    found = set()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if _OURS.search(cmd) and "pytest" not in cmd:
+            found.add(f"{pid} {cmd.strip()}")
+    return found
+
+
+def snapshot() -> dict[str, set[str]]:
+    return {"mounts": _mounts(), "netns": _netns(), "links": _links(),
+            "cgroups": _cgroups(), "processes": _processes()}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def leak_check() -> object:
+    """Fail the session when tests leave mounts, namespaces, links, cgroups or processes."""
+    before = snapshot()
+    yield
+    after = snapshot()
+    leaks = {kind: sorted(after[kind] - before[kind]) for kind in after}
+    leaks = {k: v for k, v in leaks.items() if v}
+    if leaks:
+        pytest.fail(f"the test session left these behind: {leaks}", pytrace=False)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.geteuid() != 0:
+        skip = pytest.mark.skip(reason="needs root: real mounts, namespaces and cgroups")
+        for item in items:
+            if "unit" not in item.nodeid.split(os.sep)[1:2]:
+                item.add_marker(skip)

@@ -1,0 +1,160 @@
+"""A real skiffd for tests: its own data-root, exec-root, socket and cgroup parent."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DOCKER = shutil.which("docker") or "/usr/local/bin/docker"
+SKIFFD = [sys.executable, "-m", "skiff.core.daemon"]
+SKIFF = [sys.executable, "-m", "skiff.cli.main"]
+
+
+def _ping(sock: str) -> bool:
+    try:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(2)
+        s.connect(sock)
+        s.sendall(b"GET /_ping HTTP/1.1\r\nHost: x\r\n\r\n")
+        ok = s.recv(64).startswith(b"HTTP/1.1 200")
+        s.close()
+        return ok
+    except OSError:
+        return False
+
+
+@dataclass
+class Daemon:
+    """One running skiffd and helpers to drive it with the stock CLI and skiff."""
+
+    base: Path
+    config: dict[str, Any]
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log_path = self.base / "skiffd.log"
+
+    @property
+    def socket(self) -> str:
+        return self.config["hosts"][0].removeprefix("unix://")
+
+    @property
+    def host(self) -> str:
+        return "unix://" + self.socket
+
+    @property
+    def data_root(self) -> Path:
+        return Path(self.config["data-root"])
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["DOCKER_HOST"] = self.host
+        env["DOCKER_CONFIG"] = str(self.base / "docker-config")
+        env["SKIFF_HOST"] = self.host
+        env.pop("DOCKER_CONTEXT", None)
+        return env
+
+    def start(self, timeout: float = 20) -> None:
+        cfg_path = self.base / "daemon.json"
+        cfg_path.write_text(json.dumps(self.config, indent=2))
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [*SKIFFD, "--config-file", str(cfg_path)], stdout=log, stderr=log,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"skiffd exited with {self.proc.returncode}:\n{self.logs()}")
+            if _ping(self.socket):
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"skiffd did not answer within {timeout}s:\n{self.logs()}")
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.proc is None:
+            return 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            rc = self.proc.wait()
+        self.proc = None
+        return rc
+
+    def logs(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-8000:]
+        except OSError:
+            return ""
+
+    def docker(self, *args: str, input: bytes | None = None, timeout: float = 60,
+               check: bool = False) -> subprocess.CompletedProcess[bytes]:
+        res = subprocess.run([DOCKER, *args], env=self.env(), input=input,
+                             capture_output=True, timeout=timeout)
+        if check and res.returncode != 0:
+            raise AssertionError(
+                f"docker {' '.join(args)} failed ({res.returncode}): "
+                f"{res.stderr.decode(errors='replace')}\n--- skiffd log ---\n{self.logs()}"
+            )
+        return res
+
+    def skiff(self, *args: str, check: bool = True, timeout: float = 60
+              ) -> subprocess.CompletedProcess[bytes]:
+        res = subprocess.run([*SKIFF, *args], env=self.env(), capture_output=True,
+                             timeout=timeout)
+        if check and res.returncode != 0:
+            raise AssertionError(
+                f"skiff {' '.join(args)} failed ({res.returncode}): "
+                f"{res.stderr.decode(errors='replace')}\n--- skiffd log ---\n{self.logs()}"
+            )
+        return res
+
+
+def daemon_config(base: Path, **overrides: Any) -> dict[str, Any]:
+    """A configuration that shares nothing with a real skiffd or dockerd."""
+    tag = secrets.token_hex(3)
+    cfg: dict[str, Any] = {
+        "data-root": str(base / "data"),
+        "exec-root": str(base / "exec"),
+        "pidfile": str(base / "skiffd.pid"),
+        "hosts": [f"unix://{base}/skiff.sock"],
+        "cgroup-parent": f"skiff-test-{tag}",
+        "debug": True,
+    }
+    cfg.update(overrides)
+    return cfg
+
+
+@contextlib.contextmanager
+def running_daemon(base: Path, **overrides: Any) -> Iterator[Daemon]:
+    base.mkdir(parents=True, exist_ok=True)
+    d = Daemon(base, daemon_config(base, **overrides))
+    d.start()
+    try:
+        yield d
+    finally:
+        # Whatever the test left, the daemon must clean it up on the way out.
+        d.docker("rm", "-f", *_all_containers(d), timeout=60) if _all_containers(d) else None
+        rc = d.stop()
+        assert rc == 0, f"skiffd exited with {rc} on SIGTERM:\n{d.logs()}"
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _all_containers(d: Daemon) -> list[str]:
+    res = d.docker("ps", "-aq", timeout=30)
+    return res.stdout.decode().split() if res.returncode == 0 else []
