@@ -17,6 +17,10 @@ fi
 
 PKGS=(python3 python3-venv python3-dev gcc libffi-dev busybox-static iptables iproute2
       util-linux procps kmod)
+# Only the test suite needs these (real registries, other filesystems, dockerd
+# for side-by-side checks).  Append here; keep one package per purpose.
+TEST_PKGS=()
+[ "$WITH_TEST" = 1 ] && PKGS+=("${TEST_PKGS[@]}")
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
