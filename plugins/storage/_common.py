@@ -1,0 +1,126 @@
+"""Helpers shared by the storage drivers (this kind's folder only)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import tempfile
+from collections.abc import Mapping
+
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}")
+
+
+def validate_id(layer_id: str, reserved: tuple[str, ...] = ()) -> str:
+    """Refuse a layer id that could name something else on disk or in mount data.
+
+    Ids become path components and (overlay2) parts of comma-separated mount
+    options, so ``/``, ``,``, ``:`` and ``..`` have no place in them.
+    """
+    if not isinstance(layer_id, str) or not _ID.fullmatch(layer_id) or layer_id in reserved:
+        raise ValueError(f"invalid layer id {layer_id!r}")
+    return layer_id
+
+
+def check_storage_opts(driver: str, opts: Mapping[str, str], known: tuple[str, ...] = ()) -> None:
+    """A per-container ``--storage-opt`` the driver does not handle is an error."""
+    for key in opts:
+        if key not in known:
+            raise ValueError(
+                f"--storage-opt {key!r} is not supported by the {driver} storage driver"
+            )
+
+
+def _unescape(field: str) -> str:
+    # mountinfo escapes space, tab, newline and backslash as \ooo
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def mount_table() -> list[tuple[str, str]]:
+    """(mount point, filesystem type) of every mount in this mount namespace."""
+    out = []
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+        for line in f:
+            fields = line.split()
+            sep = fields.index("-")
+            out.append((_unescape(fields[4]), fields[sep + 1]))
+    return out
+
+
+def backing_fs(path: str) -> str:
+    """Filesystem type holding ``path`` (the innermost mount containing it)."""
+    real = os.path.realpath(path)
+    best, fstype = "", "unknown"
+    for point, kind in mount_table():
+        inside = real == point or real.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, fstype = point, kind
+    return fstype
+
+
+def mounts_under(path: str) -> list[str]:
+    """Mount points at or below ``path``, deepest last (in mount order)."""
+    real = os.path.realpath(path).rstrip("/")
+    return [p for p, _ in mount_table() if p == real or p.startswith(real + "/")]
+
+
+def write_atomic(path: str, data: bytes, mode: int = 0o644) -> None:
+    """Write a small metadata file so a crash leaves the old or the new content."""
+    d = os.path.dirname(path)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.rename(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def supports_d_type(directory: str) -> bool:
+    """Whether the filesystem of ``directory`` reports file types in readdir.
+
+    overlayfs needs d_type on its upper filesystem to find whiteouts (xfs
+    formatted with ftype=0 lacks it).  ``directory`` must hold an entry.  The
+    standard library hides d_type, so this reads it with libc's readdir
+    (struct dirent of 64-bit glibc and musl).  If that cannot be done, it
+    answers True and leaves the verdict to the probe mount.
+    """
+    import ctypes
+
+    class Dirent(ctypes.Structure):
+        _fields_ = (
+            ("d_ino", ctypes.c_uint64),
+            ("d_off", ctypes.c_int64),
+            ("d_reclen", ctypes.c_ushort),
+            ("d_type", ctypes.c_ubyte),
+            ("d_name", ctypes.c_char * 256),
+        )
+
+    try:
+        if ctypes.sizeof(ctypes.c_void_p) != 8:
+            return True
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.opendir.restype = ctypes.c_void_p
+        libc.opendir.argtypes = (ctypes.c_char_p,)
+        libc.readdir.restype = ctypes.POINTER(Dirent)
+        libc.readdir.argtypes = (ctypes.c_void_p,)
+        libc.closedir.argtypes = (ctypes.c_void_p,)
+    except (OSError, AttributeError):
+        return True
+    handle = libc.opendir(os.fsencode(directory))
+    if not handle:
+        return True
+    try:
+        while True:
+            ent = libc.readdir(handle)
+            if not ent:
+                return True
+            if ent.contents.d_name not in (b".", b".."):
+                return ent.contents.d_type != 0  # DT_UNKNOWN
+    finally:
+        libc.closedir(handle)
