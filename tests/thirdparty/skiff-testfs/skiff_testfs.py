@@ -62,7 +62,13 @@ class CopyFs:
         pass
 
     def apply_diff(self, id: str, parent: str | None, diff: IO[bytes]) -> int:
-        return archive.extract(diff, self._path(id), whiteouts="delete")
+        try:
+            return archive.extract(diff, self._path(id), whiteouts="delete")
+        except BaseException:
+            # The contract: a refused tar leaves the layer as it was before.
+            shutil.rmtree(self._path(id), ignore_errors=True)
+            self.create(id, parent)
+            raise
 
     def changes(self, id: str, parent: str | None) -> list[Change]:
         return archive.changes_between(self._path(parent) if parent else None, self._path(id))
