@@ -12,7 +12,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from skiff.core.atomic import write_json_atomic
+from skiff.core.atomic import write_atomic, write_json_atomic
 from skiff.core.timefmt import format_duration_ago, rfc3339
 
 ZERO_TIME = "0001-01-01T00:00:00Z"
@@ -63,6 +63,12 @@ class Container:
     state: State = field(default_factory=State)
     restart_count: int = 0
     graph_data: dict[str, str] = field(default_factory=dict)
+    #: network name -> Docker's EndpointSettings (addresses filled while running)
+    networks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Docker's NetworkSettings.Ports while running: "80/tcp" -> [{HostIp, HostPort}] or None
+    ports: dict[str, Any] = field(default_factory=dict)
+    #: hostconfig.json as last written, to skip rewriting it unchanged
+    _saved_host_config: str | None = field(default=None, repr=False, compare=False)
 
     # -- paths -----------------------------------------------------------
 
@@ -101,9 +107,17 @@ class Container:
             "State": asdict(self.state),
             "RestartCount": self.restart_count,
             "GraphData": self.graph_data,
+            "Networks": self.networks,
+            "Ports": self.ports,
         }
-        write_json_atomic(os.path.join(self.root, "config.v2.json"), record)
-        write_json_atomic(os.path.join(self.root, "hostconfig.json"), self.host_config)
+        # State changes at every start and stop; its rename need not be durable
+        # (a crash leaves the previous state, which restore() handles).  The
+        # host config changes rarely: rewrite it only when it did.
+        write_json_atomic(os.path.join(self.root, "config.v2.json"), record, durable=False)
+        hc = json.dumps(self.host_config, separators=(",", ":"))
+        if hc != self._saved_host_config:
+            write_atomic(os.path.join(self.root, "hostconfig.json"), hc)
+            self._saved_host_config = hc
 
     @classmethod
     def load(cls, root: str) -> Container:
@@ -129,46 +143,35 @@ class Container:
             state=State(**rec["State"]),
             restart_count=rec.get("RestartCount", 0),
             graph_data=rec.get("GraphData", {}),
+            networks=rec.get("Networks") or {},
+            ports=rec.get("Ports") or {},
         )
 
     # -- API shapes ------------------------------------------------------
 
     def network_settings(self) -> dict[str, Any]:
         networks = {
-            self.network_mode: {
-                "IPAMConfig": None,
-                "Links": None,
-                "Aliases": None,
-                "NetworkID": self.network_mode,
-                "EndpointID": "",
-                "Gateway": "",
-                "IPAddress": "",
-                "IPPrefixLen": 0,
-                "IPv6Gateway": "",
-                "GlobalIPv6Address": "",
-                "GlobalIPv6PrefixLen": 0,
-                "MacAddress": "",
-                "DriverOpts": None,
-            }
+            name: {**endpoint_settings(), **settings}
+            for name, settings in (self.networks or {self.network_mode: {}}).items()
         }
+        # The top-level fields are the default bridge's, as in Docker.
+        primary = networks.get("bridge") or {}
         return {
+            **{k: primary.get(k, v) for k, v in (
+                ("EndpointID", ""), ("Gateway", ""), ("IPAddress", ""), ("IPPrefixLen", 0),
+                ("MacAddress", ""))},
             "Bridge": "",
             "SandboxID": "",
             "HairpinMode": False,
             "LinkLocalIPv6Address": "",
             "LinkLocalIPv6PrefixLen": 0,
-            "Ports": {},
+            "Ports": self.ports if self.state.Running else {},
             "SandboxKey": f"/proc/{self.state.Pid}/ns/net" if self.state.Running else "",
             "SecondaryIPAddresses": None,
             "SecondaryIPv6Addresses": None,
-            "EndpointID": "",
-            "Gateway": "",
             "GlobalIPv6Address": "",
             "GlobalIPv6PrefixLen": 0,
-            "IPAddress": "",
-            "IPPrefixLen": 0,
             "IPv6Gateway": "",
-            "MacAddress": "",
             "Networks": networks,
         }
 
@@ -227,6 +230,18 @@ class Container:
             return "Dead"
         return "Created"
 
+    def port_list(self) -> list[dict[str, Any]]:
+        """The ``Ports`` of ``docker ps``: one entry per published or exposed port."""
+        out: list[dict[str, Any]] = []
+        for key, bindings in (self.ports if self.state.Running else {}).items():
+            port, _, proto = key.partition("/")
+            if not bindings:
+                out.append({"PrivatePort": int(port), "Type": proto or "tcp"})
+            for b in bindings or []:
+                out.append({"IP": b.get("HostIp") or "0.0.0.0", "PrivatePort": int(port),
+                            "PublicPort": int(b.get("HostPort") or 0), "Type": proto or "tcp"})
+        return out
+
     def summary(self, image_name: str) -> dict[str, Any]:
         command = " ".join([self.path, *self.args]).strip()
         return {
@@ -236,7 +251,7 @@ class Container:
             "ImageID": self.image_id,
             "Command": command,
             "Created": int(_parse_created(self.created)),
-            "Ports": [],
+            "Ports": self.port_list(),
             "Labels": self.config.get("Labels") or {},
             "State": self.state.Status,
             "Status": self.status_text(),
@@ -244,6 +259,16 @@ class Container:
             "NetworkSettings": {"Networks": self.network_settings()["Networks"]},
             "Mounts": self.mounts_api(),
         }
+
+
+def endpoint_settings() -> dict[str, Any]:
+    """Docker's EndpointSettings with every field empty."""
+    return {
+        "IPAMConfig": None, "Links": None, "Aliases": None, "NetworkID": "", "EndpointID": "",
+        "Gateway": "", "IPAddress": "", "IPPrefixLen": 0, "IPv6Gateway": "",
+        "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0, "MacAddress": "",
+        "DriverOpts": None,
+    }
 
 
 def _parse_created(text: str) -> float:
