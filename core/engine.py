@@ -30,6 +30,7 @@ from skiff.core.hookspecs import (
 )
 from skiff.core.images.layers import LayerStore
 from skiff.core.images.store import ImageStore
+from skiff.core.networks import NetworkStore
 from skiff.core.plugins import Plugins
 
 log = structlog.get_logger("skiff.engine")
@@ -37,7 +38,7 @@ log = structlog.get_logger("skiff.engine")
 T = TypeVar("T")
 
 #: the order in which storage drivers are tried when daemon.json names none
-STORAGE_PREFERENCE = ("overlay2", "vfs")
+STORAGE_PREFERENCE = ("overlay2", "btrfs", "aufs", "vfs")
 #: worker threads for blocking driver calls (mounts, tar, copies)
 THREADS = 16
 
@@ -110,6 +111,7 @@ class Engine:
         # Fail at start, not at the first container, when the log driver is absent.
         self._check_installed("logging", config["log-driver"], "log-driver")
         self.containers = ContainerManager(self)
+        self.networks = NetworkStore(self)
 
     def _check_installed(self, kind: str, name: str, key: str) -> None:
         try:
@@ -131,19 +133,32 @@ class Engine:
     # -- networks ------------------------------------------------------------
 
     def resolve_network_mode(self, mode: str) -> str:
-        """``default``/``bridge`` fall back to ``none`` while no bridge driver is installed."""
+        """The network name of a NetworkMode; ``default`` is ``bridge`` when it exists.
+
+        ``default`` falls back to ``none`` while no bridge driver is installed
+        (or daemon.json ``bridge`` is ``none``); ``container:<ref>`` stays as is.
+        """
         installed = self.plugins.drivers.get("network", {})
+        if mode.startswith("container:"):
+            return mode
         if mode in ("default", ""):
-            if "bridge" in installed:
+            if self.networks.find("bridge") is not None:
                 return "bridge"
             log.info("network.default_is_none",
                      reason="no bridge network driver is installed; containers get --network none")
             return "none"
+        net = self.networks.find(mode)
+        if net is not None:
+            return net.name
         if mode in installed:
             return mode
         raise NotFound(f"network {mode} not found")
 
     def network_driver(self, mode: str) -> NetworkDriver:
+        """The driver of network ``mode`` (a network name, or a driver name)."""
+        net = self.networks.find(mode) if mode not in ("host", "none", "bridge") else None
+        if net is not None:
+            mode = net.driver
         if mode not in self._networks:
             factory = self.plugins.factory("network", mode)
             self._networks[mode] = factory(NetworkContext(
@@ -155,12 +170,14 @@ class Engine:
     async def start(self, nursery: trio.Nursery) -> None:
         self.nursery = nursery
         await self.to_thread(self.containers.restore)
+        await self.to_thread(self.networks.load)
         await self.runtime.start()
         self.plugins.hook.skiff_daemon_start(config=self.config)
 
     async def shutdown(self) -> None:
         with trio.CancelScope(shield=True):
             await self.containers.shutdown()
+            await self.to_thread(self.networks.shutdown)
             await self.runtime.stop()
             self.plugins.hook.skiff_daemon_shutdown(config=self.config)
             await self.to_thread(self.storage.cleanup)

@@ -61,9 +61,19 @@ def _processes() -> set[str]:
     return found
 
 
+def _firewall() -> set[str]:
+    """skiff's iptables chains and rules (``SKIFF*``, ``skiff:<bridge>`` comments)."""
+    try:
+        res = subprocess.run(["iptables-save"], capture_output=True, text=True)
+    except FileNotFoundError:
+        return set()
+    return {line for line in res.stdout.splitlines()
+            if "SKIFF" in line or "skiff:" in line}
+
+
 def snapshot() -> dict[str, set[str]]:
     return {"mounts": _mounts(), "netns": _netns(), "links": _links(),
-            "cgroups": _cgroups(), "processes": _processes()}
+            "cgroups": _cgroups(), "processes": _processes(), "firewall": _firewall()}
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -134,6 +134,9 @@ def daemon_config(base: Path, **overrides: Any) -> dict[str, Any]:
         "pidfile": str(base / "skiffd.pid"),
         "hosts": [f"unix://{base}/skiff.sock"],
         "cgroup-parent": f"skiff-test-{tag}",
+        # Never skiff0/docker0: a bridge and a 10.x subnet of this daemon's own.
+        "bridge": f"skf{tag}",
+        "bip": f"10.{secrets.randbelow(250) + 1}.{secrets.randbelow(250)}.1/24",
         "debug": True,
     }
     cfg.update(overrides)

@@ -1,0 +1,90 @@
+"""Network endpoints: list, inspect, create, connect, disconnect, remove, prune."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from skiff.core.api.router import Request, Response, Router
+from skiff.core.errors import InvalidParameter
+
+if TYPE_CHECKING:
+    from skiff.core.engine import Engine
+    from skiff.core.networks import Network
+
+
+def register(router: Router, engine: Engine) -> None:
+    store = engine.networks
+    mgr = engine.containers
+
+    @router.route("GET", "/networks")
+    async def list_networks(req: Request) -> list[dict[str, Any]]:
+        filters = _filters(req.q("filters"))
+        return [store.inspect(n) for n in sorted(store.by_id.values(), key=lambda n: n.name)
+                if _matches(n, filters)]
+
+    @router.route("GET", "/networks/{id}")
+    async def inspect(req: Request, id: str) -> dict[str, Any]:
+        return store.inspect(store.get(id))
+
+    @router.route("POST", "/networks/create")
+    async def create(req: Request) -> Response:
+        body = await req.json()
+        if not isinstance(body, dict):
+            raise InvalidParameter("the request body must be a JSON object")
+        net, warning = await engine.to_thread(store.create, body)
+        return Response(201, json.dumps({"Id": net.id, "Warning": warning}).encode(),
+                        "application/json")
+
+    @router.route("POST", "/networks/{id}/connect")
+    async def connect(req: Request, id: str) -> None:
+        body = await req.json(default={})
+        await mgr.connect(str(body.get("Container") or ""), id,
+                          dict(body.get("EndpointConfig") or {}))
+
+    @router.route("POST", "/networks/{id}/disconnect")
+    async def disconnect(req: Request, id: str) -> None:
+        body = await req.json(default={})
+        await mgr.disconnect(str(body.get("Container") or ""), id, bool(body.get("Force")))
+
+    @router.route("DELETE", "/networks/{id}")
+    async def remove(req: Request, id: str) -> None:
+        await engine.to_thread(store.remove, id)
+
+    @router.route("POST", "/networks/prune")
+    async def prune(req: Request) -> dict[str, Any]:
+        return {"NetworksDeleted": await engine.to_thread(store.prune)}
+
+
+def _filters(raw: str | None) -> dict[str, list[str]]:
+    if not raw:
+        return {}
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise InvalidParameter(f"invalid filters: {exc}") from exc
+    out: dict[str, list[str]] = {}
+    for key, value in data.items():
+        out[key] = list(value) if isinstance(value, list) else [k for k, on in value.items() if on]
+    unknown = set(out) - {"id", "name", "driver", "label", "type", "scope", "dangling"}
+    if unknown:
+        raise InvalidParameter(f"invalid filter '{sorted(unknown)[0]}'")
+    return out
+
+
+def _matches(n: Network, f: dict[str, list[str]]) -> bool:
+    if f.get("id") and not any(n.id.startswith(v) for v in f["id"]):
+        return False
+    if f.get("name") and not any(v in n.name for v in f["name"]):
+        return False
+    if f.get("driver") and n.driver not in f["driver"]:
+        return False
+    if f.get("type"):
+        kind = "builtin" if n.predefined else "custom"
+        if kind not in f["type"]:
+            return False
+    for want in f.get("label", []):
+        key, eq, value = want.partition("=")
+        if key not in n.labels or (eq and n.labels[key] != value):
+            return False
+    return True

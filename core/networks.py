@@ -1,0 +1,368 @@
+"""The daemon's networks: records, subnets for new networks, and their drivers.
+
+Records persist as ``<data-root>/network/<id>.json`` in Docker's inspect
+shape.  The predefined networks ``bridge`` (when a bridge driver is installed
+and daemon.json ``bridge`` is not ``none``), ``host`` and ``none`` always
+exist and cannot be removed.  Subnets of new networks come from
+``default-address-pools`` (Docker's defaults when empty), skipping those that
+overlap another network or a route of the host.
+
+The store calls the network's driver: ``create_network`` when a network is
+created and again for each network at daemon start (the driver rebuilds its
+bridge and rules, whatever a crash left), ``delete_network`` when it is
+removed, and at shutdown (bridges and rules go with the daemon; the records
+stay).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import os
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from skiff.core.atomic import write_json_atomic
+from skiff.core.errors import Conflict, InvalidParameter, NotFound
+
+if TYPE_CHECKING:
+    from skiff.core.engine import Engine
+
+log = structlog.get_logger("skiff.networks")
+
+PREDEFINED = ("bridge", "host", "none")
+DEFAULT_BRIDGE = "skiff0"
+#: Docker's default-address-pools
+DEFAULT_POOLS: tuple[tuple[str, int], ...] = (
+    ("172.17.0.0/16", 16), ("172.18.0.0/16", 16), ("172.19.0.0/16", 16),
+    ("172.20.0.0/14", 16), ("172.24.0.0/14", 16), ("172.28.0.0/14", 16),
+    ("192.168.0.0/16", 20),
+)
+ICC_OPTION = "com.docker.network.bridge.enable_icc"
+NAME_OPTION = "com.docker.network.bridge.name"
+
+
+@dataclass
+class Network:
+    """One network's record, in the shape ``docker network inspect`` shows."""
+
+    id: str
+    name: str
+    driver: str
+    created: str
+    subnet: str = ""
+    gateway: str = ""
+    ip_range: str = ""
+    internal: bool = False
+    attachable: bool = False
+    options: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    ipam_driver: str = "default"
+
+    @property
+    def predefined(self) -> bool:
+        return self.name in PREDEFINED
+
+    def record(self) -> dict[str, Any]:
+        config: list[dict[str, str]] = []
+        if self.subnet:
+            entry = {"Subnet": self.subnet, "Gateway": self.gateway}
+            if self.ip_range:
+                entry["IPRange"] = self.ip_range
+            config.append(entry)
+        return {
+            "Name": self.name,
+            "Id": self.id,
+            "Created": self.created,
+            "Scope": "local",
+            "Driver": self.driver,
+            "EnableIPv6": False,
+            "IPAM": {"Driver": self.ipam_driver, "Options": None, "Config": config},
+            "Internal": self.internal,
+            "Attachable": self.attachable,
+            "Ingress": False,
+            "ConfigFrom": {"Network": ""},
+            "ConfigOnly": False,
+            "Options": self.options,
+            "Labels": self.labels,
+        }
+
+    @classmethod
+    def from_record(cls, rec: dict[str, Any]) -> Network:
+        cfg = (rec.get("IPAM") or {}).get("Config") or [{}]
+        first = cfg[0] if cfg else {}
+        return cls(id=rec["Id"], name=rec["Name"], driver=rec["Driver"], created=rec["Created"],
+                   subnet=first.get("Subnet", ""), gateway=first.get("Gateway", ""),
+                   ip_range=first.get("IPRange", ""), internal=bool(rec.get("Internal")),
+                   attachable=bool(rec.get("Attachable")), options=rec.get("Options") or {},
+                   labels=rec.get("Labels") or {},
+                   ipam_driver=(rec.get("IPAM") or {}).get("Driver") or "default")
+
+
+def host_routes() -> list[ipaddress.IPv4Network]:
+    """Destinations of the host's IPv4 routes (not the default route)."""
+    out = []
+    try:
+        with open("/proc/net/route") as f:
+            next(f)
+            for line in f:
+                parts = line.split()
+                dst = ipaddress.IPv4Address(int(parts[1], 16).to_bytes(4, "little"))
+                mask = ipaddress.IPv4Address(int(parts[7], 16).to_bytes(4, "little"))
+                net = ipaddress.IPv4Network(f"{dst}/{mask}", strict=False)
+                if net.prefixlen:
+                    out.append(net)
+    except (OSError, ValueError, StopIteration):
+        pass
+    return out
+
+
+def pick_subnet(pools: Iterable[tuple[str, int]],
+                taken: Iterable[ipaddress.IPv4Network]) -> ipaddress.IPv4Network:
+    """The first subnet of ``pools`` that overlaps nothing in ``taken``."""
+    busy = list(taken)
+    for base, size in pools:
+        for candidate in ipaddress.IPv4Network(base).subnets(new_prefix=int(size)):
+            if not any(candidate.overlaps(t) for t in busy):
+                return candidate
+    raise InvalidParameter("could not find an available, non-overlapping IPv4 address pool "
+                           "among the defaults to assign to the network")
+
+
+class NetworkStore:
+    """Networks by id and name; drivers reached through the engine."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.root = os.path.join(engine.data_root, "network")
+        self.by_id: dict[str, Network] = {}
+        cfg = engine.config
+        self.bridge_name = cfg.get("bridge") or DEFAULT_BRIDGE
+        self.pools: list[tuple[str, int]] = [
+            (p["base"], int(p["size"])) for p in cfg.get("default-address-pools") or []
+        ] or list(DEFAULT_POOLS)
+
+    # -- lookup --------------------------------------------------------------
+
+    def installed(self, driver: str) -> bool:
+        return driver in self.engine.plugins.drivers.get("network", {})
+
+    def get(self, ref: str) -> Network:
+        """By full id, name, or unique id prefix (Docker's order)."""
+        if ref in self.by_id:
+            return self.by_id[ref]
+        for net in self.by_id.values():
+            if net.name == ref:
+                return net
+        matches = [n for n in self.by_id.values() if ref and n.id.startswith(ref)]
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise InvalidParameter(f"network {ref} is ambiguous ({len(matches)} matches found)")
+        raise NotFound(f"network {ref} not found")
+
+    def find(self, ref: str) -> Network | None:
+        try:
+            return self.get(ref)
+        except (NotFound, InvalidParameter):
+            return None
+
+    # -- persistence -----------------------------------------------------------
+
+    def _save(self, net: Network) -> None:
+        write_json_atomic(os.path.join(self.root, f"{net.id}.json"), net.record())
+
+    def load(self) -> None:
+        """Read the records, make the predefined networks, and plumb every network."""
+        from skiff.core.containers.model import now_rfc3339
+
+        os.makedirs(self.root, mode=0o700, exist_ok=True)
+        for entry in sorted(os.listdir(self.root)):
+            if not entry.endswith(".json"):
+                continue
+            try:
+                with open(os.path.join(self.root, entry)) as f:
+                    net = Network.from_record(json.load(f))
+            except (OSError, ValueError, KeyError) as exc:
+                log.warning("network.restore_failed", file=entry, error=str(exc))
+                continue
+            self.by_id[net.id] = net
+        wanted = {"host": "host", "none": "none"}
+        if self.installed("bridge") and self.bridge_name != "none":
+            wanted["bridge"] = "bridge"
+        for name in PREDEFINED:
+            existing = self.find(name)
+            if name not in wanted:
+                if existing is not None and existing.predefined:
+                    self._forget(existing)
+                continue
+            if existing is None:
+                existing = Network(id=secrets.token_hex(32), name=name, driver=wanted[name],
+                                   created=now_rfc3339())
+                self.by_id[existing.id] = existing
+            if name == "bridge":
+                self._configure_default_bridge(existing)
+            self._save(existing)
+        for net in list(self.by_id.values()):
+            if not self.installed(net.driver):
+                log.warning("network.driver_missing", network=net.name, driver=net.driver)
+                continue
+            try:
+                self.engine.network_driver(net.driver).create_network(net.id, self.options(net))
+            except Exception as exc:
+                log.error("network.restore_failed", network=net.name, error=str(exc))
+
+    def _configure_default_bridge(self, net: Network) -> None:
+        cfg = self.engine.config
+        net.options = {
+            "com.docker.network.bridge.default_bridge": "true",
+            ICC_OPTION: "true" if cfg.get("icc", True) else "false",
+            "com.docker.network.bridge.enable_ip_masquerade": "true",
+            "com.docker.network.bridge.host_binding_ipv4": "0.0.0.0",
+            NAME_OPTION: self.bridge_name,
+            "com.docker.network.driver.mtu": "1500",
+        }
+        if cfg.get("bip"):
+            iface = ipaddress.IPv4Interface(cfg["bip"])
+            net.subnet, net.gateway = str(iface.network), str(iface.ip)
+        elif not net.subnet:
+            others = [ipaddress.IPv4Network(n.subnet) for n in self.by_id.values()
+                      if n.subnet and n is not net]
+            subnet = pick_subnet(self.pools, others + host_routes())
+            net.subnet, net.gateway = str(subnet), str(subnet.network_address + 1)
+
+    def _forget(self, net: Network) -> None:
+        self.by_id.pop(net.id, None)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(self.root, f"{net.id}.json"))
+
+    def options(self, net: Network) -> dict[str, Any]:
+        """What the driver's ``create_network`` receives."""
+        bridge = net.options.get(NAME_OPTION) or ""
+        return {
+            "name": net.name,
+            "bridge": self.bridge_name if net.name == "bridge" else bridge,
+            "subnet": net.subnet,
+            "gateway": net.gateway,
+            "ip_range": net.ip_range,
+            "icc": net.options.get(ICC_OPTION, "true") != "false",
+            "internal": net.internal,
+            "dns": net.name != "bridge",  # Docker: the default bridge has no embedded DNS
+            "options": dict(net.options),
+            "labels": dict(net.labels),
+        }
+
+    # -- create / remove -------------------------------------------------------
+
+    def create(self, body: dict[str, Any]) -> tuple[Network, str]:
+        """``POST /networks/create``; blocking (the driver plumbs the bridge)."""
+        from skiff.core.containers.model import now_rfc3339
+
+        name = body.get("Name")
+        if not name or not isinstance(name, str):
+            raise InvalidParameter("network name is required")
+        if self.find(name) is not None and self.get(name).name == name:
+            raise Conflict(f"network with name {name} already exists")
+        driver = body.get("Driver") or "bridge"
+        if not self.installed(driver):
+            raise NotFound(f"plugin \"{driver}\" not found")
+        if driver in ("host", "none"):
+            raise InvalidParameter(
+                f"only one instance of \"{driver}\" network is allowed")
+        ipam = body.get("IPAM") or {}
+        configs = ipam.get("Config") or []
+        net = Network(id=secrets.token_hex(32), name=name, driver=driver, created=now_rfc3339(),
+                      internal=bool(body.get("Internal")),
+                      attachable=bool(body.get("Attachable")),
+                      options={k: str(v) for k, v in (body.get("Options") or {}).items()},
+                      labels=dict(body.get("Labels") or {}),
+                      ipam_driver=ipam.get("Driver") or "default")
+        others = [ipaddress.IPv4Network(n.subnet) for n in self.by_id.values() if n.subnet]
+        try:
+            v4 = [c for c in configs if ":" not in (c.get("Subnet") or "")]
+            if v4 and v4[0].get("Subnet"):
+                subnet = ipaddress.IPv4Network(v4[0]["Subnet"], strict=False)
+                for other in others:
+                    if subnet.overlaps(other):
+                        raise Conflict("Pool overlaps with other one on this address space")
+                net.subnet = str(subnet)
+                gw = v4[0].get("Gateway") or ""
+                if gw and ipaddress.IPv4Address(gw) not in subnet:
+                    raise InvalidParameter(f"gateway {gw} is not in subnet {subnet}")
+                net.gateway = gw or str(subnet.network_address + 1)
+                net.ip_range = v4[0].get("IPRange") or ""
+                if net.ip_range and not ipaddress.IPv4Network(net.ip_range).subnet_of(subnet):
+                    raise InvalidParameter(f"ip-range {net.ip_range} is not in subnet {subnet}")
+            else:
+                subnet = pick_subnet(self.pools, others + host_routes())
+                net.subnet, net.gateway = str(subnet), str(subnet.network_address + 1)
+        except ValueError as exc:
+            raise InvalidParameter(f"invalid IPAM configuration: {exc}") from exc
+        self.engine.network_driver(driver).create_network(net.id, self.options(net))
+        self.by_id[net.id] = net
+        self._save(net)
+        log.info("network.create", id=net.id[:12], name=name, subnet=net.subnet)
+        return net, ""
+
+    def users(self, net: Network) -> list[Any]:
+        """Running containers attached to ``net``."""
+        return [c for c in self.engine.containers.by_id.values()
+                if c.state.Running and net.name in c.networks]
+
+    def remove(self, ref: str) -> None:
+        net = self.get(ref)
+        if net.predefined:
+            raise InvalidParameter(
+                f"{net.name} is a pre-defined network and cannot be removed")
+        if self.users(net):
+            raise Conflict(f"error while removing network: network {net.name} id {net.id} "
+                           "has active endpoints")
+        self.engine.network_driver(net.driver).delete_network(net.id)
+        self._forget(net)
+        log.info("network.remove", id=net.id[:12], name=net.name)
+
+    def prune(self) -> list[str]:
+        gone = []
+        for net in list(self.by_id.values()):
+            if net.predefined or self.users(net):
+                continue
+            try:
+                self.remove(net.id)
+            except Exception as exc:
+                log.warning("network.prune_failed", network=net.name, error=str(exc))
+                continue
+            gone.append(net.name)
+        return gone
+
+    def shutdown(self) -> None:
+        """Take every network's host-side plumbing down; the records stay."""
+        for net in list(self.by_id.values()):
+            if not self.installed(net.driver):
+                continue
+            try:
+                self.engine.network_driver(net.driver).delete_network(net.id)
+            except Exception as exc:
+                log.warning("network.shutdown_failed", network=net.name, error=str(exc))
+
+    # -- API shapes --------------------------------------------------------------
+
+    def inspect(self, net: Network) -> dict[str, Any]:
+        rec = net.record()
+        containers = {}
+        for c in self.users(net):
+            s = c.networks.get(net.name) or {}
+            containers[c.id] = {
+                "Name": c.name,
+                "EndpointID": s.get("EndpointID", ""),
+                "MacAddress": s.get("MacAddress", ""),
+                "IPv4Address": (f"{s['IPAddress']}/{s.get('IPPrefixLen', 0)}"
+                                if s.get("IPAddress") else ""),
+                "IPv6Address": "",
+            }
+        rec["Containers"] = containers
+        return rec

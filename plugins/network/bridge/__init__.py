@@ -1,0 +1,11 @@
+"""The ``bridge`` network driver package: driver, IPAM, firewall and embedded DNS."""
+
+from __future__ import annotations
+
+from skiff.core.hookspecs import hookimpl
+from skiff.plugins.network.bridge.driver import NAME, BridgeNetworkDriver
+
+
+@hookimpl
+def skiff_network_drivers() -> dict[str, object]:
+    return {NAME: BridgeNetworkDriver}

@@ -1,0 +1,413 @@
+"""The ``bridge`` network driver: a Linux bridge per network, a veth per endpoint.
+
+Per network (``create_network``): the bridge (``skiff0`` or daemon.json
+``bridge`` for the default network, ``skf-<id>`` for user networks) with the
+gateway address, ``route_localnet`` on it so published ports answer on the
+host's 127.0.0.1, and the network's firewall rules (see ``firewall``).
+
+Per endpoint: an address from the network's pool and the published ports'
+rules (``create_endpoint``); then, between clone and exec (``join``), a veth
+pair made on the host whose peer is created directly inside the container's
+namespace (one netlink request: ``IFLA_NET_NS_FD`` on the peer), and the peer
+configured (renamed ``ethN``, MAC, address, up, default route) through a
+pyroute2 ``IPRoute`` socket created by a thread that has ``setns``'d into the
+container's namespace: a netlink socket belongs to the namespace it was
+created in, and pyroute2 0.9.7's ``IPRoute`` binds its socket in the
+constructor.  Measured here: ~2.5 ms for the host side and ~4 ms for the
+namespace side, against 12-20 ms for ``IPRoute(netns=...)``, which forks.
+
+On user-defined networks the container's resolver is the embedded DNS
+server at 127.0.0.11 (``dns``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import ipaddress
+import os
+import secrets
+import socket
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+import structlog
+
+from skiff.core import syscalls
+from skiff.core.hookspecs import Endpoint, NetworkContext
+from skiff.plugins.network.bridge import firewall as fw
+from skiff.plugins.network.bridge.dns import DNS_IP, DnsServer, parse_upstreams
+from skiff.plugins.network.bridge.ipam import Pool, mac_for
+
+log = structlog.get_logger("skiff.network.bridge")
+
+NAME = "bridge"
+DEFAULT_BRIDGE = "skiff0"
+#: Docker's ephemeral range for random host ports (``/proc/sys/net/ipv4/ip_local_port_range``)
+PORT_RANGE = (32768, 60999)
+
+T = TypeVar("T")
+
+
+class PortInUse(Exception):
+    """A requested host port is taken."""
+
+
+def run_in_netns(ns_path: str, fn: Callable[[], T]) -> T:
+    """Run ``fn`` in a short-lived thread that has entered the namespace at ``ns_path``.
+
+    Only that thread changes namespace, and it switches back before it ends,
+    so no thread of the daemon's pools ever runs in a container's namespace.
+    """
+    result: list[T] = []
+    errors: list[BaseException] = []
+
+    def body() -> None:
+        try:
+            own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                target = os.open(ns_path, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    syscalls.setns(target, syscalls.CLONE_NEWNET)
+                    try:
+                        result.append(fn())
+                    finally:
+                        syscalls.setns(own, syscalls.CLONE_NEWNET)
+                finally:
+                    os.close(target)
+            finally:
+                os.close(own)
+        except BaseException as exc:  # re-raised in the caller's thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=body, name="skiff-netns", daemon=True)
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+    return result[0]
+
+
+def _sysctl(path: str, value: str) -> None:
+    try:
+        with open(path, "w") as f:
+            f.write(value)
+    except OSError as exc:
+        log.warning("bridge.sysctl_failed", path=path, error=str(exc))
+
+
+@dataclass
+class Net:
+    """One bridge network, as the driver keeps it."""
+
+    id: str
+    name: str
+    bridge: str
+    pool: Pool
+    icc: bool
+    internal: bool
+    dns: bool
+    endpoints: dict[str, Endpoint] = field(default_factory=dict)
+    rules: list[fw.Rule] = field(default_factory=list)
+
+
+class BridgeNetworkDriver:
+    """Bridge networks with NAT, published ports and, on user networks, DNS."""
+
+    name = NAME
+    netns: Literal["new", "host"] = "new"
+
+    def __init__(self, ctx: NetworkContext) -> None:
+        self.ctx = ctx
+        cfg = ctx.config
+        self.firewall = fw.Firewall(bool(cfg.get("iptables", True)))
+        self.ip_forward = bool(cfg.get("ip-forward", True))
+        self.networks: dict[str, Net] = {}
+        self._lock = threading.RLock()
+        self._ports: set[tuple[str, int]] = set()  # (proto, host port) handed out
+        self._next_port = PORT_RANGE[0]
+        self._ifaces: dict[str, int] = {}  # container id -> interfaces joined
+        self._dns_members: dict[str, int] = {}  # container id -> DNS endpoints joined
+        self.dns = DnsServer(self._lookup, parse_upstreams(list(cfg.get("dns") or [])))
+
+    # -- networks ------------------------------------------------------------
+
+    def create_network(self, network_id: str, options: Mapping[str, Any]) -> None:
+        from pyroute2 import IPRoute
+
+        bridge = str(options.get("bridge") or f"skf-{network_id[:11]}")
+        pool = Pool(str(options["subnet"]), str(options.get("gateway") or ""),
+                    str(options.get("ip_range") or ""))
+        net = Net(id=network_id, name=str(options.get("name") or network_id), bridge=bridge,
+                  pool=pool, icc=bool(options.get("icc", True)),
+                  internal=bool(options.get("internal", False)),
+                  dns=bool(options.get("dns", False)))
+        with IPRoute() as ipr:
+            found = ipr.link_lookup(ifname=bridge)
+            if not found:
+                ipr.link("add", ifname=bridge, kind="bridge")
+                found = ipr.link_lookup(ifname=bridge)
+            index = found[0]
+            have = {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=index, family=2)}
+            if str(pool.gateway) not in have:
+                ipr.addr("add", index=index, address=str(pool.gateway),
+                         prefixlen=pool.prefixlen)
+            ipr.link("set", index=index, state="up")
+        _sysctl(f"/proc/sys/net/ipv4/conf/{bridge}/route_localnet", "1")
+        if self.ip_forward:
+            _sysctl("/proc/sys/net/ipv4/ip_forward", "1")
+        # Rules of an earlier life of this bridge (a crash) go before new ones come.
+        self.firewall.purge(bridge)
+        net.rules = fw.network_rules(bridge, str(pool.subnet), net.icc, net.internal)
+        try:
+            self.firewall.add(net.rules)
+        except fw.FirewallError:
+            self._remove_bridge(bridge)
+            raise
+        with self._lock:
+            self.networks[network_id] = net
+        log.info("bridge.network_created", id=network_id[:12], bridge=bridge,
+                 subnet=str(pool.subnet))
+
+    def _remove_bridge(self, bridge: str) -> None:
+        from pyroute2 import IPRoute
+
+        with IPRoute() as ipr:
+            found = ipr.link_lookup(ifname=bridge)
+            if found:
+                with contextlib.suppress(Exception):
+                    ipr.link("del", index=found[0])
+
+    def delete_network(self, network_id: str) -> None:
+        with self._lock:
+            net = self.networks.pop(network_id, None)
+            last = not self.networks
+        if net is None:
+            return
+        for ep in list(net.endpoints.values()):
+            self.leave(ep)
+            self.delete_endpoint(ep)
+        self.firewall.purge(net.bridge, drop_chains=last)
+        self._remove_bridge(net.bridge)
+        if last:
+            self.dns.stop()
+
+    # -- endpoints -----------------------------------------------------------
+
+    def create_endpoint(self, network_id: str, endpoint: Endpoint) -> Endpoint:
+        net = self._net(network_id)
+        extra = dict(endpoint.extra)
+        ip = net.pool.allocate(str(extra.get("ip") or ""))
+        ep = Endpoint(network_id=network_id, endpoint_id=endpoint.endpoint_id,
+                      container_id=endpoint.container_id, ip_address=ip,
+                      ip_prefix_len=net.pool.prefixlen, gateway=str(net.pool.gateway),
+                      mac_address=mac_for(ip), extra=extra)
+        extra["bridge"] = net.bridge
+        extra["veth"] = "skfv" + secrets.token_hex(4)
+        extra["dns"] = net.dns
+        rules: list[fw.Rule] = []
+        held: list[tuple[str, int]] = []
+        try:
+            ports = self._publish(net, ep, rules, held)
+            for link in extra.get("links") or []:
+                if not net.icc:
+                    for proto, port in link.get("ports") or []:
+                        rules += fw.link_rules(net.bridge, ip, link["ip"], proto, int(port))
+            self.firewall.add(rules)
+        except BaseException:
+            net.pool.release(ip)
+            with self._lock:
+                self._ports.difference_update(held)
+            raise
+        extra["ports"] = ports
+        extra["rules"] = rules
+        extra["held_ports"] = held
+        with self._lock:
+            net.endpoints[ep.endpoint_id] = ep
+        return ep
+
+    def _publish(self, net: Net, ep: Endpoint, rules: list[fw.Rule],
+                 held: list[tuple[str, int]]) -> dict[str, Any]:
+        """Host ports for the endpoint's bindings; fills ``rules`` and ``held``."""
+        extra = ep.extra
+        bindings: dict[str, Any] = dict(extra.get("port_bindings") or {})
+        exposed = list(extra.get("exposed_ports") or [])
+        ports: dict[str, Any] = {}
+        for key in exposed:
+            ports.setdefault(key, None)
+            if extra.get("publish_all") and not bindings.get(key):
+                bindings[key] = [{"HostIp": "", "HostPort": ""}]
+        for key, entries in bindings.items():
+            port_s, _, proto = key.partition("/")
+            proto = proto or "tcp"
+            ctr_port = int(port_s)
+            out = []
+            for entry in entries or [{"HostIp": "", "HostPort": ""}]:
+                host_ip = (entry or {}).get("HostIp") or "0.0.0.0"
+                wanted = str((entry or {}).get("HostPort") or "")
+                lo, _, hi = wanted.partition("-")
+                host_port = self._host_port(proto, host_ip, int(lo) if lo else 0,
+                                            int(hi) if hi else 0)
+                held.append((proto, host_port))
+                rules += fw.port_rules(net.bridge, ep.ip_address, proto, ctr_port, host_ip,
+                                       host_port)
+                out.append({"HostIp": host_ip, "HostPort": str(host_port)})
+            ports[f"{ctr_port}/{proto}"] = out
+        return ports
+
+    def _host_port(self, proto: str, host_ip: str, lo: int, hi: int) -> int:
+        with self._lock:
+            if lo and not hi:
+                if (proto, lo) in self._ports or not _port_free(proto, host_ip, lo):
+                    raise PortInUse(
+                        f"Bind for {host_ip}:{lo} failed: port is already allocated")
+                self._ports.add((proto, lo))
+                return lo
+            first, last = (lo, hi) if lo else PORT_RANGE
+            span = last - first + 1
+            start = self._next_port if not lo else first
+            for i in range(span):
+                port = first + (start - first + i) % span
+                if (proto, port) not in self._ports and _port_free(proto, host_ip, port):
+                    self._ports.add((proto, port))
+                    if not lo:
+                        self._next_port = port + 1 if port < last else first
+                    return port
+        raise PortInUse(f"no free host port in {first}-{last}/{proto}")
+
+    def join(self, endpoint: Endpoint, pid: int) -> None:
+        from pyroute2 import IPRoute
+
+        net = self._net(endpoint.network_id)
+        ns = f"/proc/{pid}/ns/net"
+        veth = str(endpoint.extra["veth"])
+        peer = "skfp" + veth[4:]
+        with self._lock:
+            n = self._ifaces.get(endpoint.container_id, 0)
+            self._ifaces[endpoint.container_id] = n + 1
+        fd = os.open(ns, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            with IPRoute() as ipr:
+                br = ipr.link_lookup(ifname=net.bridge)[0]
+                ipr.link("add", ifname=veth, kind="veth", master=br,
+                         peer={"ifname": peer, "net_ns_fd": fd})
+                ipr.link("set", index=ipr.link_lookup(ifname=veth)[0], state="up")
+        finally:
+            os.close(fd)
+
+        def inside() -> socket.socket | None:
+            with IPRoute() as ipr:
+                idx = ipr.link_lookup(ifname=peer)[0]
+                ipr.link("set", index=idx, ifname=f"eth{n}", address=endpoint.mac_address)
+                ipr.addr("add", index=idx, address=endpoint.ip_address,
+                         prefixlen=endpoint.ip_prefix_len)
+                ipr.link("set", index=idx, state="up")
+                ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+                if n == 0 and not net.internal:
+                    ipr.route("add", dst="0.0.0.0/0", gateway=endpoint.gateway)
+            if net.dns and not self._dns_members.get(endpoint.container_id):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                try:
+                    sock.bind((DNS_IP, 53))
+                except BaseException:
+                    sock.close()
+                    raise
+                return sock
+            return None
+
+        sock = run_in_netns(ns, inside)
+        if net.dns:
+            with self._lock:
+                self._dns_members[endpoint.container_id] = (
+                    self._dns_members.get(endpoint.container_id, 0) + 1)
+        if sock is not None:
+            self.dns.add(endpoint.container_id, sock)
+
+    def leave(self, endpoint: Endpoint) -> None:
+        from pyroute2 import IPRoute
+
+        veth = str(endpoint.extra.get("veth") or "")
+        if veth:
+            with IPRoute() as ipr:
+                found = ipr.link_lookup(ifname=veth)
+                if found:
+                    with contextlib.suppress(Exception):
+                        ipr.link("del", index=found[0])
+        cid = endpoint.container_id
+        with self._lock:
+            if cid in self._ifaces:
+                self._ifaces[cid] -= 1
+                if self._ifaces[cid] <= 0:
+                    del self._ifaces[cid]
+            stop_dns = False
+            if endpoint.extra.get("dns") and cid in self._dns_members:
+                self._dns_members[cid] -= 1
+                if self._dns_members[cid] <= 0:
+                    del self._dns_members[cid]
+                    stop_dns = True
+        if stop_dns:
+            self.dns.remove(cid)
+
+    def delete_endpoint(self, endpoint: Endpoint) -> None:
+        with self._lock:
+            net = self.networks.get(endpoint.network_id)
+            if net is not None and net.endpoints.pop(endpoint.endpoint_id, None) is None:
+                return  # already deleted
+        self.firewall.delete(list(endpoint.extra.get("rules") or []))
+        with self._lock:
+            self._ports.difference_update(
+                tuple(p) for p in endpoint.extra.get("held_ports") or [])
+        if net is not None and endpoint.ip_address:
+            net.pool.release(endpoint.ip_address)
+
+    # -- helpers ---------------------------------------------------------------
+
+    def _net(self, network_id: str) -> Net:
+        with self._lock:
+            net = self.networks.get(network_id)
+        if net is None:
+            raise LookupError(f"network {network_id} not found")
+        return net
+
+    def _lookup(self, container_id: str, name: str) -> list[str] | None:
+        """Addresses for ``name`` on the DNS-enabled networks of ``container_id``."""
+        name = name.rstrip(".").lower()
+        with self._lock:
+            nets = [n for n in self.networks.values() if n.dns and any(
+                e.container_id == container_id for e in n.endpoints.values())]
+            for net in nets:
+                found = []
+                for ep in net.endpoints.values():
+                    names = {str(ep.extra.get("name") or ""), str(ep.extra.get("hostname") or ""),
+                             ep.container_id[:12],
+                             *(str(a) for a in ep.extra.get("aliases") or [])}
+                    if name in {x.lower() for x in names if x}:
+                        found.append(ep.ip_address)
+                if found:
+                    return found
+        return None
+
+
+def _port_free(proto: str, host_ip: str, port: int) -> bool:
+    """Whether nothing on the host listens on ``port`` (a DNAT would hide it)."""
+    kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
+    with socket.socket(socket.AF_INET, kind) as s:
+        try:
+            s.bind((host_ip if host_ip not in ("", "0.0.0.0") else "0.0.0.0", port))
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                return False
+            if exc.errno == errno.EADDRNOTAVAIL:
+                return True  # not a local address: nothing can listen there
+            raise
+    return True
+
+
+def valid_subnet(text: str) -> bool:
+    try:
+        ipaddress.IPv4Network(text, strict=False)
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,227 @@
+"""iptables rules for bridge networks, in skiff's own chains.
+
+The machine's ``iptables`` is the nf_tables flavour; skiff drives it through
+the ``iptables``/``iptables-restore`` commands so that rules look and behave
+exactly like Docker's (``iptables-save`` shows them, other tools coexist).
+
+Chains, as Docker's with SKIFF for DOCKER:
+
+* nat ``SKIFF``: DNAT of published ports; PREROUTING and OUTPUT jump to it
+  for local destinations (OUTPUT too, so that ``127.0.0.1:PORT`` on the
+  host reaches the container: the bridge gets ``route_localnet`` and a
+  MASQUERADE of locally sourced traffic, Docker's ``userland-proxy: false``).
+* filter ``SKIFF``: ACCEPT of published ports towards the container.
+* filter ``SKIFF-ISOLATION-STAGE-1/2``: traffic from one skiff bridge to
+  another is dropped.
+* filter ``SKIFF-USER``: left to the administrator, jumped to first.
+
+Every rule skiff adds carries a comment ``skiff:<bridge>``, so the rules of a
+bridge can be found again after a crash and removed before they are rebuilt.
+The shared chains are removed when the last daemon using them removes its
+last rule (several test daemons share one network namespace).
+"""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import threading
+from collections.abc import Iterable, Sequence
+
+import structlog
+
+log = structlog.get_logger("skiff.network.firewall")
+
+NAT_CHAIN = "SKIFF"
+FILTER_CHAIN = "SKIFF"
+ISO1 = "SKIFF-ISOLATION-STAGE-1"
+ISO2 = "SKIFF-ISOLATION-STAGE-2"
+USER = "SKIFF-USER"
+
+Rule = tuple[str, str, list[str]]  # (table, chain, match/target arguments)
+
+
+class FirewallError(Exception):
+    """An iptables command failed."""
+
+
+def _run(args: Sequence[str], input: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(args), input=input, capture_output=True, text=True)
+
+
+class Firewall:
+    """The rules of one daemon's bridge networks; no-op when ``enabled`` is false."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._lock = threading.Lock()
+        self._ready = False
+
+    # -- shared chains ---------------------------------------------------------
+
+    def _ensure_chains(self) -> None:
+        if self._ready:
+            return
+        for table, chain in (("nat", NAT_CHAIN), ("filter", FILTER_CHAIN), ("filter", ISO1),
+                             ("filter", ISO2), ("filter", USER)):
+            if _run(["iptables", "-t", table, "-N", chain]).returncode == 0 and chain in (
+                    ISO1, ISO2, USER):
+                _run(["iptables", "-t", table, "-A", chain, "-j", "RETURN"])
+        jumps = [
+            ("nat", "PREROUTING", ["-m", "addrtype", "--dst-type", "LOCAL", "-j", NAT_CHAIN]),
+            ("nat", "OUTPUT", ["-m", "addrtype", "--dst-type", "LOCAL", "-j", NAT_CHAIN]),
+            ("filter", "FORWARD", ["-j", ISO1]),
+            ("filter", "FORWARD", ["-j", USER]),
+        ]
+        for table, chain, spec in jumps:
+            if _run(["iptables", "-t", table, "-C", chain, *spec]).returncode != 0:
+                _run(["iptables", "-t", table, "-I", chain, "1", *spec])
+        self._ready = True
+
+    def _drop_chains_if_unused(self) -> None:
+        """Remove the shared chains when no skiff rule is left in any of them."""
+        save = _run(["iptables-save"]).stdout
+        if "skiff:" in save:
+            return
+        for table, chain, spec in (
+            ("nat", "PREROUTING", ["-m", "addrtype", "--dst-type", "LOCAL", "-j", NAT_CHAIN]),
+            ("nat", "OUTPUT", ["-m", "addrtype", "--dst-type", "LOCAL", "-j", NAT_CHAIN]),
+            ("filter", "FORWARD", ["-j", ISO1]),
+            ("filter", "FORWARD", ["-j", USER]),
+        ):
+            while _run(["iptables", "-t", table, "-D", chain, *spec]).returncode == 0:
+                pass
+        for table, chain in (("nat", NAT_CHAIN), ("filter", FILTER_CHAIN), ("filter", ISO1),
+                             ("filter", ISO2), ("filter", USER)):
+            _run(["iptables", "-t", table, "-F", chain])
+            _run(["iptables", "-t", table, "-X", chain])
+        self._ready = False
+
+    # -- batches -----------------------------------------------------------------
+
+    @staticmethod
+    def _script(rules: Iterable[Rule], op: str) -> str:
+        by_table: dict[str, list[str]] = {}
+        for table, chain, spec in rules:
+            by_table.setdefault(table, []).append(
+                " ".join([op, chain, *(_quote(a) for a in spec)]))
+        out = []
+        for table, lines in by_table.items():
+            out += [f"*{table}", *lines, "COMMIT"]
+        return "\n".join(out) + "\n"
+
+    def add(self, rules: list[Rule]) -> None:
+        """Add ``rules`` in one ``iptables-restore`` transaction (all or nothing)."""
+        if not self.enabled or not rules:
+            return
+        with self._lock:
+            self._ensure_chains()
+            inserts = [r for r in rules if r[1] in (ISO1, ISO2)]
+            appends = [r for r in rules if r[1] not in (ISO1, ISO2)]
+            script = self._script(inserts, "-I") + self._script(appends, "-A")
+            res = _run(["iptables-restore", "--noflush"], input=script)
+            if res.returncode != 0:
+                # Another daemon in this namespace may have dropped the shared
+                # chains after its last network went: make them again, once.
+                self._ready = False
+                self._ensure_chains()
+                res = _run(["iptables-restore", "--noflush"], input=script)
+            if res.returncode != 0:
+                raise FirewallError(f"iptables-restore failed: {res.stderr.strip()}\n{script}")
+
+    def delete(self, rules: list[Rule]) -> None:
+        """Delete ``rules``; missing ones are ignored (idempotent)."""
+        if not self.enabled or not rules:
+            return
+        with self._lock:
+            res = _run(["iptables-restore", "--noflush"], input=self._script(rules, "-D"))
+            if res.returncode != 0:  # some rule was already gone: go one by one
+                for table, chain, spec in rules:
+                    _run(["iptables", "-t", table, "-D", chain, *spec])
+
+    def purge(self, tag: str, drop_chains: bool = False) -> None:
+        """Remove every rule commented ``skiff:<tag>`` (after a crash, or at shutdown)."""
+        if not self.enabled:
+            return
+        with self._lock:
+            marker = f"skiff:{tag}"
+            table = ""
+            doomed: list[list[str]] = []
+            for line in _run(["iptables-save"]).stdout.splitlines():
+                if line.startswith("*"):
+                    table = line[1:]
+                elif line.startswith("-A ") and marker in line:
+                    args = shlex.split(line[3:])
+                    if marker in args:  # not a longer bridge name with this prefix
+                        doomed.append(["iptables", "-t", table, "-D", *args])
+            for cmd in doomed:
+                _run(cmd)
+            if drop_chains:
+                self._drop_chains_if_unused()
+
+
+def _quote(arg: str) -> str:
+    return f'"{arg}"' if (" " in arg or not arg) else arg
+
+
+def tag(bridge: str) -> list[str]:
+    return ["-m", "comment", "--comment", f"skiff:{bridge}"]
+
+
+def network_rules(bridge: str, subnet: str, icc: bool, internal: bool = False) -> list[Rule]:
+    """The rules of one bridge network (Docker's, with SKIFF chains)."""
+    t = tag(bridge)
+    rules: list[Rule] = []
+    if not internal:
+        rules.append(("nat", "POSTROUTING", ["-s", subnet, "!", "-o", bridge, *t,
+                                             "-j", "MASQUERADE"]))
+    rules += [
+        # 127.0.0.1:PORT from the host (route_localnet) and hairpin through a
+        # published port: the reply must come back through this host.
+        ("nat", "POSTROUTING", ["-o", bridge, "-m", "addrtype", "--src-type", "LOCAL", *t,
+                                "-j", "MASQUERADE"]),
+        ("nat", "POSTROUTING", ["-s", subnet, "-o", bridge, "-m", "conntrack", "--ctstate",
+                                "DNAT", *t, "-j", "MASQUERADE"]),
+        ("filter", ISO1, ["-i", bridge, "!", "-o", bridge, *t, "-j", ISO2]),
+        ("filter", ISO2, ["-o", bridge, *t, "-j", "DROP"]),
+        ("filter", "FORWARD", ["-o", bridge, "-m", "conntrack", "--ctstate",
+                               "RELATED,ESTABLISHED", *t, "-j", "ACCEPT"]),
+        ("filter", "FORWARD", ["-o", bridge, *t, "-j", FILTER_CHAIN]),
+        ("filter", "FORWARD", ["-i", bridge, "-o", bridge, *t,
+                               "-j", "ACCEPT" if icc else "DROP"]),
+    ]
+    if not internal:
+        rules.append(("filter", "FORWARD", ["-i", bridge, "!", "-o", bridge, *t,
+                                            "-j", "ACCEPT"]))
+    return rules
+
+
+def port_rules(bridge: str, container_ip: str, proto: str, container_port: int,
+               host_ip: str, host_port: int) -> list[Rule]:
+    """DNAT and ACCEPT for one published port."""
+    t = tag(bridge)
+    dst = [] if host_ip in ("", "0.0.0.0") else ["-d", host_ip]
+    return [
+        ("nat", NAT_CHAIN, [*dst, "-p", proto, "-m", proto, "--dport", str(host_port), *t,
+                            "-j", "DNAT", "--to-destination",
+                            f"{container_ip}:{container_port}"]),
+        ("filter", FILTER_CHAIN, ["-d", f"{container_ip}/32", "!", "-i", bridge, "-o", bridge,
+                                  "-p", proto, "-m", proto, "--dport", str(container_port), *t,
+                                  "-j", "ACCEPT"]),
+        ("nat", "POSTROUTING", ["-s", f"{container_ip}/32", "-d", f"{container_ip}/32",
+                                "-p", proto, "-m", proto, "--dport", str(container_port), *t,
+                                "-j", "MASQUERADE"]),
+    ]
+
+
+def link_rules(bridge: str, src_ip: str, dst_ip: str, proto: str, port: int) -> list[Rule]:
+    """With ``icc: false``, let a linking container reach one port of the linked one."""
+    t = tag(bridge)
+    return [
+        ("filter", FILTER_CHAIN, ["-i", bridge, "-o", bridge, "-s", src_ip, "-d", dst_ip,
+                                  "-p", proto, "-m", proto, "--dport", str(port), *t,
+                                  "-j", "ACCEPT"]),
+        ("filter", FILTER_CHAIN, ["-i", bridge, "-o", bridge, "-s", dst_ip, "-d", src_ip,
+                                  "-p", proto, "-m", proto, "--sport", str(port), *t,
+                                  "-j", "ACCEPT"]),
+    ]
