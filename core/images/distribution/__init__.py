@@ -1,0 +1,11 @@
+"""Pull from and push to registries (OCI distribution / Docker Registry HTTP API v2).
+
+* :mod:`.client` — a blocking HTTP client of one registry repository: auth
+  (Basic and the Bearer token flow), manifests, verified blob downloads with
+  resume, uploads and cross-repository mounts.  It runs in worker threads.
+* :mod:`.manifest` — media types, parsing, platform selection.
+* :mod:`.metadata` — which registry blob each local layer came from or went to
+  (Docker's v2metadata), so a push can skip or mount instead of uploading.
+* :mod:`.pull` / :mod:`.push` — the async orchestration on trio, reporting
+  Docker's JSON progress messages.
+"""
