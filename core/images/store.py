@@ -20,6 +20,7 @@ Moby 20.10), including its messages, so ``docker`` shows what it shows there.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import hashlib
 import json
 import os
@@ -726,6 +727,85 @@ class ImageStore:
         removed = self.layers.release(image.top_layer) if image.top_layer else []
         log.info("image.deleted", id=image_id, layers_removed=len(removed))
         return removed
+
+    # -- prune -------------------------------------------------------------------------
+
+    def prune(
+        self,
+        filters: Mapping[str, Any] | None = None,
+        in_use: ContainerUsers | None = None,
+        until: float | None = None,
+    ) -> dict[str, Any]:
+        """``POST /images/prune``, as Moby's ``ImagesPrune``.
+
+        By default (``dangling=true``) the images nobody names and no image
+        builds on are deleted; with ``dangling=false`` every image no
+        container uses.  ``label``/``label!`` filter by label; ``until``
+        (seconds since the epoch, parsed by the caller from the ``until``
+        filter) keeps images created after it.  An image a container uses is
+        skipped (the delete conflicts).  Returns Docker's report:
+        ``{"ImagesDeleted": [...] or None, "SpaceReclaimed": bytes}``.
+        """
+        flt: dict[str, list[str]] = {}
+        for key, value in (filters or {}).items():
+            if key not in ("dangling", "label", "label!", "until"):
+                raise InvalidParameter(f"invalid filter '{key}'")
+            if isinstance(value, Mapping):
+                flt[key] = [k for k, on in value.items() if on]
+            elif isinstance(value, str):
+                flt[key] = [value]
+            else:
+                flt[key] = [str(v) for v in value]
+        dangling_only = True
+        if "dangling" in flt:
+            values = set(flt["dangling"])
+            if values & {"false", "0"}:
+                dangling_only = False
+            elif not values & {"true", "1"}:
+                raise InvalidParameter(f"Invalid filter 'dangling={sorted(values)}'")
+        records: list[dict[str, str]] = []
+        sizes: dict[str, int] = {}
+        with self._lock:
+            candidates: list[Image] = []
+            for image_id, image in self._images.items():
+                has_children = bool(self._children.get(image_id))
+                if dangling_only and has_children:
+                    continue  # not a head
+                if not self.references(image_id) and has_children:
+                    continue  # an intermediate image: goes with its child
+                if until is not None and _unix_float(image.config.get("created")) > until:
+                    continue
+                labels = image.labels or {}
+                if flt.get("label") and not _match_kv(flt["label"], labels):
+                    continue
+                if flt.get("label!") and labels and _match_kv(flt["label!"], labels):
+                    continue
+                candidates.append(image)
+                for chain in image.chain:
+                    with contextlib.suppress(LayerNotFound):
+                        sizes[chain] = self.layers.get(chain).size
+            for image in candidates:
+                if image.id not in self._images:
+                    continue  # went with an image deleted before it
+                refs = self.references(image.id)
+                names: list[str]
+                if refs:
+                    if dangling_only and any(r.tag is not None for r in refs):
+                        continue
+                    names = [familiar_string(r) for r in refs]
+                else:
+                    names = [image.id[7:]]
+                for name in names:
+                    try:
+                        records.extend(self.delete(name, False, True, in_use))
+                    except (ImageConflict, ImageNotFound):
+                        continue
+                    except Exception as exc:  # one bad image must not stop the prune
+                        log.warning("image.prune_failed", image=name, error=str(exc))
+        reclaimed = sum(sizes.get(r.get("Deleted", ""), 0) for r in records)
+        log.info("image.pruned", images=sum(1 for r in records if "Deleted" in r),
+                 reclaimed=reclaimed)
+        return {"ImagesDeleted": records or None, "SpaceReclaimed": reclaimed}
 
     # -- views for the API -----------------------------------------------------------
 

@@ -1,0 +1,236 @@
+"""Image archives travel between skiffd and a real dockerd with their IDs intact.
+
+An image saved by skiff loads into dockerd (Debian's docker.io) with the same
+image ID, and one saved by dockerd loads into skiff with the same ID: both
+sides check every layer against the config's diff_ids, so this also proves
+that skiff reproduces layer tars byte for byte (whiteouts included).
+
+The test runs a private dockerd: its own data-root, exec-root, pidfile, socket
+and config file, no bridge, no iptables, the vfs storage driver (so it mounts
+nothing), and it is stopped at the end together with the containerd it
+spawned.  Skipped where dockerd is not installed (``scripts/install.sh
+--test`` installs it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import tarfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.daemon import DOCKER, Daemon
+
+DOCKERD = shutil.which("dockerd")
+
+pytestmark = pytest.mark.skipif(
+    DOCKERD is None or shutil.which("containerd") is None,
+    reason="dockerd (Debian's docker.io) is not installed; scripts/install.sh --test installs it",
+)
+
+
+def _ping(sock: str) -> bool:
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(2)
+            s.connect(sock)
+            s.sendall(b"GET /_ping HTTP/1.1\r\nHost: x\r\n\r\n")
+            return s.recv(64).startswith(b"HTTP/1.1 200")
+    except OSError:
+        return False
+
+
+def _processes_naming(marker: str) -> list[int]:
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            if marker.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(int(pid))
+    return found
+
+
+def _mounts_under(base: Path) -> list[str]:
+    with open("/proc/self/mountinfo") as f:
+        points = [line.split()[4] for line in f]
+    return sorted((p for p in points if p.startswith(str(base) + "/")), key=len, reverse=True)
+
+
+@dataclass
+class Dockerd:
+    """A private dockerd driven by the stock CLI."""
+
+    base: Path
+    proc: subprocess.Popen[bytes]
+
+    @property
+    def socket(self) -> str:
+        return str(self.base / "docker.sock")
+
+    def docker(self, *args: str, input: bytes | None = None, check: bool = True
+               ) -> subprocess.CompletedProcess[bytes]:
+        env = dict(os.environ, DOCKER_HOST="unix://" + self.socket,
+                   DOCKER_CONFIG=str(self.base / "cli"))
+        env.pop("DOCKER_CONTEXT", None)
+        res = subprocess.run([DOCKER, *args], env=env, input=input, capture_output=True,
+                             timeout=120)
+        if check and res.returncode != 0:
+            raise AssertionError(f"dockerd: docker {' '.join(args)} failed: "
+                                 f"{res.stderr.decode(errors='replace')}\n{self.logs()}")
+        return res
+
+    def logs(self) -> str:
+        with contextlib.suppress(OSError):
+            return (self.base / "dockerd.log").read_text(errors="replace")[-4000:]
+        return ""
+
+
+@pytest.fixture(scope="module")
+def dockerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dockerd]:
+    # a short base: containerd's sockets live under the exec-root (108-byte limit)
+    base = Path(f"/tmp/skiff-dk-{secrets.token_hex(3)}")
+    base.mkdir()
+    (base / "daemon.json").write_text("{}\n")  # never /etc/docker/daemon.json
+    assert DOCKERD is not None
+    with open(base / "dockerd.log", "wb") as log:
+        proc = subprocess.Popen(
+            [DOCKERD, "--config-file", str(base / "daemon.json"),
+             "--data-root", str(base / "data"), "--exec-root", str(base / "exec"),
+             "--pidfile", str(base / "dockerd.pid"), "-H", f"unix://{base}/docker.sock",
+             "--bridge=none", "--iptables=false", "--ip-forward=false", "--ip-masq=false",
+             "--storage-driver", "vfs", "--cgroup-parent", f"skiff-test-dk-{base.name}"],
+            stdout=log, stderr=log, start_new_session=True,
+        )
+    d = Dockerd(base, proc)
+    try:
+        deadline = time.monotonic() + 60
+        while not _ping(d.socket):
+            if proc.poll() is not None:
+                pytest.fail(f"dockerd exited with {proc.returncode}:\n{d.logs()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"dockerd did not answer within 60s:\n{d.logs()}")
+            time.sleep(0.1)
+        yield d
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        # the containerd dockerd started names its config under our exec-root
+        for _ in range(100):
+            left = _processes_naming(str(base))
+            if not left:
+                break
+            for pid in left:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM if _ < 50 else signal.SIGKILL)
+            time.sleep(0.1)
+        for point in _mounts_under(base):
+            subprocess.run(["umount", "-l", point], capture_output=True)
+        leftovers = _processes_naming(str(base)), _mounts_under(base)
+        shutil.rmtree(base, ignore_errors=True)
+        for cg in Path("/sys/fs/cgroup").glob(f"*/skiff-test-dk-{base.name}"):
+            with contextlib.suppress(OSError):
+                cg.rmdir()
+        assert leftovers == ([], []), f"dockerd left processes or mounts: {leftovers}"
+
+
+def _image_id(run, ref: str) -> str:  # type: ignore[no-untyped-def]
+    return run("image", "inspect", "--format", "{{.Id}}", ref).stdout.decode().strip()
+
+
+def _rootfs_tar(files: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(data), 1_700_000_000, 0o755
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def test_skiff_saves_dockerd_loads_same_ids(skiffd: Daemon, dockerd: Dockerd,
+                                            tmp_path: Path) -> None:
+    tag = secrets.token_hex(3)
+    name = f"interop-{tag}"
+    # a second layer with an addition, a change, a deletion (whiteout) and an xattr-free dir
+    skiffd.docker("run", "--name", name, "busybox", "sh", "-c",
+                  "echo made by skiff > /made; echo more >> /etc/group; rm /bin/ls;"
+                  " mkdir -p /opt/x && chmod 700 /opt/x", check=True)
+    try:
+        skiffd.docker("commit", "-m", "interop", "-c", "ENV ORIGIN=skiff", name,
+                      f"skiff-made:{tag}", check=True)
+    finally:
+        skiffd.docker("rm", "-f", name)
+    refs = ["busybox:latest", f"skiff-made:{tag}"]
+    ids = {r: _image_id(skiffd.docker, r) for r in refs}
+    archive = tmp_path / "from-skiff.tar"
+    skiffd.docker("save", "-o", str(archive), *refs, check=True)
+    try:
+        res = dockerd.docker("load", "-i", str(archive))
+        assert "Loaded image: skiff-made:" + tag in res.stdout.decode()
+        for r in refs:
+            assert _image_id(dockerd.docker, r) == ids[r], r
+        # dockerd runs nothing here, but it did unpack and verify every layer
+        history = dockerd.docker("history", "--format", "{{.Comment}}", refs[1]).stdout
+        assert history.decode().splitlines()[0] == "interop"
+
+        # ... and back: what dockerd saves of skiff's image loads into skiff unchanged
+        back = tmp_path / "from-dockerd.tar"
+        dockerd.docker("save", "-o", str(back), refs[1])
+        skiffd.docker("rmi", refs[1], check=True)
+        assert skiffd.docker("image", "inspect", refs[1]).returncode != 0
+        skiffd.docker("load", "-i", str(back), check=True)
+        assert _image_id(skiffd.docker, refs[1]) == ids[refs[1]]
+        res = skiffd.docker("run", "--rm", refs[1], "sh", "-c",
+                            "cat /made; echo $ORIGIN; ls /bin/ls 2>/dev/null || echo gone",
+                            check=True)
+        assert res.stdout.decode() == "made by skiff\nskiff\ngone\n"
+    finally:
+        skiffd.docker("rmi", "-f", refs[1])
+        dockerd.docker("rmi", "-f", *refs, check=False)
+
+
+def test_dockerd_saves_skiff_loads_same_ids(skiffd: Daemon, dockerd: Dockerd,
+                                            tmp_path: Path) -> None:
+    tag = secrets.token_hex(3)
+    ref = f"docker-made:{tag}"
+    busybox = Path("/bin/busybox").read_bytes()
+    layer = _rootfs_tar({"bin/busybox": busybox, "etc/made-by": b"dockerd\n"})
+    dockerd.docker("import", "-c", 'CMD ["/bin/busybox", "cat", "/etc/made-by"]',
+                   "-c", "ENV ORIGIN=dockerd", "-m", "from dockerd", "-", ref, input=layer)
+    try:
+        want = _image_id(dockerd.docker, ref)
+        archive = tmp_path / "from-dockerd.tar"
+        dockerd.docker("save", "-o", str(archive), ref)
+        res = skiffd.docker("load", "-i", str(archive), check=True)
+        assert f"Loaded image: {ref}" in res.stdout.decode()
+        assert _image_id(skiffd.docker, ref) == want
+        info = json.loads(skiffd.docker("image", "inspect", ref, check=True).stdout)[0]
+        assert info["Comment"] == "from dockerd"
+        assert "ORIGIN=dockerd" in info["Config"]["Env"]
+        assert skiffd.docker("run", "--rm", ref, check=True).stdout == b"dockerd\n"
+        # skiff saves it again; dockerd, after forgetting it, takes it back as the same image
+        again = tmp_path / "again.tar"
+        skiffd.docker("save", "-o", str(again), ref, check=True)
+        dockerd.docker("rmi", ref)
+        dockerd.docker("load", "-i", str(again))
+        assert _image_id(dockerd.docker, ref) == want
+    finally:
+        skiffd.docker("rmi", "-f", ref)
+        dockerd.docker("rmi", "-f", ref, check=False)
