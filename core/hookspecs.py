@@ -537,6 +537,30 @@ class CgroupDriver(Protocol):
         """Counters for the stats API (cpu, memory, pids, blkio)."""
         ...
 
+    def validate(self, resources: Mapping[str, Any]) -> None:
+        """Check ``resources`` without touching the kernel's groups.
+
+        Raises ``ValueError`` with a message for the client (Docker's wording
+        where Docker has one).  The daemon calls it at container create and
+        update, so a bad value is refused with 400 before anything exists.
+        """
+        ...
+
+    def mounts(self, container_id: str) -> list[MountSpec]:
+        """How the container sees its own groups: mounts under ``/sys/fs/cgroup``.
+
+        Called after ``create`` and before the runtime prepares the process;
+        the container init performs them (read-only) after the container's
+        ``/sys``, so the container sees its own limits, not the host's.
+        """
+        ...
+
+    def oom_killed(self, container_id: str) -> bool:
+        """Whether the kernel's OOM killer killed a process in the container's
+        groups since ``create``.  Called after the container's process ended and
+        before ``destroy``."""
+        ...
+
     def destroy(self, container_id: str) -> None:
         """Remove the container's groups; its processes are gone.  Idempotent."""
         ...

@@ -34,7 +34,7 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from skiff.core.hookspecs import CgroupContext, DriverNotSupported, hookimpl
+from skiff.core.hookspecs import CgroupContext, DriverNotSupported, MountSpec, hookimpl
 
 NAME = "cgroupfs"
 CGROUP_ROOT = "/sys/fs/cgroup"
@@ -45,6 +45,9 @@ MIN_MEMORY = 6 * 1024 * 1024
 DEFAULT_CPU_PERIOD = 100_000
 #: how long ``destroy`` waits for exiting processes to leave a group
 RMDIR_TIMEOUT = 2.0
+#: options of the mounts that show a container its own groups: it may read
+#: its limits and counters but never write them
+VIEW_OPTIONS = ["ro", "nosuid", "nodev", "noexec"]
 
 #: v1 devices cgroup: what a non-privileged Docker container may use
 #: (runc's AllowedDevices: mknod of anything; null, random, full, tty, zero,
@@ -396,11 +399,11 @@ class CgroupfsV1:
                 "mount the controllers or use cgroup v2"
             )
         #: controller -> its hierarchy's mount point
-        self.mounts: dict[str, str] = {}
+        self.controllers: dict[str, str] = {}
         for point, controllers in hierarchies.items():
             for c in controllers.split(","):
-                self.mounts.setdefault(c, point)
-        self.points = sorted(set(self.mounts.values()))
+                self.controllers.setdefault(c, point)
+        self.points = sorted(set(self.controllers.values()))
         # parents are created and removed under this lock, so a destroy that
         # empties the parent cannot race a create that is about to use it
         self._lock = threading.Lock()
@@ -409,7 +412,7 @@ class CgroupfsV1:
 
     def path(self, container_id: str, controller: str) -> str | None:
         """The container's group in ``controller``'s hierarchy (None: not mounted)."""
-        point = self.mounts.get(controller)
+        point = self.controllers.get(controller)
         return os.path.join(point, self.parent, _check_id(container_id)) if point else None
 
     def paths(self, container_id: str) -> dict[str, str]:
@@ -419,7 +422,7 @@ class CgroupfsV1:
 
     def _mkdirs(self, point: str, rel: str) -> None:
         """Create ``point/rel`` level by level; cpuset levels inherit cpus and mems."""
-        is_cpuset = point == self.mounts.get("cpuset")
+        is_cpuset = point == self.controllers.get("cpuset")
         cur = point
         for part in rel.split("/"):
             above, cur = cur, os.path.join(cur, part)
@@ -477,6 +480,33 @@ class CgroupfsV1:
             self._remove_parents()
         if errors:
             raise errors[0]
+
+    def validate(self, resources: Mapping[str, Any]) -> None:
+        """Docker's checks of ``resources``; ``ValueError`` with its messages."""
+        validate(resources)
+
+    def mounts(self, container_id: str) -> list[MountSpec]:
+        """A read-only copy of the host's ``/sys/fs/cgroup`` tmpfs (only its empty
+        controller directories: the bind is not recursive), with the container's
+        own group bound read-only on each controller's directory, as runc does."""
+        if os.path.ismount(CGROUP_ROOT):
+            out = [MountSpec("bind", CGROUP_ROOT, CGROUP_ROOT, list(VIEW_OPTIONS))]
+        else:
+            # the hierarchies sit on sysfs itself: a bind would hide their
+            # directories, so make them on a tmpfs (which cannot be read-only
+            # then: the binds below need their mount points made first)
+            out = [MountSpec("tmpfs", "tmpfs", CGROUP_ROOT,
+                             ["nosuid", "nodev", "noexec", "mode=755"])]
+        for point, path in self.paths(container_id).items():
+            out.append(MountSpec("bind", path, point, list(VIEW_OPTIONS)))
+        return out
+
+    def oom_killed(self, container_id: str) -> bool:
+        """The ``oom_kill`` counter of ``memory.oom_control`` (kernel 4.13+)."""
+        mem = self.path(container_id, "memory")
+        if mem is None:
+            return False
+        return _keyvals(os.path.join(mem, "memory.oom_control")).get("oom_kill", 0) > 0
 
     # -- beyond the protocol: docker top, pause, unpause -------------------------
 
@@ -754,6 +784,23 @@ class CgroupfsV2:
                 _rmdir_retry(path, time.monotonic() + RMDIR_TIMEOUT)
             finally:
                 self._remove_parents()
+
+    def validate(self, resources: Mapping[str, Any]) -> None:
+        """Docker's checks of ``resources``; ``ValueError`` with its messages."""
+        validate(resources)
+
+    def mounts(self, container_id: str) -> list[MountSpec]:
+        """The container's group bound read-only at ``/sys/fs/cgroup``.
+
+        Together with the private cgroup namespace the init enters at "go",
+        this is what a cgroup2 mount made inside that namespace would show.
+        """
+        return [MountSpec("bind", self.path(container_id), CGROUP_ROOT, list(VIEW_OPTIONS))]
+
+    def oom_killed(self, container_id: str) -> bool:
+        """The ``oom_kill`` counter of the group's ``memory.events``."""
+        events = os.path.join(self.path(container_id), "memory.events")
+        return _keyvals(events).get("oom_kill", 0) > 0
 
     def pids(self, container_id: str) -> list[int]:
         """Host pids of every process in the container's group (for ``docker top``)."""

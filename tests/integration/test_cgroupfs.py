@@ -189,7 +189,7 @@ def test_process_joins_every_group_and_destroy_removes_all(h: Harness) -> None:
     want = f"/{h.parent}/{c}"
     if h.driver.version == 1:
         assert isinstance(h.driver, CgroupfsV1)
-        for controller in h.driver.mounts:
+        for controller in h.driver.controllers:
             key = next(k for k in groups if controller in k.split(","))
             assert groups[key] == want, (controller, groups)
         assert groups.get("name=systemd") != want  # named hierarchies are left alone

@@ -1,0 +1,78 @@
+"""Resource endpoints: ``GET /containers/{id}/stats`` and ``POST /containers/{id}/update``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from skiff.core.api.router import Request, Router, StreamResponse, json_bytes
+from skiff.core.containers.resources import (
+    ZERO_TIME,
+    empty_cpu_stats,
+    empty_stats,
+    merge_update,
+    sample,
+)
+from skiff.core.errors import InvalidParameter
+
+if TYPE_CHECKING:
+    from skiff.core.engine import Engine
+
+#: seconds between two frames of a stats stream (Docker's collector interval)
+STATS_INTERVAL = 1.0
+
+
+def register(router: Router, engine: Engine) -> None:
+    mgr = engine.containers
+
+    @router.route("GET", "/containers/{id}/stats")
+    async def stats(req: Request, id: str) -> StreamResponse:
+        c = mgr.get(id)
+        stream = req.qbool("stream", True)
+        one_shot = req.qbool("one-shot")
+        if stream and one_shot:
+            raise InvalidParameter("cannot have stream=true and one-shot=true")
+
+        async def frames() -> AsyncIterator[bytes]:
+            prev: dict[str, Any] | None = None
+            while True:
+                pid = c.state.Pid if c.state.Running else 0
+                if not pid:
+                    if prev is None:
+                        yield json_bytes(empty_stats(c))
+                    return  # the container stopped: Docker ends the stream
+                frame = await engine.to_thread(sample, engine, c, pid)
+                frame["preread"] = prev["read"] if prev else ZERO_TIME
+                frame["precpu_stats"] = prev["cpu_stats"] if prev else empty_cpu_stats()
+                # stream=false without one-shot: like Docker, answer with the
+                # second sample so the CPU percentage has a baseline
+                if stream or one_shot or prev is not None:
+                    yield json_bytes(frame)
+                    if not stream:
+                        return
+                prev = frame
+                await trio.sleep(STATS_INTERVAL)
+
+        return StreamResponse(frames(), content_type="application/json")
+
+    @router.route("POST", "/containers/{id}/update")
+    async def update(req: Request, id: str) -> dict[str, Any]:
+        body = await req.json()
+        c = mgr.get(id)
+        track = mgr.tracks[c.id]
+        async with track.lock:
+            hc = merge_update(c.host_config, body)
+            if engine.cgroups is not None:
+                try:
+                    engine.cgroups.validate(hc)
+                    if c.state.Running:
+                        await engine.to_thread(engine.cgroups.update, c.id, hc)
+                except ValueError as exc:
+                    raise InvalidParameter(str(exc)) from exc
+                except OSError as exc:
+                    raise RuntimeError(f"Cannot update container {c.id}: {exc}") from exc
+            c.host_config = hc
+            c.save()
+        return {"Warnings": []}

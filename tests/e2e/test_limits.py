@@ -1,0 +1,283 @@
+"""Resource limits end to end: the stock docker CLI against a real skiffd.
+
+Runs on this machine's cgroup v1 and, through scripts/vmrig-tests.sh, in the
+VM rig's pure cgroup v2 hierarchy.  Every shell snippet reads the v1 file and
+falls back to the v2 one, so the same test proves both.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import pytest
+
+from tests.daemon import DOCKER, Daemon, daemon_config
+
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for cgroups"),
+    pytest.mark.skipif(not os.path.exists(DOCKER), reason=f"no docker CLI at {DOCKER}"),
+]
+
+MiB = 1024 * 1024
+V2 = os.path.exists("/sys/fs/cgroup/cgroup.controllers")
+DEFAULT_PIDS = 2048
+START_TIMEOUT = float(os.environ.get("SKIFF_TEST_START_TIMEOUT", "20"))
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    base: Path = tmp_path_factory.mktemp("skiffd-limits")
+    # in the VM rig (qemu without acceleration) the daemon needs far longer to start
+    # (tests.daemon.running_daemon, with a configurable start timeout)
+    d = Daemon(base, daemon_config(base))
+    d.start(timeout=START_TIMEOUT)
+    try:
+        d.skiff("image", "bootstrap", "busybox", timeout=max(60, START_TIMEOUT))
+        yield d
+    finally:
+        left = d.docker("ps", "-aq", timeout=60).stdout.decode().split()
+        if left:
+            d.docker("rm", "-f", *left, timeout=120)
+        rc = d.stop()
+        assert rc == 0, f"skiffd exited with {rc} on SIGTERM:\n{d.logs()}"
+        shutil.rmtree(base, ignore_errors=True)
+        parent = d.config["cgroup-parent"]
+        # the parent sits right under the root (v2) or a controller's mount (v1)
+        left = [str(p) for p in [Path("/sys/fs/cgroup", parent),
+                                *Path("/sys/fs/cgroup").glob(f"*/{parent}")] if p.exists()]
+        assert not left, f"cgroups left behind: {left}"
+
+
+def name() -> str:
+    return "lim-" + secrets.token_hex(4)
+
+
+def run(d: Daemon, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
+    return d.docker("run", *args, timeout=timeout)
+
+
+def inspect(d: Daemon, ref: str) -> dict:
+    return json.loads(d.docker("inspect", ref, check=True).stdout)[0]
+
+
+def cat(v1: str, v2: str) -> str:
+    """Shell: print a cgroup file of the container's own group, v1 or v2 layout."""
+    return f"cat /sys/fs/cgroup/{v1} 2>/dev/null || cat /sys/fs/cgroup/{v2}"
+
+
+def host_group_file(d: Daemon, cid: str, v1: str, v2: str) -> Path:
+    parent = d.config["cgroup-parent"]
+    if V2:
+        return Path("/sys/fs/cgroup", parent, cid, v2)
+    controller, _, f = v1.partition("/")
+    return Path("/sys/fs/cgroup", controller, parent, cid, f)
+
+
+def test_oom_kill_reports_137_and_oomkilled(daemon: Daemon) -> None:
+    n = name()
+    # the shell keeps the whole 100 MB command substitution in its own memory
+    res = run(daemon, "--name", n, "--memory", "32m", "busybox", "sh", "-c",
+              "x=$(head -c 100000000 /dev/zero | tr '\\0' a); echo survived ${#x}")
+    assert res.returncode == 137, (res.stdout, res.stderr, daemon.logs())
+    assert b"survived" not in res.stdout
+    state = inspect(daemon, n)["State"]
+    assert state["OOMKilled"] is True
+    assert state["ExitCode"] == 137
+    assert "container.oom" in daemon.logs()
+    # the daemon stays up and the next container runs normally
+    assert run(daemon, "--rm", "busybox", "true").returncode == 0
+    daemon.docker("rm", n, check=True)
+
+
+def test_exit_without_oom_is_not_oomkilled(daemon: Daemon) -> None:
+    n = name()
+    res = run(daemon, "--name", n, "--memory", "32m", "busybox", "sh", "-c", "exit 3")
+    assert res.returncode == 3
+    assert inspect(daemon, n)["State"]["OOMKilled"] is False
+    daemon.docker("rm", n, check=True)
+
+
+def test_pids_limit_stops_forks_and_host_is_fine(daemon: Daemon) -> None:
+    # Only shell builtins after the loop: with 20 pids taken, the container
+    # cannot fork even a cat.  The subshell dies on its first failed fork.
+    script = (
+        "(for i in $(seq 100); do sleep 30 & done) 2>/tmp/err; "
+        "read n < /sys/fs/cgroup/pids/pids.current 2>/dev/null "
+        "|| read n < /sys/fs/cgroup/pids.current; echo current=$n; "
+        "while read line; do echo \"err: $line\"; done < /tmp/err; "
+        "kill -9 -1; wait; echo done"
+    )
+    t0 = time.monotonic()
+    res = run(daemon, "--rm", "--pids-limit", "20", "busybox", "sh", "-c", script)
+    out = res.stdout.decode()
+    assert res.returncode == 0, (out, res.stderr, daemon.logs())
+    assert "done" in out
+    m = re.search(r"current=(\d+)", out)
+    assert m and int(m.group(1)) <= 20, out
+    assert re.search(r"err: .*can't fork", out), out
+    assert time.monotonic() - t0 < 120  # generous: qemu without acceleration is slow
+    # the host still forks, and the daemon still answers
+    subprocess.run(["true"], check=True)
+    daemon.docker("ps", check=True)
+
+
+def test_default_pids_limit_applies_without_flag(daemon: Daemon) -> None:
+    n = name()
+    res = run(daemon, "--name", n, "busybox", "sh", "-c", cat("pids/pids.max", "pids.max"))
+    assert res.stdout.decode().strip() == str(DEFAULT_PIDS), res
+    assert inspect(daemon, n)["HostConfig"]["PidsLimit"] == DEFAULT_PIDS
+    daemon.docker("rm", n, check=True)
+    res = run(daemon, "--rm", "--pids-limit", "-1", "busybox", "sh", "-c",
+              cat("pids/pids.max", "pids.max"))
+    assert res.stdout.decode().strip() == "max", res
+
+
+def test_cpus_half_holds_a_busy_loop_near_half_a_core(daemon: Daemon) -> None:
+    seconds = 3
+    script = (
+        f"timeout {seconds} sh -c 'while :; do :; done'; "
+        "cat /sys/fs/cgroup/cpuacct/cpuacct.usage 2>/dev/null "
+        "|| sed -n 's/^usage_usec //p' /sys/fs/cgroup/cpu.stat"
+    )
+    t0 = time.monotonic()
+    res = run(daemon, "--rm", "--cpus", "0.5", "busybox", "sh", "-c", script)
+    wall = time.monotonic() - t0
+    assert res.returncode == 0, res
+    used = int(res.stdout.decode().split()[-1]) / (1e6 if V2 else 1e9)
+    ratio = used / seconds
+    # loose: CFS quota is 50 ms per 100 ms; a loaded host may give less
+    assert 0.15 < ratio < 0.7, (used, wall)
+
+
+def test_limits_visible_read_only_in_the_container(daemon: Daemon) -> None:
+    script = "; ".join([
+        cat("memory/memory.limit_in_bytes", "memory.max"),
+        cat("cpu/cpu.cfs_quota_us", "cpu.max"),
+        cat("pids/pids.max", "pids.max"),
+        "cat /proc/self/cgroup",
+        "touch /sys/fs/cgroup/x 2>&1 || true",
+    ])
+    res = run(daemon, "--rm", "--memory", "48m", "--cpus", "0.5", "--pids-limit", "30",
+              "busybox", "sh", "-c", script)
+    assert res.returncode == 0, res
+    lines = res.stdout.decode().splitlines()
+    assert lines[0] == str(48 * MiB)
+    assert lines[1] in ("50000", "50000 100000")
+    assert lines[2] == "30"
+    # a private cgroup namespace: the container's groups are its root
+    cgroup_lines = [x for x in lines[3:] if re.match(r"^\d+:", x)]
+    assert cgroup_lines and all(x.endswith(":/") for x in cgroup_lines), lines
+    assert "Read-only file system" in lines[-1]
+
+
+def test_invalid_memory_is_refused_at_create(daemon: Daemon) -> None:
+    res = run(daemon, "--rm", "--memory", "1m", "busybox", "true")
+    assert res.returncode == 125
+    assert b"Minimum memory limit allowed is 6MB" in res.stderr
+
+
+def test_docker_stats_no_stream_is_sane(daemon: Daemon) -> None:
+    n = name()
+    daemon.docker("run", "-d", "--name", n, "--memory", "64m", "busybox", "sleep", "60",
+                  check=True)
+    try:
+        res = daemon.docker("stats", "--no-stream", "--format", "{{json .}}", n, check=True)
+        row = json.loads(res.stdout)
+        usage, limit = (x.strip() for x in row["MemUsage"].split("/"))
+        assert limit == "64MiB", row
+        m = re.fullmatch(r"([\d.]+)(B|KiB|MiB)", usage)
+        assert m, row
+        value = float(m.group(1)) * {"B": 1, "KiB": 1024, "MiB": MiB}[m.group(2)]
+        assert 0 < value < 16 * MiB, row  # a sleeping busybox uses well under 16 MiB
+        assert row["PIDs"] == "1"
+        assert row["CPUPerc"].endswith("%")
+
+        # the raw API shape: one-shot and the CPU baseline of stream=false
+        client = docker.APIClient(base_url=daemon.host, version="1.41", timeout=30)
+        try:
+            one = client.stats(n, stream=False, one_shot=True)
+            for key in ("read", "preread", "pids_stats", "blkio_stats", "num_procs",
+                        "cpu_stats", "precpu_stats", "memory_stats", "name", "id",
+                        "networks"):
+                assert key in one, key
+            assert one["name"] == "/" + n
+            assert one["memory_stats"]["limit"] == 64 * MiB
+            assert one["cpu_stats"]["cpu_usage"]["total_usage"] > 0
+            two = client.stats(n, stream=False)
+            assert two["precpu_stats"]["system_cpu_usage"] > 0
+            frames = client.stats(n, stream=True, decode=True)
+            first, second = next(frames), next(frames)
+            assert second["preread"] == first["read"]
+            frames.close()
+        finally:
+            client.close()
+    finally:
+        daemon.docker("rm", "-f", n, check=True)
+
+
+def test_docker_update_memory_takes_effect(daemon: Daemon) -> None:
+    n = name()
+    old = 32 * MiB
+    # waits until its own limit changes, then needs more than the old limit
+    script = (
+        f"while [ \"$({cat('memory/memory.limit_in_bytes', 'memory.max')})\" = {old} ]; "
+        "do sleep 0.1; done; "
+        "x=$(head -c 48000000 /dev/zero | tr '\\0' a); echo allocated ${#x}"
+    )
+    res = daemon.docker("run", "-d", "--name", n, "--memory", "32m", "busybox", "sh", "-c",
+                        script, check=True)
+    cid = res.stdout.decode().strip()
+    try:
+        limit_file = host_group_file(daemon, cid, "memory/memory.limit_in_bytes",
+                                     "memory.max")
+        assert limit_file.read_text().strip() == str(old)
+        daemon.docker("update", "--memory", "256m", "--memory-swap", "512m", n, check=True)
+        assert limit_file.read_text().strip() == str(256 * MiB)
+        code = daemon.docker("wait", n, check=True, timeout=60).stdout.decode().strip()
+        logs = daemon.docker("logs", n, check=True).stdout.decode()
+        assert code == "0", (code, logs)
+        assert "allocated 48000000" in logs
+        hc = inspect(daemon, n)["HostConfig"]
+        assert hc["Memory"] == 256 * MiB and hc["MemorySwap"] == 512 * MiB
+    finally:
+        daemon.docker("rm", "-f", n, check=True)
+
+
+def test_update_pids_and_cpus_of_a_running_container(daemon: Daemon) -> None:
+    n = name()
+    cid = daemon.docker("run", "-d", "--name", n, "busybox", "sleep", "60",
+                        check=True).stdout.decode().strip()
+    try:
+        daemon.docker("update", "--pids-limit", "50", "--cpus", "0.25", n, check=True)
+        pids = host_group_file(daemon, cid, "pids/pids.max", "pids.max")
+        assert pids.read_text().strip() == "50"
+        cpu = host_group_file(daemon, cid, "cpu/cpu.cfs_quota_us", "cpu.max")
+        assert cpu.read_text().split()[0] == "25000"
+        hc = inspect(daemon, n)["HostConfig"]
+        assert hc["PidsLimit"] == 50 and hc["NanoCpus"] == 250_000_000
+        bad = daemon.docker("update", "--memory", "1m", n)
+        assert bad.returncode != 0 and b"Minimum memory limit" in bad.stderr
+    finally:
+        daemon.docker("rm", "-f", n, check=True)
+
+
+def test_skiff_stats(daemon: Daemon) -> None:
+    n = name()
+    daemon.docker("run", "-d", "--name", n, "--memory", "64m", "busybox", "sleep", "60",
+                  check=True)
+    try:
+        res = daemon.skiff("stats", n)
+        lines = res.stdout.decode().splitlines()
+        assert lines[0].split()[:2] == ["CONTAINER", "NAME"]
+        assert n in lines[1] and "64MiB" in lines[1]
+    finally:
+        daemon.docker("rm", "-f", n, check=True)
