@@ -52,6 +52,7 @@ from skiff.plugins.storage._common import (
     validate_id,
     write_atomic,
 )
+from skiff.plugins.storage._quota import LoopQuota, parse_size
 
 LINK_DIR = "l"
 MAX_DEPTH = 128  #: Docker's limit; also what fits in one page of mount data
@@ -60,7 +61,9 @@ _TMP = ".tmp-"
 _CLONE_FS = 0x00000200
 #: filesystems that cannot hold an overlay upper directory
 _UNSUPPORTED_FS = {"overlay": "overlayfs", "aufs": "aufs", "ecryptfs": "eCryptfs"}
-_KNOWN_OPTIONS = ("override_kernel_check",)
+_KNOWN_OPTIONS = ("override_kernel_check", "size")
+#: size-limited filesystems of read-write layers (``--storage-opt size``)
+QUOTA_DIR = ".quota"
 
 
 def _kernel_has_overlay() -> bool:
@@ -142,6 +145,8 @@ class Overlay2Driver:
         self._lock = threading.Lock()
         self._refs: dict[str, int] = {}
         self._sweep()
+        self.default_size = parse_size(ctx.options["size"]) if ctx.options.get("size") else 0
+        self._remount_quotas()
 
     # -- start-up ----------------------------------------------------------
 
@@ -212,6 +217,54 @@ class Overlay2Driver:
             path = os.path.join(links, name)
             if os.path.islink(path) and not os.path.exists(path):
                 os.unlink(path)
+
+    # -- disk quota (loop backend) -----------------------------------------
+
+    def _quota(self, layer_id: str) -> LoopQuota:
+        image = os.path.join(self.home, QUOTA_DIR, validate_id(layer_id) + ".img")
+        return LoopQuota(image, self._dir(layer_id))
+
+    def _remount_quotas(self) -> None:
+        """Mount again what the last shutdown unmounted; drop images of no layer."""
+        qdir = os.path.join(self.home, QUOTA_DIR)
+        if not os.path.isdir(qdir):
+            return
+        for name in os.listdir(qdir):
+            layer_id = name.removesuffix(".img")
+            quota = self._quota(layer_id)
+            if os.path.isdir(os.path.join(self.home, layer_id, "diff")):
+                quota.ensure_mounted()
+            else:
+                quota.destroy(remove_mountpoint=False)
+
+    def _attach_quota(self, layer_id: str, size: int) -> None:
+        """Put the layer's directory on a filesystem of ``size`` bytes.
+
+        The loop filesystem is mounted over ``<home>/<id>`` itself, because
+        overlayfs wants its upper and work directories on one mount; the small
+        metadata files are copied into it (the originals stay underneath).
+        """
+        path = self._dir(layer_id)
+        files = {}
+        for name in ("link", "lower"):
+            data = self._read(os.path.join(path, name))
+            if data is not None:
+                files[name] = data.encode()
+        dirs = [(n, 0o755 if n == "diff" else 0o700) for n in ("diff", "work", "merged")
+                if os.path.isdir(os.path.join(path, n))]
+        quota = self._quota(layer_id)
+        quota.create(size)
+        try:
+            quota.ensure_mounted()
+            os.chmod(path, 0o700)
+            for name, mode in dirs:
+                os.mkdir(os.path.join(path, name), mode)
+                os.chmod(os.path.join(path, name), mode)
+            for name, data in files.items():
+                write_atomic(os.path.join(path, name), data)
+        except BaseException:
+            quota.destroy(remove_mountpoint=False)
+            raise
 
     # -- helpers -----------------------------------------------------------
 
@@ -336,14 +389,23 @@ class Overlay2Driver:
             ("Supports d_type", "true" if self.d_type else "false"),
             ("Using metacopy", "false"),
             ("Native Overlay Diff", "true"),
+            ("Quota Backend", "loop"),
         ]
 
     def create(self, id: str, parent: str | None) -> None:
         self._create(id, parent, readonly=True)
 
     def create_rw(self, id: str, parent: str | None, storage_opts: Mapping[str, str]) -> None:
-        check_storage_opts(self.name, storage_opts)
+        check_storage_opts(self.name, storage_opts, known=("size",))
+        size = parse_size(storage_opts["size"]) if storage_opts.get("size") else \
+            self.default_size
         self._create(id, parent, readonly=False)
+        if size:
+            try:
+                self._attach_quota(id, size)
+            except BaseException:
+                self.remove(id)
+                raise
 
     def remove(self, id: str) -> None:
         path = self._dir(id)
@@ -352,6 +414,7 @@ class Overlay2Driver:
         with self._lock:
             self._refs.pop(id, None)
             self._unmount(os.path.join(path, "merged"))
+            self._quota(id).destroy(remove_mountpoint=False)
         short = self._read(os.path.join(path, "link"))
         if short is not None and _SHORT.fullmatch(short):
             link = os.path.join(self.home, LINK_DIR, short)
@@ -372,6 +435,8 @@ class Overlay2Driver:
             "WorkDir": os.path.join(path, "work"),
             "MergedDir": os.path.join(path, "merged"),
         }
+        if self._quota(id).exists():
+            data["QuotaBackend"] = "loop"
         lowers = self._lower_dirs(path)
         if lowers:
             data["LowerDir"] = ":".join(lowers)

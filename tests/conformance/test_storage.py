@@ -463,7 +463,8 @@ XATTRS = st.one_of(
 class LayerBuilder:
     """Builds one layer's entries from random operations on the current model."""
 
-    def __init__(self, model: sm.Model, clock: int) -> None:
+    def __init__(self, model: sm.Model, clock: int, *, self_loops: bool = True) -> None:
+        self.self_loops = self_loops
         self.base = model
         self.model = sm.clone(model)
         self.entries: list[Entry] = []
@@ -510,8 +511,10 @@ class LayerBuilder:
                 self.add(Entry(path, "d", data.draw(MODES) | 0o700, uid, gid, self.tick(),
                                xattrs=data.draw(DIR_XATTRS)))
             elif op == "symlink":
-                self.add(Entry(path, "l", 0o777, uid, gid, self.tick(),
-                               target=data.draw(st.sampled_from(["a", "../b", "/etc/x", "."]))))
+                target = data.draw(st.sampled_from(["a", "../b", "/etc/x", "."]))
+                if not self.self_loops and target == path.rsplit("/", 1)[-1]:
+                    target = "../b"
+                self.add(Entry(path, "l", 0o777, uid, gid, self.tick(), target=target))
             elif op == "delete" and existing:
                 self.add(Entry(data.draw(st.sampled_from(sorted(existing))), "w"))
             elif op == "opaque":
@@ -553,7 +556,11 @@ def test_random_stacks_match_model(name: str, data: st.DataObject) -> None:
     model = sm.new_model()
     clock = T0
     for i in range(n_layers):
-        builder = LayerBuilder(model, clock)
+        # fuse-overlayfs 1.10 (aufs's mount helper here) fails a whole directory
+        # listing with ENOMEM when a lower layer holds a symlink to itself under
+        # directories of higher layers (docs/storage-drivers.md); that upstream
+        # bug is kept out of the random stacks, every other case stays.
+        builder = LayerBuilder(model, clock, self_loops=name != "aufs")
         entries = builder.run(data, data.draw(st.integers(1, 8), label=f"ops{i}"))
         clock = builder.clock
         model = sm.apply(model, entries)
