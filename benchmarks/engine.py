@@ -1,0 +1,434 @@
+"""skiffd against dockerd: the same workloads through the stock docker CLI, interleaved.
+
+Every workload runs on each engine in turn, A B A B ..., so drift on the
+machine (another job, a warm page cache) hits both alike.  Both engines run
+the containers with ``--network none``: network set-up is a benchmark of its
+own, and skiffd without a bridge driver would otherwise be compared with
+dockerd doing less work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import importlib
+import json
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchmarks.engines import Dockerd, Engine, EngineError, Skiffd, mounts_under
+from benchmarks.report import Row
+
+IMAGE = "busybox:latest"
+RUN = ["run", "--rm", "--network", "none", IMAGE]
+FLOOR = ["unshare", "--fork", "--pid", "--mount", "--uts", "--ipc", "--net", "--mount-proc",
+         "true"]
+# Modules that later issues add (exec, network set-up, pull, build); each may
+# define ``engine_rows(ctx: Context) -> list[Row]`` and is skipped when absent.
+EXTRAS = ("benchmarks.exec", "benchmarks.network", "benchmarks.pull", "benchmarks.build")
+WORKLOADS = ("api", "run", "phases", "lifecycle", "concurrency", "logs", "memory")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much of each workload to run."""
+
+    runs: int
+    lifecycle: int
+    lifecycle_rounds: int
+    concurrency: int
+    concurrency_rounds: int
+    log_lines: int
+    log_rounds: int
+    idle: tuple[int, ...]
+
+
+PLANS = {
+    "full": Plan(runs=30, lifecycle=50, lifecycle_rounds=2, concurrency=20,
+                 concurrency_rounds=3, log_lines=1_000_000, log_rounds=1, idle=(0, 10, 50)),
+    "quick": Plan(runs=20, lifecycle=20, lifecycle_rounds=1, concurrency=20,
+                  concurrency_rounds=1, log_lines=200_000, log_rounds=1, idle=(0, 10)),
+    # a structure check for the test suite, not a measurement
+    "smoke": Plan(runs=3, lifecycle=3, lifecycle_rounds=1, concurrency=3,
+                  concurrency_rounds=1, log_lines=2000, log_rounds=1, idle=(0, 2)),
+}
+
+
+@dataclass
+class Context:
+    """What a workload (built-in or extra) gets: the engines, the plan, the output folder."""
+
+    engines: list[Engine]
+    plan: Plan
+    mode: str
+    out_dir: Path
+    rows: list[Row] = field(default_factory=list)
+    log: Callable[[str], None] = print
+
+    def add(self, metric: str, engine: str, value: float, unit: str, **extra: Any) -> None:
+        self.rows.append({"metric": metric, "engine": engine, "value": value, "unit": unit,
+                          **extra})
+
+    def interleaved(self, rounds: int) -> list[tuple[int, Engine]]:
+        """(round, engine) in the order A B A B ..."""
+        return [(i, e) for i in range(rounds) for e in self.engines]
+
+
+def _summary(ctx: Context, metric: str, engine: str, samples: list[float], unit: str) -> None:
+    ctx.add(f"{metric}: median", engine, statistics.median(samples), unit,
+            samples=[round(s, 6) for s in samples])
+    ctx.add(f"{metric}: min", engine, min(samples), unit)
+    ctx.add(f"{metric}: max", engine, max(samples), unit)
+
+
+def api_round_trip(ctx: Context) -> None:
+    """``docker version``: the CLI's own start-up plus one API call, the floor of every row."""
+    samples: dict[str, list[float]] = {e.name: [] for e in ctx.engines}
+    for _, e in ctx.interleaved(10):
+        samples[e.name].append(e.timed("version"))
+    for name, s in samples.items():
+        ctx.add("docker version (CLI + 1 API call): median", name, statistics.median(s), "s")
+
+
+class _UnixHTTP(http.client.HTTPConnection):
+    def __init__(self, path: str) -> None:
+        super().__init__("localhost", timeout=120)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(120)
+        sock.connect(self._path)
+        self.sock = sock
+
+
+def _api(e: Engine, method: str, path: str, body: dict[str, Any] | None = None,
+         conn: _UnixHTTP | None = None) -> Any:
+    c = conn or _UnixHTTP(e.socket)
+    data = json.dumps(body).encode() if body is not None else b""
+    c.request(method, "/v1.41" + path, body=data,
+              headers={"Content-Type": "application/json", "Content-Length": str(len(data))})
+    resp = c.getresponse()
+    raw = resp.read()
+    if resp.status >= 300:
+        raise EngineError(f"{e.name}: {method} {path}: {resp.status} {raw[:300]!r}")
+    return json.loads(raw) if raw.strip() else None
+
+
+def run_phases(ctx: Context) -> None:
+    """Where ``run --rm`` spends its time, by API call, without the CLI in the way.
+
+    The CLI's order: create; wait (condition=removed) on a second connection;
+    start; the wait returns once the container has exited and is removed.
+    """
+    phases: dict[str, dict[str, list[float]]] = {e.name: {"create": [], "start": [],
+                                                          "exit+rm": []}
+                                                 for e in ctx.engines}
+    body = {"Image": IMAGE, "Cmd": ["true"],
+            "HostConfig": {"NetworkMode": "none", "AutoRemove": True}}
+    for _, e in ctx.interleaved(ctx.plan.runs):
+        t0 = time.perf_counter()
+        cid = _api(e, "POST", "/containers/create", body)["Id"]
+        t1 = time.perf_counter()
+        waiter = _UnixHTTP(e.socket)
+        waiter.request("POST", f"/v1.41/containers/{cid}/wait?condition=removed",
+                       headers={"Content-Length": "0"})
+        t2 = time.perf_counter()
+        _api(e, "POST", f"/containers/{cid}/start")
+        t3 = time.perf_counter()
+        waiter.getresponse().read()
+        t4 = time.perf_counter()
+        waiter.close()
+        p = phases[e.name]
+        p["create"].append(t1 - t0)
+        p["start"].append(t3 - t2)
+        p["exit+rm"].append(t4 - t3)
+    for name, p in phases.items():
+        for phase, s in p.items():
+            ctx.add(f"run phases (API): {phase}, median", name, statistics.median(s), "s")
+
+
+def run_latency(ctx: Context) -> None:
+    """``docker run --rm busybox true`` one at a time, and the kernel's floor for the same."""
+    samples: dict[str, list[float]] = {e.name: [] for e in ctx.engines}
+    floor: list[float] = []
+    for _ in range(ctx.plan.runs):
+        for e in ctx.engines:
+            samples[e.name].append(e.timed(*RUN, "true"))
+        t0 = time.perf_counter()
+        subprocess.run(FLOOR, check=True)
+        floor.append(time.perf_counter() - t0)
+    for name, s in samples.items():
+        _summary(ctx, "run --rm true", name, s, "s")
+    _summary(ctx, "run --rm true", "kernel", floor, "s")
+
+
+def lifecycle(ctx: Context) -> None:
+    """create+start+wait+rm one by one; then run -d sleep many, stop -t 0 and rm them all."""
+    n = ctx.plan.lifecycle
+    one: dict[str, list[float]] = {e.name: [] for e in ctx.engines}
+    many: dict[str, list[float]] = {e.name: [] for e in ctx.engines}
+    for _, e in ctx.interleaved(ctx.plan.lifecycle_rounds):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            cid = e.docker("create", "--network", "none", IMAGE, "true").stdout.decode().strip()
+            e.docker("start", cid)
+            e.docker("wait", cid)
+            e.docker("rm", cid)
+        one[e.name].append(n / (time.perf_counter() - t0))
+    for _, e in ctx.interleaved(ctx.plan.lifecycle_rounds):
+        t0 = time.perf_counter()
+        ids = [e.docker("run", "-d", "--network", "none", IMAGE, "sleep", "3600")
+               .stdout.decode().strip() for _ in range(n)]
+        e.docker("stop", "-t", "0", *ids)
+        e.docker("rm", *ids)
+        many[e.name].append(n / (time.perf_counter() - t0))
+    for name in one:
+        ctx.add(f"lifecycle: create+start+wait+rm x{n}", name, statistics.median(one[name]),
+                "containers/s")
+        ctx.add(f"lifecycle: run -d x{n}, stop -t 0, rm", name,
+                statistics.median(many[name]), "containers/s")
+
+
+def concurrency(ctx: Context) -> None:
+    """N ``docker run --rm`` started at once: wall time until the last one is done."""
+    n = ctx.plan.concurrency
+    walls: dict[str, list[float]] = {e.name: [] for e in ctx.engines}
+    for _, e in ctx.interleaved(ctx.plan.concurrency_rounds):
+        t0 = time.perf_counter()
+        procs = [subprocess.Popen(["/usr/local/bin/docker", *RUN, "true"], env=e.env(),
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                 for _ in range(n)]
+        errors = [p.communicate(timeout=600)[1] for p in procs if p.wait(timeout=600) != 0]
+        walls[e.name].append(time.perf_counter() - t0)
+        if errors:
+            raise EngineError(f"{e.name}: {len(errors)} of {n} concurrent runs failed: "
+                              f"{errors[0].decode(errors='replace')}")
+    for name, s in walls.items():
+        ctx.add(f"concurrency: {n} x run --rm at once, wall", name, statistics.median(s), "s")
+
+
+def _count_lines(e: Engine, cid: str) -> int:
+    proc = subprocess.Popen(["/usr/local/bin/docker", "logs", cid], env=e.env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    count = 0
+    while chunk := proc.stdout.read(1 << 20):
+        count += chunk.count(b"\n")
+    if proc.wait() != 0:
+        raise EngineError(f"{e.name}: docker logs {cid} failed")
+    return count
+
+
+def logs(ctx: Context) -> None:
+    """A container prints N lines; the time it takes, then until ``docker logs`` has them all."""
+    n = ctx.plan.log_lines
+    write: dict[str, list[float]] = {e.name: [] for e in ctx.engines}
+    read: dict[str, list[float]] = {e.name: [] for e in ctx.engines}
+    for _, e in ctx.interleaved(ctx.plan.log_rounds):
+        t0 = time.perf_counter()
+        cid = e.docker("run", "-d", "--network", "none", IMAGE, "seq", "1", str(n)
+                       ).stdout.decode().strip()
+        e.docker("wait", cid, timeout=1800)
+        t1 = time.perf_counter()
+        got = _count_lines(e, cid)
+        t2 = time.perf_counter()
+        e.docker("rm", cid)
+        if got != n:
+            raise EngineError(f"{e.name}: docker logs returned {got} lines, not {n}")
+        write[e.name].append(t1 - t0)
+        read[e.name].append(t2 - t1)
+    label = f"{n:,}".replace(",", "_")
+    for name in write:
+        ctx.add(f"logs: {label} lines, run -d until exit", name,
+                statistics.median(write[name]), "s")
+        ctx.add(f"logs: {label} lines, docker logs reads all", name,
+                statistics.median(read[name]), "s")
+        ctx.add(f"logs: {label} lines, total", name,
+                statistics.median([w + r for w, r in zip(write[name], read[name], strict=True)]),
+                "s")
+
+
+def _memory(e: Engine) -> tuple[float, float, int, dict[str, int]]:
+    procs = e.processes()
+    rss = sum(p.rss_kb for p in procs) / 1024
+    pss = sum(p.pss_kb for p in procs) / 1024
+    return rss, pss, len(procs), dict(Counter(p.comm for p in procs))
+
+
+def memory(ctx: Context) -> None:
+    """RSS and PSS of the daemon and every process it keeps per container, at rest.
+
+    PSS shares each page among the processes that map it: it is the fair
+    measure for forked processes (skiff's shims share the fork server's
+    pages), RSS counts shared pages once per process.
+    """
+    counts = sorted(ctx.plan.idle)
+    for e in ctx.engines:
+        e.remove_all_containers()
+        base: tuple[float, float, int, dict[str, int]] | None = None
+        running = 0
+        for n in counts:
+            while running < n:
+                e.docker("run", "-d", "--network", "none", IMAGE, "sleep", "100000")
+                running += 1
+            time.sleep(2)  # let spare processes refill and start-up garbage go
+            rss, pss, nproc, comms = _memory(e)
+            ctx.log(f"  {e.name} with {n} idle: rss {rss:.1f} MB, pss {pss:.1f} MB, "
+                    f"{nproc} processes {comms}")
+            if n == 0 or base is None:
+                base = (rss, pss, nproc, comms)
+                ctx.add(f"idle: engine RSS, {n} containers", e.name, rss, "MB", processes=comms)
+                ctx.add(f"idle: engine PSS, {n} containers", e.name, pss, "MB")
+                continue
+            ctx.add(f"idle: total RSS, {n} containers", e.name, rss, "MB", processes=comms)
+            ctx.add(f"idle: RSS per container ({n})", e.name, (rss - base[0]) / n, "MB")
+            ctx.add(f"idle: PSS per container ({n})", e.name, (pss - base[1]) / n, "MB")
+            ctx.add(f"idle: processes per container ({n})", e.name, (nproc - base[2]) / n,
+                    "processes")
+        e.remove_all_containers()
+
+
+BUILTIN: dict[str, Callable[[Context], None]] = {
+    "api": api_round_trip, "run": run_latency, "phases": run_phases, "lifecycle": lifecycle,
+    "concurrency": concurrency, "logs": logs, "memory": memory,
+}
+
+
+def _extras(ctx: Context) -> None:
+    for name in EXTRAS:
+        try:
+            mod = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        fn = getattr(mod, "engine_rows", None)
+        if fn is not None:
+            ctx.log(f"- {name}")
+            t0 = time.perf_counter()
+            try:
+                ctx.rows.extend(fn(ctx))
+            except Exception as exc:  # one broken extra must not void the others' numbers
+                ctx.log(f"  {name} failed: {type(exc).__name__}: {exc}")
+            ctx.log(f"  ({time.perf_counter() - t0:.1f}s)")
+
+
+def _load_busybox(engines: list[Engine], scratch: Path) -> None:
+    """Make busybox with skiff, then give dockerd the very same image through save/load."""
+    skiffd = next(e for e in engines if isinstance(e, Skiffd))
+    skiffd.bootstrap_busybox()
+    tar = scratch / "busybox.tar"
+    skiffd.docker("save", "-o", str(tar), IMAGE)
+    for e in engines:
+        if e is not skiffd:
+            e.docker("load", "-i", str(tar))
+    tar.unlink()
+
+
+def profile_run(skiffd: Engine, out_dir: Path, runs: int, log: Callable[[str], None]) -> None:
+    """py-spy on skiffd and its children during ``runs`` run --rm: where the latency goes."""
+    pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(pyspy).exists() or skiffd.proc is None:
+        log("py-spy not found: no profile (pip install py-spy)")
+        return
+    raw = out_dir / "skiffd-run.folded"
+    # the daemon alone, waiting included (fsync, thread hand-offs are latency too)
+    spy = subprocess.Popen([pyspy, "record", "--pid", str(skiffd.proc.pid),
+                            "--idle", "--rate", "250", "--format", "raw", "-o", str(raw)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.5)
+    for _ in range(runs):
+        skiffd.timed(*RUN, "true")
+    spy.send_signal(signal.SIGINT)
+    try:
+        spy.wait(30)
+    except subprocess.TimeoutExpired:
+        spy.kill()
+        spy.wait()
+    if raw.exists():
+        log(f"profile: {raw} (flame graph: py-spy's raw format, e.g. speedscope.app)")
+        log(summarize_profile(raw))
+
+
+# Leaves where a thread waits for work, not for an answer: left out of the summary.
+IDLE = ("EpollIOManager.get_events", "_thread_cache.py:211)", "_thread_cache.py:208)")
+
+
+def summarize_profile(raw: Path, top: int = 15) -> str:
+    """The functions with the most busy samples in a py-spy raw (folded) profile."""
+    incl: Counter[str] = Counter()
+    leaf: Counter[str] = Counter()
+    total = 0
+    for line in raw.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        frames = [f for f in stack.split(";") if f and not f.startswith("process ")
+                  and not f.startswith("thread ")]
+        if frames and any(mark in frames[-1] for mark in IDLE):
+            continue
+        total += n
+        if frames:
+            leaf[frames[-1]] += n
+        for f in set(frames):
+            incl[f] += n
+    ours = Counter({f: c for f, c in incl.items() if "(core/" in f or "(plugins/" in f})
+    lines = [f"{total} busy samples; most inclusive (skiff's own code):"]
+    lines += [f"  {100 * c / max(total, 1):5.1f}%  {f}" for f, c in ours.most_common(top)]
+    lines.append("most self:")
+    lines += [f"  {100 * c / max(total, 1):5.1f}%  {f}" for f, c in leaf.most_common(top)]
+    return "\n".join(lines)
+
+
+def run(mode: str, out_dir: Path, with_docker: bool = True,
+        only: tuple[str, ...] = WORKLOADS, profile: bool = False, extras: bool = True,
+        log: Callable[[str], None] = print) -> list[Row]:
+    """Start the engines, run the workloads, stop everything; return the rows."""
+    plan = PLANS[mode]
+    scratch = Path(tempfile.mkdtemp(prefix="skiff-bench-"))
+    engines: list[Engine] = [Skiffd(scratch / "skiffd")]
+    if with_docker:
+        if Dockerd.available():
+            engines.append(Dockerd(scratch / "dockerd"))
+        else:
+            log("dockerd not installed (apt-get install docker.io): skiffd only")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ctx = Context(engines, plan, mode, out_dir, log=log)
+    try:
+        for e in engines:
+            log(f"starting {e.name} in {e.base}")
+            e.start()
+        _load_busybox(engines, scratch)
+        for e in engines:  # first run pays for page cache and lazy set-up: not measured
+            e.docker(*RUN, "true")
+        for name in only:
+            log(f"- {name}")
+            t0 = time.perf_counter()
+            BUILTIN[name](ctx)
+            log(f"  ({time.perf_counter() - t0:.1f}s)")
+        if extras and set(only) == set(WORKLOADS):
+            _extras(ctx)
+        if profile:
+            profile_run(engines[0], out_dir, plan.runs, log)
+    finally:
+        for e in engines:
+            with contextlib.suppress(Exception):
+                e.stop()
+        if mounts_under(scratch):
+            log(f"mounts are left under {scratch}: not removing it")
+        else:
+            shutil.rmtree(scratch, ignore_errors=True)
+    return ctx.rows

@@ -1,0 +1,74 @@
+"""The benchmark harness end to end, tiny and skiffd only: it asserts structure, not speed."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks import report
+from benchmarks.engine import summarize_profile
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKER = Path("/usr/local/bin/docker")
+
+
+@pytest.mark.skipif(not DOCKER.exists(), reason="the stock docker CLI is not installed")
+def test_engine_smoke_writes_table_json_and_chart(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    res = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "engine", "--smoke", "--no-docker",
+         "--only", "api,run,lifecycle,memory", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=180,
+    )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    data = json.loads((out / "engine.json").read_text())
+    assert data["meta"]["mode"] == "smoke"
+    assert data["meta"]["cpus"] >= 1
+    rows = data["rows"]
+    assert all({"metric", "engine", "value", "unit"} <= row.keys() for row in rows)
+    by = {(r["metric"], r["engine"]): r for r in rows}
+    median = by[("run --rm true: median", "skiffd")]
+    assert median["unit"] == "s" and len(median["samples"]) == 3
+    assert min(median["samples"]) > 0
+    assert ("run --rm true: median", "kernel") in by
+    assert by[("lifecycle: create+start+wait+rm x3", "skiffd")]["unit"] == "containers/s"
+    assert by[("idle: engine RSS, 0 containers", "skiffd")]["value"] > 0
+    assert ("idle: RSS per container (2)", "skiffd") in by
+    assert not any(r["engine"] == "dockerd" for r in rows)
+    table = (out / "engine.md").read_text()
+    assert table.startswith("| metric | skiffd |") and "run --rm true: median" in table
+    assert "run --rm true: median" in res.stdout
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert (out / "engine.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_table_ratio_and_units() -> None:
+    rows = [
+        {"metric": "run", "engine": "skiffd", "value": 0.1, "unit": "s"},
+        {"metric": "run", "engine": "dockerd", "value": 0.4, "unit": "s"},
+        {"metric": "run", "engine": "kernel", "value": 0.002, "unit": "s"},
+        {"metric": "rate", "engine": "dockerd", "value": 2.0, "unit": "containers/s"},
+    ]
+    text = report.table(rows, "engine", ["skiffd", "dockerd", "kernel"], ("skiffd", "dockerd"))
+    lines = text.splitlines()
+    assert lines[0] == "| metric | skiffd | dockerd | kernel | ratio skiffd/dockerd |"
+    assert lines[2] == "| run | 100.0 ms | 400.0 ms | 2.0 ms | 0.25 |"
+    assert lines[3] == "| rate | - | 2.00 containers/s | - | - |"
+    assert report.higher_is_better("containers/s") and not report.higher_is_better("MB")
+
+
+def test_profile_summary_counts_frames(tmp_path: Path) -> None:
+    raw = tmp_path / "p.folded"
+    raw.write_text("process 1:\"x\";main (core/a.py:1);slow (core/a.py:9) 30\n"
+                   "process 1:\"x\";main (core/a.py:1);fast (json/b.py:5) 10\n"
+                   "process 1:\"x\";run (trio/_core/_io_epoll.py:1);"
+                   "EpollIOManager.get_events (trio/_core/_io_epoll.py:243) 99\n")
+    text = summarize_profile(raw)
+    assert text.startswith("40 busy samples")
+    assert "100.0%  main (core/a.py:1)" in text and "75.0%  slow (core/a.py:9)" in text
+    assert "25.0%  fast (json/b.py:5)" in text  # a leaf outside skiff still counts as self
