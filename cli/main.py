@@ -144,6 +144,167 @@ def cmd_rm(client: Client, args: argparse.Namespace) -> int:
     return rc
 
 
+def _iec(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.4g}{unit}"
+        n /= 1024
+    return f"{n:.4g}GiB"  # pragma: no cover
+
+
+def stats_row(s: dict[str, Any]) -> str:
+    """One ``docker stats`` line from a stats frame, with Docker's arithmetic."""
+    cpu, pre = s.get("cpu_stats") or {}, s.get("precpu_stats") or {}
+    cpu_delta = ((cpu.get("cpu_usage") or {}).get("total_usage", 0)
+                 - (pre.get("cpu_usage") or {}).get("total_usage", 0))
+    sys_delta = cpu.get("system_cpu_usage", 0) - pre.get("system_cpu_usage", 0)
+    ncpu = cpu.get("online_cpus") or 1
+    cpu_pct = cpu_delta / sys_delta * ncpu * 100 if sys_delta > 0 and cpu_delta > 0 else 0.0
+    mem = s.get("memory_stats") or {}
+    detail = mem.get("stats") or {}
+    # page cache that can be dropped is not "used", as docker stats counts it
+    usage = mem.get("usage", 0) - detail.get("total_inactive_file",
+                                             detail.get("inactive_file", 0))
+    limit = mem.get("limit", 0)
+    mem_pct = usage / limit * 100 if limit else 0.0
+    nets = (s.get("networks") or {}).values()
+    rx, tx = sum(n["rx_bytes"] for n in nets), sum(n["tx_bytes"] for n in nets)
+    blk = (s.get("blkio_stats") or {}).get("io_service_bytes_recursive") or []
+    rd = sum(e["value"] for e in blk if e["op"].lower() == "read")
+    wr = sum(e["value"] for e in blk if e["op"].lower() == "write")
+    pids = (s.get("pids_stats") or {}).get("current", 0)
+    return (f"{s['id'][:12]:<14}{s['name'].lstrip('/')[:20]:<21}{cpu_pct:>6.2f}%   "
+            f"{_iec(max(usage, 0)) + ' / ' + _iec(limit):<22}{mem_pct:>6.2f}%   "
+            f"{_human(rx) + ' / ' + _human(tx):<18}{_human(rd) + ' / ' + _human(wr):<18}{pids}")
+
+
+def cmd_stats(client: Client, args: argparse.Namespace) -> int:
+    refs = args.containers or [c["Id"] for c in client.request("GET", "/containers/json")]
+    header = (f"{'CONTAINER':<14}{'NAME':<21}{'CPU %':>7}   {'MEM USAGE / LIMIT':<22}"
+              f"{'MEM %':>7}   {'NET I/O':<18}{'BLOCK I/O':<18}PIDS")
+    while True:
+        rows, rc = [], 0
+        for ref in refs:
+            try:
+                # stream=false: the daemon answers with a second sample, so CPU % has a base
+                rows.append(stats_row(client.request(
+                    "GET", f"/containers/{ref}/stats", query={"stream": 0})))
+            except APIError as exc:
+                print(f"skiff: {exc}", file=sys.stderr)
+                rc = 1
+        if args.stream and sys.stdout.isatty():
+            print("\x1b[2J\x1b[H", end="")
+        print(header)
+        for row in rows:
+            print(row)
+        if not args.stream:
+            return rc
+        sys.stdout.flush()
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.3g}{unit}"
+        n /= 1000
+    return f"{n:.3g}GB"  # pragma: no cover
+
+
+class PullRenderer:
+    """Draws Docker's pull progress: one line per layer, redrawn in place on a
+    terminal; on a pipe, one line per status change (no byte counts)."""
+
+    def __init__(self, out: Any, tty: bool) -> None:
+        self.out = out
+        self.tty = tty
+        self.order: list[str] = []
+        self.lines: dict[str, str] = {}
+        self.drawn = 0
+
+    def _line(self, msg: dict[str, Any]) -> str:
+        status = msg.get("status", "")
+        detail = msg.get("progressDetail") or {}
+        cur, total = detail.get("current"), detail.get("total")
+        if cur is not None and total:
+            width = 30
+            n = min(width, int(width * cur / total))
+            bar = "=" * n + (">" if n < width else "") + " " * (width - n - (n < width))
+            return f"{msg['id']}: {status:<12}[{bar}] {_human(cur)}/{_human(total)}"
+        return f"{msg['id']}: {status}"
+
+    def feed(self, msg: dict[str, Any]) -> None:
+        ident = msg.get("id")
+        if not ident or msg.get("status", "").startswith("Pulling from"):
+            self._print(f"{ident + ': ' if ident else ''}{msg.get('status', '')}")
+            return
+        if ident not in self.lines:
+            self.order.append(ident)
+        line = self._line(msg)
+        changed = self.lines.get(ident, "").split("[")[0] != line.split("[")[0]
+        self.lines[ident] = line
+        if self.tty:
+            self._redraw()
+        elif changed:
+            print(f"{ident}: {msg.get('status', '')}", file=self.out, flush=True)
+
+    def _print(self, text: str) -> None:
+        if self.tty and self.drawn:
+            self.drawn = 0
+            self.order, self.lines = [], {}
+        print(text, file=self.out, flush=True)
+
+    def _redraw(self) -> None:
+        if self.drawn:
+            self.out.write(f"\x1b[{self.drawn}A")
+        for ident in self.order:
+            self.out.write("\x1b[2K" + self.lines[ident] + "\n")
+        self.drawn = len(self.order)
+        self.out.flush()
+
+
+def _registry_auth(user: str | None, ref: str) -> dict[str, str]:
+    if not user:
+        return {}
+    import base64
+
+    name, _, password = user.partition(":")
+    first = ref.split("/", 1)[0]
+    server = first if "/" in ref and ("." in first or ":" in first) else "docker.io"
+    blob = json.dumps({"username": name, "password": password, "serveraddress": server})
+    return {"X-Registry-Auth": base64.urlsafe_b64encode(blob.encode()).decode()}
+
+
+def cmd_pull(client: Client, args: argparse.Namespace) -> int:
+    ref = args.image
+    if "@" in ref:
+        name, _, tag = ref.partition("@")
+    else:
+        slash = ref.rfind("/")
+        colon = ref.rfind(":")
+        name, tag = (ref[:colon], ref[colon + 1:]) if colon > slash else (ref, "latest")
+    resp = client.request("POST", "/images/create", query={"fromImage": name, "tag": tag},
+                          headers=_registry_auth(args.user, ref), stream=True)
+    tty = sys.stdout.isatty() and not args.quiet
+    render = PullRenderer(sys.stdout, tty)
+    last = ""
+    while True:
+        raw = resp.readline()
+        if not raw:
+            break
+        if not raw.strip():
+            continue
+        msg = json.loads(raw)
+        if "error" in msg:
+            print(f"skiff: {msg['error']}", file=sys.stderr)
+            return 1
+        last = msg.get("status", last)
+        if not args.quiet:
+            render.feed(msg)
+    if args.quiet:
+        print(ref if "@" in ref or ":" in ref.rsplit("/", 1)[-1] else ref + ":latest")
+    return 0 if last.startswith("Status:") else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="skiff", description="skiff container engine client")
     p.add_argument("-H", "--host", help="daemon socket (default unix:///run/skiff.sock, "
@@ -177,6 +338,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("command", nargs=argparse.REMAINDER)
     s.set_defaults(func=cmd_run)
 
+    s = sub.add_parser("pull", help="pull an image from a registry, with a progress bar")
+    s.add_argument("-q", "--quiet", action="store_true", help="print only the image name")
+    s.add_argument("-u", "--user", help="registry credentials, user:password")
+    s.add_argument("image", help="name[:tag] or name@digest")
+    s.set_defaults(func=cmd_pull)
+
     s = sub.add_parser("ps", help="list containers")
     s.add_argument("-a", "--all", action="store_true")
     s.set_defaults(func=cmd_ps)
@@ -188,6 +355,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-f", "--force", action="store_true")
     s.add_argument("containers", nargs="+")
     s.set_defaults(func=cmd_rm)
+    s = sub.add_parser("stats", help="resource usage of running containers")
+    s.add_argument("containers", nargs="*", help="default: every running container")
+    s.add_argument("--stream", action="store_true", help="refresh every second until ^C")
+    s.set_defaults(func=cmd_stats)
     return p
 
 

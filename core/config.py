@@ -58,6 +58,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("iptables", bool, True, "--iptables", help="manage firewall rules"),
     Option("ip-forward", bool, True, "--ip-forward", help="enable IP forwarding"),
     Option("icc", bool, True, "--icc", help="inter-container traffic on the default bridge"),
+    Option("dns", list, [], "--dns", item=str, multiple=True,
+           help="upstream DNS servers of the embedded DNS server (IP or IP:PORT)"),
     Option("userns-remap", str, "", "--userns-remap", help="user namespace remapping"),
     Option("default-ulimits", dict, {}, "--default-ulimit", item=dict, multiple=True,
            help="default ulimits, name=soft:hard"),
@@ -74,6 +76,23 @@ OPTIONS: tuple[Option, ...] = (
            help="pools for user-defined networks: [{base, size}]"),
     Option("default-runtime", str, "skiff", "--default-runtime",
            help="container runtime (isolation plugin)"),
+    Option("insecure-registries", list, [], "--insecure-registry", item=str, multiple=True,
+           help="registries (host:port or CIDR) spoken to over plain HTTP; 127.0.0.0/8 always"),
+    Option("registry-mirrors", list, [], "--registry-mirror", item=str, multiple=True,
+           help="mirrors tried before Docker Hub on pull (URLs)"),
+    Option("max-concurrent-downloads", int, 3, None,
+           help="layers downloaded in parallel per pull"),
+    Option("max-concurrent-uploads", int, 5, None, help="layers uploaded in parallel per push"),
+    Option("max-download-attempts", int, 5, None,
+           help="tries per layer download (a dropped connection resumes with a Range request)"),
+    Option("registry-timeout", (int, float), 30, None,
+           help="seconds a registry may take to answer a request before the pull fails "
+                "(skiff-specific)"),
+    # Docker has no such default; a fork bomb in any container must leave the
+    # host usable, so skiff limits every container that asks for no limit
+    # (Podman's default, 2048).  0 or -1: unlimited, as Docker.
+    Option("default-pids-limit", int, 2048, None,
+           help="pids limit of a container created without --pids-limit"),
 )
 
 BY_KEY: dict[str, Option] = {o.key: o for o in OPTIONS}
@@ -276,6 +295,11 @@ def validate(config: Mapping[str, Any], path: str) -> None:
                 f"{path}: invalid 'default-address-pools' entry {pool}: expected "
                 '{"base": "CIDR", "size": N}'
             )
+    if config["default-pids-limit"] < -1:
+        raise ConfigError(
+            f"{path}: invalid value for 'default-pids-limit': {config['default-pids-limit']} "
+            "(use a positive number, or 0 or -1 for no limit)"
+        )
     for host in config["hosts"]:
         if not host.startswith("unix://"):
             raise ConfigError(

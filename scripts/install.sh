@@ -19,7 +19,9 @@ PKGS=(python3 python3-venv python3-dev gcc libffi-dev busybox-static iptables ip
       util-linux procps kmod)
 # Only the test suite needs these (real registries, other filesystems, dockerd
 # for side-by-side checks).  Append here; keep one package per purpose.
-TEST_PKGS=()
+TEST_PKGS=(btrfs-progs fuse-overlayfs e2fsprogs)  # storage drivers: btrfs, aufs, loop quota
+TEST_PKGS+=(docker-registry skopeo apache2-utils)  # registry tests: registry, OCI copies, htpasswd
+TEST_PKGS+=(docker.io)  # dockerd: images saved by one engine load into the other
 [ "$WITH_TEST" = 1 ] && PKGS+=("${TEST_PKGS[@]}")
 missing=()
 for p in "${PKGS[@]}"; do
@@ -29,7 +31,11 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "install.sh: apt-get install ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # docker.io's postinst would start the system's dockerd: forbid service starts
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+        || { rm -f /usr/sbin/policy-rc.d; exit 1; }
+    rm -f /usr/sbin/policy-rc.d
 fi
 
 if [ "$WITH_TEST" = 1 ] && ! command -v docker >/dev/null 2>&1; then

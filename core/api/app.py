@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from skiff.core.api import containers, images, system
+from skiff.core.api import commit, containers, distribution, images, resources, system
+from skiff.core.api import networks as network_routes
 from skiff.core.api.router import Router
 
 if TYPE_CHECKING:
@@ -16,4 +17,8 @@ def build_router(engine: Engine) -> Router:
     system.register(router, engine)
     images.register(router, engine)
     containers.register(router, engine)
+    resources.register(router, engine)
+    commit.register(router, engine)
+    distribution.register(router, engine)
+    network_routes.register(router, engine)
     return router

@@ -9,7 +9,7 @@ from typing import IO, TYPE_CHECKING, Any
 from skiff.core.api.bridge import feed_sync_consumer, stream_sync_producer
 from skiff.core.api.router import Request, Router, StreamResponse
 from skiff.core.api.streams import json_line
-from skiff.core.errors import InvalidParameter, NotFound
+from skiff.core.errors import InvalidParameter
 from skiff.core.images import archives
 
 if TYPE_CHECKING:
@@ -19,9 +19,9 @@ if TYPE_CHECKING:
 def register(router: Router, engine: Engine) -> None:
     images = engine.images
 
-    def in_use(image_id: str) -> str | None:
-        users = engine.containers.using_image(image_id)
-        return users[0].id if users else None
+    def in_use(image_id: str) -> list[tuple[str, bool]]:
+        # running users too: even `rmi -f` must not delete an image under a running container
+        return [(c.id, bool(c.state.Running)) for c in engine.containers.using_image(image_id)]
 
     @router.route("GET", "/images/json")
     async def list_images(req: Request) -> list[dict[str, Any]]:
@@ -72,13 +72,9 @@ def register(router: Router, engine: Engine) -> None:
                 f"importing from a URL ({src}) is not supported: pipe the tarball to stdin "
                 "(docker import - ) instead"
             )
-        image = req.q("fromImage", "")
-        tag = req.q("tag", "")
-        raise NotFound(
-            f"pull access denied for {image}{':' + tag if tag else ''}: skiff cannot pull "
-            "images yet; load one with `docker load`, or make busybox with "
-            "`skiff image bootstrap busybox`"
-        )
+        from skiff.core.api.distribution import pull_response
+
+        return await pull_response(req, engine, req.q("fromImage", ""), req.q("tag", ""))
 
     @router.route("POST", "/images/load")
     async def load(req: Request) -> StreamResponse:

@@ -53,6 +53,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger("skiff.containers")
 
 DEFAULT_STOP_TIMEOUT = 10
+#: bytes of log frames sent per HTTP chunk when replaying history
+LOG_BATCH = 64 * 1024
 #: after PID 1 exits, how long its output pipes may stay open (a process that
 #: escaped the pid namespace keeps them); the kernel kills the rest of the
 #: namespace, so this is a safety net, not a normal wait
@@ -80,7 +82,8 @@ class Track:
     next_exit: Notice = field(default_factory=Notice)
     removed: Notice = field(default_factory=Notice)
     process: ContainerProcess | None = None
-    endpoint: Endpoint | None = None
+    #: network name -> (driver, endpoint) while the container runs
+    endpoints: dict[str, tuple[Any, Endpoint]] = field(default_factory=dict)
     stopping: bool = False
     log_limiter: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(1))
 
@@ -196,7 +199,15 @@ class ContainerManager:
                                    "Config": dict(eng.config["log-opts"])}
             eng.plugins.factory("logging", hc["LogConfig"]["Type"])
             network_mode = eng.resolve_network_mode(hc.get("NetworkMode") or "default")
-        except (InvalidConfig, LookupError) as exc:
+            default_pids = eng.config.get("default-pids-limit", 0)
+            if not hc.get("PidsLimit") and default_pids > 0:
+                # The docker CLI sends 0 when --pids-limit is not given, so 0
+                # means "not set" here and -1 is the way to ask for no limit.
+                # Stored, so inspect shows the limit the container really has.
+                hc["PidsLimit"] = default_pids
+            if eng.cgroups is not None:
+                eng.cgroups.validate(hc)
+        except (ValueError, LookupError) as exc:
             raise InvalidParameter(str(exc).strip("'\"")) from exc
         cid = secrets.token_hex(32)
         while name is None or name in self.by_name:
@@ -210,6 +221,7 @@ class ContainerManager:
             host_config=hc, path=path, args=args, driver=eng.storage_name, root=root,
             log_driver=hc["LogConfig"]["Type"], network_mode=network_mode,
         )
+        c.networks = initial_networks(network_mode, body, hc)
         # Reserve the name before the first await so a concurrent create cannot take it.
         self._index(c)
         try:
@@ -243,7 +255,12 @@ class ContainerManager:
                     "ff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n"
                 )
         with open(c.resolv_conf_path, "w") as f:
-            f.write(resolv_conf_for(c.network_mode))
+            net = self.engine.networks.find(c.network_mode)
+            if net is not None and net.driver == "bridge" and net.name != "bridge":
+                # user networks: the embedded DNS server, as Docker
+                f.write(f"nameserver {EMBEDDED_DNS}\noptions ndots:0\n")
+            else:
+                f.write(resolv_conf_for(c.network_mode))
 
     async def _discard(self, c: Container) -> None:
         """Undo a create that failed half-way; leaves no trace of ``c``."""
@@ -266,10 +283,21 @@ class ContainerManager:
             MountSpec("bind", c.hostname_path, "/etc/hostname", ["rbind", "rw"]),
             MountSpec("bind", c.hosts_path, "/etc/hosts", ["rbind", "rw"]),
         ]
+        if eng.cgroups is not None:
+            # the container's own groups, read-only, under /sys/fs/cgroup
+            mounts.extend(eng.cgroups.mounts(c.id))
         for src, dst, opts in parse_binds(c.host_config.get("Binds")):
             mounts.append(MountSpec("bind", src, dst, opts))
         namespaces: dict[str, str | None] = {"pid": None, "mount": None, "uts": None, "ipc": None}
-        if eng.network_driver(c.network_mode).netns == "new":
+        if c.host_config.get("CgroupnsMode") != "host":
+            # private by default on v1 and v2 alike: /proc/self/cgroup shows "/"
+            namespaces["cgroup"] = None
+        if c.network_mode.startswith("container:"):
+            other = self.get(c.network_mode.partition(":")[2])
+            if not other.state.Running:
+                raise Conflict(f"cannot join network of a non running container: {other.id}")
+            namespaces["net"] = f"/proc/{other.state.Pid}/ns/net"
+        elif eng.network_driver(c.network_mode).netns == "new":
             namespaces["net"] = None
         rlimits = [
             (u["Name"], int(u["Soft"]), int(u["Hard"]))
@@ -282,7 +310,7 @@ class ContainerManager:
             rootfs_mounts=eng.storage.mounts(c.mount_id),
             mounts=mounts,
             args=[c.path, *c.args],
-            env=list(c.config.get("Env") or []),
+            env=list(c.config.get("Env") or []) + self._link_env(c),
             cwd=c.config.get("WorkingDir") or "/",
             user=c.config.get("User") or "",
             hostname=c.config["Hostname"],
@@ -329,9 +357,16 @@ class ContainerManager:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(spec.bundle, "exitcode"))
         eng.plugins.hook.skiff_container_spec(container=c, spec=spec)
-        log_driver = self._open_log(c)
+        if eng.cgroups is not None:
+            # before prepare: the init bind-mounts the groups into the container
+            try:
+                await eng.to_thread(eng.cgroups.create, c.id, c.host_config)
+            except ValueError as exc:  # a limit this host cannot apply: the client's
+                raise InvalidParameter(str(exc)) from exc
+        log_driver = None
         pipes: list[int] = []
         try:
+            log_driver = self._open_log(c)
             out_r, out_w = os.pipe2(os.O_CLOEXEC)
             err_r, err_w = os.pipe2(os.O_CLOEXEC)
             pipes += [out_r, out_w, err_r, err_w]
@@ -348,6 +383,9 @@ class ContainerManager:
                     os.close(fd)
             if log_driver is not None:
                 log_driver.close()
+            if eng.cgroups is not None:
+                with trio.CancelScope(shield=True), contextlib.suppress(Exception):
+                    await eng.to_thread(eng.cgroups.destroy, c.id)
             raise
         for fd in (in_r, out_w, err_w):
             os.close(fd)
@@ -384,29 +422,181 @@ class ContainerManager:
     async def _prestart(self, c: Container, track: Track, process: ContainerProcess) -> None:
         eng = self.engine
         if eng.cgroups is not None:
-            await eng.to_thread(eng.cgroups.create, c.id, c.host_config)
+            # the groups were made in _start_locked, before prepare
             await eng.to_thread(eng.cgroups.add_process, c.id, process.pid)
-        driver = eng.network_driver(c.network_mode)
-        endpoint = Endpoint(network_id=c.network_mode, endpoint_id=secrets.token_hex(32),
-                            container_id=c.id)
-        track.endpoint = await eng.to_thread(driver.create_endpoint, c.network_mode, endpoint)
-        await eng.to_thread(driver.join, track.endpoint, process.pid)
+        if not c.networks and not c.network_mode.startswith("container:"):
+            c.networks = {c.network_mode: {}}  # a record from before networks were kept
+        for name in list(c.networks):
+            await self._attach(c, track, name, process.pid)
+        await eng.to_thread(self._write_hosts, c)
         eng.plugins.hook.skiff_container_prestart(container=c, pid=process.pid)
 
     async def _release_run_resources(self, c: Container, track: Track) -> None:
         eng = self.engine
-        if track.endpoint is not None:
-            driver = eng.network_driver(c.network_mode)
-            ep, track.endpoint = track.endpoint, None
-            with contextlib.suppress(Exception):
-                await eng.to_thread(driver.leave, ep)
-            with contextlib.suppress(Exception):
-                await eng.to_thread(driver.delete_endpoint, ep)
+        for name in list(track.endpoints):
+            await self._detach(c, track, name)
+        c.ports = {}
         if eng.cgroups is not None:
             try:
                 await eng.to_thread(eng.cgroups.destroy, c.id)
             except Exception as exc:
                 log.warning("container.cgroup_destroy_failed", id=c.id, error=str(exc))
+
+    # -- networks ------------------------------------------------------------
+
+    async def _attach(self, c: Container, track: Track, name: str, pid: int) -> None:
+        """Create and join the endpoint of network ``name``; fills ``c.networks[name]``."""
+        eng = self.engine
+        net = eng.networks.get(name)
+        driver = eng.network_driver(net.driver)
+        settings = c.networks.setdefault(name, {})
+        extra: dict[str, Any] = {
+            "name": c.name,
+            "hostname": c.config.get("Hostname") or "",
+            "aliases": list(settings.get("Aliases") or []),
+            "ip": (settings.get("IPAMConfig") or {}).get("IPv4Address") or "",
+        }
+        primary = name == c.network_mode
+        if primary:
+            extra["port_bindings"] = c.host_config.get("PortBindings") or {}
+            extra["exposed_ports"] = sorted((c.config.get("ExposedPorts") or {}).keys())
+            extra["publish_all"] = bool(c.host_config.get("PublishAllPorts"))
+            extra["links"] = [
+                {"ip": other.networks.get(name, {}).get("IPAddress", ""),
+                 "ports": [(k.partition("/")[2] or "tcp", int(k.partition("/")[0]))
+                           for k in (other.config.get("ExposedPorts") or {})]}
+                for other, _alias in self._links(c)
+            ]
+        endpoint = Endpoint(network_id=net.id, endpoint_id=secrets.token_hex(32),
+                            container_id=c.id, extra=extra)
+        ep = await eng.to_thread(driver.create_endpoint, net.id, endpoint)
+        track.endpoints[name] = (driver, ep)
+        await eng.to_thread(driver.join, ep, pid)
+        settings.update(NetworkID=net.id, EndpointID=ep.endpoint_id if ep.ip_address else "",
+                        IPAddress=ep.ip_address, IPPrefixLen=ep.ip_prefix_len,
+                        Gateway=ep.gateway, MacAddress=ep.mac_address)
+        if primary:
+            c.ports = dict(ep.extra.get("ports") or {})
+
+    async def _detach(self, c: Container, track: Track, name: str) -> None:
+        """Leave and delete the endpoint of network ``name``; never raises."""
+        driver, ep = track.endpoints.pop(name)
+        for step in (driver.leave, driver.delete_endpoint):
+            try:
+                await self.engine.to_thread(step, ep)
+            except Exception as exc:
+                log.warning("container.network_release_failed", id=c.id, network=name,
+                            step=step.__name__, error=str(exc))
+        settings = c.networks.get(name)
+        if settings is not None:
+            for key in ("EndpointID", "IPAddress", "Gateway", "MacAddress"):
+                settings[key] = ""
+            settings["IPPrefixLen"] = 0
+
+    def _links(self, c: Container) -> list[tuple[Container, str]]:
+        """Running containers that ``c`` links to (``--link name:alias``), with the alias."""
+        out = []
+        for link in c.host_config.get("Links") or []:
+            target, _, alias = link.partition(":")
+            try:
+                other = self.get(target.strip("/"))
+            except NotFound:
+                continue
+            if other.state.Running:
+                out.append((other, alias.rsplit("/", 1)[-1] or other.name))
+        return out
+
+    def _link_env(self, c: Container) -> list[str]:
+        """Docker's legacy link variables (ALIAS_PORT_80_TCP_ADDR ...)."""
+        env: list[str] = []
+        for other, alias in self._links(c):
+            prefix = alias.upper().replace("-", "_").replace(".", "_")
+            ip = next((s.get("IPAddress") for s in other.networks.values()
+                       if s.get("IPAddress")), "")
+            env.append(f"{prefix}_NAME=/{c.name}/{alias}")
+            ports = sorted(other.config.get("ExposedPorts") or {},
+                           key=lambda k: int(k.partition("/")[0]))
+            for i, key in enumerate(ports):
+                port, _, proto = key.partition("/")
+                proto = proto or "tcp"
+                base = f"{prefix}_PORT_{port}_{proto.upper()}"
+                if i == 0:
+                    env.append(f"{prefix}_PORT={proto}://{ip}:{port}")
+                env += [f"{base}={proto}://{ip}:{port}", f"{base}_ADDR={ip}",
+                        f"{base}_PORT={port}", f"{base}_PROTO={proto}"]
+            for item in other.config.get("Env") or []:
+                key, _, value = item.partition("=")
+                if key not in ("HOME", "PATH", "HOSTNAME"):
+                    env.append(f"{prefix}_ENV_{key}={value}")
+        return env
+
+    def _write_hosts(self, c: Container) -> None:
+        """/etc/hosts with the container's own addresses and its links (in place)."""
+        if c.network_mode == "host" or c.network_mode.startswith("container:"):
+            return
+        lines = [
+            "127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback",
+            "fe00::0\tip6-localnet", "ff00::0\tip6-mcastprefix",
+            "ff02::1\tip6-allnodes", "ff02::2\tip6-allrouters",
+        ]
+        for other, alias in self._links(c):
+            ip = next((s.get("IPAddress") for s in other.networks.values()
+                       if s.get("IPAddress")), "")
+            if ip:
+                names = dict.fromkeys([alias, other.config.get("Hostname") or "", other.name])
+                lines.append(f"{ip}\t{' '.join(n for n in names if n)}")
+        hostname = c.config.get("Hostname") or c.id[:12]
+        for settings in c.networks.values():
+            if settings.get("IPAddress"):
+                lines.append(f"{settings['IPAddress']}\t{hostname}")
+        # Truncate and rewrite the same inode: it is bind-mounted into the container.
+        with open(c.hosts_path, "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+    async def connect(self, ref: str, network: str, config: dict[str, Any]) -> None:
+        """``docker network connect``: now if running, else at the next start."""
+        c = self.get(ref)
+        net = self.engine.networks.get(network)
+        if c.network_mode in ("host", "none") or c.network_mode.startswith("container:"):
+            raise InvalidParameter(
+                f"container cannot be disconnected from host network or connected to "
+                f"{c.network_mode} network")
+        if net.driver in ("host", "none"):
+            raise InvalidParameter(f"container cannot be connected to {net.name} network")
+        if net.name in c.networks:
+            raise Conflict(f"endpoint with name {c.name} already exists in network {net.name}")
+        track = self.tracks[c.id]
+        async with track.lock:
+            c.networks[net.name] = {
+                "IPAMConfig": config.get("IPAMConfig"), "Links": config.get("Links"),
+                "Aliases": config.get("Aliases"),
+            }
+            if c.state.Running:
+                try:
+                    await self._attach(c, track, net.name, c.state.Pid)
+                except BaseException:
+                    with trio.CancelScope(shield=True):
+                        if net.name in track.endpoints:
+                            await self._detach(c, track, net.name)
+                    del c.networks[net.name]
+                    raise
+                await self.engine.to_thread(self._write_hosts, c)
+            c.save()
+
+    async def disconnect(self, ref: str, network: str, force: bool = False) -> None:
+        """``docker network disconnect``."""
+        c = self.get(ref)
+        net = self.engine.networks.get(network)
+        if net.name not in c.networks:
+            raise Conflict(f"container {c.id} is not connected to network {net.name}")
+        track = self.tracks[c.id]
+        async with track.lock:
+            if net.name in track.endpoints:
+                await self._detach(c, track, net.name)
+            del c.networks[net.name]
+            if c.state.Running:
+                await self.engine.to_thread(self._write_hosts, c)
+            c.save()
 
     def _open_log(self, c: Container) -> LogDriver | None:
         lc = c.host_config.get("LogConfig") or {}
@@ -428,10 +618,11 @@ class ContainerManager:
         with trio.CancelScope(shield=True):
             if log_driver is not None:
                 await trio.to_thread.run_sync(log_driver.close, limiter=track.log_limiter)
+            oom = await self._oom_killed(c)
             await self._release_run_resources(c, track)
             track.process = None
             c.state = State(Status="exited", ExitCode=code, StartedAt=c.state.StartedAt,
-                            FinishedAt=now_rfc3339(), OOMKilled=False)
+                            FinishedAt=now_rfc3339(), OOMKilled=oom)
             if c.id in self.by_id:
                 c.save()
             track.hub.end_run()
@@ -444,6 +635,21 @@ class ContainerManager:
                     await self.remove(c.id, force=True)
                 except Exception as exc:
                     log.error("container.autoremove_failed", id=c.id, error=str(exc))
+
+    async def _oom_killed(self, c: Container) -> bool:
+        """Ask the cgroup driver, before its groups go, whether the OOM killer struck."""
+        eng = self.engine
+        if eng.cgroups is None:
+            return False
+        try:
+            oom = await eng.to_thread(eng.cgroups.oom_killed, c.id)
+        except Exception as exc:
+            log.warning("container.oom_check_failed", id=c.id, error=str(exc))
+            return False
+        if oom:
+            # no /events endpoint yet: the daemon's log carries the "oom" event
+            log.warning("container.oom", id=c.id, name=c.name)
+        return oom
 
     # -- stop, kill, wait ---------------------------------------------------
 
@@ -638,8 +844,19 @@ class ContainerManager:
             history = await self._history(c, cfg)
             if follow and c.state.Running:
                 live = track.hub.subscribe(stdout=cfg.stdout, stderr=cfg.stderr)
+        # One HTTP chunk per ~64 KiB, not per line: a million-line log is a
+        # million socket writes otherwise.
+        batch: list[bytes] = []
+        size = 0
         for msg in history:
-            yield render(msg.stream, msg.line, msg.time)
+            frame = render(msg.stream, msg.line, msg.time)
+            batch.append(frame)
+            size += len(frame)
+            if size >= LOG_BATCH:
+                yield b"".join(batch)
+                batch, size = [], 0
+        if batch:
+            yield b"".join(batch)
         if live is not None:
             async with live:
                 async for kind, data in live:
@@ -656,6 +873,24 @@ class ContainerManager:
                 track = self.tracks.get(c.id)
                 if c.state.Running and track is not None and track.process is not None:
                     n.start_soon(self._stop, c, track, None)
+
+
+EMBEDDED_DNS = "127.0.0.11"
+
+
+def initial_networks(network_mode: str, body: dict[str, Any], hc: dict[str, Any]
+                     ) -> dict[str, dict[str, Any]]:
+    """The container's networks at create: its NetworkMode's, with EndpointsConfig."""
+    if network_mode.startswith("container:"):
+        return {}
+    configs = (body.get("NetworkingConfig") or {}).get("EndpointsConfig") or {}
+    requested = hc.get("NetworkMode") or "default"
+    cfg = configs.get(requested) or configs.get(network_mode) or {}
+    settings = {"IPAMConfig": cfg.get("IPAMConfig"), "Links": cfg.get("Links"),
+                "Aliases": cfg.get("Aliases")}
+    if network_mode == "bridge" and hc.get("Links"):
+        settings["Links"] = list(hc["Links"])
+    return {network_mode: settings}
 
 
 def resolv_conf_for(network_mode: str) -> str:

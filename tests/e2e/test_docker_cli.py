@@ -81,8 +81,12 @@ def test_network_none_has_only_lo(skiffd: Daemon) -> None:
     assert names == ["lo"]
 
 
-def test_default_network_is_none_until_bridge_exists(skiffd: Daemon) -> None:
+def test_default_network_is_the_bridge(skiffd: Daemon) -> None:
     res = skiffd.docker("run", "--rm", "busybox", "ip", "-o", "link", check=True)
+    names = [line.split(":")[1].strip().split("@")[0] for line in out(res).splitlines()]
+    assert names == ["lo", "eth0"]
+    res = skiffd.docker("run", "--rm", "--network", "none", "busybox", "ip", "-o", "link",
+                        check=True)
     assert [line.split(":")[1].strip() for line in out(res).splitlines()] == ["lo"]
 
 
@@ -206,7 +210,9 @@ def test_logs_tail_streams_and_timestamps(skiffd: Daemon) -> None:
         log_path = json.loads(skiffd.docker("inspect", cid, check=True).stdout)[0]["LogPath"]
         with open(log_path) as f:
             records = [json.loads(x) for x in f]
-        assert {"log": "line1\n", "stream": "stdout"}.items() <= records[0].items()
+        stdout = [r for r in records if r["stream"] == "stdout"]
+        assert {"log": "line1\n", "stream": "stdout"}.items() <= stdout[0].items()
+        assert [r["log"] for r in records if r["stream"] == "stderr"] == ["oops\n"]
         assert log_path.endswith(f"containers/{cid}/{cid}-json.log")
     finally:
         skiffd.docker("rm", "-f", cid)

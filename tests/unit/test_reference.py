@@ -187,7 +187,11 @@ def test_round_trip_through_strings(
     assert (ref.domain, ref.path, ref.tag, ref.digest) == (domain, expected_path, tag, digest)
     # full form and familiar form both parse back to the same reference
     assert parse(str(ref), default_tag=False) == ref
-    assert parse(familiar_string(ref), default_tag=False) == ref
+    first = path.split("/")[0]
+    if not (domain == "docker.io" and "/" in path and ("." in first or ":" in first)):
+        # Docker's own quirk: the familiar form of docker.io/a.b/c is "a.b/c",
+        # which names the registry a.b; only other names survive the trip.
+        assert parse(familiar_string(ref), default_tag=False) == ref
     # normalising is idempotent, and the default tag only fills a bare name
     tagged = parse(text)
     assert parse(str(tagged)) == tagged
