@@ -68,10 +68,10 @@ def cmd_bootstrap(client: Client, args: argparse.Namespace) -> int:
                "message": f"skiff image bootstrap {args.base}"},
         body=tar, headers={"Content-Type": "application/x-tar"},
     )
-    image_id = ""
-    for line in out.decode().splitlines() if isinstance(out, bytes) else []:
-        if line.strip():
-            image_id = json.loads(line).get("status", image_id)
+    # one JSON message, or JSON lines when the daemon streams progress
+    messages = [out] if isinstance(out, dict) else [
+        json.loads(line) for line in out.decode().splitlines() if line.strip()]
+    image_id = next((m["status"] for m in reversed(messages) if "status" in m), "")
     print(f"{repo}:{tag or 'latest'} {image_id}")
     return 0
 

@@ -25,6 +25,7 @@ import trio
 
 from skiff.core import archive
 from skiff.core.api.bridge import stream_sync_producer
+from skiff.core.api.filters import parse_filters
 from skiff.core.api.router import Request, Response, Router, StreamResponse
 from skiff.core.containers.model import Container
 from skiff.core.errors import Conflict, InvalidParameter
@@ -78,21 +79,6 @@ def timestamp(value: str, now: float | None = None) -> float:
         f"failed to parse value as time or duration: {value!r} (use Unix seconds, "
         "RFC 3339 such as 2026-01-02T15:04:05Z, or a duration such as 24h)"
     )
-
-
-def _filters(req: Request) -> dict[str, list[str]]:
-    data = req.qjson("filters", {}) or {}
-    if not isinstance(data, dict):
-        raise InvalidParameter("invalid filters: expected a JSON object")
-    out: dict[str, list[str]] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            out[key] = [k for k, on in value.items() if on]
-        elif isinstance(value, list):
-            out[key] = [str(v) for v in value]
-        else:
-            out[key] = [str(value)]
-    return out
 
 
 def _check_usable(c: Container, action: str) -> None:
@@ -186,7 +172,7 @@ def register(router: Router, engine: Engine) -> None:
 
     @router.route("POST", "/images/prune")
     async def prune(req: Request) -> dict[str, Any]:
-        flt = _filters(req)
+        flt = parse_filters(req.q("filters"))
         until = None
         if flt.get("until"):
             if len(flt["until"]) > 1:

@@ -6,6 +6,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
+from skiff.core.api.filters import parse_filters
 from skiff.core.api.router import Request, Response, Router, StreamResponse
 from skiff.core.containers.manager import json_status
 from skiff.core.containers.model import Container
@@ -32,7 +33,7 @@ def register(router: Router, engine: Engine) -> None:
 
     @router.route("GET", "/containers/json")
     async def list_containers(req: Request) -> list[dict[str, Any]]:
-        filters = _filters(req.q("filters"))
+        filters = parse_filters(req.q("filters"), CONTAINER_FILTERS)
         show_all = req.qbool("all")
         limit = req.qint("limit", -1)
         found = [c for c in mgr.by_id.values()
@@ -126,21 +127,7 @@ def register(router: Router, engine: Engine) -> None:
         await mgr.remove(id, force=req.qbool("force"))
 
 
-def _filters(raw: str | None) -> dict[str, list[str]]:
-    if not raw:
-        return {}
-    try:
-        data = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise InvalidParameter(f"invalid filters: {exc}") from exc
-    out: dict[str, list[str]] = {}
-    for key, value in data.items():
-        out[key] = list(value) if isinstance(value, list) else [k for k, on in value.items() if on]
-    known = {"id", "name", "status", "label", "ancestor", "exited"}
-    unknown = set(out) - known
-    if unknown:
-        raise InvalidParameter(f"invalid filter '{sorted(unknown)[0]}'")
-    return out
+CONTAINER_FILTERS = {"id", "name", "status", "label", "ancestor", "exited"}
 
 
 def _matches(c: Container, f: dict[str, list[str]]) -> bool:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from typing import IO, TYPE_CHECKING, Any
 
 from skiff.core.api.bridge import feed_sync_consumer, stream_sync_producer
+from skiff.core.api.filters import parse_filters
 from skiff.core.api.router import Request, Router, StreamResponse
 from skiff.core.api.streams import json_line
 from skiff.core.errors import InvalidParameter
@@ -25,7 +25,7 @@ def register(router: Router, engine: Engine) -> None:
 
     @router.route("GET", "/images/json")
     async def list_images(req: Request) -> list[dict[str, Any]]:
-        filters = _filters(req)
+        filters = parse_filters(req.q("filters"))
         return await engine.to_thread(images.list, req.qbool("all"), filters)
 
     @router.route("GET", "/images/{name:path}/json")
@@ -111,18 +111,6 @@ def register(router: Router, engine: Engine) -> None:
         )
 
 
-def _filters(req: Request) -> dict[str, list[str]]:
-    raw = req.q("filters")
-    if not raw:
-        return {}
-    try:
-        data = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise InvalidParameter(f"invalid filters: {exc}") from exc
-    out: dict[str, list[str]] = {}
-    for key, value in data.items():
-        out[key] = list(value) if isinstance(value, list) else [k for k, on in value.items() if on]
-    return out
 
 
 async def _one(data: bytes) -> AsyncIterator[bytes]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from skiff.core.api.filters import parse_filters
 from skiff.core.api.router import Request, Response, Router
 from skiff.core.errors import InvalidParameter
 
@@ -19,7 +20,7 @@ def register(router: Router, engine: Engine) -> None:
 
     @router.route("GET", "/networks")
     async def list_networks(req: Request) -> list[dict[str, Any]]:
-        filters = _filters(req.q("filters"))
+        filters = parse_filters(req.q("filters"), NETWORK_FILTERS)
         return [store.inspect(n) for n in sorted(store.by_id.values(), key=lambda n: n.name)
                 if _matches(n, filters)]
 
@@ -56,20 +57,7 @@ def register(router: Router, engine: Engine) -> None:
         return {"NetworksDeleted": await engine.to_thread(store.prune)}
 
 
-def _filters(raw: str | None) -> dict[str, list[str]]:
-    if not raw:
-        return {}
-    try:
-        data = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise InvalidParameter(f"invalid filters: {exc}") from exc
-    out: dict[str, list[str]] = {}
-    for key, value in data.items():
-        out[key] = list(value) if isinstance(value, list) else [k for k, on in value.items() if on]
-    unknown = set(out) - {"id", "name", "driver", "label", "type", "scope", "dangling"}
-    if unknown:
-        raise InvalidParameter(f"invalid filter '{sorted(unknown)[0]}'")
-    return out
+NETWORK_FILTERS = {"id", "name", "driver", "label", "type", "scope", "dangling"}
 
 
 def _matches(n: Network, f: dict[str, list[str]]) -> bool:

@@ -18,15 +18,13 @@ namespace) nor a helper process.
 from __future__ import annotations
 
 import fcntl
-import os
 import socket
 import struct
-import threading
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from skiff.core import syscalls
 from skiff.core.hookspecs import Endpoint, NetworkContext, hookimpl
+from skiff.plugins.network._netns import run_in_netns
 
 NAME = "none"
 
@@ -46,35 +44,7 @@ def socket_in_netns(ns_path: str, family: int = socket.AF_INET,
     right after, so no thread of the caller's pool ever changes namespace.
     Raises ``OSError`` (``ENOENT`` when the process is gone).
     """
-    result: list[socket.socket] = []
-    errors: list[BaseException] = []
-
-    def enter_and_open() -> None:
-        try:
-            own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                target = os.open(ns_path, os.O_RDONLY | os.O_CLOEXEC)
-                try:
-                    syscalls.setns(target, syscalls.CLONE_NEWNET)
-                    try:
-                        result.append(socket.socket(family, sock_type, proto))
-                    finally:
-                        syscalls.setns(own, syscalls.CLONE_NEWNET)
-                finally:
-                    os.close(target)
-            finally:
-                os.close(own)
-        except BaseException as exc:  # handed to the caller's thread below
-            errors.append(exc)
-
-    thread = threading.Thread(target=enter_and_open, name="skiff-netns", daemon=True)
-    thread.start()
-    thread.join()
-    if errors:
-        for s in result:
-            s.close()
-        raise errors[0]
-    return result[0]
+    return run_in_netns(ns_path, lambda: socket.socket(family, sock_type, proto))
 
 
 def set_link_up(sock: socket.socket, ifname: str) -> None:

@@ -96,7 +96,9 @@ def test_socket_mode_and_sigterm_shutdown(tmp_path: Path) -> None:
 
 def test_skiff_cli_info_and_run(tmp_path: Path) -> None:
     with running_daemon(tmp_path / "d", **{"storage-driver": "vfs"}) as d:
-        d.skiff("image", "bootstrap", "busybox")
+        made = d.skiff("image", "bootstrap", "busybox").stdout.decode().split()
+        image_id = json.loads(d.docker("inspect", "busybox", check=True).stdout)[0]["Id"]
+        assert made == ["busybox:latest", image_id]
         info = d.skiff("info").stdout.decode()
         assert "Storage Driver: vfs" in info and "json-file" in info
         res = d.skiff("run", "--rm", "busybox", "echo", "ahoy")

@@ -29,14 +29,14 @@ import os
 import secrets
 import socket
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 import structlog
 
-from skiff.core import syscalls
 from skiff.core.hookspecs import Endpoint, NetworkContext
+from skiff.plugins.network._netns import run_in_netns
 from skiff.plugins.network.bridge import firewall as fw
 from skiff.plugins.network.bridge.dns import DNS_IP, DnsServer, parse_upstreams
 from skiff.plugins.network.bridge.ipam import Pool, mac_for
@@ -53,41 +53,6 @@ T = TypeVar("T")
 
 class PortInUse(Exception):
     """A requested host port is taken."""
-
-
-def run_in_netns(ns_path: str, fn: Callable[[], T]) -> T:
-    """Run ``fn`` in a short-lived thread that has entered the namespace at ``ns_path``.
-
-    Only that thread changes namespace, and it switches back before it ends,
-    so no thread of the daemon's pools ever runs in a container's namespace.
-    """
-    result: list[T] = []
-    errors: list[BaseException] = []
-
-    def body() -> None:
-        try:
-            own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                target = os.open(ns_path, os.O_RDONLY | os.O_CLOEXEC)
-                try:
-                    syscalls.setns(target, syscalls.CLONE_NEWNET)
-                    try:
-                        result.append(fn())
-                    finally:
-                        syscalls.setns(own, syscalls.CLONE_NEWNET)
-                finally:
-                    os.close(target)
-            finally:
-                os.close(own)
-        except BaseException as exc:  # re-raised in the caller's thread
-            errors.append(exc)
-
-    thread = threading.Thread(target=body, name="skiff-netns", daemon=True)
-    thread.start()
-    thread.join()
-    if errors:
-        raise errors[0]
-    return result[0]
 
 
 def _sysctl(path: str, value: str) -> None:
