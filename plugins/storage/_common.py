@@ -7,6 +7,10 @@ import os
 import re
 import tempfile
 from collections.abc import Mapping
+from typing import IO
+
+from skiff.core import archive
+from skiff.core.hookspecs import Change
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}")
 
@@ -124,3 +128,30 @@ def supports_d_type(directory: str) -> bool:
                 return ent.contents.d_type != 0  # DT_UNKNOWN
     finally:
         libc.closedir(handle)
+
+
+class WholeTreeDiffs:
+    """``diff``, ``changes`` and ``diff_size`` for drivers whose every layer is a
+    whole tree (vfs copies, btrfs snapshots): a layer is compared with its
+    parent's tree.  The driver provides ``_existing(id) -> path``.
+    """
+
+    def _existing(self, id: str) -> str:
+        raise NotImplementedError
+
+    def diff(self, id: str, parent: str | None) -> IO[bytes]:
+        path = self._existing(id)
+        if parent is None:
+            return archive.tar_directory(path)
+        return archive.tar_changes(path, self.changes(id, parent))
+
+    def changes(self, id: str, parent: str | None) -> list[Change]:
+        path = self._existing(id)
+        lower = self._existing(parent) if parent is not None else None
+        return archive.changes_between(lower, path)
+
+    def diff_size(self, id: str, parent: str | None) -> int:
+        path = self._existing(id)
+        if parent is None:
+            return archive.directory_size(path)
+        return archive.changes_size(path, self.changes(id, parent))

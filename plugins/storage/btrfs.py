@@ -34,13 +34,17 @@ from typing import IO
 
 from skiff.core import archive
 from skiff.core.hookspecs import (
-    Change,
     DriverNotSupported,
     MountSpec,
     StorageContext,
     hookimpl,
 )
-from skiff.plugins.storage._common import backing_fs, check_storage_opts, validate_id
+from skiff.plugins.storage._common import (
+    WholeTreeDiffs,
+    backing_fs,
+    check_storage_opts,
+    validate_id,
+)
 from skiff.plugins.storage._quota import parse_size
 
 _TMP = ".tmp-"
@@ -49,7 +53,7 @@ _KNOWN_OPTIONS = ("size", "min_space")
 _SUBVOL_INO = 256
 
 
-class BtrfsDriver:
+class BtrfsDriver(WholeTreeDiffs):
     """Layers as btrfs subvolumes; a child is a snapshot of its parent."""
 
     name = "btrfs"
@@ -231,23 +235,6 @@ class BtrfsDriver:
             except Exception as again:  # report both; the first is the cause
                 exc.add_note(f"resetting btrfs layer {id} failed too: {again}")
             raise
-
-    def diff(self, id: str, parent: str | None) -> IO[bytes]:
-        path = self._existing(id)
-        if parent is None:
-            return archive.tar_directory(path)
-        return archive.tar_changes(path, self.changes(id, parent))
-
-    def changes(self, id: str, parent: str | None) -> list[Change]:
-        path = self._existing(id)
-        lower = self._existing(parent) if parent is not None else None
-        return archive.changes_between(lower, path)
-
-    def diff_size(self, id: str, parent: str | None) -> int:
-        path = self._existing(id)
-        if parent is None:
-            return archive.directory_size(path)
-        return archive.changes_size(path, self.changes(id, parent))
 
     def cleanup(self) -> None:
         pass  # btrfs mounts nothing on the host

@@ -20,18 +20,22 @@ from typing import IO
 
 from skiff.core import archive
 from skiff.core.hookspecs import (
-    Change,
     DriverNotSupported,
     MountSpec,
     StorageContext,
     hookimpl,
 )
-from skiff.plugins.storage._common import backing_fs, check_storage_opts, validate_id
+from skiff.plugins.storage._common import (
+    WholeTreeDiffs,
+    backing_fs,
+    check_storage_opts,
+    validate_id,
+)
 
 _TMP = ".tmp-"
 
 
-class VfsDriver:
+class VfsDriver(WholeTreeDiffs):
     """Layers as plain directories, each a complete copy of its parent."""
 
     name = "vfs"
@@ -140,23 +144,6 @@ class VfsDriver:
             except Exception as again:  # report both; the first is the cause
                 exc.add_note(f"resetting vfs layer {id} failed too: {again}")
             raise
-
-    def diff(self, id: str, parent: str | None) -> IO[bytes]:
-        path = self._existing(id)
-        if parent is None:
-            return archive.tar_directory(path)
-        return archive.tar_changes(path, self.changes(id, parent))
-
-    def changes(self, id: str, parent: str | None) -> list[Change]:
-        path = self._existing(id)
-        lower = self._existing(parent) if parent is not None else None
-        return archive.changes_between(lower, path)
-
-    def diff_size(self, id: str, parent: str | None) -> int:
-        path = self._existing(id)
-        if parent is None:
-            return archive.directory_size(path)
-        return archive.changes_size(path, self.changes(id, parent))
 
     def cleanup(self) -> None:
         pass  # vfs mounts nothing on the host
