@@ -714,10 +714,15 @@ class _Extractor:
 # ---------------------------------------------------------------------------
 
 
-class _ChunkReader(io.RawIOBase):
-    """A raw readable over an iterator of byte chunks (a tar being produced)."""
+class ChunkReader(io.RawIOBase):
+    """A raw readable over an iterator of byte chunks (a tar being produced).
 
-    def __init__(self, chunks: Iterator[bytes], on_close: Callable[[], None] | None) -> None:
+    Closing it closes the iterator (a generator's finally blocks run) and then
+    calls ``on_close``.
+    """
+
+    def __init__(self, chunks: Iterator[bytes],
+                 on_close: Callable[[], None] | None = None) -> None:
         super().__init__()
         self._chunks = chunks
         self._buf = memoryview(b"")
@@ -752,7 +757,7 @@ class _ChunkReader(io.RawIOBase):
 
 
 def _stream(chunks: Iterator[bytes], on_close: Callable[[], None] | None) -> IO[bytes]:
-    return io.BufferedReader(_ChunkReader(chunks, on_close), buffer_size=_CHUNK)
+    return io.BufferedReader(ChunkReader(chunks, on_close), buffer_size=_CHUNK)
 
 
 class _TarWriter:

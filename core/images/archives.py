@@ -44,6 +44,7 @@ from typing import IO, Any
 
 import structlog
 
+from skiff.core.archive import ChunkReader
 from skiff.core.errors import InvalidParameter
 from skiff.core.images.errors import (
     ImageNotFound,
@@ -622,36 +623,6 @@ def _layer_blob(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-class _ChunkReader(io.RawIOBase):
-    """A readable stream over an iterator of byte chunks; closing stops the iterator."""
-
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        self._chunks = chunks
-        self._buf = b""
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buf: Any) -> int:
-        view = memoryview(buf).cast("B")
-        while not self._buf:
-            try:
-                self._buf = next(self._chunks)
-            except StopIteration:
-                return 0
-        n = min(len(view), len(self._buf))
-        view[:n] = self._buf[:n]
-        self._buf = self._buf[n:]
-        return n
-
-    def close(self) -> None:
-        if not self.closed:
-            close = getattr(self._chunks, "close", None)
-            if close is not None:
-                close()
-        super().close()
-
-
 def save(
     names: Sequence[str],
     layer_store: LayerStore,
@@ -669,7 +640,7 @@ def save(
     plan = plan_save(names, image_store)
     chunks = _save_chunks(plan, layer_store, image_store)
     if out is None:
-        return io.BufferedReader(_ChunkReader(chunks), _CHUNK)
+        return io.BufferedReader(ChunkReader(chunks), _CHUNK)
     try:
         for data in chunks:
             out.write(data)

@@ -59,7 +59,7 @@ from typing import IO, Any
 
 import structlog
 
-from skiff.core.archive import ArchiveError
+from skiff.core.archive import ArchiveError, ChunkReader
 from skiff.core.atomic import fsync_dir
 from skiff.core.hookspecs import StorageDriver
 from skiff.core.images.errors import (
@@ -425,38 +425,15 @@ def _open_in_root(root: str, name: str) -> int:
     return os.open(os.path.join(root, *resolved, last), os.O_RDONLY | os.O_NOFOLLOW)
 
 
-class LayerTarStream(io.RawIOBase):
+class LayerTarStream(ChunkReader):
     """A layer's tar, read-only; ``length`` is its size in bytes when known.
 
     Closing it releases what producing it needed (a driver mount).
     """
 
     def __init__(self, chunks: Iterator[bytes], length: int | None) -> None:
-        self._chunks = chunks
-        self._buf = b""
+        super().__init__(chunks)
         self.length = length
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buf: Any) -> int:
-        view = memoryview(buf).cast("B")
-        while not self._buf:
-            try:
-                self._buf = next(self._chunks)
-            except StopIteration:
-                return 0
-        n = min(len(view), len(self._buf))
-        view[:n] = self._buf[:n]
-        self._buf = self._buf[n:]
-        return n
-
-    def close(self) -> None:
-        if not self.closed:
-            close = getattr(self._chunks, "close", None)
-            if close is not None:
-                close()
-        super().close()
 
 
 # ---------------------------------------------------------------------------
