@@ -17,6 +17,7 @@ import trio
 from skiff.core.config import ConfigError, exec_options, storage_options
 from skiff.core.containers.manager import ContainerManager
 from skiff.core.errors import NotFound
+from skiff.core.events import EventBus
 from skiff.core.hookspecs import (
     CgroupContext,
     CgroupDriver,
@@ -91,6 +92,7 @@ class Engine:
         self.exec_root: str = config["exec-root"]
         self.limiter = trio.CapacityLimiter(THREADS)
         self.nursery: trio.Nursery
+        self.events = EventBus()
         self._networks: dict[str, NetworkDriver] = {}
         for path in (self.data_root, self.exec_root, os.path.join(self.exec_root, "containers")):
             os.makedirs(path, mode=0o711, exist_ok=True)

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from skiff.core.api import commit, containers, distribution, images, resources, system
+from skiff.core.api import (
+    commit,
+    containers,
+    distribution,
+    events,
+    images,
+    resources,
+    system,
+)
 from skiff.core.api import networks as network_routes
 from skiff.core.api.router import Router
 
@@ -21,4 +29,5 @@ def build_router(engine: Engine) -> Router:
     commit.register(router, engine)
     distribution.register(router, engine)
     network_routes.register(router, engine)
+    events.register(router, engine)
     return router

@@ -162,6 +162,13 @@ class ContainerManager:
         except (OSError, ValueError):
             return None
 
+    def event(self, c: Container, action: str, **extra: Any) -> None:
+        """Publish a container event with Docker's attributes (image, name, labels)."""
+        attrs = {str(k): str(v) for k, v in (c.config.get("Labels") or {}).items()}
+        attrs.update(image=c.config.get("Image") or c.image_id, name=c.name)
+        attrs.update({k: str(v) for k, v in extra.items()})
+        self.engine.events.publish("container", action, c.id, attrs)
+
     def _index(self, c: Container) -> None:
         self.by_id[c.id] = c
         self.by_name[c.name] = c.id
@@ -238,6 +245,7 @@ class ContainerManager:
         except BaseException:
             await self._discard(c)
             raise
+        self.event(c, "create")
         log.info("container.create", id=cid, name=name, image=image_ref,
                  storage=eng.storage_name, network=network_mode)
         return cid, []
@@ -416,6 +424,7 @@ class ContainerManager:
             track.hub.stdin_ready.set()
         c.save()
         eng.nursery.start_soon(self._monitor, c, track, process, out_r, err_r, log_driver)
+        self.event(c, "start")
         log.info("container.start", id=c.id, pid=process.pid,
                  ms=round((time.perf_counter() - t0) * 1000, 2))
 
@@ -627,6 +636,9 @@ class ContainerManager:
                 c.save()
             track.hub.end_run()
             self.engine.plugins.hook.skiff_container_poststop(container=c, exit_code=code)
+            if oom:
+                self.event(c, "oom")
+            self.event(c, "die", exitCode=code)
             notice, track.next_exit = track.next_exit, Notice()
             notice.fire(code)
             log.info("container.exit", id=c.id, code=code)
@@ -647,7 +659,6 @@ class ContainerManager:
             log.warning("container.oom_check_failed", id=c.id, error=str(exc))
             return False
         if oom:
-            # no /events endpoint yet: the daemon's log carries the "oom" event
             log.warning("container.oom", id=c.id, name=c.name)
         return oom
 
@@ -663,6 +674,7 @@ class ContainerManager:
         if not c.state.Running or track.process is None:
             raise Conflict(f"Cannot kill container: {ref}: Container {c.id} is not running")
         track.process.kill(signum)
+        self.event(c, "kill", signal=signum)
 
     async def stop(self, ref: str, timeout: int | None = None) -> None:
         c = self.get(ref)
@@ -670,6 +682,7 @@ class ContainerManager:
         if not c.state.Running or track.process is None:
             raise NotModified("container already stopped")
         await self._stop(c, track, timeout)
+        self.event(c, "stop")
 
     async def _stop(self, c: Container, track: Track, timeout: int | None) -> None:
         if timeout is None or (timeout < 0 and timeout != -1):
@@ -752,6 +765,7 @@ class ContainerManager:
             del self.by_name[c.name]
         self.tracks.pop(c.id, None)
         track.removed.fire(c.state.ExitCode)
+        self.event(c, "destroy")
         log.info("container.remove", id=c.id)
 
     # -- attach and logs -----------------------------------------------------
@@ -770,6 +784,7 @@ class ContainerManager:
             return multiplex_frame(kinds[kind], data) if framed else data
 
         recv = hub.subscribe(stdout=stdout, stderr=stderr)
+        self.event(c, "attach")
         if logs:
             for msg in await self._history(c, ReadConfig(stdout=stdout, stderr=stderr)):
                 await stream.send_all(frame(msg.stream, msg.line))
