@@ -155,3 +155,59 @@ class WholeTreeDiffs:
         if parent is None:
             return archive.directory_size(path)
         return archive.changes_size(path, self.changes(id, parent))
+
+
+class MountedTreeDiffs:
+    """``diff``, ``changes`` and ``diff_size`` for drivers whose layer is a whole
+    tree only while mounted (aufs unions, devicemapper thin devices): both
+    trees are mounted with ``get`` and compared, then released with ``put``.
+    ``_check_diff_args`` lets a driver refuse an unknown layer or wrong parent
+    before anything is mounted.
+    """
+
+    def get(self, id: str) -> str:
+        raise NotImplementedError
+
+    def put(self, id: str) -> None:
+        raise NotImplementedError
+
+    def _check_diff_args(self, id: str, parent: str | None) -> None:
+        """Raise for an unknown layer or a parent that is not its parent."""
+
+    def _changes(self, id: str, parent: str | None) -> list[Change]:
+        root = self.get(id)
+        try:
+            if parent is None:
+                return archive.changes_between(None, root)
+            lower = self.get(parent)
+            try:
+                return archive.changes_between(lower, root)
+            finally:
+                self.put(parent)
+        finally:
+            self.put(id)
+
+    def diff(self, id: str, parent: str | None) -> IO[bytes]:
+        self._check_diff_args(id, parent)
+        changes = self._changes(id, parent) if parent is not None else None
+        root = self.get(id)
+        try:
+            if changes is None:
+                return archive.tar_directory(root, on_close=lambda: self.put(id))
+            return archive.tar_changes(root, changes, on_close=lambda: self.put(id))
+        except BaseException:
+            self.put(id)
+            raise
+
+    def changes(self, id: str, parent: str | None) -> list[Change]:
+        self._check_diff_args(id, parent)
+        return self._changes(id, parent)
+
+    def diff_size(self, id: str, parent: str | None) -> int:
+        self._check_diff_args(id, parent)
+        changes = self._changes(id, parent)
+        root = self.get(id)
+        try:
+            return archive.changes_size(root, changes)
+        finally:
+            self.put(id)

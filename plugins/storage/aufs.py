@@ -54,13 +54,13 @@ from typing import IO, Any
 
 from skiff.core import archive, syscalls
 from skiff.core.hookspecs import (
-    Change,
     DriverNotSupported,
     MountSpec,
     StorageContext,
     hookimpl,
 )
 from skiff.plugins.storage._common import (
+    MountedTreeDiffs,
     backing_fs,
     check_storage_opts,
     mounts_under,
@@ -156,7 +156,7 @@ def _linked_names(branches: list[str]) -> list[str]:
     return out
 
 
-class AufsDriver:
+class AufsDriver(MountedTreeDiffs):
     """Docker's aufs layout; unions mounted by kernel aufs or by fuse-overlayfs."""
 
     name = "aufs"
@@ -502,46 +502,9 @@ class AufsDriver:
             os.chmod(path, 0o755)
             raise
 
-    def _changes(self, id: str, parent: str | None) -> list[Change]:
-        root = self.get(id)
-        try:
-            if parent is None:
-                return archive.changes_between(None, root)
-            lower = self.get(parent)
-            try:
-                return archive.changes_between(lower, root)
-            finally:
-                self.put(parent)
-        finally:
-            self.put(id)
-
-    def diff(self, id: str, parent: str | None) -> IO[bytes]:
+    def _check_diff_args(self, id: str, parent: str | None) -> None:
         self._existing(id)
         self._check_parent(id, parent)
-        changes = self._changes(id, parent) if parent is not None else None
-        root = self.get(id)
-        try:
-            if changes is None:
-                return archive.tar_directory(root, on_close=lambda: self.put(id))
-            return archive.tar_changes(root, changes, on_close=lambda: self.put(id))
-        except BaseException:
-            self.put(id)
-            raise
-
-    def changes(self, id: str, parent: str | None) -> list[Change]:
-        self._existing(id)
-        self._check_parent(id, parent)
-        return self._changes(id, parent)
-
-    def diff_size(self, id: str, parent: str | None) -> int:
-        self._existing(id)
-        self._check_parent(id, parent)
-        changes = self._changes(id, parent)
-        root = self.get(id)
-        try:
-            return archive.changes_size(root, changes)
-        finally:
-            self.put(id)
 
     def cleanup(self) -> None:
         with self._lock:

@@ -45,13 +45,13 @@ from typing import IO, Any
 
 from skiff.core import archive
 from skiff.core.hookspecs import (
-    Change,
     DriverNotSupported,
     MountSpec,
     StorageContext,
     hookimpl,
 )
 from skiff.plugins.storage._common import (
+    MountedTreeDiffs,
     backing_fs,
     check_storage_opts,
     mounts_under,
@@ -90,7 +90,7 @@ def _has_thin_target() -> bool:
     return any(line.split()[:1] == ["thin-pool"] for line in out.splitlines())
 
 
-class DeviceMapperDriver:
+class DeviceMapperDriver(MountedTreeDiffs):
     """Layers as thin devices of a device-mapper thin pool."""
 
     name = "devicemapper"
@@ -445,41 +445,6 @@ class DeviceMapperDriver:
         finally:
             if root:
                 self.put(id)
-
-    def _changes(self, id: str, parent: str | None) -> list[Change]:
-        root = self.get(id)
-        try:
-            if parent is None:
-                return archive.changes_between(None, root)
-            lower = self.get(parent)
-            try:
-                return archive.changes_between(lower, root)
-            finally:
-                self.put(parent)
-        finally:
-            self.put(id)
-
-    def diff(self, id: str, parent: str | None) -> IO[bytes]:
-        changes = self._changes(id, parent) if parent is not None else None
-        root = self.get(id)
-        try:
-            if changes is None:
-                return archive.tar_directory(root, on_close=lambda: self.put(id))
-            return archive.tar_changes(root, changes, on_close=lambda: self.put(id))
-        except BaseException:
-            self.put(id)
-            raise
-
-    def changes(self, id: str, parent: str | None) -> list[Change]:
-        return self._changes(id, parent)
-
-    def diff_size(self, id: str, parent: str | None) -> int:
-        changes = self._changes(id, parent)
-        root = self.get(id)
-        try:
-            return archive.changes_size(root, changes)
-        finally:
-            self.put(id)
 
     def cleanup(self) -> None:
         with self._lock:
