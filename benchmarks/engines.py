@@ -33,7 +33,7 @@ class EngineError(RuntimeError):
     """An engine failed to start, or a docker command against it failed."""
 
 
-def _ping(sock: str) -> bool:
+def ping(sock: str) -> bool:
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(2)
@@ -175,7 +175,7 @@ class Engine:
             if self.proc.poll() is not None:
                 raise EngineError(f"{self.name} exited with {self.proc.returncode}:\n"
                                   f"{self.logs()}")
-            if _ping(self.socket):
+            if ping(self.socket):
                 return
             time.sleep(0.05)
         raise EngineError(f"{self.name} did not answer within {timeout}s:\n{self.logs()}")
@@ -273,8 +273,9 @@ class Dockerd(Engine):
     network set-up (a later benchmark) does not weigh on these numbers.
     """
 
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, storage_driver: str = "overlay2") -> None:
         super().__init__("dockerd", base)
+        self.storage_driver = storage_driver
 
     @staticmethod
     def available() -> bool:
@@ -291,4 +292,4 @@ class Dockerd(Engine):
                 "--bridge=none", "--iptables=false", "--ip-masq=false", "--ip-forward=false",
                 "--userland-proxy=false",
                 "--cgroup-parent", self.cgroup_parent,
-                "--storage-driver", "overlay2", "--log-driver", "json-file"]
+                "--storage-driver", self.storage_driver, "--log-driver", "json-file"]

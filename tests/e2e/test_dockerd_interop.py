@@ -14,139 +14,40 @@ spawned.  Skipped where dockerd is not installed (``scripts/install.sh
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
-import os
 import secrets
 import shutil
-import signal
-import socket
-import subprocess
 import tarfile
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.daemon import DOCKER, Daemon
-
-DOCKERD = shutil.which("dockerd")
+from benchmarks.engines import Dockerd, EngineError, mounts_under
+from tests.daemon import Daemon
 
 pytestmark = pytest.mark.skipif(
-    DOCKERD is None or shutil.which("containerd") is None,
+    not Dockerd.available(),
     reason="dockerd (Debian's docker.io) is not installed; scripts/install.sh --test installs it",
 )
 
 
-def _ping(sock: str) -> bool:
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(2)
-            s.connect(sock)
-            s.sendall(b"GET /_ping HTTP/1.1\r\nHost: x\r\n\r\n")
-            return s.recv(64).startswith(b"HTTP/1.1 200")
-    except OSError:
-        return False
-
-
-def _processes_naming(marker: str) -> list[int]:
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        with contextlib.suppress(OSError):
-            if marker.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
-                found.append(int(pid))
-    return found
-
-
-def _mounts_under(base: Path) -> list[str]:
-    with open("/proc/self/mountinfo") as f:
-        points = [line.split()[4] for line in f]
-    return sorted((p for p in points if p.startswith(str(base) + "/")), key=len, reverse=True)
-
-
-@dataclass
-class Dockerd:
-    """A private dockerd driven by the stock CLI."""
-
-    base: Path
-    proc: subprocess.Popen[bytes]
-
-    @property
-    def socket(self) -> str:
-        return str(self.base / "docker.sock")
-
-    def docker(self, *args: str, input: bytes | None = None, check: bool = True
-               ) -> subprocess.CompletedProcess[bytes]:
-        env = dict(os.environ, DOCKER_HOST="unix://" + self.socket,
-                   DOCKER_CONFIG=str(self.base / "cli"))
-        env.pop("DOCKER_CONTEXT", None)
-        res = subprocess.run([DOCKER, *args], env=env, input=input, capture_output=True,
-                             timeout=120)
-        if check and res.returncode != 0:
-            raise AssertionError(f"dockerd: docker {' '.join(args)} failed: "
-                                 f"{res.stderr.decode(errors='replace')}\n{self.logs()}")
-        return res
-
-    def logs(self) -> str:
-        with contextlib.suppress(OSError):
-            return (self.base / "dockerd.log").read_text(errors="replace")[-4000:]
-        return ""
-
-
 @pytest.fixture(scope="module")
-def dockerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dockerd]:
-    # a short base: containerd's sockets live under the exec-root (108-byte limit)
-    base = Path(f"/tmp/skiff-dk-{secrets.token_hex(3)}")
-    base.mkdir()
-    (base / "daemon.json").write_text("{}\n")  # never /etc/docker/daemon.json
-    assert DOCKERD is not None
-    with open(base / "dockerd.log", "wb") as log:
-        proc = subprocess.Popen(
-            [DOCKERD, "--config-file", str(base / "daemon.json"),
-             "--data-root", str(base / "data"), "--exec-root", str(base / "exec"),
-             "--pidfile", str(base / "dockerd.pid"), "-H", f"unix://{base}/docker.sock",
-             "--bridge=none", "--iptables=false", "--ip-forward=false", "--ip-masq=false",
-             "--storage-driver", "vfs", "--cgroup-parent", f"skiff-test-dk-{base.name}"],
-            stdout=log, stderr=log, start_new_session=True,
-        )
-    d = Dockerd(base, proc)
+def dockerd() -> Iterator[Dockerd]:
+    # a short base: containerd's sockets live under the exec-root (108-byte limit);
+    # vfs, so that this dockerd mounts nothing
+    d = Dockerd(Path(f"/tmp/skiff-dk-{secrets.token_hex(3)}"), storage_driver="vfs")
     try:
-        deadline = time.monotonic() + 60
-        while not _ping(d.socket):
-            if proc.poll() is not None:
-                pytest.fail(f"dockerd exited with {proc.returncode}:\n{d.logs()}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"dockerd did not answer within 60s:\n{d.logs()}")
-            time.sleep(0.1)
+        try:
+            d.start()
+        except EngineError as exc:
+            pytest.fail(str(exc))
         yield d
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        # the containerd dockerd started names its config under our exec-root
-        for _ in range(100):
-            left = _processes_naming(str(base))
-            if not left:
-                break
-            for pid in left:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGTERM if _ < 50 else signal.SIGKILL)
-            time.sleep(0.1)
-        for point in _mounts_under(base):
-            subprocess.run(["umount", "-l", point], capture_output=True)
-        leftovers = _processes_naming(str(base)), _mounts_under(base)
-        shutil.rmtree(base, ignore_errors=True)
-        for cg in Path("/sys/fs/cgroup").glob(f"*/skiff-test-dk-{base.name}"):
-            with contextlib.suppress(OSError):
-                cg.rmdir()
+        d.stop()
+        leftovers = [p.pid for p in d.processes()], mounts_under(d.base)
+        shutil.rmtree(d.base, ignore_errors=True)
         assert leftovers == ([], []), f"dockerd left processes or mounts: {leftovers}"
 
 
