@@ -34,10 +34,10 @@ IMAGE = "busybox:latest"
 RUN = ["run", "--rm", "--network", "none", IMAGE]
 FLOOR = ["unshare", "--fork", "--pid", "--mount", "--uts", "--ipc", "--net", "--mount-proc",
          "true"]
-# Modules that later issues add (exec, network set-up, pull, build); each may
+# Modules that later issues add (network set-up, pull, build); each may
 # define ``engine_rows(ctx: Context) -> list[Row]`` and is skipped when absent.
-EXTRAS = ("benchmarks.exec", "benchmarks.network", "benchmarks.pull", "benchmarks.build")
-WORKLOADS = ("api", "run", "phases", "lifecycle", "concurrency", "logs", "memory")
+EXTRAS = ("benchmarks.network", "benchmarks.pull", "benchmarks.build")
+WORKLOADS = ("api", "run", "phases", "exec", "lifecycle", "concurrency", "logs", "memory")
 
 
 @dataclass(frozen=True)
@@ -174,6 +174,44 @@ def run_latency(ctx: Context) -> None:
     _summary(ctx, "run --rm true", "kernel", floor, "s")
 
 
+def exec_latency(ctx: Context) -> None:
+    """``docker exec c true`` into a running container, one at a time, interleaved;
+    then the same exec through the API alone (create, start attached, inspect)."""
+    boxes = {e.name: e.docker("run", "-d", "--network", "none", IMAGE, "sleep", "100000")
+             .stdout.decode().strip() for e in ctx.engines}
+    try:
+        for e in ctx.engines:  # first exec pays for lazy set-up: not measured
+            e.docker("exec", boxes[e.name], "true")
+        cli: dict[str, list[float]] = {e.name: [] for e in ctx.engines}
+        for _, e in ctx.interleaved(ctx.plan.runs):
+            cli[e.name].append(e.timed("exec", boxes[e.name], "true"))
+        api: dict[str, list[float]] = {e.name: [] for e in ctx.engines}
+        body = {"Cmd": ["true"], "AttachStdout": True, "AttachStderr": True}
+        for _, e in ctx.interleaved(ctx.plan.runs):
+            t0 = time.perf_counter()
+            exec_id = _api(e, "POST", f"/containers/{boxes[e.name]}/exec", body)["Id"]
+            # without Upgrade both engines answer 200 and stream until the process ends
+            conn = _UnixHTTP(e.socket)
+            data = json.dumps({"Detach": False, "Tty": False}).encode()
+            conn.request("POST", f"/v1.41/exec/{exec_id}/start", body=data,
+                         headers={"Content-Type": "application/json",
+                                  "Content-Length": str(len(data))})
+            conn.getresponse().read()
+            conn.close()
+            code = _api(e, "GET", f"/exec/{exec_id}/json")["ExitCode"]
+            api[e.name].append(time.perf_counter() - t0)
+            if code != 0:
+                raise EngineError(f"{e.name}: exec true exited with {code}")
+    finally:
+        for e in ctx.engines:
+            e.docker("rm", "-f", boxes[e.name], check=False)
+    for name, s in cli.items():
+        _summary(ctx, "exec true (docker exec)", name, s, "s")
+    for name, s in api.items():
+        ctx.add("exec true (API: create+start+inspect): median", name, statistics.median(s),
+                "s")
+
+
 def lifecycle(ctx: Context) -> None:
     """create+start+wait+rm one by one; then run -d sleep many, stop -t 0 and rm them all."""
     n = ctx.plan.lifecycle
@@ -301,7 +339,8 @@ def memory(ctx: Context) -> None:
 
 
 BUILTIN: dict[str, Callable[[Context], None]] = {
-    "api": api_round_trip, "run": run_latency, "phases": run_phases, "lifecycle": lifecycle,
+    "api": api_round_trip, "run": run_latency, "phases": run_phases, "exec": exec_latency,
+    "lifecycle": lifecycle,
     "concurrency": concurrency, "logs": logs, "memory": memory,
 }
 

@@ -15,6 +15,7 @@ import structlog
 import trio
 
 from skiff.core.config import ConfigError, exec_options, storage_options
+from skiff.core.containers.exec import ExecManager
 from skiff.core.containers.manager import ContainerManager
 from skiff.core.errors import NotFound
 from skiff.core.events import EventBus
@@ -30,9 +31,17 @@ from skiff.core.hookspecs import (
     StorageDriver,
 )
 from skiff.core.images.layers import LayerStore
+from skiff.core.images.migrate import (
+    drivers_with_layers,
+    hold_data_root,
+    read_choice,
+    read_marker,
+    remember_choice,
+)
 from skiff.core.images.store import ImageStore
 from skiff.core.networks import NetworkStore
 from skiff.core.plugins import Plugins
+from skiff.core.volumes.store import VolumeStore
 
 log = structlog.get_logger("skiff.engine")
 
@@ -45,8 +54,21 @@ THREADS = 16
 
 
 def select_storage(config: dict[str, Any], plugins: Plugins) -> tuple[str, StorageDriver]:
-    """The configured storage driver, or the best that works here."""
+    """The configured storage driver, or the data-root's own, or the best that works here.
+
+    Like Docker: with no ``storage-driver`` configured, a data-root that holds
+    one driver's layers keeps that driver ("prior storage driver"), and one
+    holding several drivers' layers is refused.  skiff also remembers the
+    choice in ``<data-root>/storage-driver`` and refuses a configured driver
+    when the data-root holds only another driver's layers, pointing to
+    ``skiff storage migrate`` instead of starting with no images.
+    """
     data_root = config["data-root"]
+    os.makedirs(data_root, mode=0o711, exist_ok=True)
+    hold_data_root(data_root)
+    found = drivers_with_layers(data_root)
+    remembered = read_choice(data_root)
+    marker = read_marker(data_root)
 
     def build(name: str) -> StorageDriver:
         factory = plugins.factory("storage", name)
@@ -54,16 +76,70 @@ def select_storage(config: dict[str, Any], plugins: Plugins) -> tuple[str, Stora
         return factory(StorageContext(home=home, data_root=data_root,
                                       options=storage_options(config, name)))
 
+    def chosen(name: str, driver: StorageDriver) -> tuple[str, StorageDriver]:
+        remember_choice(data_root, name)
+        others = [d for d in found if d != name]
+        if marker is not None:
+            log.warning("storage.migration_unfinished", driver=name, migration=marker,
+                        hint=f"run 'skiff storage migrate --to {marker.get('to')}' with "
+                             "skiffd stopped to finish or redo it")
+        elif others:
+            log.warning("storage.other_driver_layers", driver=name, others=others,
+                        hint="left by 'skiff storage migrate --keep-old'? delete "
+                             "image/<driver> and <driver> in the data-root when unneeded")
+        return name, driver
+
     name = config["storage-driver"]
     if name:
+        if marker is not None and name == marker.get("to") and remembered != name:
+            raise ConfigError(
+                f"a storage migration from {marker.get('from')} to {name} on {data_root} was "
+                f"interrupted; run 'skiff storage migrate --to {name}' again to finish it, or "
+                f"set storage-driver to {marker.get('from')!r}"
+            )
+        others = [d for d in found if d != name]
+        if others and name not in found:
+            raise ConfigError(
+                f"{config['config-file']}: storage-driver is {name!r} but the data-root "
+                f"{data_root} holds layers of {', '.join(others)} and none of {name}; "
+                f"move them with 'skiff storage migrate --to {name}' (skiffd stopped), or "
+                f"set storage-driver to {others[0]!r}"
+            )
         try:
-            return name, build(name)
+            return chosen(name, build(name))
         except LookupError as exc:
             raise ConfigError(f"{config['config-file']}: storage-driver: {exc}") from exc
         except DriverNotSupported as exc:
             raise ConfigError(
                 f"storage driver {name!r} cannot be used on this machine: {exc}"
             ) from exc
+    prior: str | None = None
+    if remembered and (remembered in found or not found):
+        prior, why = remembered, "remembered"
+    elif len(found) == 1:
+        prior, why = found[0], "layers in data-root"
+    elif len(found) > 1:
+        raise ConfigError(
+            f"the data-root {data_root} holds layers of several storage drivers "
+            f"({', '.join(found)}); set storage-driver in {config['config-file']} to the "
+            "one to use"
+        )
+    if prior is not None:
+        try:
+            driver = build(prior)
+        except LookupError as exc:
+            raise ConfigError(
+                f"the data-root {data_root} uses storage driver {prior!r}, which is not "
+                f"installed: {exc}"
+            ) from exc
+        except DriverNotSupported as exc:
+            raise ConfigError(
+                f"the data-root {data_root} uses storage driver {prior!r}, which cannot "
+                f"be used on this machine: {exc}; migrate it elsewhere or set storage-driver"
+            ) from exc
+        log.info("storage.prior_driver", driver=prior, reason=why,
+                 hint="set storage-driver in daemon.json to choose")
+        return chosen(prior, driver)
     reasons = []
     installed = plugins.drivers.get("storage", {})
     for candidate in STORAGE_PREFERENCE:
@@ -76,7 +152,7 @@ def select_storage(config: dict[str, Any], plugins: Plugins) -> tuple[str, Stora
             continue
         log.info("storage.auto_selected", driver=candidate, skipped=reasons or None,
                  hint="set storage-driver in daemon.json to choose")
-        return candidate, driver
+        return chosen(candidate, driver)
     raise ConfigError(
         "no usable storage driver found; tried " + "; ".join(reasons or ["nothing installed"])
     )
@@ -113,6 +189,9 @@ class Engine:
         # Fail at start, not at the first container, when the log driver is absent.
         self._check_installed("logging", config["log-driver"], "log-driver")
         self.containers = ContainerManager(self)
+        self.execs = ExecManager(self)
+        self.volumes = VolumeStore(self)
+        self.volumes.load()
         self.networks = NetworkStore(self)
 
     def _check_installed(self, kind: str, name: str, key: str) -> None:
@@ -175,6 +254,8 @@ class Engine:
         await self.to_thread(self.networks.load)
         await self.runtime.start()
         self.plugins.hook.skiff_daemon_start(config=self.config)
+        # --rm leftovers and --restart always/unless-stopped, while the API already serves
+        nursery.start_soon(self.containers.restarts.after_restore)
 
     async def shutdown(self) -> None:
         with trio.CancelScope(shield=True):

@@ -8,7 +8,12 @@ container starts, as ``docker run`` does.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import math
+import os
+import struct
+import termios
 import time
 from dataclasses import dataclass, field
 
@@ -22,6 +27,144 @@ logger = structlog.get_logger("skiff.logs")
 #: Docker splits lines longer than this into partial messages
 MAX_LINE = 16 * 1024
 READ_SIZE = 64 * 1024
+#: Docker's default detach sequence (``--detach-keys``)
+DEFAULT_DETACH_KEYS = "ctrl-p,ctrl-q"
+
+_CTRL = {**{chr(c): c - ord("a") + 1 for c in range(ord("a"), ord("z") + 1)},
+         "@": 0, "[": 27, "\\": 28, "]": 29, "^": 30, "_": 31}
+
+
+def parse_detach_keys(spec: str) -> bytes:
+    """Docker's ``--detach-keys`` syntax (``ctrl-p,ctrl-q``, ``a,ctrl-@``) as bytes.
+
+    Raises ``ValueError`` with Docker's wording for anything else.
+    """
+    out = bytearray()
+    for key in spec.split(","):
+        if len(key) == 1:
+            out.append(ord(key) & 0xFF)
+            continue
+        low = key.lower()
+        if not low.startswith("ctrl-") or len(low) != 6 or low[5] not in _CTRL:
+            raise ValueError(f"Unknown character: '{key}'")
+        out.append(_CTRL[low[5]])
+    return bytes(out)
+
+
+class DetachScanner:
+    """Finds the detach sequence in a stdin stream, holding back a partial match.
+
+    Bytes that start the sequence are kept until the sequence either
+    completes (detach: they are dropped) or breaks (they are passed on), as
+    Docker's escape proxy does.
+    """
+
+    def __init__(self, keys: bytes) -> None:
+        self.keys = keys
+        self.matched = 0
+
+    def feed(self, data: bytes) -> tuple[bytes, bool]:
+        """(bytes for the process, whether the sequence is complete)."""
+        keys = self.keys
+        if not keys:
+            return data, False
+        out = bytearray()
+        for b in data:
+            if b == keys[self.matched]:
+                self.matched += 1
+                if self.matched == len(keys):
+                    self.matched = 0
+                    return bytes(out), True
+                continue
+            if self.matched:
+                out += keys[:self.matched]
+                self.matched = 0
+                if b == keys[0]:
+                    self.matched = 1
+                    if len(keys) == 1:
+                        return bytes(out), True
+                    continue
+            out.append(b)
+        return bytes(out), False
+
+
+def set_winsize(fd: int, height: int, width: int) -> None:
+    """TIOCSWINSZ on a pty master; the kernel sends SIGWINCH to the foreground group."""
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
+
+
+def open_stdio(tty: bool, open_stdin: bool, opened: list[int],
+               console_size: list[int] | None = None) -> tuple[int, int, int, int, int, int]:
+    """Descriptors for a process's stdio: ``(out_r, out_w, err_r, err_w, in_r, in_w)``.
+
+    Without ``tty``: a pipe per stream (stdin from /dev/null unless
+    ``open_stdin``).  With ``tty``: one pseudo-terminal; the three write/read
+    ends given to the process are (distinct descriptors of) its slave,
+    ``out_r`` is the master, ``in_w`` a duplicate of the master when
+    ``open_stdin``, and ``err_r`` is -1 (a terminal has one output stream).
+    Unused ends are -1.  Every descriptor is appended to ``opened`` as soon as
+    it exists, so the caller can close them all if something fails.
+    All are close-on-exec.
+    """
+    if tty:
+        master, slave = os.openpty()  # both non-inheritable
+        opened += [master, slave]
+        if console_size and len(console_size) == 2 and all(console_size):
+            with contextlib.suppress(OSError, struct.error):
+                set_winsize(master, int(console_size[0]), int(console_size[1]))
+        err_w = os.dup(slave)
+        opened.append(err_w)
+        in_r = os.dup(slave)
+        opened.append(in_r)
+        in_w = -1
+        if open_stdin:
+            in_w = os.dup(master)
+            opened.append(in_w)
+        return master, slave, -1, err_w, in_r, in_w
+    out_r, out_w = os.pipe2(os.O_CLOEXEC)
+    opened += [out_r, out_w]
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    opened += [err_r, err_w]
+    if open_stdin:
+        in_r, in_w = os.pipe2(os.O_CLOEXEC)
+        opened += [in_r, in_w]
+    else:
+        in_r, in_w = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC), -1
+        opened.append(in_r)
+    return out_r, out_w, err_r, err_w, in_r, in_w
+
+
+async def feed_stdin(source: trio.abc.ReceiveStream, target: trio.abc.SendStream, *,
+                     tty: bool, close_on_eof: bool, detach_keys: bytes) -> str:
+    """Copy an attached client's stdin to a process until it ends; say how.
+
+    Returns ``"detach"`` when the client typed the detach sequence (only
+    with a TTY, as Docker), ``"eof"`` when its stdin ended and the attach
+    should end with it, ``"closed"`` when its stdin ended and the process's
+    stdin was closed (``close_on_eof`` without TTY: ``StdinOnce``, so the
+    attach goes on until the output ends), ``"gone"`` when the process's
+    stdin went away.
+    """
+    scanner = DetachScanner(detach_keys if tty else b"")
+    while True:
+        try:
+            data = await source.receive_some(65536)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            data = b""
+        if not data:
+            if close_on_eof and not tty:
+                with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
+                    await target.aclose()
+                return "closed"
+            return "eof"
+        data, detached = scanner.feed(data)
+        try:
+            if data:
+                await target.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return "gone"
+        if detached:
+            return "detach"
 
 
 @dataclass
@@ -44,6 +187,8 @@ class OutputHub:
     stdin_ready: trio.Event = field(default_factory=trio.Event)
     #: set when the current run's output has ended; replaced at the next start
     run_ended: trio.Event = field(default_factory=trio.Event)
+    #: a duplicate of the pty master while the container runs with a TTY (resize)
+    terminal: int = -1
 
     def subscribe(self, stdout: bool = True, stderr: bool = True
                   ) -> trio.MemoryReceiveChannel[tuple[str, bytes]]:
@@ -72,12 +217,27 @@ class OutputHub:
         for sub in self.subscribers:
             sub.send.close()
         self.subscribers = []
+        if isinstance(self.stdin, trio.lowlevel.FdStream):
+            # the run's stdin pipe (or pty master duplicate) is ours to close
+            with contextlib.suppress(OSError):
+                self.stdin.close()
         self.stdin = None
         self.stdin_ready = trio.Event()
         self.run_ended.set()
+        if self.terminal >= 0:
+            os.close(self.terminal)
+            self.terminal = -1
 
-    def begin_run(self) -> None:
+    def begin_run(self, terminal: int = -1) -> None:
+        """A new run starts; ``terminal`` is its pty master (duplicated here) if any."""
         self.run_ended = trio.Event()
+        if terminal >= 0:
+            self.terminal = os.dup(terminal)
+
+    def resize(self, height: int, width: int) -> None:
+        """Set the terminal's size; nothing to do for a container without a TTY."""
+        if self.terminal >= 0:
+            set_winsize(self.terminal, height, width)
 
 
 class LineSplitter:

@@ -36,6 +36,7 @@ import trio
 from skiff.core.hookspecs import (
     ContainerSpec,
     ContainerView,
+    ExecSpec,
     RuntimeContext,
     StartError,
     Stdio,
@@ -237,6 +238,8 @@ class ForkServerProcess:
         # the pidfd and take whatever exit code the shim managed to record.
         if self._pidfd >= 0:
             await trio.lowlevel.wait_readable(self._pidfd)
+        if not self.bundle:
+            return UNKNOWN_EXIT  # an exec: its shim was the only one to know
         try:
             with open(os.path.join(self.bundle, EXITCODE_FILE)) as f:
                 return int(f.read().strip())
@@ -366,25 +369,37 @@ class ForkServerRuntime:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(path)
 
-    async def prepare(self, spec: ContainerSpec, stdio: Stdio) -> ForkServerProcess:
-        if spec.tty:
-            # the runtime would have to hand a pty master back to the daemon,
-            # which the Runtime contract has no place for yet
-            raise StartError(
-                "TTY mode is not supported by the skiff runtime yet; run the container without -t"
-            )
+    async def _ensure_started(self) -> None:
         if self._proc is None:
             raise StartError("the skiff runtime is not started")
         if self._proc.poll() is not None:
             # the fork server died (OOM killer, an operator's kill): start anew
             await self.start()
+
+    async def exec(self, spec: ExecSpec, stdio: Stdio) -> ForkServerProcess:
+        """A fresh shim joins the container (see ``shim.py``); never a spare,
+        whose init has namespaces of its own already."""
+        await self._ensure_started()
+        data = spec.to_json()
+        data["exec"] = True
+        if spec.privileged:
+            data["capabilities"] = list(capabilities.CAPABILITIES)
+        payload = json.dumps(data).encode() + b"\n"
+        try:
+            return await self._prepare(stdio, payload, False, "")
+        except _NoReply:
+            raise StartError("the exec shim exited before the process was ready") from None
+
+    async def prepare(self, spec: ContainerSpec, stdio: Stdio) -> ForkServerProcess:
+        # spec.tty needs nothing here: the init makes stdio its controlling terminal
+        await self._ensure_started()
         data = spec.to_json()
         # the shim and init resolve paths from the fork server's directory
-        data["bundle"] = os.path.abspath(spec.bundle)
+        bundle = data["bundle"] = os.path.abspath(spec.bundle)
         payload = json.dumps(data).encode() + b"\n"
         use_spare = self.spares and spec_fits_spare(spec.namespaces)
         try:
-            return await self._prepare(spec, stdio, payload, use_spare)
+            return await self._prepare(stdio, payload, use_spare, bundle)
         except _NoReply:
             if not use_spare:
                 raise StartError(
@@ -393,12 +408,12 @@ class ForkServerRuntime:
         # A spare shim that died just as it was handed our connection never
         # forked anything for us; a fresh shim is safe to ask.
         try:
-            return await self._prepare(spec, stdio, payload, False)
+            return await self._prepare(stdio, payload, False, bundle)
         except _NoReply:
             raise StartError("the container shim exited before the container was ready") from None
 
     async def _prepare(
-        self, spec: ContainerSpec, stdio: Stdio, payload: bytes, use_spare: bool
+        self, stdio: Stdio, payload: bytes, use_spare: bool, bundle: str
     ) -> ForkServerProcess:
         path = spare_socket_path(self.socket_path) if use_spare else self.socket_path
         sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -432,7 +447,7 @@ class ForkServerRuntime:
             # closing makes the shim kill a prepared init: nothing stays behind
             sock.close()
             raise
-        return ForkServerProcess(chan, pid, pidfd, os.path.abspath(spec.bundle))
+        return ForkServerProcess(chan, pid, pidfd, bundle)
 
 
 class _NoReply(Exception):

@@ -23,6 +23,10 @@ taken early would miss mounts made since (volumes, layers).
 
 The shim outlives the daemon: if the connection breaks after go it keeps
 waiting and still records the exit code in ``<bundle>/exitcode``.
+
+``docker exec`` uses a fresh shim too: its spec carries ``"exec": true`` (an
+``ExecSpec``); the shim joins the container's pid namespace before it forks,
+and the child (``containerinit.run_exec``) joins the rest by path.
 """
 
 from __future__ import annotations
@@ -64,7 +68,10 @@ def write_exitcode(bundle: str, code: int) -> None:
 
     No fsync: the bundle lives under the exec-root (a tmpfs) and only has to
     survive a daemon restart, not a host crash, which kills containers anyway.
+    An exec has no bundle (``""``): nothing is written.
     """
+    if not bundle:
+        return
     tmp = os.path.join(bundle, f".{EXITCODE_FILE}.{os.getpid()}")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
@@ -111,6 +118,8 @@ class Init:
                 sock.close()
             if spec is None:
                 containerinit.run_spare(LineChannel(theirs))
+            if spec.get("exec"):
+                containerinit.run_exec(spec, stdio, LineChannel(theirs))
             containerinit.run(spec, stdio, LineChannel(theirs))
         theirs.close()
         return cls(pid, LineChannel(ours))
@@ -219,8 +228,11 @@ def serve(chan: LineChannel, init: Init | None) -> None:
         if spec is not None:
             chan.send({"error": "expected 3 stdio descriptors with the spec", "exit_code": 125})
         return
-    bundle = os.path.abspath(spec["bundle"])
-    os.makedirs(bundle, 0o711, exist_ok=True)
+    # an exec (``"exec": true``, an ExecSpec) has no bundle: its exit code
+    # matters only to the daemon that started it
+    bundle = os.path.abspath(spec["bundle"]) if spec.get("bundle") else ""
+    if bundle:
+        os.makedirs(bundle, 0o711, exist_ok=True)
     namespaces = spec.get("namespaces") or {}
     if init is not None and not spec_fits_spare(namespaces):
         init.kill()

@@ -19,7 +19,14 @@ from typing import Any
 import pytest
 import trio
 
-from skiff.core.hookspecs import ContainerSpec, MountSpec, RuntimeContext, StartError, Stdio
+from skiff.core.hookspecs import (
+    ContainerSpec,
+    ExecSpec,
+    MountSpec,
+    RuntimeContext,
+    StartError,
+    Stdio,
+)
 from skiff.plugins.isolation import capabilities, mounts, users
 from skiff.plugins.isolation.runtime import (
     DEFAULT_MASKED_PATHS,
@@ -857,9 +864,100 @@ def test_forkserver_restarts_after_crash(image: Path, tmp_path: Path) -> None:
     assert trio.run(main).stdout == b"ok\n"
 
 
-def test_tty_is_refused(runtime: ForkServerRuntime, image: Path, tmp_path: Path) -> None:
-    err = start_error(runtime, make_spec(image, tmp_path / "b", ["true"], tty=True))
-    assert "TTY" in str(err)
+def _read_all(fd: int) -> bytes:
+    # a pty master reads EIO once the last slave is closed: that is its EOF
+    out = b""
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    return out
+
+
+def test_tty_is_the_controlling_terminal(
+    runtime: ForkServerRuntime, image: Path, tmp_path: Path
+) -> None:
+    # sh reads its own /proc/self/stat: session (6th field) and tty_nr (7th)
+    script = "read pid comm state ppid pgrp sid tty rest < /proc/self/stat; echo $sid $tty"
+    spec = make_spec(image, tmp_path / "b", ["sh", "-c", script], tty=True)
+
+    async def main() -> tuple[int, bytes]:
+        master, slave = os.openpty()
+        try:
+            proc = await runtime.prepare(spec, Stdio(slave, slave, slave))
+        finally:
+            os.close(slave)
+        try:
+            await proc.go()
+            out = await trio.to_thread.run_sync(_read_all, master)
+            return await proc.wait(), out
+        finally:
+            os.close(master)
+
+    code, out = trio.run(main)
+    assert code == 0
+    sid, tty = out.decode().split()
+    assert sid == "1"  # the command (PID 1) leads its own session ...
+    assert os.major(int(tty)) == 136  # ... on the pty slave (a /dev/pts device)
+
+
+def _ns_paths(pid: int) -> dict[str, str]:
+    names = {"pid": "pid", "mount": "mnt", "uts": "uts", "ipc": "ipc", "net": "net"}
+    return {kind: f"/proc/{pid}/ns/{name}" for kind, name in names.items()}
+
+
+def test_exec_joins_the_container(runtime: ForkServerRuntime, image: Path, tmp_path: Path) -> None:
+    spec = make_spec(image, tmp_path / "b", ["sleep", "100"])
+    script = "hostname; cat /proc/1/cmdline; echo; id -u; pwd; echo $FOO"
+
+    async def main() -> tuple[Result, Result]:
+        null = os.open("/dev/null", os.O_RDWR)
+        try:
+            container = await runtime.prepare(spec, Stdio(null, null, null))
+        finally:
+            os.close(null)
+        await container.go()
+        try:
+            exec_spec = ExecSpec(
+                id="e" * 64, container_id=spec.id, container_pid=container.pid,
+                namespaces=_ns_paths(container.pid), args=["sh", "-c", script],
+                env=[PATH_ENV, "FOO=bar"], cwd="/tmp", user="nobody",
+                capabilities=list(capabilities.DEFAULT_CAPABILITIES),
+            )
+            out_r, out_w = os.pipe()
+            null = os.open("/dev/null", os.O_RDWR)
+            try:
+                proc = await runtime.exec(exec_spec, Stdio(null, out_w, null))
+            finally:
+                os.close(out_w)
+                os.close(null)
+            await proc.go()
+            out: list[bytes] = []
+            await _drain(out_r, out)
+            first = Result(await proc.wait(), b"".join(out), b"")
+            bad = ExecSpec(
+                id="f" * 64, container_id=spec.id, container_pid=container.pid,
+                namespaces=_ns_paths(container.pid), args=["nosuchcommand"], env=[PATH_ENV],
+            )
+            null = os.open("/dev/null", os.O_RDWR)
+            try:
+                with pytest.raises(StartError) as info:
+                    await runtime.exec(bad, Stdio(null, null, null))
+            finally:
+                os.close(null)
+            assert info.value.exit_code == 127
+            return first, Result(0, b"", b"")
+        finally:
+            container.kill(signal.SIGKILL)
+            await container.wait()
+
+    r, _ = trio.run(main)
+    assert r.code == 0, r
+    assert r.out.splitlines() == ["skiffbox", "sleep\x00100\x00", "65534", "/tmp", "bar"]
 
 
 def test_concurrent_containers(runtime: ForkServerRuntime, image: Path, tmp_path: Path) -> None:
