@@ -141,14 +141,13 @@ def register(router: Router, engine: Engine) -> None:
         config = {k: v for k, v in (body or {}).items()
                   if k not in ("HostConfig", "NetworkingConfig")} or None
         pause = req.qbool("pause", True)
-        freeze = getattr(engine.cgroups, "freeze", None) if engine.cgroups else None
-        thaw = getattr(engine.cgroups, "thaw", None) or getattr(engine.cgroups, "unfreeze", None)
+        cgroups = engine.cgroups
         frozen = False
-        if pause and c.state.Running and not c.state.Paused and freeze and thaw:
+        if pause and c.state.Running and not c.state.Paused and cgroups is not None:
             # A consistent snapshot of the read-write layer: nothing writes while
             # it is read.  A host without the freezer commits the live layer.
             try:
-                await engine.to_thread(freeze, c.id)
+                await engine.to_thread(cgroups.freeze, c.id)
                 frozen = True
             except Exception as exc:
                 log.info("container.commit_unpaused", id=c.id, reason=str(exc))
@@ -164,9 +163,9 @@ def register(router: Router, engine: Engine) -> None:
                 )
             )
         finally:
-            if frozen:
+            if frozen and cgroups is not None:
                 with trio.CancelScope(shield=True):
-                    await engine.to_thread(thaw, c.id)
+                    await engine.to_thread(cgroups.thaw, c.id)
         log.info("container.commit", id=c.id, image=image_id, paused=frozen)
         return Response(201, json.dumps({"Id": image_id}).encode(), "application/json")
 

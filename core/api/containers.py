@@ -8,8 +8,10 @@ from typing import TYPE_CHECKING, Any
 
 from skiff.core.api.filters import parse_filters
 from skiff.core.api.router import Request, Response, Router, StreamResponse
+from skiff.core.containers import lifecycle
 from skiff.core.containers.manager import json_status
 from skiff.core.containers.model import Container
+from skiff.core.containers.streams import DEFAULT_DETACH_KEYS, parse_detach_keys
 from skiff.core.errors import InvalidParameter
 from skiff.core.hookspecs import ReadConfig
 from skiff.core.timefmt import parse_time_param
@@ -36,17 +38,24 @@ def register(router: Router, engine: Engine) -> None:
         filters = parse_filters(req.q("filters"), CONTAINER_FILTERS)
         show_all = req.qbool("all")
         limit = req.qint("limit", -1)
+        _resolve_filters(engine, filters)
         found = [c for c in mgr.by_id.values()
-                 if (show_all or c.state.Running or filters.get("status"))
+                 if (show_all or c.state.Running or c.state.Restarting or filters.get("status"))
                  and _matches(c, filters)]
         found.sort(key=lambda c: c.created, reverse=True)
         if limit > 0:
             found = found[:limit]
-        return [c.summary(c.config.get("Image") or c.image_id) for c in found]
+        out = [c.summary(c.config.get("Image") or c.image_id) for c in found]
+        if req.qbool("size"):
+            for c, summary in zip(found, out, strict=True):
+                summary.update(await engine.to_thread(_sizes, engine, c))
+        return out
 
     @router.route("GET", "/containers/{id}/json")
     async def inspect(req: Request, id: str) -> dict[str, Any]:
-        return mgr.get(id).inspect()
+        data = mgr.get(id).inspect()
+        data["ExecIDs"] = engine.execs.ids_for(data["Id"]) or None
+        return data
 
     @router.route("POST", "/containers/{id}/start")
     async def start(req: Request, id: str) -> None:
@@ -60,10 +69,7 @@ def register(router: Router, engine: Engine) -> None:
     @router.route("POST", "/containers/{id}/restart")
     async def restart(req: Request, id: str) -> None:
         t = req.q("t")
-        c = mgr.get(id)
-        if c.state.Running:
-            await mgr.stop(id, int(t) if t not in (None, "") else None)
-        await mgr.start(id)
+        await lifecycle.restart(mgr, id, int(t) if t not in (None, "") else None)
 
     @router.route("POST", "/containers/{id}/kill")
     async def kill(req: Request, id: str) -> None:
@@ -91,12 +97,18 @@ def register(router: Router, engine: Engine) -> None:
         tty = bool(c.config.get("Tty"))
         if not req.qbool("stream") and not req.qbool("logs"):
             raise InvalidParameter("attach needs stream=1 or logs=1")
+        keys = req.q("detachKeys") or DEFAULT_DETACH_KEYS
+        try:
+            detach_keys = parse_detach_keys(keys)
+        except ValueError as exc:
+            raise InvalidParameter(f"Invalid detach keys ({keys}) provided: {exc}") from exc
         # Subscribe before the 101 goes out so no early output is lost.
         stream = await req.hijack(content_type=RAW if tty else MULTIPLEXED)
         async with stream:
             await mgr.attach(
                 id, stream, stdin=req.qbool("stdin"), stdout=req.qbool("stdout"),
                 stderr=req.qbool("stderr"), logs=req.qbool("logs"), framed=not tty,
+                detach_keys=detach_keys,
             )
 
     @router.route("GET", "/containers/{id}/logs")
@@ -124,10 +136,32 @@ def register(router: Router, engine: Engine) -> None:
 
     @router.route("DELETE", "/containers/{id}")
     async def remove(req: Request, id: str) -> None:
-        await mgr.remove(id, force=req.qbool("force"))
+        await mgr.remove(id, force=req.qbool("force"), volumes=req.qbool("v"))
 
 
-CONTAINER_FILTERS = {"id", "name", "status", "label", "ancestor", "exited"}
+CONTAINER_FILTERS = {"id", "name", "status", "label", "ancestor", "exited", "before", "since",
+                     "network", "volume"}
+STATUSES = ("created", "restarting", "running", "removing", "paused", "exited", "dead")
+
+
+def _resolve_filters(engine: Engine, f: dict[str, list[str]]) -> None:
+    """Check values and turn references into what ``_matches`` compares (in place):
+    ``ancestor`` into image IDs (by name, name without tag, ID or ID prefix),
+    ``before``/``since`` into creation times."""
+    for status in f.get("status", []):
+        if status not in STATUSES:
+            raise InvalidParameter(f"invalid filter 'status={status}'")
+    if f.get("ancestor"):
+        ids = set()
+        for ref in f["ancestor"]:
+            try:
+                ids.add(engine.images.get(ref).id)
+            except Exception:  # an unknown image matches by name only
+                ids.add(ref)
+        f["_ancestor_ids"] = sorted(ids)
+    for key in ("before", "since"):
+        for ref in f.get(key, []):
+            f[f"_{key}_created"] = [engine.containers.get(ref).created]
 
 
 def _matches(c: Container, f: dict[str, list[str]]) -> bool:
@@ -140,8 +174,22 @@ def _matches(c: Container, f: dict[str, list[str]]) -> bool:
     if f.get("exited") and not (c.state.Status == "exited"
                                 and str(c.state.ExitCode) in f["exited"]):
         return False
-    if f.get("ancestor") and not any(v in (c.config.get("Image"), c.image_id)
-                                     for v in f["ancestor"]):
+    if f.get("ancestor") and not _ancestor_match(c, f):
+        return False
+    if f.get("_before_created") and not c.created < f["_before_created"][0]:
+        return False
+    if f.get("_since_created") and not c.created > f["_since_created"][0]:
+        return False
+    if f.get("network") and not any(
+        n in c.networks or any(s.get("NetworkID", "").startswith(n)
+                               for s in c.networks.values() if s.get("NetworkID"))
+        for n in f["network"]
+    ):
+        return False
+    if f.get("volume") and not any(
+        m.get("Name") == v or m.get("Source") == v or m.get("Destination") == v
+        for v in f["volume"] for m in c.mounts_api()
+    ):
         return False
     labels = c.config.get("Labels") or {}
     for want in f.get("label", []):
@@ -150,3 +198,27 @@ def _matches(c: Container, f: dict[str, list[str]]) -> bool:
             return False
     return True
 
+
+
+def _ancestor_match(c: Container, f: dict[str, list[str]]) -> bool:
+    image = c.config.get("Image") or ""
+    repo = image.rsplit(":", 1)[0] if ":" in image.rsplit("/", 1)[-1] else image
+    for v in f["ancestor"]:
+        if v in (image, c.image_id, repo) or (":" not in v and repo == v):
+            return True
+        if len(v) >= 4 and (c.image_id.startswith(v) or c.image_id.startswith("sha256:" + v)):
+            return True
+    return c.image_id in f.get("_ancestor_ids", [])
+
+
+def _sizes(engine: Engine, c: Container) -> dict[str, int]:
+    """``SizeRw`` and ``SizeRootFs`` of ``docker ps -s`` (blocking: walks the layer)."""
+    try:
+        rw = engine.storage.diff_size(c.mount_id, c.init_id or None) if c.mount_id else 0
+    except Exception:
+        rw = 0
+    try:
+        image = engine.images.get(c.image_id).size
+    except Exception:
+        image = 0
+    return {"SizeRw": int(rw or 0), "SizeRootFs": int(rw or 0) + int(image or 0)}

@@ -25,7 +25,7 @@ from skiff.core.images.distribution.client import AuthConfig, RegistryConfig, lo
 from skiff.core.images.distribution.progress import Emit
 from skiff.core.images.distribution.pull import pull, pull_reference
 from skiff.core.images.distribution.push import push
-from skiff.core.images.reference import split_domain
+from skiff.core.images.reference import familiar_string, split_domain
 
 if TYPE_CHECKING:
     from skiff.core.engine import Engine
@@ -108,6 +108,8 @@ def register(router: Router, engine: Engine) -> None:
 
         async def work(emit: Emit) -> None:
             await push(engine, name, tag, auth, emit)
+            ref = name + (":" + tag if tag else "")
+            engine.events.publish("image", "push", ref, {"name": ref})
 
         return await progress_response(engine, work)
 
@@ -133,5 +135,10 @@ async def pull_response(req: Request, engine: Engine, image: str, tag: str) -> S
 
     async def work(emit: Emit) -> None:
         await pull(engine, ref, auth, emit)
+        name = familiar_string(ref)
+        attrs: dict[str, str] = {}
+        with contextlib.suppress(Exception):
+            attrs.update(engine.images.get(name).labels or {})
+        engine.events.publish("image", "pull", name, {**attrs, "name": name})
 
     return await progress_response(engine, work)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from typing import IO, TYPE_CHECKING, Any
 
@@ -11,6 +12,7 @@ from skiff.core.api.router import Request, Router, StreamResponse
 from skiff.core.api.streams import json_line
 from skiff.core.errors import InvalidParameter
 from skiff.core.images import archives
+from skiff.core.images.reference import familiar_string
 
 if TYPE_CHECKING:
     from skiff.core.engine import Engine
@@ -42,14 +44,23 @@ def register(router: Router, engine: Engine) -> None:
         if not repo:
             raise InvalidParameter("repository name must have at least one component")
         target = repo + (":" + req.q("tag") if req.q("tag") else "")
-        await engine.to_thread(images.tag, name, target)
+        new_ref = await engine.to_thread(images.tag, name, target)
+        image_event(engine, "tag", images.resolve(name), familiar_string(new_ref))
         return _created()
 
     @router.route("DELETE", "/images/{name:path}")
     async def remove(req: Request, name: str) -> list[dict[str, str]]:
         force = req.qbool("force")
         prune = not req.qbool("noprune")
-        return await engine.to_thread(images.delete, name, force, prune, in_use)
+        image_id = images.resolve(name)
+        known = set(images.ids())
+        records = await engine.to_thread(images.delete, name, force, prune, in_use)
+        for r in records:
+            if "Untagged" in r:
+                image_event(engine, "untag", image_id, image_id)
+            elif r.get("Deleted") in known:
+                image_event(engine, "delete", r["Deleted"], r["Deleted"])
+        return records
 
     @router.route("POST", "/images/create")
     async def create(req: Request) -> Any:
@@ -66,6 +77,7 @@ def register(router: Router, engine: Engine) -> None:
                                                message)
 
             image_id = await feed_sync_consumer(req.body_stream(), consume, engine.limiter)
+            image_event(engine, "import", image_id, image_id)
             return StreamResponse(_one(json_line({"status": image_id})))
         if src:
             raise InvalidParameter(
@@ -84,6 +96,11 @@ def register(router: Router, engine: Engine) -> None:
             return archives.load(stream, engine.layers, images)
 
         messages = await feed_sync_consumer(req.body_stream(), consume, engine.limiter)
+        for m in messages:
+            loaded = m.partition(": ")[2].strip()
+            if m.startswith("Loaded image") and loaded:
+                with contextlib.suppress(Exception):
+                    image_event(engine, "load", images.resolve(loaded), loaded)
         lines = b"".join(json_line({"stream": m + "\n"}) for m in messages)
         return StreamResponse(_one(b"" if quiet and not messages else lines))
 
@@ -101,6 +118,8 @@ def register(router: Router, engine: Engine) -> None:
     async def _save(names: list[str]) -> StreamResponse:
         for n in names:  # refuse before any byte is sent: a 404 instead of a broken tar
             await engine.to_thread(images.get, n)
+        for n in names:
+            image_event(engine, "save", images.resolve(n), images.resolve(n))
 
         def produce(out: IO[bytes]) -> None:
             archives.save(names, engine.layers, images, out)
@@ -111,6 +130,16 @@ def register(router: Router, engine: Engine) -> None:
         )
 
 
+
+
+def image_event(engine: Engine, action: str, image_id: str, name: str) -> None:
+    """Publish an image event as Docker does: the image's labels and ``name``."""
+    attrs: dict[str, str] = {}
+    with contextlib.suppress(Exception):
+        attrs.update({str(k): str(v) for k, v in (engine.images.get(image_id).labels or {}
+                                                  ).items()})
+    attrs["name"] = name
+    engine.events.publish("image", action, image_id, attrs)
 
 
 async def _one(data: bytes) -> AsyncIterator[bytes]:

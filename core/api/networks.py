@@ -34,6 +34,7 @@ def register(router: Router, engine: Engine) -> None:
         if not isinstance(body, dict):
             raise InvalidParameter("the request body must be a JSON object")
         net, warning = await engine.to_thread(store.create, body)
+        network_event(engine, "create", net)
         return Response(201, json.dumps({"Id": net.id, "Warning": warning}).encode(),
                         "application/json")
 
@@ -50,11 +51,25 @@ def register(router: Router, engine: Engine) -> None:
 
     @router.route("DELETE", "/networks/{id}")
     async def remove(req: Request, id: str) -> None:
+        net = store.get(id)
         await engine.to_thread(store.remove, id)
+        network_event(engine, "destroy", net)
 
     @router.route("POST", "/networks/prune")
     async def prune(req: Request) -> dict[str, Any]:
-        return {"NetworksDeleted": await engine.to_thread(store.prune)}
+        before = list(store.by_id.values())
+        deleted = await engine.to_thread(store.prune)
+        for net in before:
+            if net.name in (deleted or []) or net.id in (deleted or []):
+                network_event(engine, "destroy", net)
+        engine.events.publish("network", "prune", "", {"reclaimed": "0"})
+        return {"NetworksDeleted": deleted}
+
+
+def network_event(engine: Engine, action: str, net: Network, **extra: str) -> None:
+    """Publish a network event with Docker's attributes (name, type)."""
+    engine.events.publish("network", action, net.id,
+                          {**extra, "name": net.name, "type": net.driver})
 
 
 NETWORK_FILTERS = {"id", "name", "driver", "label", "type", "scope", "dangling"}

@@ -62,11 +62,16 @@ class Container:
     network_mode: str = "none"
     state: State = field(default_factory=State)
     restart_count: int = 0
+    #: stopped or killed through the API: ``unless-stopped`` stays down at daemon start
+    manually_stopped: bool = False
     graph_data: dict[str, str] = field(default_factory=dict)
     #: network name -> Docker's EndpointSettings (addresses filled while running)
     networks: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: Docker's NetworkSettings.Ports while running: "80/tcp" -> [{HostIp, HostPort}] or None
     ports: dict[str, Any] = field(default_factory=dict)
+    #: Docker's MountPoints (binds, volumes, tmpfs), resolved at create by
+    #: ``skiff.core.containers.mounts``; keys starting with "_" are private
+    mount_points: list[dict[str, Any]] = field(default_factory=list)
     #: hostconfig.json as last written, to skip rewriting it unchanged
     _saved_host_config: str | None = field(default=None, repr=False, compare=False)
 
@@ -106,9 +111,11 @@ class Container:
             "NetworkMode": self.network_mode,
             "State": asdict(self.state),
             "RestartCount": self.restart_count,
+            "HasBeenManuallyStopped": self.manually_stopped,
             "GraphData": self.graph_data,
             "Networks": self.networks,
             "Ports": self.ports,
+            "MountPoints": self.mount_points,
         }
         # State changes at every start and stop; its rename need not be durable
         # (a crash leaves the previous state, which restore() handles).  The
@@ -142,9 +149,11 @@ class Container:
             network_mode=rec.get("NetworkMode", "none"),
             state=State(**rec["State"]),
             restart_count=rec.get("RestartCount", 0),
+            manually_stopped=bool(rec.get("HasBeenManuallyStopped", False)),
             graph_data=rec.get("GraphData", {}),
             networks=rec.get("Networks") or {},
             ports=rec.get("Ports") or {},
+            mount_points=rec.get("MountPoints") or [],
         )
 
     # -- API shapes ------------------------------------------------------
@@ -176,6 +185,10 @@ class Container:
         }
 
     def mounts_api(self) -> list[dict[str, Any]]:
+        if self.mount_points:
+            from skiff.core.containers.mounts import api
+
+            return api(self.mount_points)
         out = []
         for bind in self.host_config.get("Binds") or []:
             parts = bind.split(":")
@@ -222,6 +235,8 @@ class Container:
         s = self.state
         if s.Running:
             return f"Up {format_duration_ago(s.StartedAt, now)}" + (" (Paused)" if s.Paused else "")
+        if s.Restarting:
+            return f"Restarting ({s.ExitCode}) {format_duration_ago(s.FinishedAt, now)} ago"
         if s.Status == "exited":
             return f"Exited ({s.ExitCode}) {format_duration_ago(s.FinishedAt, now)} ago"
         if s.Status == "removing":

@@ -128,9 +128,8 @@ def merge_update(hc: Mapping[str, Any], body: Mapping[str, Any]) -> dict[str, An
     if (new["CpuPeriod"] > 0 or new["CpuQuota"] > 0) and int(hc.get("NanoCpus") or 0) > 0:
         raise Conflict("Conflicting options: CPU Period cannot be updated as NanoCPUs "
                        "has already been set")
-    if new["KernelMemory"]:
-        raise InvalidParameter("Kernel memory limit is not supported on this kernel; "
-                               "drop --kernel-memory")
+    # KernelMemory passes: the cgroup driver's validate decides whether this
+    # kernel can enforce it, and says why not
     old_swap = int(hc.get("MemorySwap") or 0)
     if new["Memory"] and old_swap > 0 and new["Memory"] > old_swap and not new["MemorySwap"]:
         raise Conflict("Memory limit should be smaller than already set memoryswap limit, "
@@ -145,6 +144,13 @@ def merge_update(hc: Mapping[str, Any], body: Mapping[str, Any]) -> dict[str, An
         out["PidsLimit"] = int(body["PidsLimit"])
     policy = body.get("RestartPolicy") or {}
     if policy.get("Name"):
-        out["RestartPolicy"] = {"Name": policy["Name"],
-                                "MaximumRetryCount": int(policy.get("MaximumRetryCount") or 0)}
+        from skiff.core.containers.restart import validate as validate_restart
+
+        if hc.get("AutoRemove") and policy["Name"] != "no":
+            raise InvalidParameter("Restart policy cannot be updated because AutoRemove is "
+                                   "enabled for the container")
+        try:
+            out["RestartPolicy"] = validate_restart(policy)
+        except ValueError as exc:
+            raise InvalidParameter(str(exc)) from exc
     return out

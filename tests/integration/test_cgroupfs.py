@@ -468,11 +468,11 @@ def test_pids_freeze_and_thaw(h: Harness) -> None:
     h.driver.add_process(c, busy.pid)
     h.driver.add_process(c, other.pid)
     assert h.driver.pids(c) == sorted([busy.pid, other.pid])  # type: ignore[attr-defined]
-    h.driver.freeze(c)  # type: ignore[attr-defined]
+    h.driver.freeze(c)
     before = cpu_ticks(busy.pid)
     time.sleep(0.3)
     assert cpu_ticks(busy.pid) == before  # a busy loop that does not run
-    h.driver.thaw(c)  # type: ignore[attr-defined]
+    h.driver.thaw(c)
     deadline = time.monotonic() + 5
     while cpu_ticks(busy.pid) == before:
         assert time.monotonic() < deadline, "the thawed process does not run"
