@@ -4,9 +4,9 @@ Two kinds of hooks live here (project name ``skiff``):
 
 *Discovery hooks* let a plugin module contribute named drivers.  Each returns
 a mapping of driver name to a factory; the daemon calls the factory of the
-driver that ``daemon.json`` selects.  Five kinds exist, one entry-point group
-each: ``skiff.storage``, ``skiff.network``, ``skiff.logging``,
-``skiff.isolation`` and ``skiff.limits``.  A third-party package adds a driver
+driver that ``daemon.json`` (or, for volumes, the request) selects.  Six kinds
+exist, one entry-point group each: ``skiff.storage``, ``skiff.network``, ``skiff.logging``,
+``skiff.isolation``, ``skiff.limits`` and ``skiff.volume``.  A third-party package adds a driver
 by declaring an entry point in one of those groups whose value is a module
 holding ``@hookimpl`` functions; the built-in drivers register the same way.
 
@@ -46,6 +46,7 @@ ENTRY_POINT_GROUPS: dict[str, str] = {
     "logging": "skiff.logging",
     "isolation": "skiff.isolation",
     "limits": "skiff.limits",
+    "volume": "skiff.volume",
 }
 
 
@@ -397,8 +398,23 @@ class ContainerSpec:
     no_new_privileges: bool = True
     readonly_rootfs: bool = False
     rlimits: list[tuple[str, int, int]] = field(default_factory=list)  #: (name, soft, hard)
+    #: With ``tty`` the three ``Stdio`` descriptors are the slave side of one
+    #: pseudo-terminal that the daemon allocated (it keeps the master).  The
+    #: runtime must make it the process's controlling terminal (``setsid`` and
+    #: ``TIOCSCTTY`` after the descriptors are in place), so that job control,
+    #: Ctrl-C through the line discipline and ``SIGWINCH`` on resize work.
     tty: bool = False
     open_stdin: bool = False
+    #: ``--init`` (HostConfig.Init, else daemon.json ``init``): a small init
+    #: runs as PID 1, forwards signals to the command and reaps zombies.  The
+    #: built-in plugin ``skiff.plugins.isolation.init`` acts on it in
+    #: ``skiff_container_spec``: it bind-mounts its binary read-only at
+    #: ``/sbin/docker-init`` and prefixes ``args`` with ``/sbin/docker-init --``
+    #: (Docker's layout), so a runtime needs to do nothing for it.
+    init: bool = False
+    #: daemon.json ``init-path``: the init binary to use instead of the
+    #: plugin's own (absolute, or a name looked up in ``PATH``); ``""`` for ours
+    init_path: str = ""
 
     def to_json(self) -> dict[str, Any]:
         data = {k: v for k, v in self.__dict__.items()}
@@ -412,6 +428,54 @@ class ContainerSpec:
         kw = dict(data)
         kw["rootfs_mounts"] = [MountSpec.from_json(m) for m in data["rootfs_mounts"]]
         kw["mounts"] = [MountSpec.from_json(m) for m in data["mounts"]]
+        kw["rlimits"] = [tuple(r) for r in data.get("rlimits", [])]
+        return cls(**kw)
+
+
+@dataclass
+class ExecSpec:
+    """A process to start inside a running container (``docker exec``).
+
+    The daemon fills it from the container's configuration and the exec's own
+    (``-u``, ``-w``, ``-e``, ``-t``, ``--privileged``).  The runtime starts the
+    process in every namespace listed in ``namespaces`` (paths such as
+    ``/proc/<pid>/ns/net`` of the container's PID 1), so it sees the
+    container's root filesystem, hostname, network and processes; it resolves
+    ``user`` against the container's ``/etc/passwd`` and ``/etc/group`` and
+    drops privileges exactly as for the container's own process.  Joining the
+    container's cgroups is the daemon's business: it moves ``pid`` into them
+    between ``Runtime.exec`` and ``ContainerProcess.go``.
+    """
+
+    id: str  #: the exec's ID (64 hex digits)
+    container_id: str
+    #: host pid of the container's PID 1, whose namespaces the process joins
+    container_pid: int
+    #: namespace kind (``pid``, ``mount``, ``uts``, ``ipc``, ``net``, ``cgroup``)
+    #: -> path to join.  A kind absent from the mapping is not joined.
+    namespaces: dict[str, str]
+    args: list[str]
+    env: list[str]  #: the container's environment with the exec's ``-e`` applied
+    cwd: str = "/"  #: must exist in the container; it is not created
+    user: str = ""  #: Docker's ``--user`` syntax, resolved inside the container
+    capabilities: list[str] = field(default_factory=list)  #: names without ``CAP_``
+    #: ``docker exec --privileged``: every capability the host has, whatever
+    #: ``capabilities`` says
+    privileged: bool = False
+    no_new_privileges: bool = True
+    rlimits: list[tuple[str, int, int]] = field(default_factory=list)  #: (name, soft, hard)
+    #: as ``ContainerSpec.tty``: the stdio descriptors are a pty slave that the
+    #: runtime makes the process's controlling terminal
+    tty: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        data = {k: v for k, v in self.__dict__.items()}
+        data["rlimits"] = [list(r) for r in self.rlimits]
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ExecSpec:
+        kw = dict(data)
         kw["rlimits"] = [tuple(r) for r in data.get("rlimits", [])]
         return cls(**kw)
 
@@ -495,6 +559,20 @@ class Runtime(Protocol):
         """
         ...
 
+    async def exec(self, spec: ExecSpec, stdio: Stdio) -> ContainerProcess:
+        """Create a process inside a running container, up to, not including, exec.
+
+        Like ``prepare``: the returned process has joined the container's
+        namespaces and resolved its user, working directory and command, and
+        waits for ``go``; between the two the daemon moves ``pid`` into the
+        container's cgroups.  ``kill`` signals the exec'd process, ``wait``
+        returns its exit code.  The process dies with the container (its pid
+        namespace).  Raises ``StartError`` (127 command not found, 126 not
+        executable or bad working directory) with nothing left running.  A
+        runtime without exec support raises ``StartError`` saying so.
+        """
+        ...
+
 
 @dataclass
 class RuntimeContext:
@@ -561,6 +639,34 @@ class CgroupDriver(Protocol):
         before ``destroy``."""
         ...
 
+    def pids(self, container_id: str) -> list[int]:
+        """Host pids of every process in the container's groups (``docker top``).
+
+        Optional: the daemon falls back to matching each process's PID
+        namespace against the container's init when a driver lacks it.
+        """
+        ...
+
+    def freeze(self, container_id: str) -> None:
+        """Freeze every process of the container (``docker pause``).
+
+        Returns once the kernel reports the group frozen (v1 ``freezer.state``
+        reads ``FROZEN``, v2 ``cgroup.events`` shows ``frozen 1``).  Raises
+        ``OSError`` when the group cannot be frozen, or
+        ``DriverNotSupported`` when this host has no freezer.  A frozen
+        process keeps its memory and does not run until :meth:`thaw`.
+        """
+        ...
+
+    def thaw(self, container_id: str) -> None:
+        """Let the processes frozen by :meth:`freeze` run again (``docker unpause``).
+
+        Returns once the kernel reports the group thawed; thawing a group
+        that is not frozen does nothing.  The daemon also thaws a paused
+        container before it is stopped or killed, so the signal is acted on.
+        """
+        ...
+
     def destroy(self, container_id: str) -> None:
         """Remove the container's groups; its processes are gone.  Idempotent."""
         ...
@@ -573,6 +679,107 @@ class CgroupContext:
 
 class CgroupFactory(Protocol):
     def __call__(self, ctx: CgroupContext) -> CgroupDriver: ...
+
+
+# ---------------------------------------------------------------------------
+# Volumes
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class VolumeInfo:
+    """What a volume driver knows about one of its volumes (Docker's ``Get``/``List``).
+
+    ``mountpoint`` is the host path of the volume's data when the driver can
+    tell it without mounting (the ``local`` driver always can), else ``""``.
+    ``status`` is free-form driver detail for ``docker volume inspect``'s
+    ``Status``.  Labels, options and the creation time are kept by the daemon,
+    not the driver; a driver may still report ``created_at`` (RFC 3339).
+    """
+
+    name: str
+    mountpoint: str = ""
+    created_at: str = ""
+    status: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class VolumeDriver(Protocol):
+    """Named storage that outlives containers: Docker's volume plugin API.
+
+    The methods mirror Docker's ``/VolumeDriver.*`` calls (Create, Remove,
+    Mount, Unmount, Path, Get, List, Capabilities), as synchronous Python.
+    skiff keeps the volume records (name, driver, labels, options, creation
+    time) and the count of containers using each volume, refuses to remove a
+    volume in use and calls ``mount``/``unmount`` once per container start and
+    stop, so a driver needs no reference counting of containers beyond pairing
+    ``mount`` with ``unmount`` by ``ref``.
+
+    ``mount`` returns a host directory; the container init bind-mounts it at
+    the destination inside the container's own mount namespace.  A driver
+    whose volumes need a real mount (a tmpfs, a device, a network share)
+    mounts it on the host in ``mount`` and unmounts it when the last ``ref``
+    is released, as Docker's ``local`` driver does with ``type``/``device``/``o``.
+
+    Errors: ``ValueError`` for a bad name or option (the client gets 400, the
+    message verbatim), ``KeyError`` for a volume the driver does not have
+    (404), any other exception is a 500.  All methods may block; they run on
+    worker threads.
+    """
+
+    name: str
+
+    def create(self, name: str, options: Mapping[str, str]) -> None:
+        """Create volume ``name`` with the driver options of ``--opt``/``DriverOpts``.
+
+        Validate ``options`` here: an option the driver does not know is a
+        ``ValueError`` naming it.  Creating a volume that already exists with
+        the same options is not an error.
+        """
+        ...
+
+    def remove(self, name: str) -> None:
+        """Delete the volume and its data.  Not mounted by anyone when called."""
+        ...
+
+    def mount(self, name: str, ref: str) -> str:
+        """Make the volume's data available for ``ref`` (a container ID) and
+        return its host path.  Called at every container start."""
+        ...
+
+    def unmount(self, name: str, ref: str) -> None:
+        """Release what ``mount`` did for ``ref``.  Idempotent."""
+        ...
+
+    def path(self, name: str) -> str:
+        """The host path of the volume's data if available now, else ``""``."""
+        ...
+
+    def get(self, name: str) -> VolumeInfo:
+        """The volume's details; ``KeyError`` when the driver has no such volume."""
+        ...
+
+    def list(self) -> list[VolumeInfo]:
+        """Every volume the driver has (the daemon reconciles with its records)."""
+        ...
+
+    def capabilities(self) -> Mapping[str, Any]:
+        """Docker's ``Capabilities``: ``{"Scope": "local"}`` or ``{"Scope": "global"}``."""
+        ...
+
+
+@dataclass
+class VolumeContext:
+    """What a volume driver factory receives."""
+
+    home: str  #: ``<data-root>/volumes``: the driver's directory for its volumes' data
+    data_root: str
+
+
+class VolumeFactory(Protocol):
+    def __call__(self, ctx: VolumeContext) -> VolumeDriver:
+        """Build the driver, or raise ``DriverNotSupported`` saying why not."""
+        ...
 
 
 # ---------------------------------------------------------------------------
@@ -619,6 +826,16 @@ class SkiffSpec:
     @hookspec
     def skiff_cgroup_drivers(self) -> Mapping[str, CgroupFactory]:
         """Cgroup drivers (limits kind) this plugin provides, by name (``cgroupfs``)."""
+
+    @hookspec
+    def skiff_volume_drivers(self) -> Mapping[str, VolumeFactory]:
+        """Volume drivers this plugin provides, by name (``local``).
+
+        Declare the module under the ``skiff.volume`` entry-point group.  The
+        daemon builds each driver once, on first use, with a ``VolumeContext``;
+        ``docker volume create --driver NAME`` and ``HostConfig.VolumeDriver``
+        choose among them.
+        """
 
     # -- lifecycle broadcasts ----------------------------------------------
 

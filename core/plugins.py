@@ -17,13 +17,15 @@ import pluggy
 from skiff.core import hookspecs
 from skiff.core.hookspecs import PROJECT, merge_named
 
-#: discovery hook per driver kind; "isolation" contributes runtimes, "limits" cgroup drivers
+#: discovery hook per driver kind; "isolation" contributes runtimes, "limits" cgroup drivers,
+#: "volume" volume drivers
 DISCOVERY_HOOKS: dict[str, str] = {
     "storage": "skiff_storage_drivers",
     "network": "skiff_network_drivers",
     "logging": "skiff_log_drivers",
     "isolation": "skiff_runtimes",
     "limits": "skiff_cgroup_drivers",
+    "volume": "skiff_volume_drivers",  # entry-point group skiff.volume (docs/volumes.md)
 }
 
 

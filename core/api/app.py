@@ -5,15 +5,20 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from skiff.core.api import (
+    archive,
     commit,
     containers,
     distribution,
     events,
     images,
+    lifecycle,
     resources,
     system,
+    top,
 )
+from skiff.core.api import exec as exec_routes
 from skiff.core.api import networks as network_routes
+from skiff.core.api import volumes as volume_routes
 from skiff.core.api.router import Router
 
 if TYPE_CHECKING:
@@ -30,4 +35,9 @@ def build_router(engine: Engine) -> Router:
     distribution.register(router, engine)
     network_routes.register(router, engine)
     events.register(router, engine)
+    exec_routes.register(router, engine)
+    volume_routes.register(router, engine)
+    top.register(router, engine)
+    archive.register(router, engine)
+    lifecycle.register(router, engine)
     return router

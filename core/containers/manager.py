@@ -22,18 +22,18 @@ from typing import TYPE_CHECKING, Any
 import structlog
 import trio
 
-from skiff.core.containers import names
+from skiff.core.containers import lifecycle, names, restart
+from skiff.core.containers import mounts as container_mounts
 from skiff.core.containers.config import (
     NAME_RE,
     InvalidConfig,
     command_line,
     effective_config,
     normalize_host_config,
-    parse_binds,
     parse_signal,
 )
 from skiff.core.containers.model import Container, State, now_rfc3339
-from skiff.core.containers.streams import OutputHub, pump
+from skiff.core.containers.streams import OutputHub, feed_stdin, open_stdio, pump
 from skiff.core.errors import Conflict, InvalidParameter, NotFound, NotModified
 from skiff.core.hookspecs import (
     ContainerProcess,
@@ -86,6 +86,8 @@ class Track:
     endpoints: dict[str, tuple[Any, Endpoint]] = field(default_factory=dict)
     stopping: bool = False
     log_limiter: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(1))
+    #: the spec of the current run, after every plugin amended it: what an exec inherits
+    spec: ContainerSpec | None = None
 
 
 class ContainerManager:
@@ -97,6 +99,7 @@ class ContainerManager:
         self.by_id: dict[str, Container] = {}
         self.by_name: dict[str, str] = {}
         self.tracks: dict[str, Track] = {}
+        self.restarts = restart.RestartSupervisor(self)
 
     # -- lookup ------------------------------------------------------------
 
@@ -153,6 +156,7 @@ class ContainerManager:
                     StartedAt=c.state.StartedAt, FinishedAt=now_rfc3339(),
                 )
                 c.save()
+            self.restarts.on_restore(c)
             self._index(c)
 
     def _exit_code_from_bundle(self, cid: str) -> int | None:
@@ -200,7 +204,7 @@ class ContainerManager:
             cfg = effective_config(body, image.config.get("config") or {})
             cfg["Image"] = image_ref
             hc = normalize_host_config(body.get("HostConfig"))
-            parse_binds(hc.get("Binds"))
+            mount_plan = container_mounts.plan(cfg, hc)
             if hc.get("LogConfig", {}).get("Type") in ("", None):
                 hc["LogConfig"] = {"Type": eng.config["log-driver"],
                                    "Config": dict(eng.config["log-opts"])}
@@ -214,8 +218,11 @@ class ContainerManager:
                 hc["PidsLimit"] = default_pids
             if eng.cgroups is not None:
                 eng.cgroups.validate(hc)
+        except InvalidConfig as exc:  # its own words, quotes and all ("can't be '/'")
+            raise InvalidParameter(str(exc)) from exc
         except (ValueError, LookupError) as exc:
             raise InvalidParameter(str(exc).strip("'\"")) from exc
+        hc["RestartPolicy"] = restart.checked(hc)  # outside: its messages end in quotes
         cid = secrets.token_hex(32)
         while name is None or name in self.by_name:
             name = names.generate()
@@ -239,6 +246,7 @@ class ContainerManager:
             )
             c.init_id, c.mount_id = init_id, mount_id
             c.graph_data = await eng.to_thread(eng.storage.metadata, mount_id)
+            c.mount_points = await eng.to_thread(container_mounts.realize, eng, c, mount_plan)
             self._write_etc_files(c)
             c.save()
             eng.plugins.hook.skiff_container_create(container=c)
@@ -281,6 +289,8 @@ class ContainerManager:
         if self.by_name.get(c.name) == c.id:
             del self.by_name[c.name]
         self.tracks.pop(c.id, None)
+        with contextlib.suppress(Exception):  # the anonymous volumes it made
+            await eng.to_thread(container_mounts.remove_anonymous, eng, c)
 
     # -- start ---------------------------------------------------------------
 
@@ -294,8 +304,7 @@ class ContainerManager:
         if eng.cgroups is not None:
             # the container's own groups, read-only, under /sys/fs/cgroup
             mounts.extend(eng.cgroups.mounts(c.id))
-        for src, dst, opts in parse_binds(c.host_config.get("Binds")):
-            mounts.append(MountSpec("bind", src, dst, opts))
+        mounts.extend(container_mounts.specs(eng, c))  # binds, volumes, tmpfs
         namespaces: dict[str, str | None] = {"pid": None, "mount": None, "uts": None, "ipc": None}
         if c.host_config.get("CgroupnsMode") != "host":
             # private by default on v1 and v2 alike: /proc/self/cgroup shows "/"
@@ -327,6 +336,10 @@ class ContainerManager:
             rlimits=rlimits,
             tty=bool(c.config.get("Tty")),
             open_stdin=bool(c.config.get("OpenStdin")),
+            # --init: HostConfig.Init wins; null means the daemon's default
+            init=bool(eng.config["init"] if c.host_config.get("Init") is None
+                      else c.host_config["Init"]),
+            init_path=eng.config["init-path"],
         )
 
     async def start(self, ref: str) -> None:
@@ -337,6 +350,7 @@ class ContainerManager:
                 raise NotModified("container already started")
             if c.state.Status == "removing":
                 raise Conflict(f"container {c.id} is marked for removal and cannot be started")
+            self.restarts.user_start(c)
             try:
                 await self._start_locked(c, track)
             except BaseException as exc:
@@ -375,15 +389,9 @@ class ContainerManager:
         pipes: list[int] = []
         try:
             log_driver = self._open_log(c)
-            out_r, out_w = os.pipe2(os.O_CLOEXEC)
-            err_r, err_w = os.pipe2(os.O_CLOEXEC)
-            pipes += [out_r, out_w, err_r, err_w]
-            if spec.open_stdin:
-                in_r, in_w = os.pipe2(os.O_CLOEXEC)
-                pipes += [in_r, in_w]
-            else:
-                in_r, in_w = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC), -1
-                pipes.append(in_r)
+            # with a TTY: a pty whose master is out_r (err_r is -1), see open_stdio
+            out_r, out_w, err_r, err_w, in_r, in_w = open_stdio(
+                spec.tty, spec.open_stdin, pipes, c.host_config.get("ConsoleSize"))
             process = await eng.runtime.prepare(spec, Stdio(in_r, out_w, err_w))
         except BaseException:
             for fd in pipes:
@@ -417,8 +425,9 @@ class ContainerManager:
         c.state = State(Status="running", Running=True, Pid=process.pid,
                         StartedAt=now_rfc3339(), FinishedAt=c.state.FinishedAt)
         track.process = process
+        track.spec = spec
         track.stopping = False
-        track.hub.begin_run()
+        track.hub.begin_run(out_r if spec.tty else -1)
         if in_w >= 0:
             track.hub.stdin = trio.lowlevel.FdStream(in_w)
             track.hub.stdin_ready.set()
@@ -442,6 +451,7 @@ class ContainerManager:
 
     async def _release_run_resources(self, c: Container, track: Track) -> None:
         eng = self.engine
+        await eng.to_thread(container_mounts.release, eng, c)
         for name in list(track.endpoints):
             await self._detach(c, track, name)
         c.ports = {}
@@ -486,6 +496,8 @@ class ContainerManager:
                         Gateway=ep.gateway, MacAddress=ep.mac_address)
         if primary:
             c.ports = dict(ep.extra.get("ports") or {})
+        eng.events.publish("network", "connect", net.id,
+                           {"container": c.id, "name": net.name, "type": net.driver})
 
     async def _detach(self, c: Container, track: Track, name: str) -> None:
         """Leave and delete the endpoint of network ``name``; never raises."""
@@ -497,6 +509,10 @@ class ContainerManager:
                 log.warning("container.network_release_failed", id=c.id, network=name,
                             step=step.__name__, error=str(exc))
         settings = c.networks.get(name)
+        net = self.engine.networks.find(name)
+        self.engine.events.publish(
+            "network", "disconnect", net.id if net else (settings or {}).get("NetworkID", name),
+            {"container": c.id, "name": name, "type": net.driver if net else ""})
         if settings is not None:
             for key in ("EndpointID", "IPAddress", "Gateway", "MacAddress"):
                 settings[key] = ""
@@ -620,6 +636,8 @@ class ContainerManager:
                        out_r: int, err_r: int, log_driver: LogDriver | None) -> None:
         async with trio.open_nursery() as n:
             for fd, name in ((out_r, "stdout"), (err_r, "stderr")):
+                if fd < 0:
+                    continue  # a TTY has one output stream
                 n.start_soon(pump, trio.lowlevel.FdStream(fd), name, track.hub, log_driver,
                              track.log_limiter)
             code = await process.wait()
@@ -632,6 +650,7 @@ class ContainerManager:
             track.process = None
             c.state = State(Status="exited", ExitCode=code, StartedAt=c.state.StartedAt,
                             FinishedAt=now_rfc3339(), OOMKilled=oom)
+            self.restarts.after_exit(c, code)
             if c.id in self.by_id:
                 c.save()
             track.hub.end_run()
@@ -671,14 +690,20 @@ class ContainerManager:
         except InvalidConfig as exc:
             raise InvalidParameter(str(exc)) from exc
         track = self.tracks[c.id]
+        if self.restarts.user_stop(c):
+            return  # it was waiting to restart: it stays stopped now
         if not c.state.Running or track.process is None:
             raise Conflict(f"Cannot kill container: {ref}: Container {c.id} is not running")
         track.process.kill(signum)
         self.event(c, "kill", signal=signum)
+        await lifecycle.thaw_after_signal(self, c, signum)
 
     async def stop(self, ref: str, timeout: int | None = None) -> None:
         c = self.get(ref)
         track = self.tracks[c.id]
+        if self.restarts.user_stop(c):
+            self.event(c, "stop")  # it was waiting to restart: it stays stopped now
+            return
         if not c.state.Running or track.process is None:
             raise NotModified("container already stopped")
         await self._stop(c, track, timeout)
@@ -697,6 +722,8 @@ class ContainerManager:
             return
         track.stopping = True
         process.kill(signum)
+        self.event(c, "kill", signal=signum)  # Docker's stop shows kill, die, stop
+        await lifecycle.thaw_after_signal(self, c, signum)
         if timeout == -1:
             await notice.event.wait()
             return
@@ -705,6 +732,7 @@ class ContainerManager:
             return
         log.info("container.stop_timeout", id=c.id, signal=signum, timeout=timeout)
         process.kill(signal.SIGKILL)
+        self.event(c, "kill", signal=int(signal.SIGKILL))
         await notice.event.wait()
 
     def waiter(self, ref: str, condition: str) -> Notice | None:
@@ -729,9 +757,10 @@ class ContainerManager:
 
     # -- remove ----------------------------------------------------------------
 
-    async def remove(self, ref: str, force: bool = False) -> None:
+    async def remove(self, ref: str, force: bool = False, volumes: bool = False) -> None:
         c = self.get(ref)
         track = self.tracks[c.id]
+        self.restarts.forget(c)
         if c.state.Running:
             if not force:
                 raise Conflict(
@@ -741,6 +770,7 @@ class ContainerManager:
             notice = track.next_exit
             if track.process is not None:
                 track.process.kill(signal.SIGKILL)
+                await lifecycle.thaw_after_signal(self, c, signal.SIGKILL)
             await notice.event.wait()
         if c.id not in self.by_id:
             return  # removed meanwhile (auto-remove)
@@ -764,6 +794,9 @@ class ContainerManager:
         if self.by_name.get(c.name) == c.id:
             del self.by_name[c.name]
         self.tracks.pop(c.id, None)
+        # volumes: release what a failed start left mounted; rm -v and --rm drop anonymous
+        await eng.to_thread(container_mounts.on_remove, eng, c,
+                            volumes or bool(c.host_config.get("AutoRemove")))
         track.removed.fire(c.state.ExitCode)
         self.event(c, "destroy")
         log.info("container.remove", id=c.id)
@@ -771,8 +804,15 @@ class ContainerManager:
     # -- attach and logs -----------------------------------------------------
 
     async def attach(self, ref: str, stream: trio.abc.Stream, *, stdin: bool, stdout: bool,
-                     stderr: bool, logs: bool, framed: bool) -> None:
-        """Serve a hijacked connection until the container's current run ends."""
+                     stderr: bool, logs: bool, framed: bool,
+                     detach_keys: bytes = b"\x10\x11") -> None:
+        """Serve a hijacked connection until the container's current run ends.
+
+        With a TTY, ``detach_keys`` typed on stdin end the attach (the
+        container keeps running); so does the end of stdin unless the
+        container closes its stdin then (``StdinOnce`` without TTY): Docker's
+        rules.
+        """
         from skiff.core.api.streams import multiplex_frame
 
         c = self.get(ref)
@@ -789,34 +829,39 @@ class ContainerManager:
             for msg in await self._history(c, ReadConfig(stdout=stdout, stderr=stderr)):
                 await stream.send_all(frame(msg.stream, msg.line))
 
-        async def copy_stdin() -> None:
+        async def copy_stdin(scope: trio.CancelScope) -> None:
             if not (stdin and c.config.get("OpenStdin")):
                 return
             await hub.stdin_ready.wait()
-            target = hub.stdin
-            while target is not None:
-                try:
-                    data = await stream.receive_some(65536)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    data = b""
-                if not data:
-                    if c.config.get("StdinOnce"):
-                        with contextlib.suppress(trio.ClosedResourceError):
-                            await target.aclose()
-                    return
-                try:
-                    await target.send_all(data)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    return
+            if hub.stdin is None:
+                return
+            how = await feed_stdin(stream, hub.stdin, tty=bool(c.config.get("Tty")),
+                                   close_on_eof=bool(c.config.get("StdinOnce")),
+                                   detach_keys=detach_keys)
+            if how == "detach":
+                self.event(c, "detach")
+            if how in ("detach", "eof"):
+                scope.cancel()
 
         async with trio.open_nursery() as n:
-            n.start_soon(copy_stdin)
+            n.start_soon(copy_stdin, n.cancel_scope)
             try:
                 async for kind, data in recv:
                     await stream.send_all(frame(kind, data))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
             n.cancel_scope.cancel()
+        hub.unsubscribe(recv)
+
+    def resize(self, ref: str, height: int, width: int) -> None:
+        """``POST /containers/{id}/resize``: the TTY's size (SIGWINCH in the container)."""
+        c = self.get(ref)
+        if not c.state.Running:
+            raise Conflict(f"Container {c.id} is not running")
+        try:
+            self.tracks[c.id].hub.resize(height, width)
+        except OSError as exc:
+            raise InvalidParameter(f"cannot resize the TTY: {exc.strerror}") from exc
 
     async def _history(self, c: Container, cfg: ReadConfig) -> list[Any]:
         lc = c.host_config.get("LogConfig") or {}
@@ -883,6 +928,7 @@ class ContainerManager:
 
     async def shutdown(self) -> None:
         """Stop every running container (no live-restore yet), in parallel."""
+        self.restarts.shutdown()
         async with trio.open_nursery() as n:
             for c in list(self.by_id.values()):
                 track = self.tracks.get(c.id)

@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import resource
 import signal
 import socket
 import stat
+import termios
 
 from skiff.core import syscalls as sc
 from skiff.plugins.isolation import capabilities, mounts, users
@@ -106,6 +108,7 @@ class Prepared:
         rlimits: list[tuple[int, int, int]],
         no_new_privileges: bool,
         new_cgroupns: bool,
+        tty: bool = False,
     ) -> None:
         self.user = user
         self.path = path  #: the executable, resolved through $PATH
@@ -117,6 +120,7 @@ class Prepared:
         self.rlimits = rlimits
         self.no_new_privileges = no_new_privileges
         self.new_cgroupns = new_cgroupns
+        self.tty = tty  #: stdio is a pty slave to make the controlling terminal
 
 
 def run(spec: dict[str, Any], stdio: list[int], chan: LineChannel, preset: int = 0) -> NoReturn:
@@ -124,10 +128,21 @@ def run(spec: dict[str, Any], stdio: list[int], chan: LineChannel, preset: int =
 
     ``preset`` holds the clone flags of namespaces a spare init already made.
     """
+    set_comm(b"skiff-init")
+    _serve(build, (spec, preset), stdio, chan)
+
+
+def run_exec(spec: dict[str, Any], stdio: list[int], chan: LineChannel) -> NoReturn:
+    """The child of an exec shim: join the container, report, wait for go, exec."""
+    set_comm(b"skiff-exec")
+    _serve(build_exec, (spec,), stdio, chan)
+
+
+def _serve(prepare: Any, args: tuple[Any, ...], stdio: list[int], chan: LineChannel) -> NoReturn:
+    """The shim conversation shared by a container's init and an exec'd process."""
     code = 125
     try:
-        set_comm(b"skiff-init")
-        prepared = build(spec, preset)
+        prepared = prepare(*args)
         chan.send({"ready": True})
         go = chan.receive()
         if go is None or go.get("cmd") != "go":
@@ -252,6 +267,80 @@ def build(spec: dict[str, Any], preset: int = 0) -> Prepared:
         rlimits=rlimits,
         no_new_privileges=bool(spec.get("no_new_privileges", True)),
         new_cgroupns="cgroup" in namespaces and namespaces["cgroup"] is None,
+        tty=bool(spec.get("tty")),
+    )
+
+
+#: the order runc's nsenter joins in; mount goes last because the other
+#: namespace paths are host paths under the host's /proc
+_EXEC_JOIN_ORDER = ("ipc", "uts", "net", "cgroup", "mount")
+
+
+def build_exec(spec: dict[str, Any]) -> Prepared:
+    """Join a running container (an ``ExecSpec``); resolve user and command.
+
+    The pid namespace was joined by the shim before it forked us.  Every
+    namespace file is opened before the first ``setns``: once in the
+    container's mount namespace, ``/proc/<pid>`` means the container's pid.
+    Joining the mount namespace puts root and cwd at that namespace's root,
+    which after the init's ``pivot_root`` is the container's root filesystem.
+    """
+    namespaces: dict[str, str] = spec.get("namespaces") or {}
+    permitted, last_cap = host_capabilities()
+    try:
+        cap_mask = capabilities.to_mask(spec.get("capabilities") or []) & permitted
+    except capabilities.UnknownCapability as exc:
+        raise InitError(str(exc)) from None
+    rlimits = [_rlimit(r) for r in spec.get("rlimits") or []]
+    opened: list[tuple[str, int]] = []
+    try:
+        for kind in _EXEC_JOIN_ORDER:
+            path = namespaces.get(kind)
+            if not path:
+                continue
+            try:
+                opened.append((kind, os.open(path, os.O_RDONLY | os.O_CLOEXEC)))
+            except OSError as exc:
+                raise InitError(
+                    f"cannot open {kind} namespace {path}: {exc.strerror} "
+                    "(is the container still running?)"
+                ) from None
+        for kind, fd in opened:
+            try:
+                sc.setns(fd, NAMESPACE_FLAGS[kind])
+            except OSError as exc:
+                raise InitError(f"cannot join {kind} namespace: {exc.strerror}") from None
+    finally:
+        for _, fd in opened:
+            os.close(fd)
+    try:
+        user = users.resolve_user(spec.get("user") or "", _read("/etc/passwd"), _read("/etc/group"))
+    except users.UserError as exc:
+        raise InitError(str(exc)) from None
+    env = _environment(spec.get("env") or [], user)
+    cwd = spec.get("cwd") or "/"
+    try:
+        os.chdir(cwd)
+    except OSError as exc:
+        raise InitError(
+            f"chdir to cwd ({cwd!r}) set in config.json failed: {exc.strerror.lower()}", 126
+        ) from None
+    args = list(spec.get("args") or [])
+    if not args:
+        raise InitError("no command specified")
+    path = look_path(args[0], env.get("PATH", DEFAULT_PATH))
+    return Prepared(
+        user=user,
+        path=path,
+        args=args,
+        env=env,
+        cwd=cwd,
+        cap_mask=cap_mask,
+        last_cap=last_cap,
+        rlimits=rlimits,
+        no_new_privileges=bool(spec.get("no_new_privileges", True)),
+        new_cgroupns=False,
+        tty=bool(spec.get("tty")),
     )
 
 
@@ -309,8 +398,14 @@ def _enter_namespaces(namespaces: dict[str, str | None], preset: int) -> None:
 
 
 def _mount_rootfs(rootfs: str, spec: dict[str, Any]) -> None:
-    # nothing done below may propagate back to the host's mount table
-    sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
+    # nothing done below may propagate back to the host's mount table; a bind
+    # mount asking for slave or shared propagation needs the copies of the
+    # host's mounts to stay slaves of them (Docker's rootfs propagation rslave)
+    wants_events = any(
+        opt in ("slave", "rslave", "shared", "rshared")
+        for m in spec.get("mounts") or [] for opt in m.get("options") or []
+    )
+    sc.mount(None, "/", None, sc.MS_REC | (sc.MS_SLAVE if wants_events else sc.MS_PRIVATE))
     os.makedirs(rootfs, 0o755, exist_ok=True)
     rootfs_mounts = spec.get("rootfs_mounts") or []
     if not any(m.get("destination", "/") in ("", "/") for m in rootfs_mounts):
@@ -524,6 +619,20 @@ def _environment(env: list[str], user: users.ExecUser) -> dict[str, str]:
     return result
 
 
+def _controlling_terminal() -> None:
+    """Make stdin (a pty slave) the controlling terminal of a new session.
+
+    The shim is a session leader, we are not, so ``setsid`` succeeds; then
+    the terminal's line discipline turns Ctrl-C into SIGINT for our
+    foreground process group and a resize into SIGWINCH.
+    """
+    os.setsid()
+    try:
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+    except OSError as exc:
+        raise InitError(f"cannot make the TTY the controlling terminal: {exc.strerror}") from None
+
+
 def _make_cwd(cwd: str) -> None:
     # Docker creates a missing working directory root-owned, mode 0755
     try:
@@ -606,6 +715,8 @@ def execute(p: Prepared, stdio: list[int], status_fd: int) -> None:
 
     for target, fd in enumerate(stdio):
         os.dup2(fd, target)
+    if p.tty:
+        _controlling_terminal()
     # everything but 0-2 and the close-on-exec channel to the shim goes
     os.closerange(3, status_fd)
     os.closerange(status_fd + 1, 1 << 20)

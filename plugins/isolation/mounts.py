@@ -6,11 +6,10 @@ this module).
 
 from __future__ import annotations
 
-import errno
 import os
-import stat
 
 from skiff.core import syscalls as sc
+from skiff.core.securejoin import secure_join as secure_join  # the init resolves with it
 
 MS_SYNCHRONOUS = 16
 MS_MANDLOCK = 64
@@ -87,43 +86,6 @@ def parse_options(options: list[str]) -> tuple[int, int, str]:
         elif opt:
             data.append(opt)
     return flags, propagation, ",".join(data)
-
-
-def secure_join(root: str, unsafe: str) -> str:
-    """``unsafe`` resolved as if ``root`` were ``/``: a host path under ``root``.
-
-    Symlinks inside ``root`` are followed, but an absolute link target or a
-    ``..`` restarts from, or stops at, ``root``, as the kernel does after a
-    chroot.  Components that do not exist are kept as written, so the caller
-    can create them.  This is the algorithm of Go's filepath-securejoin.
-    """
-    root = os.path.normpath(root)
-    pending = [p for p in unsafe.split("/") if p not in ("", ".")]
-    resolved: list[str] = []
-    links = 0
-    while pending:
-        part = pending.pop(0)
-        if part == "..":
-            if resolved:
-                resolved.pop()
-            continue
-        current = os.path.join(root, *resolved, part)
-        try:
-            st = os.lstat(current)
-        except (FileNotFoundError, NotADirectoryError):
-            resolved.append(part)
-            continue
-        if stat.S_ISLNK(st.st_mode):
-            links += 1
-            if links > 255:
-                raise OSError(errno.ELOOP, "too many levels of symbolic links", unsafe)
-            target = os.readlink(current)
-            if target.startswith("/"):
-                resolved = []
-            pending[:0] = [p for p in target.split("/") if p not in ("", ".")]
-            continue
-        resolved.append(part)
-    return os.path.join(root, *resolved)
 
 
 def within(root: str, path: str) -> bool:

@@ -19,7 +19,8 @@ for pkg in (skiff, skiff.core, skiff.plugins, skiff.cli):
 for name in names:
     importlib.import_module(name)
 from importlib.metadata import entry_points
-groups = ["skiff.storage", "skiff.network", "skiff.logging", "skiff.isolation", "skiff.limits"]
+groups = ["skiff.storage", "skiff.network", "skiff.logging", "skiff.isolation", "skiff.limits",
+          "skiff.volume"]
 # skiff's own entry points; a third-party driver of the test venv may be listed too
 eps = [ep for g in groups for ep in entry_points(group=g) if ep.value.startswith("skiff.")]
 for ep in eps:

@@ -1,0 +1,514 @@
+"""A container's mounts: from HostConfig to mount points to ``MountSpec`` records.
+
+Three steps, as Docker's ``registerMountPoints`` / ``setupMounts``:
+
+``plan(cfg, hc)`` (at create, pure): parse ``Binds``, ``Mounts``, ``Tmpfs``
+and the image's ``Config.Volumes`` into mount points; a bad spec is an
+``InvalidConfig`` (400) before anything exists.
+
+``realize(engine, c, points)`` (at create, blocking): add ``VolumesFrom``,
+create the named volumes asked for and the anonymous ones, fill in each
+volume's host path, copy the image's content into a new, empty volume
+(unless ``nocopy``).  The result is kept in the container record
+(``Container.mount_points``) and is what inspect shows as ``Mounts``.
+
+``specs(engine, c)`` (at every start, blocking): mount the volumes through
+their drivers and describe every mount point as a ``MountSpec`` for the
+container init, parents before children.  ``release(engine, c)`` unmounts the
+volumes when the container stops.
+
+A mount point is a dict with Docker's ``MountPoint`` keys (Type, Name, Source,
+Destination, Driver, Mode, RW, Propagation) and a few private ones, all
+starting with ``_``: ``_named`` (the volume was named by the user, so
+``rm -v`` keeps it), ``_copy`` (copy-up wanted), ``_create`` (a ``-v`` bind
+whose missing source is created), ``_options`` (tmpfs options), ``_hidden``
+(``HostConfig.Tmpfs``, which Docker does not list in ``Mounts``), ``_labels``
+and ``_driver_opts`` (for the volume's creation).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import stat
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from skiff.core.containers.config import InvalidConfig
+from skiff.core.errors import InvalidParameter, NotFound
+from skiff.core.hookspecs import MountSpec
+from skiff.core.securejoin import secure_join
+
+if TYPE_CHECKING:
+    from skiff.core.containers.model import Container
+    from skiff.core.engine import Engine
+
+log = structlog.get_logger("skiff.mounts")
+
+PROPAGATIONS = ("private", "rprivate", "shared", "rshared", "slave", "rslave")
+RW_MODES = ("ro", "rw")
+LABEL_MODES = ("z", "Z")
+COPY_MODES = ("nocopy",)
+#: tmpfs options taken as they are; any other ``key=value`` must have one of these keys
+TMPFS_FLAGS = ("ro", "rw", "nosuid", "suid", "nodev", "dev", "noexec", "exec", "sync",
+               "async", "dirsync", "noatime", "atime", "nodiratime", "diratime", "relatime",
+               "norelatime", "strictatime", *PROPAGATIONS)
+TMPFS_KEYS = ("size", "mode", "uid", "gid", "nr_inodes", "nr_blocks", "mpol", "huge")
+#: Go's os.ModeSetuid, ModeSetgid, ModeSticky in TmpfsOptions.Mode
+_GO_SETUID, _GO_SETGID, _GO_STICKY = 1 << 23, 1 << 22, 1 << 20
+
+
+# -- parsing (create, pure) -------------------------------------------------------
+
+
+def _check_destination(dest: str, kind: str, spec: str) -> str:
+    if not dest:
+        raise InvalidConfig(
+            f'invalid mount config for type "{kind}": field Target must not be empty')
+    if not dest.startswith("/"):
+        raise InvalidConfig(
+            f"invalid volume specification: '{spec}': invalid mount config for type "
+            f"\"{kind}\": invalid mount path: '{dest}' mount path must be absolute")
+    clean = os.path.normpath(dest)
+    if clean.startswith("//"):
+        clean = clean[1:]
+    if clean == "/":
+        raise InvalidConfig(
+            f"invalid volume specification: '{spec}': invalid mount config for type "
+            f"\"{kind}\": invalid specification: destination can't be '/'")
+    return clean
+
+
+def parse_mode(mode: str, spec: str, kind: str) -> tuple[bool, str, bool]:
+    """``ro,Z,rslave`` -> (rw, propagation or "", copy); Docker's validity rules."""
+    words = [w for w in mode.split(",") if w] if mode else []
+    counts = {"rw": 0, "label": 0, "prop": 0, "copy": 0}
+    rw, propagation, copy = True, "", True
+    for w in words:
+        if w in RW_MODES:
+            counts["rw"] += 1
+            rw = w == "rw"
+        elif w in LABEL_MODES:
+            counts["label"] += 1
+        elif w in PROPAGATIONS:
+            counts["prop"] += 1
+            propagation = w
+        elif w in COPY_MODES:
+            counts["copy"] += 1
+            copy = False
+        else:
+            raise InvalidConfig(f"invalid mode: {w}")
+    if any(n > 1 for n in counts.values()):
+        raise InvalidConfig(f"invalid mode: {mode}")
+    if counts["copy"] and kind == "bind":
+        raise InvalidConfig(f"invalid volume specification: '{spec}': invalid mode: {mode}"
+                            " (nocopy is for volumes, not bind mounts)")
+    if counts["prop"] and kind == "volume":
+        raise InvalidConfig(f"invalid volume specification: '{spec}': invalid mode: {mode}"
+                            " (propagation is for bind mounts, not volumes)")
+    return rw, propagation, copy
+
+
+def parse_bind(spec: str) -> dict[str, Any]:
+    """One ``Binds`` entry: ``/host:/ctr[:mode]`` or ``name:/ctr[:mode]``."""
+    if not isinstance(spec, str):
+        raise InvalidConfig(f"invalid volume specification: {spec!r}: expected a string")
+    parts = spec.split(":")
+    if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
+        raise InvalidConfig(f"invalid volume specification: '{spec}'")
+    src, dst = parts[0], parts[1]
+    mode = parts[2] if len(parts) == 3 else ""
+    kind = "bind" if src.startswith("/") else "volume"
+    dest = _check_destination(dst, kind, spec)
+    rw, propagation, copy = parse_mode(mode, spec, kind)
+    if kind == "bind":
+        return {"Type": "bind", "Source": os.path.normpath(src), "Destination": dest,
+                "Mode": mode, "RW": rw, "Propagation": propagation or "rprivate",
+                "_create": True}
+    return {"Type": "volume", "Name": src, "Source": "", "Destination": dest,
+            "Driver": "", "Mode": mode or "z", "RW": rw, "Propagation": "",
+            "_named": True, "_copy": copy}
+
+
+def parse_mount(m: Mapping[str, Any]) -> dict[str, Any]:
+    """One ``HostConfig.Mounts`` entry (``--mount``)."""
+    if not isinstance(m, Mapping):
+        raise InvalidConfig(f"invalid mount config: expected an object, got {m!r}")
+    kind = m.get("Type") or ""
+    src = m.get("Source") or ""
+    target = m.get("Target") or ""
+    where = f'invalid mount config for type "{kind}"'
+    if kind not in ("bind", "volume", "tmpfs"):
+        raise InvalidConfig(f"{where}: mount type unknown")
+    dest = _check_destination(target, kind, target)
+    rw = not m.get("ReadOnly")
+    for key, allowed in (("BindOptions", "bind"), ("VolumeOptions", "volume"),
+                         ("TmpfsOptions", "tmpfs")):
+        if m.get(key) and kind != allowed:
+            raise InvalidConfig(f"{where}: {key} must not be specified")
+    if kind == "bind":
+        if not src:
+            raise InvalidConfig(f"{where}: field Source must not be empty")
+        if not src.startswith("/"):
+            raise InvalidConfig(f"{where}: invalid mount path: '{src}' mount path must be "
+                                "absolute")
+        if not os.path.exists(src):
+            raise InvalidConfig(f"{where}: bind source path does not exist: {src}")
+        propagation = (m.get("BindOptions") or {}).get("Propagation") or "rprivate"
+        if propagation not in PROPAGATIONS:
+            raise InvalidConfig(f"{where}: invalid propagation mode: {propagation}")
+        return {"Type": "bind", "Source": os.path.normpath(src), "Destination": dest,
+                "Mode": "", "RW": rw, "Propagation": propagation, "_create": False,
+                "_nonrecursive": bool((m.get("BindOptions") or {}).get("NonRecursive"))}
+    if kind == "volume":
+        vo = m.get("VolumeOptions") or {}
+        driver_cfg = vo.get("DriverConfig") or {}
+        return {"Type": "volume", "Name": src, "Source": "", "Destination": dest,
+                "Driver": driver_cfg.get("Name") or "", "Mode": "z" if src else "",
+                "RW": rw, "Propagation": "", "_named": bool(src),
+                "_copy": not vo.get("NoCopy"), "_labels": dict(vo.get("Labels") or {}),
+                "_driver_opts": dict(driver_cfg.get("Options") or {})}
+    if src:
+        raise InvalidConfig(f"{where}: field Source must not be specified")
+    opts = []
+    to = m.get("TmpfsOptions") or {}
+    size = to.get("SizeBytes")
+    if size:
+        if not isinstance(size, int) or size < 0:
+            raise InvalidConfig(f"{where}: invalid size: {size!r}")
+        opts.append(f"size={size}")
+    mode = to.get("Mode")
+    if mode:
+        perm = int(mode) & 0o7777
+        perm |= 0o1000 if int(mode) & _GO_STICKY else 0
+        perm |= 0o2000 if int(mode) & _GO_SETGID else 0
+        perm |= 0o4000 if int(mode) & _GO_SETUID else 0
+        opts.append(f"mode={perm:o}")
+    return {"Type": "tmpfs", "Source": "", "Destination": dest, "Mode": "", "RW": rw,
+            "Propagation": "", "_options": opts}
+
+
+def parse_tmpfs(dest: str, options: str) -> dict[str, Any]:
+    """One ``HostConfig.Tmpfs`` entry: ``/run`` -> ``size=64m,mode=1777``."""
+    clean = _check_destination(dest, "tmpfs", f"{dest}:{options}")
+    opts = [o for o in (options or "").split(",") if o]
+    for o in opts:
+        key, eq, _ = o.partition("=")
+        if not (o in TMPFS_FLAGS or (eq and key in TMPFS_KEYS)):
+            raise InvalidConfig(f"invalid tmpfs option {o!r} for {dest}")
+    return {"Type": "tmpfs", "Source": "", "Destination": clean, "Mode": options or "",
+            "RW": "ro" not in opts, "Propagation": "", "_options": opts, "_hidden": True}
+
+
+def plan(cfg: Mapping[str, Any], hc: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Mount points of a create request, without VolumesFrom (see ``realize``)."""
+    by_dest: dict[str, dict[str, Any]] = {}
+    binds = hc.get("Binds") or []
+    if not isinstance(binds, list):
+        raise InvalidConfig("HostConfig.Binds must be a list of strings")
+    for spec in binds:
+        mp = parse_bind(spec)
+        if mp["Destination"] in by_dest:
+            raise InvalidConfig(f"Duplicate mount point: {mp['Destination']}")
+        by_dest[mp["Destination"]] = mp
+    explicit = set(by_dest)
+    for dest in (cfg.get("Volumes") or {}):
+        if not isinstance(dest, str):
+            raise InvalidConfig(f"invalid volume: {dest!r}")
+        clean = _check_destination(dest, "volume", dest)
+        by_dest.setdefault(clean, {
+            "Type": "volume", "Name": "", "Source": "", "Destination": clean, "Driver": "",
+            "Mode": "", "RW": True, "Propagation": "", "_named": False, "_copy": True})
+    mounts = hc.get("Mounts") or []
+    if not isinstance(mounts, list):
+        raise InvalidConfig("HostConfig.Mounts must be a list")
+    for m in mounts:
+        mp = parse_mount(m)
+        if mp["Destination"] in explicit:
+            raise InvalidConfig(f"Duplicate mount point: {mp['Destination']}")
+        explicit.add(mp["Destination"])
+        by_dest[mp["Destination"]] = mp
+    tmpfs = hc.get("Tmpfs") or {}
+    if not isinstance(tmpfs, Mapping):
+        raise InvalidConfig("HostConfig.Tmpfs must be a map of path to options")
+    for dest, options in tmpfs.items():
+        mp = parse_tmpfs(dest, options)
+        by_dest[mp["Destination"]] = mp  # Docker: a tmpfs wins over any other mount
+    for ref in hc.get("VolumesFrom") or []:
+        _, _, mode = str(ref).partition(":")
+        if mode and any(w not in RW_MODES + LABEL_MODES for w in mode.split(",")):
+            raise InvalidConfig(f"invalid mode: {mode}")
+    return list(by_dest.values())
+
+
+# -- realizing (create, blocking) ---------------------------------------------------
+
+
+def realize(engine: Engine, c: Container, points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Final mount points of ``c``: VolumesFrom merged, volumes created, copy-up done.
+
+    Volumes created here are removed again if anything fails, so a refused
+    create leaves no anonymous volume behind.
+    """
+    store = engine.volumes
+    by_dest: dict[str, dict[str, Any]] = {}
+    for ref in c.host_config.get("VolumesFrom") or []:
+        name, _, mode = str(ref).partition(":")
+        try:
+            other = engine.containers.get(name)
+        except NotFound as exc:
+            # 400, not 404: the CLI takes a 404 at create for a missing image and pulls
+            raise InvalidParameter(f"{exc.message} (--volumes-from {ref})") from None
+        for mp in getattr(other, "mount_points", None) or []:
+            if mp.get("_hidden"):
+                continue
+            copied = dict(mp)
+            if "ro" in mode.split(","):
+                copied["RW"] = False
+            elif "rw" in mode.split(","):
+                copied["RW"] = True
+            if mode:
+                copied["Mode"] = mode
+            by_dest[copied["Destination"]] = copied
+    for mp in points:
+        by_dest[mp["Destination"]] = dict(mp)
+    created: list[str] = []
+    held: list[str] = []
+    default_driver = c.host_config.get("VolumeDriver") or ""
+    try:
+        for mp in by_dest.values():
+            if mp["Type"] != "volume":
+                continue
+            try:
+                v, new = store.create(mp.get("Name") or None,
+                                      mp.get("Driver") or default_driver or None,
+                                      mp.pop("_driver_opts", None) or None,
+                                      mp.pop("_labels", None) or None)
+            except NotFound as exc:  # an unknown driver; 400 for the reason above
+                raise InvalidParameter(exc.message) from None
+            if new:
+                created.append(v.name)
+            store.hold(v.name)
+            held.append(v.name)
+            mp["Name"], mp["Driver"] = v.name, v.driver
+            mp["Source"] = store.driver(v.driver).path(v.name)
+        copies = [mp for mp in by_dest.values() if mp["Type"] == "volume" and mp.get("_copy")]
+        if copies and c.mount_id:
+            _copy_up(engine, c, copies)
+    except BaseException:
+        for name in held:
+            store.release_hold(name)
+        for name in created:
+            with contextlib.suppress(Exception):
+                store.remove(name, force=True)
+        raise
+    for mp in by_dest.values():
+        mp.pop("_copy", None)  # copy-up happens once, at create, as in Docker
+    result = sorted(by_dest.values(), key=lambda mp: _depth(mp["Destination"]))
+    c.mount_points = result  # the record counts as a user before the holds go
+    for name in held:
+        store.release_hold(name)
+    return result
+
+
+def _depth(path: str) -> int:
+    return len([p for p in path.split("/") if p])
+
+
+def _copy_up(engine: Engine, c: Container, points: list[dict[str, Any]]) -> None:
+    """Copy what the image has at each destination into its volume, if that is empty."""
+    store = engine.volumes
+    ref = f"copy-up-{c.id}"
+    root = engine.storage.get(c.mount_id)
+    try:
+        for mp in points:
+            drv = store.driver(mp["Driver"])
+            path = drv.mount(mp["Name"], ref)
+            try:
+                src = secure_join(root, mp["Destination"])
+                if not os.path.isdir(path) or os.listdir(path):
+                    continue
+                try:
+                    st = os.lstat(src)
+                except FileNotFoundError:
+                    continue
+                if not stat.S_ISDIR(st.st_mode):
+                    continue
+                copy_tree(src, path)
+                # the volume's root takes the image directory's owner and mode
+                os.chown(path, st.st_uid, st.st_gid)
+                os.chmod(path, stat.S_IMODE(st.st_mode))
+            finally:
+                drv.unmount(mp["Name"], ref)
+    finally:
+        engine.storage.put(c.mount_id)
+
+
+def copy_tree(src: str, dst: str, _links: dict[tuple[int, int], str] | None = None) -> None:
+    """Copy the contents of directory ``src`` into the existing, empty ``dst``.
+
+    Symlinks are copied as links, never followed; ownership, modes and times
+    are kept; hard links within the tree stay hard links.  Everything is
+    created fresh (``O_EXCL``) in a directory the daemon just made, so nothing
+    in the tree can redirect a write.
+    """
+    links = {} if _links is None else _links
+    src_dev = os.lstat(src).st_dev
+    for entry in os.scandir(src):
+        s = entry.path
+        d = os.path.join(dst, entry.name)
+        st = entry.stat(follow_symlinks=False)
+        mode = st.st_mode
+        if stat.S_ISDIR(mode):
+            os.mkdir(d, 0o700)
+            if st.st_dev == src_dev:  # a mount inside the image's tree: stop there
+                copy_tree(s, d, links)
+        elif stat.S_ISLNK(mode):
+            os.symlink(os.readlink(s), d)
+        elif stat.S_ISREG(mode):
+            key = (st.st_dev, st.st_ino)
+            if st.st_nlink > 1 and key in links:
+                os.link(links[key], d)
+                continue
+            fd_in = os.open(s, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                fd_out = os.open(d, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                                 | os.O_CLOEXEC, 0o600)
+                try:
+                    with open(fd_in, "rb", closefd=False) as fi, \
+                            open(fd_out, "wb", closefd=False) as fo:
+                        shutil.copyfileobj(fi, fo, 1 << 20)
+                finally:
+                    os.close(fd_out)
+            finally:
+                os.close(fd_in)
+            if st.st_nlink > 1:
+                links[key] = d
+        elif stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+            os.mknod(d, mode, st.st_rdev)
+        else:
+            continue  # sockets belong to a process, not to an image
+        os.chown(d, st.st_uid, st.st_gid, follow_symlinks=False)
+        if not stat.S_ISLNK(mode):
+            os.chmod(d, stat.S_IMODE(mode))
+        os.utime(d, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+
+# -- starting and stopping (blocking) -----------------------------------------------
+
+
+def specs(engine: Engine, c: Container) -> list[MountSpec]:
+    """MountSpecs of ``c``'s mount points, volumes mounted through their drivers."""
+    from skiff.core.volumes.store import publish
+
+    out: list[MountSpec] = []
+    mounted: list[tuple[str, str]] = []
+    points = getattr(c, "mount_points", None) or []
+    if not points and c.host_config.get("Binds"):
+        # a record from before mount points were kept: its binds are host paths
+        points = [mp for mp in plan({}, {"Binds": c.host_config["Binds"]})
+                  if mp["Type"] == "bind"]
+    try:
+        for mp in points:
+            kind = mp["Type"]
+            rw = "rw" if mp.get("RW", True) else "ro"
+            if kind == "tmpfs":
+                opts = ["nosuid", "nodev", "noexec", *(mp.get("_options") or [])]
+                if rw == "ro":
+                    opts.append("ro")
+                out.append(MountSpec("tmpfs", "tmpfs", mp["Destination"], opts))
+                continue
+            if kind == "volume":
+                drv = engine.volumes.driver(mp["Driver"])
+                try:
+                    source = drv.mount(mp["Name"], c.id)
+                except KeyError:
+                    raise InvalidParameter(
+                        f"volume {mp['Name']} of mount {mp['Destination']} no longer exists"
+                    ) from None
+                mounted.append((mp["Driver"], mp["Name"]))
+                publish(engine, "mount", mp["Name"], {
+                    "container": c.id, "destination": mp["Destination"],
+                    "driver": mp["Driver"], "propagation": mp.get("Propagation") or "",
+                    "read/write": str(rw == "rw").lower()})
+                out.append(MountSpec("bind", source, mp["Destination"], ["rbind", rw]))
+                continue
+            source = mp["Source"]
+            if mp.get("_create") and not os.path.lexists(source):
+                # -v creates a missing host directory, as Docker does (--mount refuses)
+                os.makedirs(source, 0o755, exist_ok=True)
+            elif not os.path.exists(source):
+                raise InvalidParameter(
+                    f'invalid mount config for type "bind": bind source path does not '
+                    f"exist: {source}")
+            opts = ["bind" if mp.get("_nonrecursive") else "rbind", rw]
+            if mp.get("Propagation"):
+                opts.append(mp["Propagation"])
+            out.append(MountSpec("bind", source, mp["Destination"], opts))
+    except BaseException:
+        for driver, name in mounted:
+            with contextlib.suppress(Exception):
+                engine.volumes.driver(driver).unmount(name, c.id)
+        raise
+    engine.volumes.mounted[c.id] = mounted
+    return out
+
+
+def release(engine: Engine, c: Container) -> None:
+    """Unmount the volumes ``specs`` mounted for ``c``; never raises."""
+    from skiff.core.volumes.store import publish
+
+    for driver, name in engine.volumes.mounted.pop(c.id, []):
+        try:
+            engine.volumes.driver(driver).unmount(name, c.id)
+        except Exception as exc:
+            log.warning("volume.unmount_failed", name=name, container=c.id, error=str(exc))
+            continue
+        publish(engine, "unmount", name, {"container": c.id, "driver": driver})
+
+
+def on_remove(engine: Engine, c: Container, volumes: bool) -> None:
+    """The container is gone: unmount what is left; with ``volumes``, ``remove_anonymous``."""
+    release(engine, c)
+    if volumes:
+        remove_anonymous(engine, c)
+
+
+def remove_anonymous(engine: Engine, c: Container) -> None:
+    """``docker rm -v``: remove the volumes of ``c`` that were not named by the user.
+
+    A volume another container still uses stays (Docker ignores that error too).
+    """
+    from skiff.core.errors import Conflict, NotFound
+
+    for mp in getattr(c, "mount_points", None) or []:
+        if mp.get("Type") != "volume" or mp.get("_named"):
+            continue
+        try:
+            engine.volumes.remove(mp["Name"])
+        except (Conflict, NotFound):
+            continue
+        except Exception as exc:
+            log.warning("volume.remove_failed", name=mp["Name"], container=c.id,
+                        error=str(exc))
+
+
+def api(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Docker's ``Mounts`` of inspect and ``ps`` from the stored mount points."""
+    out = []
+    for mp in points:
+        if mp.get("_hidden"):
+            continue
+        item = {"Type": mp["Type"]}
+        if mp["Type"] == "volume":
+            item["Name"] = mp.get("Name", "")
+        item.update(Source=mp.get("Source", ""), Destination=mp["Destination"])
+        if mp["Type"] == "volume":
+            item["Driver"] = mp.get("Driver", "")
+        item.update(Mode=mp.get("Mode", ""), RW=bool(mp.get("RW", True)),
+                    Propagation=mp.get("Propagation", ""))
+        out.append(item)
+    return out

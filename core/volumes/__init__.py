@@ -1,0 +1,1 @@
+"""Volumes: the records the daemon keeps and the drivers that hold the data."""

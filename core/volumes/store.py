@@ -1,0 +1,352 @@
+"""The volume store: records, drivers, reference counts, filters, prune.
+
+Drivers (``skiff.volume`` entry points, ``hookspecs.VolumeDriver``) hold the
+data; the store keeps what Docker's volume service keeps in its metadata
+database: per volume its driver, labels, options and creation time, one JSON
+file each under ``<data-root>/volumes/_meta/`` (a volume name cannot start
+with ``_``, so the folder never clashes with the local driver's volumes).
+
+A volume is in use while any container, running or not, has a mount point
+naming it; the count is derived from the container records, so it is right
+after a daemon restart without bookkeeping of its own.  Every method blocks
+(driver calls, file I/O) and runs on a worker thread; events are handed to
+the trio thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import structlog
+import trio
+
+from skiff.core.atomic import write_json_atomic
+from skiff.core.errors import Conflict, InvalidParameter, NotFound
+from skiff.core.hookspecs import DriverNotSupported, VolumeContext, VolumeDriver
+from skiff.core.timefmt import rfc3339
+
+if TYPE_CHECKING:
+    from skiff.core.engine import Engine
+
+log = structlog.get_logger("skiff.volumes")
+
+DEFAULT_DRIVER = "local"
+NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
+VOLUME_FILTERS = {"dangling", "name", "label", "driver"}
+PRUNE_FILTERS = {"label", "label!"}
+
+
+@dataclass
+class Volume:
+    """The daemon's record of one volume."""
+
+    name: str
+    driver: str
+    created_at: str
+    labels: dict[str, str] = field(default_factory=dict)
+    options: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"Name": self.name, "Driver": self.driver, "CreatedAt": self.created_at,
+                "Labels": self.labels, "Options": self.options}
+
+
+def publish(engine: Engine, action: str, name: str, attributes: Mapping[str, Any]) -> None:
+    """Publish a volume event from the trio thread or from a worker thread."""
+    try:
+        trio.lowlevel.current_task()
+    except RuntimeError:
+        with contextlib.suppress(RuntimeError):  # no trio at all (unit use): no events
+            trio.from_thread.run_sync(engine.events.publish, "volume", action, name,
+                                      dict(attributes))
+        return
+    engine.events.publish("volume", action, name, dict(attributes))
+
+
+class VolumeStore:
+    """The volumes of one daemon."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.home = os.path.join(engine.data_root, "volumes")
+        self.meta_dir = os.path.join(self.home, "_meta")
+        self.volumes: dict[str, Volume] = {}
+        self._drivers: dict[str, VolumeDriver] = {}
+        self._lock = threading.RLock()
+        #: volume name -> containers being created that will use it (not yet recorded)
+        self._pending: dict[str, int] = {}
+        #: container ID -> (driver, volume) pairs mounted for its current run
+        self.mounted: dict[str, list[tuple[str, str]]] = {}
+        os.makedirs(self.meta_dir, mode=0o700, exist_ok=True)
+        os.chmod(self.home, 0o701)
+
+    # -- drivers ---------------------------------------------------------------
+
+    def driver(self, name: str) -> VolumeDriver:
+        """The volume driver ``name``, built on first use."""
+        name = name or DEFAULT_DRIVER
+        with self._lock:
+            if name not in self._drivers:
+                try:
+                    factory = self.engine.plugins.factory("volume", name)
+                except LookupError as exc:
+                    raise NotFound(f"error looking up volume plugin {name}: {exc}") from exc
+                try:
+                    self._drivers[name] = factory(VolumeContext(
+                        home=self.home, data_root=self.engine.data_root))
+                except DriverNotSupported as exc:
+                    raise InvalidParameter(f"volume driver {name} cannot be used: {exc}"
+                                           ) from exc
+            return self._drivers[name]
+
+    # -- records ---------------------------------------------------------------
+
+    def load(self) -> None:
+        """Read the records; a local volume without one (made by hand) gets one."""
+        for entry in os.listdir(self.meta_dir):
+            if not entry.endswith(".json"):
+                continue
+            try:
+                with open(os.path.join(self.meta_dir, entry)) as f:
+                    rec = json.load(f)
+                v = Volume(name=rec["Name"], driver=rec.get("Driver") or DEFAULT_DRIVER,
+                           created_at=rec.get("CreatedAt") or "",
+                           labels=dict(rec.get("Labels") or {}),
+                           options=dict(rec.get("Options") or {}))
+            except (OSError, ValueError, KeyError) as exc:
+                log.warning("volume.restore_failed", file=entry, error=str(exc))
+                continue
+            self.volumes[v.name] = v
+        with contextlib.suppress(Exception):
+            for info in self.driver(DEFAULT_DRIVER).list():
+                if info.name not in self.volumes:
+                    v = Volume(info.name, DEFAULT_DRIVER, self._created(info.mountpoint))
+                    self.volumes[v.name] = v
+                    self._save(v)
+
+    @staticmethod
+    def _created(path: str) -> str:
+        try:
+            return rfc3339(os.stat(path).st_mtime)
+        except OSError:
+            return rfc3339(0)
+
+    def _save(self, v: Volume) -> None:
+        write_json_atomic(os.path.join(self.meta_dir, f"{v.name}.json"), v.to_json(), 0o600)
+
+    def get(self, name: str) -> Volume:
+        v = self.volumes.get(name)
+        if v is None:
+            raise NotFound(f"get {name}: no such volume")
+        return v
+
+    # -- usage -------------------------------------------------------------------
+
+    def users(self, name: str) -> list[str]:
+        """IDs of the containers whose mount points name volume ``name``."""
+        out = []
+        for c in list(self.engine.containers.by_id.values()):
+            for mp in getattr(c, "mount_points", None) or []:
+                if mp.get("Type") == "volume" and mp.get("Name") == name:
+                    out.append(c.id)
+                    break
+        return out
+
+    def in_use(self, name: str) -> bool:
+        return bool(self._pending.get(name)) or bool(self.users(name))
+
+    def hold(self, name: str) -> None:
+        """Count a container being created as a user until ``release_hold``."""
+        with self._lock:
+            self._pending[name] = self._pending.get(name, 0) + 1
+
+    def release_hold(self, name: str) -> None:
+        with self._lock:
+            n = self._pending.get(name, 0) - 1
+            if n > 0:
+                self._pending[name] = n
+            else:
+                self._pending.pop(name, None)
+
+    # -- API operations ----------------------------------------------------------
+
+    def create(self, name: str | None, driver: str | None = None,
+               options: Mapping[str, str] | None = None,
+               labels: Mapping[str, str] | None = None) -> tuple[Volume, bool]:
+        """Create a volume (a random name when none); (volume, whether it is new).
+
+        Creating a volume that exists with the same driver returns it, as
+        Docker does, so ``-v name:/x`` and ``docker volume create name`` agree.
+        """
+        driver = driver or DEFAULT_DRIVER
+        if options is not None and not isinstance(options, Mapping):
+            raise InvalidParameter("DriverOpts must be a map of strings")
+        if labels is not None and not isinstance(labels, Mapping):
+            raise InvalidParameter("Labels must be a map of strings")
+        with self._lock:
+            if not name:
+                name = secrets.token_hex(32)
+            elif not NAME_RE.match(name):
+                raise InvalidParameter(
+                    f'create {name}: "{name}" includes invalid characters for a local volume '
+                    'name, only "[a-zA-Z0-9][a-zA-Z0-9_.-]" are allowed. If you intended to '
+                    "pass a host directory, use absolute path")
+            existing = self.volumes.get(name)
+            if existing is not None:
+                if existing.driver != driver:
+                    raise Conflict(
+                        f"create {name}: volume name must be unique: a volume named {name} "
+                        f"already exists with driver {existing.driver}")
+                return existing, False
+            drv = self.driver(driver)
+            opts = {str(k): str(v) for k, v in (options or {}).items()}
+            try:
+                drv.create(name, opts)
+            except ValueError as exc:
+                raise InvalidParameter(f"create {name}: {exc}") from exc
+            v = Volume(name=name, driver=driver, created_at=rfc3339(_now()),
+                       labels={str(k): str(val) for k, val in (labels or {}).items()},
+                       options=opts)
+            try:
+                self._save(v)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    drv.remove(name)
+                raise
+            self.volumes[name] = v
+        publish(self.engine, "create", name, {"driver": driver})
+        log.info("volume.create", name=name, driver=driver)
+        return v, True
+
+    def remove(self, name: str, force: bool = False) -> None:
+        """``docker volume rm``: refused while a container uses the volume.
+
+        ``force`` ignores a missing volume and drops the record even when the
+        driver fails to delete the data (Docker's purge), never a volume in use.
+        """
+        with self._lock:
+            v = self.volumes.get(name)
+            if v is None:
+                if force:
+                    return
+                raise NotFound(f"get {name}: no such volume")
+            users = self.users(name)
+            if users or self._pending.get(name):
+                raise Conflict(f"remove {name}: volume is in use - [{', '.join(users)}]")
+            try:
+                self.driver(v.driver).remove(name)
+            except KeyError:
+                pass
+            except Exception as exc:
+                if not force:
+                    raise
+                log.warning("volume.remove_purged", name=name, error=str(exc))
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(self.meta_dir, f"{name}.json"))
+            del self.volumes[name]
+        publish(self.engine, "destroy", name, {"driver": v.driver})
+        log.info("volume.remove", name=name)
+
+    def prune(self, filters: Mapping[str, list[str]]) -> tuple[list[str], int]:
+        """Remove every unused local volume matching ``filters`` (API 1.41 semantics:
+        named and anonymous alike); the names and the bytes reclaimed."""
+        deleted: list[str] = []
+        space = 0
+        for name, v in sorted(self.volumes.items()):
+            if self.in_use(name) or not _labels_match(v.labels, filters):
+                continue
+            drv = self.driver(v.driver)
+            if drv.capabilities().get("Scope", "local") != "local":
+                continue
+            size = _du(drv.path(name)) if v.driver == DEFAULT_DRIVER else 0
+            try:
+                self.remove(name)
+            except (Conflict, NotFound):
+                continue
+            except Exception as exc:
+                log.warning("volume.prune_failed", name=name, error=str(exc))
+                continue
+            deleted.append(name)
+            space += size
+        return deleted, space
+
+    def inspect(self, v: Volume, usage: bool = False) -> dict[str, Any]:
+        drv = self.driver(v.driver)
+        try:
+            info = drv.get(v.name)
+            mountpoint, status = info.mountpoint, info.status
+        except KeyError:
+            mountpoint, status = "", {}
+        scope = drv.capabilities().get("Scope", "local")
+        out: dict[str, Any] = {
+            "CreatedAt": v.created_at, "Driver": v.driver, "Labels": v.labels or None,
+            "Mountpoint": mountpoint, "Name": v.name, "Options": v.options or None,
+            "Scope": scope,
+        }
+        if status:
+            out["Status"] = status
+        if usage:
+            out["UsageData"] = {"Size": _du(mountpoint) if mountpoint else -1,
+                                "RefCount": len(self.users(v.name))}
+        return out
+
+    def list(self, filters: Mapping[str, list[str]]) -> list[dict[str, Any]]:
+        out = []
+        for name, v in sorted(self.volumes.items()):
+            if filters.get("name") and not any(f in name for f in filters["name"]):
+                continue
+            if filters.get("driver") and v.driver not in filters["driver"]:
+                continue
+            if filters.get("dangling"):
+                want = filters["dangling"][-1].lower()
+                if want not in ("1", "true", "0", "false"):
+                    raise InvalidParameter(f"invalid filter 'dangling={want}'")
+                if (want in ("1", "true")) == self.in_use(name):
+                    continue
+            if not _labels_match(v.labels, {"label": filters.get("label", [])}):
+                continue
+            out.append(self.inspect(v))
+        return out
+
+
+def _now() -> float:
+    import time
+
+    return time.time()
+
+
+def _labels_match(labels: Mapping[str, str], filters: Mapping[str, list[str]]) -> bool:
+    """Docker's label filters: ``key``, ``key=value``; ``label!`` negates."""
+    def has(want: str) -> bool:
+        key, eq, value = want.partition("=")
+        return key in labels and (not eq or labels[key] == value)
+
+    if not all(has(w) for w in filters.get("label", [])):
+        return False
+    return not any(has(w) for w in filters.get("label!", []))
+
+
+def _du(path: str) -> int:
+    """Bytes used under ``path``, without following symlinks or crossing mounts."""
+    total = 0
+    try:
+        dev = os.lstat(path).st_dev
+    except OSError:
+        return 0
+    for root, dirs, files in os.walk(path):
+        for name in files + dirs:
+            try:
+                st = os.lstat(os.path.join(root, name))
+            except OSError:
+                continue
+            if st.st_dev == dev:
+                total += st.st_blocks * 512 if st.st_blocks else st.st_size
+    return total
