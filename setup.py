@@ -4,12 +4,23 @@ The repository keeps core/, plugins/ and cli/ at its top (see DESIGN.md) while
 they import as skiff.core, skiff.plugins and skiff.cli.  setuptools cannot
 express that mapping for nested packages in pyproject.toml alone, and cffi's
 out-of-line build hooks in through the ``cffi_modules`` keyword, so both live
-here.
+here.  So does the one C program skiff ships, the ``--init`` binary
+(plugins/isolation/init/skiff-init.c): build_py compiles it statically and it
+travels as package data of ``skiff.plugins.isolation.init``.
 """
 
+import os
+import shutil
+import subprocess
+import warnings
 from pathlib import Path
 
 from setuptools import setup
+from setuptools.command.build_py import build_py
+
+INIT_PACKAGE = "skiff.plugins.isolation.init"
+INIT_SOURCE = Path("plugins/isolation/init/skiff-init.c")
+INIT_BINARY = "skiff-init"
 
 ROOTS = {"skiff": "skiff", "skiff.core": "core", "skiff.plugins": "plugins", "skiff.cli": "cli"}
 
@@ -28,10 +39,51 @@ def _packages() -> tuple[list[str], dict[str, str]]:
     return packages, dirs
 
 
+def _compile_init(here: Path) -> Path | None:
+    """Build skiff-init next to its source; static, so it runs in any image.
+
+    Without a C compiler or a static libc (libc6-dev) skiff still installs;
+    only ``--init`` then fails, with an error naming the missing binary.
+    """
+    src = here / INIT_SOURCE
+    out = src.with_name(INIT_BINARY)
+    if out.exists() and out.stat().st_mtime >= src.stat().st_mtime:
+        return out
+    cc = os.environ.get("CC", "gcc")
+    tmp = out.with_name(INIT_BINARY + ".tmp")
+    try:
+        subprocess.run(
+            [cc, "-static", "-Os", "-s", "-Wall", "-o", str(tmp), str(src)], check=True
+        )
+    except (OSError, subprocess.CalledProcessError) as exc:
+        warnings.warn(f"skiff-init not built ({exc}): --init will not work", stacklevel=1)
+        return None
+    os.replace(tmp, out)  # never a half-written binary under the final name
+    return out
+
+
+class BuildPyWithInit(build_py):
+    """build_py that first compiles the --init binary.
+
+    The binary lands in the source tree (an editable install uses it there)
+    and, for a wheel, is copied into the build tree as package data.
+    """
+
+    def run(self) -> None:
+        binary = _compile_init(Path(__file__).parent.resolve())
+        super().run()
+        if binary is not None and not getattr(self, "editable_mode", False):
+            dest = Path(self.build_lib, *INIT_PACKAGE.split("."), INIT_BINARY)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(binary, dest)
+
+
 packages, package_dir = _packages()
 
 setup(
     packages=packages,
     package_dir=package_dir,
+    package_data={INIT_PACKAGE: ["skiff-init.c"]},
+    cmdclass={"build_py": BuildPyWithInit},
     cffi_modules=["core/syscalls_build.py:ffibuilder"],
 )

@@ -93,6 +93,10 @@ OPTIONS: tuple[Option, ...] = (
     # (Podman's default, 2048).  0 or -1: unlimited, as Docker.
     Option("default-pids-limit", int, 2048, None,
            help="pids limit of a container created without --pids-limit"),
+    Option("init", bool, False, "--init",
+           help="run an init inside containers that forwards signals and reaps processes"),
+    Option("init-path", str, "", "--init-path",
+           help="path to the init binary (default: skiff-init, shipped with skiff)"),
 )
 
 BY_KEY: dict[str, Option] = {o.key: o for o in OPTIONS}

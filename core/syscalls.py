@@ -41,6 +41,13 @@ PR_SET_KEEPCAPS = 8
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_NO_NEW_PRIVS = 38
 
+# <linux/openat2.h>
+RESOLVE_NO_XDEV = 0x01
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
+RESOLVE_IN_ROOT = 0x10
+
 
 def _check(rc: int, what: str, path: str | None = None) -> None:
     if rc != 0:
@@ -104,3 +111,38 @@ def ambient_clear() -> None:
 
 def prctl(option: int, a2: int = 0, a3: int = 0, a4: int = 0, a5: int = 0) -> None:
     _check(lib.skiff_prctl(option, a2, a3, a4, a5), "prctl")
+
+
+def openat2(dir_fd: int, path: str | bytes, flags: int, mode: int = 0, resolve: int = 0) -> int:
+    """openat2(2): a new descriptor for ``path`` resolved from ``dir_fd`` under ``resolve``.
+
+    With ``RESOLVE_IN_ROOT`` the kernel treats ``dir_fd`` as the root for this
+    lookup: absolute symlinks and ``..`` cannot leave it.  ``O_CLOEXEC`` is
+    always added.
+    """
+    fd = lib.skiff_openat2(dir_fd, _c(path), flags | os.O_CLOEXEC, mode, resolve)
+    if fd < 0:
+        _check(-1, "openat2", os.fsdecode(path))
+    return fd
+
+
+def prjquota_info(path: str | None = None, fd: int = -1) -> None:
+    """Raise ``OSError`` unless project quota accounting is on for the filesystem
+    of block device ``path`` (or, with ``path`` None, of open file ``fd``):
+    ESRCH when it is off, ENOSYS when the kernel has no quota support."""
+    _check(lib.skiff_prjquota_info(_c(path), fd), "quotactl(Q_GETINFO, PRJQUOTA)", path)
+
+
+def prjquota_set(project: int, limit: int, path: str | None = None, fd: int = -1) -> None:
+    """Set project ``project``'s block limit (hard and soft) to ``limit`` bytes;
+    0 removes the limit.  The filesystem is named as for ``prjquota_info``."""
+    _check(lib.skiff_prjquota_set(_c(path), fd, project, limit),
+           "quotactl(Q_SETQUOTA, PRJQUOTA)", path)
+
+
+def prjquota_get(project: int, path: str | None = None, fd: int = -1) -> tuple[int, int]:
+    """(limit, bytes used) of project ``project``."""
+    limit, used = ffi.new("uint64_t *"), ffi.new("uint64_t *")
+    _check(lib.skiff_prjquota_get(_c(path), fd, project, limit, used),
+           "quotactl(Q_GETQUOTA, PRJQUOTA)", path)
+    return limit[0], used[0]

@@ -2,8 +2,8 @@
 
 The container start path needs a handful of Linux system calls that the
 standard library does not expose (mount, pivot_root, unshare, setns, capset,
-prctl).  They are compiled once, when the package is built, so no process on
-the start path pays for a run-time ``cdef``.  Storage drivers (overlay and bind
+prctl, openat2).  They are compiled once, when the package is built, so no
+process on the start path pays for a run-time ``cdef``.  Storage drivers (overlay and bind
 mounts) and the isolation plugin (the container init) both use them, which is
 why they live in core/.
 """
@@ -23,6 +23,12 @@ int skiff_bounding_keep(uint64_t keep, int last_cap);
 int skiff_ambient_clear(void);
 int skiff_prctl(int option, unsigned long a2, unsigned long a3,
                 unsigned long a4, unsigned long a5);
+int skiff_openat2(int dirfd, const char *path, uint64_t flags, uint64_t mode,
+                  uint64_t resolve);
+int skiff_prjquota_info(const char *special, int fd);
+int skiff_prjquota_set(const char *special, int fd, uint32_t id, uint64_t limit);
+int skiff_prjquota_get(const char *special, int fd, uint32_t id, uint64_t *limit,
+                       uint64_t *used);
 """
 
 SOURCE = r"""
@@ -34,6 +40,17 @@ SOURCE = r"""
 #include <sys/syscall.h>
 #include <unistd.h>
 #include <linux/capability.h>
+#include <linux/openat2.h>
+#include <linux/quota.h>
+#include <string.h>
+
+#ifndef SYS_quotactl_fd
+#define SYS_quotactl_fd 443
+#endif
+
+#ifndef SYS_openat2
+#define SYS_openat2 437
+#endif
 
 int skiff_pivot_root(const char *new_root, const char *put_old)
 {
@@ -87,6 +104,58 @@ int skiff_prctl(int option, unsigned long a2, unsigned long a3,
                 unsigned long a4, unsigned long a5)
 {
     return prctl(option, a2, a3, a4, a5);
+}
+
+/* openat2(2): glibc has no wrapper.  RESOLVE_IN_ROOT lets the kernel resolve
+   a container path (symlinks, "..") as if dirfd were "/", race-free. */
+int skiff_openat2(int dirfd, const char *path, uint64_t flags, uint64_t mode,
+                  uint64_t resolve)
+{
+    struct open_how how = {.flags = flags, .mode = mode, .resolve = resolve};
+    return (int)syscall(SYS_openat2, dirfd, path, &how, sizeof(how));
+}
+"""
+
+SOURCE += r"""
+/* Project quotas (ext4, xfs) through quotactl(2): on the filesystem of block
+   device `special`, or, when special is NULL, of the open file `fd`
+   (quotactl_fd, Linux 5.14: no device node needed).  Limits are in bytes. */
+static long skiff_qctl(const char *special, int fd, int cmd, uint32_t id, void *addr)
+{
+    if (special != NULL)
+        return syscall(SYS_quotactl, QCMD(cmd, PRJQUOTA), special, id, addr);
+    return syscall(SYS_quotactl_fd, fd, QCMD(cmd, PRJQUOTA), id, addr);
+}
+
+/* 0 when project quota accounting is on; ESRCH when off, ENOSYS without CONFIG_QUOTA */
+int skiff_prjquota_info(const char *special, int fd)
+{
+    struct if_dqinfo info;
+    memset(&info, 0, sizeof info);
+    return (int)skiff_qctl(special, fd, Q_GETINFO, 0, &info);
+}
+
+int skiff_prjquota_set(const char *special, int fd, uint32_t id, uint64_t limit)
+{
+    struct if_dqblk d;
+    memset(&d, 0, sizeof d);
+    d.dqb_bhardlimit = (limit + QIF_DQBLKSIZE - 1) / QIF_DQBLKSIZE;
+    d.dqb_bsoftlimit = d.dqb_bhardlimit;
+    d.dqb_valid = QIF_BLIMITS;
+    return (int)skiff_qctl(special, fd, Q_SETQUOTA, id, &d);
+}
+
+int skiff_prjquota_get(const char *special, int fd, uint32_t id, uint64_t *limit,
+                       uint64_t *used)
+{
+    struct if_dqblk d;
+    memset(&d, 0, sizeof d);
+    int rc = (int)skiff_qctl(special, fd, Q_GETQUOTA, id, &d);
+    if (rc != 0)
+        return rc;
+    *limit = d.dqb_bhardlimit * QIF_DQBLKSIZE;
+    *used = d.dqb_curspace;
+    return 0;
 }
 """
 

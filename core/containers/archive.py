@@ -1,0 +1,359 @@
+"""``docker cp``: a container's files, reached without ever leaving its root.
+
+Every path a client names is a path *inside the container*.  It is resolved
+by the kernel with ``openat2(RESOLVE_IN_ROOT)`` on a descriptor of the
+container's root directory, so ``..`` and symbolic links (absolute or
+relative, planted by the container or not) are followed as the container
+would follow them and can never lead outside its root: the same guarantee as
+layer extraction (:mod:`skiff.core.archive`), which does the unpacking.
+
+Which root:
+
+- a running container's is ``/proc/<pid>/root`` of its PID 1.  The storage
+  drivers mount the root filesystem only inside the container's mount
+  namespace, and a descriptor taken there walks that namespace's mount tree:
+  volumes, bind mounts and ``/etc/hosts`` are seen as the container sees them;
+- a stopped container's is its layers mounted on the host with the storage
+  driver's ``get`` (``put`` when done).
+
+The three operations are Docker's archive API: :func:`stat_path` (``HEAD``),
+:func:`archive_path` (``GET``: a tar of the path) and :func:`extract_to_dir`
+(``PUT``: a tar unpacked into a directory).
+"""
+
+from __future__ import annotations
+
+import base64
+import errno
+import json
+import os
+import posixpath
+import stat
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import IO, TYPE_CHECKING
+
+from skiff.core import archive, syscalls
+from skiff.core.errors import Conflict, InvalidParameter, NotFound
+
+if TYPE_CHECKING:
+    from skiff.core.containers.model import Container
+    from skiff.core.engine import Engine
+
+_IN_ROOT = syscalls.RESOLVE_IN_ROOT | syscalls.RESOLVE_NO_MAGICLINKS
+_MAX_LINKS = 40  # as the kernel's MAXSYMLINKS
+
+# Go's os.FileMode type bits: the CLI decodes the stat header with them.
+_GO_DIR = 1 << 31
+_GO_SYMLINK = 1 << 27
+_GO_DEVICE = 1 << 26
+_GO_PIPE = 1 << 25
+_GO_SOCKET = 1 << 24
+_GO_SETUID = 1 << 23
+_GO_SETGID = 1 << 22
+_GO_CHARDEV = 1 << 21
+_GO_STICKY = 1 << 20
+
+STAT_HEADER = "X-Docker-Container-Path-Stat"
+
+
+@dataclass
+class PathStat:
+    """Docker's ``container.PathStat``."""
+
+    name: str
+    size: int
+    mode: int  #: Go ``os.FileMode`` bits
+    mtime: str  #: RFC 3339 with nanoseconds
+    link_target: str  #: the container path a symbolic link resolves to, else ""
+
+    def header(self) -> str:
+        """The value of the ``X-Docker-Container-Path-Stat`` header."""
+        doc = {"name": self.name, "size": self.size, "mode": self.mode,
+               "mtime": self.mtime, "linkTarget": self.link_target}
+        return base64.b64encode(json.dumps(doc).encode()).decode()
+
+
+def go_mode(st: os.stat_result) -> int:
+    """``os.FileMode`` of a stat result, as Go's ``os.Lstat`` reports it."""
+    mode = st.st_mode
+    out = stat.S_IMODE(mode) & 0o777
+    if stat.S_ISDIR(mode):
+        out |= _GO_DIR
+    elif stat.S_ISLNK(mode):
+        out |= _GO_SYMLINK
+    elif stat.S_ISFIFO(mode):
+        out |= _GO_PIPE
+    elif stat.S_ISSOCK(mode):
+        out |= _GO_SOCKET
+    elif stat.S_ISCHR(mode):
+        out |= _GO_DEVICE | _GO_CHARDEV
+    elif stat.S_ISBLK(mode):
+        out |= _GO_DEVICE
+    if mode & stat.S_ISUID:
+        out |= _GO_SETUID
+    if mode & stat.S_ISGID:
+        out |= _GO_SETGID
+    if mode & stat.S_ISVTX:
+        out |= _GO_STICKY
+    return out
+
+
+def _rfc3339(ns: int) -> str:
+    when = datetime.fromtimestamp(ns // 1_000_000_000, UTC)
+    frac = ns % 1_000_000_000
+    text = when.strftime("%Y-%m-%dT%H:%M:%S")
+    if frac:
+        text += "." + f"{frac:09d}".rstrip("0")
+    return text + "Z"
+
+
+def _oserror(exc: OSError, path: str, cid: str) -> Exception:
+    """The client's error for a failed lookup of ``path``."""
+    if exc.errno == errno.ENOENT:
+        return NotFound(f"Could not find the file {path} in container {cid}")
+    if exc.errno == errno.ENOTDIR:
+        return InvalidParameter(f"{path}: not a directory")
+    if exc.errno == errno.ELOOP:
+        return InvalidParameter(f"{path}: too many levels of symbolic links")
+    if exc.errno == errno.EROFS:
+        return InvalidParameter("container rootfs is marked read-only")
+    return exc
+
+
+# ---------------------------------------------------------------------------
+# The container's root
+# ---------------------------------------------------------------------------
+
+
+@contextmanager
+def container_root(engine: Engine, c: Container) -> Iterator[int]:
+    """An ``O_PATH`` descriptor of the container's root directory (see the module doc)."""
+    if c.state.Running and c.state.Pid:
+        try:
+            fd = os.open(f"/proc/{c.state.Pid}/root",
+                         os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise Conflict(f"container {c.id} stopped during the copy; retry") from None
+        try:
+            yield fd
+        finally:
+            os.close(fd)
+        return
+    if not c.mount_id:
+        raise Conflict(f"container {c.id} has no root filesystem")
+    path = engine.storage.get(c.mount_id)
+    try:
+        fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            yield fd
+        finally:
+            os.close(fd)
+    finally:
+        engine.storage.put(c.mount_id)
+
+
+def _open(root_fd: int, path: str, flags: int) -> int:
+    return syscalls.openat2(root_fd, path or "/", flags, 0, _IN_ROOT)
+
+
+def _split(path: str) -> tuple[str, str, bool]:
+    """(parent, base, whole) of a container path; ``whole`` when the path names
+    a directory's content (``/``, a trailing ``/`` or ``/.``): then it is
+    followed to the end and ``base`` is ``"."``."""
+    if not path.startswith("/"):
+        path = "/" + path
+    if path.endswith(("/", "/.")) or posixpath.normpath(path) == "/":
+        return path, ".", True
+    # lexical cleaning first, as Docker's filepath.Join: "/a/../b" is "/b"
+    parent, base = posixpath.split(posixpath.normpath(path))
+    return parent, base, False
+
+
+def resolve_in_root(root_fd: int, path: str) -> str:
+    """The container path ``path`` leads to, every symbolic link followed.
+
+    As Docker's ``FollowSymlinkInScope``: links are resolved inside the root,
+    ``..`` stops at ``/``, components that do not exist are kept as written.
+    Only used to *report* a link's target; files are always opened with
+    ``openat2``, which enforces the same scope in the kernel.
+    """
+    todo = [p for p in path.split("/") if p and p != "."]
+    todo.reverse()
+    done: list[str] = []
+    links = 0
+    while todo:
+        part = todo.pop()
+        if part == "..":
+            if done:
+                done.pop()
+            continue
+        try:
+            pfd = _open(root_fd, "/" + "/".join(done), os.O_PATH | os.O_DIRECTORY)
+        except OSError:
+            done.append(part)
+            continue
+        try:
+            st = os.stat(part, dir_fd=pfd, follow_symlinks=False)
+            target = os.readlink(part, dir_fd=pfd) if stat.S_ISLNK(st.st_mode) else None
+        except OSError:
+            target = None
+        finally:
+            os.close(pfd)
+        if target is None:
+            done.append(part)
+            continue
+        links += 1
+        if links > _MAX_LINKS:
+            raise OSError(errno.ELOOP, "too many levels of symbolic links", path)
+        if target.startswith("/"):
+            done = []
+        todo.extend(reversed([p for p in target.split("/") if p and p != "."]))
+    return "/" + "/".join(done)
+
+
+@contextmanager
+def _located(root_fd: int, path: str, cid: str) -> Iterator[tuple[int, str, os.stat_result]]:
+    """(parent descriptor, base name, lstat of the entry) of a container path."""
+    parent, base, _ = _split(path)
+    try:
+        pfd = _open(root_fd, parent, os.O_PATH | os.O_DIRECTORY)
+        try:
+            st = os.stat(base, dir_fd=pfd, follow_symlinks=False)
+        except BaseException:
+            os.close(pfd)
+            raise
+    except OSError as exc:
+        raise _oserror(exc, path, cid) from exc
+    try:
+        yield pfd, base, st
+    finally:
+        os.close(pfd)
+
+
+def _name_of(path: str) -> str:
+    """Docker's ``filepath.Base`` of the requested path: the tar's rebase name."""
+    if path.endswith("/.") or path == ".":
+        return "."
+    stripped = path.rstrip("/")
+    # the root: its content, as for "/." (a name "/" would make "//x" entries)
+    return posixpath.basename(stripped) if stripped else "."
+
+
+def _path_stat(root_fd: int, path: str, st: os.stat_result) -> PathStat:
+    target = ""
+    if stat.S_ISLNK(st.st_mode):
+        target = resolve_in_root(root_fd, path)
+    return PathStat(_name_of(path), st.st_size, go_mode(st), _rfc3339(st.st_mtime_ns), target)
+
+
+# ---------------------------------------------------------------------------
+# The three operations
+# ---------------------------------------------------------------------------
+
+
+def stat_path(engine: Engine, c: Container, path: str) -> PathStat:
+    """``HEAD /containers/{id}/archive``: the entry itself, a final symlink not followed."""
+    with container_root(engine, c) as root_fd, _located(root_fd, path, c.id) as (_, _, st):
+        return _path_stat(root_fd, path, st)
+
+
+def archive_path(engine: Engine, c: Container, path: str, out: IO[bytes]) -> None:
+    """``GET /containers/{id}/archive``: write a tar of ``path`` into ``out``.
+
+    The entry is named after the path's last component (``.`` for a path
+    ending in ``/.``, whose content the CLI then copies); a final symbolic
+    link is archived as a link (the CLI follows it itself for ``-L``).
+    """
+    with (container_root(engine, c) as root_fd,
+          _located(root_fd, path, c.id) as (pfd, base, _),
+          archive.tar_entry(pfd, base, _name_of(path)) as tar):
+        while chunk := tar.read(1 << 20):
+            out.write(chunk)
+
+
+def _copy_ids(root_fd: int, user: str) -> tuple[int, int] | None:
+    """``copyUIDGID``: the uid/gid of the container's configured user, or None
+    for root (the tar's own ownership is kept then)."""
+    if not user:
+        return None
+    name, _, group = user.partition(":")
+
+    def table(path: str) -> list[list[str]]:
+        try:
+            fd = _open(root_fd, path, os.O_RDONLY)
+        except OSError:
+            return []
+        with os.fdopen(fd, "r", errors="replace") as f:
+            return [line.rstrip("\n").split(":") for line in f if ":" in line]
+
+    uid = gid = None
+    if name.isdigit():
+        uid = int(name)
+    for row in table("/etc/passwd"):
+        if len(row) >= 4 and (row[0] == name or (uid is not None and row[2] == str(uid))):
+            uid, gid = int(row[2]), int(row[3])
+            break
+    if uid is None:
+        raise InvalidParameter(f"unable to find user {name}: no matching entries in passwd file")
+    if group:
+        if group.isdigit():
+            gid = int(group)
+        else:
+            gid = next((int(r[2]) for r in table("/etc/group")
+                        if len(r) >= 3 and r[0] == group), None)
+            if gid is None:
+                raise InvalidParameter(
+                    f"unable to find group {group}: no matching entries in group file")
+    return uid, gid if gid is not None else uid
+
+
+def extract_to_dir(engine: Engine, c: Container, path: str, stream: IO[bytes], *,
+                   no_overwrite_dir_non_dir: bool, copy_uid_gid: bool) -> None:
+    """``PUT /containers/{id}/archive``: unpack a tar into the directory ``path``.
+
+    The body is spooled and checked whole first: a tar that names a path
+    outside the destination (``../x``) is refused before anything is written.
+    Unpacking is :func:`skiff.core.archive.extract`'s: no entry is written
+    through a symbolic link.
+    """
+    if c.host_config.get("ReadonlyRootfs") and not c.state.Running:
+        raise InvalidParameter("container rootfs is marked read-only")
+    spool_dir = os.path.join(engine.data_root, "tmp")
+    os.makedirs(spool_dir, 0o700, exist_ok=True)
+    with tempfile.TemporaryFile(dir=spool_dir) as spool:
+        while chunk := stream.read(1 << 20):
+            spool.write(chunk)
+        spool.seek(0)
+        try:
+            archive.check_names(spool)
+        except archive.ArchiveError as exc:
+            raise InvalidParameter(f"refusing the archive: {_reason(exc)}") from exc
+        spool.seek(0)
+        with container_root(engine, c) as root_fd:
+            try:
+                dfd = _open(root_fd, path, os.O_RDONLY | os.O_DIRECTORY)
+            except OSError as exc:
+                if exc.errno == errno.ENOTDIR:
+                    raise InvalidParameter("extraction point is not a directory") from exc
+                raise _oserror(exc, path, c.id) from exc
+            try:
+                ids = _copy_ids(root_fd, c.config.get("User") or "") if copy_uid_gid else None
+                archive.extract(
+                    spool, f"/proc/self/fd/{dfd}", whiteouts="keep",
+                    id_map=(lambda _u, _g: ids) if ids is not None else None,
+                    no_overwrite_dir_non_dir=no_overwrite_dir_non_dir,
+                )
+            except archive.ArchiveError as exc:
+                raise InvalidParameter(f"refusing the archive: {_reason(exc)}") from exc
+            except OSError as exc:
+                raise _oserror(exc, path, c.id) from exc
+            finally:
+                os.close(dfd)
+
+
+def _reason(exc: archive.ArchiveError) -> str:
+    return f"entry {exc.entry!r}: {exc.reason}" if exc.entry else exc.reason
