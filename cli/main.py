@@ -305,6 +305,64 @@ def cmd_pull(client: Client, args: argparse.Namespace) -> int:
     return 0 if last.startswith("Status:") else 1
 
 
+def cmd_storage_migrate(client: Client, args: argparse.Namespace) -> int:
+    """Offline: move every layer of a data-root to another storage driver."""
+    from skiff.core import config as cfgmod
+    from skiff.core.config import ConfigError
+    from skiff.core.hookspecs import DriverNotSupported, StorageContext, StorageDriver
+    from skiff.core.images.migrate import MigrationError, migrate
+    from skiff.core.plugins import PluginLoadError, load_plugins
+
+    path = args.config or cfgmod.DEFAULT_CONFIG_FILE
+    try:
+        config: dict[str, Any] = {o.key: json.loads(json.dumps(o.default))
+                                  for o in cfgmod.OPTIONS}
+        config.update(cfgmod.read_file(path, required=args.config is not None))
+        if args.data_root:
+            config["data-root"] = args.data_root
+        config["config-file"] = path
+        cfgmod.validate(config, path)
+        plugins = load_plugins()
+        plugins.factory("storage", args.to)
+    except (ConfigError, PluginLoadError, LookupError) as exc:
+        print(f"skiff: {exc}", file=sys.stderr)
+        return 1
+
+    def build(name: str, ctx: StorageContext) -> StorageDriver:
+        try:
+            return plugins.factory("storage", name)(ctx)
+        except LookupError as exc:
+            raise MigrationError(str(exc)) from exc
+        except DriverNotSupported as exc:
+            raise MigrationError(f"storage driver {name!r} cannot be used here: {exc}") from exc
+
+    def say(msg: str) -> None:
+        if not args.quiet:
+            print(msg, flush=True)
+
+    import logging
+
+    import structlog
+
+    # progress is what say() prints; the library's log lines only when they warn
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+
+    try:
+        report = migrate(config, build, args.to, keep_old=args.keep_old, say=say)
+    except MigrationError as exc:
+        print(f"skiff: storage migrate: {exc}", file=sys.stderr)
+        return 1
+    print(f"migrated {report.layers} layers, {report.containers} container layers and "
+          f"{report.images} images from {report.source} to {report.target} "
+          f"in {report.seconds:.1f}s")
+    for note in report.notes:
+        print(note)
+    if config.get("storage-driver") and config["storage-driver"] != args.to:
+        print(f"note: {path} sets storage-driver to {config['storage-driver']!r}; change it "
+              f"to {args.to!r} (or remove it) before starting skiffd")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="skiff", description="skiff container engine client")
     p.add_argument("-H", "--host", help="daemon socket (default unix:///run/skiff.sock, "
@@ -359,6 +417,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("containers", nargs="*", help="default: every running container")
     s.add_argument("--stream", action="store_true", help="refresh every second until ^C")
     s.set_defaults(func=cmd_stats)
+
+    storage = sub.add_parser("storage", help="manage the daemon's storage (offline)")
+    ssub = storage.add_subparsers(dest="storage_command", required=True)
+    s = ssub.add_parser(
+        "migrate", help="move every image and stopped container to another storage driver, "
+                        "keeping image IDs (skiffd must be stopped)")
+    s.add_argument("--to", required=True, metavar="DRIVER", help="the storage driver to use")
+    s.add_argument("--config", metavar="FILE",
+                   help="skiffd's daemon.json (default /etc/skiff/daemon.json)")
+    s.add_argument("--data-root", help="the data-root (default: from the configuration)")
+    s.add_argument("--keep-old", action="store_true",
+                   help="keep the old driver's data after a successful migration")
+    s.add_argument("-q", "--quiet", action="store_true", help="print only the summary")
+    s.set_defaults(func=cmd_storage_migrate)
     return p
 
 

@@ -17,11 +17,13 @@ fi
 
 PKGS=(python3 python3-venv python3-dev gcc libffi-dev busybox-static iptables iproute2
       util-linux procps kmod)
+PKGS+=(libc6-dev)  # libc.a: setup.py links the --init binary (skiff-init) statically
 # Only the test suite needs these (real registries, other filesystems, dockerd
 # for side-by-side checks).  Append here; keep one package per purpose.
 TEST_PKGS=(btrfs-progs fuse-overlayfs e2fsprogs)  # storage drivers: btrfs, aufs, loop quota
 TEST_PKGS+=(docker-registry skopeo apache2-utils)  # registry tests: registry, OCI copies, htpasswd
 TEST_PKGS+=(docker.io)  # dockerd: images saved by one engine load into the other
+TEST_PKGS+=(xfsprogs)  # project-quota tests: mkfs.xfs (they run in the VM rig)
 [ "$WITH_TEST" = 1 ] && PKGS+=("${TEST_PKGS[@]}")
 missing=()
 for p in "${PKGS[@]}"; do

@@ -10,6 +10,8 @@ REPO=$(pwd)
 RIG="${VMRIG:-$REPO/../shared/rigs/vmrig.sh}"
 SELECTIONS=(
     "tests/integration/test_storage_devicemapper.py"  # devicemapper: thin pool on loop files
+    # overlay2's XFS and ext4 project quota (prjquota mounts on loop files); ~2 min
+    "tests/integration/test_storage_prjquota.py"
     # cgroup v2: the cgroupfs driver, and real containers limited by it (OOM,
     # pids, visible limits); ~3 min.  The docker-CLI e2e (tests/e2e/test_limits.py)
     # passes there too (11/11) but takes 10-18 min under TCG, so CI leaves it out.

@@ -52,7 +52,7 @@ from skiff.plugins.storage._common import (
     validate_id,
     write_atomic,
 )
-from skiff.plugins.storage._quota import LoopQuota, parse_size
+from skiff.plugins.storage._quota import LoopQuota, ProjectQuota, parse_size
 
 LINK_DIR = "l"
 MAX_DEPTH = 128  #: Docker's limit; also what fits in one page of mount data
@@ -146,6 +146,9 @@ class Overlay2Driver:
         self._refs: dict[str, int] = {}
         self._sweep()
         self.default_size = parse_size(ctx.options["size"]) if ctx.options.get("size") else 0
+        # XFS/ext4 project quota where the data-root has it (Docker's only
+        # backend); the loop filesystem per layer otherwise.
+        self.project = ProjectQuota.probe(self.home)
         self._remount_quotas()
 
     # -- start-up ----------------------------------------------------------
@@ -389,7 +392,7 @@ class Overlay2Driver:
             ("Supports d_type", "true" if self.d_type else "false"),
             ("Using metacopy", "false"),
             ("Native Overlay Diff", "true"),
-            ("Quota Backend", "loop"),
+            ("Quota Backend", self.project.backend if self.project else "loop"),
         ]
 
     def create(self, id: str, parent: str | None) -> None:
@@ -402,7 +405,10 @@ class Overlay2Driver:
         self._create(id, parent, readonly=False)
         if size:
             try:
-                self._attach_quota(id, size)
+                if self.project is not None:
+                    self.project.assign(self._dir(id), size)
+                else:
+                    self._attach_quota(id, size)
             except BaseException:
                 self.remove(id)
                 raise
@@ -415,6 +421,8 @@ class Overlay2Driver:
             self._refs.pop(id, None)
             self._unmount(os.path.join(path, "merged"))
             self._quota(id).destroy(remove_mountpoint=False)
+            if self.project is not None:
+                self.project.release(path)
         short = self._read(os.path.join(path, "link"))
         if short is not None and _SHORT.fullmatch(short):
             link = os.path.join(self.home, LINK_DIR, short)
@@ -437,6 +445,8 @@ class Overlay2Driver:
         }
         if self._quota(id).exists():
             data["QuotaBackend"] = "loop"
+        elif self.project is not None and self.project.limit(path):
+            data["QuotaBackend"] = self.project.backend
         lowers = self._lower_dirs(path)
         if lowers:
             data["LowerDir"] = ":".join(lowers)
