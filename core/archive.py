@@ -63,8 +63,10 @@ __all__ = [
     "WHITEOUT_OPAQUE",
     "WHITEOUT_PREFIX",
     "ArchiveError",
+    "LowerLookup",
     "changes_between",
     "changes_size",
+    "check_names",
     "directory_size",
     "extract",
     "is_overlay_whiteout",
@@ -72,6 +74,7 @@ __all__ = [
     "overlay_changes",
     "tar_changes",
     "tar_directory",
+    "tar_entry",
 ]
 
 WHITEOUT_PREFIX = ".wh."
@@ -276,6 +279,7 @@ def extract(
     chown: bool = True,
     id_map: Callable[[int, int], tuple[int, int]] | None = None,
     lower_exists: Callable[[str], bool] | None = None,
+    no_overwrite_dir_non_dir: bool = False,
 ) -> int:
     """Unpack a layer tar stream into the existing directory ``root``.
 
@@ -306,6 +310,10 @@ def extract(
     devices, FIFOs and ``SCHILY.xattr.*`` / ``LIBARCHIVE.xattr.*`` attributes
     are restored.  Files are written sparsely: runs of zeros become holes.
 
+    ``no_overwrite_dir_non_dir`` (``docker cp``'s ``noOverwriteDirNonDir``)
+    refuses an entry that would replace an existing directory with a
+    non-directory or the other way round.
+
     Returns the total size of the regular files unpacked.  Raises
     :class:`ArchiveError` for a hostile or corrupt stream; ``OSError`` (with a
     note naming the entry) for a failure of the host (disk full).  Either way
@@ -328,6 +336,7 @@ def extract(
     else:
         mode = "r|"
     ex = _Extractor(root, whiteouts, allow_devices, chown, id_map, lower_exists)
+    ex.no_overwrite_dir_non_dir = no_overwrite_dir_non_dir
     try:
         with _open_tar(peek, mode) as tf:
             while True:
@@ -374,6 +383,9 @@ class _Extractor:
         self.root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self.whiteouts = whiteouts
         self.lower_exists = lower_exists
+        #: lstat of what the layers below show at a path (LowerLookup.stat)
+        self.lower_stat: Callable[[str], os.stat_result | None] | None = getattr(
+            lower_exists, "stat", None)
         self.allow_devices = allow_devices
         self.chown = chown
         self.id_map = id_map
@@ -382,6 +394,7 @@ class _Extractor:
         self.unpacked: set[str] = set()
         #: directory -> mtime in ns, applied at the end: writing children moves it
         self.dir_times: dict[str, int] = {}
+        self.no_overwrite_dir_non_dir = False
 
     def close(self) -> None:
         if self.root_fd >= 0:
@@ -394,7 +407,13 @@ class _Extractor:
         """The descriptor of directory ``parts``, never through a symlink.
 
         Missing components are created (0755, root) when ``create``; else None.
-        A symlink or a non-directory in the way is refused.
+        A symlink or a non-directory in the way is refused.  In an overlay
+        upper the layers below count too, so overlay2 decides as vfs (which
+        holds them all) does: a lower layer's symlink or file in the way is
+        refused, a lower directory is created in the upper with its owner and
+        mode (as overlayfs's copy-up would), and a whiteout in the way becomes
+        an opaque directory (the whiteout's name was deleted: nothing below
+        may show through it).
         """
         fd = os.dup(self.root_fd)
         try:
@@ -402,17 +421,31 @@ class _Extractor:
                 try:
                     nfd = os.open(name, _DIR_FLAGS, dir_fd=fd)
                 except FileNotFoundError:
+                    below = self.lower_dir(entry, parts[: i + 1])
                     if not create:
                         os.close(fd)
                         return None
                     os.mkdir(name, 0o755, dir_fd=fd)
                     nfd = os.open(name, _DIR_FLAGS, dir_fd=fd)
                     os.fchmod(nfd, 0o755)  # the umask must not decide
+                    if below is not None:
+                        if self.chown:
+                            os.fchown(nfd, below.st_uid, below.st_gid)
+                        os.fchmod(nfd, stat.S_IMODE(below.st_mode))
                 except OSError as exc:
                     if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
                         raise
                     where = "/".join(parts[: i + 1])
                     st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                    if create and self.whiteouts == "overlay" and is_overlay_whiteout(st):
+                        os.unlink(name, dir_fd=fd)
+                        os.mkdir(name, 0o755, dir_fd=fd)
+                        nfd = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                        os.fchmod(nfd, 0o755)
+                        os.setxattr(nfd, OPAQUE_XATTR, b"y")
+                        os.close(fd)
+                        fd = nfd
+                        continue
                     if stat.S_ISLNK(st.st_mode):
                         reason = (
                             f"its parent {where!r} is a symbolic link;"
@@ -427,6 +460,38 @@ class _Extractor:
         except BaseException:
             os.close(fd)
             raise
+
+    def lower_dir(self, entry: str, parts: Sequence[str]) -> os.stat_result | None:
+        """The lower layers' directory at ``parts`` (missing from the upper), if any.
+
+        Raises for a symlink or non-directory there, as a whole-tree driver
+        would meet it.  Only asked in overlay mode, and only for a directory
+        the tar did not list before its content (rare), so walking the
+        upper's opaque flags again is cheap enough.
+        """
+        if self.whiteouts != "overlay" or self.lower_stat is None:
+            return None
+        fd = os.dup(self.root_fd)
+        try:
+            if _is_opaque_fd(fd):
+                return None
+            for part in parts[:-1]:
+                nfd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = nfd
+                if _is_opaque_fd(fd):
+                    return None
+        finally:
+            os.close(fd)
+        where = "/".join(parts)
+        st = self.lower_stat(where)
+        if st is None or stat.S_ISDIR(st.st_mode):
+            return st
+        if stat.S_ISLNK(st.st_mode):
+            reason = f"its parent {where!r} is a symbolic link; refusing to write through it"
+        else:
+            reason = f"its parent {where!r} is not a directory"
+        raise ArchiveError(entry, reason)
 
     # -- entries -------------------------------------------------------------
 
@@ -547,6 +612,10 @@ class _Extractor:
         hides_lower = (
             st is not None and self.whiteouts == "overlay" and not stat.S_ISDIR(st.st_mode)
         )
+        if (self.no_overwrite_dir_non_dir and st is not None
+                and stat.S_ISDIR(st.st_mode) != m.isdir()):
+            kind = "directory" if stat.S_ISDIR(st.st_mode) else "non-directory"
+            raise ArchiveError(m.name, f"it would replace the existing {kind} {rel!r}")
         if st is not None and not (m.isdir() and stat.S_ISDIR(st.st_mode)):
             _remove_at(pfd, base, st)
         if m.isreg():
@@ -939,6 +1008,62 @@ def tar_directory(
     return _stream(chunks(), on_close)
 
 
+def check_names(stream: IO[bytes]) -> int:
+    """Read a whole tar and raise :class:`ArchiveError` for a name that climbs out.
+
+    :func:`extract` refuses such an entry only when it reaches it, after the
+    entries before it were written; a caller that must leave nothing behind
+    (``docker cp`` into a container) checks a spooled copy first.  Hard link
+    targets are checked too.  Returns the number of entries.
+    """
+    peek = _Peek(stream)
+    if not peek.head:
+        return 0
+    count = 0
+    try:
+        with tarfile.open(fileobj=peek, mode="r|*") as tf:  # type: ignore[call-overload]
+            for m in tf:
+                tf.members.clear()
+                _clean_name(m.name)
+                if m.islnk():
+                    _clean_name(m.linkname)
+                count += 1
+    except (tarfile.TarError, EOFError) as exc:
+        raise ArchiveError("", f"corrupt tar stream: {exc}") from exc
+    return count
+
+
+def tar_entry(
+    dir_fd: int,
+    name: str,
+    arcname: str,
+    *,
+    on_close: Callable[[], None] | None = None,
+) -> IO[bytes]:
+    """A tar stream of ``name`` in the open directory ``dir_fd``, the entry itself included.
+
+    ``name`` is not followed if it is a symbolic link (``"."`` names the
+    directory itself); a directory is walked as :func:`tar_directory` does,
+    never following a symbolic link.  Entries are named ``arcname`` and
+    ``arcname/...`` (``docker cp``'s rebase name).  ``dir_fd`` stays the
+    caller's; ``on_close`` runs when the stream is closed.
+    """
+    st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+
+    def chunks() -> Iterator[bytes]:
+        writer = _TarWriter("none", "")
+        yield from writer.entry(dir_fd, name, arcname, st)
+        if stat.S_ISDIR(st.st_mode):
+            cfd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+            try:
+                yield from writer.walk(cfd, arcname)
+            finally:
+                os.close(cfd)
+        yield _END_OF_ARCHIVE
+
+    return _stream(chunks(), on_close)
+
+
 def tar_changes(
     root: str,
     changes: Iterable[Change],
@@ -1168,13 +1293,31 @@ class _LowerView:
         return False
 
 
-def lower_lookup(lowers: Sequence[str]) -> Callable[[str], bool]:
-    """``lower_exists`` for :func:`extract`: is a path visible in these overlay layers?
+class LowerLookup:
+    """``lower_exists`` for :func:`extract`: what overlay lower layers show at a path.
+
+    Calling it answers whether a path is visible; :meth:`stat` gives its
+    ``lstat`` (the extractor uses it to treat a lower layer's symlink or file in
+    the way of a path exactly as a whole-tree driver does).
+    """
+
+    def __init__(self, lowers: Sequence[str]) -> None:
+        self._view = _LowerView(lowers)
+
+    def __call__(self, rel: str) -> bool:
+        return self._view.lookup(rel) is not None
+
+    def stat(self, rel: str) -> os.stat_result | None:
+        node = self._view.lookup(rel)
+        return None if node is None else node.st
+
+
+def lower_lookup(lowers: Sequence[str]) -> LowerLookup:
+    """``lower_exists`` for :func:`extract` over these overlay layers.
 
     ``lowers`` are the lower layers' directories, nearest first.
     """
-    view = _LowerView(lowers)
-    return lambda rel: view.lookup(rel) is not None
+    return LowerLookup(lowers)
 
 
 def _path_opaque(path: bytes) -> bool:
@@ -1227,6 +1370,21 @@ def _compare(
 
 
 def _sorted_changes(out: list[Change]) -> list[Change]:
+    """Sorted depth first, every changed path's parent directories listed too.
+
+    As Docker's archive.Changes does: a directory holding a change is itself
+    reported modified (``C /etc`` before ``A /etc/foo``) unless it is already
+    listed (added, or modified in its own right).  That keeps overlay2 (which
+    sees the copied-up parent) and whole-tree drivers (which do not) in
+    agreement, and a layer built from the list restores the parents' metadata.
+    """
+    listed = {c.path for c in out}
+    for change in list(out):
+        parent = posixpath.dirname(change.path)
+        while parent != "/" and parent not in listed:
+            listed.add(parent)
+            out.append(Change(parent, CHANGE_MODIFY))
+            parent = posixpath.dirname(parent)
     return sorted(out, key=lambda c: _sort_key(c.path.lstrip("/")))
 
 
@@ -1237,7 +1395,8 @@ def changes_between(lower_root: str | None, upper_root: str) -> list[Change]:
     entry is modified when its type, mode, owner, mtime, xattrs or (for
     non-directories) size, device number or link target differ; content is
     not read, as Docker does not.  A deleted directory is reported once, not
-    its children; an added one with all its children.  Paths are absolute
+    its children; an added one with all its children; a directory holding a
+    change is reported modified (as Docker does).  Paths are absolute
     (``/etc/passwd``) and sorted depth first.
     """
     upper = _DirTree(upper_root)

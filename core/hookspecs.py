@@ -207,7 +207,14 @@ class StorageDriver(Protocol):
         ...
 
     def changes(self, id: str, parent: str | None) -> list[Change]:
-        """What layer ``id`` adds, modifies and deletes relative to ``parent``."""
+        """What layer ``id`` adds, modifies and deletes relative to ``parent``.
+
+        As Docker reports it (``docker diff``): absolute paths sorted depth
+        first; a deleted directory once, an added one with all its children;
+        and every directory that holds a change, unless listed already, as
+        modified (``C /etc`` before ``A /etc/foo``).  ``skiff.core.archive``'s
+        ``changes_between`` and ``overlay_changes`` compute exactly this.
+        """
         ...
 
     def diff_size(self, id: str, parent: str | None) -> int:
@@ -398,11 +405,15 @@ class ContainerSpec:
     no_new_privileges: bool = True
     readonly_rootfs: bool = False
     rlimits: list[tuple[str, int, int]] = field(default_factory=list)  #: (name, soft, hard)
-    #: With ``tty`` the three ``Stdio`` descriptors are the slave side of one
-    #: pseudo-terminal that the daemon allocated (it keeps the master).  The
-    #: runtime must make it the process's controlling terminal (``setsid`` and
-    #: ``TIOCSCTTY`` after the descriptors are in place), so that job control,
-    #: Ctrl-C through the line discipline and ``SIGWINCH`` on resize work.
+    #: With ``tty`` the runtime allocates a pseudo-terminal *inside* the
+    #: container (from the container's own ``/dev/pts`` instance, as runc
+    #: does), so the process sees ``/dev/pts/0``, ``tty`` and ``ttyname``
+    #: work and ``ps`` shows the terminal.  The slave becomes the process's
+    #: stdin, stdout and stderr and its controlling terminal (``setsid`` and
+    #: ``TIOCSCTTY``), so that job control, Ctrl-C through the line
+    #: discipline and ``SIGWINCH`` on resize work.  The ``Stdio`` given to
+    #: ``prepare`` is then ignored for 0-2 (the daemon passes ``/dev/null``);
+    #: the master comes back as ``ContainerProcess.terminal``.
     tty: bool = False
     open_stdin: bool = False
     #: ``--init`` (HostConfig.Init, else daemon.json ``init``): a small init
@@ -464,8 +475,11 @@ class ExecSpec:
     privileged: bool = False
     no_new_privileges: bool = True
     rlimits: list[tuple[str, int, int]] = field(default_factory=list)  #: (name, soft, hard)
-    #: as ``ContainerSpec.tty``: the stdio descriptors are a pty slave that the
-    #: runtime makes the process's controlling terminal
+    #: as ``ContainerSpec.tty``: the runtime allocates a pseudo-terminal in
+    #: the container's ``/dev/pts`` and makes its slave the process's stdio
+    #: and controlling terminal; the ``Stdio`` given to ``exec`` is ignored
+    #: for 0-2 (the daemon passes ``/dev/null``) and the master comes back as
+    #: ``ContainerProcess.terminal``
     tty: bool = False
 
     def to_json(self) -> dict[str, Any]:
@@ -496,6 +510,14 @@ class ContainerProcess(Protocol):
     """A container's init process, between clone and exec and afterwards."""
 
     pid: int  #: host pid of the container's PID 1
+    #: With ``tty`` (``ContainerSpec.tty``, ``ExecSpec.tty``): the master side
+    #: of the pseudo-terminal the runtime allocated inside the container's own
+    #: ``/dev/pts`` instance, set when ``prepare``/``exec`` returns; its slave
+    #: is the process's stdin, stdout, stderr and controlling terminal.  The
+    #: daemon owns this descriptor from then on: it reads the output from it,
+    #: writes input to it, sets the window size on it (``TIOCSWINSZ``) and
+    #: closes it; the process object never closes it.  ``-1`` without ``tty``.
+    terminal: int
 
     async def go(self) -> None:
         """Let the prepared process exec the user's command.
@@ -522,7 +544,8 @@ class ContainerProcess(Protocol):
 class Stdio:
     """File descriptors the container's PID 1 gets as 0, 1 and 2.
 
-    The runtime duplicates them; the caller closes its own copies.
+    The runtime duplicates them; the caller closes its own copies.  With
+    ``tty`` they are ignored (see ``ContainerSpec.tty``).
     """
 
     stdin: int

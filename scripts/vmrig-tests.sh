@@ -16,6 +16,8 @@ SELECTIONS=(
     # pids, visible limits); ~3 min.  The docker-CLI e2e (tests/e2e/test_limits.py)
     # passes there too (11/11) but takes 10-18 min under TCG, so CI leaves it out.
     "tests/integration/test_cgroupfs.py tests/integration/test_limits_runtime.py"
+    # cgroup v2 io.max / io.weight: per-device I/O limits on a loop device; ~1 min
+    "tests/integration/test_blkio.py tests/unit/test_blkio_plan.py"
 )
 if [ ${#SELECTIONS[@]} -eq 0 ]; then
     echo "vmrig-tests: nothing to run"

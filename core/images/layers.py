@@ -607,6 +607,30 @@ class LayerStore:
                 chain_id = layer.parent
         return total
 
+    def disk_usage(self, chains: Mapping[str, Sequence[str]]) -> tuple[int, dict[str, int]]:
+        """Sizes for ``docker system df``, over images given as ``id -> chain IDs``.
+
+        Returns the bytes of the distinct layers under them, each counted once
+        however many images share it (Docker's LayersSize), and per image the
+        bytes of its layers that another of the images uses too (SharedSize).
+        """
+        users: collections.Counter[str] = collections.Counter()
+        for chain in chains.values():
+            users.update(set(chain))
+        with self._lock:
+            sizes = {c: self._layers[c].size for c in users if c in self._layers}
+        shared = {
+            image: sum(sizes.get(c, 0) for c in set(chain) if users[c] > 1)
+            for image, chain in chains.items()
+        }
+        return sum(sizes.values()), shared
+
+    def rw_size(self, container_id: str) -> int:
+        """Bytes of the files a container wrote or changed (Docker's SizeRw): the
+        driver's ``diff_size`` of its read-write layer over its init layer."""
+        rw = self.rw_layer(container_id)
+        return self.driver.diff_size(rw.mount_id, rw.init_id)
+
     def cache_id(self, chain_id: str | None) -> str | None:
         """The driver id of ``chain_id`` (None for None)."""
         return None if chain_id is None else self.get(chain_id).cache_id

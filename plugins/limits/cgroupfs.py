@@ -35,12 +35,15 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from skiff.core.hookspecs import CgroupContext, DriverNotSupported, MountSpec, hookimpl
+from skiff.plugins.limits import _blkio
 
 NAME = "cgroupfs"
 CGROUP_ROOT = "/sys/fs/cgroup"
 
 #: Docker's floor for ``--memory``
 MIN_MEMORY = 6 * 1024 * 1024
+#: Docker's floor for ``--kernel-memory``
+MIN_KERNEL_MEMORY = 4 * 1024 * 1024
 #: Docker's period for ``--cpus``, in microseconds
 DEFAULT_CPU_PERIOD = 100_000
 #: how long ``destroy`` waits for exiting processes to leave a group
@@ -257,6 +260,10 @@ def validate(resources: Mapping[str, Any], ncpu: int | None = None) -> None:
     weight = _int(resources, "BlkioWeight")
     if weight and not 10 <= weight <= 1000:
         raise ValueError("Range of blkio weight is from 10 to 1000")
+    _blkio.validate(resources)
+    kmem = _int(resources, "KernelMemory")
+    if kmem < 0 or 0 < kmem < MIN_KERNEL_MEMORY:
+        raise ValueError("Minimum kernel memory limit allowed is 4MB")
     for rule in resources.get("DeviceCgroupRules") or []:
         if not _DEVICE_RULE.match(rule):
             raise ValueError(f"invalid device cgroup rule {rule!r}: expected e.g. 'c 1:3 rwm'")
@@ -264,6 +271,34 @@ def validate(resources: Mapping[str, Any], ncpu: int | None = None) -> None:
         value = resources.get(key) or ""
         if value and not _CPUSET.match(value):
             raise ValueError(f"Invalid value {value} for cpuset {key[6:].lower()}")
+
+
+def _probe_kmem(memory_root: str | None) -> str | None:
+    """Why a v1 kernel memory limit would not work under ``memory_root`` (None: it would)."""
+    if memory_root is None:
+        return "the memory cgroup controller is not mounted"
+    probe = os.path.join(memory_root, f"skiff-kmem-probe-{os.getpid()}-{threading.get_ident()}")
+    os.mkdir(probe, 0o755)
+    try:
+        target = os.path.join(probe, "memory.kmem.limit_in_bytes")
+        if not os.path.exists(target):
+            return ("this kernel has no memory.kmem.limit_in_bytes (built without kernel "
+                    "memory accounting, or the file was removed)")
+        wanted = 64 * 1024 * 1024
+        try:
+            _write(target, wanted)
+        except OSError as exc:
+            return (f"this kernel refuses memory.kmem.limit_in_bytes "
+                    f"({os.strerror(exc.errno) if exc.errno else exc}; "
+                    f"disabled since Linux 5.16)")
+        if _int_file(target) != wanted:
+            return (f"this kernel ({os.uname().release}) accepts writes to "
+                    "memory.kmem.limit_in_bytes but ignores them (deprecated: a write has "
+                    "no effect)")
+        return None
+    finally:
+        with contextlib.suppress(OSError):
+            os.rmdir(probe)
 
 
 def _cpu_limit(resources: Mapping[str, Any]) -> tuple[int, int]:
@@ -407,6 +442,9 @@ class CgroupfsV1:
         # parents are created and removed under this lock, so a destroy that
         # empties the parent cannot race a create that is about to use it
         self._lock = threading.Lock()
+        #: why --kernel-memory cannot work here (None: it can); probed on first use
+        self._kmem_probed = False
+        self._kmem_reason: str | None = None
 
     # -- paths -----------------------------------------------------------------
 
@@ -484,6 +522,26 @@ class CgroupfsV1:
     def validate(self, resources: Mapping[str, Any]) -> None:
         """Docker's checks of ``resources``; ``ValueError`` with its messages."""
         validate(resources)
+        if _int(resources, "KernelMemory"):
+            self._check_kmem()
+
+    def _check_kmem(self) -> None:
+        """Refuse ``KernelMemory`` where the kernel would not enforce it.
+
+        Probed once, on a scratch group at the top of the memory hierarchy:
+        Linux 5.16 to 6.x refuse writes to ``memory.kmem.limit_in_bytes``
+        (EOPNOTSUPP), later kernels keep the file but ignore what is written
+        (the value read back is unchanged), and some kernels lack it.
+        """
+        if not self._kmem_probed:
+            self._kmem_reason = _probe_kmem(self.controllers.get("memory"))
+            self._kmem_probed = True
+        if self._kmem_reason is not None:
+            raise ValueError(
+                f"Kernel memory limit is not supported: {self._kmem_reason}. Drop "
+                "--kernel-memory: kernel memory is counted in --memory anyway, and "
+                "Docker 20.10+ deprecates the option"
+            )
 
     def mounts(self, container_id: str) -> list[MountSpec]:
         """A read-only copy of the host's ``/sys/fs/cgroup`` tmpfs (only its empty
@@ -590,6 +648,8 @@ class CgroupfsV1:
             if target is None:
                 raise ValueError("Your kernel does not support Block I/O weight")
             _write(target, weight)
+        for target, value in _blkio.v1_writes(blkio, r, fresh):
+            _write(target, value)
         devices = self.path(container_id, "devices")
         if devices and fresh and not r.get("Privileged"):
             _write(os.path.join(devices, "devices.deny"), "a")
@@ -627,6 +687,14 @@ class CgroupfsV1:
             _write(os.path.join(mem, "memory.swappiness"), int(swappiness))
         if r.get("OomKillDisable") or not fresh:
             _write(os.path.join(mem, "memory.oom_control"), 1 if r.get("OomKillDisable") else 0)
+        kmem = _int(r, "KernelMemory")
+        if kmem and not self._kmem_probed:
+            with contextlib.suppress(ValueError):
+                self._check_kmem()
+        # validate() refused KernelMemory at create where it cannot work; a
+        # container saved with one by an older skiff still starts, without it
+        if self._kmem_probed and self._kmem_reason is None and (kmem or not fresh):
+            _write(os.path.join(mem, "memory.kmem.limit_in_bytes"), kmem or -1)
 
     # -- stats -----------------------------------------------------------------
 
@@ -788,6 +856,12 @@ class CgroupfsV2:
     def validate(self, resources: Mapping[str, Any]) -> None:
         """Docker's checks of ``resources``; ``ValueError`` with its messages."""
         validate(resources)
+        if _int(resources, "KernelMemory"):
+            raise ValueError(
+                "Kernel memory limit is not supported on cgroup v2: it has no separate "
+                "kernel memory limit, kernel memory is counted in memory.max (--memory). "
+                "Drop --kernel-memory (Docker 20.10+ deprecates it)"
+            )
 
     def mounts(self, container_id: str) -> list[MountSpec]:
         """The container's group bound read-only at ``/sys/fs/cgroup``.
@@ -885,6 +959,8 @@ class CgroupfsV2:
                 raise ValueError("Your kernel does not support Block I/O weight")
             # runc's mapping of blkio weight [10, 1000] onto io.weight [1, 10000]
             _write(os.path.join(path, "io.weight"), 1 + (weight - 10) * 9999 // 990)
+        for target, value in _blkio.v2_writes(path, r, fresh):
+            _write(target, value)
 
     def stats(self, container_id: str) -> dict[str, Any]:
         """Docker's stats fields for v2 (no percpu usage, no max_usage)."""

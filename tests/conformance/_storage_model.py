@@ -239,6 +239,14 @@ def model_changes(old: Model | None, new: Model) -> list[tuple[str, int]]:
                     added(p)
 
     compare("")
+    # Docker's rule: a directory holding a change is itself reported modified
+    listed = {p for p, _ in out}
+    for p, _ in list(out):
+        parent = p.rsplit("/", 1)[0]
+        while parent and parent not in listed:
+            listed.add(parent)
+            out.append((parent, 0))
+            parent = parent.rsplit("/", 1)[0]
     return sorted(out, key=lambda c: tuple(os.fsencode(x) for x in c[0][1:].split("/")))
 
 

@@ -388,6 +388,79 @@ def test_read_write_layer(env: tuple[StorageDriver, Path]) -> None:
 
 
 # ---------------------------------------------------------------------------
+# Scale: deep chains and wide layers
+# ---------------------------------------------------------------------------
+
+CHAIN_DEPTH = 100
+
+
+def test_deep_chain_reads_back(env: tuple[StorageDriver, Path]) -> None:
+    """A chain of 100 layers (Docker images reach this): every layer adds a file,
+    rewrites a shared one and deletes one from further down, and each view --
+    the top as a container mounts it, and layers along the way -- is exact."""
+    driver, base = env
+    model = sm.new_model()
+    snapshots: dict[int, sm.Model] = {}
+    parent: str | None = None
+    for i in range(CHAIN_DEPTH):
+        entries = [d("chain", t=T0 + i),
+                   f(f"chain/layer{i:03d}", f"layer {i}\n".encode(), t=T0 + i),
+                   f("shared", f"written by {i}\n".encode(), t=T0 + i)]
+        if i >= 3 and i % 3 == 0:
+            entries.append(Entry(f"chain/layer{i - 3:03d}", "w"))
+        lid = f"c{i:03d}"
+        assert apply_layer(driver, lid, parent, entries) == sm.regular_size(entries), lid
+        model = sm.apply(model, entries)
+        if i in (0, 1, CHAIN_DEPTH // 2, CHAIN_DEPTH - 1):
+            snapshots[i] = model
+        if i == CHAIN_DEPTH - 2:
+            previous = model
+        parent = lid
+    assert parent is not None
+    for i, want in snapshots.items():
+        assert_same(view(driver, f"c{i:03d}"), sm.expected_listing(want))
+    top = sm.expected_listing(model)
+    assert sum(1 for p in top["entries"] if p.startswith("chain/")) == CHAIN_DEPTH - 33
+    driver.create_rw("rw", parent, {})
+    assert_same(view_in_namespace(driver, "rw", base), top)
+    # the top layer's own changes, seen through 99 layers below it
+    assert changes(driver, parent, f"c{CHAIN_DEPTH - 2:03d}") == sm.model_changes(
+        previous, model) == [("/chain", 0), ("/chain/layer096", 2), ("/chain/layer099", 1),
+                             ("/shared", 0)]
+
+
+def test_thousand_file_layer(env: tuple[StorageDriver, Path]) -> None:
+    """One layer of 1,000 files in 20 directories: applied, listed, diffed, sized."""
+    import io
+
+    driver, base = env
+    entries: list[Entry] = []
+    for n in range(20):
+        entries.append(d(f"dir{n:02d}", t=T0 + n))
+        entries.extend(f(f"dir{n:02d}/file{k:03d}", f"{n}/{k}\n".encode() * (k % 7), t=T0 + k)
+                       for k in range(50))
+    files = [e for e in entries if e.kind == "f"]
+    assert len(files) == 1000
+    size = apply_layer(driver, "wide", None, entries)
+    assert size == sm.regular_size(entries)
+    model = sm.apply(sm.new_model(), entries)
+    want = sm.expected_listing(model)
+    assert_same(view(driver, "wide"), want)
+    got = changes(driver, "wide", None)
+    assert got == sm.model_changes(None, model)
+    assert len(got) == 1020 and all(kind == 1 for _, kind in got)
+    assert driver.diff_size("wide", None) == sm.layer_size(model, entries)
+    with contextlib.closing(driver.diff("wide", None)) as stream:
+        data = stream.read()
+    driver.create("wide-copy", None)
+    driver.apply_diff("wide-copy", None, io.BytesIO(data))
+    assert_same(view(driver, "wide-copy"), want)
+    # and a container over it sees all of it
+    driver.create_rw("rw", "wide", {})
+    assert_same(view_in_namespace(driver, "rw", base), want)
+
+
+# ---------------------------------------------------------------------------
 # Hostile tars
 # ---------------------------------------------------------------------------
 
@@ -441,6 +514,39 @@ def test_symlink_in_lower_layer_cannot_redirect_writes(env: tuple[StorageDriver,
     # it must never write through the symlink.
     with contextlib.suppress(ValueError):
         driver.apply_diff("L2", "L1", io.BytesIO(sm.tar_bytes([f("lib/pwned", b"x")])))
+    assert list(outside.iterdir()) == []
+
+
+def test_implicit_parents_agree_with_the_layers_below(env: tuple[StorageDriver, Path]) -> None:
+    """A tar that names ``a/b/new`` without entries for ``a`` and ``a/b`` (legal,
+    if unusual): the built-in drivers keep the lower directory's owner and mode
+    (overlay2 copies them up, as overlayfs would) and refuse to go through a
+    lower layer's symlink or file, as vfs (which holds the whole tree) does."""
+    import io
+
+    driver, base = env
+    if driver.name not in ("overlay2", "vfs"):
+        pytest.skip("the contract leaves implicit parents to the driver")
+    outside = base / "outside"
+    outside.mkdir()
+    apply_layer(driver, "L1", None, [
+        d("a", 0o750, 7, 8), d("a/b", 0o710, 1000, 1001),
+        Entry("lnk", "l", 0o777, target=str(outside)), f("file", b"f")])
+    apply_layer(driver, "L2", "L1", [f("a/b/new", b"new")])
+    root = driver.get("L2")
+    try:
+        for rel, (mode, uid, gid) in {"a": (0o750, 7, 8), "a/b": (0o710, 1000, 1001)}.items():
+            st = os.stat(os.path.join(root, rel))
+            assert (st.st_mode & 0o7777, st.st_uid, st.st_gid) == (mode, uid, gid), rel
+        assert Path(root, "a", "b", "new").read_bytes() == b"new"
+    finally:
+        driver.put("L2")
+    for i, entries in enumerate([[f("lnk/pwned", b"x")], [f("file/x", b"x")],
+                                 [Entry("lnk/.wh.secret", "w")]]):
+        driver.create(f"bad{i}", "L1")
+        with pytest.raises(ValueError, match=r"symbolic link|not a directory"):
+            driver.apply_diff(f"bad{i}", "L1", io.BytesIO(sm.tar_bytes(entries)))
+        assert changes(driver, f"bad{i}", "L1") == []
     assert list(outside.iterdir()) == []
 
 

@@ -558,14 +558,8 @@ def test_hostile_archive_is_refused_and_writes_nothing_outside(
                str(skiffd.data_root)]
     assert _named(token, outside) == [str(target)]
     assert not Path("/etc/passwd").samefile(target) and os.stat("/etc/passwd").st_nlink == 1
-    if (res.returncode == 0 and kind == "symlink-parent-from-lower-layer"
-            and skiffd.config["storage-driver"] == "overlay2"):
-        # Contained (checked above): overlay2 unpacks into the upper directory,
-        # where the lower layer's symlink is not, and makes "evil" a directory
-        # that hides it -- as Docker's overlay2 does.  vfs refuses.  Refusing
-        # on overlay2 too needs apply_diff to look at the lower layers' parents.
-        skiffd.docker("rmi", ref)
-        pytest.xfail("overlay2 shadows a lower layer's symlinked parent instead of refusing")
+    # overlay2 unpacks into an upper directory where a lower layer's symlink
+    # is not; it consults the lower layers and refuses exactly as vfs does.
     assert res.returncode != 0, f"{kind} was accepted: {out(res)}"
     assert "refusing" in err or "climbs out" in err, err
     # and nothing left inside: no image, no tag, no layer, no debris
@@ -601,9 +595,6 @@ def test_absolute_names_land_inside_the_root(
         assert f"{target.relative_to('/')}/planted" in tar.getnames()
 
 
-@pytest.mark.xfail(reason="skiff.core.archive's changes omit the parent directory of a change "
-                   "(Docker lists 'C /etc' before 'C /etc/passwd'); the fix belongs in "
-                   "changes_between/overlay_changes", strict=False)
 def test_diff_lists_the_parent_directory_of_a_change(
     skiffd: Daemon, container: list[str]
 ) -> None:

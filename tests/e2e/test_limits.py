@@ -84,6 +84,7 @@ def host_group_file(d: Daemon, cid: str, v1: str, v2: str) -> Path:
 
 def test_oom_kill_reports_137_and_oomkilled(daemon: Daemon) -> None:
     n = name()
+    since = time.time() - 0.01
     # the shell keeps the whole 100 MB command substitution in its own memory
     res = run(daemon, "--name", n, "--memory", "32m", "busybox", "sh", "-c",
               "x=$(head -c 100000000 /dev/zero | tr '\\0' a); echo survived ${#x}")
@@ -93,6 +94,13 @@ def test_oom_kill_reports_137_and_oomkilled(daemon: Daemon) -> None:
     assert state["OOMKilled"] is True
     assert state["ExitCode"] == 137
     assert "container.oom" in daemon.logs()
+    # `docker events` shows oom before die, as Docker does (issue 7)
+    evs = [json.loads(line) for line in daemon.docker(
+        "events", "--since", f"{since:.3f}", "--until", f"{time.time():.3f}",
+        "--filter", f"container={n}", "--format", "{{json .}}", check=True,
+    ).stdout.decode().splitlines() if line.strip()]
+    actions = [e["Action"] for e in evs]
+    assert "oom" in actions and actions.index("oom") < actions.index("die"), actions
     # the daemon stays up and the next container runs normally
     assert run(daemon, "--rm", "busybox", "true").returncode == 0
     daemon.docker("rm", n, check=True)
@@ -281,3 +289,68 @@ def test_skiff_stats(daemon: Daemon) -> None:
         assert n in lines[1] and "64MiB" in lines[1]
     finally:
         daemon.docker("rm", "-f", n, check=True)
+
+
+@pytest.fixture
+def loop_device(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """(``/dev/loopN``, ``"MAJ:MIN"``) of a loop device the test attaches, then detaches."""
+    backing = tmp_path / "disk.img"
+    with open(backing, "wb") as f:
+        f.truncate(16 * MiB)
+    res = subprocess.run(["losetup", "--find", "--show", str(backing)],
+                         capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        pytest.skip(f"cannot attach a loop device: {res.stderr.strip()}")
+    dev = res.stdout.strip()
+    try:
+        rdev = os.stat(dev).st_rdev
+        yield dev, f"{os.major(rdev)}:{os.minor(rdev)}"
+    finally:
+        subprocess.run(["losetup", "--detach", dev], check=False)
+
+
+def test_device_io_limits_in_the_containers_own_group(
+        daemon: Daemon, loop_device: tuple[str, str]) -> None:
+    dev, majmin = loop_device
+    script = "; ".join([
+        cat("blkio/blkio.throttle.read_bps_device", "io.max"),
+        cat("blkio/blkio.throttle.write_bps_device", "io.max"),
+        cat("blkio/blkio.throttle.read_iops_device", "io.max"),
+        cat("blkio/blkio.throttle.write_iops_device", "io.max"),
+    ])
+    n = name()
+    res = run(daemon, "--name", n, "--device-read-bps", f"{dev}:1mb",
+              "--device-write-bps", f"{dev}:2mb", "--device-read-iops", f"{dev}:100",
+              "--device-write-iops", f"{dev}:50", "busybox", "sh", "-c", script)
+    assert res.returncode == 0, res
+    lines = res.stdout.decode().splitlines()
+    if V2:
+        assert lines == [f"{majmin} rbps={MiB} wbps={2 * MiB} riops=100 wiops=50"] * 4
+    else:
+        assert lines == [f"{majmin} {MiB}", f"{majmin} {2 * MiB}", f"{majmin} 100",
+                         f"{majmin} 50"]
+    hc = inspect(daemon, n)["HostConfig"]
+    assert hc["BlkioDeviceReadBps"] == [{"Path": dev, "Rate": MiB}]
+    assert hc["BlkioDeviceWriteIOps"] == [{"Path": dev, "Rate": 50}]
+    daemon.docker("rm", n, check=True)
+
+
+def test_device_io_limit_on_a_non_block_device_is_refused(daemon: Daemon) -> None:
+    before = daemon.docker("ps", "-aq", check=True).stdout
+    res = run(daemon, "--rm", "--device-read-bps", "/dev/null:1mb", "busybox", "true")
+    assert res.returncode == 125
+    assert b"/dev/null is not a block device" in res.stderr, res.stderr
+    res = run(daemon, "--rm", "--device-write-iops", "/dev/nonexistent-skiff:10", "busybox",
+              "true")
+    assert res.returncode == 125 and b"No such file or directory" in res.stderr, res.stderr
+    assert daemon.docker("ps", "-aq", check=True).stdout == before  # nothing half-made
+
+
+def test_kernel_memory_is_refused_with_the_reason(daemon: Daemon) -> None:
+    # Neither this machine's kernel (6.18: writes to memory.kmem.limit_in_bytes
+    # are ignored) nor cgroup v2 (no separate kmem limit) can enforce it.
+    res = run(daemon, "--rm", "--kernel-memory", "64m", "busybox", "true")
+    assert res.returncode == 125, res
+    err = res.stderr.decode()
+    assert "Kernel memory limit is not supported" in err
+    assert ("cgroup v2" in err) if V2 else ("memory.kmem.limit_in_bytes" in err), err

@@ -403,6 +403,54 @@ def test_directory_over_whiteout_becomes_opaque(tmp_path: Path) -> None:
     assert os.getxattr(tmp_path / "d", archive.OPAQUE_XATTR) == b"y"
 
 
+@pytest.mark.parametrize("entries", [[f("lib/pwned")], [Entry("lib/.wh.x", "f")]],
+                         ids=["file", "whiteout"])
+def test_overlay_upper_refuses_a_lower_symlinked_parent(dirs: tuple[Path, Path],
+                                                        entries: list[Entry]) -> None:
+    # overlay2 decides as vfs: a parent that a lower layer holds as a symlink
+    # is refused, not silently shadowed by a directory of the upper
+    upper, outside = dirs
+    lower = upper.parent / "lower"
+    lower.mkdir()
+    os.symlink(outside, lower / "lib")
+    with pytest.raises(ArchiveError, match="'lib' is a symbolic link"):
+        extract(tar_bytes(entries), upper, whiteouts="overlay",
+                lower_exists=archive.lower_lookup([str(lower)]))
+    assert not (upper / "lib").exists()
+    (lower / "file").write_bytes(b"f")
+    with pytest.raises(ArchiveError, match="'file' is not a directory"):
+        extract(tar_bytes([f("file/x")]), upper, whiteouts="overlay",
+                lower_exists=archive.lower_lookup([str(lower)]))
+
+
+def test_overlay_upper_copies_an_implicit_parent_from_below(tmp_path: Path) -> None:
+    upper, lower = tmp_path / "upper", tmp_path / "lower"
+    upper.mkdir()
+    (lower / "home" / "user").mkdir(parents=True)
+    os.chown(lower / "home" / "user", 1000, 1001)
+    os.chmod(lower / "home" / "user", 0o710)
+    os.symlink("/nowhere", lower / "home" / "user" / "lnk")
+    extract(tar_bytes([f("home/user/new"), Entry("gone", "w"), f("gone/again")]), upper,
+            whiteouts="overlay", lower_exists=archive.lower_lookup([str(lower)]))
+    st = os.stat(upper / "home" / "user")
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (1000, 1001, 0o710)
+    # below an opaque directory the lower layers do not count
+    extract(tar_bytes([Entry("home", "o"), f("home/user/lnk/x")]), upper,
+            whiteouts="overlay", lower_exists=archive.lower_lookup([str(lower)]))
+    assert (upper / "home" / "user" / "lnk" / "x").is_file()
+
+
+def test_overlay_whiteout_in_the_way_becomes_an_opaque_directory(tmp_path: Path) -> None:
+    upper, lower = tmp_path / "upper", tmp_path / "lower"
+    upper.mkdir()
+    (lower / "d").mkdir(parents=True)
+    (lower / "d" / "old").write_bytes(b"old")
+    extract(tar_bytes([Entry("d", "w"), f("d/new")]), upper, whiteouts="overlay",
+            lower_exists=archive.lower_lookup([str(lower)]))
+    assert os.getxattr(upper / "d", archive.OPAQUE_XATTR) == b"y"
+    assert os.listdir(upper / "d") == ["new"]
+
+
 def test_whiteouts_keep_mode(tmp_path: Path) -> None:
     extract(tar_bytes(LAYER), tmp_path, whiteouts="keep")
     assert (tmp_path / "d" / ".wh.gone").is_file()
@@ -434,9 +482,11 @@ def test_changes_between_and_tar_changes_round_trip(tmp_path: Path) -> None:
     os.chmod(upper / "tmp", 0o1770)
     shutil.rmtree(upper / "dev")
     got = archive.changes_between(str(lower), str(upper))
-    # the root's own mtime moved too (newdir, dev): Docker does not report "/"
+    # the root's own mtime moved too (newdir, dev): Docker does not report "/";
+    # /home and /home/user hold a change, so Docker reports them modified
     assert [(c.path, c.kind) for c in got] == [
-        ("/bin", 0), ("/bin/sg", 2), ("/dev", 2), ("/home/user/notes", 0),
+        ("/bin", 0), ("/bin/sg", 2), ("/dev", 2), ("/home", 0), ("/home/user", 0),
+        ("/home/user/notes", 0),
         ("/newdir", 1), ("/newdir/sub", 1), ("/newdir/sub/file", 1), ("/tmp", 0),
     ]
     assert all(isinstance(c, Change) for c in got)
