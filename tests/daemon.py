@@ -8,31 +8,30 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from benchmarks.engines import ping
 
 DOCKER = shutil.which("docker") or "/usr/local/bin/docker"
 SKIFFD = [sys.executable, "-m", "skiff.core.daemon"]
 SKIFF = [sys.executable, "-m", "skiff.cli.main"]
 
 
-def _ping(sock: str) -> bool:
-    try:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(2)
-        s.connect(sock)
-        s.sendall(b"GET /_ping HTTP/1.1\r\nHost: x\r\n\r\n")
-        ok = s.recv(64).startswith(b"HTTP/1.1 200")
-        s.close()
-        return ok
-    except OSError:
-        return False
+def poll(check: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
+    """``check()``'s first truthy value, asked every 50 ms; AssertionError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 @dataclass
@@ -79,7 +78,7 @@ class Daemon:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"skiffd exited with {self.proc.returncode}:\n{self.logs()}")
-            if _ping(self.socket):
+            if ping(self.socket):
                 return
             time.sleep(0.05)
         raise RuntimeError(f"skiffd did not answer within {timeout}s:\n{self.logs()}")

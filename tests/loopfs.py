@@ -54,3 +54,26 @@ def loop_filesystem(base: Path, fstype: str, size: str = "1G",
         shutil.rmtree(point, ignore_errors=True)
         with contextlib.suppress(FileNotFoundError):
             image.unlink()
+
+
+@contextlib.contextmanager
+def attached_loop(base: Path, size: int = 16 * 1024 * 1024) -> Iterator[tuple[str, str]]:
+    """(``/dev/loopN``, ``"MAJ:MIN"``) of a loop device over a sparse file under
+    ``base``; detached on the way out.  Skips the test when none can be attached."""
+    import os
+
+    import pytest
+
+    backing = base / "loop-disk.img"
+    with open(backing, "wb") as f:
+        f.truncate(size)
+    res = subprocess.run(["losetup", "--find", "--show", str(backing)],
+                         capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        pytest.skip(f"cannot attach a loop device: {res.stderr.strip()}")
+    dev = res.stdout.strip()
+    try:
+        rdev = os.stat(dev).st_rdev
+        yield dev, f"{os.major(rdev)}:{os.minor(rdev)}"
+    finally:
+        subprocess.run(["losetup", "--detach", dev], check=False)

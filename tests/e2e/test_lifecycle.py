@@ -7,13 +7,13 @@ import json
 import re
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.daemon import Daemon, running_daemon
+from tests.daemon import Daemon, poll, running_daemon
 
 
 @pytest.fixture(scope="module")
@@ -34,16 +34,6 @@ def ok(d: Daemon, *args: str, timeout: float = 60) -> str:
 
 def inspect(d: Daemon, name: str) -> dict[str, Any]:
     return json.loads(ok(d, "inspect", name))[0]
-
-
-def poll(check: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def events(d: Daemon, since: float, *filters: str) -> list[dict[str, Any]]:

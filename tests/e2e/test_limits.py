@@ -21,6 +21,7 @@ import docker
 import pytest
 
 from tests.daemon import DOCKER, Daemon, daemon_config
+from tests.loopfs import attached_loop
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root for cgroups"),
@@ -294,19 +295,8 @@ def test_skiff_stats(daemon: Daemon) -> None:
 @pytest.fixture
 def loop_device(tmp_path: Path) -> Iterator[tuple[str, str]]:
     """(``/dev/loopN``, ``"MAJ:MIN"``) of a loop device the test attaches, then detaches."""
-    backing = tmp_path / "disk.img"
-    with open(backing, "wb") as f:
-        f.truncate(16 * MiB)
-    res = subprocess.run(["losetup", "--find", "--show", str(backing)],
-                         capture_output=True, text=True, check=False)
-    if res.returncode != 0:
-        pytest.skip(f"cannot attach a loop device: {res.stderr.strip()}")
-    dev = res.stdout.strip()
-    try:
-        rdev = os.stat(dev).st_rdev
-        yield dev, f"{os.major(rdev)}:{os.minor(rdev)}"
-    finally:
-        subprocess.run(["losetup", "--detach", dev], check=False)
+    with attached_loop(tmp_path) as dev:
+        yield dev
 
 
 def test_device_io_limits_in_the_containers_own_group(

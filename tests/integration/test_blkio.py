@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from skiff.plugins.limits.cgroupfs import CgroupfsV1, CgroupfsV2
-from tests.integration.test_cgroupfs import Harness, cid, leftovers
+from tests.integration.test_cgroupfs import Harness, cid
+from tests.loopfs import attached_loop
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for cgroups")
 
@@ -23,33 +24,10 @@ MiB = 1024 * 1024
 
 
 @pytest.fixture
-def h() -> Iterator[Harness]:
-    """The cgroupfs driver under a parent of its own (test_cgroupfs's harness)."""
-    harness = Harness()
-    try:
-        yield harness
-    finally:
-        left = leftovers(harness.parent)
-        harness.cleanup()
-        assert not left, f"the test left cgroups behind: {left}"
-
-
-@pytest.fixture
 def loop(tmp_path: Path) -> Iterator[tuple[str, str]]:
-    """(``/dev/loopN``, ``"MAJ:MIN"``) of a loop device over a 16 MiB file."""
-    backing = tmp_path / "disk.img"
-    with open(backing, "wb") as f:
-        f.truncate(16 * MiB)
-    res = subprocess.run(["losetup", "--find", "--show", str(backing)],
-                         capture_output=True, text=True, check=False)
-    if res.returncode != 0:
-        pytest.skip(f"cannot attach a loop device: {res.stderr.strip()}")
-    dev = res.stdout.strip()
-    try:
-        rdev = os.stat(dev).st_rdev
-        yield dev, f"{os.major(rdev)}:{os.minor(rdev)}"
-    finally:
-        subprocess.run(["losetup", "--detach", dev], check=False)
+    """(``/dev/loopN``, ``"MAJ:MIN"``) of a loop device the test attaches, then detaches."""
+    with attached_loop(tmp_path) as dev:
+        yield dev
 
 
 def throttles(dev: str, read_bps: int = 0, write_bps: int = 0, read_iops: int = 0,

@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pluggy
@@ -75,18 +74,6 @@ class Harness:
             p.wait()
         for path in leftovers(self.parent):
             remove_tree(path)
-
-
-@pytest.fixture
-def h() -> Iterator[Harness]:
-    harness = Harness()
-    try:
-        yield harness
-    finally:
-        left = leftovers(harness.parent)
-        harness.cleanup()
-        assert not leftovers(harness.parent)
-        assert not left, f"the test left cgroups behind: {left}"
 
 
 def cid() -> str:
