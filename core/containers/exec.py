@@ -34,6 +34,7 @@ from skiff.core.containers.streams import (
     open_stdio,
     parse_detach_keys,
     set_winsize,
+    take_terminal,
 )
 from skiff.core.errors import Conflict, InvalidParameter, NotFound
 from skiff.core.hookspecs import ExecSpec, StartError, Stdio
@@ -257,22 +258,21 @@ class ExecManager:
         ex.started = True
         spec = self._spec(ex)
         attached = stream is not None
-        # a detached exec's stdio is /dev/null, which cannot be a terminal
-        spec.tty = ex.tty and attached
+        # a detached exec gets its TTY too (Docker's exec -dt); _run drains it
+        open_stdin = ex.attach_stdin and attached
         fds: list[int] = []
         try:
-            if attached:
+            if attached or spec.tty:
+                # with a TTY: /dev/null; the runtime allocates the terminal in
+                # the container and take_terminal below gives out_r and in_w
                 out_r, out_w, err_r, err_w, in_r, in_w = open_stdio(
-                    ex.tty, ex.attach_stdin, fds, ex.console_size)
+                    spec.tty, open_stdin, fds)
             else:
                 # Docker discards a detached exec's output; /dev/null needs no reader
                 null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
                 fds.append(null)
                 out_r = err_r = in_w = -1
                 out_w = err_w = in_r = null
-            if ex.tty and attached:
-                ex.terminal = os.dup(out_r)
-                fds.append(ex.terminal)
             runtime_exec = getattr(eng.runtime, "exec", None)
             if runtime_exec is None:  # a third-party runtime from before Runtime.exec
                 raise StartError(f"the {eng.runtime_name} runtime cannot exec into containers")
@@ -281,13 +281,15 @@ class ExecManager:
             for fd in fds:
                 with contextlib.suppress(OSError):
                     os.close(fd)
-            ex.terminal = -1
             self._finish(ex, exc.exit_code if isinstance(exc, StartError) else 126)
             raise
         # the process has its own copies now; ours must go or no EOF ever comes
         for fd in {in_r, out_w, err_w}:
             os.close(fd)
         try:
+            if spec.tty:  # the pty master (out_r, err_r is -1); sized before go
+                out_r, in_w = take_terminal(process, open_stdin, ex.console_size)
+                ex.terminal = os.dup(out_r)  # for resize
             if eng.cgroups is not None:
                 await eng.to_thread(eng.cgroups.add_process, c.id, process.pid)
             await process.go()

@@ -33,7 +33,7 @@ from skiff.core.containers.config import (
     parse_signal,
 )
 from skiff.core.containers.model import Container, State, now_rfc3339
-from skiff.core.containers.streams import OutputHub, feed_stdin, open_stdio, pump
+from skiff.core.containers.streams import OutputHub, feed_stdin, open_stdio, pump, take_terminal
 from skiff.core.errors import Conflict, InvalidParameter, NotFound, NotModified
 from skiff.core.hookspecs import (
     ContainerProcess,
@@ -389,9 +389,10 @@ class ContainerManager:
         pipes: list[int] = []
         try:
             log_driver = self._open_log(c)
-            # with a TTY: a pty whose master is out_r (err_r is -1), see open_stdio
+            # with a TTY: /dev/null here, the runtime allocates the terminal in
+            # the container and take_terminal below gives out_r and in_w
             out_r, out_w, err_r, err_w, in_r, in_w = open_stdio(
-                spec.tty, spec.open_stdin, pipes, c.host_config.get("ConsoleSize"))
+                spec.tty, spec.open_stdin, pipes)
             process = await eng.runtime.prepare(spec, Stdio(in_r, out_w, err_w))
         except BaseException:
             for fd in pipes:
@@ -406,6 +407,9 @@ class ContainerManager:
         for fd in (in_r, out_w, err_w):
             os.close(fd)
         try:
+            if spec.tty:  # the pty master (out_r, err_r is -1); sized before go
+                out_r, in_w = take_terminal(process, spec.open_stdin,
+                                            c.host_config.get("ConsoleSize"))
             await self._prestart(c, track, process)
             await process.go()
         except BaseException as exc:

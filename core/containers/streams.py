@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import structlog
 import trio
 
-from skiff.core.hookspecs import LogDriver, LogMessage
+from skiff.core.hookspecs import ContainerProcess, LogDriver, LogMessage, StartError
 
 logger = structlog.get_logger("skiff.logs")
 
@@ -93,34 +93,27 @@ def set_winsize(fd: int, height: int, width: int) -> None:
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
 
 
-def open_stdio(tty: bool, open_stdin: bool, opened: list[int],
-               console_size: list[int] | None = None) -> tuple[int, int, int, int, int, int]:
+def open_stdio(tty: bool, open_stdin: bool, opened: list[int]
+               ) -> tuple[int, int, int, int, int, int]:
     """Descriptors for a process's stdio: ``(out_r, out_w, err_r, err_w, in_r, in_w)``.
 
     Without ``tty``: a pipe per stream (stdin from /dev/null unless
-    ``open_stdin``).  With ``tty``: one pseudo-terminal; the three write/read
-    ends given to the process are (distinct descriptors of) its slave,
-    ``out_r`` is the master, ``in_w`` a duplicate of the master when
-    ``open_stdin``, and ``err_r`` is -1 (a terminal has one output stream).
-    Unused ends are -1.  Every descriptor is appended to ``opened`` as soon as
-    it exists, so the caller can close them all if something fails.
-    All are close-on-exec.
+    ``open_stdin``).  With ``tty`` the runtime allocates the terminal inside
+    the container (``ContainerProcess.terminal``, see ``take_terminal``), so
+    the three ends given to the process are distinct descriptors of
+    /dev/null, which the runtime ignores, and the daemon's ends are all -1
+    until ``take_terminal``.  Unused ends are -1.  Every descriptor is
+    appended to ``opened`` as soon as it exists, so the caller can close them
+    all if something fails.  All are close-on-exec.
     """
     if tty:
-        master, slave = os.openpty()  # both non-inheritable
-        opened += [master, slave]
-        if console_size and len(console_size) == 2 and all(console_size):
-            with contextlib.suppress(OSError, struct.error):
-                set_winsize(master, int(console_size[0]), int(console_size[1]))
-        err_w = os.dup(slave)
+        null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        opened.append(null)
+        err_w = os.dup(null)
         opened.append(err_w)
-        in_r = os.dup(slave)
+        in_r = os.dup(null)
         opened.append(in_r)
-        in_w = -1
-        if open_stdin:
-            in_w = os.dup(master)
-            opened.append(in_w)
-        return master, slave, -1, err_w, in_r, in_w
+        return -1, null, -1, err_w, in_r, -1
     out_r, out_w = os.pipe2(os.O_CLOEXEC)
     opened += [out_r, out_w]
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
@@ -132,6 +125,31 @@ def open_stdio(tty: bool, open_stdin: bool, opened: list[int],
         in_r, in_w = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC), -1
         opened.append(in_r)
     return out_r, out_w, err_r, err_w, in_r, in_w
+
+
+def take_terminal(process: ContainerProcess, open_stdin: bool,
+                  console_size: list[int] | None = None) -> tuple[int, int]:
+    """The daemon's ends of a TTY process's terminal: ``(out_r, in_w)``.
+
+    ``out_r`` is the pty master the runtime allocated in the container
+    (``ContainerProcess.terminal``, the caller's to close from now on),
+    ``in_w`` a duplicate of it when ``open_stdin``, else -1.  ``console_size``
+    (``[height, width]``, the client's ConsoleSize) is applied before the
+    process runs.  On error nothing is left open and ``StartError`` says why.
+    """
+    master = getattr(process, "terminal", -1)
+    if master < 0:
+        raise StartError("the runtime allocated no terminal for a TTY process "
+                         "(ContainerProcess.terminal)")
+    try:
+        if console_size and len(console_size) == 2 and all(console_size):
+            with contextlib.suppress(OSError, struct.error, TypeError, ValueError):
+                set_winsize(master, int(console_size[0]), int(console_size[1]))
+        in_w = os.dup(master) if open_stdin else -1
+    except BaseException:
+        os.close(master)
+        raise
+    return master, in_w
 
 
 async def feed_stdin(source: trio.abc.ReceiveStream, target: trio.abc.SendStream, *,

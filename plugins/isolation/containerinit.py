@@ -4,7 +4,8 @@ It runs inside the fork server's memory image (no new interpreter), already
 PID 1 of the container's pid namespace.  One close-on-exec socket pair ties
 it to the shim, carrying newline-delimited JSON:
 
-* init -> shim: ``{"ready": true}`` once the container is built, or
+* init -> shim: ``{"ready": true}`` once the container is built (with
+  ``tty``: carrying the pty master as SCM_RIGHTS, see ``open_terminal``), or
   ``{"error": ..., "exit_code": ...}``; after "go", an error line if
   ``execve`` failed.  The init's end closing on a successful exec tells the
   shim the user's command runs.
@@ -80,6 +81,10 @@ SPARE_FLAGS = sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWNET
 
 MS_DEFAULT = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
 
+#: ioctls on a pty master (asm-generic numbers, as on x86 and arm)
+TIOCSPTLCK = 0x40045431  #: _IOW('T', 0x31, int): lock (1) or unlock (0) the slave
+TIOCGPTPEER = 0x5441  #: _IO('T', 0x41): open the slave without a path lookup (Linux 4.13)
+
 #: statvfs f_flag bits that a read-only remount of a bind mount must keep
 _ST_KEEP = ((os.ST_NOSUID, sc.MS_NOSUID), (os.ST_NODEV, sc.MS_NODEV), (os.ST_NOEXEC, sc.MS_NOEXEC))
 
@@ -109,6 +114,7 @@ class Prepared:
         no_new_privileges: bool,
         new_cgroupns: bool,
         tty: bool = False,
+        terminal: tuple[int, int] = (-1, -1),
     ) -> None:
         self.user = user
         self.path = path  #: the executable, resolved through $PATH
@@ -121,6 +127,9 @@ class Prepared:
         self.no_new_privileges = no_new_privileges
         self.new_cgroupns = new_cgroupns
         self.tty = tty  #: stdio is a pty slave to make the controlling terminal
+        #: with tty: (master, slave) of the pty allocated in the container; the
+        #: master goes to the shim with "ready", the slave becomes 0-2
+        self.master, self.slave = terminal
 
 
 def run(spec: dict[str, Any], stdio: list[int], chan: LineChannel, preset: int = 0) -> NoReturn:
@@ -143,7 +152,16 @@ def _serve(prepare: Any, args: tuple[Any, ...], stdio: list[int], chan: LineChan
     code = 125
     try:
         prepared = prepare(*args)
-        chan.send({"ready": True})
+        if prepared.master >= 0:
+            # the daemon's end of the terminal: ours must not outlive the send,
+            # or the daemon would never read EIO (its EOF) after the exit
+            try:
+                chan.send({"ready": True}, [prepared.master])
+            finally:
+                os.close(prepared.master)
+                prepared.master = -1
+        else:
+            chan.send({"ready": True})
         go = chan.receive()
         if go is None or go.get("cmd") != "go":
             # the shim (or the daemon behind it) gave up on this container
@@ -256,6 +274,7 @@ def build(spec: dict[str, Any], preset: int = 0) -> Prepared:
     if not args:
         raise InitError("no command specified")
     path = look_path(args[0], env.get("PATH", DEFAULT_PATH))
+    tty = bool(spec.get("tty"))
     return Prepared(
         user=user,
         path=path,
@@ -267,7 +286,9 @@ def build(spec: dict[str, Any], preset: int = 0) -> Prepared:
         rlimits=rlimits,
         no_new_privileges=bool(spec.get("no_new_privileges", True)),
         new_cgroupns="cgroup" in namespaces and namespaces["cgroup"] is None,
-        tty=bool(spec.get("tty")),
+        tty=tty,
+        # last: nothing that can fail comes after it, so no descriptor leaks
+        terminal=open_terminal(user, console=True) if tty else (-1, -1),
     )
 
 
@@ -329,6 +350,7 @@ def build_exec(spec: dict[str, Any]) -> Prepared:
     if not args:
         raise InitError("no command specified")
     path = look_path(args[0], env.get("PATH", DEFAULT_PATH))
+    tty = bool(spec.get("tty"))
     return Prepared(
         user=user,
         path=path,
@@ -340,7 +362,8 @@ def build_exec(spec: dict[str, Any]) -> Prepared:
         rlimits=rlimits,
         no_new_privileges=bool(spec.get("no_new_privileges", True)),
         new_cgroupns=False,
-        tty=bool(spec.get("tty")),
+        tty=tty,
+        terminal=open_terminal(user, console=False) if tty else (-1, -1),
     )
 
 
@@ -619,6 +642,53 @@ def _environment(env: list[str], user: users.ExecUser) -> dict[str, str]:
     return result
 
 
+def open_terminal(user: users.ExecUser, console: bool) -> tuple[int, int]:
+    """Allocate a pseudo-terminal in the container's own ``/dev/pts``: (master, slave).
+
+    Called inside the container's mount namespace (after ``pivot_root``, or
+    after an exec joined it), so ``/dev/ptmx`` is the container's devpts
+    instance and the process sees its terminal as ``/dev/pts/N`` there, as
+    with runc.  The slave is opened from the master (``TIOCGPTPEER``), not by
+    path, so a container that mounted something over ``/dev/pts`` cannot
+    hand us another file; the ioctl also proves ``/dev/ptmx`` is a real pty
+    multiplexer.  The slave is given to the process's user (group stays
+    ``tty``, mode 0620 from the devpts options), as runc's
+    fixStdioPermissions does, so a non-root user can ``chmod``/``mesg`` it.
+    With ``console`` the slave is also bind-mounted at ``/dev/console``.
+    """
+    try:
+        master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise InitError(
+            f"cannot allocate a TTY in the container: /dev/ptmx: {exc.strerror}"
+        ) from None
+    try:
+        fcntl.ioctl(master, TIOCSPTLCK, b"\0\0\0\0")
+        slave = fcntl.ioctl(master, TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as exc:
+        os.close(master)
+        raise InitError(f"cannot allocate a TTY in the container: {exc.strerror}") from None
+    try:
+        if user.uid != 0:
+            os.fchown(slave, user.uid, -1)
+        if console:
+            _bind_console(slave)
+    except BaseException:
+        os.close(slave)
+        os.close(master)
+        raise
+    return master, slave
+
+
+def _bind_console(slave: int) -> None:
+    # runc's /dev/console; a missing one (a /dev bind-mounted from elsewhere,
+    # read-only) only costs programs that write to the console directly
+    console = "/dev/console"
+    with contextlib.suppress(OSError):
+        os.close(os.open(console, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+        sc.mount(f"/proc/self/fd/{slave}", console, None, sc.MS_BIND)
+
+
 def _controlling_terminal() -> None:
     """Make stdin (a pty slave) the controlling terminal of a new session.
 
@@ -713,6 +783,9 @@ def execute(p: Prepared, stdio: list[int], status_fd: int) -> None:
     except OSError as exc:
         raise InitError(f"cannot change to working directory {p.cwd}: {exc.strerror}") from None
 
+    if p.slave >= 0:
+        # the terminal allocated in the container replaces the daemon's stdio
+        stdio = [p.slave, p.slave, p.slave]
     for target, fd in enumerate(stdio):
         os.dup2(fd, target)
     if p.tty:

@@ -16,6 +16,12 @@ the connection to a spare shim forked ahead of time, whose init already
 waits in fresh pid, uts, ipc and net namespaces), so the rest of the
 conversation (pid, go, started, exit) is between the daemon and that
 container's shim alone.
+
+With ``tty`` the init allocates the pseudo-terminal inside the container (its
+own ``/dev/pts``, like runc's console socket) and the master travels init ->
+shim -> daemon as SCM_RIGHTS on the ready and pid messages; it ends up in
+``ForkServerProcess.terminal``, owned by the caller (see
+``ContainerProcess.terminal``).
 """
 
 from __future__ import annotations
@@ -147,6 +153,8 @@ class _Channel:
     def __init__(self, sock: trio.socket.SocketType) -> None:
         self.sock = sock
         self.buf = b""
+        #: descriptors received by ``receive(want_fds=...)``, the caller's to close
+        self.fds: list[int] = []
 
     async def send(self, message: Mapping[str, Any]) -> None:
         data = json.dumps(message).encode() + b"\n"
@@ -154,10 +162,24 @@ class _Channel:
             sent = await self.sock.send(data)
             data = data[sent:]
 
-    async def receive(self) -> dict[str, Any] | None:
+    async def receive(self, want_fds: int = 0) -> dict[str, Any] | None:
+        """The next message, or None at end of stream.
+
+        With ``want_fds``, up to that many descriptors that ride along are
+        appended to ``fds`` (close-on-exec); without, a descriptor sent to us
+        would be discarded by the kernel.
+        """
         while b"\n" not in self.buf:
             try:
-                chunk = await self.sock.recv(65536)
+                if want_fds:
+                    chunk, ancdata, _, _ = await self.sock.recvmsg(
+                        65536, socket.CMSG_SPACE(want_fds * 4), socket.MSG_CMSG_CLOEXEC
+                    )
+                    got = _scm_rights(ancdata)
+                    self.fds += got
+                    want_fds = max(0, want_fds - len(got))
+                else:
+                    chunk = await self.sock.recv(65536)
             except OSError:
                 return None
             if not chunk:
@@ -178,6 +200,14 @@ class _Channel:
         self.sock.close()
 
 
+def _scm_rights(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
+    fds = array.array("i")
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+    return list(fds)
+
+
 class ForkServerProcess:
     """A container's PID 1 as the shim reports it; satisfies ``ContainerProcess``.
 
@@ -186,11 +216,18 @@ class ForkServerProcess:
     is cancelled after it sent the word, the command may be running: the
     caller then ``abort``s (or ``kill``s and ``wait``s) as for any started
     process.
+
+    ``terminal`` (with tty, the pty master from the container) belongs to the
+    caller from the moment ``prepare``/``exec`` returns: nothing here closes
+    it, not even ``close``, ``abort`` or ``wait``.
     """
 
-    def __init__(self, chan: _Channel, pid: int, pidfd: int, bundle: str) -> None:
+    def __init__(
+        self, chan: _Channel, pid: int, pidfd: int, bundle: str, terminal: int = -1
+    ) -> None:
         self.pid = pid
         self.bundle = bundle
+        self.terminal = terminal
         self._chan = chan
         self._pidfd = pidfd
         self._go_sent = False
@@ -386,12 +423,11 @@ class ForkServerRuntime:
             data["capabilities"] = list(capabilities.CAPABILITIES)
         payload = json.dumps(data).encode() + b"\n"
         try:
-            return await self._prepare(stdio, payload, False, "")
+            return await self._prepare(stdio, payload, False, "", spec.tty)
         except _NoReply:
             raise StartError("the exec shim exited before the process was ready") from None
 
     async def prepare(self, spec: ContainerSpec, stdio: Stdio) -> ForkServerProcess:
-        # spec.tty needs nothing here: the init makes stdio its controlling terminal
         await self._ensure_started()
         data = spec.to_json()
         # the shim and init resolve paths from the fork server's directory
@@ -399,7 +435,7 @@ class ForkServerRuntime:
         payload = json.dumps(data).encode() + b"\n"
         use_spare = self.spares and spec_fits_spare(spec.namespaces)
         try:
-            return await self._prepare(stdio, payload, use_spare, bundle)
+            return await self._prepare(stdio, payload, use_spare, bundle, spec.tty)
         except _NoReply:
             if not use_spare:
                 raise StartError(
@@ -408,15 +444,16 @@ class ForkServerRuntime:
         # A spare shim that died just as it was handed our connection never
         # forked anything for us; a fresh shim is safe to ask.
         try:
-            return await self._prepare(stdio, payload, False, bundle)
+            return await self._prepare(stdio, payload, False, bundle, spec.tty)
         except _NoReply:
             raise StartError("the container shim exited before the container was ready") from None
 
     async def _prepare(
-        self, stdio: Stdio, payload: bytes, use_spare: bool, bundle: str
+        self, stdio: Stdio, payload: bytes, use_spare: bool, bundle: str, tty: bool
     ) -> ForkServerProcess:
         path = spare_socket_path(self.socket_path) if use_spare else self.socket_path
         sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        chan = _Channel(sock)
         try:
             try:
                 with short_socket_path(path) as short:
@@ -426,7 +463,6 @@ class ForkServerRuntime:
             fds = array.array("i", [stdio.stdin, stdio.stdout, stdio.stderr])
             if min(fds) < 0:
                 raise StartError(f"invalid stdio descriptors {list(fds)}; pass /dev/null instead")
-            chan = _Channel(sock)
             try:
                 sent = await sock.sendmsg([payload], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
                 rest = payload[sent:]
@@ -434,11 +470,14 @@ class ForkServerRuntime:
                     rest = rest[await sock.send(rest) :]
             except (BrokenPipeError, ConnectionResetError):
                 raise _NoReply from None
-            reply = await chan.receive()
+            # with a TTY the pid reply carries the pty master from the container
+            reply = await chan.receive(want_fds=1 if tty else 0)
             if reply is None:
                 raise _NoReply
             if "error" in reply:
                 raise StartError(reply["error"], int(reply.get("exit_code", 125)))
+            if tty and not chan.fds:
+                raise StartError("the container shim sent no terminal for a TTY process")
             pid = int(reply["pid"])
             # the init is blocked waiting for go and only its shim may reap it,
             # so this pid cannot have been recycled yet
@@ -446,8 +485,14 @@ class ForkServerRuntime:
         except BaseException:
             # closing makes the shim kill a prepared init: nothing stays behind
             sock.close()
+            for fd in chan.fds:
+                os.close(fd)
             raise
-        return ForkServerProcess(chan, pid, pidfd, bundle)
+        terminal, *extra = chan.fds or [-1]
+        chan.fds = []
+        for fd in extra:  # never sent by our shim; not worth failing over
+            os.close(fd)
+        return ForkServerProcess(chan, pid, pidfd, bundle, terminal)
 
 
 class _NoReply(Exception):

@@ -8,7 +8,9 @@ daemon -> shim
     the spec (with the three stdio descriptors as SCM_RIGHTS on it), then
     ``{"cmd": "go"}`` or ``{"cmd": "abort"}``.
 shim -> daemon
-    ``{"pid": N}`` once the init is ready, or ``{"error": msg, "exit_code": c}``;
+    ``{"pid": N}`` once the init is ready (with ``tty``: carrying, as
+    SCM_RIGHTS, the pty master the init allocated inside the container; the
+    shim keeps no copy), or ``{"error": msg, "exit_code": c}``;
     after go, ``{"started": true}`` or ``{"error": ..., "exit_code": ...}``;
     finally ``{"exit": code}``.
 
@@ -260,15 +262,26 @@ def serve(chan: LineChannel, init: Init | None) -> None:
     for fd in chan.fds:
         os.close(fd)
 
-    ready = init.chan.receive()
+    # with a TTY the init's ready line carries the pty master; only then is a
+    # descriptor expected (a plain recv would drop one)
+    ready = init.chan.receive(want_fds=1 if spec.get("tty") else 0)
+    terminal, init.chan.fds = init.chan.fds, []
     if ready is None or "error" in ready:
+        for fd in terminal:
+            os.close(fd)
         code = init.reap()
         if ready is None:
             ready = {"error": f"container init exited during set-up (exit code {code})"}
         chan.send({"error": ready["error"], "exit_code": ready.get("exit_code", 125)})
         return
 
-    chan.send({"pid": init.pid})
+    try:
+        chan.send({"pid": init.pid}, terminal)
+    finally:
+        # the daemon owns the master now; a copy kept here would hold the
+        # terminal open after the daemon closed it (no hangup for the session)
+        for fd in terminal:
+            os.close(fd)
     try:
         command = chan.receive()
     except (OSError, ValueError):

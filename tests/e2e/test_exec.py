@@ -164,6 +164,39 @@ def test_interactive_exec(default_skiffd: Daemon, box: str) -> None:
         t.close()
 
 
+def test_exec_terminal_is_in_the_container(default_skiffd: Daemon, box: str,
+                                           api: docker.APIClient) -> None:
+    d = default_skiffd
+    # a pty of the container's own devpts: its name resolves inside the container
+    res = d.docker("exec", "-t", box, "sh", "-c", "t=$(tty) && ls $t && [ -t 0 ] && echo ok")
+    assert res.returncode == 0, res
+    name, ok = res.stdout.decode().split("\r\n")[:2]
+    assert name.startswith("/dev/pts/") and ok == "ok", res.stdout
+    # the exec's user owns its terminal (runc's rule), group tty, mode 0620
+    res = d.docker("exec", "-t", "-u", "nobody", box, "sh", "-c", "stat -c '%u:%g %a' $(tty)")
+    assert res.stdout == b"65534:5 620\r\n", res
+    # and resize reaches it (POST /exec/{id}/resize on the container's pty)
+    created = api.exec_create(box, ["sh", "-c", "read x; stty size"], tty=True, stdin=True)
+    sock = api.exec_start(created["Id"], tty=True, socket=True)
+    try:
+        raw = getattr(sock, "_sock", sock)
+        raw.settimeout(20)
+        wait_for(lambda: api.exec_inspect(created["Id"])["Running"], what="the exec to run")
+        api.exec_resize(created["Id"], height=31, width=97)
+        raw.sendall(b"go\r")
+        got = b""
+        while chunk := raw.recv(4096):
+            got += chunk
+    finally:
+        sock.close()
+    assert got.split()[-2:] == [b"31", b"97"], got
+    # a detached exec with -t gets a terminal too, as with Docker
+    res = d.docker("exec", "-dt", box, "sh", "-c", "tty > /tmp/dt-tty")
+    assert res.returncode == 0, res
+    wait_for(lambda: ex(d, box, "cat", "/tmp/dt-tty")[1].startswith("/dev/pts/"),
+             what="the detached exec's tty")
+
+
 def test_detached(default_skiffd: Daemon, box: str) -> None:
     d = default_skiffd
     res = d.docker("exec", "-d", box, "sh", "-c", "sleep 0.2; echo done > /tmp/flag")

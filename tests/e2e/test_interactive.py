@@ -158,6 +158,28 @@ def test_run_it_shell_and_ctrl_c(default_skiffd: Daemon, term: list[Term]) -> No
     wait_for(lambda: d.docker("inspect", n).returncode != 0, what="--rm to remove it")
 
 
+def test_terminal_is_the_containers_own(default_skiffd: Daemon, term: list[Term]) -> None:
+    """The runtime allocates the pty inside the container (as runc does): the
+    shell's terminal is /dev/pts/0 of the container's own devpts."""
+    d = default_skiffd
+    n = name("ownpty")
+    t = open_term(term, d, "run", "-it", "--rm", "--name", n, "busybox", "sh")
+    t.expect(PROMPT)
+    t.send(b"tty; test -t 0 && test -t 1 && echo stdin-is-a-tty\r")
+    t.expect(b"\r\n/dev/pts/0\r\nstdin-is-a-tty\r\n")
+    t.expect(PROMPT)
+    t.send(b"ls /dev/pts; stat -c '%t,%T' /dev/console\r")
+    # /dev/console is the terminal too (136, 0)
+    t.expect(re.compile(rb"\r\n0 +ptmx\r\n88,0\r\n"))
+    t.expect(PROMPT)
+    # ps (from an exec, which has no terminal) shows the shell on pts/0; busybox
+    # prints the terminal as major,minor
+    ps = d.docker("exec", n, "ps", "-o", "pid,tty,args", check=True).stdout.decode()
+    assert any(line.split()[:3] == ["1", "136,0", "sh"] for line in ps.splitlines()), ps
+    t.send(b"exit 0\r")
+    assert t.wait() == 0
+
+
 def test_detach_keys_then_attach(default_skiffd: Daemon, term: list[Term]) -> None:
     d = default_skiffd
     n = name("detach")

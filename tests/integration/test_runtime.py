@@ -7,9 +7,12 @@ runtime's methods are async; each test drives them with ``trio.run``.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import statistics
+import struct
+import termios
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -878,31 +881,86 @@ def _read_all(fd: int) -> bytes:
     return out
 
 
+def _run_on_terminal(start: Any, rows: int = 0, cols: int = 0) -> tuple[int, bytes]:
+    """Start a TTY process (``start(stdio)`` is prepare or exec) and read its
+    terminal, which the runtime allocated in the container, to the end."""
+
+    async def main() -> tuple[int, bytes]:
+        null = os.open("/dev/null", os.O_RDWR)
+        try:
+            proc = await start(Stdio(null, null, null))  # ignored with a TTY
+        finally:
+            os.close(null)
+        master = proc.terminal
+        assert master >= 0
+        try:
+            if rows:
+                fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+            await proc.go()
+            out = await trio.to_thread.run_sync(_read_all, master)
+            code = await proc.wait()
+        finally:
+            os.close(master)  # ours: the runtime never closes it
+        return code, out
+
+    return trio.run(main)
+
+
 def test_tty_is_the_controlling_terminal(
     runtime: ForkServerRuntime, image: Path, tmp_path: Path
 ) -> None:
     # sh reads its own /proc/self/stat: session (6th field) and tty_nr (7th)
-    script = "read pid comm state ppid pgrp sid tty rest < /proc/self/stat; echo $sid $tty"
-    spec = make_spec(image, tmp_path / "b", ["sh", "-c", script], tty=True)
-
-    async def main() -> tuple[int, bytes]:
-        master, slave = os.openpty()
-        try:
-            proc = await runtime.prepare(spec, Stdio(slave, slave, slave))
-        finally:
-            os.close(slave)
-        try:
-            await proc.go()
-            out = await trio.to_thread.run_sync(_read_all, master)
-            return await proc.wait(), out
-        finally:
-            os.close(master)
-
-    code, out = trio.run(main)
-    assert code == 0
-    sid, tty = out.decode().split()
+    script = (
+        "read pid comm state ppid pgrp sid tty rest < /proc/self/stat; echo $sid $tty; "
+        "tty; [ -t 0 ] && [ -t 1 ] && [ -t 2 ] && echo all-ttys; stty size; "
+        "stat -c '%u:%g %a %t,%T' /dev/pts/0 /dev/console; ls /dev/pts"
+    )
+    spec = make_spec(image, tmp_path / "b", ["sh", "-c", script], tty=True, user="nobody")
+    code, out = _run_on_terminal(lambda stdio: runtime.prepare(spec, stdio), 33, 101)
+    assert code == 0, out
+    lines = out.decode().split("\r\n")
+    sid, tty = lines[0].split()
     assert sid == "1"  # the command (PID 1) leads its own session ...
-    assert os.major(int(tty)) == 136  # ... on the pty slave (a /dev/pts device)
+    assert os.major(int(tty)) == 136 and os.minor(int(tty)) == 0  # ... on /dev/pts/0
+    # a terminal of the container's own devpts: the name resolves inside it
+    assert lines[1] == "/dev/pts/0"
+    assert lines[2] == "all-ttys"
+    assert lines[3] == "33 101"  # the size the daemon set before go
+    # owned by the process's user (nobody), group tty, mode 0620; /dev/console is it
+    assert lines[4] == "65534:5 620 88,0"
+    assert lines[5] == "65534:5 620 88,0"
+    assert lines[6].split() == ["0", "ptmx"]
+
+
+def test_exec_gets_a_terminal_in_the_container(
+    runtime: ForkServerRuntime, image: Path, tmp_path: Path
+) -> None:
+    spec = make_spec(image, tmp_path / "b", ["sleep", "100"])
+
+    async def start_container() -> Any:
+        null = os.open("/dev/null", os.O_RDWR)
+        try:
+            container = await runtime.prepare(spec, Stdio(null, null, null))
+        finally:
+            os.close(null)
+        await container.go()
+        return container
+
+    container = trio.run(start_container)
+    try:
+        exec_spec = ExecSpec(
+            id="e" * 64, container_id=spec.id, container_pid=container.pid,
+            namespaces=_ns_paths(container.pid),
+            args=["sh", "-c", "t=$(tty); echo $t; ls $t && [ -t 0 ] && echo ok"],
+            env=[PATH_ENV], tty=True, capabilities=list(capabilities.DEFAULT_CAPABILITIES),
+        )
+        code, out = _run_on_terminal(lambda stdio: runtime.exec(exec_spec, stdio))
+    finally:
+        container.kill(signal.SIGKILL)
+        trio.run(container.wait)
+    assert code == 0, out
+    name, listed, ok = out.decode().split("\r\n")[:3]
+    assert name.startswith("/dev/pts/") and listed == name and ok == "ok"
 
 
 def _ns_paths(pid: int) -> dict[str, str]:
