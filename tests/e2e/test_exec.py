@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import docker
 import pytest
 
-from tests.daemon import Daemon
+from tests.daemon import Daemon, poll
 from tests.e2e.test_interactive import PROMPT, Term
 
 DOCKER_DEFAULT_CAPS = "00000000a80425fb"
@@ -45,14 +45,6 @@ def ex(d: Daemon, *args: str) -> tuple[int, str, str]:
 
 def init_pid(d: Daemon, name: str) -> int:
     return int(d.docker("inspect", "-f", "{{.State.Pid}}", name, check=True).stdout)
-
-
-def wait_for(predicate, timeout: float = 20, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def test_joins_the_container_namespaces(default_skiffd: Daemon, box: str) -> None:
@@ -87,7 +79,7 @@ def test_joins_the_container_cgroups(default_skiffd: Daemon, box: str,
     with open(f"/proc/{init_pid(d, box)}/cgroup") as f:
         assert mine == f.read()
     os.kill(info["Pid"], signal.SIGKILL)
-    wait_for(lambda: api.exec_inspect(exec_id)["Running"] is False, what="the exec to end")
+    poll(lambda: api.exec_inspect(exec_id)["Running"] is False, what="the exec to end")
     assert api.exec_inspect(exec_id)["ExitCode"] == 137
 
 
@@ -181,7 +173,7 @@ def test_exec_terminal_is_in_the_container(default_skiffd: Daemon, box: str,
     try:
         raw = getattr(sock, "_sock", sock)
         raw.settimeout(20)
-        wait_for(lambda: api.exec_inspect(created["Id"])["Running"], what="the exec to run")
+        poll(lambda: api.exec_inspect(created["Id"])["Running"], what="the exec to run")
         api.exec_resize(created["Id"], height=31, width=97)
         raw.sendall(b"go\r")
         got = b""
@@ -193,7 +185,7 @@ def test_exec_terminal_is_in_the_container(default_skiffd: Daemon, box: str,
     # a detached exec with -t gets a terminal too, as with Docker
     res = d.docker("exec", "-dt", box, "sh", "-c", "tty > /tmp/dt-tty")
     assert res.returncode == 0, res
-    wait_for(lambda: ex(d, box, "cat", "/tmp/dt-tty")[1].startswith("/dev/pts/"),
+    poll(lambda: ex(d, box, "cat", "/tmp/dt-tty")[1].startswith("/dev/pts/"),
              what="the detached exec's tty")
 
 
@@ -201,7 +193,7 @@ def test_detached(default_skiffd: Daemon, box: str) -> None:
     d = default_skiffd
     res = d.docker("exec", "-d", box, "sh", "-c", "sleep 0.2; echo done > /tmp/flag")
     assert (res.returncode, res.stdout) == (0, b"")
-    wait_for(lambda: ex(d, box, "cat", "/tmp/flag")[1] == "done\n", what="the detached exec")
+    poll(lambda: ex(d, box, "cat", "/tmp/flag")[1] == "done\n", what="the detached exec")
 
 
 def test_exec_inspect(default_skiffd: Daemon, box: str, api: docker.APIClient) -> None:
@@ -261,7 +253,7 @@ def test_events(default_skiffd: Daemon, box: str) -> None:
     since = str(int(time.time()) - 1)
     assert ex(d, box, "sh", "-c", "exit 3")[0] == 3
     until = str(int(time.time()) + 1)
-    wait_for(lambda: time.time() > int(until), what="the until time")
+    poll(lambda: time.time() > int(until), what="the until time")
     res = d.docker("events", "--since", since, "--until", until, "--filter",
                    f"container={box}", "--format", "{{.Action}}|{{.Actor.Attributes.exitCode}}",
                    check=True)

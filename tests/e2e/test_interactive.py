@@ -23,7 +23,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.daemon import DOCKER, Daemon
+from tests.daemon import DOCKER, Daemon, poll
 
 PROMPT = re.compile(rb"/ # ")
 
@@ -123,14 +123,6 @@ def processes(d: Daemon, name: str) -> str:
     return d.docker("exec", name, "ps", "-o", "pid,args", check=True).stdout.decode()
 
 
-def wait_for(predicate, timeout: float = 20, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 def name(tag: str) -> str:
     return f"it-{tag}-{os.getpid()}-{time.monotonic_ns() % 100000}"
 
@@ -146,16 +138,16 @@ def test_run_it_shell_and_ctrl_c(default_skiffd: Daemon, term: list[Term]) -> No
 
     # Ctrl-C goes through the container's line discipline to the foreground job
     t.send(b"sleep 100\r")
-    wait_for(lambda: "sleep 100" in processes(d, n), what="sleep 100 to run")
+    poll(lambda: "sleep 100" in processes(d, n), what="sleep 100 to run")
     t.drain()
     t.send(b"\x03")
     t.expect(PROMPT)
-    wait_for(lambda: "sleep 100" not in processes(d, n), what="sleep 100 to stop")
+    poll(lambda: "sleep 100" not in processes(d, n), what="sleep 100 to stop")
     assert state(d, n)["Running"] is True  # the shell itself survived
 
     t.send(b"exit 0\r")
     assert t.wait() == 0
-    wait_for(lambda: d.docker("inspect", n).returncode != 0, what="--rm to remove it")
+    poll(lambda: d.docker("inspect", n).returncode != 0, what="--rm to remove it")
 
 
 def test_terminal_is_the_containers_own(default_skiffd: Daemon, term: list[Term]) -> None:
@@ -197,7 +189,7 @@ def test_detach_keys_then_attach(default_skiffd: Daemon, term: list[Term]) -> No
     again.expect(b"attached-42")  # the same shell, its variable still set
     again.send(b"exit 3\r")
     assert again.wait() == 3
-    wait_for(lambda: state(d, n)["Running"] is False, what="the container to stop")
+    poll(lambda: state(d, n)["Running"] is False, what="the container to stop")
     assert state(d, n)["ExitCode"] == 3
     d.docker("rm", n, check=True)
 
@@ -243,9 +235,9 @@ def test_resize(default_skiffd: Daemon, term: list[Term]) -> None:
         return (int(found[0]), int(found[1])) == (rows, cols)
 
     # the CLI sets the container's TTY to its own size right after start
-    wait_for(lambda: size_is(24, 80), what="the initial 24x80")
+    poll(lambda: size_is(24, 80), what="the initial 24x80")
     t.set_size(33, 101)  # SIGWINCH to the CLI, which calls POST .../resize
-    wait_for(lambda: size_is(33, 101), what="the new size 33x101")
+    poll(lambda: size_is(33, 101), what="the new size 33x101")
     t.send(b"exit\r")
     assert t.wait() == 0
 
