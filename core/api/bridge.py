@@ -41,9 +41,12 @@ async def feed_sync_consumer(
                     # The consumer stopped reading (bad input); its error is the one to report.
                     return
 
-    async with trio.open_nursery() as n:
-        n.start_soon(feed)
-        await trio.to_thread.run_sync(run, limiter=limiter)
+    try:
+        async with trio.open_nursery() as n:
+            n.start_soon(feed)
+            await trio.to_thread.run_sync(run, limiter=limiter)
+    finally:
+        reader.close()  # when cancelled before the thread ran; idempotent otherwise
     return result[0]
 
 

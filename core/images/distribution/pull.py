@@ -326,9 +326,17 @@ async def _pipelined(engine: Engine, path: str, prog: Progress,
             consume(src)
 
     try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(engine.to_thread, inflate)
-            await engine.to_thread(run_consumer)
+        # Shielded: once the pipe exists, each end must be served by its thread.
+        # A cancel that lands before one of the two threads starts would leave
+        # the other blocked for ever (a reader with no writer, or a writer with
+        # no reader), and trio waits for a running thread without end: the pull
+        # and then the daemon's shutdown hung that way when another layer's
+        # download failed.  The work is bounded by the local file, so a
+        # cancelled pull waits for this one layer at most.
+        with trio.CancelScope(shield=True):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(engine.to_thread, inflate)
+                await engine.to_thread(run_consumer)
     except BaseExceptionGroup as group:
         if failed:
             raise _bad_gzip(failed[0]) from None
