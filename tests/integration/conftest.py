@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+import trio
 
+from skiff.core.hookspecs import RuntimeContext
+from skiff.plugins.isolation.runtime import ForkServerRuntime
 from tests.integration.test_cgroupfs import Harness, leftovers
+from tests.rootfs import make_busybox_rootfs
 
 
 @pytest.fixture
@@ -20,3 +25,20 @@ def h() -> Iterator[Harness]:
         harness.cleanup()
         assert not leftovers(harness.parent)
         assert not left, f"the test left cgroups behind: {left}"
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A shared, read-mostly busybox rootfs; tests that write build their own."""
+    return make_busybox_rootfs(tmp_path_factory.mktemp("image") / "rootfs")
+
+
+@pytest.fixture(scope="module")
+def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ForkServerRuntime]:
+    """The skiff runtime with its fork server, for one test module."""
+    rt = ForkServerRuntime(
+        RuntimeContext(exec_root=str(tmp_path_factory.mktemp("exec")), options={})
+    )
+    trio.run(rt.start)
+    yield rt
+    trio.run(rt.stop)

@@ -17,30 +17,14 @@ from pathlib import Path
 import pytest
 import trio
 
-from skiff.core.hookspecs import CgroupContext, RuntimeContext, Stdio
+from skiff.core.hookspecs import CgroupContext, Stdio
 from skiff.plugins.isolation.runtime import ForkServerRuntime
 from skiff.plugins.limits.cgroupfs import CgroupfsV1, CgroupfsV2, cgroupfs_factory
 from tests.integration.test_runtime import NAMESPACES, make_spec
-from tests.rootfs import make_busybox_rootfs
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for cgroups")
 
 MiB = 1024 * 1024
-
-
-@pytest.fixture(scope="module")
-def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_busybox_rootfs(tmp_path_factory.mktemp("image") / "rootfs")
-
-
-@pytest.fixture(scope="module")
-def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ForkServerRuntime]:
-    rt = ForkServerRuntime(
-        RuntimeContext(exec_root=str(tmp_path_factory.mktemp("exec")), options={})
-    )
-    trio.run(rt.start)
-    yield rt
-    trio.run(rt.stop)
 
 
 @pytest.fixture

@@ -58,22 +58,6 @@ DOCKER_DEFAULT_CAPS = "00000000a80425fb"
 # ---------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A shared, read-mostly rootfs; tests that write build their own."""
-    return make_busybox_rootfs(tmp_path_factory.mktemp("image") / "rootfs")
-
-
-@pytest.fixture(scope="module")
-def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ForkServerRuntime]:
-    rt = ForkServerRuntime(
-        RuntimeContext(exec_root=str(tmp_path_factory.mktemp("exec")), options={})
-    )
-    trio.run(rt.start)
-    yield rt
-    trio.run(rt.stop)
-
-
 def _children(pid: int) -> list[int]:
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as f:
