@@ -32,7 +32,7 @@ def cmd_info(client: Client, args: argparse.Namespace) -> int:
         ("Operating System", info["OperatingSystem"]),
         ("Plugins", ""),
         *[(f"  {kind}", ", ".join(plugins.get(kind) or []))
-          for kind in ("Storage", "Network", "Log", "Isolation", "Limits")],
+          for kind in ("Storage", "Network", "Volume", "Log", "Isolation", "Limits")],
     ]
     for k, v in rows:  # docker info's "Key: value" shape, sub-items indented
         print(f"{k}: {v}".rstrip())

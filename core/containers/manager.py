@@ -778,6 +778,7 @@ class ContainerManager:
             notice = track.next_exit
             if track.process is not None:
                 track.process.kill(signal.SIGKILL)
+                self.event(c, "kill", signal=int(signal.SIGKILL))  # as dockerd's rm -f
                 await lifecycle.thaw_after_signal(self, c, signal.SIGKILL)
             await notice.event.wait()
         if c.id not in self.by_id:
