@@ -14,7 +14,12 @@ Which root:
   namespace, and a descriptor taken there walks that namespace's mount tree:
   volumes, bind mounts and ``/etc/hosts`` are seen as the container sees them;
 - a stopped container's is its layers mounted on the host with the storage
-  driver's ``get`` (``put`` when done).
+  driver's ``get`` (``put`` when done).  Its volumes and bind mounts are not
+  mounted there (the host's mount namespace must not grow a copy of every
+  container's mount tree), so a path under one of its mount points is served
+  from that mount's own directory instead, with the same ``RESOLVE_IN_ROOT``
+  rooted there: the volume mounted through its driver for the copy, a bind
+  mount's host source.  As with Docker, a tmpfs shows the empty mount point.
 
 The three operations are Docker's archive API: :func:`stat_path` (``HEAD``),
 :func:`archive_path` (``GET``: a tar of the path) and :func:`extract_to_dir`
@@ -37,6 +42,7 @@ from datetime import UTC, datetime
 from typing import IO, TYPE_CHECKING
 
 from skiff.core import archive, syscalls
+from skiff.core.containers import mounts
 from skiff.core.errors import Conflict, InvalidParameter, NotFound
 
 if TYPE_CHECKING:
@@ -156,6 +162,82 @@ def container_root(engine: Engine, c: Container) -> Iterator[int]:
         engine.storage.put(c.mount_id)
 
 
+@dataclass
+class _Target:
+    """Where a requested container path is looked up."""
+
+    container_fd: int  #: the container's root (its /etc/passwd, for copyUIDGID)
+    root_fd: int  #: the root ``path`` is resolved in: the container's or a mount's
+    path: str  #: the requested path, inside ``root_fd``
+    prefix: str  #: the container path of ``root_fd`` ("" for the container's root)
+
+
+def _mount_of(c: Container, path: str) -> tuple[dict, str] | None:
+    """(mount point, path inside it) of the volume or bind mount of ``c`` that
+    holds ``path`` (the longest destination that matches), else None.
+
+    Matching is lexical, as Docker's ``filepath.Join`` cleaning: a symbolic
+    link of the image leading into a mount point is followed in the layers.
+    """
+    clean = posixpath.normpath("/" + path.lstrip("/"))
+    best: tuple[dict, str] | None = None
+    for mp in mounts.points_of(c):
+        if mp.get("Type") not in ("volume", "bind"):
+            continue
+        dest = mp["Destination"]
+        if clean != dest and not clean.startswith(dest.rstrip("/") + "/"):
+            continue
+        if best is not None and len(best[0]["Destination"]) >= len(dest):
+            continue
+        inner = clean[len(dest):] or "/"
+        if inner != "/" and (path.endswith("/.") or path.endswith("/")):
+            # keep "content of" / "a directory" as the client wrote it
+            inner += "/." if path.endswith("/.") else "/"
+        best = (mp, inner)
+    return best
+
+
+@contextmanager
+def _mount_dir(engine: Engine, c: Container, mp: dict) -> Iterator[str]:
+    """The host directory of a stopped container's mount point, for one copy."""
+    if mp["Type"] == "bind":
+        yield mp["Source"]
+        return
+    drv = engine.volumes.driver(mp.get("Driver") or "")
+    ref = f"{c.id}-cp-{os.urandom(6).hex()}"  # unique: never drops a start's reference
+    try:
+        source = drv.mount(mp["Name"], ref)
+    except KeyError:
+        raise NotFound(f"volume {mp['Name']} of mount {mp['Destination']} no longer "
+                       "exists") from None
+    try:
+        yield source
+    finally:
+        drv.unmount(mp["Name"], ref)
+
+
+@contextmanager
+def _target(engine: Engine, c: Container, path: str) -> Iterator[_Target]:
+    """Where ``path`` of ``c`` is found (see the module doc)."""
+    running = bool(c.state.Running and c.state.Pid)
+    found = _mount_of(c, path)
+    with container_root(engine, c) as root_fd:
+        if found is None or running:
+            # a running container's root already shows its mounts where they are
+            yield _Target(root_fd, root_fd, path, "")
+            return
+        mp, inner = found
+        with _mount_dir(engine, c, mp) as source:
+            try:
+                fd = os.open(source, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError as exc:
+                raise _oserror(exc, path, c.id) from exc
+            try:
+                yield _Target(root_fd, fd, inner, mp["Destination"])
+            finally:
+                os.close(fd)
+
+
 def _open(root_fd: int, path: str, flags: int) -> int:
     return syscalls.openat2(root_fd, path or "/", flags, 0, _IN_ROOT)
 
@@ -216,8 +298,10 @@ def resolve_in_root(root_fd: int, path: str) -> str:
 
 
 @contextmanager
-def _located(root_fd: int, path: str, cid: str) -> Iterator[tuple[int, str, os.stat_result]]:
-    """(parent descriptor, base name, lstat of the entry) of a container path."""
+def _located(root_fd: int, path: str, cid: str,
+             asked: str) -> Iterator[tuple[int, str, os.stat_result]]:
+    """(parent descriptor, base name, lstat of the entry) of ``path`` in ``root_fd``;
+    ``asked`` is the container path the client named, for errors."""
     parent, base, _ = _split(path)
     try:
         pfd = _open(root_fd, parent, os.O_PATH | os.O_DIRECTORY)
@@ -227,7 +311,7 @@ def _located(root_fd: int, path: str, cid: str) -> Iterator[tuple[int, str, os.s
             os.close(pfd)
             raise
     except OSError as exc:
-        raise _oserror(exc, path, cid) from exc
+        raise _oserror(exc, asked, cid) from exc
     try:
         yield pfd, base, st
     finally:
@@ -243,10 +327,11 @@ def _name_of(path: str) -> str:
     return posixpath.basename(stripped) if stripped else "."
 
 
-def _path_stat(root_fd: int, path: str, st: os.stat_result) -> PathStat:
+def _path_stat(t: _Target, path: str, st: os.stat_result) -> PathStat:
     target = ""
     if stat.S_ISLNK(st.st_mode):
-        target = resolve_in_root(root_fd, path)
+        inner = resolve_in_root(t.root_fd, t.path)
+        target = t.prefix + inner if t.prefix and inner != "/" else (t.prefix or inner)
     return PathStat(_name_of(path), st.st_size, go_mode(st), _rfc3339(st.st_mtime_ns), target)
 
 
@@ -257,8 +342,8 @@ def _path_stat(root_fd: int, path: str, st: os.stat_result) -> PathStat:
 
 def stat_path(engine: Engine, c: Container, path: str) -> PathStat:
     """``HEAD /containers/{id}/archive``: the entry itself, a final symlink not followed."""
-    with container_root(engine, c) as root_fd, _located(root_fd, path, c.id) as (_, _, st):
-        return _path_stat(root_fd, path, st)
+    with _target(engine, c, path) as t, _located(t.root_fd, t.path, c.id, path) as (_, _, st):
+        return _path_stat(t, path, st)
 
 
 def archive_path(engine: Engine, c: Container, path: str, out: IO[bytes]) -> None:
@@ -268,8 +353,8 @@ def archive_path(engine: Engine, c: Container, path: str, out: IO[bytes]) -> Non
     ending in ``/.``, whose content the CLI then copies); a final symbolic
     link is archived as a link (the CLI follows it itself for ``-L``).
     """
-    with (container_root(engine, c) as root_fd,
-          _located(root_fd, path, c.id) as (pfd, base, _),
+    with (_target(engine, c, path) as t,
+          _located(t.root_fd, t.path, c.id, path) as (pfd, base, _),
           archive.tar_entry(pfd, base, _name_of(path)) as tar):
         while chunk := tar.read(1 << 20):
             out.write(chunk)
@@ -320,7 +405,10 @@ def extract_to_dir(engine: Engine, c: Container, path: str, stream: IO[bytes], *
     Unpacking is :func:`skiff.core.archive.extract`'s: no entry is written
     through a symbolic link.
     """
-    if c.host_config.get("ReadonlyRootfs") and not c.state.Running:
+    found = _mount_of(c, path)
+    if found is not None and not found[0].get("RW", True):
+        raise InvalidParameter("mounted volume is marked read-only")
+    if found is None and c.host_config.get("ReadonlyRootfs") and not c.state.Running:
         raise InvalidParameter("container rootfs is marked read-only")
     spool_dir = os.path.join(engine.data_root, "tmp")
     os.makedirs(spool_dir, 0o700, exist_ok=True)
@@ -333,15 +421,16 @@ def extract_to_dir(engine: Engine, c: Container, path: str, stream: IO[bytes], *
         except archive.ArchiveError as exc:
             raise InvalidParameter(f"refusing the archive: {_reason(exc)}") from exc
         spool.seek(0)
-        with container_root(engine, c) as root_fd:
+        with _target(engine, c, path) as t:
             try:
-                dfd = _open(root_fd, path, os.O_RDONLY | os.O_DIRECTORY)
+                dfd = _open(t.root_fd, t.path, os.O_RDONLY | os.O_DIRECTORY)
             except OSError as exc:
                 if exc.errno == errno.ENOTDIR:
                     raise InvalidParameter("extraction point is not a directory") from exc
                 raise _oserror(exc, path, c.id) from exc
             try:
-                ids = _copy_ids(root_fd, c.config.get("User") or "") if copy_uid_gid else None
+                ids = (_copy_ids(t.container_fd, c.config.get("User") or "")
+                       if copy_uid_gid else None)
                 archive.extract(
                     spool, f"/proc/self/fd/{dfd}", whiteouts="keep",
                     id_map=(lambda _u, _g: ids) if ids is not None else None,

@@ -400,6 +400,15 @@ def copy_tree(src: str, dst: str, _links: dict[tuple[int, int], str] | None = No
 # -- starting and stopping (blocking) -----------------------------------------------
 
 
+def points_of(c: Container) -> list[dict[str, Any]]:
+    """``c``'s mount points; a record from before they were kept has only its binds."""
+    points = getattr(c, "mount_points", None) or []
+    if not points and c.host_config.get("Binds"):
+        points = [mp for mp in plan({}, {"Binds": c.host_config["Binds"]})
+                  if mp["Type"] == "bind"]
+    return points
+
+
 def specs(engine: Engine, c: Container) -> list[MountSpec]:
     """MountSpecs of ``c``'s mount points, volumes mounted through their drivers."""
     from skiff.core.volumes.store import publish

@@ -244,3 +244,67 @@ def test_cp_archive_mode_takes_the_containers_user(skiffd: Daemon, tmp_path: Pat
     finally:
         client.close()
         skiffd.docker("rm", "-f", name)
+
+
+def test_cp_sees_volumes_and_binds_of_a_stopped_container(skiffd: Daemon,
+                                                          tmp_path: Path) -> None:
+    tag = secrets.token_hex(4)
+    name, vol, rovol = f"cp-{tag}", f"cpvol-{tag}", f"cpro-{tag}"
+    bind = tmp_path / "bind"
+    bind.mkdir()
+    (bind / "from-host").write_text("bound\n")
+    (tmp_path / "host-secret").write_text("secret\n")
+    client = docker.APIClient(base_url=skiffd.host, version="1.41", timeout=60)
+    try:
+        for v in (vol, rovol):
+            skiffd.docker("volume", "create", v, check=True)
+        data = Path(client.inspect_volume(vol)["Mountpoint"])
+        (data / "file").write_text("in the volume\n")
+        (data / "rel").symlink_to("file")
+        (Path(client.inspect_volume(rovol)["Mountpoint"]) / "ro-file").write_text("ro\n")
+        skiffd.docker("create", "--name", name, "-v", f"{vol}:/data", "-v", f"{bind}:/bind",
+                      "-v", f"{rovol}:/ro:ro", "busybox", "true", check=True)
+
+        # out of the volume, the bind mount and the read-only volume
+        skiffd.docker("cp", f"{name}:/data/file", str(tmp_path / "out"), check=True)
+        assert (tmp_path / "out").read_text() == "in the volume\n"
+        skiffd.docker("cp", f"{name}:/data", str(tmp_path / "whole"), check=True)
+        assert (tmp_path / "whole/file").read_text() == "in the volume\n"
+        skiffd.docker("cp", f"{name}:/bind/from-host", str(tmp_path / "b"), check=True)
+        assert (tmp_path / "b").read_text() == "bound\n"
+        skiffd.docker("cp", f"{name}:/ro/ro-file", str(tmp_path / "r"), check=True)
+        assert (tmp_path / "r").read_text() == "ro\n"
+        st = client.get_archive(name, "/data/rel")[1]
+        assert st["linkTarget"] == "/data/file"
+
+        # into them: the files land in the volume and the host directory
+        f = tmp_path / f"new-{tag}"
+        f.write_text("copied in\n")
+        skiffd.docker("cp", str(f), f"{name}:/data/", check=True)
+        assert (data / f.name).read_text() == "copied in\n"
+        skiffd.docker("cp", str(f), f"{name}:/bind/", check=True)
+        assert (bind / f.name).read_text() == "copied in\n"
+        res = skiffd.docker("run", "--rm", "-v", f"{vol}:/v", "busybox", "cat", f"/v/{f.name}",
+                            check=True)
+        assert res.stdout == b"copied in\n"
+        # ... but not into the read-only volume
+        res = skiffd.docker("cp", str(f), f"{name}:/ro/")
+        assert res.returncode != 0
+        assert b"read-only" in res.stderr
+        assert not (Path(client.inspect_volume(rovol)["Mountpoint"]) / f.name).exists()
+
+        # symbolic links in the volume stay inside it
+        (data / "abs").symlink_to("/")
+        (data / "up").symlink_to("../../../../../../../../")
+        for via in ("/data/abs", "/data/up"):
+            res = skiffd.docker("cp", f"{name}:{via}{tmp_path}/host-secret",
+                                str(tmp_path / "leak"))
+            assert res.returncode != 0, via
+            assert not (tmp_path / "leak").exists()
+        skiffd.docker("cp", str(f), f"{name}:/data/up/", check=True)
+        assert (data / f.name).exists()
+        assert not Path("/", f.name).exists()
+    finally:
+        client.close()
+        skiffd.docker("rm", "-f", name)
+        skiffd.docker("volume", "rm", vol, rovol)
