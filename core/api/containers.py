@@ -140,7 +140,7 @@ def register(router: Router, engine: Engine) -> None:
 
 
 CONTAINER_FILTERS = {"id", "name", "status", "label", "ancestor", "exited", "before", "since",
-                     "network", "volume"}
+                     "network", "volume", "is-task", "health", "publish", "expose"}
 STATUSES = ("created", "restarting", "running", "removing", "paused", "exited", "dead")
 
 
@@ -151,6 +151,15 @@ def _resolve_filters(engine: Engine, f: dict[str, list[str]]) -> None:
     for status in f.get("status", []):
         if status not in STATUSES:
             raise InvalidParameter(f"invalid filter 'status={status}'")
+    for value in f.get("is-task", []):
+        if value not in ("true", "false"):
+            raise InvalidParameter(f"Invalid filter 'is-task={value}'")
+    for key in ("publish", "expose"):
+        for value in f.get(key, []):
+            _port_range(key, value)
+    for value in f.get("health", []):
+        if value not in ("starting", "healthy", "unhealthy", "none"):
+            raise InvalidParameter(f"invalid filter 'health={value}'")
     if f.get("ancestor"):
         ids = set()
         for ref in f["ancestor"]:
@@ -176,6 +185,16 @@ def _matches(c: Container, f: dict[str, list[str]]) -> bool:
         return False
     if f.get("ancestor") and not _ancestor_match(c, f):
         return False
+    # No swarm tasks and no healthchecks here: every container is a non-task whose
+    # health is "none".
+    if f.get("is-task") and "false" not in f["is-task"]:
+        return False
+    if f.get("health") and "none" not in f["health"]:
+        return False
+    if f.get("publish") and not _ports_match(c.host_config.get("PortBindings"), f["publish"]):
+        return False
+    if f.get("expose") and not _ports_match(c.config.get("ExposedPorts"), f["expose"]):
+        return False
     if f.get("_before_created") and not c.created < f["_before_created"][0]:
         return False
     if f.get("_since_created") and not c.created > f["_since_created"][0]:
@@ -198,6 +217,32 @@ def _matches(c: Container, f: dict[str, list[str]]) -> bool:
             return False
     return True
 
+
+
+def _port_range(key: str, value: str) -> tuple[int, int, str]:
+    """``8080``, ``8080/tcp`` or ``8000-8080/udp`` as (first, last, proto)."""
+    ports, _, proto = value.partition("/")
+    first, _, last = ports.partition("-")
+    try:
+        lo, hi = int(first), int(last or first)
+    except ValueError:
+        raise InvalidParameter(f"invalid filter '{key}={value}'") from None
+    if not (0 < lo <= hi <= 65535) or (proto or "tcp") not in ("tcp", "udp", "sctp"):
+        raise InvalidParameter(f"invalid filter '{key}={value}'")
+    return lo, hi, proto or "tcp"
+
+
+def _ports_match(ports: dict[str, Any] | None, wanted: list[str]) -> bool:
+    """Whether a container port (``80/tcp`` keys) lies in one of the wanted ranges."""
+    for key in ports or {}:
+        number, _, proto = key.partition("/")
+        if not number.isdigit():
+            continue
+        for value in wanted:
+            lo, hi, want_proto = _port_range("publish", value)
+            if lo <= int(number) <= hi and (proto or "tcp") == want_proto:
+                return True
+    return False
 
 
 def _ancestor_match(c: Container, f: dict[str, list[str]]) -> bool:

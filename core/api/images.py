@@ -118,16 +118,20 @@ def register(router: Router, engine: Engine) -> None:
     async def _save(names: list[str]) -> StreamResponse:
         for n in names:  # refuse before any byte is sent: a 404 instead of a broken tar
             await engine.to_thread(images.get, n)
-        for n in names:
-            image_event(engine, "save", images.resolve(n), images.resolve(n))
+        saved = [images.resolve(n) for n in names]
 
         def produce(out: IO[bytes]) -> None:
             archives.save(names, engine.layers, images, out)
 
-        return StreamResponse(
-            stream_sync_producer(produce, engine.limiter, engine.nursery),
-            content_type="application/x-tar",
-        )
+        async def body() -> AsyncIterator[bytes]:
+            async for chunk in stream_sync_producer(produce, engine.limiter, engine.nursery):
+                yield chunk
+            # Docker announces "save" once the archive is written: an aborted or failed
+            # export (the producer raises) must not be reported as saved.
+            for image_id in saved:
+                image_event(engine, "save", image_id, image_id)
+
+        return StreamResponse(body(), content_type="application/x-tar")
 
 
 

@@ -195,3 +195,31 @@ def test_push_and_pull_events(daemon: Daemon, tmp_path: Path) -> None:
         evs = events(daemon, since, "type=image", "event=push", "event=pull")
         got = [(e["Action"], e["Actor"]["ID"], e["Actor"]["Attributes"]["name"]) for e in evs]
         assert got == [("push", ref, ref), ("pull", ref, ref)]
+
+
+def test_save_event_after_archive_is_complete(daemon: Daemon) -> None:
+    """Docker publishes "save" once the export has been written, not when it starts."""
+    # busybox's layer (a static binary) is far larger than the pipe and socket buffers, so
+    # the export cannot have finished while the client has read only its first chunk.
+    tag = f"evsave-{secrets.token_hex(3)}:x"
+    ok(daemon, "tag", "busybox", tag)
+    imported = ok(daemon, "image", "inspect", "-f", "{{.Id}}", tag)
+    api = docker.APIClient(base_url=daemon.host)
+    try:
+        since = time.time() - 0.01
+        chunks = api.get_image(tag, chunk_size=512)
+        first = next(iter(chunks))
+        assert first
+        mid = [e for e in events(daemon, since, "type=image", "event=save")]
+        assert mid == [], mid  # the archive is still being streamed
+        data = first + b"".join(chunks)
+        with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+            assert "manifest.json" in tf.getnames()
+        deadline = time.monotonic() + 10
+        got: list[dict[str, Any]] = []
+        while time.monotonic() < deadline and not got:
+            got = events(daemon, since, "type=image", "event=save")
+        assert [e["Actor"]["ID"] for e in got] == [imported]
+    finally:
+        api.close()
+        ok(daemon, "rmi", tag)

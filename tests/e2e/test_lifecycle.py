@@ -418,3 +418,47 @@ def test_retired_container_files_are_swept_at_start(tmp_path: Path) -> None:
         d.start()
         assert not stale.exists()
         assert ok(d, "ps", "-aq") == ""
+
+
+def test_ps_filters_is_task_and_health(daemon: Daemon) -> None:
+    name = uniq("pstask")
+    ok(daemon, "create", "--name", name, "busybox", "true")
+    try:
+        def names(*filters: str) -> list[str]:
+            args = ["ps", "-a", "--format", "{{.Names}}"]
+            for f in filters:
+                args += ["--filter", f]
+            return ok(daemon, *args).splitlines()
+
+        assert name in names("is-task=false")
+        assert names("is-task=true") == []
+        assert name in names("health=none")
+        assert names("health=healthy") == [] and names("health=starting") == []
+        for bad in ("is-task=maybe", "health=sick"):
+            r = daemon.docker("ps", "-a", "--filter", bad)
+            assert r.returncode != 0 and bad in r.stderr.decode(), r.stderr
+    finally:
+        ok(daemon, "rm", "-f", name)
+
+
+def test_ps_filters_publish_and_expose(daemon: Daemon) -> None:
+    pub, exp = uniq("pspub"), uniq("psexp")
+    ok(daemon, "create", "--name", pub, "-p", "18080:80", "-p", "18053:53/udp", "busybox", "true")
+    ok(daemon, "create", "--name", exp, "--expose", "8125/udp", "busybox", "true")
+    try:
+        def names(f: str) -> set[str]:
+            out = ok(daemon, "ps", "-a", "--filter", f, "--format", "{{.Names}}").splitlines()
+            return set(out) & {pub, exp}
+
+        assert names("publish=80") == {pub}
+        assert names("publish=80/tcp") == {pub}
+        assert names("publish=80/udp") == set()
+        assert names("publish=50-60/udp") == {pub}
+        assert names("publish=18080") == set()  # container ports, not host ports
+        assert names("expose=8125/udp") == {exp}
+        assert names("expose=8000-9000/udp") == {exp}
+        assert names("expose=8125") == set()
+        r = daemon.docker("ps", "-a", "--filter", "publish=http")
+        assert r.returncode != 0 and "publish=http" in r.stderr.decode(), r.stderr
+    finally:
+        ok(daemon, "rm", "-f", pub, exp)
