@@ -223,3 +223,13 @@ def test_save_event_after_archive_is_complete(daemon: Daemon) -> None:
     finally:
         api.close()
         ok(daemon, "rmi", tag)
+
+
+def test_rm_force_of_a_running_container_shows_kill_die_destroy(daemon: Daemon) -> None:
+    since = time.time() - 0.01
+    cid = ok(daemon, "run", "-d", "--network", "none", "busybox", "sleep", "300")
+    ok(daemon, "rm", "-f", cid)
+    evs = events(daemon, since, f"container={cid}")
+    assert [e["Action"] for e in evs] == ["create", "start", "kill", "die", "destroy"]
+    assert evs[2]["Actor"]["Attributes"]["signal"] == "9"
+    assert evs[3]["Actor"]["Attributes"]["exitCode"] == "137"
