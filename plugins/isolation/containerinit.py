@@ -245,12 +245,7 @@ def build(spec: dict[str, Any], preset: int = 0) -> Prepared:
         raise InitError("the container needs a new mount namespace (namespaces['mount'] = None)")
     if "user" in namespaces:
         raise InitError("user namespaces are not supported by the skiff runtime yet")
-    permitted, last_cap = host_capabilities()
-    try:
-        cap_mask = capabilities.to_mask(spec.get("capabilities") or []) & permitted
-    except capabilities.UnknownCapability as exc:
-        raise InitError(str(exc)) from None
-    rlimits = [_rlimit(r) for r in spec.get("rlimits") or []]
+    cap_mask, last_cap, rlimits = _privileges(spec)
 
     _enter_namespaces(namespaces, preset)
     rootfs = os.path.join(os.path.abspath(spec["bundle"]), "rootfs")
@@ -263,13 +258,43 @@ def build(spec: dict[str, Any], preset: int = 0) -> Prepared:
     if spec.get("hostname") and "uts" in namespaces:
         socket.sethostname(spec["hostname"])
 
+    return _prepare_process(
+        spec, cap_mask, last_cap, rlimits, exec_into=False,
+        new_cgroupns="cgroup" in namespaces and namespaces["cgroup"] is None,
+    )
+
+
+def _privileges(spec: dict[str, Any]) -> tuple[int, int, list[tuple[int, int, int]]]:
+    """(capability mask, last capability, rlimits) the process will keep."""
+    permitted, last_cap = host_capabilities()
+    try:
+        cap_mask = capabilities.to_mask(spec.get("capabilities") or []) & permitted
+    except capabilities.UnknownCapability as exc:
+        raise InitError(str(exc)) from None
+    return cap_mask, last_cap, [_rlimit(r) for r in spec.get("rlimits") or []]
+
+
+def _prepare_process(spec: dict[str, Any], cap_mask: int, last_cap: int,
+                     rlimits: list[tuple[int, int, int]], *, exec_into: bool,
+                     new_cgroupns: bool) -> Prepared:
+    """User, environment, working directory, command and terminal, inside the
+    container's root.  A container's working directory is made when missing
+    (Docker's rule); an exec's must exist (126 otherwise, as runc says)."""
     try:
         user = users.resolve_user(spec.get("user") or "", _read("/etc/passwd"), _read("/etc/group"))
     except users.UserError as exc:
         raise InitError(str(exc)) from None
     env = _environment(spec.get("env") or [], user)
     cwd = spec.get("cwd") or "/"
-    _make_cwd(cwd)
+    if exec_into:
+        try:
+            os.chdir(cwd)
+        except OSError as exc:
+            raise InitError(
+                f"chdir to cwd ({cwd!r}) set in config.json failed: {exc.strerror.lower()}", 126
+            ) from None
+    else:
+        _make_cwd(cwd)
     args = list(spec.get("args") or [])
     if not args:
         raise InitError("no command specified")
@@ -285,10 +310,11 @@ def build(spec: dict[str, Any], preset: int = 0) -> Prepared:
         last_cap=last_cap,
         rlimits=rlimits,
         no_new_privileges=bool(spec.get("no_new_privileges", True)),
-        new_cgroupns="cgroup" in namespaces and namespaces["cgroup"] is None,
+        new_cgroupns=new_cgroupns,
         tty=tty,
-        # last: nothing that can fail comes after it, so no descriptor leaks
-        terminal=open_terminal(user, console=True) if tty else (-1, -1),
+        # last: nothing that can fail comes after it, so no descriptor leaks;
+        # /dev/console is the container's, not an exec's
+        terminal=open_terminal(user, console=not exec_into) if tty else (-1, -1),
     )
 
 
@@ -307,12 +333,7 @@ def build_exec(spec: dict[str, Any]) -> Prepared:
     which after the init's ``pivot_root`` is the container's root filesystem.
     """
     namespaces: dict[str, str] = spec.get("namespaces") or {}
-    permitted, last_cap = host_capabilities()
-    try:
-        cap_mask = capabilities.to_mask(spec.get("capabilities") or []) & permitted
-    except capabilities.UnknownCapability as exc:
-        raise InitError(str(exc)) from None
-    rlimits = [_rlimit(r) for r in spec.get("rlimits") or []]
+    cap_mask, last_cap, rlimits = _privileges(spec)
     opened: list[tuple[str, int]] = []
     try:
         for kind in _EXEC_JOIN_ORDER:
@@ -334,37 +355,8 @@ def build_exec(spec: dict[str, Any]) -> Prepared:
     finally:
         for _, fd in opened:
             os.close(fd)
-    try:
-        user = users.resolve_user(spec.get("user") or "", _read("/etc/passwd"), _read("/etc/group"))
-    except users.UserError as exc:
-        raise InitError(str(exc)) from None
-    env = _environment(spec.get("env") or [], user)
-    cwd = spec.get("cwd") or "/"
-    try:
-        os.chdir(cwd)
-    except OSError as exc:
-        raise InitError(
-            f"chdir to cwd ({cwd!r}) set in config.json failed: {exc.strerror.lower()}", 126
-        ) from None
-    args = list(spec.get("args") or [])
-    if not args:
-        raise InitError("no command specified")
-    path = look_path(args[0], env.get("PATH", DEFAULT_PATH))
-    tty = bool(spec.get("tty"))
-    return Prepared(
-        user=user,
-        path=path,
-        args=args,
-        env=env,
-        cwd=cwd,
-        cap_mask=cap_mask,
-        last_cap=last_cap,
-        rlimits=rlimits,
-        no_new_privileges=bool(spec.get("no_new_privileges", True)),
-        new_cgroupns=False,
-        tty=tty,
-        terminal=open_terminal(user, console=False) if tty else (-1, -1),
-    )
+    return _prepare_process(spec, cap_mask, last_cap, rlimits, exec_into=True,
+                            new_cgroupns=False)
 
 
 _host_caps: tuple[int, int] | None = None
