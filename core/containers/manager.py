@@ -140,10 +140,6 @@ class ContainerManager:
         os.makedirs(self.root, mode=0o710, exist_ok=True)
         for cid in os.listdir(self.root):
             path = os.path.join(self.root, cid)
-            if cid.startswith(RETIRED_PREFIX):
-                # removed, but the daemon stopped before the files were deleted
-                shutil.rmtree(path, ignore_errors=True)
-                continue
             try:
                 c = Container.load(path)
             except (OSError, ValueError, KeyError) as exc:
@@ -789,19 +785,16 @@ class ContainerManager:
         eng = self.engine
         eng.plugins.hook.skiff_container_remove(container=c)
         try:
-            retired = await eng.to_thread(eng.layers.retire_rw, c.id)
+            await eng.to_thread(eng.layers.remove_rw, c.id)
         except Exception:
             c.state.Status = "dead"
             c.state.Dead = True
             c.save()
             raise
-        # The container's files go the same way as its layers: renamed out of
-        # sight now, deleted after the answer (a long log can take a while).
-        trash = await eng.to_thread(self._retire_root, c)
+        await eng.to_thread(shutil.rmtree, c.root, True)
         await eng.to_thread(
             shutil.rmtree, os.path.join(eng.exec_root, "containers", c.id), True
         )
-        eng.nursery.start_soon(self._free_retired, retired, trash)
         del self.by_id[c.id]
         if self.by_name.get(c.name) == c.id:
             del self.by_name[c.name]
@@ -812,26 +805,6 @@ class ContainerManager:
         track.removed.fire(c.state.ExitCode)
         self.event(c, "destroy")
         log.info("container.remove", id=c.id)
-
-    def _retire_root(self, c: Container) -> str:
-        """Move ``c.root`` to a dot-name that ``restore`` deletes; the new path."""
-        trash = os.path.join(self.root, f"{RETIRED_PREFIX}{c.id}")
-        try:
-            os.rename(c.root, trash)
-        except FileNotFoundError:
-            return ""
-        return trash
-
-    async def _free_retired(self, layers_path: str, root_trash: str) -> None:
-        """Delete what ``remove`` retired, after the client has its answer."""
-        eng = self.engine
-        with trio.CancelScope(shield=True):
-            try:
-                await eng.to_thread(eng.layers.discard_retired, layers_path)
-                if root_trash:
-                    await eng.to_thread(shutil.rmtree, root_trash, True)
-            except Exception as exc:  # swept again at the next start
-                log.warning("container.free_failed", path=layers_path, error=str(exc))
 
     # -- attach and logs -----------------------------------------------------
 
@@ -969,8 +942,6 @@ class ContainerManager:
 
 
 EMBEDDED_DNS = "127.0.0.11"
-#: name prefix of a removed container's directory awaiting deletion
-RETIRED_PREFIX = ".removed-"
 
 
 def initial_networks(network_mode: str, body: dict[str, Any], hc: dict[str, Any]

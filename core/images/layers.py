@@ -931,29 +931,14 @@ class LayerStore:
 
     def remove_rw(self, container_id: str) -> None:
         """Remove a container's RW and init layers and release the image layer."""
-        self.discard_retired(self.retire_rw(container_id))
-
-    def retire_rw(self, container_id: str) -> str:
-        """The fast half of ``remove_rw``: the container's layers leave the store.
-
-        Their metadata dir moves into tmp/ (one rename; start-up sweeps tmp/,
-        so a crash before the second half loses nothing but time) and the
-        image layer is released at once, so the image can be removed right
-        after the container.  ``discard_retired`` with the returned path
-        frees the disk; the daemon runs it after answering.
-        """
         with self._lock:
             rw = self.rw_layer(container_id)
             del self._mounts[container_id]
             path = self._retire(os.path.join(self._mounts_dir, container_id))
+        self._discard_dir(path)
         if rw.parent is not None and self.exists(rw.parent):
             self.release(rw.parent)
         log.info("layer.rw_removed", container=container_id, mount_id=rw.mount_id)
-        return path
-
-    def discard_retired(self, path: str) -> None:
-        """The slow half of ``remove_rw``: remove the retired layers' data."""
-        self._discard_dir(path)
 
 
 def _init_tar(extra: Mapping[str, bytes] | None) -> bytes:

@@ -382,44 +382,6 @@ def test_id_prefixes(daemon: Daemon) -> None:
     ok(daemon, "rm", *ids)
 
 
-def test_rm_answers_first_frees_the_disk_after_and_the_image_is_free_at_once(
-        daemon: Daemon) -> None:
-    """``docker rm`` retires the container's layers and files and deletes them after
-    answering: they vanish soon after, and the image can be removed at once."""
-    name = uniq("rmlater")
-    ok(daemon, "run", "--name", name, "--network", "none", "busybox", "sh", "-c",
-       "dd if=/dev/zero of=/big bs=1M count=20 2>/dev/null; echo done")
-    c = inspect(daemon, name)
-    upper = Path(c["GraphDriver"]["Data"]["UpperDir"])
-    root = daemon.data_root / "containers" / c["Id"]
-    assert upper.is_dir() and root.is_dir()
-    tag = f"rmlater-img:{secrets.token_hex(3)}"
-    ok(daemon, "tag", "busybox", tag)
-    ok(daemon, "commit", name, tag)  # the image sits on the container's parent layer
-    ok(daemon, "rm", name)
-    assert not root.exists()  # renamed out of sight before the answer
-    ok(daemon, "rmi", tag)  # no "in use": the layer reference went with the answer
-    poll(lambda: not upper.exists(), what="the read-write layer's deletion")
-    leftovers = [p.name for p in (daemon.data_root / "containers").iterdir()
-                 if p.name.startswith(".")]
-    poll(lambda: not [p for p in (daemon.data_root / "containers").iterdir()
-                      if p.name.startswith(".")], what=f"retired dirs {leftovers} to go")
-
-
-def test_retired_container_files_are_swept_at_start(tmp_path: Path) -> None:
-    """Files of a removed container that the daemon had no time to delete (it
-    stopped or crashed) are deleted when it starts again."""
-    with running_daemon(tmp_path / "d", **{"storage-driver": "vfs"}) as d:
-        d.skiff("image", "bootstrap", "busybox")
-        d.stop()
-        stale = d.data_root / "containers" / ".removed-0123abcd"
-        (stale / "sub").mkdir(parents=True)
-        (stale / "sub" / "log").write_text("x" * 1000)
-        d.start()
-        assert not stale.exists()
-        assert ok(d, "ps", "-aq") == ""
-
-
 def test_ps_filters_is_task_and_health(daemon: Daemon) -> None:
     name = uniq("pstask")
     ok(daemon, "create", "--name", name, "busybox", "true")
