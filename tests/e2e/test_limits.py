@@ -21,6 +21,7 @@ import docker
 import pytest
 
 from tests.daemon import DOCKER, Daemon, daemon_config
+from tests.integration.test_limits_runtime import OWN_LIMITS_SCRIPT, check_own_limits
 from tests.loopfs import attached_loop
 
 pytestmark = [
@@ -168,24 +169,10 @@ def test_cpus_half_holds_a_busy_loop_near_half_a_core(daemon: Daemon) -> None:
 
 
 def test_limits_visible_read_only_in_the_container(daemon: Daemon) -> None:
-    script = "; ".join([
-        cat("memory/memory.limit_in_bytes", "memory.max"),
-        cat("cpu/cpu.cfs_quota_us", "cpu.max"),
-        cat("pids/pids.max", "pids.max"),
-        "cat /proc/self/cgroup",
-        "touch /sys/fs/cgroup/x 2>&1 || true",
-    ])
     res = run(daemon, "--rm", "--memory", "48m", "--cpus", "0.5", "--pids-limit", "30",
-              "busybox", "sh", "-c", script)
+              "busybox", "sh", "-c", OWN_LIMITS_SCRIPT)
     assert res.returncode == 0, res
-    lines = res.stdout.decode().splitlines()
-    assert lines[0] == str(48 * MiB)
-    assert lines[1] in ("50000", "50000 100000")
-    assert lines[2] == "30"
-    # a private cgroup namespace: the container's groups are its root
-    cgroup_lines = [x for x in lines[3:] if re.match(r"^\d+:", x)]
-    assert cgroup_lines and all(x.endswith(":/") for x in cgroup_lines), lines
-    assert "Read-only file system" in lines[-1]
+    check_own_limits(res.stdout.decode())
 
 
 def test_invalid_memory_is_refused_at_create(daemon: Daemon) -> None:

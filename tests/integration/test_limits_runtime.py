@@ -79,6 +79,29 @@ def cat(v1: str, v2: str) -> str:
     return f"cat /sys/fs/cgroup/{v1} 2>/dev/null || cat /sys/fs/cgroup/{v2}"
 
 
+#: what a container limited to 48m, 0.5 CPU and 30 pids reads of its own groups
+#: (the runtime-level test and the end-to-end one run the same script)
+OWN_LIMITS_SCRIPT = "; ".join([
+    cat("memory/memory.limit_in_bytes", "memory.max"),
+    cat("cpu/cpu.cfs_quota_us", "cpu.max"),
+    cat("pids/pids.max", "pids.max"),
+    "cat /proc/self/cgroup",
+    "touch /sys/fs/cgroup/x 2>&1 || true",
+])
+
+
+def check_own_limits(out: str) -> None:
+    """The limits show in the container's own files, its groups are its cgroup
+    root (a private cgroup namespace) and /sys/fs/cgroup is read-only."""
+    lines = out.splitlines()
+    assert lines[0] == str(48 * MiB), lines
+    assert lines[1] in ("50000", "50000 100000"), lines
+    assert lines[2] == "30", lines
+    cgroup_lines = [x for x in lines[3:] if re.match(r"^\d+:", x)]
+    assert cgroup_lines and all(x.endswith(":/") for x in cgroup_lines), lines
+    assert "Read-only file system" in lines[-1], lines
+
+
 def test_oom_kill_is_137_and_reported(runtime: ForkServerRuntime, driver: CgroupfsV1 | CgroupfsV2,
                                       image: Path, tmp_path: Path) -> None:
     code, out, oom = run_limited(
@@ -115,21 +138,9 @@ def test_pids_limit_stops_forks(runtime: ForkServerRuntime, driver: CgroupfsV1 |
 
 def test_limits_visible_read_only(runtime: ForkServerRuntime, driver: CgroupfsV1 | CgroupfsV2,
                                   image: Path, tmp_path: Path) -> None:
-    script = "; ".join([
-        cat("memory/memory.limit_in_bytes", "memory.max"),
-        cat("cpu/cpu.cfs_quota_us", "cpu.max"),
-        cat("pids/pids.max", "pids.max"),
-        "cat /proc/self/cgroup",
-        "touch /sys/fs/cgroup/x 2>&1 || true",
-    ])
+    script = OWN_LIMITS_SCRIPT
     code, out, _ = run_limited(runtime, driver, image, tmp_path / "b", script,
                                {"Memory": 48 * MiB, "NanoCpus": 500_000_000,
                                 "PidsLimit": 30})
     assert code == 0, out
-    lines = out.splitlines()
-    assert lines[0] == str(48 * MiB)
-    assert lines[1] in ("50000", "50000 100000")
-    assert lines[2] == "30"
-    cgroup_lines = [x for x in lines[3:] if re.match(r"^\d+:", x)]
-    assert cgroup_lines and all(x.endswith(":/") for x in cgroup_lines), lines
-    assert "Read-only file system" in lines[-1]
+    check_own_limits(out)

@@ -12,6 +12,7 @@ runtime starts it like any other command.
 from __future__ import annotations
 
 import os
+import shutil
 
 from skiff.core.hookspecs import ContainerSpec, ContainerView, MountSpec, hookimpl
 
@@ -28,7 +29,7 @@ def init_binary(configured: str = "") -> str:
     ``docker-init``).  Raises ``FileNotFoundError`` when there is none.
     """
     if configured:
-        found = configured if os.path.isabs(configured) else _which(configured)
+        found = configured if os.path.isabs(configured) else shutil.which(configured)
         if found and os.access(found, os.X_OK):
             return found
         raise FileNotFoundError(f"init-path {configured!r}: no such executable")
@@ -37,14 +38,6 @@ def init_binary(configured: str = "") -> str:
     raise FileNotFoundError(
         f"{INIT_PATH} is missing: reinstall skiff (setup.py builds it with gcc -static)"
     )
-
-
-def _which(name: str) -> str | None:
-    for d in os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin").split(os.pathsep):
-        path = os.path.join(d, name)
-        if os.path.isfile(path) and os.access(path, os.X_OK):
-            return path
-    return None
 
 
 @hookimpl
