@@ -60,11 +60,18 @@ OPTIONS: tuple[Option, ...] = (
     Option("icc", bool, True, "--icc", help="inter-container traffic on the default bridge"),
     Option("dns", list, [], "--dns", item=str, multiple=True,
            help="upstream DNS servers of the embedded DNS server (IP or IP:PORT)"),
-    Option("userns-remap", str, "", "--userns-remap", help="user namespace remapping"),
+    Option("userns-remap", str, "", "--userns-remap",
+           help="user namespace remapping (not supported yet: refused when set)"),
+    Option("no-new-privileges", bool, False, "--no-new-privileges",
+           help="set no_new_privs in every container by default"),
+    Option("seccomp-profile", str, "", "--seccomp-profile",
+           help="path to a seccomp profile (Docker's JSON format) used instead of the "
+                "default, or 'unconfined'"),
     Option("default-ulimits", dict, {}, "--default-ulimit", item=dict, multiple=True,
            help="default ulimits, name=soft:hard"),
     Option("live-restore", bool, False, "--live-restore",
-           help="keep containers running while the daemon is down"),
+           help="keep containers running while the daemon is down (not supported yet: "
+                "refused when true)"),
     Option("debug", bool, False, "--debug", "-D", help="debug logging"),
     Option("hosts", list, [], "--host", "-H", item=str, multiple=True,
            help="sockets to listen on"),
@@ -303,6 +310,19 @@ def validate(config: Mapping[str, Any], path: str) -> None:
         raise ConfigError(
             f"{path}: invalid value for 'default-pids-limit': {config['default-pids-limit']} "
             "(use a positive number, or 0 or -1 for no limit)"
+        )
+    # Settings that would change what protects the host or its containers
+    # are refused until they work: accepting and ignoring them would make an
+    # operator believe they are protected.
+    if config["userns-remap"]:
+        raise ConfigError(
+            f"{path}: 'userns-remap' is not supported by this version of skiff yet; "
+            "remove it (containers run without user-namespace remapping)"
+        )
+    if config["live-restore"]:
+        raise ConfigError(
+            f"{path}: 'live-restore' is not supported by this version of skiff yet; "
+            "remove it or set it to false (containers stop with the daemon)"
         )
     for host in config["hosts"]:
         if not host.startswith("unix://"):

@@ -380,6 +380,30 @@ class LogFactory(Protocol):
 
 
 @dataclass
+class DeviceNode:
+    """A device node to create inside the container (OCI ``linux.devices``).
+
+    ``path`` is where the node appears in the container (``/dev/fuse``);
+    ``type`` is ``c`` (character), ``b`` (block) or ``p`` (FIFO).
+    """
+
+    path: str
+    type: Literal["c", "b", "p"]
+    major: int
+    minor: int
+    file_mode: int = 0o666
+    uid: int = 0
+    gid: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> DeviceNode:
+        return cls(**data)
+
+
+@dataclass
 class ContainerSpec:
     """Everything the container init needs to build the container and exec.
 
@@ -400,10 +424,37 @@ class ContainerSpec:
     #: A kind absent from the mapping is shared with the host.
     namespaces: dict[str, str | None] = field(default_factory=dict)
     capabilities: list[str] = field(default_factory=list)  #: names without ``CAP_``
+    #: Paths the container must not see: a file is covered with an empty
+    #: character device (``/dev/null``), a directory with an empty read-only
+    #: tmpfs.  A runtime covers them from a node it made and verified itself,
+    #: never by resolving a path the image or a volume could have planted.
     masked_paths: list[str] = field(default_factory=list)
+    #: Paths remounted read-only (recursively) inside the container.
     readonly_paths: list[str] = field(default_factory=list)
-    no_new_privileges: bool = True
+    #: ``PR_SET_NO_NEW_PRIVS`` before exec.  Off by default, as in Docker:
+    #: setuid programs (su, sudo, ping) must work in containers.  On with
+    #: ``--security-opt no-new-privileges`` or daemon.json ``no-new-privileges``.
+    no_new_privileges: bool = False
     readonly_rootfs: bool = False
+    #: ``/sys`` is mounted read-only unless this is False (``--privileged``).
+    readonly_sysfs: bool = True
+    #: The seccomp filter the process runs under, in the shape of the OCI
+    #: runtime spec's ``linux.seccomp``: ``defaultAction``, optional
+    #: ``defaultErrnoRet``, ``architectures`` (``SCMP_ARCH_X86_64`` ...) and
+    #: ``syscalls``, a list of ``{"names", "action", "errnoRet", "args"}``
+    #: with ``args`` items ``{"index", "value", "valueTwo", "op"}``.  It is
+    #: already resolved for this container: Docker's ``includes``/``excludes``
+    #: (by capability, architecture, kernel) were applied by whoever filled it.
+    #: ``None`` means no filter at all (``seccomp=unconfined``, privileged).
+    #: The runtime installs it in the container's process as the last step
+    #: before ``execve`` that needs privilege, and refuses to start the
+    #: container if it cannot.
+    seccomp: dict[str, Any] | None = None
+    #: Device nodes made in the container's ``/dev`` besides the standard
+    #: ones (``--device``; every host device for ``--privileged``).  Which
+    #: devices the container may *open* is the cgroup driver's business (its
+    #: device filter); these only make the nodes exist.
+    devices: list[DeviceNode] = field(default_factory=list)
     rlimits: list[tuple[str, int, int]] = field(default_factory=list)  #: (name, soft, hard)
     #: With ``tty`` the runtime allocates a pseudo-terminal *inside* the
     #: container (from the container's own ``/dev/pts`` instance, as runc
@@ -432,6 +483,7 @@ class ContainerSpec:
         data["rootfs_mounts"] = [m.to_json() for m in self.rootfs_mounts]
         data["mounts"] = [m.to_json() for m in self.mounts]
         data["rlimits"] = [list(r) for r in self.rlimits]
+        data["devices"] = [d.to_json() for d in self.devices]
         return data
 
     @classmethod
@@ -440,6 +492,7 @@ class ContainerSpec:
         kw["rootfs_mounts"] = [MountSpec.from_json(m) for m in data["rootfs_mounts"]]
         kw["mounts"] = [MountSpec.from_json(m) for m in data["mounts"]]
         kw["rlimits"] = [tuple(r) for r in data.get("rlimits", [])]
+        kw["devices"] = [DeviceNode.from_json(d) for d in data.get("devices", [])]
         return cls(**kw)
 
 
@@ -473,8 +526,11 @@ class ExecSpec:
     #: ``docker exec --privileged``: every capability the host has, whatever
     #: ``capabilities`` says
     privileged: bool = False
-    no_new_privileges: bool = True
+    no_new_privileges: bool = False
     rlimits: list[tuple[str, int, int]] = field(default_factory=list)  #: (name, soft, hard)
+    #: the container's seccomp filter (``ContainerSpec.seccomp``); an exec runs
+    #: under the same filter as the container's own process
+    seccomp: dict[str, Any] | None = None
     #: as ``ContainerSpec.tty``: the runtime allocates a pseudo-terminal in
     #: the container's ``/dev/pts`` and makes its slave the process's stdio
     #: and controlling terminal; the ``Stdio`` given to ``exec`` is ignored
@@ -871,15 +927,43 @@ class SkiffSpec:
         """The daemon stopped serving and is about to exit."""
 
     @hookspec
+    def skiff_security_options(self, config: Mapping[str, Any]) -> Iterable[str]:
+        """What this plugin enforces, as ``docker info``'s ``SecurityOptions``
+        entries (``name=seccomp,profile=default``, ``name=no-new-privileges``).
+
+        List only what is really enforced on this host with this
+        configuration: an operator reads this to know what protects them.
+        """
+
+    @hookspec
+    def skiff_container_validate(
+        self, config: Mapping[str, Any], host_config: Mapping[str, Any],
+        daemon_config: Mapping[str, Any],
+    ) -> None:
+        """Check, at create, the settings of a container that this plugin owns.
+
+        ``config`` and ``host_config`` are the create request's (Docker's
+        ``Config`` and ``HostConfig``, the image's defaults merged in).  Raise
+        ``ValueError`` with a message for the client (what was wrong, what to
+        do) to refuse the create with a 400; nothing exists yet then.  A
+        setting the plugin cannot honour must be refused here, never accepted
+        and ignored.  Must not change its arguments.
+        """
+
+    @hookspec
     def skiff_container_create(self, container: ContainerView) -> None:
         """A container was created (its layers and files exist)."""
 
     @hookspec
-    def skiff_container_spec(self, container: ContainerView, spec: ContainerSpec) -> None:
+    def skiff_container_spec(
+        self, container: ContainerView, spec: ContainerSpec, daemon_config: Mapping[str, Any]
+    ) -> None:
         """Amend the spec before the runtime prepares the process.
 
         Isolation features hook in here: a plugin may add or drop
-        capabilities, mask paths, add mounts.  Called on every start.
+        capabilities, mask paths, add mounts, set the seccomp filter.  Called
+        on every start.  ``daemon_config`` is the daemon's configuration
+        (``no-new-privileges``, ``seccomp-profile`` ...).
         """
 
     @hookspec

@@ -228,7 +228,8 @@ def info_payload(engine: Engine) -> dict[str, Any]:
         "ContainerdCommit": {"ID": "", "Expected": ""},
         "RuncCommit": {"ID": "", "Expected": ""},
         "InitCommit": {"ID": "", "Expected": ""},
-        "SecurityOptions": ["name=seccomp,profile=unconfined", "name=no-new-privileges"],
+        "SecurityOptions": [opt for opts in engine.plugins.hook.skiff_security_options(
+            config=engine.config) for opt in opts],
         "Warnings": [],
     }
 

@@ -245,6 +245,7 @@ class ExecManager:
             privileged=ex.privileged,
             no_new_privileges=base.no_new_privileges if base is not None else True,
             rlimits=list(base.rlimits) if base is not None else [],
+            seccomp=base.seccomp if base is not None else None,
             tty=ex.tty,
         )
 

@@ -218,6 +218,8 @@ class ContainerManager:
                 hc["PidsLimit"] = default_pids
             if eng.cgroups is not None:
                 eng.cgroups.validate(hc)
+            eng.plugins.hook.skiff_container_validate(
+                config=cfg, host_config=hc, daemon_config=eng.config)
         except InvalidConfig as exc:  # its own words, quotes and all ("can't be '/'")
             raise InvalidParameter(str(exc)) from exc
         except (ValueError, LookupError) as exc:
@@ -378,7 +380,7 @@ class ContainerManager:
         os.makedirs(spec.bundle, mode=0o700, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(spec.bundle, "exitcode"))
-        eng.plugins.hook.skiff_container_spec(container=c, spec=spec)
+        eng.plugins.hook.skiff_container_spec(container=c, spec=spec, daemon_config=eng.config)
         if eng.cgroups is not None:
             # before prepare: the init bind-mounts the groups into the container
             try:

@@ -309,7 +309,7 @@ def _prepare_process(spec: dict[str, Any], cap_mask: int, last_cap: int,
         cap_mask=cap_mask,
         last_cap=last_cap,
         rlimits=rlimits,
-        no_new_privileges=bool(spec.get("no_new_privileges", True)),
+        no_new_privileges=bool(spec.get("no_new_privileges", False)),
         new_cgroupns=new_cgroupns,
         tty=tty,
         # last: nothing that can fail comes after it, so no descriptor leaks;
@@ -434,7 +434,8 @@ def _mount_rootfs(rootfs: str, spec: dict[str, Any]) -> None:
     proc = _dir_in(rootfs, "/proc")
     _mount_checked(rootfs, proc, "proc", "proc", MS_DEFAULT)
     sys_dir = _dir_in(rootfs, "/sys")
-    _mount_checked(rootfs, sys_dir, "sysfs", "sysfs", MS_DEFAULT | sc.MS_RDONLY)
+    sys_ro = sc.MS_RDONLY if spec.get("readonly_sysfs", True) else 0
+    _mount_checked(rootfs, sys_dir, "sysfs", "sysfs", MS_DEFAULT | sys_ro)
     _setup_dev(rootfs)
 
     for m in spec.get("mounts") or []:

@@ -34,7 +34,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import trio
@@ -48,7 +48,7 @@ from skiff.core.hookspecs import (
     Stdio,
     hookimpl,
 )
-from skiff.plugins.isolation import capabilities
+from skiff.plugins.isolation import capabilities, seccomp, securityopts
 from skiff.plugins.isolation.forkserver import (
     PARENT_ENV,
     READY,
@@ -98,15 +98,36 @@ def skiff_runtimes() -> Mapping[str, Any]:
     return {"skiff": ForkServerRuntime}
 
 
+@hookimpl
+def skiff_container_validate(host_config: Mapping[str, Any]) -> None:
+    """Refuse, at create, security settings skiff cannot honour."""
+    hc = host_config
+    security = securityopts.parse(hc.get("SecurityOpt"))
+    seccomp.check_request(security.seccomp)
+    capabilities.tweak(capabilities.DEFAULT_CAPABILITIES, hc.get("CapAdd"), hc.get("CapDrop"),
+                       bool(hc.get("Privileged")))
+
+
+@hookimpl
+def skiff_security_options(config: Mapping[str, Any]) -> list[str]:
+    options = seccomp.security_options(config)
+    if config.get("no-new-privileges"):
+        options.append("name=no-new-privileges")
+    return options
+
+
 @hookimpl(tryfirst=True)
-def skiff_container_spec(container: ContainerView, spec: ContainerSpec) -> None:
+def skiff_container_spec(
+    container: ContainerView, spec: ContainerSpec, daemon_config: Mapping[str, Any]
+) -> None:
     """Docker's defaults from HostConfig; runs first so other plugins amend them."""
     hc = container.host_config or {}
     privileged = bool(hc.get("Privileged"))
+    security = securityopts.parse(hc.get("SecurityOpt"))
     spec.capabilities = capabilities.tweak(
         capabilities.DEFAULT_CAPABILITIES, hc.get("CapAdd"), hc.get("CapDrop"), privileged
     )
-    if privileged:
+    if privileged or security.unconfined_paths:
         spec.masked_paths = []
         spec.readonly_paths = []
     else:
@@ -115,31 +136,13 @@ def skiff_container_spec(container: ContainerView, spec: ContainerSpec) -> None:
         readonly = hc.get("ReadonlyPaths")
         spec.masked_paths = list(DEFAULT_MASKED_PATHS if masked is None else masked)
         spec.readonly_paths = list(DEFAULT_READONLY_PATHS if readonly is None else readonly)
-    spec.no_new_privileges = no_new_privileges(hc.get("SecurityOpt") or [])
+    spec.readonly_sysfs = not privileged
+    nnp = security.no_new_privileges
+    spec.no_new_privileges = bool(daemon_config.get("no-new-privileges")) if nnp is None else nnp
+    spec.seccomp = None if privileged else seccomp.profile_for(
+        security.seccomp, daemon_config, spec.capabilities)
     if hc.get("ReadonlyRootfs"):
         spec.readonly_rootfs = True
-
-
-def no_new_privileges(security_opt: Sequence[str]) -> bool:
-    """skiff's rule: on unless ``no-new-privileges:false`` (or ``=false``) asks otherwise."""
-    value = True
-    for opt in security_opt:
-        key, sep, raw = opt.replace("=", ":", 1).partition(":")
-        if key.strip() != "no-new-privileges":
-            continue
-        if not sep:
-            value = True
-            continue
-        lowered = raw.strip().lower()
-        if lowered in ("true", "1", "t"):
-            value = True
-        elif lowered in ("false", "0", "f"):
-            value = False
-        else:
-            raise ValueError(
-                f"invalid --security-opt: {opt!r}: no-new-privileges takes true or false"
-            )
-    return value
 
 
 # ---------------------------------------------------------------------------

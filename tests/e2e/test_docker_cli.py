@@ -121,7 +121,11 @@ def test_default_capabilities_and_no_new_privs(skiffd: Daemon) -> None:
     fields = dict(line.split(":\t") for line in out(res).splitlines())
     assert fields["CapEff"] == "00000000a80425fb"
     assert fields["CapBnd"] == "00000000a80425fb"
-    assert fields["NoNewPrivs"] == "1"
+    # Docker's default: no no_new_privs, so setuid programs work
+    assert fields["NoNewPrivs"] == "0"
+    res = skiffd.docker("run", "--rm", "--security-opt", "no-new-privileges", "busybox", "grep",
+                        "NoNewPrivs", "/proc/self/status", check=True)
+    assert out(res).split() == ["NoNewPrivs:", "1"]
 
 
 def test_masked_and_readonly_proc_paths(skiffd: Daemon) -> None:

@@ -90,8 +90,9 @@ def test_capabilities(default_skiffd: Daemon, box: str) -> None:
     caps = dict(line.split(":\t") for line in out.splitlines())
     assert caps["CapEff"] == DOCKER_DEFAULT_CAPS
     assert caps["CapBnd"] == DOCKER_DEFAULT_CAPS
+    # an exec inherits the container's no_new_privs: off, Docker's default
     _, out, _ = ex(d, box, "grep", "NoNewPrivs", "/proc/self/status")
-    assert out.split() == ["NoNewPrivs:", "1"]
+    assert out.split() == ["NoNewPrivs:", "0"]
     # a user other than root has no effective capabilities, as in Docker
     _, out, _ = ex(d, "-u", "nobody", box, "grep", "CapEff", "/proc/self/status")
     assert out.split() == ["CapEff:", "0000000000000000"]

@@ -35,8 +35,8 @@ from skiff.plugins.isolation.runtime import (
     DEFAULT_MASKED_PATHS,
     DEFAULT_READONLY_PATHS,
     ForkServerRuntime,
-    no_new_privileges,
     skiff_container_spec,
+    skiff_container_validate,
 )
 from tests.rootfs import make_busybox_rootfs
 
@@ -1056,9 +1056,9 @@ class FakeContainer:
     root: str = "/nonexistent"
 
 
-def _hooked(host_config: dict[str, Any]) -> ContainerSpec:
+def _hooked(host_config: dict[str, Any], daemon: dict[str, Any] | None = None) -> ContainerSpec:
     spec = ContainerSpec(id="c1", bundle="/x", rootfs_mounts=[], mounts=[], args=["true"], env=[])
-    skiff_container_spec(FakeContainer(host_config), spec)
+    skiff_container_spec(FakeContainer(host_config), spec, daemon or {})
     return spec
 
 
@@ -1067,7 +1067,10 @@ def test_spec_hook_defaults() -> None:
     assert capabilities.to_mask(spec.capabilities) == 0xA80425FB
     assert spec.masked_paths == list(DEFAULT_MASKED_PATHS)
     assert spec.readonly_paths == list(DEFAULT_READONLY_PATHS)
-    assert spec.no_new_privileges is True
+    # Docker's default: setuid programs work, so no no_new_privs unless asked
+    assert spec.no_new_privileges is False
+    assert spec.readonly_sysfs is True
+    assert _hooked({}, {"no-new-privileges": True}).no_new_privileges is True
 
 
 def test_spec_hook_adjustments() -> None:
@@ -1081,6 +1084,10 @@ def test_spec_hook_adjustments() -> None:
     priv = _hooked({"Privileged": True, "CapDrop": ["ALL"]})
     assert set(priv.capabilities) == set(capabilities.CAPABILITIES)
     assert priv.masked_paths == [] and priv.readonly_paths == []
+    assert priv.readonly_sysfs is False and priv.seccomp is None
+    unconfined = _hooked({"SecurityOpt": ["systempaths=unconfined"]})
+    assert unconfined.masked_paths == [] and unconfined.readonly_paths == []
+    assert unconfined.readonly_sysfs is True
     assert _hooked({"SecurityOpt": ["no-new-privileges:false"]}).no_new_privileges is False
     assert _hooked({"SecurityOpt": ["no-new-privileges=false"]}).no_new_privileges is False
     assert _hooked({"SecurityOpt": ["no-new-privileges"]}).no_new_privileges is True
@@ -1088,8 +1095,16 @@ def test_spec_hook_adjustments() -> None:
     assert _hooked({"ReadonlyRootfs": True}).readonly_rootfs is True
     with pytest.raises(ValueError, match='unknown capability: "CAP_BOGUS"'):
         _hooked({"CapAdd": ["BOGUS"]})
+    # the daemon's default loses to the container's own word
+    assert _hooked({"SecurityOpt": ["no-new-privileges=false"]},
+                   {"no-new-privileges": True}).no_new_privileges is False
     with pytest.raises(ValueError, match="no-new-privileges"):
-        no_new_privileges(["no-new-privileges:maybe"])
+        skiff_container_validate({"SecurityOpt": ["no-new-privileges:maybe"]})
+    for refused, why in (("apparmor=unconfined", "AppArmor"), ("label=disable", "SELinux"),
+                         ("garbage", "key=value"), ("bogus=1", "unknown option 'bogus'"),
+                         ("systempaths=confined", "only 'unconfined'")):
+        with pytest.raises(ValueError, match=why):
+            skiff_container_validate({"SecurityOpt": [refused]})
 
 
 PASSWD = "root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000::/home/alice:/bin/sh\n"
