@@ -35,6 +35,22 @@ MS_SHARED = 1 << 20
 MS_STRICTATIME = 1 << 24
 MNT_DETACH = 2
 
+# the new mount API, <linux/mount.h>
+OPEN_TREE_CLONE = 1
+AT_EMPTY_PATH = 0x1000
+AT_RECURSIVE = 0x8000
+AT_SYMLINK_NOFOLLOW = 0x100
+MOVE_MOUNT_F_EMPTY_PATH = 0x04
+MOVE_MOUNT_T_EMPTY_PATH = 0x40
+MOUNT_ATTR_RDONLY = 0x01
+MOUNT_ATTR_NOSUID = 0x02
+MOUNT_ATTR_NODEV = 0x04
+MOUNT_ATTR_NOEXEC = 0x08
+
+# <linux/magic.h>
+PROC_SUPER_MAGIC = 0x9FA0
+SYSFS_MAGIC = 0x62656572
+
 # <linux/prctl.h>
 PR_SET_PDEATHSIG = 1
 PR_SET_KEEPCAPS = 8
@@ -124,6 +140,33 @@ def openat2(dir_fd: int, path: str | bytes, flags: int, mode: int = 0, resolve: 
     if fd < 0:
         _check(-1, "openat2", os.fsdecode(path))
     return fd
+
+
+def open_tree(dir_fd: int, path: str, flags: int) -> int:
+    """open_tree(2): a descriptor of the mount at ``path`` (or, with
+    ``OPEN_TREE_CLONE``, of a detached copy of it, recursive with
+    ``AT_RECURSIVE``).  ``O_CLOEXEC`` is always added."""
+    fd = lib.skiff_open_tree(dir_fd, _c(path), flags | os.O_CLOEXEC)
+    if fd < 0:
+        _check(-1, "open_tree", path or None)
+    return fd
+
+
+def move_mount(from_fd: int, to_fd: int) -> None:
+    """move_mount(2) of the mount ``from_fd`` (from ``open_tree``) onto the
+    file or directory ``to_fd`` (an ``O_PATH`` descriptor): attached where the
+    descriptor points, whatever its path has become since it was opened."""
+    _check(lib.skiff_move_mount(from_fd, b"", to_fd, b"",
+                                MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH),
+           "move_mount")
+
+
+def mount_setattr(fd: int, attr_set: int, attr_clr: int = 0, propagation: int = 0,
+                  recursive: bool = False) -> None:
+    """mount_setattr(2) on the mount ``fd`` refers to (``MOUNT_ATTR_*`` flags)."""
+    flags = AT_EMPTY_PATH | (AT_RECURSIVE if recursive else 0)
+    _check(lib.skiff_mount_setattr(fd, b"", flags, attr_set, attr_clr, propagation),
+           "mount_setattr")
 
 
 def prjquota_info(path: str | None = None, fd: int = -1) -> None:

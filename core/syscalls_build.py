@@ -25,6 +25,11 @@ int skiff_prctl(int option, unsigned long a2, unsigned long a3,
                 unsigned long a4, unsigned long a5);
 int skiff_openat2(int dirfd, const char *path, uint64_t flags, uint64_t mode,
                   uint64_t resolve);
+int skiff_open_tree(int dirfd, const char *path, unsigned int flags);
+int skiff_move_mount(int from_dirfd, const char *from_path, int to_dirfd,
+                     const char *to_path, unsigned int flags);
+int skiff_mount_setattr(int dirfd, const char *path, unsigned int flags,
+                        uint64_t attr_set, uint64_t attr_clr, uint64_t propagation);
 int skiff_prjquota_info(const char *special, int fd);
 int skiff_prjquota_set(const char *special, int fd, uint32_t id, uint64_t limit);
 int skiff_prjquota_get(const char *special, int fd, uint32_t id, uint64_t *limit,
@@ -113,6 +118,45 @@ int skiff_openat2(int dirfd, const char *path, uint64_t flags, uint64_t mode,
 {
     struct open_how how = {.flags = flags, .mode = mode, .resolve = resolve};
     return (int)syscall(SYS_openat2, dirfd, path, &how, sizeof(how));
+}
+"""
+
+SOURCE += r"""
+/* The new mount API (Linux 5.2, mount_setattr 5.12): mounts made, changed
+   and attached through descriptors, never through a path resolved twice. */
+#ifndef SYS_open_tree
+#define SYS_open_tree 428
+#endif
+#ifndef SYS_move_mount
+#define SYS_move_mount 429
+#endif
+#ifndef SYS_mount_setattr
+#define SYS_mount_setattr 442
+#endif
+
+struct skiff_mount_attr {
+    uint64_t attr_set;
+    uint64_t attr_clr;
+    uint64_t propagation;
+    uint64_t userns_fd;
+};
+
+int skiff_open_tree(int dirfd, const char *path, unsigned int flags)
+{
+    return (int)syscall(SYS_open_tree, dirfd, path, flags);
+}
+
+int skiff_move_mount(int from_dirfd, const char *from_path, int to_dirfd,
+                     const char *to_path, unsigned int flags)
+{
+    return (int)syscall(SYS_move_mount, from_dirfd, from_path, to_dirfd, to_path, flags);
+}
+
+int skiff_mount_setattr(int dirfd, const char *path, unsigned int flags,
+                        uint64_t attr_set, uint64_t attr_clr, uint64_t propagation)
+{
+    struct skiff_mount_attr attr = {attr_set, attr_clr, propagation, 0};
+    return (int)syscall(SYS_mount_setattr, dirfd, path, flags, &attr, sizeof(attr));
 }
 """
 

@@ -40,6 +40,7 @@ import structlog
 from skiff.core.containers.config import InvalidConfig
 from skiff.core.errors import InvalidParameter, NotFound
 from skiff.core.hookspecs import MountSpec
+from skiff.core.mountpolicy import PROC_BIND_ALLOWED, SYSTEM_DESTINATIONS
 from skiff.core.securejoin import secure_join
 
 if TYPE_CHECKING:
@@ -79,6 +80,17 @@ def _check_destination(dest: str, kind: str, spec: str) -> str:
         raise InvalidConfig(
             f"invalid volume specification: '{spec}': invalid mount config for type "
             f"\"{kind}\": invalid specification: destination can't be '/'")
+    if clean in SYSTEM_DESTINATIONS:
+        # An image's VOLUME /dev with a planted dev/null -> core_pattern link
+        # is how masks get redirected onto the host (CVE-2025-31133 class).
+        raise InvalidConfig(
+            f"invalid mount config for type \"{kind}\": cannot mount onto {clean}: the "
+            f"container's {clean} is made by skiff and must not be replaced (use --device "
+            "for a device, --privileged for every host device)")
+    if clean.startswith("/proc/") and clean not in PROC_BIND_ALLOWED:
+        raise InvalidConfig(
+            f"invalid mount config for type \"{kind}\": cannot mount onto {clean}: mounts "
+            "into /proc are not allowed, except over " + ", ".join(sorted(PROC_BIND_ALLOWED)))
     return clean
 
 

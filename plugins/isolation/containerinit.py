@@ -34,7 +34,7 @@ import stat
 import termios
 
 from skiff.core import syscalls as sc
-from skiff.plugins.isolation import capabilities, mounts, users
+from skiff.plugins.isolation import capabilities, containerfs, mounts, users
 from skiff.plugins.isolation.channel import LineChannel, set_comm
 
 # typing and dataclasses stay out of the fork server (see users.py)
@@ -55,39 +55,14 @@ NAMESPACE_FLAGS: dict[str, int] = {
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-#: (name, major, minor) of the character devices every container gets
-DEVICES: tuple[tuple[str, int, int], ...] = (
-    ("null", 1, 3),
-    ("zero", 1, 5),
-    ("full", 1, 7),
-    ("random", 1, 8),
-    ("urandom", 1, 9),
-    ("tty", 5, 0),
-)
-
-DEV_SYMLINKS: tuple[tuple[str, str], ...] = (
-    ("fd", "/proc/self/fd"),
-    ("stdin", "/proc/self/fd/0"),
-    ("stdout", "/proc/self/fd/1"),
-    ("stderr", "/proc/self/fd/2"),
-    ("ptmx", "pts/ptmx"),
-    ("core", "/proc/kcore"),
-)
-
 #: namespaces a spare init makes before it knows its spec (see shim.py for
 #: why the mount namespace is not among them)
 SPARE_NAMESPACES = ("uts", "ipc", "net")
 SPARE_FLAGS = sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWNET
 
-MS_DEFAULT = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
-
 #: ioctls on a pty master (asm-generic numbers, as on x86 and arm)
 TIOCSPTLCK = 0x40045431  #: _IOW('T', 0x31, int): lock (1) or unlock (0) the slave
 TIOCGPTPEER = 0x5441  #: _IO('T', 0x41): open the slave without a path lookup (Linux 4.13)
-
-#: statvfs f_flag bits that a read-only remount of a bind mount must keep
-_ST_KEEP = ((os.ST_NOSUID, sc.MS_NOSUID), (os.ST_NODEV, sc.MS_NODEV), (os.ST_NOEXEC, sc.MS_NOEXEC))
-
 
 class InitError(Exception):
     """The container cannot be built; ``exit_code`` follows ``StartError``."""
@@ -151,6 +126,7 @@ def _serve(prepare: Any, args: tuple[Any, ...], stdio: list[int], chan: LineChan
     """The shim conversation shared by a container's init and an exec'd process."""
     code = 125
     try:
+        stdio = _adopt_stdio(stdio, chan.fileno())
         prepared = prepare(*args)
         if prepared.master >= 0:
             # the daemon's end of the terminal: ours must not outlive the send,
@@ -174,6 +150,22 @@ def _serve(prepare: Any, args: tuple[Any, ...], stdio: list[int], chan: LineChan
         _report(chan, f"container init failed: {exc}", code)
     finally:
         os._exit(code)
+
+
+def _adopt_stdio(stdio: list[int], keep: int) -> list[int]:
+    """Make ``stdio`` our 0, 1 and 2 and close every other descriptor but ``keep``.
+
+    First thing after the fork: nothing the shim or the fork server had
+    open stays reachable from a process that will run in the container.
+    """
+    # copies above 2 first, so that a descriptor already numbered 0-2 is not
+    # overwritten by another's dup2
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3) for fd in stdio]
+    for target, fd in enumerate(high):
+        os.dup2(fd, target)  # inheritable: they are the process's stdio
+    os.closerange(3, keep)
+    os.closerange(keep + 1, 1 << 20)
+    return [0, 1, 2]
 
 
 def run_spare(chan: LineChannel) -> NoReturn:
@@ -215,13 +207,12 @@ def warm_up() -> None:
 
     spec = json.loads(SAMPLE_SPEC)
     mounts.parse_options(["rbind", "ro", "nosuid", "rprivate", "size=1m"])
-    mounts.secure_join("/nonexistent/skiff-warm-up", "/a/../b")
     users.resolve_user("", "root:x:0:0:root:/root:/bin/sh\n", "root:x:0:root\n")
     capabilities.to_mask(spec["capabilities"])
     _environment(spec["env"], users.ExecUser())
     for sig in signal.valid_signals():
         signal.getsignal(sig)
-    for module in (mounts, users, capabilities, sc):
+    for module in (mounts, containerfs, users, capabilities, sc):
         for value in list(vars(module).values()):
             getattr(value, "__code__", None)
     for value in list(globals().values()):
@@ -249,12 +240,18 @@ def build(spec: dict[str, Any], preset: int = 0) -> Prepared:
 
     _enter_namespaces(namespaces, preset)
     rootfs = os.path.join(os.path.abspath(spec["bundle"]), "rootfs")
-    _mount_rootfs(rootfs, spec)
-    _pivot_root(rootfs)
-    for path in spec.get("masked_paths") or []:
-        _mask_path(path)
-    for path in spec.get("readonly_paths") or []:
-        _readonly_path(path)
+    try:
+        root = containerfs.build(rootfs, spec)
+        try:
+            containerfs.pivot(root)
+            for path in spec.get("masked_paths") or []:
+                containerfs.mask(root, path)
+            for path in spec.get("readonly_paths") or []:
+                containerfs.make_readonly(path)
+        finally:
+            root.close()
+    except containerfs.FsError as exc:
+        raise InitError(str(exc)) from None
     if spec.get("hostname") and "uts" in namespaces:
         socket.sethostname(spec["hostname"])
 
@@ -318,22 +315,28 @@ def _prepare_process(spec: dict[str, Any], cap_mask: int, last_cap: int,
     )
 
 
-#: the order runc's nsenter joins in; mount goes last because the other
-#: namespace paths are host paths under the host's /proc
-_EXEC_JOIN_ORDER = ("ipc", "uts", "net", "cgroup", "mount")
+#: the order runc's nsenter joins in: the mount namespace after the others,
+#: whose paths are host paths under the host's /proc, and the pid namespace
+#: last of all (it only applies to children)
+_EXEC_JOIN_ORDER = ("ipc", "uts", "net", "cgroup", "mount", "pid")
 
 
-def build_exec(spec: dict[str, Any]) -> Prepared:
-    """Join a running container (an ``ExecSpec``); resolve user and command.
+def join_container(namespaces: dict[str, str]) -> None:
+    """Join a running container's namespaces, the pid namespace last (``ExecSpec``).
 
-    The pid namespace was joined by the shim before it forked us.  Every
-    namespace file is opened before the first ``setns``: once in the
+    Called by an exec's shim *before* it forks the process, so that the
+    process is born inside the container's mount namespace: from its first
+    instant in the container's pid namespace, where the container's own
+    processes can see it, its ``/proc/<pid>/root`` and ``cwd`` are the
+    container's, never the host's (the exec race: a container with
+    SYS_PTRACE polling ``/proc/*/root`` while the host runs ``docker exec``).
+    Every namespace file is opened before the first ``setns``: once in the
     container's mount namespace, ``/proc/<pid>`` means the container's pid.
     Joining the mount namespace puts root and cwd at that namespace's root,
     which after the init's ``pivot_root`` is the container's root filesystem.
+    The caller also makes itself non-dumpable first, which the child
+    inherits until ``execve``.
     """
-    namespaces: dict[str, str] = spec.get("namespaces") or {}
-    cap_mask, last_cap, rlimits = _privileges(spec)
     opened: list[tuple[str, int]] = []
     try:
         for kind in _EXEC_JOIN_ORDER:
@@ -355,6 +358,15 @@ def build_exec(spec: dict[str, Any]) -> Prepared:
     finally:
         for _, fd in opened:
             os.close(fd)
+
+
+def build_exec(spec: dict[str, Any]) -> Prepared:
+    """Resolve user and command of a process in a running container (``ExecSpec``).
+
+    The shim joined every namespace of the container before it forked us
+    (``join_container``), so this runs inside the container's root already.
+    """
+    cap_mask, last_cap, rlimits = _privileges(spec)
     return _prepare_process(spec, cap_mask, last_cap, rlimits, exec_into=True,
                             new_cgroupns=False)
 
@@ -410,201 +422,6 @@ def _enter_namespaces(namespaces: dict[str, str | None], preset: int) -> None:
                 raise InitError(f"unknown namespace kind {kind!r}")
             flags |= NAMESPACE_FLAGS[kind]
     sc.unshare(flags & ~preset)
-
-
-def _mount_rootfs(rootfs: str, spec: dict[str, Any]) -> None:
-    # nothing done below may propagate back to the host's mount table; a bind
-    # mount asking for slave or shared propagation needs the copies of the
-    # host's mounts to stay slaves of them (Docker's rootfs propagation rslave)
-    wants_events = any(
-        opt in ("slave", "rslave", "shared", "rshared")
-        for m in spec.get("mounts") or [] for opt in m.get("options") or []
-    )
-    sc.mount(None, "/", None, sc.MS_REC | (sc.MS_SLAVE if wants_events else sc.MS_PRIVATE))
-    os.makedirs(rootfs, 0o755, exist_ok=True)
-    rootfs_mounts = spec.get("rootfs_mounts") or []
-    if not any(m.get("destination", "/") in ("", "/") for m in rootfs_mounts):
-        # pivot_root needs the new root to be a mount point
-        sc.mount(rootfs, rootfs, None, sc.MS_BIND | sc.MS_REC)
-    for m in rootfs_mounts:
-        dest = m.get("destination", "/")
-        target = rootfs if dest in ("", "/") else _prepare_destination(rootfs, m)
-        _mount(m, target, rootfs)
-
-    proc = _dir_in(rootfs, "/proc")
-    _mount_checked(rootfs, proc, "proc", "proc", MS_DEFAULT)
-    sys_dir = _dir_in(rootfs, "/sys")
-    sys_ro = sc.MS_RDONLY if spec.get("readonly_sysfs", True) else 0
-    _mount_checked(rootfs, sys_dir, "sysfs", "sysfs", MS_DEFAULT | sys_ro)
-    _setup_dev(rootfs)
-
-    for m in spec.get("mounts") or []:
-        target = _prepare_destination(rootfs, m)
-        _mount(m, target, rootfs)
-
-    if spec.get("readonly_rootfs"):
-        sc.mount(None, rootfs, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY)
-
-
-def _dir_in(rootfs: str, path: str) -> str:
-    target = mounts.secure_join(rootfs, path)
-    os.makedirs(target, 0o755, exist_ok=True)
-    return target
-
-
-def _setup_dev(rootfs: str) -> None:
-    dev = _dir_in(rootfs, "/dev")
-    _mount_checked(
-        rootfs, dev, "tmpfs", "tmpfs", sc.MS_NOSUID | sc.MS_STRICTATIME, "mode=755,size=65536k"
-    )
-    # /dev is a fresh tmpfs from here on: no symlink of the image can be in it
-    for name, major, minor in DEVICES:
-        node = os.path.join(dev, name)
-        try:
-            os.mknod(node, stat.S_IFCHR | 0o666, os.makedev(major, minor))
-        except PermissionError:
-            # no CAP_MKNOD (or a nodev-locked mount): borrow the host's node
-            os.close(os.open(node, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o666))
-            sc.mount(f"/dev/{name}", node, None, sc.MS_BIND)
-    for name, target in DEV_SYMLINKS:
-        os.symlink(target, os.path.join(dev, name))
-    pts = os.path.join(dev, "pts")
-    os.mkdir(pts, 0o755)
-    sc.mount(
-        "devpts",
-        pts,
-        "devpts",
-        sc.MS_NOSUID | sc.MS_NOEXEC,
-        "newinstance,ptmxmode=0666,mode=0620,gid=5",
-    )
-    shm = os.path.join(dev, "shm")
-    os.mkdir(shm, 0o1777)
-    sc.mount("shm", shm, "tmpfs", MS_DEFAULT, "mode=1777,size=65536k")
-    mqueue = os.path.join(dev, "mqueue")
-    os.mkdir(mqueue, 0o755)
-    sc.mount("mqueue", mqueue, "mqueue", MS_DEFAULT)
-
-
-def _prepare_destination(rootfs: str, m: dict[str, Any]) -> str:
-    """The host path of a mount's destination, created to match its source."""
-    target = mounts.secure_join(rootfs, m.get("destination") or "/")
-    flags, _, _ = mounts.parse_options(m.get("options") or [])
-    want_file = False
-    if m.get("type") == "bind" or flags & sc.MS_BIND:
-        source = m["source"]
-        if m.get("cwd"):
-            source = os.path.join(m["cwd"], source)
-        try:
-            want_file = not stat.S_ISDIR(os.stat(source).st_mode)
-        except OSError as exc:
-            raise InitError(f"bind source path {m['source']}: {exc.strerror}") from None
-    try:
-        if os.path.lexists(target):
-            return target
-        if want_file:
-            os.makedirs(os.path.dirname(target), 0o755, exist_ok=True)
-            fd = os.open(
-                target, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o755
-            )
-            os.close(fd)
-        else:
-            os.makedirs(target, 0o755, exist_ok=True)
-    except OSError as exc:
-        dest = m.get("destination")
-        raise InitError(f"cannot create mount destination {dest}: {exc.strerror}") from None
-    return target
-
-
-def _mount(m: dict[str, Any], target: str, rootfs: str) -> None:
-    """Perform one MountSpec onto ``target`` (a host path under ``rootfs``)."""
-    flags, propagation, data = mounts.parse_options(m.get("options") or [])
-    fstype = m.get("type") or "none"
-    source = m.get("source") or fstype
-    old_cwd = None
-    if m.get("cwd"):
-        # overlay2 passes lowerdir relative to its home so the data fits a page
-        old_cwd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        os.chdir(m["cwd"])
-    try:
-        if fstype == "bind" or flags & sc.MS_BIND:
-            _mount_checked(rootfs, target, source, None, sc.MS_BIND | (flags & sc.MS_REC))
-            extra = flags & mounts.BIND_REMOUNT_FLAGS
-            if extra:
-                # a bind mount ignores these flags until remounted
-                sc.mount(None, target, None, sc.MS_BIND | sc.MS_REMOUNT | extra)
-        else:
-            _mount_checked(rootfs, target, source, fstype, flags, data or None)
-        if propagation:
-            sc.mount(None, target, None, propagation)
-    except OSError as exc:
-        raise InitError(
-            f"cannot mount {m.get('source')} on {m.get('destination')} "
-            f"(type {fstype}, options {','.join(m.get('options') or [])}): {exc.strerror}"
-        ) from None
-    finally:
-        if old_cwd is not None:
-            os.fchdir(old_cwd)
-            os.close(old_cwd)
-
-
-def _mount_checked(
-    rootfs: str, target: str, source: str, fstype: str | None, flags: int, data: str | None = None
-) -> None:
-    """mount(2) onto ``target`` only if it really is under ``rootfs``.
-
-    The target is opened without following a final symlink and mounted on
-    through /proc/self/fd, so a symlink swapped in after ``secure_join``
-    cannot redirect the mount onto the host.
-    """
-    if target == rootfs:
-        sc.mount(source, target, fstype, flags, data)
-        return
-    fd = os.open(target, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        real = os.readlink(f"/proc/self/fd/{fd}")
-        if not mounts.within(rootfs, real):
-            raise InitError(f"mount destination {target} resolves outside the container: {real}")
-        sc.mount(source, f"/proc/self/fd/{fd}", fstype, flags, data)
-    finally:
-        os.close(fd)
-
-
-def _pivot_root(rootfs: str) -> None:
-    os.chdir(rootfs)
-    # pivot_root(".", ".") stacks the old root on top of the new one; detaching
-    # it leaves the new root alone, without needing a put_old directory
-    sc.pivot_root(".", ".")
-    sc.umount(".", sc.MNT_DETACH)
-    os.chdir("/")
-
-
-def _mask_path(path: str) -> None:
-    try:
-        is_dir = stat.S_ISDIR(os.stat(path).st_mode)
-    except (FileNotFoundError, NotADirectoryError):
-        return
-    try:
-        if is_dir:
-            sc.mount("tmpfs", path, "tmpfs", sc.MS_RDONLY)
-        else:
-            sc.mount("/dev/null", path, None, sc.MS_BIND)
-    except OSError as exc:
-        raise InitError(f"cannot mask {path}: {exc.strerror}") from None
-
-
-def _readonly_path(path: str) -> None:
-    try:
-        sc.mount(path, path, None, sc.MS_BIND | sc.MS_REC)
-    except (FileNotFoundError, NotADirectoryError):
-        return
-    except OSError as exc:
-        raise InitError(f"cannot make {path} read-only: {exc.strerror}") from None
-    keep = 0
-    f_flag = os.statvfs(path).f_flag
-    for st_flag, ms_flag in _ST_KEEP:
-        if f_flag & st_flag:
-            keep |= ms_flag
-    sc.mount(path, path, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | sc.MS_REC | keep)
 
 
 def _read(path: str) -> str | None:
@@ -665,21 +482,12 @@ def open_terminal(user: users.ExecUser, console: bool) -> tuple[int, int]:
         if user.uid != 0:
             os.fchown(slave, user.uid, -1)
         if console:
-            _bind_console(slave)
+            containerfs.bind_console(slave)
     except BaseException:
         os.close(slave)
         os.close(master)
         raise
     return master, slave
-
-
-def _bind_console(slave: int) -> None:
-    # runc's /dev/console; a missing one (a /dev bind-mounted from elsewhere,
-    # read-only) only costs programs that write to the console directly
-    console = "/dev/console"
-    with contextlib.suppress(OSError):
-        os.close(os.open(console, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
-        sc.mount(f"/proc/self/fd/{slave}", console, None, sc.MS_BIND)
 
 
 def _controlling_terminal() -> None:

@@ -127,6 +127,15 @@ class Init:
         return cls(pid, LineChannel(ours))
 
 
+def _make_undumpable() -> None:
+    """Non-dumpable until ``execve``: no ptrace attach and no ``/proc/<pid>``
+    access by processes without CAP_SYS_PTRACE, for us and our children."""
+    sc.prctl(PR_SET_DUMPABLE, 0)
+
+
+PR_SET_DUMPABLE = 4
+
+
 def _enter_pid_namespace(namespaces: dict[str, str | None]) -> None:
     # A pid namespace applies to children only, so it is chosen here, before
     # the fork; the shim itself stays in the host's namespaces.
@@ -162,6 +171,9 @@ def _become_shim(inherited: Iterable[socket.socket]) -> None:
         sock.close()
     set_comm(b"skiff-shim")
     os.setsid()
+    # a process that joins a pid namespace others live in (an exec, a
+    # container sharing another's) must not be open to them before execve
+    _make_undumpable()
     # the fork server ignores SIGCHLD (auto-reap) and handles SIGTERM; the
     # shim must reap its init and die on SIGTERM like any process
     for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -249,7 +261,15 @@ def serve(chan: LineChannel, init: Init | None) -> None:
         return
     if init is None:
         try:
+            if spec.get("exec"):
+                # in every namespace of the container before the fork (see
+                # containerinit.join_container); our own pid namespace stays
+                containerinit.join_container(namespaces)
+                namespaces = {}
             init = Init.spawn(namespaces, spec, chan.fds, close_in_child=[chan.sock])
+        except containerinit.InitError as exc:
+            chan.send({"error": str(exc), "exit_code": exc.exit_code})
+            return
         except OSError as exc:
             chan.send(
                 {"error": f"cannot create the container process: {exc.strerror}", "exit_code": 125}

@@ -307,7 +307,8 @@ def test_root_capabilities(runtime: ForkServerRuntime, image: Path, tmp_path: Pa
     assert status_field(r.out, "CapPrm") == DOCKER_DEFAULT_CAPS
     assert status_field(r.out, "CapBnd") == DOCKER_DEFAULT_CAPS
     assert status_field(r.out, "CapAmb") == "0000000000000000"
-    assert status_field(r.out, "NoNewPrivs") == "1"
+    # the spec's default, as Docker's: setuid programs keep working
+    assert status_field(r.out, "NoNewPrivs") == "0"
 
 
 def test_nobody_capabilities(runtime: ForkServerRuntime, image: Path, tmp_path: Path) -> None:
@@ -321,7 +322,7 @@ def test_nobody_capabilities(runtime: ForkServerRuntime, image: Path, tmp_path: 
     assert status_field(r.out, "Groups") == ""
 
 
-def test_cap_add_and_new_privileges_off(
+def test_cap_add_and_new_privileges_on(
     runtime: ForkServerRuntime, image: Path, tmp_path: Path
 ) -> None:
     caps = [*capabilities.DEFAULT_CAPABILITIES, "NET_ADMIN"]
@@ -331,12 +332,12 @@ def test_cap_add_and_new_privileges_off(
         tmp_path / "b",
         ["cat", "/proc/self/status"],
         capabilities=caps,
-        no_new_privileges=False,
+        no_new_privileges=True,
     )
     r = run(runtime, spec)
     want = f"{(0xA80425FB | 1 << 12) & ~1:016x}"
     assert status_field(r.out, "CapEff") == want
-    assert status_field(r.out, "NoNewPrivs") == "0"
+    assert status_field(r.out, "NoNewPrivs") == "1"
     # and the capability is real: NET_ADMIN may bring lo up
     spec = make_spec(image, tmp_path / "c", ["ip", "link", "set", "lo", "up"], capabilities=caps)
     assert run(runtime, spec).code == 0
