@@ -24,6 +24,7 @@ import trio
 
 from skiff.core.containers import lifecycle, names, restart
 from skiff.core.containers import mounts as container_mounts
+from skiff.core.containers import namespaces as container_namespaces
 from skiff.core.containers.config import (
     NAME_RE,
     InvalidConfig,
@@ -216,6 +217,14 @@ class ContainerManager:
                 # means "not set" here and -1 is the way to ask for no limit.
                 # Stored, so inspect shows the limit the container really has.
                 hc["PidsLimit"] = default_pids
+            container_namespaces.validate(cfg, hc)
+            pid_mode = hc.get("PidMode") or ""
+            if pid_mode.startswith("container:"):
+                try:
+                    self.get(pid_mode[10:])
+                except NotFound as exc:
+                    # 400, not 404: the CLI takes a 404 at create for a missing image
+                    raise InvalidParameter(f"{exc.message} (--pid {pid_mode})") from None
             if eng.cgroups is not None:
                 eng.cgroups.validate(hc)
             eng.plugins.hook.skiff_container_validate(
@@ -229,7 +238,8 @@ class ContainerManager:
         while name is None or name in self.by_name:
             name = names.generate()
         if not cfg["Hostname"]:
-            cfg["Hostname"] = socket.gethostname() if network_mode == "host" else cid[:12]
+            host_uts = network_mode == "host" or hc.get("UTSMode") == "host"
+            cfg["Hostname"] = socket.gethostname() if host_uts else cid[:12]
         path, args = command_line(cfg)
         root = os.path.join(self.root, cid)
         c = Container(
@@ -306,16 +316,12 @@ class ContainerManager:
         if eng.cgroups is not None:
             # the container's own groups, read-only, under /sys/fs/cgroup
             mounts.extend(eng.cgroups.mounts(c.id))
+        running_pid = container_namespaces.running_pid_of(self.get)
+        namespaces, ns_mounts = container_namespaces.for_start(c.host_config, running_pid)
+        mounts.extend(ns_mounts)
         mounts.extend(container_mounts.specs(eng, c))  # binds, volumes, tmpfs
-        namespaces: dict[str, str | None] = {"pid": None, "mount": None, "uts": None, "ipc": None}
-        if c.host_config.get("CgroupnsMode") != "host":
-            # private by default on v1 and v2 alike: /proc/self/cgroup shows "/"
-            namespaces["cgroup"] = None
         if c.network_mode.startswith("container:"):
-            other = self.get(c.network_mode.partition(":")[2])
-            if not other.state.Running:
-                raise Conflict(f"cannot join network of a non running container: {other.id}")
-            namespaces["net"] = f"/proc/{other.state.Pid}/ns/net"
+            namespaces["net"] = f"/proc/{running_pid(c.network_mode[10:], 'network')}/ns/net"
         elif eng.network_driver(c.network_mode).netns == "new":
             namespaces["net"] = None
         rlimits = [
@@ -463,9 +469,27 @@ class ContainerManager:
         c.ports = {}
         if eng.cgroups is not None:
             try:
+                if not container_namespaces.private_pid(c.host_config):
+                    # no pid namespace died with the main process to take
+                    # its children along: runc's rule, kill what is left
+                    await eng.to_thread(self._kill_leftovers, c)
                 await eng.to_thread(eng.cgroups.destroy, c.id)
             except Exception as exc:
                 log.warning("container.cgroup_destroy_failed", id=c.id, error=str(exc))
+
+    def _kill_leftovers(self, c: Container) -> None:
+        """SIGKILL every process still in ``c``'s groups, until none is left."""
+        cgroups = self.engine.cgroups
+        assert cgroups is not None
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            pids = cgroups.pids(c.id)
+            if not pids:
+                return
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.01)
 
     # -- networks ------------------------------------------------------------
 
