@@ -469,6 +469,38 @@ def test_symlinked_destination_stays_inside(runtime: ForkServerRuntime, tmp_path
     assert sorted(p.name for p in inside.iterdir()) == ["sub", "sub2"]
 
 
+@pytest.mark.parametrize("dest", ["/dev", "/proc", "/sys", "/proc/sys", "/viaproc/sys",
+                                  "/viadev"])
+def test_runtime_refuses_mounts_onto_system_paths(
+    runtime: ForkServerRuntime, tmp_path: Path, dest: str
+) -> None:
+    """The runtime's own check (the daemon refuses these at create already), made
+    on what the destination resolves to: a planted ``/dev/null`` symlink in a
+    directory mounted over /dev would redirect the masks (CVE-2025-31133)."""
+    rootfs = make_busybox_rootfs(tmp_path / "rootfs")
+    (rootfs / "viaproc").symlink_to("/proc")
+    (rootfs / "viadev").symlink_to("../dev")
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    (evil / "null").symlink_to("/proc/sys/kernel/core_pattern")
+    spec = make_spec(rootfs, tmp_path / "b", ["cat", "/proc/timer_list"],
+                     mounts=[MountSpec("bind", str(evil), dest, ["rbind"])])
+    err = start_error(runtime, spec)
+    assert f"cannot mount on {dest}" in str(err)
+
+
+def test_masks_come_from_the_null_device(
+    runtime: ForkServerRuntime, image: Path, tmp_path: Path
+) -> None:
+    spec = make_spec(image, tmp_path / "b",
+                     ["sh", "-c", "stat -c '%F %t:%T' /proc/keys; ls /proc/fs | wc -l; "
+                      "touch /proc/fs/x 2>/dev/null || echo ro"],
+                     masked_paths=["/proc/keys", "/proc/fs", "/proc/does-not-exist"])
+    r = run(runtime, spec)
+    # a file: the null device; a directory: an empty read-only tmpfs
+    assert r.out.splitlines() == ["character special file 1:3", "0", "ro"], r.stderr
+
+
 def test_readonly_rootfs(runtime: ForkServerRuntime, image: Path, tmp_path: Path) -> None:
     script = "touch /newfile; echo rc=$?; touch /tmp/x; echo rc=$?"
     spec = make_spec(
