@@ -455,6 +455,13 @@ class ContainerSpec:
     #: devices the container may *open* is the cgroup driver's business (its
     #: device filter); these only make the nodes exist.
     devices: list[DeviceNode] = field(default_factory=list)
+    #: Host paths of the ``cgroup.procs`` files of the container's groups
+    #: (``CgroupDriver.procs_files``).  The runtime makes the process a member
+    #: of them first, before it reads or mounts anything of the container, so
+    #: that all its set-up work (reading an image's ``/etc/passwd``, which may
+    #: be hostile) counts against the container's limits.  The daemon still
+    #: calls ``CgroupDriver.add_process`` before ``go``.
+    cgroup_procs: list[str] = field(default_factory=list)
     rlimits: list[tuple[str, int, int]] = field(default_factory=list)  #: (name, soft, hard)
     #: With ``tty`` the runtime allocates a pseudo-terminal *inside* the
     #: container (from the container's own ``/dev/pts`` instance, as runc
@@ -531,6 +538,9 @@ class ExecSpec:
     #: the container's seccomp filter (``ContainerSpec.seccomp``); an exec runs
     #: under the same filter as the container's own process
     seccomp: dict[str, Any] | None = None
+    #: as ``ContainerSpec.cgroup_procs``: the process joins the container's
+    #: groups before it reads anything of the container
+    cgroup_procs: list[str] = field(default_factory=list)
     #: as ``ContainerSpec.tty``: the runtime allocates a pseudo-terminal in
     #: the container's ``/dev/pts`` and makes its slave the process's stdio
     #: and controlling terminal; the ``Stdio`` given to ``exec`` is ignored
@@ -684,6 +694,16 @@ class CgroupDriver(Protocol):
 
     def add_process(self, container_id: str, pid: int) -> None:
         """Move ``pid`` into the container's groups (before exec)."""
+        ...
+
+    def procs_files(self, container_id: str) -> list[str]:
+        """Host paths of the ``cgroup.procs`` files of the container's groups
+        (one per hierarchy), for ``ContainerSpec.cgroup_procs``.
+
+        Optional: without it the daemon's ``add_process`` between prepare and
+        go is the only way into the groups, and the runtime's set-up work is
+        not counted against the container's limits.
+        """
         ...
 
     def update(self, container_id: str, resources: Mapping[str, Any]) -> None:

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 import trio
 
+from skiff.core.containers.resources import cgroup_procs
 from skiff.core.containers.streams import (
     DEFAULT_DETACH_KEYS,
     READ_SIZE,
@@ -246,6 +247,8 @@ class ExecManager:
             no_new_privileges=base.no_new_privileges if base is not None else True,
             rlimits=list(base.rlimits) if base is not None else [],
             seccomp=base.seccomp if base is not None else None,
+            cgroup_procs=(cgroup_procs(self.engine.cgroups, c.id)
+                          if self.engine.cgroups is not None else []),
             tty=ex.tty,
         )
 

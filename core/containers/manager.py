@@ -34,6 +34,7 @@ from skiff.core.containers.config import (
     parse_signal,
 )
 from skiff.core.containers.model import Container, State, now_rfc3339
+from skiff.core.containers.resources import cgroup_procs
 from skiff.core.containers.streams import OutputHub, feed_stdin, open_stdio, pump, take_terminal
 from skiff.core.errors import Conflict, InvalidParameter, NotFound, NotModified
 from skiff.core.hookspecs import (
@@ -393,6 +394,7 @@ class ContainerManager:
                 await eng.to_thread(eng.cgroups.create, c.id, c.host_config)
             except ValueError as exc:  # a limit this host cannot apply: the client's
                 raise InvalidParameter(str(exc)) from exc
+            spec.cgroup_procs = cgroup_procs(eng.cgroups, c.id)
         log_driver = None
         pipes: list[int] = []
         try:

@@ -154,3 +154,10 @@ def merge_update(hc: Mapping[str, Any], body: Mapping[str, Any]) -> dict[str, An
         except ValueError as exc:
             raise InvalidParameter(str(exc)) from exc
     return out
+
+
+def cgroup_procs(cgroups: Any, container_id: str) -> list[str]:
+    """``ContainerSpec.cgroup_procs`` from a cgroup driver that can tell them
+    (``procs_files`` is optional in the contract)."""
+    files = getattr(cgroups, "procs_files", None)
+    return list(files(container_id)) if files is not None else []

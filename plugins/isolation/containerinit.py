@@ -113,19 +113,25 @@ def run(spec: dict[str, Any], stdio: list[int], chan: LineChannel, preset: int =
     ``preset`` holds the clone flags of namespaces a spare init already made.
     """
     set_comm(b"skiff-init")
-    _serve(build, (spec, preset), stdio, chan)
+    _serve(build, (spec, preset), stdio, chan, spec.get("cgroup_procs") or [])
 
 
-def run_exec(spec: dict[str, Any], stdio: list[int], chan: LineChannel) -> NoReturn:
-    """The child of an exec shim: join the container, report, wait for go, exec."""
+def run_exec(spec: dict[str, Any], stdio: list[int], chan: LineChannel,
+             cgroups: list[int]) -> NoReturn:
+    """The child of an exec shim, born inside the container's namespaces:
+    report, wait for go, exec.  ``cgroups`` are descriptors of the
+    container's ``cgroup.procs`` files the shim opened while it could."""
     set_comm(b"skiff-exec")
-    _serve(build_exec, (spec,), stdio, chan)
+    _serve(build_exec, (spec,), stdio, chan, cgroups)
 
 
-def _serve(prepare: Any, args: tuple[Any, ...], stdio: list[int], chan: LineChannel) -> NoReturn:
+def _serve(prepare: Any, args: tuple[Any, ...], stdio: list[int], chan: LineChannel,
+           cgroups: list[str] | list[int]) -> NoReturn:
     """The shim conversation shared by a container's init and an exec'd process."""
     code = 125
     try:
+        # first: whatever we do from here on counts against the container
+        join_cgroups(cgroups)
         stdio = _adopt_stdio(stdio, chan.fileno())
         prepared = prepare(*args)
         if prepared.master >= 0:
@@ -150,6 +156,24 @@ def _serve(prepare: Any, args: tuple[Any, ...], stdio: list[int], chan: LineChan
         _report(chan, f"container init failed: {exc}", code)
     finally:
         os._exit(code)
+
+
+def join_cgroups(targets: list[str] | list[int]) -> None:
+    """Become a member of the container's groups: ``cgroup.procs`` files given
+    by host path or as descriptors (which are closed); "0" means the writer."""
+    for target in targets:
+        try:
+            fd = target if isinstance(target, int) else os.open(target,
+                                                                 os.O_WRONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise InitError(f"cannot join the container's cgroup {target}: {exc.strerror}"
+                            ) from None
+        try:
+            os.write(fd, b"0")
+        except OSError as exc:
+            raise InitError(f"cannot join the container's cgroup: {exc.strerror}") from None
+        finally:
+            os.close(fd)
 
 
 def _adopt_stdio(stdio: list[int], keep: int) -> list[int]:
@@ -278,7 +302,8 @@ def _prepare_process(spec: dict[str, Any], cap_mask: int, last_cap: int,
     container's root.  A container's working directory is made when missing
     (Docker's rule); an exec's must exist (126 otherwise, as runc says)."""
     try:
-        user = users.resolve_user(spec.get("user") or "", _read("/etc/passwd"), _read("/etc/group"))
+        user = users.resolve_user(spec.get("user") or "", read_account_file("/etc/passwd"),
+                                  read_account_file("/etc/group"))
     except users.UserError as exc:
         raise InitError(str(exc)) from None
     env = _environment(spec.get("env") or [], user)
@@ -424,21 +449,47 @@ def _enter_namespaces(namespaces: dict[str, str | None], preset: int) -> None:
     sc.unshare(flags & ~preset)
 
 
-def _read(path: str) -> str | None:
-    # os-level reads: a text-mode open() costs more than the file is long
+#: the largest /etc/passwd or /etc/group read; an image's file beyond it is refused
+MAX_ACCOUNT_FILE = 4 << 20
+
+
+def read_account_file(path: str) -> str | None:
+    """An image's ``/etc/passwd`` or ``/etc/group`` (None when absent), read as
+    the untrusted input it is: only a regular file (a link to ``/dev/zero``
+    or a FIFO is refused at once, without blocking), no magic links, and no
+    more than ``MAX_ACCOUNT_FILE`` bytes.  Called inside the container's root
+    and cgroups."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
+        fd = sc.openat2(AT_FDCWD, path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY, 0,
+                        sc.RESOLVE_NO_MAGICLINKS)
+    except (FileNotFoundError, NotADirectoryError):
         return None
+    except OSError as exc:
+        raise InitError(f"cannot read {path}: {exc.strerror}") from None
     try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise InitError(f"{path} is not a regular file; refusing to read it")
+        if st.st_size > MAX_ACCOUNT_FILE:
+            raise InitError(f"{path} is larger than {MAX_ACCOUNT_FILE >> 20} MiB; "
+                            "refusing to read it")
+        # os-level reads: a text-mode open() costs more than the file is long
         chunks = []
-        while chunk := os.read(fd, 65536):
+        left = MAX_ACCOUNT_FILE + 1
+        while left > 0 and (chunk := os.read(fd, min(65536, left))):
             chunks.append(chunk)
+            left -= len(chunk)
+        if left <= 0:
+            raise InitError(f"{path} is larger than {MAX_ACCOUNT_FILE >> 20} MiB; "
+                            "refusing to read it")
         return b"".join(chunks).decode("utf-8", "replace")
-    except OSError:
-        return None
+    except OSError as exc:
+        raise InitError(f"cannot read {path}: {exc.strerror}") from None
     finally:
         os.close(fd)
+
+
+AT_FDCWD = -100
 
 
 def _environment(env: list[str], user: users.ExecUser) -> dict[str, str]:

@@ -108,6 +108,7 @@ class Init:
         spec: dict[str, Any] | None,
         stdio: list[int],
         close_in_child: Iterable[socket.socket] = (),
+        cgroups: list[int] | None = None,
     ) -> Init:
         """Fork the init: with a spec it builds that container at once; without
         one it is a spare that makes its namespaces and waits for a spec."""
@@ -121,7 +122,7 @@ class Init:
             if spec is None:
                 containerinit.run_spare(LineChannel(theirs))
             if spec.get("exec"):
-                containerinit.run_exec(spec, stdio, LineChannel(theirs))
+                containerinit.run_exec(spec, stdio, LineChannel(theirs), cgroups or [])
             containerinit.run(spec, stdio, LineChannel(theirs))
         theirs.close()
         return cls(pid, LineChannel(ours))
@@ -261,12 +262,21 @@ def serve(chan: LineChannel, init: Init | None) -> None:
         return
     if init is None:
         try:
-            if spec.get("exec"):
-                # in every namespace of the container before the fork (see
-                # containerinit.join_container); our own pid namespace stays
-                containerinit.join_container(namespaces)
-                namespaces = {}
-            init = Init.spawn(namespaces, spec, chan.fds, close_in_child=[chan.sock])
+            cgroups: list[int] = []
+            try:
+                if spec.get("exec"):
+                    # the container's groups are host paths: opened while we see them
+                    for path in spec.get("cgroup_procs") or []:
+                        cgroups.append(os.open(path, os.O_WRONLY | os.O_CLOEXEC))
+                    # in every namespace of the container before the fork (see
+                    # containerinit.join_container); our own pid namespace stays
+                    containerinit.join_container(namespaces)
+                    namespaces = {}
+                init = Init.spawn(namespaces, spec, chan.fds, close_in_child=[chan.sock],
+                                  cgroups=cgroups)
+            finally:
+                for fd in cgroups:
+                    os.close(fd)
         except containerinit.InitError as exc:
             chan.send({"error": str(exc), "exit_code": exc.exit_code})
             return

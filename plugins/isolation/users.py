@@ -63,6 +63,16 @@ def _int(text: str) -> int | None:
         return None
 
 
+#: an id field that is not a number in 0..MAX_ID: never read as 0 (root),
+#: as runc's parser does; selecting such an entry is an error
+INVALID_ID = -1
+
+
+def _id(text: str) -> int:
+    value = _int(text)
+    return value if value is not None and 0 <= value <= MAX_ID else INVALID_ID
+
+
 def parse_passwd(text: str) -> list[PasswdEntry]:
     entries = []
     for line in text.splitlines():
@@ -71,8 +81,7 @@ def parse_passwd(text: str) -> list[PasswdEntry]:
             continue
         fields = line.split(":")
         fields += [""] * (7 - len(fields))
-        uid, gid = _int(fields[2]), _int(fields[3])
-        entries.append(PasswdEntry(fields[0], uid or 0, gid or 0, fields[5]))
+        entries.append(PasswdEntry(fields[0], _id(fields[2]), _id(fields[3]), fields[5]))
     return entries
 
 
@@ -85,8 +94,17 @@ def parse_group(text: str) -> list[GroupEntry]:
         fields = line.split(":")
         fields += [""] * (4 - len(fields))
         members = [m for m in fields[3].split(",") if m]
-        entries.append(GroupEntry(fields[0], _int(fields[2]) or 0, members))
+        entries.append(GroupEntry(fields[0], _id(fields[2]), members))
     return entries
+
+
+def _valid(entry: PasswdEntry | GroupEntry, *ids: int) -> None:
+    if INVALID_ID in ids:
+        kind = "passwd" if isinstance(entry, PasswdEntry) else "group"
+        raise UserError(
+            f"invalid {kind} entry for {entry.name!r}: its ids must be numbers in "
+            f"0-{MAX_ID}; fix the image's /etc/{kind}"
+        )
 
 
 def _check_range(value: int) -> None:
@@ -108,10 +126,12 @@ def resolve_user(spec: str, passwd: str | None, group: str | None) -> ExecUser:
     elif uid_arg is None:
         matches = [u for u in users if u.name == user_arg]
     else:
+        _check_range(uid_arg)
         matches = [u for u in users if u.uid == uid_arg]
     if matches:
         # first match wins, as in runc
         found = matches[0]
+        _valid(found, found.uid, found.gid)
         result.uid, result.gid, result.home, result.name = (
             found.uid,
             found.gid,
@@ -130,7 +150,10 @@ def resolve_user(spec: str, passwd: str | None, group: str | None) -> ExecUser:
             named = [g for g in groups if g.name == group_arg]
         else:
             named = [g for g in groups if g.gid == gid_arg]
+        if gid_arg is not None:
+            _check_range(gid_arg)
         if named:
+            _valid(named[0], named[0].gid)
             result.gid = named[0].gid
         elif gid_arg is None:
             raise UserError(f"unable to find group {group_arg}: no matching entries in group file")
@@ -138,5 +161,7 @@ def resolve_user(spec: str, passwd: str | None, group: str | None) -> ExecUser:
             _check_range(gid_arg)
             result.gid = gid_arg
     elif result.name:
-        result.sgids = [g.gid for g in groups if result.name in g.members]
+        # a group with a broken id grants nothing (fewer groups is the safe side)
+        result.sgids = [g.gid for g in groups
+                        if result.name in g.members and g.gid != INVALID_ID]
     return result

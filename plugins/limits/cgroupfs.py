@@ -503,8 +503,11 @@ class CgroupfsV1:
         self._apply(container_id, resources, fresh=False)
 
     def add_process(self, container_id: str, pid: int) -> None:
-        for path in self.paths(container_id).values():
-            _write(os.path.join(path, "cgroup.procs"), pid)
+        for path in self.procs_files(container_id):
+            _write(path, pid)
+
+    def procs_files(self, container_id: str) -> list[str]:
+        return [os.path.join(path, "cgroup.procs") for path in self.paths(container_id).values()]
 
     def destroy(self, container_id: str) -> None:
         deadline = time.monotonic() + RMDIR_TIMEOUT
@@ -844,6 +847,9 @@ class CgroupfsV2:
 
     def add_process(self, container_id: str, pid: int) -> None:
         _write(os.path.join(self.path(container_id), "cgroup.procs"), pid)
+
+    def procs_files(self, container_id: str) -> list[str]:
+        return [os.path.join(self.path(container_id), "cgroup.procs")]
 
     def destroy(self, container_id: str) -> None:
         path = self.path(container_id)

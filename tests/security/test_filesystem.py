@@ -14,12 +14,13 @@ from __future__ import annotations
 import os
 import secrets
 import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
 
 from tests.daemon import Daemon
-from tests.security.conftest import ImageMaker, symlink, unique
+from tests.security.conftest import ImageMaker, regular, symlink, unique
 
 CORE_PATTERN = "/proc/sys/kernel/core_pattern"
 
@@ -183,3 +184,54 @@ def test_other_containers_files_are_not_reachable(skiffd: Daemon) -> None:
         assert _out(res).strip() == secret, _err(res)
     finally:
         skiffd.docker("rm", "-f", cid)
+
+
+# -- the image's account files ------------------------------------------------------
+
+
+def _rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.parametrize("planted", ["symlink", "fifo"])
+def test_passwd_that_never_ends_fails_fast(skiffd: Daemon, hostile_image: ImageMaker,
+                                           planted: str) -> None:
+    """Denial of service through the image's /etc/passwd: a link to /dev/zero
+    (endless) or a FIFO (blocks for ever) read while resolving ``-u nobody``
+    would exhaust the reader's memory or hang the start.  Only a bounded
+    regular file is read; the start fails at once and the daemon's memory
+    stays flat."""
+    if planted == "symlink":
+        entry = symlink("etc/passwd", "/dev/zero")
+    else:
+        info = tarfile.TarInfo("etc/passwd")
+        info.type = tarfile.FIFOTYPE
+        info.mode = 0o644
+        entry = (info, None)
+    image = hostile_image([entry])
+    assert skiffd.proc is not None
+    before = _rss_kb(skiffd.proc.pid)
+    res = _run(skiffd, "-m", "32m", "-u", "nobody", image, "true")
+    assert res.returncode != 0
+    assert "/etc/passwd is not a regular file" in _err(res), _err(res)
+    assert _rss_kb(skiffd.proc.pid) - before < 16 * 1024
+    # the daemon goes on serving
+    assert _run(skiffd, "busybox", "true").returncode == 0
+
+
+def test_broken_ids_in_passwd_never_mean_root(skiffd: Daemon,
+                                              hostile_image: ImageMaker) -> None:
+    """A passwd entry with a non-numeric or negative uid: runc's parser reads
+    it as 0, so ``-u svc`` would run as root; skiff refuses the entry."""
+    passwd = (b"root:x:0:0:root:/root:/bin/sh\nsvc:x:svc:svc::/:/bin/sh\n"
+              b"neg:x:-1:-1::/:/bin/sh\nnobody:x:65534:65534::/:/bin/sh\n")
+    image = hostile_image([regular("etc/passwd", passwd)])
+    for user in ("svc", "neg"):
+        res = _run(skiffd, "-u", user, image, "id", "-u")
+        assert res.returncode != 0, _out(res)
+        assert f"invalid passwd entry for '{user}'" in _err(res), _err(res)
+    assert _out(_run(skiffd, "-u", "nobody", image, "id", "-u")).strip() == "65534"
