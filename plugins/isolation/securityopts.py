@@ -70,13 +70,14 @@ def parse(values: Sequence[str] | None) -> SecurityOpts:
         elif key == "seccomp":
             if not value:
                 raise SecurityOptError(
-                    f"invalid --security-opt {opt!r}: seccomp takes 'unconfined' or a profile"
+                    f"invalid --security-opt {opt!r}: seccomp takes unconfined or a profile"
                 )
             out.seccomp = value
         elif key == "systempaths":
             if value != "unconfined":
                 raise SecurityOptError(
-                    f"invalid --security-opt {opt!r}: systempaths takes only 'unconfined'"
+                    f"invalid --security-opt {opt!r}: "
+                    "the only value systempaths takes is unconfined"
                 )
             out.unconfined_paths = True
         elif key == "apparmor":

@@ -1135,7 +1135,7 @@ def test_spec_hook_adjustments() -> None:
         skiff_container_validate({"SecurityOpt": ["no-new-privileges:maybe"]})
     for refused, why in (("apparmor=unconfined", "AppArmor"), ("label=disable", "SELinux"),
                          ("garbage", "key=value"), ("bogus=1", "unknown option 'bogus'"),
-                         ("systempaths=confined", "only 'unconfined'")):
+                         ("systempaths=confined", "only value systempaths takes")):
         with pytest.raises(ValueError, match=why):
             skiff_container_validate({"SecurityOpt": [refused]})
 
