@@ -34,7 +34,7 @@ import stat
 import termios
 
 from skiff.core import syscalls as sc
-from skiff.plugins.isolation import capabilities, mounts, users
+from skiff.plugins.isolation import capabilities, devices, mounts, users
 from skiff.plugins.isolation.channel import LineChannel, set_comm
 
 # typing and dataclasses stay out of the fork server (see users.py)
@@ -437,6 +437,7 @@ def _mount_rootfs(rootfs: str, spec: dict[str, Any]) -> None:
     sys_ro = sc.MS_RDONLY if spec.get("readonly_sysfs", True) else 0
     _mount_checked(rootfs, sys_dir, "sysfs", "sysfs", MS_DEFAULT | sys_ro)
     _setup_dev(rootfs)
+    devices.make_nodes(rootfs, spec.get("devices"))  # --device, --privileged
 
     for m in spec.get("mounts") or []:
         target = _prepare_destination(rootfs, m)
