@@ -756,6 +756,8 @@ class CgroupfsV2:
         self.parent = _check_name("cgroup-parent", parent)
         self.root = root
         self._lock = threading.Lock()
+        #: device programs loaded once, attached to every group that needs them
+        self._programs = device_filter.Programs()
 
     def path(self, container_id: str) -> str:
         """The container's group."""
@@ -798,7 +800,8 @@ class CgroupfsV2:
                 self._apply(path, resources, fresh=made)
                 # before any process can join: the filter is there from the first exec
                 device_filter.install(
-                    path, device_filter.program_for(device_rules.container_rules(resources)))
+                    path, device_filter.program_for(device_rules.container_rules(resources)),
+                    self._programs)
             except BaseException:
                 if made:
                     with contextlib.suppress(OSError):

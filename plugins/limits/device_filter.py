@@ -32,10 +32,13 @@ group exists: the group's rmdir detaches and frees it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import struct
-from collections.abc import Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
 
 from skiff.plugins.limits import device_rules
 from skiff.plugins.limits._bpf import ffi, lib  # type: ignore[import-not-found]
@@ -180,12 +183,55 @@ def _open_group(group: str) -> int:
     return os.open(group, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
 
-def install(group: str, program: bytes | None) -> int | None:
+class Programs:
+    """Loaded programs, kept by their bytes so that each is loaded once.
+
+    Nearly every container has Docker's default list, hence the same
+    program: loading it (the verifier, the JIT) is most of the filter's cost
+    on the start path, and one loaded program can be attached to any number
+    of groups.  Closing a descriptor here never detaches anything: each
+    attachment holds its own reference.  Thread-safe (driver methods run in
+    worker threads).
+    """
+
+    def __init__(self, limit: int = 16) -> None:
+        self.limit = limit
+        self._loaded: OrderedDict[bytes, tuple[int, int]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def loaded(self, program: bytes) -> Iterator[tuple[int, int]]:
+        """``(descriptor, id)`` of ``program``, valid inside the ``with``."""
+        with self._lock:
+            entry = self._loaded.get(program)
+            if entry is None:
+                fd = load(program)
+                try:
+                    entry = (fd, prog_id(fd))
+                except BaseException:
+                    os.close(fd)
+                    raise
+                self._loaded[program] = entry
+                while len(self._loaded) > self.limit:
+                    os.close(self._loaded.popitem(last=False)[1][0])
+            else:
+                self._loaded.move_to_end(program)
+            yield entry
+
+    def close(self) -> None:
+        with self._lock:
+            while self._loaded:
+                os.close(self._loaded.popitem()[1][0])
+
+
+def install(group: str, program: bytes | None, programs: Programs | None = None) -> int | None:
     """Make ``program`` the group's only device filter; its id.
 
     The new program is attached before the old ones are detached, so there
-    is no moment without a filter.  ``None`` detaches every device program
-    (the group then only has its ancestors' filters).  Any failure raises
+    is no moment without a filter; a group that has it already keeps it.
+    ``None`` detaches every device program (the group then only has its
+    ancestors' filters).  ``programs`` reuses loaded programs (else the
+    program is loaded for this call).  Any failure raises
     ``DeviceFilterError`` naming the group.
     """
     try:
@@ -201,20 +247,14 @@ def install(group: str, program: bytes | None) -> int | None:
                 exc.errno, f"cannot list the device programs of cgroup {group}: {exc}") from None
         new_id = None
         if program is not None:
-            prog_fd = load(program)
+            cache = programs if programs is not None else Programs()
             try:
-                if lib.skiff_bpf_prog_attach(group_fd, prog_fd, BPF_CGROUP_DEVICE,
-                                             BPF_F_ALLOW_MULTI) != 0:
-                    err = ffi.errno
-                    hint = (" (an ancestor group holds a device program attached without "
-                            "BPF_F_ALLOW_MULTI, which forbids programs below it)"
-                            if err == errno.EPERM else "")
-                    raise DeviceFilterError(
-                        err, f"cannot attach the device filter to cgroup {group}: "
-                        f"bpf BPF_PROG_ATTACH: {os.strerror(err)}{hint}")
-                new_id = prog_id(prog_fd)
+                with cache.loaded(program) as (prog_fd, new_id):
+                    if new_id not in old:
+                        _attach(group, group_fd, prog_fd)
             finally:
-                os.close(prog_fd)
+                if programs is None:
+                    cache.close()
         try:
             _detach(group_fd, [i for i in old if i != new_id])
         except OSError as exc:
@@ -224,6 +264,17 @@ def install(group: str, program: bytes | None) -> int | None:
         return new_id
     finally:
         os.close(group_fd)
+
+
+def _attach(group: str, group_fd: int, prog_fd: int) -> None:
+    if lib.skiff_bpf_prog_attach(group_fd, prog_fd, BPF_CGROUP_DEVICE, BPF_F_ALLOW_MULTI) == 0:
+        return
+    err = ffi.errno
+    hint = (" (an ancestor group holds a device program attached without "
+            "BPF_F_ALLOW_MULTI, which forbids programs below it)" if err == errno.EPERM else "")
+    raise DeviceFilterError(
+        err, f"cannot attach the device filter to cgroup {group}: "
+        f"bpf BPF_PROG_ATTACH: {os.strerror(err)}{hint}")
 
 
 def installed(group: str) -> list[int]:

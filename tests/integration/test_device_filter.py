@@ -269,3 +269,24 @@ def test_driver_refuses_without_attach(prober: Prober) -> None:
         drv.create(secrets.token_hex(32), {})
     assert os.listdir(top).count("keep") == 1
     assert [e for e in os.listdir(top) if os.path.isdir(os.path.join(top, e))] == ["keep"]
+
+
+def test_one_loaded_program_serves_many_groups(prober: Prober) -> None:
+    """The driver loads Docker's default program once: two groups get the same
+    program, installing it again on a group keeps it, and the group still
+    filters after the cache let go of its descriptor."""
+    root = v2_root()
+    if root is None:
+        pytest.skip("no cgroup2 mount")
+    programs = device_filter.Programs(limit=1)
+    default = device_filter.program_for(dr.container_rules({}))
+    a, b = prober.group(root), prober.group(root)
+    first = device_filter.install(a, default, programs)
+    assert device_filter.install(b, default, programs) == first
+    assert device_filter.install(a, default, programs) == first
+    assert device_filter.installed(a) == device_filter.installed(b) == [first]
+    other = device_filter.program_for(dr.container_rules({"DeviceCgroupRules": ["c 4000:1 r"]}))
+    device_filter.install(b, other, programs)  # evicts (closes) the default's descriptor
+    programs.close()
+    got = prober.run(a)
+    assert not got[("b", 4000, 1, READ)] and got[("c", 1, 3, READ)]
