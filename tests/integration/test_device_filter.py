@@ -132,9 +132,16 @@ class Prober:
         return verdicts
 
     def cleanup(self) -> None:
+        """Remove the groups, and any group a failed test left inside them."""
+        def remove(path: str) -> None:
+            for entry in os.scandir(path):
+                if entry.is_dir(follow_symlinks=False):
+                    remove(entry.path)
+            os.rmdir(path)
+
         for path in reversed(self.groups):
             if os.path.isdir(path):
-                os.rmdir(path)
+                remove(path)
 
 
 @pytest.fixture

@@ -413,6 +413,8 @@ def test_runtime_refused_when_the_filter_cannot_be_attached() -> None:
         assert len(device_filter.installed(drv.path(cid))) == 1
         drv.destroy(cid)
     finally:
-        for path in (keep, top):
-            if os.path.isdir(path):
-                os.rmdir(path)
+        if os.path.isdir(top):
+            for entry in os.scandir(top):
+                if entry.is_dir(follow_symlinks=False):
+                    os.rmdir(entry.path)
+            os.rmdir(top)
