@@ -85,5 +85,7 @@ setup(
     package_dir=package_dir,
     package_data={INIT_PACKAGE: ["skiff-init.c"]},
     cmdclass={"build_py": BuildPyWithInit},
-    cffi_modules=["core/syscalls_build.py:ffibuilder"],
+    # skiff.core._syscalls (the start path's system calls) and
+    # skiff.plugins.limits._bpf (bpf(2) for the cgroup v2 device filter)
+    cffi_modules=["core/syscalls_build.py:ffibuilder", "plugins/limits/_bpf_build.py:ffibuilder"],
 )

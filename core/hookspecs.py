@@ -689,6 +689,14 @@ class CgroupDriver(Protocol):
 
         ``resources`` holds HostConfig's resource fields (Memory, CpuShares,
         PidsLimit, ...), Docker's names and units.
+
+        The driver also confines devices: which device nodes the container
+        may open (and mknod) follows Docker's allow-list plus ``Devices``
+        and ``DeviceCgroupRules``, or everything with ``Privileged``.  It
+        must be in force before ``add_process``; if it cannot be (no devices
+        controller, a device program the kernel will not attach), raise and
+        leave no group: the container must not start unconfined.  ``update``
+        never changes it.
         """
         ...
 

@@ -6,6 +6,7 @@ so callers handle failures the same way for every system call.
 
 from __future__ import annotations
 
+import errno
 import os
 
 from skiff.core._syscalls import ffi, lib  # type: ignore[import-not-found]
@@ -136,10 +137,19 @@ def openat2(dir_fd: int, path: str | bytes, flags: int, mode: int = 0, resolve: 
     lookup: absolute symlinks and ``..`` cannot leave it.  ``O_CLOEXEC`` is
     always added.
     """
-    fd = lib.skiff_openat2(dir_fd, _c(path), flags | os.O_CLOEXEC, mode, resolve)
+    cpath = _c(path)
+    for _ in range(_OPENAT2_TRIES):
+        fd = lib.skiff_openat2(dir_fd, cpath, flags | os.O_CLOEXEC, mode, resolve)
+        # EAGAIN: a ".." under RESOLVE_IN_ROOT/BENEATH raced with a rename or a
+        # mount somewhere on the system; the kernel asks the caller to retry
+        if fd >= 0 or ffi.errno != errno.EAGAIN:
+            break
     if fd < 0:
         _check(-1, "openat2", os.fsdecode(path))
     return fd
+
+
+_OPENAT2_TRIES = 128
 
 
 def open_tree(dir_fd: int, path: str, flags: int) -> int:

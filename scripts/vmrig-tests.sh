@@ -18,6 +18,9 @@ SELECTIONS=(
     "tests/integration/test_cgroupfs.py tests/integration/test_limits_runtime.py"
     # cgroup v2 io.max / io.weight: per-device I/O limits on a loop device; ~1 min
     "tests/integration/test_blkio.py tests/unit/test_blkio_plan.py"
+    # cgroup v2 device filter (eBPF): the kernel's verdicts, and the mknod+open
+    # attack on a host disk under the v2 driver; ~2 min
+    "tests/integration/test_device_filter.py tests/security/test_devices.py -k 'runtime or device_filter'"
 )
 if [ ${#SELECTIONS[@]} -eq 0 ]; then
     echo "vmrig-tests: nothing to run"

@@ -197,6 +197,8 @@ def build(rootfs: str, spec: dict[str, Any]) -> ContainerRoot:
         sys_ro = sc.MS_RDONLY if spec.get("readonly_sysfs", True) else 0
         os.close(_mount_special(root, "/sys", "sysfs", "sysfs", MS_DEFAULT | sys_ro))
         _setup_dev(root)
+        # before the mounts: a volume over a node's path hides the node
+        make_device_nodes(root, spec.get("devices") or [])
         for m in spec.get("mounts") or []:
             mount_in(root, m)
         if spec.get("readonly_rootfs"):
@@ -251,6 +253,51 @@ def _setup_dev(root: ContainerRoot) -> None:
         root.null = verified_null(dev)
     finally:
         os.close(dev)
+
+
+_NODE_TYPES = {"c": stat.S_IFCHR, "b": stat.S_IFBLK, "p": stat.S_IFIFO}
+
+
+def make_device_nodes(root: ContainerRoot, devices: list[dict[str, Any]]) -> None:
+    """Make the nodes of ``ContainerSpec.devices`` (``--device``, ``--privileged``).
+
+    Each with the host node's type, numbers, mode and owner, as runc does,
+    in a parent directory reached (and made) inside the root; a path that
+    exists already is left alone (runc's rule: the standard nodes and
+    ``/dev/ptmx`` win over a privileged container's copies of the host's).
+    Which devices the container may *open* is the cgroup driver's business.
+    """
+    old_umask = os.umask(0)  # the node gets the host node's mode exactly
+    try:
+        for device in devices:
+            path = device["path"]
+            parent, _, name = os.path.normpath("/" + path).rpartition("/")
+            mode = _NODE_TYPES.get(device["type"])
+            if mode is None or not name or ".." in path.split("/"):
+                raise FsError(f"invalid device {path!r} of type {device['type']!r}")
+            try:
+                dir_fd = open_in_root(root.fd, parent or "/", create="dir")
+                try:
+                    rdev = 0 if device["type"] == "p" else os.makedev(device["major"],
+                                                                      device["minor"])
+                    try:
+                        os.mknod(name, mode | (device.get("file_mode", 0o666) & 0o7777), rdev,
+                                 dir_fd=dir_fd)
+                    except FileExistsError:
+                        continue
+                    uid, gid = device.get("uid", 0), device.get("gid", 0)
+                    if uid or gid:
+                        # the node is ours and the name is not followed
+                        os.chown(name, uid, gid, dir_fd=dir_fd, follow_symlinks=False)
+                finally:
+                    os.close(dir_fd)
+            except OSError as exc:
+                hint = ("; making device nodes needs CAP_MKNOD and a mount without nodev"
+                        if exc.errno in (1, 13) else "")  # EPERM, EACCES
+                raise FsError(f"cannot create device {path} in the container: "
+                              f"{exc.strerror}{hint}") from None
+    finally:
+        os.umask(old_umask)
 
 
 def verified_null(dev_fd: int) -> int:

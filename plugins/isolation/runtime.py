@@ -39,6 +39,7 @@ from typing import Any
 
 import trio
 
+from skiff.core import hostdevices
 from skiff.core.hookspecs import (
     ContainerSpec,
     ContainerView,
@@ -106,6 +107,8 @@ def skiff_container_validate(host_config: Mapping[str, Any]) -> None:
     seccomp.check_request(security.seccomp)
     capabilities.tweak(capabilities.DEFAULT_CAPABILITIES, hc.get("CapAdd"), hc.get("CapDrop"),
                        bool(hc.get("Privileged")))
+    # --device: each host path must hold a device now, or the create is a 400
+    hostdevices.mapped_devices(hc)
 
 
 @hookimpl
@@ -143,6 +146,8 @@ def skiff_container_spec(
         security.seccomp, daemon_config, spec.capabilities)
     if hc.get("ReadonlyRootfs"):
         spec.readonly_rootfs = True
+    # the nodes only; the cgroup driver's device filter decides what opens
+    spec.devices = hostdevices.container_devices(hc)
 
 
 # ---------------------------------------------------------------------------

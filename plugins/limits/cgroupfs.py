@@ -17,9 +17,15 @@ container's group goes, so an idle daemon leaves nothing in ``/sys/fs/cgroup``.
 ``Memory``, ``MemorySwap`` (0: twice ``Memory``, as Docker; -1: unlimited),
 ``MemoryReservation``, ``MemorySwappiness``, ``OomKillDisable``,
 ``PidsLimit``, ``CpuShares``, ``NanoCpus``, ``CpuPeriod``, ``CpuQuota``,
-``CpusetCpus``, ``CpusetMems``, ``BlkioWeight``; on v1 also the device
-allow-list (Docker's defaults, ``Devices``, ``DeviceCgroupRules``; all devices
-when ``Privileged``).  Zero or absent means no limit.
+``CpusetCpus``, ``CpusetMems``, ``BlkioWeight``.  Zero or absent means no
+limit.
+
+Devices: Docker's allow-list plus ``Devices`` and ``DeviceCgroupRules``
+(``device_rules``), every device when ``Privileged``.  v1 writes the rules to
+``devices.deny``/``devices.allow``; v2 attaches an eBPF device program made
+from them (``device_filter``), and a container whose program cannot be
+attached is refused.  Both are set once, when the group is created:
+``docker update`` changes no device rule and keeps the filter.
 """
 
 from __future__ import annotations
@@ -28,14 +34,13 @@ import contextlib
 import errno
 import os
 import re
-import stat
 import threading
 import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 from skiff.core.hookspecs import CgroupContext, DriverNotSupported, MountSpec, hookimpl
-from skiff.plugins.limits import _blkio
+from skiff.plugins.limits import _blkio, device_filter, device_rules
 
 NAME = "cgroupfs"
 CGROUP_ROOT = "/sys/fs/cgroup"
@@ -52,23 +57,6 @@ RMDIR_TIMEOUT = 2.0
 #: its limits and counters but never write them
 VIEW_OPTIONS = ["ro", "nosuid", "nodev", "noexec"]
 
-#: v1 devices cgroup: what a non-privileged Docker container may use
-#: (runc's AllowedDevices: mknod of anything; null, random, full, tty, zero,
-#: urandom, pts, ptmx, tun)
-DEFAULT_DEVICE_RULES = (
-    "c *:* m",
-    "b *:* m",
-    "c 1:3 rwm",
-    "c 1:8 rwm",
-    "c 1:7 rwm",
-    "c 5:0 rwm",
-    "c 1:5 rwm",
-    "c 1:9 rwm",
-    "c 136:* rwm",
-    "c 5:2 rwm",
-    "c 10:200 rwm",
-)
-_DEVICE_RULE = re.compile(r"^([acb]) ([0-9]+|\*):([0-9]+|\*) ([rwm]{1,3})$")
 _CPUSET = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
 _V2_CONTROLLERS = ("cpuset", "cpu", "io", "memory", "pids")
 
@@ -264,9 +252,7 @@ def validate(resources: Mapping[str, Any], ncpu: int | None = None) -> None:
     kmem = _int(resources, "KernelMemory")
     if kmem < 0 or 0 < kmem < MIN_KERNEL_MEMORY:
         raise ValueError("Minimum kernel memory limit allowed is 4MB")
-    for rule in resources.get("DeviceCgroupRules") or []:
-        if not _DEVICE_RULE.match(rule):
-            raise ValueError(f"invalid device cgroup rule {rule!r}: expected e.g. 'c 1:3 rwm'")
+    device_rules.check(resources)
     for key in ("CpusetCpus", "CpusetMems"):
         value = resources.get(key) or ""
         if value and not _CPUSET.match(value):
@@ -320,39 +306,6 @@ def _swap_total(resources: Mapping[str, Any]) -> int:
     if swap > 0:
         return swap
     return 2 * memory if memory > 0 else 0  # Docker's default: as much swap as memory
-
-
-def _device_rules(resources: Mapping[str, Any]) -> list[str]:
-    """Docker's default allow-list plus ``Devices`` and ``DeviceCgroupRules``."""
-    rules = list(DEFAULT_DEVICE_RULES)
-    for dev in resources.get("Devices") or []:
-        host = dev.get("PathOnHost") or ""
-        perms = dev.get("CgroupPermissions") or "rwm"
-        paths = [host]
-        if os.path.isdir(host):
-            paths = [os.path.join(d, f) for d, _, fs in os.walk(host) for f in fs]
-        for path in paths:
-            try:
-                st = os.stat(path)
-            except OSError as exc:
-                raise ValueError(
-                    f"error gathering device information while adding custom device "
-                    f"{host!r}: {exc.strerror}"
-                ) from None
-            if stat.S_ISCHR(st.st_mode):
-                kind = "c"
-            elif stat.S_ISBLK(st.st_mode):
-                kind = "b"
-            elif path == host:
-                raise ValueError(
-                    f"error gathering device information while adding custom device "
-                    f"{host!r}: not a device node"
-                )
-            else:
-                continue
-            rules.append(f"{kind} {os.major(st.st_rdev)}:{os.minor(st.st_rdev)} {perms}")
-    rules.extend(resources.get("DeviceCgroupRules") or [])
-    return rules
 
 
 def _rmdir_retry(path: str, deadline: float) -> None:
@@ -489,6 +442,7 @@ class CgroupfsV1:
                         made.append(path)
                 # groups left by a daemon that died: rewrite every value
                 self._apply(container_id, resources, fresh=len(made) == len(paths))
+                self._apply_devices(container_id, resources)
             except BaseException:
                 # undo: nothing half-made stays behind
                 for path in made:
@@ -653,11 +607,23 @@ class CgroupfsV1:
             _write(target, weight)
         for target, value in _blkio.v1_writes(blkio, r, fresh):
             _write(target, value)
+
+    def _apply_devices(self, container_id: str, r: Mapping[str, Any]) -> None:
+        """The rules in order; the kernel applies them (deny ``a`` first, so a
+        group left by a daemon that died is rewritten from scratch)."""
         devices = self.path(container_id, "devices")
-        if devices and fresh and not r.get("Privileged"):
-            _write(os.path.join(devices, "devices.deny"), "a")
-            for rule in _device_rules(r):
-                _write(os.path.join(devices, "devices.allow"), rule)
+        rules = device_rules.container_rules(r)
+        if devices is None:
+            if rules == list(device_rules.PRIVILEGED_RULES):
+                return
+            # without the controller every device node would open: refuse
+            raise device_filter.DeviceFilterError(
+                errno.ENODEV, "the devices cgroup controller (v1) is not mounted under "
+                f"{CGROUP_ROOT}, so the container's device access cannot be confined; mount "
+                "it (mount -t cgroup -o devices devices /sys/fs/cgroup/devices)")
+        for rule in rules:
+            name = "devices.allow" if rule.allow else "devices.deny"
+            _write(os.path.join(devices, name), rule.line())
 
     def _apply_memory(self, mem: str, r: Mapping[str, Any], fresh: bool) -> None:
         memory = _int(r, "Memory")
@@ -793,6 +759,8 @@ class CgroupfsV2:
         self.parent = _check_name("cgroup-parent", parent)
         self.root = root
         self._lock = threading.Lock()
+        #: device programs loaded once, attached to every group that needs them
+        self._programs = device_filter.Programs()
 
     def path(self, container_id: str) -> str:
         """The container's group."""
@@ -833,6 +801,10 @@ class CgroupfsV2:
                 except FileExistsError:
                     pass
                 self._apply(path, resources, fresh=made)
+                # before any process can join: the filter is there from the first exec
+                device_filter.install(
+                    path, device_filter.program_for(device_rules.container_rules(resources)),
+                    self._programs)
             except BaseException:
                 if made:
                     with contextlib.suppress(OSError):
