@@ -1,9 +1,11 @@
 """Resolving a path inside a root the way the kernel would after a chroot.
 
-One implementation for the container init (mount destinations) and the
-daemon (volume copy-up, cp): a symlink planted in an image or a container
-must never lead either of them outside the container's root.  Standard
-library only, because the fork server imports it.
+The container init resolves mount destinations with it: a symlink planted in
+an image or a container must never lead it outside the container's root.
+The daemon does not use it: it resolves container paths with
+``openat2(RESOLVE_IN_ROOT)`` on a held descriptor (:mod:`skiff.core.fdops`),
+which a rename between resolving and using cannot defeat.  Standard library
+only, because the fork server imports it.
 """
 
 from __future__ import annotations
