@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import base64
 import errno
+import fcntl
 import io
 import os
 import posixpath
@@ -56,6 +57,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO, Literal
 
+from skiff.core import fdops
 from skiff.core.hookspecs import Change
 
 __all__ = [
@@ -272,7 +274,7 @@ class _Peek:
 
 def extract(
     stream: IO[bytes],
-    root: str,
+    root: str | int,
     *,
     whiteouts: Literal["overlay", "delete", "keep"] = "delete",
     allow_devices: bool = True,
@@ -281,7 +283,8 @@ def extract(
     lower_exists: Callable[[str], bool] | None = None,
     no_overwrite_dir_non_dir: bool = False,
 ) -> int:
-    """Unpack a layer tar stream into the existing directory ``root``.
+    """Unpack a layer tar stream into the existing directory ``root`` (a path, or
+    a descriptor of the directory, which stays the caller's).
 
     ``stream`` is an uncompressed tar; gzip, bzip2 and xz are recognised by
     their magic bytes and decompressed on the fly.  An empty stream is an empty
@@ -373,14 +376,17 @@ class _Extractor:
 
     def __init__(
         self,
-        root: str,
+        root: str | int,
         whiteouts: str,
         allow_devices: bool,
         chown: bool,
         id_map: Callable[[int, int], tuple[int, int]] | None,
         lower_exists: Callable[[str], bool] | None = None,
     ) -> None:
-        self.root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        if isinstance(root, int):
+            self.root_fd = fcntl.fcntl(root, fcntl.F_DUPFD_CLOEXEC, 0)
+        else:
+            self.root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self.whiteouts = whiteouts
         self.lower_exists = lower_exists
         #: lstat of what the layers below show at a path (LowerLookup.stat)
@@ -648,10 +654,10 @@ class _Extractor:
                 raise ArchiveError(m.name, "device nodes are not allowed here")
             kind = stat.S_IFCHR if m.ischr() else stat.S_IFBLK
             os.mknod(base, kind | 0o600, os.makedev(m.devmajor, m.devminor), dir_fd=pfd)
-            self.metadata_at(m, pfd, base)
+            self.metadata_node(m, pfd, base, kind)
         elif m.isfifo():
             os.mknod(base, stat.S_IFIFO | 0o600, dir_fd=pfd)
-            self.metadata_at(m, pfd, base)
+            self.metadata_node(m, pfd, base, stat.S_IFIFO)
         else:
             raise ArchiveError(m.name, f"unsupported tar entry type {m.type!r}")
 
@@ -736,8 +742,12 @@ class _Extractor:
                 out.append((name, data))
         return out
 
-    def set_xattrs(self, m: tarfile.TarInfo, target: int | bytes) -> None:
-        follow = isinstance(target, int)
+    def set_xattrs(self, m: tarfile.TarInfo, target: int | bytes | str,
+                   follow: bool | None = None) -> None:
+        """``target``: a descriptor, a path not followed, or (``follow``) a
+        descriptor's /proc/self/fd link, followed to the inode itself."""
+        if follow is None:
+            follow = isinstance(target, int)
         for name, value in self.xattrs(m):
             try:
                 os.setxattr(target, name, value, follow_symlinks=follow)
@@ -756,14 +766,34 @@ class _Extractor:
         self.set_xattrs(m, fd)
 
     def metadata_at(self, m: tarfile.TarInfo, pfd: int, base: str, symlink: bool = False) -> None:
+        """A symbolic link's owner, attributes and times, never following it."""
         if self.chown:
             os.chown(base, *self.ids(m), dir_fd=pfd, follow_symlinks=False)
-        if not symlink:
-            # Devices and FIFOs we just made ourselves: fchmodat may follow.
-            os.chmod(base, m.mode & 0o7777, dir_fd=pfd)
         self.set_xattrs(m, _proc_path(pfd, base))
         ns = self.mtime_ns(m)
         os.utime(base, ns=(ns, ns), dir_fd=pfd, follow_symlinks=False)
+
+    def metadata_node(self, m: tarfile.TarInfo, pfd: int, base: str, kind: int) -> None:
+        """A device node's or FIFO's metadata, on the inode we just made.
+
+        A process of the container can swap the new node for a symbolic link
+        at once, and ``fchmodat`` follows links: the node is held ``O_PATH``
+        and checked first (see :mod:`skiff.core.fdops`).
+        """
+        try:
+            fd = fdops.open_node_at(pfd, base, kind)
+        except (fdops.Replaced, FileNotFoundError):
+            raise ArchiveError(m.name, "it was replaced while it was being written (a "
+                               "process is changing this directory); nothing was written "
+                               "through it") from None
+        try:
+            ns = self.mtime_ns(m)
+            uid, gid = self.ids(m) if self.chown else (None, None)
+            fdops.set_node_meta(fd, uid, gid, m.mode & 0o7777)
+            self.set_xattrs(m, fdops.proc_path(fd), follow=True)
+            fdops.set_node_meta(fd, None, None, None, (ns, ns))
+        finally:
+            os.close(fd)
 
     def finish(self) -> None:
         """Directory mtimes, deepest first: they moved while children arrived."""
@@ -876,7 +906,12 @@ class _TarWriter:
             yield from self.regular(pfd, name, rel)
             return
         if stat.S_ISDIR(mode):
-            fd = os.open(name, _DIR_FLAGS, dir_fd=pfd)
+            try:
+                fd = os.open(name, _DIR_FLAGS, dir_fd=pfd)
+            except OSError as exc:
+                if exc.errno in _GONE:
+                    return  # replaced or removed since the listing: a live tree
+                raise
             try:
                 xattrs = _read_xattrs(fd)
                 opaque = self.whiteouts == "overlay" and _is_opaque_fd(fd)
@@ -902,7 +937,12 @@ class _TarWriter:
             return
         if stat.S_ISLNK(mode):
             ti.type = tarfile.SYMTYPE
-            ti.linkname = os.readlink(name, dir_fd=pfd)
+            try:
+                ti.linkname = os.readlink(name, dir_fd=pfd)
+            except OSError as exc:
+                if exc.errno in (*_GONE, errno.EINVAL):
+                    return  # no longer a link: a live tree
+                raise
         elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
             ti.type = tarfile.CHRTYPE if stat.S_ISCHR(mode) else tarfile.BLKTYPE
             ti.devmajor, ti.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
@@ -915,20 +955,18 @@ class _TarWriter:
         yield self.header(ti)
 
     def regular(self, pfd: int, name: str, rel: str) -> Iterator[bytes]:
-        # O_NONBLOCK: if a running container swapped the file for a FIFO we
-        # must not hang; fstat below refuses anything but a regular file.
+        # A running container can swap the file for a FIFO (an open would
+        # hang) or a device node (an open acts on the host's device: a
+        # watchdog starts counting): the name is opened for real only once
+        # an O_PATH descriptor shows a regular file.
         try:
-            fd = os.open(
-                name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=pfd
-            )
-        except (FileNotFoundError, OSError) as exc:
-            if isinstance(exc, FileNotFoundError) or exc.errno == errno.ELOOP:
-                return  # vanished or replaced while we walked: a live upper
+            fd = fdops.open_regular_at(pfd, name)
+        except OSError as exc:
+            if isinstance(exc, fdops.Replaced) or exc.errno in _GONE:
+                return  # vanished or replaced while we walked: a live tree
             raise
         try:
             st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                return
             ti = self.info(self.name(rel), st, _read_xattrs(fd))
             key = (st.st_dev, st.st_ino)
             if st.st_nlink > 1:
@@ -977,6 +1015,8 @@ class _TarWriter:
 
 
 _END_OF_ARCHIVE = bytes(2 * _BLOCK)
+#: a name listed a moment ago is gone or is no longer what it was
+_GONE = (errno.ENOENT, errno.ELOOP, errno.ENOTDIR)
 
 
 def tar_directory(
@@ -1054,11 +1094,17 @@ def tar_entry(
         writer = _TarWriter("none", "")
         yield from writer.entry(dir_fd, name, arcname, st)
         if stat.S_ISDIR(st.st_mode):
-            cfd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
             try:
-                yield from writer.walk(cfd, arcname)
-            finally:
-                os.close(cfd)
+                cfd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+            except OSError as exc:
+                if exc.errno not in _GONE:
+                    raise
+                cfd = -1  # replaced since the stat: a live tree; the entry alone
+            if cfd >= 0:
+                try:
+                    yield from writer.walk(cfd, arcname)
+                finally:
+                    os.close(cfd)
         yield _END_OF_ARCHIVE
 
     return _stream(chunks(), on_close)

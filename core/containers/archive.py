@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO, TYPE_CHECKING
 
-from skiff.core import archive, syscalls
+from skiff.core import archive, fdops
 from skiff.core.containers import mounts
 from skiff.core.errors import Conflict, InvalidParameter, NotFound
 
@@ -49,8 +49,8 @@ if TYPE_CHECKING:
     from skiff.core.containers.model import Container
     from skiff.core.engine import Engine
 
-_IN_ROOT = syscalls.RESOLVE_IN_ROOT | syscalls.RESOLVE_NO_MAGICLINKS
 _MAX_LINKS = 40  # as the kernel's MAXSYMLINKS
+_MAX_TABLE = 16 << 20  # bytes of /etc/passwd or /etc/group read for copyUIDGID
 
 # Go's os.FileMode type bits: the CLI decodes the stat header with them.
 _GO_DIR = 1 << 31
@@ -239,7 +239,7 @@ def _target(engine: Engine, c: Container, path: str) -> Iterator[_Target]:
 
 
 def _open(root_fd: int, path: str, flags: int) -> int:
-    return syscalls.openat2(root_fd, path or "/", flags, 0, _IN_ROOT)
+    return fdops.open_in_root(root_fd, path, flags)
 
 
 def _split(path: str) -> tuple[str, str, bool]:
@@ -368,12 +368,22 @@ def _copy_ids(root_fd: int, user: str) -> tuple[int, int] | None:
     name, _, group = user.partition(":")
 
     def table(path: str) -> list[list[str]]:
+        # the container may have made it a FIFO (an open would hang) or a device
+        # node (an open acts on the host's device): a regular file only, and
+        # no more of it than a real passwd file could hold
         try:
-            fd = _open(root_fd, path, os.O_RDONLY)
+            pfd = _open(root_fd, path, os.O_PATH)
+            try:
+                if not stat.S_ISREG(os.fstat(pfd).st_mode):
+                    return []
+                fd = fdops.reopen(pfd, os.O_RDONLY)
+            finally:
+                os.close(pfd)
         except OSError:
             return []
-        with os.fdopen(fd, "r", errors="replace") as f:
-            return [line.rstrip("\n").split(":") for line in f if ":" in line]
+        with os.fdopen(fd, "rb") as f:
+            text = f.read(_MAX_TABLE).decode(errors="replace")
+        return [line.split(":") for line in text.splitlines() if ":" in line]
 
     uid = gid = None
     if name.isdigit():
@@ -432,7 +442,7 @@ def extract_to_dir(engine: Engine, c: Container, path: str, stream: IO[bytes], *
                 ids = (_copy_ids(t.container_fd, c.config.get("User") or "")
                        if copy_uid_gid else None)
                 archive.extract(
-                    spool, f"/proc/self/fd/{dfd}", whiteouts="keep",
+                    spool, dfd, whiteouts="keep",
                     id_map=(lambda _u, _g: ids) if ids is not None else None,
                     no_overwrite_dir_non_dir=no_overwrite_dir_non_dir,
                 )
