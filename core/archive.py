@@ -97,6 +97,8 @@ _HOLE = 1 << 16
 _ZEROS = bytes(_HOLE)
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_REPLACED = ("it was replaced while it was being written (a process is changing this "
+             "directory); nothing was written through it")
 
 #: xattrs never taken from a tar nor written to one.  overlayfs's private
 #: attributes steer its lookups (opaque, redirect, metacopy): accepting them
@@ -457,6 +459,8 @@ class _Extractor:
                             f"its parent {where!r} is a symbolic link;"
                             " refusing to write through it"
                         )
+                    elif stat.S_ISDIR(st.st_mode):  # a link a moment ago
+                        reason = f"its parent {where!r} {_REPLACED}"
                     else:
                         reason = f"its parent {where!r} is not a directory"
                     raise ArchiveError(entry, reason) from None
@@ -629,7 +633,12 @@ class _Extractor:
         elif m.isdir():
             if st is None or not stat.S_ISDIR(st.st_mode):
                 os.mkdir(base, 0o700, dir_fd=pfd)
-            fd = os.open(base, _DIR_FLAGS, dir_fd=pfd)
+            try:
+                fd = os.open(base, _DIR_FLAGS, dir_fd=pfd)
+            except OSError as exc:
+                if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+                raise ArchiveError(m.name, _REPLACED) from None
             try:
                 if hides_lower:
                     os.setxattr(fd, OPAQUE_XATTR, b"y")
@@ -783,9 +792,7 @@ class _Extractor:
         try:
             fd = fdops.open_node_at(pfd, base, kind)
         except (fdops.Replaced, FileNotFoundError):
-            raise ArchiveError(m.name, "it was replaced while it was being written (a "
-                               "process is changing this directory); nothing was written "
-                               "through it") from None
+            raise ArchiveError(m.name, _REPLACED) from None
         try:
             ns = self.mtime_ns(m)
             uid, gid = self.ids(m) if self.chown else (None, None)
@@ -1079,6 +1086,7 @@ def tar_entry(
     arcname: str,
     *,
     on_close: Callable[[], None] | None = None,
+    st: os.stat_result | None = None,
 ) -> IO[bytes]:
     """A tar stream of ``name`` in the open directory ``dir_fd``, the entry itself included.
 
@@ -1086,9 +1094,11 @@ def tar_entry(
     directory itself); a directory is walked as :func:`tar_directory` does,
     never following a symbolic link.  Entries are named ``arcname`` and
     ``arcname/...`` (``docker cp``'s rebase name).  ``dir_fd`` stays the
-    caller's; ``on_close`` runs when the stream is closed.
+    caller's; ``on_close`` runs when the stream is closed.  ``st``, the
+    caller's ``lstat`` of ``name``, saves looking again.
     """
-    st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    if st is None:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
 
     def chunks() -> Iterator[bytes]:
         writer = _TarWriter("none", "")

@@ -35,8 +35,9 @@ import os
 import posixpath
 import stat
 import tempfile
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO, TYPE_CHECKING
@@ -346,18 +347,70 @@ def stat_path(engine: Engine, c: Container, path: str) -> PathStat:
         return _path_stat(t, path, st)
 
 
-def archive_path(engine: Engine, c: Container, path: str, out: IO[bytes]) -> None:
-    """``GET /containers/{id}/archive``: write a tar of ``path`` into ``out``.
+class OpenedPath:
+    """A container path resolved once for ``GET /containers/{id}/archive``.
+
+    The path is looked up before the response starts (a missing path is a
+    404, not a cut-short tar) and the tar is then read through the
+    descriptors held here, never by resolving the path again: a container
+    that swaps a component for a link in between changes nothing.  Exactly
+    one of :meth:`write_tar` (it closes when done) and :meth:`discard` (the
+    tar was never wanted) releases what is held: descriptors, the storage
+    driver's ``get``, a volume mounted for the copy.
+    """
+
+    def __init__(self, stack: ExitStack, found: PathStat, tar: IO[bytes]) -> None:
+        self.stat = found
+        self._stack = stack
+        self._tar = tar
+        self._lock = threading.Lock()
+        self._state = "open"  # -> "writing" -> "closed", or "open" -> "closed"
+
+    def write_tar(self, out: IO[bytes]) -> None:
+        """Write the tar into ``out``, then release everything (blocking)."""
+        with self._lock:
+            if self._state != "open":
+                return
+            self._state = "writing"
+        try:
+            while chunk := self._tar.read(1 << 20):
+                out.write(chunk)
+        finally:
+            with self._lock:
+                self._state = "closed"
+            self._stack.close()
+
+    def discard(self) -> None:
+        """Release everything unless :meth:`write_tar` has started (blocking)."""
+        with self._lock:
+            if self._state != "open":
+                return
+            self._state = "closed"
+        self._stack.close()
+
+
+def open_path(engine: Engine, c: Container, path: str) -> OpenedPath:
+    """``GET /containers/{id}/archive``: ``path`` resolved, its stat and its tar.
 
     The entry is named after the path's last component (``.`` for a path
     ending in ``/.``, whose content the CLI then copies); a final symbolic
     link is archived as a link (the CLI follows it itself for ``-L``).
     """
-    with (_target(engine, c, path) as t,
-          _located(t.root_fd, t.path, c.id, path) as (pfd, base, _),
-          archive.tar_entry(pfd, base, _name_of(path)) as tar):
-        while chunk := tar.read(1 << 20):
-            out.write(chunk)
+    stack = ExitStack()
+    try:
+        t = stack.enter_context(_target(engine, c, path))
+        pfd, base, st = stack.enter_context(_located(t.root_fd, t.path, c.id, path))
+        found = _path_stat(t, path, st)
+        tar = stack.enter_context(archive.tar_entry(pfd, base, _name_of(path), st=st))
+        return OpenedPath(stack, found, tar)
+    except BaseException:
+        stack.close()
+        raise
+
+
+def archive_path(engine: Engine, c: Container, path: str, out: IO[bytes]) -> None:
+    """Write a tar of ``path`` into ``out`` (:func:`open_path`, then its tar)."""
+    open_path(engine, c, path).write_tar(out)
 
 
 def _copy_ids(root_fd: int, user: str) -> tuple[int, int] | None:
@@ -449,6 +502,13 @@ def extract_to_dir(engine: Engine, c: Container, path: str, stream: IO[bytes], *
             except archive.ArchiveError as exc:
                 raise InvalidParameter(f"refusing the archive: {_reason(exc)}") from exc
             except OSError as exc:
+                if exc.errno in (errno.EEXIST, errno.ESTALE):
+                    # made by us a moment ago, now something else: the container
+                    raise Conflict(
+                        f"{path} changed while the archive was being extracted into it "
+                        f"({exc.strerror}: {exc.filename}); a process in container "
+                        f"{c.id} is changing it. Nothing was written outside it; retry"
+                    ) from exc
                 raise _oserror(exc, path, c.id) from exc
             finally:
                 os.close(dfd)
