@@ -19,6 +19,7 @@ the protected run proves the protection, not a race that never happened.
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -476,3 +477,112 @@ def test_cp_out_of_a_container_that_swaps_a_directory_for_a_link(
             leaked.append((racer.root / "w" / "d" / "secret").read_bytes())
 
         naive(lambda: HOST_SECRET in leaked, read_by_name)
+
+
+# -- the same swaps, at a fixed point ------------------------------------------------
+#
+# The races above are won by chance, many times a second.  These put the swap
+# exactly between the two steps a by-name implementation separates (made,
+# then used), through a hook on the system call that makes the entry, so the
+# protection and the naive control are each shown once, deterministically.
+
+
+def _swap_after(made: str, target: Path, real_call: Callable[..., None]) -> Callable[..., None]:
+    """``real_call`` (``os.mkdir``/``os.mknod``), then the new entry ``made`` is
+    renamed aside and replaced by a link to ``target``, as the swapper would."""
+    def hooked(path: str, *args: object, dir_fd: int | None = None, **kw: object) -> None:
+        real_call(path, *args, dir_fd=dir_fd, **kw)
+        if os.path.basename(path) != made:
+            return
+        parent = dir_fd if dir_fd is not None else os.open(os.path.dirname(path) or ".",
+                                                           os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.rename(made, made + ".real", src_dir_fd=parent, dst_dir_fd=parent)
+            os.symlink(str(target), made, dir_fd=parent)
+        finally:
+            if dir_fd is None:
+                os.close(parent)
+    return hooked
+
+
+def test_copy_tree_refuses_a_directory_swapped_right_after_its_mkdir(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CVE-2018-15664 class, copy-up at the fixed point: the directory the copy just
+    made is a link to a host directory when the copy goes into it."""
+    from skiff.core.containers import copyup
+
+    src, vol = tmp_path / "src", tmp_path / "vol"
+    vol.mkdir()
+    (src / "d").mkdir(parents=True)
+    (src / "d" / "planted").write_text("from the image\n")  # a name the canary lacks
+    canary = Canary(tmp_path / "canary")
+    monkeypatch.setattr(os, "mkdir", _swap_after("d", canary.path, os.mkdir))
+    sfd = os.open(src, os.O_RDONLY | os.O_DIRECTORY)
+    dfd = os.open(vol, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(OSError) as refused:
+            copyup.copy_tree(sfd, dfd)
+    finally:
+        os.close(sfd)
+        os.close(dfd)
+    assert refused.value.errno in (errno.ELOOP, errno.ENOTDIR)
+    assert not canary.changes()
+
+    # the old copy_tree, same swap at the same point: writes on the host
+    vol2 = tmp_path / "vol2"
+    vol2.mkdir()
+    naive_copy_tree(str(src), str(vol2))
+    assert (canary.path / "planted").read_text() == "from the image\n"
+
+
+def test_extract_refuses_a_fifo_swapped_right_after_its_mknod(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The FIFO chmod race of ``docker cp`` at the fixed point: the node just made is
+    a link to a host file when its mode is set."""
+    from skiff.core import archive
+
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tf:
+        info = tarfile.TarInfo("p")
+        info.type, info.mode = tarfile.FIFOTYPE, 0o777
+        tf.addfile(info)
+    canary = Canary(tmp_path / "canary")
+    victim = canary.path / "victim"
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    monkeypatch.setattr(os, "mknod", _swap_after("p", victim, os.mknod))
+    with pytest.raises(archive.ArchiveError, match="was replaced"):
+        archive.extract(io.BytesIO(out.getvalue()), str(dest), whiteouts="keep")
+    assert not canary.changes()
+
+    # what extraction did before: mknodat, then fchmodat by name (which follows)
+    dfd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.unlink("p", dir_fd=dfd)
+        os.mknod("p", stat.S_IFIFO | 0o600, dir_fd=dfd)
+        os.chmod("p", 0o777, dir_fd=dfd)
+    finally:
+        os.close(dfd)
+    assert stat.S_IMODE(victim.stat().st_mode) == 0o777
+
+
+def test_read_out_never_opens_a_fifo_or_device_swapped_in_for_a_file(tmp_path: Path) -> None:
+    """A FIFO (the open would hang the daemon) or a device node (the open acts on
+    the host's device) in place of a listed regular file is left out of the tar,
+    never opened."""
+    from skiff.core import fdops
+
+    os.mkfifo(tmp_path / "fifo")
+    os.mknod(tmp_path / "zero", stat.S_IFCHR | 0o600, os.makedev(1, 5))
+    (tmp_path / "file").write_bytes(b"x")
+    os.symlink("file", tmp_path / "link")
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for name in ("fifo", "zero", "link"):
+            with pytest.raises(fdops.Replaced):
+                fdops.open_regular_at(fd, name)  # returns at once: nothing opened
+        rfd = fdops.open_regular_at(fd, "file")
+        assert os.read(rfd, 10) == b"x"
+        os.close(rfd)
+    finally:
+        os.close(fd)
