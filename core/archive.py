@@ -49,7 +49,6 @@ import fcntl
 import io
 import os
 import posixpath
-import shutil
 import stat
 import tarfile
 import urllib.parse
@@ -231,17 +230,17 @@ def _drop_whiteouts(dir_fd: int) -> None:
 
 
 def _remove_at(dir_fd: int, name: str, st: os.stat_result | None = None) -> None:
-    """Remove ``name`` (a whole tree if a directory) without following symlinks."""
-    if st is None:
+    """Remove ``name`` (a whole tree if a directory) without following symlinks
+    and without opening anything but directories (:func:`fdops.remove_at`)."""
+    if st is not None and not stat.S_ISDIR(st.st_mode):
         try:
-            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            os.unlink(name, dir_fd=dir_fd)
+            return
         except FileNotFoundError:
             return
-    if stat.S_ISDIR(st.st_mode):
-        # rmtree with dir_fd works on descriptors and never follows symlinks.
-        shutil.rmtree(name, dir_fd=dir_fd)
-    else:
-        os.unlink(name, dir_fd=dir_fd)
+        except IsADirectoryError:
+            pass  # a directory by now: the tree goes
+    fdops.remove_at(dir_fd, name)
 
 
 class _Peek:
@@ -627,7 +626,10 @@ class _Extractor:
             kind = "directory" if stat.S_ISDIR(st.st_mode) else "non-directory"
             raise ArchiveError(m.name, f"it would replace the existing {kind} {rel!r}")
         if st is not None and not (m.isdir() and stat.S_ISDIR(st.st_mode)):
-            _remove_at(pfd, base, st)
+            try:
+                _remove_at(pfd, base, st)
+            except fdops.TooDeep as exc:
+                raise ArchiveError(m.name, f"it would replace {exc.strerror}") from None
         if m.isreg():
             self.regular(tf, m, pfd, base)
         elif m.isdir():

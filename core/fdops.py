@@ -33,6 +33,7 @@ Standard library and :mod:`skiff.core.syscalls` only.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -151,6 +152,73 @@ def set_fd_meta(fd: int, uid: int | None, gid: int | None, mode: int | None,
         os.fchmod(fd, mode)
     if times_ns is not None:
         os.utime(fd, ns=times_ns)
+
+
+#: directory levels :func:`remove_at` descends, one descriptor each
+REMOVE_DEPTH = 512
+
+
+class TooDeep(OSError):
+    """A tree nests directories deeper than a walk of ours holds descriptors for."""
+
+    def __init__(self, name: str, depth: int) -> None:
+        super().__init__(errno.ELOOP, f"directories nested more than {depth} levels deep",
+                         name)
+
+
+def remove_at(dir_fd: int, name: str) -> None:
+    """Remove ``name`` from the held ``dir_fd``, a whole tree if it is a directory.
+
+    Only directories are ever opened, with ``O_DIRECTORY | O_NOFOLLOW``: the
+    kernel refuses anything else before opening it, so a FIFO, a device node
+    or a link swapped in is unlinked, never opened or followed.  (The
+    standard library's ``rmtree`` opens each name ``O_RDONLY`` and compares
+    ``fstat`` after: the open itself follows a link, blocks on a FIFO, and
+    acts on a device.)  A name already gone is fine; deeper than
+    :data:`REMOVE_DEPTH` levels is :class:`TooDeep`, with what was above
+    left in place.
+    """
+    top = _open_for_removal(dir_fd, name)
+    if top is None:
+        return
+    # (descriptor, names left in it, its own name in the level above)
+    stack: list[tuple[int, list[str], str]] = [(top, [], name)]
+    try:
+        stack[0] = (top, os.listdir(top), name)
+        while stack:
+            fd, names, own = stack[-1]
+            if names:
+                child = names.pop()
+                cfd = _open_for_removal(fd, child)
+                if cfd is not None:
+                    if len(stack) >= REMOVE_DEPTH:
+                        os.close(cfd)
+                        raise TooDeep(name, REMOVE_DEPTH)
+                    stack.append((cfd, [], child))  # held (closed below) before listing
+                    stack[-1] = (cfd, os.listdir(cfd), child)
+                continue
+            stack.pop()
+            os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                os.rmdir(own, dir_fd=stack[-1][0] if stack else dir_fd)
+    finally:
+        for fd, _, _ in stack:
+            os.close(fd)
+
+
+def _open_for_removal(dir_fd: int, name: str) -> int | None:
+    """A descriptor of directory ``name``; None once a non-directory there is
+    unlinked or nothing is there."""
+    try:
+        return open_dir_at(dir_fd, name)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
+            raise
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(name, dir_fd=dir_fd)
+    return None
 
 
 def copy_data(fd_in: int, fd_out: int) -> int:
