@@ -35,7 +35,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon import Daemon
+from tests.daemon import Daemon, poll
 from tests.security.conftest import ImageMaker, unique
 
 #: how long the protected operation is repeated under the race
@@ -94,7 +94,11 @@ def racing(d: Daemon, swapper: Path, args: str, *, volumes: tuple[str, ...] = ()
     try:
         info = json.loads(d.docker("inspect", name, check=True).stdout)[0]
         assert info["State"]["Running"], f"the swapper did not start: {d.docker('logs', name)}"
-        yield Racer(d, name, info["State"]["Pid"])
+        pid = info["State"]["Pid"]
+        # ``setup`` done and the swapper at work: PID 1 has exec'd it
+        poll(lambda: Path(f"/proc/{pid}/comm").read_text().strip() == "swapper",
+             timeout=10, what="the swapper to start")
+        yield Racer(d, name, pid)
     finally:
         d.docker("rm", "-f", name)
 
