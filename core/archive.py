@@ -45,10 +45,10 @@ from __future__ import annotations
 
 import base64
 import errno
+import fcntl
 import io
 import os
 import posixpath
-import shutil
 import stat
 import tarfile
 import urllib.parse
@@ -56,6 +56,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO, Literal
 
+from skiff.core import fdops
 from skiff.core.hookspecs import Change
 
 __all__ = [
@@ -95,6 +96,8 @@ _HOLE = 1 << 16
 _ZEROS = bytes(_HOLE)
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_REPLACED = ("it was replaced while it was being written (a process is changing this "
+             "directory); nothing was written through it")
 
 #: xattrs never taken from a tar nor written to one.  overlayfs's private
 #: attributes steer its lookups (opaque, redirect, metacopy): accepting them
@@ -227,17 +230,17 @@ def _drop_whiteouts(dir_fd: int) -> None:
 
 
 def _remove_at(dir_fd: int, name: str, st: os.stat_result | None = None) -> None:
-    """Remove ``name`` (a whole tree if a directory) without following symlinks."""
-    if st is None:
+    """Remove ``name`` (a whole tree if a directory) without following symlinks
+    and without opening anything but directories (:func:`fdops.remove_at`)."""
+    if st is not None and not stat.S_ISDIR(st.st_mode):
         try:
-            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            os.unlink(name, dir_fd=dir_fd)
+            return
         except FileNotFoundError:
             return
-    if stat.S_ISDIR(st.st_mode):
-        # rmtree with dir_fd works on descriptors and never follows symlinks.
-        shutil.rmtree(name, dir_fd=dir_fd)
-    else:
-        os.unlink(name, dir_fd=dir_fd)
+        except IsADirectoryError:
+            pass  # a directory by now: the tree goes
+    fdops.remove_at(dir_fd, name)
 
 
 class _Peek:
@@ -272,7 +275,7 @@ class _Peek:
 
 def extract(
     stream: IO[bytes],
-    root: str,
+    root: str | int,
     *,
     whiteouts: Literal["overlay", "delete", "keep"] = "delete",
     allow_devices: bool = True,
@@ -281,7 +284,8 @@ def extract(
     lower_exists: Callable[[str], bool] | None = None,
     no_overwrite_dir_non_dir: bool = False,
 ) -> int:
-    """Unpack a layer tar stream into the existing directory ``root``.
+    """Unpack a layer tar stream into the existing directory ``root`` (a path, or
+    a descriptor of the directory, which stays the caller's).
 
     ``stream`` is an uncompressed tar; gzip, bzip2 and xz are recognised by
     their magic bytes and decompressed on the fly.  An empty stream is an empty
@@ -373,14 +377,17 @@ class _Extractor:
 
     def __init__(
         self,
-        root: str,
+        root: str | int,
         whiteouts: str,
         allow_devices: bool,
         chown: bool,
         id_map: Callable[[int, int], tuple[int, int]] | None,
         lower_exists: Callable[[str], bool] | None = None,
     ) -> None:
-        self.root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        if isinstance(root, int):
+            self.root_fd = fcntl.fcntl(root, fcntl.F_DUPFD_CLOEXEC, 0)
+        else:
+            self.root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self.whiteouts = whiteouts
         self.lower_exists = lower_exists
         #: lstat of what the layers below show at a path (LowerLookup.stat)
@@ -451,6 +458,8 @@ class _Extractor:
                             f"its parent {where!r} is a symbolic link;"
                             " refusing to write through it"
                         )
+                    elif stat.S_ISDIR(st.st_mode):  # a link a moment ago
+                        reason = f"its parent {where!r} {_REPLACED}"
                     else:
                         reason = f"its parent {where!r} is not a directory"
                     raise ArchiveError(entry, reason) from None
@@ -617,13 +626,21 @@ class _Extractor:
             kind = "directory" if stat.S_ISDIR(st.st_mode) else "non-directory"
             raise ArchiveError(m.name, f"it would replace the existing {kind} {rel!r}")
         if st is not None and not (m.isdir() and stat.S_ISDIR(st.st_mode)):
-            _remove_at(pfd, base, st)
+            try:
+                _remove_at(pfd, base, st)
+            except fdops.TooDeep as exc:
+                raise ArchiveError(m.name, f"it would replace {exc.strerror}") from None
         if m.isreg():
             self.regular(tf, m, pfd, base)
         elif m.isdir():
             if st is None or not stat.S_ISDIR(st.st_mode):
                 os.mkdir(base, 0o700, dir_fd=pfd)
-            fd = os.open(base, _DIR_FLAGS, dir_fd=pfd)
+            try:
+                fd = os.open(base, _DIR_FLAGS, dir_fd=pfd)
+            except OSError as exc:
+                if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+                raise ArchiveError(m.name, _REPLACED) from None
             try:
                 if hides_lower:
                     os.setxattr(fd, OPAQUE_XATTR, b"y")
@@ -648,10 +665,10 @@ class _Extractor:
                 raise ArchiveError(m.name, "device nodes are not allowed here")
             kind = stat.S_IFCHR if m.ischr() else stat.S_IFBLK
             os.mknod(base, kind | 0o600, os.makedev(m.devmajor, m.devminor), dir_fd=pfd)
-            self.metadata_at(m, pfd, base)
+            self.metadata_node(m, pfd, base, kind)
         elif m.isfifo():
             os.mknod(base, stat.S_IFIFO | 0o600, dir_fd=pfd)
-            self.metadata_at(m, pfd, base)
+            self.metadata_node(m, pfd, base, stat.S_IFIFO)
         else:
             raise ArchiveError(m.name, f"unsupported tar entry type {m.type!r}")
 
@@ -736,8 +753,12 @@ class _Extractor:
                 out.append((name, data))
         return out
 
-    def set_xattrs(self, m: tarfile.TarInfo, target: int | bytes) -> None:
-        follow = isinstance(target, int)
+    def set_xattrs(self, m: tarfile.TarInfo, target: int | bytes | str,
+                   follow: bool | None = None) -> None:
+        """``target``: a descriptor, a path not followed, or (``follow``) a
+        descriptor's /proc/self/fd link, followed to the inode itself."""
+        if follow is None:
+            follow = isinstance(target, int)
         for name, value in self.xattrs(m):
             try:
                 os.setxattr(target, name, value, follow_symlinks=follow)
@@ -756,14 +777,32 @@ class _Extractor:
         self.set_xattrs(m, fd)
 
     def metadata_at(self, m: tarfile.TarInfo, pfd: int, base: str, symlink: bool = False) -> None:
+        """A symbolic link's owner, attributes and times, never following it."""
         if self.chown:
             os.chown(base, *self.ids(m), dir_fd=pfd, follow_symlinks=False)
-        if not symlink:
-            # Devices and FIFOs we just made ourselves: fchmodat may follow.
-            os.chmod(base, m.mode & 0o7777, dir_fd=pfd)
         self.set_xattrs(m, _proc_path(pfd, base))
         ns = self.mtime_ns(m)
         os.utime(base, ns=(ns, ns), dir_fd=pfd, follow_symlinks=False)
+
+    def metadata_node(self, m: tarfile.TarInfo, pfd: int, base: str, kind: int) -> None:
+        """A device node's or FIFO's metadata, on the inode we just made.
+
+        A process of the container can swap the new node for a symbolic link
+        at once, and ``fchmodat`` follows links: the node is held ``O_PATH``
+        and checked first (see :mod:`skiff.core.fdops`).
+        """
+        try:
+            fd = fdops.open_node_at(pfd, base, kind)
+        except (fdops.Replaced, FileNotFoundError):
+            raise ArchiveError(m.name, _REPLACED) from None
+        try:
+            ns = self.mtime_ns(m)
+            uid, gid = self.ids(m) if self.chown else (None, None)
+            fdops.set_node_meta(fd, uid, gid, m.mode & 0o7777)
+            self.set_xattrs(m, fdops.proc_path(fd), follow=True)
+            fdops.set_node_meta(fd, None, None, None, (ns, ns))
+        finally:
+            os.close(fd)
 
     def finish(self) -> None:
         """Directory mtimes, deepest first: they moved while children arrived."""
@@ -876,7 +915,12 @@ class _TarWriter:
             yield from self.regular(pfd, name, rel)
             return
         if stat.S_ISDIR(mode):
-            fd = os.open(name, _DIR_FLAGS, dir_fd=pfd)
+            try:
+                fd = os.open(name, _DIR_FLAGS, dir_fd=pfd)
+            except OSError as exc:
+                if exc.errno in _GONE:
+                    return  # replaced or removed since the listing: a live tree
+                raise
             try:
                 xattrs = _read_xattrs(fd)
                 opaque = self.whiteouts == "overlay" and _is_opaque_fd(fd)
@@ -902,7 +946,12 @@ class _TarWriter:
             return
         if stat.S_ISLNK(mode):
             ti.type = tarfile.SYMTYPE
-            ti.linkname = os.readlink(name, dir_fd=pfd)
+            try:
+                ti.linkname = os.readlink(name, dir_fd=pfd)
+            except OSError as exc:
+                if exc.errno in (*_GONE, errno.EINVAL):
+                    return  # no longer a link: a live tree
+                raise
         elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
             ti.type = tarfile.CHRTYPE if stat.S_ISCHR(mode) else tarfile.BLKTYPE
             ti.devmajor, ti.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
@@ -915,20 +964,18 @@ class _TarWriter:
         yield self.header(ti)
 
     def regular(self, pfd: int, name: str, rel: str) -> Iterator[bytes]:
-        # O_NONBLOCK: if a running container swapped the file for a FIFO we
-        # must not hang; fstat below refuses anything but a regular file.
+        # A running container can swap the file for a FIFO (an open would
+        # hang) or a device node (an open acts on the host's device: a
+        # watchdog starts counting): the name is opened for real only once
+        # an O_PATH descriptor shows a regular file.
         try:
-            fd = os.open(
-                name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=pfd
-            )
-        except (FileNotFoundError, OSError) as exc:
-            if isinstance(exc, FileNotFoundError) or exc.errno == errno.ELOOP:
-                return  # vanished or replaced while we walked: a live upper
+            fd = fdops.open_regular_at(pfd, name)
+        except OSError as exc:
+            if isinstance(exc, fdops.Replaced) or exc.errno in _GONE:
+                return  # vanished or replaced while we walked: a live tree
             raise
         try:
             st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                return
             ti = self.info(self.name(rel), st, _read_xattrs(fd))
             key = (st.st_dev, st.st_ino)
             if st.st_nlink > 1:
@@ -977,6 +1024,8 @@ class _TarWriter:
 
 
 _END_OF_ARCHIVE = bytes(2 * _BLOCK)
+#: a name listed a moment ago is gone or is no longer what it was
+_GONE = (errno.ENOENT, errno.ELOOP, errno.ENOTDIR)
 
 
 def tar_directory(
@@ -1039,6 +1088,7 @@ def tar_entry(
     arcname: str,
     *,
     on_close: Callable[[], None] | None = None,
+    st: os.stat_result | None = None,
 ) -> IO[bytes]:
     """A tar stream of ``name`` in the open directory ``dir_fd``, the entry itself included.
 
@@ -1046,19 +1096,27 @@ def tar_entry(
     directory itself); a directory is walked as :func:`tar_directory` does,
     never following a symbolic link.  Entries are named ``arcname`` and
     ``arcname/...`` (``docker cp``'s rebase name).  ``dir_fd`` stays the
-    caller's; ``on_close`` runs when the stream is closed.
+    caller's; ``on_close`` runs when the stream is closed.  ``st``, the
+    caller's ``lstat`` of ``name``, saves looking again.
     """
-    st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    if st is None:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
 
     def chunks() -> Iterator[bytes]:
         writer = _TarWriter("none", "")
         yield from writer.entry(dir_fd, name, arcname, st)
         if stat.S_ISDIR(st.st_mode):
-            cfd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
             try:
-                yield from writer.walk(cfd, arcname)
-            finally:
-                os.close(cfd)
+                cfd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+            except OSError as exc:
+                if exc.errno not in _GONE:
+                    raise
+                cfd = -1  # replaced since the stat: a live tree; the entry alone
+            if cfd >= 0:
+                try:
+                    yield from writer.walk(cfd, arcname)
+                finally:
+                    os.close(cfd)
         yield _END_OF_ARCHIVE
 
     return _stream(chunks(), on_close)

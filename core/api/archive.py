@@ -8,9 +8,11 @@ header; ``PUT`` unpacks the request body (a tar) into a directory.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import IO, TYPE_CHECKING
 
 import structlog
+import trio
 
 from skiff.core.api.bridge import feed_sync_consumer, stream_sync_producer
 from skiff.core.api.router import Request, Response, Router, StreamResponse
@@ -36,6 +38,32 @@ def _usable(c: Container) -> None:
         raise Conflict(f"container {c.id} is being removed")
 
 
+class _Held:
+    """A GET archive body that lets go of the resolved path even if it is never
+    read (the client went away before the first chunk)."""
+
+    def __init__(self, body: AsyncIterator[bytes], opened: cp.OpenedPath,
+                 engine: Engine) -> None:
+        self._body = body
+        self._opened = opened
+        self._engine = engine
+
+    def __aiter__(self) -> _Held:
+        return self
+
+    async def __anext__(self) -> bytes:
+        return await self._body.__anext__()
+
+    async def aclose(self) -> None:
+        try:
+            await self._body.aclose()  # type: ignore[attr-defined]
+        finally:
+            # a no-op once the producer has taken it (it releases it itself);
+            # shielded: a disconnect cancels us, and the mounts must still go
+            with trio.CancelScope(shield=True):
+                await self._engine.to_thread(self._opened.discard)
+
+
 def register(router: Router, engine: Engine) -> None:
     mgr = engine.containers
 
@@ -51,17 +79,15 @@ def register(router: Router, engine: Engine) -> None:
         c = mgr.get(id)
         _usable(c)
         path = _path(req)
-        # stat first: a missing path is a 404 before any tar byte goes out
-        found = await engine.to_thread(cp.stat_path, engine, c, path)
-
-        def produce(out: IO[bytes]) -> None:
-            cp.archive_path(engine, c, path, out)
-
+        # resolved once, before the response: a missing path is a 404 before any
+        # tar byte goes out, and the tar is read through what was resolved
+        opened = await engine.to_thread(cp.open_path, engine, c, path)
         mgr.event(c, "archive-path")
         log.info("container.archive_path", id=c.id, path=path)
-        return StreamResponse(stream_sync_producer(produce, engine.limiter, engine.nursery),
+        body = stream_sync_producer(opened.write_tar, engine.limiter, engine.nursery)
+        return StreamResponse(_Held(body, opened, engine),
                               content_type="application/x-tar",
-                              headers=[(cp.STAT_HEADER, found.header())])
+                              headers=[(cp.STAT_HEADER, opened.stat.header())])
 
     @router.route("PUT", "/containers/{id}/archive")
     async def put(req: Request, id: str) -> None:

@@ -35,13 +35,14 @@ import os
 import posixpath
 import stat
 import tempfile
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO, TYPE_CHECKING
 
-from skiff.core import archive, syscalls
+from skiff.core import archive, fdops
 from skiff.core.containers import mounts
 from skiff.core.errors import Conflict, InvalidParameter, NotFound
 
@@ -49,8 +50,8 @@ if TYPE_CHECKING:
     from skiff.core.containers.model import Container
     from skiff.core.engine import Engine
 
-_IN_ROOT = syscalls.RESOLVE_IN_ROOT | syscalls.RESOLVE_NO_MAGICLINKS
 _MAX_LINKS = 40  # as the kernel's MAXSYMLINKS
+_MAX_TABLE = 16 << 20  # bytes of /etc/passwd or /etc/group read for copyUIDGID
 
 # Go's os.FileMode type bits: the CLI decodes the stat header with them.
 _GO_DIR = 1 << 31
@@ -239,7 +240,7 @@ def _target(engine: Engine, c: Container, path: str) -> Iterator[_Target]:
 
 
 def _open(root_fd: int, path: str, flags: int) -> int:
-    return syscalls.openat2(root_fd, path or "/", flags, 0, _IN_ROOT)
+    return fdops.open_in_root(root_fd, path, flags)
 
 
 def _split(path: str) -> tuple[str, str, bool]:
@@ -346,18 +347,70 @@ def stat_path(engine: Engine, c: Container, path: str) -> PathStat:
         return _path_stat(t, path, st)
 
 
-def archive_path(engine: Engine, c: Container, path: str, out: IO[bytes]) -> None:
-    """``GET /containers/{id}/archive``: write a tar of ``path`` into ``out``.
+class OpenedPath:
+    """A container path resolved once for ``GET /containers/{id}/archive``.
+
+    The path is looked up before the response starts (a missing path is a
+    404, not a cut-short tar) and the tar is then read through the
+    descriptors held here, never by resolving the path again: a container
+    that swaps a component for a link in between changes nothing.  Exactly
+    one of :meth:`write_tar` (it closes when done) and :meth:`discard` (the
+    tar was never wanted) releases what is held: descriptors, the storage
+    driver's ``get``, a volume mounted for the copy.
+    """
+
+    def __init__(self, stack: ExitStack, found: PathStat, tar: IO[bytes]) -> None:
+        self.stat = found
+        self._stack = stack
+        self._tar = tar
+        self._lock = threading.Lock()
+        self._state = "open"  # -> "writing" -> "closed", or "open" -> "closed"
+
+    def write_tar(self, out: IO[bytes]) -> None:
+        """Write the tar into ``out``, then release everything (blocking)."""
+        with self._lock:
+            if self._state != "open":
+                return
+            self._state = "writing"
+        try:
+            while chunk := self._tar.read(1 << 20):
+                out.write(chunk)
+        finally:
+            with self._lock:
+                self._state = "closed"
+            self._stack.close()
+
+    def discard(self) -> None:
+        """Release everything unless :meth:`write_tar` has started (blocking)."""
+        with self._lock:
+            if self._state != "open":
+                return
+            self._state = "closed"
+        self._stack.close()
+
+
+def open_path(engine: Engine, c: Container, path: str) -> OpenedPath:
+    """``GET /containers/{id}/archive``: ``path`` resolved, its stat and its tar.
 
     The entry is named after the path's last component (``.`` for a path
     ending in ``/.``, whose content the CLI then copies); a final symbolic
     link is archived as a link (the CLI follows it itself for ``-L``).
     """
-    with (_target(engine, c, path) as t,
-          _located(t.root_fd, t.path, c.id, path) as (pfd, base, _),
-          archive.tar_entry(pfd, base, _name_of(path)) as tar):
-        while chunk := tar.read(1 << 20):
-            out.write(chunk)
+    stack = ExitStack()
+    try:
+        t = stack.enter_context(_target(engine, c, path))
+        pfd, base, st = stack.enter_context(_located(t.root_fd, t.path, c.id, path))
+        found = _path_stat(t, path, st)
+        tar = stack.enter_context(archive.tar_entry(pfd, base, _name_of(path), st=st))
+        return OpenedPath(stack, found, tar)
+    except BaseException:
+        stack.close()
+        raise
+
+
+def archive_path(engine: Engine, c: Container, path: str, out: IO[bytes]) -> None:
+    """Write a tar of ``path`` into ``out`` (:func:`open_path`, then its tar)."""
+    open_path(engine, c, path).write_tar(out)
 
 
 def _copy_ids(root_fd: int, user: str) -> tuple[int, int] | None:
@@ -368,12 +421,22 @@ def _copy_ids(root_fd: int, user: str) -> tuple[int, int] | None:
     name, _, group = user.partition(":")
 
     def table(path: str) -> list[list[str]]:
+        # the container may have made it a FIFO (an open would hang) or a device
+        # node (an open acts on the host's device): a regular file only, and
+        # no more of it than a real passwd file could hold
         try:
-            fd = _open(root_fd, path, os.O_RDONLY)
+            pfd = _open(root_fd, path, os.O_PATH)
+            try:
+                if not stat.S_ISREG(os.fstat(pfd).st_mode):
+                    return []
+                fd = fdops.reopen(pfd, os.O_RDONLY)
+            finally:
+                os.close(pfd)
         except OSError:
             return []
-        with os.fdopen(fd, "r", errors="replace") as f:
-            return [line.rstrip("\n").split(":") for line in f if ":" in line]
+        with os.fdopen(fd, "rb") as f:
+            text = f.read(_MAX_TABLE).decode(errors="replace")
+        return [line.split(":") for line in text.splitlines() if ":" in line]
 
     uid = gid = None
     if name.isdigit():
@@ -432,13 +495,20 @@ def extract_to_dir(engine: Engine, c: Container, path: str, stream: IO[bytes], *
                 ids = (_copy_ids(t.container_fd, c.config.get("User") or "")
                        if copy_uid_gid else None)
                 archive.extract(
-                    spool, f"/proc/self/fd/{dfd}", whiteouts="keep",
+                    spool, dfd, whiteouts="keep",
                     id_map=(lambda _u, _g: ids) if ids is not None else None,
                     no_overwrite_dir_non_dir=no_overwrite_dir_non_dir,
                 )
             except archive.ArchiveError as exc:
                 raise InvalidParameter(f"refusing the archive: {_reason(exc)}") from exc
             except OSError as exc:
+                if exc.errno in (errno.EEXIST, errno.ESTALE):
+                    # made by us a moment ago, now something else: the container
+                    raise Conflict(
+                        f"{path} changed while the archive was being extracted into it "
+                        f"({exc.strerror}: {exc.filename}); a process in container "
+                        f"{c.id} is changing it. Nothing was written outside it; retry"
+                    ) from exc
                 raise _oserror(exc, path, c.id) from exc
             finally:
                 os.close(dfd)

@@ -9,8 +9,9 @@ and the image's ``Config.Volumes`` into mount points; a bad spec is an
 ``realize(engine, c, points)`` (at create, blocking): add ``VolumesFrom``,
 create the named volumes asked for and the anonymous ones, fill in each
 volume's host path, copy the image's content into a new, empty volume
-(unless ``nocopy``).  The result is kept in the container record
-(``Container.mount_points``) and is what inspect shows as ``Mounts``.
+(unless ``nocopy``; :mod:`skiff.core.containers.copyup`, on descriptors).  The
+result is kept in the container record (``Container.mount_points``) and is
+what inspect shows as ``Mounts``.
 
 ``specs(engine, c)`` (at every start, blocking): mount the volumes through
 their drivers and describe every mount point as a ``MountSpec`` for the
@@ -30,18 +31,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import stat
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from skiff.core.containers import copyup
 from skiff.core.containers.config import InvalidConfig
 from skiff.core.errors import InvalidParameter, NotFound
 from skiff.core.hookspecs import MountSpec
 from skiff.core.mountpolicy import PROC_BIND_ALLOWED, SYSTEM_DESTINATIONS
-from skiff.core.securejoin import secure_join
 
 if TYPE_CHECKING:
     from skiff.core.containers.model import Container
@@ -309,7 +308,7 @@ def realize(engine: Engine, c: Container, points: list[dict[str, Any]]) -> list[
             mp["Source"] = store.driver(v.driver).path(v.name)
         copies = [mp for mp in by_dest.values() if mp["Type"] == "volume" and mp.get("_copy")]
         if copies and c.mount_id:
-            _copy_up(engine, c, copies)
+            copyup.copy_up(engine, c, copies)
     except BaseException:
         for name in held:
             store.release_hold(name)
@@ -328,85 +327,6 @@ def realize(engine: Engine, c: Container, points: list[dict[str, Any]]) -> list[
 
 def _depth(path: str) -> int:
     return len([p for p in path.split("/") if p])
-
-
-def _copy_up(engine: Engine, c: Container, points: list[dict[str, Any]]) -> None:
-    """Copy what the image has at each destination into its volume, if that is empty."""
-    store = engine.volumes
-    ref = f"copy-up-{c.id}"
-    root = engine.storage.get(c.mount_id)
-    try:
-        for mp in points:
-            drv = store.driver(mp["Driver"])
-            path = drv.mount(mp["Name"], ref)
-            try:
-                src = secure_join(root, mp["Destination"])
-                if not os.path.isdir(path) or os.listdir(path):
-                    continue
-                try:
-                    st = os.lstat(src)
-                except FileNotFoundError:
-                    continue
-                if not stat.S_ISDIR(st.st_mode):
-                    continue
-                copy_tree(src, path)
-                # the volume's root takes the image directory's owner and mode
-                os.chown(path, st.st_uid, st.st_gid)
-                os.chmod(path, stat.S_IMODE(st.st_mode))
-            finally:
-                drv.unmount(mp["Name"], ref)
-    finally:
-        engine.storage.put(c.mount_id)
-
-
-def copy_tree(src: str, dst: str, _links: dict[tuple[int, int], str] | None = None) -> None:
-    """Copy the contents of directory ``src`` into the existing, empty ``dst``.
-
-    Symlinks are copied as links, never followed; ownership, modes and times
-    are kept; hard links within the tree stay hard links.  Everything is
-    created fresh (``O_EXCL``) in a directory the daemon just made, so nothing
-    in the tree can redirect a write.
-    """
-    links = {} if _links is None else _links
-    src_dev = os.lstat(src).st_dev
-    for entry in os.scandir(src):
-        s = entry.path
-        d = os.path.join(dst, entry.name)
-        st = entry.stat(follow_symlinks=False)
-        mode = st.st_mode
-        if stat.S_ISDIR(mode):
-            os.mkdir(d, 0o700)
-            if st.st_dev == src_dev:  # a mount inside the image's tree: stop there
-                copy_tree(s, d, links)
-        elif stat.S_ISLNK(mode):
-            os.symlink(os.readlink(s), d)
-        elif stat.S_ISREG(mode):
-            key = (st.st_dev, st.st_ino)
-            if st.st_nlink > 1 and key in links:
-                os.link(links[key], d)
-                continue
-            fd_in = os.open(s, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            try:
-                fd_out = os.open(d, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                                 | os.O_CLOEXEC, 0o600)
-                try:
-                    with open(fd_in, "rb", closefd=False) as fi, \
-                            open(fd_out, "wb", closefd=False) as fo:
-                        shutil.copyfileobj(fi, fo, 1 << 20)
-                finally:
-                    os.close(fd_out)
-            finally:
-                os.close(fd_in)
-            if st.st_nlink > 1:
-                links[key] = d
-        elif stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-            os.mknod(d, mode, st.st_rdev)
-        else:
-            continue  # sockets belong to a process, not to an image
-        os.chown(d, st.st_uid, st.st_gid, follow_symlinks=False)
-        if not stat.S_ISLNK(mode):
-            os.chmod(d, stat.S_IMODE(mode))
-        os.utime(d, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
 
 
 # -- starting and stopping (blocking) -----------------------------------------------

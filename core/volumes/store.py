@@ -20,6 +20,7 @@ import json
 import os
 import re
 import secrets
+import stat
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 import trio
 
+from skiff.core import fdops
 from skiff.core.atomic import write_json_atomic
 from skiff.core.errors import Conflict, InvalidParameter, NotFound
 from skiff.core.hookspecs import DriverNotSupported, VolumeContext, VolumeDriver
@@ -334,19 +336,57 @@ def _labels_match(labels: Mapping[str, str], filters: Mapping[str, list[str]]) -
     return not any(has(w) for w in filters.get("label!", []))
 
 
+#: directory levels :func:`_du` descends; each holds a descriptor, and a
+#: container can nest directories in its volume without end
+_DU_DEPTH = 128
+
+
 def _du(path: str) -> int:
-    """Bytes used under ``path``, without following symlinks or crossing mounts."""
-    total = 0
+    """Bytes used under ``path``, without following symlinks or crossing mounts.
+
+    A running container may be changing the tree: it is walked through
+    descriptors one name at a time (:mod:`skiff.core.fdops`), so a directory
+    swapped for a symbolic link is skipped, never followed onto the host's.
+    """
     try:
-        dev = os.lstat(path).st_dev
+        top = fdops.open_dir(path)
     except OSError:
         return 0
-    for root, dirs, files in os.walk(path):
-        for name in files + dirs:
+    total = 0
+    # one (descriptor, names not yet seen) per level: depth first, one
+    # descriptor per level held
+    stack: list[tuple[int, list[str]]] = [(top, [])]
+    try:
+        dev = os.fstat(top).st_dev
+        stack[0] = (top, _names(top))
+        while stack:
+            fd, names = stack[-1]
+            if not names:
+                os.close(fd)
+                stack.pop()
+                continue
+            name = names.pop()
             try:
-                st = os.lstat(os.path.join(root, name))
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
             except OSError:
                 continue
-            if st.st_dev == dev:
-                total += st.st_blocks * 512 if st.st_blocks else st.st_size
+            if st.st_dev != dev:
+                continue
+            total += st.st_blocks * 512 if st.st_blocks else st.st_size
+            if stat.S_ISDIR(st.st_mode) and len(stack) < _DU_DEPTH:
+                try:
+                    child = fdops.open_dir_at(fd, name)
+                except OSError:
+                    continue
+                stack.append((child, _names(child)))
+    finally:
+        for fd, _ in stack:
+            os.close(fd)
     return total
+
+
+def _names(fd: int) -> list[str]:
+    try:
+        return os.listdir(fd)
+    except OSError:
+        return []

@@ -1,4 +1,4 @@
-"""Mount option parsing and symlink-safe path resolution under a root.
+"""Mount option parsing for the container init.
 
 Pure helpers for the container init; no heavy imports (the fork server loads
 this module).
@@ -6,10 +6,7 @@ this module).
 
 from __future__ import annotations
 
-import os
-
 from skiff.core import syscalls as sc
-from skiff.core.securejoin import secure_join as secure_join  # the init resolves with it
 
 MS_SYNCHRONOUS = 16
 MS_MANDLOCK = 64
@@ -86,9 +83,3 @@ def parse_options(options: list[str]) -> tuple[int, int, str]:
         elif opt:
             data.append(opt)
     return flags, propagation, ",".join(data)
-
-
-def within(root: str, path: str) -> bool:
-    """Whether ``path`` is ``root`` or below it (both normalised, absolute)."""
-    root = os.path.normpath(root)
-    return path == root or path.startswith(root.rstrip("/") + "/")

@@ -134,26 +134,69 @@ def _convert(dir_fd: int) -> None:
         os.utime(dir_fd, ns=(before.st_atime_ns, before.st_mtime_ns))
 
 
+#: directory levels :func:`_linked_names` descends (one descriptor and one
+#: Python frame each)
+_SCAN_DEPTH = 256
+
+
 def _linked_names(branches: list[str]) -> list[str]:
-    """Relative paths of files with more than one link in any of ``branches``."""
+    """Relative paths of files with more than one link in any of ``branches``.
+
+    A container's upper branch may be changing (a running container's, read
+    for an export): it is walked through descriptors, never following a link.
+    """
     out: list[str] = []
 
-    def scan(top: str, rel: str) -> None:
+    def scan(dir_fd: int, rel: str, depth: int) -> None:
+        if depth > _SCAN_DEPTH:
+            return  # only a link count shown too low until the name is looked up
         try:
-            entries = list(os.scandir(os.path.join(top, rel) if rel else top))
+            names = os.listdir(dir_fd)
         except OSError:
             return
-        for e in entries:
-            path = f"{rel}/{e.name}" if rel else e.name
-            if e.is_dir(follow_symlinks=False):
-                scan(top, path)
-            elif e.is_file(follow_symlinks=False) and \
-                    e.stat(follow_symlinks=False).st_nlink > 1:
+        for name in names:
+            path = f"{rel}/{name}" if rel else name
+            try:
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            except OSError:
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                try:
+                    cfd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+                except OSError:
+                    continue
+                try:
+                    scan(cfd, path, depth + 1)
+                finally:
+                    os.close(cfd)
+            elif stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
                 out.append(path)
 
     for branch in branches:
-        scan(branch, "")
+        try:
+            fd = os.open(branch, _DIR_FLAGS)
+        except OSError:
+            continue
+        try:
+            scan(fd, "", 0)
+        finally:
+            os.close(fd)
     return out
+
+
+def _look_up(top: str, rel: str) -> None:
+    """``lstat`` of ``rel`` under ``top``, reached one name at a time, never
+    through a symbolic link (see :func:`_linked_names`)."""
+    parts = rel.split("/")
+    fd = os.open(top, _DIR_FLAGS)
+    try:
+        for part in parts[:-1]:
+            nfd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+        os.stat(parts[-1], dir_fd=fd, follow_symlinks=False)
+    finally:
+        os.close(fd)
 
 
 class AufsDriver(MountedTreeDiffs):
@@ -373,7 +416,7 @@ class AufsDriver(MountedTreeDiffs):
         # themselves) gives the shared inode its full count before anyone looks.
         for rel in _linked_names([d for d in (upper, *lowers) if d]):
             with contextlib.suppress(OSError):
-                os.lstat(os.path.join(target, rel))
+                _look_up(target, rel)
         # The helper exits when its filesystem's last mount goes (possibly
         # later, inside a container's namespace): reap it then.
         threading.Thread(target=proc.wait, name=f"aufs-reap-{layer_id[:12]}",

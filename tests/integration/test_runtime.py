@@ -1170,20 +1170,6 @@ def test_resolve_user_errors() -> None:
     assert users.resolve_user("0", None, None).uid == 0
 
 
-def test_secure_join(tmp_path: Path) -> None:
-    root = tmp_path / "root"
-    (root / "a").mkdir(parents=True)
-    (root / "a" / "up").symlink_to("../../../..")
-    (root / "abs").symlink_to("/a")
-    (root / "loop").symlink_to("loop")
-    assert mounts.secure_join(str(root), "/a/up/etc") == f"{root}/etc"
-    assert mounts.secure_join(str(root), "../../x") == f"{root}/x"
-    assert mounts.secure_join(str(root), "/abs/b/c") == f"{root}/a/b/c"
-    assert mounts.secure_join(str(root), "/") == str(root)
-    with pytest.raises(OSError):
-        mounts.secure_join(str(root), "/loop/x")
-
-
 def test_parse_options() -> None:
     from skiff.core import syscalls as sc
 

@@ -1,5 +1,5 @@
 """Mount specs: Binds, Mounts, Tmpfs and image volumes into mount points; the
-core's secure_join and copy-up; the local volume driver's option mounts."""
+copy-up; the local volume driver's option mounts."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from skiff.core.containers import mounts
+from skiff.core.containers import copyup, mounts
 from skiff.core.containers.config import InvalidConfig
 from skiff.core.hookspecs import VolumeContext, VolumeDriver
 from skiff.core.volumes.store import _labels_match
@@ -123,20 +123,6 @@ def test_api_shape_hides_private_keys_and_tmpfs_map() -> None:
     ]
 
 
-def test_secure_join_stays_in_root(tmp_path: Path) -> None:
-    root = tmp_path / "root"
-    (root / "etc").mkdir(parents=True)
-    os.symlink("/etc", root / "abs")
-    os.symlink("../../../../../etc", root / "rel")
-    os.symlink("loop2", root / "loop1")
-    os.symlink("loop1", root / "loop2")
-    assert mounts.secure_join(str(root), "/abs/x") == str(root / "etc" / "x")
-    assert mounts.secure_join(str(root), "/rel/x") == str(root / "etc" / "x")
-    assert mounts.secure_join(str(root), "/../../x") == str(root / "x")
-    with pytest.raises(OSError, match="too many levels"):
-        mounts.secure_join(str(root), "/loop1/x")
-
-
 def test_copy_tree_keeps_owners_modes_links_and_does_not_follow(tmp_path: Path) -> None:
     src, dst = tmp_path / "src", tmp_path / "dst"
     (src / "d").mkdir(parents=True)
@@ -147,15 +133,34 @@ def test_copy_tree_keeps_owners_modes_links_and_does_not_follow(tmp_path: Path) 
     os.chmod(src / "d", 0o711)
     os.link(src / "f", src / "d" / "hard")
     os.symlink("/etc/shadow", src / "link")
-    os.mkfifo(src / "fifo", 0o600)
-    mounts.copy_tree(str(src), str(dst))
+    os.mkfifo(src / "fifo", 0o640)
+    os.chown(src / "fifo", 7, 8)
+    os.mknod(src / "null", stat.S_IFCHR | 0o600, os.makedev(1, 3))
+    os.chmod(src / "null", 0o666)
+    os.chown(src / "link", 5, 6, follow_symlinks=False)
+    os.utime(src / "d", ns=(1_000_000_000, 2_000_000_123))
+    os.utime(src / "link", ns=(3_000_000_000, 4_000_000_000), follow_symlinks=False)
+    sfd, dfd = os.open(src, os.O_RDONLY | os.O_DIRECTORY), os.open(dst, os.O_RDONLY)
+    try:
+        copyup.copy_tree(sfd, dfd)
+    finally:
+        os.close(sfd)
+        os.close(dfd)
     st = os.lstat(dst / "f")
     assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (1000, 2000, 0o4750)
     assert (dst / "f").read_text() == "data"
     assert os.lstat(dst / "d" / "hard").st_ino == st.st_ino
     assert stat.S_IMODE(os.lstat(dst / "d").st_mode) == 0o711
     assert os.readlink(dst / "link") == "/etc/shadow"
-    assert stat.S_ISFIFO(os.lstat(dst / "fifo").st_mode)
+    st = os.lstat(dst / "fifo")
+    assert stat.S_ISFIFO(st.st_mode)
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (7, 8, 0o640)
+    st = os.lstat(dst / "null")
+    assert stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(1, 3)
+    assert stat.S_IMODE(st.st_mode) == 0o666
+    assert os.lstat(dst / "d").st_mtime_ns == 2_000_000_123
+    st = os.lstat(dst / "link")
+    assert (st.st_uid, st.st_gid, st.st_mtime_ns) == (5, 6, 4_000_000_000)
 
 
 def test_label_filters() -> None:
