@@ -67,6 +67,7 @@ from skiff.core.images.store import (
     encode_config,
     parse_config,
 )
+from skiff.core.tarlimits import open_stream
 
 log = structlog.get_logger("skiff.images.archives")
 
@@ -178,8 +179,9 @@ class _Entry:
 
 def _spool_archive(stream: IO[bytes], spool: _Spool) -> None:
     try:
-        with tarfile.open(fileobj=stream, mode="r|*") as tar:  # type: ignore[call-overload]
+        with open_stream(stream) as tar:
             for member in tar:
+                tar.members.clear()  # tarfile keeps every member otherwise
                 name = _clean(member.name)
                 if not name:
                     continue
