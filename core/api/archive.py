@@ -59,7 +59,7 @@ def register(router: Router, engine: Engine) -> None:
 
         mgr.event(c, "archive-path")
         log.info("container.archive_path", id=c.id, path=path)
-        return StreamResponse(stream_sync_producer(produce, engine.limiter, engine.nursery),
+        return StreamResponse(stream_sync_producer(produce, engine.transfers, engine.nursery),
                               content_type="application/x-tar",
                               headers=[(cp.STAT_HEADER, found.header())])
 
@@ -75,6 +75,6 @@ def register(router: Router, engine: Engine) -> None:
             cp.extract_to_dir(engine, c, path, stream,
                               no_overwrite_dir_non_dir=no_overwrite, copy_uid_gid=copy_ids)
 
-        await feed_sync_consumer(req.body_stream(), consume, engine.limiter)
+        await feed_sync_consumer(req.body_stream(), consume, engine.transfers)
         mgr.event(c, "extract-to-dir")
         log.info("container.extract_to_dir", id=c.id, path=path)
