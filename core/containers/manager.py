@@ -32,6 +32,7 @@ from skiff.core.containers.config import (
     normalize_host_config,
     parse_signal,
 )
+from skiff.core.containers.logread import LogCursor, RecordedLog
 from skiff.core.containers.model import Container, State, now_rfc3339
 from skiff.core.containers.streams import OutputHub, feed_stdin, open_stdio, pump, take_terminal
 from skiff.core.errors import Conflict, InvalidParameter, NotFound, NotModified
@@ -41,6 +42,7 @@ from skiff.core.hookspecs import (
     Endpoint,
     LogContext,
     LogDriver,
+    LogMessage,
     MountSpec,
     ReadConfig,
     StartError,
@@ -830,35 +832,48 @@ class ContainerManager:
         def frame(kind: str, data: bytes) -> bytes:
             return multiplex_frame(kinds[kind], data) if framed else data
 
-        recv = hub.subscribe(stdout=stdout, stderr=stderr)
+        sub = hub.subscribe(stdout=stdout, stderr=stderr)
         self.event(c, "attach")
-        if logs:
-            for msg in await self._history(c, ReadConfig(stdout=stdout, stderr=stderr)):
-                await stream.send_all(frame(msg.stream, msg.line))
+        try:
+            if logs and (c.host_config.get("LogConfig") or {}).get("Type") != "none":
+                recorded = RecordedLog(self._open_log_reader(c),
+                                       ReadConfig(stdout=stdout, stderr=stderr),
+                                       self.engine.to_thread)
+                try:
+                    await recorded.start()
+                    async for batch in recorded.batches():
+                        await stream.send_all(b"".join(frame(m.stream, m.line) for m in batch))
+                finally:
+                    recorded.close()
 
-        async def copy_stdin(scope: trio.CancelScope) -> None:
-            if not (stdin and c.config.get("OpenStdin")):
-                return
-            await hub.stdin_ready.wait()
-            if hub.stdin is None:
-                return
-            how = await feed_stdin(stream, hub.stdin, tty=bool(c.config.get("Tty")),
-                                   close_on_eof=bool(c.config.get("StdinOnce")),
-                                   detach_keys=detach_keys)
-            if how == "detach":
-                self.event(c, "detach")
-            if how in ("detach", "eof"):
-                scope.cancel()
+            async def copy_stdin(scope: trio.CancelScope) -> None:
+                if not (stdin and c.config.get("OpenStdin")):
+                    return
+                await hub.stdin_ready.wait()
+                if hub.stdin is None:
+                    return
+                how = await feed_stdin(stream, hub.stdin, tty=bool(c.config.get("Tty")),
+                                       close_on_eof=bool(c.config.get("StdinOnce")),
+                                       detach_keys=detach_keys)
+                if how == "detach":
+                    self.event(c, "detach")
+                if how in ("detach", "eof"):
+                    scope.cancel()
 
-        async with trio.open_nursery() as n:
-            n.start_soon(copy_stdin, n.cancel_scope)
-            try:
-                async for kind, data in recv:
-                    await stream.send_all(frame(kind, data))
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
-            n.cancel_scope.cancel()
-        hub.unsubscribe(recv)
+            async with trio.open_nursery() as n:
+                n.start_soon(copy_stdin, n.cancel_scope)
+                try:
+                    async for kind, data, _when in sub:
+                        await stream.send_all(frame(kind, data))
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+                n.cancel_scope.cancel()
+        finally:
+            hub.unsubscribe(sub)
+        if sub.dropped:
+            # the stream ends here for this client only; the container and its log go on
+            log.warning("container.attach_dropped", id=c.id, behind=sub.limit,
+                        hint="the client stopped reading; docker logs has the output")
 
     def resize(self, ref: str, height: int, width: int) -> None:
         """``POST /containers/{id}/resize``: the TTY's size (SIGWINCH in the container)."""
@@ -869,17 +884,6 @@ class ContainerManager:
             self.tracks[c.id].hub.resize(height, width)
         except OSError as exc:
             raise InvalidParameter(f"cannot resize the TTY: {exc.strerror}") from exc
-
-    async def _history(self, c: Container, cfg: ReadConfig) -> list[Any]:
-        lc = c.host_config.get("LogConfig") or {}
-        name = lc.get("Type") or "json-file"
-        if name == "none":
-            return []
-        driver = self._open_log_reader(c)
-        try:
-            return await self.engine.to_thread(lambda: list(driver.read(cfg)))
-        finally:
-            driver.close()
 
     def _open_log_reader(self, c: Container) -> LogDriver:
         lc = c.host_config.get("LogConfig") or {}
@@ -906,30 +910,43 @@ class ContainerManager:
                 data = rfc3339(when).encode() + b" " + data
             return multiplex_frame(kinds[kind], data) if framed else data
 
-        live = None
-        async with track.hub.log_lock:
-            history = await self._history(c, cfg)
-            if follow and c.state.Running:
-                live = track.hub.subscribe(stdout=cfg.stdout, stderr=cfg.stderr)
-        # One HTTP chunk per ~64 KiB, not per line: a million-line log is a
-        # million socket writes otherwise.
-        batch: list[bytes] = []
-        size = 0
-        for msg in history:
-            frame = render(msg.stream, msg.line, msg.time)
-            batch.append(frame)
-            size += len(frame)
-            if size >= LOG_BATCH:
-                yield b"".join(batch)
-                batch, size = [], 0
-        if batch:
-            yield b"".join(batch)
-        if live is not None:
-            async with live:
-                async for kind, data in live:
-                    if cfg.until is not None and time.time() > cfg.until:
-                        break
-                    yield render(kind, data, time.time())
+        hub = track.hub
+        cursor = LogCursor()
+        read_cfg = cfg
+        while True:
+            # The log up to now, at the client's pace, then live lines; a client
+            # that falls behind the live lines is dropped from them and reads on
+            # from the log, so it never holds the daemon's memory or anyone else.
+            recorded = RecordedLog(self._open_log_reader(c), read_cfg, self.engine.to_thread)
+            live = None
+            try:
+                async with hub.log_lock:
+                    await recorded.start()
+                    if follow and c.state.Running:
+                        live = hub.subscribe(stdout=cfg.stdout, stderr=cfg.stderr, lines=True)
+                async for batch in recorded.batches():
+                    # one HTTP chunk per batch, not per line
+                    out = b"".join(render(m.stream, m.line, m.time)
+                                   for m in batch if cursor.take(m))
+                    if out:
+                        yield out
+                recorded.close()
+                if live is None:
+                    return
+                async for kind, data, when in live:
+                    if cfg.until is not None and when > cfg.until:
+                        return
+                    if cursor.take(LogMessage(kind, data, when)):  # type: ignore[arg-type]
+                        yield render(kind, data, when)
+                if not live.dropped:
+                    return  # the run ended
+            finally:
+                recorded.close()
+                if live is not None:
+                    hub.unsubscribe(live)
+            log.info("container.logs_catching_up", id=c.id,
+                     reason="the client fell behind the live output; reading on from the log")
+            read_cfg = cursor.rewind(cfg)
 
     # -- shutdown --------------------------------------------------------------
 
