@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 import trio
 
-from skiff.core.containers import lifecycle, names, restart
+from skiff.core.containers import lifecycle, names, pidproof, restart
 from skiff.core.containers import mounts as container_mounts
 from skiff.core.containers.config import (
     NAME_RE,
@@ -61,6 +61,8 @@ LOG_BATCH = 64 * 1024
 #: escaped the pid namespace keeps them); the kernel kills the rest of the
 #: namespace, so this is a safety net, not a normal wait
 OUTPUT_GRACE = 2.0
+#: after a crash, how long restore waits for a container it killed to be gone
+RESTORE_KILL_WAIT = 5.0
 
 
 @dataclass
@@ -138,28 +140,75 @@ class ContainerManager:
 
         Without live-restore a container does not survive its daemon.  A shim
         that outlived a crash has written the exit code beside the bundle.
+        Otherwise the recorded PID 1 is killed, but only once proved to be the
+        container's (``pidproof``): a pid the kernel has since given to another
+        process is left alone.
         """
         os.makedirs(self.root, mode=0o710, exist_ok=True)
         for cid in os.listdir(self.root):
             path = os.path.join(self.root, cid)
             try:
                 c = Container.load(path)
-            except (OSError, ValueError, KeyError) as exc:
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+                # a damaged record costs that container, never the daemon's start
                 log.warning("container.restore_failed", id=cid, error=str(exc))
                 continue
             if c.state.Running:
                 code = self._exit_code_from_bundle(c.id)
-                if code is None and c.state.Pid:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(c.state.Pid, signal.SIGKILL)
-                    code = 137
+                if code is None:
+                    code = self._kill_recorded(c)
                 c.state = State(
                     Status="exited", ExitCode=code if code is not None else 255,
                     StartedAt=c.state.StartedAt, FinishedAt=now_rfc3339(),
                 )
                 c.save()
+                self._drop_crashed_groups(c)
             self.restarts.on_restore(c)
             self._index(c)
+
+    def _kill_recorded(self, c: Container) -> int | None:
+        """Kill the recorded PID 1 if it is proved to be the container's; its exit code."""
+        cgroups = self.engine.cgroups
+
+        def in_cgroup(pid: int) -> bool:
+            try:
+                return cgroups is not None and pid in cgroups.pids(c.id)
+            except Exception:
+                return False  # no groups left: no proof
+
+        outcome = pidproof.kill_if_proven(c.state.Pid, c.state.pid_start, c.state.boot_id,
+                                          in_cgroup, wait=RESTORE_KILL_WAIT)
+        if outcome == "killed":
+            log.info("container.restore_killed", id=c.id, pid=c.state.Pid)
+            return 137
+        if outcome in ("recycled", "unproven"):
+            log.warning("container.restore_pid_not_ours", id=c.id, pid=c.state.Pid,
+                        outcome=outcome,
+                        reason="the recorded pid is not proved to be the container's "
+                               "any more; it was left alone")
+        return None
+
+    def _drop_crashed_groups(self, c: Container) -> None:
+        """Remove the groups of a container that ran when the daemon died, once empty.
+
+        A group that still holds processes (a pid that could not be proved) is
+        left, and said so: removing it would fail, killing by number is not ours.
+        """
+        cgroups = self.engine.cgroups
+        if cgroups is None:
+            return
+        try:
+            # the rest of a killed container's pid namespace goes just after its PID 1
+            deadline = time.monotonic() + 2
+            while (left := cgroups.pids(c.id)) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            if left:
+                log.warning("container.restore_groups_busy", id=c.id, pids=left,
+                            hint="processes the daemon could not prove are the container's")
+                return
+            cgroups.destroy(c.id)
+        except Exception as exc:
+            log.warning("container.cgroup_destroy_failed", id=c.id, error=str(exc))
 
     def _exit_code_from_bundle(self, cid: str) -> int | None:
         try:
@@ -178,7 +227,7 @@ class ContainerManager:
     def _index(self, c: Container) -> None:
         self.by_id[c.id] = c
         self.by_name[c.name] = c.id
-        self.tracks.setdefault(c.id, Track())
+        self.tracks.setdefault(c.id, Track()).hub.owner = c.id
 
     # -- create --------------------------------------------------------------
 
@@ -410,6 +459,8 @@ class ContainerManager:
             raise
         for fd in (in_r, out_w, err_w):
             os.close(fd)
+        # read while the init waits for "go": the pid is certainly that process
+        pid_start = pidproof.start_time(process.pid) or 0
         try:
             if spec.tty:  # the pty master (out_r, err_r is -1); sized before go
                 out_r, in_w = take_terminal(process, spec.open_stdin,
@@ -431,7 +482,8 @@ class ContainerManager:
                 c.save()
             raise
         c.state = State(Status="running", Running=True, Pid=process.pid,
-                        StartedAt=now_rfc3339(), FinishedAt=c.state.FinishedAt)
+                        StartedAt=now_rfc3339(), FinishedAt=c.state.FinishedAt,
+                        pid_start=pid_start, boot_id=pidproof.boot_id())
         track.process = process
         track.spec = spec
         track.stopping = False
@@ -870,10 +922,6 @@ class ContainerManager:
                 n.cancel_scope.cancel()
         finally:
             hub.unsubscribe(sub)
-        if sub.dropped:
-            # the stream ends here for this client only; the container and its log go on
-            log.warning("container.attach_dropped", id=c.id, behind=sub.limit,
-                        hint="the client stopped reading; docker logs has the output")
 
     def resize(self, ref: str, height: int, width: int) -> None:
         """``POST /containers/{id}/resize``: the TTY's size (SIGWINCH in the container)."""

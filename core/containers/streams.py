@@ -295,6 +295,8 @@ class OutputHub:
     run_ended: trio.Event = field(default_factory=trio.Event)
     #: a duplicate of the pty master while the container runs with a TTY (resize)
     terminal: int = -1
+    #: the container's ID, for what the hub logs
+    owner: str = ""
 
     def subscribe(self, stdout: bool = True, stderr: bool = True,
                   limit: int = SUBSCRIBER_BACKLOG, lines: bool = False) -> Subscription:
@@ -322,9 +324,11 @@ class OutputHub:
             if ok:
                 alive.append(sub)
             elif sub.dropped:
-                logger.warning("attach.reader_dropped", stream=stream, limit=sub.limit,
-                               reason="the reader fell behind; it can read the rest "
-                                      "with docker logs")
+                logger.warning("container.reader_dropped", id=self.owner,
+                               reader="logs -f" if sub.lines else "attach", limit=sub.limit,
+                               reason="the client fell more than the limit behind the "
+                                      "output; its stream ends (logs -f reads on from the "
+                                      "log), the container and its log go on")
         self.subscribers = alive
 
     def end_run(self) -> None:
