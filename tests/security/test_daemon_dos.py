@@ -15,6 +15,7 @@ attack succeeding against what does share its thread pool.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import select
@@ -182,6 +183,68 @@ def test_load_4gib_tar_header_is_a_quick_400_with_flat_memory(
     grew = after["VmHWM"] - before["VmHWM"]
     assert grew < 32 * MiB, f"skiffd's peak memory grew by {grew} bytes: {before} -> {after}"
     poll(lambda: tmp_entries(skiffd) == tmp_before, 10, "the load's spool to go")
+    healthy(skiffd)
+
+
+def _sparse_map_garbage() -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        info = tarfile.TarInfo("s")
+        info.size = 4
+        info.pax_headers = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0"}
+        tf.addfile(info, io.BytesIO(b"xxxx"))
+    return out.getvalue()
+
+
+BAD_TARS = {
+    "not-a-tar": b"this is not a tar archive\n" * 100,
+    "bad-gzip": b"\x1f\x8b\x08\x00" + b"\xff" * 2000,
+    "4gib-long-name": meta_header(tarfile.GNUTYPE_LONGNAME, 4 * GiB) + bytes(1024),
+    "pax-chain": b"".join(meta_header(tarfile.XHDTYPE, 0) for _ in range(5000)),
+    "sparse-map-garbage": _sparse_map_garbage(),
+}
+
+
+def post(d: Daemon, method: str, path: str, body: bytes) -> tuple[int, str]:
+    s = connect(d)
+    try:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            # the daemon may refuse (and close) before the whole body is sent
+            s.sendall(request_head(method, path, "Content-Type: application/x-tar",
+                                   f"Content-Length: {len(body)}") + body)
+        status, headers, rest = read_head(s)
+        data = read_body(s, headers, rest)
+    finally:
+        s.close()
+    try:
+        return status, json.loads(data)["message"] if data else ""
+    except (ValueError, KeyError):
+        return status, data.decode(errors="replace")
+
+
+@pytest.mark.parametrize("bad", sorted(BAD_TARS))
+def test_bad_tars_are_a_400_that_leaves_nothing(skiffd: Daemon, bad: str) -> None:
+    """Bad input, every tar endpoint (load, import, cp into a container): a 400 with a
+    message, no 5xx (stock tarfile let a ValueError or a RecursionError out of some of
+    these), nothing left behind, the daemon serving on."""
+    box = unique("cp-target")
+    skiffd.docker("create", "--name", box, "busybox", "true", check=True)
+    images = skiffd.docker("images", "-qa", check=True).stdout
+    tmp_before = tmp_entries(skiffd)
+    try:
+        for method, path in (("POST", "/images/load"),
+                             ("POST", "/images/create?fromSrc=-&repo=bad-import"),
+                             ("PUT", f"/containers/{box}/archive?path=/tmp")):
+            status, message = post(skiffd, method, path, BAD_TARS[bad])
+            assert status == 400, (path, status, message)
+            assert len(message) > 10, (path, message)
+        assert skiffd.docker("images", "-qa", check=True).stdout == images
+        poll(lambda: tmp_entries(skiffd) == tmp_before, 10, "spools to go")
+        failed = [line for line in daemon_log(skiffd).splitlines()
+                  if "api.handler_failed" in line]
+        assert not failed, failed
+    finally:
+        skiffd.docker("rm", "-f", box)
     healthy(skiffd)
 
 
