@@ -248,6 +248,30 @@ def test_bad_tars_are_a_400_that_leaves_nothing(skiffd: Daemon, bad: str) -> Non
     healthy(skiffd)
 
 
+def _load_archive_with(manifest: bytes) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tf:
+        info = tarfile.TarInfo("manifest.json")
+        info.size = len(manifest)
+        tf.addfile(info, io.BytesIO(manifest))
+    return out.getvalue()
+
+
+def test_deeply_nested_json_is_a_400(skiffd: Daemon) -> None:
+    """Bad input, uncontrolled recursion (CWE-674) in the JSON parser: JSON
+    nested 100 000 deep in a request body, a ``filters`` parameter or a loaded
+    archive's manifest makes Python's parser raise RecursionError; it must be a 400,
+    not a 500."""
+    deep = b"[" * 100_000
+    status, message = post(skiffd, "POST", "/containers/create", deep)
+    assert status == 400 and "nested too deeply" in message, (status, message)
+    status, message = post(skiffd, "GET", "/containers/json?filters=" + "%5B" * 50_000, b"")
+    assert status == 400 and "invalid filters" in message, (status, message)
+    status, message = post(skiffd, "POST", "/images/load", _load_archive_with(deep))
+    assert status == 400 and "not valid JSON" in message, (status, message)
+    healthy(skiffd)
+
+
 # -- 2. attach / logs -f readers that never read ------------------------------------------
 
 
