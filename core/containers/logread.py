@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
+from skiff.core.containers.streams import LineSplitter
 from skiff.core.hookspecs import LogDriver, LogMessage, ReadConfig
 
 #: bytes of log lines taken from the driver per batch (one worker-thread call)
@@ -98,9 +99,9 @@ class LogCursor:
     catch-up skip messages stamped earlier than ones it already sent.)
     """
 
-    def __init__(self) -> None:
-        #: microseconds of the newest message sent, None before the first
-        self.at: int | None = None
+    def __init__(self, since: float | None = None) -> None:
+        #: microseconds of the newest message sent (or of ``since``), None before
+        self.at: int | None = None if since is None else micros(since)
         #: messages sent with that time
         self.sent = 0
         self._catching = False
@@ -123,9 +124,56 @@ class LogCursor:
         # older than the cursor: a catch-up has sent it; live, the clock went back
         return not self._catching
 
+    def advance(self, when: float, n: int) -> None:
+        """``n`` messages logged at ``when`` were sent some other way (raw, by attach)."""
+        t = micros(when)
+        if self.at is None or t > self.at:
+            self.at, self.sent = t, n
+        elif t == self.at:
+            self.sent += n
+
     def rewind(self, cfg: ReadConfig) -> ReadConfig:
         """``cfg`` for reading on from here: no tail, since the cursor's time."""
         if self.at is None:
             return replace(cfg, tail=None)
         self._catching, self._skip, self._seen = True, self.sent, 0
         return replace(cfg, tail=None, since=(self.at - 1) / 1e6)
+
+
+class RawProgress:
+    """How far an attached client got in the log, from the raw chunks it was sent.
+
+    The pump logs a chunk's complete lines at the chunk's time and keeps an
+    unfinished line for later; mirroring its line splitting (from the hub's
+    ``pending`` bytes at subscription) tells which log messages the client
+    has whole, and how much of the next one per stream it already has.  If
+    the client falls behind and is dropped from the live output, it reads
+    on from the log with :attr:`cursor`, :meth:`trim` cutting what it had.
+    """
+
+    def __init__(self, pending: dict[str, bytes], since: float) -> None:
+        self.cursor = LogCursor(since)
+        self._split: dict[str, LineSplitter] = {}
+        #: bytes of the next logged message of each stream the client has, or
+        #: never gets (written before it attached)
+        self._have: dict[str, int] = {}
+        for stream in ("stdout", "stderr"):
+            self._split[stream] = splitter = LineSplitter()
+            splitter.buf = pending.get(stream, b"")
+            self._have[stream] = len(splitter.buf)
+
+    def sent(self, stream: str, data: bytes, when: float) -> None:
+        lines = self._split[stream].feed(data)
+        if lines:
+            self.cursor.advance(when, len(lines))
+            self._have[stream] = len(self._split[stream].buf)
+        else:
+            self._have[stream] += len(data)
+
+    def trim(self, msg: LogMessage) -> bytes:
+        """What of a message read from the log the client does not have yet."""
+        have = self._have[msg.stream]
+        if not have:
+            return msg.line
+        self._have[msg.stream] = 0
+        return msg.line[have:]

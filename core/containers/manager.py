@@ -32,7 +32,7 @@ from skiff.core.containers.config import (
     normalize_host_config,
     parse_signal,
 )
-from skiff.core.containers.logread import LogCursor, RecordedLog
+from skiff.core.containers.logread import LogCursor, RawProgress, RecordedLog
 from skiff.core.containers.model import Container, State, now_rfc3339
 from skiff.core.containers.streams import OutputHub, feed_stdin, open_stdio, pump, take_terminal
 from skiff.core.errors import Conflict, InvalidParameter, NotFound, NotModified
@@ -885,9 +885,10 @@ class ContainerManager:
             return multiplex_frame(kinds[kind], data) if framed else data
 
         sub = hub.subscribe(stdout=stdout, stderr=stderr)
+        progress = RawProgress(hub.pending, time.time())
         self.event(c, "attach")
         try:
-            if logs and (c.host_config.get("LogConfig") or {}).get("Type") != "none":
+            if logs and self._log_readable(c):
                 recorded = RecordedLog(self._open_log_reader(c),
                                        ReadConfig(stdout=stdout, stderr=stderr),
                                        self.engine.to_thread)
@@ -912,13 +913,28 @@ class ContainerManager:
                 if how in ("detach", "eof"):
                     scope.cancel()
 
+            async def copy_output() -> None:
+                async for kind, data, when in sub:
+                    await stream.send_all(frame(kind, data))
+                    progress.sent(kind, data, when)
+                if not sub.dropped or not self._log_readable(c):
+                    return
+                # Fell behind: on from the log, at this client's pace (nothing lost,
+                # nothing held in memory, nobody else slowed), then live lines.
+                cfg = ReadConfig(stdout=stdout, stderr=stderr)
+                log.info("container.attach_catching_up", id=c.id,
+                         reason="the client fell behind the live output; reading on from "
+                                "the log")
+                async for batch in self._log_messages(c, cfg, progress.cursor, follow=True,
+                                                      first=progress.cursor.rewind(cfg)):
+                    out = [frame(m.stream, data) for m in batch if (data := progress.trim(m))]
+                    if out:
+                        await stream.send_all(b"".join(out))
+
             async with trio.open_nursery() as n:
                 n.start_soon(copy_stdin, n.cancel_scope)
-                try:
-                    async for kind, data, _when in sub:
-                        await stream.send_all(frame(kind, data))
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    pass
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await copy_output()
                 n.cancel_scope.cancel()
         finally:
             hub.unsubscribe(sub)
@@ -946,11 +962,10 @@ class ContainerManager:
         from skiff.core.timefmt import rfc3339
 
         c = self.get(ref)
-        if c.host_config.get("LogConfig", {}).get("Type") == "none":
+        if not self._log_readable(c):
             raise InvalidParameter(
                 'configured logging driver does not support reading: "none"'
             )
-        track = self.tracks[c.id]
         kinds = {"stdout": 1, "stderr": 2}
 
         def render(kind: str, data: bytes, when: float) -> bytes:
@@ -958,13 +973,25 @@ class ContainerManager:
                 data = rfc3339(when).encode() + b" " + data
             return multiplex_frame(kinds[kind], data) if framed else data
 
-        hub = track.hub
-        cursor = LogCursor()
-        read_cfg = cfg
+        async for batch in self._log_messages(c, cfg, LogCursor(), follow=follow, first=cfg):
+            # one HTTP chunk per batch, not per line
+            yield b"".join(render(m.stream, m.line, m.time) for m in batch)
+
+    def _log_readable(self, c: Container) -> bool:
+        return (c.host_config.get("LogConfig") or {}).get("Type") != "none"
+
+    async def _log_messages(self, c: Container, cfg: ReadConfig, cursor: LogCursor, *,
+                            follow: bool, first: ReadConfig) -> AsyncIterator[list[LogMessage]]:
+        """The recorded log (``first`` says what of it), then live lines when following.
+
+        The log is read at the client's pace (each batch is taken when the
+        last one was consumed); a client that falls behind the live lines is
+        dropped from them and reads on from the log where ``cursor`` says it
+        stopped, so it never holds the daemon's memory or anyone else up.
+        """
+        hub = self.tracks[c.id].hub
+        read_cfg = first
         while True:
-            # The log up to now, at the client's pace, then live lines; a client
-            # that falls behind the live lines is dropped from them and reads on
-            # from the log, so it never holds the daemon's memory or anyone else.
             recorded = RecordedLog(self._open_log_reader(c), read_cfg, self.engine.to_thread)
             live = None
             try:
@@ -973,19 +1000,18 @@ class ContainerManager:
                     if follow and c.state.Running:
                         live = hub.subscribe(stdout=cfg.stdout, stderr=cfg.stderr, lines=True)
                 async for batch in recorded.batches():
-                    # one HTTP chunk per batch, not per line
-                    out = b"".join(render(m.stream, m.line, m.time)
-                                   for m in batch if cursor.take(m))
-                    if out:
-                        yield out
+                    new = [m for m in batch if cursor.take(m)]
+                    if new:
+                        yield new
                 recorded.close()
                 if live is None:
                     return
                 async for kind, data, when in live:
                     if cfg.until is not None and when > cfg.until:
                         return
-                    if cursor.take(LogMessage(kind, data, when)):  # type: ignore[arg-type]
-                        yield render(kind, data, when)
+                    msg = LogMessage(kind, data, when)  # type: ignore[arg-type]
+                    if cursor.take(msg):
+                        yield [msg]
                 if not live.dropped:
                     return  # the run ended
             finally:

@@ -297,6 +297,8 @@ class OutputHub:
     terminal: int = -1
     #: the container's ID, for what the hub logs
     owner: str = ""
+    #: per stream, the unfinished line the pump holds back from the log
+    pending: dict[str, bytes] = field(default_factory=dict)
 
     def subscribe(self, stdout: bool = True, stderr: bool = True,
                   limit: int = SUBSCRIBER_BACKLOG, lines: bool = False) -> Subscription:
@@ -350,6 +352,7 @@ class OutputHub:
     def begin_run(self, terminal: int = -1) -> None:
         """A new run starts; ``terminal`` is its pty master (duplicated here) if any."""
         self.run_ended = trio.Event()
+        self.pending = {}
         if terminal >= 0:
             self.terminal = os.dup(terminal)
 
@@ -406,6 +409,7 @@ async def pump(
             now = time.time()
             if log is not None and lines:
                 await trio.to_thread.run_sync(write_lines, lines, now, limiter=limiter)
+            hub.pending[stream] = splitter.buf
             hub.publish(stream, data, lines, now)
 
     async with source:

@@ -365,34 +365,44 @@ def dechunk(data: bytes) -> bytes:
     return b"".join(out)
 
 
-def test_logs_follow_reader_that_falls_behind_loses_nothing(skiffd: Daemon) -> None:
-    """The other side of dropping a slow ``logs -f`` reader from the live output: it
-    reads on from the log file, so a client that paused gets every line exactly once
-    (and the daemon held none of it meanwhile)."""
+PAD = "p" * 100
+
+
+def read_to_end(s: socket.socket, chunked: bool) -> bytes:
+    body = b""
+    s.settimeout(60)
+    while not (chunked and body.endswith(b"0\r\n\r\n")):
+        data = s.recv(1 << 20)
+        if not data:
+            break
+        body += data
+    return dechunk(body) if chunked else body
+
+
+@pytest.mark.parametrize("how", ["attach", "logs-follow"])
+def test_reader_that_falls_behind_loses_nothing(skiffd: Daemon, how: str) -> None:
+    """The other side of dropping a slow reader from the live output: it reads on
+    from the log file, so a client that paused gets every line exactly once (and the
+    daemon held none of it meanwhile), where dockerd would have stopped the container
+    for it."""
     from skiff.core.api.streams import demux_streams
 
     name = unique("counter")
     lines = 60000
     skiffd.docker("run", "-d", "--name", name, "busybox", "sh", "-c",
-                  f"sleep 1; i=0; while [ $i -lt {lines} ]; do echo $i; i=$((i+1)); done; "
+                  f"sleep 1; i=0; while [ $i -lt {lines} ]; do echo $i {PAD}; i=$((i+1)); done; "
                   "sleep 1", check=True)
     try:
-        s = attach_raw(skiffd, name, logs_follow=True)
+        s = attach_raw(skiffd, name, logs_follow=how == "logs-follow")
         try:
             time.sleep(6)  # the container writes far more than 1 MiB of queue meanwhile
-            body = b""
-            s.settimeout(60)
-            while not body.endswith(b"0\r\n\r\n"):
-                data = s.recv(1 << 20)
-                if not data:
-                    break
-                body += data
+            body = read_to_end(s, chunked=how == "logs-follow")
         finally:
             s.close()
-        out, _ = demux_streams(dechunk(body))
-        got = out.decode().split()
-        assert got == [str(i) for i in range(lines)], (len(got), got[:3], got[-3:])
-        assert "container.logs_catching_up" in daemon_log(skiffd)
+        out, _ = demux_streams(body)
+        got = out.decode().splitlines()
+        assert got == [f"{i} {PAD}" for i in range(lines)], (len(got), got[:2], got[-2:])
+        assert "catching_up" in daemon_log(skiffd)
     finally:
         skiffd.docker("rm", "-f", name)
 
