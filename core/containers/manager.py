@@ -55,8 +55,6 @@ if TYPE_CHECKING:
 log = structlog.get_logger("skiff.containers")
 
 DEFAULT_STOP_TIMEOUT = 10
-#: bytes of log frames sent per HTTP chunk when replaying history
-LOG_BATCH = 64 * 1024
 #: after PID 1 exits, how long its output pipes may stay open (a process that
 #: escaped the pid namespace keeps them); the kernel kills the rest of the
 #: namespace, so this is a safety net, not a normal wait
