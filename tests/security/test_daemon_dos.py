@@ -538,8 +538,8 @@ def crash_with_pid_taken(d: Daemon, victim: subprocess.Popen[bytes]) -> tuple[st
 
 def test_restore_leaves_a_recycled_pid_alone(skiffd: Daemon, victim: subprocess.Popen[bytes]
                                              ) -> None:
-    """PID reuse (CWE-367 time-of-check/time-of-use on a pid; dockerd and runc check a
-    pid's start time or hold a pidfd for this): after a crash the record of a running
+    """PID reuse (CWE-367, time-of-check/time-of-use on a pid number; runc keeps the
+    init's start time for this): after a crash the record of a running
     container names a pid that now belongs to an unrelated process.  The restarted
     daemon leaves it alone and reports the container exited."""
     name, _ = crash_with_pid_taken(skiffd, victim)
