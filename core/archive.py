@@ -58,6 +58,7 @@ from typing import IO, Literal
 
 from skiff.core import fdops
 from skiff.core.hookspecs import Change
+from skiff.core.tarlimits import open_stream
 
 __all__ = [
     "OPAQUE_XATTR",
@@ -367,7 +368,7 @@ def extract(
 
 def _open_tar(peek: _Peek, mode: str) -> tarfile.TarFile:
     try:
-        return tarfile.open(fileobj=peek, mode=mode)  # type: ignore[call-overload]
+        return open_stream(peek, mode)  # type: ignore[arg-type]
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise ArchiveError("", f"not a readable tar stream: {exc}") from exc
 
@@ -1070,7 +1071,7 @@ def check_names(stream: IO[bytes]) -> int:
         return 0
     count = 0
     try:
-        with tarfile.open(fileobj=peek, mode="r|*") as tf:  # type: ignore[call-overload]
+        with open_stream(peek) as tf:  # type: ignore[arg-type]
             for m in tf:
                 tf.members.clear()
                 _clean_name(m.name)

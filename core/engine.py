@@ -51,6 +51,9 @@ T = TypeVar("T")
 STORAGE_PREFERENCE = ("overlay2", "btrfs", "aufs", "vfs")
 #: worker threads for blocking driver calls (mounts, tar, copies)
 THREADS = 16
+#: worker threads for transfers paced by someone else (a client's upload or
+#: download, a registry): they may wait for ever, so they never take THREADS
+TRANSFER_THREADS = 64
 
 
 def select_storage(config: dict[str, Any], plugins: Plugins) -> tuple[str, StorageDriver]:
@@ -167,6 +170,9 @@ class Engine:
         self.data_root: str = config["data-root"]
         self.exec_root: str = config["exec-root"]
         self.limiter = trio.CapacityLimiter(THREADS)
+        #: threads of client- or registry-paced transfers (load, save, import,
+        #: export, cp, blob up/downloads); see ``transfer_thread``
+        self.transfers = trio.CapacityLimiter(TRANSFER_THREADS)
         self.nursery: trio.Nursery
         self.events = EventBus()
         self._networks: dict[str, NetworkDriver] = {}
@@ -210,6 +216,17 @@ class Engine:
     async def to_thread(self, fn: Callable[..., T], *args: Any) -> T:
         """Run blocking driver work off the event loop, bounded by the engine's limiter."""
         return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+
+    async def transfer_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run blocking work whose pace a client or a registry sets, on its own threads.
+
+        A ``docker load`` that trickles, a ``docker save`` nobody reads, a
+        registry that sends a byte a minute: each holds its thread for as long
+        as the other side likes.  On ``to_thread``'s limiter, sixteen of them
+        would stop every create, start, stop and rm; here they only queue
+        behind each other.
+        """
+        return await trio.to_thread.run_sync(fn, *args, limiter=self.transfers)
 
     # -- networks ------------------------------------------------------------
 

@@ -352,6 +352,12 @@ class LogDriver(Protocol):
         Following (``docker logs -f``) is the daemon's job: it reads the past
         here and then streams live messages.  A driver that cannot read back
         (syslog) raises ``NotImplementedError``.
+
+        The daemon takes the first message while no ``write`` can happen and
+        the rest later, a batch at a time from worker threads, at the pace of
+        the client: a driver should settle what the iteration returns when it
+        starts (json-file notes each file's size then) and must not read the
+        whole log into memory.  Closing the iterator early releases its files.
         """
         ...
 

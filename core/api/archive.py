@@ -84,7 +84,7 @@ def register(router: Router, engine: Engine) -> None:
         opened = await engine.to_thread(cp.open_path, engine, c, path)
         mgr.event(c, "archive-path")
         log.info("container.archive_path", id=c.id, path=path)
-        body = stream_sync_producer(opened.write_tar, engine.limiter, engine.nursery)
+        body = stream_sync_producer(opened.write_tar, engine.transfers, engine.nursery)
         return StreamResponse(_Held(body, opened, engine),
                               content_type="application/x-tar",
                               headers=[(cp.STAT_HEADER, opened.stat.header())])
@@ -101,6 +101,6 @@ def register(router: Router, engine: Engine) -> None:
             cp.extract_to_dir(engine, c, path, stream,
                               no_overwrite_dir_non_dir=no_overwrite, copy_uid_gid=copy_ids)
 
-        await feed_sync_consumer(req.body_stream(), consume, engine.limiter)
+        await feed_sync_consumer(req.body_stream(), consume, engine.transfers)
         mgr.event(c, "extract-to-dir")
         log.info("container.extract_to_dir", id=c.id, path=path)

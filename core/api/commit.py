@@ -113,7 +113,7 @@ def register(router: Router, engine: Engine) -> None:
                 engine.storage.put(mount_id)
             log.info("container.export", id=c.id)
 
-        return StreamResponse(stream_sync_producer(produce, engine.limiter, engine.nursery),
+        return StreamResponse(stream_sync_producer(produce, engine.transfers, engine.nursery),
                               content_type="application/x-tar")
 
     @router.route("GET", "/containers/{id}/changes")

@@ -18,8 +18,8 @@ def parse_filters(raw: str | None, known: Collection[str] | None = None
         return {}
     try:
         data = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise InvalidParameter(f"invalid filters: {exc}") from exc
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise InvalidParameter(f"invalid filters: {exc or 'nested too deeply'}") from exc
     if not isinstance(data, dict):
         raise InvalidParameter("invalid filters: expected a JSON object")
     out: dict[str, list[str]] = {}

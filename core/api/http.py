@@ -36,7 +36,7 @@ import trio
 
 from skiff import __version__
 from skiff.core import errors as core_errors
-from skiff.core.api.errors import ClientDisconnected, status_and_message
+from skiff.core.api.errors import ClientDisconnected, status_and_message, unwrap
 from skiff.core.api.router import (
     API_VERSION,
     MULTIPLEXED_STREAM,
@@ -288,8 +288,9 @@ class _HttpConnection:
                           error=str(exc) or type(exc).__name__, hijacked=True, exc_info=exc)
             return None
         status, message = status_and_message(exc)
-        if not isinstance(exc, core_errors.SkiffError) or status >= 500:
-            expected = isinstance(exc, core_errors.SkiffError)
+        # a bad-input error from a child task arrives in an exception group: still a 4xx
+        expected = isinstance(unwrap(exc), core_errors.SkiffError)
+        if not expected or status >= 500:
             log.error("api.handler_failed", method=request.method, path=request.target,
                       status=status, error=message, exc_info=None if expected else exc)
         return error_response(exc)

@@ -76,7 +76,7 @@ def register(router: Router, engine: Engine) -> None:
                 return archives.import_tarball(stream, engine.layers, images, ref, changes,
                                                message)
 
-            image_id = await feed_sync_consumer(req.body_stream(), consume, engine.limiter)
+            image_id = await feed_sync_consumer(req.body_stream(), consume, engine.transfers)
             image_event(engine, "import", image_id, image_id)
             return StreamResponse(_one(json_line({"status": image_id})))
         if src:
@@ -95,7 +95,7 @@ def register(router: Router, engine: Engine) -> None:
         def consume(stream: IO[bytes]) -> list[str]:
             return archives.load(stream, engine.layers, images)
 
-        messages = await feed_sync_consumer(req.body_stream(), consume, engine.limiter)
+        messages = await feed_sync_consumer(req.body_stream(), consume, engine.transfers)
         for m in messages:
             loaded = m.partition(": ")[2].strip()
             if m.startswith("Loaded image") and loaded:
@@ -124,7 +124,7 @@ def register(router: Router, engine: Engine) -> None:
             archives.save(names, engine.layers, images, out)
 
         async def body() -> AsyncIterator[bytes]:
-            async for chunk in stream_sync_producer(produce, engine.limiter, engine.nursery):
+            async for chunk in stream_sync_producer(produce, engine.transfers, engine.nursery):
                 yield chunk
             # Docker announces "save" once the archive is written: an aborted or failed
             # export (the producer raises) must not be reported as saved.

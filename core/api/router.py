@@ -272,7 +272,7 @@ class Request:
             return default
         try:
             return json.loads(value)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise BadRequest(f"invalid JSON in query parameter {name!r}: {exc}") from None
 
     def api_at_least(self, version: str) -> bool:
@@ -319,6 +319,9 @@ class Request:
             raise BadRequest(
                 f"invalid JSON in request body: {exc.msg} at line {exc.lineno} column "
                 f"{exc.colno}") from None
+        except RecursionError:
+            # "[[[[..." a few thousand deep: the parser's recursion, not the daemon's problem
+            raise BadRequest("invalid JSON in request body: nested too deeply") from None
 
     @property
     def body_complete(self) -> bool:

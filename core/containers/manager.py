@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 import trio
 
-from skiff.core.containers import lifecycle, names, restart
+from skiff.core.containers import lifecycle, names, pidproof, restart
 from skiff.core.containers import mounts as container_mounts
 from skiff.core.containers import namespaces as container_namespaces
 from skiff.core.containers.config import (
@@ -33,6 +33,7 @@ from skiff.core.containers.config import (
     normalize_host_config,
     parse_signal,
 )
+from skiff.core.containers.logread import LogCursor, RawProgress, RecordedLog
 from skiff.core.containers.model import Container, State, now_rfc3339
 from skiff.core.containers.resources import cgroup_procs
 from skiff.core.containers.streams import OutputHub, feed_stdin, open_stdio, pump, take_terminal
@@ -43,6 +44,7 @@ from skiff.core.hookspecs import (
     Endpoint,
     LogContext,
     LogDriver,
+    LogMessage,
     MountSpec,
     ReadConfig,
     StartError,
@@ -55,12 +57,12 @@ if TYPE_CHECKING:
 log = structlog.get_logger("skiff.containers")
 
 DEFAULT_STOP_TIMEOUT = 10
-#: bytes of log frames sent per HTTP chunk when replaying history
-LOG_BATCH = 64 * 1024
 #: after PID 1 exits, how long its output pipes may stay open (a process that
 #: escaped the pid namespace keeps them); the kernel kills the rest of the
 #: namespace, so this is a safety net, not a normal wait
 OUTPUT_GRACE = 2.0
+#: after a crash, how long restore waits for a container it killed to be gone
+RESTORE_KILL_WAIT = 5.0
 
 
 @dataclass
@@ -138,28 +140,75 @@ class ContainerManager:
 
         Without live-restore a container does not survive its daemon.  A shim
         that outlived a crash has written the exit code beside the bundle.
+        Otherwise the recorded PID 1 is killed, but only once proved to be the
+        container's (``pidproof``): a pid the kernel has since given to another
+        process is left alone.
         """
         os.makedirs(self.root, mode=0o710, exist_ok=True)
         for cid in os.listdir(self.root):
             path = os.path.join(self.root, cid)
             try:
                 c = Container.load(path)
-            except (OSError, ValueError, KeyError) as exc:
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+                # a damaged record costs that container, never the daemon's start
                 log.warning("container.restore_failed", id=cid, error=str(exc))
                 continue
             if c.state.Running:
                 code = self._exit_code_from_bundle(c.id)
-                if code is None and c.state.Pid:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(c.state.Pid, signal.SIGKILL)
-                    code = 137
+                if code is None:
+                    code = self._kill_recorded(c)
                 c.state = State(
                     Status="exited", ExitCode=code if code is not None else 255,
                     StartedAt=c.state.StartedAt, FinishedAt=now_rfc3339(),
                 )
                 c.save()
+                self._drop_crashed_groups(c)
             self.restarts.on_restore(c)
             self._index(c)
+
+    def _kill_recorded(self, c: Container) -> int | None:
+        """Kill the recorded PID 1 if it is proved to be the container's; its exit code."""
+        cgroups = self.engine.cgroups
+
+        def in_cgroup(pid: int) -> bool:
+            try:
+                return cgroups is not None and pid in cgroups.pids(c.id)
+            except Exception:
+                return False  # no groups left: no proof
+
+        outcome = pidproof.kill_if_proven(c.state.Pid, c.state.pid_start, c.state.boot_id,
+                                          in_cgroup, wait=RESTORE_KILL_WAIT)
+        if outcome == "killed":
+            log.info("container.restore_killed", id=c.id, pid=c.state.Pid)
+            return 137
+        if outcome in ("recycled", "unproven"):
+            log.warning("container.restore_pid_not_ours", id=c.id, pid=c.state.Pid,
+                        outcome=outcome,
+                        reason="the recorded pid is not proved to be the container's "
+                               "any more; it was left alone")
+        return None
+
+    def _drop_crashed_groups(self, c: Container) -> None:
+        """Remove the groups of a container that ran when the daemon died, once empty.
+
+        A group that still holds processes (a pid that could not be proved) is
+        left, and said so: removing it would fail, killing by number is not ours.
+        """
+        cgroups = self.engine.cgroups
+        if cgroups is None:
+            return
+        try:
+            # the rest of a killed container's pid namespace goes just after its PID 1
+            deadline = time.monotonic() + 2
+            while (left := cgroups.pids(c.id)) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            if left:
+                log.warning("container.restore_groups_busy", id=c.id, pids=left,
+                            hint="processes the daemon could not prove are the container's")
+                return
+            cgroups.destroy(c.id)
+        except Exception as exc:
+            log.warning("container.cgroup_destroy_failed", id=c.id, error=str(exc))
 
     def _exit_code_from_bundle(self, cid: str) -> int | None:
         try:
@@ -178,7 +227,7 @@ class ContainerManager:
     def _index(self, c: Container) -> None:
         self.by_id[c.id] = c
         self.by_name[c.name] = c.id
-        self.tracks.setdefault(c.id, Track())
+        self.tracks.setdefault(c.id, Track()).hub.owner = c.id
 
     # -- create --------------------------------------------------------------
 
@@ -416,6 +465,8 @@ class ContainerManager:
             raise
         for fd in (in_r, out_w, err_w):
             os.close(fd)
+        # read while the init waits for "go": the pid is certainly that process
+        pid_start = pidproof.start_time(process.pid) or 0
         try:
             if spec.tty:  # the pty master (out_r, err_r is -1); sized before go
                 out_r, in_w = take_terminal(process, spec.open_stdin,
@@ -437,7 +488,8 @@ class ContainerManager:
                 c.save()
             raise
         c.state = State(Status="running", Running=True, Pid=process.pid,
-                        StartedAt=now_rfc3339(), FinishedAt=c.state.FinishedAt)
+                        StartedAt=now_rfc3339(), FinishedAt=c.state.FinishedAt,
+                        pid_start=pid_start, boot_id=pidproof.boot_id())
         track.process = process
         track.spec = spec
         track.stopping = False
@@ -856,35 +908,60 @@ class ContainerManager:
         def frame(kind: str, data: bytes) -> bytes:
             return multiplex_frame(kinds[kind], data) if framed else data
 
-        recv = hub.subscribe(stdout=stdout, stderr=stderr)
+        sub = hub.subscribe(stdout=stdout, stderr=stderr)
+        progress = RawProgress(hub.pending, time.time())
         self.event(c, "attach")
-        if logs:
-            for msg in await self._history(c, ReadConfig(stdout=stdout, stderr=stderr)):
-                await stream.send_all(frame(msg.stream, msg.line))
+        try:
+            if logs and self._log_readable(c):
+                recorded = RecordedLog(self._open_log_reader(c),
+                                       ReadConfig(stdout=stdout, stderr=stderr),
+                                       self.engine.to_thread)
+                try:
+                    await recorded.start()
+                    async for batch in recorded.batches():
+                        await stream.send_all(b"".join(frame(m.stream, m.line) for m in batch))
+                finally:
+                    recorded.close()
 
-        async def copy_stdin(scope: trio.CancelScope) -> None:
-            if not (stdin and c.config.get("OpenStdin")):
-                return
-            await hub.stdin_ready.wait()
-            if hub.stdin is None:
-                return
-            how = await feed_stdin(stream, hub.stdin, tty=bool(c.config.get("Tty")),
-                                   close_on_eof=bool(c.config.get("StdinOnce")),
-                                   detach_keys=detach_keys)
-            if how == "detach":
-                self.event(c, "detach")
-            if how in ("detach", "eof"):
-                scope.cancel()
+            async def copy_stdin(scope: trio.CancelScope) -> None:
+                if not (stdin and c.config.get("OpenStdin")):
+                    return
+                await hub.stdin_ready.wait()
+                if hub.stdin is None:
+                    return
+                how = await feed_stdin(stream, hub.stdin, tty=bool(c.config.get("Tty")),
+                                       close_on_eof=bool(c.config.get("StdinOnce")),
+                                       detach_keys=detach_keys)
+                if how == "detach":
+                    self.event(c, "detach")
+                if how in ("detach", "eof"):
+                    scope.cancel()
 
-        async with trio.open_nursery() as n:
-            n.start_soon(copy_stdin, n.cancel_scope)
-            try:
-                async for kind, data in recv:
+            async def copy_output() -> None:
+                async for kind, data, when in sub:
                     await stream.send_all(frame(kind, data))
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
-            n.cancel_scope.cancel()
-        hub.unsubscribe(recv)
+                    progress.sent(kind, data, when)
+                if not sub.dropped or not self._log_readable(c):
+                    return
+                # Fell behind: on from the log, at this client's pace (nothing lost,
+                # nothing held in memory, nobody else slowed), then live lines.
+                cfg = ReadConfig(stdout=stdout, stderr=stderr)
+                log.info("container.attach_catching_up", id=c.id,
+                         reason="the client fell behind the live output; reading on from "
+                                "the log")
+                async for batch in self._log_messages(c, cfg, progress.cursor, follow=True,
+                                                      first=progress.cursor.rewind(cfg)):
+                    out = [frame(m.stream, data) for m in batch if (data := progress.trim(m))]
+                    if out:
+                        await stream.send_all(b"".join(out))
+
+            async with trio.open_nursery() as n:
+                n.start_soon(copy_stdin, n.cancel_scope)
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await copy_output()
+                n.cancel_scope.cancel()
+        finally:
+            hub.unsubscribe(sub)
 
     def resize(self, ref: str, height: int, width: int) -> None:
         """``POST /containers/{id}/resize``: the TTY's size (SIGWINCH in the container)."""
@@ -895,17 +972,6 @@ class ContainerManager:
             self.tracks[c.id].hub.resize(height, width)
         except OSError as exc:
             raise InvalidParameter(f"cannot resize the TTY: {exc.strerror}") from exc
-
-    async def _history(self, c: Container, cfg: ReadConfig) -> list[Any]:
-        lc = c.host_config.get("LogConfig") or {}
-        name = lc.get("Type") or "json-file"
-        if name == "none":
-            return []
-        driver = self._open_log_reader(c)
-        try:
-            return await self.engine.to_thread(lambda: list(driver.read(cfg)))
-        finally:
-            driver.close()
 
     def _open_log_reader(self, c: Container) -> LogDriver:
         lc = c.host_config.get("LogConfig") or {}
@@ -920,11 +986,10 @@ class ContainerManager:
         from skiff.core.timefmt import rfc3339
 
         c = self.get(ref)
-        if c.host_config.get("LogConfig", {}).get("Type") == "none":
+        if not self._log_readable(c):
             raise InvalidParameter(
                 'configured logging driver does not support reading: "none"'
             )
-        track = self.tracks[c.id]
         kinds = {"stdout": 1, "stderr": 2}
 
         def render(kind: str, data: bytes, when: float) -> bytes:
@@ -932,30 +997,54 @@ class ContainerManager:
                 data = rfc3339(when).encode() + b" " + data
             return multiplex_frame(kinds[kind], data) if framed else data
 
-        live = None
-        async with track.hub.log_lock:
-            history = await self._history(c, cfg)
-            if follow and c.state.Running:
-                live = track.hub.subscribe(stdout=cfg.stdout, stderr=cfg.stderr)
-        # One HTTP chunk per ~64 KiB, not per line: a million-line log is a
-        # million socket writes otherwise.
-        batch: list[bytes] = []
-        size = 0
-        for msg in history:
-            frame = render(msg.stream, msg.line, msg.time)
-            batch.append(frame)
-            size += len(frame)
-            if size >= LOG_BATCH:
-                yield b"".join(batch)
-                batch, size = [], 0
-        if batch:
-            yield b"".join(batch)
-        if live is not None:
-            async with live:
-                async for kind, data in live:
-                    if cfg.until is not None and time.time() > cfg.until:
-                        break
-                    yield render(kind, data, time.time())
+        async for batch in self._log_messages(c, cfg, LogCursor(), follow=follow, first=cfg):
+            # one HTTP chunk per batch, not per line
+            yield b"".join(render(m.stream, m.line, m.time) for m in batch)
+
+    def _log_readable(self, c: Container) -> bool:
+        return (c.host_config.get("LogConfig") or {}).get("Type") != "none"
+
+    async def _log_messages(self, c: Container, cfg: ReadConfig, cursor: LogCursor, *,
+                            follow: bool, first: ReadConfig) -> AsyncIterator[list[LogMessage]]:
+        """The recorded log (``first`` says what of it), then live lines when following.
+
+        The log is read at the client's pace (each batch is taken when the
+        last one was consumed); a client that falls behind the live lines is
+        dropped from them and reads on from the log where ``cursor`` says it
+        stopped, so it never holds the daemon's memory or anyone else up.
+        """
+        hub = self.tracks[c.id].hub
+        read_cfg = first
+        while True:
+            recorded = RecordedLog(self._open_log_reader(c), read_cfg, self.engine.to_thread)
+            live = None
+            try:
+                async with hub.log_lock:
+                    await recorded.start()
+                    if follow and c.state.Running:
+                        live = hub.subscribe(stdout=cfg.stdout, stderr=cfg.stderr, lines=True)
+                async for batch in recorded.batches():
+                    new = [m for m in batch if cursor.take(m)]
+                    if new:
+                        yield new
+                recorded.close()
+                if live is None:
+                    return
+                async for kind, data, when in live:
+                    if cfg.until is not None and when > cfg.until:
+                        return
+                    msg = LogMessage(kind, data, when)  # type: ignore[arg-type]
+                    if cursor.take(msg):
+                        yield [msg]
+                if not live.dropped:
+                    return  # the run ended
+            finally:
+                recorded.close()
+                if live is not None:
+                    hub.unsubscribe(live)
+            log.info("container.logs_catching_up", id=c.id,
+                     reason="the client fell behind the live output; reading on from the log")
+            read_cfg = cursor.rewind(cfg)
 
     # -- shutdown --------------------------------------------------------------
 

@@ -35,11 +35,26 @@ class State:
     FinishedAt: str = ZERO_TIME
     #: seconds since the epoch of the last state change; not part of Docker's shape
     changed: float = field(default_factory=time.time)
+    #: when ``Pid`` started (clock ticks since boot, /proc/<pid>/stat field 22)
+    #: and on which boot: what proves after a crash that ``Pid`` is still ours
+    #: (``skiff.core.containers.pidproof``); not part of Docker's shape
+    pid_start: int = 0
+    boot_id: str = ""
 
     def api(self) -> dict[str, Any]:
         d = asdict(self)
-        d.pop("changed")
+        for private in _PRIVATE_STATE:
+            d.pop(private)
         return d
+
+    @classmethod
+    def from_record(cls, rec: dict[str, Any]) -> State:
+        """From ``config.v2.json``; keys this version does not know are ignored."""
+        return cls(**{k: v for k, v in rec.items() if k in _STATE_FIELDS})
+
+
+_PRIVATE_STATE = ("changed", "pid_start", "boot_id")
+_STATE_FIELDS = frozenset(State.__dataclass_fields__)
 
 
 @dataclass
@@ -147,7 +162,7 @@ class Container:
             init_id=rec.get("InitID", ""),
             log_driver=rec.get("LogDriver", "json-file"),
             network_mode=rec.get("NetworkMode", "none"),
-            state=State(**rec["State"]),
+            state=State.from_record(rec["State"]),
             restart_count=rec.get("RestartCount", 0),
             manually_stopped=bool(rec.get("HasBeenManuallyStopped", False)),
             graph_data=rec.get("GraphData", {}),

@@ -185,18 +185,106 @@ async def feed_stdin(source: trio.abc.ReceiveStream, target: trio.abc.SendStream
             return "detach"
 
 
-@dataclass
-class Subscriber:
-    send: trio.MemorySendChannel[tuple[str, bytes]]
-    stdout: bool
-    stderr: bool
+#: bytes of output one attached reader (attach, ``logs -f``) may leave unread;
+#: one that falls further behind is dropped.  dockerd's per-reader buffer also
+#: holds 1 MB, but then blocks the container's output for every reader and the
+#: log; here only the slow reader loses, and ``docker logs`` still has it all.
+SUBSCRIBER_BACKLOG = 1 << 20
+#: bytes every attached reader of the daemon may leave unread together
+TOTAL_BACKLOG = 64 << 20
+#: what a queued chunk or line costs besides its bytes (the tuple, the float):
+#: a flood of empty lines must count too
+ITEM_COST = 128
+
+
+class _Backlog:
+    """Unread output queued for every reader of this daemon, in bytes."""
+
+    total = 0
+
+
+class Subscription:
+    """One attached reader's queue of a container's output, bounded in bytes.
+
+    ``lines`` readers (``logs -f``) get the log's messages as recorded (whole
+    lines, the time they were logged at); the others (attach) get the raw
+    chunks as the container wrote them.  Iterate it (``async for stream,
+    data, when in sub``) to take the output; the
+    iteration ends when the container's run ends, when the reader was
+    dropped for falling behind (``dropped``), or after :meth:`close`.  A
+    reader that keeps up is never dropped: a chunk is always accepted while
+    nothing is waiting.
+    """
+
+    def __init__(self, stdout: bool, stderr: bool, limit: int = SUBSCRIBER_BACKLOG,
+                 lines: bool = False) -> None:
+        self._send, self._recv = trio.open_memory_channel[tuple[str, bytes, float]](math.inf)
+        self.lines = lines
+        self.stdout = stdout
+        self.stderr = stderr
+        self.limit = limit
+        #: bytes queued and not yet taken
+        self.backlog = 0
+        #: dropped because it fell more than ``limit`` behind (or the daemon's
+        #: readers together fell ``TOTAL_BACKLOG`` behind)
+        self.dropped = False
+
+    def wants(self, stream: str) -> bool:
+        return self.stdout if stream == "stdout" else self.stderr if stream == "stderr" else True
+
+    def offer(self, stream: str, data: bytes, when: float) -> bool:
+        """Queue ``data``; False once this reader is finished (gone or dropped)."""
+        n = len(data) + ITEM_COST
+        if self.backlog and (self.backlog + n > self.limit
+                             or _Backlog.total + n > TOTAL_BACKLOG):
+            self.dropped = True
+            self.close()
+            return False
+        try:
+            self._send.send_nowait((stream, data, when))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.close()
+            return False
+        self.backlog += n
+        _Backlog.total += n
+        return True
+
+    def end(self) -> None:
+        """The run ended: the reader takes what is queued, then sees the end."""
+        self._send.close()
+
+    def close(self) -> None:
+        """Finish now: what is queued is freed, the reader's next take ends."""
+        self._send.close()
+        self._recv.close()
+        _Backlog.total -= self.backlog
+        self.backlog = 0
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> tuple[str, bytes, float]:
+        try:
+            item = await self._recv.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            raise StopAsyncIteration from None
+        n = len(item[1]) + ITEM_COST
+        self.backlog -= n
+        _Backlog.total -= n
+        return item
+
+    async def __aenter__(self) -> Subscription:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
 
 
 @dataclass
 class OutputHub:
     """Fan-out of one container's output, reused across its runs."""
 
-    subscribers: list[Subscriber] = field(default_factory=list)
+    subscribers: list[Subscription] = field(default_factory=list)
     #: serialises (log write + publish) against (history read + subscribe) so a
     #: ``logs -f`` reader sees every message exactly once
     log_lock: trio.Lock = field(default_factory=trio.Lock)
@@ -207,33 +295,48 @@ class OutputHub:
     run_ended: trio.Event = field(default_factory=trio.Event)
     #: a duplicate of the pty master while the container runs with a TTY (resize)
     terminal: int = -1
+    #: the container's ID, for what the hub logs
+    owner: str = ""
+    #: per stream, the unfinished line the pump holds back from the log
+    pending: dict[str, bytes] = field(default_factory=dict)
 
-    def subscribe(self, stdout: bool = True, stderr: bool = True
-                  ) -> trio.MemoryReceiveChannel[tuple[str, bytes]]:
-        send, recv = trio.open_memory_channel[tuple[str, bytes]](math.inf)
-        self.subscribers.append(Subscriber(send, stdout, stderr))
-        return recv
+    def subscribe(self, stdout: bool = True, stderr: bool = True,
+                  limit: int = SUBSCRIBER_BACKLOG, lines: bool = False) -> Subscription:
+        """A new reader of the output from now on (see :class:`Subscription`)."""
+        sub = Subscription(stdout, stderr, limit, lines)
+        self.subscribers.append(sub)
+        return sub
 
-    def unsubscribe(self, recv: trio.MemoryReceiveChannel[tuple[str, bytes]]) -> None:
-        recv.close()
+    def unsubscribe(self, sub: Subscription) -> None:
+        sub.close()
+        with contextlib.suppress(ValueError):
+            self.subscribers.remove(sub)
 
-    def publish(self, stream: str, data: bytes) -> None:
+    def publish(self, stream: str, data: bytes, lines: list[bytes], when: float) -> None:
+        """Hand ``data`` (or its logged ``lines``) to every reader; never waits."""
         alive = []
         for sub in self.subscribers:
-            if (stream == "stdout" and not sub.stdout) or (stream == "stderr" and not sub.stderr):
+            if not sub.wants(stream):
                 alive.append(sub)
                 continue
-            try:
-                sub.send.send_nowait((stream, data))
+            if sub.lines:
+                ok = all(sub.offer(stream, line, when) for line in lines)
+            else:
+                ok = not data or sub.offer(stream, data, when)
+            if ok:
                 alive.append(sub)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass  # the reader went away
+            elif sub.dropped:
+                logger.warning("container.reader_dropped", id=self.owner,
+                               reader="logs -f" if sub.lines else "attach", limit=sub.limit,
+                               reason="the client fell more than the limit behind the "
+                                      "output; its stream ends (logs -f reads on from the "
+                                      "log), the container and its log go on")
         self.subscribers = alive
 
     def end_run(self) -> None:
         """The container stopped: attached readers see the end of their stream."""
         for sub in self.subscribers:
-            sub.send.close()
+            sub.end()
         self.subscribers = []
         if isinstance(self.stdin, trio.lowlevel.FdStream):
             # the run's stdin pipe (or pty master duplicate) is ours to close
@@ -249,6 +352,7 @@ class OutputHub:
     def begin_run(self, terminal: int = -1) -> None:
         """A new run starts; ``terminal`` is its pty master (duplicated here) if any."""
         self.run_ended = trio.Event()
+        self.pending = {}
         if terminal >= 0:
             self.terminal = os.dup(terminal)
 
@@ -302,10 +406,11 @@ async def pump(
 
     async def record(lines: list[bytes], data: bytes) -> None:
         async with hub.log_lock:
+            now = time.time()
             if log is not None and lines:
-                await trio.to_thread.run_sync(write_lines, lines, time.time(), limiter=limiter)
-            if data:
-                hub.publish(stream, data)
+                await trio.to_thread.run_sync(write_lines, lines, now, limiter=limiter)
+            hub.pending[stream] = splitter.buf
+            hub.publish(stream, data, lines, now)
 
     async with source:
         while True:

@@ -67,6 +67,7 @@ from skiff.core.images.store import (
     encode_config,
     parse_config,
 )
+from skiff.core.tarlimits import open_stream
 
 log = structlog.get_logger("skiff.images.archives")
 
@@ -161,7 +162,7 @@ class _Spool:
     def json(self, name: str, what: str) -> Any:
         try:
             return json.loads(self.read(name, what))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
             raise InvalidImage(f"invalid archive: {what} {name} is not valid JSON: {exc}") from exc
 
 
@@ -178,8 +179,9 @@ class _Entry:
 
 def _spool_archive(stream: IO[bytes], spool: _Spool) -> None:
     try:
-        with tarfile.open(fileobj=stream, mode="r|*") as tar:  # type: ignore[call-overload]
+        with open_stream(stream) as tar:
             for member in tar:
+                tar.members.clear()  # tarfile keeps every member otherwise
                 name = _clean(member.name)
                 if not name:
                     continue
@@ -274,7 +276,7 @@ def _manifest_of(spool: _Spool, desc: dict[str, Any], depth: int = 0) -> dict[st
         raise InvalidImage("invalid archive: image indexes nested too deeply")
     try:
         data = json.loads(_read_blob(spool, desc, "manifest"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise InvalidImage(f"invalid archive: manifest {desc.get('digest')} is not JSON") from exc
     media = desc.get("mediaType") or data.get("mediaType")
     if media in _INDEX_TYPES or (media is None and "manifests" in data):
@@ -788,7 +790,7 @@ def _json_array(rest: str) -> list[str] | None:
         return None
     try:
         value = json.loads(text)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         return None
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return value

@@ -68,6 +68,7 @@ from skiff.core.images.errors import (
     LayerDigestMismatch,
     LayerNotFound,
 )
+from skiff.core.tarlimits import MAX_META
 
 log = structlog.get_logger("skiff.images.layers")
 
@@ -283,7 +284,8 @@ class _TarSplitRecorder:
             prefix = block[345:500].split(b"\x00", 1)[0]
             if prefix:
                 name = prefix + b"/" + name
-        if kind in (b"x", b"L"):
+        if kind in (b"x", b"L") and size <= MAX_META:
+            # (a bigger one is refused by the extractor: just keep its bytes, never whole)
             self._meta_kind = kind
             self._meta = bytearray()
             self._remaining, self._pad = size, (-size) % 512

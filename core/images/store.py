@@ -199,7 +199,7 @@ def parse_config(raw: bytes) -> tuple[dict[str, Any], list[str]]:
     RFC 3339 created); returns it parsed and its diff_ids."""
     try:
         cfg = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise InvalidImage(f"invalid image config: not JSON: {exc}") from exc
     if not isinstance(cfg, dict):
         raise InvalidImage("invalid image config: expected a JSON object")

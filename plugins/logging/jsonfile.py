@@ -173,11 +173,11 @@ class _TimeParser:
         return parse_rfc3339(text)
 
 
-def _lines_backwards(f: IO[bytes], end: int) -> Iterator[bytes]:
+def _lines_backwards(f: IO[bytes], end: int) -> Iterator[tuple[bytes, int]]:
     """Complete lines of ``f[:end]``, last first, reading blocks from the end.
 
-    A trailing unfinished line (a write in progress) is skipped; each line
-    comes without its newline.
+    Each comes without its newline, with the offset where it starts.  A
+    trailing unfinished line (a write in progress) is skipped.
     """
     pos = end
     rest = b""  # the start of a line whose beginning lies in an earlier block
@@ -193,19 +193,22 @@ def _lines_backwards(f: IO[bytes], end: int) -> Iterator[bytes]:
                 continue
             block = block[:nl]
             unfinished = False
-        parts = (block + rest).split(b"\n")
+        joined = block + rest
+        parts = joined.split(b"\n")
         rest = parts[0]
+        start = pos + len(joined)  # walks back to each part's first byte
         for line in reversed(parts[1:]):
+            start -= len(line) + 1
             if line:
-                yield line
+                yield line, start + 1
     if rest:
-        yield rest
+        yield rest, 0
 
 
-def _lines_forward(f: IO[bytes], end: int) -> Iterator[bytes]:
-    """Complete lines of ``f[:end]`` in order, without their newline."""
-    f.seek(0)
-    left = end
+def _lines_forward(f: IO[bytes], end: int, start: int = 0) -> Iterator[bytes]:
+    """Complete lines of ``f[start:end]`` in order, without their newline."""
+    f.seek(start)
+    left = end - start
     rest = b""
     while left > 0:
         block = f.read(min(1 << 20, left))
@@ -357,6 +360,8 @@ class JsonFileDriver:
     def _read_tail(
         self, opened: list[tuple[IO[bytes], int]], config: ReadConfig
     ) -> Iterator[LogMessage]:
+        # Backwards to where the last ``tail`` messages start, then forwards from
+        # there: the messages are never all held, whatever ``tail`` is.
         assert config.tail is not None
         n = config.tail
         if n == 0:
@@ -364,23 +369,40 @@ class JsonFileDriver:
         parse = _TimeParser()
         want = {s for s, on in (("stdout", config.stdout), ("stderr", config.stderr)) if on}
         since, until = config.since, config.until
-        found: list[LogMessage] = []
-        for f, size in reversed(opened):
-            for raw in _lines_backwards(f, size):
+
+        def wanted(msg: LogMessage) -> bool:
+            if since is not None and msg.time < since:
+                return False
+            return msg.stream in want and (until is None or msg.time <= until)
+
+        found = 0
+        start: tuple[int, int] | None = None  # (file index, offset) of the earliest one
+        for index in range(len(opened) - 1, -1, -1):
+            f, size = opened[index]
+            for raw, offset in _lines_backwards(f, size):
                 msg = self._decode(raw, parse)
                 if msg is None:
                     continue
                 if since is not None and msg.time < since:
-                    # older still from here on: nothing left to find
-                    yield from reversed(found)
-                    return
-                if msg.stream not in want or (until is not None and msg.time > until):
+                    break  # older still from here on: nothing left to find
+                if not wanted(msg):
                     continue
-                found.append(msg)
-                if len(found) >= n:
-                    yield from reversed(found)
-                    return
-        yield from reversed(found)
+                found += 1
+                start = (index, offset)
+                if found >= n:
+                    break
+            else:
+                continue
+            break
+        if start is None:
+            return
+        first, offset = start
+        for index in range(first, len(opened)):
+            f, size = opened[index]
+            for raw in _lines_forward(f, size, offset if index == first else 0):
+                msg = self._decode(raw, parse)
+                if msg is not None and wanted(msg):
+                    yield msg
 
 
 def json_file_factory(ctx: LogContext) -> JsonFileDriver:

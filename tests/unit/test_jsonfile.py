@@ -186,7 +186,8 @@ def test_tail_reads_backwards_across_blocks(tmp_path: Path, monkeypatch: pytest.
 
     monkeypatch.setattr(jsonfile, "_lines_backwards", counting)
     assert len(list(drv.read(ReadConfig(tail=5)))) == 5
-    assert sum(reads) <= jsonfile._BLOCK < size
+    # one block backwards to find the start, the five lines again forwards
+    assert sum(reads) <= 2 * jsonfile._BLOCK < size
     drv.close()
 
 

@@ -140,7 +140,7 @@ class AuthConfig:
             return None
         try:
             data = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
             return None
         if not isinstance(data, dict):
             return None
@@ -257,7 +257,7 @@ def _registry_message(body: bytes) -> str:
             parts.append(f"{code}: {msg}" if code else msg)
         if parts:
             return "; ".join(parts)
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         pass
     text = body.decode("utf-8", "replace").strip()
     return text[:200] if text else "no details"
@@ -421,7 +421,7 @@ class RepositoryClient:
         try:
             data = json.loads(body)
             token = data.get("token") or data.get("access_token")
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             token = None
         if not token:
             raise RegistryError(f"token service {realm} answered without a token")

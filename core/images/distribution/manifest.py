@@ -70,7 +70,7 @@ class ImageManifest:
 def _load(body: bytes) -> dict[str, Any]:
     try:
         data = json.loads(body)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise InvalidImage(f"the registry sent a manifest that is not JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise InvalidImage("the registry sent a manifest that is not a JSON object")

@@ -226,7 +226,7 @@ async def _fetch_layers(engine: Engine, client: RepositoryClient, cfg: RegistryC
             start = time.monotonic()
             if not span[0]:
                 span[0] = start
-            got = await engine.to_thread(client.fetch_blob, desc.digest, path, desc.size,
+            got = await engine.transfer_thread(client.fetch_blob, desc.digest, path, desc.size,
                                          prog.update)
             span[1] = max(span[1], time.monotonic())
             stats.bytes += got

@@ -204,7 +204,7 @@ async def _push_layer(engine: Engine, client: RepositoryClient, meta: Distributi
         emit({"status": "Layer already exists", "id": ident})
     else:
         prog = Progress(emit_from_thread, ident, "Pushing", size)
-        await engine.to_thread(client.upload_blob, digest, path, prog.update)
+        await engine.transfer_thread(client.upload_blob, digest, path, prog.update)
         emit({"status": "Pushed", "id": ident})
     os.unlink(path)
     await engine.to_thread(meta.add, diff_id, record)
