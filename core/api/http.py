@@ -71,6 +71,8 @@ MAX_HEADER_SIZE = 1024 * 1024
 #: after the response, read and discard at most this much of a body the handler left unread
 #: to keep the connection; a bigger rest closes it instead
 DRAIN_LIMIT = 1024 * 1024
+#: and for no longer than this before a connection that is to close anyway closes
+DRAIN_SECONDS = 2.0
 #: bodies above this are handed to the socket without joining them to the headers
 _JOIN_LIMIT = 64 * 1024
 #: how long a hijack waits for the client to read the response head (see _wait_consumed)
@@ -269,7 +271,15 @@ class _HttpConnection:
                   status=101 if self.hijacked else status,
                   ms=round((time.perf_counter() - started) * 1000, 3),
                   **({"disconnected": True} if self.client_gone else {}))
-        if self.hijacked or self.client_gone or self.close_after:
+        if self.hijacked or self.client_gone:
+            return False
+        if self.close_after:
+            if not self.body_done:
+                # a client still sending (docker cp's chunked tar) would get a
+                # reset instead of the answer if we closed on unread bytes: read
+                # and drop a bounded rest first, as Go's server does
+                with trio.move_on_after(DRAIN_SECONDS):
+                    await self._drain()
             return False
         if not self.body_done:
             return await self._drain()
