@@ -126,13 +126,18 @@ def run_exec(spec: dict[str, Any], stdio: list[int], chan: LineChannel,
 
 
 def _serve(prepare: Any, args: tuple[Any, ...], stdio: list[int], chan: LineChannel,
-           cgroups: list[str] | list[int]) -> NoReturn:
-    """The shim conversation shared by a container's init and an exec'd process."""
+           cgroups: list[str] | list[int], adopt: bool = True) -> NoReturn:
+    """The shim conversation shared by a container's init and an exec'd process.
+
+    ``adopt``: take ``stdio`` as 0-2 and close everything else first (not for
+    stage two of a remapped container, whose stage one did that).
+    """
     code = 125
     try:
         # first: whatever we do from here on counts against the container
         join_cgroups(cgroups)
-        stdio = _adopt_stdio(stdio, chan.fileno())
+        if adopt:
+            stdio = _adopt_stdio(stdio, chan.fileno())
         prepared = prepare(*args)
         if prepared.master >= 0:
             # the daemon's end of the terminal: ours must not outlive the send,
@@ -156,6 +161,136 @@ def _serve(prepare: Any, args: tuple[Any, ...], stdio: list[int], chan: LineChan
         _report(chan, f"container init failed: {exc}", code)
     finally:
         os._exit(code)
+
+
+def run_userns(spec: dict[str, Any], stdio: list[int], chan: LineChannel) -> NoReturn:
+    """Stage one of a container in a user namespace; never returns.
+
+    The part that needs host root, then the namespace, then stage two:
+
+    1. join the container's cgroups, take the stdio, and clone every bind
+       mount's source (detached, attributes set) while host root can reach
+       it (``containerfs.clone_bind_sources``);
+    2. create the user namespace together with every other new namespace in
+       one ``unshare``, so that they are owned by it (or join the user
+       namespace of the container whose namespaces this one shares, then
+       those); report ``{"userns": true}`` and wait while the shim writes the
+       mappings and builds the root filesystem, which arrives as a detached
+       mount with ``{"rootfs": true}``;
+    3. open the rootfs mount point: the filesystem still sees the host's uid
+       0 here (the mapping counts from ``setresuid`` on), so the owner's
+       permission reaches the daemon's root-only directory; become the
+       namespace's root and fork stage two, PID 1 of the new pid namespace,
+       which builds the container as ``run`` does.  Its pid goes to the
+       shim as ``{"init": N}`` and stage one exits; the shim, a child
+       subreaper, adopts stage two.
+    """
+    set_comm(b"skiff-init")
+    code = 125
+    try:
+        join_cgroups(spec.get("cgroup_procs") or [])
+        stdio = _adopt_stdio(stdio, chan.fileno())
+        pre = _stage_one(spec, chan)
+        if pre is None:
+            os._exit(code)  # the shim gave up
+        barrier_r, barrier_w = os.pipe2(os.O_CLOEXEC)
+        pid = os.fork()
+        if pid == 0:
+            os.close(barrier_w)
+            # stage one's word must reach the shim before anything of ours
+            os.read(barrier_r, 1)
+            os.close(barrier_r)
+            _serve(build, (spec, _PRESET_USERNS, pre), stdio, chan, [], adopt=False)
+        os.close(barrier_r)
+        pre.close()
+        chan.send({"init": pid})
+        os.close(barrier_w)
+        os._exit(0)
+    except InitError as exc:
+        code = exc.exit_code
+        _report(chan, str(exc), code)
+    except BaseException as exc:
+        _report(chan, f"container init failed: {exc}", code)
+    finally:
+        os._exit(code)
+
+
+#: namespaces stage one made or joined for stage two (see ``_enter_namespaces``)
+_PRESET_USERNS = -1
+
+
+def _stage_one(spec: dict[str, Any], chan: LineChannel) -> containerfs.Prebuilt | None:
+    namespaces: dict[str, str | None] = spec.get("namespaces") or {}
+    if "mount" not in namespaces or namespaces["mount"] is not None:
+        raise InitError("the container needs a new mount namespace (namespaces['mount'] = None)")
+    try:
+        binds = containerfs.clone_bind_sources(spec)
+    except containerfs.FsError as exc:
+        raise InitError(str(exc)) from None
+    pre = containerfs.Prebuilt(-1, -1, binds)
+    try:
+        joins: list[tuple[int, int]] = []
+        try:
+            for kind in ("user", *_EXEC_JOIN_ORDER):
+                path = namespaces.get(kind)
+                if path is None or kind == "mount":
+                    continue
+                try:
+                    joins.append((NAMESPACE_FLAGS[kind], os.open(path, os.O_RDONLY | os.O_CLOEXEC)))
+                except OSError as exc:
+                    raise InitError(f"cannot open {kind} namespace {path}: {exc.strerror}"
+                                    ) from None
+            flags = 0
+            for kind, path in namespaces.items():
+                # a new cgroup namespace waits for go (see execute)
+                if path is None and kind not in ("cgroup", "user"):
+                    if kind not in NAMESPACE_FLAGS:
+                        raise InitError(f"unknown namespace kind {kind!r}")
+                    flags |= NAMESPACE_FLAGS[kind]
+            try:
+                if namespaces["user"] is None:
+                    if joins:
+                        raise InitError("a container with a user namespace of its own cannot "
+                                        "join another's namespaces; join its user namespace")
+                    # one call: the user namespace is made first and owns the rest
+                    sc.unshare(sc.CLONE_NEWUSER | flags)
+                else:
+                    # the user namespace first: its capabilities let us in the others
+                    for nstype, fd in joins:
+                        sc.setns(fd, nstype)
+                    sc.unshare(flags)
+            except OSError as exc:
+                raise InitError(f"cannot create the container's namespaces: {exc.strerror}"
+                                ) from None
+        finally:
+            for _, fd in joins:
+                os.close(fd)
+        chan.send({"userns": True})
+        reply = chan.receive(want_fds=1)
+        tree, chan.fds = chan.fds, []
+        if reply is None or not reply.get("rootfs") or len(tree) != 1:
+            for fd in tree:
+                os.close(fd)
+            pre.close()
+            return None
+        pre.rootfs_tree = tree[0]
+        rootfs = os.path.join(os.path.abspath(spec["bundle"]), "rootfs")
+        try:
+            pre.rootfs_target = os.open(rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise InitError(f"cannot open the container's rootfs {rootfs}: {exc.strerror}"
+                            ) from None
+        try:
+            os.setresgid(0, 0, 0)
+            os.setgroups([])
+            os.setresuid(0, 0, 0)
+        except OSError as exc:
+            raise InitError(f"cannot become root in the user namespace: {exc.strerror} "
+                            "(are its uid and gid 0 mapped?)") from None
+    except BaseException:
+        pre.close()
+        raise
+    return pre
 
 
 def join_cgroups(targets: list[str] | list[int]) -> None:
@@ -252,20 +387,31 @@ def _report(chan: LineChannel, error: str, code: int) -> None:
 # ---------------------------------------------------------------------------
 
 
-def build(spec: dict[str, Any], preset: int = 0) -> Prepared:
-    """Namespaces, root filesystem, hostname, user and command; as root."""
+def build(spec: dict[str, Any], preset: int = 0,
+          pre: containerfs.Prebuilt | None = None) -> Prepared:
+    """Namespaces, root filesystem, hostname, user and command; as root.
+
+    ``preset`` holds the clone flags of namespaces a spare init already made,
+    or ``_PRESET_USERNS`` when stage one of a remapped container made (or
+    joined) all of them and ``pre`` holds what it built.
+    """
     os.umask(0)
     namespaces: dict[str, str | None] = spec.get("namespaces") or {}
     if "mount" not in namespaces or namespaces["mount"] is not None:
         raise InitError("the container needs a new mount namespace (namespaces['mount'] = None)")
-    if "user" in namespaces:
-        raise InitError("user namespaces are not supported by the skiff runtime yet")
+    if "user" in namespaces and pre is None:
+        raise InitError("a container in a user namespace starts through run_userns")
     cap_mask, last_cap, rlimits = _privileges(spec)
 
-    _enter_namespaces(namespaces, preset)
+    if preset != _PRESET_USERNS:
+        _enter_namespaces(namespaces, preset)
     rootfs = os.path.join(os.path.abspath(spec["bundle"]), "rootfs")
     try:
-        root = containerfs.build(rootfs, spec)
+        try:
+            root = containerfs.build(rootfs, spec, pre)
+        finally:
+            if pre is not None:
+                pre.close()
         try:
             containerfs.pivot(root)
             for path in spec.get("masked_paths") or []:
@@ -344,6 +490,10 @@ def _prepare_process(spec: dict[str, Any], cap_mask: int, last_cap: int,
 #: whose paths are host paths under the host's /proc, and the pid namespace
 #: last of all (it only applies to children)
 _EXEC_JOIN_ORDER = ("ipc", "uts", "net", "cgroup", "mount", "pid")
+#: a remapped container's user namespace goes before all of them: joined,
+#: it gives the capabilities over the namespaces it owns (and takes the
+#: host's away)
+_JOIN_ORDER = ("user", *_EXEC_JOIN_ORDER)
 
 
 def join_container(namespaces: dict[str, str]) -> None:
@@ -364,7 +514,7 @@ def join_container(namespaces: dict[str, str]) -> None:
     """
     opened: list[tuple[str, int]] = []
     try:
-        for kind in _EXEC_JOIN_ORDER:
+        for kind in _JOIN_ORDER:
             path = namespaces.get(kind)
             if not path:
                 continue

@@ -30,6 +30,7 @@ import array
 import contextlib
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -43,6 +44,7 @@ from skiff.core.hookspecs import (
     ContainerSpec,
     ContainerView,
     ExecSpec,
+    MountSpec,
     RuntimeContext,
     StartError,
     Stdio,
@@ -58,6 +60,7 @@ from skiff.plugins.isolation.forkserver import (
 from skiff.plugins.isolation.shim import EXITCODE_FILE, spec_fits_spare
 
 FORKSERVER_MODULE = "skiff.plugins.isolation.forkserver"
+IDMAPFS_MODULE = "skiff.plugins.isolation.idmapfs"
 SOCKET_NAME = "forkserver.sock"
 
 #: Docker's masked paths (moby oci/defaults.go)
@@ -415,6 +418,28 @@ class ForkServerRuntime:
         if self._proc.poll() is not None:
             # the fork server died (OOM killer, an operator's kill): start anew
             await self.start()
+
+    async def probe_idmapped_rootfs(
+        self, mounts: list[MountSpec], uid_map: list[tuple[int, int, int]],
+        gid_map: list[tuple[int, int, int]],
+    ) -> str | None:
+        """Build the rootfs as a remapped container's shim would, in a fresh
+        process (it makes a user namespace, which a threaded daemon cannot)."""
+        target = os.path.join(self.exec_root, f"idmap-probe-{secrets.token_hex(4)}")
+        request = {"mounts": [m.to_json() for m in mounts], "target": target,
+                   "uid_map": [list(m) for m in uid_map], "gid_map": [list(m) for m in gid_map]}
+        try:
+            proc = await trio.run_process(
+                [sys.executable, "-m", IDMAPFS_MODULE], stdin=json.dumps(request).encode(),
+                capture_stdout=True, capture_stderr=True, check=False)
+        finally:
+            with contextlib.suppress(OSError):
+                os.rmdir(target)
+        try:
+            return json.loads(proc.stdout)["error"]  # type: ignore[no-any-return]
+        except (ValueError, KeyError, TypeError):
+            tail = proc.stderr.decode(errors="replace").strip().splitlines()[-1:]
+            return f"the probe failed (exit code {proc.returncode}): {' '.join(tail)}"
 
     async def exec(self, spec: ExecSpec, stdio: Stdio) -> ForkServerProcess:
         """A fresh shim joins the container (see ``shim.py``); never a spare,

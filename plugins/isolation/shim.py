@@ -40,7 +40,7 @@ import socket
 import sys
 
 from skiff.core import syscalls as sc
-from skiff.plugins.isolation import containerinit
+from skiff.plugins.isolation import containerinit, idmapfs
 from skiff.plugins.isolation.channel import LineChannel, set_comm
 
 TYPE_CHECKING = False
@@ -52,8 +52,11 @@ EXITCODE_FILE = "exitcode"
 
 
 def spec_fits_spare(namespaces: dict[str, str | None]) -> bool:
-    """Whether a spare init's namespaces are the ones this spec asks for."""
-    return all(
+    """Whether a spare init's namespaces are the ones this spec asks for.
+
+    Never for a user namespace: a spare's namespaces belong to the host's.
+    """
+    return "user" not in namespaces and all(
         kind in namespaces and namespaces[kind] is None
         for kind in ("pid", *containerinit.SPARE_NAMESPACES)
     )
@@ -126,6 +129,73 @@ class Init:
             containerinit.run(spec, stdio, LineChannel(theirs))
         theirs.close()
         return cls(pid, LineChannel(ours))
+
+    @classmethod
+    def spawn_userns(cls, spec: dict[str, Any], stdio: list[int],
+                     close_in_child: Iterable[socket.socket] = ()) -> Init:
+        """Fork stage one of a container in a user namespace, give its
+        namespace the mappings and build its root filesystem (see
+        ``containerinit.run_userns``); returns stage two, PID 1 of the
+        container, adopted by this shim once stage one exits."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        # stage two's parent exits: its orphan must come to us, not to init
+        sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
+        pid = os.fork()
+        if pid == 0:
+            ours.close()
+            for sock in close_in_child:
+                sock.close()
+            containerinit.run_userns(spec, stdio, LineChannel(theirs))
+        theirs.close()
+        chan = LineChannel(ours)
+        stage_one = cls(pid, chan)
+        try:
+            said = chan.receive()
+            if said is None or "error" in said:
+                raise _failed(stage_one, said)
+            try:
+                if spec["namespaces"]["user"] is None:
+                    idmapfs.write_maps(pid, spec.get("uid_map") or [], spec.get("gid_map") or [])
+                userns = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as exc:
+                stage_one.kill()
+                stage_one.reap()
+                raise containerinit.InitError(
+                    f"cannot set up the container's user namespace: {exc.strerror}") from None
+            try:
+                root_ids = (idmapfs.host_of_root(spec.get("uid_map") or [[0, 0, 1]]),
+                            idmapfs.host_of_root(spec.get("gid_map") or [[0, 0, 1]]))
+                tree = idmapfs.build_rootfs(
+                    [m for m in spec.get("rootfs_mounts") or []
+                     if m.get("destination", "/") in ("", "/")],
+                    os.path.join(os.path.abspath(spec["bundle"]), "rootfs"), userns,
+                    bool(spec.get("rootfs_idmap")), root_ids)
+            except idmapfs.IdmapError as exc:
+                stage_one.kill()
+                stage_one.reap()
+                raise containerinit.InitError(str(exc)) from None
+            finally:
+                os.close(userns)
+            try:
+                chan.send({"rootfs": True}, [tree])
+            finally:
+                os.close(tree)
+            said = chan.receive()
+            if said is None or "init" not in said:
+                raise _failed(stage_one, said)
+            stage_one.reap()
+        except BaseException:
+            chan.close()
+            raise
+        return cls(int(said["init"]), chan)
+
+
+def _failed(stage_one: Init, said: dict[str, Any] | None) -> containerinit.InitError:
+    """Stage one of a remapped container reported an error or died: reap it."""
+    code = stage_one.reap()
+    if said is None or "error" not in said:
+        return containerinit.InitError(f"container init exited during set-up (exit code {code})")
+    return containerinit.InitError(said["error"], said.get("exit_code", 125))
 
 
 def _make_undumpable() -> None:
@@ -272,8 +342,11 @@ def serve(chan: LineChannel, init: Init | None) -> None:
                     # containerinit.join_container); our own pid namespace stays
                     containerinit.join_container(namespaces)
                     namespaces = {}
-                init = Init.spawn(namespaces, spec, chan.fds, close_in_child=[chan.sock],
-                                  cgroups=cgroups)
+                if "user" in namespaces:
+                    init = Init.spawn_userns(spec, chan.fds, close_in_child=[chan.sock])
+                else:
+                    init = Init.spawn(namespaces, spec, chan.fds, close_in_child=[chan.sock],
+                                      cgroups=cgroups)
             finally:
                 for fd in cgroups:
                     os.close(fd)
