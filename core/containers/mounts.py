@@ -32,11 +32,12 @@ import contextlib
 import os
 import shutil
 import stat
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from skiff.core import idshift
 from skiff.core.containers.config import InvalidConfig
 from skiff.core.errors import InvalidParameter, NotFound
 from skiff.core.hookspecs import MountSpec
@@ -290,6 +291,8 @@ def realize(engine: Engine, c: Container, points: list[dict[str, Any]]) -> list[
     created: list[str] = []
     held: list[str] = []
     default_driver = c.host_config.get("VolumeDriver") or ""
+    idmap = c.idmap
+    owner = (idmap.root_uid, idmap.root_gid) if idmap is not None else None
     try:
         for mp in by_dest.values():
             if mp["Type"] != "volume":
@@ -298,7 +301,7 @@ def realize(engine: Engine, c: Container, points: list[dict[str, Any]]) -> list[
                 v, new = store.create(mp.get("Name") or None,
                                       mp.get("Driver") or default_driver or None,
                                       mp.pop("_driver_opts", None) or None,
-                                      mp.pop("_labels", None) or None)
+                                      mp.pop("_labels", None) or None, owner)
             except NotFound as exc:  # an unknown driver; 400 for the reason above
                 raise InvalidParameter(exc.message) from None
             if new:
@@ -334,6 +337,15 @@ def _copy_up(engine: Engine, c: Container, points: list[dict[str, Any]]) -> None
     """Copy what the image has at each destination into its volume, if that is empty."""
     store = engine.volumes
     ref = f"copy-up-{c.id}"
+    ids = None
+    idmap = c.idmap
+    if idmap is not None and c.userns.get("Storage") == "idmap":
+        # the layers hold container ids; a volume is not idmapped, so its
+        # copy takes the host ids the container's user namespace maps them to
+        uid, gid = idshift.to_host(idmap)
+
+        def ids(u: int, g: int) -> tuple[int, int]:
+            return uid(u), gid(g)
     root = engine.storage.get(c.mount_id)
     try:
         for mp in points:
@@ -349,9 +361,9 @@ def _copy_up(engine: Engine, c: Container, points: list[dict[str, Any]]) -> None
                     continue
                 if not stat.S_ISDIR(st.st_mode):
                     continue
-                copy_tree(src, path)
+                copy_tree(src, path, ids=ids)
                 # the volume's root takes the image directory's owner and mode
-                os.chown(path, st.st_uid, st.st_gid)
+                os.chown(path, *(ids or _same)(st.st_uid, st.st_gid))
                 os.chmod(path, stat.S_IMODE(st.st_mode))
             finally:
                 drv.unmount(mp["Name"], ref)
@@ -359,13 +371,18 @@ def _copy_up(engine: Engine, c: Container, points: list[dict[str, Any]]) -> None
         engine.storage.put(c.mount_id)
 
 
-def copy_tree(src: str, dst: str, _links: dict[tuple[int, int], str] | None = None) -> None:
+def _same(uid: int, gid: int) -> tuple[int, int]:
+    return uid, gid
+
+
+def copy_tree(src: str, dst: str, _links: dict[tuple[int, int], str] | None = None,
+              ids: Callable[[int, int], tuple[int, int]] | None = None) -> None:
     """Copy the contents of directory ``src`` into the existing, empty ``dst``.
 
-    Symlinks are copied as links, never followed; ownership, modes and times
-    are kept; hard links within the tree stay hard links.  Everything is
-    created fresh (``O_EXCL``) in a directory the daemon just made, so nothing
-    in the tree can redirect a write.
+    Symlinks are copied as links, never followed; ownership (through ``ids``
+    when given), modes and times are kept; hard links within the tree stay
+    hard links.  Everything is created fresh (``O_EXCL``) in a directory the
+    daemon just made, so nothing in the tree can redirect a write.
     """
     links = {} if _links is None else _links
     src_dev = os.lstat(src).st_dev
@@ -377,7 +394,7 @@ def copy_tree(src: str, dst: str, _links: dict[tuple[int, int], str] | None = No
         if stat.S_ISDIR(mode):
             os.mkdir(d, 0o700)
             if st.st_dev == src_dev:  # a mount inside the image's tree: stop there
-                copy_tree(s, d, links)
+                copy_tree(s, d, links, ids)
         elif stat.S_ISLNK(mode):
             os.symlink(os.readlink(s), d)
         elif stat.S_ISREG(mode):
@@ -403,7 +420,7 @@ def copy_tree(src: str, dst: str, _links: dict[tuple[int, int], str] | None = No
             os.mknod(d, mode, st.st_rdev)
         else:
             continue  # sockets belong to a process, not to an image
-        os.chown(d, st.st_uid, st.st_gid, follow_symlinks=False)
+        os.chown(d, *(ids or _same)(st.st_uid, st.st_gid), follow_symlinks=False)
         if not stat.S_ISLNK(mode):
             os.chmod(d, stat.S_IMODE(mode))
         os.utime(d, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
