@@ -277,18 +277,18 @@ def _lookup_group(name: str) -> grp.struct_group:
                          "create it or name another") from None
 
 
-def check_kernel() -> None:
+def check_kernel(max_user_namespaces: str = MAX_USER_NAMESPACES) -> None:
     """Refuse a kernel that cannot make user namespaces, saying why."""
     if not os.path.exists("/proc/self/ns/user"):
         raise RemapError("userns-remap: this kernel has no user namespaces "
                          "(CONFIG_USER_NS); remove userns-remap or use a kernel with them")
     try:
-        with open(MAX_USER_NAMESPACES) as f:
+        with open(max_user_namespaces) as f:
             limit = int(f.read())
     except (OSError, ValueError):
         return
     if limit <= 0:
-        raise RemapError(f"userns-remap: user namespaces are turned off ({MAX_USER_NAMESPACES} "
+        raise RemapError(f"userns-remap: user namespaces are turned off ({max_user_namespaces} "
                          "is 0); set the sysctl user.max_user_namespaces to a positive "
                          "number (e.g. 15000) or remove userns-remap")
 
