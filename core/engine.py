@@ -204,7 +204,9 @@ class Engine:
                 raise ConfigError(str(exc)) from exc
 
         self.storage_name, self.storage = select_storage(config, plugins)
-        self.layers = LayerStore(self.data_root, self.storage_name, self.storage)
+        self.layers = LayerStore(
+            self.data_root, self.storage_name, self.storage,
+            pinned_copies=[self.remap.root_dir_name] if self.remap is not None else [])
         self.images = ImageStore(self.data_root, self.storage_name, self.layers)
         self.runtime_name = config["default-runtime"]
         self.runtime: Runtime = self._build(

@@ -32,7 +32,11 @@ cannot: a copy of each layer of the image's chain whose files belong to the
 host ids of one user namespace (its tar rewritten by ``skiff.core.idshift``),
 stacked like the originals, made when a container first needs them and shared
 by every container of that mapping.  A copy is held by its child copy and by
-each container mount on it; it goes with the last.
+each container mount on it; it goes with the last, except those of a
+*pinned* mapping (the daemon's own, which every remapped container without
+``--userns=auto`` shares), which also stay while their original layer does,
+as a remapped dockerd keeps its layers: made once per image, not per
+container.
 
 The chain ID is the OCI one: ``chain(L0) = diffID(L0)``,
 ``chain(Ln) = sha256(chain(Ln-1) + " " + diffID(Ln))``.
@@ -496,8 +500,11 @@ class LayerStore:
     removing trees) happens outside the lock.
     """
 
-    def __init__(self, data_root: str, driver_name: str, driver: StorageDriver) -> None:
+    def __init__(self, data_root: str, driver_name: str, driver: StorageDriver,
+                 pinned_copies: Sequence[str] = ()) -> None:
         self.data_root = data_root
+        #: mappings ("<uid>.<gid>") whose chowned copies stay while their layer does
+        self.pinned_copies = frozenset(pinned_copies)
         self.driver_name = driver_name
         self.driver = driver
         self.image_root = os.path.join(data_root, "image", driver_name)
@@ -513,9 +520,11 @@ class LayerStore:
         self._refs: dict[str, int] = {}
         self._mounts: dict[str, RWLayer] = {}
         self._creating: set[str] = set()
-        #: chowned copies: (mapping key, chain ID) -> driver id, and their holders
+        #: chowned copies: (mapping key, chain ID) -> driver id, their holders, and
+        #: the chain ID of their parent (the originals may be gone when they go)
         self._copies: dict[tuple[str, str], str] = {}
         self._copy_refs: dict[tuple[str, str], int] = {}
+        self._copy_parent: dict[tuple[str, str], str | None] = {}
         #: one copy is made at a time (two containers of one mapping share them)
         self._copy_lock = threading.Lock()
         self._restore()
@@ -576,17 +585,21 @@ class LayerStore:
                     self._discard_dir(path)  # a copy cut short
                     continue
                 try:
-                    self._copies[(key, "sha256:" + hexid)] = _read(os.path.join(path, "cache-id"))
+                    ident = (key, "sha256:" + hexid)
+                    self._copies[ident] = _read(os.path.join(path, "cache-id"))
+                    parent_path = os.path.join(path, "parent")
+                    self._copy_parent[ident] = (_read(parent_path)
+                                                if os.path.exists(parent_path) else None)
                 except OSError as exc:
                     log.warning("layer.copy_unreadable", mapping=key, chain_id=hexid,
                                 error=str(exc))
         for key, chain in self._copies:
-            self._copy_refs.setdefault((key, chain), 0)
-            layer = self._layers.get(chain)
-            if layer is not None and layer.parent is not None \
-                    and (key, layer.parent) in self._copies:
-                self._copy_refs[(key, layer.parent)] = \
-                    self._copy_refs.get((key, layer.parent), 0) + 1
+            self._copy_refs[(key, chain)] = self._copy_refs.get((key, chain), 0)
+            if key in self.pinned_copies and chain in self._layers:
+                self._copy_refs[(key, chain)] += 1  # held by its original
+            parent = self._copy_parent.get((key, chain))
+            if parent is not None and (key, parent) in self._copies:
+                self._copy_refs[(key, parent)] = self._copy_refs.get((key, parent), 0) + 1
         for rw in self._mounts.values():
             if rw.mapped and rw.parent and (rw.mapped, rw.parent) in self._copies:
                 self._copy_refs[(rw.mapped, rw.parent)] += 1
@@ -723,6 +736,9 @@ class LayerStore:
                 cur = layer.parent
         # children before parents: a driver may refuse to drop a lower layer still in use
         for layer, path in doomed:
+            for key in self.pinned_copies:
+                if (key, layer.chain_id) in self._copies:
+                    self._release_copy(key, layer.chain_id)  # its copy goes with it
             self._discard_dir(path)
             log.info("layer.removed", chain_id=layer.chain_id, cache_id=layer.cache_id)
         return [layer.chain_id for layer, _ in doomed]
@@ -1076,6 +1092,8 @@ class LayerStore:
         try:
             os.mkdir(tmp, 0o700)
             _write_synced(os.path.join(tmp, "cache-id"), cache_id)
+            if layer.parent is not None:
+                _write_synced(os.path.join(tmp, "parent"), layer.parent)
             fsync_dir(tmp)
             self.driver.create(cache_id, parent_copy)
             source = self.driver.diff(layer.cache_id, parent_orig)
@@ -1094,7 +1112,9 @@ class LayerStore:
             raise
         with self._lock:
             self._copies[(key, layer.chain_id)] = cache_id
-            self._copy_refs[(key, layer.chain_id)] = 0
+            self._copy_parent[(key, layer.chain_id)] = layer.parent
+            # a pinned mapping's copy is held by its original layer too
+            self._copy_refs[(key, layer.chain_id)] = int(key in self.pinned_copies)
             if layer.parent is not None:
                 self._copy_refs[(key, layer.parent)] += 1
         log.info("layer.copied_for_userns", chain_id=layer.chain_id, mapping=key,
@@ -1113,8 +1133,7 @@ class LayerStore:
                 del self._copies[(key, cur)]
                 hexid = cur.split(":", 1)[1]
                 doomed.append(self._retire(os.path.join(self._mapped_dir, key, hexid)))
-                layer = self._layers.get(cur)
-                cur = layer.parent if layer is not None else None
+                cur = self._copy_parent.pop((key, cur), None)
         for path in doomed:  # children first
             self._discard_dir(path)
 

@@ -357,3 +357,95 @@ def test_auto_containers_cannot_signal_or_read_each_other(autod: Daemon, remapd:
 
     assert attack(autod, []) == ["no-signal", "no-read"]
     assert attack(remapd, []) == ["SIGNAL", "READ"]
+
+
+# -- storage: idmapped mounts, or chowned copies --------------------------------------
+
+
+def _copies(d: Daemon) -> dict[str, int]:
+    """Chowned layer copies on disk, per mapping."""
+    found: dict[str, int] = {}
+    for path in d.data_root.glob("*/image/*/layerdb/mapped/*/*"):
+        if not path.name.startswith("."):
+            found[path.parent.name] = found.get(path.parent.name, 0) + 1
+    return found
+
+
+def _tar_owners(data: bytes, names: set[str]) -> dict[str, tuple[int, int]]:
+    import io
+    import tarfile
+
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        return {m.name: (m.uid, m.gid) for m in tar if m.name.lstrip("./") in names}
+
+
+def test_idmapped_storage_copies_nothing(remapd: Daemon) -> None:
+    """With idmapped mounts the image's layers are used as they are: no copy
+    is made for the mapping, and what the container writes is committed and
+    exported with container ids."""
+    cid = _out(remapd.docker("run", "-d", "busybox", "sh", "-c",
+                             "echo x > /made && chown 1000:1000 /made && sleep 1000",
+                             check=True)).strip()
+    try:
+        assert _copies(remapd) == {}
+        exported = remapd.docker("export", cid, check=True).stdout
+        assert _tar_owners(exported, {"made", "bin/busybox"}) == {
+            "made": (1000, 1000), "bin/busybox": (0, 0)}
+    finally:
+        remapd.docker("rm", "-f", cid)
+
+
+@pytest.mark.skipif(shutil.which("fuse-overlayfs") is None
+                    or not Path("/dev/fuse").exists(), reason="needs fuse-overlayfs")
+def test_chowned_copies_where_idmapped_mounts_cannot(remap_user: str, tmp_path: Path) -> None:
+    """The fallback, chosen by the daemon itself: the aufs driver on a kernel
+    without aufs runs on fuse-overlayfs, whose mounts cannot be idmapped.
+    Remapped containers then get chowned copies of the layers (made once per
+    image for the daemon's mapping, kept while the image is), `docker info`
+    says so and why, and commit and export still give container ids."""
+    with running_daemon(tmp_path / "d", **{"userns-remap": "default",
+                                           "storage-driver": "aufs"}) as d:
+        d.skiff("image", "bootstrap", "busybox")
+        status = dict(json.loads(_out(d.docker("info", "--format", "{{json .DriverStatus}}",
+                                               check=True))))
+        assert status["User namespaces"].startswith("chowned copies"), status
+        assert "idmapped" in status["User namespaces"]  # the reason
+        res = d.docker("run", "--rm", "busybox", "sh", "-c",
+                       "id -u; stat -c %u:%g /bin/busybox; touch /made && echo wrote", check=True)
+        assert _out(res).split() == ["0", "0:0", "wrote"]
+        key = f"{default_map().root_uid}.{default_map().root_gid}"
+        assert _copies(d) == {key: 1}  # busybox's one layer, kept for the next container
+        cid = _out(d.docker("run", "-d", "busybox", "sh", "-c",
+                            "echo x > /made && chown 1000:1000 /made && sleep 1000",
+                            check=True)).strip()
+        try:
+            exported = d.docker("export", cid, check=True).stdout
+            assert _tar_owners(exported, {"made", "bin/busybox"}) == {
+                "made": (1000, 1000), "bin/busybox": (0, 0)}
+            d.docker("commit", cid, "committed:1", check=True)
+        finally:
+            d.docker("rm", "-f", cid)
+        res = d.docker("run", "--rm", "--userns=host", "committed:1", "stat", "-c", "%u:%g",
+                       "/made", check=True)
+        assert _out(res).strip() == "1000:1000"
+        d.docker("rmi", "committed:1", "busybox", check=True)
+        assert _copies(d) == {}  # they go with their image
+
+
+def test_chowned_copies_per_auto_container(remap_user: str, tmp_path: Path) -> None:
+    """Forced fallback (exec-opts) with ``--userns=auto``: every container
+    gets copies for its own range, removed with it."""
+    with running_daemon(tmp_path / "d", **{"userns-remap": "default",
+                                           "default-userns-mode": "auto",
+                                           "exec-opts": ["skiff.userns-storage=chown"]}) as d:
+        d.skiff("image", "bootstrap", "busybox")
+        a, b = _sleeper(d), _sleeper(d)
+        keys = {f"{_uid_map(d, c)[1]}.{_uid_map(d, c)[1]}" for c in (a, b)}
+        assert set(_copies(d)) == keys and len(keys) == 2
+        res = d.docker("exec", a, "sh", "-c", "stat -c %u /bin/busybox; touch /x && echo ok",
+                       check=True)
+        assert _out(res).split() == ["0", "ok"]
+        d.docker("rm", "-f", a, check=True)
+        assert len(_copies(d)) == 1
+        d.docker("rm", "-f", b, check=True)
+        assert _copies(d) == {}
