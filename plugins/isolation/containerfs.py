@@ -142,7 +142,7 @@ def open_in_root(root_fd: int, path: str, create: str | None = None) -> int:
 
 class Prebuilt:
     """What the init of a remapped container gets ready-made from host root
-    (see ``containerinit.run_userns``), all descriptors: the root filesystem
+    (see ``containerinit.userns_stage_two``), all descriptors: the root filesystem
     as a detached mount and the directory it goes on, and each bind mount's
     source as a detached mount with its attributes set (key ``m<index>`` in
     the spec's ``mounts``, ``r<index>`` in its ``rootfs_mounts``), with
@@ -171,10 +171,11 @@ def _keyed_mounts(spec: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
 
 def clone_bind_sources(spec: dict[str, Any]) -> dict[str, tuple[int, bool]]:
     """Detached copies of every bind mount's source, attributes (``ro``,
-    ``nosuid``, ``nodev``, ``noexec``) already set: made by host root before
-    the container's init enters its user namespace, where it could reach
-    neither the daemon's root-only directories nor set attributes on a mount
-    host root made.  Bind mounts are never idmapped."""
+    ``nosuid``, ``nodev``, ``noexec``) already set, with whether each source
+    is a file: made by the shim, host root, for a remapped container's init,
+    which in its user namespace could reach neither the daemon's root-only
+    directories nor set attributes on a mount host root made.  Bind mounts
+    are never idmapped."""
     out: dict[str, tuple[int, bool]] = {}
     try:
         for key, m in _keyed_mounts(spec):

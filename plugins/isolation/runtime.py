@@ -56,8 +56,13 @@ from skiff.plugins.isolation.forkserver import (
     READY,
     short_socket_path,
     spare_socket_path,
+    userns_spare_socket_path,
 )
-from skiff.plugins.isolation.shim import EXITCODE_FILE, spec_fits_spare
+from skiff.plugins.isolation.shim import (
+    EXITCODE_FILE,
+    spec_fits_spare,
+    spec_fits_userns_spare,
+)
 
 FORKSERVER_MODULE = "skiff.plugins.isolation.forkserver"
 IDMAPFS_MODULE = "skiff.plugins.isolation.idmapfs"
@@ -408,7 +413,8 @@ class ForkServerRuntime:
                     await _wait_popen(proc)
             if proc.returncode != 0:
                 # it could not clean up after itself
-                for path in (self.socket_path, spare_socket_path(self.socket_path)):
+                for path in (self.socket_path, spare_socket_path(self.socket_path),
+                             userns_spare_socket_path(self.socket_path)):
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(path)
 
@@ -451,7 +457,7 @@ class ForkServerRuntime:
             data["capabilities"] = list(capabilities.CAPABILITIES)
         payload = json.dumps(data).encode() + b"\n"
         try:
-            return await self._prepare(stdio, payload, False, "", spec.tty)
+            return await self._prepare(stdio, payload, self.socket_path, "", spec.tty)
         except _NoReply:
             raise StartError("the exec shim exited before the process was ready") from None
 
@@ -461,25 +467,30 @@ class ForkServerRuntime:
         # the shim and init resolve paths from the fork server's directory
         bundle = data["bundle"] = os.path.abspath(spec.bundle)
         payload = json.dumps(data).encode() + b"\n"
-        use_spare = self.spares and spec_fits_spare(spec.namespaces)
+        # a spare fits a default container; a remapped spare a remapped one
+        # (the fork server keeps one of those once it was asked for one)
+        socket_path = self.socket_path
+        if self.spares and spec_fits_spare(spec.namespaces):
+            socket_path = spare_socket_path(self.socket_path)
+        elif self.spares and spec_fits_userns_spare(spec.namespaces):
+            socket_path = userns_spare_socket_path(self.socket_path)
         try:
-            return await self._prepare(stdio, payload, use_spare, bundle, spec.tty)
+            return await self._prepare(stdio, payload, socket_path, bundle, spec.tty)
         except _NoReply:
-            if not use_spare:
+            if socket_path == self.socket_path:
                 raise StartError(
                     "the container shim exited before the container was ready"
                 ) from None
         # A spare shim that died just as it was handed our connection never
         # forked anything for us; a fresh shim is safe to ask.
         try:
-            return await self._prepare(stdio, payload, False, bundle, spec.tty)
+            return await self._prepare(stdio, payload, self.socket_path, bundle, spec.tty)
         except _NoReply:
             raise StartError("the container shim exited before the container was ready") from None
 
     async def _prepare(
-        self, stdio: Stdio, payload: bytes, use_spare: bool, bundle: str, tty: bool
+        self, stdio: Stdio, payload: bytes, path: str, bundle: str, tty: bool
     ) -> ForkServerProcess:
-        path = spare_socket_path(self.socket_path) if use_spare else self.socket_path
         sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         chan = _Channel(sock)
         try:
