@@ -449,3 +449,21 @@ def test_chowned_copies_per_auto_container(remap_user: str, tmp_path: Path) -> N
         assert len(_copies(d)) == 1
         d.docker("rm", "-f", b, check=True)
         assert _copies(d) == {}
+
+
+def test_sharing_a_namespace_shares_the_user_namespace(remapd: Daemon) -> None:
+    """As dockerd: ``--network container:X`` and ``--pid container:X`` join X's
+    user namespace too (those namespaces belong to it); an unremapped X
+    cannot be shared by a remapped container (a clear error, nothing left)."""
+    x = _sleeper(remapd)
+    host = _sleeper(remapd, "--userns=host")
+    try:
+        x_user = os.readlink(f"/proc/{_pid(remapd, x)}/ns/user")
+        for flag in (f"--network=container:{x}", f"--pid=container:{x}"):
+            res = remapd.docker("run", "--rm", flag, "busybox", "readlink", "/proc/self/ns/user",
+                                check=True)
+            assert _out(res).strip() == x_user, flag
+        res = remapd.docker("run", "--rm", f"--network=container:{host}", "busybox", "true")
+        assert res.returncode != 0 and "without a user namespace" in _err(res), _err(res)
+    finally:
+        remapd.docker("rm", "-f", x, host)
