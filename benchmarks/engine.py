@@ -37,7 +37,8 @@ FLOOR = ["unshare", "--fork", "--pid", "--mount", "--uts", "--ipc", "--net", "--
 # Modules that later issues add (network set-up, pull, build); each may
 # define ``engine_rows(ctx: Context) -> list[Row]`` and is skipped when absent.
 EXTRAS = ("benchmarks.network", "benchmarks.pull", "benchmarks.build")
-WORKLOADS = ("api", "run", "phases", "exec", "lifecycle", "concurrency", "logs", "memory")
+WORKLOADS = ("api", "run", "phases", "exec", "lifecycle", "concurrency", "logs", "memory",
+             "userns")
 
 
 @dataclass(frozen=True)
@@ -338,10 +339,18 @@ def memory(ctx: Context) -> None:
         e.remove_all_containers()
 
 
+def userns(ctx: Context) -> None:
+    """userns-remap with idmapped mounts and with chowned copies against none,
+    on a 10-layer image (benchmarks/userns.py; daemons of its own, skiffd only)."""
+    from benchmarks import userns as workload
+
+    ctx.rows.extend(workload.engine_rows(ctx))  # type: ignore[arg-type]
+
+
 BUILTIN: dict[str, Callable[[Context], None]] = {
     "api": api_round_trip, "run": run_latency, "phases": run_phases, "exec": exec_latency,
     "lifecycle": lifecycle,
-    "concurrency": concurrency, "logs": logs, "memory": memory,
+    "concurrency": concurrency, "logs": logs, "memory": memory, "userns": userns,
 }
 
 

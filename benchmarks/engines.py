@@ -237,11 +237,17 @@ class Engine:
 
 
 class Skiffd(Engine):
-    """A private skiffd (python -m skiff.core.daemon) with its default drivers."""
+    """A private skiffd (python -m skiff.core.daemon) with its default drivers.
 
-    def __init__(self, base: Path, storage_driver: str | None = None) -> None:
-        super().__init__("skiffd", base)
+    ``config`` adds daemon.json keys (``userns-remap`` ...); ``name`` labels
+    its column when several skiffd are compared.
+    """
+
+    def __init__(self, base: Path, storage_driver: str | None = None,
+                 config: dict[str, object] | None = None, name: str = "skiffd") -> None:
+        super().__init__(name, base)
         self.storage_driver = storage_driver
+        self.config = dict(config or {})
 
     def command(self) -> list[str]:
         cfg: dict[str, object] = {
@@ -253,6 +259,7 @@ class Skiffd(Engine):
         }
         if self.storage_driver:
             cfg["storage-driver"] = self.storage_driver
+        cfg.update(self.config)
         path = self.base / "daemon.json"
         path.write_text(json.dumps(cfg, indent=2))
         return [sys.executable, "-m", "skiff.core.daemon", "--config-file", str(path)]

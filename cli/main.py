@@ -84,6 +84,9 @@ def cmd_run(client: Client, args: argparse.Namespace) -> int:
     }
     if args.user:
         body["User"] = args.user
+    if args.userns:
+        # "auto" too, which the docker CLI refuses before it reaches the daemon
+        body["HostConfig"]["UsernsMode"] = args.userns
     try:
         cid = client.request("POST", "/containers/create",
                              query={"name": args.name} if args.name else None, body=body)["Id"]
@@ -392,6 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-e", "--env", action="append")
     s.add_argument("-u", "--user")
     s.add_argument("--network")
+    s.add_argument("--userns", help="host, or auto (a user-namespace range of its own; "
+                                     "needs userns-remap)")
     s.add_argument("image")
     s.add_argument("command", nargs=argparse.REMAINDER)
     s.set_defaults(func=cmd_run)

@@ -61,7 +61,15 @@ OPTIONS: tuple[Option, ...] = (
     Option("dns", list, [], "--dns", item=str, multiple=True,
            help="upstream DNS servers of the embedded DNS server (IP or IP:PORT)"),
     Option("userns-remap", str, "", "--userns-remap",
-           help="user namespace remapping (not supported yet: refused when set)"),
+           help="user namespace remapping: 'default' (skiff's own skiffremap user), user, "
+                "user:group, uid or uid:gid; containers' root is the first subordinate id "
+                "of that user (/etc/subuid, /etc/subgid)"),
+    # Docker has default-ipc-mode and default-cgroupns-mode; this is their
+    # sibling for the user namespace (skiff only)
+    Option("default-userns-mode", str, "", "--default-userns-mode",
+           help="user namespace of a container run without --userns, with userns-remap: "
+                "'private' (the daemon's mapping, as Docker) or 'auto' (a range of its own "
+                "for every container)"),
     Option("no-new-privileges", bool, False, "--no-new-privileges",
            help="set no_new_privs in every container by default"),
     Option("seccomp-profile", str, "", "--seccomp-profile",
@@ -311,14 +319,26 @@ def validate(config: Mapping[str, Any], path: str) -> None:
             f"{path}: invalid value for 'default-pids-limit': {config['default-pids-limit']} "
             "(use a positive number, or 0 or -1 for no limit)"
         )
+    remap = config["userns-remap"]
+    parts = remap.split(":")
+    if remap and (len(parts) > 2 or not all(parts)):
+        raise ConfigError(
+            f"{path}: invalid value for 'userns-remap': {remap!r} (use 'default', a user, "
+            "user:group, uid or uid:gid)"
+        )
+    if config["default-userns-mode"] not in ("", "private", "auto"):
+        raise ConfigError(
+            f"{path}: invalid value for 'default-userns-mode': "
+            f"{config['default-userns-mode']!r} (use 'private' or 'auto')"
+        )
+    if config["default-userns-mode"] == "auto" and not remap:
+        raise ConfigError(
+            f"{path}: 'default-userns-mode' is 'auto' but 'userns-remap' is not set; the "
+            "ranges come from the remap user's subordinate ids: set userns-remap too"
+        )
     # Settings that would change what protects the host or its containers
     # are refused until they work: accepting and ignoring them would make an
     # operator believe they are protected.
-    if config["userns-remap"]:
-        raise ConfigError(
-            f"{path}: 'userns-remap' is not supported by this version of skiff yet; "
-            "remove it (containers run without user-namespace remapping)"
-        )
     if config["live-restore"]:
         raise ConfigError(
             f"{path}: 'live-restore' is not supported by this version of skiff yet; "

@@ -14,9 +14,11 @@ from typing import Any, TypeVar
 import structlog
 import trio
 
+from skiff.core import userns_storage
 from skiff.core.config import ConfigError, exec_options, storage_options
 from skiff.core.containers.exec import ExecManager
 from skiff.core.containers.manager import ContainerManager
+from skiff.core.containers.userns import RangeAllocator
 from skiff.core.errors import NotFound
 from skiff.core.events import EventBus
 from skiff.core.hookspecs import (
@@ -41,6 +43,8 @@ from skiff.core.images.migrate import (
 from skiff.core.images.store import ImageStore
 from skiff.core.networks import NetworkStore
 from skiff.core.plugins import Plugins
+from skiff.core.userns import Remap, RemapError
+from skiff.core.userns import resolve as resolve_remap
 from skiff.core.volumes.store import VolumeStore
 
 log = structlog.get_logger("skiff.engine")
@@ -176,11 +180,39 @@ class Engine:
         self.nursery: trio.Nursery
         self.events = EventBus()
         self._networks: dict[str, NetworkDriver] = {}
+        #: daemon.json ``userns-remap`` resolved (None: containers run unremapped)
+        self.remap: Remap | None = None
+        if config["userns-remap"]:
+            try:
+                self.remap = resolve_remap(config["userns-remap"])
+            except RemapError as exc:
+                raise ConfigError(f"{config['config-file']}: {exc}") from exc
+            # As dockerd: a data-root of its own per remapped root, so the
+            # images and containers of a remapped daemon and an unremapped
+            # one never mix.  Everything below sees only that one.
+            os.makedirs(self.data_root, mode=0o711, exist_ok=True)
+            self.data_root = os.path.join(self.data_root, self.remap.root_dir_name)
+            self.config = config = {**config, "data-root": self.data_root}
+            log.info("userns.remap", user=self.remap.user, group=self.remap.group,
+                     uids=self.remap.default.ranges_text(), data_root=self.data_root,
+                     auto_blocks=len(self.remap.auto_blocks))
         for path in (self.data_root, self.exec_root, os.path.join(self.exec_root, "containers")):
             os.makedirs(path, mode=0o711, exist_ok=True)
+        #: how a remapped container sees its layers: "idmap" (idmapped mounts)
+        #: or "chown" (chowned copies); decided in ``start``
+        self.userns_storage = ""
+        self.userns_storage_reason = ""
+        self.userns_ranges: RangeAllocator | None = None
+        if self.remap is not None:
+            try:
+                self.userns_ranges = RangeAllocator(self.data_root, self.remap.auto_blocks)
+            except RuntimeError as exc:
+                raise ConfigError(str(exc)) from exc
 
         self.storage_name, self.storage = select_storage(config, plugins)
-        self.layers = LayerStore(self.data_root, self.storage_name, self.storage)
+        self.layers = LayerStore(
+            self.data_root, self.storage_name, self.storage,
+            pinned_copies=[self.remap.root_dir_name] if self.remap is not None else [])
         self.images = ImageStore(self.data_root, self.storage_name, self.layers)
         self.runtime_name = config["default-runtime"]
         self.runtime: Runtime = self._build(
@@ -270,6 +302,13 @@ class Engine:
         await self.to_thread(self.containers.restore)
         await self.to_thread(self.networks.load)
         await self.runtime.start()
+        if self.remap is not None:
+            await userns_storage.choose(self)
+        if self.userns_ranges is not None:
+            gone = await self.to_thread(self.userns_ranges.keep_only, list(self.containers.by_id))
+            if gone:
+                log.warning("userns.ranges_released", containers=gone,
+                            reason="their containers no longer exist")
         self.plugins.hook.skiff_daemon_start(config=self.config)
         # --rm leftovers and --restart always/unless-stopped, while the API already serves
         nursery.start_soon(self.containers.restarts.after_restore)

@@ -427,8 +427,28 @@ class ContainerSpec:
     user: str = ""  #: Docker's ``--user``: name, uid, uid:gid, name:group
     hostname: str = ""
     #: namespace kind -> None for a fresh one, or a path to join (``/proc/PID/ns/net``).
-    #: A kind absent from the mapping is shared with the host.
+    #: A kind absent from the mapping is shared with the host.  ``user``: a
+    #: user namespace (see ``uid_map``); every other namespace the container
+    #: gets anew is then created *inside* it (owned by it), so the container's
+    #: root has its capabilities over them (binding port 80, ping's raw
+    #: socket, mounting its /proc) and over nothing of the host's.
     namespaces: dict[str, str | None] = field(default_factory=dict)
+    #: With ``namespaces["user"]`` None: the new user namespace's mappings,
+    #: ``(container id, host id, count)`` lines as ``/proc/<pid>/uid_map``
+    #: takes them (daemon.json ``userns-remap``).  The runtime writes them
+    #: (and ``setgroups`` "allow") from outside before the process does
+    #: anything in the namespace; the container's uid 0 is ``uid_map``'s host
+    #: id for container id 0.  Empty when the user namespace is joined.
+    uid_map: list[tuple[int, int, int]] = field(default_factory=list)
+    gid_map: list[tuple[int, int, int]] = field(default_factory=list)
+    #: With a user namespace: whether the layers on disk hold the container's
+    #: ids unshifted (0 is its root), so the runtime must show the root
+    #: filesystem through idmapped mounts with the container's user namespace
+    #: (``mount_setattr(MOUNT_ATTR_IDMAP)``); False when the storage already
+    #: holds host ids (the chowned copies of the fallback).  Bind mounts and
+    #: volumes are never idmapped: a file the container's root makes in one
+    #: is owned on the host by the mapped uid.
+    rootfs_idmap: bool = False
     capabilities: list[str] = field(default_factory=list)  #: names without ``CAP_``
     #: Paths the container must not see: a file is covered with an empty
     #: character device (``/dev/null``), a directory with an empty read-only
@@ -497,6 +517,8 @@ class ContainerSpec:
         data["mounts"] = [m.to_json() for m in self.mounts]
         data["rlimits"] = [list(r) for r in self.rlimits]
         data["devices"] = [d.to_json() for d in self.devices]
+        data["uid_map"] = [list(m) for m in self.uid_map]
+        data["gid_map"] = [list(m) for m in self.gid_map]
         return data
 
     @classmethod
@@ -504,6 +526,8 @@ class ContainerSpec:
         kw = dict(data)
         kw["rootfs_mounts"] = [MountSpec.from_json(m) for m in data["rootfs_mounts"]]
         kw["mounts"] = [MountSpec.from_json(m) for m in data["mounts"]]
+        kw["uid_map"] = [tuple(m) for m in data.get("uid_map", [])]
+        kw["gid_map"] = [tuple(m) for m in data.get("gid_map", [])]
         kw["rlimits"] = [tuple(r) for r in data.get("rlimits", [])]
         kw["devices"] = [DeviceNode.from_json(d) for d in data.get("devices", [])]
         return cls(**kw)
@@ -528,8 +552,11 @@ class ExecSpec:
     container_id: str
     #: host pid of the container's PID 1, whose namespaces the process joins
     container_pid: int
-    #: namespace kind (``pid``, ``mount``, ``uts``, ``ipc``, ``net``, ``cgroup``)
-    #: -> path to join.  A kind absent from the mapping is not joined.
+    #: namespace kind (``user``, ``pid``, ``mount``, ``uts``, ``ipc``, ``net``,
+    #: ``cgroup``) -> path to join.  A kind absent from the mapping is not
+    #: joined.  ``user`` (a remapped container) is joined first, so the
+    #: process has the namespace's capabilities over the others it joins and
+    #: none of the host's.
     namespaces: dict[str, str]
     args: list[str]
     env: list[str]  #: the container's environment with the exec's ``-e`` applied
@@ -667,6 +694,29 @@ class Runtime(Protocol):
         runtime without exec support raises ``StartError`` saying so.
         """
         ...
+
+    async def probe_idmapped_rootfs(
+        self, mounts: list[MountSpec], uid_map: list[tuple[int, int, int]],
+        gid_map: list[tuple[int, int, int]],
+    ) -> str | None:
+        """Whether this runtime can show the root filesystem ``mounts``
+        describe (a storage driver's ``mounts`` of a throwaway read-write
+        layer) through idmapped mounts, as for ``ContainerSpec.rootfs_idmap``.
+
+        Optional.  The runtime builds that root filesystem with a throwaway
+        user namespace of the given mappings and creates, as the
+        container's root, the empty file ``.skiff-idmap-probe`` at its top;
+        the daemon then checks that it landed on disk owned by 0:0.  Returns
+        None on success, else why not (the kernel, the filesystem, the
+        driver), which ``docker info`` shows when the daemon falls back to
+        chowned copies of the layers.  A runtime without this method is
+        taken to be unable.
+        """
+        ...
+
+
+#: the file ``Runtime.probe_idmapped_rootfs`` creates
+IDMAP_PROBE_FILE = ".skiff-idmap-probe"
 
 
 @dataclass

@@ -47,6 +47,7 @@ MOUNT_ATTR_RDONLY = 0x01
 MOUNT_ATTR_NOSUID = 0x02
 MOUNT_ATTR_NODEV = 0x04
 MOUNT_ATTR_NOEXEC = 0x08
+MOUNT_ATTR_IDMAP = 0x00100000
 
 # <linux/magic.h>
 PROC_SUPER_MAGIC = 0x9FA0
@@ -172,11 +173,29 @@ def move_mount(from_fd: int, to_fd: int) -> None:
 
 
 def mount_setattr(fd: int, attr_set: int, attr_clr: int = 0, propagation: int = 0,
-                  recursive: bool = False) -> None:
-    """mount_setattr(2) on the mount ``fd`` refers to (``MOUNT_ATTR_*`` flags)."""
+                  recursive: bool = False, userns_fd: int = -1) -> None:
+    """mount_setattr(2) on the mount ``fd`` refers to (``MOUNT_ATTR_*`` flags).
+
+    With ``userns_fd`` (a ``/proc/<pid>/ns/user`` descriptor) the mount, which
+    must be a detached one from ``open_tree(OPEN_TREE_CLONE)``, becomes an
+    idmapped mount: ids on disk are seen through that namespace's mapping.
+    """
     flags = AT_EMPTY_PATH | (AT_RECURSIVE if recursive else 0)
-    _check(lib.skiff_mount_setattr(fd, b"", flags, attr_set, attr_clr, propagation),
+    if userns_fd >= 0:
+        attr_set |= MOUNT_ATTR_IDMAP
+    _check(lib.skiff_mount_setattr(fd, b"", flags, attr_set, attr_clr, propagation,
+                                   max(userns_fd, 0)),
            "mount_setattr")
+
+
+def setfsuid(uid: int) -> int:
+    """setfsuid(2) for the calling thread only; returns the previous fsuid."""
+    return int(lib.setfsuid(uid))
+
+
+def setfsgid(gid: int) -> int:
+    """setfsgid(2) for the calling thread only; returns the previous fsgid."""
+    return int(lib.setfsgid(gid))
 
 
 def prjquota_info(path: str | None = None, fd: int = -1) -> None:

@@ -29,7 +29,10 @@ int skiff_open_tree(int dirfd, const char *path, unsigned int flags);
 int skiff_move_mount(int from_dirfd, const char *from_path, int to_dirfd,
                      const char *to_path, unsigned int flags);
 int skiff_mount_setattr(int dirfd, const char *path, unsigned int flags,
-                        uint64_t attr_set, uint64_t attr_clr, uint64_t propagation);
+                        uint64_t attr_set, uint64_t attr_clr, uint64_t propagation,
+                        uint64_t userns_fd);
+int setfsuid(unsigned int fsuid);
+int setfsgid(unsigned int fsgid);
 int skiff_prjquota_info(const char *special, int fd);
 int skiff_prjquota_set(const char *special, int fd, uint32_t id, uint64_t limit);
 int skiff_prjquota_get(const char *special, int fd, uint32_t id, uint64_t *limit,
@@ -40,6 +43,7 @@ SOURCE = r"""
 #define _GNU_SOURCE
 #include <sched.h>
 #include <stdint.h>
+#include <sys/fsuid.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
@@ -153,9 +157,11 @@ int skiff_move_mount(int from_dirfd, const char *from_path, int to_dirfd,
 }
 
 int skiff_mount_setattr(int dirfd, const char *path, unsigned int flags,
-                        uint64_t attr_set, uint64_t attr_clr, uint64_t propagation)
+                        uint64_t attr_set, uint64_t attr_clr, uint64_t propagation,
+                        uint64_t userns_fd)
 {
-    struct skiff_mount_attr attr = {attr_set, attr_clr, propagation, 0};
+    /* userns_fd only counts with MOUNT_ATTR_IDMAP in attr_set (Linux 5.12) */
+    struct skiff_mount_attr attr = {attr_set, attr_clr, propagation, userns_fd};
     return (int)syscall(SYS_mount_setattr, dirfd, path, flags, &attr, sizeof(attr));
 }
 """

@@ -66,7 +66,10 @@ class Daemon:
         env.pop("DOCKER_CONTEXT", None)
         return env
 
-    def start(self, timeout: float = 20) -> None:
+    def start(self, timeout: float | None = None) -> None:
+        if timeout is None:
+            # under the VM rig (TCG) a daemon takes far longer to come up
+            timeout = float(os.environ.get("SKIFF_TEST_DAEMON_TIMEOUT", "20"))
         cfg_path = self.base / "daemon.json"
         cfg_path.write_text(json.dumps(self.config, indent=2))
         with open(self.log_path, "ab") as log:

@@ -23,7 +23,7 @@ from typing import IO, TYPE_CHECKING, Any
 import structlog
 import trio
 
-from skiff.core import archive
+from skiff.core import archive, idshift
 from skiff.core.api.bridge import stream_sync_producer
 from skiff.core.api.filters import parse_filters
 from skiff.core.api.router import Request, Response, Router, StreamResponse
@@ -101,6 +101,8 @@ def register(router: Router, engine: Engine) -> None:
         if not await engine.to_thread(engine.storage.exists, c.mount_id):
             raise Conflict(f"the read-write layer of container {c.id} is missing")
         mount_id = c.mount_id
+        # chowned layers hold host ids: the tar shows the container's
+        chowned = c.idmap if c.userns.get("Storage") == "chown" else None
 
         # get() inside the producer: the put() then always pairs with it,
         # whether the client reads everything or goes away half-way.
@@ -108,7 +110,10 @@ def register(router: Router, engine: Engine) -> None:
             root = engine.storage.get(mount_id)
             try:
                 with archive.tar_directory(root) as tar:
-                    shutil.copyfileobj(tar, out, _CHUNK)
+                    if chowned is not None:
+                        idshift.rewrite_owners(tar, out, *idshift.to_container(chowned))
+                    else:
+                        shutil.copyfileobj(tar, out, _CHUNK)
             finally:
                 engine.storage.put(mount_id)
             log.info("container.export", id=c.id)
@@ -160,6 +165,7 @@ def register(router: Router, engine: Engine) -> None:
                     changes=req.query.get("changes", []),
                     author=req.q("author", ""), comment=req.q("comment", ""),
                     repo=req.q("repo", ""), tag=req.q("tag", ""),
+                    chowned=c.idmap if c.userns.get("Storage") == "chown" else None,
                 )
             )
         finally:

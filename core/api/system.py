@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from skiff import __version__
+from skiff.core import userns_storage
 from skiff.core.api.router import Request, Response, Router
 from skiff.core.images.errors import ImageNotFound, LayerNotFound
 from skiff.core.timefmt import rfc3339
@@ -163,7 +164,8 @@ def info_payload(engine: Engine) -> dict[str, Any]:
         "ContainersStopped": stopped,
         "Images": engine.images.count(),
         "Driver": engine.storage_name,
-        "DriverStatus": [list(kv) for kv in engine.storage.status()],
+        "DriverStatus": [list(kv) for kv in engine.storage.status()]
+        + [list(kv) for kv in userns_storage.status(engine)],
         "SystemStatus": None,
         "Plugins": {
             "Volume": names.get("volume", []),
@@ -229,7 +231,8 @@ def info_payload(engine: Engine) -> dict[str, Any]:
         "RuncCommit": {"ID": "", "Expected": ""},
         "InitCommit": {"ID": "", "Expected": ""},
         "SecurityOptions": [opt for opts in engine.plugins.hook.skiff_security_options(
-            config=engine.config) for opt in opts],
+            config=engine.config) for opt in opts]
+        + (["name=userns"] if getattr(engine, "remap", None) is not None else []),
         "Warnings": [],
     }
 

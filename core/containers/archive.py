@@ -29,6 +29,7 @@ The three operations are Docker's archive API: :func:`stat_path` (``HEAD``),
 from __future__ import annotations
 
 import base64
+import contextlib
 import errno
 import json
 import os
@@ -42,13 +43,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO, TYPE_CHECKING
 
-from skiff.core import archive, fdops
+from skiff.core import archive, fdops, idshift
 from skiff.core.containers import mounts
 from skiff.core.errors import Conflict, InvalidParameter, NotFound
 
 if TYPE_CHECKING:
     from skiff.core.containers.model import Container
     from skiff.core.engine import Engine
+    from skiff.core.userns import IdMap
 
 _MAX_LINKS = 40  # as the kernel's MAXSYMLINKS
 _MAX_TABLE = 16 << 20  # bytes of /etc/passwd or /etc/group read for copyUIDGID
@@ -347,6 +349,18 @@ def stat_path(engine: Engine, c: Container, path: str) -> PathStat:
         return _path_stat(t, path, st)
 
 
+def _host_ids(c: Container, t: _Target) -> IdMap | None:
+    """The mapping of a remapped container whose files ``t`` shows with host
+    ids (a running container's root, seen through its idmapped mounts; a
+    mount's directory; chowned layers), else None: they are the container's."""
+    idmap = c.idmap
+    if idmap is None:
+        return None
+    if c.state.Running or t.prefix or c.userns.get("Storage") != "idmap":
+        return idmap
+    return None
+
+
 class OpenedPath:
     """A container path resolved once for ``GET /containers/{id}/archive``.
 
@@ -359,10 +373,13 @@ class OpenedPath:
     driver's ``get``, a volume mounted for the copy.
     """
 
-    def __init__(self, stack: ExitStack, found: PathStat, tar: IO[bytes]) -> None:
+    def __init__(self, stack: ExitStack, found: PathStat, tar: IO[bytes],
+                 idmap: IdMap | None = None) -> None:
         self.stat = found
         self._stack = stack
         self._tar = tar
+        #: a remapped container's mapping when the tar shows host ids
+        self._idmap = idmap
         self._lock = threading.Lock()
         self._state = "open"  # -> "writing" -> "closed", or "open" -> "closed"
 
@@ -373,6 +390,9 @@ class OpenedPath:
                 return
             self._state = "writing"
         try:
+            if self._idmap is not None:
+                idshift.rewrite_owners(self._tar, out, *idshift.to_container(self._idmap))
+                return
             while chunk := self._tar.read(1 << 20):
                 out.write(chunk)
         finally:
@@ -394,7 +414,8 @@ def open_path(engine: Engine, c: Container, path: str) -> OpenedPath:
 
     The entry is named after the path's last component (``.`` for a path
     ending in ``/.``, whose content the CLI then copies); a final symbolic
-    link is archived as a link (the CLI follows it itself for ``-L``).
+    link is archived as a link (the CLI follows it itself for ``-L``).  The
+    owners are the container's ids, whatever user namespace it runs in.
     """
     stack = ExitStack()
     try:
@@ -402,7 +423,7 @@ def open_path(engine: Engine, c: Container, path: str) -> OpenedPath:
         pfd, base, st = stack.enter_context(_located(t.root_fd, t.path, c.id, path))
         found = _path_stat(t, path, st)
         tar = stack.enter_context(archive.tar_entry(pfd, base, _name_of(path), st=st))
-        return OpenedPath(stack, found, tar)
+        return OpenedPath(stack, found, tar, _host_ids(c, t))
     except BaseException:
         stack.close()
         raise
@@ -494,11 +515,24 @@ def extract_to_dir(engine: Engine, c: Container, path: str, stream: IO[bytes], *
             try:
                 ids = (_copy_ids(t.container_fd, c.config.get("User") or "")
                        if copy_uid_gid else None)
-                archive.extract(
-                    spool, dfd, whiteouts="keep",
-                    id_map=(lambda _u, _g: ids) if ids is not None else None,
-                    no_overwrite_dir_non_dir=no_overwrite_dir_non_dir,
-                )
+                id_map = (lambda _u, _g: ids) if ids is not None else None
+                idmap = _host_ids(c, t)
+                writer = contextlib.nullcontext()
+                if idmap is not None:
+                    # the tar's (or the user's) container ids become host ids
+                    uid, gid = idshift.to_host(idmap)
+                    inner = id_map
+
+                    def id_map(u: int, g: int) -> tuple[int, int]:
+                        u, g = inner(u, g) if inner is not None else (u, g)
+                        return uid(u), gid(g)
+                    if c.state.Running:
+                        writer = idshift.filesystem_ids(idmap.root_uid, idmap.root_gid)
+                with writer:
+                    archive.extract(
+                        spool, dfd, whiteouts="keep", id_map=id_map,
+                        no_overwrite_dir_non_dir=no_overwrite_dir_non_dir,
+                    )
             except archive.ArchiveError as exc:
                 raise InvalidParameter(f"refusing the archive: {_reason(exc)}") from exc
             except OSError as exc:

@@ -26,9 +26,10 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from skiff.core import fdops
+from skiff.core import fdops, idshift
 from skiff.core.errors import Conflict, InvalidParameter
 
 if TYPE_CHECKING:
@@ -48,11 +49,32 @@ class TooDeep(Exception):
     """The image's directory nests deeper than :data:`MAX_DEPTH`."""
 
 
+#: (uid, gid) in the image -> (uid, gid) in the volume
+IdShift = Callable[[int, int], tuple[int, int]]
+
+
+def _same(uid: int, gid: int) -> tuple[int, int]:
+    return uid, gid
+
+
+def _volume_ids(c: Container) -> IdShift:
+    """How the image's owners become the volume's: unchanged, except for a
+    remapped container on idmapped storage, whose layers hold container ids
+    while a volume is not idmapped: its copy takes the host ids the
+    container's user namespace maps them to."""
+    idmap = c.idmap
+    if idmap is None or c.userns.get("Storage") != "idmap":
+        return _same
+    uid, gid = idshift.to_host(idmap)
+    return lambda u, g: (uid(u), gid(g))
+
+
 def copy_up(engine: Engine, c: Container, points: list[dict[str, Any]]) -> None:
     """Copy what the image has at each mount point's destination into its volume,
     if the volume is empty."""
     store = engine.volumes
     ref = f"copy-up-{c.id}"
+    ids = _volume_ids(c)
     root = engine.storage.get(c.mount_id)
     try:
         root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -61,7 +83,7 @@ def copy_up(engine: Engine, c: Container, points: list[dict[str, Any]]) -> None:
                 drv = store.driver(mp["Driver"])
                 path = drv.mount(mp["Name"], ref)
                 try:
-                    _copy_point(root_fd, path, mp)
+                    _copy_point(root_fd, path, mp, ids)
                 finally:
                     drv.unmount(mp["Name"], ref)
         finally:
@@ -70,7 +92,7 @@ def copy_up(engine: Engine, c: Container, points: list[dict[str, Any]]) -> None:
         engine.storage.put(c.mount_id)
 
 
-def _copy_point(root_fd: int, volume_path: str, mp: dict[str, Any]) -> None:
+def _copy_point(root_fd: int, volume_path: str, mp: dict[str, Any], ids: IdShift) -> None:
     dest, name = mp["Destination"], mp["Name"]
     try:
         src_fd = fdops.open_in_root(root_fd, dest, os.O_RDONLY | os.O_DIRECTORY)
@@ -91,10 +113,10 @@ def _copy_point(root_fd: int, volume_path: str, mp: dict[str, Any]) -> None:
             if os.listdir(dst_fd):
                 return  # copy-up is for an empty volume only
             try:
-                copy_tree(src_fd, dst_fd)
+                copy_tree(src_fd, dst_fd, ids)
                 # the volume's root takes the image directory's owner and mode
                 st = os.fstat(src_fd)
-                fdops.set_fd_meta(dst_fd, st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode))
+                fdops.set_fd_meta(dst_fd, *ids(st.st_uid, st.st_gid), stat.S_IMODE(st.st_mode))
             except TooDeep:
                 raise InvalidParameter(
                     f"the image's {dest} nests directories more than {MAX_DEPTH} levels "
@@ -114,7 +136,7 @@ def _copy_point(root_fd: int, volume_path: str, mp: dict[str, Any]) -> None:
         os.close(src_fd)
 
 
-def copy_tree(src_fd: int, dst_fd: int) -> None:
+def copy_tree(src_fd: int, dst_fd: int, ids: IdShift = _same) -> None:
     """Copy the content of the directory held by ``src_fd`` into the one held by
     ``dst_fd`` (both real descriptors, ``dst_fd`` an empty directory).
 
@@ -122,18 +144,21 @@ def copy_tree(src_fd: int, dst_fd: int) -> None:
     (setuid bits included) and times are kept; hard links within the tree stay
     hard links; a directory on another mount than ``src_fd`` (a mount inside
     the image's tree) is created empty, not entered; sockets are skipped.
-    Nothing in the destination is ever reached by a path: see the module doc.
+    ``ids`` turns each owner into the copy's.  Nothing in the destination is
+    ever reached by a path: see the module doc.
     """
     links: dict[tuple[int, int], tuple[tuple[str, ...], str, int]] = {}
-    _copy_dir(src_fd, dst_fd, os.fstat(src_fd).st_dev, dst_fd, (), links)
+    _copy_dir(src_fd, dst_fd, os.fstat(src_fd).st_dev, dst_fd, (), links, ids)
 
 
 def _copy_dir(src_fd: int, dst_fd: int, src_dev: int, top_fd: int, where: tuple[str, ...],
-              links: dict[tuple[int, int], tuple[tuple[str, ...], str, int]]) -> None:
+              links: dict[tuple[int, int], tuple[tuple[str, ...], str, int]],
+              ids: IdShift) -> None:
     if len(where) >= MAX_DEPTH:
         raise TooDeep()
     for name in os.listdir(src_fd):
         st = os.stat(name, dir_fd=src_fd, follow_symlinks=False)
+        uid, gid = ids(st.st_uid, st.st_gid)
         mode = st.st_mode
         perm = stat.S_IMODE(mode)
         times = (st.st_atime_ns, st.st_mtime_ns)
@@ -144,16 +169,16 @@ def _copy_dir(src_fd: int, dst_fd: int, src_dev: int, top_fd: int, where: tuple[
                 if st.st_dev == src_dev:  # else a mount inside the image's tree: stop there
                     sfd = fdops.open_dir_at(src_fd, name)
                     try:
-                        _copy_dir(sfd, dfd, src_dev, top_fd, (*where, name), links)
+                        _copy_dir(sfd, dfd, src_dev, top_fd, (*where, name), links, ids)
                     finally:
                         os.close(sfd)
                 # after the content: creating it moved the mtime
-                fdops.set_fd_meta(dfd, st.st_uid, st.st_gid, perm, times)
+                fdops.set_fd_meta(dfd, uid, gid, perm, times)
             finally:
                 os.close(dfd)
         elif stat.S_ISLNK(mode):
             os.symlink(os.readlink(name, dir_fd=src_fd), name, dir_fd=dst_fd)
-            fdops.set_link_meta(dst_fd, name, st.st_uid, st.st_gid, times)
+            fdops.set_link_meta(dst_fd, name, uid, gid, times)
         elif stat.S_ISREG(mode):
             key = (st.st_dev, st.st_ino)
             if st.st_nlink > 1 and key in links:
@@ -165,7 +190,7 @@ def _copy_dir(src_fd: int, dst_fd: int, src_dev: int, top_fd: int, where: tuple[
                                  | os.O_CLOEXEC, 0o600, dir_fd=dst_fd)
                 try:
                     fdops.copy_data(fd_in, fd_out)
-                    fdops.set_fd_meta(fd_out, st.st_uid, st.st_gid, perm, times)
+                    fdops.set_fd_meta(fd_out, uid, gid, perm, times)
                     made = os.fstat(fd_out).st_ino
                 finally:
                     os.close(fd_out)
@@ -177,7 +202,7 @@ def _copy_dir(src_fd: int, dst_fd: int, src_dev: int, top_fd: int, where: tuple[
             os.mknod(name, stat.S_IFMT(mode) | 0o600, st.st_rdev, dir_fd=dst_fd)
             nfd = fdops.open_node_at(dst_fd, name, stat.S_IFMT(mode))
             try:
-                fdops.set_node_meta(nfd, st.st_uid, st.st_gid, perm, times)
+                fdops.set_node_meta(nfd, uid, gid, perm, times)
             finally:
                 os.close(nfd)
         # sockets belong to a process, not to an image: skipped

@@ -233,11 +233,15 @@ class ExecManager:
             env.append(f"HOSTNAME={cfg['Hostname']}")
         if ex.tty and "TERM" not in names:
             env.append("TERM=xterm")
+        namespaces = {kind: f"/proc/{pid}/ns/{name}" for kind, name in NS_FILES.items()}
+        if base is not None and "user" in base.namespaces:
+            # a remapped container: its user namespace first (see join_container)
+            namespaces["user"] = f"/proc/{pid}/ns/user"
         return ExecSpec(
             id=ex.id,
             container_id=c.id,
             container_pid=pid,
-            namespaces={kind: f"/proc/{pid}/ns/{name}" for kind, name in NS_FILES.items()},
+            namespaces=namespaces,
             args=list(ex.cmd),
             env=env,
             cwd=ex.working_dir or cfg.get("WorkingDir") or "/",

@@ -25,6 +25,7 @@ import trio
 from skiff.core.containers import lifecycle, names, pidproof, restart
 from skiff.core.containers import mounts as container_mounts
 from skiff.core.containers import namespaces as container_namespaces
+from skiff.core.containers import userns as container_userns
 from skiff.core.containers.config import (
     NAME_RE,
     InvalidConfig,
@@ -50,6 +51,7 @@ from skiff.core.hookspecs import (
     StartError,
     Stdio,
 )
+from skiff.core.userns import IdMap
 
 if TYPE_CHECKING:
     from skiff.core.engine import Engine
@@ -268,6 +270,7 @@ class ContainerManager:
                 # Stored, so inspect shows the limit the container really has.
                 hc["PidsLimit"] = default_pids
             container_namespaces.validate(cfg, hc)
+            container_userns.validate(hc, eng.remap, eng.config["default-userns-mode"])
             pid_mode = hc.get("PidMode") or ""
             if pid_mode.startswith("container:"):
                 try:
@@ -302,9 +305,11 @@ class ContainerManager:
         self._index(c)
         try:
             os.makedirs(root, mode=0o700)
+            idmap = await self._assign_userns(c)
+            chowned = idmap if c.userns.get("Storage") == "chown" else None
             storage_opts = hc.get("StorageOpt") or {}
             init_id, mount_id = await eng.to_thread(
-                eng.layers.create_rw, cid, image.top_layer, storage_opts
+                eng.layers.create_rw, cid, image.top_layer, storage_opts, None, chowned
             )
             c.init_id, c.mount_id = init_id, mount_id
             c.graph_data = await eng.to_thread(eng.storage.metadata, mount_id)
@@ -319,6 +324,26 @@ class ContainerManager:
         log.info("container.create", id=cid, name=name, image=image_ref,
                  storage=eng.storage_name, network=network_mode)
         return cid, []
+
+    async def _assign_userns(self, c: Container) -> IdMap | None:
+        """Give ``c`` its user namespace's mapping (recorded in ``c.userns``): the
+        daemon's, or a range of its own for ``auto``; None for none."""
+        eng = self.engine
+        if eng.remap is None:
+            return None
+        mode = container_userns.mode_of(c.host_config, eng.config["default-userns-mode"])
+        if mode == "host":
+            return None
+        if mode == "auto":
+            assert eng.userns_ranges is not None
+            try:
+                idmap = await eng.to_thread(eng.userns_ranges.allocate, c.id)
+            except InvalidConfig as exc:
+                raise Conflict(str(exc)) from None
+        else:
+            idmap = eng.remap.default
+        c.userns = {"Mode": mode, **idmap.to_json(), "Storage": eng.userns_storage or "chown"}
+        return idmap
 
     def _write_etc_files(self, c: Container) -> None:
         with open(c.hostname_path, "w") as f:
@@ -339,6 +364,12 @@ class ContainerManager:
                 f.write(f"nameserver {EMBEDDED_DNS}\noptions ndots:0\n")
             else:
                 f.write(resolv_conf_for(c.network_mode))
+        idmap = c.idmap
+        if idmap is not None:
+            # bind-mounted, not idmapped: the container's root owns them, as
+            # dockerd chowns them to the remapped root
+            for path in (c.hostname_path, c.hosts_path, c.resolv_conf_path):
+                os.chown(path, idmap.root_uid, idmap.root_gid)
 
     async def _discard(self, c: Container) -> None:
         """Undo a create that failed half-way; leaves no trace of ``c``."""
@@ -346,6 +377,9 @@ class ContainerManager:
         if c.mount_id:
             with contextlib.suppress(Exception):
                 await eng.to_thread(eng.layers.remove_rw, c.id)
+        if eng.userns_ranges is not None:
+            with contextlib.suppress(Exception):
+                await eng.to_thread(eng.userns_ranges.release, c.id)
         shutil.rmtree(c.root, ignore_errors=True)
         self.by_id.pop(c.id, None)
         if self.by_name.get(c.name) == c.id:
@@ -374,6 +408,14 @@ class ContainerManager:
             namespaces["net"] = f"/proc/{running_pid(c.network_mode[10:], 'network')}/ns/net"
         elif eng.network_driver(c.network_mode).netns == "new":
             namespaces["net"] = None
+        idmap = c.idmap
+        uid_map: list[tuple[int, int, int]] = []
+        gid_map: list[tuple[int, int, int]] = []
+        if idmap is not None:
+            shared = self._shared_userns(c)
+            namespaces["user"] = shared
+            if shared is None:
+                uid_map, gid_map = list(idmap.uids), list(idmap.gids)
         rlimits = [
             (u["Name"], int(u["Soft"]), int(u["Hard"]))
             for u in list(eng.config["default-ulimits"].values())
@@ -398,7 +440,38 @@ class ContainerManager:
             init=bool(eng.config["init"] if c.host_config.get("Init") is None
                       else c.host_config["Init"]),
             init_path=eng.config["init-path"],
+            uid_map=uid_map,
+            gid_map=gid_map,
+            rootfs_idmap=c.userns.get("Storage") == "idmap",
         )
+
+    def _shared_userns(self, c: Container) -> str | None:
+        """The user namespace a remapped ``c`` must join (None: one of its own).
+
+        As dockerd: sharing another container's network or pid namespace
+        means sharing its user namespace too, since those namespaces belong
+        to it.  That container must be remapped as well, and with the same
+        mapping when ``c``'s layers are chowned copies for its own.
+        """
+        for mode, what in ((c.network_mode, "network"),
+                           (c.host_config.get("PidMode") or "", "PID")):
+            if not mode.startswith("container:"):
+                continue
+            other = self.get(mode[10:])
+            if not other.userns:
+                raise Conflict(
+                    f"cannot share the {what} namespace of container {other.id[:12]}: it runs "
+                    "without a user namespace (--userns=host) and this one with; run both "
+                    "the same way")
+            if c.userns.get("Storage") == "chown" and (
+                    other.userns.get("UidMap"), other.userns.get("GidMap")) != (
+                    c.userns.get("UidMap"), c.userns.get("GidMap")):
+                raise Conflict(
+                    f"cannot share the {what} namespace of container {other.id[:12]}: its "
+                    "user namespace maps other ids, and this daemon keeps chowned copies of "
+                    "the layers per mapping; run both without --userns=auto")
+            return f"/proc/{int(other.state.Pid)}/ns/user"
+        return None
 
     async def start(self, ref: str) -> None:
         c = self.get(ref)
@@ -875,6 +948,9 @@ class ContainerManager:
         await eng.to_thread(
             shutil.rmtree, os.path.join(eng.exec_root, "containers", c.id), True
         )
+        if c.userns.get("Mode") == "auto" and eng.userns_ranges is not None:
+            # only now: the block is free once nothing of the container is left
+            await eng.to_thread(eng.userns_ranges.release, c.id)
         del self.by_id[c.id]
         if self.by_name.get(c.name) == c.id:
             del self.by_name[c.name]

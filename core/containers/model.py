@@ -14,6 +14,7 @@ from typing import Any
 
 from skiff.core.atomic import write_atomic, write_json_atomic
 from skiff.core.timefmt import format_duration_ago, rfc3339
+from skiff.core.userns import IdMap
 
 ZERO_TIME = "0001-01-01T00:00:00Z"
 
@@ -87,10 +88,19 @@ class Container:
     #: Docker's MountPoints (binds, volumes, tmpfs), resolved at create by
     #: ``skiff.core.containers.mounts``; keys starting with "_" are private
     mount_points: list[dict[str, Any]] = field(default_factory=list)
+    #: with userns-remap, unless ``--userns=host``: ``Mode`` (private or
+    #: auto), the mapping (``UidMap``/``GidMap``, as ``IdMap.to_json``) and
+    #: ``Storage`` (idmap or chown: how it sees its layers); empty otherwise
+    userns: dict[str, Any] = field(default_factory=dict)
     #: hostconfig.json as last written, to skip rewriting it unchanged
     _saved_host_config: str | None = field(default=None, repr=False, compare=False)
 
     # -- paths -----------------------------------------------------------
+
+    @property
+    def idmap(self) -> IdMap | None:
+        """The container's user-namespace mapping; None when it runs unremapped."""
+        return IdMap.from_json(self.userns) if self.userns else None
 
     @property
     def log_path(self) -> str:
@@ -131,6 +141,7 @@ class Container:
             "Networks": self.networks,
             "Ports": self.ports,
             "MountPoints": self.mount_points,
+            "SkiffUserns": self.userns,
         }
         # State changes at every start and stop; its rename need not be durable
         # (a crash leaves the previous state, which restore() handles).  The
@@ -169,6 +180,7 @@ class Container:
             networks=rec.get("Networks") or {},
             ports=rec.get("Ports") or {},
             mount_points=rec.get("MountPoints") or [],
+            userns=rec.get("SkiffUserns") or {},
         )
 
     # -- API shapes ------------------------------------------------------

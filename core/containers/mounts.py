@@ -289,6 +289,8 @@ def realize(engine: Engine, c: Container, points: list[dict[str, Any]]) -> list[
     created: list[str] = []
     held: list[str] = []
     default_driver = c.host_config.get("VolumeDriver") or ""
+    idmap = c.idmap
+    owner = (idmap.root_uid, idmap.root_gid) if idmap is not None else None
     try:
         for mp in by_dest.values():
             if mp["Type"] != "volume":
@@ -297,7 +299,7 @@ def realize(engine: Engine, c: Container, points: list[dict[str, Any]]) -> list[
                 v, new = store.create(mp.get("Name") or None,
                                       mp.get("Driver") or default_driver or None,
                                       mp.pop("_driver_opts", None) or None,
-                                      mp.pop("_labels", None) or None)
+                                      mp.pop("_labels", None) or None, owner)
             except NotFound as exc:  # an unknown driver; 400 for the reason above
                 raise InvalidParameter(exc.message) from None
             if new:

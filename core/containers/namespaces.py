@@ -19,7 +19,7 @@ from skiff.core.hookspecs import MountSpec
 PID_MODES = ("", "host")
 IPC_MODES = ("", "private", "shareable", "host")
 UTS_MODES = ("", "host")
-USERNS_MODES = ("", "host")
+USERNS_MODES = ("", "host", "auto")  #: what they need: core.containers.userns
 CGROUPNS_MODES = ("", "private", "host")
 
 
@@ -48,7 +48,7 @@ def validate(cfg: Mapping[str, Any], hc: Mapping[str, Any]) -> None:
         raise InvalidConfig("Conflicting options: hostname and the UTS mode")
     userns = _mode(hc, "UsernsMode")
     if userns not in USERNS_MODES:
-        raise InvalidConfig(f"invalid USER mode: {userns}")
+        raise InvalidConfig(f"invalid USER mode: {userns} (use host, or auto with userns-remap)")
     cgroupns = _mode(hc, "CgroupnsMode")
     if cgroupns not in CGROUPNS_MODES:
         raise InvalidConfig(f"invalid cgroup namespace mode: {cgroupns} (use private or host)")

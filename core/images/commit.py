@@ -30,11 +30,13 @@ from typing import Any
 
 import structlog
 
+from skiff.core import idshift
 from skiff.core.images.archives import apply_changes, host_architecture
 from skiff.core.images.errors import InvalidReference
 from skiff.core.images.layers import LayerStore
 from skiff.core.images.reference import familiar_string, parse
 from skiff.core.images.store import ImageStore, encode_config
+from skiff.core.userns import IdMap
 
 log = structlog.get_logger("skiff.images.commit")
 
@@ -129,6 +131,7 @@ def commit_container(
     comment: str = "",
     repo: str = "",
     tag: str = "",
+    chowned: IdMap | None = None,
 ) -> str:
     """Make an image of a container's read-write layer; returns the image ID.
 
@@ -138,7 +141,9 @@ def commit_container(
     ``container_config`` is the container's Config; ``config``, when given,
     replaces it as the base of the new image's config (the request body of
     ``POST /commit``).  Bad ``changes`` or a bad ``repo``/``tag`` are refused
-    before any layer is written.
+    before any layer is written.  ``chowned``: the container's layers are
+    chowned copies for that user-namespace mapping, whose host ids go back
+    to container ids in the image.
     """
     container_config = json.loads(json.dumps(dict(container_config)))
     base = dict(config) if config is not None else container_config
@@ -152,6 +157,9 @@ def commit_container(
 
     stream = layers.driver.diff(mount_id, init_id)
     try:
+        if chowned is not None:
+            source, stream = stream, layers.spooled_owners(stream, idshift.to_container(chowned))
+            source.close()
         layer = layers.register(stream, top)
     finally:
         stream.close()

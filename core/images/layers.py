@@ -11,6 +11,9 @@ On disk (Docker's layout, so people who know Docker find their way)::
         mounts/<container-id>/init-id     "<mount-id>-init"
                               mount-id    the container's read-write layer
                               parent      chainID of the image's top layer
+                              mapped      "<uid>.<gid>": the layers sit on chowned
+                                          copies for that user namespace (below)
+        mapped/<uid>.<gid>/<chain hex>/cache-id   a chowned copy of layer <chain>
         tmp/                               work in progress; anything here at start-up
                                            is debris of a crash and is removed
 
@@ -23,6 +26,17 @@ image in the image store (which acquires its top layer when it loads) and each
 caller between ``register`` and ``release``.  A layer is removed from the
 driver and the layerdb when the count drops to zero, then its parent is
 released in turn.
+
+Chowned copies (``mapped/``) serve remapped containers where idmapped mounts
+cannot: a copy of each layer of the image's chain whose files belong to the
+host ids of one user namespace (its tar rewritten by ``skiff.core.idshift``),
+stacked like the originals, made when a container first needs them and shared
+by every container of that mapping.  A copy is held by its child copy and by
+each container mount on it; it goes with the last, except those of a
+*pinned* mapping (the daemon's own, which every remapped container without
+``--userns=auto`` shares), which also stay while their original layer does,
+as a remapped dockerd keeps its layers: made once per image, not per
+container.
 
 The chain ID is the OCI one: ``chain(L0) = diffID(L0)``,
 ``chain(Ln) = sha256(chain(Ln-1) + " " + diffID(Ln))``.
@@ -50,6 +64,7 @@ import secrets
 import shutil
 import stat
 import tarfile
+import tempfile
 import threading
 import time
 import zlib
@@ -59,6 +74,7 @@ from typing import IO, Any
 
 import structlog
 
+from skiff.core import idshift
 from skiff.core.archive import ArchiveError, ChunkReader
 from skiff.core.atomic import fsync_dir
 from skiff.core.hookspecs import StorageDriver
@@ -69,6 +85,7 @@ from skiff.core.images.errors import (
     LayerNotFound,
 )
 from skiff.core.tarlimits import MAX_META
+from skiff.core.userns import IdMap
 
 log = structlog.get_logger("skiff.images.layers")
 
@@ -462,6 +479,8 @@ class RWLayer:
     init_id: str
     mount_id: str
     parent: str | None  #: chain ID of the image's top layer
+    #: "<uid>.<gid>" when the layers below are chowned copies for that mapping
+    mapped: str | None = None
 
 
 def _read(path: str) -> str:
@@ -483,8 +502,11 @@ class LayerStore:
     removing trees) happens outside the lock.
     """
 
-    def __init__(self, data_root: str, driver_name: str, driver: StorageDriver) -> None:
+    def __init__(self, data_root: str, driver_name: str, driver: StorageDriver,
+                 pinned_copies: Sequence[str] = ()) -> None:
         self.data_root = data_root
+        #: mappings ("<uid>.<gid>") whose chowned copies stay while their layer does
+        self.pinned_copies = frozenset(pinned_copies)
         self.driver_name = driver_name
         self.driver = driver
         self.image_root = os.path.join(data_root, "image", driver_name)
@@ -492,13 +514,21 @@ class LayerStore:
         self._layers_dir = os.path.join(self.root, "sha256")
         self._mounts_dir = os.path.join(self.root, "mounts")
         self._tmp_dir = os.path.join(self.root, "tmp")
-        for d in (self._layers_dir, self._mounts_dir, self._tmp_dir):
+        self._mapped_dir = os.path.join(self.root, "mapped")
+        for d in (self._layers_dir, self._mounts_dir, self._tmp_dir, self._mapped_dir):
             os.makedirs(d, mode=0o700, exist_ok=True)
         self._lock = threading.RLock()
         self._layers: dict[str, Layer] = {}
         self._refs: dict[str, int] = {}
         self._mounts: dict[str, RWLayer] = {}
         self._creating: set[str] = set()
+        #: chowned copies: (mapping key, chain ID) -> driver id, their holders, and
+        #: the chain ID of their parent (the originals may be gone when they go)
+        self._copies: dict[tuple[str, str], str] = {}
+        self._copy_refs: dict[tuple[str, str], int] = {}
+        self._copy_parent: dict[tuple[str, str], str | None] = {}
+        #: one copy is made at a time (two containers of one mapping share them)
+        self._copy_lock = threading.Lock()
         self._restore()
 
     # -- start-up ------------------------------------------------------------
@@ -532,11 +562,13 @@ class LayerStore:
             d = os.path.join(self._mounts_dir, cid)
             try:
                 parent_path = os.path.join(d, "parent")
+                mapped_path = os.path.join(d, "mapped")
                 rw = RWLayer(
                     container_id=cid,
                     init_id=_read(os.path.join(d, "init-id")),
                     mount_id=_read(os.path.join(d, "mount-id")),
                     parent=_read(parent_path) if os.path.exists(parent_path) else None,
+                    mapped=_read(mapped_path) if os.path.exists(mapped_path) else None,
                 )
             except OSError as exc:
                 log.warning("layer.mount_unreadable", container=cid, error=str(exc))
@@ -544,6 +576,40 @@ class LayerStore:
             self._mounts[cid] = rw
             if rw.parent is not None and rw.parent in self._layers:
                 self._refs[rw.parent] += 1
+        self._restore_copies()
+
+    def _restore_copies(self) -> None:
+        for key in sorted(os.listdir(self._mapped_dir)):
+            kdir = os.path.join(self._mapped_dir, key)
+            for hexid in sorted(os.listdir(kdir)):
+                path = os.path.join(kdir, hexid)
+                if hexid.startswith("."):
+                    self._discard_dir(path)  # a copy cut short
+                    continue
+                try:
+                    ident = (key, "sha256:" + hexid)
+                    self._copies[ident] = _read(os.path.join(path, "cache-id"))
+                    parent_path = os.path.join(path, "parent")
+                    self._copy_parent[ident] = (_read(parent_path)
+                                                if os.path.exists(parent_path) else None)
+                except OSError as exc:
+                    log.warning("layer.copy_unreadable", mapping=key, chain_id=hexid,
+                                error=str(exc))
+        for key, chain in self._copies:
+            self._copy_refs[(key, chain)] = self._copy_refs.get((key, chain), 0)
+            if key in self.pinned_copies and chain in self._layers:
+                self._copy_refs[(key, chain)] += 1  # held by its original
+            parent = self._copy_parent.get((key, chain))
+            if parent is not None and (key, parent) in self._copies:
+                self._copy_refs[(key, parent)] = self._copy_refs.get((key, parent), 0) + 1
+        for rw in self._mounts.values():
+            if rw.mapped and rw.parent and (rw.mapped, rw.parent) in self._copies:
+                self._copy_refs[(rw.mapped, rw.parent)] += 1
+        # copies no container holds any more (a removal cut short)
+        for key, chain in [k for k, n in self._copy_refs.items() if n == 0]:
+            if self._copy_refs.get((key, chain)) == 0:
+                self._copy_refs[(key, chain)] = 1
+                self._release_copy(key, chain)
 
     def _clean_tmp(self) -> None:
         """Remove what a crash left half-done: metadata under tmp/ and the
@@ -672,6 +738,9 @@ class LayerStore:
                 cur = layer.parent
         # children before parents: a driver may refuse to drop a lower layer still in use
         for layer, path in doomed:
+            for key in self.pinned_copies:
+                if (key, layer.chain_id) in self._copies:
+                    self._release_copy(key, layer.chain_id)  # its copy goes with it
             self._discard_dir(path)
             log.info("layer.removed", chain_id=layer.chain_id, cache_id=layer.cache_id)
         return [layer.chain_id for layer, _ in doomed]
@@ -872,6 +941,7 @@ class LayerStore:
         parent: str | None,
         storage_opts: Mapping[str, str] | None = None,
         init_files: Mapping[str, bytes] | None = None,
+        chowned: IdMap | None = None,
     ) -> tuple[str, str]:
         """Create a container's init layer and read-write layer on image layer ``parent``.
 
@@ -880,6 +950,10 @@ class LayerStore:
         /etc/hosts ...; ``init_files`` adds or replaces files, path -> content);
         the read-write layer sits on it.  Returns ``(init_id, mount_id)``, the
         driver ids.  Holds a reference on ``parent`` until ``remove_rw``.
+
+        With ``chowned`` (a remapped container without idmapped mounts) both
+        sit on chowned copies of the image's layers for that mapping, made
+        now if missing, and the init layer's files are the container root's.
         """
         with self._lock:
             if container_id in self._mounts or container_id in self._creating:
@@ -889,6 +963,8 @@ class LayerStore:
         mount_id = secrets.token_hex(32)
         init_id = mount_id + "-init"
         parent_cache = parent_layer.cache_id if parent_layer else None
+        key = f"{chowned.root_uid}.{chowned.root_gid}" if chowned is not None else None
+        copied = False
         tmp = self._new_tmp("mount")
         try:
             os.mkdir(tmp, 0o700)
@@ -896,21 +972,42 @@ class LayerStore:
             _write_synced(os.path.join(tmp, "mount-id"), mount_id)
             if parent is not None:
                 _write_synced(os.path.join(tmp, "parent"), parent)
+            if key is not None:
+                _write_synced(os.path.join(tmp, "mapped"), key)
             fsync_dir(tmp)
+            init_tar = io.BytesIO(_init_tar(init_files))
+            if key is not None and chowned is not None:
+                if parent is not None:
+                    parent_cache = self._acquire_copies(key, parent, chowned)
+                    copied = True
+                init_tar = self._shifted(init_tar, chowned)
             self.driver.create(init_id, parent_cache)
-            self.driver.apply_diff(init_id, parent_cache, io.BytesIO(_init_tar(init_files)))
+            try:
+                self.driver.apply_diff(init_id, parent_cache, init_tar)
+            finally:
+                init_tar.close()
             self.driver.create_rw(mount_id, init_id, dict(storage_opts or {}))
+            if chowned is not None:
+                # the root directory is no entry of any tar: give it the container's root
+                root = self.driver.get(mount_id)
+                try:
+                    os.chown(root, chowned.root_uid, chowned.root_gid)
+                finally:
+                    self.driver.put(mount_id)
             dest = os.path.join(self._mounts_dir, container_id)
             with self._lock:
                 os.rename(tmp, dest)
                 fsync_dir(self._mounts_dir)
-                self._mounts[container_id] = RWLayer(container_id, init_id, mount_id, parent)
+                self._mounts[container_id] = RWLayer(container_id, init_id, mount_id, parent,
+                                                     key)
                 self._creating.discard(container_id)
         except BaseException:
             # the rw layer before the init layer it sits on
             self._discard_dir(tmp)
             with self._lock:
                 self._creating.discard(container_id)
+            if copied and key is not None and parent is not None:
+                self._release_copy(key, parent)
             if parent is not None:
                 self.release(parent)
             raise
@@ -938,9 +1035,109 @@ class LayerStore:
             del self._mounts[container_id]
             path = self._retire(os.path.join(self._mounts_dir, container_id))
         self._discard_dir(path)
+        if rw.mapped and rw.parent is not None and (rw.mapped, rw.parent) in self._copies:
+            self._release_copy(rw.mapped, rw.parent)
         if rw.parent is not None and self.exists(rw.parent):
             self.release(rw.parent)
         log.info("layer.rw_removed", container=container_id, mount_id=rw.mount_id)
+
+    # -- chowned copies ----------------------------------------------------------
+
+    def copies(self) -> dict[tuple[str, str], int]:
+        """(mapping, chain ID) -> holders of every chowned copy (for tests and info)."""
+        with self._lock:
+            return dict(self._copy_refs)
+
+    def _shifted(self, stream: IO[bytes], idmap: IdMap) -> IO[bytes]:
+        """``stream`` (a tar) with its owners moved to ``idmap``'s host ids."""
+        return self.spooled_owners(stream, idshift.to_host(idmap))
+
+    def spooled_owners(self, stream: IO[bytes], ids: tuple[idshift.IdFn, idshift.IdFn]
+                       ) -> IO[bytes]:
+        """``stream`` (a tar) with its owners mapped by ``ids`` (uid, gid functions),
+        spooled to a file of tmp/ that goes when the returned stream is closed."""
+        spool = tempfile.TemporaryFile(dir=self._tmp_dir)  # noqa: SIM115 (returned open)
+        try:
+            idshift.rewrite_owners(stream, spool, *ids)  # type: ignore[arg-type]
+            spool.seek(0)
+        except BaseException:
+            spool.close()
+            raise
+        return spool  # type: ignore[return-value]
+
+    def _acquire_copies(self, key: str, chain: str, idmap: IdMap) -> str:
+        """The driver id of the chowned copy of ``chain`` for mapping ``key``,
+        made (with those of its parents) if missing; one reference for the caller."""
+        with self._copy_lock:
+            todo: list[Layer] = []
+            with self._lock:
+                cur: str | None = chain
+                while cur is not None and (key, cur) not in self._copies:
+                    layer = self.get(cur)
+                    todo.append(layer)
+                    cur = layer.parent
+            for layer in reversed(todo):  # base first
+                self._copy_layer(key, layer, idmap)
+            with self._lock:
+                self._copy_refs[(key, chain)] += 1
+                return self._copies[(key, chain)]
+
+    def _copy_layer(self, key: str, layer: Layer, idmap: IdMap) -> None:
+        kdir = os.path.join(self._mapped_dir, key)
+        os.makedirs(kdir, mode=0o700, exist_ok=True)
+        hexid = layer.chain_id.split(":", 1)[1]
+        tmp = os.path.join(kdir, f".tmp-{hexid}-{secrets.token_hex(4)}")
+        cache_id = secrets.token_hex(32)
+        parent_copy = self._copies[(key, layer.parent)] if layer.parent else None
+        parent_orig = self.cache_id(layer.parent)
+        t0 = time.monotonic()
+        try:
+            os.mkdir(tmp, 0o700)
+            _write_synced(os.path.join(tmp, "cache-id"), cache_id)
+            if layer.parent is not None:
+                _write_synced(os.path.join(tmp, "parent"), layer.parent)
+            fsync_dir(tmp)
+            self.driver.create(cache_id, parent_copy)
+            source = self.driver.diff(layer.cache_id, parent_orig)
+            try:
+                shifted = self._shifted(source, idmap)
+            finally:
+                source.close()
+            try:
+                self.driver.apply_diff(cache_id, parent_copy, shifted)
+            finally:
+                shifted.close()
+            os.rename(tmp, os.path.join(kdir, hexid))
+            fsync_dir(kdir)
+        except BaseException:
+            self._discard_dir(tmp)
+            raise
+        with self._lock:
+            self._copies[(key, layer.chain_id)] = cache_id
+            self._copy_parent[(key, layer.chain_id)] = layer.parent
+            # a pinned mapping's copy is held by its original layer too
+            self._copy_refs[(key, layer.chain_id)] = int(key in self.pinned_copies)
+            if layer.parent is not None:
+                self._copy_refs[(key, layer.parent)] += 1
+        log.info("layer.copied_for_userns", chain_id=layer.chain_id, mapping=key,
+                 cache_id=cache_id, ms=round((time.monotonic() - t0) * 1000, 1))
+
+    def _release_copy(self, key: str, chain: str) -> None:
+        """Drop one reference on a copy; at zero it goes, and its parent's is dropped."""
+        doomed: list[str] = []
+        with self._lock:
+            cur: str | None = chain
+            while cur is not None and (key, cur) in self._copies:
+                self._copy_refs[(key, cur)] -= 1
+                if self._copy_refs[(key, cur)] > 0:
+                    break
+                del self._copy_refs[(key, cur)]
+                del self._copies[(key, cur)]
+                hexid = cur.split(":", 1)[1]
+                doomed.append(self._retire(os.path.join(self._mapped_dir, key, hexid)))
+                cur = self._copy_parent.pop((key, cur), None)
+        for path in doomed:  # children first
+            self._discard_dir(path)
 
 
 def _init_tar(extra: Mapping[str, bytes] | None) -> bytes:

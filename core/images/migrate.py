@@ -370,6 +370,18 @@ def _migrate_locked(
         say(f"the migration to {target} had finished; removed its marker")
         return MigrationReport(source=str(marker.get("from")), target=target)
     source = _source_driver(config, target)
+    mounts_dir = os.path.join(data_root, "image", source, "layerdb", "mounts")
+    on_copies = sorted(cid for cid in (os.listdir(mounts_dir) if os.path.isdir(mounts_dir)
+                                       else [])
+                       if os.path.exists(os.path.join(mounts_dir, cid, "mapped")))
+    if on_copies:
+        # they sit on chowned copies of the layers (user namespaces without
+        # idmapped mounts), which are not moved: the new driver remakes them
+        # for new containers
+        raise MigrationError(
+            f"containers {', '.join(c[:12] for c in on_copies)} of {data_root} sit on "
+            "chowned layer copies of user-namespace remapping; remove them first"
+        )
     report = MigrationReport(source=source, target=target, kept_old=keep_old)
     resuming = marker is not None and marker.get("from") == source and marker.get("to") == target
     if marker is not None and not resuming:

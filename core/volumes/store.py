@@ -182,11 +182,15 @@ class VolumeStore:
 
     def create(self, name: str | None, driver: str | None = None,
                options: Mapping[str, str] | None = None,
-               labels: Mapping[str, str] | None = None) -> tuple[Volume, bool]:
+               labels: Mapping[str, str] | None = None,
+               owner: tuple[int, int] | None = None) -> tuple[Volume, bool]:
         """Create a volume (a random name when none); (volume, whether it is new).
 
         Creating a volume that exists with the same driver returns it, as
         Docker does, so ``-v name:/x`` and ``docker volume create name`` agree.
+        A new volume's directory belongs to ``owner`` (host uid, gid); with
+        userns-remap and no ``owner``, to the remapped root, as dockerd makes
+        them, so the root of a remapped container can write to it.
         """
         driver = driver or DEFAULT_DRIVER
         if options is not None and not isinstance(options, Mapping):
@@ -218,6 +222,7 @@ class VolumeStore:
                        labels={str(k): str(val) for k, val in (labels or {}).items()},
                        options=opts)
             try:
+                self._own(drv, name, owner)
                 self._save(v)
             except BaseException:
                 with contextlib.suppress(Exception):
@@ -227,6 +232,17 @@ class VolumeStore:
         publish(self.engine, "create", name, {"driver": driver})
         log.info("volume.create", name=name, driver=driver)
         return v, True
+
+    def _own(self, drv: VolumeDriver, name: str, owner: tuple[int, int] | None) -> None:
+        remap = getattr(self.engine, "remap", None)
+        if owner is None and remap is not None:
+            owner = (remap.default.root_uid, remap.default.root_gid)
+        if owner is None:
+            return
+        path = drv.path(name)
+        # a volume whose data only exists while mounted (a tmpfs) has nothing to own yet
+        if path and os.path.isdir(path):
+            os.chown(path, *owner)
 
     def remove(self, name: str, force: bool = False) -> None:
         """``docker volume rm``: refused while a container uses the volume.

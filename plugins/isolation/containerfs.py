@@ -140,6 +140,70 @@ def open_in_root(root_fd: int, path: str, create: str | None = None) -> int:
     return sc.openat2(root_fd, "/".join(resolved) or ".", os.O_PATH, 0, _RESOLVE)
 
 
+class Prebuilt:
+    """What the init of a remapped container gets ready-made from host root
+    (see ``containerinit.userns_stage_two``), all descriptors: the root filesystem
+    as a detached mount and the directory it goes on, and each bind mount's
+    source as a detached mount with its attributes set (key ``m<index>`` in
+    the spec's ``mounts``, ``r<index>`` in its ``rootfs_mounts``), with
+    whether that source is a file."""
+
+    def __init__(self, rootfs_tree: int, rootfs_target: int,
+                 binds: dict[str, tuple[int, bool]]) -> None:
+        self.rootfs_tree = rootfs_tree
+        self.rootfs_target = rootfs_target
+        self.binds = binds
+
+    def close(self) -> None:
+        for fd in (self.rootfs_tree, self.rootfs_target, *(t for t, _ in self.binds.values())):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self.rootfs_tree = self.rootfs_target = -1
+        self.binds = {}
+
+
+def _keyed_mounts(spec: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    out = [(f"r{i}", m) for i, m in enumerate(spec.get("rootfs_mounts") or [])
+           if m.get("destination", "/") not in ("", "/")]
+    return out + [(f"m{i}", m) for i, m in enumerate(spec.get("mounts") or [])]
+
+
+def clone_bind_sources(spec: dict[str, Any]) -> dict[str, tuple[int, bool]]:
+    """Detached copies of every bind mount's source, attributes (``ro``,
+    ``nosuid``, ``nodev``, ``noexec``) already set, with whether each source
+    is a file: made by the shim, host root, for a remapped container's init,
+    which in its user namespace could reach neither the daemon's root-only
+    directories nor set attributes on a mount host root made.  Bind mounts
+    are never idmapped."""
+    out: dict[str, tuple[int, bool]] = {}
+    try:
+        for key, m in _keyed_mounts(spec):
+            flags, _, _ = mounts.parse_options(m.get("options") or [])
+            if not _is_bind(m, flags):
+                continue
+            source = m["source"] if not m.get("cwd") else os.path.join(m["cwd"], m["source"])
+            is_file = _want_file(m)
+            try:
+                tree = sc.open_tree(AT_FDCWD, source, sc.OPEN_TREE_CLONE
+                                    | (sc.AT_RECURSIVE if flags & sc.MS_REC else 0))
+            except OSError as exc:
+                raise FsError(f"cannot bind {m['source']} on {m.get('destination')}: "
+                              f"{exc.strerror}") from None
+            out[key] = (tree, is_file)
+            attrs = 0
+            for ms_flag, attr in _BIND_ATTRS:
+                if flags & ms_flag:
+                    attrs |= attr
+            if attrs:
+                sc.mount_setattr(tree, attrs)
+    except BaseException:
+        for tree, _ in out.values():
+            os.close(tree)
+        raise
+    return out
+
+
 class ContainerRoot:
     """Descriptors of the container's root and of the trees the init made in it.
 
@@ -165,10 +229,12 @@ class ContainerRoot:
         self.fd = self.null = -1
 
 
-def build(rootfs: str, spec: dict[str, Any]) -> ContainerRoot:
+def build(rootfs: str, spec: dict[str, Any], pre: Prebuilt | None = None) -> ContainerRoot:
     """Mount the root filesystem, /proc, /sys, /dev and the spec's mounts.
 
-    Returns the root's descriptors; ``pivot`` makes it the process's root.
+    With ``pre`` (a remapped container) the root filesystem and the bind
+    sources come ready-made and are only attached here.  Returns the root's
+    descriptors; ``pivot`` makes it the process's root.
     """
     # nothing done below may propagate back to the host's mount table; a bind
     # mount asking for slave or shared propagation needs the copies of the
@@ -178,29 +244,38 @@ def build(rootfs: str, spec: dict[str, Any]) -> ContainerRoot:
         for m in spec.get("mounts") or [] for opt in m.get("options") or []
     )
     sc.mount(None, "/", None, sc.MS_REC | (sc.MS_SLAVE if wants_events else sc.MS_PRIVATE))
-    os.makedirs(rootfs, 0o755, exist_ok=True)
     rootfs_mounts = spec.get("rootfs_mounts") or []
     on_root = [m for m in rootfs_mounts if m.get("destination", "/") in ("", "/")]
-    if not on_root:
-        # pivot_root needs the new root to be a mount point
-        sc.mount(rootfs, rootfs, None, sc.MS_BIND | sc.MS_REC)
-    for m in on_root:
-        # the bundle's rootfs is the daemon's own directory: a host path
-        _mount_new(m, rootfs)
     root = ContainerRoot(rootfs)
+    if pre is not None:
+        # attached where the descriptor (opened while we could reach the
+        # daemon's directory) points; the tree's own descriptor is its root
+        sc.move_mount(pre.rootfs_tree, pre.rootfs_target)
+        root.fd, pre.rootfs_tree = pre.rootfs_tree, -1
+    else:
+        os.makedirs(rootfs, 0o755, exist_ok=True)
+        if not on_root:
+            # pivot_root needs the new root to be a mount point
+            sc.mount(rootfs, rootfs, None, sc.MS_BIND | sc.MS_REC)
+        for m in on_root:
+            # the bundle's rootfs is the daemon's own directory: a host path
+            _mount_new(m, rootfs)
+    binds = pre.binds if pre is not None else {}
     try:
-        root.fd = os.open(rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        for m in rootfs_mounts:
-            if m not in on_root:
-                mount_in(root, m, check=False)
+        if root.fd < 0:
+            root.fd = os.open(rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        for key, m in _keyed_mounts(spec):
+            if key.startswith("r"):
+                mount_in(root, m, check=False, tree=binds.pop(key, None))
         os.close(_mount_special(root, "/proc", "proc", "proc", MS_DEFAULT))
         sys_ro = sc.MS_RDONLY if spec.get("readonly_sysfs", True) else 0
         os.close(_mount_special(root, "/sys", "sysfs", "sysfs", MS_DEFAULT | sys_ro))
         _setup_dev(root)
         # before the mounts: a volume over a node's path hides the node
         make_device_nodes(root, spec.get("devices") or [])
-        for m in spec.get("mounts") or []:
-            mount_in(root, m)
+        for key, m in _keyed_mounts(spec):
+            if key.startswith("m"):
+                mount_in(root, m, tree=binds.pop(key, None))
         if spec.get("readonly_rootfs"):
             sc.mount_setattr(root.fd, sc.MOUNT_ATTR_RDONLY)
     except BaseException:
@@ -348,6 +423,18 @@ def _bind_onto(source: str | int, target_fd: int, *, recursive: bool, attrs: int
         os.close(target_fd)
 
 
+def _attach(tree: int, target_fd: int, propagation: int) -> None:
+    """Attach the detached mount ``tree`` onto ``target_fd``; both are closed."""
+    try:
+        sc.move_mount(tree, target_fd)
+        if propagation:
+            sc.mount_setattr(tree, 0, propagation=propagation & ~sc.MS_REC,
+                             recursive=bool(propagation & sc.MS_REC))
+    finally:
+        os.close(tree)
+        os.close(target_fd)
+
+
 def _want_file(m: dict[str, Any]) -> bool:
     """Whether a bind mount's source is a file (so its destination must be one)."""
     source = m["source"]
@@ -363,29 +450,41 @@ def _is_bind(m: dict[str, Any], flags: int) -> bool:
     return m.get("type") == "bind" or bool(flags & sc.MS_BIND)
 
 
-def mount_in(root: ContainerRoot, m: dict[str, Any], check: bool = True) -> None:
+def mount_in(root: ContainerRoot, m: dict[str, Any], check: bool = True,
+             tree: tuple[int, bool] | None = None) -> None:
     """Perform one MountSpec inside the container's root.
 
     With ``check`` (the spec's own mounts, as opposed to the storage driver's)
     a destination that resolves onto /proc, /sys or /dev themselves, or into
-    /proc beyond the allowed files, is refused.
+    /proc beyond the allowed files, is refused.  ``tree`` is a bind's source
+    cloned beforehand (``clone_bind_sources``) and whether it is a file; it
+    is attached as it is, and closed.
     """
     dest = m.get("destination") or "/"
     flags, propagation, data = mounts.parse_options(m.get("options") or [])
     bind = _is_bind(m, flags)
     try:
-        target = open_in_root(root.fd, dest, create="file" if bind and _want_file(m) else "dir")
-    except OSError as exc:
-        raise FsError(f"cannot create mount destination {dest}: {exc.strerror}") from None
+        is_file = tree[1] if tree is not None else bind and _want_file(m)
+        target = open_in_root(root.fd, dest, create="file" if bind and is_file else "dir")
+    except BaseException as exc:
+        if tree is not None:
+            os.close(tree[0])
+        if isinstance(exc, OSError):
+            raise FsError(f"cannot create mount destination {dest}: {exc.strerror}") from None
+        raise
     try:
         if check:
             _check_destination(root, dest, target)
     except BaseException:
         os.close(target)
+        if tree is not None:
+            os.close(tree[0])
         raise
     fstype = m.get("type") or "none"
     try:
-        if bind:
+        if tree is not None:
+            _attach(tree[0], target, propagation)
+        elif bind:
             attrs = 0
             for ms_flag, attr in _BIND_ATTRS:
                 if flags & ms_flag:

@@ -126,13 +126,18 @@ def run_exec(spec: dict[str, Any], stdio: list[int], chan: LineChannel,
 
 
 def _serve(prepare: Any, args: tuple[Any, ...], stdio: list[int], chan: LineChannel,
-           cgroups: list[str] | list[int]) -> NoReturn:
-    """The shim conversation shared by a container's init and an exec'd process."""
+           cgroups: list[str] | list[int], adopt: bool = True) -> NoReturn:
+    """The shim conversation shared by a container's init and an exec'd process.
+
+    ``adopt``: take ``stdio`` as 0-2 and close everything else first (not for
+    stage two of a remapped container, whose stage one did that).
+    """
     code = 125
     try:
         # first: whatever we do from here on counts against the container
         join_cgroups(cgroups)
-        stdio = _adopt_stdio(stdio, chan.fileno())
+        if adopt:
+            stdio = _adopt_stdio(stdio, chan.fileno())
         prepared = prepare(*args)
         if prepared.master >= 0:
             # the daemon's end of the terminal: ours must not outlive the send,
@@ -158,6 +163,150 @@ def _serve(prepare: Any, args: tuple[Any, ...], stdio: list[int], chan: LineChan
         os._exit(code)
 
 
+#: the namespaces a remapped container's init makes before it knows its spec
+#: (with the user namespace, which owns them); the mount namespace waits for
+#: the spec, as for a spare (see shim.py)
+USERNS_FLAGS = sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWNET | sc.CLONE_NEWPID
+
+
+def userns_stage_one(namespaces: dict[str, str | None] | None, chan: LineChannel) -> NoReturn:
+    """Stage one of a remapped container's init: its namespaces; never returns.
+
+    Creates the user namespace together with the other new namespaces in one
+    ``unshare``, so that they belong to it (or, for a container that shares
+    another's network or pid namespace, joins that container's user
+    namespace first and then those), forks stage two, which is PID 1 of the
+    new pid namespace, reports ``{"init": pid}`` and exits; the shim (a child
+    subreaper) adopts stage two.  ``namespaces`` None: a spare's, made before
+    any spec (a user namespace of its own and new uts, ipc, net and pid).
+
+    Nothing here needs a mapping: the shim writes it once the spec is known.
+    """
+    code = 125
+    try:
+        joins: list[tuple[int, int]] = []
+        flags = USERNS_FLAGS
+        if namespaces is not None:
+            flags = 0
+            for kind, path in namespaces.items():
+                # the mount namespace waits for the spec; a cgroup namespace for go
+                if path is None and kind not in ("cgroup", "user", "mount"):
+                    if kind not in NAMESPACE_FLAGS:
+                        raise InitError(f"unknown namespace kind {kind!r}")
+                    flags |= NAMESPACE_FLAGS[kind]
+            for kind in _JOIN_ORDER:
+                path = namespaces.get(kind)
+                if path is None or kind == "mount":
+                    continue
+                try:
+                    joins.append((NAMESPACE_FLAGS[kind], os.open(path, os.O_RDONLY | os.O_CLOEXEC)))
+                except OSError as exc:
+                    raise InitError(f"cannot open {kind} namespace {path}: {exc.strerror} "
+                                    "(is the container whose namespaces this one shares "
+                                    "still running?)") from None
+        try:
+            if not joins or joins[0][0] != sc.CLONE_NEWUSER:
+                if joins:
+                    raise InitError("a container with a user namespace of its own cannot "
+                                    "join another's namespaces; join its user namespace")
+                # one call: the user namespace is made first and owns the rest
+                sc.unshare(sc.CLONE_NEWUSER | flags)
+            else:
+                # its user namespace first: its capabilities let us into the others
+                for nstype, fd in joins:
+                    sc.setns(fd, nstype)
+                sc.unshare(flags)
+        except OSError as exc:
+            raise InitError(f"cannot create the container's namespaces: {exc.strerror}") from None
+        finally:
+            for _, fd in joins:
+                os.close(fd)
+        barrier_r, barrier_w = os.pipe2(os.O_CLOEXEC)
+        pid = os.fork()
+        if pid == 0:
+            os.close(barrier_w)
+            # our word must reach the shim before anything of stage two's
+            os.read(barrier_r, 1)
+            os.close(barrier_r)
+            userns_stage_two(chan)
+        os.close(barrier_r)
+        chan.send({"init": pid})
+        os.close(barrier_w)
+        code = 0
+    except InitError as exc:
+        code = exc.exit_code
+        _report(chan, str(exc), code)
+    except BaseException as exc:
+        _report(chan, f"container init failed: {exc}", code)
+    finally:
+        os._exit(code)
+
+
+def userns_stage_two(chan: LineChannel) -> NoReturn:
+    """PID 1 of a remapped container: waits for its spec, then builds it.
+
+    Until the spec comes it is still the host's uid 0 to the filesystem (no
+    mapping counts before ``setresuid``), with capabilities only in its own
+    user namespace.  The shim, host root, meanwhile writes the mappings, puts
+    it into the container's cgroups and sends, with the spec, what needs host
+    root: the stdio, the root filesystem as a detached mount and every bind
+    mount's source likewise (``{"spec": ..., "binds": [keys]}``).  Then it
+    makes its mount namespace (a fresh copy of the host's, owned by its user
+    namespace), opens the rootfs mount point while the owner's permission
+    still reaches the daemon's root-only directory, becomes the namespace's
+    root and builds the container as ``run`` does.
+    """
+    set_comm(b"skiff-init")
+    code = 125
+    try:
+        chan.send({"idle": True})
+        with contextlib.suppress(Exception):  # an optimisation; never a reason to fail
+            warm_up()
+        message = chan.receive(want_fds=_MAX_FDS)
+        fds, chan.fds = chan.fds, []
+        if message is None or "spec" not in message:
+            os._exit(code)
+        spec, keys = message["spec"], list(message.get("binds") or [])
+        if len(fds) != 4 + len(keys):
+            raise InitError(f"expected {4 + len(keys)} descriptors with the spec, "
+                            f"got {len(fds)}")
+        stdio = _adopt_stdio(fds[:3], chan.fileno(), keep=fds[3:])
+        files = set(message.get("files") or [])
+        pre = containerfs.Prebuilt(fds[3], -1, {key: (fd, key in files)
+                                                for key, fd in zip(keys, fds[4:], strict=True)})
+        try:
+            sc.unshare(sc.CLONE_NEWNS)
+            rootfs = os.path.join(os.path.abspath(spec["bundle"]), "rootfs")
+            try:
+                pre.rootfs_target = os.open(rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError as exc:
+                raise InitError(f"cannot open the container's rootfs {rootfs}: "
+                                f"{exc.strerror}") from None
+            try:
+                os.setresgid(0, 0, 0)
+                os.setgroups([])
+                os.setresuid(0, 0, 0)
+            except OSError as exc:
+                raise InitError(f"cannot become root in the user namespace: {exc.strerror} "
+                                "(are its uid and gid 0 mapped?)") from None
+        except BaseException:
+            pre.close()
+            raise
+    except InitError as exc:
+        _report(chan, str(exc), exc.exit_code)
+        os._exit(exc.exit_code)
+    except BaseException as exc:
+        _report(chan, f"container init failed: {exc}", code)
+        os._exit(code)
+    _serve(build, (spec, _PRESET_USERNS, pre), stdio, chan, [], adopt=False)
+
+
+#: descriptors the shim may send with a remapped container's spec (SCM_MAX_FD)
+_MAX_FDS = 253
+#: namespaces stage one made (or joined) for stage two (see ``_enter_namespaces``)
+_PRESET_USERNS = -1
+
+
 def join_cgroups(targets: list[str] | list[int]) -> None:
     """Become a member of the container's groups: ``cgroup.procs`` files given
     by host path or as descriptors (which are closed); "0" means the writer."""
@@ -176,8 +325,9 @@ def join_cgroups(targets: list[str] | list[int]) -> None:
             os.close(fd)
 
 
-def _adopt_stdio(stdio: list[int], keep: int) -> list[int]:
-    """Make ``stdio`` our 0, 1 and 2 and close every other descriptor but ``keep``.
+def _adopt_stdio(stdio: list[int], chan: int, keep: list[int] | None = None) -> list[int]:
+    """Make ``stdio`` our 0, 1 and 2 and close every other descriptor but the
+    channel ``chan`` (and ``keep``, which must all lie above 2).
 
     First thing after the fork: nothing the shim or the fork server had
     open stays reachable from a process that will run in the container.
@@ -187,8 +337,11 @@ def _adopt_stdio(stdio: list[int], keep: int) -> list[int]:
     high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3) for fd in stdio]
     for target, fd in enumerate(high):
         os.dup2(fd, target)  # inheritable: they are the process's stdio
-    os.closerange(3, keep)
-    os.closerange(keep + 1, 1 << 20)
+    last = 2
+    for fd in sorted({chan, *(keep or [])}):
+        os.closerange(last + 1, fd)
+        last = fd
+    os.closerange(last + 1, 1 << 20)
     return [0, 1, 2]
 
 
@@ -252,20 +405,31 @@ def _report(chan: LineChannel, error: str, code: int) -> None:
 # ---------------------------------------------------------------------------
 
 
-def build(spec: dict[str, Any], preset: int = 0) -> Prepared:
-    """Namespaces, root filesystem, hostname, user and command; as root."""
+def build(spec: dict[str, Any], preset: int = 0,
+          pre: containerfs.Prebuilt | None = None) -> Prepared:
+    """Namespaces, root filesystem, hostname, user and command; as root.
+
+    ``preset`` holds the clone flags of namespaces a spare init already made,
+    or ``_PRESET_USERNS`` when stage one of a remapped container made (or
+    joined) all of them and ``pre`` holds what it built.
+    """
     os.umask(0)
     namespaces: dict[str, str | None] = spec.get("namespaces") or {}
     if "mount" not in namespaces or namespaces["mount"] is not None:
         raise InitError("the container needs a new mount namespace (namespaces['mount'] = None)")
-    if "user" in namespaces:
-        raise InitError("user namespaces are not supported by the skiff runtime yet")
+    if "user" in namespaces and pre is None:
+        raise InitError("a container in a user namespace starts through userns_stage_one")
     cap_mask, last_cap, rlimits = _privileges(spec)
 
-    _enter_namespaces(namespaces, preset)
+    if preset != _PRESET_USERNS:
+        _enter_namespaces(namespaces, preset)
     rootfs = os.path.join(os.path.abspath(spec["bundle"]), "rootfs")
     try:
-        root = containerfs.build(rootfs, spec)
+        try:
+            root = containerfs.build(rootfs, spec, pre)
+        finally:
+            if pre is not None:
+                pre.close()
         try:
             containerfs.pivot(root)
             for path in spec.get("masked_paths") or []:
@@ -344,6 +508,10 @@ def _prepare_process(spec: dict[str, Any], cap_mask: int, last_cap: int,
 #: whose paths are host paths under the host's /proc, and the pid namespace
 #: last of all (it only applies to children)
 _EXEC_JOIN_ORDER = ("ipc", "uts", "net", "cgroup", "mount", "pid")
+#: a remapped container's user namespace goes before all of them: joined,
+#: it gives the capabilities over the namespaces it owns (and takes the
+#: host's away)
+_JOIN_ORDER = ("user", *_EXEC_JOIN_ORDER)
 
 
 def join_container(namespaces: dict[str, str]) -> None:
@@ -364,7 +532,7 @@ def join_container(namespaces: dict[str, str]) -> None:
     """
     opened: list[tuple[str, int]] = []
     try:
-        for kind in _EXEC_JOIN_ORDER:
+        for kind in _JOIN_ORDER:
             path = namespaces.get(kind)
             if not path:
                 continue

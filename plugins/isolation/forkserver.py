@@ -74,6 +74,12 @@ def spare_socket_path(path: str) -> str:
     return path + ".spare"
 
 
+def userns_spare_socket_path(path: str) -> str:
+    """Where it takes connections meant for its remapped spare shim (whose
+    init made a user namespace and the namespaces it owns, see shim.py)."""
+    return path + ".spare-userns"
+
+
 def _listen(path: str) -> tuple[socket.socket, int]:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     with contextlib.suppress(FileNotFoundError):
@@ -123,11 +129,12 @@ class _Spare:
                 os.close(pidfd)
 
 
-def _fork_spare(listeners: list[socket.socket]) -> _Spare | None:
+def _fork_spare(listeners: list[socket.socket], userns: bool = False,
+                others: list[socket.socket] | None = None) -> _Spare | None:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     pid = _fork()
     if pid == 0:
-        shim.run_spare(theirs, [*listeners, ours])
+        shim.run_spare(theirs, [*listeners, *(others or []), ours], userns=userns)
     theirs.close()
     if pid < 0:
         ours.close()
@@ -162,22 +169,33 @@ def serve(path: str, spares: bool = True) -> None:
 
     Connections on ``path`` get a freshly forked shim; connections on the
     spare socket go to the pre-forked spare when there is one (and to a fresh
-    shim otherwise), and a new spare is forked right after.
+    shim otherwise), and a new spare is forked right after.  The remapped
+    spare socket works the same way, with a spare of its own kept only once
+    a remapped container has been asked for (a daemon without userns-remap
+    never pays for one).
     """
     fresh, fresh_ino = _listen(path)
     spare_path = spare_socket_path(path)
     spare_l, spare_ino = _listen(spare_path)
-    listeners = [fresh, spare_l]
+    userns_path = userns_spare_socket_path(path)
+    userns_l, userns_ino = _listen(userns_path)
+    listeners = [fresh, spare_l, userns_l]
     os.write(1, READY)
     null = os.open("/dev/null", os.O_WRONLY)
     os.dup2(null, 1)
     os.close(null)
     spare: _Spare | None = None
+    userns_spare: _Spare | None = None
+    userns_wanted = False
     failed_spares = 0
     try:
         while True:
             if spares and spare is None:
-                spare = _fork_spare(listeners)
+                spare = _fork_spare(listeners, others=[userns_spare.control]
+                                    if userns_spare else [])
+            if spares and userns_wanted and userns_spare is None:
+                userns_spare = _fork_spare(listeners, userns=True,
+                                           others=[spare.control] if spare else [])
             ready, _, _ = select.select(listeners, [], [])
             for listener in ready:
                 try:
@@ -185,12 +203,23 @@ def serve(path: str, spares: bool = True) -> None:
                 except BlockingIOError:
                     continue
                 conn.setblocking(True)
-                if listener is spare_l and spare is not None:
+                if listener is userns_l:
+                    userns_wanted = True
+                    if userns_spare is not None:
+                        used, userns_spare = userns_spare, None
+                        handed = used.hand_off(conn)
+                        used.close()
+                        if handed:
+                            conn.close()
+                            continue
+                    _fork_fresh(conn, [*listeners, *([spare.control] if spare else [])])
+                elif listener is spare_l and spare is not None:
                     used, spare = spare, None
                     handed = used.hand_off(conn)
                     used.close()
                     if not handed:
-                        _fork_fresh(conn, listeners)
+                        _fork_fresh(conn, [*listeners,
+                                           *([userns_spare.control] if userns_spare else [])])
                         failed_spares += 1
                         if spares and failed_spares >= 3:
                             # spares die on this host (their namespaces cannot
@@ -204,14 +233,17 @@ def serve(path: str, spares: bool = True) -> None:
                     else:
                         failed_spares = 0
                 else:
-                    _fork_fresh(conn, [*listeners, *([spare.control] if spare else [])])
+                    _fork_fresh(conn, [*listeners,
+                                       *[x.control for x in (spare, userns_spare) if x]])
                 conn.close()
     except _Stop:
         pass
     finally:
-        if spare is not None:
-            spare.retire()
-        for listener, p, ino in ((fresh, path, fresh_ino), (spare_l, spare_path, spare_ino)):
+        for left in (spare, userns_spare):
+            if left is not None:
+                left.retire()
+        for listener, p, ino in ((fresh, path, fresh_ino), (spare_l, spare_path, spare_ino),
+                                 (userns_l, userns_path, userns_ino)):
             listener.close()
             # remove the socket only if it is still ours (a new fork server
             # may already have replaced it)

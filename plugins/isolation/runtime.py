@@ -30,6 +30,7 @@ import array
 import contextlib
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -44,6 +45,7 @@ from skiff.core.hookspecs import (
     ContainerSpec,
     ContainerView,
     ExecSpec,
+    MountSpec,
     RuntimeContext,
     StartError,
     Stdio,
@@ -55,10 +57,16 @@ from skiff.plugins.isolation.forkserver import (
     READY,
     short_socket_path,
     spare_socket_path,
+    userns_spare_socket_path,
 )
-from skiff.plugins.isolation.shim import EXITCODE_FILE, spec_fits_spare
+from skiff.plugins.isolation.shim import (
+    EXITCODE_FILE,
+    spec_fits_spare,
+    spec_fits_userns_spare,
+)
 
 FORKSERVER_MODULE = "skiff.plugins.isolation.forkserver"
+IDMAPFS_MODULE = "skiff.plugins.isolation.idmapfs"
 SOCKET_NAME = "forkserver.sock"
 
 #: Docker's masked paths (moby oci/defaults.go)
@@ -410,7 +418,8 @@ class ForkServerRuntime:
                     await _wait_popen(proc)
             if proc.returncode != 0:
                 # it could not clean up after itself
-                for path in (self.socket_path, spare_socket_path(self.socket_path)):
+                for path in (self.socket_path, spare_socket_path(self.socket_path),
+                             userns_spare_socket_path(self.socket_path)):
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(path)
 
@@ -420,6 +429,28 @@ class ForkServerRuntime:
         if self._proc.poll() is not None:
             # the fork server died (OOM killer, an operator's kill): start anew
             await self.start()
+
+    async def probe_idmapped_rootfs(
+        self, mounts: list[MountSpec], uid_map: list[tuple[int, int, int]],
+        gid_map: list[tuple[int, int, int]],
+    ) -> str | None:
+        """Build the rootfs as a remapped container's shim would, in a fresh
+        process (it makes a user namespace, which a threaded daemon cannot)."""
+        target = os.path.join(self.exec_root, f"idmap-probe-{secrets.token_hex(4)}")
+        request = {"mounts": [m.to_json() for m in mounts], "target": target,
+                   "uid_map": [list(m) for m in uid_map], "gid_map": [list(m) for m in gid_map]}
+        try:
+            proc = await trio.run_process(
+                [sys.executable, "-m", IDMAPFS_MODULE], stdin=json.dumps(request).encode(),
+                capture_stdout=True, capture_stderr=True, check=False)
+        finally:
+            with contextlib.suppress(OSError):
+                os.rmdir(target)
+        try:
+            return json.loads(proc.stdout)["error"]  # type: ignore[no-any-return]
+        except (ValueError, KeyError, TypeError):
+            tail = proc.stderr.decode(errors="replace").strip().splitlines()[-1:]
+            return f"the probe failed (exit code {proc.returncode}): {' '.join(tail)}"
 
     async def exec(self, spec: ExecSpec, stdio: Stdio) -> ForkServerProcess:
         """A fresh shim joins the container (see ``shim.py``); never a spare,
@@ -431,7 +462,7 @@ class ForkServerRuntime:
             data["capabilities"] = list(capabilities.CAPABILITIES)
         payload = json.dumps(data).encode() + b"\n"
         try:
-            return await self._prepare(stdio, payload, False, "", spec.tty)
+            return await self._prepare(stdio, payload, self.socket_path, "", spec.tty)
         except _NoReply:
             raise StartError("the exec shim exited before the process was ready") from None
 
@@ -441,25 +472,30 @@ class ForkServerRuntime:
         # the shim and init resolve paths from the fork server's directory
         bundle = data["bundle"] = os.path.abspath(spec.bundle)
         payload = json.dumps(data).encode() + b"\n"
-        use_spare = self.spares and spec_fits_spare(spec.namespaces)
+        # a spare fits a default container; a remapped spare a remapped one
+        # (the fork server keeps one of those once it was asked for one)
+        socket_path = self.socket_path
+        if self.spares and spec_fits_spare(spec.namespaces):
+            socket_path = spare_socket_path(self.socket_path)
+        elif self.spares and spec_fits_userns_spare(spec.namespaces):
+            socket_path = userns_spare_socket_path(self.socket_path)
         try:
-            return await self._prepare(stdio, payload, use_spare, bundle, spec.tty)
+            return await self._prepare(stdio, payload, socket_path, bundle, spec.tty)
         except _NoReply:
-            if not use_spare:
+            if socket_path == self.socket_path:
                 raise StartError(
                     "the container shim exited before the container was ready"
                 ) from None
         # A spare shim that died just as it was handed our connection never
         # forked anything for us; a fresh shim is safe to ask.
         try:
-            return await self._prepare(stdio, payload, False, bundle, spec.tty)
+            return await self._prepare(stdio, payload, self.socket_path, bundle, spec.tty)
         except _NoReply:
             raise StartError("the container shim exited before the container was ready") from None
 
     async def _prepare(
-        self, stdio: Stdio, payload: bytes, use_spare: bool, bundle: str, tty: bool
+        self, stdio: Stdio, payload: bytes, path: str, bundle: str, tty: bool
     ) -> ForkServerProcess:
-        path = spare_socket_path(self.socket_path) if use_spare else self.socket_path
         sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         chan = _Channel(sock)
         try:

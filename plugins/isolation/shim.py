@@ -40,7 +40,7 @@ import socket
 import sys
 
 from skiff.core import syscalls as sc
-from skiff.plugins.isolation import containerinit
+from skiff.plugins.isolation import containerinit, idmapfs
 from skiff.plugins.isolation.channel import LineChannel, set_comm
 
 TYPE_CHECKING = False
@@ -52,11 +52,26 @@ EXITCODE_FILE = "exitcode"
 
 
 def spec_fits_spare(namespaces: dict[str, str | None]) -> bool:
-    """Whether a spare init's namespaces are the ones this spec asks for."""
-    return all(
+    """Whether a spare init's namespaces are the ones this spec asks for.
+
+    Never for a user namespace: a spare's namespaces belong to the host's.
+    """
+    return "user" not in namespaces and all(
         kind in namespaces and namespaces[kind] is None
         for kind in ("pid", *containerinit.SPARE_NAMESPACES)
     )
+
+
+#: the namespaces of a remapped spare (``containerinit.USERNS_FLAGS`` and the
+#: user namespace; the mount namespace is made once the spec is there)
+USERNS_SPARE_NAMESPACES = ("user", "pid", "uts", "ipc", "net", "mount")
+
+
+def spec_fits_userns_spare(namespaces: dict[str, str | None]) -> bool:
+    """Whether a remapped spare init fits: a user namespace of its own and every
+    other namespace new (the cgroup one, made at go, either way)."""
+    return set(USERNS_SPARE_NAMESPACES) <= set(namespaces) <= {
+        *USERNS_SPARE_NAMESPACES, "cgroup"} and all(v is None for v in namespaces.values())
 
 
 def exit_code(status: int) -> int:
@@ -87,11 +102,13 @@ def write_exitcode(bundle: str, code: int) -> None:
 
 
 class Init:
-    """The shim's handle on its container init."""
+    """The shim's handle on its container init (``userns``: a remapped one's,
+    see ``spawn_userns``)."""
 
-    def __init__(self, pid: int, chan: LineChannel) -> None:
+    def __init__(self, pid: int, chan: LineChannel, userns: bool = False) -> None:
         self.pid = pid
         self.chan = chan
+        self.userns = userns
 
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -126,6 +143,109 @@ class Init:
             containerinit.run(spec, stdio, LineChannel(theirs))
         theirs.close()
         return cls(pid, LineChannel(ours))
+
+    @classmethod
+    def spawn_userns(cls, namespaces: dict[str, str | None] | None,
+                     close_in_child: Iterable[socket.socket] = ()) -> Init:
+        """Fork a remapped container's init (see ``containerinit.userns_stage_one``):
+        stage one makes its namespaces (``namespaces`` None: a spare's) and forks
+        stage two, which this shim, a child subreaper, adopts once stage one
+        exits.  Returns stage two, idle, waiting for ``give_userns_spec``;
+        raises ``InitError`` with nothing left running."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        # stage two's parent exits: its orphan must come to us, not to init
+        sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
+        pid = os.fork()
+        if pid == 0:
+            ours.close()
+            for sock in close_in_child:
+                sock.close()
+            containerinit.userns_stage_one(namespaces, LineChannel(theirs))
+        theirs.close()
+        chan = LineChannel(ours)
+        try:
+            stage_one = cls(pid, chan)
+            said = chan.receive()
+            if said is None or "init" not in said:
+                raise _failed(stage_one, said)
+            stage_one.reap()
+            init = cls(int(said["init"]), chan, userns=True)
+            said = chan.receive()
+            if said is None or not said.get("idle"):
+                raise _failed(init, said)
+        except BaseException:
+            chan.close()
+            raise
+        return init
+
+    def give_userns_spec(self, spec: dict[str, Any], stdio: list[int]) -> None:
+        """Host root's part of a remapped container, then its spec to the init.
+
+        In order: the init joins the container's cgroups (we write its pid:
+        whatever it does from here on counts against them), its user namespace
+        gets the mappings, the root filesystem is built (idmapped or not, see
+        ``idmapfs``) and every bind source is cloned; all of it goes to the
+        init as descriptors with the spec.  Raises ``InitError`` with the init
+        killed and reaped.
+        """
+        fds: list[int] = []
+        try:
+            try:
+                for path in spec.get("cgroup_procs") or []:
+                    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+                    try:
+                        os.write(fd, b"%d" % self.pid)
+                    finally:
+                        os.close(fd)
+            except OSError as exc:
+                raise containerinit.InitError(
+                    f"cannot join the container's cgroups: {exc.strerror}") from None
+            namespaces = spec.get("namespaces") or {}
+            uid_map, gid_map = spec.get("uid_map") or [], spec.get("gid_map") or []
+            try:
+                if namespaces.get("user", "") is None:
+                    idmapfs.write_maps(self.pid, uid_map, gid_map)
+                userns = os.open(f"/proc/{self.pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as exc:
+                raise containerinit.InitError(
+                    f"cannot set up the container's user namespace: {exc.strerror}") from None
+            try:
+                fds.append(idmapfs.build_rootfs(
+                    [m for m in spec.get("rootfs_mounts") or []
+                     if m.get("destination", "/") in ("", "/")],
+                    os.path.join(os.path.abspath(spec["bundle"]), "rootfs"), userns,
+                    bool(spec.get("rootfs_idmap")),
+                    (idmapfs.host_of_root(uid_map or [[0, 0, 1]]),
+                     idmapfs.host_of_root(gid_map or [[0, 0, 1]]))))
+            except idmapfs.IdmapError as exc:
+                raise containerinit.InitError(str(exc)) from None
+            finally:
+                os.close(userns)
+            try:
+                binds = containerinit.containerfs.clone_bind_sources(spec)
+            except containerinit.containerfs.FsError as exc:
+                raise containerinit.InitError(str(exc)) from None
+            fds += [fd for fd, _ in binds.values()]
+            message = {"spec": spec, "binds": list(binds),
+                       "files": [key for key, (_, is_file) in binds.items() if is_file]}
+            self.chan.send(message, [*stdio, *fds])
+        except BaseException:
+            self.kill()
+            self.reap()
+            raise
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+
+def _failed(init: Init, said: dict[str, Any] | None) -> containerinit.InitError:
+    """A remapped container's init reported an error or died: reap it."""
+    if said is not None and "error" not in said:
+        init.kill()
+    code = init.reap()
+    if said is None or "error" not in said:
+        return containerinit.InitError(f"container init exited during set-up (exit code {code})")
+    return containerinit.InitError(said["error"], said.get("exit_code", 125))
 
 
 def _make_undumpable() -> None:
@@ -205,19 +325,27 @@ def run(conn: socket.socket, inherited: Iterable[socket.socket] = ()) -> NoRetur
     _exit_after(main)
 
 
-def run_spare(control: socket.socket, inherited: Iterable[socket.socket] = ()) -> NoReturn:
-    """Entry point of a spare shim; it gets its connection through ``control``."""
+def run_spare(control: socket.socket, inherited: Iterable[socket.socket] = (),
+              userns: bool = False) -> NoReturn:
+    """Entry point of a spare shim; it gets its connection through ``control``.
+    ``userns``: its init is a remapped container's (``Init.spawn_userns``)."""
 
     def main() -> None:
         _become_shim(inherited)
-        init = Init.spawn({"pid": None}, None, [], close_in_child=[control])
-        warm_up()
-        idle = init.chan.receive()
-        if idle is None or not idle.get("idle"):
-            # the init could not make its namespaces; the fork server will
-            # find this spare gone and fork fresh shims instead
-            init.reap()
-            return
+        if userns:
+            try:
+                init = Init.spawn_userns(None, close_in_child=[control])
+            except containerinit.InitError:
+                return  # as below: the fork server forks fresh shims instead
+        else:
+            init = Init.spawn({"pid": None}, None, [], close_in_child=[control])
+            warm_up()
+            idle = init.chan.receive()
+            if idle is None or not idle.get("idle"):
+                # the init could not make its namespaces; the fork server will
+                # find this spare gone and fork fresh shims instead
+                init.reap()
+                return
         try:
             _, fds, _, _ = socket.recv_fds(control, 16, 1)
         except OSError:
@@ -249,7 +377,9 @@ def serve(chan: LineChannel, init: Init | None) -> None:
     if bundle:
         os.makedirs(bundle, 0o711, exist_ok=True)
     namespaces = spec.get("namespaces") or {}
-    if init is not None and not spec_fits_spare(namespaces):
+    userns = "user" in namespaces and not spec.get("exec")
+    fits = spec_fits_userns_spare if userns else spec_fits_spare
+    if init is not None and (init.userns != userns or not fits(namespaces)):
         init.kill()
         init.reap()
         chan.send(
@@ -272,8 +402,11 @@ def serve(chan: LineChannel, init: Init | None) -> None:
                     # containerinit.join_container); our own pid namespace stays
                     containerinit.join_container(namespaces)
                     namespaces = {}
-                init = Init.spawn(namespaces, spec, chan.fds, close_in_child=[chan.sock],
-                                  cgroups=cgroups)
+                if userns:
+                    init = Init.spawn_userns(namespaces, close_in_child=[chan.sock])
+                else:
+                    init = Init.spawn(namespaces, spec, chan.fds, close_in_child=[chan.sock],
+                                      cgroups=cgroups)
             finally:
                 for fd in cgroups:
                     os.close(fd)
@@ -285,8 +418,16 @@ def serve(chan: LineChannel, init: Init | None) -> None:
                 {"error": f"cannot create the container process: {exc.strerror}", "exit_code": 125}
             )
             return
-    else:
+    elif not userns:
         init.chan.send({"spec": spec}, chan.fds)
+    if userns:
+        try:
+            init.give_userns_spec(spec, chan.fds)
+        except containerinit.InitError as exc:
+            for fd in chan.fds:
+                os.close(fd)
+            chan.send({"error": str(exc), "exit_code": exc.exit_code})
+            return
     # The shim keeps no copy of the stdio: the container's readers must see
     # EOF when the container (not the shim) closes them.
     for fd in chan.fds:

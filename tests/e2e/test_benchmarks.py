@@ -72,3 +72,22 @@ def test_profile_summary_counts_frames(tmp_path: Path) -> None:
     assert text.startswith("40 busy samples")
     assert "100.0%  main (core/a.py:1)" in text and "75.0%  slow (core/a.py:9)" in text
     assert "25.0%  fast (json/b.py:5)" in text  # a leaf outside skiff still counts as self
+
+
+@pytest.mark.skipif(not DOCKER.exists(), reason="the stock docker CLI is not installed")
+def test_userns_workload_rows(tmp_path: Path) -> None:
+    """The userns workload (issue 14): its three daemons' rows, structure only."""
+    out = tmp_path / "out"
+    res = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "engine", "--smoke", "--no-docker",
+         "--only", "userns", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    by = {(r["metric"], r["engine"]): r for r in json.loads((out / "engine.json").read_text())
+          ["rows"]}
+    for engine in ("skiffd", "skiffd userns (idmap)", "skiffd userns (chown)"):
+        assert by[("userns: run --rm true, 10 layers: median", engine)]["value"] > 0
+    slow = by[("userns: create --userns=auto, 10 layers: slowdown vs no remapping",
+               "skiffd userns (chown)")]
+    assert slow["unit"] == "x" and slow["value"] > 1

@@ -72,17 +72,19 @@ def _our_mounts(base: Path) -> list[str]:
 
 
 def _busy_shims(forkserver: int) -> list[int]:
-    """Shims of the fork server other than its idle spare.
+    """Shims of the fork server other than its idle spares.
 
-    The spare is the one shim whose single child (its init) has not yet been
-    given a spec: that init's cmdline is still the fork server's and it has
-    no children of its own.  Every other shim belongs to a container.
+    A spare is a shim whose single child (its init) has not yet been given a
+    spec: that init's cmdline is still the fork server's and it has no
+    children of its own.  There is one, and a second (a remapped spare) once
+    a remapped container was asked for.  Every other shim belongs to a
+    container.
     """
     busy = []
     spares = 0
     for shim_pid in _children(forkserver):
         inits = _children(shim_pid)
-        if len(inits) == 1 and not _children(inits[0]) and spares == 0:
+        if len(inits) == 1 and not _children(inits[0]) and spares < 2:
             spares += 1
             continue
         busy.append(shim_pid)

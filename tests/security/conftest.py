@@ -10,23 +10,65 @@ environment.
 from __future__ import annotations
 
 import io
+import pwd
 import secrets
+import subprocess
 import tarfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
+from skiff.core.userns import DEFAULT_USER
 from tests.daemon import Daemon, running_daemon
 
 
-@pytest.fixture(scope="module")
-def skiffd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    """skiffd on its default configuration, busybox:latest loaded."""
+@pytest.fixture(scope="session")
+def remap_user() -> Iterator[str]:
+    """``skiffremap``, the user ``userns-remap: default`` maps containers to.
+
+    skiffd makes it (and its subordinate ranges) when it is missing, as
+    dockerd makes dockremap; one the session made is removed at its end,
+    with its ranges (userdel drops them from /etc/subuid and /etc/subgid).
+    """
+    try:
+        pwd.getpwnam(DEFAULT_USER)
+        existed = True
+    except KeyError:
+        existed = False
+    yield DEFAULT_USER
+    if not existed:
+        subprocess.run(["userdel", DEFAULT_USER], capture_output=True, check=False)
+
+
+#: the two configurations the breakout suite runs against
+CONFIGS = {"plain": {}, "userns-remap": {"userns-remap": "default"}}
+
+
+@pytest.fixture(scope="module", params=list(CONFIGS))
+def skiffd(request: pytest.FixtureRequest,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """skiffd with busybox:latest loaded, on its default configuration and
+    again with ``userns-remap: default``: every attack must fail both ways."""
+    overrides = CONFIGS[request.param]
+    if overrides:
+        request.getfixturevalue("remap_user")
     base: Path = tmp_path_factory.mktemp("skiffd-security")
-    with running_daemon(base) as d:
+    with running_daemon(base, **overrides) as d:
         d.skiff("image", "bootstrap", "busybox")
         yield d
+
+
+def remapped(d: Daemon) -> bool:
+    """Whether ``d`` runs containers in user namespaces by default."""
+    return bool(d.config.get("userns-remap"))
+
+
+def unremapped(d: Daemon) -> list[str]:
+    """``--userns=host`` on a remapping daemon: what a positive control that
+    turns a protection off with ``--privileged`` or ``--pid=host`` needs
+    there too (Docker's rule), else nothing."""
+    return ["--userns=host"] if remapped(d) else []
 
 
 def unique(prefix: str) -> str:

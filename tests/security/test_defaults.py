@@ -14,7 +14,7 @@ import docker.errors
 import pytest
 
 from tests.daemon import Daemon, running_daemon
-from tests.security.conftest import unique
+from tests.security.conftest import unique, unremapped
 
 ALL_CAPS = "000001ffffffffff"  # CAP_CHOWN .. CAP_CHECKPOINT_RESTORE (40)
 DOCKER_DEFAULT = "00000000a80425fb"
@@ -55,7 +55,7 @@ def test_capabilities_default_drop_all_and_privileged(skiffd: Daemon) -> None:
     assert int(added["CapEff"], 16) == (1 << 12) | (1 << 25)
     # every capability the host has (a restricted VM may lack some)
     everything = f"{(1 << (min(_host_last_cap(), 40) + 1)) - 1 & _host_bounding():016x}"
-    privileged = _status(skiffd, "--privileged")
+    privileged = _status(skiffd, *unremapped(skiffd), "--privileged")
     assert privileged["CapEff"] == privileged["CapBnd"] == everything
     assert privileged["Seccomp"] == "0"
 

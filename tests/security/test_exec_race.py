@@ -15,14 +15,15 @@ import subprocess
 from pathlib import Path
 
 from tests.daemon import Daemon, poll
+from tests.security.conftest import unremapped
 
 WATCH = ("while true; do for d in /proc/[0-9]*; do "
          "cat $d/root/tmp/{name} 2>/dev/null && echo FOUND; "
          "ls $d/fd/ >/dev/null 2>&1; done; done")
 
 
-def _watcher(d: Daemon, name: str) -> tuple[str, int]:
-    cid = d.docker("run", "-d", "--cap-add", "SYS_PTRACE", "busybox", "sh", "-c",
+def _watcher(d: Daemon, name: str, *flags: str) -> tuple[str, int]:
+    cid = d.docker("run", "-d", *flags, "--cap-add", "SYS_PTRACE", "busybox", "sh", "-c",
                    WATCH.format(name=name), check=True).stdout.decode().strip()
     pid = int(d.docker("inspect", "-f", "{{.State.Pid}}", cid, check=True).stdout)
     return cid, pid
@@ -48,11 +49,13 @@ def test_a_process_joining_only_the_pid_namespace_is_caught(skiffd: Daemon) -> N
     """The positive control: the same watcher does see the host's root through a
     process that joined the container's pid namespace but not its mount
     namespace (what an exec that joins the mount namespace after the fork is,
-    for an instant)."""
+    for an instant).  With userns-remap the watcher runs unremapped here: in a
+    user namespace its SYS_PTRACE would not reach a process of the host's
+    (see test_userns.py)."""
     name = f"skiff-marker-{secrets.token_hex(6)}"
     marker = Path("/tmp") / name
     marker.write_text("HOST\n")
-    cid, pid = _watcher(skiffd, name)
+    cid, pid = _watcher(skiffd, name, *unremapped(skiffd))
     intruder = subprocess.Popen(["nsenter", "-t", str(pid), "--pid", "--", "sleep", "30"])
     try:
         poll(lambda: "FOUND" in skiffd.docker("logs", cid).stdout.decode(), timeout=30,

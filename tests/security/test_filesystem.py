@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.daemon import Daemon
-from tests.security.conftest import ImageMaker, regular, symlink, unique
+from tests.security.conftest import ImageMaker, regular, symlink, unique, unremapped
 
 CORE_PATTERN = "/proc/sys/kernel/core_pattern"
 
@@ -92,7 +92,8 @@ def test_masked_paths_are_the_null_device(skiffd: Daemon) -> None:
     assert lines[:len(masked)] == ["character special file 1:3"] * len(masked), _out(res)
     assert lines[len(masked):] == ["0", "refused"], _out(res)
 
-    res = _run(skiffd, "--security-opt", "systempaths=unconfined", "busybox", "sh", "-c", probe)
+    res = _run(skiffd, *unremapped(skiffd), "--security-opt", "systempaths=unconfined",
+               "busybox", "sh", "-c", probe)
     lines = _out(res).splitlines()
     assert "character special file 1:3" not in lines[:len(masked)], _out(res)
     assert lines[-1] == "WROTE", _out(res)
@@ -146,7 +147,8 @@ def test_kernel_interfaces_are_not_writable(skiffd: Daemon, path: str) -> None:
         pytest.skip(f"{path} does not exist on this kernel")
     res = _run(skiffd, "busybox", "sh", "-c", _write_back(path))
     assert _out(res).strip() == "refused", (_out(res), _err(res))
-    res = _run(skiffd, "--privileged", "busybox", "sh", "-c", _write_back(path))
+    res = _run(skiffd, *unremapped(skiffd), "--privileged", "busybox", "sh", "-c",
+               _write_back(path))
     assert _out(res).strip() == "WROTE", _err(res)
 
 
@@ -180,7 +182,8 @@ def test_other_containers_files_are_not_reachable(skiffd: Daemon) -> None:
         res = _run(skiffd, "busybox", "sh", "-c", probe)
         assert secret not in _out(res), _out(res)
         assert _out(res).strip() == "done"
-        res = _run(skiffd, "--pid=host", "busybox", "sh", "-c", f"cat /proc/{pid}/root/secret")
+        res = _run(skiffd, *unremapped(skiffd), "--pid=host", "busybox", "sh", "-c",
+                   f"cat /proc/{pid}/root/secret")
         assert _out(res).strip() == secret, _err(res)
     finally:
         skiffd.docker("rm", "-f", cid)
