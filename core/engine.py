@@ -170,6 +170,10 @@ class Engine:
         self.nursery: trio.Nursery
         self.events = EventBus()
         self._networks: dict[str, NetworkDriver] = {}
+        try:
+            plugins.hook.skiff_daemon_config_check(config=config)
+        except ValueError as exc:
+            raise ConfigError(f"{config.get('config-file', 'daemon.json')}: {exc}") from exc
         for path in (self.data_root, self.exec_root, os.path.join(self.exec_root, "containers")):
             os.makedirs(path, mode=0o711, exist_ok=True)
 

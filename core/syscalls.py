@@ -126,6 +126,18 @@ def openat2(dir_fd: int, path: str | bytes, flags: int, mode: int = 0, resolve: 
     return fd
 
 
+def seccomp_set_filter(program: bytes, flags: int = 0) -> None:
+    """Install a seccomp filter on the calling thread: ``program`` is an array of
+    ``struct sock_filter`` (8 bytes each, host order, at most 4096).
+
+    Needs CAP_SYS_ADMIN, or no_new_privs set; a filter, once installed, stays
+    for this process and everything it executes or forks.
+    """
+    if not program or len(program) % 8 or len(program) > 8 * 4096:
+        raise OSError(22, f"seccomp: a filter of {len(program)} bytes is not a BPF program")
+    _check(lib.skiff_seccomp_filter(flags, program, len(program) // 8), "seccomp")
+
+
 def prjquota_info(path: str | None = None, fd: int = -1) -> None:
     """Raise ``OSError`` unless project quota accounting is on for the filesystem
     of block device ``path`` (or, with ``path`` None, of open file ``fd``):
