@@ -89,6 +89,6 @@ setup(
     cmdclass={"build_py": BuildPyWithInit},
     cffi_modules=[
         "core/syscalls_build.py:ffibuilder",
-        "plugins/isolation/seccomp/libseccomp_build.py:ffibuilder",
+        "plugins/isolation/seccomp/_libseccomp_build.py:ffibuilder",
     ],
 )
