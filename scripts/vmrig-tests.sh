@@ -18,6 +18,8 @@ SELECTIONS=(
     "tests/integration/test_cgroupfs.py tests/integration/test_limits_runtime.py"
     # cgroup v2 io.max / io.weight: per-device I/O limits on a loop device; ~1 min
     "tests/integration/test_blkio.py tests/unit/test_blkio_plan.py"
+    # seccomp on Debian's own 6.1 kernel: compile, install order, cost; ~2.5 min
+    "tests/unit/test_seccomp.py tests/integration/test_seccomp_runtime.py"
 )
 if [ ${#SELECTIONS[@]} -eq 0 ]; then
     echo "vmrig-tests: nothing to run"
