@@ -508,3 +508,13 @@ def test_default_names_are_known_syscalls() -> None:
         for name in rule.names:
             assert any(lib.seccomp_syscall_resolve_name_arch(t, name.encode()) != -1
                        for t in tokens), name
+
+
+def test_daemon_start_compiles_the_default_filter(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the first default container after a start finds its program compiled
+    monkeypatch.setattr(seccomp, "FILTERS", compiler.FilterCache())
+    seccomp.check_daemon_config({})
+    caps = capabilities.tweak(capabilities.DEFAULT_CAPABILITIES, None, None, False)
+    resolved = seccomp.profile_for("", {}, caps)
+    assert resolved is not None
+    assert seccomp.FILTERS.get(seccomp.FILTERS.key(resolved)) is not None
