@@ -3,10 +3,12 @@
 The repository keeps core/, plugins/ and cli/ at its top (see DESIGN.md) while
 they import as skiff.core, skiff.plugins and skiff.cli.  setuptools cannot
 express that mapping for nested packages in pyproject.toml alone, and cffi's
-out-of-line build hooks in through the ``cffi_modules`` keyword, so both live
-here.  So does the one C program skiff ships, the ``--init`` binary
-(plugins/isolation/init/skiff-init.c): build_py compiles it statically and it
-travels as package data of ``skiff.plugins.isolation.init``.
+out-of-line build hooks in through the ``cffi_modules`` keyword
+(skiff.core._syscalls, and skiff.plugins.isolation.seccomp._libseccomp, the
+daemon's binding of libseccomp), so both live here.  So does the one C
+program skiff ships, the ``--init`` binary (plugins/isolation/init/skiff-init.c):
+build_py compiles it statically and it travels as package data of
+``skiff.plugins.isolation.init``.
 """
 
 import os
@@ -85,7 +87,12 @@ setup(
     package_dir=package_dir,
     package_data={INIT_PACKAGE: ["skiff-init.c"]},
     cmdclass={"build_py": BuildPyWithInit},
-    # skiff.core._syscalls (the start path's system calls) and
-    # skiff.plugins.limits._bpf (bpf(2) for the cgroup v2 device filter)
-    cffi_modules=["core/syscalls_build.py:ffibuilder", "plugins/limits/_bpf_build.py:ffibuilder"],
+    # skiff.core._syscalls (the start path's system calls),
+    # skiff.plugins.limits._bpf (bpf(2) for the cgroup v2 device filter) and
+    # skiff.plugins.isolation.seccomp._libseccomp (seccomp filters' compiler)
+    cffi_modules=[
+        "core/syscalls_build.py:ffibuilder",
+        "plugins/limits/_bpf_build.py:ffibuilder",
+        "plugins/isolation/seccomp/_libseccomp_build.py:ffibuilder",
+    ],
 )

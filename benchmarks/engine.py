@@ -37,8 +37,9 @@ FLOOR = ["unshare", "--fork", "--pid", "--mount", "--uts", "--ipc", "--net", "--
 # Modules that later issues add (network set-up, pull, build); each may
 # define ``engine_rows(ctx: Context) -> list[Row]`` and is skipped when absent.
 EXTRAS = ("benchmarks.network", "benchmarks.pull", "benchmarks.build")
-WORKLOADS = ("api", "run", "phases", "exec", "lifecycle", "concurrency", "logs", "memory",
-             "userns")
+WORKLOADS = ("api", "run", "phases", "seccomp", "exec", "lifecycle", "concurrency", "logs",
+             "memory", "userns")
+UNCONFINED = ["--security-opt", "seccomp=unconfined"]
 
 
 @dataclass(frozen=True)
@@ -173,6 +174,54 @@ def run_latency(ctx: Context) -> None:
     for name, s in samples.items():
         _summary(ctx, "run --rm true", name, s, "s")
     _summary(ctx, "run --rm true", "kernel", floor, "s")
+
+
+def _api_run_rm(e: Engine, security_opt: list[str]) -> float:
+    """Seconds of ``run --rm true`` through the API alone, in the CLI's order
+    (create, wait?condition=removed, start, the wait's answer)."""
+    body = {"Image": IMAGE, "Cmd": ["true"],
+            "HostConfig": {"NetworkMode": "none", "AutoRemove": True,
+                           "SecurityOpt": security_opt}}
+    t0 = time.perf_counter()
+    cid = _api(e, "POST", "/containers/create", body)["Id"]
+    waiter = _UnixHTTP(e.socket)
+    waiter.request("POST", f"/v1.41/containers/{cid}/wait?condition=removed",
+                   headers={"Content-Length": "0"})
+    _api(e, "POST", f"/containers/{cid}/start")
+    waiter.getresponse().read()
+    waiter.close()
+    return time.perf_counter() - t0
+
+
+def seccomp_cost(ctx: Context) -> None:
+    """``run --rm true`` under the default seccomp filter and unconfined, in
+    alternating pairs, through the CLI and through the API alone: what the
+    filter costs a start (its compile is cached, so this is installing it and
+    running ``true`` under it).  The paired differences are the number to
+    read: a millisecond is well inside the spread of single runs."""
+    runs = 2 * ctx.plan.runs
+    ways: dict[str, Callable[[Engine, list[str]], float]] = {
+        "CLI": lambda e, opts: e.timed("run", "--rm", "--network", "none", *opts, IMAGE,
+                                       "true"),
+        "API": lambda e, opts: _api_run_rm(e, [o for o in opts if o.startswith("seccomp")]),
+    }
+    for way, timed in ways.items():
+        filtered: dict[str, list[float]] = {e.name: [] for e in ctx.engines}
+        unconfined: dict[str, list[float]] = {e.name: [] for e in ctx.engines}
+        for i, e in ctx.interleaved(runs):
+            order = [(filtered, []), (unconfined, UNCONFINED)]
+            for into, opts in order if i % 2 else reversed(order):
+                into[e.name].append(timed(e, opts))
+        for name in filtered:
+            ctx.add(f"seccomp ({way}): run --rm true, default filter: median", name,
+                    statistics.median(filtered[name]), "s",
+                    samples=[round(x, 6) for x in filtered[name]])
+            ctx.add(f"seccomp ({way}): run --rm true, unconfined: median", name,
+                    statistics.median(unconfined[name]), "s",
+                    samples=[round(x, 6) for x in unconfined[name]])
+            pairs = [f - u for f, u in zip(filtered[name], unconfined[name], strict=True)]
+            ctx.add(f"seccomp ({way}): filter cost, median of paired differences", name,
+                    statistics.median(pairs), "s")
 
 
 def exec_latency(ctx: Context) -> None:
@@ -348,7 +397,8 @@ def userns(ctx: Context) -> None:
 
 
 BUILTIN: dict[str, Callable[[Context], None]] = {
-    "api": api_round_trip, "run": run_latency, "phases": run_phases, "exec": exec_latency,
+    "api": api_round_trip, "run": run_latency, "phases": run_phases, "seccomp": seccomp_cost,
+    "exec": exec_latency,
     "lifecycle": lifecycle,
     "concurrency": concurrency, "logs": logs, "memory": memory, "userns": userns,
 }

@@ -74,7 +74,7 @@ OPTIONS: tuple[Option, ...] = (
            help="set no_new_privs in every container by default"),
     Option("seccomp-profile", str, "", "--seccomp-profile",
            help="path to a seccomp profile (Docker's JSON format) used instead of the "
-                "default, or 'unconfined'"),
+                "built-in default, read and checked at start; or 'builtin', or 'unconfined'"),
     Option("default-ulimits", dict, {}, "--default-ulimit", item=dict, multiple=True,
            help="default ulimits, name=soft:hard"),
     Option("live-restore", bool, False, "--live-restore",

@@ -196,6 +196,10 @@ class Engine:
             log.info("userns.remap", user=self.remap.user, group=self.remap.group,
                      uids=self.remap.default.ranges_text(), data_root=self.data_root,
                      auto_blocks=len(self.remap.auto_blocks))
+        try:
+            plugins.hook.skiff_daemon_config_check(config=config)
+        except ValueError as exc:
+            raise ConfigError(f"{config.get('config-file', 'daemon.json')}: {exc}") from exc
         for path in (self.data_root, self.exec_root, os.path.join(self.exec_root, "containers")):
             os.makedirs(path, mode=0o711, exist_ok=True)
         #: how a remapped container sees its layers: "idmap" (idmapped mounts)

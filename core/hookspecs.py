@@ -1003,6 +1003,19 @@ class SkiffSpec:
     # -- lifecycle broadcasts ----------------------------------------------
 
     @hookspec
+    def skiff_daemon_config_check(self, config: Mapping[str, Any]) -> None:
+        """Check the daemon.json settings this plugin owns, as the daemon starts.
+
+        Called once, before any driver is built.  Raise ``ValueError`` with
+        a message naming the setting and what to do about it: the daemon
+        then refuses to start with that message, rather than failing the
+        first container that needs the setting.  The plugin may prepare
+        what the settings call for (read a file they name, compile
+        something) so that no container start pays for it.  Must not change
+        ``config``.
+        """
+
+    @hookspec
     def skiff_daemon_start(self, config: Mapping[str, Any]) -> None:
         """The daemon configured itself and is about to serve the API."""
 

@@ -196,6 +196,16 @@ def setfsuid(uid: int) -> int:
 def setfsgid(gid: int) -> int:
     """setfsgid(2) for the calling thread only; returns the previous fsgid."""
     return int(lib.setfsgid(gid))
+def seccomp_set_filter(program: bytes, flags: int = 0) -> None:
+    """Install a seccomp filter on the calling thread: ``program`` is an array of
+    ``struct sock_filter`` (8 bytes each, host order, at most 4096).
+
+    Needs CAP_SYS_ADMIN, or no_new_privs set; a filter, once installed, stays
+    for this process and everything it executes or forks.
+    """
+    if not program or len(program) % 8 or len(program) > 8 * 4096:
+        raise OSError(22, f"seccomp: a filter of {len(program)} bytes is not a BPF program")
+    _check(lib.skiff_seccomp_filter(flags, program, len(program) // 8), "seccomp")
 
 
 def prjquota_info(path: str | None = None, fd: int = -1) -> None:

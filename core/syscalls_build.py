@@ -2,7 +2,7 @@
 
 The container start path needs a handful of Linux system calls that the
 standard library does not expose (mount, pivot_root, unshare, setns, capset,
-prctl, openat2).  They are compiled once, when the package is built, so no
+prctl, openat2, seccomp).  They are compiled once, when the package is built, so no
 process on the start path pays for a run-time ``cdef``.  Storage drivers (overlay and bind
 mounts) and the isolation plugin (the container init) both use them, which is
 why they live in core/.
@@ -33,6 +33,7 @@ int skiff_mount_setattr(int dirfd, const char *path, unsigned int flags,
                         uint64_t userns_fd);
 int setfsuid(unsigned int fsuid);
 int setfsgid(unsigned int fsgid);
+int skiff_seccomp_filter(unsigned int flags, const unsigned char *program, unsigned int count);
 int skiff_prjquota_info(const char *special, int fd);
 int skiff_prjquota_set(const char *special, int fd, uint32_t id, uint64_t limit);
 int skiff_prjquota_get(const char *special, int fd, uint32_t id, uint64_t *limit,
@@ -49,7 +50,9 @@ SOURCE = r"""
 #include <sys/syscall.h>
 #include <unistd.h>
 #include <linux/capability.h>
+#include <linux/filter.h>
 #include <linux/openat2.h>
+#include <linux/seccomp.h>
 #include <linux/quota.h>
 #include <string.h>
 
@@ -122,6 +125,16 @@ int skiff_openat2(int dirfd, const char *path, uint64_t flags, uint64_t mode,
 {
     struct open_how how = {.flags = flags, .mode = mode, .resolve = resolve};
     return (int)syscall(SYS_openat2, dirfd, path, &how, sizeof(how));
+}
+
+/* Install a seccomp filter: `count` struct sock_filter instructions, as
+   libseccomp's seccomp_export_bpf writes them.  The caller holds
+   CAP_SYS_ADMIN or has set no_new_privs. */
+int skiff_seccomp_filter(unsigned int flags, const unsigned char *program, unsigned int count)
+{
+    struct sock_fprog prog = {.len = (unsigned short)count,
+                              .filter = (struct sock_filter *)program};
+    return (int)syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, flags, &prog);
 }
 """
 

@@ -26,6 +26,8 @@ SELECTIONS=(
     # through a real skiffd and the docker CLI (shared in below), ~6 min
     "tests/integration/test_runtime_userns.py"
     "tests/security/test_userns.py -k 'first_subordinate or bind_mount or host_file or auto_ranges'"
+    # seccomp on Debian's own 6.1 kernel: compile, install order, cost; ~2.5 min
+    "tests/unit/test_seccomp.py tests/integration/test_seccomp_runtime.py"
 )
 if [ ${#SELECTIONS[@]} -eq 0 ]; then
     echo "vmrig-tests: nothing to run"

@@ -90,6 +90,7 @@ class Prepared:
         new_cgroupns: bool,
         tty: bool = False,
         terminal: tuple[int, int] = (-1, -1),
+        seccomp: bytes | None = None,
     ) -> None:
         self.user = user
         self.path = path  #: the executable, resolved through $PATH
@@ -105,6 +106,8 @@ class Prepared:
         #: with tty: (master, slave) of the pty allocated in the container; the
         #: master goes to the shim with "ready", the slave becomes 0-2
         self.master, self.slave = terminal
+        #: the seccomp filter's BPF program, compiled by the daemon
+        self.seccomp = seccomp
 
 
 def run(spec: dict[str, Any], stdio: list[int], chan: LineChannel, preset: int = 0) -> NoReturn:
@@ -498,10 +501,31 @@ def _prepare_process(spec: dict[str, Any], cap_mask: int, last_cap: int,
         no_new_privileges=bool(spec.get("no_new_privileges", False)),
         new_cgroupns=new_cgroupns,
         tty=tty,
+        seccomp=_seccomp_program(spec),
         # last: nothing that can fail comes after it, so no descriptor leaks;
         # /dev/console is the container's, not an exec's
         terminal=open_terminal(user, console=not exec_into) if tty else (-1, -1),
     )
+
+
+def _seccomp_program(spec: dict[str, Any]) -> bytes | None:
+    """The filter to install: the runtime sends it compiled (``seccomp_bpf``,
+    hex); a filter that arrived uncompiled is refused, never skipped."""
+    program = spec.get("seccomp_bpf")
+    if program:
+        return bytes.fromhex(program)
+    if spec.get("seccomp") is not None:
+        raise InitError("the seccomp filter reached the container init uncompiled; "
+                        "refusing to start the container without it")
+    return None
+
+
+def _install_seccomp(program: bytes) -> None:
+    try:
+        sc.seccomp_set_filter(program)
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise InitError(f"cannot install the seccomp filter: {reason}") from None
 
 
 #: the order runc's nsenter joins in: the mount namespace after the others,
@@ -783,6 +807,11 @@ def execute(p: Prepared, stdio: list[int], status_fd: int) -> None:
             resource.setrlimit(which, (soft, hard))
         except (OSError, ValueError) as exc:
             raise InitError(f"cannot set rlimit {which} to {soft}:{hard}: {exc}") from None
+    if p.seccomp is not None and not p.no_new_privileges:
+        # runc's order: without no_new_privs, installing a filter takes
+        # CAP_SYS_ADMIN, so it goes in while the init still has it; every
+        # syscall from here to execve must pass the filter
+        _install_seccomp(p.seccomp)
     # the bounding set needs CAP_SETPCAP, so it goes before the uid change
     sc.bounding_keep(p.cap_mask, p.last_cap)
     sc.ambient_clear()
@@ -827,6 +856,10 @@ def execute(p: Prepared, stdio: list[int], status_fd: int) -> None:
         except (OSError, ValueError):
             pass  # signals reserved by libc
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    if p.seccomp is not None and p.no_new_privileges:
+        # with no_new_privs it needs no privilege, so it goes in last: the
+        # filter then only has to allow the execve
+        _install_seccomp(p.seccomp)
     try:
         os.execve(p.path, p.args, p.env)
     except OSError as exc:

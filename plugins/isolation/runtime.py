@@ -112,11 +112,17 @@ def skiff_container_validate(host_config: Mapping[str, Any]) -> None:
     """Refuse, at create, security settings skiff cannot honour."""
     hc = host_config
     security = securityopts.parse(hc.get("SecurityOpt"))
-    seccomp.check_request(security.seccomp)
-    capabilities.tweak(capabilities.DEFAULT_CAPABILITIES, hc.get("CapAdd"), hc.get("CapDrop"),
-                       bool(hc.get("Privileged")))
+    caps = capabilities.tweak(capabilities.DEFAULT_CAPABILITIES, hc.get("CapAdd"),
+                              hc.get("CapDrop"), bool(hc.get("Privileged")))
+    seccomp.check_request(security.seccomp, caps)
     # --device: each host path must hold a device now, or the create is a 400
     hostdevices.mapped_devices(hc)
+
+
+@hookimpl
+def skiff_daemon_config_check(config: Mapping[str, Any]) -> None:
+    """daemon.json ``seccomp-profile``: read, checked and compiled now."""
+    seccomp.check_daemon_config(config)
 
 
 @hookimpl
@@ -348,6 +354,8 @@ class ForkServerRuntime:
         self.spares = self.options.get("skiff.spare", "true").lower() not in ("false", "0", "no")
         self._proc: subprocess.Popen[bytes] | None = None
         self._start_lock = trio.Lock()
+        #: libseccomp compiles in a worker thread, one filter at a time
+        self._compile_limiter = trio.CapacityLimiter(1)
 
     @property
     def forkserver_pid(self) -> int | None:
@@ -460,6 +468,7 @@ class ForkServerRuntime:
         data["exec"] = True
         if spec.privileged:
             data["capabilities"] = list(capabilities.CAPABILITIES)
+        await self._compile_seccomp(data)
         payload = json.dumps(data).encode() + b"\n"
         try:
             return await self._prepare(stdio, payload, self.socket_path, "", spec.tty)
@@ -471,6 +480,7 @@ class ForkServerRuntime:
         data = spec.to_json()
         # the shim and init resolve paths from the fork server's directory
         bundle = data["bundle"] = os.path.abspath(spec.bundle)
+        await self._compile_seccomp(data)
         payload = json.dumps(data).encode() + b"\n"
         # a spare fits a default container; a remapped spare a remapped one
         # (the fork server keeps one of those once it was asked for one)
@@ -492,6 +502,28 @@ class ForkServerRuntime:
             return await self._prepare(stdio, payload, self.socket_path, bundle, spec.tty)
         except _NoReply:
             raise StartError("the container shim exited before the container was ready") from None
+
+    async def _compile_seccomp(self, data: dict[str, Any]) -> None:
+        """Replace the payload's seccomp filter with its BPF program (``seccomp_bpf``).
+
+        The init installs bytes and knows nothing of profiles; a filter seen
+        before costs a dictionary lookup here, a new one a libseccomp compile
+        in a worker thread.
+        """
+        resolved = data.pop("seccomp", None)
+        if resolved is None:
+            return
+        try:
+            key = seccomp.FILTERS.key(resolved)
+            program = seccomp.FILTERS.get(key)
+            if program is None:
+                program = await trio.to_thread.run_sync(
+                    seccomp.FILTERS.compile, resolved, key, limiter=self._compile_limiter)
+        except seccomp.CompileError as exc:
+            raise StartError(f"cannot compile the seccomp filter: {exc}") from None
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StartError(f"invalid seccomp filter in the container spec: {exc!r}") from None
+        data["seccomp_bpf"] = program.hex()
 
     async def _prepare(
         self, stdio: Stdio, payload: bytes, path: str, bundle: str, tty: bool
