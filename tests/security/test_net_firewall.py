@@ -489,3 +489,31 @@ def test_enabling_forwarding_does_not_make_the_host_a_router() -> None:
     assert policy == "DROP" and not through, "the host forwarded between its neighbours"
     policy, through = _host_between_neighbours({"ip-forward-no-drop": True})
     assert policy == "ACCEPT" and through
+
+
+def test_drops_go_ahead_of_an_administrators_accepts() -> None:
+    """Rules an administrator had before skiff came (a blanket ACCEPT in raw
+    PREROUTING, or for the bridge in INPUT) must not skip the direct-routing
+    drop or the CVE-2020-8558 guard: skiff inserts them first in those chains.
+    (An ordering check: the attacks above show what those rules stop.)"""
+    from skiff.core.hookspecs import NetworkContext
+    from skiff.plugins.network.bridge.driver import BridgeNetworkDriver
+
+    bridge = f"skf{secrets.token_hex(3)}"
+    mark = ["-m", "comment", "--comment", f"admin-{bridge}"]
+    admin = [("raw", "PREROUTING", ["-j", "ACCEPT", *mark]),
+             ("filter", "INPUT", ["-i", bridge, "-j", "ACCEPT", *mark])]
+    for table, chain, spec in admin:
+        _sh("iptables", "-t", table, "-A", chain, *spec)
+    driver = BridgeNetworkDriver(NetworkContext("/nonexistent", "/nonexistent", {}))
+    nid = secrets.token_hex(32)
+    try:
+        driver.create_network(nid, {"bridge": bridge, "subnet": f"10.{secrets.randbelow(250) + 1}"
+                                                              f".{secrets.randbelow(250)}.0/24"})
+        for table, chain, _ in admin:
+            rules = [r for r in _chain_rules(table, chain) if bridge in r]
+            assert f"skiff:{bridge}" in rules[0] and f"admin-{bridge}" in rules[-1], rules
+    finally:
+        driver.delete_network(nid)
+        for table, chain, spec in admin:
+            subprocess.run(["iptables", "-t", table, "-D", chain, *spec], capture_output=True)
