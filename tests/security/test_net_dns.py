@@ -124,10 +124,13 @@ def answered_with(reply: bytes | None, addr: str) -> bool:
 
 
 def _peak(server: dns.DnsServer, seconds: float) -> dict[str, int]:
+    """The highest counts seen within ``seconds``, or until relays stop growing."""
     peak = {"relays": 0, "tasks": 0, "fds": 0}
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+    steady = 0
+    while time.monotonic() < deadline and steady < 10:
         now = {**server.stats(), "fds": len(os.listdir("/proc/self/fd"))}
+        steady = steady + 1 if now["relays"] <= peak["relays"] else 0
         peak = {k: max(peak[k], now[k]) for k in peak}
         time.sleep(0.05)
     return peak
@@ -136,7 +139,8 @@ def _peak(server: dns.DnsServer, seconds: float) -> dict[str, int]:
 def _flood_server(upstream: Upstream, clients: int, bounded: bool) -> dict[str, int]:
     """A DnsServer serving ``clients`` sockets, each flooded with FLOOD // clients
     queries; the peak of its relays, tasks and this process's descriptors
-    (above what it had before the flood)."""
+    (above what it had before the flood).  The upstream timeout is long here,
+    so that on a slow machine too the relays of the whole flood overlap."""
     limits = {} if bounded else {"max_relays": None, "max_relays_per_client": None}
     server = dns.DnsServer(lambda key, name: None, [("127.0.0.1", upstream.port)], **limits)
     socks, attackers = [], []
@@ -144,13 +148,14 @@ def _flood_server(upstream: Upstream, clients: int, bounded: bool) -> dict[str, 
         for i in range(clients):
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             s.bind(("127.0.0.1", 0))
+            s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 16 << 20)  # drop none
             socks.append(s)
             server.add(f"client{i}", s)
             attackers.append(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
         base = {**server.stats(), "fds": len(os.listdir("/proc/self/fd"))}
         for s, a in zip(socks, attackers, strict=True):
             flood(a, s.getsockname(), FLOOD // clients)
-        peak = _peak(server, 1.0)
+        peak = _peak(server, 8.0)
         return {k: peak[k] - base[k] for k in peak}
     finally:
         server.stop()
@@ -158,6 +163,12 @@ def _flood_server(upstream: Upstream, clients: int, bounded: bool) -> dict[str, 
             s.close()
 
 
+@pytest.fixture
+def slow_upstream(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dns, "UPSTREAM_TIMEOUT", 15.0)
+
+
+@pytest.mark.usefixtures("slow_upstream")
 def test_relays_bounded_and_unbounded_without_the_bound(upstream: Upstream) -> None:
     """Denial of service of the daemon by DNS flood: one container sends
     thousands of queries that the upstream never answers.  With the bound, the
@@ -169,10 +180,12 @@ def test_relays_bounded_and_unbounded_without_the_bound(upstream: Upstream) -> N
     assert bounded["tasks"] <= dns.MAX_RELAYS_PER_CLIENT + 2, bounded
     assert bounded["fds"] <= dns.MAX_RELAYS_PER_CLIENT + 2, bounded
     unbounded = _flood_server(upstream, 1, bounded=False)
-    assert unbounded["relays"] > 4 * dns.MAX_RELAYS_PER_CLIENT, unbounded
-    assert unbounded["fds"] > 4 * dns.MAX_RELAYS_PER_CLIENT, unbounded
+    # beyond even the bound of all containers together
+    assert unbounded["relays"] > 2 * dns.MAX_RELAYS, unbounded
+    assert unbounded["fds"] > 2 * dns.MAX_RELAYS, unbounded
 
 
+@pytest.mark.usefixtures("slow_upstream")
 def test_relays_bounded_across_clients(upstream: Upstream) -> None:
     """Many flooding containers together stay under the global bound."""
     clients = dns.MAX_RELAYS // dns.MAX_RELAYS_PER_CLIENT + 2
@@ -239,6 +252,7 @@ def test_dns_flood_leaves_daemon_bounded_and_answering(dnsd: Daemon,
             assert answered_with(ask(sock, dest, target), target_ip)
             fds0, rss0 = _fds(pid), _rss_kib(pid)
             silent0 = upstream.silent
+            started = time.monotonic()
             flood(sock, dest, FLOOD)
             time.sleep(0.3)
             peak_fds = _fds(pid)
@@ -251,10 +265,14 @@ def test_dns_flood_leaves_daemon_bounded_and_answering(dnsd: Daemon,
             assert answered_with(ask(sock, dest, target), target_ip)
             peak_fds = max(peak_fds, _fds(pid))
             assert peak_fds - fds0 <= dns.MAX_RELAYS_PER_CLIENT + 8, (fds0, peak_fds)
-            assert codes.get(dns.RCODE_REFUSED, 0) >= FLOOD // 2, codes
-            # only the bounded number ever reached the upstream
-            assert upstream.silent - silent0 <= dns.MAX_RELAYS_PER_CLIENT * 2, \
-                upstream.silent - silent0
+            # Only the bounded number was relayed: MAX_RELAYS_PER_CLIENT per
+            # upstream timeout since the flood began (a slow machine works
+            # through its backlog for longer); the rest got REFUSED at once.
+            windows = 1 + int((time.monotonic() - started) / dns.UPSTREAM_TIMEOUT) + 1
+            relayed = upstream.silent - silent0
+            assert relayed <= dns.MAX_RELAYS_PER_CLIENT * windows, (relayed, windows)
+            refused = codes.get(dns.RCODE_REFUSED, 0)
+            assert refused >= 1 and sum(codes.values()) - refused <= relayed, codes
             time.sleep(dns.UPSTREAM_TIMEOUT + 0.5)
             assert _fds(pid) <= fds0 + 2
             assert _rss_kib(pid) - rss0 < 32 * 1024, (rss0, _rss_kib(pid))

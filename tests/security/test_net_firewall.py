@@ -43,16 +43,26 @@ def _sh(*args: str) -> str:
     return subprocess.run(list(args), check=True, capture_output=True, text=True).stdout
 
 
+def netns_process() -> subprocess.Popen[bytes]:
+    """A sleeping process in a network namespace of its own (kill it afterwards)."""
+    proc = subprocess.Popen(["unshare", "--net", "sleep", "infinity"])
+    own = os.readlink("/proc/thread-self/ns/net")
+    deadline = time.monotonic() + 30
+    # Popen returns at fork; unshare(1) switches namespace a little later
+    while os.readlink(f"/proc/{proc.pid}/ns/net") == own:
+        if time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            raise AssertionError("unshare --net did not take effect")
+        time.sleep(0.005)
+    return proc
+
+
 class Neighbour:
     """Another host on the LAN: its own network namespace, a veth to the suite's."""
 
     def __init__(self) -> None:
-        self.proc = subprocess.Popen(["unshare", "--net", "sleep", "infinity"])
-        own = os.readlink("/proc/thread-self/ns/net")
-        deadline = time.monotonic() + 5
-        while os.readlink(f"/proc/{self.proc.pid}/ns/net") == own:
-            assert time.monotonic() < deadline, "unshare --net did not take effect"
-            time.sleep(0.005)
+        self.proc = netns_process()
         self.ns = f"/proc/{self.proc.pid}/ns/net"
         tag = secrets.token_hex(3)
         self.host_if, self.if_ = f"skfo{tag}", f"skfn{tag}"
@@ -436,11 +446,9 @@ def _host_between_neighbours(config: dict) -> tuple[str, bool]:
     from skiff.core.hookspecs import NetworkContext
     from skiff.plugins.network.bridge.driver import BridgeNetworkDriver
 
-    fresh = subprocess.Popen(["unshare", "--net", "sleep", "infinity"])
+    fresh = netns_process()
     try:
-        time.sleep(0.2)
         ns = f"/proc/{fresh.pid}/ns/net"
-        assert os.readlink(ns) != os.readlink("/proc/thread-self/ns/net")
 
         def inside() -> tuple[str, bool]:
             _sh("ip", "link", "set", "lo", "up")
