@@ -264,9 +264,12 @@ class DnsServer:
     async def _relay(self, key: str, raw: socket.socket, packet: bytes,
                      peer: tuple[str, int]) -> None:
         try:
-            reply = await self._forward(packet)
-            if reply is not None:
-                _send(raw, reply, peer)
+            try:
+                reply = await self._forward(packet)
+            except Exception:  # e.g. no descriptor left for the upstream socket
+                log.exception("dns.relay_failed", container=key[:12])
+                reply = servfail(packet)
+            _send(raw, reply, peer)
         finally:
             self._relays -= 1
             left = self._relays_of.get(key, 1) - 1
@@ -276,7 +279,7 @@ class DnsServer:
                 self._relays_of.pop(key, None)
                 self._full_logged.pop(key, None)
 
-    async def _forward(self, packet: bytes) -> bytes | None:
+    async def _forward(self, packet: bytes) -> bytes:
         for host, port in self.upstreams:
             with trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as up:
                 try:
