@@ -439,7 +439,7 @@ def test_route_localnet_only_while_a_port_is_published_on_loopback(skiffd: Daemo
 
 
 def _host_between_neighbours(config: dict) -> tuple[str, bool]:
-    """In a fresh namespace (forwarding off, policy ACCEPT, as a host that never
+    """In a fresh namespace, forwarding off and policy ACCEPT (a host that never
     routed): the bridge driver makes a network; then neighbour A, with a route
     to neighbour B through the host, connects to a server on B.  Returns the
     FORWARD policy left and whether A got through."""
@@ -452,7 +452,10 @@ def _host_between_neighbours(config: dict) -> tuple[str, bool]:
 
         def inside() -> tuple[str, bool]:
             _sh("ip", "link", "set", "lo", "up")
-            assert Path("/proc/sys/net/ipv4/ip_forward").read_text().strip() == "0"
+            # a new namespace copies the init namespace's IPv4 settings
+            # (devconf_inherit_init_net 0): make it a host that never routed
+            Path("/proc/sys/net/ipv4/ip_forward").write_text("0")
+            _sh("iptables", "-P", "FORWARD", "ACCEPT")
             a, b = Neighbour(), Neighbour()
             driver = BridgeNetworkDriver(NetworkContext("/nonexistent", "/nonexistent", config))
             nid = secrets.token_hex(32)
