@@ -57,6 +57,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("bip", str, "", "--bip", help="default bridge address, CIDR"),
     Option("iptables", bool, True, "--iptables", help="manage firewall rules"),
     Option("ip-forward", bool, True, "--ip-forward", help="enable IP forwarding"),
+    Option("ip-forward-no-drop", bool, False, "--ip-forward-no-drop",
+           help="do not set the FORWARD policy to DROP when enabling IP forwarding"),
     Option("icc", bool, True, "--icc", help="inter-container traffic on the default bridge"),
     Option("dns", list, [], "--dns", item=str, multiple=True,
            help="upstream DNS servers of the embedded DNS server (IP or IP:PORT)"),

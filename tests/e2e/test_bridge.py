@@ -423,7 +423,26 @@ def test_driver_rebuilds_rules_after_a_crash_without_duplicates() -> None:
         first.delete_network(nid)
 
 
+def _forward_policy() -> str:
+    first = subprocess.run(["iptables", "-S", "FORWARD"], capture_output=True, text=True,
+                           check=True).stdout.splitlines()[0]
+    return first.split()[-1]  # "-P FORWARD DROP"
+
+
 def test_iptables_false_leaves_the_firewall_alone(tmp_path: Path) -> None:
+    # An earlier daemon of this session may have set the FORWARD policy to
+    # DROP when it turned forwarding on (as dockerd does).  With iptables off
+    # the administrator owns the firewall: play the administrator who lets
+    # the bridge forward, and put the policy back afterwards.
+    policy = _forward_policy()
+    subprocess.run(["iptables", "-P", "FORWARD", "ACCEPT"], check=True)
+    try:
+        _iptables_false_leaves_the_firewall_alone(tmp_path)
+    finally:
+        subprocess.run(["iptables", "-P", "FORWARD", policy], check=True)
+
+
+def _iptables_false_leaves_the_firewall_alone(tmp_path: Path) -> None:
     with running_daemon(tmp_path / "d", iptables=False) as d:
         d.skiff("image", "bootstrap", "busybox")
         bridge = d.config["bridge"]

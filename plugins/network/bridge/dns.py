@@ -13,6 +13,15 @@ answer); everything else is relayed unchanged to the upstream resolvers,
 from the daemon's namespace, so an upstream on the host's 127.0.0.1 works.
 Upstreams come from daemon.json ``dns`` (``IP`` or ``IP:PORT``; skiff
 accepts a port), else from the host's /etc/resolv.conf.
+
+Bounded, because every container can send as many packets as it likes: a
+query answered from the records is answered inline by the socket's receive
+loop (no task, no socket); only a relayed query gets a task and an upstream
+socket, and at most ``MAX_RELAYS`` of them are in flight for all containers
+together and ``MAX_RELAYS_PER_CLIENT`` for one container.  A query beyond
+that gets REFUSED at once (dockerd's resolver answers REFUSED when its
+1024 relay slots stay busy); the client's resolver tries again.  Replies are
+sent without waiting: a full socket buffer drops the reply, as UDP may.
 """
 
 from __future__ import annotations
@@ -34,6 +43,13 @@ QTYPE_A = 1
 QTYPE_AAAA = 28
 UPSTREAM_TIMEOUT = 2.0
 TTL = 600
+#: Relayed queries in flight (each holds a task and an upstream socket).
+MAX_RELAYS = 256
+MAX_RELAYS_PER_CLIENT = 64
+#: Seconds between two "relay slots full" log lines of one container.
+FULL_LOG_INTERVAL = 10.0
+RCODE_SERVFAIL = 2
+RCODE_REFUSED = 5
 
 Lookup = Callable[[str, str], "list[str] | None"]
 
@@ -96,18 +112,31 @@ def answer(packet: bytes, end: int, addresses: list[str], qtype: int) -> bytes:
     return header + body
 
 
-def servfail(packet: bytes) -> bytes:
+def failure(packet: bytes, rcode: int = RCODE_SERVFAIL) -> bytes:
+    """An answerless response to ``packet`` (at least a header) with ``rcode``."""
     qid, flags = struct.unpack("!HH", packet[:4])
-    return struct.pack("!HH", qid, 0x8000 | (flags & 0x0100) | 0x0080 | 2) + packet[4:6] + \
-        b"\0" * 6 + packet[12:]
+    return struct.pack("!HH", qid, 0x8000 | (flags & 0x0100) | 0x0080 | rcode) + \
+        packet[4:6] + b"\0" * 6 + packet[12:]
+
+
+def servfail(packet: bytes) -> bytes:
+    return failure(packet, RCODE_SERVFAIL)
 
 
 class DnsServer:
     """Serves 127.0.0.11:53 in container namespaces from one trio thread."""
 
-    def __init__(self, lookup: Lookup, upstreams: list[tuple[str, int]]) -> None:
+    def __init__(self, lookup: Lookup, upstreams: list[tuple[str, int]],
+                 max_relays: int | None = MAX_RELAYS,
+                 max_relays_per_client: int | None = MAX_RELAYS_PER_CLIENT) -> None:
+        """``max_relays*`` None means unbounded: only for tests that show the bound matters."""
         self.lookup = lookup
         self.upstreams = upstreams
+        self.max_relays = max_relays
+        self.max_relays_per_client = max_relays_per_client
+        self._relays = 0  # in flight, all clients; only touched in the trio thread
+        self._relays_of: dict[str, int] = {}
+        self._full_logged: dict[str, float] = {}
         self._token: trio.lowlevel.TrioToken | None = None
         self._scopes: dict[str, trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
@@ -157,6 +186,19 @@ class DnsServer:
         if scope is not None:
             scope.cancel()
 
+    def stats(self) -> dict[str, int]:
+        """Relays in flight and live tasks of the server's event loop (for logs and tests)."""
+        if self._token is None:
+            return {"relays": 0, "tasks": 0}
+        return trio.from_thread.run_sync(self._stats, trio_token=self._token)
+
+    def _stats(self) -> dict[str, int]:
+        def count(task: trio.lowlevel.Task) -> int:
+            return 1 + sum(count(child) for nursery in task.child_nurseries
+                           for child in nursery.child_tasks)
+
+        return {"relays": self._relays, "tasks": count(trio.lowlevel.current_root_task())}
+
     def stop(self) -> None:
         if self._token is None:
             return
@@ -180,33 +222,80 @@ class DnsServer:
                         packet, peer = await sock.recvfrom(4096)
                     except OSError:
                         continue
-                    n.start_soon(self._handle, key, sock, packet, peer)
+                    try:
+                        self._dispatch(key, raw, packet, peer, n)
+                    except Exception:  # one odd packet must not end the server
+                        log.exception("dns.packet_failed", container=key[:12])
 
-    async def _handle(self, key: str, sock: trio.socket.SocketType, packet: bytes,
-                      peer: tuple[str, int]) -> None:
+    def _dispatch(self, key: str, raw: socket.socket, packet: bytes, peer: tuple[str, int],
+                  nursery: trio.Nursery) -> None:
+        """Answer ``packet`` now, or start a relay for it when a slot is free."""
+        if len(packet) < 12:
+            return  # not even a header: nothing to answer
         q = parse_question(packet)
-        reply: bytes | None = None
         if q is not None:
             name, qtype, end = q
             found = self.lookup(key, name)
             if found is not None:
-                reply = answer(packet, end, found, qtype)
-        if reply is None:
-            reply = await self._forward(packet)
-        if reply is not None:
-            with contextlib.suppress(OSError):
-                await sock.sendto(reply, peer)
+                _send(raw, answer(packet, end, found, qtype), peer)
+                return
+        if not self.upstreams:
+            _send(raw, failure(packet, RCODE_SERVFAIL), peer)
+            return
+        mine = self._relays_of.get(key, 0)
+        if (self.max_relays is not None and self._relays >= self.max_relays) or (
+                self.max_relays_per_client is not None
+                and mine >= self.max_relays_per_client):
+            self._log_full(key)
+            _send(raw, failure(packet, RCODE_REFUSED), peer)
+            return
+        self._relays += 1
+        self._relays_of[key] = mine + 1
+        nursery.start_soon(self._relay, key, raw, packet, peer)
 
-    async def _forward(self, packet: bytes) -> bytes | None:
+    def _log_full(self, key: str) -> None:
+        now = trio.current_time()
+        if now - self._full_logged.get(key, -FULL_LOG_INTERVAL) >= FULL_LOG_INTERVAL:
+            self._full_logged[key] = now
+            log.warning("dns.relays_full", container=key[:12], in_flight=self._relays,
+                        of_container=self._relays_of.get(key, 0),
+                        hint="queries beyond the bound are REFUSED")
+
+    async def _relay(self, key: str, raw: socket.socket, packet: bytes,
+                     peer: tuple[str, int]) -> None:
+        try:
+            try:
+                reply = await self._forward(packet)
+            except Exception:  # e.g. no descriptor left for the upstream socket
+                log.exception("dns.relay_failed", container=key[:12])
+                reply = servfail(packet)
+            _send(raw, reply, peer)
+        finally:
+            self._relays -= 1
+            left = self._relays_of.get(key, 1) - 1
+            if left > 0:
+                self._relays_of[key] = left
+            else:
+                self._relays_of.pop(key, None)
+                self._full_logged.pop(key, None)
+
+    async def _forward(self, packet: bytes) -> bytes:
         for host, port in self.upstreams:
             with trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as up:
                 try:
                     await up.connect((host, port))
                     await up.send(packet)
                     with trio.move_on_after(UPSTREAM_TIMEOUT):
-                        data = await up.recv(65535)
-                        if data[:2] == packet[:2]:
-                            return data
+                        while True:  # a stray datagram with another id is not the answer
+                            data = await up.recv(65535)
+                            if data[:2] == packet[:2]:
+                                return data
                 except OSError as exc:
                     log.debug("dns.upstream_failed", upstream=f"{host}:{port}", error=str(exc))
-        return servfail(packet) if len(packet) >= 12 else None
+        return servfail(packet)
+
+
+def _send(raw: socket.socket, reply: bytes, peer: tuple[str, int]) -> None:
+    """Send without waiting (the socket is non-blocking): a full buffer drops the reply."""
+    with contextlib.suppress(OSError):
+        raw.sendto(reply, peer)

@@ -2,8 +2,11 @@
 
 Per network (``create_network``): the bridge (``skiff0`` or daemon.json
 ``bridge`` for the default network, ``skf-<id>`` for user networks) with the
-gateway address, ``route_localnet`` on it so published ports answer on the
-host's 127.0.0.1, and the network's firewall rules (see ``firewall``).
+gateway address, and the network's firewall rules (see ``firewall``).
+``route_localnet`` (which lets published ports answer on the host's
+127.0.0.1, and would let containers send to it but for the firewall's guard)
+is on only while an endpoint of the bridge publishes a port on a loopback or
+unspecified address.
 
 Per endpoint: an address from the network's pool and the published ports'
 rules (``create_endpoint``); then, between clone and exec (``join``), a veth
@@ -47,6 +50,7 @@ NAME = "bridge"
 DEFAULT_BRIDGE = "skiff0"
 #: Docker's ephemeral range for random host ports (``/proc/sys/net/ipv4/ip_local_port_range``)
 PORT_RANGE = (32768, 60999)
+IP_FORWARD = "/proc/sys/net/ipv4/ip_forward"
 
 T = TypeVar("T")
 
@@ -75,6 +79,7 @@ class Net:
     internal: bool
     dns: bool
     endpoints: dict[str, Endpoint] = field(default_factory=dict)
+    loopback_publishers: int = 0  #: endpoints with a port on 127.0.0.1 (or every address)
     rules: list[fw.Rule] = field(default_factory=list)
 
 
@@ -89,6 +94,7 @@ class BridgeNetworkDriver:
         cfg = ctx.config
         self.firewall = fw.Firewall(bool(cfg.get("iptables", True)))
         self.ip_forward = bool(cfg.get("ip-forward", True))
+        self.forward_drop = not bool(cfg.get("ip-forward-no-drop", False))
         self.networks: dict[str, Net] = {}
         self._lock = threading.RLock()
         self._ports: set[tuple[str, int]] = set()  # (proto, host port) handed out
@@ -120,15 +126,22 @@ class BridgeNetworkDriver:
                 ipr.addr("add", index=index, address=str(pool.gateway),
                          prefixlen=pool.prefixlen)
             ipr.link("set", index=index, state="up")
-        _sysctl(f"/proc/sys/net/ipv4/conf/{bridge}/route_localnet", "1")
-        if self.ip_forward:
-            _sysctl("/proc/sys/net/ipv4/ip_forward", "1")
+        # Off until a port is published on loopback (a crash may have left it on).
+        _route_localnet(bridge, False)
         # Rules of an earlier life of this bridge (a crash) go before new ones come.
         self.firewall.purge(bridge)
         net.rules = fw.network_rules(bridge, str(pool.subnet), net.icc, net.internal)
         try:
             self.firewall.add(net.rules)
+            if self.ip_forward and not _forwarding_on():
+                if self.forward_drop:
+                    # As dockerd: a host that did not route must not become a
+                    # router for its neighbours (skiff's rules accept its
+                    # own traffic).  Set before forwarding starts: no window.
+                    self.firewall.forward_policy_drop()
+                _sysctl(IP_FORWARD, "1")
         except fw.FirewallError:
+            self.firewall.purge(bridge)
             self._remove_bridge(bridge)
             raise
         with self._lock:
@@ -189,8 +202,14 @@ class BridgeNetworkDriver:
         extra["ports"] = ports
         extra["rules"] = rules
         extra["held_ports"] = held
+        extra["loopback"] = any(fw.publishes_on_loopback(b["HostIp"])
+                                for bindings in ports.values() for b in bindings or [])
         with self._lock:
             net.endpoints[ep.endpoint_id] = ep
+            if extra["loopback"]:
+                net.loopback_publishers += 1
+                if net.loopback_publishers == 1:
+                    _route_localnet(net.bridge, True)
         return ep
 
     def _publish(self, net: Net, ep: Endpoint, rules: list[fw.Rule],
@@ -320,6 +339,10 @@ class BridgeNetworkDriver:
             net = self.networks.get(endpoint.network_id)
             if net is not None and net.endpoints.pop(endpoint.endpoint_id, None) is None:
                 return  # already deleted
+            if net is not None and endpoint.extra.get("loopback"):
+                net.loopback_publishers -= 1
+                if net.loopback_publishers == 0:
+                    _route_localnet(net.bridge, False)
         self.firewall.delete(list(endpoint.extra.get("rules") or []))
         with self._lock:
             self._ports.difference_update(
@@ -353,6 +376,19 @@ class BridgeNetworkDriver:
                 if found:
                     return found
         return None
+
+
+def _route_localnet(bridge: str, on: bool) -> None:
+    """Let the bridge route 127.0.0.0/8 (needed for 127.0.0.1:PORT of published ports)."""
+    _sysctl(f"/proc/sys/net/ipv4/conf/{bridge}/route_localnet", "1" if on else "0")
+
+
+def _forwarding_on() -> bool:
+    try:
+        with open(IP_FORWARD) as f:
+            return f.read(1) == "1"
+    except OSError:
+        return False
 
 
 def _port_free(proto: str, host_ip: str, port: int) -> bool:

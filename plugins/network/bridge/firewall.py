@@ -15,6 +15,23 @@ Chains, as Docker's with SKIFF for DOCKER:
   another is dropped.
 * filter ``SKIFF-USER``: left to the administrator, jumped to first.
 
+What keeps the outside out (docs/security-firewall.md has the why of each):
+
+* filter FORWARD, per bridge, a final DROP of whatever comes from elsewhere
+  towards the bridge and was not ACCEPTed by a published port or a reply
+  (unpublished ports stay closed to hosts that route to the subnet); when
+  skiff turns ``ip_forward`` on it sets the FORWARD policy to DROP, as dockerd
+  (daemon.json ``ip-forward-no-drop`` keeps it).
+* raw PREROUTING, per bridge, a DROP of packets for the bridge's subnet that
+  did not come in through the bridge ("direct routing": a neighbour must use
+  the published host port, not the container's address); per port published
+  on a loopback address, a DROP of that port arriving on anything but ``lo``
+  (a spoofed 127.0.0.1 destination would otherwise be DNATed, moby#41872).
+* filter INPUT, per bridge, the guard kube-proxy added for CVE-2020-8558: a
+  container's packet for 127.0.0.0/8 is dropped unless it answers the host.
+  ``route_localnet`` is on only while the bridge has a port published on a
+  loopback or unspecified address (the driver's business).
+
 Every rule skiff adds carries a comment ``skiff:<bridge>``, so the rules of a
 bridge can be found again after a crash and removed before they are rebuilt.
 The shared chains are removed when the last daemon using them removes its
@@ -23,6 +40,7 @@ last rule (several test daemons share one network namespace).
 
 from __future__ import annotations
 
+import ipaddress
 import shlex
 import subprocess
 import threading
@@ -39,6 +57,12 @@ ISO2 = "SKIFF-ISOLATION-STAGE-2"
 USER = "SKIFF-USER"
 
 Rule = tuple[str, str, list[str]]  # (table, chain, match/target arguments)
+
+#: Chains where skiff's rules go first, ahead of rules of others: the isolation
+#: stages, and the drops that must win over an administrator's ACCEPT.
+INSERTED = frozenset({("filter", ISO1), ("filter", ISO2), ("raw", "PREROUTING"),
+                      ("filter", "INPUT")})
+LOOPBACK = "127.0.0.0/8"
 
 
 class FirewallError(Exception):
@@ -116,8 +140,8 @@ class Firewall:
             return
         with self._lock:
             self._ensure_chains()
-            inserts = [r for r in rules if r[1] in (ISO1, ISO2)]
-            appends = [r for r in rules if r[1] not in (ISO1, ISO2)]
+            inserts = [r for r in rules if (r[0], r[1]) in INSERTED]
+            appends = [r for r in rules if (r[0], r[1]) not in INSERTED]
             script = self._script(inserts, "-I") + self._script(appends, "-A")
             res = _run(["iptables-restore", "--noflush"], input=script)
             if res.returncode != 0:
@@ -138,6 +162,22 @@ class Firewall:
             if res.returncode != 0:  # some rule was already gone: go one by one
                 for table, chain, spec in rules:
                     _run(["iptables", "-t", table, "-D", chain, *spec])
+
+    def forward_policy_drop(self) -> None:
+        """Set the filter FORWARD policy to DROP (dockerd does it when it enables forwarding).
+
+        A host that did not route before must not start routing for its
+        neighbours because containers need forwarding: only what skiff's
+        rules ACCEPT is forwarded.
+        """
+        if not self.enabled:
+            return
+        with self._lock:
+            res = _run(["iptables", "-t", "filter", "-P", "FORWARD", "DROP"])
+        if res.returncode != 0:
+            raise FirewallError(f"setting the FORWARD policy to DROP failed: {res.stderr.strip()}")
+        log.info("firewall.forward_policy_drop",
+                 reason="ip_forward was off; skiff turned it on (ip-forward-no-drop keeps ACCEPT)")
 
     def purge(self, tag: str, drop_chains: bool = False) -> None:
         """Remove every rule commented ``skiff:<tag>`` (after a crash, or at shutdown)."""
@@ -169,7 +209,7 @@ def tag(bridge: str) -> list[str]:
 
 
 def network_rules(bridge: str, subnet: str, icc: bool, internal: bool = False) -> list[Rule]:
-    """The rules of one bridge network (Docker's, with SKIFF chains)."""
+    """The rules of one bridge network (Docker's, with SKIFF chains, and the guards)."""
     t = tag(bridge)
     rules: list[Rule] = []
     if not internal:
@@ -182,18 +222,42 @@ def network_rules(bridge: str, subnet: str, icc: bool, internal: bool = False) -
                                 "-j", "MASQUERADE"]),
         ("nat", "POSTROUTING", ["-s", subnet, "-o", bridge, "-m", "conntrack", "--ctstate",
                                 "DNAT", *t, "-j", "MASQUERADE"]),
+        # Direct routing: a neighbour that routes the subnet through this host
+        # reaches containers only through published host ports (those are
+        # DNATed after this table, so they still match the host's address
+        # here).  The host's own address on the bridge stays reachable.
+        ("raw", "PREROUTING", ["-d", subnet, "!", "-i", bridge, "-m", "addrtype", "!",
+                               "--dst-type", "LOCAL", *t, "-j", "DROP"]),
+        # CVE-2020-8558: with route_localnet on the bridge, a container could
+        # send to the host's 127.0.0.1 services; only answers to the host pass.
+        ("filter", "INPUT", ["-i", bridge, "-d", LOOPBACK, "-m", "conntrack", "!",
+                             "--ctstate", "RELATED,ESTABLISHED,DNAT", *t, "-j", "DROP"]),
         ("filter", ISO1, ["-i", bridge, "!", "-o", bridge, *t, "-j", ISO2]),
         ("filter", ISO2, ["-o", bridge, *t, "-j", "DROP"]),
         ("filter", "FORWARD", ["-o", bridge, "-m", "conntrack", "--ctstate",
                                "RELATED,ESTABLISHED", *t, "-j", "ACCEPT"]),
         ("filter", "FORWARD", ["-o", bridge, *t, "-j", FILTER_CHAIN]),
+        # The final drop: from elsewhere to the bridge, only what SKIFF
+        # accepted (published ports, links) passes, whatever the policy.
+        ("filter", "FORWARD", ["!", "-i", bridge, "-o", bridge, *t, "-j", "DROP"]),
         ("filter", "FORWARD", ["-i", bridge, "-o", bridge, *t,
                                "-j", "ACCEPT" if icc else "DROP"]),
+        # Out of the bridge: anywhere, or, for an internal network, nowhere
+        # (a container able to change its routes must not route around it).
+        ("filter", "FORWARD", ["-i", bridge, "!", "-o", bridge, *t,
+                               "-j", "DROP" if internal else "ACCEPT"]),
     ]
-    if not internal:
-        rules.append(("filter", "FORWARD", ["-i", bridge, "!", "-o", bridge, *t,
-                                            "-j", "ACCEPT"]))
     return rules
+
+
+def publishes_on_loopback(host_ip: str) -> bool:
+    """Whether a port published on ``host_ip`` answers on the host's 127.0.0.1."""
+    if host_ip in ("", "0.0.0.0"):
+        return True
+    try:
+        return ipaddress.IPv4Address(host_ip).is_loopback
+    except ValueError:
+        return False
 
 
 def port_rules(bridge: str, container_ip: str, proto: str, container_port: int,
@@ -201,7 +265,15 @@ def port_rules(bridge: str, container_ip: str, proto: str, container_port: int,
     """DNAT and ACCEPT for one published port."""
     t = tag(bridge)
     dst = [] if host_ip in ("", "0.0.0.0") else ["-d", host_ip]
-    return [
+    rules: list[Rule] = []
+    if host_ip not in ("", "0.0.0.0") and publishes_on_loopback(host_ip):
+        # moby#41872: a neighbour's packet for 127.0.0.1:PORT (spoofed, sent to
+        # this host's MAC) would be DNATed to the container before the kernel
+        # could call it a martian; only the host itself may use this port.
+        rules.append(("raw", "PREROUTING", ["-d", f"{host_ip}/32", "!", "-i", "lo",
+                                            "-p", proto, "-m", proto, "--dport",
+                                            str(host_port), *t, "-j", "DROP"]))
+    rules += [
         ("nat", NAT_CHAIN, [*dst, "-p", proto, "-m", proto, "--dport", str(host_port), *t,
                             "-j", "DNAT", "--to-destination",
                             f"{container_ip}:{container_port}"]),
@@ -212,6 +284,7 @@ def port_rules(bridge: str, container_ip: str, proto: str, container_port: int,
                                 "-p", proto, "-m", proto, "--dport", str(container_port), *t,
                                 "-j", "MASQUERADE"]),
     ]
+    return rules
 
 
 def link_rules(bridge: str, src_ip: str, dst_ip: str, proto: str, port: int) -> list[Rule]:
