@@ -315,7 +315,7 @@ def _setup_dev(root: ContainerRoot) -> None:
                 # no CAP_MKNOD (or a nodev-locked mount): borrow the host's node
                 os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC,
                                  0o666, dir_fd=dev))
-                _bind_onto(f"/dev/{name}", _open_at(dev, name), recursive=False)
+                bind_onto(f"/dev/{name}", _open_at(dev, name), recursive=False)
         for name, target in DEV_SYMLINKS:
             os.symlink(target, name, dir_fd=dev)
         os.mkdir("pts", 0o755, dir_fd=dev)
@@ -399,28 +399,29 @@ def _mount_at(dir_fd: int, name: str, source: str, fstype: str, flags: int,
         os.close(target)
 
 
-def _bind_onto(source: str | int, target_fd: int, *, recursive: bool, attrs: int = 0,
-               propagation: int = 0) -> None:
+def bind_onto(source: str | int, target_fd: int, *, recursive: bool, attrs: int = 0,
+              propagation: int = 0, userns_fd: int = -1, attrs_recursive: bool = False) -> None:
     """Bind ``source`` (a host path, or a descriptor) onto ``target_fd``, which is
-    closed.  The attributes are set on the detached copy before it is attached."""
+    closed.  The attributes (and, with ``userns_fd``, an idmapping) are set on
+    the detached copy before it is attached: on its top mount, or on all of it
+    with ``attrs_recursive``."""
     try:
         flags = sc.OPEN_TREE_CLONE | (sc.AT_RECURSIVE if recursive else 0)
         if isinstance(source, int):
             tree = sc.open_tree(source, "", flags | sc.AT_EMPTY_PATH)
         else:
             tree = sc.open_tree(AT_FDCWD, source, flags)
-        try:
-            if attrs:
-                sc.mount_setattr(tree, attrs)
-            sc.move_mount(tree, target_fd)
-            if propagation:
-                # on the attached mount: a detached tree has no peers to follow
-                sc.mount_setattr(tree, 0, propagation=propagation & ~sc.MS_REC,
-                                 recursive=bool(propagation & sc.MS_REC))
-        finally:
-            os.close(tree)
-    finally:
+    except BaseException:
         os.close(target_fd)
+        raise
+    try:
+        if attrs or userns_fd >= 0:
+            sc.mount_setattr(tree, attrs, recursive=attrs_recursive, userns_fd=userns_fd)
+    except BaseException:
+        os.close(tree)
+        os.close(target_fd)
+        raise
+    _attach(tree, target_fd, propagation)
 
 
 def _attach(tree: int, target_fd: int, propagation: int) -> None:
@@ -428,6 +429,7 @@ def _attach(tree: int, target_fd: int, propagation: int) -> None:
     try:
         sc.move_mount(tree, target_fd)
         if propagation:
+            # on the attached mount: a detached tree has no peers to follow
             sc.mount_setattr(tree, 0, propagation=propagation & ~sc.MS_REC,
                              recursive=bool(propagation & sc.MS_REC))
     finally:
@@ -490,7 +492,7 @@ def mount_in(root: ContainerRoot, m: dict[str, Any], check: bool = True,
                 if flags & ms_flag:
                     attrs |= attr
             source = m["source"] if not m.get("cwd") else os.path.join(m["cwd"], m["source"])
-            _bind_onto(source, target, recursive=bool(flags & sc.MS_REC), attrs=attrs,
+            bind_onto(source, target, recursive=bool(flags & sc.MS_REC), attrs=attrs,
                        propagation=propagation)
         else:
             try:
@@ -589,7 +591,7 @@ def mask(root: ContainerRoot, path: str) -> None:
             finally:
                 os.close(target)
         else:
-            _bind_onto(root.null, target, recursive=False)
+            bind_onto(root.null, target, recursive=False)
     except OSError as exc:
         raise FsError(f"cannot mask {path}: {exc.strerror}") from None
 
@@ -629,6 +631,6 @@ def bind_console(slave: int) -> None:
         except OSError:
             return
         with contextlib.suppress(OSError):
-            _bind_onto(slave, target, recursive=False)
+            bind_onto(slave, target, recursive=False)
     finally:
         os.close(dev)

@@ -43,7 +43,7 @@ import signal
 import sys
 
 from skiff.core import syscalls as sc
-from skiff.plugins.isolation import mounts
+from skiff.plugins.isolation import containerfs, mounts
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -62,16 +62,8 @@ def _cover(path: str, userns_fd: int, covered: list[str]) -> None:
     real = os.path.realpath(path)
     if any(real == c or real.startswith(c + "/") for c in covered):
         return  # already seen through an idmapped mount above it
-    tree = sc.open_tree(AT_FDCWD, real, sc.OPEN_TREE_CLONE)
-    try:
-        sc.mount_setattr(tree, 0, userns_fd=userns_fd)
-        target = os.open(real, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            sc.move_mount(tree, target)
-        finally:
-            os.close(target)
-    finally:
-        os.close(tree)
+    target = os.open(real, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    containerfs.bind_onto(real, target, recursive=False, userns_fd=userns_fd)
     covered.append(real)
 
 
@@ -113,20 +105,11 @@ def _mount_one(m: dict[str, Any], target: str, userns_fd: int, idmap: bool,
     cwd = m.get("cwd")
     if fstype == "bind" or flags & sc.MS_BIND:
         source = os.path.join(cwd, m["source"]) if cwd else m["source"]
-        tree = sc.open_tree(AT_FDCWD, source, sc.OPEN_TREE_CLONE
-                            | (sc.AT_RECURSIVE if flags & sc.MS_REC else 0))
-        try:
-            if idmap:
-                sc.mount_setattr(tree, 0, recursive=bool(flags & sc.MS_REC), userns_fd=userns_fd)
-            if flags & sc.MS_RDONLY:
-                sc.mount_setattr(tree, sc.MOUNT_ATTR_RDONLY, recursive=bool(flags & sc.MS_REC))
-            dest = os.open(target, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                sc.move_mount(tree, dest)
-            finally:
-                os.close(dest)
-        finally:
-            os.close(tree)
+        dest = os.open(target, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        containerfs.bind_onto(source, dest, recursive=bool(flags & sc.MS_REC),
+                              attrs=sc.MOUNT_ATTR_RDONLY if flags & sc.MS_RDONLY else 0,
+                              userns_fd=userns_fd if idmap else -1,
+                              attrs_recursive=bool(flags & sc.MS_REC))
         return
     if fstype == "overlay":
         lowers, rw = _overlay_dirs(m.get("options") or [], cwd)
