@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -57,6 +58,18 @@ class Daemon:
     @property
     def data_root(self) -> Path:
         return Path(self.config["data-root"])
+
+    @property
+    def root_dir(self) -> Path:
+        """Where the daemon keeps its state (``docker info``'s DockerRootDir):
+        the data-root, or with ``userns-remap`` its ``<uid>.<gid>`` directory.
+        Found on disk, so it can be asked while the daemon is down."""
+        if not self.config.get("userns-remap"):
+            return self.data_root
+        found = [p for p in self.data_root.iterdir()
+                 if p.is_dir() and re.fullmatch(r"\d+\.\d+", p.name)]
+        assert len(found) == 1, f"no single remapped root in {self.data_root}: {found}"
+        return found[0]
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)

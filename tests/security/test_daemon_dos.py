@@ -108,7 +108,7 @@ def daemon_log(d: Daemon) -> str:
 
 
 def tmp_entries(d: Daemon) -> list[str]:
-    tmp = d.data_root / "tmp"
+    tmp = d.root_dir / "tmp"
     return sorted(os.listdir(tmp)) if tmp.exists() else []
 
 
@@ -499,7 +499,7 @@ def crash(d: Daemon) -> None:
 
 
 def record_of(d: Daemon, cid: str) -> tuple[Path, dict]:
-    path = d.data_root / "containers" / cid / "config.v2.json"
+    path = d.root_dir / "containers" / cid / "config.v2.json"
     return path, json.loads(path.read_text())
 
 
