@@ -108,7 +108,8 @@ def skiff_runtimes() -> Mapping[str, Any]:
 
 
 @hookimpl
-def skiff_container_validate(host_config: Mapping[str, Any]) -> None:
+def skiff_container_validate(host_config: Mapping[str, Any],
+                             daemon_config: Mapping[str, Any]) -> None:
     """Refuse, at create, security settings skiff cannot honour."""
     hc = host_config
     security = securityopts.parse(hc.get("SecurityOpt"))
@@ -116,7 +117,13 @@ def skiff_container_validate(host_config: Mapping[str, Any]) -> None:
                               hc.get("CapDrop"), bool(hc.get("Privileged")))
     seccomp.check_request(security.seccomp, caps)
     # --device: each host path must hold a device now, or the create is a 400
-    hostdevices.mapped_devices(hc)
+    if hostdevices.mapped_devices(hc) and daemon_config.get("userns-remap") \
+            and hc.get("UsernsMode") != "host":
+        # a user namespace may not mknod; the host's node would have to be
+        # bind-mounted in, which this runtime does not do yet
+        raise ValueError(
+            "--device is not supported yet for containers in a user namespace "
+            "(userns-remap); run this container with --userns=host to use devices")
 
 
 @hookimpl

@@ -1134,12 +1134,12 @@ def test_spec_hook_adjustments() -> None:
     assert _hooked({"SecurityOpt": ["no-new-privileges=false"]},
                    {"no-new-privileges": True}).no_new_privileges is False
     with pytest.raises(ValueError, match="no-new-privileges"):
-        skiff_container_validate({"SecurityOpt": ["no-new-privileges:maybe"]})
+        skiff_container_validate({"SecurityOpt": ["no-new-privileges:maybe"]}, {})
     for refused, why in (("apparmor=unconfined", "AppArmor"), ("label=disable", "SELinux"),
                          ("garbage", "key=value"), ("bogus=1", "unknown option 'bogus'"),
                          ("systempaths=confined", "only value systempaths takes")):
         with pytest.raises(ValueError, match=why):
-            skiff_container_validate({"SecurityOpt": [refused]})
+            skiff_container_validate({"SecurityOpt": [refused]}, {})
 
 
 PASSWD = "root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000::/home/alice:/bin/sh\n"
