@@ -30,7 +30,7 @@ import docker
 import pytest
 
 from tests.daemon import Daemon, running_daemon
-from tests.security.conftest import unique
+from tests.security.conftest import unique, unremapped
 
 PROBES = Path(__file__).parent / "probes"
 UNCONFINED = ("--security-opt", "seccomp=unconfined")
@@ -94,7 +94,7 @@ def test_default_container_runs_under_a_filter(skiffd: Daemon) -> None:
     assert status(out)["Seccomp"] == "2" and status(out)["NoNewPrivs"] == "1", out
     code, out = run(skiffd, "busybox", *grep, opts=UNCONFINED)
     assert status(out)["Seccomp"] == "0", out
-    code, out = run(skiffd, "busybox", *grep, opts=("--privileged",))
+    code, out = run(skiffd, "busybox", *grep, opts=(*unremapped(skiffd), "--privileged"))
     assert status(out)["Seccomp"] == "0", out
     code, out = run(skiffd, "busybox", *grep, opts=("--security-opt", "seccomp=builtin"))
     assert status(out)["Seccomp"] == "2", out
@@ -212,7 +212,7 @@ def test_mount_tmpfs(skiffd: Daemon, probe_image: str) -> None:
     assert code == 0 and out.startswith("reached "), out
     code, out = run(skiffd, "busybox", "sh", "-c", "mount -t tmpfs none /tmp && "
                     "grep ' /tmp tmpfs' /proc/mounts",
-                    opts=(*UNCONFINED, "--cap-add", "SYS_ADMIN"))
+                    opts=(*unremapped(skiffd), *UNCONFINED, "--cap-add", "SYS_ADMIN"))
     assert code == 0 and "/tmp tmpfs" in out, out
 
 
@@ -255,7 +255,7 @@ def test_bpf(skiffd: Daemon, probe_image: str) -> None:
     code, out = run(skiffd, probe_image, "sysprobe", "bpf")
     assert code != 0 and refused(out), out
     code, out = run(skiffd, probe_image, "sysprobe", "bpf",
-                    opts=(*UNCONFINED, "--cap-add", "SYS_ADMIN"))
+                    opts=(*unremapped(skiffd), *UNCONFINED, "--cap-add", "SYS_ADMIN"))
     assert code == 0 and out.startswith("ok bpf"), out
 
 
@@ -267,7 +267,7 @@ def test_perf_event_open(skiffd: Daemon, probe_image: str) -> None:
     code, out = run(skiffd, probe_image, "sysprobe", "reach", "298")
     assert code != 0 and refused(out), out
     code, out = run(skiffd, probe_image, "sysprobe", "perf",
-                    opts=(*UNCONFINED, "--cap-add", "SYS_ADMIN"))
+                    opts=(*unremapped(skiffd), *UNCONFINED, "--cap-add", "SYS_ADMIN"))
     assert code == 0 and out.startswith("ok perf_event_open"), out
 
 
@@ -290,7 +290,8 @@ def test_shocker_open_by_handle_at(skiffd: Daemon, probe_image: str) -> None:
         code, out = run(skiffd, probe_image, *attack)
         assert code != 0 and refused(out), out
         code, out = run(skiffd, probe_image, *attack,
-                        opts=(*UNCONFINED, "--cap-add", "DAC_READ_SEARCH"))
+                        opts=(*unremapped(skiffd), *UNCONFINED, "--cap-add",
+                              "DAC_READ_SEARCH"))
         assert code == 0 and "the host's secret" in out, out
     finally:
         shutil.rmtree(secret_dir)
@@ -317,7 +318,8 @@ def test_ptrace_of_another_containers_process(skiffd: Daemon, probe_image: str) 
         assert code != 0 and out.startswith("err "), out
         code, out = run(skiffd, probe_image, "cat", f"/proc/{pid}/environ")
         assert "hunter2" not in out, out
-        control = ("--pid", "host", "--cap-add", "SYS_PTRACE", *UNCONFINED)
+        control = (*unremapped(skiffd), "--pid", "host", "--cap-add", "SYS_PTRACE",
+                   *UNCONFINED)
         if not _visible(skiffd, probe_image, pid, control):
             pytest.skip("this skiffd does not honour --pid=host (core/containers/namespaces.py "
                         "on main does): the positive control cannot run")
