@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from skiff.core.userns import DEFAULT_USER
+from skiff.core.userns import resolve as resolve_remap
 from tests.daemon import Daemon, running_daemon
 
 
@@ -62,6 +63,12 @@ def skiffd(request: pytest.FixtureRequest,
 def remapped(d: Daemon) -> bool:
     """Whether ``d`` runs containers in user namespaces by default."""
     return bool(d.config.get("userns-remap"))
+
+
+def remap_root_ids() -> tuple[int, int]:
+    """Host (uid, gid) of a ``userns-remap: default`` container's root."""
+    idmap = resolve_remap("default", create=False).default
+    return idmap.root_uid, idmap.root_gid
 
 
 def unremapped(d: Daemon) -> list[str]:

@@ -29,14 +29,15 @@ import subprocess
 import tarfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from skiff.core import idshift
 from tests.daemon import Daemon, poll
-from tests.security.conftest import ImageMaker, unique
+from tests.security.conftest import ImageMaker, remap_root_ids, remapped, unique
 
 #: how long the protected operation is repeated under the race
 PROTECTED_SECONDS = 6.0
@@ -407,12 +408,18 @@ def test_cp_of_a_fifo_swapped_for_a_link_before_its_chmod(
     with racing(skiffd, swapper, f"/w/p /w/pl {victim2}", setup="mkdir -p /w") as racer:
         node = f"{racer.root}/w/p"
 
+        # host root writes through a remapped container's idmapped root as
+        # that container's root (it is outside the mapping), as skiff's cp does
+        writer = (idshift.filesystem_ids(*remap_root_ids()) if remapped(skiffd)
+                  else nullcontext())
+
         def mknod_then_chmod() -> None:
-            for _ in range(50):
-                with suppress(FileNotFoundError):
-                    os.unlink(node)
-                os.mknod(node, stat.S_IFIFO | 0o600)
-                os.chmod(node, 0o777)
+            with writer:
+                for _ in range(50):
+                    with suppress(FileNotFoundError):
+                        os.unlink(node)
+                    os.mknod(node, stat.S_IFIFO | 0o600)
+                    os.chmod(node, 0o777)
 
         naive(lambda: bool(canary2.changes()), mknod_then_chmod)
     assert stat.S_IMODE(victim2.stat().st_mode) == 0o777
