@@ -29,7 +29,7 @@ import subprocess
 import tarfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext, suppress
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -228,15 +228,25 @@ def empty(path: str, first: str) -> None:
 class Outcome:
     attempts: int = 0
     refused: int = 0  #: refused with the race's clear error (the race was on)
+    landed: int = 0  #: the most files seen where the operation writes, after any attempt
 
 
 #: an attempt's result: "" done, "refused" (the race's clear error), else what went wrong
 Attempt = Callable[[], str]
 
 
-def protected(canary: Canary, attempt: Attempt) -> Outcome:
+def protected(canary: Canary, attempt: Attempt,
+              landed: Callable[[], int] | None = None) -> Outcome:
     """Repeat ``attempt`` for the budget, checking the canary after each (first:
-    an escape matters more than how the attempt ended)."""
+    an escape matters more than how the attempt ended).
+
+    ``landed()``, asked after each attempt too, counts what the operation put
+    where it should.  It is asked along the way, not once at the end: a
+    later attempt may rightly remove what an earlier one wrote (an archive's
+    directory replaces the link it meets, and when the swapper has put the
+    real directory back under that name by then, the tree that goes is the
+    real one, files and all), so the end can be empty by chance.
+    """
     out = Outcome()
     deadline = time.monotonic() + PROTECTED_SECONDS
     while time.monotonic() < deadline:
@@ -246,6 +256,8 @@ def protected(canary: Canary, attempt: Attempt) -> Outcome:
         assert not changed, f"attempt {out.attempts} reached the host: {changed}"
         assert result in ("", "refused"), f"attempt {out.attempts}: {result}"
         out.refused += result == "refused"
+        if landed is not None:
+            out.landed = max(out.landed, landed())
     return out
 
 
@@ -286,10 +298,10 @@ def cp_in(d: Daemon, data: bytes, dest: str) -> str:
     return err
 
 
-def count_files(path: str) -> int:
+def count_files(path: str, walks: int = 5) -> int:
     """Regular files under ``path``, walked without following links; the best of
     a few walks, because the swapper is still moving the directory under them."""
-    return max(_count_files(path) for _ in range(20))
+    return max(_count_files(path) for _ in range(walks))
 
 
 def _count_files(path: str) -> int:
@@ -374,10 +386,10 @@ def test_cp_into_a_running_container_that_swaps_the_destination(
     data = tree_tar("d")
     canary = Canary(tmp_path / "canary")
     with racing(skiffd, swapper, f"-c /w/d /w/l {canary.path}", setup="mkdir -p /w") as racer:
-        out = protected(canary, lambda: cp_in(skiffd, data, f"{racer.name}:/w"))
-        written = count_files(f"{racer.root}/w")
+        out = protected(canary, lambda: cp_in(skiffd, data, f"{racer.name}:/w"),
+                        lambda: count_files(f"{racer.root}/w"))
         # the race was met (refusals) and the copy wrote where it should meanwhile
-        assert out.refused >= 1 and written, (out, written)
+        assert out.refused >= 1 and out.landed, out
         assert racer.exchanges() > 0
 
     canary2 = Canary(tmp_path / "canary2")
@@ -408,13 +420,15 @@ def test_cp_of_a_fifo_swapped_for_a_link_before_its_chmod(
     with racing(skiffd, swapper, f"/w/p /w/pl {victim2}", setup="mkdir -p /w") as racer:
         node = f"{racer.root}/w/p"
 
-        # host root writes through a remapped container's idmapped root as
-        # that container's root (it is outside the mapping), as skiff's cp does
-        writer = (idshift.filesystem_ids(*remap_root_ids()) if remapped(skiffd)
-                  else nullcontext())
+        def writer() -> AbstractContextManager[None]:
+            # host root writes through a remapped container's idmapped root as
+            # that container's root (it is outside the mapping), as skiff's cp
+            # does; a fresh one per attempt (a generator's context is single-use)
+            return (idshift.filesystem_ids(*remap_root_ids()) if remapped(skiffd)
+                    else nullcontext())
 
         def mknod_then_chmod() -> None:
-            with writer:
+            with writer():
                 for _ in range(50):
                     with suppress(FileNotFoundError):
                         os.unlink(node)
@@ -440,9 +454,9 @@ def test_cp_into_a_stopped_containers_volume_another_container_swaps(
         canary = Canary(tmp_path / "canary")
         with racing(skiffd, swapper, f"-c /v/d /v/l {canary.path}",
                     volumes=(f"{vol}:/v",)) as racer:
-            out = protected(canary, lambda: cp_in(skiffd, data, f"{stopped}:/data"))
-            written = count_files(path)
-            assert out.refused >= 1 and written, (out, written)
+            out = protected(canary, lambda: cp_in(skiffd, data, f"{stopped}:/data"),
+                            lambda: count_files(path))
+            assert out.refused >= 1 and out.landed, out
             assert racer.exchanges() > 0
 
         empty(path, "d")  # the first swapper's link leads to the first canary
