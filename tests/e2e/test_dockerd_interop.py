@@ -17,15 +17,15 @@ from __future__ import annotations
 import io
 import json
 import secrets
-import shutil
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from benchmarks.engines import Dockerd, EngineError, mounts_under
+from benchmarks.engines import Dockerd
 from tests.daemon import Daemon
+from tests.dockerd import own_dockerd
 
 pytestmark = pytest.mark.skipif(
     not Dockerd.available(),
@@ -35,20 +35,8 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def dockerd() -> Iterator[Dockerd]:
-    # a short base: containerd's sockets live under the exec-root (108-byte limit);
-    # vfs, so that this dockerd mounts nothing
-    d = Dockerd(Path(f"/tmp/skiff-dk-{secrets.token_hex(3)}"), storage_driver="vfs")
-    try:
-        try:
-            d.start()
-        except EngineError as exc:
-            pytest.fail(str(exc))
+    with own_dockerd("skiff-dk") as d:
         yield d
-    finally:
-        d.stop()
-        leftovers = [p.pid for p in d.processes()], mounts_under(d.base)
-        shutil.rmtree(d.base, ignore_errors=True)
-        assert leftovers == ([], []), f"dockerd left processes or mounts: {leftovers}"
 
 
 def _image_id(run, ref: str) -> str:  # type: ignore[no-untyped-def]

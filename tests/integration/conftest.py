@@ -10,6 +10,7 @@ import trio
 
 from skiff.core.hookspecs import RuntimeContext
 from skiff.plugins.isolation.runtime import ForkServerRuntime
+from tests.integration.runtimekit import assert_no_busy_shims, our_mounts
 from tests.integration.test_cgroupfs import Harness, leftovers
 from tests.rootfs import make_busybox_rootfs
 
@@ -42,3 +43,14 @@ def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ForkServerRunt
     trio.run(rt.start)
     yield rt
     trio.run(rt.stop)
+
+
+@pytest.fixture
+def no_leaks(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[None]:
+    """After the test: no mount of ours on the host, no shim of ``runtime`` left
+    running.  Runtime test modules use it for every test
+    (``pytest.mark.usefixtures("no_leaks")``)."""
+    yield
+    assert our_mounts(tmp_path.parent.parent) == []
+    if "runtime" in request.fixturenames:
+        assert_no_busy_shims(request.getfixturevalue("runtime"))

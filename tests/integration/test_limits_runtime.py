@@ -12,15 +12,16 @@ import os
 import re
 import secrets
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
 import trio
 
-from skiff.core.hookspecs import CgroupContext, Stdio
+from skiff.core.hookspecs import CgroupContext
 from skiff.plugins.isolation.runtime import ForkServerRuntime
 from skiff.plugins.limits.cgroupfs import CgroupfsV1, CgroupfsV2, cgroupfs_factory
-from tests.integration.test_runtime import NAMESPACES, make_spec
+from tests.integration.runtimekit import NAMESPACES, make_spec, run_joined
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for cgroups")
 
@@ -48,28 +49,7 @@ def run_limited(rt: ForkServerRuntime, drv: CgroupfsV1 | CgroupfsV2, image: Path
                          mounts=drv.mounts(cid),
                          namespaces=dict(NAMESPACES, cgroup=None))
 
-        async def go() -> tuple[int, str]:
-            out_r, out_w = os.pipe()
-            null = os.open(os.devnull, os.O_RDONLY)
-            try:
-                proc = await rt.prepare(spec, Stdio(null, out_w, out_w))
-            finally:
-                os.close(out_w)
-                os.close(null)
-            try:
-                drv.add_process(cid, proc.pid)
-            except BaseException:
-                await proc.abort()
-                os.close(out_r)
-                raise
-            await proc.go()
-            chunks: list[bytes] = []
-            async with trio.lowlevel.FdStream(out_r) as stream:
-                while chunk := await stream.receive_some(65536):
-                    chunks.append(chunk)
-            return await proc.wait(), b"".join(chunks).decode()
-
-        code, out = trio.run(go)
+        code, out = trio.run(run_joined, rt, spec, partial(drv.add_process, cid))
         return code, out, drv.oom_killed(cid)
     finally:
         drv.destroy(cid)

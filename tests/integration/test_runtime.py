@@ -14,8 +14,6 @@ import statistics
 import struct
 import termios
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,174 +36,31 @@ from skiff.plugins.isolation.runtime import (
     skiff_container_spec,
     skiff_container_validate,
 )
+from tests.integration.runtimekit import (
+    NAMESPACES,
+    PATH_ENV,
+    FakeContainer,
+    Result,
+    children,
+    drain,
+    exec_output,
+    make_spec,
+    ns_paths,
+    our_mounts,
+    pid_alive,
+    run,
+    run_container,
+    running,
+    start_error,
+    started,
+    status_field,
+)
 from tests.rootfs import make_busybox_rootfs
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the runtime needs root")
+pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="the runtime needs root"),
+              pytest.mark.usefixtures("no_leaks")]
 
-NAMESPACES: dict[str, str | None] = {
-    "pid": None,
-    "mount": None,
-    "uts": None,
-    "ipc": None,
-    "net": None,
-}
-PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DOCKER_DEFAULT_CAPS = "00000000a80425fb"
-
-
-# ---------------------------------------------------------------------------
-# Fixtures and helpers
-# ---------------------------------------------------------------------------
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(x) for x in f.read().split()]
-    except FileNotFoundError:
-        return []
-
-
-def _our_mounts(base: Path) -> list[str]:
-    with open("/proc/self/mountinfo") as f:
-        return [line for line in f if str(base) in line]
-
-
-def _busy_shims(forkserver: int) -> list[int]:
-    """Shims of the fork server other than its idle spares.
-
-    A spare is a shim whose single child (its init) has not yet been given a
-    spec: that init's cmdline is still the fork server's and it has no
-    children of its own.  There is one, and a second (a remapped spare) once
-    a remapped container was asked for.  Every other shim belongs to a
-    container.
-    """
-    busy = []
-    spares = 0
-    for shim_pid in _children(forkserver):
-        inits = _children(shim_pid)
-        if len(inits) == 1 and not _children(inits[0]) and spares < 2:
-            spares += 1
-            continue
-        busy.append(shim_pid)
-    return busy
-
-
-@pytest.fixture(autouse=True)
-def no_leaks(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[None]:
-    """After each test: no mount of ours on the host, no shim left running."""
-    yield
-    assert _our_mounts(tmp_path.parent.parent) == []
-    if "runtime" in request.fixturenames:
-        rt: ForkServerRuntime = request.getfixturevalue("runtime")
-        pid = rt.forkserver_pid
-        assert pid is not None
-        deadline = time.monotonic() + 5
-        # a shim exits right after it reported the exit code
-        while _busy_shims(pid) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert _busy_shims(pid) == []
-
-
-def make_spec(rootfs: Path, bundle: Path, args: list[str], **kw: Any) -> ContainerSpec:
-    bundle.mkdir(parents=True, exist_ok=True)
-    defaults: dict[str, Any] = {
-        "id": bundle.name,
-        "bundle": str(bundle),
-        "rootfs_mounts": [MountSpec("bind", str(rootfs), "/", ["rbind"])],
-        "mounts": [],
-        "args": args,
-        "env": [PATH_ENV],
-        "hostname": "skiffbox",
-        "namespaces": dict(NAMESPACES),
-        "capabilities": list(capabilities.DEFAULT_CAPABILITIES),
-        "masked_paths": list(DEFAULT_MASKED_PATHS),
-        "readonly_paths": list(DEFAULT_READONLY_PATHS),
-    }
-    defaults.update(kw)
-    return ContainerSpec(**defaults)
-
-
-@dataclass
-class Result:
-    code: int
-    stdout: bytes
-    stderr: bytes
-    pid: int = 0
-    timings: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def out(self) -> str:
-        return self.stdout.decode()
-
-
-async def _drain(fd: int, into: list[bytes]) -> None:
-    async with trio.lowlevel.FdStream(fd) as stream:
-        while chunk := await stream.receive_some(65536):
-            into.append(chunk)
-
-
-async def run_container(
-    rt: ForkServerRuntime, spec: ContainerSpec, stdin: bytes | None = None
-) -> Result:
-    """prepare, go, wait; stdout and stderr captured through pipes."""
-    out_r, out_w = os.pipe()
-    err_r, err_w = os.pipe()
-    in_r, in_w = os.pipe()
-    if stdin is not None:
-        os.write(in_w, stdin)
-    os.close(in_w)
-    out: list[bytes] = []
-    err: list[bytes] = []
-    try:
-        t0 = time.perf_counter()
-        try:
-            proc = await rt.prepare(spec, Stdio(in_r, out_w, err_w))
-        finally:
-            for fd in (in_r, out_w, err_w):
-                os.close(fd)
-        t1 = time.perf_counter()
-        # go() before draining is fine: nothing runs until go, and go returns
-        # right after exec, long before a pipe could fill
-        await proc.go()
-        t2 = time.perf_counter()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_drain, out_r, out)
-            nursery.start_soon(_drain, err_r, err)
-            out_r = err_r = -1  # owned by the streams now
-            code = await proc.wait()
-            t3 = time.perf_counter()
-    finally:
-        for fd in (out_r, err_r):
-            if fd >= 0:
-                os.close(fd)
-    timings = {"prepare": t1 - t0, "go": t2 - t1, "wait": t3 - t2, "total": t3 - t0}
-    return Result(code, b"".join(out), b"".join(err), proc.pid, timings)
-
-
-def run(rt: ForkServerRuntime, spec: ContainerSpec, stdin: bytes | None = None) -> Result:
-    return trio.run(run_container, rt, spec, stdin)
-
-
-def start_error(rt: ForkServerRuntime, spec: ContainerSpec) -> StartError:
-    with pytest.raises(StartError) as info:
-        run(rt, spec)
-    return info.value
-
-
-def status_field(text: str, name: str) -> str:
-    for line in text.splitlines():
-        if line.startswith(name + ":"):
-            return line.split(":", 1)[1].strip()
-    raise AssertionError(f"{name} not in {text!r}")
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 # ---------------------------------------------------------------------------
@@ -407,10 +262,10 @@ def test_no_host_mounts(runtime: ForkServerRuntime, image: Path, tmp_path: Path)
         finally:
             os.close(null)
         # the container's mounts live in its own namespace only, even now
-        assert _our_mounts(image) == []
-        assert _our_mounts(tmp_path) == []
+        assert our_mounts(image) == []
+        assert our_mounts(tmp_path) == []
         await proc.go()
-        assert _our_mounts(tmp_path) == []
+        assert our_mounts(tmp_path) == []
         proc.kill(signal.SIGKILL)
         assert await proc.wait() == 137
 
@@ -751,10 +606,10 @@ def test_spare_is_cleaned_up_on_stop(image: Path, tmp_path: Path) -> None:
         assert fs_pid is not None
         # the spare shim and its waiting init appear shortly after start
         with trio.fail_after(5):
-            while not (_children(fs_pid) and _children(_children(fs_pid)[0])):
+            while not (children(fs_pid) and children(children(fs_pid)[0])):
                 await trio.sleep(0.01)
-        shim_pid = _children(fs_pid)[0]
-        spare = [shim_pid, *_children(shim_pid)]
+        shim_pid = children(fs_pid)[0]
+        spare = [shim_pid, *children(shim_pid)]
         await rt.stop()
         return spare
 
@@ -855,7 +710,7 @@ def test_cgroup_namespace_is_rooted_after_prestart(
             (group / "cgroup.procs").write_text(str(proc.pid))
             await proc.go()
             out: list[bytes] = []
-            await _drain(out_r, out)
+            await drain(out_r, out)
             return Result(await proc.wait(), b"".join(out), b"")
 
         r = trio.run(main)
@@ -956,20 +811,11 @@ def test_exec_gets_a_terminal_in_the_container(
 ) -> None:
     spec = make_spec(image, tmp_path / "b", ["sleep", "100"])
 
-    async def start_container() -> Any:
-        null = os.open("/dev/null", os.O_RDWR)
-        try:
-            container = await runtime.prepare(spec, Stdio(null, null, null))
-        finally:
-            os.close(null)
-        await container.go()
-        return container
-
-    container = trio.run(start_container)
+    container = trio.run(started, runtime, spec)
     try:
         exec_spec = ExecSpec(
             id="e" * 64, container_id=spec.id, container_pid=container.pid,
-            namespaces=_ns_paths(container.pid),
+            namespaces=ns_paths(container.pid),
             args=["sh", "-c", "t=$(tty); echo $t; ls $t && [ -t 0 ] && echo ok"],
             env=[PATH_ENV], tty=True, capabilities=list(capabilities.DEFAULT_CAPABILITIES),
         )
@@ -982,57 +828,29 @@ def test_exec_gets_a_terminal_in_the_container(
     assert name.startswith("/dev/pts/") and listed == name and ok == "ok"
 
 
-def _ns_paths(pid: int) -> dict[str, str]:
-    names = {"pid": "pid", "mount": "mnt", "uts": "uts", "ipc": "ipc", "net": "net"}
-    return {kind: f"/proc/{pid}/ns/{name}" for kind, name in names.items()}
-
-
 def test_exec_joins_the_container(runtime: ForkServerRuntime, image: Path, tmp_path: Path) -> None:
     spec = make_spec(image, tmp_path / "b", ["sleep", "100"])
     script = "hostname; cat /proc/1/cmdline; echo; id -u; pwd; echo $FOO"
 
-    async def main() -> tuple[Result, Result]:
-        null = os.open("/dev/null", os.O_RDWR)
-        try:
-            container = await runtime.prepare(spec, Stdio(null, null, null))
-        finally:
-            os.close(null)
-        await container.go()
-        try:
+    async def main() -> Result:
+        async with running(runtime, spec) as container:
             exec_spec = ExecSpec(
                 id="e" * 64, container_id=spec.id, container_pid=container.pid,
-                namespaces=_ns_paths(container.pid), args=["sh", "-c", script],
+                namespaces=ns_paths(container.pid), args=["sh", "-c", script],
                 env=[PATH_ENV, "FOO=bar"], cwd="/tmp", user="nobody",
                 capabilities=list(capabilities.DEFAULT_CAPABILITIES),
             )
-            out_r, out_w = os.pipe()
-            null = os.open("/dev/null", os.O_RDWR)
-            try:
-                proc = await runtime.exec(exec_spec, Stdio(null, out_w, null))
-            finally:
-                os.close(out_w)
-                os.close(null)
-            await proc.go()
-            out: list[bytes] = []
-            await _drain(out_r, out)
-            first = Result(await proc.wait(), b"".join(out), b"")
+            first = await exec_output(runtime, exec_spec)
             bad = ExecSpec(
                 id="f" * 64, container_id=spec.id, container_pid=container.pid,
-                namespaces=_ns_paths(container.pid), args=["nosuchcommand"], env=[PATH_ENV],
+                namespaces=ns_paths(container.pid), args=["nosuchcommand"], env=[PATH_ENV],
             )
-            null = os.open("/dev/null", os.O_RDWR)
-            try:
-                with pytest.raises(StartError) as info:
-                    await runtime.exec(bad, Stdio(null, null, null))
-            finally:
-                os.close(null)
+            with pytest.raises(StartError) as info:
+                await exec_output(runtime, bad)
             assert info.value.exit_code == 127
-            return first, Result(0, b"", b"")
-        finally:
-            container.kill(signal.SIGKILL)
-            await container.wait()
+            return first
 
-    r, _ = trio.run(main)
+    r = trio.run(main)
     assert r.code == 0, r
     assert r.out.splitlines() == ["skiffbox", "sleep\x00100\x00", "65534", "/tmp", "bar"]
 
@@ -1080,15 +898,6 @@ def test_start_latency(runtime: ForkServerRuntime, image: Path, tmp_path: Path) 
 # ---------------------------------------------------------------------------
 # The spec hook and pure helpers
 # ---------------------------------------------------------------------------
-
-
-@dataclass
-class FakeContainer:
-    host_config: dict[str, Any]
-    id: str = "c1"
-    name: str = "c1"
-    config: dict[str, Any] = field(default_factory=dict)
-    root: str = "/nonexistent"
 
 
 def _hooked(host_config: dict[str, Any], daemon: dict[str, Any] | None = None) -> ContainerSpec:

@@ -18,21 +18,24 @@ from typing import Any
 import pytest
 import trio
 
-from skiff.core.hookspecs import ExecSpec, MountSpec, Stdio
+from skiff.core.hookspecs import ExecSpec, MountSpec
 from skiff.plugins.isolation import capabilities
 from skiff.plugins.isolation.runtime import ForkServerRuntime
-from tests.integration.test_runtime import (  # noqa: F401 (no_leaks: autouse here too)
+from tests.integration.runtimekit import (
     NAMESPACES,
     PATH_ENV,
     Result,
-    _drain,
+    exec_output,
     make_spec,
-    no_leaks,
+    ns_paths,
     run,
+    running,
     start_error,
+    started,
 )
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the runtime needs root")
+pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="the runtime needs root"),
+              pytest.mark.usefixtures("no_leaks")]
 
 #: host uid and gid of the container's root: a random block high above real accounts
 BASE = 3_000_000_000 + secrets.randbelow(1000) * 65536
@@ -61,16 +64,6 @@ def _host_ids(pid: int) -> tuple[str, str]:
     return fields["Uid"].split()[0], fields["Gid"].split()[0]
 
 
-async def _started(rt: ForkServerRuntime, spec: Any) -> Any:
-    null = os.open("/dev/null", os.O_RDWR)
-    try:
-        container = await rt.prepare(spec, Stdio(null, null, null))
-    finally:
-        os.close(null)
-    await container.go()
-    return container
-
-
 def test_root_is_mapped(runtime: ForkServerRuntime, rootfs: Path, tmp_path: Path) -> None:
     script = "id -u; id -g; cat /proc/self/uid_map /proc/self/gid_map; echo $$"
     r = run(runtime, remapped(rootfs, tmp_path / "b", ["sh", "-c", script]))
@@ -85,7 +78,7 @@ def test_every_namespace_belongs_to_the_user_namespace(runtime: ForkServerRuntim
                                                        rootfs: Path, tmp_path: Path) -> None:
     """Made inside it, not beside it: otherwise the container's root would
     lose what Docker gives it over its own network, hostname, mounts."""
-    container = trio.run(_started, runtime, remapped(rootfs, tmp_path / "b", ["sleep", "100"]))
+    container = trio.run(started, runtime, remapped(rootfs, tmp_path / "b", ["sleep", "100"]))
     try:
         assert _host_ids(container.pid) == (str(BASE), str(BASE))
         user = os.stat(f"/proc/{container.pid}/ns/user").st_ino
@@ -173,30 +166,17 @@ def test_a_missing_bind_source_is_reported(runtime: ForkServerRuntime, rootfs: P
 def test_exec_joins_the_user_namespace(runtime: ForkServerRuntime, rootfs: Path,
                                        tmp_path: Path) -> None:
     async def main() -> Result:
-        container = await _started(runtime, remapped(rootfs, tmp_path / "b", ["sleep", "100"]))
-        try:
-            names = {"user": "user", "pid": "pid", "mount": "mnt", "uts": "uts", "ipc": "ipc",
-                     "net": "net"}
+        async with running(runtime, remapped(rootfs, tmp_path / "b", ["sleep", "100"])) as c:
             exec_spec = ExecSpec(
-                id="e" * 64, container_id="c", container_pid=container.pid,
-                namespaces={k: f"/proc/{container.pid}/ns/{v}" for k, v in names.items()},
+                id="e" * 64, container_id="c", container_pid=c.pid,
+                namespaces=ns_paths(c.pid, "user"),
                 args=["sh", "-c", "id -u; cat /proc/self/uid_map; touch /by-exec"],
                 env=[PATH_ENV], capabilities=list(capabilities.DEFAULT_CAPABILITIES))
-            out_r, out_w = os.pipe()
-            null = os.open("/dev/null", os.O_RDWR)
-            try:
-                proc = await runtime.exec(exec_spec, Stdio(null, out_w, null))
-            finally:
-                os.close(out_w)
-                os.close(null)
-            assert _host_ids(proc.pid) == ("0", "0")  # not yet: it drops at go
-            await proc.go()
-            out: list[bytes] = []
-            await _drain(out_r, out)
-            return Result(await proc.wait(), b"".join(out), b"")
-        finally:
-            container.kill(signal.SIGKILL)
-            await container.wait()
+
+            def not_yet(proc: Any) -> None:
+                assert _host_ids(proc.pid) == ("0", "0")  # it drops at go
+
+            return await exec_output(runtime, exec_spec, before_go=not_yet)
 
     r = trio.run(main)
     assert r.code == 0
@@ -209,7 +189,7 @@ def test_the_shim_keeps_no_mount_namespace(runtime: ForkServerRuntime, rootfs: P
     """The shim builds the rootfs in a private mount namespace and leaves it:
     while the container runs, the shim is in the host's (no copy of the
     host's mounts pinned for the container's life)."""
-    container = trio.run(_started, runtime, remapped(rootfs, tmp_path / "b", ["sleep", "100"]))
+    container = trio.run(started, runtime, remapped(rootfs, tmp_path / "b", ["sleep", "100"]))
     try:
         with open(f"/proc/{container.pid}/stat") as f:
             shim = int(f.read().rsplit(")", 1)[1].split()[1])

@@ -11,30 +11,30 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import statistics
 from pathlib import Path
 
 import pytest
 import trio
 
-from skiff.core.hookspecs import ExecSpec, Stdio
+from skiff.core.hookspecs import ExecSpec
 from skiff.plugins.isolation import capabilities, containerinit, seccomp
 from skiff.plugins.isolation.runtime import ForkServerRuntime
 from skiff.plugins.isolation.seccomp import compiler
-from tests.integration.test_runtime import (
+from tests.integration.runtimekit import (
     PATH_ENV,
     Result,
-    _drain,
-    _ns_paths,
+    exec_output,
     make_spec,
-    no_leaks,  # noqa: F401  (the autouse leak check of the runtime tests)
+    ns_paths,
     run,
+    running,
     start_error,
     status_field,
 )
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the runtime needs root")
+pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="the runtime needs root"),
+              pytest.mark.usefixtures("no_leaks")]
 
 CAPS = list(capabilities.DEFAULT_CAPABILITIES)
 DEFAULT = seccomp.profile_for("", {}, CAPS)
@@ -127,33 +127,14 @@ def test_exec_runs_under_the_container_filter(runtime: ForkServerRuntime, image:
     script = "grep '^Seccomp:' /proc/self/status; unshare -U true 2>&1; echo $?"
 
     async def main() -> Result:
-        null = os.open("/dev/null", os.O_RDWR)
-        try:
-            container = await runtime.prepare(spec, Stdio(null, null, null))
-        finally:
-            os.close(null)
-        await container.go()
-        try:
+        async with running(runtime, spec) as container:
             # even a privileged exec: runc applies the container's filter
             exec_spec = ExecSpec(
                 id="e" * 64, container_id=spec.id, container_pid=container.pid,
-                namespaces=_ns_paths(container.pid), args=["sh", "-c", script],
+                namespaces=ns_paths(container.pid), args=["sh", "-c", script],
                 env=[PATH_ENV], capabilities=CAPS, privileged=True, seccomp=DEFAULT,
             )
-            out_r, out_w = os.pipe()
-            null = os.open("/dev/null", os.O_RDWR)
-            try:
-                proc = await runtime.exec(exec_spec, Stdio(null, out_w, null))
-            finally:
-                os.close(out_w)
-                os.close(null)
-            await proc.go()
-            out: list[bytes] = []
-            await _drain(out_r, out)
-            return Result(await proc.wait(), b"".join(out), b"")
-        finally:
-            container.kill(signal.SIGKILL)
-            await container.wait()
+            return await exec_output(runtime, exec_spec)
 
     r = trio.run(main)
     assert r.code == 0, r

@@ -28,7 +28,7 @@ from skiff.core.hookspecs import MountSpec, RuntimeContext, StorageContext
 from skiff.core.plugins import load_plugins
 from skiff.plugins.isolation.runtime import ForkServerRuntime
 from skiff.plugins.storage._quota import ProjectQuota, project_id
-from tests.integration.test_runtime import make_spec, run_container
+from tests.integration.runtimekit import make_spec, run_container
 from tests.rootfs import make_busybox_rootfs
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (loop mounts)")

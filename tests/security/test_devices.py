@@ -24,6 +24,7 @@ import os
 import secrets
 import subprocess
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ import docker
 import pytest
 import trio
 
-from skiff.core.hookspecs import ContainerSpec, Stdio
+from skiff.core.hookspecs import ContainerSpec
 from skiff.plugins.isolation.runtime import (
     ForkServerRuntime,
     skiff_container_spec,
@@ -42,7 +43,7 @@ from skiff.plugins.limits._bpf import lib  # type: ignore[import-not-found]
 from skiff.plugins.limits.cgroupfs import CgroupfsV1, CgroupfsV2
 from tests.daemon import Daemon
 from tests.integration.conftest import runtime  # noqa: F401  (a fixture)
-from tests.integration.test_runtime import NAMESPACES, FakeContainer, make_spec
+from tests.integration.runtimekit import NAMESPACES, FakeContainer, make_spec, run_joined
 from tests.loopfs import attached_loop
 from tests.rootfs import make_busybox_rootfs
 from tests.security.conftest import remapped, unremapped
@@ -272,29 +273,8 @@ def run_confined(rt: ForkServerRuntime, drv: CgroupfsV1 | CgroupfsV2, image: Pat
         spec = hooked_spec(image, bundle, script, host_config, cid)
         spec.mounts = [*spec.mounts, *drv.mounts(cid)]
 
-        async def go() -> str:
-            out_r, out_w = os.pipe()
-            null = os.open(os.devnull, os.O_RDONLY)
-            try:
-                proc = await rt.prepare(spec, Stdio(null, out_w, out_w))
-            finally:
-                os.close(out_w)
-                os.close(null)
-            try:
-                drv.add_process(cid, proc.pid)
-            except BaseException:
-                await proc.abort()
-                os.close(out_r)
-                raise
-            await proc.go()
-            chunks: list[bytes] = []
-            async with trio.lowlevel.FdStream(out_r) as stream:
-                while chunk := await stream.receive_some(65536):
-                    chunks.append(chunk)
-            await proc.wait()
-            return b"".join(chunks).decode(errors="replace")
-
-        return trio.run(go)
+        _, out = trio.run(run_joined, rt, spec, partial(drv.add_process, cid))
+        return out
     finally:
         drv.destroy(cid)
 

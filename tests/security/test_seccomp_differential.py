@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import io
 import platform
-import secrets
 import shutil
 import subprocess
 import tarfile
@@ -30,9 +29,10 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.engines import Dockerd, EngineError, mounts_under
+from benchmarks.engines import Dockerd
 from skiff.plugins.isolation import capabilities
 from tests.daemon import Daemon
+from tests.dockerd import own_dockerd
 from tests.security.conftest import unique, unremapped
 
 PROBES = Path(__file__).parent / "probes"
@@ -74,20 +74,8 @@ CAPABILITY_SETS = {
 
 @pytest.fixture(scope="module")
 def dockerd() -> Iterator[Dockerd]:
-    # a short base: containerd's sockets live under the exec-root (108-byte
-    # limit); vfs, so that this dockerd mounts nothing of its own
-    d = Dockerd(Path(f"/tmp/skiff-sc-{secrets.token_hex(3)}"), storage_driver="vfs")
-    try:
-        try:
-            d.start()
-        except EngineError as exc:
-            pytest.fail(str(exc))
+    with own_dockerd("skiff-sc") as d:
         yield d
-    finally:
-        d.stop()
-        leftovers = [p.pid for p in d.processes()], mounts_under(d.base)
-        shutil.rmtree(d.base, ignore_errors=True)
-        assert leftovers == ([], []), f"dockerd left processes or mounts: {leftovers}"
 
 
 @pytest.fixture(scope="module")
