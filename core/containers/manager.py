@@ -34,6 +34,7 @@ from skiff.core.containers.config import (
     normalize_host_config,
     parse_signal,
 )
+from skiff.core.containers.framing import STREAM_TYPES, multiplex_frame
 from skiff.core.containers.logread import LogCursor, RawProgress, RecordedLog
 from skiff.core.containers.model import Container, State, now_rfc3339
 from skiff.core.containers.resources import cgroup_procs
@@ -974,15 +975,11 @@ class ContainerManager:
         container closes its stdin then (``StdinOnce`` without TTY): Docker's
         rules.
         """
-        from skiff.core.api.streams import multiplex_frame
-
         c = self.get(ref)
         track = self.tracks[c.id]
         hub = track.hub
-        kinds = {"stdout": 1, "stderr": 2}
-
         def frame(kind: str, data: bytes) -> bytes:
-            return multiplex_frame(kinds[kind], data) if framed else data
+            return multiplex_frame(STREAM_TYPES[kind], data) if framed else data
 
         sub = hub.subscribe(stdout=stdout, stderr=stderr)
         progress = RawProgress(hub.pending, time.time())
@@ -1058,7 +1055,6 @@ class ContainerManager:
     async def logs(self, ref: str, cfg: ReadConfig, *, follow: bool, timestamps: bool,
                    framed: bool) -> AsyncIterator[bytes]:
         """The log stream of ``docker logs``, history first, then live when following."""
-        from skiff.core.api.streams import multiplex_frame
         from skiff.core.timefmt import rfc3339
 
         c = self.get(ref)
@@ -1066,12 +1062,10 @@ class ContainerManager:
             raise InvalidParameter(
                 'configured logging driver does not support reading: "none"'
             )
-        kinds = {"stdout": 1, "stderr": 2}
-
         def render(kind: str, data: bytes, when: float) -> bytes:
             if timestamps:
                 data = rfc3339(when).encode() + b" " + data
-            return multiplex_frame(kinds[kind], data) if framed else data
+            return multiplex_frame(STREAM_TYPES[kind], data) if framed else data
 
         async for batch in self._log_messages(c, cfg, LogCursor(), follow=follow, first=cfg):
             # one HTTP chunk per batch, not per line
