@@ -230,11 +230,12 @@ class Engine:
         )
         # Fail at start, not at the first container, when the log driver is absent.
         self._check_installed("logging", config["log-driver"], "log-driver")
-        self.containers = ContainerManager(self)
-        self.execs = ExecManager(self)
         self.volumes = VolumeStore(self)
         self.volumes.load()
         self.networks = NetworkStore(self)
+        # last: the manager takes the stores and drivers above as its collaborators
+        self.containers = ContainerManager(self)
+        self.execs = ExecManager(self)
 
     def _check_installed(self, kind: str, name: str, key: str) -> None:
         try:

@@ -1,17 +1,16 @@
-"""Domain errors with the HTTP status Docker uses for each kind.
+"""The domain's errors, one class per kind of failure.
 
-Services raise these; the API layer turns any of them into
-``{"message": ...}`` with the status below, so a handler never maps errors by
-hand.  The message is for a person: it says what was wrong and what to do.
+Services raise these and know nothing of HTTP: the API layer maps each kind
+to the status Docker uses (core/api/errors.py) and replies
+``{"message": ...}``, so a handler never maps errors by hand.  The message is
+for a person: it says what was wrong and what to do.
 """
 
 from __future__ import annotations
 
 
 class SkiffError(Exception):
-    """Base of every error that reaches an API client."""
-
-    status = 500
+    """Base of every error that reaches an API client; a failure of no other kind."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -19,22 +18,28 @@ class SkiffError(Exception):
 
 
 class InvalidParameter(SkiffError, ValueError):
-    status = 400
+    """The request names or asks for something that cannot be."""
 
 
 class NotFound(SkiffError, LookupError):
-    status = 404
+    """No such object."""
 
 
 class Conflict(SkiffError):
-    status = 409
+    """The object's state or name forbids the operation."""
 
 
 class NotModified(SkiffError):
-    """Nothing to do (start of a running container): 304, no body."""
+    """Nothing to do (start of a running container); the client gets no body."""
 
-    status = 304
+
+class Unauthorized(SkiffError):
+    """Credentials refused (``docker login``)."""
 
 
 class Unavailable(SkiffError):
-    status = 503
+    """The daemon cannot do this now."""
+
+
+class Timeout(SkiffError):
+    """A party the daemon waited on (a registry) did not answer in time."""

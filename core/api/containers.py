@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any
 from skiff.core.api.filters import parse_filters
 from skiff.core.api.router import Request, Response, Router, StreamResponse
 from skiff.core.containers import lifecycle
-from skiff.core.containers.manager import json_status
 from skiff.core.containers.model import Container
 from skiff.core.containers.streams import DEFAULT_DETACH_KEYS, parse_detach_keys
 from skiff.core.errors import InvalidParameter
@@ -267,3 +266,9 @@ def _sizes(engine: Engine, c: Container) -> dict[str, int]:
     except Exception:
         image = 0
     return {"SizeRw": int(rw or 0), "SizeRootFs": int(rw or 0) + int(image or 0)}
+
+
+def json_status(code: int, error: str | None = None) -> bytes:
+    """The body of ``POST /containers/{id}/wait``'s reply."""
+    return json.dumps({"StatusCode": code, "Error": {"Message": error} if error else None}
+                      ).encode() + b"\n"

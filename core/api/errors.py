@@ -2,8 +2,9 @@
 
 Two families reach the HTTP layer: ``skiff.core.errors`` (raised by services,
 which know nothing of HTTP) and the classes here (raised by handlers, which
-may pick any status).  Both carry ``status``; :func:`status_and_message` maps
-either one, and anything else, to the status and message the client sees.
+carry the status they pick).  :func:`status_and_message` maps a domain error's
+kind (the first class of its MRO in :data:`STATUS_OF_KIND`), an API error's
+``status``, and anything else, to the status and message the client sees.
 The HTTP-facing classes also subclass the matching service error, so
 ``except skiff.core.errors.NotFound`` catches an API ``NotFound`` too.
 """
@@ -12,6 +13,17 @@ from __future__ import annotations
 
 from skiff.core import errors as core_errors
 
+#: Docker's HTTP status for each kind of domain error; a kind not here is a 500
+STATUS_OF_KIND: dict[type[core_errors.SkiffError], int] = {
+    core_errors.NotModified: 304,
+    core_errors.InvalidParameter: 400,
+    core_errors.Unauthorized: 401,
+    core_errors.NotFound: 404,
+    core_errors.Conflict: 409,
+    core_errors.Unavailable: 503,
+    core_errors.Timeout: 504,
+}
+
 
 class ApiError(core_errors.SkiffError):
     """An error with an explicit HTTP status; the body is ``{"message": message}``."""
@@ -19,6 +31,21 @@ class ApiError(core_errors.SkiffError):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+def status_of(exc: core_errors.SkiffError) -> int:
+    """The HTTP status of a domain or API error.
+
+    The MRO decides, as attribute lookup would: ``class X(RegistryError,
+    NotFound)`` is a 404 because NotFound comes before the bare SkiffError.
+    """
+    if isinstance(exc, ApiError):
+        return exc.status
+    for kind in type(exc).__mro__:
+        status = STATUS_OF_KIND.get(kind)
+        if status is not None:
+            return status
+    return 500
 
 
 class BadRequest(ApiError, core_errors.InvalidParameter):
@@ -112,7 +139,6 @@ def status_and_message(exc: BaseException) -> tuple[int, str]:
     """Docker's status code and message for ``exc`` (500 unless it says otherwise)."""
     exc = unwrap(exc)
     if isinstance(exc, core_errors.SkiffError):
-        status = int(getattr(exc, "status", 500))
-        return status, exc.message
+        return status_of(exc), exc.message
     message = str(exc) or type(exc).__name__
     return 500, message

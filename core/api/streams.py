@@ -1,8 +1,7 @@
 """Wire formats of Docker's streaming bodies.
 
-* The multiplexed stream (logs and attach without a TTY): each frame is an
-  8-byte header ``[type, 0, 0, 0, size (uint32, big-endian)]`` then ``size``
-  bytes; type 0 is stdin (written on stdout), 1 stdout, 2 stderr.
+* The multiplexed stream (logs and attach without a TTY): its framing is the
+  domain's (core/containers/framing.py); this module parses it back.
 * JSON-lines progress streams (pull, push, load, build, import): one JSON
   object per line, ended with ``\\r\\n`` as dockerd's stream formatter does; a
   failure is a final line with ``error`` and ``errorDetail``.
@@ -11,26 +10,18 @@
 from __future__ import annotations
 
 import json
-import struct
 from typing import Any
 
-STDIN = 0
-STDOUT = 1
-STDERR = 2
-
-_HEADER = struct.Struct(">BxxxL")
-HEADER_SIZE = _HEADER.size  # 8
-#: a frame's payload length is a uint32
-MAX_FRAME = 0xFFFFFFFF
-
-
-def multiplex_frame(stream_type: int, data: bytes) -> bytes:
-    """One frame of the multiplexed stream: 8-byte header then ``data``."""
-    if len(data) > MAX_FRAME:
-        # dockerd never writes frames this big; splitting keeps the header's uint32 honest
-        return b"".join(multiplex_frame(stream_type, data[i:i + MAX_FRAME])
-                        for i in range(0, len(data), MAX_FRAME))
-    return _HEADER.pack(stream_type, len(data)) + data
+from skiff.core.containers.framing import (  # noqa: F401  (re-exported for the API layer)
+    HEADER,
+    HEADER_SIZE,
+    MAX_FRAME,
+    STDERR,
+    STDIN,
+    STDOUT,
+    SYSTEM,
+    multiplex_frame,
+)
 
 
 def json_line(obj: Any) -> bytes:
@@ -64,7 +55,7 @@ class Demuxer:
         pos = 0
         buf = self._buf
         while len(buf) - pos >= HEADER_SIZE:
-            kind, size = _HEADER.unpack_from(buf, pos)
+            kind, size = HEADER.unpack_from(buf, pos)
             end = pos + HEADER_SIZE + size
             if end > len(buf):
                 break

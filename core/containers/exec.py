@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 import trio
 
+from skiff.core.containers.framing import STDERR, STDOUT, multiplex_frame
 from skiff.core.containers.resources import cgroup_procs
 from skiff.core.containers.streams import (
     DEFAULT_DETACH_KEYS,
@@ -348,7 +349,7 @@ class ExecManager:
         code = 255
         try:
             async with trio.open_nursery() as n:
-                for fd, kind in ((out_r, 1), (err_r, 2)):
+                for fd, kind in ((out_r, STDOUT), (err_r, STDERR)):
                     if fd >= 0:
                         n.start_soon(self._pump, ex, trio.lowlevel.FdStream(fd), kind)
                 code = await process.wait()
@@ -363,8 +364,6 @@ class ExecManager:
             log.info("exec.exit", id=ex.id, container=c.id, code=code)
 
     async def _pump(self, ex: Exec, source: trio.lowlevel.FdStream, kind: int) -> None:
-        from skiff.core.api.streams import multiplex_frame
-
         async with source:
             while True:
                 try:

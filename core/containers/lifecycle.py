@@ -2,6 +2,7 @@
 
 Kept apart from the manager, which owns create/start/stop/remove: these
 operations only change a record's name or state and call the cgroup driver.
+They take :class:`Containers`, the little of the manager they use.
 """
 
 from __future__ import annotations
@@ -9,27 +10,41 @@ from __future__ import annotations
 import re
 import signal
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import structlog
 
 from skiff.core.containers.config import NAME_RE, InvalidConfig, parse_signal
+from skiff.core.containers.model import Container
+from skiff.core.containers.registry import ContainerRegistry, Publish, ToThread
 from skiff.core.errors import Conflict, InvalidParameter
-from skiff.core.hookspecs import DriverNotSupported
+from skiff.core.hookspecs import CgroupDriver, DriverNotSupported, StorageDriver
 from skiff.core.timefmt import parse_time_param
-
-if TYPE_CHECKING:
-    from skiff.core.containers.manager import ContainerManager
-    from skiff.core.containers.model import Container
 
 log = structlog.get_logger("skiff.containers.lifecycle")
 
 PRUNE_FILTERS = {"until", "label", "label!"}
 
 
-async def rename(mgr: ContainerManager, ref: str, new_name: str) -> None:
+class Containers(Protocol):
+    """What rename, pause, restart and prune use of the container manager."""
+
+    registry: ContainerRegistry
+    cgroups: CgroupDriver | None
+    storage: StorageDriver
+    to_thread: ToThread
+    publish: Publish
+
+    async def start(self, ref: str) -> None: ...
+
+    async def stop(self, ref: str, timeout: int | None = None) -> None: ...
+
+    async def remove(self, ref: str, force: bool = False, volumes: bool = False) -> None: ...
+
+
+async def rename(mgr: Containers, ref: str, new_name: str) -> None:
     """``docker rename``: Docker's name rules; event ``rename`` with ``oldName``."""
-    c = mgr.get(ref)
+    c = mgr.registry.get(ref)
     if not new_name:
         raise InvalidParameter("Neither old nor new names may be empty")
     if not NAME_RE.match(new_name):
@@ -40,39 +55,39 @@ async def rename(mgr: ContainerManager, ref: str, new_name: str) -> None:
     old_name = c.name
     if new_name == old_name:
         raise InvalidParameter("Renaming a container with the same name as its current name")
-    owner = mgr.by_name.get(new_name)
+    owner = mgr.registry.by_name.get(new_name)
     if owner is not None:
         raise Conflict(
             f'Conflict. The container name "/{new_name}" is already in use by container '
             f'"{owner}". You have to remove (or rename) that container to be able to reuse '
             "that name."
         )
-    mgr.by_name[new_name] = c.id
-    if mgr.by_name.get(old_name) == c.id:
-        del mgr.by_name[old_name]
+    mgr.registry.by_name[new_name] = c.id
+    if mgr.registry.by_name.get(old_name) == c.id:
+        del mgr.registry.by_name[old_name]
     c.name = new_name
     try:
-        await mgr.engine.to_thread(c.save)
+        await mgr.to_thread(c.save)
     except BaseException:
         c.name = old_name
-        mgr.by_name[old_name] = c.id
-        mgr.by_name.pop(new_name, None)
+        mgr.registry.by_name[old_name] = c.id
+        mgr.registry.by_name.pop(new_name, None)
         raise
-    mgr.event(c, "rename", oldName="/" + old_name)
+    mgr.registry.event(c, "rename", oldName="/" + old_name)
     log.info("container.rename", id=c.id, old=old_name, new=new_name)
 
 
-def _freezer(mgr: ContainerManager) -> Any:
-    cg = mgr.engine.cgroups
+def _freezer(mgr: Containers) -> Any:
+    cg = mgr.cgroups
     if cg is None:
         raise InvalidParameter("pause needs a cgroup driver: this daemon runs without one")
     return cg
 
 
-async def pause(mgr: ContainerManager, ref: str) -> None:
+async def pause(mgr: Containers, ref: str) -> None:
     """``docker pause``: freeze every process of the container."""
-    c = mgr.get(ref)
-    track = mgr.tracks[c.id]
+    c = mgr.registry.get(ref)
+    track = mgr.registry.tracks[c.id]
     async with track.lock:
         if c.state.Restarting:
             raise Conflict(f"Container {c.id} is restarting, wait until the container is running")
@@ -82,7 +97,7 @@ async def pause(mgr: ContainerManager, ref: str) -> None:
             raise Conflict(f"Container {c.id} is already paused")
         cg = _freezer(mgr)
         try:
-            await mgr.engine.to_thread(cg.freeze, c.id)
+            await mgr.to_thread(cg.freeze, c.id)
         except DriverNotSupported as exc:
             raise InvalidParameter(f"Cannot pause container {c.id}: {exc}") from exc
         except OSError as exc:
@@ -90,33 +105,33 @@ async def pause(mgr: ContainerManager, ref: str) -> None:
         c.state.Paused = True
         c.state.Status = "paused"
         c.save()
-    mgr.event(c, "pause")
+    mgr.registry.event(c, "pause")
 
 
-async def unpause(mgr: ContainerManager, ref: str) -> None:
+async def unpause(mgr: Containers, ref: str) -> None:
     """``docker unpause``."""
-    c = mgr.get(ref)
-    track = mgr.tracks[c.id]
+    c = mgr.registry.get(ref)
+    track = mgr.registry.tracks[c.id]
     async with track.lock:
         if not c.state.Paused:
             raise Conflict(f"Container {c.id} is not paused")
         await _thaw(mgr, c)
 
 
-async def _thaw(mgr: ContainerManager, c: Container) -> None:
+async def _thaw(mgr: Containers, c: Container) -> None:
     cg = _freezer(mgr)
     try:
-        await mgr.engine.to_thread(cg.thaw, c.id)
+        await mgr.to_thread(cg.thaw, c.id)
     except OSError as exc:
         raise RuntimeError(f"Cannot unpause container {c.id}: {exc}") from exc
     c.state.Paused = False
     if c.state.Running:
         c.state.Status = "running"
     c.save()
-    mgr.event(c, "unpause")
+    mgr.registry.event(c, "unpause")
 
 
-async def thaw_after_signal(mgr: ContainerManager, c: Container, signum: int) -> None:
+async def thaw_after_signal(mgr: Containers, c: Container, signum: int) -> None:
     """A paused container that was sent SIGKILL or its stop signal is thawed, as
     Docker does, so the signal is acted on (a frozen task does not die)."""
     if not c.state.Paused:
@@ -133,13 +148,13 @@ async def thaw_after_signal(mgr: ContainerManager, c: Container, signum: int) ->
         log.warning("container.thaw_failed", id=c.id, error=str(exc))
 
 
-async def restart(mgr: ContainerManager, ref: str, timeout: int | None) -> None:
+async def restart(mgr: Containers, ref: str, timeout: int | None) -> None:
     """``docker restart``: stop if running, start; event ``restart``."""
-    c = mgr.get(ref)
+    c = mgr.registry.get(ref)
     if c.state.Running or c.state.Restarting:
         await mgr.stop(c.id, timeout)
     await mgr.start(c.id)
-    mgr.event(c, "restart")
+    mgr.registry.event(c, "restart")
 
 
 _DURATION = re.compile(r"(\d+(?:\.\d*)?)(ns|us|µs|ms|s|m|h)")
@@ -163,15 +178,14 @@ def _label_match(labels: dict[str, str], want: str) -> bool:
     return key in labels and (not eq or labels[key] == value)
 
 
-async def prune(mgr: ContainerManager, filters: dict[str, list[str]]) -> dict[str, Any]:
+async def prune(mgr: Containers, filters: dict[str, list[str]]) -> dict[str, Any]:
     """``docker container prune``: every stopped container that matches ``filters``."""
     from skiff.core.timefmt import parse_rfc3339
 
     until = [parse_until(v) for v in filters.get("until", [])]
     deleted: list[str] = []
     reclaimed = 0
-    eng = mgr.engine
-    for c in list(mgr.by_id.values()):
+    for c in list(mgr.registry.by_id.values()):
         s = c.state
         if s.Running or s.Paused or s.Restarting or s.Status == "removing":
             continue
@@ -185,7 +199,7 @@ async def prune(mgr: ContainerManager, filters: dict[str, list[str]]) -> dict[st
         size = 0
         if c.mount_id:
             try:
-                size = await eng.to_thread(eng.storage.diff_size, c.mount_id, c.init_id or None)
+                size = await mgr.to_thread(mgr.storage.diff_size, c.mount_id, c.init_id or None)
             except Exception as exc:
                 log.debug("container.prune_size_failed", id=c.id, error=str(exc))
         try:
@@ -195,5 +209,5 @@ async def prune(mgr: ContainerManager, filters: dict[str, list[str]]) -> dict[st
             continue
         deleted.append(c.id)
         reclaimed += int(size or 0)
-    eng.events.publish("container", "prune", "", {"reclaimed": str(reclaimed)})
+    mgr.publish("container", "prune", "", {"reclaimed": str(reclaimed)})
     return {"ContainersDeleted": deleted or None, "SpaceReclaimed": reclaimed}

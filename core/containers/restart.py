@@ -14,21 +14,17 @@ the container again unless a ``docker stop`` cancelled the wait meanwhile.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 import trio
 
-from skiff.core.containers.model import ZERO_TIME, State, now_rfc3339
+from skiff.core.containers.model import ZERO_TIME, Container, State, now_rfc3339
+from skiff.core.containers.registry import ContainerRegistry, Track
 from skiff.core.errors import InvalidParameter
 from skiff.core.timefmt import parse_rfc3339
-
-if TYPE_CHECKING:
-    from skiff.core.containers.manager import ContainerManager
-    from skiff.core.errors import InvalidParameter
-from skiff.core.containers.model import Container
 
 log = structlog.get_logger("skiff.containers.restart")
 
@@ -150,13 +146,24 @@ def should_autostart(c: Container) -> bool:
 class RestartSupervisor:
     """The pending restarts and the back-off of one daemon's containers."""
 
-    def __init__(self, manager: ContainerManager) -> None:
-        self.mgr = manager
+    def __init__(self, registry: ContainerRegistry, *,
+                 start_run: Callable[[Container, Track], Awaitable[None]],
+                 start: Callable[[str], Awaitable[None]],
+                 remove: Callable[..., Awaitable[None]],
+                 spawn: Callable[..., None]) -> None:
+        self.registry = registry
+        #: start a container's next run; the caller holds its track's lock
+        self.start_run = start_run
+        #: ``docker start`` and ``docker rm`` (``remove(ref, force=...)``)
+        self.start = start
+        self.remove = remove
+        #: start a background task in the daemon's nursery
+        self.spawn = spawn
         self.delays: dict[str, float] = {}
         self.pending: dict[str, trio.CancelScope] = {}
         self.shutting_down = False
 
-    # -- hooks the manager calls ------------------------------------------------
+    # -- hooks the lifecycle calls ------------------------------------------------
 
     def user_start(self, c: Container) -> None:
         """``docker start``/``restart``: a fresh restart count and back-off."""
@@ -172,7 +179,7 @@ class RestartSupervisor:
         """
         c.manually_stopped = True
         was_waiting = self.cancel(c)
-        if c.id in self.mgr.by_id:
+        if c.id in self.registry.by_id:
             c.save()
         return was_waiting
 
@@ -185,7 +192,7 @@ class RestartSupervisor:
         s = c.state
         c.state = State(Status="exited", ExitCode=s.ExitCode, StartedAt=s.StartedAt,
                         FinishedAt=s.FinishedAt, OOMKilled=s.OOMKilled)
-        if c.id in self.mgr.by_id:
+        if c.id in self.registry.by_id:
             c.save()
         return True
 
@@ -205,7 +212,7 @@ class RestartSupervisor:
             previous_delay=self.delays.get(c.id, 0.0), shutting_down=self.shutting_down,
         )
         self.delays[c.id] = decision.delay
-        if not decision.restart or c.id not in self.mgr.by_id:
+        if not decision.restart or c.id not in self.registry.by_id:
             return False
         c.restart_count += 1
         s = c.state
@@ -213,7 +220,7 @@ class RestartSupervisor:
                         StartedAt=s.StartedAt, FinishedAt=s.FinishedAt, OOMKilled=s.OOMKilled)
         scope = trio.CancelScope()
         self.pending[c.id] = scope
-        self.mgr.engine.nursery.start_soon(self._restart_later, c, scope, decision.delay)
+        self.spawn(self._restart_later, c, scope, decision.delay)
         log.info("container.restart_scheduled", id=c.id, count=c.restart_count,
                  delay=decision.delay)
         return True
@@ -227,22 +234,22 @@ class RestartSupervisor:
     async def _restart_later(self, c: Container, scope: trio.CancelScope, delay: float) -> None:
         with scope:
             await trio.sleep(delay)
-            track = self.mgr.tracks.get(c.id)
-            if track is None or c.id not in self.mgr.by_id:
+            track = self.registry.tracks.get(c.id)
+            if track is None or c.id not in self.registry.by_id:
                 return
             async with track.lock:
                 if self.pending.get(c.id) is not scope or c.state.Running:
                     return
                 del self.pending[c.id]
                 try:
-                    await self.mgr._start_locked(c, track)
+                    await self.start_run(c, track)
                 except Exception as exc:
                     log.error("container.restart_failed", id=c.id, error=str(exc))
                     s = c.state
                     c.state = State(Status="exited", ExitCode=s.ExitCode or 128,
                                     StartedAt=s.StartedAt, FinishedAt=now_rfc3339(),
                                     Error=str(exc))
-                    if c.id in self.mgr.by_id:
+                    if c.id in self.registry.by_id:
                         c.save()
                     track.hub.end_run()
 
@@ -259,19 +266,18 @@ class RestartSupervisor:
     async def after_restore(self) -> None:
         """Remove the ``--rm`` containers that exited while the daemon was down and
         start those whose policy says so."""
-        mgr = self.mgr
-        for c in list(mgr.by_id.values()):
+        for c in list(self.registry.by_id.values()):
             if (c.host_config.get("AutoRemove") and not c.state.Running
                     and not should_autostart(c)):
                 try:
-                    await mgr.remove(c.id, force=True)
+                    await self.remove(c.id, force=True)
                 except Exception as exc:
                     log.error("container.autoremove_failed", id=c.id, error=str(exc))
-        for c in list(mgr.by_id.values()):
+        for c in list(self.registry.by_id.values()):
             if not should_autostart(c):
                 continue
             try:
-                await mgr.start(c.id)
+                await self.start(c.id)
             except Exception as exc:
                 log.error("container.autostart_failed", id=c.id, error=str(exc))
             else:

@@ -27,6 +27,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from skiff.core.api.errors import status_of
 from skiff.core.atomic import write_atomic, write_json_atomic
 from skiff.core.errors import InvalidParameter
 from skiff.core.hookspecs import DriverNotSupported, StorageContext, StorageDriver
@@ -506,7 +507,7 @@ def test_lookup_rules(vfs_env: Env) -> None:
     with pytest.raises(ImageNotFound) as info:
         env.images.get("base")  # :latest is implied and does not exist
     assert str(info.value) == "No such image: base:latest"
-    assert info.value.status == 404
+    assert status_of(info.value) == 404
     with pytest.raises(ImageNotFound, match="No such image: sha256:" + "0" * 64):
         env.images.get("0" * 64)
     with pytest.raises(ImageNotFound, match="No such image: nope@sha256:"):
@@ -619,7 +620,7 @@ def test_delete_rules(env: Env) -> None:
         env.images.delete(image_id)
     assert str(info.value) == (f"conflict: unable to delete {image_id[7:19]} (must be forced)"
                                " - image is referenced in multiple repositories")
-    assert info.value.status == 409
+    assert status_of(info.value) == 409
     assert env.images.delete(image_id, force=True) == [
         {"Untagged": "one:1"}, {"Untagged": "two:1"}, {"Deleted": image_id},
         {"Deleted": chain}]
@@ -1083,7 +1084,7 @@ def test_load_refuses_a_layer_that_does_not_match(env: Env) -> None:
     message = str(info.value)
     assert "digest mismatch" in message and sha(b"something else") in message
     assert sha(TOP) in message and "/layer.tar" in message
-    assert info.value.status == 400
+    assert status_of(info.value) == 400
     # neither image, no layer, no tag, no temporary file
     assert_empty(env)
     repos = Path(env.root, "image", env.name, "repositories.json")

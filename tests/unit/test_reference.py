@@ -8,6 +8,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from skiff.core.api.errors import status_of
 from skiff.core.errors import InvalidParameter
 from skiff.core.images.errors import InvalidReference
 from skiff.core.images.reference import (
@@ -105,7 +106,7 @@ def test_invalid_references_with_dockers_messages(text: str, message: str) -> No
         parse(text)
     assert str(info.value) == message
     # the API maps it to 400
-    assert isinstance(info.value, InvalidParameter) and info.value.status == 400
+    assert isinstance(info.value, InvalidParameter) and status_of(info.value) == 400
 
 
 def test_digest_validation() -> None:

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 from urllib.parse import urlencode, urljoin, urlsplit
 
-from skiff.core.errors import NotFound, SkiffError
+from skiff.core.errors import NotFound, SkiffError, Timeout, Unauthorized
 from skiff.core.images.errors import InvalidImage
 
 __all__ = [
@@ -68,10 +68,8 @@ class RegistryUnauthorized(RegistryError):
     """
 
 
-class LoginRefused(RegistryUnauthorized):
+class LoginRefused(RegistryUnauthorized, Unauthorized):
     """``docker login`` with credentials the registry refuses (401 to the CLI)."""
-
-    status = 401
 
 
 class ManifestUnknown(RegistryError, NotFound):
@@ -82,16 +80,12 @@ class BlobUnknown(RegistryError, NotFound):
     """The manifest names a blob the registry does not have."""
 
 
-class RegistryTimeout(RegistryError):
+class RegistryTimeout(RegistryError, Timeout):
     """The registry accepted the connection (or not) but did not answer in time."""
-
-    status = 504
 
 
 class DigestMismatch(RegistryError, InvalidImage):
     """Downloaded content does not hash to the digest that names it."""
-
-    status = 400
 
 
 # ---------------------------------------------------------------------------

@@ -1,0 +1,111 @@
+"""``docker logs``: a container's recorded log, then its live output when
+following, at the client's pace; and the opening of its log driver."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+
+import structlog
+
+from skiff.core.containers.framing import STREAM_TYPES, multiplex_frame
+from skiff.core.containers.logread import LogCursor, RecordedLog
+from skiff.core.containers.model import Container
+from skiff.core.containers.registry import ContainerRegistry, ToThread
+from skiff.core.errors import InvalidParameter
+from skiff.core.hookspecs import LogContext, LogDriver, LogMessage, ReadConfig
+from skiff.core.timefmt import rfc3339
+
+log = structlog.get_logger("skiff.containers")
+
+#: a logging driver's factory by its name (the engine's ``plugins.factory("logging", name)``)
+LogFactories = Callable[[str], Callable[[LogContext], LogDriver]]
+
+
+def open_log(factories: LogFactories, c: Container) -> LogDriver | None:
+    """``c``'s log driver (None for ``none``)."""
+    lc = c.host_config.get("LogConfig") or {}
+    name = lc.get("Type") or "json-file"
+    if name == "none":
+        return None
+    return factories(name)(LogContext(container_id=c.id, container_name=c.name,
+                                      log_path=c.log_path,
+                                      options=dict(lc.get("Config") or {})))
+
+
+def log_readable(c: Container) -> bool:
+    return (c.host_config.get("LogConfig") or {}).get("Type") != "none"
+
+
+class LogStreams:
+    """The logs of the registry's containers, as ``docker logs`` and attach read them."""
+
+    def __init__(self, registry: ContainerRegistry, factories: LogFactories,
+                 to_thread: ToThread) -> None:
+        self.registry = registry
+        self.factories = factories
+        self.to_thread = to_thread
+
+    def open_reader(self, c: Container) -> LogDriver:
+        driver = open_log(self.factories, c)
+        assert driver is not None  # callers check log_readable first
+        return driver
+
+    async def logs(self, ref: str, cfg: ReadConfig, *, follow: bool, timestamps: bool,
+                   framed: bool) -> AsyncIterator[bytes]:
+        """The log stream of ``docker logs``, history first, then live when following."""
+        c = self.registry.get(ref)
+        if not log_readable(c):
+            raise InvalidParameter(
+                'configured logging driver does not support reading: "none"'
+            )
+
+        def render(kind: str, data: bytes, when: float) -> bytes:
+            if timestamps:
+                data = rfc3339(when).encode() + b" " + data
+            return multiplex_frame(STREAM_TYPES[kind], data) if framed else data
+
+        async for batch in self.messages(c, cfg, LogCursor(), follow=follow, first=cfg):
+            # one HTTP chunk per batch, not per line
+            yield b"".join(render(m.stream, m.line, m.time) for m in batch)
+
+    async def messages(self, c: Container, cfg: ReadConfig, cursor: LogCursor, *,
+                       follow: bool, first: ReadConfig) -> AsyncIterator[list[LogMessage]]:
+        """The recorded log (``first`` says what of it), then live lines when following.
+
+        The log is read at the client's pace (each batch is taken when the
+        last one was consumed); a client that falls behind the live lines is
+        dropped from them and reads on from the log where ``cursor`` says it
+        stopped, so it never holds the daemon's memory or anyone else up.
+        """
+        hub = self.registry.tracks[c.id].hub
+        read_cfg = first
+        while True:
+            recorded = RecordedLog(self.open_reader(c), read_cfg, self.to_thread)
+            live = None
+            try:
+                async with hub.log_lock:
+                    await recorded.start()
+                    if follow and c.state.Running:
+                        live = hub.subscribe(stdout=cfg.stdout, stderr=cfg.stderr, lines=True)
+                async for batch in recorded.batches():
+                    new = [m for m in batch if cursor.take(m)]
+                    if new:
+                        yield new
+                recorded.close()
+                if live is None:
+                    return
+                async for kind, data, when in live:
+                    if cfg.until is not None and when > cfg.until:
+                        return
+                    msg = LogMessage(kind, data, when)  # type: ignore[arg-type]
+                    if cursor.take(msg):
+                        yield [msg]
+                if not live.dropped:
+                    return  # the run ended
+            finally:
+                recorded.close()
+                if live is not None:
+                    hub.unsubscribe(live)
+            log.info("container.logs_catching_up", id=c.id,
+                     reason="the client fell behind the live output; reading on from the log")
+            read_cfg = cursor.rewind(cfg)

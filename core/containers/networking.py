@@ -1,0 +1,147 @@
+"""A container's network endpoints: joined at start, left at exit, and
+``docker network connect``/``disconnect`` while it runs or not."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+import trio
+
+from skiff.core.containers.etcfiles import write_hosts
+from skiff.core.containers.links import linked
+from skiff.core.containers.model import Container
+from skiff.core.containers.registry import ContainerRegistry, Publish, ToThread, Track
+from skiff.core.errors import Conflict, InvalidParameter
+from skiff.core.hookspecs import Endpoint, NetworkDriver
+from skiff.core.networks import NetworkStore
+
+log = structlog.get_logger("skiff.containers")
+
+
+class NetworkAttachment:
+    """Endpoints of the registry's containers on the networks of ``networks``."""
+
+    def __init__(self, registry: ContainerRegistry, networks: NetworkStore,
+                 network_driver: Callable[[str], NetworkDriver], publish: Publish,
+                 to_thread: ToThread) -> None:
+        self.registry = registry
+        self.networks = networks
+        self.network_driver = network_driver
+        self.publish = publish
+        self.to_thread = to_thread
+
+    async def attach(self, c: Container, track: Track, name: str, pid: int) -> None:
+        """Create and join the endpoint of network ``name``; fills ``c.networks[name]``."""
+        net = self.networks.get(name)
+        driver = self.network_driver(net.driver)
+        settings = c.networks.setdefault(name, {})
+        extra: dict[str, Any] = {
+            "name": c.name,
+            "hostname": c.config.get("Hostname") or "",
+            "aliases": list(settings.get("Aliases") or []),
+            "ip": (settings.get("IPAMConfig") or {}).get("IPv4Address") or "",
+        }
+        primary = name == c.network_mode
+        if primary:
+            extra["port_bindings"] = c.host_config.get("PortBindings") or {}
+            extra["exposed_ports"] = sorted((c.config.get("ExposedPorts") or {}).keys())
+            extra["publish_all"] = bool(c.host_config.get("PublishAllPorts"))
+            extra["links"] = [
+                {"ip": other.networks.get(name, {}).get("IPAddress", ""),
+                 "ports": [(k.partition("/")[2] or "tcp", int(k.partition("/")[0]))
+                           for k in (other.config.get("ExposedPorts") or {})]}
+                for other, _alias in linked(c, self.registry.get)
+            ]
+        endpoint = Endpoint(network_id=net.id, endpoint_id=secrets.token_hex(32),
+                            container_id=c.id, extra=extra)
+        ep = await self.to_thread(driver.create_endpoint, net.id, endpoint)
+        track.endpoints[name] = (driver, ep)
+        await self.to_thread(driver.join, ep, pid)
+        settings.update(NetworkID=net.id, EndpointID=ep.endpoint_id if ep.ip_address else "",
+                        IPAddress=ep.ip_address, IPPrefixLen=ep.ip_prefix_len,
+                        Gateway=ep.gateway, MacAddress=ep.mac_address)
+        if primary:
+            c.ports = dict(ep.extra.get("ports") or {})
+        self.publish("network", "connect", net.id,
+                     {"container": c.id, "name": net.name, "type": net.driver})
+
+    async def attach_all(self, c: Container, track: Track, pid: int) -> None:
+        """Join every network of ``c`` at start; /etc/hosts gets the addresses."""
+        if not c.networks and not c.network_mode.startswith("container:"):
+            c.networks = {c.network_mode: {}}  # a record from before networks were kept
+        for name in list(c.networks):
+            await self.attach(c, track, name, pid)
+        await self.to_thread(write_hosts, c, self.registry.get)
+
+    async def detach(self, c: Container, track: Track, name: str) -> None:
+        """Leave and delete the endpoint of network ``name``; never raises."""
+        driver, ep = track.endpoints.pop(name)
+        for step in (driver.leave, driver.delete_endpoint):
+            try:
+                await self.to_thread(step, ep)
+            except Exception as exc:
+                log.warning("container.network_release_failed", id=c.id, network=name,
+                            step=step.__name__, error=str(exc))
+        settings = c.networks.get(name)
+        net = self.networks.find(name)
+        self.publish(
+            "network", "disconnect", net.id if net else (settings or {}).get("NetworkID", name),
+            {"container": c.id, "name": name, "type": net.driver if net else ""})
+        if settings is not None:
+            for key in ("EndpointID", "IPAddress", "Gateway", "MacAddress"):
+                settings[key] = ""
+            settings["IPPrefixLen"] = 0
+
+    async def detach_all(self, c: Container, track: Track) -> None:
+        """Leave every network ``c`` joined (its run ended); never raises."""
+        for name in list(track.endpoints):
+            await self.detach(c, track, name)
+        c.ports = {}
+
+    async def connect(self, ref: str, network: str, config: dict[str, Any]) -> None:
+        """``docker network connect``: now if running, else at the next start."""
+        c = self.registry.get(ref)
+        net = self.networks.get(network)
+        if c.network_mode in ("host", "none") or c.network_mode.startswith("container:"):
+            raise InvalidParameter(
+                f"container cannot be disconnected from host network or connected to "
+                f"{c.network_mode} network")
+        if net.driver in ("host", "none"):
+            raise InvalidParameter(f"container cannot be connected to {net.name} network")
+        if net.name in c.networks:
+            raise Conflict(f"endpoint with name {c.name} already exists in network {net.name}")
+        track = self.registry.tracks[c.id]
+        async with track.lock:
+            c.networks[net.name] = {
+                "IPAMConfig": config.get("IPAMConfig"), "Links": config.get("Links"),
+                "Aliases": config.get("Aliases"),
+            }
+            if c.state.Running:
+                try:
+                    await self.attach(c, track, net.name, c.state.Pid)
+                except BaseException:
+                    with trio.CancelScope(shield=True):
+                        if net.name in track.endpoints:
+                            await self.detach(c, track, net.name)
+                    del c.networks[net.name]
+                    raise
+                await self.to_thread(write_hosts, c, self.registry.get)
+            c.save()
+
+    async def disconnect(self, ref: str, network: str, force: bool = False) -> None:
+        """``docker network disconnect``."""
+        c = self.registry.get(ref)
+        net = self.networks.get(network)
+        if net.name not in c.networks:
+            raise Conflict(f"container {c.id} is not connected to network {net.name}")
+        track = self.registry.tracks[c.id]
+        async with track.lock:
+            if net.name in track.endpoints:
+                await self.detach(c, track, net.name)
+            del c.networks[net.name]
+            if c.state.Running:
+                await self.to_thread(write_hosts, c, self.registry.get)
+            c.save()
