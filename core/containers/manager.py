@@ -23,6 +23,7 @@ import structlog
 import trio
 
 from skiff.core.containers import lifecycle, names, pidproof, restart
+from skiff.core.containers import limits as container_limits
 from skiff.core.containers import mounts as container_mounts
 from skiff.core.containers import namespaces as container_namespaces
 from skiff.core.containers import userns as container_userns
@@ -278,8 +279,7 @@ class ContainerManager:
                 except NotFound as exc:
                     # 400, not 404: the CLI takes a 404 at create for a missing image
                     raise InvalidParameter(f"{exc.message} (--pid {pid_mode})") from None
-            if eng.cgroups is not None:
-                eng.cgroups.validate(hc)
+            container_limits.check(hc, eng.cgroups)
             eng.plugins.hook.skiff_container_validate(
                 config=cfg, host_config=hc, daemon_config=eng.config)
         except InvalidConfig as exc:  # its own words, quotes and all ("can't be '/'")

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from skiff.plugins.limits.cgroupfs import CgroupfsV1, CgroupfsV2
+from skiff.plugins.limits.cgroupfs_v1 import CgroupfsV1
+from skiff.plugins.limits.cgroupfs_v2 import CgroupfsV2
 from tests.integration.test_cgroupfs import Harness, cid
 from tests.loopfs import attached_loop
 

@@ -18,8 +18,10 @@ import pluggy
 import pytest
 
 from skiff.core.hookspecs import PROJECT, CgroupContext, SkiffSpec
-from skiff.plugins.limits import cgroupfs
-from skiff.plugins.limits.cgroupfs import CgroupfsV1, CgroupfsV2, cgroupfs_factory
+from skiff.plugins.limits import cgroupfs, cgroupfs_base
+from skiff.plugins.limits.cgroupfs import cgroupfs_factory
+from skiff.plugins.limits.cgroupfs_v1 import CgroupfsV1
+from skiff.plugins.limits.cgroupfs_v2 import CgroupfsV2
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for cgroups")
 
@@ -103,9 +105,9 @@ def test_registered_through_the_hook() -> None:
 
 
 def test_v1_hierarchies_skip_named_ones() -> None:
-    if cgroupfs.cgroup_version() != 1:
+    if cgroupfs_base.cgroup_version() != 1:
         pytest.skip("cgroup v2 host")
-    found = cgroupfs.v1_hierarchies()
+    found = cgroupfs_base.v1_hierarchies()
     assert "/sys/fs/cgroup/memory" in found and found["/sys/fs/cgroup/memory"] == "memory"
     assert all("systemd" not in p and "unified" not in p for p in found)
 
@@ -385,7 +387,7 @@ def test_device_allow_list_is_enforced(h: Harness) -> None:
 
 def test_v2_driver_on_a_private_root(tmp_path: Path) -> None:
     """The v2 code paths on this host, if a cgroup2 mount can be made here."""
-    if cgroupfs.cgroup_version() == 2:
+    if cgroupfs_base.cgroup_version() == 2:
         pytest.skip("the host is v2: the tests above cover it")
     root = tmp_path / "cg2"
     root.mkdir()

@@ -32,7 +32,8 @@ from hypothesis import strategies as st
 from skiff.plugins.limits import device_filter
 from skiff.plugins.limits import device_rules as dr
 from skiff.plugins.limits._bpf import lib  # type: ignore[import-not-found]
-from skiff.plugins.limits.cgroupfs import CGROUP_ROOT, CgroupfsV2
+from skiff.plugins.limits.cgroupfs_base import CGROUP_ROOT
+from skiff.plugins.limits.cgroupfs_v2 import CgroupfsV2
 from skiff.plugins.limits.device_rules import MKNOD, READ, WRITE, Rule
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for bpf and cgroups")

@@ -20,7 +20,9 @@ import trio
 
 from skiff.core.hookspecs import CgroupContext
 from skiff.plugins.isolation.runtime import ForkServerRuntime
-from skiff.plugins.limits.cgroupfs import CgroupfsV1, CgroupfsV2, cgroupfs_factory
+from skiff.plugins.limits.cgroupfs import cgroupfs_factory
+from skiff.plugins.limits.cgroupfs_v1 import CgroupfsV1
+from skiff.plugins.limits.cgroupfs_v2 import CgroupfsV2
 from tests.integration.runtimekit import NAMESPACES, make_spec, run_joined
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for cgroups")

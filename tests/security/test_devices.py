@@ -32,15 +32,16 @@ import docker
 import pytest
 import trio
 
-from skiff.core.hookspecs import ContainerSpec
+from skiff.core.hookspecs import CgroupContext, ContainerSpec
 from skiff.plugins.isolation.runtime import (
     ForkServerRuntime,
     skiff_container_spec,
     skiff_container_validate,
 )
-from skiff.plugins.limits import cgroupfs, device_filter
+from skiff.plugins.limits import cgroupfs, cgroupfs_base, device_filter
 from skiff.plugins.limits._bpf import lib  # type: ignore[import-not-found]
-from skiff.plugins.limits.cgroupfs import CgroupfsV1, CgroupfsV2
+from skiff.plugins.limits.cgroupfs_v1 import CgroupfsV1
+from skiff.plugins.limits.cgroupfs_v2 import CgroupfsV2
 from tests.daemon import Daemon
 from tests.integration.conftest import runtime  # noqa: F401  (a fixture)
 from tests.integration.runtimekit import NAMESPACES, FakeContainer, make_spec, run_joined
@@ -216,7 +217,8 @@ def test_cli_update_keeps_the_filter(skiffd: Daemon, disk: tuple[str, int, int])
 
 def _v2_mount() -> str | None:
     """A cgroup2 mount this host's processes live in (also on a hybrid host)."""
-    for candidate in (cgroupfs.CGROUP_ROOT, os.path.join(cgroupfs.CGROUP_ROOT, "unified")):
+    root = cgroupfs_base.CGROUP_ROOT
+    for candidate in (root, os.path.join(root, "unified")):
         if os.path.exists(os.path.join(candidate, "cgroup.controllers")):
             return candidate
     return None
@@ -224,7 +226,7 @@ def _v2_mount() -> str | None:
 
 def _drivers() -> list[str]:
     kinds = ["host"]
-    if cgroupfs.cgroup_version() == 1 and _v2_mount():
+    if cgroupfs_base.cgroup_version() == 1 and _v2_mount():
         kinds.append("v2-on-hybrid")
     return kinds
 
@@ -235,7 +237,7 @@ def driver(request: pytest.FixtureRequest) -> Iterator[CgroupfsV1 | CgroupfsV2]:
     parent = "skiff-test-" + secrets.token_hex(6)
     if request.param == "host":
         drv: CgroupfsV1 | CgroupfsV2 = cgroupfs.cgroupfs_factory(
-            cgroupfs.CgroupContext(parent))
+            CgroupContext(parent))
     else:
         drv = CgroupfsV2(parent, root=_v2_mount() or "")
     yield drv
