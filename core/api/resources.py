@@ -66,13 +66,13 @@ def register(router: Router, engine: Engine) -> None:
         async with track.lock:
             hc = merge_update(c.host_config, body)
             try:
-                limits.check(hc, engine.cgroups)
+                resources = limits.check(hc, engine.cgroups)
             except ValueError as exc:
                 raise InvalidParameter(str(exc)) from exc
             if engine.cgroups is not None:
                 try:
                     if c.state.Running:
-                        await engine.to_thread(engine.cgroups.update, c.id, hc)
+                        await engine.to_thread(engine.cgroups.update, c.id, resources)
                 except ValueError as exc:
                     raise InvalidParameter(str(exc)) from exc
                 except OSError as exc:

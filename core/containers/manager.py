@@ -513,7 +513,8 @@ class ContainerManager:
         if eng.cgroups is not None:
             # before prepare: the init bind-mounts the groups into the container
             try:
-                await eng.to_thread(eng.cgroups.create, c.id, c.host_config)
+                await eng.to_thread(eng.cgroups.create, c.id,
+                                    container_limits.resources_from(c.host_config))
             except ValueError as exc:  # a limit this host cannot apply: the client's
                 raise InvalidParameter(str(exc)) from exc
             spec.cgroup_procs = cgroup_procs(eng.cgroups, c.id)

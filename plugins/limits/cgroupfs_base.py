@@ -15,11 +15,11 @@ import errno
 import os
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any
 
 from skiff.core.containers import limits
-from skiff.core.containers.limits import as_int
+from skiff.core.hookspecs import Resources
 from skiff.plugins.limits import _blkio, device_rules
 
 NAME = "cgroupfs"
@@ -138,20 +138,20 @@ def machine_memory() -> int:
 
 
 
-def cpu_limit(resources: Mapping[str, Any]) -> tuple[int, int]:
+def cpu_limit(resources: Resources) -> tuple[int, int]:
     """``(quota, period)`` in microseconds; quota -1 when unlimited."""
-    nano = as_int(resources, "NanoCpus")
+    nano = resources.nano_cpus
     if nano:
         return nano * DEFAULT_CPU_PERIOD // 1_000_000_000, DEFAULT_CPU_PERIOD
-    quota = as_int(resources, "CpuQuota")
-    period = as_int(resources, "CpuPeriod") or DEFAULT_CPU_PERIOD
+    quota = resources.cpu_quota
+    period = resources.cpu_period or DEFAULT_CPU_PERIOD
     return (quota if quota > 0 else -1), period
 
 
-def swap_total(resources: Mapping[str, Any]) -> int:
+def swap_total(resources: Resources) -> int:
     """Memory plus swap in bytes; -1 for unlimited, 0 for no setting."""
-    memory = as_int(resources, "Memory")
-    swap = as_int(resources, "MemorySwap")
+    memory = resources.memory
+    swap = resources.memory_swap
     if swap == -1:
         return -1
     if swap > 0:
@@ -234,10 +234,10 @@ class CgroupfsBase:
         self.parent = check_name("cgroup-parent", parent)
         self._lock = threading.Lock()
 
-    def validate(self, resources: Mapping[str, Any]) -> None:
+    def validate(self, resources: Resources) -> None:
         """Docker's checks of ``resources``; ``ValueError`` with its messages."""
         check_resources(resources)
-        if as_int(resources, "KernelMemory"):
+        if resources.kernel_memory:
             self._check_kernel_memory()
 
     def _check_kernel_memory(self) -> None:
@@ -245,7 +245,7 @@ class CgroupfsBase:
         raise NotImplementedError
 
 
-def check_resources(resources: Mapping[str, Any]) -> None:
+def check_resources(resources: Resources) -> None:
     """Docker's checks (the daemon ran them already; a direct caller may not
     have) and those of the per-device lists this driver reads."""
     limits.validate(resources)

@@ -13,11 +13,10 @@ import errno
 import os
 import threading
 import time
-from collections.abc import Mapping
 from typing import Any
 
-from skiff.core.containers.limits import as_int, check_cpuset
-from skiff.core.hookspecs import DriverNotSupported, MountSpec
+from skiff.core.containers.limits import check_cpuset
+from skiff.core.hookspecs import DriverNotSupported, MountSpec, Resources
 from skiff.plugins.limits import _blkio, device_filter, device_rules
 from skiff.plugins.limits.cgroupfs_base import (
     CGROUP_ROOT,
@@ -121,7 +120,7 @@ class CgroupfsV1(CgroupfsBase):
 
     # -- the driver API --------------------------------------------------------
 
-    def create(self, container_id: str, resources: Mapping[str, Any]) -> None:
+    def create(self, container_id: str, resources: Resources) -> None:
         check_resources(resources)
         paths = self.paths(container_id)
         cid = check_id(container_id)
@@ -144,7 +143,7 @@ class CgroupfsV1(CgroupfsBase):
                 self._remove_parents()
                 raise
 
-    def update(self, container_id: str, resources: Mapping[str, Any]) -> None:
+    def update(self, container_id: str, resources: Resources) -> None:
         """Rewrite every limit from ``resources``, the complete merged set."""
         check_resources(resources)
         self._apply(container_id, resources, fresh=False)
@@ -249,14 +248,14 @@ class CgroupfsV1(CgroupfsBase):
 
     # -- limits ----------------------------------------------------------------
 
-    def _apply(self, container_id: str, r: Mapping[str, Any], fresh: bool) -> None:
+    def _apply(self, container_id: str, r: Resources, fresh: bool) -> None:
         """Write the limits; on a fresh group, skip values that are the default."""
         mem = self.path(container_id, "memory")
         if mem:
             self._apply_memory(mem, r, fresh)
         cpu = self.path(container_id, "cpu")
         if cpu:
-            shares = as_int(r, "CpuShares")
+            shares = r.cpu_shares
             if shares or not fresh:
                 write(os.path.join(cpu, "cpu.shares"), shares or 1024)
             quota, period = cpu_limit(r)
@@ -270,8 +269,7 @@ class CgroupfsV1(CgroupfsBase):
         cpuset = self.path(container_id, "cpuset")
         if cpuset:
             above = os.path.dirname(cpuset)
-            for key, f in (("CpusetCpus", "cpuset.cpus"), ("CpusetMems", "cpuset.mems")):
-                value = r.get(key) or ""
+            for value, f in ((r.cpuset_cpus, "cpuset.cpus"), (r.cpuset_mems, "cpuset.mems")):
                 if value:
                     available = read(os.path.join(above, f))
                     check_cpuset(f[7:], value, available)
@@ -280,11 +278,11 @@ class CgroupfsV1(CgroupfsBase):
                     write(os.path.join(cpuset, f), read(os.path.join(above, f)))
         pids = self.path(container_id, "pids")
         if pids:
-            limit = as_int(r, "PidsLimit")
+            limit = r.pids_limit
             if limit > 0 or not fresh:
                 write(os.path.join(pids, "pids.max"), limit if limit > 0 else "max")
         blkio = self.path(container_id, "blkio")
-        weight = as_int(r, "BlkioWeight")
+        weight = r.blkio_weight
         if weight:
             files = [os.path.join(blkio, f) for f in ("blkio.weight", "blkio.bfq.weight")
                      ] if blkio else []
@@ -295,7 +293,7 @@ class CgroupfsV1(CgroupfsBase):
         for target, value in _blkio.v1_writes(blkio, r, fresh):
             write(target, value)
 
-    def _apply_devices(self, container_id: str, r: Mapping[str, Any]) -> None:
+    def _apply_devices(self, container_id: str, r: Resources) -> None:
         """The rules in order; the kernel applies them (deny ``a`` first, so a
         group left by a daemon that died is rewritten from scratch)."""
         devices = self.path(container_id, "devices")
@@ -312,8 +310,8 @@ class CgroupfsV1(CgroupfsBase):
             name = "devices.allow" if rule.allow else "devices.deny"
             write(os.path.join(devices, name), rule.line())
 
-    def _apply_memory(self, mem: str, r: Mapping[str, Any], fresh: bool) -> None:
-        memory = as_int(r, "Memory")
+    def _apply_memory(self, mem: str, r: Resources, fresh: bool) -> None:
+        memory = r.memory
         limit = memory if memory > 0 else -1
         memsw_file = os.path.join(mem, "memory.memsw.limit_in_bytes")
         total = swap_total(r) if os.path.exists(memsw_file) else 0
@@ -335,15 +333,15 @@ class CgroupfsV1(CgroupfsBase):
                     raise
                 write(memsw_file, swap)
                 write(limit_file, limit)
-        reservation = as_int(r, "MemoryReservation")
+        reservation = r.memory_reservation
         if reservation or not fresh:
             write(os.path.join(mem, "memory.soft_limit_in_bytes"), reservation or -1)
-        swappiness = r.get("MemorySwappiness")
-        if swappiness is not None and int(swappiness) >= 0:
-            write(os.path.join(mem, "memory.swappiness"), int(swappiness))
-        if r.get("OomKillDisable") or not fresh:
-            write(os.path.join(mem, "memory.oom_control"), 1 if r.get("OomKillDisable") else 0)
-        kmem = as_int(r, "KernelMemory")
+        swappiness = r.memory_swappiness
+        if swappiness is not None and swappiness >= 0:
+            write(os.path.join(mem, "memory.swappiness"), swappiness)
+        if r.oom_kill_disable or not fresh:
+            write(os.path.join(mem, "memory.oom_control"), 1 if r.oom_kill_disable else 0)
+        kmem = r.kernel_memory
         if kmem and not self._kmem_probed:
             with contextlib.suppress(ValueError):
                 self._check_kernel_memory()

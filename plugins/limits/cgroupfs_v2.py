@@ -12,11 +12,10 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Mapping
 from typing import Any
 
-from skiff.core.containers.limits import as_int, check_cpuset
-from skiff.core.hookspecs import MountSpec
+from skiff.core.containers.limits import check_cpuset
+from skiff.core.hookspecs import MountSpec, Resources
 from skiff.plugins.limits import _blkio, device_filter, device_rules
 from skiff.plugins.limits.cgroupfs_base import (
     CGROUP_ROOT,
@@ -78,7 +77,7 @@ class CgroupfsV2(CgroupfsBase):
             with contextlib.suppress(FileExistsError):
                 os.mkdir(cur, 0o755)
 
-    def create(self, container_id: str, resources: Mapping[str, Any]) -> None:
+    def create(self, container_id: str, resources: Resources) -> None:
         check_resources(resources)
         path = self.path(container_id)
         with self._lock:
@@ -102,7 +101,7 @@ class CgroupfsV2(CgroupfsBase):
                 self._remove_parents()
                 raise
 
-    def update(self, container_id: str, resources: Mapping[str, Any]) -> None:
+    def update(self, container_id: str, resources: Resources) -> None:
         """Rewrite every limit from ``resources``, the complete merged set."""
         check_resources(resources)
         self._apply(self.path(container_id), resources, fresh=False)
@@ -168,7 +167,7 @@ class CgroupfsV2(CgroupfsBase):
             except OSError:
                 break
 
-    def _apply(self, path: str, r: Mapping[str, Any], fresh: bool) -> None:
+    def _apply(self, path: str, r: Resources, fresh: bool) -> None:
         """Write the limits; on a fresh group, skip values that are the default.
 
         A limit asked for whose controller is not enabled here is an error
@@ -187,7 +186,7 @@ class CgroupfsV2(CgroupfsBase):
                 )
             return None
 
-        memory = as_int(r, "Memory")
+        memory = r.memory
         if f := file("memory.max", memory > 0):
             if memory > 0 or not fresh:
                 write(f, memory if memory > 0 else "max")
@@ -196,10 +195,10 @@ class CgroupfsV2(CgroupfsBase):
             if (total or not fresh) and os.path.exists(swap_file):
                 # v2 limits swap alone, Docker's MemorySwap is memory plus swap
                 write(swap_file, "max" if total <= 0 else max(total - memory, 0))
-            reservation = as_int(r, "MemoryReservation")
+            reservation = r.memory_reservation
             if reservation or not fresh:
                 write(os.path.join(path, "memory.low"), reservation)
-        shares = as_int(r, "CpuShares")
+        shares = r.cpu_shares
         quota, period = cpu_limit(r)
         if (f := file("cpu.weight", shares > 0)) and (shares or not fresh):
             # runc's mapping of shares [2, 262144] onto weight [1, 10000]
@@ -207,18 +206,17 @@ class CgroupfsV2(CgroupfsBase):
             write(f, 1 + ((shares - 2) * 9999) // 262142)
         if (f := file("cpu.max", quota > 0)) and (quota > 0 or not fresh):
             write(f, f"{quota if quota > 0 else 'max'} {period}")
-        for key, name in (("CpusetCpus", "cpuset.cpus"), ("CpusetMems", "cpuset.mems")):
-            value = r.get(key) or ""
+        for value, name in ((r.cpuset_cpus, "cpuset.cpus"), (r.cpuset_mems, "cpuset.mems")):
             if (f := file(name, bool(value))) and (value or not fresh):
                 if value:
                     above = os.path.join(os.path.dirname(path), f"{name}.effective")
                     available = read(above) if os.path.exists(above) else ""
                     check_cpuset(name[7:], value, available)
                 write(f, value or "\n")  # empty: inherit the parent's
-        limit = as_int(r, "PidsLimit")
+        limit = r.pids_limit
         if (f := file("pids.max", limit > 0)) and (limit > 0 or not fresh):
             write(f, limit if limit > 0 else "max")
-        weight = as_int(r, "BlkioWeight")
+        weight = r.blkio_weight
         if weight:
             if not os.path.exists(os.path.join(path, "io.weight")):
                 raise ValueError("Your kernel does not support Block I/O weight")

@@ -32,6 +32,7 @@ import docker
 import pytest
 import trio
 
+from skiff.core.containers.limits import resources_from
 from skiff.core.hookspecs import CgroupContext, ContainerSpec
 from skiff.plugins.isolation.runtime import (
     ForkServerRuntime,
@@ -268,7 +269,7 @@ def run_confined(rt: ForkServerRuntime, drv: CgroupfsV1 | CgroupfsV2, image: Pat
     """What skiffd's start does, minus the daemon: groups (with the device
     filter), the spec hook, prepare, join the groups, go.  Returns the output."""
     cid = secrets.token_hex(32)
-    drv.create(cid, host_config)
+    drv.create(cid, resources_from(host_config))
     try:
         if after_create is not None:
             after_create(cid)
@@ -316,7 +317,7 @@ def test_runtime_update_keeps_the_filter(
             if isinstance(driver, CgroupfsV2) else []
         v2_without_pids = isinstance(driver, CgroupfsV2) and not os.path.exists(
             os.path.join(driver.path(cid), "pids.max"))  # the empty cgroup2 of a hybrid host
-        driver.update(cid, {} if v2_without_pids else {"PidsLimit": 50})
+        driver.update(cid, resources_from({} if v2_without_pids else {"PidsLimit": 50}))
         after = device_filter.installed(driver.path(cid)) \
             if isinstance(driver, CgroupfsV2) else []
         programs.append(before)
@@ -396,11 +397,11 @@ def test_runtime_refused_when_the_filter_cannot_be_attached() -> None:
             os.close(fd)
         cid = secrets.token_hex(32)
         with pytest.raises(device_filter.DeviceFilterError, match="BPF_F_ALLOW_MULTI"):
-            drv.create(cid, {})
+            drv.create(cid, resources_from({}))
         groups = [e for e in os.listdir(top) if os.path.isdir(os.path.join(top, e))]
         assert groups == ["keep"], "the refused container's group was left"
         device_filter.install(top, None)  # the exclusive program goes
-        drv.create(cid, {})
+        drv.create(cid, resources_from({}))
         assert len(device_filter.installed(drv.path(cid))) == 1
         drv.destroy(cid)
     finally:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, cast
+from typing import cast
 
 import pytest
 
 from skiff.core.containers import limits
-from skiff.core.hookspecs import CgroupDriver
+from skiff.core.hookspecs import CgroupDriver, Resources
 
 MiB = 1024 * 1024
 
@@ -37,14 +36,15 @@ MiB = 1024 * 1024
 )
 def test_docker_messages(resources: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        limits.validate(resources, ncpu=2)
+        limits.validate(limits.resources_from(resources), ncpu=2)
 
 
 def test_good_values_pass() -> None:
-    limits.validate({"Memory": 64 * MiB, "MemorySwap": -1, "MemorySwappiness": -1,
-                     "NanoCpus": 1_500_000_000, "CpusetCpus": "0-1,3", "PidsLimit": -1,
-                     "BlkioWeight": 300}, ncpu=2)
-    limits.validate({}, ncpu=1)
+    limits.validate(limits.resources_from(
+        {"Memory": 64 * MiB, "MemorySwap": -1, "MemorySwappiness": -1,
+         "NanoCpus": 1_500_000_000, "CpusetCpus": "0-1,3", "PidsLimit": -1,
+         "BlkioWeight": 300}), ncpu=2)
+    limits.validate(limits.resources_from({}), ncpu=1)
 
 
 def test_cpuset_availability_in_docker_words() -> None:
@@ -59,9 +59,9 @@ def test_cpuset_availability_in_docker_words() -> None:
 
 class _Driver:
     def __init__(self) -> None:
-        self.seen: list[Mapping[str, Any]] = []
+        self.seen: list[Resources] = []
 
-    def validate(self, resources: Mapping[str, Any]) -> None:
+    def validate(self, resources: Resources) -> None:
         self.seen.append(resources)
 
 
@@ -72,5 +72,5 @@ def test_check_runs_dockers_checks_before_the_drivers() -> None:
         limits.check({"Memory": 1}, drv)
     assert seen.seen == []
     limits.check({"Memory": 64 * MiB}, drv)
-    assert seen.seen == [{"Memory": 64 * MiB}]
+    assert seen.seen == [limits.resources_from({"Memory": 64 * MiB})]
     limits.check({}, None)
