@@ -235,7 +235,8 @@ class CgroupfsBase:
         self._lock = threading.Lock()
 
     def validate(self, resources: Resources) -> None:
-        """Docker's checks of ``resources``; ``ValueError`` with its messages."""
+        """What this host cannot apply (device paths and rules, kernel memory),
+        after Docker's checks again; ``ValueError`` with Docker's messages."""
         check_resources(resources)
         if resources.kernel_memory:
             self._check_kernel_memory()

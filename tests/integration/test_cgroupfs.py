@@ -18,7 +18,7 @@ import pluggy
 import pytest
 
 from skiff.core.containers.limits import resources_from
-from skiff.core.hookspecs import PROJECT, CgroupContext, SkiffSpec
+from skiff.core.hookspecs import PROJECT, CgroupContext, CgroupDriver, SkiffSpec
 from skiff.plugins.limits import cgroupfs, cgroupfs_base
 from skiff.plugins.limits.cgroupfs import cgroupfs_factory
 from skiff.plugins.limits.cgroupfs_v1 import CgroupfsV1
@@ -101,6 +101,7 @@ def test_registered_through_the_hook() -> None:
     assert set(drivers) == {"cgroupfs"}
     drv = drivers["cgroupfs"](CgroupContext("skiff-unused"))
     assert drv.name == "cgroupfs"
+    assert isinstance(drv, CgroupDriver)  # the Protocol is runtime-checkable
     assert drv.version == (2 if os.path.exists("/sys/fs/cgroup/cgroup.controllers") else 1)
     assert not leftovers("skiff-unused")  # building the driver creates nothing
 
