@@ -734,17 +734,82 @@ class RuntimeFactory(Protocol):
 # ---------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class ThrottleDevice:
+    """One entry of ``BlkioDeviceReadBps`` and its kind: a device, a rate per second."""
+
+    path: str  #: the device node on the host, e.g. ``/dev/sda``
+    rate: int  #: bytes or operations per second; 0: no limit
+
+
+@dataclass(frozen=True)
+class WeightDevice:
+    """One entry of ``BlkioWeightDevice``."""
+
+    path: str
+    weight: int  #: 10..1000; 0 drops the device's rule
+
+
+@dataclass(frozen=True)
+class DeviceMapping:
+    """One entry of ``HostConfig.Devices``, defaults filled in."""
+
+    path_on_host: str  #: a device node or a directory of them
+    path_in_container: str
+    cgroup_permissions: str  #: a subset of ``rwm``
+
+
+@dataclass(frozen=True)
+class Resources:
+    """HostConfig's fields a cgroup driver applies, typed; built and checked by
+    the daemon (``skiff.core.containers.limits``), Docker's units.
+
+    Zero (or empty) means no limit, as in Docker; ``memory_swap`` 0 means
+    twice ``memory`` and -1 unlimited; ``pids_limit`` 0 or -1 means no limit;
+    ``memory_swappiness`` None leaves the kernel's default.
+    """
+
+    memory: int = 0  #: bytes
+    memory_swap: int = 0  #: memory plus swap, bytes
+    memory_reservation: int = 0  #: bytes (soft limit)
+    memory_swappiness: int | None = None  #: 0..100, -1 or None: unchanged
+    oom_kill_disable: bool = False
+    kernel_memory: int = 0  #: bytes (cgroup v1 only, deprecated)
+    pids_limit: int = 0
+    cpu_shares: int = 0  #: relative weight, 1024 the default
+    nano_cpus: int = 0  #: CPUs times 10^9 (``--cpus``)
+    cpu_period: int = 0  #: microseconds
+    cpu_quota: int = 0  #: microseconds per period
+    cpuset_cpus: str = ""  #: ``0-3,5``
+    cpuset_mems: str = ""
+    blkio_weight: int = 0  #: 10..1000
+    blkio_weight_device: tuple[WeightDevice, ...] = ()
+    blkio_device_read_bps: tuple[ThrottleDevice, ...] = ()
+    blkio_device_write_bps: tuple[ThrottleDevice, ...] = ()
+    blkio_device_read_iops: tuple[ThrottleDevice, ...] = ()
+    blkio_device_write_iops: tuple[ThrottleDevice, ...] = ()
+    devices: tuple[DeviceMapping, ...] = ()  #: ``--device``
+    device_cgroup_rules: tuple[str, ...] = ()  #: ``--device-cgroup-rule`` lines
+    privileged: bool = False  #: every device allowed
+
+
+@runtime_checkable
 class CgroupDriver(Protocol):
-    """Puts containers into control groups and applies their resource limits."""
+    """Puts containers into control groups and applies their resource limits.
+
+    The daemon has checked ``resources`` with Docker's rules before any call
+    (``skiff.core.containers.limits.validate``); a driver adds only what
+    depends on the host.
+    """
 
     name: str  #: ``cgroupfs``
     version: int  #: 1 or 2
 
-    def create(self, container_id: str, resources: Mapping[str, Any]) -> None:
+    def create(self, container_id: str, resources: Resources) -> None:
         """Create the container's groups and write its limits.
 
-        ``resources`` holds HostConfig's resource fields (Memory, CpuShares,
-        PidsLimit, ...), Docker's names and units.
+        ``resources`` holds HostConfig's resource fields (memory, cpu_shares,
+        pids_limit, ...), Docker's units.
 
         The driver also confines devices: which device nodes the container
         may open (and mknod) follows Docker's allow-list plus ``Devices``
@@ -770,16 +835,20 @@ class CgroupDriver(Protocol):
         """
         ...
 
-    def update(self, container_id: str, resources: Mapping[str, Any]) -> None:
-        """Change limits of a running container."""
+    def update(self, container_id: str, resources: Resources) -> None:
+        """Change limits of a running container: ``resources`` is the complete
+        merged set after ``docker update``."""
         ...
 
     def stats(self, container_id: str) -> dict[str, Any]:
         """Counters for the stats API (cpu, memory, pids, blkio)."""
         ...
 
-    def validate(self, resources: Mapping[str, Any]) -> None:
-        """Check ``resources`` without touching the kernel's groups.
+    def validate(self, resources: Resources) -> None:
+        """Check ``resources`` without touching the kernel's groups, beyond
+        Docker's checks the daemon already ran: what this driver and host
+        cannot apply (a kernel memory limit, a device path that is no block
+        device).
 
         Raises ``ValueError`` with a message for the client (Docker's wording
         where Docker has one).  The daemon calls it at container create and

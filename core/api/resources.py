@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from skiff.core.api.router import Request, Router, StreamResponse, json_bytes
+from skiff.core.containers import limits
 from skiff.core.containers.resources import (
     ZERO_TIME,
     empty_cpu_stats,
@@ -64,11 +65,14 @@ def register(router: Router, engine: Engine) -> None:
         track = mgr.tracks[c.id]
         async with track.lock:
             hc = merge_update(c.host_config, body)
+            try:
+                resources = limits.check(hc, engine.cgroups)
+            except ValueError as exc:
+                raise InvalidParameter(str(exc)) from exc
             if engine.cgroups is not None:
                 try:
-                    engine.cgroups.validate(hc)
                     if c.state.Running:
-                        await engine.to_thread(engine.cgroups.update, c.id, hc)
+                        await engine.to_thread(engine.cgroups.update, c.id, resources)
                 except ValueError as exc:
                     raise InvalidParameter(str(exc)) from exc
                 except OSError as exc:

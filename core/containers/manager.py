@@ -24,6 +24,7 @@ import structlog
 import trio
 
 from skiff.core.containers import etcfiles, lifecycle, names, pidproof, restart
+from skiff.core.containers import limits as container_limits
 from skiff.core.containers import mounts as container_mounts
 from skiff.core.containers import namespaces as container_namespaces
 from skiff.core.containers import restore as container_restore
@@ -195,8 +196,7 @@ class ContainerManager:
                 except NotFound as exc:
                     # 400, not 404: the CLI takes a 404 at create for a missing image
                     raise InvalidParameter(f"{exc.message} (--pid {pid_mode})") from None
-            if self.cgroups is not None:
-                self.cgroups.validate(hc)
+            container_limits.check(hc, self.cgroups)
             self.plugins.hook.skiff_container_validate(
                 config=cfg, host_config=hc, daemon_config=self.config)
         except InvalidConfig as exc:  # its own words, quotes and all ("can't be '/'")
@@ -317,7 +317,8 @@ class ContainerManager:
         if self.cgroups is not None:
             # before prepare: the init bind-mounts the groups into the container
             try:
-                await self.to_thread(self.cgroups.create, c.id, c.host_config)
+                await self.to_thread(self.cgroups.create, c.id,
+                                     container_limits.resources_from(c.host_config))
             except ValueError as exc:  # a limit this host cannot apply: the client's
                 raise InvalidParameter(str(exc)) from exc
             spec.cgroup_procs = cgroup_procs(self.cgroups, c.id)

@@ -3,10 +3,11 @@
 HostConfig carries them with Docker's names: ``BlkioDeviceReadBps``,
 ``BlkioDeviceWriteBps``, ``BlkioDeviceReadIOps``, ``BlkioDeviceWriteIOps``
 (``[{"Path": "/dev/sda", "Rate": N}]``, bytes or operations per second) and
-``BlkioWeightDevice`` (``[{"Path": ..., "Weight": 10..1000}]``).  The kernel
-names a device by major:minor, so each path is resolved with ``stat`` when the
-limits are checked and again when they are written (the node may have been
-re-created since).
+``BlkioWeightDevice`` (``[{"Path": ..., "Weight": 10..1000}]``); the daemon
+hands them over typed and checked (``Resources.blkio_device_read_bps`` ...).
+The kernel names a device by major:minor, so each path is resolved with
+``stat`` when the limits are checked and again when they are written (the
+node may have been re-created since).
 
 The functions here only plan: they return ``(file, value)`` pairs, one rule per
 write as the kernel parses them, and leave the writing to the driver.
@@ -17,8 +18,10 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-from collections.abc import Mapping
 from typing import Any
+
+from skiff.core.containers.limits import THROTTLE_FIELDS, WEIGHT_DEVICE, field_name
+from skiff.core.hookspecs import Resources
 
 #: HostConfig field, v1 file (under blkio), v2 io.max key, what the CLI flag is
 THROTTLES = (
@@ -28,7 +31,6 @@ THROTTLES = (
     ("BlkioDeviceWriteIOps", "blkio.throttle.write_iops_device", "wiops",
      "--device-write-iops"),
 )
-WEIGHT_DEVICE = "BlkioWeightDevice"
 #: v1 files for per-device weights: CFQ's, then BFQ's (kernel 5.0+ has only BFQ)
 V1_WEIGHT_FILES = ("blkio.weight_device", "blkio.bfq.weight_device")
 _IO_MAX_KEYS = ("rbps", "wbps", "riops", "wiops")
@@ -36,72 +38,39 @@ _IO_MAX_KEYS = ("rbps", "wbps", "riops", "wiops")
 Device = tuple[int, int]
 
 
-_FLAGS = {field: flag for field, _, _, flag in THROTTLES}
-_FLAGS[WEIGHT_DEVICE] = "--blkio-weight-device"
-
-
-def _name(field: str) -> str:
-    """How an error names a field: the CLI flag and the HostConfig field."""
-    return f"{_FLAGS[field]} ({field})" if field in _FLAGS else field
-
-
 def block_device(field: str, path: Any) -> Device:
     """major:minor of the block device at ``path``; ``ValueError`` (a 400) otherwise."""
     if not isinstance(path, str) or not path:
-        raise ValueError(f"{_name(field)}: every entry needs a device Path")
+        raise ValueError(f"{field_name(field)}: every entry needs a device Path")
     try:
         st = os.stat(path)
     except OSError as exc:
-        raise ValueError(f"{_name(field)}: cannot use {path}: {exc.strerror}") from None
+        raise ValueError(f"{field_name(field)}: cannot use {path}: {exc.strerror}") from None
     if not stat.S_ISBLK(st.st_mode):
         raise ValueError(
-            f"{_name(field)}: {path} is not a block device; I/O limits apply to block "
+            f"{field_name(field)}: {path} is not a block device; I/O limits apply to block "
             "devices such as /dev/sda or /dev/loop0"
         )
     return os.major(st.st_rdev), os.minor(st.st_rdev)
 
 
-def _entries(resources: Mapping[str, Any], field: str) -> list[Mapping[str, Any]]:
-    value = resources.get(field) or []
-    if not isinstance(value, list) or not all(isinstance(e, Mapping) for e in value):
-        raise ValueError(f"{_name(field)} must be a list of objects")
-    return value
-
-
-def _number(field: str, entry: Mapping[str, Any], key: str) -> int:
-    value = entry.get(key, 0)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{_name(field)}: invalid {key} {value!r} for device "
-                         f"{entry.get('Path')}: expected a non-negative integer")
-    return value
-
-
-def throttles(resources: Mapping[str, Any]) -> dict[str, dict[Device, int]]:
-    """HostConfig field -> {device: rate}, checked; the last entry for a device wins."""
+def throttles(resources: Resources) -> dict[str, dict[Device, int]]:
+    """HostConfig field -> {device: rate}; the last entry for a device wins."""
     out: dict[str, dict[Device, int]] = {}
     for field, _, _, _ in THROTTLES:
-        rules: dict[Device, int] = {}
-        for entry in _entries(resources, field):
-            rate = _number(field, entry, "Rate")
-            rules[block_device(field, entry.get("Path"))] = rate
-        out[field] = rules
+        entries = getattr(resources, THROTTLE_FIELDS[field][0])
+        out[field] = {block_device(field, t.path): t.rate for t in entries}
     return out
 
 
-def weights(resources: Mapping[str, Any]) -> dict[Device, int]:
-    """{device: weight} of ``BlkioWeightDevice``, checked (Docker's 10..1000; 0 drops it)."""
-    rules: dict[Device, int] = {}
-    for entry in _entries(resources, WEIGHT_DEVICE):
-        weight = _number(WEIGHT_DEVICE, entry, "Weight")
-        if weight and not 10 <= weight <= 1000:
-            raise ValueError(f"{_name(WEIGHT_DEVICE)}: invalid weight {weight} for device "
-                             f"{entry.get('Path')}: the range is from 10 to 1000")
-        rules[block_device(WEIGHT_DEVICE, entry.get("Path"))] = weight
-    return rules
+def weights(resources: Resources) -> dict[Device, int]:
+    """{device: weight} of ``BlkioWeightDevice`` (core checked the range; 0 drops it)."""
+    return {block_device(WEIGHT_DEVICE, w.path): w.weight
+            for w in resources.blkio_weight_device}
 
 
-def validate(resources: Mapping[str, Any]) -> None:
-    """Every device path a block device, every rate and weight in range."""
+def validate(resources: Resources) -> None:
+    """Every device path a block device."""
     throttles(resources)
     weights(resources)
 
@@ -118,7 +87,7 @@ def _v1_rules(path: str) -> dict[Device, int]:
     return out
 
 
-def v1_writes(group: str | None, resources: Mapping[str, Any],
+def v1_writes(group: str | None, resources: Resources,
               fresh: bool) -> list[tuple[str, str]]:
     """What to write in the container's v1 blkio group.
 
@@ -167,7 +136,7 @@ def _io_max(path: str) -> set[Device]:
     return out
 
 
-def v2_writes(group: str, resources: Mapping[str, Any],
+def v2_writes(group: str, resources: Resources,
               fresh: bool) -> list[tuple[str, str]]:
     """What to write in the container's v2 group: one ``io.max`` line per device
     (``MAJ:MIN rbps=N wbps=max riops=max wiops=max``: each key set, 0 meaning

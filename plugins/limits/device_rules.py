@@ -26,10 +26,11 @@ decides from the result, so a list means the same on both.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
 from skiff.core import hostdevices
+from skiff.core.hookspecs import Resources
 
 #: access bits, the kernel's values (DEVCG_ACC_* and BPF_DEVCG_ACC_*)
 MKNOD, READ, WRITE = 1, 2, 4
@@ -135,27 +136,26 @@ def parse_rule(text: Any) -> Rule:
                 _number(minor, MAX_MINOR, "minor", text), _access(access))
 
 
-def check(resources: Mapping[str, Any]) -> None:
+def check(resources: Resources) -> None:
     """Refuse a malformed ``DeviceCgroupRules``; does not read the host."""
-    rules = resources.get("DeviceCgroupRules") or []
-    if not isinstance(rules, list):
-        raise ValueError("DeviceCgroupRules must be a list of rules such as 'c 1:3 rwm'")
-    for rule in rules:
+    for rule in resources.device_cgroup_rules:
         parse_rule(rule)
 
 
-def container_rules(resources: Mapping[str, Any]) -> list[Rule]:
+def container_rules(resources: Resources) -> list[Rule]:
     """The container's rules, in the order the v1 kernel applies them.
 
     Reads ``Devices`` from the host (``ValueError`` when one is missing).
     """
-    if resources.get("Privileged"):
+    if resources.privileged:
         return list(PRIVILEGED_RULES)
     rules = list(MOBY_DEFAULT_RULES)
-    for mapped in hostdevices.mapped_devices(resources):
-        node = mapped.node
-        rules.append(Rule(True, node.type, node.major, node.minor, _access(mapped.permissions)))
-    rules.extend(parse_rule(r) for r in resources.get("DeviceCgroupRules") or [])
+    for mapping in resources.devices:
+        for node in hostdevices.devices_from_path(mapping.path_on_host,
+                                                  mapping.path_in_container):
+            rules.append(Rule(True, node.type, node.major, node.minor,
+                              _access(mapping.cgroup_permissions)))
+    rules.extend(parse_rule(r) for r in resources.device_cgroup_rules)
     rules.extend(RUNC_DEFAULT_RULES)
     return rules
 

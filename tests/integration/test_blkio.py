@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from skiff.plugins.limits.cgroupfs import CgroupfsV1, CgroupfsV2
+from skiff.core.containers.limits import resources_from
+from skiff.plugins.limits.cgroupfs_v1 import CgroupfsV1
+from skiff.plugins.limits.cgroupfs_v2 import CgroupfsV2
 from tests.integration.test_cgroupfs import Harness, cid
 from tests.loopfs import attached_loop
 
@@ -60,7 +62,7 @@ def test_device_throttles_reach_the_group_and_update_clears_them(
         h: Harness, loop: tuple[str, str]) -> None:
     dev, majmin = loop
     c = cid()
-    h.driver.create(c, throttles(dev, MiB, 2 * MiB, 100, 50))
+    h.driver.create(c, resources_from(throttles(dev, MiB, 2 * MiB, 100, 50)))
     try:
         view = blkio_view(h, c, majmin)
         if isinstance(h.driver, CgroupfsV1):
@@ -72,7 +74,7 @@ def test_device_throttles_reach_the_group_and_update_clears_them(
             assert view == {"rbps": str(MiB), "wbps": str(2 * MiB), "riops": "100",
                             "wiops": "50"}
         # the complete set again, with only the read limit: the others go
-        h.driver.update(c, throttles(dev, read_bps=3 * MiB))
+        h.driver.update(c, resources_from(throttles(dev, read_bps=3 * MiB)))
         view = blkio_view(h, c, majmin)
         if isinstance(h.driver, CgroupfsV1):
             assert view["read_bps_device"] == f"{majmin} {3 * MiB}"
@@ -81,7 +83,7 @@ def test_device_throttles_reach_the_group_and_update_clears_them(
         else:
             assert view == {"rbps": str(3 * MiB), "wbps": "max", "riops": "max",
                             "wiops": "max"}
-        h.driver.update(c, throttles(dev))
+        h.driver.update(c, resources_from(throttles(dev)))
         assert set(blkio_view(h, c, majmin).values()) <= {"", "max"}
     finally:
         h.driver.destroy(c)
@@ -93,8 +95,8 @@ def test_direct_reads_are_throttled_and_counted(h: Harness, loop: tuple[str, str
     dev, majmin = loop
     c = cid()
     # the v1 devices controller must let the group open the device at all
-    h.driver.create(c, {**throttles(dev, read_bps=8 * MiB),
-                        "DeviceCgroupRules": [f"b {majmin} r"]})
+    h.driver.create(c, resources_from({**throttles(dev, read_bps=8 * MiB),
+                        "DeviceCgroupRules": [f"b {majmin} r"]}))
     try:
         p = h.spawn("sh", "-c", f"read _; exec dd if={dev} of=/dev/null bs=64k count=16 "
                     "iflag=direct", stdin=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -125,33 +127,33 @@ def test_a_path_that_is_no_block_device_is_refused(h: Harness, path: str,
                                                    message: str) -> None:
     for field in ("BlkioDeviceReadBps", "BlkioDeviceWriteIOps"):
         with pytest.raises(ValueError, match=message) as info:
-            h.driver.validate({field: [{"Path": path, "Rate": 1024}]})
+            h.driver.validate(resources_from({field: [{"Path": path, "Rate": 1024}]}))
         assert field in str(info.value) and path in str(info.value)
     with pytest.raises(ValueError, match=message):
-        h.driver.validate({"BlkioWeightDevice": [{"Path": path, "Weight": 100}]})
+        h.driver.validate(resources_from({"BlkioWeightDevice": [{"Path": path, "Weight": 100}]}))
 
 
 def test_bad_rates_and_weights_are_refused(h: Harness, loop: tuple[str, str]) -> None:
     dev, _ = loop
     with pytest.raises(ValueError, match="non-negative"):
-        h.driver.validate({"BlkioDeviceReadBps": [{"Path": dev, "Rate": -1}]})
+        h.driver.validate(resources_from({"BlkioDeviceReadBps": [{"Path": dev, "Rate": -1}]}))
     with pytest.raises(ValueError, match="from 10 to 1000"):
-        h.driver.validate({"BlkioWeightDevice": [{"Path": dev, "Weight": 5}]})
-    h.driver.validate({"BlkioWeightDevice": [{"Path": dev, "Weight": 500}]})
+        h.driver.validate(resources_from({"BlkioWeightDevice": [{"Path": dev, "Weight": 5}]}))
+    h.driver.validate(resources_from({"BlkioWeightDevice": [{"Path": dev, "Weight": 500}]}))
 
 
 def test_kernel_memory_is_applied_or_refused_with_the_reason(h: Harness) -> None:
     resources = {"Memory": 64 * MiB, "KernelMemory": 32 * MiB}
     with pytest.raises(ValueError, match="Minimum kernel memory limit allowed is 4MB"):
-        h.driver.validate({"KernelMemory": 1024})
+        h.driver.validate(resources_from({"KernelMemory": 1024}))
     if isinstance(h.driver, CgroupfsV2):
         with pytest.raises(ValueError, match="not supported on cgroup v2"):
-            h.driver.validate(resources)
+            h.driver.validate(resources_from(resources))
         return
     probe = Path("/sys/fs/cgroup/memory") / f"skiff-kmem-probe-{os.getpid()}"
     assert not probe.exists()
     try:
-        h.driver.validate(resources)
+        h.driver.validate(resources_from(resources))
     except ValueError as exc:
         # this machine's 6.18 kernel keeps the file but ignores writes; 5.16+
         # refuse them; either way the message says so
@@ -161,7 +163,7 @@ def test_kernel_memory_is_applied_or_refused_with_the_reason(h: Harness) -> None
                        for p in Path("/sys/fs/cgroup/memory").iterdir())
         return
     c = cid()
-    h.driver.create(c, resources)
+    h.driver.create(c, resources_from(resources))
     try:
         assert int(h.file(c, "memory", "memory.kmem.limit_in_bytes")) == 32 * MiB
     finally:

@@ -17,9 +17,12 @@ from pathlib import Path
 import pluggy
 import pytest
 
-from skiff.core.hookspecs import PROJECT, CgroupContext, SkiffSpec
-from skiff.plugins.limits import cgroupfs
-from skiff.plugins.limits.cgroupfs import CgroupfsV1, CgroupfsV2, cgroupfs_factory
+from skiff.core.containers.limits import resources_from
+from skiff.core.hookspecs import PROJECT, CgroupContext, CgroupDriver, SkiffSpec
+from skiff.plugins.limits import cgroupfs, cgroupfs_base
+from skiff.plugins.limits.cgroupfs import cgroupfs_factory
+from skiff.plugins.limits.cgroupfs_v1 import CgroupfsV1
+from skiff.plugins.limits.cgroupfs_v2 import CgroupfsV2
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for cgroups")
 
@@ -98,24 +101,25 @@ def test_registered_through_the_hook() -> None:
     assert set(drivers) == {"cgroupfs"}
     drv = drivers["cgroupfs"](CgroupContext("skiff-unused"))
     assert drv.name == "cgroupfs"
+    assert isinstance(drv, CgroupDriver)  # the Protocol is runtime-checkable
     assert drv.version == (2 if os.path.exists("/sys/fs/cgroup/cgroup.controllers") else 1)
     assert not leftovers("skiff-unused")  # building the driver creates nothing
 
 
 def test_v1_hierarchies_skip_named_ones() -> None:
-    if cgroupfs.cgroup_version() != 1:
+    if cgroupfs_base.cgroup_version() != 1:
         pytest.skip("cgroup v2 host")
-    found = cgroupfs.v1_hierarchies()
+    found = cgroupfs_base.v1_hierarchies()
     assert "/sys/fs/cgroup/memory" in found and found["/sys/fs/cgroup/memory"] == "memory"
     assert all("systemd" not in p and "unified" not in p for p in found)
 
 
 def test_create_writes_limits(h: Harness) -> None:
     c = cid()
-    h.driver.create(c, {
+    h.driver.create(c, resources_from({
         "Memory": 64 * MiB, "MemorySwap": 96 * MiB, "PidsLimit": 42, "CpuShares": 512,
         "NanoCpus": 1_500_000_000, "CpusetCpus": "0", "MemoryReservation": 32 * MiB,
-    })
+    }))
     try:
         if h.driver.version == 1:
             assert h.file(c, "memory", "memory.limit_in_bytes") == str(64 * MiB)
@@ -150,7 +154,8 @@ def test_create_writes_limits(h: Harness) -> None:
 
 def test_unset_means_unlimited(h: Harness) -> None:
     c = cid()
-    h.driver.create(c, {"Memory": 0, "PidsLimit": None, "NanoCpus": 0, "CpuShares": 0})
+    h.driver.create(c, resources_from(
+            {"Memory": 0, "PidsLimit": None, "NanoCpus": 0, "CpuShares": 0}))
     try:
         if h.driver.version == 1:
             assert int(h.file(c, "memory", "memory.limit_in_bytes")) > 2**62
@@ -167,7 +172,7 @@ def test_unset_means_unlimited(h: Harness) -> None:
 
 def test_process_joins_every_group_and_destroy_removes_all(h: Harness) -> None:
     c = cid()
-    h.driver.create(c, {"Memory": 64 * MiB, "PidsLimit": 10})
+    h.driver.create(c, resources_from({"Memory": 64 * MiB, "PidsLimit": 10}))
     child = h.spawn("sleep", "30")
     t = time.perf_counter()
     h.driver.add_process(c, child.pid)
@@ -192,7 +197,7 @@ def test_process_joins_every_group_and_destroy_removes_all(h: Harness) -> None:
 
 def test_destroy_waits_for_exiting_tasks(h: Harness) -> None:
     c = cid()
-    h.driver.create(c, {})
+    h.driver.create(c, resources_from({}))
     child = h.spawn("sh", "-c", "trap '' TERM; sleep 0.2")
     h.driver.add_process(c, child.pid)
     os.kill(child.pid, signal.SIGKILL)  # not reaped yet: the group may still be busy
@@ -203,7 +208,7 @@ def test_destroy_waits_for_exiting_tasks(h: Harness) -> None:
 
 def test_destroy_removes_subgroups(h: Harness) -> None:
     c = cid()
-    h.driver.create(c, {})
+    h.driver.create(c, resources_from({}))
     # a container with a writable cgroupfs may make its own groups
     for path in h.driver.paths(c).values():
         os.mkdir(os.path.join(path, "inner"))
@@ -213,8 +218,8 @@ def test_destroy_removes_subgroups(h: Harness) -> None:
 
 def test_parent_stays_while_a_container_uses_it(h: Harness) -> None:
     a, b = cid(), cid()
-    h.driver.create(a, {})
-    h.driver.create(b, {})
+    h.driver.create(a, resources_from({}))
+    h.driver.create(b, resources_from({}))
     h.driver.destroy(a)
     assert leftovers(h.parent)
     for path in h.driver.paths(b).values():
@@ -226,7 +231,7 @@ def test_parent_stays_while_a_container_uses_it(h: Harness) -> None:
 def test_nested_parent(h: Harness) -> None:
     drv = cgroupfs_factory(CgroupContext(f"/{h.parent}/inner/"))
     c = cid()
-    drv.create(c, {"PidsLimit": 3})
+    drv.create(c, resources_from({"PidsLimit": 3}))
     child = h.spawn("sleep", "30")
     drv.add_process(c, child.pid)
     assert f"/{h.parent}/inner/{c}" in cgroup_of(child.pid).values()
@@ -239,7 +244,7 @@ def test_nested_parent(h: Harness) -> None:
 def test_memory_limit_is_enforced(h: Harness) -> None:
     c = cid()
     # no swap either: the allocation has nowhere to go and the OOM killer fires
-    h.driver.create(c, {"Memory": 32 * MiB, "MemorySwap": 32 * MiB})
+    h.driver.create(c, resources_from({"Memory": 32 * MiB, "MemorySwap": 32 * MiB}))
     child = h.spawn(sys.executable, "-c",
                     "import sys; sys.stdin.readline(); b = b'x' * (200 << 20); print(len(b))",
                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
@@ -251,7 +256,7 @@ def test_memory_limit_is_enforced(h: Harness) -> None:
 
 def test_pids_limit_is_enforced(h: Harness) -> None:
     c = cid()
-    h.driver.create(c, {"PidsLimit": 4})
+    h.driver.create(c, resources_from({"PidsLimit": 4}))
     code = (
         "import os, sys, time\n"
         "sys.stdin.readline()\n"
@@ -278,12 +283,12 @@ def test_pids_limit_is_enforced(h: Harness) -> None:
 
 def test_update_changes_limits(h: Harness) -> None:
     c = cid()
-    h.driver.create(c, {"Memory": 64 * MiB, "PidsLimit": 10})
+    h.driver.create(c, resources_from({"Memory": 64 * MiB, "PidsLimit": 10}))
     child = h.spawn("sleep", "30")
     h.driver.add_process(c, child.pid)
     # grow the memory limit past the old memory+swap (needs swap limit first on v1)
-    h.driver.update(c, {"Memory": 512 * MiB, "PidsLimit": 20, "CpuQuota": 50000,
-                        "CpuPeriod": 200000})
+    h.driver.update(c, resources_from({"Memory": 512 * MiB, "PidsLimit": 20, "CpuQuota": 50000,
+                        "CpuPeriod": 200000}))
     mem_file = "memory.limit_in_bytes" if h.driver.version == 1 else "memory.max"
     assert h.file(c, "memory", mem_file) == str(512 * MiB)
     assert h.file(c, "pids", "pids.max") == "20"
@@ -293,9 +298,9 @@ def test_update_changes_limits(h: Harness) -> None:
     else:
         assert h.file(c, "cpu", "cpu.max") == "50000 200000"
     # and shrink back, then lift every limit
-    h.driver.update(c, {"Memory": 16 * MiB})
+    h.driver.update(c, resources_from({"Memory": 16 * MiB}))
     assert h.file(c, "memory", mem_file) == str(16 * MiB)
-    h.driver.update(c, {})
+    h.driver.update(c, resources_from({}))
     assert h.file(c, "pids", "pids.max") == "max"
     assert h.file(c, "memory", mem_file) in ("max", "9223372036854771712")
     child.kill()
@@ -305,7 +310,7 @@ def test_update_changes_limits(h: Harness) -> None:
 
 def test_stats(h: Harness) -> None:
     c = cid()
-    h.driver.create(c, {"Memory": 128 * MiB, "PidsLimit": 50})
+    h.driver.create(c, resources_from({"Memory": 128 * MiB, "PidsLimit": 50}))
     child = h.spawn(sys.executable, "-c",
                     "import sys; sys.stdin.readline(); b = b'x' * (20 << 20);"
                     "sum(range(3_000_000)); print('ok', flush=True); sys.stdin.readline()",
@@ -349,7 +354,7 @@ def test_stats(h: Harness) -> None:
 def test_bad_resources_leave_nothing(h: Harness, resources: dict[str, object],
                                      message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        h.driver.create(cid(), resources)
+        h.driver.create(cid(), resources_from(resources))
     assert not leftovers(h.parent)
 
 
@@ -357,13 +362,14 @@ def test_privileged_keeps_all_devices(h: Harness) -> None:
     if h.driver.version != 1:
         pytest.skip("device rules are a v1 file interface")
     c = cid()
-    h.driver.create(c, {"Privileged": True})
+    h.driver.create(c, resources_from({"Privileged": True}))
     assert h.file(c, "devices", "devices.list") == "a *:* rwm"
     h.driver.destroy(c)
     c = cid()
-    h.driver.create(c, {"Devices": [{"PathOnHost": "/dev/fuse", "PathInContainer": "/dev/fuse",
+    h.driver.create(c, resources_from(
+            {"Devices": [{"PathOnHost": "/dev/fuse", "PathInContainer": "/dev/fuse",
                                      "CgroupPermissions": "rw"}]}
-                    if os.path.exists("/dev/fuse") else {"DeviceCgroupRules": ["c 10:229 rw"]})
+                    if os.path.exists("/dev/fuse") else {"DeviceCgroupRules": ["c 10:229 rw"]}))
     assert "c 10:229 rw" in h.file(c, "devices", "devices.list").splitlines()
     h.driver.destroy(c)
 
@@ -372,7 +378,7 @@ def test_device_allow_list_is_enforced(h: Harness) -> None:
     if h.driver.version != 1:
         pytest.skip("device rules are a v1 file interface")
     c = cid()
-    h.driver.create(c, {})
+    h.driver.create(c, resources_from({}))
     code = ("import sys; sys.stdin.readline()\n"
             "open('/dev/null', 'wb').write(b'x')\n"
             "try:\n    open('/dev/kmsg', 'rb')\nexcept PermissionError:\n    print('denied')\n")
@@ -385,7 +391,7 @@ def test_device_allow_list_is_enforced(h: Harness) -> None:
 
 def test_v2_driver_on_a_private_root(tmp_path: Path) -> None:
     """The v2 code paths on this host, if a cgroup2 mount can be made here."""
-    if cgroupfs.cgroup_version() == 2:
+    if cgroupfs_base.cgroup_version() == 2:
         pytest.skip("the host is v2: the tests above cover it")
     root = tmp_path / "cg2"
     root.mkdir()
@@ -396,8 +402,9 @@ def test_v2_driver_on_a_private_root(tmp_path: Path) -> None:
     try:
         drv = CgroupfsV2(parent, root=str(root))
         c = cid()
-        drv.create(c, {"PidsLimit": 5} if "pids" in (root / "cgroup.controllers").read_text()
-                   else {})
+        drv.create(c, resources_from(
+                {"PidsLimit": 5} if "pids" in (root / "cgroup.controllers").read_text()
+                   else {}))
         child = subprocess.Popen(["sleep", "30"])
         procs.append(child)
         drv.add_process(c, child.pid)
@@ -424,7 +431,8 @@ def test_timings(h: Harness) -> None:
         c = cid()
         child = h.spawn("sleep", "30")
         t0 = time.perf_counter()
-        h.driver.create(c, {"Memory": 64 * MiB, "PidsLimit": 100, "NanoCpus": 10**9})
+        h.driver.create(c, resources_from(
+                {"Memory": 64 * MiB, "PidsLimit": 100, "NanoCpus": 10**9}))
         t1 = time.perf_counter()
         h.driver.add_process(c, child.pid)
         t2 = time.perf_counter()
@@ -449,7 +457,7 @@ def cpu_ticks(pid: int) -> int:
 
 def test_pids_freeze_and_thaw(h: Harness) -> None:
     c = cid()
-    h.driver.create(c, {})
+    h.driver.create(c, resources_from({}))
     busy = h.spawn("sh", "-c", "while :; do :; done")
     other = h.spawn("sleep", "30")
     h.driver.add_process(c, busy.pid)
@@ -474,5 +482,5 @@ def test_pids_freeze_and_thaw(h: Harness) -> None:
 @pytest.mark.parametrize("bad", ["", "..", "a/b", "/"])
 def test_bad_container_id(h: Harness, bad: str) -> None:
     with pytest.raises(ValueError, match="invalid container id"):
-        h.driver.create(bad, {})
+        h.driver.create(bad, resources_from({}))
     assert not leftovers(h.parent)

@@ -29,10 +29,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from skiff.core.containers.limits import resources_from
 from skiff.plugins.limits import device_filter
 from skiff.plugins.limits import device_rules as dr
 from skiff.plugins.limits._bpf import lib  # type: ignore[import-not-found]
-from skiff.plugins.limits.cgroupfs import CGROUP_ROOT, CgroupfsV2
+from skiff.plugins.limits.cgroupfs_base import CGROUP_ROOT
+from skiff.plugins.limits.cgroupfs_v2 import CgroupfsV2
 from skiff.plugins.limits.device_rules import MKNOD, READ, WRITE, Rule
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for bpf and cgroups")
@@ -177,7 +179,7 @@ def test_default_program_loads_and_decides(prober: Prober) -> None:
     root = v2_root()
     if root is None:
         pytest.skip("no cgroup2 mount")
-    rules = dr.container_rules({})
+    rules = dr.container_rules(resources_from({}))
     group = prober.group(root)
     prog_id = device_filter.install(group, device_filter.program_for(rules))
     assert device_filter.installed(group) == [prog_id]
@@ -232,9 +234,10 @@ def test_install_replaces_and_removes(prober: Prober) -> None:
     if root is None:
         pytest.skip("no cgroup2 mount")
     group = prober.group(root)
-    first = device_filter.install(group, device_filter.program_for(dr.container_rules({})))
+    first = device_filter.install(group, device_filter.program_for(
+        dr.container_rules(resources_from({}))))
     second = device_filter.install(group, device_filter.program_for(
-        dr.container_rules({"DeviceCgroupRules": ["b 4000:* r"]})))
+        dr.container_rules(resources_from({"DeviceCgroupRules": ["b 4000:* r"]}))))
     assert first != second and device_filter.installed(group) == [second]
     assert prober.run(group)[("b", 4000, 1, READ)]
     assert device_filter.install(group, None) is None
@@ -273,7 +276,7 @@ def test_driver_refuses_without_attach(prober: Prober) -> None:
         os.close(fd)
     drv = CgroupfsV2(os.path.basename(top), root=root)
     with pytest.raises(device_filter.DeviceFilterError, match="cannot attach the device filter"):
-        drv.create(secrets.token_hex(32), {})
+        drv.create(secrets.token_hex(32), resources_from({}))
     assert os.listdir(top).count("keep") == 1
     assert [e for e in os.listdir(top) if os.path.isdir(os.path.join(top, e))] == ["keep"]
 
@@ -286,13 +289,14 @@ def test_one_loaded_program_serves_many_groups(prober: Prober) -> None:
     if root is None:
         pytest.skip("no cgroup2 mount")
     programs = device_filter.Programs(limit=1)
-    default = device_filter.program_for(dr.container_rules({}))
+    default = device_filter.program_for(dr.container_rules(resources_from({})))
     a, b = prober.group(root), prober.group(root)
     first = device_filter.install(a, default, programs)
     assert device_filter.install(b, default, programs) == first
     assert device_filter.install(a, default, programs) == first
     assert device_filter.installed(a) == device_filter.installed(b) == [first]
-    other = device_filter.program_for(dr.container_rules({"DeviceCgroupRules": ["c 4000:1 r"]}))
+    other = device_filter.program_for(dr.container_rules(resources_from(
+            {"DeviceCgroupRules": ["c 4000:1 r"]})))
     device_filter.install(b, other, programs)  # evicts (closes) the default's descriptor
     programs.close()
     got = prober.run(a)

@@ -18,9 +18,12 @@ from pathlib import Path
 import pytest
 import trio
 
+from skiff.core.containers.limits import resources_from
 from skiff.core.hookspecs import CgroupContext
 from skiff.plugins.isolation.runtime import ForkServerRuntime
-from skiff.plugins.limits.cgroupfs import CgroupfsV1, CgroupfsV2, cgroupfs_factory
+from skiff.plugins.limits.cgroupfs import cgroupfs_factory
+from skiff.plugins.limits.cgroupfs_v1 import CgroupfsV1
+from skiff.plugins.limits.cgroupfs_v2 import CgroupfsV2
 from tests.integration.runtimekit import NAMESPACES, make_spec, run_joined
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for cgroups")
@@ -43,7 +46,7 @@ def run_limited(rt: ForkServerRuntime, drv: CgroupfsV1 | CgroupfsV2, image: Path
                 bundle: Path, script: str, resources: dict) -> tuple[int, str, bool]:
     """Run ``sh -c script`` limited by ``resources``; (exit code, stdout, oom_killed)."""
     cid = secrets.token_hex(32)
-    drv.create(cid, resources)
+    drv.create(cid, resources_from(resources))
     try:
         spec = make_spec(image, bundle, ["sh", "-c", script], id=cid,
                          mounts=drv.mounts(cid),

@@ -32,15 +32,17 @@ import docker
 import pytest
 import trio
 
-from skiff.core.hookspecs import ContainerSpec
+from skiff.core.containers.limits import resources_from
+from skiff.core.hookspecs import CgroupContext, ContainerSpec
 from skiff.plugins.isolation.runtime import (
     ForkServerRuntime,
     skiff_container_spec,
     skiff_container_validate,
 )
-from skiff.plugins.limits import cgroupfs, device_filter
+from skiff.plugins.limits import cgroupfs, cgroupfs_base, device_filter
 from skiff.plugins.limits._bpf import lib  # type: ignore[import-not-found]
-from skiff.plugins.limits.cgroupfs import CgroupfsV1, CgroupfsV2
+from skiff.plugins.limits.cgroupfs_v1 import CgroupfsV1
+from skiff.plugins.limits.cgroupfs_v2 import CgroupfsV2
 from tests.daemon import Daemon
 from tests.integration.conftest import runtime  # noqa: F401  (a fixture)
 from tests.integration.runtimekit import NAMESPACES, FakeContainer, make_spec, run_joined
@@ -216,7 +218,8 @@ def test_cli_update_keeps_the_filter(skiffd: Daemon, disk: tuple[str, int, int])
 
 def _v2_mount() -> str | None:
     """A cgroup2 mount this host's processes live in (also on a hybrid host)."""
-    for candidate in (cgroupfs.CGROUP_ROOT, os.path.join(cgroupfs.CGROUP_ROOT, "unified")):
+    root = cgroupfs_base.CGROUP_ROOT
+    for candidate in (root, os.path.join(root, "unified")):
         if os.path.exists(os.path.join(candidate, "cgroup.controllers")):
             return candidate
     return None
@@ -224,7 +227,7 @@ def _v2_mount() -> str | None:
 
 def _drivers() -> list[str]:
     kinds = ["host"]
-    if cgroupfs.cgroup_version() == 1 and _v2_mount():
+    if cgroupfs_base.cgroup_version() == 1 and _v2_mount():
         kinds.append("v2-on-hybrid")
     return kinds
 
@@ -235,7 +238,7 @@ def driver(request: pytest.FixtureRequest) -> Iterator[CgroupfsV1 | CgroupfsV2]:
     parent = "skiff-test-" + secrets.token_hex(6)
     if request.param == "host":
         drv: CgroupfsV1 | CgroupfsV2 = cgroupfs.cgroupfs_factory(
-            cgroupfs.CgroupContext(parent))
+            CgroupContext(parent))
     else:
         drv = CgroupfsV2(parent, root=_v2_mount() or "")
     yield drv
@@ -266,7 +269,7 @@ def run_confined(rt: ForkServerRuntime, drv: CgroupfsV1 | CgroupfsV2, image: Pat
     """What skiffd's start does, minus the daemon: groups (with the device
     filter), the spec hook, prepare, join the groups, go.  Returns the output."""
     cid = secrets.token_hex(32)
-    drv.create(cid, host_config)
+    drv.create(cid, resources_from(host_config))
     try:
         if after_create is not None:
             after_create(cid)
@@ -314,7 +317,7 @@ def test_runtime_update_keeps_the_filter(
             if isinstance(driver, CgroupfsV2) else []
         v2_without_pids = isinstance(driver, CgroupfsV2) and not os.path.exists(
             os.path.join(driver.path(cid), "pids.max"))  # the empty cgroup2 of a hybrid host
-        driver.update(cid, {} if v2_without_pids else {"PidsLimit": 50})
+        driver.update(cid, resources_from({} if v2_without_pids else {"PidsLimit": 50}))
         after = device_filter.installed(driver.path(cid)) \
             if isinstance(driver, CgroupfsV2) else []
         programs.append(before)
@@ -394,11 +397,11 @@ def test_runtime_refused_when_the_filter_cannot_be_attached() -> None:
             os.close(fd)
         cid = secrets.token_hex(32)
         with pytest.raises(device_filter.DeviceFilterError, match="BPF_F_ALLOW_MULTI"):
-            drv.create(cid, {})
+            drv.create(cid, resources_from({}))
         groups = [e for e in os.listdir(top) if os.path.isdir(os.path.join(top, e))]
         assert groups == ["keep"], "the refused container's group was left"
         device_filter.install(top, None)  # the exclusive program goes
-        drv.create(cid, {})
+        drv.create(cid, resources_from({}))
         assert len(device_filter.installed(drv.path(cid))) == 1
         drv.destroy(cid)
     finally:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from skiff.core.containers import limits
+from skiff.core.containers.limits import resources_from
 from skiff.plugins.limits import _blkio
 
 
@@ -42,18 +44,20 @@ V1_FILES = {name: "" for _, name, _, _ in _blkio.THROTTLES}
 def test_v1_one_rule_per_write(tmp_path: Path, dev: tuple[str, str]) -> None:
     path, majmin = dev
     g = group(tmp_path, V1_FILES)
-    plan = _blkio.v1_writes(g, {"BlkioDeviceReadBps": [{"Path": path, "Rate": 1024}],
-                                "BlkioDeviceWriteIOps": [{"Path": path, "Rate": 7}]}, True)
+    plan = _blkio.v1_writes(g, resources_from(
+            {"BlkioDeviceReadBps": [{"Path": path, "Rate": 1024}],
+             "BlkioDeviceWriteIOps": [{"Path": path, "Rate": 7}]}), True)
     assert plan == [(f"{g}/blkio.throttle.read_bps_device", f"{majmin} 1024"),
                     (f"{g}/blkio.throttle.write_iops_device", f"{majmin} 7")]
-    assert _blkio.v1_writes(g, {}, True) == []
+    assert _blkio.v1_writes(g, resources_from({}), True) == []
 
 
 def test_v1_rewrite_clears_stale_rules(tmp_path: Path, dev: tuple[str, str]) -> None:
     path, majmin = dev
     g = group(tmp_path, {**V1_FILES, "blkio.throttle.read_bps_device": "253:9 500\n",
                          "blkio.throttle.write_bps_device": f"{majmin} 10\n"})
-    plan = _blkio.v1_writes(g, {"BlkioDeviceReadBps": [{"Path": path, "Rate": 2048}]}, False)
+    plan = _blkio.v1_writes(g, resources_from(
+            {"BlkioDeviceReadBps": [{"Path": path, "Rate": 2048}]}), False)
     assert plan == [(f"{g}/blkio.throttle.read_bps_device", "253:9 0"),
                     (f"{g}/blkio.throttle.read_bps_device", f"{majmin} 2048"),
                     (f"{g}/blkio.throttle.write_bps_device", f"{majmin} 0")]
@@ -63,40 +67,45 @@ def test_v1_missing_files_are_an_error_only_when_asked(tmp_path: Path,
                                                         dev: tuple[str, str]) -> None:
     path, _ = dev
     g = str(tmp_path)
-    assert _blkio.v1_writes(g, {}, False) == []
+    assert _blkio.v1_writes(g, resources_from({}), False) == []
     with pytest.raises(ValueError, match="--device-read-bps: the kernel has no"):
-        _blkio.v1_writes(g, {"BlkioDeviceReadBps": [{"Path": path, "Rate": 1}]}, True)
+        _blkio.v1_writes(g, resources_from(
+                {"BlkioDeviceReadBps": [{"Path": path, "Rate": 1}]}), True)
     with pytest.raises(ValueError, match="--blkio-weight-device"):
-        _blkio.v1_writes(g, {"BlkioWeightDevice": [{"Path": path, "Weight": 100}]}, True)
+        _blkio.v1_writes(g, resources_from(
+                {"BlkioWeightDevice": [{"Path": path, "Weight": 100}]}), True)
     with pytest.raises(ValueError, match="blkio controller mounted"):
-        _blkio.v1_writes(None, {"BlkioDeviceReadBps": [{"Path": path, "Rate": 1}]}, True)
+        _blkio.v1_writes(None, resources_from(
+                {"BlkioDeviceReadBps": [{"Path": path, "Rate": 1}]}), True)
 
 
 def test_v2_io_max_line_per_device(tmp_path: Path, dev: tuple[str, str]) -> None:
     path, majmin = dev
     g = group(tmp_path, {"io.max": "", "io.weight": "default 100\n"})
-    plan = _blkio.v2_writes(g, {"BlkioDeviceReadBps": [{"Path": path, "Rate": 1 << 20}],
-                                "BlkioDeviceWriteIOps": [{"Path": path, "Rate": 50}],
-                                "BlkioWeightDevice": [{"Path": path, "Weight": 1000}]}, True)
+    plan = _blkio.v2_writes(g, resources_from(
+            {"BlkioDeviceReadBps": [{"Path": path, "Rate": 1 << 20}],
+             "BlkioDeviceWriteIOps": [{"Path": path, "Rate": 50}],
+             "BlkioWeightDevice": [{"Path": path, "Weight": 1000}]}), True)
     assert plan == [(f"{g}/io.max", f"{majmin} rbps=1048576 wbps=max riops=max wiops=50"),
                     (f"{g}/io.weight", f"{majmin} 10000")]
 
 
 def test_v2_rewrite_lifts_stale_devices(tmp_path: Path) -> None:
     g = group(tmp_path, {"io.max": "253:9 rbps=10 wbps=max riops=max wiops=max\n"})
-    assert _blkio.v2_writes(g, {}, False) == [
+    assert _blkio.v2_writes(g, resources_from({}), False) == [
         (f"{g}/io.max", "253:9 rbps=max wbps=max riops=max wiops=max")]
-    assert _blkio.v2_writes(g, {}, True) == []
+    assert _blkio.v2_writes(g, resources_from({}), True) == []
 
 
 def test_v2_bfq_weight_keeps_dockers_scale(tmp_path: Path, dev: tuple[str, str]) -> None:
     path, majmin = dev
     g = group(tmp_path, {"io.max": "", "io.bfq.weight": "default 100\n"})
-    assert _blkio.v2_writes(g, {"BlkioWeightDevice": [{"Path": path, "Weight": 300}]},
+    assert _blkio.v2_writes(g, resources_from(
+            {"BlkioWeightDevice": [{"Path": path, "Weight": 300}]}),
                             True) == [(f"{g}/io.bfq.weight", f"{majmin} 300")]
     with pytest.raises(ValueError, match="io controller"):
         _blkio.v2_writes(str(tmp_path / "nowhere"),
-                         {"BlkioDeviceReadBps": [{"Path": path, "Rate": 1}]}, True)
+                         resources_from({"BlkioDeviceReadBps": [{"Path": path, "Rate": 1}]}), True)
 
 
 @pytest.mark.parametrize("entries, message", [
@@ -106,14 +115,14 @@ def test_v2_bfq_weight_keeps_dockers_scale(tmp_path: Path, dev: tuple[str, str])
 ])
 def test_validation(entries: object, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        _blkio.validate({"BlkioDeviceWriteBps": entries})
+        _blkio.validate(resources_from({"BlkioDeviceWriteBps": entries}))
 
 
 def test_rates_and_weights_are_checked(dev: tuple[str, str]) -> None:
     path, _ = dev
     with pytest.raises(ValueError, match="non-negative"):
-        _blkio.validate({"BlkioDeviceReadIOps": [{"Path": path, "Rate": "fast"}]})
-    with pytest.raises(ValueError, match="from 10 to 1000"):
-        _blkio.validate({"BlkioWeightDevice": [{"Path": path, "Weight": 1001}]})
-    _blkio.validate({"BlkioWeightDevice": [{"Path": path, "Weight": 0}],
-                     "BlkioDeviceReadBps": None})
+        _blkio.validate(resources_from({"BlkioDeviceReadIOps": [{"Path": path, "Rate": "fast"}]}))
+    with pytest.raises(ValueError, match="from 10 to 1000"):  # Docker's range: core's check
+        limits.validate(resources_from({"BlkioWeightDevice": [{"Path": path, "Weight": 1001}]}))
+    _blkio.validate(resources_from({"BlkioWeightDevice": [{"Path": path, "Weight": 0}],
+                                    "BlkioDeviceReadBps": None}))

@@ -12,6 +12,7 @@ import struct
 import pytest
 
 from skiff.core import hostdevices
+from skiff.core.containers.limits import resources_from
 from skiff.plugins.limits import device_filter
 from skiff.plugins.limits import device_rules as dr
 from skiff.plugins.limits.device_rules import MKNOD, READ, WRITE, Rule
@@ -20,7 +21,8 @@ RWM = MKNOD | READ | WRITE
 
 
 def lines(resources: dict) -> list[str]:
-    return [("allow " if r.allow else "deny ") + r.line() for r in dr.container_rules(resources)]
+    rules = dr.container_rules(resources_from(resources))
+    return [("allow " if r.allow else "deny ") + r.line() for r in rules]
 
 
 def test_docker_20_10_default_list() -> None:
@@ -34,7 +36,7 @@ def test_docker_20_10_default_list() -> None:
         "allow c 1:5 rwm", "allow c 1:9 rwm", "allow c 136:* rwm", "allow c 5:2 rwm",
         "allow c 10:200 rwm",
     ]
-    default_allow, exceptions = dr.effective(dr.container_rules({}))
+    default_allow, exceptions = dr.effective(dr.container_rules(resources_from({})))
     assert default_allow is False
     opened = {(e.type, e.major, e.minor) for e in exceptions if e.access == RWM}
     assert opened == {("c", 1, 3), ("c", 1, 5), ("c", 1, 7), ("c", 1, 8), ("c", 1, 9),
@@ -50,7 +52,8 @@ def test_docker_20_10_default_list() -> None:
 
 def test_privileged_is_allow_all_and_no_program() -> None:
     assert lines({"Privileged": True, "DeviceCgroupRules": ["c 1:3 r"]}) == ["allow a"]
-    assert device_filter.program_for(dr.container_rules({"Privileged": True})) is None
+    assert device_filter.program_for(dr.container_rules(resources_from(
+            {"Privileged": True}))) is None
 
 
 def test_devices_and_cgroup_rules_sit_before_runc_defaults() -> None:
@@ -84,7 +87,7 @@ def test_bad_rules(text: object, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         dr.parse_rule(text)
     with pytest.raises(ValueError, match=message):
-        dr.check({"DeviceCgroupRules": [text]})
+        dr.check(resources_from({"DeviceCgroupRules": [text]}))
 
 
 def test_effective_follows_v1_kernel_semantics() -> None:

@@ -1,0 +1,254 @@
+"""What the two ``cgroupfs`` drivers (v1 and v2) share: reading and writing
+cgroup files, finding the hierarchies, HostConfig's values in kernel units,
+removing groups, and the base class holding the parent group and its lock.
+
+Like Docker's ``cgroupfs`` driver, each container gets a group named after its
+id under the daemon's ``cgroup-parent`` (default ``skiff``); the parent groups
+are created on demand and removed when their last container's group goes, so
+an idle daemon leaves nothing in ``/sys/fs/cgroup``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from skiff.core.containers import limits
+from skiff.core.hookspecs import Resources
+from skiff.plugins.limits import _blkio, device_rules
+
+NAME = "cgroupfs"
+CGROUP_ROOT = "/sys/fs/cgroup"
+
+#: Docker's period for ``--cpus``, in microseconds
+DEFAULT_CPU_PERIOD = 100_000
+#: how long ``destroy`` waits for exiting processes to leave a group
+RMDIR_TIMEOUT = 2.0
+#: options of the mounts that show a container its own groups: it may read
+#: its limits and counters but never write them
+VIEW_OPTIONS = ["ro", "nosuid", "nodev", "noexec"]
+
+
+def read(path: str) -> str:
+    with open(path) as f:
+        return f.read().strip()
+
+
+def write(path: str, value: str | int) -> None:
+    """Write one value to a cgroup file; the error names the file and value."""
+    data = str(value).encode()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot open {path}: {exc.strerror}") from None
+    try:
+        os.write(fd, data)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot write {str(value)!r} to {path}: {exc.strerror}"
+                      ) from None
+    finally:
+        os.close(fd)
+
+
+
+
+def keyvals(path: str) -> dict[str, int]:
+    """``key value`` lines (memory.stat, cpu.stat) as a dict; empty if absent."""
+    out: dict[str, int] = {}
+    try:
+        with open(path) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) == 2:
+                    with contextlib.suppress(ValueError):
+                        out[parts[0]] = int(parts[1])
+    except OSError:
+        pass
+    return out
+
+
+def int_file(path: str, default: int = 0) -> int:
+    try:
+        text = read(path)
+    except OSError:
+        return default
+    if text == "max":
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        return default
+
+
+
+
+def check_name(what: str, name: str) -> str:
+    parts = [p for p in name.strip("/").split("/") if p]
+    if not parts or any(p in (".", "..") for p in parts):
+        raise ValueError(f"invalid {what} {name!r}: expected a relative cgroup path")
+    return "/".join(parts)
+
+
+def check_id(container_id: str) -> str:
+    if not container_id or "/" in container_id or container_id in (".", ".."):
+        raise ValueError(f"invalid container id {container_id!r} for a cgroup name")
+    return container_id
+
+
+def read_pids(path: str) -> list[int]:
+    try:
+        with open(os.path.join(path, "cgroup.procs")) as f:
+            return sorted(int(x) for x in f.read().split())
+    except FileNotFoundError:
+        return []
+
+
+def wait_for(check: Any, what: str, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while not check():
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{what} did not finish within {timeout:.0f} s")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+def system_cpu_usage() -> int:
+    """Docker's ``system_cpu_usage``: host CPU time in nanoseconds (/proc/stat)."""
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith("cpu "):
+                ticks = sum(int(x) for x in line.split()[1:8])
+                return ticks * (1_000_000_000 // os.sysconf("SC_CLK_TCK"))
+    return 0
+
+
+def machine_memory() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+
+
+def cpu_limit(resources: Resources) -> tuple[int, int]:
+    """``(quota, period)`` in microseconds; quota -1 when unlimited."""
+    nano = resources.nano_cpus
+    if nano:
+        return nano * DEFAULT_CPU_PERIOD // 1_000_000_000, DEFAULT_CPU_PERIOD
+    quota = resources.cpu_quota
+    period = resources.cpu_period or DEFAULT_CPU_PERIOD
+    return (quota if quota > 0 else -1), period
+
+
+def swap_total(resources: Resources) -> int:
+    """Memory plus swap in bytes; -1 for unlimited, 0 for no setting."""
+    memory = resources.memory
+    swap = resources.memory_swap
+    if swap == -1:
+        return -1
+    if swap > 0:
+        return swap
+    return 2 * memory if memory > 0 else 0  # Docker's default: as much swap as memory
+
+
+def rmdir_retry(path: str, deadline: float) -> None:
+    """rmdir a group and any groups the container made inside it.
+
+    Waits while the kernel still counts exiting tasks (EBUSY) until
+    ``deadline``; never kills anything.
+    """
+    with contextlib.suppress(FileNotFoundError), os.scandir(path) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                rmdir_retry(entry.path, deadline)
+    delay = 0.002
+    while True:
+        try:
+            os.rmdir(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            if exc.errno != errno.EBUSY or time.monotonic() >= deadline:
+                raise OSError(exc.errno, f"cannot remove cgroup {path}: {exc.strerror}"
+                              ) from None
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+def _mountinfo() -> Iterator[tuple[str, str, set[str]]]:
+    """``(mount point, fstype, super options)`` of every cgroup mount."""
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            fields, rfields = left.split(), right.split()
+            if len(rfields) >= 3 and rfields[0] in ("cgroup", "cgroup2"):
+                # octal escapes (\040) in mount points: cgroupfs paths never have them
+                yield fields[4], rfields[0], set(rfields[2].split(","))
+
+
+def v1_hierarchies() -> dict[str, str]:
+    """Mounted v1 controller hierarchies: mount point -> comma-joined controllers.
+
+    Named hierarchies (``name=systemd``) carry no controller and are skipped;
+    a co-mounted ``cpu,cpuacct`` is one hierarchy.
+    """
+    options = {"rw", "ro", "noprefix", "clone_children", "xattr", "cpuset_v2_mode",
+               "favordynmods", "nofavordynmods"}
+    found: dict[str, str] = {}
+    for point, fstype, opts in _mountinfo():
+        if fstype != "cgroup" or any(o.startswith("name=") for o in opts):
+            continue
+        controllers = sorted(o for o in opts if o not in options and "=" not in o)
+        if controllers and point not in found and point.startswith(CGROUP_ROOT + "/"):
+            found[point] = ",".join(controllers)
+    return found
+
+
+def cgroup_version() -> int:
+    """2 on a unified hierarchy, 1 otherwise (a hybrid host counts as v1)."""
+    return 2 if os.path.exists(os.path.join(CGROUP_ROOT, "cgroup.controllers")) else 1
+
+
+
+
+class CgroupfsBase:
+    """The parent group, the lock that guards it, and the checks both versions run.
+
+    Parents are created and removed under the lock, so a destroy that empties
+    the parent cannot race a create that is about to use it.
+    """
+
+    name = NAME
+    version: int
+
+    def __init__(self, parent: str = "skiff") -> None:
+        self.parent = check_name("cgroup-parent", parent)
+        self._lock = threading.Lock()
+
+    def validate(self, resources: Resources) -> None:
+        """What this host cannot apply (device paths and rules, kernel memory),
+        after Docker's checks again; ``ValueError`` with Docker's messages."""
+        check_resources(resources)
+        if resources.kernel_memory:
+            self._check_kernel_memory()
+
+    def _check_kernel_memory(self) -> None:
+        """Refuse ``KernelMemory`` where this driver cannot enforce it."""
+        raise NotImplementedError
+
+
+def check_resources(resources: Resources) -> None:
+    """Docker's checks (the daemon ran them already; a direct caller may not
+    have) and those of the per-device lists this driver reads."""
+    limits.validate(resources)
+    _blkio.validate(resources)
+    device_rules.check(resources)
