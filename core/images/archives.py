@@ -37,7 +37,6 @@ import shutil
 import signal
 import tarfile
 import tempfile
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -68,6 +67,7 @@ from skiff.core.images.store import (
     parse_config,
 )
 from skiff.core.tarlimits import open_stream
+from skiff.core.timefmt import now_rfc3339
 
 log = structlog.get_logger("skiff.images.archives")
 
@@ -95,12 +95,6 @@ def host_architecture() -> str:
     return {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64",
             "i386": "386", "i686": "386", "armv7l": "arm", "ppc64le": "ppc64le",
             "s390x": "s390x", "riscv64": "riscv64"}.get(machine, machine)
-
-
-def _now_rfc3339() -> str:
-    t = time.time()
-    ns = int((t - int(t)) * 1e9)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{ns:09d}Z"
 
 
 # ---------------------------------------------------------------------------
@@ -973,7 +967,7 @@ def import_tarball(
     config = apply_changes(dict(ZERO_CONTAINER_CONFIG), changes)  # refuse bad input first
     layer = layer_store.register(stream, None)
     try:
-        created = _now_rfc3339()
+        created = now_rfc3339()
         comment = message or f"Imported from {src}"
         image_config = {
             "architecture": host_architecture(),
