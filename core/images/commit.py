@@ -30,7 +30,8 @@ from typing import Any
 import structlog
 
 from skiff.core import idshift
-from skiff.core.images.archives import apply_changes, host_architecture
+from skiff.core.images.archives.formats import host_architecture
+from skiff.core.images.dockerfile_changes import apply_changes
 from skiff.core.images.errors import InvalidReference
 from skiff.core.images.layers import LayerStore
 from skiff.core.images.reference import familiar_string, parse
