@@ -20,6 +20,13 @@ def rfc3339(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{frac:06d}000Z"
 
 
+def now_rfc3339() -> str:
+    """The current time as Docker stamps records: RFC 3339, UTC, nanosecond digits."""
+    t = time.time()
+    ns = int((t - int(t)) * 1e9)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{ns:09d}Z"
+
+
 def parse_rfc3339(text: str) -> float:
     """The Unix time of an RFC 3339 timestamp; 0.0 for Docker's zero time."""
     m = _RFC3339.match(text)

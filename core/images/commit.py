@@ -24,18 +24,19 @@ Everything here blocks; the daemon calls it from a worker thread.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import structlog
 
 from skiff.core import idshift
-from skiff.core.images.archives import apply_changes, host_architecture
+from skiff.core.images.archives.formats import host_architecture
+from skiff.core.images.dockerfile_changes import apply_changes
 from skiff.core.images.errors import InvalidReference
 from skiff.core.images.layers import LayerStore
 from skiff.core.images.reference import familiar_string, parse
 from skiff.core.images.store import ImageStore, encode_config
+from skiff.core.timefmt import now_rfc3339
 from skiff.core.userns import IdMap
 
 log = structlog.get_logger("skiff.images.commit")
@@ -45,12 +46,6 @@ __all__ = ["EMPTY_TAR_DIFF_ID", "commit_container", "merge_config"]
 #: sha256 of a tar holding nothing but its two end blocks (Docker's
 #: ``layer.DigestSHA256EmptyTar``): a commit that changed nothing
 EMPTY_TAR_DIFF_ID = "sha256:5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef"
-
-
-def _now_rfc3339() -> str:
-    t = time.time()
-    ns = int((t - int(t)) * 1e9)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{ns:09d}Z"
 
 
 def merge_config(user: dict[str, Any], container: Mapping[str, Any]) -> dict[str, Any]:
@@ -167,7 +162,7 @@ def commit_container(
         empty = layer.diff_id == EMPTY_TAR_DIFF_ID
         if not empty:
             diff_ids.append(layer.diff_id)
-        created = _now_rfc3339()
+        created = now_rfc3339()
         entry: dict[str, Any] = {"created": created}
         if author:
             entry["author"] = author

@@ -27,7 +27,6 @@ import os
 import re
 import shutil
 import threading
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
@@ -54,6 +53,7 @@ from skiff.core.images.reference import (
     parse,
     parse_digest,
 )
+from skiff.core.timefmt import now_rfc3339
 
 log = structlog.get_logger("skiff.images.store")
 
@@ -151,12 +151,6 @@ def _unix_float(text: str | None) -> float:
 def _short(image_id: str) -> str:
     """Docker's ``stringid.TruncateID``."""
     return image_id.split(":", 1)[-1][:12]
-
-
-def _now_rfc3339() -> str:
-    t = time.time()
-    ns = int((t - int(t)) * 1e9)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{ns:09d}Z"
 
 
 @dataclass
@@ -406,7 +400,7 @@ class ImageStore:
             self._children.setdefault(parent_id, set()).add(image_id)
 
     def _touch(self, image_id: str) -> None:
-        stamp = _now_rfc3339()
+        stamp = now_rfc3339()
         meta = os.path.join(self._meta, image_id[7:])
         os.makedirs(meta, mode=0o700, exist_ok=True)
         write_atomic(os.path.join(meta, "lastUpdated"), stamp, 0o600)

@@ -31,7 +31,7 @@ from skiff.core.api.errors import status_of
 from skiff.core.atomic import write_atomic, write_json_atomic
 from skiff.core.errors import InvalidParameter
 from skiff.core.hookspecs import DriverNotSupported, StorageContext, StorageDriver
-from skiff.core.images import archives
+from skiff.core.images import archives, dockerfile_changes
 from skiff.core.images.errors import (
     ImageConflict,
     ImageNotFound,
@@ -431,7 +431,7 @@ def test_write_atomic(tmp_path: Path) -> None:
 
 
 def test_change_instructions() -> None:
-    cfg = archives.apply_changes(dict(ZERO_CONTAINER_CONFIG), [
+    cfg = dockerfile_changes.apply_changes(dict(ZERO_CONTAINER_CONFIG), [
         "ENV A=1 B=\"two words\"",
         "ENV C three words",
         "ENV D=$A-x E=${NOPE:-def} F=${A:+set} G='$A'",
@@ -460,10 +460,10 @@ def test_change_instructions() -> None:
     assert cfg["Cmd"] == ["/bin/sh", "-c", "echo hi"]
     assert ZERO_CONTAINER_CONFIG["Env"] is None  # the input is not modified
 
-    ep = archives.apply_changes(dict(ZERO_CONTAINER_CONFIG),
+    ep = dockerfile_changes.apply_changes(dict(ZERO_CONTAINER_CONFIG),
                                 ['CMD ["a"]', 'ENTRYPOINT ["/bin/x", "-v"]'])
     assert ep["Entrypoint"] == ["/bin/x", "-v"] and ep["Cmd"] == ["a"]
-    ep2 = archives.apply_changes({**ZERO_CONTAINER_CONFIG, "Cmd": ["old"]},
+    ep2 = dockerfile_changes.apply_changes({**ZERO_CONTAINER_CONFIG, "Cmd": ["old"]},
                                  ["ENTRYPOINT exec thing"])
     assert ep2["Entrypoint"] == ["/bin/sh", "-c", "exec thing"] and ep2["Cmd"] is None
 
@@ -479,7 +479,7 @@ def test_change_instructions() -> None:
         ("ONBUILD ONBUILD RUN x", "Chaining ONBUILD"),
     ]:
         with pytest.raises(InvalidParameter, match=message):
-            archives.apply_changes(dict(ZERO_CONTAINER_CONFIG), [bad])
+            dockerfile_changes.apply_changes(dict(ZERO_CONTAINER_CONFIG), [bad])
 
 
 # ---------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from skiff.core import archive
-from skiff.core.images import archives
+from skiff.core.images.archives import loader
 from skiff.core.images.errors import InvalidImage
 from skiff.core.tarlimits import MAX_META, MAX_META_HEADERS, TarHeaderTooLarge, open_stream
 
@@ -244,5 +244,5 @@ def test_every_untrusted_reader_goes_through_the_limits(tmp_path: Path) -> None:
     spool = tmp_path / "spool"
     spool.mkdir()
     with pytest.raises(InvalidImage, match="claims 4294967296 bytes"):
-        archives._spool_archive(Endless(body), archives._Spool(str(spool)))  # type: ignore[arg-type]
+        loader._spool_archive(Endless(body), loader._Spool(str(spool)))  # type: ignore[arg-type]
     assert os.listdir(spool) == []

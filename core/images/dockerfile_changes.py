@@ -1,0 +1,312 @@
+"""Dockerfile instructions applied to an image config: ``--change`` of
+``docker import`` and ``docker commit`` (and, later, the builder).
+
+Words are split and variables expanded as BuildKit does; the instructions
+accepted are :data:`CHANGE_INSTRUCTIONS`.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import re
+import signal
+from collections.abc import Sequence
+from typing import Any
+
+from skiff.core.errors import InvalidParameter
+
+__all__ = ["CHANGE_INSTRUCTIONS", "apply_changes"]
+
+#: instructions ``docker import --change`` and ``docker commit --change`` accept
+CHANGE_INSTRUCTIONS = ("CMD", "ENTRYPOINT", "ENV", "EXPOSE", "LABEL", "ONBUILD", "STOPSIGNAL",
+                       "USER", "VOLUME", "WORKDIR")
+
+
+def _split_words(rest: str) -> list[str]:
+    """BuildKit's ``parseWords``: split on blanks, keeping quotes and escapes for later."""
+    words: list[str] = []
+    word = ""
+    quote = ""
+    blank_ok = False
+    in_word = False
+    i = 0
+    n = len(rest)
+    while i < n:
+        ch = rest[i]
+        if not in_word and not quote:
+            if ch.isspace():
+                i += 1
+                continue
+            in_word = True
+        if quote:
+            if ch == quote:
+                quote = ""
+            elif ch == "\\" and quote != "'" and i + 1 < n:
+                word += ch
+                i += 1
+                ch = rest[i]
+            word += ch
+            i += 1
+            continue
+        if ch.isspace():
+            if blank_ok or word:
+                words.append(word)
+            word, blank_ok, in_word = "", False, False
+            i += 1
+            continue
+        if ch in "'\"":
+            quote = ch
+            blank_ok = True
+        elif ch == "\\":
+            if i + 1 == n:
+                i += 1
+                continue
+            word += ch
+            i += 1
+            ch = rest[i]
+        word += ch
+        i += 1
+    if in_word and (blank_ok or word):
+        words.append(word)
+    return words
+
+
+_VAR = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _expand(word: str, env: dict[str, str]) -> str:
+    """Dockerfile word processing: quote removal, escapes and ``$VAR``/``${VAR}``,
+    ``${VAR:-default}``, ``${VAR:+alternative}``."""
+    out: list[str] = []
+    i = 0
+    n = len(word)
+
+    def dollar(j: int) -> tuple[str, int]:
+        # word[j] == "$"
+        if j + 1 < n and word[j + 1] == "{":
+            end = word.find("}", j + 2)
+            if end < 0:
+                raise InvalidParameter(f"missing '}}' in {word!r}")
+            body = word[j + 2 : end]
+            m = _VAR.match(body)
+            if not m:
+                raise InvalidParameter(f"bad substitution in {word!r}")
+            name, rest = m.group(0), body[m.end() :]
+            value = env.get(name)
+            if rest.startswith(":-"):
+                value = value if value else _expand(rest[2:], env)
+            elif rest.startswith(":+"):
+                value = _expand(rest[2:], env) if value else ""
+            elif rest:
+                raise InvalidParameter(f"unsupported modifier ({rest[:2]}) in substitution")
+            return value or "", end + 1
+        m = _VAR.match(word, j + 1)
+        if not m:
+            return "$", j + 1
+        return env.get(m.group(0), ""), m.end()
+
+    while i < n:
+        ch = word[i]
+        if ch == "'":
+            end = word.find("'", i + 1)
+            if end < 0:
+                raise InvalidParameter(f"unexpected end of statement while looking for "
+                                       f"matching single-quote in {word!r}")
+            out.append(word[i + 1 : end])
+            i = end + 1
+        elif ch == '"':
+            i += 1
+            while True:
+                if i >= n:
+                    raise InvalidParameter(f"unexpected end of statement while looking for "
+                                           f"matching double-quote in {word!r}")
+                c = word[i]
+                if c == '"':
+                    i += 1
+                    break
+                if c == "\\" and i + 1 < n and word[i + 1] in '"$\\':
+                    out.append(word[i + 1])
+                    i += 2
+                elif c == "$":
+                    value, i = dollar(i)
+                    out.append(value)
+                else:
+                    out.append(c)
+                    i += 1
+        elif ch == "\\":
+            if i + 1 < n:
+                out.append(word[i + 1])
+            i += 2
+        elif ch == "$":
+            value, i = dollar(i)
+            out.append(value)
+        else:
+            out.append(ch)
+            i += 1
+    return "".join(out)
+
+
+def _json_array(rest: str) -> list[str] | None:
+    text = rest.strip()
+    if not text.startswith("["):
+        return None
+    try:
+        value = json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        return None
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return value
+    return None
+
+
+def _name_values(rest: str, instr: str, env: dict[str, str]) -> list[tuple[str, str]]:
+    """``KEY=value ...`` or the legacy ``KEY value with spaces`` (ENV, LABEL)."""
+    words = _split_words(rest)
+    if not words:
+        raise InvalidParameter(f"{instr} requires at least one argument")
+    if "=" not in words[0]:
+        parts = re.split(r"\s+", rest.strip(), maxsplit=1)
+        if len(parts) < 2:
+            raise InvalidParameter(f"{instr} must have two arguments")
+        return [(_expand(parts[0], env), _expand(parts[1], env))]
+    out = []
+    for w in words:
+        if "=" not in w:
+            raise InvalidParameter(
+                f"Syntax error - can't find = in {w!r}. Must be of the form: name=value"
+            )
+        key, _, value = w.partition("=")
+        key = _expand(key, env)
+        if not key:
+            raise InvalidParameter(f"{instr} names can not be blank")
+        out.append((key, _expand(value, env)))
+    return out
+
+
+def _env_dict(config: dict[str, Any]) -> dict[str, str]:
+    out = {}
+    for item in config.get("Env") or []:
+        k, _, v = item.partition("=")
+        out[k] = v
+    return out
+
+
+def _valid_signal(text: str) -> None:
+    if text.isdigit():
+        if int(text) > 0:
+            return
+    else:
+        name = text.upper()
+        name = name if name.startswith("SIG") else "SIG" + name
+        if hasattr(signal.Signals, name) or re.fullmatch(r"SIGRTM(IN|AX)([+-]\d+)?", name):
+            return
+    raise InvalidParameter(f"Invalid signal: {text}")
+
+
+def _expose(words: list[str]) -> list[str]:
+    out = []
+    for spec in words:
+        port, _, proto = spec.partition("/")
+        proto = (proto or "tcp").lower()
+        if proto not in ("tcp", "udp", "sctp"):
+            raise InvalidParameter(f"invalid proto: {proto}")
+        lo, dash, hi = port.partition("-")
+        try:
+            start = int(lo)
+            end = int(hi) if dash else start
+        except ValueError:
+            raise InvalidParameter(f"invalid containerPort: {port}") from None
+        if not (0 < start <= end <= 65535):
+            raise InvalidParameter(f"invalid containerPort: {port}")
+        out.extend(f"{p}/{proto}" for p in range(start, end + 1))
+    return out
+
+
+def apply_changes(config: dict[str, Any], changes: Sequence[str]) -> dict[str, Any]:
+    """Apply ``--change`` Dockerfile instructions to a container config (a copy is
+    returned).  CMD/ENTRYPOINT take a JSON array or a shell form, which becomes
+    ``["/bin/sh", "-c", ...]``; variables expand from the config's Env."""
+    cfg = json.loads(json.dumps(config))
+    cmd_set = False
+    for raw in changes:
+        for line in str(raw).splitlines():
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            m = re.match(r"(\S+)\s*(.*)$", line, re.S)
+            assert m is not None
+            instr_word, rest = m.group(1), m.group(2)
+            instr = instr_word.upper()
+            if instr not in CHANGE_INSTRUCTIONS:
+                raise InvalidParameter(f"{instr_word.lower()} is not a valid change command")
+            env = _env_dict(cfg)
+            if instr in ("CMD", "ENTRYPOINT"):
+                args = _json_array(rest)
+                if args is None:
+                    args = ["/bin/sh", "-c", rest] if rest else []
+                if instr == "CMD":
+                    cfg["Cmd"] = args
+                    cmd_set = True
+                else:
+                    cfg["Entrypoint"] = args or None
+                    if not cmd_set:
+                        cfg["Cmd"] = None
+            elif instr == "ENV":
+                pairs = _name_values(rest, "ENV", env)
+                current = list(cfg.get("Env") or [])
+                for key, value in pairs:
+                    current = [e for e in current if e.partition("=")[0] != key]
+                    current.append(f"{key}={value}")
+                cfg["Env"] = current
+            elif instr == "LABEL":
+                labels = dict(cfg.get("Labels") or {})
+                for key, value in _name_values(rest, "LABEL", env):
+                    labels[key] = value
+                cfg["Labels"] = labels
+            elif instr == "EXPOSE":
+                words = [_expand(w, env) for w in _split_words(rest)]
+                if not words:
+                    raise InvalidParameter("EXPOSE requires at least one argument")
+                ports = dict(cfg.get("ExposedPorts") or {})
+                for p in _expose(words):
+                    ports[p] = {}
+                cfg["ExposedPorts"] = ports
+            elif instr == "VOLUME":
+                vols = _json_array(rest)
+                if vols is None:
+                    vols = [_expand(w, env) for w in _split_words(rest)]
+                if not vols:
+                    raise InvalidParameter("VOLUME requires at least one argument")
+                volumes = dict(cfg.get("Volumes") or {})
+                for v in vols:
+                    if not v.strip():
+                        raise InvalidParameter("VOLUME specified can not be an empty string")
+                    volumes[v.strip()] = {}
+                cfg["Volumes"] = volumes
+            elif instr == "WORKDIR":
+                wd = _expand(rest.strip(), env)
+                if not wd:
+                    raise InvalidParameter("WORKDIR requires exactly one argument")
+                if not wd.startswith("/"):
+                    wd = posixpath.join("/", cfg.get("WorkingDir") or "", wd)
+                cfg["WorkingDir"] = posixpath.normpath(wd)
+            elif instr == "USER":
+                user = _expand(rest.strip(), env)
+                if not user:
+                    raise InvalidParameter("USER requires exactly one argument")
+                cfg["User"] = user
+            elif instr == "STOPSIGNAL":
+                sig = _expand(rest.strip(), env)
+                _valid_signal(sig)
+                cfg["StopSignal"] = sig
+            elif instr == "ONBUILD":
+                trigger = rest.strip()
+                first = trigger.split(None, 1)[0].upper() if trigger else ""
+                if first in ("ONBUILD", ""):
+                    raise InvalidParameter("Chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed"
+                                           if first else "ONBUILD requires an instruction")
+                if first in ("FROM", "MAINTAINER"):
+                    raise InvalidParameter(f"{first} isn't allowed as an ONBUILD trigger")
+                cfg["OnBuild"] = [*(cfg.get("OnBuild") or []), trigger]
+    return cfg
