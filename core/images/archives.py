@@ -53,6 +53,7 @@ from skiff.core.images.errors import (
     LayerDigestMismatch,
 )
 from skiff.core.images.layers import LayerStore, chain_id
+from skiff.core.images.records import ZERO_CONTAINER_CONFIG, encode_config, parse_config
 from skiff.core.images.reference import (
     Reference,
     familiar_name,
@@ -61,12 +62,7 @@ from skiff.core.images.reference import (
     parse,
     parse_digest,
 )
-from skiff.core.images.store import (
-    ZERO_CONTAINER_CONFIG,
-    ImageStore,
-    encode_config,
-    parse_config,
-)
+from skiff.core.images.store import ImageStore
 from skiff.core.tarlimits import open_stream
 
 log = structlog.get_logger("skiff.images.archives")

@@ -34,8 +34,9 @@ from skiff.core import idshift
 from skiff.core.images.archives import apply_changes, host_architecture
 from skiff.core.images.errors import InvalidReference
 from skiff.core.images.layers import LayerStore
+from skiff.core.images.records import encode_config
 from skiff.core.images.reference import familiar_string, parse
-from skiff.core.images.store import ImageStore, encode_config
+from skiff.core.images.store import ImageStore
 from skiff.core.userns import IdMap
 
 log = structlog.get_logger("skiff.images.commit")
