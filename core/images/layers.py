@@ -28,8 +28,9 @@ driver and the layerdb when the count drops to zero, then its parent is
 released in turn.
 
 Chowned copies (``mapped/``) of the layers, for remapped containers, are
-kept by ``skiff.core.images.layer_copies``; the init layer's content comes
-from ``skiff.core.images.init_layer``.
+kept by ``skiff.core.images.layer_copies``, containers' init and read-write
+layers (``mounts/``) by ``skiff.core.images.container_layers``; the store's
+``create_rw``/``remove_rw`` hand over to them.
 
 The chain ID is the OCI one: ``chain(L0) = diffID(L0)``,
 ``chain(Ln) = sha256(chain(Ln-1) + " " + diffID(Ln))``.
@@ -42,14 +43,11 @@ interleaved later with the files of the mounted layer.
 from __future__ import annotations
 
 import collections
-import contextlib
 import gzip
 import hashlib
-import io
 import lzma
 import os
 import secrets
-import shutil
 import tarfile
 import tempfile
 import threading
@@ -64,16 +62,16 @@ from skiff.core import idshift
 from skiff.core.archive import ArchiveError, ChunkReader
 from skiff.core.atomic import fsync_dir
 from skiff.core.hookspecs import StorageDriver
-from skiff.core.images import init_layer, tarsplit
+from skiff.core.images import tarsplit
+from skiff.core.images.container_layers import ContainerLayers, RWLayer
 from skiff.core.images.decompression import decompressed
 from skiff.core.images.errors import (
-    ImageConflict,
     InvalidImage,
     LayerDigestMismatch,
     LayerNotFound,
 )
 from skiff.core.images.layer_copies import ChownedCopies
-from skiff.core.images.metafiles import read_meta, write_synced
+from skiff.core.images.metafiles import MetaDirs, read_meta, write_synced
 from skiff.core.userns import IdMap
 
 log = structlog.get_logger("skiff.images.layers")
@@ -82,7 +80,6 @@ __all__ = [
     "Layer",
     "LayerStore",
     "LayerTarStream",
-    "RWLayer",
     "chain_id",
     "chain_ids",
 ]
@@ -141,18 +138,6 @@ class Layer:
     size: int
 
 
-@dataclass(frozen=True)
-class RWLayer:
-    """A container's init and read-write layers (driver ids) and the image layer under them."""
-
-    container_id: str
-    init_id: str
-    mount_id: str
-    parent: str | None  #: chain ID of the image's top layer
-    #: "<uid>.<gid>" when the layers below are chowned copies for that mapping
-    mapped: str | None = None
-
-
 class LayerStore:
     """Layers of one storage driver, deduplicated by chain ID and reference counted.
 
@@ -170,24 +155,25 @@ class LayerStore:
         self.image_root = os.path.join(data_root, "image", driver_name)
         self.root = os.path.join(self.image_root, "layerdb")
         self._layers_dir = os.path.join(self.root, "sha256")
-        self._mounts_dir = os.path.join(self.root, "mounts")
         self._tmp_dir = os.path.join(self.root, "tmp")
-        for d in (self._layers_dir, self._mounts_dir, self._tmp_dir):
+        for d in (self._layers_dir, self._tmp_dir):
             os.makedirs(d, mode=0o700, exist_ok=True)
         self._lock = threading.RLock()
         self._layers: dict[str, Layer] = {}
         self._refs: dict[str, int] = {}
-        self._mounts: dict[str, RWLayer] = {}
-        self._creating: set[str] = set()
+        self._dirs = MetaDirs(self._tmp_dir, driver)
         self._copies = ChownedCopies(
             os.path.join(self.root, "mapped"), driver, self.pinned_copies, self._lock,
-            self.get, self._shifted, self._retire, self._discard_dir)
+            self.get, self._shifted, self._dirs.retire, self._dirs.discard)
+        self._containers = ContainerLayers(
+            os.path.join(self.root, "mounts"), driver, self._lock, self, self._copies,
+            self._dirs, self._shifted)
         self._restore()
 
     # -- start-up ------------------------------------------------------------
 
     def _restore(self) -> None:
-        self._clean_tmp()
+        self._dirs.clean()
         for hexid in sorted(os.listdir(self._layers_dir)):
             d = os.path.join(self._layers_dir, hexid)
             try:
@@ -211,56 +197,13 @@ class LayerStore:
                                 parent=layer.parent)
                     continue
                 self._refs[layer.parent] += 1
-        for cid in sorted(os.listdir(self._mounts_dir)):
-            d = os.path.join(self._mounts_dir, cid)
-            try:
-                parent_path = os.path.join(d, "parent")
-                mapped_path = os.path.join(d, "mapped")
-                rw = RWLayer(
-                    container_id=cid,
-                    init_id=read_meta(os.path.join(d, "init-id")),
-                    mount_id=read_meta(os.path.join(d, "mount-id")),
-                    parent=read_meta(parent_path) if os.path.exists(parent_path) else None,
-                    mapped=read_meta(mapped_path) if os.path.exists(mapped_path) else None,
-                )
-            except OSError as exc:
-                log.warning("layer.mount_unreadable", container=cid, error=str(exc))
-                continue
-            self._mounts[cid] = rw
+        mounts = self._containers.restore()
+        for rw in mounts:
             if rw.parent is not None and rw.parent in self._layers:
                 self._refs[rw.parent] += 1
         self._copies.restore(
             self._layers,
-            [(rw.mapped, rw.parent) for rw in self._mounts.values() if rw.mapped and rw.parent])
-
-    def _clean_tmp(self) -> None:
-        """Remove what a crash left half-done: metadata under tmp/ and the
-        driver layers it names."""
-        for entry in os.listdir(self._tmp_dir):
-            path = os.path.join(self._tmp_dir, entry)
-            self._discard_dir(path)
-
-    def _discard_dir(self, path: str) -> None:
-        """Remove the driver layers a (temporary) metadata dir names, then the dir."""
-        for name in ("mount-id", "init-id", "cache-id"):
-            with contextlib.suppress(OSError):
-                ident = read_meta(os.path.join(path, name))
-                if ident:
-                    try:
-                        self.driver.remove(ident)
-                    except Exception as exc:  # keep going: the rest can still be freed
-                        log.warning("layer.driver_remove_failed", id=ident, error=str(exc))
-        shutil.rmtree(path, ignore_errors=True)
-
-    def _new_tmp(self, prefix: str) -> str:
-        return os.path.join(self._tmp_dir, f"{prefix}-{secrets.token_hex(8)}")
-
-    def _retire(self, path: str) -> str:
-        """Move a live metadata dir into tmp/ (fast, atomic); the caller frees it."""
-        dest = self._new_tmp("del")
-        os.rename(path, dest)
-        fsync_dir(os.path.dirname(path))
-        return dest
+            [(rw.mapped, rw.parent) for rw in mounts if rw.mapped and rw.parent])
 
     # -- queries ---------------------------------------------------------------
 
@@ -356,14 +299,14 @@ class LayerStore:
                 layer = self._layers.pop(cur)
                 del self._refs[cur]
                 hexid = cur.split(":", 1)[1]
-                doomed.append((layer, self._retire(os.path.join(self._layers_dir, hexid))))
+                doomed.append((layer, self._dirs.retire(os.path.join(self._layers_dir, hexid))))
                 cur = layer.parent
         # children before parents: a driver may refuse to drop a lower layer still in use
         for layer, path in doomed:
             for key in self.pinned_copies:
                 if self._copies.has(key, layer.chain_id):
                     self._copies.release(key, layer.chain_id)  # its copy goes with it
-            self._discard_dir(path)
+            self._dirs.discard(path)
             log.info("layer.removed", chain_id=layer.chain_id, cache_id=layer.cache_id)
         return [layer.chain_id for layer, _ in doomed]
 
@@ -433,7 +376,7 @@ class LayerStore:
                 return layer
             self._refs[existing.chain_id] += 1
         # a twin was stored meanwhile (or before): keep that one
-        self._discard_dir(tmp)
+        self._dirs.discard(tmp)
         if parent is not None:
             self.release(parent)
         return existing
@@ -441,7 +384,7 @@ class LayerStore:
     def _apply(
         self, stream: IO[bytes], parent: Layer | None, expected: str | None
     ) -> tuple[Layer, str]:
-        tmp = self._new_tmp("write")
+        tmp = self._dirs.new("write")
         os.mkdir(tmp, 0o700)
         cache_id = secrets.token_hex(32)
         parent_cache = parent.cache_id if parent is not None else None
@@ -474,7 +417,7 @@ class LayerStore:
                 os.fsync(f.fileno())
             fsync_dir(tmp)
         except BaseException:
-            self._discard_dir(tmp)
+            self._dirs.discard(tmp)
             raise
         layer = Layer(chain_id=chain, diff_id=diff_id,
                       parent=parent.chain_id if parent else None, cache_id=cache_id,
@@ -526,7 +469,7 @@ class LayerStore:
             if mounted:
                 self.driver.put(layer.cache_id)
 
-    # -- container layers ------------------------------------------------------------
+    # -- container layers (see skiff.core.images.container_layers) --------------------
 
     def create_rw(
         self,
@@ -536,103 +479,20 @@ class LayerStore:
         init_files: Mapping[str, bytes] | None = None,
         chowned: IdMap | None = None,
     ) -> tuple[str, str]:
-        """Create a container's init layer and read-write layer on image layer ``parent``.
-
-        As Docker: an init layer ``<mount-id>-init`` holds the mount points and
-        placeholder files the runtime mounts over (/proc, /sys, /dev/pts,
-        /etc/hosts ...; ``init_files`` adds or replaces files, path -> content);
-        the read-write layer sits on it.  Returns ``(init_id, mount_id)``, the
-        driver ids.  Holds a reference on ``parent`` until ``remove_rw``.
-
-        With ``chowned`` (a remapped container without idmapped mounts) both
-        sit on chowned copies of the image's layers for that mapping, made
-        now if missing, and the init layer's files are the container root's.
-        """
-        with self._lock:
-            if container_id in self._mounts or container_id in self._creating:
-                raise ImageConflict(f"a read-write layer for container {container_id} exists")
-            parent_layer = self.acquire(parent) if parent is not None else None
-            self._creating.add(container_id)
-        mount_id = secrets.token_hex(32)
-        init_id = mount_id + "-init"
-        parent_cache = parent_layer.cache_id if parent_layer else None
-        key = f"{chowned.root_uid}.{chowned.root_gid}" if chowned is not None else None
-        copied = False
-        tmp = self._new_tmp("mount")
-        try:
-            os.mkdir(tmp, 0o700)
-            write_synced(os.path.join(tmp, "init-id"), init_id)
-            write_synced(os.path.join(tmp, "mount-id"), mount_id)
-            if parent is not None:
-                write_synced(os.path.join(tmp, "parent"), parent)
-            if key is not None:
-                write_synced(os.path.join(tmp, "mapped"), key)
-            fsync_dir(tmp)
-            init_tar = io.BytesIO(init_layer.init_tar(init_files))
-            if key is not None and chowned is not None:
-                if parent is not None:
-                    parent_cache = self._copies.acquire(key, parent, chowned)
-                    copied = True
-                init_tar = self._shifted(init_tar, chowned)
-            self.driver.create(init_id, parent_cache)
-            try:
-                self.driver.apply_diff(init_id, parent_cache, init_tar)
-            finally:
-                init_tar.close()
-            self.driver.create_rw(mount_id, init_id, dict(storage_opts or {}))
-            if chowned is not None:
-                # the root directory is no entry of any tar: give it the container's root
-                root = self.driver.get(mount_id)
-                try:
-                    os.chown(root, chowned.root_uid, chowned.root_gid)
-                finally:
-                    self.driver.put(mount_id)
-            dest = os.path.join(self._mounts_dir, container_id)
-            with self._lock:
-                os.rename(tmp, dest)
-                fsync_dir(self._mounts_dir)
-                self._mounts[container_id] = RWLayer(container_id, init_id, mount_id, parent,
-                                                     key)
-                self._creating.discard(container_id)
-        except BaseException:
-            # the rw layer before the init layer it sits on
-            self._discard_dir(tmp)
-            with self._lock:
-                self._creating.discard(container_id)
-            if copied and key is not None and parent is not None:
-                self._copies.release(key, parent)
-            if parent is not None:
-                self.release(parent)
-            raise
-        log.info("layer.rw_created", container=container_id, mount_id=mount_id, parent=parent)
-        return init_id, mount_id
+        """Create a container's init and read-write layers on image layer ``parent``;
+        returns ``(init_id, mount_id)``, the driver ids (``ContainerLayers.create``)."""
+        return self._containers.create(container_id, parent, storage_opts, init_files, chowned)
 
     def rw_layer(self, container_id: str) -> RWLayer:
         """The container's RW layer record; ``LayerNotFound`` if it has none."""
-        with self._lock:
-            try:
-                return self._mounts[container_id]
-            except KeyError:
-                raise LayerNotFound(
-                    f"no read-write layer for container {container_id}"
-                ) from None
+        return self._containers.get(container_id)
 
     def rw_layers(self) -> list[RWLayer]:
-        with self._lock:
-            return list(self._mounts.values())
+        return self._containers.all()
 
     def remove_rw(self, container_id: str) -> None:
         """Remove a container's RW and init layers and release the image layer."""
-        with self._lock:
-            rw = self.rw_layer(container_id)
-            del self._mounts[container_id]
-            path = self._retire(os.path.join(self._mounts_dir, container_id))
-        self._discard_dir(path)
-        if rw.mapped and rw.parent is not None and self._copies.has(rw.mapped, rw.parent):
-            self._copies.release(rw.mapped, rw.parent)
-        if rw.parent is not None and self.exists(rw.parent):
-            self.release(rw.parent)
-        log.info("layer.rw_removed", container=container_id, mount_id=rw.mount_id)
+        self._containers.remove(container_id)
 
     # -- chowned copies ----------------------------------------------------------
 
