@@ -34,8 +34,9 @@ from skiff.core.images.archives.formats import host_architecture
 from skiff.core.images.dockerfile_changes import apply_changes
 from skiff.core.images.errors import InvalidReference
 from skiff.core.images.layers import LayerStore
+from skiff.core.images.records import encode_config
 from skiff.core.images.reference import familiar_string, parse
-from skiff.core.images.store import ImageStore, encode_config
+from skiff.core.images.store import ImageStore
 from skiff.core.timefmt import now_rfc3339
 from skiff.core.userns import IdMap
 

@@ -15,27 +15,40 @@ removes the layers nobody else holds.
 
 Lookup, listing, inspect, history and delete follow dockerd (daemon/images in
 Moby 20.10), including its messages, so ``docker`` shows what it shows there.
+The store keeps the state and its lock; beside it in this package: ``records``
+(the config and ``Image``), ``tags`` (repositories.json), ``delete_rules``
+(Docker's conflicts), ``prune``, ``filters`` and ``views`` (list, inspect,
+history in the API's shapes).
 """
 
 from __future__ import annotations
 
 import bisect
-import contextlib
 import hashlib
-import json
 import os
 import re
 import shutil
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta, timezone
+import time
+from collections.abc import Mapping
 from typing import Any
 
 import structlog
 
-from skiff.core.atomic import fsync_dir, write_atomic, write_json_atomic
-from skiff.core.errors import InvalidParameter
+from skiff.core.atomic import fsync_dir, write_atomic
+from skiff.core.images.delete_rules import (
+    ACTIVE_REF,
+    CHILD,
+    HARD,
+    RUNNING,
+    SOFT,
+    STOPPED,
+    ContainerUsers,
+    DeleteConflict,
+    is_id_prefix,
+    is_single_reference,
+    normalise_users,
+)
 from skiff.core.images.errors import (
     ImageConflict,
     ImageNotFound,
@@ -44,195 +57,23 @@ from skiff.core.images.errors import (
     LayerNotFound,
 )
 from skiff.core.images.layers import LayerStore, chain_ids
+from skiff.core.images.prune import prune_images
+from skiff.core.images.records import Image, parse_config, short_id
 from skiff.core.images.reference import (
     Reference,
-    familiar_match,
     familiar_name,
     familiar_string,
     is_full_id,
     parse,
     parse_digest,
 )
+from skiff.core.images.tags import Names, load_repositories, ref_key, save_repositories
+from skiff.core.images.views import image_history, inspect_image, list_images
 from skiff.core.timefmt import now_rfc3339
 
 log = structlog.get_logger("skiff.images.store")
 
-__all__ = [
-    "ZERO_CONTAINER_CONFIG",
-    "ZERO_TIME",
-    "ContainerUsers",
-    "Image",
-    "ImageStore",
-    "encode_config",
-    "go_time",
-    "parse_config",
-]
-
-ZERO_TIME = "0001-01-01T00:00:00Z"
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_TIME_RE = re.compile(
-    r"^(\d{4})-(\d\d)-(\d\d)[Tt](\d\d):(\d\d):(\d\d)(?:\.(\d+))?([Zz]|[+-]\d\d:\d\d)$"
-)
-
-#: Go's zero ``container.Config``, as Docker shows a missing ContainerConfig
-ZERO_CONTAINER_CONFIG: dict[str, Any] = {
-    "Hostname": "", "Domainname": "", "User": "", "AttachStdin": False,
-    "AttachStdout": False, "AttachStderr": False, "Tty": False, "OpenStdin": False,
-    "StdinOnce": False, "Env": None, "Cmd": None, "Image": "", "Volumes": None,
-    "WorkingDir": "", "Entrypoint": None, "OnBuild": None, "Labels": None,
-}
-
-#: Who uses an image: given an image ID, a container ID using it, or
-#: ``(container_id, running)``, or a list of either; None/empty when unused.
-#: A plain ID counts as a stopped container (a forced delete may proceed);
-#: report running users as ``(id, True)`` so that even ``-f`` refuses.
-ContainerUsers = Callable[[str], Any]
-
-# Docker's conflict kinds (daemon/images/image_delete.go)
-_CHILD, _RUNNING, _ACTIVE_REF, _STOPPED = 1, 2, 4, 8
-_HARD = _CHILD | _RUNNING
-_SOFT = _ACTIVE_REF | _STOPPED
-
-
-def encode_config(obj: Mapping[str, Any]) -> bytes:
-    """Serialise an image config compactly and stably (sorted keys), so the same
-    content always gives the same image ID."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def _parse_time(text: str) -> tuple[datetime, str, str] | None:
-    """(UTC datetime, fraction digits, zone) of an RFC 3339 string, or None."""
-    m = _TIME_RE.match(text)
-    if not m:
-        return None
-    y, mo, d, h, mi, s, frac, zone = m.groups()
-    try:
-        dt = datetime(int(y), int(mo), int(d), int(h), int(mi), int(s), tzinfo=UTC)
-    except ValueError:
-        return None
-    zone = zone.upper()
-    if zone != "Z":
-        sign = 1 if zone[0] == "+" else -1
-        offset = timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6]))
-        if not offset:
-            zone = "Z"
-        dt = dt.replace(tzinfo=timezone(sign * offset))
-    return dt, frac or "", zone
-
-
-def go_time(text: str | None) -> str:
-    """A timestamp as Go's ``Format(time.RFC3339Nano)`` prints it: trailing zeros
-    of the fraction dropped, a zero offset as ``Z``; Go's zero time for none."""
-    if not text:
-        return ZERO_TIME
-    parsed = _parse_time(text)
-    if parsed is None:
-        return text
-    frac = parsed[1][:9].rstrip("0")
-    base = text[:19].replace("t", "T")
-    return base + ("." + frac if frac else "") + parsed[2]
-
-
-def _unix(text: str | None) -> int:
-    """Seconds since the epoch (Go's ``Time.Unix``; the zero time is -62135596800)."""
-    parsed = _parse_time(text) if text else None
-    dt = parsed[0] if parsed else datetime(1, 1, 1, tzinfo=UTC)
-    return int((dt - _EPOCH) // timedelta(seconds=1))
-
-
-def _unix_float(text: str | None) -> float:
-    parsed = _parse_time(text) if text else None
-    if parsed is None:
-        return float(_unix(None))
-    dt, frac, _ = parsed
-    return (dt - _EPOCH).total_seconds() + (int(frac[:9].ljust(9, "0")) / 1e9 if frac else 0.0)
-
-
-def _short(image_id: str) -> str:
-    """Docker's ``stringid.TruncateID``."""
-    return image_id.split(":", 1)[-1][:12]
-
-
-@dataclass
-class Image:
-    """An image in the store: its parsed config and what the store knows of it."""
-
-    id: str  #: "sha256:<hex>"
-    config: dict[str, Any]  #: the whole image config (config, rootfs, history, ...)
-    diff_ids: list[str]
-    top_layer: str | None  #: chain ID of the top layer; None for an image without layers
-    parent: str = ""  #: parent image ID (images made by commit/build), "" for none
-    last_updated: str | None = None
-    size: int = 0  #: bytes its layers hold, base to top (filled by the store)
-    chain: list[str] = field(default_factory=list)  #: chain IDs, base first
-
-    @property
-    def created(self) -> str:
-        return go_time(self.config.get("created"))
-
-    @property
-    def created_unix(self) -> int:
-        return _unix(self.config.get("created"))
-
-    @property
-    def labels(self) -> dict[str, str] | None:
-        cfg = self.config.get("config")
-        return cfg.get("Labels") if isinstance(cfg, dict) else None
-
-
-class _DeleteConflict(ImageConflict):
-    def __init__(self, image_id: str, message: str, *, hard: bool, used: bool) -> None:
-        force = "cannot be forced" if hard else "must be forced"
-        super().__init__(f"conflict: unable to delete {_short(image_id)} ({force}) - {message}")
-        self.hard = hard
-        self.used = used
-
-
-def parse_config(raw: bytes) -> tuple[dict[str, Any], list[str]]:
-    """Check an image config (JSON object, rootfs of layers, sha256 diff_ids,
-    RFC 3339 created); returns it parsed and its diff_ids."""
-    try:
-        cfg = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-        raise InvalidImage(f"invalid image config: not JSON: {exc}") from exc
-    if not isinstance(cfg, dict):
-        raise InvalidImage("invalid image config: expected a JSON object")
-    rootfs = cfg.get("rootfs")
-    if not isinstance(rootfs, dict):
-        raise InvalidImage("invalid image JSON, no RootFS key")
-    if rootfs.get("type") != "layers":
-        raise InvalidImage(f"invalid image config: unsupported rootfs type {rootfs.get('type')!r}")
-    diff_ids = rootfs.get("diff_ids") or []
-    if not isinstance(diff_ids, list):
-        raise InvalidImage("invalid image config: rootfs.diff_ids must be a list")
-    for d in diff_ids:
-        if not isinstance(d, str):
-            raise InvalidImage(f"invalid image config: bad diff_id {d!r}")
-        try:
-            parse_digest(d)
-        except InvalidReference as exc:
-            raise InvalidImage(f"invalid image config: bad diff_id {d!r}: {exc}") from None
-        if not d.startswith("sha256:"):
-            raise InvalidImage(f"invalid image config: unsupported diff_id algorithm in {d!r}")
-    created = cfg.get("created")
-    if created is not None and (not isinstance(created, str) or _parse_time(created) is None):
-        raise InvalidImage(f"invalid image config: bad created time {created!r}")
-    if cfg.get("config") is not None and not isinstance(cfg.get("config"), dict):
-        raise InvalidImage("invalid image config: config must be an object")
-    return cfg, list(diff_ids)
-
-
-def _normalise_users(result: Any) -> list[tuple[str, bool]]:
-    if not result:
-        return []
-    if isinstance(result, str):
-        return [(result, False)]
-    if isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], bool):
-        return [(str(result[0]), result[1])]
-    out: list[tuple[str, bool]] = []
-    for item in result:
-        out.extend(_normalise_users(item))
-    return out
+__all__ = ["ImageStore"]
 
 
 class ImageStore:
@@ -251,12 +92,12 @@ class ImageStore:
         self._repos_path = os.path.join(self.root, "repositories.json")
         for d in (self._content, self._meta):
             os.makedirs(d, mode=0o700, exist_ok=True)
-        self._lock = threading.RLock()
+        #: held for one consistent view over several calls (the views, prune)
+        self.lock = threading.RLock()
         self._images: dict[str, Image] = {}  # by full ID
         self._sorted: list[str] = []  # hex IDs, sorted, for prefix search
         self._children: dict[str, set[str]] = {}
-        #: familiar string -> (reference, image ID), as repositories.json holds them
-        self._refs: dict[str, tuple[Reference, str]] = {}
+        self._refs: Names = {}
         self._restore()
 
     # -- start-up ------------------------------------------------------------
@@ -293,26 +134,7 @@ class ImageStore:
         for image in self._images.values():
             if image.parent and image.parent in self._images:
                 self._children.setdefault(image.parent, set()).add(image.id)
-        try:
-            with open(self._repos_path, "rb") as f:
-                data = json.load(f)
-        except FileNotFoundError:
-            data = {}
-        except (OSError, json.JSONDecodeError) as exc:
-            log.warning("image.repositories_unreadable", path=self._repos_path, error=str(exc))
-            data = {}
-        dropped = False
-        for repo in (data.get("Repositories") or {}).values():
-            for key, image_id in (repo or {}).items():
-                try:
-                    ref = parse(key, default_tag=False)
-                except InvalidReference:
-                    dropped = True
-                    continue
-                if image_id not in self._images:
-                    dropped = True
-                    continue
-                self._refs[familiar_string(ref)] = (ref, image_id)
+        self._refs, dropped = load_repositories(self._repos_path, self._images)
         if dropped:
             self._save_refs()
         self.layers.prune_unreferenced()
@@ -336,11 +158,7 @@ class ImageStore:
             del self._sorted[i]
 
     def _save_refs(self) -> None:
-        repos: dict[str, dict[str, str]] = {}
-        for key, (ref, image_id) in self._refs.items():
-            repos.setdefault(familiar_name(ref), {})[key] = image_id
-        data = {"Repositories": {k: dict(sorted(v.items())) for k, v in sorted(repos.items())}}
-        write_json_atomic(self._repos_path, data, 0o600)
+        save_repositories(self._repos_path, self._refs)
 
     # -- creating ---------------------------------------------------------------
 
@@ -353,7 +171,7 @@ class ImageStore:
         cfg, diff_ids = parse_config(config)
         hexid = hashlib.sha256(config).hexdigest()
         image_id = "sha256:" + hexid
-        with self._lock:
+        with self.lock:
             if image_id in self._images:
                 return image_id
             if parent:
@@ -365,7 +183,7 @@ class ImageStore:
                     self.layers.acquire(top)
                 except LayerNotFound as exc:
                     raise InvalidImage(
-                        f"cannot create image {_short(image_id)}: its layers are not "
+                        f"cannot create image {short_id(image_id)}: its layers are not "
                         f"registered ({exc})"
                     ) from exc
             try:
@@ -387,7 +205,7 @@ class ImageStore:
 
     def set_parent(self, image: str, parent: str) -> None:
         """Record ``parent`` as the parent image of ``image`` (commit, build, load)."""
-        with self._lock:
+        with self.lock:
             image_id = self._resolve(image)
             parent_id = self._resolve(parent)
             img = self._images[image_id]
@@ -409,15 +227,15 @@ class ImageStore:
     # -- lookup -------------------------------------------------------------------
 
     def count(self) -> int:
-        with self._lock:
+        with self.lock:
             return len(self._images)
 
     def ids(self) -> list[str]:
-        with self._lock:
+        with self.lock:
             return list(self._images)
 
     def exists(self, image_id: str) -> bool:
-        with self._lock:
+        with self.lock:
             return image_id in self._images
 
     def search(self, term: str) -> str | None:
@@ -430,7 +248,7 @@ class ImageStore:
             return None
         if not prefix or not re.fullmatch(r"[0-9a-f]+", prefix):
             return None
-        with self._lock:
+        with self.lock:
             i = bisect.bisect_left(self._sorted, prefix)
             if i >= len(self._sorted) or not self._sorted[i].startswith(prefix):
                 return None
@@ -442,7 +260,7 @@ class ImageStore:
         """Docker's ``GetImage``: full ID, digest, name[:tag], name@digest, ID prefix."""
         if not isinstance(name, str) or not name:
             raise InvalidReference("invalid reference format")
-        with self._lock:
+        with self.lock:
             if is_full_id(name) or (name.startswith("sha256:") and is_full_id(name[7:])):
                 image_id = name if name.startswith("sha256:") else "sha256:" + name
                 if image_id in self._images:
@@ -457,7 +275,7 @@ class ImageStore:
                 else:  # a valid digest of another algorithm: never an image ID here
                     raise ImageNotFound(name)
             ref = parse(name, default_tag=False)
-            key = self._ref_key(ref)
+            key = ref_key(ref)
             hit = self._refs.get(key)
             if hit is not None and hit[1] in self._images:
                 return hit[1]
@@ -466,17 +284,10 @@ class ImageStore:
                 return found
             raise ImageNotFound(familiar_string(ref.with_default_tag()))
 
-    @staticmethod
-    def _ref_key(ref: Reference) -> str:
-        """The key a reference is stored under: a digest wins over a tag."""
-        if ref.digest is not None:
-            return familiar_string(Reference(ref.domain, ref.path, None, ref.digest))
-        return familiar_string(ref.with_default_tag())
-
     def get(self, name: str) -> Image:
         """The image ``name`` designates (Docker's lookup rules); ``ImageNotFound``
         ("No such image: busybox:latest") or ``InvalidReference`` otherwise."""
-        with self._lock:
+        with self.lock:
             image = self._images[self._resolve(name)]
             image.size = self.layers.size(image.top_layer)
             return image
@@ -493,7 +304,7 @@ class ImageStore:
 
     def references(self, image_id: str) -> list[Reference]:
         """Every name pointing at ``image_id``, sorted as Docker sorts them."""
-        with self._lock:
+        with self.lock:
             refs = [ref for ref, iid in self._refs.values() if iid == image_id]
         return sorted(refs, key=str)
 
@@ -507,20 +318,35 @@ class ImageStore:
         """The image ID a tag or digest reference points at, or None."""
         if isinstance(ref, str):
             ref = parse(ref)
-        with self._lock:
-            hit = self._refs.get(self._ref_key(ref))
+        with self.lock:
+            hit = self._refs.get(ref_key(ref))
             return hit[1] if hit else None
 
     def references_by_name(self, name: str | Reference) -> list[tuple[Reference, str]]:
         """Every (reference, image ID) of one repository (``docker save busybox``)."""
         ref = parse(name, default_tag=False) if isinstance(name, str) else name
-        with self._lock:
+        with self.lock:
             out = [(r, iid) for r, iid in self._refs.values() if r.name == ref.name]
         return sorted(out, key=lambda x: str(x[0]))
 
     def children(self, image_id: str) -> list[str]:
-        with self._lock:
+        with self.lock:
             return sorted(self._children.get(image_id, ()))
+
+    def images(self) -> list[Image]:
+        """Every image, in the order they were loaded or created."""
+        with self.lock:
+            return list(self._images.values())
+
+    def by_id(self, image_id: str) -> Image | None:
+        """The image with full ID ``image_id``, without Docker's lookup rules."""
+        with self.lock:
+            return self._images.get(image_id)
+
+    def all_references(self) -> list[tuple[Reference, str]]:
+        """Every (reference, image ID) the store holds."""
+        with self.lock:
+            return list(self._refs.values())
 
     # -- names ------------------------------------------------------------------------
 
@@ -537,7 +363,7 @@ class ImageStore:
             raise InvalidReference(
                 "refusing to create an ambiguous tag using digest algorithm as name"
             )
-        with self._lock:
+        with self.lock:
             image_id = self._resolve(image)
             self._refs[familiar_string(new)] = (new, image_id)
             self._save_refs()
@@ -552,7 +378,7 @@ class ImageStore:
         if new.digest is None:
             raise InvalidReference(f"{familiar_string(new)} has no digest")
         new = Reference(new.domain, new.path, None, new.digest)
-        with self._lock:
+        with self.lock:
             image_id = self._resolve(image)
             key = familiar_string(new)
             old = self._refs.get(key)
@@ -568,8 +394,8 @@ class ImageStore:
     def untag(self, ref: str | Reference) -> str:
         """Remove one tag or digest reference; returns the image ID it pointed at."""
         parsed = parse(ref, default_tag=False) if isinstance(ref, str) else ref
-        with self._lock:
-            key = self._ref_key(parsed)
+        with self.lock:
+            key = ref_key(parsed)
             hit = self._refs.pop(key, None)
             if hit is None:
                 raise ImageNotFound(key, f"No such image: {key}")
@@ -593,20 +419,20 @@ class ImageStore:
         ``prune`` also removes untagged parent images nothing else uses.
         ``in_use`` tells which containers use an image (see ``ContainerUsers``).
         """
-        with self._lock:
+        with self.lock:
             image_id = self._resolve(name)
             records: list[dict[str, str]] = []
             repo_refs = self.references(image_id)
             removed_repo_ref = False
             try:
-                if not _is_id_prefix(image_id, name):
-                    if not force and _is_single_reference(repo_refs):
-                        users = _normalise_users(in_use(image_id) if in_use else None)
+                if not is_id_prefix(image_id, name):
+                    if not force and is_single_reference(repo_refs):
+                        users = normalise_users(in_use(image_id) if in_use else None)
                         if users:
                             raise ImageConflict(
                                 f'conflict: unable to remove repository reference "{name}" '
-                                f"(must force) - container {_short(users[0][0])} is using "
-                                f"its referenced image {_short(image_id)}"
+                                f"(must force) - container {short_id(users[0][0])} is using "
+                                f"its referenced image {short_id(image_id)}"
                             )
                     parsed = parse(name, default_tag=False)
                     parsed = self._remove_ref(parsed)
@@ -628,8 +454,8 @@ class ImageStore:
                     if repo_refs:
                         return records
                     removed_repo_ref = True
-                elif _is_single_reference(repo_refs):
-                    mask = _HARD if force else _HARD | (_SOFT & ~_ACTIVE_REF)
+                elif is_single_reference(repo_refs):
+                    mask = HARD if force else HARD | (SOFT & ~ACTIVE_REF)
                     conflict = self._conflict(image_id, mask, in_use)
                     if conflict is not None:
                         raise conflict
@@ -653,29 +479,29 @@ class ImageStore:
         return ref
 
     def _users(self, image_id: str, in_use: ContainerUsers | None) -> list[tuple[str, bool]]:
-        return _normalise_users(in_use(image_id) if in_use else None)
+        return normalise_users(in_use(image_id) if in_use else None)
 
     def _conflict(
         self, image_id: str, mask: int, in_use: ContainerUsers | None
-    ) -> _DeleteConflict | None:
-        if mask & _CHILD and self._children.get(image_id):
-            return _DeleteConflict(image_id, "image has dependent child images",
+    ) -> DeleteConflict | None:
+        if mask & CHILD and self._children.get(image_id):
+            return DeleteConflict(image_id, "image has dependent child images",
                                    hard=True, used=False)
-        users = self._users(image_id, in_use) if mask & (_RUNNING | _STOPPED) else []
-        if mask & _RUNNING:
+        users = self._users(image_id, in_use) if mask & (RUNNING | STOPPED) else []
+        if mask & RUNNING:
             running = [cid for cid, run in users if run]
             if running:
-                return _DeleteConflict(
-                    image_id, f"image is being used by running container {_short(running[0])}",
+                return DeleteConflict(
+                    image_id, f"image is being used by running container {short_id(running[0])}",
                     hard=True, used=True)
-        if mask & _ACTIVE_REF and self.references(image_id):
-            return _DeleteConflict(image_id, "image is referenced in multiple repositories",
+        if mask & ACTIVE_REF and self.references(image_id):
+            return DeleteConflict(image_id, "image is referenced in multiple repositories",
                                    hard=False, used=False)
-        if mask & _STOPPED:
+        if mask & STOPPED:
             stopped = [cid for cid, run in users if not run]
             if stopped:
-                return _DeleteConflict(
-                    image_id, f"image is being used by stopped container {_short(stopped[0])}",
+                return DeleteConflict(
+                    image_id, f"image is being used by stopped container {short_id(stopped[0])}",
                     hard=False, used=True)
         return None
 
@@ -691,7 +517,7 @@ class ImageStore:
         quiet: bool,
         in_use: ContainerUsers | None,
     ) -> None:
-        mask = _HARD if force else _HARD | _SOFT
+        mask = HARD if force else HARD | SOFT
         conflict = self._conflict(image_id, mask, in_use)
         if conflict is not None:
             if quiet and (not self._dangling(image_id) or conflict.used):
@@ -722,7 +548,7 @@ class ImageStore:
         log.info("image.deleted", id=image_id, layers_removed=len(removed))
         return removed
 
-    # -- prune -------------------------------------------------------------------------
+    # -- prune and the views for the API ---------------------------------------------
 
     def prune(
         self,
@@ -730,282 +556,19 @@ class ImageStore:
         in_use: ContainerUsers | None = None,
         until: float | None = None,
     ) -> dict[str, Any]:
-        """``POST /images/prune``, as Moby's ``ImagesPrune``.
-
-        By default (``dangling=true``) the images nobody names and no image
-        builds on are deleted; with ``dangling=false`` every image no
-        container uses.  ``label``/``label!`` filter by label; ``until``
-        (seconds since the epoch, parsed by the caller from the ``until``
-        filter) keeps images created after it.  An image a container uses is
-        skipped (the delete conflicts).  Returns Docker's report:
-        ``{"ImagesDeleted": [...] or None, "SpaceReclaimed": bytes}``.
-        """
-        flt: dict[str, list[str]] = {}
-        for key, value in (filters or {}).items():
-            if key not in ("dangling", "label", "label!", "until"):
-                raise InvalidParameter(f"invalid filter '{key}'")
-            if isinstance(value, Mapping):
-                flt[key] = [k for k, on in value.items() if on]
-            elif isinstance(value, str):
-                flt[key] = [value]
-            else:
-                flt[key] = [str(v) for v in value]
-        dangling_only = True
-        if "dangling" in flt:
-            values = set(flt["dangling"])
-            if values & {"false", "0"}:
-                dangling_only = False
-            elif not values & {"true", "1"}:
-                raise InvalidParameter(f"Invalid filter 'dangling={sorted(values)}'")
-        records: list[dict[str, str]] = []
-        sizes: dict[str, int] = {}
-        with self._lock:
-            candidates: list[Image] = []
-            for image_id, image in self._images.items():
-                has_children = bool(self._children.get(image_id))
-                if dangling_only and has_children:
-                    continue  # not a head
-                if not self.references(image_id) and has_children:
-                    continue  # an intermediate image: goes with its child
-                if until is not None and _unix_float(image.config.get("created")) > until:
-                    continue
-                labels = image.labels or {}
-                if flt.get("label") and not _match_kv(flt["label"], labels):
-                    continue
-                if flt.get("label!") and labels and _match_kv(flt["label!"], labels):
-                    continue
-                candidates.append(image)
-                for chain in image.chain:
-                    with contextlib.suppress(LayerNotFound):
-                        sizes[chain] = self.layers.get(chain).size
-            for image in candidates:
-                if image.id not in self._images:
-                    continue  # went with an image deleted before it
-                refs = self.references(image.id)
-                names: list[str]
-                if refs:
-                    if dangling_only and any(r.tag is not None for r in refs):
-                        continue
-                    names = [familiar_string(r) for r in refs]
-                else:
-                    names = [image.id[7:]]
-                for name in names:
-                    try:
-                        records.extend(self.delete(name, False, True, in_use))
-                    except (ImageConflict, ImageNotFound):
-                        continue
-                    except Exception as exc:  # one bad image must not stop the prune
-                        log.warning("image.prune_failed", image=name, error=str(exc))
-        reclaimed = sum(sizes.get(r.get("Deleted", ""), 0) for r in records)
-        log.info("image.pruned", images=sum(1 for r in records if "Deleted" in r),
-                 reclaimed=reclaimed)
-        return {"ImagesDeleted": records or None, "SpaceReclaimed": reclaimed}
-
-    # -- views for the API -----------------------------------------------------------
+        """``POST /images/prune`` (see ``skiff.core.images.prune``)."""
+        return prune_images(self, filters, in_use, until)
 
     def list(
         self, all: bool = False, filters: Mapping[str, Any] | None = None
     ) -> list[dict[str, Any]]:
-        """``GET /images/json``: summaries, newest first; Docker's filters
-        ``dangling``, ``label``, ``before``, ``since``, ``reference``."""
-        flt = _normalise_filters(filters)
-        dangling_only = False
-        if "dangling" in flt:
-            values = set(flt["dangling"])
-            if values <= {"true", "1"}:
-                dangling_only = True
-            elif not values <= {"false", "0"}:
-                raise InvalidParameter(f"Invalid filter 'dangling={sorted(values)[0]}'")
-        before = since = None
-        for value in flt.get("before", []):
-            before = self.get(value)
-        for value in flt.get("since", []):
-            since = self.get(value)
-        out: list[tuple[float, dict[str, Any]]] = []
-        with self._lock:
-            refs_of: dict[str, list[Reference]] = {}
-            for ref, iid in self._refs.values():
-                refs_of.setdefault(iid, []).append(ref)
-            for image_id, image in list(self._images.items()):
-                if dangling_only and self._children.get(image_id):
-                    continue
-                created = _unix_float(image.config.get("created"))
-                if before is not None and created >= _unix_float(before.config.get("created")):
-                    continue
-                if since is not None and created <= _unix_float(since.config.get("created")):
-                    continue
-                if "label" in flt:
-                    labels = image.labels or {}
-                    if not labels or not _match_kv(flt["label"], labels):
-                        continue
-                tags: list[str] = []
-                digests: list[str] = []
-                for ref in sorted(refs_of.get(image_id, []), key=str):
-                    if "reference" in flt and not any(
-                        familiar_match(p, ref) for p in flt["reference"]
-                    ):
-                        continue
-                    if ref.digest is not None:
-                        digests.append(familiar_string(ref))
-                    if ref.tag is not None:
-                        tags.append(familiar_string(ref))
-                if not tags and not digests:
-                    if all or not self._children.get(image_id):
-                        if "dangling" in flt and not dangling_only:
-                            continue
-                        if "reference" in flt:
-                            continue
-                        digests, tags = ["<none>@<none>"], ["<none>:<none>"]
-                    else:
-                        continue
-                elif dangling_only and tags:
-                    continue
-                size = self.layers.size(image.top_layer)
-                out.append((created, {
-                    "Containers": -1,
-                    "Created": image.created_unix,
-                    "Id": image_id,
-                    "Labels": image.labels,
-                    "ParentId": image.parent,
-                    "RepoDigests": digests,
-                    "RepoTags": tags,
-                    "SharedSize": -1,
-                    "Size": size,
-                    "VirtualSize": size,
-                }))
-        out.sort(key=lambda x: x[0], reverse=True)
-        return [summary for _, summary in out]
+        """``GET /images/json`` (see ``skiff.core.images.views``)."""
+        return list_images(self, all, filters)
 
     def inspect(self, name: str) -> dict[str, Any]:
         """``GET /images/{name}/json`` in Docker's shape."""
-        with self._lock:
-            image = self.get(name)
-            cfg = image.config
-            comment = cfg.get("comment") or ""
-            history = cfg.get("history") or []
-            if not comment and history and isinstance(history[-1], dict):
-                comment = history[-1].get("comment") or ""
-            out: dict[str, Any] = {
-                "Id": image.id,
-                "RepoTags": self.repo_tags(image.id),
-                "RepoDigests": self.repo_digests(image.id),
-                "Parent": image.parent,
-                "Comment": comment,
-                "Created": image.created,
-                "Container": cfg.get("container") or "",
-                "ContainerConfig": cfg.get("container_config") or dict(ZERO_CONTAINER_CONFIG),
-                "DockerVersion": cfg.get("docker_version") or "",
-                "Author": cfg.get("author") or "",
-                "Config": cfg.get("config"),
-                "Architecture": cfg.get("architecture") or "",
-            }
-            if cfg.get("variant"):
-                out["Variant"] = cfg["variant"]
-            out["Os"] = cfg.get("os") or "linux"
-            if cfg.get("os.version"):
-                out["OsVersion"] = cfg["os.version"]
-            out["Size"] = image.size
-            out["VirtualSize"] = image.size
-            graph_data = None
-            if image.top_layer is not None:
-                try:
-                    graph_data = self.layers.metadata(image.top_layer)
-                except Exception as exc:  # a driver hiccup must not hide the image
-                    log.warning("image.graphdriver_metadata_failed", id=image.id,
-                                error=str(exc))
-            out["GraphDriver"] = {"Data": graph_data, "Name": self.driver_name}
-            rootfs: dict[str, Any] = {"Type": "layers"}
-            if image.diff_ids:
-                rootfs["Layers"] = list(image.diff_ids)
-            out["RootFS"] = rootfs
-            out["Metadata"] = {"LastTagTime": go_time(image.last_updated)}
-            return out
+        return inspect_image(self, name)
 
     def history(self, name: str) -> list[dict[str, Any]]:
         """``GET /images/{name}/history``: newest first, Docker's shape."""
-        with self._lock:
-            image = self.get(name)
-            items: list[dict[str, Any]] = []
-            layer_index = 0
-            for h in image.config.get("history") or []:
-                if not isinstance(h, dict):
-                    continue
-                size = 0
-                if not h.get("empty_layer"):
-                    if layer_index >= len(image.chain):
-                        raise InvalidImage("too many non-empty layers in History section")
-                    size = self.layers.get(image.chain[layer_index]).size
-                    layer_index += 1
-                items.insert(0, {
-                    "Comment": h.get("comment") or "",
-                    "Created": _unix(h.get("created")),
-                    "CreatedBy": h.get("created_by") or "",
-                    "Id": "<missing>",
-                    "Size": size,
-                    "Tags": None,
-                })
-            current: Image | None = image
-            for item in items:
-                if current is None:
-                    break
-                item["Id"] = current.id
-                item["Tags"] = self.repo_tags(current.id) or None
-                parent = current.parent
-                current = self._images.get(parent) if parent else None
-                if current is None:
-                    break
-            return items
-
-
-def _is_id_prefix(image_id: str, name: str) -> bool:
-    """Docker's ``isImageIDPrefix``: was the image named by (part of) its ID?"""
-    return image_id.startswith(name) or image_id.split(":", 1)[1].startswith(name)
-
-
-def _is_single_reference(refs: Sequence[Reference]) -> bool:
-    """Docker's ``isSingleReference``: at most one tag, and digests only of its repository."""
-    if len(refs) <= 1:
-        return len(refs) == 1
-    single: Reference | None = None
-    digest_repos: set[str] = set()
-    for r in refs:
-        if r.digest is not None:
-            digest_repos.add(r.name)
-        elif single is None:
-            single = r
-        else:
-            return False
-    if single is None:
-        single = refs[0]
-    return len(digest_repos) == 1 and single.name in digest_repos
-
-
-_FILTER_KEYS = ("before", "dangling", "label", "reference", "since")
-
-
-def _normalise_filters(filters: Mapping[str, Any] | None) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for key, value in (filters or {}).items():
-        if key not in _FILTER_KEYS:
-            raise InvalidParameter(f"invalid filter '{key}'")
-        if isinstance(value, Mapping):
-            values = [k for k, on in value.items() if on]
-        elif isinstance(value, str):
-            values = [value]
-        elif isinstance(value, Iterable):
-            values = [str(v) for v in value]
-        else:
-            raise InvalidParameter(f"invalid filter '{key}': {value!r}")
-        if values:
-            out[key] = values
-    return out
-
-
-def _match_kv(wanted: Sequence[str], labels: Mapping[str, str]) -> bool:
-    for item in wanted:
-        key, eq, value = item.partition("=")
-        if key not in labels:
-            return False
-        if eq and labels[key] != value:
-            return False
-    return True
+        return image_history(self, name)

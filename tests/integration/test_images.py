@@ -41,7 +41,8 @@ from skiff.core.images.errors import (
     LayerNotFound,
 )
 from skiff.core.images.layers import LayerStore, chain_id, chain_ids
-from skiff.core.images.store import ZERO_CONTAINER_CONFIG, ImageStore, encode_config
+from skiff.core.images.records import ZERO_CONTAINER_CONFIG, encode_config
+from skiff.core.images.store import ImageStore
 from skiff.core.plugins import load_plugins
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="storage drivers need root")

@@ -18,11 +18,8 @@ from skiff.core.images.reference import (
     familiar_string,
     parse,
 )
-from skiff.core.images.store import (
-    ZERO_CONTAINER_CONFIG,
-    ImageStore,
-    encode_config,
-)
+from skiff.core.images.records import ZERO_CONTAINER_CONFIG, encode_config
+from skiff.core.images.store import ImageStore
 from skiff.core.timefmt import now_rfc3339
 
 log = structlog.get_logger("skiff.images.archives")

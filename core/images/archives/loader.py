@@ -47,10 +47,8 @@ from skiff.core.images.reference import (
     parse,
     parse_digest,
 )
-from skiff.core.images.store import (
-    ImageStore,
-    parse_config,
-)
+from skiff.core.images.records import parse_config
+from skiff.core.images.store import ImageStore
 from skiff.core.tarlimits import open_stream
 
 log = structlog.get_logger("skiff.images.archives")

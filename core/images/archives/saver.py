@@ -43,10 +43,8 @@ from skiff.core.images.reference import (
     is_full_id,
     parse,
 )
-from skiff.core.images.store import (
-    ZERO_CONTAINER_CONFIG,
-    ImageStore,
-)
+from skiff.core.images.records import ZERO_CONTAINER_CONFIG
+from skiff.core.images.store import ImageStore
 
 
 def _header(name: str, size: int = 0, *, mtime: int = 0, kind: bytes = tarfile.REGTYPE,

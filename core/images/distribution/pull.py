@@ -44,8 +44,8 @@ from skiff.core.images.distribution.metadata import BlobRecord, DistributionMeta
 from skiff.core.images.distribution.progress import Emit, Progress, first_error, short
 from skiff.core.images.errors import InvalidImage
 from skiff.core.images.layers import chain_ids
+from skiff.core.images.records import parse_config
 from skiff.core.images.reference import Reference, familiar_string, parse, parse_digest
-from skiff.core.images.store import parse_config
 
 if TYPE_CHECKING:
     from skiff.core.engine import Engine
