@@ -39,6 +39,17 @@ PROJECT = "skiff"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
+#: The version of this contract, ``"MAJOR.MINOR"``.  A plugin module declares
+#: the version it was written for as a module attribute, next to its hookimpls:
+#: ``SKIFF_CONTRACT = "1.0"``.  The major changes when a plugin written for the
+#: old contract could break (a signature, a record's fields, a threading
+#: promise); the minor when something is only added (an optional hook or
+#: method, a field with a default).  The loader refuses another major and
+#: accepts any minor of the same major (see ``skiff.core.plugins``).
+CONTRACT_VERSION = "1.0"
+#: the module attribute holding a plugin's declared contract version
+CONTRACT_ATTRIBUTE = "SKIFF_CONTRACT"
+
 #: Entry-point group for each driver kind, in the order the daemon loads them.
 ENTRY_POINT_GROUPS: dict[str, str] = {
     "storage": "skiff.storage",

@@ -43,6 +43,10 @@ class HostNetworkDriver:
         pass
 
 
+#: the plugin contract this module was written for; the loader refuses another major
+SKIFF_CONTRACT = "1.0"
+
+
 @hookimpl
 def skiff_network_drivers() -> dict[str, object]:
     return {NAME: HostNetworkDriver}
