@@ -15,10 +15,41 @@ plugin may act on daemon start-up and shutdown and on each step of a
 container's life.
 
 Drivers are plain objects that satisfy the ``typing.Protocol`` classes below.
-Their methods are synchronous and may block (mounting, copying, unpacking): the
-daemon calls them from worker threads, never on its event loop, so a driver
-needs no knowledge of trio.  The one exception is the container runtime, whose
-methods are async because starting a process is a conversation.
+
+*Threads and the event loop.*  The daemon is one trio event loop; what runs on
+it must not block, or every request and container waits.  So:
+
+- Driver methods of storage, network, logging and volume drivers are
+  synchronous and may block (mounting, copying, unpacking): the daemon calls
+  them from worker threads (``trio.to_thread.run_sync``), never on its event
+  loop, so a driver needs no knowledge of trio.  Calls for different layers,
+  containers, networks or volumes run concurrently, in different threads: a
+  driver's shared state (its caches, reference counts, an address allocator)
+  must be thread-safe.  Each Protocol says what more it promises.  The
+  cgroup driver's methods are called from worker threads too, but for
+  ``validate``, which is quick and runs on the event loop.
+- Driver factories and discovery hooks are called once, at daemon start, on
+  the event loop, except the log driver factory, called on the event loop at
+  each container start: it should only open its files.
+- The container runtime's methods are async and run on the event loop,
+  because starting a process is a conversation: they must not block, and run
+  blocking work with ``trio.to_thread.run_sync``.
+- Lifecycle broadcasts (``skiff_daemon_*``, ``skiff_container_*``) are
+  called on the event loop, synchronously, in the middle of the daemon's own
+  work: they must return quickly and not block.  A plugin with slow work (a
+  remote call, a large file) does it in a thread of its own, or prepares it
+  in ``skiff_daemon_config_check``.
+- ``skiff_security_options`` is called from a worker thread, while ``docker
+  info`` is answered, possibly while a lifecycle hook runs on the loop.
+
+*Versions.*  ``CONTRACT_VERSION`` is this contract's version; every plugin
+module declares the version it was written for (``SKIFF_CONTRACT = "1.0"``)
+and the loader refuses another major (docs/plugins.md).
+
+This module is one piece on purpose, though long: it is the one file a plugin
+author reads, so every hook, Protocol and record a driver sees is here, with
+the promises each side makes, and nothing else is (the daemon's own code
+lives elsewhere).
 
 Read Moby's graphdriver for the storage model and containerd's snapshotters
 for the idea of describing mounts as data: a storage driver returns
@@ -279,6 +310,10 @@ class NetworkDriver(Protocol):
     ``"new"`` gives it a fresh namespace, which ``join`` then plumbs (a veth,
     a route) between clone and exec; ``"host"`` shares the host's namespace
     and ``join`` has nothing to do.
+
+    All methods may block and are called from worker threads; calls for
+    different containers and networks run concurrently, so what the driver
+    shares between them (address allocation, firewall rules) needs a lock.
     """
 
     name: str
@@ -354,7 +389,8 @@ class LogDriver(Protocol):
     name: str
 
     def write(self, msg: LogMessage) -> None:
-        """Record one message.  Called in order, from one thread at a time."""
+        """Record one message.  Called in order, from one worker thread at a
+        time (not always the same thread), while ``read`` may run in others."""
         ...
 
     def read(self, config: ReadConfig) -> Iterator[LogMessage]:
@@ -663,8 +699,15 @@ class Stdio:
     stderr: int
 
 
+@runtime_checkable
 class Runtime(Protocol):
     """Starts container processes.  Isolation is its business.
+
+    Its methods run on the daemon's event loop: they must not block (wait
+    with trio, run blocking work with ``trio.to_thread.run_sync``).  So do
+    ``ContainerProcess``'s, whose ``kill`` is synchronous and must return at
+    once.  ``isinstance(x, Runtime)`` checks for every member, the optional
+    ``probe_idmapped_rootfs`` included; the daemon does not require it.
 
     ``prepare`` returns a process that has its namespaces, root filesystem,
     hostname and mounts in place but has not yet dropped privileges or run
@@ -977,7 +1020,13 @@ class ContainerView(Protocol):
 
 
 class SkiffSpec:
-    """Hook specifications.  Implement any subset with ``@hookimpl``."""
+    """Hook specifications.  Implement any subset with ``@hookimpl``.
+
+    Every hook here but ``skiff_security_options`` is called on the daemon's
+    event loop and must not block (see the module docstring): discovery hooks
+    once at start, lifecycle broadcasts in the middle of a request or a
+    container's start and stop.
+    """
 
     # -- discovery ---------------------------------------------------------
 
@@ -1041,6 +1090,7 @@ class SkiffSpec:
 
         List only what is really enforced on this host with this
         configuration: an operator reads this to know what protects them.
+        Called from a worker thread (``docker info``), not the event loop.
         """
 
     @hookspec

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import types
 from importlib.metadata import entry_points
+from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
@@ -60,3 +61,10 @@ def test_an_undeclared_plugin_is_taken_as_1_0_with_a_warning() -> None:
 def test_in_process_plugins_are_checked_too() -> None:
     with pytest.raises(PluginLoadError, match="someone_elses_driver"):
         load_plugins(extra_modules=[_plugin(SKIFF_CONTRACT="0.9")])
+
+
+def test_the_bundled_runtime_satisfies_the_runtime_protocol(tmp_path: Path) -> None:
+    factory = load_plugins().factory("isolation", "skiff")
+    runtime = factory(hookspecs.RuntimeContext(exec_root=str(tmp_path), options={}))
+    assert isinstance(runtime, hookspecs.Runtime)
+    assert not isinstance(object(), hookspecs.Runtime)
