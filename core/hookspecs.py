@@ -289,6 +289,25 @@ class StorageFactory(Protocol):
 
 
 @dataclass
+class NetworkOptions:
+    """A network as ``create_network`` receives it: the daemon's record of it."""
+
+    name: str = ""  #: the network's name (``bridge`` for the default network)
+    #: the host interface the operator chose (daemon.json ``bridge`` for the
+    #: default network, ``com.docker.network.bridge.name`` otherwise); "" lets
+    #: the driver name it
+    bridge: str = ""
+    subnet: str = ""  #: CIDR, chosen by the daemon when the user gave none
+    gateway: str = ""  #: "" lets the driver take the subnet's first address
+    ip_range: str = ""  #: ``--ip-range``: where container addresses come from
+    icc: bool = True  #: containers of the network may talk to each other
+    internal: bool = False  #: ``--internal``: no traffic to or from outside
+    dns: bool = False  #: containers resolve each other's names (not on the default bridge)
+    options: dict[str, str] = field(default_factory=dict)  #: ``-o`` driver options, as given
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
 class Endpoint:
     """A container's attachment to one network, as the driver reports it."""
 
@@ -319,7 +338,7 @@ class NetworkDriver(Protocol):
     name: str
     netns: Literal["new", "host"]
 
-    def create_network(self, network_id: str, options: Mapping[str, Any]) -> None:
+    def create_network(self, network_id: str, options: NetworkOptions) -> None:
         """Create the network's host-side resources (bridge, firewall chains)."""
         ...
 

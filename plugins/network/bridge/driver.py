@@ -32,13 +32,12 @@ import os
 import secrets
 import socket
 import threading
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 import structlog
 
-from skiff.core.hookspecs import Endpoint, NetworkContext
+from skiff.core.hookspecs import Endpoint, NetworkContext, NetworkOptions
 from skiff.plugins.network._netns import run_in_netns
 from skiff.plugins.network.bridge import firewall as fw
 from skiff.plugins.network.bridge.dns import DNS_IP, DnsServer, parse_upstreams
@@ -105,16 +104,13 @@ class BridgeNetworkDriver:
 
     # -- networks ------------------------------------------------------------
 
-    def create_network(self, network_id: str, options: Mapping[str, Any]) -> None:
+    def create_network(self, network_id: str, options: NetworkOptions) -> None:
         from pyroute2 import IPRoute
 
-        bridge = str(options.get("bridge") or f"skf-{network_id[:11]}")
-        pool = Pool(str(options["subnet"]), str(options.get("gateway") or ""),
-                    str(options.get("ip_range") or ""))
-        net = Net(id=network_id, name=str(options.get("name") or network_id), bridge=bridge,
-                  pool=pool, icc=bool(options.get("icc", True)),
-                  internal=bool(options.get("internal", False)),
-                  dns=bool(options.get("dns", False)))
+        bridge = options.bridge or f"skf-{network_id[:11]}"
+        pool = Pool(options.subnet, options.gateway, options.ip_range)
+        net = Net(id=network_id, name=options.name or network_id, bridge=bridge,
+                  pool=pool, icc=options.icc, internal=options.internal, dns=options.dns)
         with IPRoute() as ipr:
             found = ipr.link_lookup(ifname=bridge)
             if not found:
