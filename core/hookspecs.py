@@ -308,17 +308,54 @@ class NetworkOptions:
 
 
 @dataclass
+class PortBinding:
+    """The host side of a published port (Docker's ``{"HostIp", "HostPort"}``)."""
+
+    host_ip: str = ""  #: "" for every address
+    host_port: str = ""  #: a port, a range ``"8000-8100"``, or "" for any free port
+
+
+@dataclass
+class Link:
+    """A container linked with ``--link``: on a network without icc, the
+    endpoint's container may still reach these ports of it."""
+
+    ip: str
+    ports: list[tuple[str, int]] = field(default_factory=list)  #: (protocol, port)
+
+
+@dataclass
 class Endpoint:
-    """A container's attachment to one network, as the driver reports it."""
+    """A container's attachment to one network.
+
+    The daemon fills the fields down to ``links`` (what it asks for) and
+    passes the record to ``create_endpoint``; the driver returns it with the
+    fields from ``ip_address`` on (what it did).  The driver may return a
+    subclass carrying its own state (interface names, firewall rules): the
+    daemon hands exactly that object back to ``join``, ``leave`` and
+    ``delete_endpoint``.
+    """
 
     network_id: str
     endpoint_id: str
     container_id: str
+    name: str = ""  #: the container's name, for the network's DNS
+    hostname: str = ""
+    aliases: list[str] = field(default_factory=list)  #: ``--network-alias``
+    requested_ip: str = ""  #: ``--ip``; "" lets the driver choose
+    #: on the container's primary network only: Docker's ``PortBindings``
+    #: (``"80/tcp"`` -> bindings), ``ExposedPorts`` and ``PublishAllPorts``
+    port_bindings: dict[str, list[PortBinding]] = field(default_factory=dict)
+    exposed_ports: list[str] = field(default_factory=list)
+    publish_all: bool = False
+    links: list[Link] = field(default_factory=list)
     ip_address: str = ""
     ip_prefix_len: int = 0
     gateway: str = ""
     mac_address: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
+    #: the ports published, as ``docker inspect``'s ``NetworkSettings.Ports``:
+    #: an exposed port that is not published maps to None
+    ports: dict[str, list[PortBinding] | None] = field(default_factory=dict)
 
 
 @runtime_checkable
