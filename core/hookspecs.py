@@ -43,8 +43,9 @@ it must not block, or every request and container waits.  So:
   info`` is answered, possibly while a lifecycle hook runs on the loop.
 
 *Versions.*  ``CONTRACT_VERSION`` is this contract's version; every plugin
-module declares the version it was written for (``SKIFF_CONTRACT = "1.0"``)
-and the loader refuses another major (docs/plugins.md).
+module declares the version it was written for (``SKIFF_CONTRACT = "2.0"``)
+and the loader refuses another major, and a module that declares none
+(docs/plugins.md).
 
 This module is one piece on purpose, though long: it is the one file a plugin
 author reads, so every hook, Protocol and record a driver sees is here, with
@@ -72,12 +73,16 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 #: The version of this contract, ``"MAJOR.MINOR"``.  A plugin module declares
 #: the version it was written for as a module attribute, next to its hookimpls:
-#: ``SKIFF_CONTRACT = "1.0"``.  The major changes when a plugin written for the
+#: ``SKIFF_CONTRACT = "2.0"``.  The major changes when a plugin written for the
 #: old contract could break (a signature, a record's fields, a threading
 #: promise); the minor when something is only added (an optional hook or
 #: method, a field with a default).  The loader refuses another major and
-#: accepts any minor of the same major (see ``skiff.core.plugins``).
-CONTRACT_VERSION = "1.0"
+#: accepts any minor of the same major (see ``skiff.core.plugins``).  Major 1
+#: is the contract before versions, when network options and endpoint data
+#: crossed it as dicts; 2 made them records.
+CONTRACT_VERSION = "2.0"
+#: the contract of a plugin that declares none: it was written before versions
+UNDECLARED_CONTRACT = "1.0"
 #: the module attribute holding a plugin's declared contract version
 CONTRACT_ATTRIBUTE = "SKIFF_CONTRACT"
 

@@ -6,12 +6,13 @@ one of the groups of ``hookspecs.ENTRY_POINT_GROUPS`` names a module holding
 driver is a first-class citizen.
 
 Each plugin module declares the contract version it was written for
-(``SKIFF_CONTRACT = "1.0"``, see ``hookspecs.CONTRACT_VERSION``).  Another
+(``SKIFF_CONTRACT = "2.0"``, see ``hookspecs.CONTRACT_VERSION``).  Another
 major is refused before the module is registered, so the daemon does not
 start with a driver that may misread its records.  A module that declares
-nothing predates the version: it is taken as written for 1.0 and accepted
-with a warning, because 1.0 is the contract as it stood when versioning began
-and refusing would break working third-party drivers on upgrade for nothing.
+nothing was written before versions, for contract 1, whose network records
+were dicts: it is refused like any other major, at start and with the fix
+(one line, once the author checked the plugin against the contract), rather
+than accepted with a warning and failing at the first container that uses it.
 """
 
 from __future__ import annotations
@@ -22,12 +23,15 @@ from importlib.metadata import entry_points
 from typing import Any
 
 import pluggy
-import structlog
 
 from skiff.core import hookspecs
-from skiff.core.hookspecs import CONTRACT_ATTRIBUTE, CONTRACT_VERSION, PROJECT, merge_named
-
-log = structlog.get_logger("skiff.plugins")
+from skiff.core.hookspecs import (
+    CONTRACT_ATTRIBUTE,
+    CONTRACT_VERSION,
+    PROJECT,
+    UNDECLARED_CONTRACT,
+    merge_named,
+)
 
 #: discovery hook per driver kind; "isolation" contributes runtimes, "limits" cgroup drivers,
 #: "volume" volume drivers
@@ -80,12 +84,16 @@ def check_contract(module: Any, what: str, remedy: str) -> None:
     ``what`` names the plugin in messages (entry point and module); ``remedy``
     tells the operator how to get rid of it.
     """
-    declared = getattr(module, CONTRACT_ATTRIBUTE, None)
     speaks = CONTRACT_VERSION
+    declared = getattr(module, CONTRACT_ATTRIBUTE, None)
     if declared is None:
-        log.warning("plugin.contract_undeclared", plugin=what, assumed="1.0", daemon=speaks,
-                    hint=f'the plugin should declare {CONTRACT_ATTRIBUTE} = "{speaks}"')
-        declared = "1.0"
+        raise PluginLoadError(
+            f"plugin {what} declares no {CONTRACT_ATTRIBUTE}: it was written before skiff"
+            f" plugin contracts had versions (contract {UNDECLARED_CONTRACT}), and this skiffd"
+            f" speaks contract {speaks}: install a release of the plugin that declares"
+            f' {CONTRACT_ATTRIBUTE} = "{speaks}" (its author checks it against docs/plugins.md'
+            f" and adds that line), or {remedy}"
+        )
     major: int | None = None
     if isinstance(declared, str):
         with contextlib.suppress(ValueError):

@@ -103,7 +103,7 @@ UNKNOWN_EXIT = 255
 
 
 #: the plugin contract this module was written for; the loader refuses another major
-SKIFF_CONTRACT = "1.0"
+SKIFF_CONTRACT = "2.0"
 
 
 @hookimpl

@@ -999,7 +999,7 @@ def cgroupfs_factory(ctx: CgroupContext) -> CgroupfsV1 | CgroupfsV2:
 
 
 #: the plugin contract this module was written for; the loader refuses another major
-SKIFF_CONTRACT = "1.0"
+SKIFF_CONTRACT = "2.0"
 
 
 @hookimpl

@@ -411,7 +411,7 @@ def json_file_factory(ctx: LogContext) -> JsonFileDriver:
 
 
 #: the plugin contract this module was written for; the loader refuses another major
-SKIFF_CONTRACT = "1.0"
+SKIFF_CONTRACT = "2.0"
 
 
 @hookimpl

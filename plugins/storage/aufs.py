@@ -570,7 +570,7 @@ def _release_for(container: Any) -> None:
 
 
 #: the plugin contract this module was written for; the loader refuses another major
-SKIFF_CONTRACT = "1.0"
+SKIFF_CONTRACT = "2.0"
 
 
 @hookimpl

@@ -208,7 +208,7 @@ class LocalDriver:
 
 
 #: the plugin contract this module was written for; the loader refuses another major
-SKIFF_CONTRACT = "1.0"
+SKIFF_CONTRACT = "2.0"
 
 
 @hookimpl

@@ -34,17 +34,17 @@ def test_container_runs_on_a_third_party_driver(tmp_path: Path) -> None:
         assert len(list(trees.iterdir())) == 1  # only the image layer; the container is gone
 
 
-def _install_plugin(site: Path, monkeypatch: pytest.MonkeyPatch, contract: str) -> None:
+def _install_plugin(site: Path, monkeypatch: pytest.MonkeyPatch, contract: str | None) -> None:
     """Install, as pip would (a module and its dist-info with an entry point),
-    a package ``skiff-nextfs`` whose storage driver ``nextfs`` declares ``contract``;
-    the daemon finds it through ``PYTHONPATH``."""
+    a package ``skiff-nextfs`` whose storage driver ``nextfs`` declares ``contract``
+    (None: declares nothing); the daemon finds it through ``PYTHONPATH``."""
     site.mkdir(parents=True)
     (site / "skiff_nextfs.py").write_text(
         '"""copyfs under another name, from a package that declares its contract."""\n'
         "from skiff.core.hookspecs import hookimpl\n"
         "from skiff_testfs import CopyFs\n"
-        f"SKIFF_CONTRACT = {contract!r}\n"
-        "class NextFs(CopyFs):\n"
+        + (f"SKIFF_CONTRACT = {contract!r}\n" if contract else "")
+        + "class NextFs(CopyFs):\n"
         "    name = 'nextfs'\n"
         "@hookimpl\n"
         "def skiff_storage_drivers():\n"
@@ -67,10 +67,7 @@ def _newer_minor() -> str:
     return f"{major}.{int(minor) + 1}"
 
 
-def test_a_plugin_for_another_major_contract_stops_the_daemon(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    _install_plugin(tmp_path / "site", monkeypatch, _next_major())
+def _refused_at_start(tmp_path: Path) -> str:
     base = tmp_path / "d"
     base.mkdir()
     d = Daemon(base, daemon_config(base))
@@ -79,7 +76,14 @@ def test_a_plugin_for_another_major_contract_stops_the_daemon(
             d.start()
     finally:
         d.stop()
-    logs = d.logs()
+    return d.logs()
+
+
+def test_a_plugin_for_another_major_contract_stops_the_daemon(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _install_plugin(tmp_path / "site", monkeypatch, _next_major())
+    logs = _refused_at_start(tmp_path)
     assert "skiffd: plugin skiff.storage entry point 'nextfs' (skiff_nextfs)" in logs
     assert f"written for skiff plugin contract {_next_major()}" in logs
     assert f"speaks contract {CONTRACT_VERSION}" in logs
@@ -95,3 +99,14 @@ def test_a_plugin_for_a_newer_minor_contract_is_accepted(
         assert info["Driver"] == "nextfs"
         raw = json.loads(d.skiff("info", "--format", "json").stdout)
         assert "nextfs" in raw["Plugins"]["Storage"]
+
+
+def test_a_plugin_that_declares_no_contract_stops_the_daemon(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _install_plugin(tmp_path / "site", monkeypatch, None)
+    logs = _refused_at_start(tmp_path)
+    assert "skiffd: plugin skiff.storage entry point 'nextfs' (skiff_nextfs)" in logs
+    assert "declares no SKIFF_CONTRACT" in logs
+    assert f'SKIFF_CONTRACT = "{CONTRACT_VERSION}"' in logs
+    assert "pip uninstall skiff-nextfs" in logs

@@ -7,7 +7,6 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
-from structlog.testing import capture_logs
 
 from skiff.core import hookspecs
 from skiff.core.plugins import PluginLoadError, check_contract, load_plugins
@@ -35,12 +34,13 @@ def test_the_same_major_is_accepted_whatever_the_minor() -> None:
 
 
 def test_another_major_is_refused_with_what_and_what_to_do() -> None:
+    other = f"{int(hookspecs.CONTRACT_VERSION.split('.')[0]) + 1}.0"
     with pytest.raises(PluginLoadError) as err:
-        check_contract(_plugin(SKIFF_CONTRACT="2.0"), "skiff.storage entry point 'zfs' (zfsx)",
+        check_contract(_plugin(SKIFF_CONTRACT=other), "skiff.storage entry point 'zfs' (zfsx)",
                        "uninstall it (pip uninstall skiff-zfs)")
     msg = str(err.value)
     assert "skiff.storage entry point 'zfs' (zfsx)" in msg
-    assert "contract 2.0" in msg
+    assert f"written for skiff plugin contract {other}" in msg
     assert f"speaks contract {hookspecs.CONTRACT_VERSION}" in msg
     assert "pip uninstall skiff-zfs" in msg
 
@@ -51,16 +51,18 @@ def test_a_malformed_declaration_is_refused(bad: object) -> None:
         check_contract(_plugin(SKIFF_CONTRACT=bad), "x", "remove it")
 
 
-def test_an_undeclared_plugin_is_taken_as_1_0_with_a_warning() -> None:
-    with capture_logs() as logs:
+def test_an_undeclared_plugin_predates_versions_and_is_refused_with_the_fix() -> None:
+    with pytest.raises(PluginLoadError) as err:
         check_contract(_plugin(), "old-driver", "remove it")
-    assert [e["event"] for e in logs] == ["plugin.contract_undeclared"]
-    assert logs[0]["plugin"] == "old-driver" and logs[0]["log_level"] == "warning"
+    msg = str(err.value)
+    assert "old-driver declares no SKIFF_CONTRACT" in msg
+    assert f'SKIFF_CONTRACT = "{hookspecs.CONTRACT_VERSION}"' in msg
+    assert msg.endswith("or remove it")
 
 
 def test_in_process_plugins_are_checked_too() -> None:
     with pytest.raises(PluginLoadError, match="someone_elses_driver"):
-        load_plugins(extra_modules=[_plugin(SKIFF_CONTRACT="0.9")])
+        load_plugins(extra_modules=[_plugin(SKIFF_CONTRACT="1.0")])
 
 
 def test_the_bundled_runtime_satisfies_the_runtime_protocol(tmp_path: Path) -> None:

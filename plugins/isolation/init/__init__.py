@@ -41,7 +41,7 @@ def init_binary(configured: str = "") -> str:
 
 
 #: the plugin contract this module was written for; the loader refuses another major
-SKIFF_CONTRACT = "1.0"
+SKIFF_CONTRACT = "2.0"
 
 
 @hookimpl
