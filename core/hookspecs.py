@@ -27,7 +27,8 @@ it must not block, or every request and container waits.  So:
   driver's shared state (its caches, reference counts, an address allocator)
   must be thread-safe.  Each Protocol says what more it promises.  The
   cgroup driver's methods are called from worker threads too, but for
-  ``validate``, which is quick and runs on the event loop.
+  ``validate`` and ``procs_files``, which must be quick: they run on the
+  event loop.
 - Driver factories and discovery hooks are called once, at daemon start, on
   the event loop, except the log driver factory, called on the event loop at
   each container start: it should only open its files.
