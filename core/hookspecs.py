@@ -15,10 +15,43 @@ plugin may act on daemon start-up and shutdown and on each step of a
 container's life.
 
 Drivers are plain objects that satisfy the ``typing.Protocol`` classes below.
-Their methods are synchronous and may block (mounting, copying, unpacking): the
-daemon calls them from worker threads, never on its event loop, so a driver
-needs no knowledge of trio.  The one exception is the container runtime, whose
-methods are async because starting a process is a conversation.
+
+*Threads and the event loop.*  The daemon is one trio event loop; what runs on
+it must not block, or every request and container waits.  So:
+
+- Driver methods of storage, network, logging and volume drivers are
+  synchronous and may block (mounting, copying, unpacking): the daemon calls
+  them from worker threads (``trio.to_thread.run_sync``), never on its event
+  loop, so a driver needs no knowledge of trio.  Calls for different layers,
+  containers, networks or volumes run concurrently, in different threads: a
+  driver's shared state (its caches, reference counts, an address allocator)
+  must be thread-safe.  Each Protocol says what more it promises.  The
+  cgroup driver's methods are called from worker threads too, but for
+  ``validate`` and ``procs_files``, which must be quick: they run on the
+  event loop.
+- Driver factories and discovery hooks are called once, at daemon start, on
+  the event loop, except the log driver factory, called on the event loop at
+  each container start: it should only open its files.
+- The container runtime's methods are async and run on the event loop,
+  because starting a process is a conversation: they must not block, and run
+  blocking work with ``trio.to_thread.run_sync``.
+- Lifecycle broadcasts (``skiff_daemon_*``, ``skiff_container_*``) are
+  called on the event loop, synchronously, in the middle of the daemon's own
+  work: they must return quickly and not block.  A plugin with slow work (a
+  remote call, a large file) does it in a thread of its own, or prepares it
+  in ``skiff_daemon_config_check``.
+- ``skiff_security_options`` is called from a worker thread, while ``docker
+  info`` is answered, possibly while a lifecycle hook runs on the loop.
+
+*Versions.*  ``CONTRACT_VERSION`` is this contract's version; every plugin
+module declares the version it was written for (``SKIFF_CONTRACT = "2.0"``)
+and the loader refuses another major, and a module that declares none
+(docs/plugins.md).
+
+This module is one piece on purpose, though long: it is the one file a plugin
+author reads, so every hook, Protocol and record a driver sees is here, with
+the promises each side makes, and nothing else is (the daemon's own code
+lives elsewhere).
 
 Read Moby's graphdriver for the storage model and containerd's snapshotters
 for the idea of describing mounts as data: a storage driver returns
@@ -38,6 +71,21 @@ import pluggy
 PROJECT = "skiff"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
+
+#: The version of this contract, ``"MAJOR.MINOR"``.  A plugin module declares
+#: the version it was written for as a module attribute, next to its hookimpls:
+#: ``SKIFF_CONTRACT = "2.0"``.  The major changes when a plugin written for the
+#: old contract could break (a signature, a record's fields, a threading
+#: promise); the minor when something is only added (an optional hook or
+#: method, a field with a default).  The loader refuses another major and
+#: accepts any minor of the same major (see ``skiff.core.plugins``).  Major 1
+#: is the contract before versions, when network options and endpoint data
+#: crossed it as dicts; 2 made them records.
+CONTRACT_VERSION = "2.0"
+#: the contract of a plugin that declares none: it was written before versions
+UNDECLARED_CONTRACT = "1.0"
+#: the module attribute holding a plugin's declared contract version
+CONTRACT_ATTRIBUTE = "SKIFF_CONTRACT"
 
 #: Entry-point group for each driver kind, in the order the daemon loads them.
 ENTRY_POINT_GROUPS: dict[str, str] = {
@@ -247,17 +295,73 @@ class StorageFactory(Protocol):
 
 
 @dataclass
+class NetworkOptions:
+    """A network as ``create_network`` receives it: the daemon's record of it."""
+
+    name: str = ""  #: the network's name (``bridge`` for the default network)
+    #: the host interface the operator chose (daemon.json ``bridge`` for the
+    #: default network, ``com.docker.network.bridge.name`` otherwise); "" lets
+    #: the driver name it
+    bridge: str = ""
+    subnet: str = ""  #: CIDR, chosen by the daemon when the user gave none
+    gateway: str = ""  #: "" lets the driver take the subnet's first address
+    ip_range: str = ""  #: ``--ip-range``: where container addresses come from
+    icc: bool = True  #: containers of the network may talk to each other
+    internal: bool = False  #: ``--internal``: no traffic to or from outside
+    dns: bool = False  #: containers resolve each other's names (not on the default bridge)
+    options: dict[str, str] = field(default_factory=dict)  #: ``-o`` driver options, as given
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class PortBinding:
+    """The host side of a published port (Docker's ``{"HostIp", "HostPort"}``)."""
+
+    host_ip: str = ""  #: "" for every address
+    host_port: str = ""  #: a port, a range ``"8000-8100"``, or "" for any free port
+
+
+@dataclass
+class Link:
+    """A container linked with ``--link``: on a network without icc, the
+    endpoint's container may still reach these ports of it."""
+
+    ip: str
+    ports: list[tuple[str, int]] = field(default_factory=list)  #: (protocol, port)
+
+
+@dataclass
 class Endpoint:
-    """A container's attachment to one network, as the driver reports it."""
+    """A container's attachment to one network.
+
+    The daemon fills the fields down to ``links`` (what it asks for) and
+    passes the record to ``create_endpoint``; the driver returns it with the
+    fields from ``ip_address`` on (what it did).  The driver may return a
+    subclass carrying its own state (interface names, firewall rules): the
+    daemon hands exactly that object back to ``join``, ``leave`` and
+    ``delete_endpoint``.
+    """
 
     network_id: str
     endpoint_id: str
     container_id: str
+    name: str = ""  #: the container's name, for the network's DNS
+    hostname: str = ""
+    aliases: list[str] = field(default_factory=list)  #: ``--network-alias``
+    requested_ip: str = ""  #: ``--ip``; "" lets the driver choose
+    #: on the container's primary network only: Docker's ``PortBindings``
+    #: (``"80/tcp"`` -> bindings), ``ExposedPorts`` and ``PublishAllPorts``
+    port_bindings: dict[str, list[PortBinding]] = field(default_factory=dict)
+    exposed_ports: list[str] = field(default_factory=list)
+    publish_all: bool = False
+    links: list[Link] = field(default_factory=list)
     ip_address: str = ""
     ip_prefix_len: int = 0
     gateway: str = ""
     mac_address: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
+    #: the ports published, as ``docker inspect``'s ``NetworkSettings.Ports``:
+    #: an exposed port that is not published maps to None
+    ports: dict[str, list[PortBinding] | None] = field(default_factory=dict)
 
 
 @runtime_checkable
@@ -268,12 +372,16 @@ class NetworkDriver(Protocol):
     ``"new"`` gives it a fresh namespace, which ``join`` then plumbs (a veth,
     a route) between clone and exec; ``"host"`` shares the host's namespace
     and ``join`` has nothing to do.
+
+    All methods may block and are called from worker threads; calls for
+    different containers and networks run concurrently, so what the driver
+    shares between them (address allocation, firewall rules) needs a lock.
     """
 
     name: str
     netns: Literal["new", "host"]
 
-    def create_network(self, network_id: str, options: Mapping[str, Any]) -> None:
+    def create_network(self, network_id: str, options: NetworkOptions) -> None:
         """Create the network's host-side resources (bridge, firewall chains)."""
         ...
 
@@ -343,7 +451,8 @@ class LogDriver(Protocol):
     name: str
 
     def write(self, msg: LogMessage) -> None:
-        """Record one message.  Called in order, from one thread at a time."""
+        """Record one message.  Called in order, from one worker thread at a
+        time (not always the same thread), while ``read`` may run in others."""
         ...
 
     def read(self, config: ReadConfig) -> Iterator[LogMessage]:
@@ -652,8 +761,15 @@ class Stdio:
     stderr: int
 
 
+@runtime_checkable
 class Runtime(Protocol):
     """Starts container processes.  Isolation is its business.
+
+    Its methods run on the daemon's event loop: they must not block (wait
+    with trio, run blocking work with ``trio.to_thread.run_sync``).  So do
+    ``ContainerProcess``'s, whose ``kill`` is synchronous and must return at
+    once.  ``isinstance(x, Runtime)`` checks for every member, the optional
+    ``probe_idmapped_rootfs`` included; the daemon does not require it.
 
     ``prepare`` returns a process that has its namespaces, root filesystem,
     hostname and mounts in place but has not yet dropped privileges or run
@@ -1035,7 +1151,13 @@ class ContainerView(Protocol):
 
 
 class SkiffSpec:
-    """Hook specifications.  Implement any subset with ``@hookimpl``."""
+    """Hook specifications.  Implement any subset with ``@hookimpl``.
+
+    Every hook here but ``skiff_security_options`` is called on the daemon's
+    event loop and must not block (see the module docstring): discovery hooks
+    once at start, lifecycle broadcasts in the middle of a request or a
+    container's start and stop.
+    """
 
     # -- discovery ---------------------------------------------------------
 
@@ -1099,6 +1221,7 @@ class SkiffSpec:
 
         List only what is really enforced on this host with this
         configuration: an operator reads this to know what protects them.
+        Called from a worker thread (``docker info``), not the event loop.
         """
 
     @hookspec

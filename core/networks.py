@@ -29,6 +29,7 @@ import structlog
 
 from skiff.core.atomic import write_json_atomic
 from skiff.core.errors import Conflict, InvalidParameter, NotFound
+from skiff.core.hookspecs import NetworkOptions
 
 if TYPE_CHECKING:
     from skiff.core.engine import Engine
@@ -241,21 +242,21 @@ class NetworkStore:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(self.root, f"{net.id}.json"))
 
-    def options(self, net: Network) -> dict[str, Any]:
+    def options(self, net: Network) -> NetworkOptions:
         """What the driver's ``create_network`` receives."""
         bridge = net.options.get(NAME_OPTION) or ""
-        return {
-            "name": net.name,
-            "bridge": self.bridge_name if net.name == "bridge" else bridge,
-            "subnet": net.subnet,
-            "gateway": net.gateway,
-            "ip_range": net.ip_range,
-            "icc": net.options.get(ICC_OPTION, "true") != "false",
-            "internal": net.internal,
-            "dns": net.name != "bridge",  # Docker: the default bridge has no embedded DNS
-            "options": dict(net.options),
-            "labels": dict(net.labels),
-        }
+        return NetworkOptions(
+            name=net.name,
+            bridge=self.bridge_name if net.name == "bridge" else bridge,
+            subnet=net.subnet,
+            gateway=net.gateway,
+            ip_range=net.ip_range,
+            icc=net.options.get(ICC_OPTION, "true") != "false",
+            internal=net.internal,
+            dns=net.name != "bridge",  # Docker: the default bridge has no embedded DNS
+            options=dict(net.options),
+            labels=dict(net.labels),
+        )
 
     # -- create / remove -------------------------------------------------------
 

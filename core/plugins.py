@@ -4,10 +4,20 @@ Every driver, built-in or third-party, arrives the same way: an entry point in
 one of the groups of ``hookspecs.ENTRY_POINT_GROUPS`` names a module holding
 ``@hookimpl`` functions.  Nothing is imported by a shortcut, so a third-party
 driver is a first-class citizen.
+
+Each plugin module declares the contract version it was written for
+(``SKIFF_CONTRACT = "2.0"``, see ``hookspecs.CONTRACT_VERSION``).  Another
+major is refused before the module is registered, so the daemon does not
+start with a driver that may misread its records.  A module that declares
+nothing was written before versions, for contract 1, whose network records
+were dicts: it is refused like any other major, at start and with the fix
+(one line, once the author checked the plugin against the contract), rather
+than accepted with a warning and failing at the first container that uses it.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any
@@ -15,7 +25,13 @@ from typing import Any
 import pluggy
 
 from skiff.core import hookspecs
-from skiff.core.hookspecs import PROJECT, merge_named
+from skiff.core.hookspecs import (
+    CONTRACT_ATTRIBUTE,
+    CONTRACT_VERSION,
+    PROJECT,
+    UNDECLARED_CONTRACT,
+    merge_named,
+)
 
 #: discovery hook per driver kind; "isolation" contributes runtimes, "limits" cgroup drivers,
 #: "volume" volume drivers
@@ -57,6 +73,46 @@ class Plugins:
         return found[name]
 
 
+def _major_minor(version: str) -> tuple[int, int]:
+    major, minor = version.split(".")
+    return int(major), int(minor)
+
+
+def check_contract(module: Any, what: str, remedy: str) -> None:
+    """Refuse ``module`` unless it declares a contract of the daemon's major.
+
+    ``what`` names the plugin in messages (entry point and module); ``remedy``
+    tells the operator how to get rid of it.
+    """
+    speaks = CONTRACT_VERSION
+    declared = getattr(module, CONTRACT_ATTRIBUTE, None)
+    if declared is None:
+        raise PluginLoadError(
+            f"plugin {what} declares no {CONTRACT_ATTRIBUTE}: it was written before skiff"
+            f" plugin contracts had versions (contract {UNDECLARED_CONTRACT}), and this skiffd"
+            f" speaks contract {speaks}: install a release of the plugin that declares"
+            f' {CONTRACT_ATTRIBUTE} = "{speaks}" (its author checks it against docs/plugins.md'
+            f" and adds that line), or {remedy}"
+        )
+    major: int | None = None
+    if isinstance(declared, str):
+        with contextlib.suppress(ValueError):
+            major = _major_minor(declared)[0]
+    if major is None:
+        raise PluginLoadError(
+            f"plugin {what} declares {CONTRACT_ATTRIBUTE} = {declared!r}, which is not a"
+            f' contract version ("MAJOR.MINOR"); this skiffd speaks contract {speaks}.'
+            f" Fix the plugin, or {remedy}"
+        )
+    speaks_major = _major_minor(speaks)[0]
+    if major != speaks_major:
+        raise PluginLoadError(
+            f"plugin {what} is written for skiff plugin contract {declared}, but this"
+            f" skiffd speaks contract {speaks} (another major version): install a release"
+            f" of the plugin written for contract {speaks_major}.x, or {remedy}"
+        )
+
+
 def load_plugins(extra_modules: list[Any] | None = None) -> Plugins:
     """Load every entry point of every skiff group and collect its drivers.
 
@@ -78,9 +134,16 @@ def load_plugins(extra_modules: list[Any] | None = None) -> Plugins:
                 ) from exc
             if pm.is_registered(module):
                 continue
+            dist = ep.dist.name if ep.dist is not None else None
+            check_contract(
+                module, f"{group} entry point {ep.name!r} ({ep.value})",
+                f"uninstall it (pip uninstall {dist})" if dist
+                else f"remove the {group} entry point {ep.name!r}",
+            )
             pm.register(module, name=f"{group}:{ep.name}")
             modules[kind].append(f"{ep.name}={ep.value}")
     for module in extra_modules or []:
+        check_contract(module, repr(getattr(module, "__name__", module)), "leave it out")
         pm.register(module)
     drivers = {
         kind: merge_named(getattr(pm.hook, hook)(), kind)

@@ -15,7 +15,7 @@ from skiff.core.containers.links import linked
 from skiff.core.containers.model import Container
 from skiff.core.containers.registry import ContainerRegistry, Publish, ToThread, Track
 from skiff.core.errors import Conflict, InvalidParameter
-from skiff.core.hookspecs import Endpoint, NetworkDriver
+from skiff.core.hookspecs import Endpoint, Link, NetworkDriver, PortBinding
 from skiff.core.networks import NetworkStore
 
 log = structlog.get_logger("skiff.containers")
@@ -38,25 +38,25 @@ class NetworkAttachment:
         net = self.networks.get(name)
         driver = self.network_driver(net.driver)
         settings = c.networks.setdefault(name, {})
-        extra: dict[str, Any] = {
-            "name": c.name,
-            "hostname": c.config.get("Hostname") or "",
-            "aliases": list(settings.get("Aliases") or []),
-            "ip": (settings.get("IPAMConfig") or {}).get("IPv4Address") or "",
-        }
+        endpoint = Endpoint(
+            network_id=net.id, endpoint_id=secrets.token_hex(32), container_id=c.id,
+            name=c.name, hostname=c.config.get("Hostname") or "",
+            aliases=list(settings.get("Aliases") or []),
+            requested_ip=(settings.get("IPAMConfig") or {}).get("IPv4Address") or "")
         primary = name == c.network_mode
         if primary:
-            extra["port_bindings"] = c.host_config.get("PortBindings") or {}
-            extra["exposed_ports"] = sorted((c.config.get("ExposedPorts") or {}).keys())
-            extra["publish_all"] = bool(c.host_config.get("PublishAllPorts"))
-            extra["links"] = [
-                {"ip": other.networks.get(name, {}).get("IPAddress", ""),
-                 "ports": [(k.partition("/")[2] or "tcp", int(k.partition("/")[0]))
-                           for k in (other.config.get("ExposedPorts") or {})]}
+            endpoint.port_bindings = {
+                key: [PortBinding(str((b or {}).get("HostIp") or ""),
+                                  str((b or {}).get("HostPort") or "")) for b in bindings or []]
+                for key, bindings in (c.host_config.get("PortBindings") or {}).items()}
+            endpoint.exposed_ports = sorted((c.config.get("ExposedPorts") or {}).keys())
+            endpoint.publish_all = bool(c.host_config.get("PublishAllPorts"))
+            endpoint.links = [
+                Link(other.networks.get(name, {}).get("IPAddress", ""),
+                     [(k.partition("/")[2] or "tcp", int(k.partition("/")[0]))
+                      for k in (other.config.get("ExposedPorts") or {})])
                 for other, _alias in linked(c, self.registry.get)
             ]
-        endpoint = Endpoint(network_id=net.id, endpoint_id=secrets.token_hex(32),
-                            container_id=c.id, extra=extra)
         ep = await self.to_thread(driver.create_endpoint, net.id, endpoint)
         track.endpoints[name] = (driver, ep)
         await self.to_thread(driver.join, ep, pid)
@@ -64,7 +64,9 @@ class NetworkAttachment:
                         IPAddress=ep.ip_address, IPPrefixLen=ep.ip_prefix_len,
                         Gateway=ep.gateway, MacAddress=ep.mac_address)
         if primary:
-            c.ports = dict(ep.extra.get("ports") or {})
+            c.ports = {key: None if bindings is None else
+                       [{"HostIp": b.host_ip, "HostPort": b.host_port} for b in bindings]
+                       for key, bindings in ep.ports.items()}
         self.publish("network", "connect", net.id,
                      {"container": c.id, "name": net.name, "type": net.driver})
 

@@ -102,6 +102,10 @@ UNKNOWN_EXIT = 255
 # ---------------------------------------------------------------------------
 
 
+#: the plugin contract this module was written for; the loader refuses another major
+SKIFF_CONTRACT = "2.0"
+
+
 @hookimpl
 def skiff_runtimes() -> Mapping[str, Any]:
     return {"skiff": ForkServerRuntime}

@@ -28,6 +28,10 @@ def cgroupfs_factory(ctx: CgroupContext) -> CgroupfsV1 | CgroupfsV2:
     return CgroupfsV2(parent) if cgroup_version() == 2 else CgroupfsV1(parent)
 
 
+#: the plugin contract this module was written for; the loader refuses another major
+SKIFF_CONTRACT = "2.0"
+
+
 @hookimpl
 def skiff_cgroup_drivers() -> dict[str, object]:
     return {NAME: cgroupfs_factory}

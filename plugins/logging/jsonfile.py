@@ -410,6 +410,10 @@ def json_file_factory(ctx: LogContext) -> JsonFileDriver:
     return JsonFileDriver(ctx)
 
 
+#: the plugin contract this module was written for; the loader refuses another major
+SKIFF_CONTRACT = "2.0"
+
+
 @hookimpl
 def skiff_log_drivers() -> dict[str, object]:
     return {NAME: json_file_factory}

@@ -7,10 +7,9 @@ ports, as with Docker's ``--network host``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Literal
 
-from skiff.core.hookspecs import Endpoint, NetworkContext, hookimpl
+from skiff.core.hookspecs import Endpoint, NetworkContext, NetworkOptions, hookimpl
 
 NAME = "host"
 
@@ -24,7 +23,7 @@ class HostNetworkDriver:
     def __init__(self, ctx: NetworkContext | None = None) -> None:
         self.ctx = ctx
 
-    def create_network(self, network_id: str, options: Mapping[str, Any]) -> None:
+    def create_network(self, network_id: str, options: NetworkOptions) -> None:
         pass
 
     def delete_network(self, network_id: str) -> None:
@@ -41,6 +40,10 @@ class HostNetworkDriver:
 
     def delete_endpoint(self, endpoint: Endpoint) -> None:
         pass
+
+
+#: the plugin contract this module was written for; the loader refuses another major
+SKIFF_CONTRACT = "2.0"
 
 
 @hookimpl

@@ -20,10 +20,9 @@ from __future__ import annotations
 import fcntl
 import socket
 import struct
-from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Literal
 
-from skiff.core.hookspecs import Endpoint, NetworkContext, hookimpl
+from skiff.core.hookspecs import Endpoint, NetworkContext, NetworkOptions, hookimpl
 from skiff.plugins.network._netns import run_in_netns
 
 NAME = "none"
@@ -64,7 +63,7 @@ class NoneNetworkDriver:
     def __init__(self, ctx: NetworkContext | None = None) -> None:
         self.ctx = ctx
 
-    def create_network(self, network_id: str, options: Mapping[str, Any]) -> None:
+    def create_network(self, network_id: str, options: NetworkOptions) -> None:
         pass  # nothing exists on the host side
 
     def delete_network(self, network_id: str) -> None:
@@ -82,6 +81,10 @@ class NoneNetworkDriver:
 
     def delete_endpoint(self, endpoint: Endpoint) -> None:
         pass
+
+
+#: the plugin contract this module was written for; the loader refuses another major
+SKIFF_CONTRACT = "2.0"
 
 
 @hookimpl

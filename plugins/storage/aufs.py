@@ -569,6 +569,10 @@ def _release_for(container: Any) -> None:
             driver.release_container(layer)
 
 
+#: the plugin contract this module was written for; the loader refuses another major
+SKIFF_CONTRACT = "2.0"
+
+
 @hookimpl
 def skiff_storage_drivers() -> dict[str, type[AufsDriver]]:
     return {"aufs": AufsDriver}

@@ -240,6 +240,10 @@ class BtrfsDriver(WholeTreeDiffs):
         pass  # btrfs mounts nothing on the host
 
 
+#: the plugin contract this module was written for; the loader refuses another major
+SKIFF_CONTRACT = "2.0"
+
+
 @hookimpl
 def skiff_storage_drivers() -> dict[str, type[BtrfsDriver]]:
     return {"btrfs": BtrfsDriver}

@@ -476,6 +476,10 @@ class DeviceMapperDriver(MountedTreeDiffs):
         self._loops.clear()
 
 
+#: the plugin contract this module was written for; the loader refuses another major
+SKIFF_CONTRACT = "2.0"
+
+
 @hookimpl
 def skiff_storage_drivers() -> dict[str, type[DeviceMapperDriver]]:
     return {"devicemapper": DeviceMapperDriver}

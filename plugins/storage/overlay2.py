@@ -537,6 +537,10 @@ class Overlay2Driver:
                     syscalls.umount(point, syscalls.MNT_DETACH)
 
 
+#: the plugin contract this module was written for; the loader refuses another major
+SKIFF_CONTRACT = "2.0"
+
+
 @hookimpl
 def skiff_storage_drivers() -> dict[str, type[Overlay2Driver]]:
     return {"overlay2": Overlay2Driver}

@@ -149,6 +149,10 @@ class VfsDriver(WholeTreeDiffs):
         pass  # vfs mounts nothing on the host
 
 
+#: the plugin contract this module was written for; the loader refuses another major
+SKIFF_CONTRACT = "2.0"
+
+
 @hookimpl
 def skiff_storage_drivers() -> dict[str, type[VfsDriver]]:
     return {"vfs": VfsDriver}

@@ -207,6 +207,10 @@ class LocalDriver:
         return {"Scope": "local"}
 
 
+#: the plugin contract this module was written for; the loader refuses another major
+SKIFF_CONTRACT = "2.0"
+
+
 @hookimpl
 def skiff_volume_drivers() -> dict[str, Any]:
     return {NAME: LocalDriver}

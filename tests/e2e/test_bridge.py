@@ -401,12 +401,12 @@ def _skiff_rules(bridge: str) -> list[str]:
 
 def test_driver_rebuilds_rules_after_a_crash_without_duplicates() -> None:
     """A daemon killed with its bridge and rules in place: the next start rebuilds them once."""
-    from skiff.core.hookspecs import NetworkContext
+    from skiff.core.hookspecs import NetworkContext, NetworkOptions
     from skiff.plugins.network.bridge.driver import BridgeNetworkDriver
 
     bridge = f"skf{secrets.token_hex(3)}"
     subnet = f"10.{secrets.randbelow(250) + 1}.{secrets.randbelow(250)}.0/24"
-    opts = {"bridge": bridge, "subnet": subnet, "name": "crash"}
+    opts = NetworkOptions(bridge=bridge, subnet=subnet, name="crash")
     nid = secrets.token_hex(32)
     first = BridgeNetworkDriver(NetworkContext("/nonexistent", "/nonexistent", {}))
     first.create_network(nid, opts)

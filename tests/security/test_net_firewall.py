@@ -443,7 +443,7 @@ def _host_between_neighbours(config: dict) -> tuple[str, bool]:
     routed): the bridge driver makes a network; then neighbour A, with a route
     to neighbour B through the host, connects to a server on B.  Returns the
     FORWARD policy left and whether A got through."""
-    from skiff.core.hookspecs import NetworkContext
+    from skiff.core.hookspecs import NetworkContext, NetworkOptions
     from skiff.plugins.network.bridge.driver import BridgeNetworkDriver
 
     fresh = netns_process()
@@ -462,9 +462,9 @@ def _host_between_neighbours(config: dict) -> tuple[str, bool]:
             try:
                 a.route(f"{b.ip}/32")
                 b.route(f"{a.ip}/32")
-                driver.create_network(nid, {"bridge": f"skf{secrets.token_hex(3)}",
-                                            "subnet": f"10.{secrets.randbelow(250) + 1}."
-                                                      f"{secrets.randbelow(250)}.0/24"})
+                driver.create_network(nid, NetworkOptions(
+                    bridge=f"skf{secrets.token_hex(3)}",
+                    subnet=f"10.{secrets.randbelow(250) + 1}.{secrets.randbelow(250)}.0/24"))
                 assert Path("/proc/sys/net/ipv4/ip_forward").read_text().strip() == "1"
                 policy = _sh("iptables", "-S", "FORWARD").splitlines()[0].split()[-1]
                 listener = b.run(lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM))
@@ -507,7 +507,7 @@ def test_drops_go_ahead_of_an_administrators_accepts() -> None:
     PREROUTING, or for the bridge in INPUT) must not skip the direct-routing
     drop or the CVE-2020-8558 guard: skiff inserts them first in those chains.
     (An ordering check: the attacks above show what those rules stop.)"""
-    from skiff.core.hookspecs import NetworkContext
+    from skiff.core.hookspecs import NetworkContext, NetworkOptions
     from skiff.plugins.network.bridge.driver import BridgeNetworkDriver
 
     bridge = f"skf{secrets.token_hex(3)}"
@@ -519,8 +519,9 @@ def test_drops_go_ahead_of_an_administrators_accepts() -> None:
     driver = BridgeNetworkDriver(NetworkContext("/nonexistent", "/nonexistent", {}))
     nid = secrets.token_hex(32)
     try:
-        driver.create_network(nid, {"bridge": bridge, "subnet": f"10.{secrets.randbelow(250) + 1}"
-                                                              f".{secrets.randbelow(250)}.0/24"})
+        driver.create_network(nid, NetworkOptions(
+            bridge=bridge,
+            subnet=f"10.{secrets.randbelow(250) + 1}.{secrets.randbelow(250)}.0/24"))
         for table, chain, _ in admin:
             rules = [r for r in _chain_rules(table, chain) if bridge in r]
             assert f"skiff:{bridge}" in rules[0] and f"admin-{bridge}" in rules[-1], rules

@@ -10,7 +10,14 @@ from collections.abc import Iterator
 import pluggy
 import pytest
 
-from skiff.core.hookspecs import PROJECT, Endpoint, NetworkContext, NetworkDriver, SkiffSpec
+from skiff.core.hookspecs import (
+    PROJECT,
+    Endpoint,
+    NetworkContext,
+    NetworkDriver,
+    NetworkOptions,
+    SkiffSpec,
+)
 from skiff.plugins.network import host, none
 from skiff.plugins.network.none import NoneNetworkDriver, socket_in_netns
 
@@ -72,7 +79,7 @@ def test_none_join_brings_up_only_lo(netns_child: subprocess.Popen[bytes]) -> No
     host_links_before = subprocess.run(["ip", "-o", "link"], capture_output=True,
                                        text=True, check=True).stdout
     drv = NoneNetworkDriver(CTX)
-    drv.create_network("none", {})
+    drv.create_network("none", NetworkOptions())
     ep = drv.create_endpoint("none", endpoint("none"))
     assert ep.ip_address == "" and ep.gateway == ""
     t = time.perf_counter()
@@ -136,7 +143,7 @@ def test_host_is_a_no_op() -> None:
     drv = host.HostNetworkDriver(CTX)
     assert drv.netns == "host"
     before = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
-    drv.create_network("host", {})
+    drv.create_network("host", NetworkOptions())
     ep = drv.create_endpoint("host", endpoint("host"))
     assert ep == endpoint("host")
     drv.join(ep, os.getpid())

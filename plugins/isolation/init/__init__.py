@@ -40,6 +40,10 @@ def init_binary(configured: str = "") -> str:
     )
 
 
+#: the plugin contract this module was written for; the loader refuses another major
+SKIFF_CONTRACT = "2.0"
+
+
 @hookimpl
 def skiff_container_spec(container: ContainerView, spec: ContainerSpec) -> None:
     if not spec.init:

@@ -32,13 +32,12 @@ import os
 import secrets
 import socket
 import threading
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from dataclasses import dataclass, field, fields
+from typing import Literal, TypeVar
 
 import structlog
 
-from skiff.core.hookspecs import Endpoint, NetworkContext
+from skiff.core.hookspecs import Endpoint, NetworkContext, NetworkOptions, PortBinding
 from skiff.plugins.network._netns import run_in_netns
 from skiff.plugins.network.bridge import firewall as fw
 from skiff.plugins.network.bridge.dns import DNS_IP, DnsServer, parse_upstreams
@@ -68,6 +67,25 @@ def _sysctl(path: str, value: str) -> None:
 
 
 @dataclass
+class BridgeEndpoint(Endpoint):
+    """An endpoint with what this driver made for it, handed back to
+    ``join``, ``leave`` and ``delete_endpoint`` by the daemon."""
+
+    bridge: str = ""
+    veth: str = ""  #: host side of the pair; the container side is ``skfp`` + the rest
+    dns: bool = False  #: the container counts as a member of the embedded DNS
+    rules: list[fw.Rule] = field(default_factory=list)
+    held_ports: list[tuple[str, int]] = field(default_factory=list)  #: (proto, host port)
+    loopback: bool = False  #: a port is published on 127.0.0.1 (or every address)
+
+
+def _own(endpoint: Endpoint) -> BridgeEndpoint:
+    if not isinstance(endpoint, BridgeEndpoint):
+        raise TypeError(f"endpoint {endpoint.endpoint_id[:12]} was not made by the bridge driver")
+    return endpoint
+
+
+@dataclass
 class Net:
     """One bridge network, as the driver keeps it."""
 
@@ -78,7 +96,7 @@ class Net:
     icc: bool
     internal: bool
     dns: bool
-    endpoints: dict[str, Endpoint] = field(default_factory=dict)
+    endpoints: dict[str, BridgeEndpoint] = field(default_factory=dict)
     loopback_publishers: int = 0  #: endpoints with a port on 127.0.0.1 (or every address)
     rules: list[fw.Rule] = field(default_factory=list)
 
@@ -105,16 +123,13 @@ class BridgeNetworkDriver:
 
     # -- networks ------------------------------------------------------------
 
-    def create_network(self, network_id: str, options: Mapping[str, Any]) -> None:
+    def create_network(self, network_id: str, options: NetworkOptions) -> None:
         from pyroute2 import IPRoute
 
-        bridge = str(options.get("bridge") or f"skf-{network_id[:11]}")
-        pool = Pool(str(options["subnet"]), str(options.get("gateway") or ""),
-                    str(options.get("ip_range") or ""))
-        net = Net(id=network_id, name=str(options.get("name") or network_id), bridge=bridge,
-                  pool=pool, icc=bool(options.get("icc", True)),
-                  internal=bool(options.get("internal", False)),
-                  dns=bool(options.get("dns", False)))
+        bridge = options.bridge or f"skf-{network_id[:11]}"
+        pool = Pool(options.subnet, options.gateway, options.ip_range)
+        net = Net(id=network_id, name=options.name or network_id, bridge=bridge,
+                  pool=pool, icc=options.icc, internal=options.internal, dns=options.dns)
         with IPRoute() as ipr:
             found = ipr.link_lookup(ifname=bridge)
             if not found:
@@ -176,68 +191,65 @@ class BridgeNetworkDriver:
 
     def create_endpoint(self, network_id: str, endpoint: Endpoint) -> Endpoint:
         net = self._net(network_id)
-        extra = dict(endpoint.extra)
-        ip = net.pool.allocate(str(extra.get("ip") or ""))
-        ep = Endpoint(network_id=network_id, endpoint_id=endpoint.endpoint_id,
-                      container_id=endpoint.container_id, ip_address=ip,
-                      ip_prefix_len=net.pool.prefixlen, gateway=str(net.pool.gateway),
-                      mac_address=mac_for(ip), extra=extra)
-        extra["bridge"] = net.bridge
-        extra["veth"] = "skfv" + secrets.token_hex(4)
-        extra["dns"] = net.dns
+        ip = net.pool.allocate(endpoint.requested_ip)
+        asked = {f.name: getattr(endpoint, f.name) for f in fields(Endpoint)}
+        ep = BridgeEndpoint(**{
+            **asked, "ip_address": ip, "ip_prefix_len": net.pool.prefixlen,
+            "gateway": str(net.pool.gateway), "mac_address": mac_for(ip)})
+        ep.bridge = net.bridge
+        ep.veth = "skfv" + secrets.token_hex(4)
+        ep.dns = net.dns
         rules: list[fw.Rule] = []
         held: list[tuple[str, int]] = []
         try:
             ports = self._publish(net, ep, rules, held)
-            for link in extra.get("links") or []:
+            for link in ep.links:
                 if not net.icc:
-                    for proto, port in link.get("ports") or []:
-                        rules += fw.link_rules(net.bridge, ip, link["ip"], proto, int(port))
+                    for proto, port in link.ports:
+                        rules += fw.link_rules(net.bridge, ip, link.ip, proto, int(port))
             self.firewall.add(rules)
         except BaseException:
             net.pool.release(ip)
             with self._lock:
                 self._ports.difference_update(held)
             raise
-        extra["ports"] = ports
-        extra["rules"] = rules
-        extra["held_ports"] = held
-        extra["loopback"] = any(fw.publishes_on_loopback(b["HostIp"])
-                                for bindings in ports.values() for b in bindings or [])
+        ep.ports = ports
+        ep.rules = rules
+        ep.held_ports = held
+        ep.loopback = any(fw.publishes_on_loopback(b.host_ip)
+                          for bindings in ports.values() for b in bindings or [])
         with self._lock:
             net.endpoints[ep.endpoint_id] = ep
-            if extra["loopback"]:
+            if ep.loopback:
                 net.loopback_publishers += 1
                 if net.loopback_publishers == 1:
                     _route_localnet(net.bridge, True)
         return ep
 
     def _publish(self, net: Net, ep: Endpoint, rules: list[fw.Rule],
-                 held: list[tuple[str, int]]) -> dict[str, Any]:
+                 held: list[tuple[str, int]]) -> dict[str, list[PortBinding] | None]:
         """Host ports for the endpoint's bindings; fills ``rules`` and ``held``."""
-        extra = ep.extra
-        bindings: dict[str, Any] = dict(extra.get("port_bindings") or {})
-        exposed = list(extra.get("exposed_ports") or [])
-        ports: dict[str, Any] = {}
-        for key in exposed:
+        bindings = dict(ep.port_bindings)
+        ports: dict[str, list[PortBinding] | None] = {}
+        for key in ep.exposed_ports:
             ports.setdefault(key, None)
-            if extra.get("publish_all") and not bindings.get(key):
-                bindings[key] = [{"HostIp": "", "HostPort": ""}]
+            if ep.publish_all and not bindings.get(key):
+                bindings[key] = [PortBinding()]
         for key, entries in bindings.items():
             port_s, _, proto = key.partition("/")
             proto = proto or "tcp"
             ctr_port = int(port_s)
             out = []
-            for entry in entries or [{"HostIp": "", "HostPort": ""}]:
-                host_ip = (entry or {}).get("HostIp") or "0.0.0.0"
-                wanted = str((entry or {}).get("HostPort") or "")
+            for entry in entries or [PortBinding()]:
+                host_ip = entry.host_ip or "0.0.0.0"
+                wanted = entry.host_port
                 lo, _, hi = wanted.partition("-")
                 host_port = self._host_port(proto, host_ip, int(lo) if lo else 0,
                                             int(hi) if hi else 0)
                 held.append((proto, host_port))
                 rules += fw.port_rules(net.bridge, ep.ip_address, proto, ctr_port, host_ip,
                                        host_port)
-                out.append({"HostIp": host_ip, "HostPort": str(host_port)})
+                out.append(PortBinding(host_ip, str(host_port)))
             ports[f"{ctr_port}/{proto}"] = out
         return ports
 
@@ -266,7 +278,7 @@ class BridgeNetworkDriver:
 
         net = self._net(endpoint.network_id)
         ns = f"/proc/{pid}/ns/net"
-        veth = str(endpoint.extra["veth"])
+        veth = _own(endpoint).veth
         peer = "skfp" + veth[4:]
         with self._lock:
             n = self._ifaces.get(endpoint.container_id, 0)
@@ -312,7 +324,8 @@ class BridgeNetworkDriver:
     def leave(self, endpoint: Endpoint) -> None:
         from pyroute2 import IPRoute
 
-        veth = str(endpoint.extra.get("veth") or "")
+        ep = _own(endpoint)
+        veth = ep.veth
         if veth:
             with IPRoute() as ipr:
                 found = ipr.link_lookup(ifname=veth)
@@ -326,7 +339,7 @@ class BridgeNetworkDriver:
                 if self._ifaces[cid] <= 0:
                     del self._ifaces[cid]
             stop_dns = False
-            if endpoint.extra.get("dns") and cid in self._dns_members:
+            if ep.dns and cid in self._dns_members:
                 self._dns_members[cid] -= 1
                 if self._dns_members[cid] <= 0:
                     del self._dns_members[cid]
@@ -335,18 +348,18 @@ class BridgeNetworkDriver:
             self.dns.remove(cid)
 
     def delete_endpoint(self, endpoint: Endpoint) -> None:
+        ep = _own(endpoint)
         with self._lock:
             net = self.networks.get(endpoint.network_id)
             if net is not None and net.endpoints.pop(endpoint.endpoint_id, None) is None:
                 return  # already deleted
-            if net is not None and endpoint.extra.get("loopback"):
+            if net is not None and ep.loopback:
                 net.loopback_publishers -= 1
                 if net.loopback_publishers == 0:
                     _route_localnet(net.bridge, False)
-        self.firewall.delete(list(endpoint.extra.get("rules") or []))
+        self.firewall.delete(list(ep.rules))
         with self._lock:
-            self._ports.difference_update(
-                tuple(p) for p in endpoint.extra.get("held_ports") or [])
+            self._ports.difference_update(ep.held_ports)
         if net is not None and endpoint.ip_address:
             net.pool.release(endpoint.ip_address)
 
@@ -368,9 +381,7 @@ class BridgeNetworkDriver:
             for net in nets:
                 found = []
                 for ep in net.endpoints.values():
-                    names = {str(ep.extra.get("name") or ""), str(ep.extra.get("hostname") or ""),
-                             ep.container_id[:12],
-                             *(str(a) for a in ep.extra.get("aliases") or [])}
+                    names = {ep.name, ep.hostname, ep.container_id[:12], *ep.aliases}
                     if name in {x.lower() for x in names if x}:
                         found.append(ep.ip_address)
                 if found:

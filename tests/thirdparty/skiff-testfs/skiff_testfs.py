@@ -83,6 +83,10 @@ class CopyFs:
         pass
 
 
+#: the plugin contract this module was written for; the loader refuses another major
+SKIFF_CONTRACT = "2.0"
+
+
 @hookimpl
 def skiff_storage_drivers() -> dict[str, type[CopyFs]]:
     return {"copyfs": CopyFs}
