@@ -418,7 +418,11 @@ def test_v2_driver_on_a_private_root(tmp_path: Path) -> None:
 
 
 def test_timings(h: Harness) -> None:
-    """Prints create / add_process / destroy costs (median of 20)."""
+    """20 create / add_process / destroy cycles each do their job; prints their costs.
+
+    The costs are printed, not asserted: on a shared CI machine a time bound
+    would only measure the neighbours.
+    """
     times: dict[str, list[float]] = {"create": [], "add_process": [], "destroy": []}
     for _ in range(20):
         c = cid()
@@ -428,11 +432,13 @@ def test_timings(h: Harness) -> None:
         t1 = time.perf_counter()
         h.driver.add_process(c, child.pid)
         t2 = time.perf_counter()
+        assert str(child.pid) in h.file(c, "pids", "cgroup.procs").split()
         child.kill()
         child.wait()
         t3 = time.perf_counter()
         h.driver.destroy(c)
         t4 = time.perf_counter()
+        assert not leftovers(h.parent)
         times["create"].append(t1 - t0)
         times["add_process"].append(t2 - t1)
         times["destroy"].append(t4 - t3)
