@@ -463,7 +463,7 @@ def test_pids_freeze_and_thaw(h: Harness) -> None:
     assert h.driver.pids(c) == sorted([busy.pid, other.pid])  # type: ignore[attr-defined]
     h.driver.freeze(c)
     before = cpu_ticks(busy.pid)
-    time.sleep(0.3)
+    time.sleep(0.3)  # the point: a while in which a running busy loop would gain ticks
     assert cpu_ticks(busy.pid) == before  # a busy loop that does not run
     h.driver.thaw(c)
     deadline = time.monotonic() + 5
