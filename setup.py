@@ -1,6 +1,6 @@
 """Package mapping and the cffi extension; everything else is in pyproject.toml.
 
-The repository keeps core/, plugins/ and cli/ at its top (see DESIGN.md) while
+The repository keeps core/, plugins/ and cli/ at its top (see docs/design.md) while
 they import as skiff.core, skiff.plugins and skiff.cli.  setuptools cannot
 express that mapping for nested packages in pyproject.toml alone, and cffi's
 out-of-line build hooks in through the ``cffi_modules`` keyword

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from typing import IO
 
@@ -66,23 +64,6 @@ def mounts_under(path: str) -> list[str]:
     """Mount points at or below ``path``, deepest last (in mount order)."""
     real = os.path.realpath(path).rstrip("/")
     return [p for p, _ in mount_table() if p == real or p.startswith(real + "/")]
-
-
-def write_atomic(path: str, data: bytes, mode: int = 0o644) -> None:
-    """Write a small metadata file so a crash leaves the old or the new content."""
-    d = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.rename(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def supports_d_type(directory: str) -> bool:

@@ -53,6 +53,7 @@ from collections.abc import Mapping
 from typing import IO, Any
 
 from skiff.core import archive, syscalls
+from skiff.core.atomic import write_atomic
 from skiff.core.hookspecs import (
     DriverNotSupported,
     MountSpec,
@@ -65,7 +66,6 @@ from skiff.plugins.storage._common import (
     check_storage_opts,
     mounts_under,
     validate_id,
-    write_atomic,
 )
 from skiff.plugins.storage._quota import LoopQuota, parse_size
 
@@ -339,7 +339,7 @@ class AufsDriver(MountedTreeDiffs):
                 os.mkdir(os.path.join(point, "work"), 0o700)
             os.rename(tmp, dst)
             # The layers file last: its presence is what makes the layer exist.
-            write_atomic(layers, "".join(f"{p}\n" for p in chain).encode())
+            write_atomic(layers, "".join(f"{p}\n" for p in chain).encode(), durable=False)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             shutil.rmtree(dst, ignore_errors=True)

@@ -44,6 +44,7 @@ from collections.abc import Mapping
 from typing import IO, Any
 
 from skiff.core import archive
+from skiff.core.atomic import write_atomic
 from skiff.core.hookspecs import (
     DriverNotSupported,
     MountSpec,
@@ -56,7 +57,6 @@ from skiff.plugins.storage._common import (
     check_storage_opts,
     mounts_under,
     validate_id,
-    write_atomic,
 )
 from skiff.plugins.storage._quota import parse_size
 
@@ -173,7 +173,7 @@ class DeviceMapperDriver(MountedTreeDiffs):
             return {"next_id": 1}
 
     def _save_state(self) -> None:
-        write_atomic(self._state_path(), json.dumps(self.state).encode())
+        write_atomic(self._state_path(), json.dumps(self.state).encode(), durable=False)
 
     def _meta_path(self, layer_id: str) -> str:
         return os.path.join(self.home, "metadata", validate_id(layer_id, ("deviceset",)))
@@ -313,7 +313,7 @@ class DeviceMapperDriver(MountedTreeDiffs):
                 self._grow(dev, final)
             write_atomic(meta_path, json.dumps({
                 "device_id": dev, "size": final, "parent": parent, "rw": rw,
-            }).encode())
+            }).encode(), durable=False)
         except BaseException:
             with contextlib.suppress(OSError):
                 self._deactivate(dev)

@@ -37,6 +37,7 @@ from collections.abc import Mapping
 from typing import IO
 
 from skiff.core import archive, syscalls
+from skiff.core.atomic import write_atomic
 from skiff.core.hookspecs import (
     Change,
     DriverNotSupported,
@@ -50,7 +51,6 @@ from skiff.plugins.storage._common import (
     mounts_under,
     supports_d_type,
     validate_id,
-    write_atomic,
 )
 from skiff.plugins.storage._quota import LoopQuota, ProjectQuota, parse_size
 
@@ -264,7 +264,7 @@ class Overlay2Driver:
                 os.mkdir(os.path.join(path, name), mode)
                 os.chmod(os.path.join(path, name), mode)
             for name, data in files.items():
-                write_atomic(os.path.join(path, name), data)
+                write_atomic(os.path.join(path, name), data, durable=False)
         except BaseException:
             quota.destroy(remove_mountpoint=False)
             raise
@@ -345,13 +345,13 @@ class Overlay2Driver:
             os.mkdir(tmp, 0o700)
             os.mkdir(os.path.join(tmp, "diff"), 0o755)
             os.chmod(os.path.join(tmp, "diff"), 0o755)
-            write_atomic(os.path.join(tmp, "link"), short.encode())
+            write_atomic(os.path.join(tmp, "link"), short.encode(), durable=False)
             if lower:
                 os.mkdir(os.path.join(tmp, "work"), 0o700)
                 os.mkdir(os.path.join(tmp, "merged"), 0o700)
-                write_atomic(os.path.join(tmp, "lower"), lower.encode())
+                write_atomic(os.path.join(tmp, "lower"), lower.encode(), durable=False)
             if readonly:
-                write_atomic(os.path.join(tmp, "committed"), b"", 0o600)
+                write_atomic(os.path.join(tmp, "committed"), b"", 0o600, durable=False)
             os.symlink(f"../{layer_id}/diff", link)
             os.rename(tmp, dst)  # the layer exists from here on, complete
         except BaseException:

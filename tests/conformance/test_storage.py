@@ -4,7 +4,12 @@ Drivers come from the ``skiff.storage`` entry points (``load_plugins``), so a
 third-party driver installed in the same environment is tested like the
 built-in ones.  ``SKIFF_STORAGE_DRIVERS=name1,name2`` narrows the run.  A
 driver whose factory raises ``DriverNotSupported`` here is skipped with its
-reason.
+reason, unless ``SKIFF_REQUIRE_DRIVERS=name1,name2`` names it: then the run
+fails, so a CI that is meant to cover a driver cannot go green without it
+(scripts/test.sh requires overlay2, vfs and btrfs).  btrfs needs a btrfs
+data-root: when the temporary directory is not on btrfs, the run makes one
+loop-mounted btrfs filesystem (tests/loopfs.py) and gives btrfs its data-roots
+there.
 
 The yardstick is a reference model (``_storage_model``): layer tars are applied
 to a dict with the OCI image spec's rules, and every view a driver gives of a
@@ -36,6 +41,7 @@ from skiff.core.hookspecs import DriverNotSupported, StorageContext, StorageDriv
 from skiff.core.plugins import load_plugins
 from tests.conformance import _storage_model as sm
 from tests.conformance._storage_model import CAP_NET_BIND, Entry
+from tests.loopfs import have_mkfs, loop_filesystem
 
 MODEL_SCRIPT = Path(sm.__file__).resolve()
 REPO = MODEL_SCRIPT.parents[2]
@@ -55,14 +61,44 @@ def _driver_names() -> list[str]:
     return names
 
 
+def _required_names() -> frozenset[str]:
+    raw = os.environ.get("SKIFF_REQUIRE_DRIVERS", "")
+    required = frozenset(n.strip() for n in raw.split(",") if n.strip())
+    installed = load_plugins().drivers.get("storage", {})
+    missing = sorted(required - set(installed))
+    if missing:
+        raise RuntimeError(
+            f"SKIFF_REQUIRE_DRIVERS names {missing}, not installed; installed: {sorted(installed)}"
+        )
+    return required
+
+
 DRIVERS = _driver_names()
+REQUIRED = _required_names()
+#: data-roots of drivers that need a filesystem of their own kind, set up once per run
+_FS_ROOTS: dict[str, Path] = {}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _btrfs_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """One loop-mounted btrfs for the btrfs driver's data-roots (mkfs per test would cost more)."""
+    if "btrfs" not in DRIVERS or not have_mkfs("btrfs") or os.geteuid() != 0:
+        yield
+        return
+    with loop_filesystem(tmp_path_factory.mktemp("btrfs-root"), "btrfs") as point:
+        _FS_ROOTS["btrfs"] = point
+        try:
+            yield
+        finally:
+            _FS_ROOTS.pop("btrfs", None)
 
 
 @contextlib.contextmanager
 def storage(name: str) -> Iterator[tuple[StorageDriver, Path]]:
     """A fresh driver on its own data-root; checks for leftover mounts, then deletes all."""
     factory = load_plugins().factory("storage", name)
-    base = Path(tempfile.mkdtemp(prefix="skiff-storage-"))
+    parent = _FS_ROOTS.get(name)
+    base = Path(tempfile.mkdtemp(prefix="skiff-storage-", dir=parent))
     try:
         data_root = base / "data"
         data_root.mkdir()
@@ -70,6 +106,9 @@ def storage(name: str) -> Iterator[tuple[StorageDriver, Path]]:
             driver = factory(StorageContext(home=str(data_root / name),
                                             data_root=str(data_root), options={}))
         except DriverNotSupported as exc:
+            if name in REQUIRED:
+                pytest.fail(f"{name} is required (SKIFF_REQUIRE_DRIVERS) but not supported"
+                            f" here: {exc}", pytrace=False)
             pytest.skip(f"{name} is not supported here: {exc}")
         try:
             yield driver, base

@@ -99,7 +99,7 @@ def test_stop_cancels_a_pending_restart(daemon: Daemon) -> None:
     info = inspect(daemon, name)
     assert info["State"]["Status"] == "exited" and not info["State"]["Restarting"]
     count = info["RestartCount"]
-    time.sleep(1.5)
+    time.sleep(1.5)  # the point: longer than a restart's back-off, so a late restart shows
     assert inspect(daemon, name)["State"]["Status"] == "exited"
     assert inspect(daemon, name)["RestartCount"] == count
     ok(daemon, "rm", name)
@@ -336,7 +336,7 @@ def test_wait_conditions(daemon: Daemon) -> None:
 
         t = threading.Thread(target=wait_removed)
         t.start()
-        time.sleep(0.3)
+        time.sleep(0.3)  # the point: a wait that did not wait for the removal would be back
         assert t.is_alive()  # it waits for the removal
         c.remove()
         t.join(20)

@@ -425,7 +425,11 @@ def test_v2_driver_on_a_private_root(tmp_path: Path) -> None:
 
 
 def test_timings(h: Harness) -> None:
-    """Prints create / add_process / destroy costs (median of 20)."""
+    """20 create / add_process / destroy cycles each do their job; prints their costs.
+
+    The costs are printed, not asserted: on a shared CI machine a time bound
+    would only measure the neighbours.
+    """
     times: dict[str, list[float]] = {"create": [], "add_process": [], "destroy": []}
     for _ in range(20):
         c = cid()
@@ -436,11 +440,13 @@ def test_timings(h: Harness) -> None:
         t1 = time.perf_counter()
         h.driver.add_process(c, child.pid)
         t2 = time.perf_counter()
+        assert str(child.pid) in h.file(c, "pids", "cgroup.procs").split()
         child.kill()
         child.wait()
         t3 = time.perf_counter()
         h.driver.destroy(c)
         t4 = time.perf_counter()
+        assert not leftovers(h.parent)
         times["create"].append(t1 - t0)
         times["add_process"].append(t2 - t1)
         times["destroy"].append(t4 - t3)
@@ -465,7 +471,7 @@ def test_pids_freeze_and_thaw(h: Harness) -> None:
     assert h.driver.pids(c) == sorted([busy.pid, other.pid])  # type: ignore[attr-defined]
     h.driver.freeze(c)
     before = cpu_ticks(busy.pid)
-    time.sleep(0.3)
+    time.sleep(0.3)  # the point: a while in which a running busy loop would gain ticks
     assert cpu_ticks(busy.pid) == before  # a busy loop that does not run
     h.driver.thaw(c)
     deadline = time.monotonic() + 5

@@ -325,7 +325,7 @@ def test_readers_that_never_read_do_not_grow_memory_or_stall_anyone(skiffd: Daem
     writing as fast as it can.  The daemon's memory stays flat, another attach still
     streams, ``docker logs`` answers, and the log keeps being written."""
     with chatty_container(skiffd) as name:
-        time.sleep(1)
+        time.sleep(1)  # the point: the baseline is taken with the log pump at full speed
         before = memory(skiffd)
         stuck = [attach_raw(skiffd, name) for _ in range(8)]
         stuck += [attach_raw(skiffd, name, logs_follow=True) for _ in range(4)]
@@ -414,6 +414,7 @@ class Trickle:
     """``n`` ``docker load`` uploads that send a byte now and then and never finish."""
 
     def __init__(self, d: Daemon, n: int) -> None:
+        spools_before = len(tmp_entries(d))
         self.socks = []
         for _ in range(n):
             s = connect(d)
@@ -424,6 +425,12 @@ class Trickle:
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
+        # each upload holds its thread once the daemon spools it: wait for all of them
+        try:
+            poll(lambda: len(tmp_entries(d)) >= spools_before + n, 20, f"{n} upload spools")
+        except BaseException:
+            self.close()
+            raise
 
     def _run(self) -> None:
         while not self.stop.wait(0.5):
@@ -446,7 +453,6 @@ def test_slow_uploads_do_not_stop_create_start_stop_rm(skiffd: Daemon) -> None:
     tmp_before = tmp_entries(skiffd)
     uploads = Trickle(skiffd, 16)
     try:
-        time.sleep(1)
         res = skiffd.docker("run", "--rm", "busybox", "true", timeout=30)
         assert res.returncode == 0, (res, skiffd.logs())
         name = unique("lifecycle")
@@ -472,11 +478,10 @@ def test_slow_uploads_do_hold_the_transfer_threads(skiffd: Daemon, tmp_path: Pat
     out = tmp_path / "busybox.tar"
     save = None
     try:
-        time.sleep(2)
         save = subprocess.Popen(["docker", "save", "-o", str(out), "busybox"],
                                 env=skiffd.env(), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE)
-        time.sleep(5)
+        time.sleep(5)  # the point: long enough for a save that was not held to finish
         assert save.poll() is None, "docker save finished although every transfer thread was held"
         res = skiffd.docker("run", "--rm", "busybox", "true", timeout=30)
         assert res.returncode == 0, res
@@ -547,7 +552,7 @@ def test_restore_leaves_a_recycled_pid_alone(skiffd: Daemon, victim: subprocess.
     state = inspect_state(skiffd, name)
     assert state["Status"] == "exited" and not state["Running"], state
     assert state["ExitCode"] == 255
-    time.sleep(0.5)
+    time.sleep(0.5)  # the point: a restore that signalled the pid would have killed it by now
     assert victim.poll() is None, "restore killed a process that was not the container's"
     assert "container.restore_pid_not_ours" in daemon_log(skiffd)
     skiffd.docker("rm", name, check=True)

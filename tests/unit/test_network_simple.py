@@ -128,13 +128,18 @@ def test_join_a_gone_process_fails_cleanly() -> None:
 
 
 def test_join_cost(netns_child: subprocess.Popen[bytes]) -> None:
-    """Prints the median cost of ``join`` (thread + setns + socket + ioctl)."""
+    """50 joins leave the caller in its own namespace; prints the median cost of
+    ``join`` (thread + setns + socket + ioctl).  The cost is printed, not
+    asserted: on a shared CI machine a time bound would only measure the
+    neighbours."""
     drv = NoneNetworkDriver(CTX)
+    before = own_netns()
     times = []
     for _ in range(50):
         t = time.perf_counter()
         drv.join(endpoint("none"), netns_child.pid)
         times.append(time.perf_counter() - t)
+        assert own_netns() == before
     times.sort()
     print(f"\nnone.join median {times[25] * 1000:.3f} ms, max {times[-1] * 1000:.3f} ms")
 
