@@ -26,7 +26,7 @@ from setuptools import find_packages, setup
 from setuptools.command.build_py import build_py
 
 INIT_PACKAGE = "skiff.plugins.isolation.init"
-INIT_SOURCE = Path("plugins/isolation/init/skiff-init.c")
+INIT_SOURCE = Path("skiff/plugins/isolation/init/skiff-init.c")
 INIT_BINARY = "skiff-init"
 
 def _compile_init(here: Path) -> Path | None:
