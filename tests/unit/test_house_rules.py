@@ -90,3 +90,29 @@ def test_a_type_error_is_caught(tmp_path: Path) -> None:
     assert res.returncode != 0
     assert "skiff/core/timefmt.py" in res.stdout
     assert "Incompatible return value type" in res.stdout
+
+
+ONE_NAME_EACH = r"""
+import importlib, os, pkgutil, sys
+import skiff
+for m in pkgutil.walk_packages(skiff.__path__, "skiff."):
+    importlib.import_module(m.name)
+seen = {}
+for name, mod in list(sys.modules.items()):
+    path = getattr(mod, "__file__", None)
+    if path and os.path.realpath(path).startswith(sys.argv[1] + os.sep):
+        seen.setdefault(os.path.realpath(path), []).append(name)
+twice = {p: n for p, n in seen.items() if len(n) > 1}
+assert not twice, twice
+assert not [n for n in sys.modules if n.split(".")[0] in ("core", "plugins", "cli")]
+print(len(seen))
+"""
+
+
+def test_every_module_imports_under_one_name() -> None:
+    # skiff/core is a symlink to core/: a module reached both as skiff.core.x and
+    # as core.x would run twice, with two copies of its state
+    res = subprocess.run([sys.executable, "-c", ONE_NAME_EACH, str(REPO)], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert int(res.stdout) > 100
