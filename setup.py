@@ -1,9 +1,14 @@
 """Package mapping and the cffi extension; everything else is in pyproject.toml.
 
-The repository keeps core/, plugins/ and cli/ at its top (see docs/design.md) while
-they import as skiff.core, skiff.plugins and skiff.cli.  setuptools cannot
-express that mapping for nested packages in pyproject.toml alone, and cffi's
-out-of-line build hooks in through the ``cffi_modules`` keyword
+The repository keeps core/, plugins/ and cli/ at its top (docs/design.md)
+while they import as skiff.core, skiff.plugins and skiff.cli: skiff/core,
+skiff/plugins and skiff/cli are symlinks to them.  The symlinks, not a
+package_dir mapping, make skiff.core.x live at skiff/core/x.py on disk, which
+type checkers, import-graph tools and IDEs follow without knowing setuptools;
+one path per module also means nothing can import a module twice under two
+names.  setuptools finds the packages through the symlinks, and copies real
+files into a wheel or sdist.  cffi's out-of-line build hooks in through the
+``cffi_modules`` keyword
 (skiff.core._syscalls, and skiff.plugins.isolation.seccomp._libseccomp, the
 daemon's binding of libseccomp), so both live here.  So does the one C
 program skiff ships, the ``--init`` binary (plugins/isolation/init/skiff-init.c):
@@ -17,29 +22,12 @@ import subprocess
 import warnings
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import find_packages, setup
 from setuptools.command.build_py import build_py
 
 INIT_PACKAGE = "skiff.plugins.isolation.init"
-INIT_SOURCE = Path("plugins/isolation/init/skiff-init.c")
+INIT_SOURCE = Path("skiff/plugins/isolation/init/skiff-init.c")
 INIT_BINARY = "skiff-init"
-
-ROOTS = {"skiff": "skiff", "skiff.core": "core", "skiff.plugins": "plugins", "skiff.cli": "cli"}
-
-
-def _packages() -> tuple[list[str], dict[str, str]]:
-    here = Path(__file__).parent
-    packages: list[str] = []
-    dirs: dict[str, str] = {}
-    for name, root in ROOTS.items():
-        for init in sorted((here / root).rglob("__init__.py")):
-            rel = init.parent.relative_to(here)
-            sub = rel.relative_to(root).parts
-            pkg = ".".join((name, *sub))
-            packages.append(pkg)
-            dirs[pkg] = str(rel)
-    return packages, dirs
-
 
 def _compile_init(here: Path) -> Path | None:
     """Build skiff-init next to its source; static, so it runs in any image.
@@ -80,19 +68,16 @@ class BuildPyWithInit(build_py):
             shutil.copy2(binary, dest)
 
 
-packages, package_dir = _packages()
-
 setup(
-    packages=packages,
-    package_dir=package_dir,
+    packages=find_packages(include=["skiff", "skiff.*"]),
     package_data={INIT_PACKAGE: ["skiff-init.c"]},
     cmdclass={"build_py": BuildPyWithInit},
     # skiff.core._syscalls (the start path's system calls),
     # skiff.plugins.limits._bpf (bpf(2) for the cgroup v2 device filter) and
     # skiff.plugins.isolation.seccomp._libseccomp (seccomp filters' compiler)
     cffi_modules=[
-        "core/syscalls_build.py:ffibuilder",
-        "plugins/limits/_bpf_build.py:ffibuilder",
-        "plugins/isolation/seccomp/_libseccomp_build.py:ffibuilder",
+        "skiff/core/syscalls_build.py:ffibuilder",
+        "skiff/plugins/limits/_bpf_build.py:ffibuilder",
+        "skiff/plugins/isolation/seccomp/_libseccomp_build.py:ffibuilder",
     ],
 )

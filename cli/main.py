@@ -309,61 +309,23 @@ def cmd_pull(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_storage_migrate(client: Client, args: argparse.Namespace) -> int:
-    """Offline: move every layer of a data-root to another storage driver."""
-    from skiff.core import config as cfgmod
-    from skiff.core.config import ConfigError
-    from skiff.core.hookspecs import DriverNotSupported, StorageContext, StorageDriver
-    from skiff.core.images.migrate import MigrationError, migrate
-    from skiff.core.plugins import PluginLoadError, load_plugins
+    """Offline: move every layer of a data-root to another storage driver.
 
-    path = args.config or cfgmod.DEFAULT_CONFIG_FILE
-    try:
-        config: dict[str, Any] = {o.key: json.loads(json.dumps(o.default))
-                                  for o in cfgmod.OPTIONS}
-        config.update(cfgmod.read_file(path, required=args.config is not None))
-        if args.data_root:
-            config["data-root"] = args.data_root
-        config["config-file"] = path
-        cfgmod.validate(config, path)
-        plugins = load_plugins()
-        plugins.factory("storage", args.to)
-    except (ConfigError, PluginLoadError, LookupError) as exc:
-        print(f"skiff: {exc}", file=sys.stderr)
-        return 1
+    The work needs the storage drivers, which the CLI may not load (it speaks
+    only the API); core's offline entry point does it in a process of its own.
+    """
+    import subprocess
 
-    def build(name: str, ctx: StorageContext) -> StorageDriver:
-        try:
-            return plugins.factory("storage", name)(ctx)
-        except LookupError as exc:
-            raise MigrationError(str(exc)) from exc
-        except DriverNotSupported as exc:
-            raise MigrationError(f"storage driver {name!r} cannot be used here: {exc}") from exc
-
-    def say(msg: str) -> None:
-        if not args.quiet:
-            print(msg, flush=True)
-
-    import logging
-
-    import structlog
-
-    # progress is what say() prints; the library's log lines only when they warn
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-
-    try:
-        report = migrate(config, build, args.to, keep_old=args.keep_old, say=say)
-    except MigrationError as exc:
-        print(f"skiff: storage migrate: {exc}", file=sys.stderr)
-        return 1
-    print(f"migrated {report.layers} layers, {report.containers} container layers and "
-          f"{report.images} images from {report.source} to {report.target} "
-          f"in {report.seconds:.1f}s")
-    for note in report.notes:
-        print(note)
-    if config.get("storage-driver") and config["storage-driver"] != args.to:
-        print(f"note: {path} sets storage-driver to {config['storage-driver']!r}; change it "
-              f"to {args.to!r} (or remove it) before starting skiffd")
-    return 0
+    argv = [sys.executable, "-m", "skiff.core.storage_migrate", "--to", args.to]
+    if args.config:
+        argv += ["--config", args.config]
+    if args.data_root:
+        argv += ["--data-root", args.data_root]
+    if args.keep_old:
+        argv.append("--keep-old")
+    if args.quiet:
+        argv.append("--quiet")
+    return subprocess.run(argv, check=False).returncode
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,6 +9,7 @@ flag and in the file is refused, as dockerd does.
 from __future__ import annotations
 
 import argparse
+import builtins
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -33,7 +34,7 @@ class Option:
     flag: str | None = None  #: long flag name, e.g. "--data-root"
     short: str | None = None
     help: str = ""
-    item: type | None = None  #: element type of a list, value type of a dict
+    item: builtins.type | None = None  #: element type of a list, value type of a dict
     multiple: bool = False  #: a flag that may repeat and collects into a list
 
 

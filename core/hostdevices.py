@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Iterator, Mapping
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from skiff.core.hookspecs import DeviceNode
 
@@ -43,6 +43,7 @@ def node_from_path(host_path: str, container_path: str) -> DeviceNode | None:
     """The device node at ``host_path`` (not followed if a symlink), or None if
     it is not a character or block device."""
     st = os.lstat(host_path)
+    kind: Literal["c", "b"]
     if stat.S_ISCHR(st.st_mode):
         kind = "c"
     elif stat.S_ISBLK(st.st_mode):

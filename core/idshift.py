@@ -73,7 +73,8 @@ def rewrite_owners(src: IO[bytes], dst: IO[bytes], uid: IdFn, gid: IdFn) -> None
             member.gid = gid(member.gid)
             member.uname = member.gname = ""
             for key in ("uid", "gid", "uname", "gname"):
-                member.pax_headers.pop(key, None)
+                # a dict, which typeshed calls a Mapping
+                member.pax_headers.pop(key, None)  # type: ignore[attr-defined]
             tout.addfile(member, tin.extractfile(member) if member.isreg() else None)
 
 

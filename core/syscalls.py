@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 
+# an extension module cffi builds at install time: no source for mypy to read
 from skiff.core._syscalls import ffi, lib  # type: ignore[import-not-found]
 
 # <linux/sched.h>

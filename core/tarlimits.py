@@ -113,9 +113,10 @@ class BoundedTarInfo(tarfile.TarInfo):
         else:
             self._charge(tf, budget, what)
         try:
+            # _proc_sparse and _proc_member: tarfile's private hooks, not in typeshed
             if self.type == tarfile.GNUTYPE_SPARSE:
                 return self._with_capped_reads(tf, self._proc_sparse, tf)  # type: ignore[attr-defined]
-            return super()._proc_member(tf)
+            return super()._proc_member(tf)  # type: ignore[misc]
         except (ValueError, IndexError, OverflowError) as exc:
             raise tarfile.ReadError(
                 f"invalid tar header at byte {self.offset}: {exc}") from exc
@@ -145,6 +146,7 @@ class BoundedTarInfo(tarfile.TarInfo):
 
     def _proc_gnusparse_10(self, next: Any, pax_headers: Any, tf: Any) -> None:
         # GNU sparse 1.0 keeps its map in the data area, as many numbers as it says
+        # a private hook of tarfile's, not in typeshed
         self._with_capped_reads(tf, super()._proc_gnusparse_10,  # type: ignore[misc]
                                 next, pax_headers, tf)
 
@@ -164,5 +166,6 @@ def open_stream(fileobj: IO[bytes], mode: str = "r|*") -> tarfile.TarFile:
     iterate with ``next()`` and clear ``members`` as they go: tarfile keeps
     every ``TarInfo`` it has returned.
     """
-    return tarfile.open(fileobj=fileobj, mode=mode,  # type: ignore[call-overload,no-any-return]
+    # typeshed's overloads take only literal modes; ``mode`` is any stream mode
+    return tarfile.open(fileobj=fileobj, mode=mode,  # type: ignore[call-overload]
                         tarinfo=BoundedTarInfo)

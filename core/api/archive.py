@@ -56,6 +56,7 @@ class _Held:
 
     async def aclose(self) -> None:
         try:
+            # the body is an async generator; AsyncIterator does not promise aclose
             await self._body.aclose()  # type: ignore[attr-defined]
         finally:
             # a no-op once the producer has taken it (it releases it itself);

@@ -44,18 +44,21 @@ async def progress_response(engine: Engine,
     send, recv = trio.open_memory_channel[Any](math.inf)
     scope = trio.CancelScope()
 
-    def emit(msg: dict[str, Any]) -> None:
+    def put(item: object) -> None:
         # the client may have left; then the work is being cancelled
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            send.send_nowait(msg)
+            send.send_nowait(item)
+
+    def emit(msg: dict[str, Any]) -> None:
+        put(msg)
 
     async def run() -> None:
         with scope:
             try:
                 await work(emit)
-                emit(_DONE)  # type: ignore[arg-type]
+                put(_DONE)
             except Exception as exc:
-                emit(exc)  # type: ignore[arg-type]
+                put(exc)
         send.close()
 
     engine.nursery.start_soon(run)
@@ -78,9 +81,9 @@ async def progress_response(engine: Engine,
                     if item is _DONE or isinstance(item, Exception):
                         if batch:
                             yield b"".join(batch)
-                        if item is _DONE:
-                            return
-                        raise item
+                        if isinstance(item, Exception):
+                            raise item
+                        return
                     batch.append(json_line(item))
                     try:
                         item = recv.receive_nowait()

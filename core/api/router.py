@@ -508,6 +508,7 @@ class Router:
         seg = path.split("/", 2)[1] if path.startswith("/") else path
         for key in (seg, None):
             for route in buckets.get(key, ()):
+                # only parametrised routes, which all have a regex, are in _dynamic
                 m = route.regex.fullmatch(path)  # type: ignore[union-attr]
                 if m:
                     return route.handler, m.groupdict()

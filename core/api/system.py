@@ -143,6 +143,7 @@ def disk_usage_payload(engine: Engine) -> dict[str, Any]:
     store = getattr(engine, "volumes", None)
     for volume in list(getattr(store, "volumes", {}).values()) if store is not None else []:
         try:
+            # the loop runs only when store is not None; mypy cannot see that
             volumes.append(store.inspect(volume, usage=True))  # type: ignore[union-attr]
         except Exception as exc:  # one broken volume must not hide the rest
             log.warning("system_df.volume_failed", volume=getattr(volume, "name", "?"),

@@ -517,7 +517,7 @@ def extract_to_dir(engine: Engine, c: Container, path: str, stream: IO[bytes], *
                        if copy_uid_gid else None)
                 id_map = (lambda _u, _g: ids) if ids is not None else None
                 idmap = _host_ids(c, t)
-                writer = contextlib.nullcontext()
+                writer: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
                 if idmap is not None:
                     # the tar's (or the user's) container ids become host ids
                     uid, gid = idshift.to_host(idmap)

@@ -16,6 +16,7 @@ import struct
 import termios
 import time
 from dataclasses import dataclass, field
+from typing import Literal
 
 import structlog
 import trio
@@ -166,7 +167,9 @@ async def feed_stdin(source: trio.abc.ReceiveStream, target: trio.abc.SendStream
     scanner = DetachScanner(detach_keys if tty else b"")
     while True:
         try:
-            data = await source.receive_some(65536)
+            # bytes() of bytes is the same object: no copy for the pipes and sockets
+            # skiff reads; a bytearray from another stream becomes immutable
+            data = bytes(await source.receive_some(65536))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             data = b""
         if not data:
@@ -392,12 +395,13 @@ async def pump(
 ) -> None:
     """Copy one output stream to the log driver and the attached readers until EOF."""
     splitter = LineSplitter()
+    kind: Literal["stdout", "stderr"] = "stderr" if stream == "stderr" else "stdout"
 
     def write_lines(lines: list[bytes], now: float) -> None:
         assert log is not None
         try:
             for line in lines:
-                log.write(LogMessage(stream, line, now))  # type: ignore[arg-type]
+                log.write(LogMessage(kind, line, now))
         except OSError as exc:
             # A full disk must not stop the container's output: attached clients
             # still get it.  Docker drops the lines the same way.
@@ -415,7 +419,7 @@ async def pump(
     async with source:
         while True:
             try:
-                data = await source.receive_some(READ_SIZE)
+                data = bytes(await source.receive_some(READ_SIZE))  # no copy: see above
             except trio.BrokenResourceError:
                 data = b""
             if not data:

@@ -141,9 +141,10 @@ def commit_container(
     chowned copies for that user-namespace mapping, whose host ids go back
     to container ids in the image.
     """
-    container_config = json.loads(json.dumps(dict(container_config)))
-    base = dict(config) if config is not None else container_config
-    new_config = merge_config(apply_changes(base, changes), container_config)
+    # a deep copy: the image keeps the config as it was at commit time
+    own_config: dict[str, Any] = json.loads(json.dumps(dict(container_config)))
+    base = dict(config) if config is not None else own_config
+    new_config = merge_config(apply_changes(base, changes), own_config)
     target = _target(repo, tag)
 
     parent = images.get(image_id) if image_id else None
@@ -167,7 +168,7 @@ def commit_container(
         entry: dict[str, Any] = {"created": created}
         if author:
             entry["author"] = author
-        created_by = " ".join(container_config.get("Cmd") or [])
+        created_by = " ".join(own_config.get("Cmd") or [])
         if created_by:
             entry["created_by"] = created_by
         if comment:
@@ -178,7 +179,7 @@ def commit_container(
             "architecture": parent_cfg.get("architecture") or host_architecture(),
             "config": new_config,
             "container": container_id,
-            "container_config": container_config,
+            "container_config": own_config,
             "created": created,
             "history": [*(parent_cfg.get("history") or []), entry],
             "os": parent_cfg.get("os") or "linux",

@@ -37,7 +37,7 @@ import socket
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any, cast
 
 import structlog
 
@@ -473,7 +473,9 @@ def _copy_layers(old: LayerStore, new: LayerStore, report: MigrationReport, say:
         stream = old.tar_stream(layer.chain_id)
         try:
             try:
-                got = new.register(stream, layer.parent, expected_diff_id=layer.diff_id)
+                # a ChunkReader is a binary file in all but typeshed's name for it
+                got = new.register(cast(IO[bytes], stream), layer.parent,
+                                   expected_diff_id=layer.diff_id)
             except LayerDigestMismatch as exc:
                 raise MigrationError(
                     f"layer {layer.chain_id} cannot be rebuilt byte for byte on {new.driver_name} "

@@ -480,7 +480,8 @@ def _prepare_process(spec: dict[str, Any], cap_mask: int, last_cap: int,
             os.chdir(cwd)
         except OSError as exc:
             raise InitError(
-                f"chdir to cwd ({cwd!r}) set in config.json failed: {exc.strerror.lower()}", 126
+                f"chdir to cwd ({cwd!r}) set in config.json failed: "
+                f"{(exc.strerror or str(exc)).lower()}", 126
             ) from None
     else:
         _make_cwd(cwd)
@@ -765,7 +766,7 @@ def _executable_error(path: str) -> tuple[str, int] | None:
     except NotADirectoryError:
         return f"stat {path}: not a directory", 127
     except OSError as exc:
-        return f"stat {path}: {exc.strerror.lower()}", 126
+        return f"stat {path}: {(exc.strerror or str(exc)).lower()}", 126
     if stat.S_ISDIR(st.st_mode):
         return "is a directory", 126
     if not st.st_mode & 0o111:

@@ -23,10 +23,14 @@ import select
 import signal
 import socket
 import sys
+from typing import TYPE_CHECKING
 
 from skiff.core import syscalls as sc
 from skiff.plugins.isolation import containerinit, shim
 from skiff.plugins.isolation.channel import set_comm
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 #: environment variable carrying the daemon's pid, to close the PDEATHSIG race
 PARENT_ENV = "SKIFF_FORKSERVER_PARENT"
@@ -37,7 +41,7 @@ _SUN_PATH_MAX = 100
 
 
 @contextlib.contextmanager
-def short_socket_path(path: str):  # type: ignore[no-untyped-def]
+def short_socket_path(path: str) -> Iterator[str]:
     """A path for bind/connect that fits sun_path, however deep ``path`` is."""
     if len(path.encode()) <= _SUN_PATH_MAX:
         yield path

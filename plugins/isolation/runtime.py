@@ -466,7 +466,7 @@ class ForkServerRuntime:
             with contextlib.suppress(OSError):
                 os.rmdir(target)
         try:
-            return json.loads(proc.stdout)["error"]  # type: ignore[no-any-return]
+            return json.loads(proc.stdout)["error"]
         except (ValueError, KeyError, TypeError):
             tail = proc.stderr.decode(errors="replace").strip().splitlines()[-1:]
             return f"the probe failed (exit code {proc.returncode}): {' '.join(tail)}"

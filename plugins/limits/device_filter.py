@@ -41,6 +41,8 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 
 from skiff.plugins.limits import device_rules
+
+# an extension module cffi builds at install time: no source for mypy to read
 from skiff.plugins.limits._bpf import ffi, lib  # type: ignore[import-not-found]
 from skiff.plugins.limits.device_rules import DevException, Rule
 

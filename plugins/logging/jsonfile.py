@@ -32,7 +32,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator
-from json.encoder import encode_basestring  # type: ignore[attr-defined]
+from json.encoder import encode_basestring
 from typing import IO
 
 from skiff.core.hookspecs import LogContext, LogMessage, ReadConfig, hookimpl

@@ -50,7 +50,7 @@ import threading
 import time
 import weakref
 from collections.abc import Mapping
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 from skiff.core import archive, syscalls
 from skiff.core.atomic import write_atomic
@@ -533,7 +533,7 @@ class AufsDriver(MountedTreeDiffs):
         self._check_parent(id, parent)
         # overlay mode gets every ordering of whiteouts and entries right;
         # the result is then rewritten into aufs's own form.
-        mode = "overlay" if parent is not None else "delete"
+        mode: Literal["overlay", "delete"] = "overlay" if parent is not None else "delete"
         try:
             size = archive.extract(diff, path, whiteouts=mode)
             if parent is not None:

@@ -34,7 +34,7 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Mapping
-from typing import IO
+from typing import IO, Literal
 
 from skiff.core import archive, syscalls
 from skiff.core.atomic import write_atomic
@@ -248,7 +248,7 @@ class Overlay2Driver:
         metadata files are copied into it (the originals stay underneath).
         """
         path = self._dir(layer_id)
-        files = {}
+        files: dict[str, bytes] = {}
         for name in ("link", "lower"):
             data = self._read(os.path.join(path, name))
             if data is not None:
@@ -502,7 +502,7 @@ class Overlay2Driver:
         # A layer with no parent is served as its bare diff directory (no
         # overlay to interpret whiteouts), and there is nothing below it to
         # hide: its whiteouts only undo what the same tar wrote.
-        mode = "overlay" if parent is not None else "delete"
+        mode: Literal["overlay", "delete"] = "overlay" if parent is not None else "delete"
         lower = archive.lower_lookup(self._lower_dirs(path))
         try:
             return archive.extract(diff, upper, whiteouts=mode, lower_exists=lower)

@@ -62,7 +62,7 @@ class Progress:
                     "progress": bar(current, self.total), "id": self.ident})
 
 
-def first_error(group: BaseExceptionGroup) -> BaseException:  # type: ignore[type-arg]
+def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     """The error worth showing from a nursery's exception group (not a Cancelled)."""
     import trio
 

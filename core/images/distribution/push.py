@@ -69,7 +69,7 @@ def compress_layer(layers: Any, chain_id: str, dest: str,
     with open(dest, "wb") as raw:
         sink = _Sink(raw)
         # mtime=0 and no file name: the same layer always compresses to the same blob
-        with gzip.GzipFile(filename="", mode="wb", fileobj=sink, compresslevel=6,  # type: ignore[arg-type]
+        with gzip.GzipFile(filename="", mode="wb", fileobj=sink, compresslevel=6,
                            mtime=0) as gz:
             tar = layers.tar_stream(chain_id)
             try:

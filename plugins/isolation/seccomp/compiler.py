@@ -44,6 +44,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
+# an extension module cffi builds at install time: no source for mypy to read
 from skiff.plugins.isolation.seccomp._libseccomp import ffi, lib  # type: ignore[import-not-found]
 from skiff.plugins.isolation.seccomp.profile import ARCHITECTURES
 

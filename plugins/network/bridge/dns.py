@@ -193,7 +193,9 @@ class DnsServer:
         return trio.from_thread.run_sync(self._stats, trio_token=self._token)
 
     def _stats(self) -> dict[str, int]:
-        def count(task: trio.lowlevel.Task) -> int:
+        def count(task: trio.lowlevel.Task | None) -> int:
+            if task is None:  # no root task outside trio.run
+                return 0
             return 1 + sum(count(child) for nursery in task.child_nurseries
                            for child in nursery.child_tasks)
 
