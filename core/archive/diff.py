@@ -11,15 +11,16 @@ import posixpath
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Final
 
 from skiff.core.archive.paths import _open_dir, _proc_path, _sort_key
 from skiff.core.archive.whiteouts import OPAQUE_XATTR, _is_opaque_fd, is_overlay_whiteout
 from skiff.core.archive.xattrs import _read_xattrs
 from skiff.core.hookspecs import Change
 
-CHANGE_MODIFY = 0
-CHANGE_ADD = 1
-CHANGE_DELETE = 2
+CHANGE_MODIFY: Final = 0
+CHANGE_ADD: Final = 1
+CHANGE_DELETE: Final = 2
 
 
 @dataclass(frozen=True)

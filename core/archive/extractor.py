@@ -119,7 +119,7 @@ def extract(
                 if member is None:
                     break
                 # Streaming: drop what tarfile remembers, a layer can have 10^5 entries.
-                tf.members.clear()
+                tf.members.clear()  # type: ignore[attr-defined]  # typeshed lacks TarFile.members
                 try:
                     ex.entry(tf, member)
                 except (tarfile.TarError, EOFError) as exc:
@@ -135,6 +135,7 @@ def extract(
 
 def _open_tar(peek: _Peek, mode: str) -> tarfile.TarFile:
     try:
+        # _Peek reads like the IO[bytes] tarfile takes, without its whole surface
         return open_stream(peek, mode)  # type: ignore[arg-type]
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise ArchiveError("", f"not a readable tar stream: {exc}") from exc
@@ -431,9 +432,9 @@ class _Extractor:
         elif m.ischr() or m.isblk():
             if not self.allow_devices:
                 raise ArchiveError(m.name, "device nodes are not allowed here")
-            kind = stat.S_IFCHR if m.ischr() else stat.S_IFBLK
-            os.mknod(base, kind | 0o600, os.makedev(m.devmajor, m.devminor), dir_fd=pfd)
-            self.metadata_node(m, pfd, base, kind)
+            node = stat.S_IFCHR if m.ischr() else stat.S_IFBLK
+            os.mknod(base, node | 0o600, os.makedev(m.devmajor, m.devminor), dir_fd=pfd)
+            self.metadata_node(m, pfd, base, node)
         elif m.isfifo():
             os.mknod(base, stat.S_IFIFO | 0o600, dir_fd=pfd)
             self.metadata_node(m, pfd, base, stat.S_IFIFO)

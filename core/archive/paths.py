@@ -99,9 +99,10 @@ def check_names(stream: IO[bytes]) -> int:
         return 0
     count = 0
     try:
+        # _Peek reads like the IO[bytes] tarfile takes, without its whole surface
         with open_stream(peek) as tf:  # type: ignore[arg-type]
             for m in tf:
-                tf.members.clear()
+                tf.members.clear()  # type: ignore[attr-defined]  # typeshed lacks TarFile.members
                 _clean_name(m.name)
                 if m.islnk():
                     _clean_name(m.linkname)

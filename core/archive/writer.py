@@ -47,6 +47,7 @@ class ChunkReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
+    # RawIOBase declares a wider buffer type; tarfile and BufferedReader pass these
     def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
         while not self._buf:
             try:
@@ -100,8 +101,9 @@ class _TarWriter:
         ti.uname = ti.gname = ""
         # Whole seconds, as Docker writes them: reproducible tars and diffIDs.
         ti.mtime = int(st.st_mtime)
-        for key, value in xattrs:
-            ti.pax_headers["SCHILY.xattr." + key] = value.decode("utf-8", "surrogateescape")
+        ti.pax_headers = {**ti.pax_headers, **{
+            "SCHILY.xattr." + key: value.decode("utf-8", "surrogateescape")
+            for key, value in xattrs}}
         return ti
 
     def whiteout(self, rel: str, st: os.stat_result | None) -> bytes:

@@ -32,8 +32,14 @@ class Containers(Protocol):
     registry: ContainerRegistry
     cgroups: CgroupDriver | None
     storage: StorageDriver
-    to_thread: ToThread
-    publish: Publish
+
+    # read-only: the manager's are bound methods of the engine, which an
+    # attribute member (invariant) would not accept
+    @property
+    def to_thread(self) -> ToThread: ...
+
+    @property
+    def publish(self) -> Publish: ...
 
     async def start(self, ref: str) -> None: ...
 

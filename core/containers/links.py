@@ -28,7 +28,7 @@ def linked(c: Container, lookup: Lookup) -> list[tuple[Container, str]]:
 
 def first_ip(c: Container) -> str:
     """The first address ``c`` has on any of its networks ("" if none)."""
-    return next((s.get("IPAddress") for s in c.networks.values() if s.get("IPAddress")), "")
+    return next((str(s["IPAddress"]) for s in c.networks.values() if s.get("IPAddress")), "")
 
 
 def link_env(c: Container, lookup: Lookup) -> list[str]:

@@ -97,6 +97,7 @@ class LogStreams:
                 async for kind, data, when in live:
                     if cfg.until is not None and when > cfg.until:
                         return
+                    # the live feed yields only "stdout" and "stderr"; its type says str
                     msg = LogMessage(kind, data, when)  # type: ignore[arg-type]
                     if cursor.take(msg):
                         yield [msg]

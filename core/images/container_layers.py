@@ -149,7 +149,7 @@ class ContainerLayers:
             if key is not None:
                 write_synced(os.path.join(tmp, "mapped"), key)
             fsync_dir(tmp)
-            init_tar = io.BytesIO(init_layer.init_tar(init_files))
+            init_tar: IO[bytes] = io.BytesIO(init_layer.init_tar(init_files))
             if key is not None and chowned is not None:
                 if parent is not None:
                     parent_cache = self._copies.acquire(key, parent, chowned)

@@ -43,7 +43,7 @@ class _Prefixed(io.RawIOBase):
 class _ZstdReader(io.RawIOBase):
     def __init__(self, inner: IO[bytes]) -> None:
         try:
-            import zstandard  # type: ignore[import-not-found]
+            import zstandard
         except ImportError:
             raise InvalidImage(
                 "the layer is compressed with zstd, which needs the 'zstandard' Python "
@@ -69,14 +69,14 @@ def decompressed(stream: IO[bytes]) -> IO[bytes]:
         if not more:
             break
         head += more
-    src: IO[bytes] = io.BufferedReader(_Prefixed(head, stream), _CHUNK)  # type: ignore[arg-type]
+    src: IO[bytes] = io.BufferedReader(_Prefixed(head, stream), _CHUNK)
     if head.startswith(b"\x1f\x8b"):
-        return gzip.GzipFile(fileobj=src, mode="rb")  # type: ignore[return-value]
+        return gzip.GzipFile(fileobj=src, mode="rb")  # type: ignore[return-value]  # typeshed: GzipFile is not an IO[bytes]
     if head.startswith(b"BZh"):
-        return bz2.BZ2File(src)  # type: ignore[return-value]
+        return bz2.BZ2File(src)
     if head.startswith(b"\xfd7zXZ\x00"):
-        return lzma.LZMAFile(src)  # type: ignore[return-value]
+        return lzma.LZMAFile(src)
     if head.startswith(b"\x28\xb5\x2f\xfd"):
-        return io.BufferedReader(_ZstdReader(src), _CHUNK)  # type: ignore[return-value]
+        return io.BufferedReader(_ZstdReader(src), _CHUNK)
     return src
 

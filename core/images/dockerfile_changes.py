@@ -205,7 +205,7 @@ def _valid_signal(text: str) -> None:
 
 
 def _expose(words: list[str]) -> list[str]:
-    out = []
+    out: list[str] = []
     for spec in words:
         port, _, proto = spec.partition("/")
         proto = (proto or "tcp").lower()

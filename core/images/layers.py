@@ -393,10 +393,12 @@ class LayerStore:
             write_synced(os.path.join(tmp, "cache-id"), cache_id)
             self.driver.create(cache_id, parent_cache)
             with gzip.open(os.path.join(tmp, "tar-split.json.gz"), "wb", compresslevel=6) as ts:
+                # typeshed: GzipFile is not an IO[bytes], though it is one
                 recorder = tarsplit.TarSplitRecorder(ts)  # type: ignore[arg-type]
                 src = decompressed(stream)
                 reader = tarsplit.HashingReader(src, recorder)
                 try:
+                    # HashingReader reads like the IO[bytes] the driver takes, without its whole surface
                     size = self.driver.apply_diff(cache_id, parent_cache, reader)  # type: ignore[arg-type]
                     reader.drain()
                 except ArchiveError as exc:
@@ -511,9 +513,9 @@ class LayerStore:
         spooled to a file of tmp/ that goes when the returned stream is closed."""
         spool = tempfile.TemporaryFile(dir=self._tmp_dir)  # noqa: SIM115 (returned open)
         try:
-            idshift.rewrite_owners(stream, spool, *ids)  # type: ignore[arg-type]
+            idshift.rewrite_owners(stream, spool, *ids)
             spool.seek(0)
         except BaseException:
             spool.close()
             raise
-        return spool  # type: ignore[return-value]
+        return spool

@@ -24,12 +24,12 @@ history in the API's shapes).
 from __future__ import annotations
 
 import bisect
+import builtins
 import hashlib
 import os
 import re
 import shutil
 import threading
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -561,7 +561,7 @@ class ImageStore:
 
     def list(
         self, all: bool = False, filters: Mapping[str, Any] | None = None
-    ) -> list[dict[str, Any]]:
+    ) -> builtins.list[dict[str, Any]]:
         """``GET /images/json`` (see ``skiff.core.images.views``)."""
         return list_images(self, all, filters)
 
@@ -569,6 +569,6 @@ class ImageStore:
         """``GET /images/{name}/json`` in Docker's shape."""
         return inspect_image(self, name)
 
-    def history(self, name: str) -> list[dict[str, Any]]:
+    def history(self, name: str) -> builtins.list[dict[str, Any]]:
         """``GET /images/{name}/history``: newest first, Docker's shape."""
         return image_history(self, name)

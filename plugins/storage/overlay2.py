@@ -263,8 +263,8 @@ class Overlay2Driver:
             for name, mode in dirs:
                 os.mkdir(os.path.join(path, name), mode)
                 os.chmod(os.path.join(path, name), mode)
-            for name, data in files.items():
-                write_atomic(os.path.join(path, name), data, durable=False)
+            for name, blob in files.items():
+                write_atomic(os.path.join(path, name), blob, durable=False)
         except BaseException:
             quota.destroy(remove_mountpoint=False)
             raise

@@ -14,11 +14,11 @@ from skiff.core.images.errors import (
     InvalidReference,
 )
 from skiff.core.images.layers import LayerStore
+from skiff.core.images.records import ZERO_CONTAINER_CONFIG, encode_config
 from skiff.core.images.reference import (
     familiar_string,
     parse,
 )
-from skiff.core.images.records import ZERO_CONTAINER_CONFIG, encode_config
 from skiff.core.images.store import ImageStore
 from skiff.core.timefmt import now_rfc3339
 

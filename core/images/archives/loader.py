@@ -41,13 +41,13 @@ from skiff.core.images.errors import (
     LayerDigestMismatch,
 )
 from skiff.core.images.layers import LayerStore, chain_id
+from skiff.core.images.records import parse_config
 from skiff.core.images.reference import (
     Reference,
     familiar_string,
     parse,
     parse_digest,
 )
-from skiff.core.images.records import parse_config
 from skiff.core.images.store import ImageStore
 from skiff.core.tarlimits import open_stream
 
@@ -127,7 +127,7 @@ def _spool_archive(stream: IO[bytes], spool: _Spool) -> None:
     try:
         with open_stream(stream) as tar:
             for member in tar:
-                tar.members.clear()  # tarfile keeps every member otherwise
+                tar.members.clear()  # type: ignore[attr-defined]  # typeshed lacks TarFile.members  # tarfile keeps every member otherwise
                 name = _clean(member.name)
                 if not name:
                     continue

@@ -16,7 +16,7 @@ import os
 import re
 import tarfile
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from typing import IO, Any
 
 from skiff.core.archive import ChunkReader
@@ -35,7 +35,8 @@ from skiff.core.images.errors import (
     InvalidImage,
     LayerDigestMismatch,
 )
-from skiff.core.images.layers import LayerStore
+from skiff.core.images.layers import LayerStore, LayerTarStream
+from skiff.core.images.records import ZERO_CONTAINER_CONFIG
 from skiff.core.images.reference import (
     Reference,
     familiar_name,
@@ -43,7 +44,6 @@ from skiff.core.images.reference import (
     is_full_id,
     parse,
 )
-from skiff.core.images.records import ZERO_CONTAINER_CONFIG
 from skiff.core.images.store import ImageStore
 
 
@@ -105,10 +105,10 @@ def plan_save(names: Sequence[str], image_store: ImageStore) -> dict[str, list[R
                     raise ImageNotFound(familiar_string(ref.with_default_tag()))
                 add(found, None)
         else:
-            image_id = image_store.lookup_ref(ref)
-            if image_id is None:
+            tagged = image_store.lookup_ref(ref)
+            if tagged is None:
                 raise ImageNotFound(familiar_string(ref))
-            add(image_id, ref)
+            add(tagged, ref)
     return plan
 
 
@@ -124,7 +124,7 @@ def _v1_id(chain: str, parent: str | None, top_config: bytes | None) -> str:
 
 def _save_chunks(
     plan: dict[str, list[Reference]], layer_store: LayerStore, image_store: ImageStore
-) -> Iterator[bytes]:
+) -> Generator[bytes, None, None]:
     written: dict[str, int] = {}  # blob hex -> size
     legacy_dirs: set[str] = set()
     manifest_json: list[dict[str, Any]] = []
@@ -211,11 +211,11 @@ def _save_chunks(
 
 def _layer_blob(
     layer_store: LayerStore, chain: str, diff_id: str, mtime: int
-) -> Iterator[bytes]:  # returns the size through StopIteration
+) -> Generator[bytes, None, int]:  # returns the size through StopIteration
     name = f"blobs/sha256/{diff_id[7:]}"
     with contextlib.ExitStack() as stack:
         stream = stack.enter_context(layer_store.tar_stream(chain))
-        source: IO[bytes] = stream
+        source: IO[bytes] | LayerTarStream = stream
         length = stream.length
         if length is None:
             # no record to rebuild the original from: measure (and check) a copy first
