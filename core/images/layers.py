@@ -398,7 +398,7 @@ class LayerStore:
                 src = decompressed(stream)
                 reader = tarsplit.HashingReader(src, recorder)
                 try:
-                    # HashingReader reads like the IO[bytes] the driver takes, without its whole surface
+                    # HashingReader reads like the IO[bytes] the driver takes (not all of it)
                     size = self.driver.apply_diff(cache_id, parent_cache, reader)  # type: ignore[arg-type]
                     reader.drain()
                 except ArchiveError as exc:
