@@ -21,7 +21,9 @@ import trio
 from skiff.core.api.router import Request, Router, StreamResponse
 from skiff.core.api.streams import error_line_for, json_line
 from skiff.core.errors import InvalidParameter
-from skiff.core.images.distribution.client import AuthConfig, RegistryConfig, login
+from skiff.core.images.distribution.auth import AuthConfig
+from skiff.core.images.distribution.client import login
+from skiff.core.images.distribution.endpoints import RegistryConfig
 from skiff.core.images.distribution.progress import Emit
 from skiff.core.images.distribution.pull import pull, pull_reference
 from skiff.core.images.distribution.push import push

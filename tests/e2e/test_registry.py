@@ -588,11 +588,8 @@ class _CuttingProxy:
 
 
 def test_dropped_connection_resumes_with_range(registry: Registry, tmp_path: Path) -> None:
-    from skiff.core.images.distribution.client import (
-        Endpoint,
-        RegistryConfig,
-        RepositoryClient,
-    )
+    from skiff.core.images.distribution.client import RepositoryClient
+    from skiff.core.images.distribution.endpoints import Endpoint, RegistryConfig
 
     layout = tmp_path / "layout"
     big = os.urandom(2_000_000)
@@ -618,7 +615,7 @@ def test_dropped_connection_resumes_with_range(registry: Registry, tmp_path: Pat
 
 
 def test_x_registry_auth_decoding() -> None:
-    from skiff.core.images.distribution.client import AuthConfig
+    from skiff.core.images.distribution.auth import AuthConfig
 
     blob = json.dumps({"username": "u", "password": "p+/=?", "serveraddress": "h:1"}).encode()
     for enc in (base64.urlsafe_b64encode(blob), base64.urlsafe_b64encode(blob).rstrip(b"=")):

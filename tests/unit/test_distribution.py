@@ -10,11 +10,8 @@ from typing import Any
 import pytest
 
 from skiff.core.images.distribution import manifest as mf
-from skiff.core.images.distribution.client import (
-    AuthConfig,
-    RegistryConfig,
-    parse_challenge,
-)
+from skiff.core.images.distribution.auth import AuthConfig, parse_challenge
+from skiff.core.images.distribution.endpoints import RegistryConfig
 from skiff.core.images.distribution.progress import bar, human_size
 from skiff.core.images.distribution.pull import pull_reference
 from skiff.core.images.errors import InvalidImage

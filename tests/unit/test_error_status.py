@@ -7,7 +7,7 @@ import pytest
 from skiff.core import errors
 from skiff.core.api import errors as api_errors
 from skiff.core.api.errors import status_and_message
-from skiff.core.images.distribution.client import (
+from skiff.core.images.distribution.errors import (
     DigestMismatch,
     LoginRefused,
     ManifestUnknown,

@@ -6,35 +6,52 @@ thread (``engine.to_thread``) and the event loop only sees progress callbacks.
 ``http.client`` brings chunked decoding, TLS (``ssl``) and per-socket timeouts,
 which bound a registry that accepts and then never answers.
 
-Auth follows the registry's challenge: a 401 carries ``WWW-Authenticate``;
-``Basic`` is answered with the user's credentials, ``Bearer realm=...,
-service=...,scope=...`` by fetching a token from the realm (with the
-credentials, if any) and retrying with it.  Tokens are cached per client.
+Auth follows the registry's challenge: a 401 carries ``WWW-Authenticate``,
+answered through :mod:`.auth` (Basic credentials, or a Bearer token from the
+realm) before the request is retried.  Tokens are cached per client.
+Endpoints and daemon.json's registry keys are in :mod:`.endpoints`, the
+errors in :mod:`.errors`; they are re-exported here for existing callers.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import hashlib
 import http.client
-import ipaddress
-import json
 import os
-import re
-import socket
 import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import IO, Any
 from urllib.parse import urlencode, urljoin, urlsplit
 
-from skiff.core.errors import NotFound, SkiffError, Timeout, Unauthorized
+from skiff.core.images.distribution.auth import (
+    AuthConfig,
+    basic_authorization,
+    fetch_token,
+    parse_challenge,
+)
+from skiff.core.images.distribution.endpoints import (
+    MAX_DOCUMENT,
+    USER_AGENT,
+    Endpoint,
+    RegistryConfig,
+)
+from skiff.core.images.distribution.errors import (
+    BlobUnknown,
+    DigestMismatch,
+    LoginRefused,
+    ManifestUnknown,
+    RegistryError,
+    RegistryTimeout,
+    RegistryUnauthorized,
+    registry_message,
+)
 from skiff.core.images.errors import InvalidImage
 
+# The names below other modules imported from here before auth, endpoints and
+# errors were split off; kept in __all__ so those imports still work.
 __all__ = [
     "AuthConfig",
     "BlobUnknown",
@@ -50,211 +67,6 @@ __all__ = [
 ]
 
 CHUNK = 1 << 20
-#: the largest manifest or config we read into memory (registries cap manifests at 4 MiB)
-MAX_DOCUMENT = 16 << 20
-USER_AGENT = "skiff/0.1 (docker-compatible)"
-DOCKER_HUB_ENDPOINT = "https://registry-1.docker.io"
-
-
-class RegistryError(SkiffError):
-    """The registry refused or failed a request; the message names what and why."""
-
-
-class RegistryUnauthorized(RegistryError):
-    """401/403 from the registry or its token service.
-
-    Answered as a 500, as dockerd does: a 401 from the daemon makes the docker
-    CLI prompt for a login in the middle of ``docker pull``.
-    """
-
-
-class LoginRefused(RegistryUnauthorized, Unauthorized):
-    """``docker login`` with credentials the registry refuses (401 to the CLI)."""
-
-
-class ManifestUnknown(RegistryError, NotFound):
-    """No manifest by that tag or digest."""
-
-
-class BlobUnknown(RegistryError, NotFound):
-    """The manifest names a blob the registry does not have."""
-
-
-class RegistryTimeout(RegistryError, Timeout):
-    """The registry accepted the connection (or not) but did not answer in time."""
-
-
-class DigestMismatch(RegistryError, InvalidImage):
-    """Downloaded content does not hash to the digest that names it."""
-
-
-# ---------------------------------------------------------------------------
-# credentials and endpoints
-# ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class AuthConfig:
-    """Credentials as the docker CLI sends them (``X-Registry-Auth``, ``/auth``)."""
-
-    username: str = ""
-    password: str = ""
-    identitytoken: str = ""
-    registrytoken: str = ""
-    serveraddress: str = ""
-
-    @property
-    def empty(self) -> bool:
-        return not (self.username or self.password or self.identitytoken or self.registrytoken)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> AuthConfig:
-        low = {str(k).lower(): v for k, v in data.items()}
-        return cls(*(str(low.get(k) or "") for k in (
-            "username", "password", "identitytoken", "registrytoken", "serveraddress")))
-
-    @classmethod
-    def from_header(cls, value: str | None) -> AuthConfig | None:
-        """Decode ``X-Registry-Auth``: base64url (padding optional) of a JSON object.
-
-        A header that does not decode is ignored, as dockerd does: the pull
-        then goes anonymous and the registry says whether that is enough.
-        """
-        if not value:
-            return None
-        text = value.strip()
-        raw = None
-        for decode in (base64.urlsafe_b64decode, base64.b64decode):
-            try:
-                raw = decode(text + "=" * (-len(text) % 4))
-                break
-            except (binascii.Error, ValueError):
-                continue
-        if raw is None:
-            return None
-        try:
-            data = json.loads(raw)
-        except (ValueError, RecursionError):
-            return None
-        if not isinstance(data, dict):
-            return None
-        auth = cls.from_dict(data)
-        return None if auth.empty else auth
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """Where one registry answers: ``scheme://host[:port]``."""
-
-    scheme: str
-    netloc: str
-    mirror: bool = False
-
-    @property
-    def base(self) -> str:
-        return f"{self.scheme}://{self.netloc}"
-
-
-def _host_of(netloc: str) -> str:
-    if netloc.startswith("["):
-        return netloc[1:netloc.index("]")]
-    return netloc.rsplit(":", 1)[0] if netloc.count(":") == 1 else netloc
-
-
-@dataclass
-class RegistryConfig:
-    """daemon.json's registry keys, resolved once per pull or push."""
-
-    insecure: Sequence[str] = ()
-    mirrors: Sequence[str] = ()
-    timeout: float = 30.0
-    attempts: int = 5
-    max_downloads: int = 3
-    max_uploads: int = 5
-    _nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        # Docker treats loopback as insecure by default: a local registry is plain HTTP
-        nets = [ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")]
-        for item in self.insecure:
-            try:
-                nets.append(ipaddress.ip_network(item, strict=False))
-            except ValueError:
-                continue
-        self._nets = nets
-
-    @classmethod
-    def from_daemon_config(cls, config: Mapping[str, Any]) -> RegistryConfig:
-        return cls(
-            insecure=list(config.get("insecure-registries") or []),
-            mirrors=list(config.get("registry-mirrors") or []),
-            timeout=float(config.get("registry-timeout") or 30),
-            attempts=int(config.get("max-download-attempts") or 5),
-            max_downloads=int(config.get("max-concurrent-downloads") or 3),
-            max_uploads=int(config.get("max-concurrent-uploads") or 5),
-        )
-
-    def is_insecure(self, netloc: str) -> bool:
-        if netloc in self.insecure:
-            return True
-        host = _host_of(netloc)
-        if host == "localhost":
-            return True
-        try:
-            ip = ipaddress.ip_address(host)
-        except ValueError:
-            try:
-                ip = ipaddress.ip_address(socket.gethostbyname(host))
-            except (OSError, ValueError):
-                return False
-        return any(ip in net for net in self._nets)
-
-    def endpoints(self, domain: str, *, push: bool = False) -> list[Endpoint]:
-        """Where to talk to ``domain``; mirrors first for Docker Hub pulls (as dockerd)."""
-        if domain == "docker.io":
-            out = []
-            if not push:
-                for m in self.mirrors:
-                    parts = urlsplit(m if "://" in m else "https://" + m)
-                    out.append(Endpoint(parts.scheme, parts.netloc, mirror=True))
-            hub = urlsplit(DOCKER_HUB_ENDPOINT)
-            return [*out, Endpoint(hub.scheme, hub.netloc)]
-        # An insecure registry speaks plain HTTP.  dockerd would first try TLS
-        # without verification; skiff goes straight to HTTP (see the README).
-        return [Endpoint("http" if self.is_insecure(domain) else "https", domain)]
-
-
-# ---------------------------------------------------------------------------
-# the client
-# ---------------------------------------------------------------------------
-
-_CHALLENGE_RE = re.compile(r'([A-Za-z_]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
-
-
-def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
-    """``Bearer realm="x",service="y"`` -> ``("bearer", {"realm": "x", ...})``."""
-    scheme, _, rest = header.strip().partition(" ")
-    params = {m.group(1).lower(): (m.group(2) if m.group(2) is not None else m.group(3))
-              for m in _CHALLENGE_RE.finditer(rest)}
-    return scheme.lower(), params
-
-
-def _registry_message(body: bytes) -> str:
-    """The ``errors`` of a registry error body as ``code: message`` (Docker's wording)."""
-    try:
-        data = json.loads(body)
-        errs = data.get("errors") or []
-        parts = []
-        for e in errs:
-            code = str(e.get("code", "")).lower().replace("_", " ")
-            msg = str(e.get("message", ""))
-            parts.append(f"{code}: {msg}" if code else msg)
-        if parts:
-            return "; ".join(parts)
-    except (ValueError, AttributeError, RecursionError):
-        pass
-    text = body.decode("utf-8", "replace").strip()
-    return text[:200] if text else "no details"
 
 
 class _CountingReader:
@@ -369,63 +181,25 @@ class RepositoryClient:
                     f"{method} {url}: no basic auth credentials (unauthorized: log in with "
                     f"`docker login {self.endpoint.netloc}`)"
                 )
-            token = base64.b64encode(f"{auth.username}:{auth.password}".encode()).decode()
-            self._authz = "Basic " + token
+            self._authz = basic_authorization(auth)
             return
         if scheme == "bearer":
             if auth is not None and auth.registrytoken:
                 self._authz = "Bearer " + auth.registrytoken
                 return
             with self._lock:
-                self._authz = "Bearer " + self._fetch_token(params)
+                self._authz = "Bearer " + fetch_token(self._send, params, self.scopes, auth)
             return
         raise RegistryUnauthorized(
             f"{method} {url}: unauthorized: the registry asks for {scheme or 'nothing'!r} "
             "authentication, which skiff does not speak"
         )
 
-    def _fetch_token(self, params: Mapping[str, str]) -> str:
-        realm = params.get("realm")
-        if not realm:
-            raise RegistryUnauthorized("unauthorized: the Bearer challenge names no realm")
-        query: list[tuple[str, str]] = []
-        if params.get("service"):
-            query.append(("service", params["service"]))
-        for scope in self.scopes:
-            query.append(("scope", scope))
-        url = realm + ("&" if "?" in realm else "?") + urlencode(query)
-        headers = {"User-Agent": USER_AGENT}
-        auth = self.auth
-        if auth is not None and auth.username:
-            basic = base64.b64encode(f"{auth.username}:{auth.password}".encode()).decode()
-            headers["Authorization"] = "Basic " + basic
-        conn, resp = self._send("GET", url, headers, None)
-        try:
-            body = resp.read(MAX_DOCUMENT)
-        finally:
-            conn.close()
-        if resp.status in (401, 403):
-            raise RegistryUnauthorized(
-                f"unauthorized: the token service at {realm} refused "
-                f"{'the credentials' if auth else 'anonymous access'}: {_registry_message(body)}"
-            )
-        if resp.status != 200:
-            raise RegistryError(f"token service {realm} answered {resp.status}: "
-                                f"{_registry_message(body)}")
-        try:
-            data = json.loads(body)
-            token = data.get("token") or data.get("access_token")
-        except (ValueError, AttributeError, RecursionError):
-            token = None
-        if not token:
-            raise RegistryError(f"token service {realm} answered without a token")
-        return str(token)
-
     def _fail(self, resp: http.client.HTTPResponse, what: str, body: bytes | None = None
               ) -> RegistryError:
         if body is None:
             body = resp.read(MAX_DOCUMENT)
-        msg = _registry_message(body)
+        msg = registry_message(body)
         if resp.status in (401, 403):
             if msg == "no details":
                 msg = ("unauthorized: authentication required" if resp.status == 401
@@ -451,7 +225,7 @@ class RepositoryClient:
                 sep = "@" if ref.startswith("sha256:") else ":"
                 raise ManifestUnknown(
                     f"manifest for {self.endpoint.netloc}/{self.path}{sep}{ref} not found: "
-                    f"{_registry_message(resp.read(MAX_DOCUMENT))}")
+                    f"{registry_message(resp.read(MAX_DOCUMENT))}")
             if resp.status != 200:
                 raise self._fail(resp, f"GET {self.endpoint.base}{path}")
             body = resp.read(MAX_DOCUMENT + 1)
@@ -494,7 +268,7 @@ class RepositoryClient:
         try:
             if resp.status == 404:
                 raise BlobUnknown(f"blob {digest} unknown to {self.endpoint.netloc}/"
-                                  f"{self.path}: {_registry_message(resp.read(MAX_DOCUMENT))}")
+                                  f"{self.path}: {registry_message(resp.read(MAX_DOCUMENT))}")
             if resp.status != 200:
                 raise self._fail(resp, f"GET {self.endpoint.base}{path}")
             body = resp.read(limit + 1)
@@ -527,7 +301,7 @@ class RepositoryClient:
                             if resp.status == 404:
                                 raise BlobUnknown(
                                     f"blob {digest} unknown to {self.endpoint.netloc}/"
-                                    f"{self.path}: {_registry_message(resp.read(MAX_DOCUMENT))}")
+                                    f"{self.path}: {registry_message(resp.read(MAX_DOCUMENT))}")
                             if resp.status == 200 and written:
                                 # no range support: start over
                                 f.seek(0)
@@ -685,7 +459,7 @@ def login(endpoint: Endpoint, auth: AuthConfig, config: RegistryConfig) -> None:
         resp.close()
     if resp.status in (401, 403):
         raise LoginRefused(f"login to {endpoint.netloc} refused: unauthorized: "
-                                   f"{_registry_message(body)}")
+                                   f"{registry_message(body)}")
     if resp.status != 200:
         raise RegistryError(f"GET {endpoint.base}/v2/: the registry answered {resp.status}")
 

@@ -33,13 +33,10 @@ import trio
 
 from skiff.core.errors import InvalidParameter
 from skiff.core.images.distribution import manifest as mf
-from skiff.core.images.distribution.client import (
-    AuthConfig,
-    Endpoint,
-    RegistryConfig,
-    RegistryError,
-    RepositoryClient,
-)
+from skiff.core.images.distribution.auth import AuthConfig
+from skiff.core.images.distribution.client import RepositoryClient
+from skiff.core.images.distribution.endpoints import Endpoint, RegistryConfig
+from skiff.core.images.distribution.errors import RegistryError
 from skiff.core.images.distribution.metadata import BlobRecord, DistributionMetadata
 from skiff.core.images.distribution.progress import Emit, Progress, first_error, short
 from skiff.core.images.errors import InvalidImage

@@ -28,11 +28,9 @@ import structlog
 import trio
 
 from skiff.core.images.distribution import manifest as mf
-from skiff.core.images.distribution.client import (
-    AuthConfig,
-    RegistryConfig,
-    RepositoryClient,
-)
+from skiff.core.images.distribution.auth import AuthConfig
+from skiff.core.images.distribution.client import RepositoryClient
+from skiff.core.images.distribution.endpoints import RegistryConfig
 from skiff.core.images.distribution.metadata import BlobRecord, DistributionMetadata
 from skiff.core.images.distribution.progress import Emit, Progress, first_error, short
 from skiff.core.images.errors import ImageNotFound
