@@ -24,11 +24,8 @@ import trio
 
 from skiff.core import errors as core_errors
 from skiff.core.api import errors as api_errors
-from skiff.core.api.http import (
-    RECEIVE_SIZE,
-    DaemonAlreadyRunning,
-    serve_unix,
-)
+from skiff.core.api.connection import RECEIVE_SIZE
+from skiff.core.api.http import DaemonAlreadyRunning, serve_unix
 from skiff.core.api.router import (
     MULTIPLEXED_STREAM,
     RAW_STREAM,
