@@ -4,8 +4,9 @@ A handler is ``async def h(req: Request, **params)`` registered with
 ``@router.route("GET", "/containers/{id}/json")``.  It returns a
 :class:`Response`, a :class:`StreamResponse`, a ``dict``/``list`` (200 JSON),
 ``None`` (204), or it hijacks the connection with ``await req.hijack()``.
-It reports failure by raising: ``skiff.core.errors`` and
-``skiff.core.api.errors`` carry Docker's status codes; anything else is a 500.
+It reports failure by raising: the kinds of ``skiff.core.errors`` (and
+``skiff.core.api.errors``) map to Docker's status codes in
+``skiff.core.api.errors.status_of``; anything else is a 500.
 
 Paths match after the optional version prefix (``/v1.41``) is stripped and
 the path is percent-decoded, as Docker's router does.  ``{name}`` matches one
