@@ -46,11 +46,16 @@ def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ForkServerRunt
 
 
 @pytest.fixture
-def no_leaks(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[None]:
+def no_leaks(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
     """After the test: no mount of ours on the host, no shim of ``runtime`` left
     running.  Runtime test modules use it for every test
-    (``pytest.mark.usefixtures("no_leaks")``)."""
+    (``pytest.mark.usefixtures("no_leaks")``).
+
+    Only this session's base temp is looked at: an earlier, killed session's
+    leftovers are not this test's doing (the session-wide check reports them)."""
     yield
-    assert our_mounts(tmp_path.parent.parent) == []
+    assert our_mounts(tmp_path_factory.getbasetemp()) == []
     if "runtime" in request.fixturenames:
         assert_no_busy_shims(request.getfixturevalue("runtime"))
