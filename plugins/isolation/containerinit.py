@@ -36,7 +36,14 @@ import signal
 import socket
 
 from skiff.core import syscalls as sc
-from skiff.plugins.isolation import capabilities, containerfs, initprocess, mounts, users
+from skiff.plugins.isolation import (
+    capabilities,
+    containerfs,
+    fdmounts,
+    initprocess,
+    mounts,
+    users,
+)
 from skiff.plugins.isolation.channel import LineChannel, set_comm
 from skiff.plugins.isolation.initprocess import InitError, Prepared
 
@@ -344,7 +351,7 @@ def warm_up() -> None:
     initprocess.environment(spec["env"], users.ExecUser())
     for sig in signal.valid_signals():
         signal.getsignal(sig)
-    for module in (mounts, containerfs, users, capabilities, sc, initprocess):
+    for module in (mounts, containerfs, fdmounts, users, capabilities, sc, initprocess):
         for value in list(vars(module).values()):
             getattr(value, "__code__", None)
     for value in list(globals().values()):
