@@ -12,6 +12,7 @@ parent and reopened with ``O_NOFOLLOW``.  Mounts are then attached to the
 descriptor (``/proc/self/fd/N`` for a new filesystem; ``open_tree`` and
 ``move_mount`` for binds, with their read-only and other attributes set
 before the mount is attached, so it is never writable for an instant).
+Those primitives are ``fdmounts``; this module decides what goes where.
 
 After ``pivot_root`` the masks come from the ``/dev/null`` the init made
 itself in the container's new ``/dev`` tmpfs, opened ``O_PATH|O_NOFOLLOW``
@@ -36,7 +37,7 @@ import stat
 
 from skiff.core import syscalls as sc
 from skiff.core.mountpolicy import PROC_BIND_ALLOWED
-from skiff.plugins.isolation import mounts
+from skiff.plugins.isolation import fdmounts, mounts
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -71,73 +72,9 @@ _BIND_ATTRS = (
     (sc.MS_NOEXEC, sc.MOUNT_ATTR_NOEXEC),
 )
 
-_RESOLVE = sc.RESOLVE_IN_ROOT | sc.RESOLVE_NO_MAGICLINKS
-AT_FDCWD = -100
-
 
 class FsError(Exception):
     """The container's filesystem cannot be built as asked; the message says why."""
-
-
-def _fd_path(fd: int) -> str:
-    return f"/proc/self/fd/{fd}"
-
-
-def open_in_root(root_fd: int, path: str, create: str | None = None) -> int:
-    """An ``O_PATH`` descriptor of ``path`` inside the root ``root_fd``.
-
-    Resolved by the kernel as the container will resolve it (``RESOLVE_IN_ROOT``).
-    With ``create`` (``"dir"`` or ``"file"``) what is missing is made, one
-    component at a time, each relative to a descriptor of its parent that
-    the kernel resolved inside the root; a dangling symlink on the way is
-    followed inside the root, as the container would follow it.  A racing
-    container can at worst move the result elsewhere inside its own root.
-    The caller closes the descriptor.
-    """
-    rel = "/".join(p for p in path.split("/") if p) or "."
-    try:
-        return sc.openat2(root_fd, rel, os.O_PATH, 0, _RESOLVE)
-    except FileNotFoundError:
-        if create is None:
-            raise
-    todo = [p for p in path.split("/") if p not in ("", ".")]
-    todo.reverse()
-    resolved: list[str] = []
-    links = 0
-    while todo:
-        name = todo.pop()
-        if name == "..":
-            if resolved:
-                resolved.pop()
-            continue
-        parent = sc.openat2(root_fd, "/".join(resolved) or ".", os.O_PATH | os.O_DIRECTORY, 0,
-                            _RESOLVE)
-        try:
-            try:
-                st = os.stat(name, dir_fd=parent, follow_symlinks=False)
-            except FileNotFoundError:
-                if create == "file" and not todo:
-                    with contextlib.suppress(FileExistsError):
-                        os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY
-                                         | os.O_NOFOLLOW | os.O_CLOEXEC, 0o755, dir_fd=parent))
-                else:
-                    with contextlib.suppress(FileExistsError):
-                        os.mkdir(name, 0o755, dir_fd=parent)
-                resolved.append(name)
-                continue
-            if stat.S_ISLNK(st.st_mode):
-                links += 1
-                if links > 40:
-                    raise OSError(40, os.strerror(40), path)  # ELOOP
-                target = os.readlink(name, dir_fd=parent)
-                if target.startswith("/"):
-                    resolved = []
-                todo.extend(reversed([p for p in target.split("/") if p not in ("", ".")]))
-                continue
-            resolved.append(name)
-        finally:
-            os.close(parent)
-    return sc.openat2(root_fd, "/".join(resolved) or ".", os.O_PATH, 0, _RESOLVE)
 
 
 class Prebuilt:
@@ -185,7 +122,7 @@ def clone_bind_sources(spec: dict[str, Any]) -> dict[str, tuple[int, bool]]:
             source = m["source"] if not m.get("cwd") else os.path.join(m["cwd"], m["source"])
             is_file = _want_file(m)
             try:
-                tree = sc.open_tree(AT_FDCWD, source, sc.OPEN_TREE_CLONE
+                tree = sc.open_tree(fdmounts.AT_FDCWD, source, sc.OPEN_TREE_CLONE
                                     | (sc.AT_RECURSIVE if flags & sc.MS_REC else 0))
             except OSError as exc:
                 raise FsError(f"cannot bind {m['source']} on {m.get('destination')}: "
@@ -288,13 +225,13 @@ def _mount_special(root: ContainerRoot, dest: str, source: str, fstype: str, fla
                    data: str | None = None) -> int:
     """Mount a fresh kernel filesystem at ``dest`` and record its identity in
     ``root.special``; returns a descriptor of its root, which the caller closes."""
-    target = open_in_root(root.fd, dest, create="dir")
+    target = fdmounts.open_in_root(root.fd, dest, create="dir")
     try:
-        sc.mount(source, _fd_path(target), fstype, flags, data)
+        sc.mount(source, fdmounts.fd_path(target), fstype, flags, data)
     finally:
         os.close(target)
     # reopened: the old descriptor is the directory underneath the new mount
-    mounted = open_in_root(root.fd, dest)
+    mounted = fdmounts.open_in_root(root.fd, dest)
     st = os.fstat(mounted)
     root.special[(st.st_dev, st.st_ino)] = dest
     if fstype == "proc":
@@ -315,16 +252,16 @@ def _setup_dev(root: ContainerRoot) -> None:
                 # no CAP_MKNOD (or a nodev-locked mount): borrow the host's node
                 os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC,
                                  0o666, dir_fd=dev))
-                bind_onto(f"/dev/{name}", _open_at(dev, name), recursive=False)
+                fdmounts.bind_onto(f"/dev/{name}", fdmounts.open_at(dev, name), recursive=False)
         for name, target in DEV_SYMLINKS:
             os.symlink(target, name, dir_fd=dev)
         os.mkdir("pts", 0o755, dir_fd=dev)
-        _mount_at(dev, "pts", "devpts", "devpts", sc.MS_NOSUID | sc.MS_NOEXEC,
+        fdmounts.mount_at(dev, "pts", "devpts", "devpts", sc.MS_NOSUID | sc.MS_NOEXEC,
                   "newinstance,ptmxmode=0666,mode=0620,gid=5")
         os.mkdir("shm", 0o1777, dir_fd=dev)
-        _mount_at(dev, "shm", "shm", "tmpfs", MS_DEFAULT, "mode=1777,size=65536k")
+        fdmounts.mount_at(dev, "shm", "shm", "tmpfs", MS_DEFAULT, "mode=1777,size=65536k")
         os.mkdir("mqueue", 0o755, dir_fd=dev)
-        _mount_at(dev, "mqueue", "mqueue", "mqueue", MS_DEFAULT)
+        fdmounts.mount_at(dev, "mqueue", "mqueue", "mqueue", MS_DEFAULT)
         root.null = verified_null(dev)
     finally:
         os.close(dev)
@@ -351,7 +288,7 @@ def make_device_nodes(root: ContainerRoot, devices: list[dict[str, Any]]) -> Non
             if mode is None or not name or ".." in path.split("/"):
                 raise FsError(f"invalid device {path!r} of type {device['type']!r}")
             try:
-                dir_fd = open_in_root(root.fd, parent or "/", create="dir")
+                dir_fd = fdmounts.open_in_root(root.fd, parent or "/", create="dir")
                 try:
                     rdev = 0 if device["type"] == "p" else os.makedev(device["major"],
                                                                       device["minor"])
@@ -386,57 +323,6 @@ def verified_null(dev_fd: int) -> int:
     return fd
 
 
-def _open_at(dir_fd: int, name: str) -> int:
-    return os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
-
-
-def _mount_at(dir_fd: int, name: str, source: str, fstype: str, flags: int,
-              data: str | None = None) -> None:
-    target = _open_at(dir_fd, name)
-    try:
-        sc.mount(source, _fd_path(target), fstype, flags, data)
-    finally:
-        os.close(target)
-
-
-def bind_onto(source: str | int, target_fd: int, *, recursive: bool, attrs: int = 0,
-              propagation: int = 0, userns_fd: int = -1, attrs_recursive: bool = False) -> None:
-    """Bind ``source`` (a host path, or a descriptor) onto ``target_fd``, which is
-    closed.  The attributes (and, with ``userns_fd``, an idmapping) are set on
-    the detached copy before it is attached: on its top mount, or on all of it
-    with ``attrs_recursive``."""
-    try:
-        flags = sc.OPEN_TREE_CLONE | (sc.AT_RECURSIVE if recursive else 0)
-        if isinstance(source, int):
-            tree = sc.open_tree(source, "", flags | sc.AT_EMPTY_PATH)
-        else:
-            tree = sc.open_tree(AT_FDCWD, source, flags)
-    except BaseException:
-        os.close(target_fd)
-        raise
-    try:
-        if attrs or userns_fd >= 0:
-            sc.mount_setattr(tree, attrs, recursive=attrs_recursive, userns_fd=userns_fd)
-    except BaseException:
-        os.close(tree)
-        os.close(target_fd)
-        raise
-    _attach(tree, target_fd, propagation)
-
-
-def _attach(tree: int, target_fd: int, propagation: int) -> None:
-    """Attach the detached mount ``tree`` onto ``target_fd``; both are closed."""
-    try:
-        sc.move_mount(tree, target_fd)
-        if propagation:
-            # on the attached mount: a detached tree has no peers to follow
-            sc.mount_setattr(tree, 0, propagation=propagation & ~sc.MS_REC,
-                             recursive=bool(propagation & sc.MS_REC))
-    finally:
-        os.close(tree)
-        os.close(target_fd)
-
-
 def _want_file(m: dict[str, Any]) -> bool:
     """Whether a bind mount's source is a file (so its destination must be one)."""
     source = m["source"]
@@ -467,7 +353,7 @@ def mount_in(root: ContainerRoot, m: dict[str, Any], check: bool = True,
     bind = _is_bind(m, flags)
     try:
         is_file = tree[1] if tree is not None else bind and _want_file(m)
-        target = open_in_root(root.fd, dest, create="file" if bind and is_file else "dir")
+        target = fdmounts.open_in_root(root.fd, dest, create="file" if bind and is_file else "dir")
     except BaseException as exc:
         if tree is not None:
             os.close(tree[0])
@@ -485,20 +371,20 @@ def mount_in(root: ContainerRoot, m: dict[str, Any], check: bool = True,
     fstype = m.get("type") or "none"
     try:
         if tree is not None:
-            _attach(tree[0], target, propagation)
+            fdmounts.attach(tree[0], target, propagation)
         elif bind:
             attrs = 0
             for ms_flag, attr in _BIND_ATTRS:
                 if flags & ms_flag:
                     attrs |= attr
             source = m["source"] if not m.get("cwd") else os.path.join(m["cwd"], m["source"])
-            bind_onto(source, target, recursive=bool(flags & sc.MS_REC), attrs=attrs,
+            fdmounts.bind_onto(source, target, recursive=bool(flags & sc.MS_REC), attrs=attrs,
                        propagation=propagation)
         else:
             try:
-                _mount_new(m, _fd_path(target), flags, data)
+                _mount_new(m, fdmounts.fd_path(target), flags, data)
                 if propagation:
-                    sc.mount(None, _fd_path(target), None, propagation)
+                    sc.mount(None, fdmounts.fd_path(target), None, propagation)
             finally:
                 os.close(target)
     except OSError as exc:
@@ -571,7 +457,7 @@ def _open_system_path(path: str) -> int:
     """``O_PATH`` descriptor of a path in /proc or /sys (after ``pivot``), no
     symlink followed on the way; -1 when it does not exist on this kernel."""
     try:
-        return sc.openat2(AT_FDCWD, path, os.O_PATH | os.O_NOFOLLOW, 0, _NO_LINKS)
+        return sc.openat2(fdmounts.AT_FDCWD, path, os.O_PATH | os.O_NOFOLLOW, 0, _NO_LINKS)
     except (FileNotFoundError, NotADirectoryError):
         return -1
     except OSError as exc:
@@ -587,11 +473,11 @@ def mask(root: ContainerRoot, path: str) -> None:
     try:
         if stat.S_ISDIR(os.fstat(target).st_mode):
             try:
-                sc.mount("tmpfs", _fd_path(target), "tmpfs", sc.MS_RDONLY)
+                sc.mount("tmpfs", fdmounts.fd_path(target), "tmpfs", sc.MS_RDONLY)
             finally:
                 os.close(target)
         else:
-            bind_onto(root.null, target, recursive=False)
+            fdmounts.bind_onto(root.null, target, recursive=False)
     except OSError as exc:
         raise FsError(f"cannot mask {path}: {exc.strerror}") from None
 
@@ -620,17 +506,17 @@ def bind_console(slave: int) -> None:
     # a missing one (a /dev made unwritable) only costs programs that write
     # to the console directly
     try:
-        dev = sc.openat2(AT_FDCWD, "/dev", os.O_PATH | os.O_DIRECTORY, 0, _NO_LINKS)
+        dev = sc.openat2(fdmounts.AT_FDCWD, "/dev", os.O_PATH | os.O_DIRECTORY, 0, _NO_LINKS)
     except OSError:
         return
     try:
         try:
             os.close(os.open("console", os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
                              0o600, dir_fd=dev))
-            target = _open_at(dev, "console")
+            target = fdmounts.open_at(dev, "console")
         except OSError:
             return
         with contextlib.suppress(OSError):
-            bind_onto(slave, target, recursive=False)
+            fdmounts.bind_onto(slave, target, recursive=False)
     finally:
         os.close(dev)

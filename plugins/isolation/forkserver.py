@@ -26,7 +26,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from skiff.core import syscalls as sc
-from skiff.plugins.isolation import containerinit, shim
+from skiff.plugins.isolation import initprocess, shim
 from skiff.plugins.isolation.channel import set_comm
 
 if TYPE_CHECKING:
@@ -272,7 +272,7 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _on_term)
     _ensure_std_fds()
-    containerinit.host_capabilities()
+    initprocess.host_capabilities()
     # Shims and inits live for milliseconds before exec (or are mostly
     # asleep): a cyclic GC pass in them would only touch every object and
     # copy its page.  Freezing keeps the collector off the inherited heap.

@@ -43,7 +43,7 @@ import signal
 import sys
 
 from skiff.core import syscalls as sc
-from skiff.plugins.isolation import containerfs, mounts
+from skiff.plugins.isolation import fdmounts, mounts
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -63,7 +63,7 @@ def _cover(path: str, userns_fd: int, covered: list[str]) -> None:
     if any(real == c or real.startswith(c + "/") for c in covered):
         return  # already seen through an idmapped mount above it
     target = os.open(real, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    containerfs.bind_onto(real, target, recursive=False, userns_fd=userns_fd)
+    fdmounts.bind_onto(real, target, recursive=False, userns_fd=userns_fd)
     covered.append(real)
 
 
@@ -106,7 +106,7 @@ def _mount_one(m: dict[str, Any], target: str, userns_fd: int, idmap: bool,
     if fstype == "bind" or flags & sc.MS_BIND:
         source = os.path.join(cwd, m["source"]) if cwd else m["source"]
         dest = os.open(target, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        containerfs.bind_onto(source, dest, recursive=bool(flags & sc.MS_REC),
+        fdmounts.bind_onto(source, dest, recursive=bool(flags & sc.MS_REC),
                               attrs=sc.MOUNT_ATTR_RDONLY if flags & sc.MS_RDONLY else 0,
                               userns_fd=userns_fd if idmap else -1,
                               attrs_recursive=bool(flags & sc.MS_REC))

@@ -40,7 +40,7 @@ import socket
 import sys
 
 from skiff.core import syscalls as sc
-from skiff.plugins.isolation import containerinit, idmapfs
+from skiff.plugins.isolation import containerinit, idmapfs, initprocess
 from skiff.plugins.isolation.channel import LineChannel, set_comm
 
 TYPE_CHECKING = False
@@ -198,7 +198,7 @@ class Init:
                     finally:
                         os.close(fd)
             except OSError as exc:
-                raise containerinit.InitError(
+                raise initprocess.InitError(
                     f"cannot join the container's cgroups: {exc.strerror}") from None
             namespaces = spec.get("namespaces") or {}
             uid_map, gid_map = spec.get("uid_map") or [], spec.get("gid_map") or []
@@ -207,7 +207,7 @@ class Init:
                     idmapfs.write_maps(self.pid, uid_map, gid_map)
                 userns = os.open(f"/proc/{self.pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
             except OSError as exc:
-                raise containerinit.InitError(
+                raise initprocess.InitError(
                     f"cannot set up the container's user namespace: {exc.strerror}") from None
             try:
                 fds.append(idmapfs.build_rootfs(
@@ -218,13 +218,13 @@ class Init:
                     (idmapfs.host_of_root(uid_map or [[0, 0, 1]]),
                      idmapfs.host_of_root(gid_map or [[0, 0, 1]]))))
             except idmapfs.IdmapError as exc:
-                raise containerinit.InitError(str(exc)) from None
+                raise initprocess.InitError(str(exc)) from None
             finally:
                 os.close(userns)
             try:
                 binds = containerinit.containerfs.clone_bind_sources(spec)
             except containerinit.containerfs.FsError as exc:
-                raise containerinit.InitError(str(exc)) from None
+                raise initprocess.InitError(str(exc)) from None
             fds += [fd for fd, _ in binds.values()]
             message = {"spec": spec, "binds": list(binds),
                        "files": [key for key, (_, is_file) in binds.items() if is_file]}
@@ -238,14 +238,14 @@ class Init:
                 os.close(fd)
 
 
-def _failed(init: Init, said: dict[str, Any] | None) -> containerinit.InitError:
+def _failed(init: Init, said: dict[str, Any] | None) -> initprocess.InitError:
     """A remapped container's init reported an error or died: reap it."""
     if said is not None and "error" not in said:
         init.kill()
     code = init.reap()
     if said is None or "error" not in said:
-        return containerinit.InitError(f"container init exited during set-up (exit code {code})")
-    return containerinit.InitError(said["error"], said.get("exit_code", 125))
+        return initprocess.InitError(f"container init exited during set-up (exit code {code})")
+    return initprocess.InitError(said["error"], said.get("exit_code", 125))
 
 
 def _make_undumpable() -> None:
@@ -335,7 +335,7 @@ def run_spare(control: socket.socket, inherited: Iterable[socket.socket] = (),
         if userns:
             try:
                 init = Init.spawn_userns(None, close_in_child=[control])
-            except containerinit.InitError:
+            except initprocess.InitError:
                 return  # as below: the fork server forks fresh shims instead
         else:
             init = Init.spawn({"pid": None}, None, [], close_in_child=[control])
@@ -410,7 +410,7 @@ def serve(chan: LineChannel, init: Init | None) -> None:
             finally:
                 for fd in cgroups:
                     os.close(fd)
-        except containerinit.InitError as exc:
+        except initprocess.InitError as exc:
             chan.send({"error": str(exc), "exit_code": exc.exit_code})
             return
         except OSError as exc:
@@ -423,7 +423,7 @@ def serve(chan: LineChannel, init: Init | None) -> None:
     if userns:
         try:
             init.give_userns_spec(spec, chan.fds)
-        except containerinit.InitError as exc:
+        except initprocess.InitError as exc:
             for fd in chan.fds:
                 os.close(fd)
             chan.send({"error": str(exc), "exit_code": exc.exit_code})

@@ -18,7 +18,7 @@ import pytest
 import trio
 
 from skiff.core.hookspecs import ExecSpec
-from skiff.plugins.isolation import capabilities, containerinit, seccomp
+from skiff.plugins.isolation import capabilities, initprocess, seccomp
 from skiff.plugins.isolation.runtime import ForkServerRuntime
 from skiff.plugins.isolation.seccomp import compiler
 from tests.integration.runtimekit import (
@@ -104,16 +104,16 @@ def test_broken_filter_refuses_the_start(runtime: ForkServerRuntime, image: Path
 
 
 def test_init_refuses_what_it_cannot_install() -> None:
-    with pytest.raises(containerinit.InitError, match="uncompiled"):
-        containerinit._seccomp_program({"seccomp": DEFAULT})
-    assert containerinit._seccomp_program({"seccomp_bpf": "0600000000007fff"}) == \
+    with pytest.raises(initprocess.InitError, match="uncompiled"):
+        initprocess._seccomp_program({"seccomp": DEFAULT})
+    assert initprocess._seccomp_program({"seccomp_bpf": "0600000000007fff"}) == \
         bytes.fromhex("0600000000007fff")
-    assert containerinit._seccomp_program({}) is None
+    assert initprocess._seccomp_program({}) is None
     pid = os.fork()
     if pid == 0:  # the kernel refuses a program that does not end in a return
         try:
-            containerinit._install_seccomp(bytes.fromhex("2000000004000000"))
-        except containerinit.InitError as exc:
+            initprocess._install_seccomp(bytes.fromhex("2000000004000000"))
+        except initprocess.InitError as exc:
             os._exit(3 if "cannot install the seccomp filter: Invalid argument" in str(exc)
                      else 4)
         os._exit(5)
