@@ -51,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="skip the contributed workloads (" + ", ".join(engine.EXTRAS) + ")")
     e.add_argument("--profile", action="store_true",
                    help="also record skiffd with py-spy during run --rm and print the top frames")
+    e.add_argument("--baseline", metavar="PYTHON",
+                   help="also run the skiffd of another checkout, by its venv's python "
+                        "(column 'baseline'): a change before and after, in one run")
     e.add_argument("--smoke", action="store_true",
                    help="tiny counts: checks the harness works, measures nothing")
     return p
@@ -82,8 +85,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"benchmarks: unknown workloads {sorted(unknown)}", file=sys.stderr)
             return 2
         rows = engine.run(mode, out, with_docker=not args.no_docker, only=only,
-                          profile=args.profile, extras=not args.no_extras, log=log)
-        key, columns, ratio = "engine", ["skiffd", "dockerd", "kernel"], ("skiffd", "dockerd")
+                          profile=args.profile, extras=not args.no_extras, log=log,
+                          baseline=args.baseline)
+        key, columns, ratio = ("engine", ["skiffd", "baseline", "dockerd", "kernel"],
+                               ("skiffd", "dockerd"))
     else:
         # benchmarks/storage.py when a contributed one is there, else the built-in one
         try:

@@ -493,11 +493,19 @@ def summarize_profile(raw: Path, top: int = 15) -> str:
 
 def run(mode: str, out_dir: Path, with_docker: bool = True,
         only: tuple[str, ...] = WORKLOADS, profile: bool = False, extras: bool = True,
-        log: Callable[[str], None] = print) -> list[Row]:
-    """Start the engines, run the workloads, stop everything; return the rows."""
+        log: Callable[[str], None] = print, baseline: str | None = None) -> list[Row]:
+    """Start the engines, run the workloads, stop everything; return the rows.
+
+    ``baseline``: the Python of another skiff checkout, run as a second skiffd
+    (column ``baseline``), so a change is measured before and after in one run."""
     plan = PLANS[mode]
     scratch = Path(tempfile.mkdtemp(prefix="skiff-bench-"))
     engines: list[Engine] = [Skiffd(scratch / "skiffd")]
+    if baseline:
+        # a bridge and subnet of its own: two daemons on one bridge would hand out
+        # the same addresses and remove each other's rules
+        engines.append(Skiffd(scratch / "baseline", name="baseline", python=baseline,
+                              config={"bridge": "skiffbase0", "bip": "172.31.254.1/24"}))
     if with_docker:
         if Dockerd.available():
             engines.append(Dockerd(scratch / "dockerd"))

@@ -240,14 +240,18 @@ class Skiffd(Engine):
     """A private skiffd (python -m skiff.core.daemon) with its default drivers.
 
     ``config`` adds daemon.json keys (``userns-remap`` ...); ``name`` labels
-    its column when several skiffd are compared.
+    its column when several skiffd are compared.  ``python`` is the interpreter
+    that runs it: another checkout's venv gives the code before a change, in
+    the same run as the code after it.
     """
 
     def __init__(self, base: Path, storage_driver: str | None = None,
-                 config: dict[str, object] | None = None, name: str = "skiffd") -> None:
+                 config: dict[str, object] | None = None, name: str = "skiffd",
+                 python: str = sys.executable) -> None:
         super().__init__(name, base)
         self.storage_driver = storage_driver
         self.config = dict(config or {})
+        self.python = python
 
     def command(self) -> list[str]:
         cfg: dict[str, object] = {
@@ -262,10 +266,10 @@ class Skiffd(Engine):
         cfg.update(self.config)
         path = self.base / "daemon.json"
         path.write_text(json.dumps(cfg, indent=2))
-        return [sys.executable, "-m", "skiff.core.daemon", "--config-file", str(path)]
+        return [self.python, "-m", "skiff.core.daemon", "--config-file", str(path)]
 
     def bootstrap_busybox(self) -> None:
-        res = subprocess.run([sys.executable, "-m", "skiff.cli.main", "image", "bootstrap",
+        res = subprocess.run([self.python, "-m", "skiff.cli.main", "image", "bootstrap",
                               "busybox"], env=self.env(), capture_output=True, timeout=120)
         if res.returncode != 0:
             raise EngineError(f"skiff image bootstrap busybox failed: "
