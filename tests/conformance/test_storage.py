@@ -79,9 +79,12 @@ REQUIRED = _required_names()
 _FS_ROOTS: dict[str, Path] = {}
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="module", autouse=True)
 def _btrfs_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """One loop-mounted btrfs for the btrfs driver's data-roots (mkfs per test would cost more)."""
+    """One loop-mounted btrfs for the btrfs driver's data-roots (mkfs per test would cost more).
+
+    Module-scoped: a session-wide mount would outlive this module and fail the
+    runtime tests' per-test leak check."""
     if "btrfs" not in DRIVERS or not have_mkfs("btrfs") or os.geteuid() != 0:
         yield
         return
