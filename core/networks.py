@@ -30,6 +30,7 @@ import structlog
 from skiff.core.atomic import write_json_atomic
 from skiff.core.errors import Conflict, InvalidParameter, NotFound
 from skiff.core.hookspecs import NetworkOptions
+from skiff.core.timefmt import now_rfc3339
 
 if TYPE_CHECKING:
     from skiff.core.engine import Engine
@@ -180,8 +181,6 @@ class NetworkStore:
 
     def load(self) -> None:
         """Read the records, make the predefined networks, and plumb every network."""
-        from skiff.core.containers.model import now_rfc3339
-
         os.makedirs(self.root, mode=0o700, exist_ok=True)
         for entry in sorted(os.listdir(self.root)):
             if not entry.endswith(".json"):
@@ -262,8 +261,6 @@ class NetworkStore:
 
     def create(self, body: dict[str, Any]) -> tuple[Network, str]:
         """``POST /networks/create``; blocking (the driver plumbs the bridge)."""
-        from skiff.core.containers.model import now_rfc3339
-
         name = body.get("Name")
         if not name or not isinstance(name, str):
             raise InvalidParameter("network name is required")

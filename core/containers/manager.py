@@ -39,7 +39,7 @@ from skiff.core.containers.config import (
     parse_signal,
 )
 from skiff.core.containers.logstream import LogStreams, open_log
-from skiff.core.containers.model import Container, State, now_rfc3339
+from skiff.core.containers.model import Container, State
 from skiff.core.containers.networking import NetworkAttachment
 from skiff.core.containers.registry import ContainerRegistry, Notice, Track
 from skiff.core.containers.resources import cgroup_procs
@@ -54,6 +54,7 @@ from skiff.core.hookspecs import (
     StartError,
     Stdio,
 )
+from skiff.core.timefmt import now_rfc3339
 from skiff.core.userns import IdMap
 
 if TYPE_CHECKING:
