@@ -40,12 +40,12 @@ import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import IO, TYPE_CHECKING
 
 from skiff.core import archive, fdops, idshift
 from skiff.core.containers import mounts
 from skiff.core.errors import Conflict, InvalidParameter, NotFound
+from skiff.core.timefmt import rfc3339_nano_trimmed
 
 if TYPE_CHECKING:
     from skiff.core.containers.model import Container
@@ -109,15 +109,6 @@ def go_mode(st: os.stat_result) -> int:
     if mode & stat.S_ISVTX:
         out |= _GO_STICKY
     return out
-
-
-def _rfc3339(ns: int) -> str:
-    when = datetime.fromtimestamp(ns // 1_000_000_000, UTC)
-    frac = ns % 1_000_000_000
-    text = when.strftime("%Y-%m-%dT%H:%M:%S")
-    if frac:
-        text += "." + f"{frac:09d}".rstrip("0")
-    return text + "Z"
 
 
 def _oserror(exc: OSError, path: str, cid: str) -> Exception:
@@ -335,7 +326,8 @@ def _path_stat(t: _Target, path: str, st: os.stat_result) -> PathStat:
     if stat.S_ISLNK(st.st_mode):
         inner = resolve_in_root(t.root_fd, t.path)
         target = t.prefix + inner if t.prefix and inner != "/" else (t.prefix or inner)
-    return PathStat(_name_of(path), st.st_size, go_mode(st), _rfc3339(st.st_mtime_ns), target)
+    return PathStat(_name_of(path), st.st_size, go_mode(st),
+                    rfc3339_nano_trimmed(st.st_mtime_ns), target)
 
 
 # ---------------------------------------------------------------------------
