@@ -33,7 +33,7 @@ from skiff.core import fdops
 from skiff.core.atomic import write_json_atomic
 from skiff.core.errors import Conflict, InvalidParameter, NotFound
 from skiff.core.hookspecs import DriverNotSupported, VolumeContext, VolumeDriver
-from skiff.core.timefmt import rfc3339
+from skiff.core.timefmt import now_rfc3339, rfc3339
 
 if TYPE_CHECKING:
     from skiff.core.engine import Engine
@@ -218,7 +218,7 @@ class VolumeStore:
                 drv.create(name, opts)
             except ValueError as exc:
                 raise InvalidParameter(f"create {name}: {exc}") from exc
-            v = Volume(name=name, driver=driver, created_at=rfc3339(_now()),
+            v = Volume(name=name, driver=driver, created_at=now_rfc3339(),
                        labels={str(k): str(val) for k, val in (labels or {}).items()},
                        options=opts)
             try:
@@ -333,12 +333,6 @@ class VolumeStore:
                 continue
             out.append(self.inspect(v))
         return out
-
-
-def _now() -> float:
-    import time
-
-    return time.time()
 
 
 def _labels_match(labels: Mapping[str, str], filters: Mapping[str, list[str]]) -> bool:
