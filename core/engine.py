@@ -18,6 +18,7 @@ from skiff.core import userns_storage
 from skiff.core.config import ConfigError, exec_options, storage_options
 from skiff.core.containers.exec import ExecManager
 from skiff.core.containers.manager import ContainerManager
+from skiff.core.containers.registry import ContainerRegistry
 from skiff.core.containers.userns import RangeAllocator
 from skiff.core.errors import NotFound
 from skiff.core.events import EventBus
@@ -179,6 +180,9 @@ class Engine:
         self.transfers = trio.CapacityLimiter(TRANSFER_THREADS)
         self.nursery: trio.Nursery
         self.events = EventBus()
+        #: the container records, which the volume and network stores count
+        #: their users in: built first, so every store can be given it
+        self.registry = ContainerRegistry(self.events.publish)
         self._networks: dict[str, NetworkDriver] = {}
         #: daemon.json ``userns-remap`` resolved (None: containers run unremapped)
         self.remap: Remap | None = None
@@ -234,8 +238,9 @@ class Engine:
         self.volumes.load()
         self.networks = NetworkStore(self)
         # last: the manager takes the stores and drivers above as its collaborators
-        self.containers = ContainerManager(self)
-        self.execs = ExecManager(self)
+        self.containers = ContainerManager(self, self.registry)
+        self.execs = ExecManager(self.registry, self.runtime, self.runtime_name, self.cgroups,
+                                 self.to_thread, self.spawn)
 
     def _check_installed(self, kind: str, name: str, key: str) -> None:
         try:
@@ -249,6 +254,14 @@ class Engine:
             return self.plugins.factory(kind, name)(ctx)
         except DriverNotSupported as exc:
             raise ConfigError(f"{kind} driver {name!r} cannot be used here: {exc}") from exc
+
+    def spawn(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Start ``fn(*args)`` as a task of the daemon's nursery.
+
+        The nursery exists only once the daemon runs (``start``), after the
+        services that spawn tasks are built: they are given this method.
+        """
+        self.nursery.start_soon(fn, *args)
 
     async def to_thread(self, fn: Callable[..., T], *args: Any) -> T:
         """Run blocking driver work off the event loop, bounded by the engine's limiter."""

@@ -78,7 +78,7 @@ class ContainerManager:
     its own, taken once here.
     """
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, registry: ContainerRegistry) -> None:
         self.engine = engine
         self.root = os.path.join(engine.data_root, "containers")
         self.config = engine.config
@@ -95,7 +95,7 @@ class ContainerManager:
         self.storage_name = engine.storage_name
         self.resolve_network_mode = engine.resolve_network_mode
         self.publish = engine.events.publish
-        self.registry = ContainerRegistry(self.publish)
+        self.registry = registry
         # the registry's own dicts: the API, exec and volume code read them here
         self.by_id = self.registry.by_id
         self.by_name = self.registry.by_name
