@@ -16,6 +16,7 @@ import trio
 
 from skiff.core import userns_storage
 from skiff.core.config import ConfigError, exec_options, storage_options
+from skiff.core.containers.archive import ContainerFiles
 from skiff.core.containers.exec import ExecManager
 from skiff.core.containers.manager import ContainerManager
 from skiff.core.containers.registry import ContainerRegistry
@@ -234,8 +235,15 @@ class Engine:
         )
         # Fail at start, not at the first container, when the log driver is absent.
         self._check_installed("logging", config["log-driver"], "log-driver")
-        self.volumes = VolumeStore(self)
+        self.volumes = VolumeStore(
+            self.data_root, lambda name: plugins.factory("volume", name), self.registry.by_id,
+            self.events.publish,
+            default_owner=((self.remap.default.root_uid, self.remap.default.root_gid)
+                           if self.remap is not None else None))
         self.volumes.load()
+        #: what docker cp reaches a container's files through
+        self.container_files = ContainerFiles(
+            self.storage, self.volumes.driver, os.path.join(self.data_root, "tmp"))
         self.networks = NetworkStore(self)
         # last: the manager takes the stores and drivers above as its collaborators
         self.containers = ContainerManager(self, self.registry)

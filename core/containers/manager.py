@@ -93,6 +93,7 @@ class ContainerManager:
         self.remap = engine.remap
         self.userns_ranges = engine.userns_ranges
         self.storage_name = engine.storage_name
+        self.volumes = engine.volumes
         self.resolve_network_mode = engine.resolve_network_mode
         self.publish = engine.events.publish
         self.registry = registry
@@ -104,13 +105,13 @@ class ContainerManager:
                                          self.publish, self.to_thread)
         self.teardown = RunTeardown(
             cgroups=self.cgroups, network=self.network, to_thread=self.to_thread,
-            release_volumes=lambda c: container_mounts.release(engine, c))
+            release_volumes=lambda c: container_mounts.release(self.volumes, c))
         self.logstreams = LogStreams(self.registry, self._log_factory, self.to_thread)
         self.attacher = Attacher(self.registry, self.logstreams)
         self.specs = SpecBuilder(
             lookup=self.registry.get, config=self.config, exec_root=self.exec_root,
             storage=self.storage, cgroups=self.cgroups, network_driver=engine.network_driver,
-            volume_mounts=lambda c: container_mounts.specs(engine, c))
+            volume_mounts=lambda c: container_mounts.specs(self.volumes, c))
         self.restarts = restart.RestartSupervisor(
             self.registry, start_run=self.start_run, start=self.start, remove=self.remove,
             spawn=self._spawn)
@@ -153,7 +154,6 @@ class ContainerManager:
     # -- create --------------------------------------------------------------
 
     async def create(self, body: dict[str, Any], name: str | None) -> tuple[str, list[str]]:
-        eng = self.engine
         if not isinstance(body, dict):
             raise InvalidParameter("the request body must be a JSON object")
         image_ref = body.get("Image")
@@ -231,7 +231,8 @@ class ContainerManager:
             )
             c.init_id, c.mount_id = init_id, mount_id
             c.graph_data = await self.to_thread(self.storage.metadata, mount_id)
-            c.mount_points = await self.to_thread(container_mounts.realize, eng, c, mount_plan)
+            c.mount_points = await self.to_thread(container_mounts.realize, self.volumes,
+                                                  self.registry.get, self.storage, c, mount_plan)
             etcfiles.write_at_create(c, self._embedded_dns(c))
             c.save()
             self.plugins.hook.skiff_container_create(container=c)
@@ -265,7 +266,6 @@ class ContainerManager:
 
     async def _discard(self, c: Container) -> None:
         """Undo a create that failed half-way; leaves no trace of ``c``."""
-        eng = self.engine
         if c.mount_id:
             with contextlib.suppress(Exception):
                 await self.to_thread(self.layers.remove_rw, c.id)
@@ -275,7 +275,7 @@ class ContainerManager:
         shutil.rmtree(c.root, ignore_errors=True)
         self.registry.drop(c)
         with contextlib.suppress(Exception):  # the anonymous volumes it made
-            await self.to_thread(container_mounts.remove_anonymous, eng, c)
+            await self.to_thread(container_mounts.remove_anonymous, self.volumes, c)
 
     # -- start ---------------------------------------------------------------
 
@@ -521,7 +521,6 @@ class ContainerManager:
         if c.state.Status == "removing":
             raise Conflict(f"removal of container {c.id} is already in progress")
         c.state.Status = "removing"
-        eng = self.engine
         self.plugins.hook.skiff_container_remove(container=c)
         try:
             await self.to_thread(self.layers.remove_rw, c.id)
@@ -539,7 +538,7 @@ class ContainerManager:
             await self.to_thread(self.userns_ranges.release, c.id)
         self.registry.drop(c)
         # volumes: release what a failed start left mounted; rm -v and --rm drop anonymous
-        await self.to_thread(container_mounts.on_remove, eng, c,
+        await self.to_thread(container_mounts.on_remove, self.volumes, c,
                             volumes or bool(c.host_config.get("AutoRemove")))
         track.removed.fire(c.state.ExitCode)
         self.event(c, "destroy")
