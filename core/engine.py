@@ -34,6 +34,8 @@ from skiff.core.hookspecs import (
     StorageContext,
     StorageDriver,
 )
+from skiff.core.images.distribution.context import DistributionContext
+from skiff.core.images.distribution.endpoints import RegistryConfig
 from skiff.core.images.layers import LayerStore
 from skiff.core.images.migrate import (
     drivers_with_layers,
@@ -223,6 +225,9 @@ class Engine:
             self.data_root, self.storage_name, self.storage,
             pinned_copies=[self.remap.root_dir_name] if self.remap is not None else [])
         self.images = ImageStore(self.data_root, self.storage_name, self.layers)
+        self.distribution = DistributionContext(
+            self.images, self.layers, lambda: RegistryConfig.from_daemon_config(self.config),
+            self.to_thread, self.transfer_thread)
         self.runtime_name = config["default-runtime"]
         self.runtime: Runtime = self._build(
             "isolation", self.runtime_name, "default-runtime",
