@@ -249,7 +249,9 @@ class Engine:
         #: what docker cp reaches a container's files through
         self.container_files = ContainerFiles(
             self.storage, self.volumes.driver, os.path.join(self.data_root, "tmp"))
-        self.networks = NetworkStore(self)
+        self.networks = NetworkStore(
+            self.data_root, self.config, self.network_driver,
+            lambda driver: driver in plugins.drivers.get("network", {}), self.registry.by_id)
         # last: the manager takes the stores and drivers above as its collaborators
         self.containers = ContainerManager(self, self.registry)
         self.execs = ExecManager(self.registry, self.runtime, self.runtime_name, self.cgroups,
