@@ -253,7 +253,15 @@ class Engine:
             self.data_root, self.config, self.network_driver,
             lambda driver: driver in plugins.drivers.get("network", {}), self.registry.by_id)
         # last: the manager takes the stores and drivers above as its collaborators
-        self.containers = ContainerManager(self, self.registry)
+        self.containers = ContainerManager(
+            self.registry, data_root=self.data_root, config=self.config,
+            exec_root=self.exec_root, plugins=plugins, images=self.images, layers=self.layers,
+            storage=self.storage, storage_name=self.storage_name, runtime=self.runtime,
+            cgroups=self.cgroups, volumes=self.volumes, networks=self.networks,
+            network_driver=self.network_driver, resolve_network_mode=self.resolve_network_mode,
+            remap=self.remap, userns_ranges=self.userns_ranges,
+            userns_storage=lambda: self.userns_storage, publish=self.events.publish,
+            to_thread=self.to_thread, spawn=self.spawn)
         self.execs = ExecManager(self.registry, self.runtime, self.runtime_name, self.cgroups,
                                  self.to_thread, self.spawn)
 
