@@ -16,8 +16,10 @@ import trio
 
 from skiff.core import userns_storage
 from skiff.core.config import ConfigError, exec_options, storage_options
+from skiff.core.containers.archive import ContainerFiles
 from skiff.core.containers.exec import ExecManager
 from skiff.core.containers.manager import ContainerManager
+from skiff.core.containers.registry import ContainerRegistry
 from skiff.core.containers.userns import RangeAllocator
 from skiff.core.errors import NotFound
 from skiff.core.events import EventBus
@@ -32,6 +34,8 @@ from skiff.core.hookspecs import (
     StorageContext,
     StorageDriver,
 )
+from skiff.core.images.distribution.context import DistributionContext
+from skiff.core.images.distribution.endpoints import RegistryConfig
 from skiff.core.images.layers import LayerStore
 from skiff.core.images.migrate import (
     drivers_with_layers,
@@ -179,6 +183,9 @@ class Engine:
         self.transfers = trio.CapacityLimiter(TRANSFER_THREADS)
         self.nursery: trio.Nursery
         self.events = EventBus()
+        #: the container records, which the volume and network stores count
+        #: their users in: built first, so every store can be given it
+        self.registry = ContainerRegistry(self.events.publish)
         self._networks: dict[str, NetworkDriver] = {}
         #: daemon.json ``userns-remap`` resolved (None: containers run unremapped)
         self.remap: Remap | None = None
@@ -218,6 +225,9 @@ class Engine:
             self.data_root, self.storage_name, self.storage,
             pinned_copies=[self.remap.root_dir_name] if self.remap is not None else [])
         self.images = ImageStore(self.data_root, self.storage_name, self.layers)
+        self.distribution = DistributionContext(
+            self.images, self.layers, lambda: RegistryConfig.from_daemon_config(self.config),
+            self.to_thread, self.transfer_thread)
         self.runtime_name = config["default-runtime"]
         self.runtime: Runtime = self._build(
             "isolation", self.runtime_name, "default-runtime",
@@ -230,12 +240,30 @@ class Engine:
         )
         # Fail at start, not at the first container, when the log driver is absent.
         self._check_installed("logging", config["log-driver"], "log-driver")
-        self.volumes = VolumeStore(self)
+        self.volumes = VolumeStore(
+            self.data_root, lambda name: plugins.factory("volume", name), self.registry.by_id,
+            self.events.publish,
+            default_owner=((self.remap.default.root_uid, self.remap.default.root_gid)
+                           if self.remap is not None else None))
         self.volumes.load()
-        self.networks = NetworkStore(self)
+        #: what docker cp reaches a container's files through
+        self.container_files = ContainerFiles(
+            self.storage, self.volumes.driver, os.path.join(self.data_root, "tmp"))
+        self.networks = NetworkStore(
+            self.data_root, self.config, self.network_driver,
+            lambda driver: driver in plugins.drivers.get("network", {}), self.registry.by_id)
         # last: the manager takes the stores and drivers above as its collaborators
-        self.containers = ContainerManager(self)
-        self.execs = ExecManager(self)
+        self.containers = ContainerManager(
+            self.registry, data_root=self.data_root, config=self.config,
+            exec_root=self.exec_root, plugins=plugins, images=self.images, layers=self.layers,
+            storage=self.storage, storage_name=self.storage_name, runtime=self.runtime,
+            cgroups=self.cgroups, volumes=self.volumes, networks=self.networks,
+            network_driver=self.network_driver, resolve_network_mode=self.resolve_network_mode,
+            remap=self.remap, userns_ranges=self.userns_ranges,
+            userns_storage=lambda: self.userns_storage, publish=self.events.publish,
+            to_thread=self.to_thread, spawn=self.spawn)
+        self.execs = ExecManager(self.registry, self.runtime, self.runtime_name, self.cgroups,
+                                 self.to_thread, self.spawn)
 
     def _check_installed(self, kind: str, name: str, key: str) -> None:
         try:
@@ -249,6 +277,14 @@ class Engine:
             return self.plugins.factory(kind, name)(ctx)
         except DriverNotSupported as exc:
             raise ConfigError(f"{kind} driver {name!r} cannot be used here: {exc}") from exc
+
+    def spawn(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Start ``fn(*args)`` as a task of the daemon's nursery.
+
+        The nursery exists only once the daemon runs (``start``), after the
+        services that spawn tasks are built: they are given this method.
+        """
+        self.nursery.start_soon(fn, *args)
 
     async def to_thread(self, fn: Callable[..., T], *args: Any) -> T:
         """Run blocking driver work off the event loop, bounded by the engine's limiter."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,6 +58,11 @@ class Event:
             timeNano=self.time_nano,
         )
         return data
+
+
+#: ``EventBus.publish`` as the services are given it: (type, action, actor id,
+#: attributes); from the trio thread only
+Publish = Callable[[str, str, str, dict[str, str]], object]
 
 
 class EventBus:

@@ -21,7 +21,7 @@ import ipaddress
 import json
 import os
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -29,10 +29,11 @@ import structlog
 
 from skiff.core.atomic import write_json_atomic
 from skiff.core.errors import Conflict, InvalidParameter, NotFound
-from skiff.core.hookspecs import NetworkOptions
+from skiff.core.hookspecs import NetworkDriver, NetworkOptions
+from skiff.core.timefmt import now_rfc3339
 
 if TYPE_CHECKING:
-    from skiff.core.engine import Engine
+    from skiff.core.containers.model import Container
 
 log = structlog.get_logger("skiff.networks")
 
@@ -136,13 +137,24 @@ def pick_subnet(pools: Iterable[tuple[str, int]],
 
 
 class NetworkStore:
-    """Networks by id and name; drivers reached through the engine."""
+    """Networks by id and name.
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self.root = os.path.join(engine.data_root, "network")
+    ``config`` is daemon.json (its bridge, address-pool and bridge-option
+    keys); ``driver`` gives the network driver of a driver name, ``installed``
+    says whether one is installed; ``containers`` are the container records
+    (by ID), whose endpoints keep a network in use.
+    """
+
+    def __init__(self, data_root: str, config: Mapping[str, Any],
+                 driver: Callable[[str], NetworkDriver], installed: Callable[[str], bool],
+                 containers: Mapping[str, Container]) -> None:
+        self._config = config
+        self._driver = driver
+        self._installed = installed
+        self._containers = containers
+        self.root = os.path.join(data_root, "network")
         self.by_id: dict[str, Network] = {}
-        cfg = engine.config
+        cfg = config
         self.bridge_name = cfg.get("bridge") or DEFAULT_BRIDGE
         self.pools: list[tuple[str, int]] = [
             (p["base"], int(p["size"])) for p in cfg.get("default-address-pools") or []
@@ -151,7 +163,7 @@ class NetworkStore:
     # -- lookup --------------------------------------------------------------
 
     def installed(self, driver: str) -> bool:
-        return driver in self.engine.plugins.drivers.get("network", {})
+        return self._installed(driver)
 
     def get(self, ref: str) -> Network:
         """By full id, name, or unique id prefix (Docker's order)."""
@@ -180,8 +192,6 @@ class NetworkStore:
 
     def load(self) -> None:
         """Read the records, make the predefined networks, and plumb every network."""
-        from skiff.core.containers.model import now_rfc3339
-
         os.makedirs(self.root, mode=0o700, exist_ok=True)
         for entry in sorted(os.listdir(self.root)):
             if not entry.endswith(".json"):
@@ -214,12 +224,12 @@ class NetworkStore:
                 log.warning("network.driver_missing", network=net.name, driver=net.driver)
                 continue
             try:
-                self.engine.network_driver(net.driver).create_network(net.id, self.options(net))
+                self._driver(net.driver).create_network(net.id, self.options(net))
             except Exception as exc:
                 log.error("network.restore_failed", network=net.name, error=str(exc))
 
     def _configure_default_bridge(self, net: Network) -> None:
-        cfg = self.engine.config
+        cfg = self._config
         net.options = {
             "com.docker.network.bridge.default_bridge": "true",
             ICC_OPTION: "true" if cfg.get("icc", True) else "false",
@@ -262,8 +272,6 @@ class NetworkStore:
 
     def create(self, body: dict[str, Any]) -> tuple[Network, str]:
         """``POST /networks/create``; blocking (the driver plumbs the bridge)."""
-        from skiff.core.containers.model import now_rfc3339
-
         name = body.get("Name")
         if not name or not isinstance(name, str):
             raise InvalidParameter("network name is required")
@@ -304,7 +312,7 @@ class NetworkStore:
                 net.subnet, net.gateway = str(subnet), str(subnet.network_address + 1)
         except ValueError as exc:
             raise InvalidParameter(f"invalid IPAM configuration: {exc}") from exc
-        self.engine.network_driver(driver).create_network(net.id, self.options(net))
+        self._driver(driver).create_network(net.id, self.options(net))
         self.by_id[net.id] = net
         self._save(net)
         log.info("network.create", id=net.id[:12], name=name, subnet=net.subnet)
@@ -312,7 +320,7 @@ class NetworkStore:
 
     def users(self, net: Network) -> list[Any]:
         """Running containers attached to ``net``."""
-        return [c for c in self.engine.containers.by_id.values()
+        return [c for c in self._containers.values()
                 if c.state.Running and net.name in c.networks]
 
     def remove(self, ref: str) -> None:
@@ -323,7 +331,7 @@ class NetworkStore:
         if self.users(net):
             raise Conflict(f"error while removing network: network {net.name} id {net.id} "
                            "has active endpoints")
-        self.engine.network_driver(net.driver).delete_network(net.id)
+        self._driver(net.driver).delete_network(net.id)
         self._forget(net)
         log.info("network.remove", id=net.id[:12], name=net.name)
 
@@ -346,7 +354,7 @@ class NetworkStore:
             if not self.installed(net.driver):
                 continue
             try:
-                self.engine.network_driver(net.driver).delete_network(net.id)
+                self._driver(net.driver).delete_network(net.id)
             except Exception as exc:
                 log.warning("network.shutdown_failed", network=net.name, error=str(exc))
 

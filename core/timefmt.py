@@ -27,6 +27,20 @@ def now_rfc3339() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{ns:09d}Z"
 
 
+def rfc3339_nano_trimmed(ns: int) -> str:
+    """Go's ``time.RFC3339Nano`` in UTC for nanoseconds since the epoch.
+
+    Go trims the fraction's trailing zeros (and drops it when it is zero);
+    ``docker cp`` parses the stat header's mtime in this form.
+    """
+    when = datetime.fromtimestamp(ns // 1_000_000_000, UTC)
+    frac = ns % 1_000_000_000
+    text = when.strftime("%Y-%m-%dT%H:%M:%S")
+    if frac:
+        text += "." + f"{frac:09d}".rstrip("0")
+    return text + "Z"
+
+
 def parse_rfc3339(text: str) -> float:
     """The Unix time of an RFC 3339 timestamp; 0.0 for Docker's zero time."""
     m = _RFC3339.match(text)

@@ -72,7 +72,7 @@ def register(router: Router, engine: Engine) -> None:
     async def stat(req: Request, id: str) -> Response:
         c = mgr.get(id)
         _usable(c)
-        found = await engine.to_thread(cp.stat_path, engine, c, _path(req))
+        found = await engine.to_thread(cp.stat_path, engine.container_files, c, _path(req))
         return Response(200, b"", None, headers=[(cp.STAT_HEADER, found.header())])
 
     @router.route("GET", "/containers/{id}/archive")
@@ -82,7 +82,7 @@ def register(router: Router, engine: Engine) -> None:
         path = _path(req)
         # resolved once, before the response: a missing path is a 404 before any
         # tar byte goes out, and the tar is read through what was resolved
-        opened = await engine.to_thread(cp.open_path, engine, c, path)
+        opened = await engine.to_thread(cp.open_path, engine.container_files, c, path)
         mgr.event(c, "archive-path")
         log.info("container.archive_path", id=c.id, path=path)
         body = stream_sync_producer(opened.write_tar, engine.transfers, engine.nursery)
@@ -99,7 +99,7 @@ def register(router: Router, engine: Engine) -> None:
         copy_ids = req.qbool("copyUIDGID")
 
         def consume(stream: IO[bytes]) -> None:
-            cp.extract_to_dir(engine, c, path, stream,
+            cp.extract_to_dir(engine.container_files, c, path, stream,
                               no_overwrite_dir_non_dir=no_overwrite, copy_uid_gid=copy_ids)
 
         await feed_sync_consumer(req.body_stream(), consume, engine.transfers)

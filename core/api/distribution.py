@@ -112,7 +112,7 @@ def register(router: Router, engine: Engine) -> None:
         auth = registry_auth(req)
 
         async def work(emit: Emit) -> None:
-            await push(engine, name, tag, auth, emit)
+            await push(engine.distribution, name, tag, auth, emit)
             ref = name + (":" + tag if tag else "")
             engine.events.publish("image", "push", ref, {"name": ref})
 
@@ -139,7 +139,7 @@ async def pull_response(req: Request, engine: Engine, image: str, tag: str) -> S
     auth = registry_auth(req)
 
     async def work(emit: Emit) -> None:
-        await pull(engine, ref, auth, emit)
+        await pull(engine.distribution, ref, auth, emit)
         name = familiar_string(ref)
         attrs: dict[str, str] = {}
         with contextlib.suppress(Exception):

@@ -44,7 +44,8 @@ def register(router: Router, engine: Engine) -> None:
                     if prev is None:
                         yield json_bytes(empty_stats(c))
                     return  # the container stopped: Docker ends the stream
-                frame = await engine.to_thread(sample, engine, c, pid)
+                frame = await engine.to_thread(sample, engine.cgroups, engine.network_driver,
+                                              c, pid)
                 frame["preread"] = prev["read"] if prev else ZERO_TIME
                 frame["precpu_stats"] = prev["cpu_stats"] if prev else empty_cpu_stats()
                 # stream=false without one-shot: like Docker, answer with the

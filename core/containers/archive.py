@@ -23,7 +23,9 @@ Which root:
 
 The three operations are Docker's archive API: :func:`stat_path` (``HEAD``),
 :func:`archive_path` (``GET``: a tar of the path) and :func:`extract_to_dir`
-(``PUT``: a tar unpacked into a directory).
+(``PUT``: a tar unpacked into a directory).  Each takes the
+:class:`ContainerFiles` the engine builds: the storage and volume drivers
+and the spool directory, nothing else of the daemon.
 """
 
 from __future__ import annotations
@@ -37,19 +39,19 @@ import posixpath
 import stat
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import IO, TYPE_CHECKING
 
 from skiff.core import archive, fdops, idshift
 from skiff.core.containers import mounts
 from skiff.core.errors import Conflict, InvalidParameter, NotFound
+from skiff.core.timefmt import rfc3339_nano_trimmed
 
 if TYPE_CHECKING:
     from skiff.core.containers.model import Container
-    from skiff.core.engine import Engine
+    from skiff.core.hookspecs import StorageDriver, VolumeDriver
     from skiff.core.userns import IdMap
 
 _MAX_LINKS = 40  # as the kernel's MAXSYMLINKS
@@ -111,15 +113,6 @@ def go_mode(st: os.stat_result) -> int:
     return out
 
 
-def _rfc3339(ns: int) -> str:
-    when = datetime.fromtimestamp(ns // 1_000_000_000, UTC)
-    frac = ns % 1_000_000_000
-    text = when.strftime("%Y-%m-%dT%H:%M:%S")
-    if frac:
-        text += "." + f"{frac:09d}".rstrip("0")
-    return text + "Z"
-
-
 def _oserror(exc: OSError, path: str, cid: str) -> Exception:
     """The client's error for a failed lookup of ``path``."""
     if exc.errno == errno.ENOENT:
@@ -138,8 +131,21 @@ def _oserror(exc: OSError, path: str, cid: str) -> Exception:
 # ---------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class ContainerFiles:
+    """What the copy operations reach a container's files through."""
+
+    #: mounts a stopped container's layers (``get``/``put``)
+    storage: StorageDriver
+    #: the driver of a volume by name: a stopped container's volume is mounted
+    #: through it for one copy
+    volume_driver: Callable[[str], VolumeDriver]
+    #: where an upload is spooled whole before it is checked and unpacked
+    spool_dir: str
+
+
 @contextmanager
-def container_root(engine: Engine, c: Container) -> Iterator[int]:
+def container_root(files: ContainerFiles, c: Container) -> Iterator[int]:
     """An ``O_PATH`` descriptor of the container's root directory (see the module doc)."""
     if c.state.Running and c.state.Pid:
         try:
@@ -154,7 +160,7 @@ def container_root(engine: Engine, c: Container) -> Iterator[int]:
         return
     if not c.mount_id:
         raise Conflict(f"container {c.id} has no root filesystem")
-    path = engine.storage.get(c.mount_id)
+    path = files.storage.get(c.mount_id)
     try:
         fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
@@ -162,7 +168,7 @@ def container_root(engine: Engine, c: Container) -> Iterator[int]:
         finally:
             os.close(fd)
     finally:
-        engine.storage.put(c.mount_id)
+        files.storage.put(c.mount_id)
 
 
 @dataclass
@@ -201,12 +207,12 @@ def _mount_of(c: Container, path: str) -> tuple[dict, str] | None:
 
 
 @contextmanager
-def _mount_dir(engine: Engine, c: Container, mp: dict) -> Iterator[str]:
+def _mount_dir(files: ContainerFiles, c: Container, mp: dict) -> Iterator[str]:
     """The host directory of a stopped container's mount point, for one copy."""
     if mp["Type"] == "bind":
         yield mp["Source"]
         return
-    drv = engine.volumes.driver(mp.get("Driver") or "")
+    drv = files.volume_driver(mp.get("Driver") or "")
     ref = f"{c.id}-cp-{os.urandom(6).hex()}"  # unique: never drops a start's reference
     try:
         source = drv.mount(mp["Name"], ref)
@@ -220,17 +226,17 @@ def _mount_dir(engine: Engine, c: Container, mp: dict) -> Iterator[str]:
 
 
 @contextmanager
-def _target(engine: Engine, c: Container, path: str) -> Iterator[_Target]:
+def _target(files: ContainerFiles, c: Container, path: str) -> Iterator[_Target]:
     """Where ``path`` of ``c`` is found (see the module doc)."""
     running = bool(c.state.Running and c.state.Pid)
     found = _mount_of(c, path)
-    with container_root(engine, c) as root_fd:
+    with container_root(files, c) as root_fd:
         if found is None or running:
             # a running container's root already shows its mounts where they are
             yield _Target(root_fd, root_fd, path, "")
             return
         mp, inner = found
-        with _mount_dir(engine, c, mp) as source:
+        with _mount_dir(files, c, mp) as source:
             try:
                 fd = os.open(source, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
             except OSError as exc:
@@ -335,7 +341,8 @@ def _path_stat(t: _Target, path: str, st: os.stat_result) -> PathStat:
     if stat.S_ISLNK(st.st_mode):
         inner = resolve_in_root(t.root_fd, t.path)
         target = t.prefix + inner if t.prefix and inner != "/" else (t.prefix or inner)
-    return PathStat(_name_of(path), st.st_size, go_mode(st), _rfc3339(st.st_mtime_ns), target)
+    return PathStat(_name_of(path), st.st_size, go_mode(st),
+                    rfc3339_nano_trimmed(st.st_mtime_ns), target)
 
 
 # ---------------------------------------------------------------------------
@@ -343,9 +350,9 @@ def _path_stat(t: _Target, path: str, st: os.stat_result) -> PathStat:
 # ---------------------------------------------------------------------------
 
 
-def stat_path(engine: Engine, c: Container, path: str) -> PathStat:
+def stat_path(files: ContainerFiles, c: Container, path: str) -> PathStat:
     """``HEAD /containers/{id}/archive``: the entry itself, a final symlink not followed."""
-    with _target(engine, c, path) as t, _located(t.root_fd, t.path, c.id, path) as (_, _, st):
+    with _target(files, c, path) as t, _located(t.root_fd, t.path, c.id, path) as (_, _, st):
         return _path_stat(t, path, st)
 
 
@@ -409,7 +416,7 @@ class OpenedPath:
         self._stack.close()
 
 
-def open_path(engine: Engine, c: Container, path: str) -> OpenedPath:
+def open_path(files: ContainerFiles, c: Container, path: str) -> OpenedPath:
     """``GET /containers/{id}/archive``: ``path`` resolved, its stat and its tar.
 
     The entry is named after the path's last component (``.`` for a path
@@ -419,7 +426,7 @@ def open_path(engine: Engine, c: Container, path: str) -> OpenedPath:
     """
     stack = ExitStack()
     try:
-        t = stack.enter_context(_target(engine, c, path))
+        t = stack.enter_context(_target(files, c, path))
         pfd, base, st = stack.enter_context(_located(t.root_fd, t.path, c.id, path))
         found = _path_stat(t, path, st)
         tar = stack.enter_context(archive.tar_entry(pfd, base, _name_of(path), st=st))
@@ -429,9 +436,9 @@ def open_path(engine: Engine, c: Container, path: str) -> OpenedPath:
         raise
 
 
-def archive_path(engine: Engine, c: Container, path: str, out: IO[bytes]) -> None:
+def archive_path(files: ContainerFiles, c: Container, path: str, out: IO[bytes]) -> None:
     """Write a tar of ``path`` into ``out`` (:func:`open_path`, then its tar)."""
-    open_path(engine, c, path).write_tar(out)
+    open_path(files, c, path).write_tar(out)
 
 
 def _copy_ids(root_fd: int, user: str) -> tuple[int, int] | None:
@@ -480,7 +487,7 @@ def _copy_ids(root_fd: int, user: str) -> tuple[int, int] | None:
     return uid, gid if gid is not None else uid
 
 
-def extract_to_dir(engine: Engine, c: Container, path: str, stream: IO[bytes], *,
+def extract_to_dir(files: ContainerFiles, c: Container, path: str, stream: IO[bytes], *,
                    no_overwrite_dir_non_dir: bool, copy_uid_gid: bool) -> None:
     """``PUT /containers/{id}/archive``: unpack a tar into the directory ``path``.
 
@@ -494,7 +501,7 @@ def extract_to_dir(engine: Engine, c: Container, path: str, stream: IO[bytes], *
         raise InvalidParameter("mounted volume is marked read-only")
     if found is None and c.host_config.get("ReadonlyRootfs") and not c.state.Running:
         raise InvalidParameter("container rootfs is marked read-only")
-    spool_dir = os.path.join(engine.data_root, "tmp")
+    spool_dir = files.spool_dir
     os.makedirs(spool_dir, 0o700, exist_ok=True)
     with tempfile.TemporaryFile(dir=spool_dir) as spool:
         while chunk := stream.read(1 << 20):
@@ -505,7 +512,7 @@ def extract_to_dir(engine: Engine, c: Container, path: str, stream: IO[bytes], *
         except archive.ArchiveError as exc:
             raise InvalidParameter(f"refusing the archive: {_reason(exc)}") from exc
         spool.seek(0)
-        with _target(engine, c, path) as t:
+        with _target(files, c, path) as t:
             try:
                 dfd = _open(t.root_fd, t.path, os.O_RDONLY | os.O_DIRECTORY)
             except OSError as exc:

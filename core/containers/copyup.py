@@ -34,7 +34,7 @@ from skiff.core.errors import Conflict, InvalidParameter
 
 if TYPE_CHECKING:
     from skiff.core.containers.model import Container
-    from skiff.core.engine import Engine
+    from skiff.core.hookspecs import StorageDriver, VolumeDriver
 
 #: directory levels copied below a destination: each level holds two
 #: descriptors while its content is copied, and a layer can nest directories
@@ -69,18 +69,22 @@ def _volume_ids(c: Container) -> IdShift:
     return lambda u, g: (uid(u), gid(g))
 
 
-def copy_up(engine: Engine, c: Container, points: list[dict[str, Any]]) -> None:
+def copy_up(storage: StorageDriver, volume_driver: Callable[[str], VolumeDriver],
+            c: Container, points: list[dict[str, Any]]) -> None:
     """Copy what the image has at each mount point's destination into its volume,
-    if the volume is empty."""
-    store = engine.volumes
+    if the volume is empty.
+
+    ``storage`` mounts the container's layers (the image's content);
+    ``volume_driver`` gives the driver of a volume by its name.
+    """
     ref = f"copy-up-{c.id}"
     ids = _volume_ids(c)
-    root = engine.storage.get(c.mount_id)
+    root = storage.get(c.mount_id)
     try:
         root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             for mp in points:
-                drv = store.driver(mp["Driver"])
+                drv = volume_driver(mp["Driver"])
                 path = drv.mount(mp["Name"], ref)
                 try:
                     _copy_point(root_fd, path, mp, ids)
@@ -89,7 +93,7 @@ def copy_up(engine: Engine, c: Container, points: list[dict[str, Any]]) -> None:
         finally:
             os.close(root_fd)
     finally:
-        engine.storage.put(c.mount_id)
+        storage.put(c.mount_id)
 
 
 def _copy_point(root_fd: int, volume_path: str, mp: dict[str, Any], ids: IdShift) -> None:

@@ -9,7 +9,7 @@ no-new-privileges and rlimits from the spec the container was started with
 (after every plugin amended it), and its user, working directory and
 environment unless the exec overrides them.
 
-A background task in the engine's nursery owns each started exec: it copies
+A background task in the daemon's nursery owns each started exec: it copies
 the output to whichever client is attached (or discards it once the client
 detached, so the process never blocks on a full pipe) and records the exit
 code for ``GET /exec/{id}/json``.  The process dies with the container.
@@ -21,6 +21,7 @@ import contextlib
 import os
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,7 @@ import structlog
 import trio
 
 from skiff.core.containers.framing import STDERR, STDOUT, multiplex_frame
+from skiff.core.containers.registry import ContainerRegistry, ToThread
 from skiff.core.containers.resources import cgroup_procs
 from skiff.core.containers.streams import (
     DEFAULT_DETACH_KEYS,
@@ -39,11 +41,10 @@ from skiff.core.containers.streams import (
     take_terminal,
 )
 from skiff.core.errors import Conflict, InvalidParameter, NotFound
-from skiff.core.hookspecs import ExecSpec, StartError, Stdio
+from skiff.core.hookspecs import CgroupDriver, ExecSpec, Runtime, StartError, Stdio
 
 if TYPE_CHECKING:
     from skiff.core.containers.model import Container
-    from skiff.core.engine import Engine
     from skiff.core.hookspecs import ContainerProcess
 
 log = structlog.get_logger("skiff.exec")
@@ -53,6 +54,8 @@ log = structlog.get_logger("skiff.exec")
 OUTPUT_GRACE = 2.0
 #: finished execs kept per container for inspect; older ones are dropped
 KEEP_FINISHED = 64
+#: starts a task in the daemon's nursery (which exists only once the daemon runs)
+Spawn = Callable[..., None]
 #: namespace kinds joined by an exec -> their name under /proc/PID/ns
 NS_FILES = {"pid": "pid", "ipc": "ipc", "uts": "uts", "net": "net", "cgroup": "cgroup",
             "mount": "mnt"}
@@ -131,17 +134,28 @@ class Exec:
 
 
 class ExecManager:
-    """The exec instances of one daemon."""
+    """The exec instances of one daemon.
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    ``registry`` holds the containers the execs run in; ``runtime`` starts
+    them, ``cgroups`` (None: no cgroup driver) takes them in, ``spawn``
+    gives each started exec its task.
+    """
+
+    def __init__(self, registry: ContainerRegistry, runtime: Runtime, runtime_name: str,
+                 cgroups: CgroupDriver | None, to_thread: ToThread, spawn: Spawn) -> None:
+        self.registry = registry
+        self.runtime = runtime
+        self.runtime_name = runtime_name
+        self.cgroups = cgroups
+        self.to_thread = to_thread
+        self.spawn = spawn
         self.by_id: dict[str, Exec] = {}
 
     # -- lookup ------------------------------------------------------------------
 
     def get(self, exec_id: str) -> Exec:
         ex = self.by_id.get(exec_id)
-        if ex is None or ex.container.id not in self.engine.containers.by_id:
+        if ex is None or ex.container.id not in self.registry.by_id:
             raise NotFound(f"No such exec instance: {exec_id}")
         return ex
 
@@ -151,7 +165,7 @@ class ExecManager:
 
     def _prune(self) -> None:
         """Forget execs of removed containers and all but the newest finished ones."""
-        live = self.engine.containers.by_id
+        live = self.registry.by_id
         finished: dict[str, list[Exec]] = {}
         for ex in list(self.by_id.values()):
             if ex.container.id not in live:
@@ -176,8 +190,7 @@ class ExecManager:
 
     def create(self, ref: str, body: Any) -> str:
         """``POST /containers/{id}/exec``; returns the exec's ID."""
-        mgr = self.engine.containers
-        c = mgr.get(ref)
+        c = self.registry.get(ref)
         if not isinstance(body, dict):
             raise InvalidParameter("the request body must be a JSON object")
         cmd = body.get("Cmd")
@@ -206,7 +219,7 @@ class ExecManager:
             console_size=body.get("ConsoleSize") or None,
         )
         self.by_id[ex.id] = ex
-        mgr.event(c, f"exec_create: {ex.command}", execID=ex.id)
+        self.registry.event(c, f"exec_create: {ex.command}", execID=ex.id)
         log.info("exec.create", id=ex.id, container=c.id, cmd=ex.command)
         return ex.id
 
@@ -224,7 +237,7 @@ class ExecManager:
 
     def _spec(self, ex: Exec) -> ExecSpec:
         c = ex.container
-        track = self.engine.containers.tracks.get(c.id)
+        track = self.registry.tracks.get(c.id)
         base = track.spec if track is not None else None
         pid = c.state.Pid
         cfg = c.config
@@ -252,8 +265,8 @@ class ExecManager:
             no_new_privileges=base.no_new_privileges if base is not None else True,
             rlimits=list(base.rlimits) if base is not None else [],
             seccomp=base.seccomp if base is not None else None,
-            cgroup_procs=(cgroup_procs(self.engine.cgroups, c.id)
-                          if self.engine.cgroups is not None else []),
+            cgroup_procs=(cgroup_procs(self.cgroups, c.id)
+                          if self.cgroups is not None else []),
             tty=ex.tty,
         )
 
@@ -261,7 +274,6 @@ class ExecManager:
                     framed: bool) -> None:
         """Start the exec; with ``stream`` serve it until the process ends or the
         client detaches, without (``Detach: true``) return once it runs."""
-        eng = self.engine
         ex = self.check_startable(exec_id)
         c = ex.container
         ex.started = True
@@ -282,9 +294,9 @@ class ExecManager:
                 fds.append(null)
                 out_r = err_r = in_w = -1
                 out_w = err_w = in_r = null
-            runtime_exec = getattr(eng.runtime, "exec", None)
+            runtime_exec = getattr(self.runtime, "exec", None)
             if runtime_exec is None:  # a third-party runtime from before Runtime.exec
-                raise StartError(f"the {eng.runtime_name} runtime cannot exec into containers")
+                raise StartError(f"the {self.runtime_name} runtime cannot exec into containers")
             process = await runtime_exec(spec, Stdio(in_r, out_w, err_w))
         except BaseException as exc:
             for fd in fds:
@@ -299,8 +311,8 @@ class ExecManager:
             if spec.tty:  # the pty master (out_r, err_r is -1); sized before go
                 out_r, in_w = take_terminal(process, open_stdin, ex.console_size)
                 ex.terminal = os.dup(out_r)  # for resize
-            if eng.cgroups is not None:
-                await eng.to_thread(eng.cgroups.add_process, c.id, process.pid)
+            if self.cgroups is not None:
+                await self.to_thread(self.cgroups.add_process, c.id, process.pid)
             await process.go()
         except BaseException as exc:
             with trio.CancelScope(shield=True):
@@ -314,10 +326,9 @@ class ExecManager:
         ex.process, ex.pid, ex.running = process, process.pid, True
         if attached:
             ex.sink, ex.framed = stream, framed
-        c_event = self.engine.containers.event
-        c_event(c, f"exec_start: {ex.command}", execID=ex.id)
+        self.registry.event(c, f"exec_start: {ex.command}", execID=ex.id)
         log.info("exec.start", id=ex.id, container=c.id, pid=process.pid)
-        eng.nursery.start_soon(self._run, ex, process, out_r, err_r)
+        self.spawn(self._run, ex, process, out_r, err_r)
         if stream is None:
             return
         keys = parse_detach_keys(ex.detach_keys or DEFAULT_DETACH_KEYS)
@@ -340,8 +351,8 @@ class ExecManager:
                 await target.aclose()
         if how in ("detach", "eof"):
             if how == "detach":
-                self.engine.containers.event(ex.container, f"exec_detach: {ex.command}",
-                                             execID=ex.id)
+                self.registry.event(ex.container, f"exec_detach: {ex.command}",
+                                    execID=ex.id)
             scope.cancel()
 
     async def _run(self, ex: Exec, process: ContainerProcess, out_r: int, err_r: int) -> None:
@@ -360,7 +371,7 @@ class ExecManager:
                 ex.terminal = -1
             self._finish(ex, code)
             c = ex.container
-            self.engine.containers.event(c, "exec_die", execID=ex.id, exitCode=code)
+            self.registry.event(c, "exec_die", execID=ex.id, exitCode=code)
             log.info("exec.exit", id=ex.id, container=c.id, code=code)
 
     async def _pump(self, ex: Exec, source: trio.lowlevel.FdStream, kind: int) -> None:

@@ -16,8 +16,9 @@ import structlog
 
 from skiff.core.containers.config import NAME_RE, InvalidConfig, parse_signal
 from skiff.core.containers.model import Container
-from skiff.core.containers.registry import ContainerRegistry, Publish, ToThread
+from skiff.core.containers.registry import ContainerRegistry, ToThread
 from skiff.core.errors import Conflict, InvalidParameter
+from skiff.core.events import Publish
 from skiff.core.hookspecs import CgroupDriver, DriverNotSupported, StorageDriver
 from skiff.core.timefmt import parse_time_param
 

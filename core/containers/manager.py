@@ -17,7 +17,7 @@ import shutil
 import signal
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -39,9 +39,9 @@ from skiff.core.containers.config import (
     parse_signal,
 )
 from skiff.core.containers.logstream import LogStreams, open_log
-from skiff.core.containers.model import Container, State, now_rfc3339
+from skiff.core.containers.model import Container, State
 from skiff.core.containers.networking import NetworkAttachment
-from skiff.core.containers.registry import ContainerRegistry, Notice, Track
+from skiff.core.containers.registry import ContainerRegistry, Notice, ToThread, Track
 from skiff.core.containers.resources import cgroup_procs
 from skiff.core.containers.runspec import SpecBuilder
 from skiff.core.containers.streams import open_stdio, pump, take_terminal
@@ -54,10 +54,20 @@ from skiff.core.hookspecs import (
     StartError,
     Stdio,
 )
+from skiff.core.timefmt import now_rfc3339
 from skiff.core.userns import IdMap
 
 if TYPE_CHECKING:
-    from skiff.core.engine import Engine
+    from skiff.core.containers.exec import Spawn
+    from skiff.core.containers.userns import RangeAllocator
+    from skiff.core.events import Publish
+    from skiff.core.hookspecs import CgroupDriver, NetworkDriver, Runtime, StorageDriver
+    from skiff.core.images.layers import LayerStore
+    from skiff.core.images.store import ImageStore
+    from skiff.core.networks import NetworkStore
+    from skiff.core.plugins import Plugins
+    from skiff.core.userns import Remap
+    from skiff.core.volumes.store import VolumeStore
 
 log = structlog.get_logger("skiff.containers")
 
@@ -71,48 +81,58 @@ OUTPUT_GRACE = 2.0
 class ContainerManager:
     """The containers of one daemon.
 
-    It still holds the engine for what is decided after it is built (the
-    nursery, the user-namespace storage mode) and for the volume helpers of
-    mounts.py; every driver and store it uses otherwise is an attribute of
-    its own, taken once here.
+    Each store and driver it uses is given by the engine (the composition
+    root).  Two things are decided only after it is built, so it gets them
+    as callables: ``spawn`` (the daemon's nursery) and ``userns_storage``
+    (how a remapped container sees its layers, "idmap" or "chown").
     """
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self.root = os.path.join(engine.data_root, "containers")
-        self.config = engine.config
-        self.exec_root = engine.exec_root
-        self.plugins = engine.plugins
-        self.images = engine.images
-        self.layers = engine.layers
-        self.storage = engine.storage
-        self.runtime = engine.runtime
-        self.cgroups = engine.cgroups
-        self.to_thread = engine.to_thread
-        self.remap = engine.remap
-        self.userns_ranges = engine.userns_ranges
-        self.storage_name = engine.storage_name
-        self.resolve_network_mode = engine.resolve_network_mode
-        self.publish = engine.events.publish
-        self.registry = ContainerRegistry(self.publish)
+    def __init__(self, registry: ContainerRegistry, *, data_root: str,
+                 config: dict[str, Any], exec_root: str, plugins: Plugins,
+                 images: ImageStore, layers: LayerStore, storage: StorageDriver,
+                 storage_name: str, runtime: Runtime, cgroups: CgroupDriver | None,
+                 volumes: VolumeStore, networks: NetworkStore,
+                 network_driver: Callable[[str], NetworkDriver],
+                 resolve_network_mode: Callable[[str], str], remap: Remap | None,
+                 userns_ranges: RangeAllocator | None, userns_storage: Callable[[], str],
+                 publish: Publish, to_thread: ToThread, spawn: Spawn) -> None:
+        self.root = os.path.join(data_root, "containers")
+        self.config = config
+        self.exec_root = exec_root
+        self.plugins = plugins
+        self.images = images
+        self.layers = layers
+        self.storage = storage
+        self.runtime = runtime
+        self.cgroups = cgroups
+        self.to_thread = to_thread
+        self.remap = remap
+        self.userns_ranges = userns_ranges
+        self.userns_storage = userns_storage
+        self.spawn = spawn
+        self.storage_name = storage_name
+        self.volumes = volumes
+        self.resolve_network_mode = resolve_network_mode
+        self.publish = publish
+        self.registry = registry
         # the registry's own dicts: the API, exec and volume code read them here
         self.by_id = self.registry.by_id
         self.by_name = self.registry.by_name
         self.tracks = self.registry.tracks
-        self.network = NetworkAttachment(self.registry, engine.networks, engine.network_driver,
+        self.network = NetworkAttachment(self.registry, networks, network_driver,
                                          self.publish, self.to_thread)
         self.teardown = RunTeardown(
             cgroups=self.cgroups, network=self.network, to_thread=self.to_thread,
-            release_volumes=lambda c: container_mounts.release(engine, c))
+            release_volumes=lambda c: container_mounts.release(self.volumes, c))
         self.logstreams = LogStreams(self.registry, self._log_factory, self.to_thread)
         self.attacher = Attacher(self.registry, self.logstreams)
         self.specs = SpecBuilder(
             lookup=self.registry.get, config=self.config, exec_root=self.exec_root,
-            storage=self.storage, cgroups=self.cgroups, network_driver=engine.network_driver,
-            volume_mounts=lambda c: container_mounts.specs(engine, c))
+            storage=self.storage, cgroups=self.cgroups, network_driver=network_driver,
+            volume_mounts=lambda c: container_mounts.specs(self.volumes, c))
         self.restarts = restart.RestartSupervisor(
             self.registry, start_run=self.start_run, start=self.start, remove=self.remove,
-            spawn=self._spawn)
+            spawn=spawn)
 
     def _log_factory(self, name: str) -> Any:
         return self.plugins.factory("logging", name)
@@ -121,10 +141,6 @@ class ContainerManager:
         """Whether ``c`` resolves through the embedded DNS server: user networks, as Docker."""
         net = self.network.networks.find(c.network_mode)
         return net is not None and net.driver == "bridge" and net.name != "bridge"
-
-    def _spawn(self, fn: Any, *args: Any) -> None:
-        # the engine's nursery exists only once the daemon runs, after this manager
-        self.engine.nursery.start_soon(fn, *args)
 
     # -- lookup and events (the registry's) ----------------------------------
 
@@ -152,7 +168,6 @@ class ContainerManager:
     # -- create --------------------------------------------------------------
 
     async def create(self, body: dict[str, Any], name: str | None) -> tuple[str, list[str]]:
-        eng = self.engine
         if not isinstance(body, dict):
             raise InvalidParameter("the request body must be a JSON object")
         image_ref = body.get("Image")
@@ -230,7 +245,8 @@ class ContainerManager:
             )
             c.init_id, c.mount_id = init_id, mount_id
             c.graph_data = await self.to_thread(self.storage.metadata, mount_id)
-            c.mount_points = await self.to_thread(container_mounts.realize, eng, c, mount_plan)
+            c.mount_points = await self.to_thread(container_mounts.realize, self.volumes,
+                                                  self.registry.get, self.storage, c, mount_plan)
             etcfiles.write_at_create(c, self._embedded_dns(c))
             c.save()
             self.plugins.hook.skiff_container_create(container=c)
@@ -245,7 +261,6 @@ class ContainerManager:
     async def _assign_userns(self, c: Container) -> IdMap | None:
         """Give ``c`` its user namespace's mapping (recorded in ``c.userns``): the
         daemon's, or a range of its own for ``auto``; None for none."""
-        eng = self.engine
         if self.remap is None:
             return None
         mode = container_userns.mode_of(c.host_config, self.config["default-userns-mode"])
@@ -259,12 +274,11 @@ class ContainerManager:
                 raise Conflict(str(exc)) from None
         else:
             idmap = self.remap.default
-        c.userns = {"Mode": mode, **idmap.to_json(), "Storage": eng.userns_storage or "chown"}
+        c.userns = {"Mode": mode, **idmap.to_json(), "Storage": self.userns_storage() or "chown"}
         return idmap
 
     async def _discard(self, c: Container) -> None:
         """Undo a create that failed half-way; leaves no trace of ``c``."""
-        eng = self.engine
         if c.mount_id:
             with contextlib.suppress(Exception):
                 await self.to_thread(self.layers.remove_rw, c.id)
@@ -274,7 +288,7 @@ class ContainerManager:
         shutil.rmtree(c.root, ignore_errors=True)
         self.registry.drop(c)
         with contextlib.suppress(Exception):  # the anonymous volumes it made
-            await self.to_thread(container_mounts.remove_anonymous, eng, c)
+            await self.to_thread(container_mounts.remove_anonymous, self.volumes, c)
 
     # -- start ---------------------------------------------------------------
 
@@ -376,7 +390,7 @@ class ContainerManager:
             track.hub.stdin = trio.lowlevel.FdStream(in_w)
             track.hub.stdin_ready.set()
         c.save()
-        self._spawn(self._monitor, c, track, process, out_r, err_r, log_driver)
+        self.spawn(self._monitor, c, track, process, out_r, err_r, log_driver)
         self.event(c, "start")
         log.info("container.start", id=c.id, pid=process.pid,
                  ms=round((time.perf_counter() - t0) * 1000, 2))
@@ -520,7 +534,6 @@ class ContainerManager:
         if c.state.Status == "removing":
             raise Conflict(f"removal of container {c.id} is already in progress")
         c.state.Status = "removing"
-        eng = self.engine
         self.plugins.hook.skiff_container_remove(container=c)
         try:
             await self.to_thread(self.layers.remove_rw, c.id)
@@ -538,7 +551,7 @@ class ContainerManager:
             await self.to_thread(self.userns_ranges.release, c.id)
         self.registry.drop(c)
         # volumes: release what a failed start left mounted; rm -v and --rm drop anonymous
-        await self.to_thread(container_mounts.on_remove, eng, c,
+        await self.to_thread(container_mounts.on_remove, self.volumes, c,
                             volumes or bool(c.host_config.get("AutoRemove")))
         track.removed.fire(c.state.ExitCode)
         self.event(c, "destroy")

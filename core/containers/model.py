@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from skiff.core.atomic import write_atomic, write_json_atomic
-from skiff.core.timefmt import format_duration_ago, rfc3339
+from skiff.core.timefmt import format_duration_ago, parse_rfc3339
 from skiff.core.userns import IdMap
 
 ZERO_TIME = "0001-01-01T00:00:00Z"
@@ -292,7 +292,7 @@ class Container:
             "Image": image_name,
             "ImageID": self.image_id,
             "Command": command,
-            "Created": int(_parse_created(self.created)),
+            "Created": int(parse_rfc3339(self.created)),
             "Ports": self.port_list(),
             "Labels": self.config.get("Labels") or {},
             "State": self.state.Status,
@@ -311,13 +311,3 @@ def endpoint_settings() -> dict[str, Any]:
         "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0, "MacAddress": "",
         "DriverOpts": None,
     }
-
-
-def _parse_created(text: str) -> float:
-    from skiff.core.timefmt import parse_rfc3339
-
-    return parse_rfc3339(text)
-
-
-def now_rfc3339() -> str:
-    return rfc3339(time.time())

@@ -6,17 +6,21 @@ Three steps, as Docker's ``registerMountPoints`` / ``setupMounts``:
 and the image's ``Config.Volumes`` into mount points; a bad spec is an
 ``InvalidConfig`` (400) before anything exists.
 
-``realize(engine, c, points)`` (at create, blocking): add ``VolumesFrom``,
+``realize(store, lookup, storage, c, points)`` (at create, blocking): add ``VolumesFrom``,
 create the named volumes asked for and the anonymous ones, fill in each
 volume's host path, copy the image's content into a new, empty volume
 (unless ``nocopy``; :mod:`skiff.core.containers.copyup`, on descriptors).  The
 result is kept in the container record (``Container.mount_points``) and is
 what inspect shows as ``Mounts``.
 
-``specs(engine, c)`` (at every start, blocking): mount the volumes through
+``specs(store, c)`` (at every start, blocking): mount the volumes through
 their drivers and describe every mount point as a ``MountSpec`` for the
-container init, parents before children.  ``release(engine, c)`` unmounts the
+container init, parents before children.  ``release(store, c)`` unmounts the
 volumes when the container stops.
+
+``store`` is the daemon's volume store (:mod:`skiff.core.volumes.store`): it
+creates, counts and removes the volumes, gives their drivers, and keeps which
+volumes each running container has mounted.
 
 A mount point is a dict with Docker's ``MountPoint`` keys (Type, Name, Source,
 Destination, Driver, Mode, RW, Propagation) and a few private ones, all
@@ -31,7 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -44,7 +48,8 @@ from skiff.core.mountpolicy import PROC_BIND_ALLOWED, SYSTEM_DESTINATIONS
 
 if TYPE_CHECKING:
     from skiff.core.containers.model import Container
-    from skiff.core.engine import Engine
+    from skiff.core.hookspecs import StorageDriver
+    from skiff.core.volumes.store import VolumeStore
 
 log = structlog.get_logger("skiff.mounts")
 
@@ -258,18 +263,19 @@ def plan(cfg: Mapping[str, Any], hc: Mapping[str, Any]) -> list[dict[str, Any]]:
 # -- realizing (create, blocking) ---------------------------------------------------
 
 
-def realize(engine: Engine, c: Container, points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def realize(store: VolumeStore, lookup: Callable[[str], Container], storage: StorageDriver,
+            c: Container, points: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Final mount points of ``c``: VolumesFrom merged, volumes created, copy-up done.
 
-    Volumes created here are removed again if anything fails, so a refused
-    create leaves no anonymous volume behind.
+    ``lookup`` finds the containers of ``VolumesFrom``; ``storage`` mounts
+    ``c``'s layers for the copy-up.  Volumes created here are removed again
+    if anything fails, so a refused create leaves no anonymous volume behind.
     """
-    store = engine.volumes
     by_dest: dict[str, dict[str, Any]] = {}
     for ref in c.host_config.get("VolumesFrom") or []:
         name, _, mode = str(ref).partition(":")
         try:
-            other = engine.containers.get(name)
+            other = lookup(name)
         except NotFound as exc:
             # 400, not 404: the CLI takes a 404 at create for a missing image and pulls
             raise InvalidParameter(f"{exc.message} (--volumes-from {ref})") from None
@@ -310,7 +316,7 @@ def realize(engine: Engine, c: Container, points: list[dict[str, Any]]) -> list[
             mp["Source"] = store.driver(v.driver).path(v.name)
         copies = [mp for mp in by_dest.values() if mp["Type"] == "volume" and mp.get("_copy")]
         if copies and c.mount_id:
-            copyup.copy_up(engine, c, copies)
+            copyup.copy_up(storage, store.driver, c, copies)
     except BaseException:
         for name in held:
             store.release_hold(name)
@@ -343,10 +349,8 @@ def points_of(c: Container) -> list[dict[str, Any]]:
     return points
 
 
-def specs(engine: Engine, c: Container) -> list[MountSpec]:
+def specs(store: VolumeStore, c: Container) -> list[MountSpec]:
     """MountSpecs of ``c``'s mount points, volumes mounted through their drivers."""
-    from skiff.core.volumes.store import publish
-
     out: list[MountSpec] = []
     mounted: list[tuple[str, str]] = []
     points = getattr(c, "mount_points", None) or []
@@ -365,7 +369,7 @@ def specs(engine: Engine, c: Container) -> list[MountSpec]:
                 out.append(MountSpec("tmpfs", "tmpfs", mp["Destination"], opts))
                 continue
             if kind == "volume":
-                drv = engine.volumes.driver(mp["Driver"])
+                drv = store.driver(mp["Driver"])
                 try:
                     source = drv.mount(mp["Name"], c.id)
                 except KeyError:
@@ -373,7 +377,7 @@ def specs(engine: Engine, c: Container) -> list[MountSpec]:
                         f"volume {mp['Name']} of mount {mp['Destination']} no longer exists"
                     ) from None
                 mounted.append((mp["Driver"], mp["Name"]))
-                publish(engine, "mount", mp["Name"], {
+                store.event("mount", mp["Name"], {
                     "container": c.id, "destination": mp["Destination"],
                     "driver": mp["Driver"], "propagation": mp.get("Propagation") or "",
                     "read/write": str(rw == "rw").lower()})
@@ -394,33 +398,31 @@ def specs(engine: Engine, c: Container) -> list[MountSpec]:
     except BaseException:
         for driver, name in mounted:
             with contextlib.suppress(Exception):
-                engine.volumes.driver(driver).unmount(name, c.id)
+                store.driver(driver).unmount(name, c.id)
         raise
-    engine.volumes.mounted[c.id] = mounted
+    store.mounted[c.id] = mounted
     return out
 
 
-def release(engine: Engine, c: Container) -> None:
+def release(store: VolumeStore, c: Container) -> None:
     """Unmount the volumes ``specs`` mounted for ``c``; never raises."""
-    from skiff.core.volumes.store import publish
-
-    for driver, name in engine.volumes.mounted.pop(c.id, []):
+    for driver, name in store.mounted.pop(c.id, []):
         try:
-            engine.volumes.driver(driver).unmount(name, c.id)
+            store.driver(driver).unmount(name, c.id)
         except Exception as exc:
             log.warning("volume.unmount_failed", name=name, container=c.id, error=str(exc))
             continue
-        publish(engine, "unmount", name, {"container": c.id, "driver": driver})
+        store.event("unmount", name, {"container": c.id, "driver": driver})
 
 
-def on_remove(engine: Engine, c: Container, volumes: bool) -> None:
+def on_remove(store: VolumeStore, c: Container, volumes: bool) -> None:
     """The container is gone: unmount what is left; with ``volumes``, ``remove_anonymous``."""
-    release(engine, c)
+    release(store, c)
     if volumes:
-        remove_anonymous(engine, c)
+        remove_anonymous(store, c)
 
 
-def remove_anonymous(engine: Engine, c: Container) -> None:
+def remove_anonymous(store: VolumeStore, c: Container) -> None:
     """``docker rm -v``: remove the volumes of ``c`` that were not named by the user.
 
     A volume another container still uses stays (Docker ignores that error too).
@@ -431,7 +433,7 @@ def remove_anonymous(engine: Engine, c: Container) -> None:
         if mp.get("Type") != "volume" or mp.get("_named"):
             continue
         try:
-            engine.volumes.remove(mp["Name"])
+            store.remove(mp["Name"])
         except (Conflict, NotFound):
             continue
         except Exception as exc:

@@ -13,8 +13,9 @@ import trio
 from skiff.core.containers.etcfiles import write_hosts
 from skiff.core.containers.links import linked
 from skiff.core.containers.model import Container
-from skiff.core.containers.registry import ContainerRegistry, Publish, ToThread, Track
+from skiff.core.containers.registry import ContainerRegistry, ToThread, Track
 from skiff.core.errors import Conflict, InvalidParameter
+from skiff.core.events import Publish
 from skiff.core.hookspecs import Endpoint, Link, NetworkDriver, PortBinding
 from skiff.core.networks import NetworkStore
 

@@ -16,10 +16,9 @@ import trio
 from skiff.core.containers.model import Container
 from skiff.core.containers.streams import OutputHub
 from skiff.core.errors import InvalidParameter, NotFound
+from skiff.core.events import Publish
 from skiff.core.hookspecs import ContainerProcess, ContainerSpec, Endpoint
 
-#: ``EventBus.publish``: (type, action, actor id, attributes)
-Publish = Callable[[str, str, str, dict[str, str]], object]
 #: ``Engine.to_thread``: blocking driver work on the engine's bounded worker threads
 ToThread = Callable[..., Awaitable[Any]]
 

@@ -10,15 +10,13 @@ from it unchanged.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from skiff.core.containers.model import Container
 from skiff.core.errors import Conflict, InvalidParameter
+from skiff.core.hookspecs import CgroupDriver, NetworkDriver
 from skiff.core.timefmt import rfc3339
-
-if TYPE_CHECKING:
-    from skiff.core.engine import Engine
 
 ZERO_TIME = "0001-01-01T00:00:00Z"
 
@@ -76,30 +74,35 @@ def network_stats(pid: int) -> dict[str, dict[str, int]]:
     return out
 
 
-def sample(engine: Engine, c: Container, pid: int) -> dict[str, Any]:
-    """One stats frame without ``preread``/``precpu_stats`` (blocking: call in a thread)."""
+def sample(cgroups: CgroupDriver | None, network_driver: Callable[[str], NetworkDriver],
+           c: Container, pid: int) -> dict[str, Any]:
+    """One stats frame without ``preread``/``precpu_stats`` (blocking: call in a thread).
+
+    ``cgroups`` gives the counters (None: no cgroup driver, none given);
+    ``network_driver`` tells whether ``c`` has a network namespace of its own.
+    """
     frame = empty_stats(c)
     frame["read"] = rfc3339(time.time())
-    if engine.cgroups is not None:
-        counters = engine.cgroups.stats(c.id)
+    if cgroups is not None:
+        counters = cgroups.stats(c.id)
         for key in ("cpu_stats", "memory_stats", "pids_stats"):
             if key in counters:
                 frame[key] = counters[key]
         blkio = counters.get("blkio_stats") or {}
         frame["blkio_stats"] = {k: blkio.get(k) or [] for k in _BLKIO_KEYS}
-    if _own_netns(engine, c):
+    if _own_netns(network_driver, c):
         # Docker reports no networks for --network host; "none" has only lo: {}
         frame["networks"] = network_stats(pid)
     return frame
 
 
-def _own_netns(engine: Engine, c: Container) -> bool:
+def _own_netns(network_driver: Callable[[str], NetworkDriver], c: Container) -> bool:
     """Whether the container has a network namespace of its own (not host's,
     not another container's)."""
     if c.network_mode.startswith("container:"):
         return False
     try:
-        return engine.network_driver(c.network_mode).netns == "new"
+        return network_driver(c.network_mode).netns == "new"
     except LookupError:  # a network removed meanwhile: count it as its own
         return True
 

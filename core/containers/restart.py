@@ -21,10 +21,10 @@ from typing import Any
 import structlog
 import trio
 
-from skiff.core.containers.model import ZERO_TIME, Container, State, now_rfc3339
+from skiff.core.containers.model import ZERO_TIME, Container, State
 from skiff.core.containers.registry import ContainerRegistry, Track
 from skiff.core.errors import InvalidParameter
-from skiff.core.timefmt import parse_rfc3339
+from skiff.core.timefmt import now_rfc3339, parse_rfc3339
 
 log = structlog.get_logger("skiff.containers.restart")
 

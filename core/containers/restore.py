@@ -10,9 +10,10 @@ from collections.abc import Callable
 import structlog
 
 from skiff.core.containers import pidproof
-from skiff.core.containers.model import Container, State, now_rfc3339
+from skiff.core.containers.model import Container, State
 from skiff.core.containers.registry import ContainerRegistry
 from skiff.core.hookspecs import CgroupDriver
+from skiff.core.timefmt import now_rfc3339
 
 log = structlog.get_logger("skiff.containers")
 

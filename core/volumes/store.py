@@ -22,7 +22,7 @@ import re
 import secrets
 import stat
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -32,11 +32,12 @@ import trio
 from skiff.core import fdops
 from skiff.core.atomic import write_json_atomic
 from skiff.core.errors import Conflict, InvalidParameter, NotFound
+from skiff.core.events import Publish
 from skiff.core.hookspecs import DriverNotSupported, VolumeContext, VolumeDriver
-from skiff.core.timefmt import rfc3339
+from skiff.core.timefmt import now_rfc3339, rfc3339
 
 if TYPE_CHECKING:
-    from skiff.core.engine import Engine
+    from skiff.core.containers.model import Container
 
 log = structlog.get_logger("skiff.volumes")
 
@@ -44,6 +45,10 @@ DEFAULT_DRIVER = "local"
 NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
 VOLUME_FILTERS = {"dangling", "name", "label", "driver"}
 PRUNE_FILTERS = {"label", "label!"}
+
+#: the factory of the volume driver of a name (``Plugins.factory("volume", name)``);
+#: LookupError when none is installed
+DriverFactory = Callable[[str], Callable[[VolumeContext], VolumeDriver]]
 
 
 @dataclass
@@ -61,24 +66,24 @@ class Volume:
                 "Labels": self.labels, "Options": self.options}
 
 
-def publish(engine: Engine, action: str, name: str, attributes: Mapping[str, Any]) -> None:
-    """Publish a volume event from the trio thread or from a worker thread."""
-    try:
-        trio.lowlevel.current_task()
-    except RuntimeError:
-        with contextlib.suppress(RuntimeError):  # no trio at all (unit use): no events
-            trio.from_thread.run_sync(engine.events.publish, "volume", action, name,
-                                      dict(attributes))
-        return
-    engine.events.publish("volume", action, name, dict(attributes))
-
-
 class VolumeStore:
-    """The volumes of one daemon."""
+    """The volumes of one daemon.
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self.home = os.path.join(engine.data_root, "volumes")
+    ``containers`` are the container records (by ID), where a volume's users
+    are counted; ``drivers`` builds a volume driver by name; ``default_owner``
+    (host uid, gid) owns a new volume's directory when its creator names no
+    owner: the remapped root under userns-remap, else None (unchanged).
+    """
+
+    def __init__(self, data_root: str, drivers: DriverFactory,
+                 containers: Mapping[str, Container], publish: Publish,
+                 default_owner: tuple[int, int] | None = None) -> None:
+        self.data_root = data_root
+        self._factory = drivers
+        self._containers = containers
+        self._publish = publish
+        self.default_owner = default_owner
+        self.home = os.path.join(data_root, "volumes")
         self.meta_dir = os.path.join(self.home, "_meta")
         self.volumes: dict[str, Volume] = {}
         self._drivers: dict[str, VolumeDriver] = {}
@@ -98,16 +103,29 @@ class VolumeStore:
         with self._lock:
             if name not in self._drivers:
                 try:
-                    factory = self.engine.plugins.factory("volume", name)
+                    factory = self._factory(name)
                 except LookupError as exc:
                     raise NotFound(f"error looking up volume plugin {name}: {exc}") from exc
                 try:
                     self._drivers[name] = factory(VolumeContext(
-                        home=self.home, data_root=self.engine.data_root))
+                        home=self.home, data_root=self.data_root))
                 except DriverNotSupported as exc:
                     raise InvalidParameter(f"volume driver {name} cannot be used: {exc}"
                                            ) from exc
             return self._drivers[name]
+
+    # -- events ----------------------------------------------------------------
+
+    def event(self, action: str, name: str, attributes: Mapping[str, Any]) -> None:
+        """Publish a volume event from the trio thread or from a worker thread."""
+        try:
+            trio.lowlevel.current_task()
+        except RuntimeError:
+            with contextlib.suppress(RuntimeError):  # no trio at all (unit use): no events
+                trio.from_thread.run_sync(self._publish, "volume", action, name,
+                                          dict(attributes))
+            return
+        self._publish("volume", action, name, dict(attributes))
 
     # -- records ---------------------------------------------------------------
 
@@ -155,7 +173,7 @@ class VolumeStore:
     def users(self, name: str) -> list[str]:
         """IDs of the containers whose mount points name volume ``name``."""
         out = []
-        for c in list(self.engine.containers.by_id.values()):
+        for c in list(self._containers.values()):
             for mp in getattr(c, "mount_points", None) or []:
                 if mp.get("Type") == "volume" and mp.get("Name") == name:
                     out.append(c.id)
@@ -218,7 +236,7 @@ class VolumeStore:
                 drv.create(name, opts)
             except ValueError as exc:
                 raise InvalidParameter(f"create {name}: {exc}") from exc
-            v = Volume(name=name, driver=driver, created_at=rfc3339(_now()),
+            v = Volume(name=name, driver=driver, created_at=now_rfc3339(),
                        labels={str(k): str(val) for k, val in (labels or {}).items()},
                        options=opts)
             try:
@@ -229,14 +247,13 @@ class VolumeStore:
                     drv.remove(name)
                 raise
             self.volumes[name] = v
-        publish(self.engine, "create", name, {"driver": driver})
+        self.event("create", name, {"driver": driver})
         log.info("volume.create", name=name, driver=driver)
         return v, True
 
     def _own(self, drv: VolumeDriver, name: str, owner: tuple[int, int] | None) -> None:
-        remap = getattr(self.engine, "remap", None)
-        if owner is None and remap is not None:
-            owner = (remap.default.root_uid, remap.default.root_gid)
+        if owner is None:
+            owner = self.default_owner
         if owner is None:
             return
         path = drv.path(name)
@@ -270,7 +287,7 @@ class VolumeStore:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(self.meta_dir, f"{name}.json"))
             del self.volumes[name]
-        publish(self.engine, "destroy", name, {"driver": v.driver})
+        self.event("destroy", name, {"driver": v.driver})
         log.info("volume.remove", name=name)
 
     def prune(self, filters: Mapping[str, list[str]]) -> tuple[list[str], int]:
@@ -333,12 +350,6 @@ class VolumeStore:
                 continue
             out.append(self.inspect(v))
         return out
-
-
-def _now() -> float:
-    import time
-
-    return time.time()
 
 
 def _labels_match(labels: Mapping[str, str], filters: Mapping[str, list[str]]) -> bool:

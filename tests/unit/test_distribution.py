@@ -143,14 +143,14 @@ def test_pipelined_gunzip(tmp_path: Path) -> None:
     async def main() -> None:
         path.write_bytes(good)
         got: list[bytes] = []
-        await _pipelined(_Engine(), str(path), prog, lambda src: got.append(src.read()))
+        await _pipelined(_Engine().to_thread, str(path), prog, lambda src: got.append(src.read()))
         assert got == [data]
         bad = bytearray(good)
         bad[len(bad) // 3] ^= 0xFF
         bad[len(bad) // 3 + 1] ^= 0xFF
         path.write_bytes(bytes(bad))
         with pytest.raises(InvalidImage, match="not a valid gzip stream"):
-            await _pipelined(_Engine(), str(path), prog, lambda src: src.read() and None)
+            await _pipelined(_Engine().to_thread, str(path), prog, lambda src: src.read() and None)
         path.write_bytes(gzip.compress(os.urandom(8_000_000), 1))
 
         def refuse(src: Any) -> None:
@@ -158,7 +158,7 @@ def test_pipelined_gunzip(tmp_path: Path) -> None:
             raise ValueError("consumer refused")
 
         with pytest.raises(ValueError, match="consumer refused"):
-            await _pipelined(_Engine(), str(path), prog, refuse)
+            await _pipelined(_Engine().to_thread, str(path), prog, refuse)
 
     trio.run(main)
 

@@ -52,7 +52,7 @@ def test_a_cancel_before_the_threads_start_still_runs_both(tmp_path: Path) -> No
     async def main() -> None:
         with trio.fail_after(30), trio.CancelScope() as scope:
             scope.cancel()  # already cancelled when the pipeline begins
-            await _pipelined(_Threads(), str(path), Progress(lambda m: None, "x", "x", 1),
+            await _pipelined(_Threads().to_thread, str(path), Progress(lambda m: None, "x", "x", 1),
                              lambda src: got.append(src.read()))
 
     trio.run(main)
@@ -93,8 +93,8 @@ def test_a_cancel_while_one_end_waits_for_a_thread_does_not_hang(tmp_path: Path)
                     release.set()
 
                 n.start_soon(cancel_soon)
-                await _pipelined(threads, str(path), Progress(lambda m: None, "x", "x", 1),
-                                 consume)
+                await _pipelined(threads.to_thread, str(path),
+                                 Progress(lambda m: None, "x", "x", 1), consume)
 
     trio.run(main)
     assert got == [len(data)]

@@ -13,4 +13,6 @@
   (Docker's v2metadata), so a push can skip or mount instead of uploading.
 * :mod:`.pull` / :mod:`.push` — the async orchestration on trio, reporting
   Docker's JSON progress messages.
+* :mod:`.context` — what they are given of the daemon: the image and layer
+  stores, the registry settings and the worker threads.
 """

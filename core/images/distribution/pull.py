@@ -45,7 +45,7 @@ from skiff.core.images.records import parse_config
 from skiff.core.images.reference import Reference, familiar_string, parse, parse_digest
 
 if TYPE_CHECKING:
-    from skiff.core.engine import Engine
+    from skiff.core.images.distribution.context import DistributionContext, ToThread
 
 log = structlog.get_logger("skiff.images.pull")
 
@@ -104,14 +104,14 @@ class _Counted:
         return data
 
 
-async def pull(engine: Engine, ref: Reference, auth: AuthConfig | None, emit: Emit,
+async def pull(ctx: DistributionContext, ref: Reference, auth: AuthConfig | None, emit: Emit,
                stats: PullStats | None = None) -> str:
-    """Pull ``ref`` into the engine's stores; returns the image ID.
+    """Pull ``ref`` into the image and layer stores; returns the image ID.
 
     ``emit`` gets each progress message (called on the trio thread).
     """
     stats = stats if stats is not None else PullStats()
-    cfg = RegistryConfig.from_daemon_config(engine.config)
+    cfg = ctx.registry_config()
     endpoints = cfg.endpoints(ref.domain)
     want = ref.digest or ref.tag or "latest"
     t0 = time.monotonic()
@@ -119,7 +119,7 @@ async def pull(engine: Engine, ref: Reference, auth: AuthConfig | None, emit: Em
     for ep in endpoints:
         client = RepositoryClient(ep, ref.path, auth, cfg, "pull")
         try:
-            body, digest, media = await engine.to_thread(client.get_manifest, want, mf.ACCEPT)
+            body, digest, media = await ctx.to_thread(client.get_manifest, want, mf.ACCEPT)
             break
         except RegistryError as exc:
             if not ep.mirror:
@@ -138,13 +138,13 @@ async def pull(engine: Engine, ref: Reference, auth: AuthConfig | None, emit: Em
     manifest_digest = digest
     if kind in (mf.DOCKER_LIST, mf.OCI_INDEX):
         entry = mf.select_platform(body)
-        body, _, media = await engine.to_thread(client.get_manifest, entry.digest, mf.ACCEPT)
+        body, _, media = await ctx.to_thread(client.get_manifest, entry.digest, mf.ACCEPT)
         kind = mf.kind(body, media)
         if kind not in (mf.DOCKER_MANIFEST, mf.OCI_MANIFEST):
             raise InvalidImage(f"the linux/amd64 entry of {familiar_string(ref)} is a {kind}, "
                                "not an image manifest")
     image_manifest = mf.parse_image_manifest(body, kind)
-    config_bytes = await engine.to_thread(client.get_blob_bytes, image_manifest.config.digest)
+    config_bytes = await ctx.to_thread(client.get_blob_bytes, image_manifest.config.digest)
     stats.manifest_s = time.monotonic() - t0
     _, diff_ids = parse_config(config_bytes)
     if len(diff_ids) != len(image_manifest.layers):
@@ -152,12 +152,12 @@ async def pull(engine: Engine, ref: Reference, auth: AuthConfig | None, emit: Em
             f"the manifest lists {len(image_manifest.layers)} layers but the image config "
             f"{len(diff_ids)} diffIDs"
         )
-    previous = engine.images.lookup_ref(ref) if ref.tag else None
-    image_id = await _fetch_layers(engine, client, cfg, ref, image_manifest, diff_ids,
+    previous = ctx.images.lookup_ref(ref) if ref.tag else None
+    image_id = await _fetch_layers(ctx, client, cfg, ref, image_manifest, diff_ids,
                                    config_bytes, emit, stats)
     if ref.tag is not None:
-        await engine.to_thread(engine.images.tag, image_id, ref)
-    await engine.to_thread(engine.images.add_digest, image_id,
+        await ctx.to_thread(ctx.images.tag, image_id, ref)
+    await ctx.to_thread(ctx.images.add_digest, image_id,
                            Reference(ref.domain, ref.path, None, manifest_digest))
     emit({"status": f"Digest: {manifest_digest}"})
     shown = familiar_string(ref)
@@ -172,11 +172,11 @@ async def pull(engine: Engine, ref: Reference, auth: AuthConfig | None, emit: Em
     return image_id
 
 
-async def _fetch_layers(engine: Engine, client: RepositoryClient, cfg: RegistryConfig,
+async def _fetch_layers(ctx: DistributionContext, client: RepositoryClient, cfg: RegistryConfig,
                         ref: Reference, image_manifest: mf.ImageManifest,
                         diff_ids: list[str], config_bytes: bytes, emit: Emit,
                         stats: PullStats) -> str:
-    layers = engine.layers
+    layers = ctx.layers
     chain = chain_ids(diff_ids)
     n = len(chain)
     # dedup by diffID before fetching anything: the stored prefix of the chain is skipped
@@ -223,7 +223,7 @@ async def _fetch_layers(engine: Engine, client: RepositoryClient, cfg: RegistryC
             start = time.monotonic()
             if not span[0]:
                 span[0] = start
-            got = await engine.transfer_thread(client.fetch_blob, desc.digest, path, desc.size,
+            got = await ctx.transfer_thread(client.fetch_blob, desc.digest, path, desc.size,
                                          prog.update)
             span[1] = max(span[1], time.monotonic())
             stats.bytes += got
@@ -245,9 +245,9 @@ async def _fetch_layers(engine: Engine, client: RepositoryClient, cfg: RegistryC
             gzipped = f.read(2) == b"\x1f\x8b"
         if not gzipped:  # bzip2, xz, zstd, plain: the layer store decompresses inline
             with open(path, "rb") as f:
-                await engine.to_thread(register, _Counted(f, prog), parent, diff_id)
+                await ctx.to_thread(register, _Counted(f, prog), parent, diff_id)
         else:
-            await _pipelined(engine, path, prog, lambda src: register(src, parent, diff_id))
+            await _pipelined(ctx.to_thread, path, prog, lambda src: register(src, parent, diff_id))
         stats.extract_s += time.monotonic() - t
 
     try:
@@ -269,20 +269,20 @@ async def _fetch_layers(engine: Engine, client: RepositoryClient, cfg: RegistryC
                     _remove(files[d.digest])
                 emit({"status": "Pull complete", "id": ident})
         stats.download_s = max(0.0, span[1] - span[0])
-        image_id = await engine.to_thread(engine.images.create, config_bytes)
+        image_id = await ctx.to_thread(ctx.images.create, config_bytes)
         for i, d in enumerate(image_manifest.layers):
-            await engine.to_thread(meta.add, diff_ids[i],
+            await ctx.to_thread(meta.add, diff_ids[i],
                                    BlobRecord(d.digest, ref.name, d.media_type or mf.DOCKER_LAYER))
         return image_id
     except BaseExceptionGroup as group:
         raise first_error(group) from None
     finally:
         with trio.CancelScope(shield=True):
-            await engine.to_thread(_release, layers, registered, held)
-            await engine.to_thread(shutil.rmtree, tmp, True)
+            await ctx.to_thread(_release, layers, registered, held)
+            await ctx.to_thread(shutil.rmtree, tmp, True)
 
 
-async def _pipelined(engine: Engine, path: str, prog: Progress,
+async def _pipelined(to_thread: ToThread, path: str, prog: Progress,
                      consume: Callable[[IO[bytes]], None]) -> None:
     """Gunzip ``path`` in one worker thread while ``consume`` reads the tar in another.
 
@@ -332,8 +332,8 @@ async def _pipelined(engine: Engine, path: str, prog: Progress,
         # cancelled pull waits for this one layer at most.
         with trio.CancelScope(shield=True):
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(engine.to_thread, inflate)
-                await engine.to_thread(run_consumer)
+                nursery.start_soon(to_thread, inflate)
+                await to_thread(run_consumer)
     except BaseExceptionGroup as group:
         if failed:
             raise _bad_gzip(failed[0]) from None

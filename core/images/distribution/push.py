@@ -37,7 +37,7 @@ from skiff.core.images.errors import ImageNotFound
 from skiff.core.images.reference import Reference, familiar_name, parse
 
 if TYPE_CHECKING:
-    from skiff.core.engine import Engine
+    from skiff.core.images.distribution.context import DistributionContext
 
 log = structlog.get_logger("skiff.images.push")
 
@@ -85,7 +85,7 @@ def compress_layer(layers: Any, chain_id: str, dest: str,
     return "sha256:" + sha.hexdigest(), sink.n
 
 
-async def push(engine: Engine, name: str, tag: str, auth: AuthConfig | None,
+async def push(ctx: DistributionContext, name: str, tag: str, auth: AuthConfig | None,
                emit: Emit) -> list[dict[str, Any]]:
     """Push ``name:tag`` (every tag of ``name`` when ``tag`` is empty).
 
@@ -94,7 +94,7 @@ async def push(engine: Engine, name: str, tag: str, auth: AuthConfig | None,
     ref = parse(name, default_tag=False)
     if tag:
         ref = ref.with_tag(tag)
-    images = engine.images
+    images = ctx.images
     if ref.tag is not None:
         image_id = images.lookup_ref(ref)
         if image_id is None:
@@ -108,29 +108,29 @@ async def push(engine: Engine, name: str, tag: str, auth: AuthConfig | None,
             raise ImageNotFound(familiar_name(ref),
                                 f"An image does not exist locally with the tag: "
                                 f"{familiar_name(ref)}")
-    cfg = RegistryConfig.from_daemon_config(engine.config)
+    cfg = ctx.registry_config()
     endpoint = cfg.endpoints(ref.domain, push=True)[-1]
-    meta = DistributionMetadata(engine.layers.image_root)
+    meta = DistributionMetadata(ctx.layers.image_root)
     emit({"status": f"The push refers to repository [{ref.name}]"})
     results = []
-    tmp = os.path.join(engine.layers.image_root, "distribution", "tmp",
+    tmp = os.path.join(ctx.layers.image_root, "distribution", "tmp",
                        "push-" + secrets.token_hex(6))
     os.makedirs(tmp, mode=0o700)
     try:
         for target, image_id in targets:
-            results.append(await _push_one(engine, endpoint, cfg, auth, meta, target,
+            results.append(await _push_one(ctx, endpoint, cfg, auth, meta, target,
                                            image_id, tmp, emit))
     finally:
-        await engine.to_thread(shutil.rmtree, tmp, True)
+        await ctx.to_thread(shutil.rmtree, tmp, True)
     return results
 
 
-async def _push_one(engine: Engine, endpoint: Any, cfg: RegistryConfig,
+async def _push_one(ctx: DistributionContext, endpoint: Any, cfg: RegistryConfig,
                     auth: AuthConfig | None, meta: DistributionMetadata, ref: Reference,
                     image_id: str, tmp: str, emit: Emit) -> dict[str, Any]:
-    images = engine.images
-    image = await engine.to_thread(images.get, image_id)
-    config_bytes = await engine.to_thread(images.config_bytes, image_id)
+    images = ctx.images
+    image = await ctx.to_thread(images.get, image_id)
+    config_bytes = await ctx.to_thread(images.config_bytes, image_id)
     diff_ids = list(image.diff_ids)
     chain = list(image.chain)
     # the mount scopes: every other repository of this registry the layers came from
@@ -154,7 +154,7 @@ async def _push_one(engine: Engine, endpoint: Any, cfg: RegistryConfig,
         if sem.value == 0:
             emit({"status": "Waiting", "id": ident})
         async with sem:
-            descriptors[i] = await _push_layer(engine, client, meta, ref, chain[i], diff_id,
+            descriptors[i] = await _push_layer(ctx, client, meta, ref, chain[i], diff_id,
                                                ident, tmp, emit, emit_from_thread)
 
     try:
@@ -164,12 +164,12 @@ async def _push_one(engine: Engine, endpoint: Any, cfg: RegistryConfig,
     except BaseExceptionGroup as group:
         raise first_error(group) from None
     config_digest = "sha256:" + hashlib.sha256(config_bytes).hexdigest()
-    if not await engine.to_thread(client.blob_exists, config_digest):
-        await engine.to_thread(client.upload_bytes, config_digest, config_bytes)
+    if not await ctx.to_thread(client.blob_exists, config_digest):
+        await ctx.to_thread(client.upload_bytes, config_digest, config_bytes)
     body, media = mf.build(mf.Descriptor(mf.DOCKER_CONFIG, config_digest, len(config_bytes)),
                            [d for d in descriptors if d is not None])
-    digest = await engine.to_thread(client.put_manifest, ref.tag or "latest", body, media)
-    await engine.to_thread(images.add_digest, image_id,
+    digest = await ctx.to_thread(client.put_manifest, ref.tag or "latest", body, media)
+    await ctx.to_thread(images.add_digest, image_id,
                            Reference(ref.domain, ref.path, None, digest))
     emit({"status": f"{ref.tag}: digest: {digest} size: {len(body)}"})
     aux = {"Tag": ref.tag, "Digest": digest, "Size": len(body)}
@@ -178,40 +178,42 @@ async def _push_one(engine: Engine, endpoint: Any, cfg: RegistryConfig,
     return aux
 
 
-async def _push_layer(engine: Engine, client: RepositoryClient, meta: DistributionMetadata,
-                      ref: Reference, chain_id: str, diff_id: str, ident: str, tmp: str,
-                      emit: Emit, emit_from_thread: Emit) -> mf.Descriptor:
-    records = await engine.to_thread(meta.records, diff_id)
+async def _push_layer(ctx: DistributionContext, client: RepositoryClient,
+                      meta: DistributionMetadata, ref: Reference, chain_id: str,
+                      diff_id: str, ident: str, tmp: str, emit: Emit,
+                      emit_from_thread: Emit) -> mf.Descriptor:
+    records = await ctx.to_thread(meta.records, diff_id)
     same_registry = [r for r in records if r.domain == ref.domain]
     for r in same_registry:
-        if r.path == ref.path and await engine.to_thread(client.blob_exists, r.digest):
+        if r.path == ref.path and await ctx.to_thread(client.blob_exists, r.digest):
             emit({"status": "Layer already exists", "id": ident})
-            return await _described(engine, client, r)
+            return await _described(ctx, client, r)
     for r in same_registry:
-        if r.path != ref.path and await engine.to_thread(client.mount_blob, r.digest, r.path):
+        if r.path != ref.path and await ctx.to_thread(client.mount_blob, r.digest, r.path):
             emit({"status": f"Mounted from {familiar_name(Reference(r.domain, r.path))}",
                   "id": ident})
-            await engine.to_thread(meta.add, diff_id,
+            await ctx.to_thread(meta.add, diff_id,
                                    BlobRecord(r.digest, ref.name, r.media_type))
-            return await _described(engine, client, r)
+            return await _described(ctx, client, r)
     # compress (the digest is only known afterwards), then ask, then upload
     path = os.path.join(tmp, diff_id.split(":", 1)[1])
-    digest, size = await engine.to_thread(compress_layer, engine.layers, chain_id, path, None)
+    digest, size = await ctx.to_thread(compress_layer, ctx.layers, chain_id, path, None)
     record = BlobRecord(digest, ref.name, mf.DOCKER_LAYER)
-    if await engine.to_thread(client.blob_exists, digest):
+    if await ctx.to_thread(client.blob_exists, digest):
         emit({"status": "Layer already exists", "id": ident})
     else:
         prog = Progress(emit_from_thread, ident, "Pushing", size)
-        await engine.transfer_thread(client.upload_blob, digest, path, prog.update)
+        await ctx.transfer_thread(client.upload_blob, digest, path, prog.update)
         emit({"status": "Pushed", "id": ident})
     os.unlink(path)
-    await engine.to_thread(meta.add, diff_id, record)
+    await ctx.to_thread(meta.add, diff_id, record)
     return mf.Descriptor(mf.DOCKER_LAYER, digest, size)
 
 
-async def _described(engine: Engine, client: RepositoryClient, r: BlobRecord) -> mf.Descriptor:
+async def _described(ctx: DistributionContext, client: RepositoryClient,
+                     r: BlobRecord) -> mf.Descriptor:
     """The descriptor of a blob already in the registry: its size from ``HEAD``."""
-    size = await engine.to_thread(_blob_size, client, r.digest)
+    size = await ctx.to_thread(_blob_size, client, r.digest)
     return mf.Descriptor(r.media_type or mf.DOCKER_LAYER, r.digest, size)
 
 
