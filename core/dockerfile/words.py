@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
-from skiff.core.errors import InvalidParameter
+from skiff.core.dockerfile.errors import DockerfileError
 
 __all__ = [
     "DEFAULT_ESCAPE",
@@ -36,6 +36,8 @@ __all__ = [
     "is_blank",
     "quote",
     "split_words",
+    "trim",
+    "trim_left",
 ]
 
 #: the escape character of a Dockerfile without an ``# escape=`` directive
@@ -46,7 +48,7 @@ ESCAPE_CHARS = ("\\", "`")
 _SPECIAL_PARAMS = frozenset("@*#?-$!0")
 
 
-class WordError(InvalidParameter):
+class WordError(DockerfileError):
     """A word that cannot be processed: an unterminated quote, a bad ``${...}``,
     or a ``${x:?message}`` whose variable is unset."""
 
@@ -57,6 +59,24 @@ def is_blank(ch: str) -> bool:
     if ch in "\t\n\v\f\r \x85\xa0":
         return True
     return ord(ch) > 0xFF and ch.isspace()
+
+
+def trim(text: str) -> str:
+    """``text`` without leading and trailing blanks (:func:`is_blank`)."""
+    start, end = 0, len(text)
+    while start < end and is_blank(text[start]):
+        start += 1
+    while end > start and is_blank(text[end - 1]):
+        end -= 1
+    return text[start:end]
+
+
+def trim_left(text: str) -> str:
+    """``text`` without leading blanks (:func:`is_blank`)."""
+    start = 0
+    while start < len(text) and is_blank(text[start]):
+        start += 1
+    return text[start:]
 
 
 def _check_escape(escape: str) -> None:
