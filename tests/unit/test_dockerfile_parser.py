@@ -365,11 +365,12 @@ _WORD = st.text(st.characters(exclude_categories=("Cs", "Cc", "Zl", "Zp")), min_
 @given(st.lists(st.tuples(st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,5}", fullmatch=True), _WORD),
                 min_size=1, max_size=4))
 def test_env_pairs_round_trip(pairs: list[tuple[str, str]]) -> None:
-    line = "ENV " + " ".join(f"{k}={quote(v)}" for k, v in pairs)
-    # one logical line: in a file, an escaped blank ending a line would continue it
+    # a last pair of plain text: a line's trailing blanks are trimmed, escaped or not
+    # (and in a file an escaped blank ending a line continues it), as in dockerd
+    line = "ENV " + " ".join(f"{k}={quote(v)}" for k, v in pairs) + " END=end"
     env = one(line)
     assert isinstance(env, ins.Env)
-    assert list(env.expand({}, "\\").pairs) == pairs
+    assert list(env.expand({}, "\\").pairs) == [*pairs, ("END", "end")]
 
 
 @given(st.lists(st.text(st.characters(exclude_categories=("Cs",)), max_size=6), max_size=4))
