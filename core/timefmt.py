@@ -1,4 +1,5 @@
-"""Docker's time formats: RFC 3339 with nanoseconds, and ``docker ps`` durations."""
+"""Docker's time formats: RFC 3339 with nanoseconds, ``docker ps`` durations and
+Go's duration strings (``1h30m``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ from datetime import UTC, datetime
 _RFC3339 = re.compile(
     r"^(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)$"
 )
+
+_GO_DURATION = re.compile(r"([0-9]*(?:\.[0-9]*)?)(ns|us|µs|ms|s|m|h)")
+_UNIT = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 def rfc3339(ts: float) -> str:
@@ -96,3 +100,20 @@ def human_duration(seconds: float) -> str:
 def format_duration_ago(stamp: str, now: float | None = None) -> str:
     then = parse_rfc3339(stamp)
     return human_duration((now or time.time()) - then)
+
+
+def go_duration(text: str) -> float | None:
+    """Seconds of a Go duration (``1h30m``, ``-10s``, ``250ms``); None if it is not one."""
+    body = text.lstrip("+-")
+    if not body:
+        return None
+    if body == "0":
+        return 0.0
+    pos, total = 0, 0.0
+    while pos < len(body):
+        m = _GO_DURATION.match(body, pos)
+        if not m or m.group(1) in ("", "."):
+            return None
+        total += float(m.group(1)) * _UNIT[m.group(2)]
+        pos = m.end()
+    return -total if text.startswith("-") else total

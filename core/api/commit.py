@@ -30,6 +30,7 @@ from skiff.core.api.router import Request, Response, Router, StreamResponse
 from skiff.core.containers.model import Container
 from skiff.core.errors import Conflict, InvalidParameter
 from skiff.core.images.commit import commit_container
+from skiff.core.timefmt import go_duration
 
 if TYPE_CHECKING:
     from skiff.core.engine import Engine
@@ -37,27 +38,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger("skiff.api.commit")
 
 _CHUNK = 1 << 20
-_GO_DURATION = re.compile(r"([0-9]*(?:\.[0-9]*)?)(ns|us|µs|ms|s|m|h)")
-_UNIT = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 _DATE_FORMATS = ("%Y-%m-%dT%H:%M:%S.%f", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M", "%Y-%m-%dT%H",
                  "%Y-%m-%d")
-
-
-def go_duration(text: str) -> float | None:
-    """Seconds of a Go duration (``1h30m``, ``-10s``, ``250ms``); None if it is not one."""
-    body = text.lstrip("+-")
-    if not body:
-        return None
-    if body == "0":
-        return 0.0
-    pos, total = 0, 0.0
-    while pos < len(body):
-        m = _GO_DURATION.match(body, pos)
-        if not m or m.group(1) in ("", "."):
-            return None
-        total += float(m.group(1)) * _UNIT[m.group(2)]
-        pos = m.end()
-    return -total if text.startswith("-") else total
 
 
 def timestamp(value: str, now: float | None = None) -> float:

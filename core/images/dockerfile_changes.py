@@ -1,8 +1,8 @@
 """Dockerfile instructions applied to an image config: ``--change`` of
 ``docker import`` and ``docker commit`` (and, later, the builder).
 
-Words are split and variables expanded as BuildKit does; the instructions
-accepted are :data:`CHANGE_INSTRUCTIONS`.
+Words are split and variables expanded by :mod:`skiff.core.dockerfile.words`,
+as in a Dockerfile; the instructions accepted are :data:`CHANGE_INSTRUCTIONS`.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import signal
 from collections.abc import Sequence
 from typing import Any
 
+from skiff.core.dockerfile.words import expand as _expand
+from skiff.core.dockerfile.words import split_words as _split_words
 from skiff.core.errors import InvalidParameter
 
 __all__ = ["CHANGE_INSTRUCTIONS", "apply_changes"]
@@ -21,130 +23,6 @@ __all__ = ["CHANGE_INSTRUCTIONS", "apply_changes"]
 #: instructions ``docker import --change`` and ``docker commit --change`` accept
 CHANGE_INSTRUCTIONS = ("CMD", "ENTRYPOINT", "ENV", "EXPOSE", "LABEL", "ONBUILD", "STOPSIGNAL",
                        "USER", "VOLUME", "WORKDIR")
-
-
-def _split_words(rest: str) -> list[str]:
-    """BuildKit's ``parseWords``: split on blanks, keeping quotes and escapes for later."""
-    words: list[str] = []
-    word = ""
-    quote = ""
-    blank_ok = False
-    in_word = False
-    i = 0
-    n = len(rest)
-    while i < n:
-        ch = rest[i]
-        if not in_word and not quote:
-            if ch.isspace():
-                i += 1
-                continue
-            in_word = True
-        if quote:
-            if ch == quote:
-                quote = ""
-            elif ch == "\\" and quote != "'" and i + 1 < n:
-                word += ch
-                i += 1
-                ch = rest[i]
-            word += ch
-            i += 1
-            continue
-        if ch.isspace():
-            if blank_ok or word:
-                words.append(word)
-            word, blank_ok, in_word = "", False, False
-            i += 1
-            continue
-        if ch in "'\"":
-            quote = ch
-            blank_ok = True
-        elif ch == "\\":
-            if i + 1 == n:
-                i += 1
-                continue
-            word += ch
-            i += 1
-            ch = rest[i]
-        word += ch
-        i += 1
-    if in_word and (blank_ok or word):
-        words.append(word)
-    return words
-
-
-_VAR = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-def _expand(word: str, env: dict[str, str]) -> str:
-    """Dockerfile word processing: quote removal, escapes and ``$VAR``/``${VAR}``,
-    ``${VAR:-default}``, ``${VAR:+alternative}``."""
-    out: list[str] = []
-    i = 0
-    n = len(word)
-
-    def dollar(j: int) -> tuple[str, int]:
-        # word[j] == "$"
-        if j + 1 < n and word[j + 1] == "{":
-            end = word.find("}", j + 2)
-            if end < 0:
-                raise InvalidParameter(f"missing '}}' in {word!r}")
-            body = word[j + 2 : end]
-            m = _VAR.match(body)
-            if not m:
-                raise InvalidParameter(f"bad substitution in {word!r}")
-            name, rest = m.group(0), body[m.end() :]
-            value = env.get(name)
-            if rest.startswith(":-"):
-                value = value if value else _expand(rest[2:], env)
-            elif rest.startswith(":+"):
-                value = _expand(rest[2:], env) if value else ""
-            elif rest:
-                raise InvalidParameter(f"unsupported modifier ({rest[:2]}) in substitution")
-            return value or "", end + 1
-        m = _VAR.match(word, j + 1)
-        if not m:
-            return "$", j + 1
-        return env.get(m.group(0), ""), m.end()
-
-    while i < n:
-        ch = word[i]
-        if ch == "'":
-            end = word.find("'", i + 1)
-            if end < 0:
-                raise InvalidParameter(f"unexpected end of statement while looking for "
-                                       f"matching single-quote in {word!r}")
-            out.append(word[i + 1 : end])
-            i = end + 1
-        elif ch == '"':
-            i += 1
-            while True:
-                if i >= n:
-                    raise InvalidParameter(f"unexpected end of statement while looking for "
-                                           f"matching double-quote in {word!r}")
-                c = word[i]
-                if c == '"':
-                    i += 1
-                    break
-                if c == "\\" and i + 1 < n and word[i + 1] in '"$\\':
-                    out.append(word[i + 1])
-                    i += 2
-                elif c == "$":
-                    value, i = dollar(i)
-                    out.append(value)
-                else:
-                    out.append(c)
-                    i += 1
-        elif ch == "\\":
-            if i + 1 < n:
-                out.append(word[i + 1])
-            i += 2
-        elif ch == "$":
-            value, i = dollar(i)
-            out.append(value)
-        else:
-            out.append(ch)
-            i += 1
-    return "".join(out)
 
 
 def _json_array(rest: str) -> list[str] | None:
