@@ -268,7 +268,13 @@ class DnsServer:
         try:
             try:
                 reply = await self._forward(packet)
-            except Exception:  # e.g. no descriptor left for the upstream socket
+            except OSError as exc:
+                # e.g. no descriptor left for the upstream socket: no traceback, since
+                # rendering one may itself need descriptors (lazy imports of the
+                # renderer) and fail inside this handler
+                log.warning("dns.relay_failed", container=key[:12], error=str(exc))
+                reply = servfail(packet)
+            except Exception:
                 log.exception("dns.relay_failed", container=key[:12])
                 reply = servfail(packet)
             _send(raw, reply, peer)
