@@ -115,6 +115,10 @@ OPTIONS: tuple[Option, ...] = (
            help="run an init inside containers that forwards signals and reaps processes"),
     Option("init-path", str, "", "--init-path",
            help="path to the init binary (default: skiff-init, shipped with skiff)"),
+    # dockerd takes a context of any size; the context is unpacked under the
+    # data-root, so an unbounded one can fill the disk (skiff-specific)
+    Option("builder-max-context-size", int, 8 << 30, None,
+           help="largest build context accepted, in bytes after decompression"),
 )
 
 BY_KEY: dict[str, Option] = {o.key: o for o in OPTIONS}
@@ -321,6 +325,11 @@ def validate(config: Mapping[str, Any], path: str) -> None:
         raise ConfigError(
             f"{path}: invalid value for 'default-pids-limit': {config['default-pids-limit']} "
             "(use a positive number, or 0 or -1 for no limit)"
+        )
+    if config["builder-max-context-size"] < 1:
+        raise ConfigError(
+            f"{path}: invalid value for 'builder-max-context-size': "
+            f"{config['builder-max-context-size']} (use a positive number of bytes)"
         )
     remap = config["userns-remap"]
     parts = remap.split(":")

@@ -15,6 +15,9 @@ import structlog
 import trio
 
 from skiff.core import userns_storage
+from skiff.core.builder.cache import BuildCache
+from skiff.core.builder.services import BuildServices
+from skiff.core.builder.statindex import StatIndex
 from skiff.core.config import ConfigError, exec_options, storage_options
 from skiff.core.containers.archive import ContainerFiles
 from skiff.core.containers.exec import ExecManager
@@ -36,6 +39,7 @@ from skiff.core.hookspecs import (
 )
 from skiff.core.images.distribution.context import DistributionContext
 from skiff.core.images.distribution.endpoints import RegistryConfig
+from skiff.core.images.distribution.pull import pull, pull_reference
 from skiff.core.images.layers import LayerStore
 from skiff.core.images.migrate import (
     drivers_with_layers,
@@ -264,6 +268,17 @@ class Engine:
             to_thread=self.to_thread, spawn=self.spawn)
         self.execs = ExecManager(self.registry, self.runtime, self.runtime_name, self.cgroups,
                                  self.to_thread, self.spawn)
+        builder_root = os.path.join(self.data_root, "builder")
+        #: digests of the build contexts' files by their stat (the fast path)
+        self.stat_index = StatIndex(os.path.join(builder_root, "statindex.json"))
+        self.builds = BuildServices(
+            containers=self.containers,
+            subscribe_output=lambda cid: self.registry.tracks[cid].hub.subscribe(),
+            images=self.images, layers=self.layers,
+            cache=BuildCache(builder_root, self.images.exists),
+            pull=self._pull_for_build, to_thread=self.to_thread,
+            spool_dir=os.path.join(self.data_root, "tmp"),
+            max_context_size=config["builder-max-context-size"])
 
     def _check_installed(self, kind: str, name: str, key: str) -> None:
         try:
@@ -300,6 +315,11 @@ class Engine:
         behind each other.
         """
         return await trio.to_thread.run_sync(fn, *args, limiter=self.transfers)
+
+    async def _pull_for_build(self, ref: str, emit: Callable[[dict[str, Any]], None]) -> str:
+        """A build's FROM or ``COPY --from`` image, pulled (no credentials:
+        ``X-Registry-Config`` is not read yet)."""
+        return await pull(self.distribution, pull_reference(ref, ""), None, emit)
 
     # -- networks ------------------------------------------------------------
 

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from skiff.core.api import (
     archive,
+    build,
     commit,
     containers,
     distribution,
@@ -40,4 +41,5 @@ def build_router(engine: Engine) -> Router:
     top.register(router, engine)
     archive.register(router, engine)
     lifecycle.register(router, engine)
+    build.register(router, engine)
     return router

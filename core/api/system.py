@@ -13,6 +13,7 @@ import structlog
 from skiff import __version__
 from skiff.core import userns_storage
 from skiff.core.api.router import Request, Response, Router
+from skiff.core.builder.prune import cache_usage
 from skiff.core.images.errors import ImageNotFound, LayerNotFound
 from skiff.core.timefmt import rfc3339
 
@@ -149,7 +150,8 @@ def disk_usage_payload(engine: Engine) -> dict[str, Any]:
             log.warning("system_df.volume_failed", volume=getattr(volume, "name", "?"),
                         error=str(exc))
     return {"LayersSize": layers_size, "Images": images, "Containers": containers,
-            "Volumes": volumes, "BuildCache": []}
+            "Volumes": volumes,
+            "BuildCache": cache_usage(engine.builds.cache, engine.images, engine.layers)}
 
 
 def info_payload(engine: Engine) -> dict[str, Any]:

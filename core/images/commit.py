@@ -42,7 +42,8 @@ from skiff.core.userns import IdMap
 
 log = structlog.get_logger("skiff.images.commit")
 
-__all__ = ["EMPTY_TAR_DIFF_ID", "commit_container", "merge_config"]
+__all__ = ["EMPTY_TAR_DIFF_ID", "commit_container", "commit_layer", "commit_metadata",
+           "merge_config"]
 
 #: sha256 of a tar holding nothing but its two end blocks (Docker's
 #: ``layer.DigestSHA256EmptyTar``): a commit that changed nothing
@@ -147,6 +148,40 @@ def commit_container(
     new_config = merge_config(apply_changes(base, changes), own_config)
     target = _target(repo, tag)
 
+    created_by = " ".join(own_config.get("Cmd") or [])
+    new_id, empty = commit_layer(
+        layers, images, container_id=container_id, mount_id=mount_id, init_id=init_id,
+        image_id=image_id, config=new_config, container_config=own_config,
+        created_by=created_by, author=author, comment=comment, chowned=chowned)
+    if target is not None:
+        images.tag(new_id, target)
+    log.info("image.committed", id=new_id, container=container_id, ref=target,
+             empty_layer=empty)
+    return new_id
+
+
+def commit_layer(
+    layers: LayerStore,
+    images: ImageStore,
+    *,
+    container_id: str,
+    mount_id: str,
+    init_id: str,
+    image_id: str | None,
+    config: Mapping[str, Any],
+    container_config: Mapping[str, Any],
+    created_by: str,
+    author: str = "",
+    comment: str = "",
+    chowned: IdMap | None = None,
+) -> tuple[str, bool]:
+    """Store the container's read-write layer (against its init layer) as a new
+    image whose config is ``config`` as given (no merge: the builder's steps
+    say exactly what the image is), child of ``image_id``.  Returns the new
+    image's ID and whether the layer was empty (then no layer is added and
+    the history entry says ``empty_layer``)."""
+    own_config: dict[str, Any] = json.loads(json.dumps(dict(container_config)))
+    new_config: dict[str, Any] = json.loads(json.dumps(dict(config)))
     parent = images.get(image_id) if image_id else None
     parent_cfg: dict[str, Any] = parent.config if parent is not None else {}
     diff_ids = list(parent.diff_ids) if parent is not None else []
@@ -168,7 +203,6 @@ def commit_container(
         entry: dict[str, Any] = {"created": created}
         if author:
             entry["author"] = author
-        created_by = " ".join(own_config.get("Cmd") or [])
         if created_by:
             entry["created_by"] = created_by
         if comment:
@@ -195,8 +229,41 @@ def commit_container(
     finally:
         # the image holds its own reference now; an empty layer nobody holds goes
         layers.release(layer.chain_id)
-    if target is not None:
-        images.tag(new_id, target)
-    log.info("image.committed", id=new_id, container=container_id, ref=target,
-             empty_layer=empty)
-    return new_id
+    return new_id, empty
+
+
+def commit_metadata(
+    images: ImageStore,
+    *,
+    image_id: str | None,
+    config: Mapping[str, Any],
+    container_config: Mapping[str, Any],
+    created_by: str,
+    author: str = "",
+) -> str:
+    """A child of ``image_id`` (None: of nothing, a ``FROM scratch`` stage) with
+    the same layers and ``config``: a builder step that changes only metadata
+    (ENV, LABEL, CMD ...).  Its history entry is ``empty_layer``."""
+    parent = images.get(image_id) if image_id else None
+    parent_cfg: dict[str, Any] = parent.config if parent is not None else {}
+    created = now_rfc3339()
+    entry: dict[str, Any] = {"created": created, "created_by": created_by, "empty_layer": True}
+    if author:
+        entry["author"] = author
+    image_config: dict[str, Any] = {
+        "architecture": parent_cfg.get("architecture") or host_architecture(),
+        "config": json.loads(json.dumps(dict(config))),
+        "container_config": json.loads(json.dumps(dict(container_config))),
+        "created": created,
+        "history": [*(parent_cfg.get("history") or []), entry],
+        "os": parent_cfg.get("os") or "linux",
+        "rootfs": {"type": "layers",
+                   "diff_ids": list(parent.diff_ids) if parent is not None else []},
+    }
+    if author:
+        image_config["author"] = author
+    for key in ("variant", "os.version", "os.features"):
+        if parent_cfg.get(key):
+            image_config[key] = parent_cfg[key]
+    return images.create(encode_config(image_config),
+                         parent=parent.id if parent is not None else None)

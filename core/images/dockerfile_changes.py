@@ -18,7 +18,7 @@ from skiff.core.dockerfile.words import expand as _expand
 from skiff.core.dockerfile.words import split_words as _split_words
 from skiff.core.errors import InvalidParameter
 
-__all__ = ["CHANGE_INSTRUCTIONS", "apply_changes"]
+__all__ = ["CHANGE_INSTRUCTIONS", "apply_changes", "check_signal", "expose_ports"]
 
 #: instructions ``docker import --change`` and ``docker commit --change`` accept
 CHANGE_INSTRUCTIONS = ("CMD", "ENTRYPOINT", "ENV", "EXPOSE", "LABEL", "ONBUILD", "STOPSIGNAL",
@@ -70,7 +70,7 @@ def _env_dict(config: dict[str, Any]) -> dict[str, str]:
     return out
 
 
-def _valid_signal(text: str) -> None:
+def check_signal(text: str) -> None:
     if text.isdigit():
         if int(text) > 0:
             return
@@ -82,7 +82,7 @@ def _valid_signal(text: str) -> None:
     raise InvalidParameter(f"Invalid signal: {text}")
 
 
-def _expose(words: list[str]) -> list[str]:
+def expose_ports(words: list[str]) -> list[str]:
     out: list[str] = []
     for spec in words:
         port, _, proto = spec.partition("/")
@@ -147,7 +147,7 @@ def apply_changes(config: dict[str, Any], changes: Sequence[str]) -> dict[str, A
                 if not words:
                     raise InvalidParameter("EXPOSE requires at least one argument")
                 ports = dict(cfg.get("ExposedPorts") or {})
-                for p in _expose(words):
+                for p in expose_ports(words):
                     ports[p] = {}
                 cfg["ExposedPorts"] = ports
             elif instr == "VOLUME":
@@ -176,7 +176,7 @@ def apply_changes(config: dict[str, Any], changes: Sequence[str]) -> dict[str, A
                 cfg["User"] = user
             elif instr == "STOPSIGNAL":
                 sig = _expand(rest.strip(), env)
-                _valid_signal(sig)
+                check_signal(sig)
                 cfg["StopSignal"] = sig
             elif instr == "ONBUILD":
                 trigger = rest.strip()
