@@ -16,6 +16,7 @@ import trio
 
 from skiff.core import userns_storage
 from skiff.core.builder.cache import BuildCache
+from skiff.core.builder.rootfs import BUILD_LAYER_PREFIX
 from skiff.core.builder.services import BuildServices
 from skiff.core.builder.statindex import StatIndex
 from skiff.core.config import ConfigError, exec_options, storage_options
@@ -316,6 +317,13 @@ class Engine:
         """
         return await trio.to_thread.run_sync(fn, *args, limiter=self.transfers)
 
+    def _drop_build_layers(self) -> None:
+        """The bare layers of builds a crash interrupted: no build outlives its daemon."""
+        for rw in self.layers.rw_layers():
+            if rw.container_id.startswith(BUILD_LAYER_PREFIX):
+                log.warning("builder.leftover_layer_removed", layer=rw.container_id)
+                self.layers.remove_rw(rw.container_id)
+
     async def _pull_for_build(self, ref: str, emit: Callable[[dict[str, Any]], None]) -> str:
         """A build's FROM or ``COPY --from`` image, pulled (no credentials:
         ``X-Registry-Config`` is not read yet)."""
@@ -361,6 +369,7 @@ class Engine:
     async def start(self, nursery: trio.Nursery) -> None:
         self.nursery = nursery
         await self.to_thread(self.containers.restore)
+        await self.to_thread(self._drop_build_layers)
         await self.to_thread(self.networks.load)
         await self.runtime.start()
         if self.remap is not None:

@@ -24,7 +24,10 @@ from skiff.core.images.commit import commit_layer
 from skiff.core.images.layers import LayerStore
 from skiff.core.images.store import ImageStore
 
-__all__ = ["RootfsSource", "make_dirs", "mounted_image", "write_layer"]
+__all__ = ["BUILD_LAYER_PREFIX", "RootfsSource", "make_dirs", "mounted_image", "write_layer"]
+
+#: the layer store ids of the builder's bare layers (the engine drops any at start)
+BUILD_LAYER_PREFIX = "build-"
 
 _DIR = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
 
@@ -32,7 +35,7 @@ _DIR = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
 @contextmanager
 def _bare_layer(layers: LayerStore, parent_top: str | None) -> Iterator[tuple[str, str, str]]:
     """A read-write layer on ``parent_top``: ``(id, init_id, mount_id)``; removed after."""
-    layer_id = "build-" + secrets.token_hex(16)
+    layer_id = BUILD_LAYER_PREFIX + secrets.token_hex(16)
     init_id, mount_id = layers.create_rw(layer_id, parent_top)
     try:
         yield layer_id, init_id, mount_id
