@@ -457,19 +457,28 @@ class _ContextExtractor(_Extractor):
             if path in needed:
                 self.files[path] = self.implicit_dir(parts, chmod=True)
                 continue
-            pfd = _open_dir(self.root_fd, parts[:-1])
-            if pfd is not None:
-                try:
-                    _remove_at(pfd, parts[-1])
-                finally:
-                    os.close(pfd)
+            self.remove(parts)
             removed.add(path)
             del self.files[path]
+        # parents the tar never listed, made only for what was just removed
+        orphans = {"/".join(p.split("/")[:i]) for p in removed
+                   for i in range(1, p.count("/") + 1)} - needed - set(self.files)
+        for path in sorted(orphans, key=lambda p: p.count("/"), reverse=True):
+            self.remove(path.split("/"))
         for path, entry in list(self.files.items()):
             if entry.kind == "hardlink" and entry.linkname not in self.files:
                 # its target is gone from the context: it is a file of its own now
                 self.files[path] = ContextFile(path, "file", entry.mode, entry.uid, entry.gid,
                                                entry.size, entry.mtime, "", entry.digest)
+
+    def remove(self, parts: list[str]) -> None:
+        """Remove ``parts`` (a whole tree), walking to it without following links."""
+        pfd = _open_dir(self.root_fd, parts[:-1])
+        if pfd is not None:
+            try:
+                _remove_at(pfd, parts[-1])
+            finally:
+                os.close(pfd)
 
     def add_implicit_parents(self) -> None:
         """Record the directories the tar did not list but its entries needed."""
