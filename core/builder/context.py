@@ -261,7 +261,9 @@ def _unpack(stream: IO[bytes], max_size: int, ex: _ContextExtractor) -> int:
 
 
 def _refused(exc: ArchiveError) -> ContextError:
-    return ContextError(f"refusing build context entry {exc.entry!r}: {exc.reason}")
+    # the extractor's reasons speak of a layer; the client sent a context
+    reason = exc.reason.replace("the layer", "the build context")
+    return ContextError(f"refusing build context entry {exc.entry!r}: {reason}")
 
 
 def _read_dockerfile(root_fd: int, wanted: str, requested: str) -> tuple[str, bytes]:
