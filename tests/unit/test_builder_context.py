@@ -26,6 +26,7 @@ from skiff.core.builder.context import (
     ContextError,
     receive_context,
 )
+from skiff.core.builder.contextstream import ContextStream, TooLarge
 from skiff.core.builder.statindex import StatIndex
 from skiff.core.errors import InvalidParameter
 
@@ -283,6 +284,22 @@ def test_compression_bomb_is_refused_early(spool: str, compression: str) -> None
         receive_context(body, spool_dir=spool, max_size=1 << 20)  # type: ignore[arg-type]
     assert info.value.message == LIMIT_MSG
     assert os.listdir(spool) == []
+
+
+def test_context_stream_inflates_no_more_than_the_limit() -> None:
+    # a member that inflates 64 MiB, then 4 MiB more the reader must never get to
+    bomb = gzip.compress(bytes(64 << 20), compresslevel=9) + gzip.compress(os.urandom(4 << 20))
+    body = Body(bomb)
+    stream = ContextStream(body, 1 << 20)
+    assert stream.format == "gzip"
+    got = 0
+    with pytest.raises(TooLarge):
+        while True:
+            chunk = stream.read(1 << 20)
+            assert chunk
+            got += len(chunk)
+    assert got <= 1 << 20 and stream.count == (1 << 20) + 1  # one byte past, then stop
+    assert body.inner.tell() <= 2 << 20  # the rest of the body was never read
 
 
 # -- .dockerignore ---------------------------------------------------------
@@ -571,3 +588,40 @@ def test_random_trees_round_trip(spool: str, tree: dict[str, bytes], compression
         assert set(disk) == set(ctx.files)
         assert all(ctx.files[p].kind == "dir" for p in disk if disk[p] is None)
     assert os.listdir(spool) == []
+
+
+_PATTERNS = ["*.txt", "a", "!a/b*", "**/c", "b/**", "!**/keep", "a/*/x", "!a", "c/c",
+             "Dockerfile"]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.function_scoped_fixture])
+@given(tree=st.dictionaries(st.lists(st.sampled_from(["a", "b", "c", "x", "keep", "n.txt"]),
+                                     min_size=1, max_size=3).map("/".join),
+                            st.binary(max_size=50), max_size=10),
+       patterns=st.lists(st.sampled_from(_PATTERNS), max_size=5))
+def test_dockerignore_order_does_not_matter(spool: str, tree: dict[str, bytes],
+                                            patterns: list[str]) -> None:
+    """The same context with .dockerignore first or last: the same result, and
+    it is what the matcher says, with the directories the CLI would list."""
+    from skiff.core.dockerfile.ignore import IgnoreMatcher
+
+    tree = _consistent(tree)
+    dirs = sorted({"/".join(p.split("/")[:i]) for p in tree for i in range(1, p.count("/") + 1)})
+    body = ([E(d, type=tarfile.DIRTYPE, mode=0o700) for d in dirs]
+            + [E(p, d) for p, d in sorted(tree.items())] + [E("Dockerfile", DOCKERFILE)])
+    ignore = E(".dockerignore", "\n".join(patterns).encode())
+    matcher = IgnoreMatcher(patterns)
+    results = []
+    for entries in ([ignore, *body], [*body, ignore]):
+        with receive(tar(entries), spool) as ctx:
+            assert ctx.dockerfile == DOCKERFILE
+            files = {p: (f.kind, f.digest) for p, f in ctx.files.items()}
+            assert {p for p, f in ctx.files.items() if f.kind == "file"} == {
+                p for p in [*tree, "Dockerfile", ".dockerignore"] if not matcher.excluded(p)}
+            for p, f in ctx.files.items():
+                if f.kind == "dir" and matcher.excluded(p):
+                    assert f.mode == 0o755  # only as the parent of something kept
+            results.append((files, on_disk(ctx.root)))
+            assert set(results[-1][1]) == set(files)
+    assert results[0] == results[1]
