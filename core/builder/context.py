@@ -368,6 +368,10 @@ class _ContextExtractor(_Extractor):
         rel = _clean_name(m.name)
         if not rel:
             return  # the root entry: the directory keeps its own 0700
+        if rel.count("/") >= fdops.REMOVE_DEPTH - 1:
+            # what could not be removed again through descriptors is not written
+            raise ArchiveError(m.name, f"it is nested more than {fdops.REMOVE_DEPTH - 1} "
+                               "directories deep")
         if self.matcher is not None and rel not in self.always and self.matcher.excluded(rel):
             return  # tarfile skips the data
         kind = _kind(m)

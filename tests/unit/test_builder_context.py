@@ -465,6 +465,16 @@ def test_hard_link_out_of_the_context(spool: str) -> None:
     assert "does not exist" in msg
 
 
+def test_too_deep_is_refused_and_cleaned_up(spool: str) -> None:
+    from skiff.core.fdops import REMOVE_DEPTH
+
+    ok = "/".join(["d"] * (REMOVE_DEPTH - 1))
+    with receive(tar([E("Dockerfile", DOCKERFILE), E(ok, b"deep")]), spool) as ctx:
+        assert ctx.files[ok].digest == sha(b"deep")
+    msg = refused(tar([E("Dockerfile", DOCKERFILE), E(ok + "/more", b"deeper")]), spool)
+    assert "nested more than" in msg
+
+
 def test_whiteout_names_are_plain_files(spool: str) -> None:
     entries = [E("Dockerfile", DOCKERFILE), E("x", b"x"), E(".wh.x", b"w"),
                E(".wh..wh..opq", b"o")]
