@@ -15,7 +15,7 @@ import stat
 import tarfile
 import urllib.parse
 from collections.abc import Callable, Sequence
-from typing import IO, Literal
+from typing import IO, Literal, Protocol
 
 from skiff.core import fdops
 from skiff.core.archive.errors import ArchiveError
@@ -36,6 +36,13 @@ from skiff.core.tarlimits import open_stream
 #: holes are detected at this granularity when writing files (sparse output)
 _HOLE = 1 << 16
 _ZEROS = bytes(_HOLE)
+
+
+class _Readable(Protocol):
+    """What :meth:`_Extractor.content` gives: a regular file's data, read in chunks."""
+
+    def read(self, size: int, /) -> bytes: ...
+
 
 _REPLACED = ("it was replaced while it was being written (a process is changing this "
              "directory); nothing was written through it")
@@ -447,7 +454,7 @@ class _Extractor:
             0o600, dir_fd=pfd,
         )
         try:
-            src = tf.extractfile(m)
+            src = self.content(tf, m)
             written = 0
             if src is not None:
                 while True:
@@ -473,6 +480,11 @@ class _Extractor:
         finally:
             os.close(fd)
         self.size += m.size
+
+    def content(self, tf: tarfile.TarFile, m: tarfile.TarInfo) -> _Readable | None:
+        """The data of the regular file ``m``, as :meth:`regular` reads it: a
+        subclass may watch it go by (the builder hashes a context while writing it)."""
+        return tf.extractfile(m)
 
     def hardlink(self, m: tarfile.TarInfo, pfd: int, base: str) -> None:
         target = _clean_name(m.linkname) if m.linkname else ""
