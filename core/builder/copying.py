@@ -34,22 +34,19 @@ writes through a link.
 
 from __future__ import annotations
 
-import bz2
 import contextlib
 import errno
 import io
-import lzma
 import os
 import posixpath
 import re
 import stat
 import tarfile
-import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from skiff.core import archive, fdops
-from skiff.core.builder import fetch, sources
+from skiff.core.builder import copytar, fetch, sources
 from skiff.core.builder.sources import Source, SourceTree
 from skiff.core.containers import passwd
 from skiff.core.containers.archive import resolve_in_root
@@ -233,7 +230,7 @@ class _Apply:
     root_fd: int
     uid: int
     gid: int
-    mode: int | None
+    tar: copytar.CopyTar
 
     def fail(self, what: str) -> InvalidParameter:
         return InvalidParameter(f"{self.plan.keyword} failed: {what}")
@@ -293,99 +290,6 @@ class _Apply:
             where = f"{exc.entry}: " if exc.entry else ""
             raise self.fail(f"{where}{exc.reason}") from None
 
-    # -- the tar of what is copied ------------------------------------------
-
-    def header(self, name: str, st: os.stat_result, kind: bytes, size: int = 0,
-               linkname: str = "", mtime: float | None = None) -> bytes:
-        ti = tarfile.TarInfo(name)
-        ti.type = kind
-        perm = stat.S_IMODE(st.st_mode)
-        ti.mode = 0o777 if kind == tarfile.SYMTYPE else (
-            self.mode if self.mode is not None else perm)
-        ti.uid, ti.gid = self.uid, self.gid
-        ti.uname = ti.gname = ""
-        ti.mtime = int(st.st_mtime if mtime is None else mtime)
-        ti.size = size
-        ti.linkname = linkname
-        if kind in (tarfile.CHRTYPE, tarfile.BLKTYPE):
-            ti.devmajor, ti.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
-        return ti.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
-
-    def regular(self, fd: int, name: str, st: os.stat_result,
-                mtime: float | None = None) -> Iterator[bytes]:
-        yield self.header(name, st, tarfile.REGTYPE, st.st_size, mtime=mtime)
-        left = st.st_size
-        while left > 0:
-            data = os.read(fd, min(_CHUNK, left)) or bytes(min(_CHUNK, left))  # shrank
-            left -= len(data)
-            yield data
-        if pad := -st.st_size % _BLOCK:
-            yield bytes(pad)
-
-    def node(self, pfd: int, base: str, name: str, st: os.stat_result,
-             links: dict[tuple[int, int], str]) -> Iterator[bytes]:
-        """One entry: ``base`` in ``pfd``, named ``name`` in the tar."""
-        mode = st.st_mode
-        if stat.S_ISDIR(mode):
-            yield self.header(name, st, tarfile.DIRTYPE)
-            return
-        key = (st.st_dev, st.st_ino)
-        if st.st_nlink > 1 and key in links:
-            yield self.header(name, st, tarfile.LNKTYPE, linkname=links[key])
-            return
-        if stat.S_ISREG(mode):
-            fd = fdops.open_regular_at(pfd, base)
-            try:
-                st = os.fstat(fd)
-                if st.st_nlink > 1:
-                    links[key] = name
-                yield from self.regular(fd, name, st)
-            finally:
-                os.close(fd)
-            return
-        if stat.S_ISLNK(mode):
-            yield self.header(name, st, tarfile.SYMTYPE, linkname=os.readlink(base, dir_fd=pfd))
-        elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-            yield self.header(name, st, tarfile.CHRTYPE if stat.S_ISCHR(mode)
-                              else tarfile.BLKTYPE)
-        elif stat.S_ISFIFO(mode):
-            yield self.header(name, st, tarfile.FIFOTYPE)
-        else:
-            return  # a socket is not copied
-        if st.st_nlink > 1:
-            links[key] = name
-
-    def tar_dir(self, dfd: int) -> Iterator[bytes]:
-        links: dict[tuple[int, int], str] = {}
-        for pfd, base, rel, st in sources.walk(dfd):
-            yield from self.node(pfd, base, rel, st, links)
-        yield bytes(2 * _BLOCK)
-
-    def tar_one(self, s: Source, name: str) -> Iterator[bytes]:
-        """The tar of a non-directory source as ``name``."""
-        if s.fetched is not None:
-            fd = os.open(s.fetched, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            try:
-                yield from self.regular(fd, name, os.fstat(fd), mtime=s.mtime)
-            finally:
-                os.close(fd)
-        else:
-            pfd = fdops.open_in_root(self.tree.root_fd, s.path, os.O_PATH)
-            try:
-                st = os.fstat(pfd)
-                if stat.S_ISREG(st.st_mode):
-                    fd = fdops.reopen(pfd, os.O_RDONLY)
-                    try:
-                        yield from self.regular(fd, name, os.fstat(fd))
-                    finally:
-                        os.close(fd)
-                else:
-                    # a device or a FIFO: its entry alone, nothing opened
-                    yield from self.node(pfd, "", name, st, {})
-            finally:
-                os.close(pfd)
-        yield bytes(2 * _BLOCK)
-
     # -- the sources ---------------------------------------------------------
 
     def copy(self, s: Source, decompress: bool) -> None:
@@ -405,7 +309,7 @@ class _Apply:
         try:
             dfd = self.dest_dir(self.plan.dest)
             try:
-                self.extract(_reader(self.tar_dir(sfd)), dfd)
+                self.extract(copytar.reader(self.tar.tar_dir(sfd)), dfd)
             finally:
                 os.close(dfd)
         finally:
@@ -419,7 +323,7 @@ class _Apply:
             where, name = posixpath.split(final)
         dfd = self.dest_dir(where)
         try:
-            self.extract(_reader(self.tar_one(s, name)), dfd)
+            self.extract(copytar.reader(self.tar.tar_one(s, name)), dfd)
         finally:
             os.close(dfd)
 
@@ -438,7 +342,7 @@ class _Apply:
                 raise sources.not_found(self.plan.keyword, s.path) from None
             raise
         with os.fdopen(rfd, "rb") as f:
-            if not _is_tar(f):
+            if not copytar.is_tar(f):
                 return False
             f.seek(0)
             dfd = self.dest_dir(self.plan.dest)
@@ -449,51 +353,13 @@ class _Apply:
         return True
 
 
-def _reader(chunks: Iterator[bytes]) -> io.BufferedReader:
-    return io.BufferedReader(archive.ChunkReader(chunks), buffer_size=_CHUNK)
-
-
-def _is_tar(f: io.BufferedReader) -> bool:
-    """dockerd's ``isArchivePath``: (decompressed) content whose first header reads."""
-    head = f.read(6)
-    dec: zlib._Decompress | bz2.BZ2Decompressor | lzma.LZMADecompressor | None = None
-    if head.startswith(b"\x1f\x8b"):
-        dec = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    elif head.startswith(b"BZh"):
-        dec = bz2.BZ2Decompressor()
-    elif head.startswith(b"\xfd7zXZ\x00"):
-        dec = lzma.LZMADecompressor()
-    data = head
-    if dec is None:
-        data += f.read(_BLOCK - len(head))
-    else:
-        data = b""
-        pending = head
-        try:
-            for _ in range(64):  # a header is never more than a few KiB in
-                data += dec.decompress(pending)
-                if len(data) >= _BLOCK:
-                    break
-                pending = f.read(1 << 14)
-                if not pending:
-                    break
-        except (OSError, EOFError, ValueError, zlib.error):
-            return False
-    if len(data) < _BLOCK:
-        return False
-    try:
-        tarfile.TarInfo.frombuf(data[:_BLOCK], "utf-8", "surrogateescape")
-    except tarfile.HeaderError:
-        return False
-    return True
-
-
 def apply_copy(plan: CopyPlan, src: SourceTree, dst_root_fd: int, *,
                chown: str | None = None, chmod: str | None = None,
                decompress: bool = False) -> None:
     """Write the plan's sources into the image whose root is ``dst_root_fd``."""
     mode = parse_chmod(chmod)
     uid, gid = resolve_chown(dst_root_fd, chown)
-    job = _Apply(plan, src, dst_root_fd, uid, gid, mode)
+    job = _Apply(plan, src, dst_root_fd, uid, gid,
+                 copytar.CopyTar(src.root_fd, uid, gid, mode))
     for s in plan.sources:
         job.copy(s, decompress)
