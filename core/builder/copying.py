@@ -235,13 +235,17 @@ class _Apply:
     def fail(self, what: str) -> InvalidParameter:
         return InvalidParameter(f"{self.plan.keyword} failed: {what}")
 
+    def resolve(self, path: str) -> str:
+        """``path`` of the image with its links followed inside the root."""
+        try:
+            return resolve_in_root(self.root_fd, path)
+        except OSError as exc:
+            raise self.fail(f"{path}: {exc.strerror}") from None
+
     def dest_dir(self, path: str) -> int:
         """A real descriptor of the image's directory ``path`` (links followed
         inside the root), made with missing parents (see the module doc)."""
-        try:
-            resolved = resolve_in_root(self.root_fd, path)
-        except OSError as exc:
-            raise self.fail(f"{path}: {exc.strerror}") from None
+        resolved = self.resolve(path)
         fd = fdops.open_in_root(self.root_fd, "/", os.O_RDONLY | os.O_DIRECTORY)
         done = ""
         try:
@@ -316,7 +320,7 @@ class _Apply:
             os.close(sfd)
 
     def copy_file(self, s: Source) -> None:
-        final = resolve_in_root(self.root_fd, self.plan.dest)
+        final = self.resolve(self.plan.dest)
         if self.plan.dest_is_dir or self.is_dir(final):
             where, name = final, s.name
         else:
