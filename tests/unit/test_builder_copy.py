@@ -595,7 +595,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def server() -> Iterator[str]:
+def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy",
+                "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)  # urllib would send 127.0.0.1 to a proxy
     try:
         httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     except OSError as exc:
