@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING
 
 from skiff.core import archive, fdops, idshift
-from skiff.core.containers import mounts
+from skiff.core.containers import mounts, passwd
 from skiff.core.errors import Conflict, InvalidParameter, NotFound
 from skiff.core.timefmt import rfc3339_nano_trimmed
 
@@ -55,7 +55,6 @@ if TYPE_CHECKING:
     from skiff.core.userns import IdMap
 
 _MAX_LINKS = 40  # as the kernel's MAXSYMLINKS
-_MAX_TABLE = 16 << 20  # bytes of /etc/passwd or /etc/group read for copyUIDGID
 
 # Go's os.FileMode type bits: the CLI decodes the stat header with them.
 _GO_DIR = 1 << 31
@@ -447,40 +446,19 @@ def _copy_ids(root_fd: int, user: str) -> tuple[int, int] | None:
     if not user:
         return None
     name, _, group = user.partition(":")
-
-    def table(path: str) -> list[list[str]]:
-        # the container may have made it a FIFO (an open would hang) or a device
-        # node (an open acts on the host's device): a regular file only, and
-        # no more of it than a real passwd file could hold
-        try:
-            pfd = _open(root_fd, path, os.O_PATH)
-            try:
-                if not stat.S_ISREG(os.fstat(pfd).st_mode):
-                    return []
-                fd = fdops.reopen(pfd, os.O_RDONLY)
-            finally:
-                os.close(pfd)
-        except OSError:
-            return []
-        with os.fdopen(fd, "rb") as f:
-            text = f.read(_MAX_TABLE).decode(errors="replace")
-        return [line.split(":") for line in text.splitlines() if ":" in line]
-
     uid = gid = None
     if name.isdigit():
         uid = int(name)
-    for row in table("/etc/passwd"):
-        if len(row) >= 4 and (row[0] == name or (uid is not None and row[2] == str(uid))):
-            uid, gid = int(row[2]), int(row[3])
-            break
+    found = passwd.user_entry(passwd.read_table(root_fd, passwd.PASSWD), name, uid)
+    if found is not None:
+        uid, gid = found
     if uid is None:
         raise InvalidParameter(f"unable to find user {name}: no matching entries in passwd file")
     if group:
         if group.isdigit():
             gid = int(group)
         else:
-            gid = next((int(r[2]) for r in table("/etc/group")
-                        if len(r) >= 3 and r[0] == group), None)
+            gid = passwd.group_id(passwd.read_table(root_fd, passwd.GROUP), group)
             if gid is None:
                 raise InvalidParameter(
                     f"unable to find group {group}: no matching entries in group file")
