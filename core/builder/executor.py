@@ -55,6 +55,7 @@ from skiff.core.dockerfile.stages import SCRATCH, Stage, build_layers, plan_stag
 from skiff.core.dockerfile.words import expand
 from skiff.core.errors import InvalidParameter, NotFound
 from skiff.core.images.commit import commit_layer, commit_metadata
+from skiff.core.images.records import Image
 from skiff.core.images.reference import familiar_string, parse
 
 log = structlog.get_logger("skiff.builder")
@@ -287,7 +288,7 @@ class Build:
         images = self.services.images
         for ref in self.options.cache_from:
             try:
-                image = images.get(ref)
+                image: Image | None = images.get(ref)
             except NotFound:
                 continue  # as dockerd: a missing cache source is no error
             seen = 0
@@ -395,7 +396,7 @@ class Build:
                 copying.plan_copy, tree, node.sources, node.dest,
                 workdir=state.config.get("WorkingDir") or "/", keyword=node.keyword,
                 allow_urls=isinstance(node, ins.Add), fetch_dir=services.spool_dir))
-            probe = state.with_cmd_comment_string(plan.history_text())
+            probe = state.with_cmd_comment_string(plan.history_text(node.chown))
             if self._cached(state, probe, out):
                 return
             chosen = plan

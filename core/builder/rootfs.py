@@ -58,7 +58,7 @@ def _mounted(layers: LayerStore, mount_id: str) -> Iterator[int]:
 
 def write_layer(layers: LayerStore, images: ImageStore, *, parent: str | None,
                 config: Mapping[str, Any], container_config: Mapping[str, Any],
-                created_by: str, author: str, write: Callable[[int], None]) -> str:
+                created_by: str, author: str, write: Callable[[int], object]) -> str:
     """Run ``write(root_fd)`` on a fresh layer over image ``parent`` (None: an
     empty filesystem) and commit what it changed as a child image; returns
     the image ID.  Nothing is left of the layer, whether ``write`` succeeds or

@@ -325,10 +325,12 @@ def apply_metadata(state: StageState, node: ins.Instruction) -> str:
         return "MAINTAINER " + node.maintainer
     if isinstance(node, ins.Healthcheck):
         health: dict[str, Any] = {"Test": list(node.test)}
-        for key, value in (("Interval", node.interval), ("Timeout", node.timeout),
-                           ("StartPeriod", node.start_period), ("Retries", node.retries)):
-            if value:
-                health[key] = value
+        timing: tuple[tuple[str, int], ...] = (
+            ("Interval", node.interval), ("Timeout", node.timeout),
+            ("StartPeriod", node.start_period), ("Retries", node.retries))
+        for key, amount in timing:
+            if amount:
+                health[key] = amount
         cfg["Healthcheck"] = health
         return "HEALTHCHECK " + healthcheck_text(health)
     if isinstance(node, ins.Arg):
