@@ -321,9 +321,7 @@ class Build:
         opts = self.options
         host_config: dict[str, Any] = {
             "NetworkMode": opts.network_mode or "default", "ShmSize": opts.shm_size,
-            "ExtraHosts": list(opts.extra_hosts) or None,
-            # as dockerd's builder: a step's output is the build's, not a log's
-            "LogConfig": {"Type": "none", "Config": {}}, **opts.resources}
+            "ExtraHosts": list(opts.extra_hosts) or None, **opts.resources}
         body = {**go_config(state.config), "Image": state.image_id, "Cmd": cmd,
                 "Entrypoint": [""], "Healthcheck": {"Test": ["NONE"]},
                 "Env": [*(state.config.get("Env") or []),
