@@ -40,7 +40,7 @@ from skiff.core.hookspecs import (
 )
 from skiff.core.images.distribution.context import DistributionContext
 from skiff.core.images.distribution.endpoints import RegistryConfig
-from skiff.core.images.distribution.pull import pull, pull_reference
+from skiff.core.images.distribution.pull import pull
 from skiff.core.images.layers import LayerStore
 from skiff.core.images.migrate import (
     drivers_with_layers,
@@ -49,6 +49,7 @@ from skiff.core.images.migrate import (
     read_marker,
     remember_choice,
 )
+from skiff.core.images.reference import parse as parse_reference
 from skiff.core.images.store import ImageStore
 from skiff.core.networks import NetworkStore
 from skiff.core.plugins import Plugins
@@ -327,7 +328,10 @@ class Engine:
     async def _pull_for_build(self, ref: str, emit: Callable[[dict[str, Any]], None]) -> str:
         """A build's FROM or ``COPY --from`` image, pulled (no credentials:
         ``X-Registry-Config`` is not read yet)."""
-        return await pull(self.distribution, pull_reference(ref, ""), None, emit)
+        reference = parse_reference(ref, default_tag=False)
+        if reference.tag is None and reference.digest is None:
+            reference = reference.with_default_tag()
+        return await pull(self.distribution, reference, None, emit)
 
     # -- networks ------------------------------------------------------------
 
