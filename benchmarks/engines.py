@@ -168,8 +168,11 @@ class Engine:
     def start(self, timeout: float = 60) -> None:
         self.base.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
+            # cwd: its own folder, never a checkout's, whose skiff/ would shadow
+            # the package of the interpreter's venv (``-m`` puts cwd first)
             self.proc = subprocess.Popen(self.command(), stdout=log, stderr=log,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
+                                         stdin=subprocess.DEVNULL, start_new_session=True,
+                                         cwd=self.base)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -54,7 +54,8 @@ def no_leaks(
     (``pytest.mark.usefixtures("no_leaks")``).
 
     Only this session's base temp is looked at: an earlier, killed session's
-    leftovers are not this test's doing (the session-wide check reports them)."""
+    leftovers are not this test's doing.  Nothing in the suite reports them
+    (the session-wide check compares before with after); clean them by hand."""
     yield
     assert our_mounts(tmp_path_factory.getbasetemp()) == []
     if "runtime" in request.fixturenames:
