@@ -133,8 +133,8 @@ def image_id(engine: HasEnv, ref: str) -> str:
 
 
 def mask_digests(text: str) -> str:
-    """``COPY file:<hex> in /x`` -> ``COPY file:<hex> in /x``: content digests differ
-    only where the hashing does, not the instruction."""
+    """Every 64-hex digest as ``<hex>`` (``COPY file:<hex> in /x``): two engines'
+    content digests may differ where the instructions do not."""
     return HEX.sub("<hex>", text)
 
 
