@@ -216,7 +216,7 @@ def test_multistage_build_matches_dockerd(skiffd: Daemon, dockerd: Dockerd | Non
 
 CACHED = """\
 FROM busybox:latest
-RUN echo one > /one
+RUN echo one-{tok} > /one
 COPY early.txt /early.txt
 RUN echo two-{tok} > /two
 COPY late.txt /late.txt
