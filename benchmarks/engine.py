@@ -36,9 +36,9 @@ FLOOR = ["unshare", "--fork", "--pid", "--mount", "--uts", "--ipc", "--net", "--
          "true"]
 # Modules that later issues add (network set-up, pull, build); each may
 # define ``engine_rows(ctx: Context) -> list[Row]`` and is skipped when absent.
-EXTRAS = ("benchmarks.network", "benchmarks.pull", "benchmarks.build")
+EXTRAS = ("benchmarks.network", "benchmarks.pull")
 WORKLOADS = ("api", "run", "phases", "seccomp", "exec", "lifecycle", "concurrency", "logs",
-             "memory", "userns")
+             "memory", "userns", "build")
 UNCONFINED = ["--security-opt", "seccomp=unconfined"]
 
 
@@ -394,6 +394,17 @@ def userns(ctx: Context) -> None:
     from benchmarks import userns as workload
 
     ctx.rows.extend(workload.engine_rows(ctx))  # type: ignore[arg-type]
+
+
+def build(ctx: Context) -> None:
+    """``docker build`` cold, warm, with independent stages, and (skiffd only) a
+    large warm context (benchmarks/build.py)."""
+    from benchmarks import build as workload
+
+    try:
+        ctx.rows.extend(workload.engine_rows(ctx))
+    except EngineError as exc:  # a failed build must not void the other workloads' numbers
+        ctx.log(f"  build failed: {exc}")
 
 
 BUILTIN: dict[str, Callable[[Context], None]] = {

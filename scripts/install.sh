@@ -24,6 +24,7 @@ PKGS+=(libseccomp-dev)  # seccomp.h: setup.py builds the libseccomp binding that
 TEST_PKGS=(btrfs-progs fuse-overlayfs e2fsprogs)  # storage drivers: btrfs, aufs, loop quota
 TEST_PKGS+=(docker-registry skopeo apache2-utils)  # registry tests: registry, OCI copies, htpasswd
 TEST_PKGS+=(docker.io)  # dockerd: images saved by one engine load into the other
+TEST_PKGS+=(docker-compose)  # compose 1.29 (Python, docker-py): `build:` posts to POST /build
 TEST_PKGS+=(xfsprogs)  # project-quota tests: mkfs.xfs (they run in the VM rig)
 [ "$WITH_TEST" = 1 ] && PKGS+=("${TEST_PKGS[@]}")
 missing=()

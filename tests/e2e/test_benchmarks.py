@@ -91,3 +91,24 @@ def test_userns_workload_rows(tmp_path: Path) -> None:
     slow = by[("userns: create --userns=auto, 10 layers: slowdown vs no remapping",
                "skiffd userns (chown)")]
     assert slow["unit"] == "x" and slow["value"] > 1
+
+
+@pytest.mark.skipif(not DOCKER.exists(), reason="the stock docker CLI is not installed")
+def test_build_workload_rows(tmp_path: Path) -> None:
+    """The build workload (issue 16): its rows, structure only."""
+    out = tmp_path / "out"
+    res = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "engine", "--smoke", "--no-docker",
+         "--only", "build", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    by = {(r["metric"], r["engine"]): r for r in json.loads((out / "engine.json").read_text())
+          ["rows"]}
+    for metric in ("build_cold: FROM + 3 steps, --no-cache",
+                   "build_warm: FROM + 3 steps, all cached",
+                   "build_parallel: 2 independent stages + final, --no-cache",
+                   "build_ctx_rehash: warm build, 50-file context"):
+        row = by.get((f"{metric}: median", "skiffd"))
+        assert row is not None, (metric, res.stdout[-3000:])
+        assert row["unit"] == "s" and row["value"] > 0 and len(row["samples"]) == 1
