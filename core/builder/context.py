@@ -217,14 +217,42 @@ def _make_private_dir(spool_fd: int) -> str:
         return name
 
 
+class _Unpadded:
+    """The context stream, with the end a Go client may leave out made up.
+
+    The docker CLI's ``-f -`` and ``-f <outside the context>`` rewrite the
+    context tar and end it right after the last file's data: no padding to
+    the block, no two zero blocks.  Go's reader takes that; Python's does
+    not.  Past the real end this gives the zeros that are missing; ``real``
+    counts the bytes that came from the client, so a member whose data is cut
+    short is still caught (by the caller, against the member's size)."""
+
+    def __init__(self, inner: ContextStream) -> None:
+        self._inner = inner
+        self.real = 0
+        self._pad: int | None = None
+
+    def read(self, n: int = -1) -> bytes:
+        if self._pad is None:
+            data = self._inner.read(n)
+            if data:
+                self.real += len(data)
+                return data
+            self._pad = (-self.real) % tarfile.BLOCKSIZE + 2 * tarfile.BLOCKSIZE
+        take = self._pad if n is None or n < 0 else min(n, self._pad)
+        self._pad -= take
+        return bytes(take)
+
+
 def _unpack(stream: IO[bytes], max_size: int, ex: _ContextExtractor) -> int:
     """Read and unpack the whole tar; the decompressed bytes read."""
     try:
         body = ContextStream(stream, max_size)
         if body.empty:
             return 0  # dockerd takes an empty body as an empty context
+        padded = _Unpadded(body)
         try:
-            tf = open_stream(body, "r|")  # type: ignore[arg-type]  # reads like an IO[bytes]
+            tf = open_stream(padded, "r|")  # type: ignore[arg-type]  # reads like an IO[bytes]
         except (tarfile.TarError, EOFError):
             if body.count == 0:
                 return 0  # a compressed empty stream
@@ -246,6 +274,9 @@ def _unpack(stream: IO[bytes], max_size: int, ex: _ContextExtractor) -> int:
                 except OSError as exc:
                     exc.add_note(f"while unpacking build context entry {member.name!r}")
                     raise
+                if padded.real < member.offset_data + (member.size if member.isreg() else 0):
+                    raise ContextError(f"the build context tar is corrupt at {member.name!r}: "
+                                       "its data is cut short")
         return body.count
     except TooLarge:
         raise ContextError(

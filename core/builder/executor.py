@@ -333,7 +333,9 @@ class Build:
         try:
             code = await self._run_container(cid, out)
             if code != 0:
-                if opts.forcerm:
+                # dockerd keeps a failed step's container unless forcerm; skiff
+                # leaves nothing behind a failed build unless asked (rm=false)
+                if opts.rm or opts.forcerm:
                     await self._remove(cid, out)
                 raise StepFailed(
                     f"The command '{' '.join(cmd)}' returned a non-zero code: {code}", code)
@@ -437,7 +439,7 @@ class Build:
                             out: StageOutput) -> None:
         path = normalize_workdir(state.config.get("WorkingDir") or "", node.path)
         state.config["WorkingDir"] = path
-        probe = state.with_cmd_comment("WORKDIR " + path)
+        probe = state.with_cmd_comment_string("WORKDIR " + path)
         if self._cached(state, probe, out):
             return
         services = self.services

@@ -7,6 +7,7 @@ Labels, StopSignal and ExposedPorts fall back to the image.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import signal
 from collections.abc import Mapping
@@ -131,6 +132,28 @@ def normalize_host_config(hc: Mapping[str, Any] | None) -> dict[str, Any]:
     out.setdefault("RestartPolicy", {"Name": "no", "MaximumRetryCount": 0})
     out.setdefault("ReadonlyRootfs", False)
     out.setdefault("SecurityOpt", None)
+    extra_hosts(out)  # refused at create, not at start
+    return out
+
+
+def extra_hosts(hc: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """``ExtraHosts`` (``--add-host name:ip``) as (ip, name) pairs, checked."""
+    out = []
+    for item in _as_list(hc.get("ExtraHosts")) or []:
+        name, sep, ip = item.partition(":")
+        if not sep:
+            name, sep, ip = item.partition("=")
+        if not sep or not name:
+            raise InvalidConfig(f"bad format for add-host: {item!r} (use name:ip)")
+        if ip == "host-gateway":
+            raise InvalidConfig(
+                f"add-host {item!r}: host-gateway is not supported yet; give the address "
+                "(the bridge's gateway, daemon.json bip)")
+        try:
+            ipaddress.ip_address(ip.strip("[]"))
+        except ValueError:
+            raise InvalidConfig(f"invalid IP address in add-host: {ip!r}") from None
+        out.append((ip.strip("[]"), name))
     return out
 
 

@@ -7,6 +7,7 @@ import os
 import shutil
 from typing import Any
 
+from skiff.core.containers.config import extra_hosts
 from skiff.core.containers.links import Lookup, first_ip, linked
 from skiff.core.containers.model import Container
 
@@ -29,9 +30,11 @@ def write_at_create(c: Container, embedded_dns: bool) -> None:
         f.write(c.config["Hostname"] + "\n")
     if c.network_mode == "host":
         shutil.copyfile("/etc/hosts", c.hosts_path)
+        with open(c.hosts_path, "a") as f:
+            f.write("".join(f"{ip}\t{name}\n" for ip, name in extra_hosts(c.host_config)))
     else:
         with open(c.hosts_path, "w") as f:
-            f.write("\n".join(_LOCAL_HOSTS) + "\n")
+            f.write("\n".join(_local_and_extra(c)) + "\n")
     with open(c.resolv_conf_path, "w") as f:
         if embedded_dns:
             f.write(f"nameserver {EMBEDDED_DNS}\noptions ndots:0\n")
@@ -45,11 +48,16 @@ def write_at_create(c: Container, embedded_dns: bool) -> None:
             os.chown(path, idmap.root_uid, idmap.root_gid)
 
 
+def _local_and_extra(c: Container) -> list[str]:
+    """The standard entries, then ``--add-host``'s, as Docker orders them."""
+    return [*_LOCAL_HOSTS, *(f"{ip}\t{name}" for ip, name in extra_hosts(c.host_config))]
+
+
 def write_hosts(c: Container, lookup: Lookup) -> None:
     """/etc/hosts with the container's own addresses and its links (in place)."""
     if c.network_mode == "host" or c.network_mode.startswith("container:"):
         return
-    lines = list(_LOCAL_HOSTS)
+    lines = _local_and_extra(c)
     for other, alias in linked(c, lookup):
         ip = first_ip(other)
         if ip:

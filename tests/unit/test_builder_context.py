@@ -635,3 +635,25 @@ def test_dockerignore_order_does_not_matter(spool: str, tree: dict[str, bytes],
             results.append((files, on_disk(ctx.root)))
             assert set(results[-1][1]) == set(files)
     assert results[0] == results[1]
+
+
+def _unterminated(entries: list[E]) -> bytes:
+    """A tar as the docker CLI's ``-f -`` rewrites it: it ends right after the
+    last file's data (no padding, no end blocks)."""
+    raw = tar(entries)
+    last = entries[-1]
+    end = raw.rindex(last.data) + len(last.data)
+    return raw[:end]
+
+
+def test_a_tar_without_its_end_blocks_is_taken_as_go_takes_it(spool: str) -> None:
+    data = _unterminated([E("Dockerfile", DOCKERFILE), E(".dockerignore", b"x\n")])
+    assert len(data) % 512 != 0
+    with receive(data, spool) as ctx:
+        assert ctx.files[".dockerignore"].digest == sha(b"x\n")
+        assert ctx.dockerfile == DOCKERFILE
+
+
+def test_a_tar_cut_inside_a_file_is_still_corrupt(spool: str) -> None:
+    data = _unterminated([E("Dockerfile", DOCKERFILE), E("big", b"y" * 3000)])
+    assert "cut short" in refused(data[:-1000], spool)
