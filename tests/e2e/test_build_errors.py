@@ -180,7 +180,9 @@ def test_cancelled_build_leaves_nothing(skiffd: Daemon, made: Tracker,
                                         tmp_path: Path) -> None:
     tok = secrets.token_hex(4)
     marker = f"cancel-{tok}"
-    context = dockerfile(tmp_path, f"FROM busybox:latest\nRUN echo {marker} && sleep 30\n")
+    # "&& echo done": the shell stays (busybox sh execs a last command in place)
+    context = dockerfile(tmp_path,
+                         f"FROM busybox:latest\nRUN echo {marker} && sleep 30 && echo done\n")
     mounts_before = mounts_under(skiffd.base)
     proc = subprocess.Popen([DOCKER, "build", str(context)], env=cli_env(skiffd, "0"),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
