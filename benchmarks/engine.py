@@ -412,6 +412,7 @@ BUILTIN: dict[str, Callable[[Context], None]] = {
     "exec": exec_latency,
     "lifecycle": lifecycle,
     "concurrency": concurrency, "logs": logs, "memory": memory, "userns": userns,
+    "build": build,
 }
 
 

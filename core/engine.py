@@ -16,6 +16,7 @@ import trio
 
 from skiff.core import userns_storage
 from skiff.core.builder.cache import BuildCache
+from skiff.core.builder.context import tmpfs_dir
 from skiff.core.builder.rootfs import BUILD_LAYER_PREFIX
 from skiff.core.builder.services import BuildServices
 from skiff.core.builder.statindex import StatIndex
@@ -280,7 +281,7 @@ class Engine:
             cache=BuildCache(builder_root, self.images.exists),
             pull=self._pull_for_build, to_thread=self.to_thread,
             spool_dir=os.path.join(self.data_root, "tmp"),
-            max_context_size=config["builder-max-context-size"])
+            max_context_size=config["builder-max-context-size"], memory_spool=tmpfs_dir())
 
     def _check_installed(self, kind: str, name: str, key: str) -> None:
         try:

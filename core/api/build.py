@@ -137,7 +137,8 @@ def register(router: Router, engine: Engine) -> None:
         def consume(stream: IO[bytes]) -> BuildContext:
             return receive_context(stream, spool_dir=builds.spool_dir,
                                    dockerfile=options.dockerfile,
-                                   max_size=builds.max_context_size, index=engine.stat_index)
+                                   max_size=builds.max_context_size, index=engine.stat_index,
+                                   memory_spool=builds.memory_spool)
 
         context = await feed_sync_consumer(req.body_stream(), consume, engine.transfers)
         try:

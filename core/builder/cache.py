@@ -131,4 +131,7 @@ class BuildCache:
                 return
             data = {k: e.to_json() for k, e in self._entries.items()}
             self._dirty = False
-        write_atomic(self.path, json.dumps(data, separators=(",", ":")).encode(), 0o600)
+        # not durable: a lost index costs a rebuild, never a wrong hit (the
+        # rename is atomic, so it is the old index or the new, whole)
+        write_atomic(self.path, json.dumps(data, separators=(",", ":")).encode(), 0o600,
+                     durable=False)

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import os
 import secrets
 import stat
@@ -131,16 +132,84 @@ class BuildContext:
         self.close()
 
 
+#: the largest plain context unpacked in memory (``memory_spool``), in bytes
+MEMORY_CONTEXT_LIMIT = 32 << 20
+_COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00", b"\x28\xb5\x2f\xfd")
+
+
+class _Chain(io.RawIOBase):
+    """``head`` then the rest of ``stream``."""
+
+    def __init__(self, head: bytes, stream: IO[bytes]) -> None:
+        self._head = memoryview(head)
+        self._stream = stream
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        if self._head:
+            size = len(self._head) if n is None or n < 0 else n
+            out, self._head = bytes(self._head[:size]), self._head[size:]
+            return out
+        return self._stream.read(n)
+
+
+def tmpfs_dir(path: str = "/dev/shm") -> str | None:
+    """``path`` if a tmpfs is mounted there (the memory spool), else None."""
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                fields = line.split()
+                sep = fields.index("-")
+                if fields[4] == path and fields[sep + 1] == "tmpfs":
+                    return path
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _small_plain_body(stream: IO[bytes], memory_spool: str) -> tuple[IO[bytes], bool]:
+    """Read up to :data:`MEMORY_CONTEXT_LIMIT` bytes: (the stream to unpack, whether
+    the whole body was that small, uncompressed, and fits the memory spool twice)."""
+    chunks: list[bytes] = []
+    size = 0
+    while size <= MEMORY_CONTEXT_LIMIT:
+        chunk = stream.read(min(1 << 20, MEMORY_CONTEXT_LIMIT + 1 - size))
+        if not chunk:
+            head = b"".join(chunks)
+            st = os.statvfs(memory_spool)
+            fits = st.f_bavail * st.f_frsize > 2 * size
+            small = fits and not head.startswith(_COMPRESSED_MAGIC)
+            return io.BytesIO(head), small
+        chunks.append(chunk)
+        size += len(chunk)
+    return _Chain(b"".join(chunks), stream), False  # type: ignore[return-value]
+
+
 def receive_context(stream: IO[bytes], *, spool_dir: str, dockerfile: str = _DEFAULT_DOCKERFILE,
-                    max_size: int, index: StatIndex | None = None) -> BuildContext:
+                    max_size: int, index: StatIndex | None = None,
+                    memory_spool: str | None = None) -> BuildContext:
     """Unpack the context tar read from ``stream`` into a new directory of
     ``spool_dir``; ``dockerfile`` is its path inside the context.
+
+    ``memory_spool``, a tmpfs: a plain (uncompressed) context of at most
+    :data:`MEMORY_CONTEXT_LIMIT` bytes is unpacked there instead.  Creating a
+    file costs a disk file system a journal entry (0.4 ms each on this
+    project's test machine, against 7 us on tmpfs): a context of thousands of
+    small files, sent whole at every build, is mostly that cost.  The body is
+    read that far first to know; a larger or compressed one goes to
+    ``spool_dir`` as it streams.
 
     Raises :class:`ContextError` for anything the client can fix (not a tar,
     too large, a refused entry, a bad ``.dockerignore``, no Dockerfile);
     ``OSError`` for a failure of the host.  Nothing is left behind either way.
     """
     wanted = _clean_dockerfile_name(dockerfile)
+    if memory_spool is not None:
+        stream, small = _small_plain_body(stream, memory_spool)
+        if small:
+            spool_dir = memory_spool
     os.makedirs(spool_dir, 0o700, exist_ok=True)
     spool_fd = os.open(spool_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     dir_name: str | None = None
@@ -209,7 +278,7 @@ def _clean_dockerfile_name(dockerfile: str) -> str:
 
 def _make_private_dir(spool_fd: int) -> str:
     while True:
-        name = "context-" + secrets.token_hex(8)
+        name = "skiff-context-" + secrets.token_hex(8)
         try:
             os.mkdir(name, 0o700, dir_fd=spool_fd)
         except FileExistsError:

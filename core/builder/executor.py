@@ -162,8 +162,10 @@ class Build:
                         "consumed")
         output.result({"aux": {"ID": final}})
         output.line(f"Successfully built {short(final)}")
+        images = self.services.images
         for tag in self.tags:
-            await self.services.to_thread(self.services.images.tag, final, tag)
+            if images.lookup_ref(tag) != final:  # a rebuild that changed nothing writes nothing
+                await self.services.to_thread(images.tag, final, tag)
             output.line(f"Successfully tagged {tag}")
         if self.options.quiet:
             output.result({"stream": final + "\n"})

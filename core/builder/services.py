@@ -68,3 +68,5 @@ class BuildServices:
     spool_dir: str
     #: the largest build context accepted, in bytes (after decompression)
     max_context_size: int
+    #: a tmpfs where small contexts are unpacked (None: always ``spool_dir``)
+    memory_spool: str | None = None

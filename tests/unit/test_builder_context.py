@@ -657,3 +657,24 @@ def test_a_tar_without_its_end_blocks_is_taken_as_go_takes_it(spool: str) -> Non
 def test_a_tar_cut_inside_a_file_is_still_corrupt(spool: str) -> None:
     data = _unterminated([E("Dockerfile", DOCKERFILE), E("big", b"y" * 3000)])
     assert "cut short" in refused(data[:-1000], spool)
+
+
+def test_small_plain_contexts_unpack_in_the_memory_spool(
+        spool: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from skiff.core.builder import context as context_module
+
+    memory = tmp_path / "memory"
+    memory.mkdir()
+    small = tar([E("Dockerfile", DOCKERFILE), E("a", b"a" * 100)])
+    with receive(small, spool, memory_spool=str(memory)) as ctx:
+        assert ctx.root.startswith(str(memory))
+        assert ctx.files["a"].digest == sha(b"a" * 100)
+    with receive(tar([E("Dockerfile", DOCKERFILE)], "gz"), spool,
+                 memory_spool=str(memory)) as ctx:
+        assert ctx.root.startswith(spool)  # compressed: its size on disk is unknown
+    monkeypatch.setattr(context_module, "MEMORY_CONTEXT_LIMIT", 2048)
+    big = tar([E("Dockerfile", DOCKERFILE), E("b", bytes(range(256)) * 40)])
+    with receive(big, spool, memory_spool=str(memory)) as ctx:
+        assert ctx.root.startswith(spool)  # read past the limit: streamed to disk, whole
+        assert ctx.files["b"].digest == sha(bytes(range(256)) * 40)
+    assert os.listdir(memory) == []
