@@ -413,3 +413,29 @@ def test_build_prune_and_system_df(skiffd: Daemon, made: Tracker, tmp_path: Path
 
     res = build(skiffd, context, "-t", tag).ok()
     assert [s.cached for s in steps(res.stdout)[1:]] == [False, False], res.stdout
+
+
+def test_cache_from_reuses_a_named_images_steps(skiffd: Daemon, made: Tracker,
+                                                tmp_path: Path) -> None:
+    """After the cache is pruned, ``--cache-from`` an image built earlier makes its
+    steps hits again (its chain is kept: it is tagged); without it they miss."""
+    tok = secrets.token_hex(4)
+    context = write_tree(tmp_path / "ctx", {"Dockerfile": (
+        f"FROM busybox:latest\nRUN echo from-{tok} > /f\nENV K={tok}\n")})
+    tag = made.tag(uniq("cachefrom") + ":1")
+    first = built_id(build(skiffd, context, "-t", tag).ok().stdout)
+    client = dockerpy.APIClient(base_url=skiffd.host, version="1.41", timeout=120)
+    try:
+        client.prune_builds()
+    finally:
+        client.close()
+    res = build(skiffd, context, "-t", tag, "--cache-from", tag).ok()
+    assert [s.cached for s in steps(res.stdout)[1:]] == [True, True], res.stdout
+    assert built_id(res.stdout) == first
+    client = dockerpy.APIClient(base_url=skiffd.host, version="1.41", timeout=120)
+    try:
+        client.prune_builds()
+    finally:
+        client.close()
+    res = build(skiffd, context, "-t", made.tag(uniq("nocachefrom") + ":1")).ok()
+    assert [s.cached for s in steps(res.stdout)[1:]] == [False, False], res.stdout

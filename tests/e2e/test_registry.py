@@ -168,6 +168,27 @@ def push_busybox(d: Daemon, name: str) -> str:
 # ---------------------------------------------------------------------------
 
 
+def test_build_pulls_a_missing_base_image(skiffd: Daemon, registry: Registry,
+                                          tmp_path: Path) -> None:
+    """``docker build`` of FROM <an image only the registry has> pulls it first."""
+    name = f"{registry.host}/{uniq('build-base')}:1"
+    push_busybox(skiffd, name)
+    skiffd.docker("rmi", name, check=True)
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "Dockerfile").write_text(f"FROM {name}\nRUN echo pulled > /p\n")
+    tag = uniq("built-on-pulled") + ":1"
+    try:
+        res = skiffd.docker("build", "-t", tag, str(context), check=True)
+        out = text(res)
+        assert "Pulling from" in out, out
+        assert skiffd.docker("image", "inspect", name).returncode == 0  # it stays, as dockerd
+        ran = skiffd.docker("run", "--rm", tag, "cat", "/p", check=True)
+        assert ran.stdout == b"pulled\n"
+    finally:
+        skiffd.docker("rmi", tag, name)
+
+
 def test_push_then_pull_round_trip(skiffd: Daemon, registry: Registry) -> None:
     name = f"{registry.host}/{uniq('rt')}/busybox:v1"
     original = skiffd.docker("inspect", "-f", "{{.Id}}", "busybox", check=True).stdout.strip()
