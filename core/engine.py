@@ -16,7 +16,7 @@ import trio
 
 from skiff.core import userns_storage
 from skiff.core.builder.cache import BuildCache
-from skiff.core.builder.context import tmpfs_dir
+from skiff.core.builder.contextstream import tmpfs_dir
 from skiff.core.builder.rootfs import BUILD_LAYER_PREFIX
 from skiff.core.builder.services import BuildServices
 from skiff.core.builder.statindex import StatIndex

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import io
 import os
 import secrets
 import stat
@@ -55,7 +54,14 @@ from skiff.core.archive.errors import ArchiveError
 # the subclass below only watches regular files' data go by.
 from skiff.core.archive.extractor import _Extractor, _Readable
 from skiff.core.archive.paths import _clean_name, _open_dir, _remove_at
-from skiff.core.builder.contextstream import CHUNK, ContextStream, Corrupt, TooLarge, Unsupported
+from skiff.core.builder.contextstream import (
+    CHUNK,
+    ContextStream,
+    Corrupt,
+    TooLarge,
+    Unsupported,
+    small_plain_body,
+)
 from skiff.core.builder.statindex import StatIndex, StatKey
 from skiff.core.dockerfile.errors import DockerfileError
 from skiff.core.dockerfile.ignore import IgnoreMatcher, clean_path
@@ -132,61 +138,6 @@ class BuildContext:
         self.close()
 
 
-#: the largest plain context unpacked in memory (``memory_spool``), in bytes
-MEMORY_CONTEXT_LIMIT = 32 << 20
-_COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00", b"\x28\xb5\x2f\xfd")
-
-
-class _Chain(io.RawIOBase):
-    """``head`` then the rest of ``stream``."""
-
-    def __init__(self, head: bytes, stream: IO[bytes]) -> None:
-        self._head = memoryview(head)
-        self._stream = stream
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, n: int = -1) -> bytes:
-        if self._head:
-            size = len(self._head) if n is None or n < 0 else n
-            out, self._head = bytes(self._head[:size]), self._head[size:]
-            return out
-        return self._stream.read(n)
-
-
-def tmpfs_dir(path: str = "/dev/shm") -> str | None:
-    """``path`` if a tmpfs is mounted there (the memory spool), else None."""
-    try:
-        with open("/proc/self/mountinfo") as f:
-            for line in f:
-                fields = line.split()
-                sep = fields.index("-")
-                if fields[4] == path and fields[sep + 1] == "tmpfs":
-                    return path
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def _small_plain_body(stream: IO[bytes], memory_spool: str) -> tuple[IO[bytes], bool]:
-    """Read up to :data:`MEMORY_CONTEXT_LIMIT` bytes: (the stream to unpack, whether
-    the whole body was that small, uncompressed, and fits the memory spool twice)."""
-    chunks: list[bytes] = []
-    size = 0
-    while size <= MEMORY_CONTEXT_LIMIT:
-        chunk = stream.read(min(1 << 20, MEMORY_CONTEXT_LIMIT + 1 - size))
-        if not chunk:
-            head = b"".join(chunks)
-            st = os.statvfs(memory_spool)
-            fits = st.f_bavail * st.f_frsize > 2 * size
-            small = fits and not head.startswith(_COMPRESSED_MAGIC)
-            return io.BytesIO(head), small
-        chunks.append(chunk)
-        size += len(chunk)
-    return _Chain(b"".join(chunks), stream), False  # type: ignore[return-value]
-
-
 def receive_context(stream: IO[bytes], *, spool_dir: str, dockerfile: str = _DEFAULT_DOCKERFILE,
                     max_size: int, index: StatIndex | None = None,
                     memory_spool: str | None = None) -> BuildContext:
@@ -207,7 +158,7 @@ def receive_context(stream: IO[bytes], *, spool_dir: str, dockerfile: str = _DEF
     """
     wanted = _clean_dockerfile_name(dockerfile)
     if memory_spool is not None:
-        stream, small = _small_plain_body(stream, memory_spool)
+        stream, small = small_plain_body(stream, memory_spool)
         if small:
             spool_dir = memory_spool
     os.makedirs(spool_dir, 0o700, exist_ok=True)
@@ -326,6 +277,7 @@ def _unpack(stream: IO[bytes], max_size: int, ex: _ContextExtractor) -> int:
             if body.count == 0:
                 return 0  # a compressed empty stream
             raise ContextError(_NOT_TAR) from None
+        last: tarfile.TarInfo | None = None
         with tf:
             while True:
                 try:
@@ -333,6 +285,11 @@ def _unpack(stream: IO[bytes], max_size: int, ex: _ContextExtractor) -> int:
                 except (tarfile.TarError, EOFError) as exc:
                     raise ContextError(f"the build context tar is corrupt: {exc}") from None
                 if member is None:
+                    # the zeros made up past the end must not have been a file's data
+                    if last is not None and last.isreg() and \
+                            padded.real < last.offset_data + last.size:
+                        raise ContextError(f"the build context tar is corrupt at "
+                                           f"{last.name!r}: its data is cut short")
                     break
                 tf.members.clear()  # type: ignore[attr-defined]  # streaming: forget what was read
                 try:
@@ -343,9 +300,7 @@ def _unpack(stream: IO[bytes], max_size: int, ex: _ContextExtractor) -> int:
                 except OSError as exc:
                     exc.add_note(f"while unpacking build context entry {member.name!r}")
                     raise
-                if padded.real < member.offset_data + (member.size if member.isreg() else 0):
-                    raise ContextError(f"the build context tar is corrupt at {member.name!r}: "
-                                       "its data is cut short")
+                last = member
         return body.count
     except TooLarge:
         raise ContextError(

@@ -11,6 +11,7 @@ import bz2
 import gzip
 import io
 import lzma
+import os
 import zlib
 from typing import IO, Any
 
@@ -114,3 +115,58 @@ class ContextStream:
         if self.count > self.limit:
             raise TooLarge
         return data
+
+
+#: the largest plain context unpacked in memory (``memory_spool``), in bytes
+MEMORY_CONTEXT_LIMIT = 32 << 20
+_COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00", b"\x28\xb5\x2f\xfd")
+
+
+class _Chain(io.RawIOBase):
+    """``head`` then the rest of ``stream``."""
+
+    def __init__(self, head: bytes, stream: IO[bytes]) -> None:
+        self._head = memoryview(head)
+        self._stream = stream
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        if self._head:
+            size = len(self._head) if n is None or n < 0 else n
+            out, self._head = bytes(self._head[:size]), self._head[size:]
+            return out
+        return self._stream.read(n)
+
+
+def tmpfs_dir(path: str = "/dev/shm") -> str | None:
+    """``path`` if a tmpfs is mounted there (the memory spool), else None."""
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                fields = line.split()
+                sep = fields.index("-")
+                if fields[4] == path and fields[sep + 1] == "tmpfs":
+                    return path
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def small_plain_body(stream: IO[bytes], memory_spool: str) -> tuple[IO[bytes], bool]:
+    """Read up to :data:`MEMORY_CONTEXT_LIMIT` bytes: (the stream to unpack, whether
+    the whole body was that small, uncompressed, and fits the memory spool twice)."""
+    chunks: list[bytes] = []
+    size = 0
+    while size <= MEMORY_CONTEXT_LIMIT:
+        chunk = stream.read(min(1 << 20, MEMORY_CONTEXT_LIMIT + 1 - size))
+        if not chunk:
+            head = b"".join(chunks)
+            st = os.statvfs(memory_spool)
+            fits = st.f_bavail * st.f_frsize > 2 * size
+            small = fits and not head.startswith(_COMPRESSED_MAGIC)
+            return io.BytesIO(head), small
+        chunks.append(chunk)
+        size += len(chunk)
+    return _Chain(b"".join(chunks), stream), False  # type: ignore[return-value]

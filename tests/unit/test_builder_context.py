@@ -661,7 +661,7 @@ def test_a_tar_cut_inside_a_file_is_still_corrupt(spool: str) -> None:
 
 def test_small_plain_contexts_unpack_in_the_memory_spool(
         spool: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from skiff.core.builder import context as context_module
+    from skiff.core.builder import contextstream as context_module
 
     memory = tmp_path / "memory"
     memory.mkdir()
