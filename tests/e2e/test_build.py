@@ -439,3 +439,43 @@ def test_cache_from_reuses_a_named_images_steps(skiffd: Daemon, made: Tracker,
         client.close()
     res = build(skiffd, context, "-t", made.tag(uniq("nocachefrom") + ":1")).ok()
     assert [s.cached for s in steps(res.stdout)[1:]] == [False, False], res.stdout
+
+
+def test_onbuild_triggers_add_tar_and_shell(skiffd: Daemon, made: Tracker,
+                                            tmp_path: Path) -> None:
+    """A child of an image with ONBUILD runs its triggers right after FROM; ADD
+    unpacks a local tar; SHELL changes the shell of later shell-form RUNs."""
+    import io
+    import tarfile
+
+    tok = secrets.token_hex(4)
+    parent_ctx = write_tree(tmp_path / "parent", {"Dockerfile": (
+        "FROM busybox:latest\n"
+        f"ONBUILD RUN echo trigger-{tok} > /from-trigger\n"
+        "ONBUILD COPY marker.txt /marker.txt\n")})
+    parent = made.tag(uniq("onbuild-parent") + ":1")
+    build(skiffd, parent_ctx, "-t", parent).ok()
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        data = f"inside-{tok}\n".encode()
+        info = tarfile.TarInfo("pkg/inside.txt")
+        info.size = len(data)
+        tf.addfile(info, io.BytesIO(data))
+    child_ctx = write_tree(tmp_path / "child", {
+        "Dockerfile": (f"FROM {parent}\n"
+                       "ADD bundle.tar.gz /opt/\n"
+                       'SHELL ["/bin/sh", "-ec"]\n'
+                       "RUN echo $0 > /shell-arg\n"),
+        "marker.txt": f"marker-{tok}\n",
+        "bundle.tar.gz": buf.getvalue()})
+    child = made.tag(uniq("onbuild-child") + ":1")
+    out = build(skiffd, child_ctx, "-t", child).ok().stdout
+    assert "# Executing 2 build triggers" in out, out
+    shown = docker(skiffd, "run", "--rm", child, "cat", "/from-trigger", "/marker.txt",
+                   "/opt/pkg/inside.txt", "/shell-arg").ok().stdout
+    assert shown == f"trigger-{tok}\nmarker-{tok}\ninside-{tok}\n/bin/sh\n"
+    config = json.loads(docker(skiffd, "image", "inspect", "--format", "{{json .Config}}",
+                               child).ok().stdout)
+    assert not config.get("OnBuild")  # triggers run once, in the child; not inherited
+    assert config["Shell"] == ["/bin/sh", "-ec"]
