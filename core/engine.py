@@ -23,6 +23,8 @@ from skiff.core.builder.statindex import StatIndex
 from skiff.core.config import ConfigError, exec_options, storage_options
 from skiff.core.containers.archive import ContainerFiles
 from skiff.core.containers.exec import ExecManager
+from skiff.core.containers.health import HealthMonitor
+from skiff.core.containers.healthprobe import ExecProbe
 from skiff.core.containers.manager import ContainerManager
 from skiff.core.containers.registry import ContainerRegistry
 from skiff.core.containers.userns import RangeAllocator
@@ -271,6 +273,8 @@ class Engine:
             to_thread=self.to_thread, spawn=self.spawn)
         self.execs = ExecManager(self.registry, self.runtime, self.runtime_name, self.cgroups,
                                  self.to_thread, self.spawn)
+        #: healthchecks: follows the containers' start and die events, probes as execs
+        self.health = HealthMonitor(self.registry, ExecProbe(self.execs), self.spawn)
         builder_root = os.path.join(self.data_root, "builder")
         #: digests of the build contexts' files by their stat (the fast path)
         self.stat_index = StatIndex(os.path.join(builder_root, "statindex.json"))
@@ -374,6 +378,7 @@ class Engine:
     async def start(self, nursery: trio.Nursery) -> None:
         self.nursery = nursery
         await self.to_thread(self.containers.restore)
+        self.health.restore()  # those still running (none until live-restore)
         await self.to_thread(self._drop_build_layers)
         await self.to_thread(self.networks.load)
         await self.runtime.start()

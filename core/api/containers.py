@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from skiff.core.api.filters import parse_filters
 from skiff.core.api.router import Request, Response, Router, StreamResponse
-from skiff.core.containers import lifecycle
+from skiff.core.containers import health, lifecycle
 from skiff.core.containers.model import Container
 from skiff.core.containers.streams import DEFAULT_DETACH_KEYS, parse_detach_keys
 from skiff.core.errors import InvalidParameter
@@ -157,8 +157,8 @@ def _resolve_filters(engine: Engine, f: dict[str, list[str]]) -> None:
         for value in f.get(key, []):
             _port_range(key, value)
     for value in f.get("health", []):
-        if value not in ("starting", "healthy", "unhealthy", "none"):
-            raise InvalidParameter(f"invalid filter 'health={value}'")
+        if value not in health.FILTER_VALUES:
+            raise InvalidParameter(f"Unrecognised filter value for health: {value}")
     if f.get("ancestor"):
         ids = set()
         for ref in f["ancestor"]:
@@ -184,11 +184,10 @@ def _matches(c: Container, f: dict[str, list[str]]) -> bool:
         return False
     if f.get("ancestor") and not _ancestor_match(c, f):
         return False
-    # No swarm tasks and no healthchecks here: every container is a non-task whose
-    # health is "none".
+    # No swarm tasks here: every container is a non-task.
     if f.get("is-task") and "false" not in f["is-task"]:
         return False
-    if f.get("health") and "none" not in f["health"]:
+    if f.get("health") and health.status_of(c.state.Health) not in f["health"]:
         return False
     if f.get("publish") and not _ports_match(c.host_config.get("PortBindings"), f["publish"]):
         return False

@@ -22,6 +22,7 @@ from typing import Any
 from skiff.core.dockerfile import instructions as ins
 from skiff.core.dockerfile.errors import DockerfileError
 from skiff.core.images.dockerfile_changes import check_signal, expose_ports
+from skiff.core.timefmt import format_go_duration as go_duration
 
 __all__ = [
     "DEFAULT_PATH",
@@ -119,31 +120,6 @@ def _go_quote_rune(value: int) -> str:
         return "'\\" + chr(value) + "'"
     inner = go_quote(chr(value))[1:-1] if 0 <= value <= 0x10FFFF else "\\ufffd"
     return "'" + inner.replace('\\"', '"') + "'"
-
-
-def go_duration(ns: int) -> str:
-    """Go's ``time.Duration.String``: ``1m30s``, ``500ms``, ``0s``."""
-    if ns == 0:
-        return "0s"
-    sign = "-" if ns < 0 else ""
-    ns = abs(ns)
-    if ns < 1_000_000_000:
-        for unit, size in (("ms", 1_000_000), ("µs", 1_000), ("ns", 1)):
-            if ns >= size:
-                return sign + _trim(ns / size) + unit
-    hours, rest = divmod(ns, 3_600_000_000_000)
-    minutes, rest = divmod(rest, 60_000_000_000)
-    seconds = _trim(rest / 1e9)
-    if hours:
-        return f"{sign}{hours}h{minutes}m{seconds}s"
-    if minutes:
-        return f"{sign}{minutes}m{seconds}s"
-    return f"{sign}{seconds}s"
-
-
-def _trim(value: float) -> str:
-    text = f"{value:.9f}".rstrip("0").rstrip(".")
-    return text or "0"
 
 
 def healthcheck_text(health: Mapping[str, Any]) -> str:

@@ -2,7 +2,8 @@
 
 Docker's rules: an Entrypoint given at create replaces the image's and drops
 the image's Cmd; Env merges by key with the request winning; WorkingDir, User,
-Labels, StopSignal and ExposedPorts fall back to the image.
+Labels, StopSignal, ExposedPorts and each unset field of Healthcheck fall
+back to the image.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import re
 import signal
 from collections.abc import Mapping
 from typing import Any
+
+from skiff.core.containers import health
 
 NAME_RE = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
 
@@ -84,6 +87,13 @@ def effective_config(body: Mapping[str, Any], image_config: Mapping[str, Any]) -
         cfg[key] = bool(body.get(key))
     cfg["Hostname"] = body.get("Hostname") or ""
     cfg["Domainname"] = body.get("Domainname") or ""
+    health.check_config(body.get("Healthcheck"))  # the request's, before the image's merge
+    healthcheck = health.merged(body.get("Healthcheck"), img.get("Healthcheck"))
+    if healthcheck is not None:  # absent otherwise, as in dockerd's inspect
+        cfg["Healthcheck"] = healthcheck
+    shell = _as_list(body.get("Shell"))
+    if shell:  # what a CMD-SHELL check runs in
+        cfg["Shell"] = shell
     if not (entrypoint or cmd):
         raise InvalidConfig("No command specified")
     if cfg["WorkingDir"] and not cfg["WorkingDir"].startswith("/"):

@@ -380,8 +380,8 @@ class ContainerManager:
                 c.save()
             raise
         c.state = State(Status="running", Running=True, Pid=process.pid,
-                        StartedAt=now_rfc3339(), FinishedAt=c.state.FinishedAt,
-                        pid_start=pid_start, boot_id=pidproof.boot_id())
+                        StartedAt=now_rfc3339(), FinishedAt=c.state.FinishedAt, pid_start=pid_start,
+                        boot_id=pidproof.boot_id(), Health=c.state.Health)
         track.process = process
         track.spec = spec
         track.stopping = False
@@ -419,7 +419,7 @@ class ContainerManager:
             await self.teardown.release(c, track)
             track.process = None
             c.state = State(Status="exited", ExitCode=code, StartedAt=c.state.StartedAt,
-                            FinishedAt=now_rfc3339(), OOMKilled=oom)
+                            FinishedAt=now_rfc3339(), OOMKilled=oom, Health=c.state.Health)
             self.restarts.after_exit(c, code)
             if c.id in self.by_id:
                 c.save()

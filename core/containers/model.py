@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from skiff.core.atomic import write_atomic, write_json_atomic
+from skiff.core.containers.health import ps_suffix as health_suffix
 from skiff.core.timefmt import format_duration_ago, parse_rfc3339
 from skiff.core.userns import IdMap
 
@@ -34,6 +35,9 @@ class State:
     Error: str = ""
     StartedAt: str = ZERO_TIME
     FinishedAt: str = ZERO_TIME
+    #: Docker's Health (Status, FailingStreak, Log) once a run with a
+    #: healthcheck began (``skiff.core.containers.health``); None: no check
+    Health: dict[str, Any] | None = None
     #: seconds since the epoch of the last state change; not part of Docker's shape
     changed: float = field(default_factory=time.time)
     #: when ``Pid`` started (clock ticks since boot, /proc/<pid>/stat field 22)
@@ -46,6 +50,8 @@ class State:
         d = asdict(self)
         for private in _PRIVATE_STATE:
             d.pop(private)
+        if d["Health"] is None:
+            del d["Health"]  # dockerd leaves it out for a container without a check
         return d
 
     @classmethod
@@ -261,7 +267,8 @@ class Container:
         """The human ``Status`` column of ``docker ps``."""
         s = self.state
         if s.Running:
-            return f"Up {format_duration_ago(s.StartedAt, now)}" + (" (Paused)" if s.Paused else "")
+            up = f"Up {format_duration_ago(s.StartedAt, now)}"
+            return up + (" (Paused)" if s.Paused else health_suffix(s.Health))
         if s.Restarting:
             return f"Restarting ({s.ExitCode}) {format_duration_ago(s.FinishedAt, now)} ago"
         if s.Status == "exited":

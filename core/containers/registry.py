@@ -59,6 +59,9 @@ class ContainerRegistry:
         self.by_id: dict[str, Container] = {}
         self.by_name: dict[str, str] = {}
         self.tracks: dict[str, Track] = {}
+        #: called with (container, action) for each container event, before it
+        #: is published: how the healthchecks follow starts and deaths
+        self.observers: list[Callable[[Container, str], None]] = []
         self._publish = publish
 
     def get(self, ref: str) -> Container:
@@ -104,4 +107,6 @@ class ContainerRegistry:
         attrs = {str(k): str(v) for k, v in (c.config.get("Labels") or {}).items()}
         attrs.update(image=c.config.get("Image") or c.image_id, name=c.name)
         attrs.update({k: str(v) for k, v in extra.items()})
+        for observe in self.observers:
+            observe(c, action)
         self._publish("container", action, c.id, attrs)

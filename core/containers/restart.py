@@ -191,7 +191,7 @@ class RestartSupervisor:
         scope.cancel()
         s = c.state
         c.state = State(Status="exited", ExitCode=s.ExitCode, StartedAt=s.StartedAt,
-                        FinishedAt=s.FinishedAt, OOMKilled=s.OOMKilled)
+                        FinishedAt=s.FinishedAt, OOMKilled=s.OOMKilled, Health=s.Health)
         if c.id in self.registry.by_id:
             c.save()
         return True
@@ -217,7 +217,8 @@ class RestartSupervisor:
         c.restart_count += 1
         s = c.state
         c.state = State(Status="restarting", Restarting=True, ExitCode=s.ExitCode,
-                        StartedAt=s.StartedAt, FinishedAt=s.FinishedAt, OOMKilled=s.OOMKilled)
+                        StartedAt=s.StartedAt, FinishedAt=s.FinishedAt, OOMKilled=s.OOMKilled,
+                        Health=s.Health)
         scope = trio.CancelScope()
         self.pending[c.id] = scope
         self.spawn(self._restart_later, c, scope, decision.delay)
@@ -248,7 +249,7 @@ class RestartSupervisor:
                     s = c.state
                     c.state = State(Status="exited", ExitCode=s.ExitCode or 128,
                                     StartedAt=s.StartedAt, FinishedAt=now_rfc3339(),
-                                    Error=str(exc))
+                                    Error=str(exc), Health=s.Health)
                     if c.id in self.registry.by_id:
                         c.save()
                     track.hub.end_run()
@@ -260,7 +261,7 @@ class RestartSupervisor:
         if c.state.Restarting or c.state.Status == "restarting":
             s = c.state
             c.state = State(Status="exited", ExitCode=s.ExitCode, StartedAt=s.StartedAt,
-                            FinishedAt=s.FinishedAt, OOMKilled=s.OOMKilled)
+                            FinishedAt=s.FinishedAt, OOMKilled=s.OOMKilled, Health=s.Health)
             c.save()
 
     async def after_restore(self) -> None:

@@ -46,7 +46,7 @@ def restore(root: str, exec_root: str, cgroups: CgroupDriver | None,
                 code = _kill_recorded(cgroups, c)
             c.state = State(
                 Status="exited", ExitCode=code if code is not None else 255,
-                StartedAt=c.state.StartedAt, FinishedAt=now_rfc3339(),
+                StartedAt=c.state.StartedAt, FinishedAt=now_rfc3339(), Health=c.state.Health,
             )
             c.save()
             _drop_crashed_groups(cgroups, c)
