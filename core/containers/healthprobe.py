@@ -2,7 +2,7 @@
 
 The probe's output (stdout and stderr together, as dockerd keeps it) goes to
 a capture stream that keeps the first ``MAX_OUTPUT`` bytes and drops the
-rest.  A probe still running at its timeout is killed and counts as a
+rest, marked with "..." as dockerd marks it.  A probe still running at its timeout is killed and counts as a
 failure with dockerd's message.  Its exec is forgotten once done, so probes
 do not fill ``ExecIDs``.
 """
@@ -36,11 +36,14 @@ class OutputCapture(trio.abc.Stream):
     def __init__(self, limit: int = MAX_OUTPUT) -> None:
         self.limit = limit
         self.data = bytearray()
+        self.truncated = False
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         room = self.limit - len(self.data)
         if room > 0:
             self.data += bytes(data[:room])
+        if len(data) > max(room, 0):
+            self.truncated = True
 
     async def wait_send_all_might_not_block(self) -> None:
         return None
@@ -53,7 +56,8 @@ class OutputCapture(trio.abc.Stream):
         return None
 
     def text(self) -> str:
-        return self.data.decode("utf-8", errors="replace")
+        text = self.data.decode("utf-8", errors="replace")
+        return text + "..." if self.truncated else text
 
 
 class ExecProbe:

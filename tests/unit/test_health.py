@@ -191,7 +191,10 @@ def test_probe_output_is_capped() -> None:
         await cap.send_all(b"c")
 
     trio.run(main)
-    assert len(cap.data) == 4096 and cap.text().endswith("b" * 96)
+    assert len(cap.data) == 4096 and cap.text().endswith("b" * 96 + "...")
+    whole = OutputCapture()
+    trio.run(whole.send_all, b"x" * 4096)
+    assert whole.text() == "x" * 4096  # exactly full: nothing was lost
 
 
 # -- the task, on a fake clock and a fake probe -----------------------------------
