@@ -2,9 +2,9 @@
 
 The probe's output (stdout and stderr together, as dockerd keeps it) goes to
 a capture stream that keeps the first ``MAX_OUTPUT`` bytes and drops the
-rest, marked with "..." as dockerd marks it.  A probe still running at its timeout is killed and counts as a
-failure with dockerd's message.  Its exec is forgotten once done, so probes
-do not fill ``ExecIDs``.
+rest, marked with "..." as dockerd marks it.  A probe still running at its
+timeout is killed and counts as a failure with dockerd's message.  Its exec
+is forgotten once done, so probes do not fill ``ExecIDs``.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ class ExecProbe:
         try:
             exec_id = self.execs.create(c.id, body)
         except SkiffError as exc:  # not running any more, or removed
-            return ProbeResult(start, time.time(), -1, str(exc))
+            return ProbeResult(start, time.time(), -1, exc.message)
         try:
             return await self._start(exec_id, capture, check, start)
         finally:
@@ -85,8 +85,11 @@ class ExecProbe:
         with trio.move_on_after(check.timeout) as scope:
             try:
                 await self.execs.start(exec_id, capture, framed=False)
-            except (StartError, SkiffError) as exc:
-                return ProbeResult(start, time.time(), -1, str(exc))
+            except SkiffError as exc:
+                return ProbeResult(start, time.time(), -1, exc.message)
+            except StartError as exc:  # worded as the exec endpoint words it, dockerd's
+                return ProbeResult(start, time.time(), -1,
+                                   f"OCI runtime exec failed: exec failed: {exc}")
         if not scope.cancelled_caught:
             code = ex.exit_code if ex.exit_code is not None else -1
             return ProbeResult(start, time.time(), code, capture.text())
