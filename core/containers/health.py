@@ -56,20 +56,23 @@ class InvalidHealthcheck(ValueError):
     """A create request's Healthcheck dockerd would refuse; the message is dockerd's."""
 
 
+#: the fields of Docker's HealthConfig at API 1.41, in its order
+FIELDS = ("Test", "Interval", "Timeout", "StartPeriod", "Retries")
+
+
 def merged(mine: Any, image: Any) -> dict[str, Any] | None:
     """Config.Healthcheck of a new container: the request's, each field it leaves
-    unset (an empty Test, a 0) taken from the image's, as dockerd merges them."""
-    if not isinstance(image, Mapping):
-        return dict(mine) if isinstance(mine, Mapping) else None
-    if not isinstance(mine, Mapping):
-        return dict(image)
-    out = dict(mine)
-    if not out.get("Test"):
-        out["Test"] = image.get("Test")
-    for key in ("Interval", "Timeout", "StartPeriod", "Retries"):
-        if not out.get(key):
-            out[key] = image.get(key) or 0
-    return out
+    unset (an empty Test, a 0) taken from the image's, as dockerd merges them.
+
+    Only the known fields are kept, and only when set: dockerd's JSON omits
+    empty ones (and a later API's StartInterval is not this version's).
+    """
+    if not isinstance(mine, Mapping) and not isinstance(image, Mapping):
+        return None
+    ours = mine if isinstance(mine, Mapping) else {}
+    theirs = image if isinstance(image, Mapping) else {}
+    return {key: ours.get(key) or theirs.get(key) for key in FIELDS
+            if ours.get(key) or theirs.get(key)}
 
 
 def check_config(hc: Any) -> None:

@@ -76,8 +76,11 @@ def test_request_fields_win_and_the_image_fills_the_rest() -> None:
     image = {"Cmd": ["sh"], "Healthcheck": {"Test": ["CMD-SHELL", "img"], "Interval": 5 * S,
                                             "Retries": 7}}
     cfg = effective_config({"Healthcheck": {"Interval": S}}, image)
-    assert cfg["Healthcheck"] == {"Test": ["CMD-SHELL", "img"], "Interval": S, "Timeout": 0,
-                                  "StartPeriod": 0, "Retries": 7}
+    assert cfg["Healthcheck"] == {"Test": ["CMD-SHELL", "img"], "Interval": S, "Retries": 7}
+    alone = effective_config({"Healthcheck": {"Test": ["CMD", "x"], "Timeout": 0,
+                                              "StartInterval": S}}, {"Cmd": ["sh"]})
+    assert alone["Healthcheck"] == {"Test": ["CMD", "x"]}  # dockerd's JSON omits the rest
+    assert effective_config({"Healthcheck": {}}, {"Cmd": ["sh"]})["Healthcheck"] == {}
     off = effective_config({"Healthcheck": {"Test": ["NONE"]}}, image)
     assert off["Healthcheck"]["Test"] == ["NONE"]
     assert "Healthcheck" not in effective_config({}, {"Cmd": ["sh"]})
