@@ -200,7 +200,7 @@ def ps_suffix(health: Mapping[str, Any] | None) -> str:
 
 # -- the tasks -------------------------------------------------------------------
 
-#: runs a probe's argv in a container with a timeout in seconds (``healthprobe``)
+#: runs one probe (its argv) in a container within the check's timeout (``healthprobe``)
 RunProbe = Callable[["Container", list[str], "Check"], Awaitable[ProbeResult]]
 
 
@@ -221,10 +221,13 @@ class HealthMonitor:
         registry.observers.append(self.on_event)
 
     def on_event(self, c: Container, action: str) -> None:
-        if action == "start":
-            self.watch(c)
-        elif action in ("die", "destroy"):
-            self.unwatch(c)
+        try:
+            if action == "start":
+                self.watch(c)
+            elif action in ("die", "destroy"):
+                self.unwatch(c)
+        except Exception as exc:  # a check must never fail the start it follows
+            log.error("container.health_failed", id=c.id, action=action, error=str(exc))
 
     def restore(self) -> None:
         """After the daemon started: a task for each container still running."""
