@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 import trio
@@ -20,7 +22,7 @@ from skiff.core.containers.health import (
     ProbeResult,
     record,
 )
-from skiff.core.containers.healthprobe import OutputCapture
+from skiff.core.containers.healthprobe import ExecProbe, OutputCapture
 from skiff.core.containers.model import Container, State
 from skiff.core.containers.registry import ContainerRegistry
 from skiff.core.timefmt import format_go_duration, now_rfc3339, parse_rfc3339
@@ -67,7 +69,9 @@ def test_probe_argv_of_each_kind() -> None:
     assert shell is not None and shell.argv == ("/bin/sh", "-c", "test -e /x")
     own = Check.of({"Shell": ["/bin/ash", "-c"], "Healthcheck": {"Test": ["CMD-SHELL", "x"]}})
     assert own is not None and own.argv == ("/bin/ash", "-c", "x")
-    for none in ({"Test": ["NONE"]}, {"Test": []}, {"Test": ["WHAT", "x"]}, None):
+    nones: list[dict[str, Any] | None] = [
+        {"Test": ["NONE"]}, {"Test": []}, {"Test": ["WHAT", "x"]}, None]
+    for none in nones:
         assert Check.of({"Healthcheck": none}) is None
     assert Check.of({}) is None
 
@@ -263,3 +267,83 @@ def test_no_task_without_a_check(tmp_path: Path) -> None:
     c.state = State(Status="running", Running=True, StartedAt=now_rfc3339())
     registry.event(c, "start")
     assert spawned == [] and c.state.Health is None
+
+
+# -- the probe as an exec, over a fake exec manager ---------------------------------
+
+class FakeProcess:
+    def __init__(self, ex: Any) -> None:
+        self.ex = ex
+        self.signals: list[int] = []
+
+    def kill(self, signum: int) -> None:
+        self.signals.append(signum)
+        self.ex.exit_code = 137
+        self.ex.ended.set()
+
+
+class FakeExecs:
+    """ExecManager's create and start as the probe uses them."""
+
+    def __init__(self, hang: bool = False, refuse: str = "") -> None:
+        self.hang = hang
+        self.refuse = refuse
+        self.by_id: dict[str, Any] = {}
+        self.processes: list[FakeProcess] = []
+
+    def create(self, ref: str, body: dict[str, Any]) -> str:
+        from skiff.core.errors import Conflict
+
+        if self.refuse:
+            raise Conflict(self.refuse)
+        assert body["AttachStdout"] and body["AttachStderr"] and "AttachStdin" not in body
+        ex = SimpleNamespace(id="e1", container=SimpleNamespace(id=ref), exit_code=None,
+                             process=None, ended=trio.Event(), cmd=body["Cmd"])
+        self.by_id[ex.id] = ex
+        return ex.id
+
+    async def start(self, exec_id: str, stream: Any, *, framed: bool) -> None:
+        ex = self.by_id[exec_id]
+        assert not framed
+        ex.process = FakeProcess(ex)
+        self.processes.append(ex.process)
+        await stream.send_all(" ".join(ex.cmd).encode())
+        if self.hang:
+            await trio.sleep_forever()
+        ex.exit_code = 3
+        ex.ended.set()
+
+
+def run_probe(execs: FakeExecs, timeout_ms: int = 300) -> ProbeResult:
+    c = cast(Container, SimpleNamespace(id="c1"))
+    probe_check = Check.of({"Healthcheck": {"Test": ["CMD", "x", "y"],
+                                            "Timeout": timeout_ms * MS}})
+    assert probe_check is not None
+    probe = ExecProbe(cast(Any, execs))
+
+    async def main() -> ProbeResult:
+        return await probe(c, list(probe_check.argv), probe_check)
+
+    return trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_a_probe_reports_the_execs_exit_and_output_and_forgets_it() -> None:
+    execs = FakeExecs()
+    res = run_probe(execs)
+    assert (res.exit_code, res.output) == (3, "x y")
+    assert res.start <= res.end
+    assert execs.by_id == {}
+
+
+def test_a_probe_over_its_timeout_is_killed() -> None:
+    execs = FakeExecs(hang=True)
+    res = run_probe(execs, timeout_ms=250)
+    assert res.exit_code == -1
+    assert res.output == "Health check exceeded timeout (250ms)"
+    assert execs.processes[0].signals == [signal.SIGKILL]
+    assert execs.by_id == {}
+
+
+def test_a_probe_that_cannot_exec_fails_with_the_reason() -> None:
+    res = run_probe(FakeExecs(refuse="Container c1 is not running"))
+    assert (res.exit_code, res.output) == (-1, "Container c1 is not running")
