@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import json
 import secrets
+import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import docker as dockerpy
 import pytest
 
+from benchmarks.engines import Dockerd
 from tests.builds import build, write_tree
 from tests.daemon import Daemon, poll, running_daemon
+from tests.dockerd import own_dockerd
 
 MS = 1_000_000
 #: the flags of a quick check: probe every 200 ms, unhealthy after two failures
@@ -245,3 +248,52 @@ def test_checks_resume_after_a_daemon_restart(tmp_path: Path) -> None:
         poll(lambda: "health_status: healthy" in health_events(d, since, n),
              what="a health_status event from the new daemon")
         assert n in ps(d, "health=healthy")
+
+
+# -- side by side with the tests' private dockerd ----------------------------------
+
+@pytest.fixture(scope="module")
+def dockerd(daemon: Daemon, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dockerd]:
+    if not Dockerd.available():
+        pytest.skip("dockerd (Debian's docker.io) is not installed")
+    with own_dockerd("skiff-hc") as d:
+        archive = tmp_path_factory.mktemp("hc-busybox") / "busybox.tar"
+        daemon.docker("save", "-o", str(archive), "busybox:latest", check=True)
+        d.docker("load", "-i", str(archive))
+        yield d
+
+
+def test_side_by_side_with_dockerd(daemon: Daemon, dockerd: Dockerd) -> None:
+    """The same CLI calls against both: what clients read must match."""
+    runs: dict[str, Callable[..., subprocess.CompletedProcess[bytes]]] = {
+        "skiffd": lambda *a: daemon.docker(*a),
+        "dockerd": lambda *a: dockerd.docker(*a, check=False)}
+    seen: dict[str, dict[str, Any]] = {}
+    for engine, run in runs.items():
+        n = name()
+        res = run("run", "-d", "--name", n, "--network", "none", "--health-cmd",
+                  "echo probing; exit 3", "--health-interval", "200ms", "--health-retries", "2",
+                  "busybox", "sleep", "300")
+        assert res.returncode == 0, (engine, res.stderr)
+        try:
+            def inspect(fmt: str, _run: Any = run, _n: str = n) -> Any:
+                return json.loads(_run("inspect", "--format", fmt, _n).stdout)
+
+            poll(lambda: (inspect("{{json .State.Health}}") or {}).get("Status") == "unhealthy",
+                 what=f"{engine}: unhealthy")
+            h = inspect("{{json .State.Health}}")
+            status = run("ps", "--filter", f"name={n}", "--format", "{{.Status}}").stdout
+            seen[engine] = {
+                "config": inspect("{{json .Config.Healthcheck}}"),
+                "health_keys": sorted(h), "log_keys": sorted(h["Log"][-1]),
+                "last": (h["Log"][-1]["ExitCode"], h["Log"][-1]["Output"]),
+                "ps": status.decode().strip().rsplit(" ", 1)[-1],
+                "filter": n in run("ps", "--filter", "health=unhealthy", "--format",
+                                   "{{.Names}}").stdout.decode().split(),
+                "bad_filter": run("ps", "--filter", "health=sick").stderr.decode().strip(),
+                "bad_interval": run("create", "--health-interval", "100us", "busybox",
+                                    "true").stderr.decode().strip(),
+            }
+        finally:
+            run("rm", "-f", n)
+    assert seen["skiffd"] == seen["dockerd"]
