@@ -297,3 +297,42 @@ def test_side_by_side_with_dockerd(daemon: Daemon, dockerd: Dockerd) -> None:
         finally:
             run("rm", "-f", n)
     assert seen["skiffd"] == seen["dockerd"]
+
+
+def test_side_by_side_starting_timeout_and_events(daemon: Daemon, dockerd: Dockerd) -> None:
+    runs: dict[str, Callable[..., subprocess.CompletedProcess[bytes]]] = {
+        "skiffd": lambda *a: daemon.docker(*a),
+        "dockerd": lambda *a: dockerd.docker(*a, check=False)}
+    seen: dict[str, dict[str, Any]] = {}
+    for engine, run in runs.items():
+        slow, late = name(), name()
+        since = time.time() - 0.01
+        for n, flags in ((slow, ("--health-cmd", "true", "--health-interval", "1h")),
+                         (late, ("--health-cmd", "sleep 5", "--health-interval", "200ms",
+                                 "--health-timeout", "300ms", "--health-retries", "1"))):
+            res = run("run", "-d", "--name", n, "--network", "none", *flags,
+                      "busybox", "sleep", "300")
+            assert res.returncode == 0, (engine, res.stderr)
+        try:
+            def health_of(n: str, _run: Any = run) -> Any:
+                return json.loads(_run("inspect", "--format", "{{json .State.Health}}", n).stdout)
+
+            def timed_out(_n: str = late) -> bool:
+                return bool((health_of(_n) or {}).get("Status") == "unhealthy")
+
+            starting = health_of(slow)
+            poll(timed_out, what=f"{engine}: unhealthy by timeout")
+            last = health_of(late)["Log"][0]
+            evs = run("events", "--since", f"{since:.3f}", "--until", f"{time.time():.3f}",
+                      "--filter", f"container={late}", "--filter", "event=health_status",
+                      "--format", "{{.Action}} {{.Actor.Attributes.name}}").stdout
+            seen[engine] = {
+                "starting": starting, "ps": run("ps", "--filter", f"name={slow}", "--format",
+                                                "{{.Status}}").stdout.decode().split("(")[-1],
+                "timeout": (last["ExitCode"], last["Output"]),
+                "events": evs.decode().replace(late, "NAME").splitlines()[:1],
+            }
+        finally:
+            run("rm", "-f", slow, late)
+    assert seen["skiffd"] == seen["dockerd"]
+    assert seen["skiffd"]["events"] == ["health_status: unhealthy NAME"]
