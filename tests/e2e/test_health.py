@@ -20,7 +20,8 @@ from typing import Any
 import docker as dockerpy
 import pytest
 
-from benchmarks.engines import Dockerd
+from benchmarks.engines import Dockerd, processes_of
+from benchmarks.health import cpu_seconds, engine_cpu
 from tests.builds import build, write_tree
 from tests.daemon import Daemon, poll, running_daemon
 from tests.dockerd import own_dockerd
@@ -336,3 +337,15 @@ def test_side_by_side_starting_timeout_and_events(daemon: Daemon, dockerd: Docke
             run("rm", "-f", slow, late)
     assert seen["skiffd"] == seen["dockerd"]
     assert seen["skiffd"]["events"] == ["health_status: unhealthy NAME"]
+
+
+def test_the_benchmarks_measure_runs(daemon: Daemon) -> None:
+    """benchmarks/health.py on two containers: it runs and counts; no speed asserted."""
+    def tree() -> list[int]:
+        return [p.pid for p in processes_of(str(daemon.base))]
+
+    assert cpu_seconds(tree()) > 0
+    for checked in (False, True):
+        share = engine_cpu(daemon.docker, tree, 2, 1.0, checked=checked)
+        assert 0.0 <= share < 64
+    assert ok(daemon, "ps", "-aq") == ""
