@@ -168,9 +168,16 @@ def push_busybox(d: Daemon, name: str) -> str:
 # ---------------------------------------------------------------------------
 
 
-def test_build_pulls_a_missing_base_image(skiffd: Daemon, registry: Registry,
-                                          tmp_path: Path) -> None:
-    """``docker build`` of FROM <an image only the registry has> pulls it first."""
+def test_build_pulls_a_missing_base_image(skiffd: Daemon, tmp_path: Path) -> None:
+    """``docker build`` of FROM <an image only the registry has> pulls it first.
+
+    A registry of its own: pushing busybox to the module's registry would make
+    later pushes there "Mounted from" instead of "Pushed"."""
+    with running_registry(tmp_path / "registry") as own:
+        _build_from_registry(skiffd, own, tmp_path)
+
+
+def _build_from_registry(skiffd: Daemon, registry: Registry, tmp_path: Path) -> None:
     name = f"{registry.host}/{uniq('build-base')}:1"
     push_busybox(skiffd, name)
     skiffd.docker("rmi", name, check=True)
