@@ -13,7 +13,9 @@ import io
 import lzma
 import os
 import zlib
-from typing import IO, Any
+from typing import IO
+
+from skiff.core.images.decompression import Prefixed
 
 __all__ = ["CHUNK", "ContextStream", "Corrupt", "TooLarge", "Unsupported"]
 
@@ -38,30 +40,6 @@ class Unsupported(Exception):
     """A compression the builder does not read (zstd)."""
 
 
-class _Source(io.RawIOBase):
-    """The request body, with the chunk read to sniff its magic put back in front."""
-
-    def __init__(self, head: bytes, rest: IO[bytes]) -> None:
-        self._head = head
-        self._rest = rest
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buf: Any) -> int:
-        view = memoryview(buf).cast("B")
-        if self._head:
-            n = min(len(view), len(self._head))
-            view[:n] = self._head[:n]
-            self._head = self._head[n:]
-            return n
-        data = self._rest.read(min(len(view), CHUNK))
-        if not data:
-            return 0
-        view[: len(data)] = data
-        return len(data)
-
-
 class ContextStream:
     """``read(n)`` of the decompressed context; :class:`TooLarge` past ``limit``.
 
@@ -80,7 +58,7 @@ class ContextStream:
                 break
             head += more
         self.empty = not head
-        src = io.BufferedReader(_Source(head, body), CHUNK)
+        src = io.BufferedReader(Prefixed(head, body), CHUNK)
         self._inner: IO[bytes]
         if head.startswith(b"\x1f\x8b"):
             self.format = "gzip"
@@ -122,24 +100,6 @@ MEMORY_CONTEXT_LIMIT = 32 << 20
 _COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00", b"\x28\xb5\x2f\xfd")
 
 
-class _Chain(io.RawIOBase):
-    """``head`` then the rest of ``stream``."""
-
-    def __init__(self, head: bytes, stream: IO[bytes]) -> None:
-        self._head = memoryview(head)
-        self._stream = stream
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, n: int = -1) -> bytes:
-        if self._head:
-            size = len(self._head) if n is None or n < 0 else n
-            out, self._head = bytes(self._head[:size]), self._head[size:]
-            return out
-        return self._stream.read(n)
-
-
 def tmpfs_dir(path: str = "/dev/shm") -> str | None:
     """``path`` if a tmpfs is mounted there (the memory spool), else None."""
     try:
@@ -169,4 +129,4 @@ def small_plain_body(stream: IO[bytes], memory_spool: str) -> tuple[IO[bytes], b
             return io.BytesIO(head), small
         chunks.append(chunk)
         size += len(chunk)
-    return _Chain(b"".join(chunks), stream), False  # type: ignore[return-value]
+    return io.BufferedReader(Prefixed(b"".join(chunks), stream), 1 << 20), False

@@ -209,21 +209,10 @@ def commit_layer(
             entry["comment"] = comment
         if empty:
             entry["empty_layer"] = True
-        image_config: dict[str, Any] = {
-            "architecture": parent_cfg.get("architecture") or host_architecture(),
-            "config": new_config,
-            "container": container_id,
-            "container_config": own_config,
-            "created": created,
-            "history": [*(parent_cfg.get("history") or []), entry],
-            "os": parent_cfg.get("os") or "linux",
-            "rootfs": {"type": "layers", "diff_ids": diff_ids},
-        }
-        if author:
-            image_config["author"] = author
-        for key in ("variant", "os.version", "os.features"):
-            if parent_cfg.get(key):
-                image_config[key] = parent_cfg[key]
+        image_config = _child_config(
+            parent_cfg, config=new_config, container_config=own_config,
+            container_id=container_id, created=created, entry=entry, diff_ids=diff_ids,
+            author=author)
         new_id = images.create(encode_config(image_config),
                                parent=parent.id if parent is not None else None)
     finally:
@@ -250,6 +239,19 @@ def commit_metadata(
     entry: dict[str, Any] = {"created": created, "created_by": created_by, "empty_layer": True}
     if author:
         entry["author"] = author
+    image_config = _child_config(
+        parent_cfg, config=config, container_config=container_config, container_id="",
+        created=created, entry=entry,
+        diff_ids=list(parent.diff_ids) if parent is not None else [], author=author)
+    return images.create(encode_config(image_config),
+                         parent=parent.id if parent is not None else None)
+
+
+def _child_config(parent_cfg: Mapping[str, Any], *, config: Mapping[str, Any],
+                  container_config: Mapping[str, Any], container_id: str, created: str,
+                  entry: dict[str, Any], diff_ids: list[str], author: str) -> dict[str, Any]:
+    """The image config of a child of the image whose config is ``parent_cfg``:
+    its platform fields and history carried over, ``entry`` appended."""
     image_config: dict[str, Any] = {
         "architecture": parent_cfg.get("architecture") or host_architecture(),
         "config": json.loads(json.dumps(dict(config))),
@@ -257,13 +259,13 @@ def commit_metadata(
         "created": created,
         "history": [*(parent_cfg.get("history") or []), entry],
         "os": parent_cfg.get("os") or "linux",
-        "rootfs": {"type": "layers",
-                   "diff_ids": list(parent.diff_ids) if parent is not None else []},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
     }
+    if container_id:
+        image_config["container"] = container_id
     if author:
         image_config["author"] = author
     for key in ("variant", "os.version", "os.features"):
         if parent_cfg.get(key):
             image_config[key] = parent_cfg[key]
-    return images.create(encode_config(image_config),
-                         parent=parent.id if parent is not None else None)
+    return image_config

@@ -12,11 +12,11 @@ from typing import IO, Any
 
 from skiff.core.images.errors import InvalidImage
 
-__all__ = ["decompressed"]
+__all__ = ["Prefixed", "decompressed"]
 
 _CHUNK = 1 << 20
 
-class _Prefixed(io.RawIOBase):
+class Prefixed(io.RawIOBase):
     """A stream with some already-read bytes put back in front of it."""
 
     def __init__(self, head: bytes, rest: IO[bytes]) -> None:
@@ -69,7 +69,7 @@ def decompressed(stream: IO[bytes]) -> IO[bytes]:
         if not more:
             break
         head += more
-    src: IO[bytes] = io.BufferedReader(_Prefixed(head, stream), _CHUNK)
+    src: IO[bytes] = io.BufferedReader(Prefixed(head, stream), _CHUNK)
     if head.startswith(b"\x1f\x8b"):
         return gzip.GzipFile(fileobj=src, mode="rb")  # type: ignore[return-value]  # typeshed: GzipFile is not an IO[bytes]
     if head.startswith(b"BZh"):
