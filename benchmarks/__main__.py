@@ -46,7 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     e = sub.choices["engine"]
     e.add_argument("--no-docker", action="store_true", help="skiffd only")
     e.add_argument("--only", default=",".join(engine.WORKLOADS),
-                   help=f"comma-separated workloads (default all: {','.join(engine.WORKLOADS)})")
+                   help=f"comma-separated workloads (default all: {','.join(engine.WORKLOADS)}); "
+                        f"an extra alone by its short name ({','.join(engine.EXTRA_NAMES)})")
     e.add_argument("--no-extras", action="store_true",
                    help="skip the contributed workloads (" + ", ".join(engine.EXTRAS) + ")")
     e.add_argument("--profile", action="store_true",
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         meta["mode"] = mode
         meta["plan"] = engine.PLANS[mode].__dict__
         only = tuple(w.strip() for w in args.only.split(",") if w.strip())
-        unknown = set(only) - set(engine.WORKLOADS)
+        unknown = set(only) - set(engine.WORKLOADS) - set(engine.EXTRA_NAMES)
         if unknown:
             print(f"benchmarks: unknown workloads {sorted(unknown)}", file=sys.stderr)
             return 2
