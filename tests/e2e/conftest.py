@@ -7,7 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.engines import Dockerd
 from tests.daemon import Daemon, running_daemon
+from tests.dockerd import own_dockerd
+from tests.sidebyside import Side, SideBySide
 
 
 @pytest.fixture(scope="module", params=["overlay2", "vfs"])
@@ -27,3 +30,29 @@ def default_skiffd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]
     with running_daemon(base) as d:
         d.skiff("image", "bootstrap", "busybox")
         yield d
+
+
+@pytest.fixture(scope="session")
+def twin_dockerd() -> Iterator[Dockerd]:
+    """One private dockerd for the whole session, for side-by-side tests
+    (tests/sidebyside.py); each module gives it its skiffd's busybox."""
+    if not Dockerd.available():
+        pytest.skip("dockerd (Debian's docker.io) is not installed")
+    with own_dockerd("skiff-twin") as d:
+        yield d
+
+
+def twin_of(daemon: Daemon, dockerd: Dockerd, tmp: Path) -> SideBySide:
+    """``daemon`` and ``dockerd`` side by side, dockerd holding ``daemon``'s
+    busybox:latest (the same image ID on both, so image fields compare)."""
+    want = daemon.docker("image", "inspect", "--format", "{{.Id}}", "busybox:latest",
+                         check=True).stdout.strip()
+    have = dockerd.docker("image", "inspect", "--format", "{{.Id}}", "busybox:latest",
+                          check=False).stdout.strip()
+    if have != want:
+        archive = tmp / "twin-busybox.tar"
+        daemon.docker("save", "-o", str(archive), "busybox:latest", check=True)
+        dockerd.docker("load", "-i", str(archive))
+        archive.unlink()
+    return SideBySide(Side("skiffd", daemon.env(), daemon.host),
+                      Side("dockerd", dockerd.env(), dockerd.host))
