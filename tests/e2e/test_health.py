@@ -24,7 +24,7 @@ from benchmarks.engines import Dockerd, processes_of
 from benchmarks.health import cpu_seconds, engine_cpu
 from tests.builds import build, write_tree
 from tests.daemon import Daemon, poll, running_daemon
-from tests.dockerd import own_dockerd
+from tests.e2e.conftest import twin_of
 
 MS = 1_000_000
 #: the flags of a quick check: probe every 200 ms, unhealthy after two failures
@@ -254,14 +254,11 @@ def test_checks_resume_after_a_daemon_restart(tmp_path: Path) -> None:
 # -- side by side with the tests' private dockerd ----------------------------------
 
 @pytest.fixture(scope="module")
-def dockerd(daemon: Daemon, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dockerd]:
-    if not Dockerd.available():
-        pytest.skip("dockerd (Debian's docker.io) is not installed")
-    with own_dockerd("skiff-hc") as d:
-        archive = tmp_path_factory.mktemp("hc-busybox") / "busybox.tar"
-        daemon.docker("save", "-o", str(archive), "busybox:latest", check=True)
-        d.docker("load", "-i", str(archive))
-        yield d
+def dockerd(daemon: Daemon, twin_dockerd: Dockerd, tmp_path_factory: pytest.TempPathFactory
+            ) -> Dockerd:
+    """The session's dockerd, holding this daemon's busybox."""
+    twin_of(daemon, twin_dockerd, tmp_path_factory.mktemp("hc-twin")).close()
+    return twin_dockerd
 
 
 def test_side_by_side_with_dockerd(daemon: Daemon, dockerd: Dockerd) -> None:
