@@ -534,6 +534,9 @@ class ContainerSpec:
     env: list[str]
     cwd: str = "/"
     user: str = ""  #: Docker's ``--user``: name, uid, uid:gid, name:group
+    #: ``--group-add``: group names or numbers added to the user's groups,
+    #: names resolved in the container's ``/etc/group`` with the user
+    group_add: list[str] = field(default_factory=list)
     hostname: str = ""
     #: namespace kind -> None for a fresh one, or a path to join (``/proc/PID/ns/net``).
     #: A kind absent from the mapping is shared with the host.  ``user``: a
@@ -671,6 +674,7 @@ class ExecSpec:
     env: list[str]  #: the container's environment with the exec's ``-e`` applied
     cwd: str = "/"  #: must exist in the container; it is not created
     user: str = ""  #: Docker's ``--user`` syntax, resolved inside the container
+    group_add: list[str] = field(default_factory=list)  #: the container's ``--group-add``
     capabilities: list[str] = field(default_factory=list)  #: names without ``CAP_``
     #: ``docker exec --privileged``: every capability the host has, whatever
     #: ``capabilities`` says

@@ -16,6 +16,7 @@ from skiff.core.api import (
     resources,
     system,
     top,
+    wsattach,
 )
 from skiff.core.api import exec as exec_routes
 from skiff.core.api import networks as network_routes
@@ -41,5 +42,6 @@ def build_router(engine: Engine) -> Router:
     top.register(router, engine)
     archive.register(router, engine)
     lifecycle.register(router, engine)
+    wsattach.register(router, engine)
     build.register(router, engine)
     return router

@@ -361,18 +361,19 @@ class HttpConnection:
                 self.client_gone = True
                 raise ClientDisconnected("client closed the connection mid-body")
 
-    async def hijack(self, request: Request, content_type: str) -> HijackedStream:
+    async def hijack(self, request: Request, content_type: str,
+                     head: bytes | None = None) -> HijackedStream:
         if self.responded:
             raise RuntimeError("cannot hijack: a response has already been sent")
         self._disarm()
         self.hijacked = True  # from here on the watcher stays off and h11 is out of the loop
         while await self.read_body_chunk():
             pass
-        if "upgrade" in request.headers:
+        if head is None and "upgrade" in request.headers:
             # Docker checks only that Upgrade is present; the docker CLI wants a 101
             head = (b"HTTP/1.1 101 UPGRADED\r\nContent-Type: " + content_type.encode("latin-1")
                     + b"\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n")
-        else:
+        elif head is None:
             # the pre-1.x way: a 200 without length; the body is the raw stream
             head = b"HTTP/1.1 200 OK\r\nContent-Type: " + content_type.encode("latin-1") + b"\r\n"
         await self._send_raw(head + _RAW_DOCKER_HEADERS + b"\r\n")

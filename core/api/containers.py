@@ -11,7 +11,7 @@ from skiff.core.api.router import Request, Response, Router, StreamResponse
 from skiff.core.containers import health, lifecycle
 from skiff.core.containers.model import Container
 from skiff.core.containers.streams import DEFAULT_DETACH_KEYS, parse_detach_keys
-from skiff.core.errors import InvalidParameter
+from skiff.core.errors import Conflict, InvalidParameter
 from skiff.core.hookspecs import ReadConfig
 from skiff.core.timefmt import parse_time_param
 
@@ -107,7 +107,7 @@ def register(router: Router, engine: Engine) -> None:
             await mgr.attach(
                 id, stream, stdin=req.qbool("stdin"), stdout=req.qbool("stdout"),
                 stderr=req.qbool("stderr"), logs=req.qbool("logs"), framed=not tty,
-                detach_keys=detach_keys,
+                detach_keys=detach_keys, live=req.qbool("stream"),
             )
 
     @router.route("GET", "/containers/{id}/logs")
@@ -135,6 +135,8 @@ def register(router: Router, engine: Engine) -> None:
 
     @router.route("DELETE", "/containers/{id}")
     async def remove(req: Request, id: str) -> None:
+        if req.qbool("link"):  # `docker rm --link name`: a link needs its alias too
+            raise Conflict("Conflict, cannot remove the default link name of the container")
         await mgr.remove(id, force=req.qbool("force"), volumes=req.qbool("v"))
 
 

@@ -145,7 +145,8 @@ class Connection(Protocol):
         """The next piece of the request body; ``b""`` once it is complete."""
         ...
 
-    async def hijack(self, request: Request, content_type: str) -> trio.abc.HalfCloseableStream:
+    async def hijack(self, request: Request, content_type: str,
+                     head: bytes | None = None) -> trio.abc.HalfCloseableStream:
         ...
 
 
@@ -159,7 +160,8 @@ class _FixedBody:
         data, self._data = self._data, b""
         return data
 
-    async def hijack(self, request: Request, content_type: str) -> trio.abc.HalfCloseableStream:
+    async def hijack(self, request: Request, content_type: str,
+                     head: bytes | None = None) -> trio.abc.HalfCloseableStream:
         raise RuntimeError("hijack needs a request that arrived on a connection")
 
 
@@ -329,17 +331,19 @@ class Request:
         return self._body_done
 
     # -- hijack --------------------------------------------------------------------
-    async def hijack(self, content_type: str = RAW_STREAM) -> trio.abc.HalfCloseableStream:
+    async def hijack(self, content_type: str = RAW_STREAM,
+                     head: bytes | None = None) -> trio.abc.HalfCloseableStream:
         """Take over the connection for a raw bidirectional stream (attach, exec start).
 
         With ``Upgrade: tcp`` in the request the client gets ``101 UPGRADED``,
         otherwise ``200 OK`` without a length; then the bytes are the
         handler's.  The rest of the request body is discarded first.  The
-        server closes the connection when the handler returns.
+        server closes the connection when the handler returns.  ``head``: a
+        status line and headers of the handler's own instead (a websocket's 101).
         """
         if self.hijacked:
             raise RuntimeError("request already hijacked")
-        stream = await self._conn.hijack(self, content_type)
+        stream = await self._conn.hijack(self, content_type, head)
         self.hijacked = True
         return stream
 

@@ -223,7 +223,8 @@ def info_payload(engine: Engine) -> dict[str, Any]:
         "Labels": [],
         "ExperimentalBuild": False,
         "ServerVersion": __version__,
-        "Runtimes": {name: {"path": name} for name in names.get("isolation", [])},
+        # only the default runtime runs containers (HostConfig.Runtime): docs/runtimes.md
+        "Runtimes": {engine.runtime_name: {"path": engine.runtime_name}},
         "DefaultRuntime": engine.runtime_name,
         "Swarm": {"NodeID": "", "NodeAddr": "", "LocalNodeState": "inactive",
                   "ControlAvailable": False, "Error": "", "RemoteManagers": None},

@@ -29,13 +29,13 @@ class Attacher:
 
     async def attach(self, ref: str, stream: trio.abc.Stream, *, stdin: bool, stdout: bool,
                      stderr: bool, logs: bool, framed: bool,
-                     detach_keys: bytes = b"\x10\x11") -> None:
+                     detach_keys: bytes = b"\x10\x11", live: bool = True) -> None:
         """Serve a hijacked connection until the container's current run ends.
 
         With a TTY, ``detach_keys`` typed on stdin end the attach (the
         container keeps running); so does the end of stdin unless the
         container closes its stdin then (``StdinOnce`` without TTY): Docker's
-        rules.
+        rules.  ``live`` False (``stream=0``): only the recorded log, then the end.
         """
         c = self.registry.get(ref)
         track = self.registry.tracks[c.id]
@@ -58,6 +58,8 @@ class Attacher:
                         await stream.send_all(b"".join(frame(m.stream, m.line) for m in batch))
                 finally:
                     recorded.close()
+            if not live:  # stream=0: the recorded log only, then the end
+                return
 
             async def copy_stdin(scope: trio.CancelScope) -> None:
                 if not (stdin and c.config.get("OpenStdin")):

@@ -139,11 +139,47 @@ def normalize_host_config(hc: Mapping[str, Any] | None) -> dict[str, Any]:
     out.setdefault("CapAdd", None)
     out.setdefault("CapDrop", None)
     out.setdefault("LogConfig", {"Type": "", "Config": {}})
-    out.setdefault("RestartPolicy", {"Name": "no", "MaximumRetryCount": 0})
+    out.setdefault("RestartPolicy", {"Name": "", "MaximumRetryCount": 0})  # dockerd's
     out.setdefault("ReadonlyRootfs", False)
     out.setdefault("SecurityOpt", None)
     extra_hosts(out)  # refused at create, not at start
+    groups = out.get("GroupAdd")
+    if groups is not None and not (isinstance(groups, list)
+                                   and all(isinstance(g, str) for g in groups)):
+        raise InvalidConfig("HostConfig.GroupAdd must be a list of group names or numbers")
     return out
+
+
+def log_config(given: Any, default_type: str, default_opts: Mapping[str, str]
+               ) -> dict[str, Any]:
+    """HostConfig.LogConfig as dockerd keeps it: an empty Type is the daemon's
+    log driver, a null Config is ``{}``, and the daemon's ``log-opts`` fill in
+    the options not given when the driver is the daemon's."""
+    if given is None:
+        given = {}
+    if not isinstance(given, Mapping):
+        raise InvalidConfig("HostConfig.LogConfig must be an object with Type and Config")
+    kind = given.get("Type") or default_type
+    opts = given.get("Config") or {}
+    if not isinstance(kind, str) or not isinstance(opts, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in opts.items()):
+        raise InvalidConfig("HostConfig.LogConfig: Type must be a string and Config an "
+                            "object of strings")
+    config = dict(opts)
+    if kind == default_type:
+        for key, value in default_opts.items():
+            config.setdefault(key, value)
+    return {"Type": kind, "Config": config}
+
+
+def runtime(given: Any, default: str) -> str:
+    """HostConfig.Runtime: empty means the daemon's; only that one runs containers."""
+    if given in (None, ""):
+        return default
+    if given != default:
+        # dockerd's words for a runtime it does not have (clients match on them)
+        raise InvalidConfig(f"Unknown runtime specified {given}")
+    return default
 
 
 def extra_hosts(hc: Mapping[str, Any]) -> list[tuple[str, str]]:

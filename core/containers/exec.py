@@ -260,6 +260,7 @@ class ExecManager:
             env=env,
             cwd=ex.working_dir or cfg.get("WorkingDir") or "/",
             user=ex.user or cfg.get("User") or "",
+            group_add=[str(g) for g in c.host_config.get("GroupAdd") or []],
             capabilities=list(base.capabilities) if base is not None else [],
             privileged=ex.privileged,
             no_new_privileges=base.no_new_privileges if base is not None else True,

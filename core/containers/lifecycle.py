@@ -17,7 +17,7 @@ import structlog
 from skiff.core.containers.config import NAME_RE, InvalidConfig, parse_signal
 from skiff.core.containers.model import Container
 from skiff.core.containers.registry import ContainerRegistry, ToThread
-from skiff.core.errors import Conflict, InvalidParameter
+from skiff.core.errors import Conflict, InvalidParameter, NotFound
 from skiff.core.events import Publish
 from skiff.core.hookspecs import CgroupDriver, DriverNotSupported, StorageDriver
 from skiff.core.timefmt import parse_time_param
@@ -82,6 +82,24 @@ async def rename(mgr: Containers, ref: str, new_name: str) -> None:
         raise
     mgr.registry.event(c, "rename", oldName="/" + old_name)
     log.info("container.rename", id=c.id, old=old_name, new=new_name)
+
+
+async def remove_link(mgr: Containers, parent_ref: str, alias: str) -> None:
+    """``docker rm --link parent/alias`` (DELETE /containers/{parent}/{alias}?link=1):
+    forget the legacy link ``alias`` of ``parent``; both containers stay."""
+    try:
+        c = mgr.registry.get(parent_ref)
+    except NotFound:
+        raise NotFound(f"No such container: {parent_ref}/{alias}") from None
+    links = list(c.host_config.get("Links") or [])
+    # "name:alias", or dockerd's own "/name:/parent/alias"; no alias: the name
+    kept = [link for link in links
+            if (link.partition(":")[2] or link.partition(":")[0]).rsplit("/", 1)[-1] != alias]
+    if len(kept) == len(links):
+        raise NotFound(f"No such container: {parent_ref}/{alias}")
+    c.host_config["Links"] = kept or None
+    await mgr.to_thread(c.save)
+    log.info("container.link_removed", id=c.id, alias=alias)
 
 
 def _freezer(mgr: Containers) -> Any:

@@ -55,9 +55,8 @@ class LogStreams:
         """The log stream of ``docker logs``, history first, then live when following."""
         c = self.registry.get(ref)
         if not log_readable(c):
-            raise InvalidParameter(
-                'configured logging driver does not support reading: "none"'
-            )
+            # dockerd's words (it answers 501; a 4xx here: nothing failed in skiffd)
+            raise InvalidParameter("configured logging driver does not support reading")
 
         def render(kind: str, data: bytes, when: float) -> bytes:
             if timestamps:

@@ -35,9 +35,11 @@ from skiff.core.containers.config import (
     InvalidConfig,
     command_line,
     effective_config,
+    log_config,
     normalize_host_config,
     parse_signal,
 )
+from skiff.core.containers.config import runtime as config_runtime
 from skiff.core.containers.logstream import LogStreams, open_log
 from skiff.core.containers.model import Container, State
 from skiff.core.containers.networking import NetworkAttachment
@@ -191,10 +193,11 @@ class ContainerManager:
             cfg["Image"] = image_ref
             hc = normalize_host_config(body.get("HostConfig"))
             mount_plan = container_mounts.plan(cfg, hc)
-            if hc.get("LogConfig", {}).get("Type") in ("", None):
-                hc["LogConfig"] = {"Type": self.config["log-driver"],
-                                   "Config": dict(self.config["log-opts"])}
-            self.plugins.factory("logging", hc["LogConfig"]["Type"])
+            hc["LogConfig"] = log_config(hc.get("LogConfig"), self.config["log-driver"],
+                                         self.config["log-opts"])
+            if hc["LogConfig"]["Type"] != "none":  # none: no driver, nothing kept
+                self.plugins.factory("logging", hc["LogConfig"]["Type"])
+            hc["Runtime"] = config_runtime(hc.get("Runtime"), self.config["default-runtime"])
             network_mode = self.resolve_network_mode(hc.get("NetworkMode") or "default")
             default_pids = self.config.get("default-pids-limit", 0)
             if not hc.get("PidsLimit") and default_pids > 0:
@@ -450,9 +453,14 @@ class ContainerManager:
             return  # it was waiting to restart: it stays stopped now
         if not c.state.Running or track.process is None:
             raise Conflict(f"Cannot kill container: {ref}: Container {c.id} is not running")
+        notice = track.next_exit
         track.process.kill(signum)
         self.event(c, "kill", signal=signum)
         await lifecycle.thaw_after_signal(self, c, signum)
+        if signum == signal.SIGKILL:
+            # As dockerd: SIGKILL answers once the container has exited, so an
+            # inspect right after the kill shows it stopped (other signals at once).
+            await notice.event.wait()
 
     async def stop(self, ref: str, timeout: int | None = None) -> None:
         c = self.get(ref)
@@ -569,10 +577,11 @@ class ContainerManager:
 
     async def attach(self, ref: str, stream: trio.abc.Stream, *, stdin: bool, stdout: bool,
                      stderr: bool, logs: bool, framed: bool,
-                     detach_keys: bytes = b"\x10\x11") -> None:
-        """Serve a hijacked connection until the container's current run ends."""
+                     detach_keys: bytes = b"\x10\x11", live: bool = True) -> None:
+        """Serve a hijacked connection until the container's current run ends
+        (``live`` False: once the recorded log is sent)."""
         await self.attacher.attach(ref, stream, stdin=stdin, stdout=stdout, stderr=stderr,
-                                   logs=logs, framed=framed, detach_keys=detach_keys)
+                                   logs=logs, framed=framed, detach_keys=detach_keys, live=live)
 
     def resize(self, ref: str, height: int, width: int) -> None:
         """``POST /containers/{id}/resize``: the TTY's size (SIGWINCH in the container)."""

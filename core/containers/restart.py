@@ -71,23 +71,21 @@ def validate(policy: Mapping[str, Any] | None, auto_remove: bool = False) -> dic
     except (TypeError, ValueError):
         raise ValueError("invalid restart policy: maximum retry count must be an integer"
                          ) from None
-    if name in ("always", "unless-stopped", "no"):
+    # dockerd's words: clients and scripts match on them; no name at all is
+    # "no", whatever the count (dockerd does not check it then)
+    given = rp.get("Name") or ""
+    if given in ("always", "unless-stopped", "no"):
         if count != 0:
-            msg = "invalid restart policy: maximum retry count can only be used with 'on-failure'"
-            if count < 0:
-                msg += " and cannot be negative"
-            raise ValueError(msg)
-    elif name == "on-failure":
+            raise ValueError(
+                f"maximum retry count cannot be used with restart policy '{name}'")
+    elif given == "on-failure":
         if count < 0:
-            raise ValueError("invalid restart policy: maximum retry count cannot be negative")
-    else:
-        raise ValueError(
-            f"invalid restart policy: unknown policy '{name}'; use one of 'no', 'always', "
-            "'unless-stopped', or 'on-failure'"
-        )
+            raise ValueError("maximum retry count cannot be negative")
+    elif given:
+        raise ValueError(f"invalid restart policy '{name}'")
     if auto_remove and name != "no":
         raise ValueError("can't create 'AutoRemove' container with restart policy")
-    return {"Name": name, "MaximumRetryCount": count}
+    return {"Name": given, "MaximumRetryCount": count}
 
 
 def checked(host_config: Mapping[str, Any]) -> dict[str, Any]:

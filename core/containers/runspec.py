@@ -80,6 +80,7 @@ class SpecBuilder:
             env=list(c.config.get("Env") or []) + link_env(c, self.lookup),
             cwd=c.config.get("WorkingDir") or "/",
             user=c.config.get("User") or "",
+            group_add=[str(g) for g in c.host_config.get("GroupAdd") or []],
             hostname=c.config["Hostname"],
             namespaces=namespaces,
             readonly_rootfs=bool(c.host_config.get("ReadonlyRootfs")),

@@ -112,8 +112,10 @@ def prepare_process(spec: dict[str, Any], cap_mask: int, last_cap: int,
     container's root.  A container's working directory is made when missing
     (Docker's rule); an exec's must exist (126 otherwise, as runc says)."""
     try:
+        group_file = read_account_file("/etc/group")
         user = users.resolve_user(spec.get("user") or "", read_account_file("/etc/passwd"),
-                                  read_account_file("/etc/group"))
+                                  group_file)
+        users.add_groups(user, spec.get("group_add") or [], group_file)
     except users.UserError as exc:
         raise InitError(str(exc)) from None
     env = environment(spec.get("env") or [], user)

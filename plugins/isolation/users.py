@@ -165,3 +165,33 @@ def resolve_user(spec: str, passwd: str | None, group: str | None) -> ExecUser:
         result.sgids = [g.gid for g in groups
                         if result.name in g.members and g.gid != INVALID_ID]
     return result
+
+
+def additional_groups(wanted: list[str], group: str | None) -> list[int]:
+    """``--group-add`` values as gids: a name or a number found in /etc/group
+    (by name first), else a number; anything else is an error in runc's words,
+    which dockerd passes on."""
+    groups = parse_group(group or "")
+    out: list[int] = []
+    for item in wanted:
+        found = [g for g in groups if g.name == item or str(g.gid) == item]
+        if found:
+            _valid(found[0], found[0].gid)
+            gid = found[0].gid
+        else:
+            number = _int(item)
+            if number is None:
+                raise UserError(f"Unable to find group {item}: no matching entries in group file")
+            if number < 0 or number > MAX_ID:
+                raise UserError(f"Unable to find group {item}: groups must be in range 0-{MAX_ID}")
+            gid = number
+        if gid not in out:
+            out.append(gid)
+    return out
+
+
+def add_groups(user: ExecUser, wanted: list[str], group: str | None) -> None:
+    """Add ``--group-add``'s groups to ``user``'s supplementary groups."""
+    for gid in additional_groups(wanted, group):
+        if gid not in user.sgids:
+            user.sgids.append(gid)

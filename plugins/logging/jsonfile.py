@@ -31,9 +31,9 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from json.encoder import encode_basestring
-from typing import IO
+from typing import IO, Any
 
 from skiff.core.hookspecs import LogContext, LogMessage, ReadConfig, hookimpl
 from skiff.core.timefmt import parse_rfc3339
@@ -417,3 +417,11 @@ SKIFF_CONTRACT = "2.0"
 @hookimpl
 def skiff_log_drivers() -> dict[str, object]:
     return {NAME: json_file_factory}
+
+
+@hookimpl
+def skiff_container_validate(host_config: Mapping[str, Any]) -> None:
+    """Unknown or bad log opts are refused at create, as dockerd does, not at start."""
+    lc = host_config.get("LogConfig") or {}
+    if lc.get("Type") == NAME:
+        parse_options(dict(lc.get("Config") or {}))

@@ -77,7 +77,7 @@ def test_on_failure_3_restarts_exactly_three_times(daemon: Daemon) -> None:
 def test_restart_policy_validation(daemon: Daemon) -> None:
     res = daemon.docker("create", "--restart", "always:3", "busybox", "true")
     assert res.returncode != 0
-    assert b"maximum retry count can only be used with 'on-failure'" in res.stderr
+    assert b"maximum retry count cannot be used with restart policy 'always'" in res.stderr
     res = daemon.docker("create", "--restart", "sometimes", "busybox", "true")
     assert res.returncode != 0
     # the CLI refuses --rm with --restart itself; the API says it too

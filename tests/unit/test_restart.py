@@ -89,10 +89,14 @@ def test_backoff_doubles_and_resets() -> None:
 
 @pytest.mark.parametrize("policy,auto_remove,message", [
     ({"Name": "always", "MaximumRetryCount": 2}, False,
-     "maximum retry count can only be used with 'on-failure'"),
-    ({"Name": "no", "MaximumRetryCount": -1}, False, "and cannot be negative"),
-    ({"Name": "on-failure", "MaximumRetryCount": -1}, False, "cannot be negative"),
-    ({"Name": "sometimes"}, False, "unknown policy 'sometimes'"),
+     "^maximum retry count cannot be used with restart policy 'always'$"),
+    ({"Name": "unless-stopped", "MaximumRetryCount": 1}, False,
+     "^maximum retry count cannot be used with restart policy 'unless-stopped'$"),
+    ({"Name": "no", "MaximumRetryCount": -1}, False,
+     "^maximum retry count cannot be used with restart policy 'no'$"),
+    ({"Name": "on-failure", "MaximumRetryCount": -1}, False,
+     "^maximum retry count cannot be negative$"),
+    ({"Name": "sometimes"}, False, "^invalid restart policy 'sometimes'$"),
     ({"Name": "always"}, True, "can't create 'AutoRemove' container with restart policy"),
 ])
 def test_validate_refuses(policy: dict[str, object], auto_remove: bool, message: str) -> None:
@@ -101,7 +105,9 @@ def test_validate_refuses(policy: dict[str, object], auto_remove: bool, message:
 
 
 def test_validate_normalises() -> None:
-    assert validate(None) == {"Name": "no", "MaximumRetryCount": 0}
-    assert validate({"Name": ""}, auto_remove=True) == {"Name": "no", "MaximumRetryCount": 0}
+    # an empty name stays empty (dockerd's inspect), whatever the count
+    assert validate(None) == {"Name": "", "MaximumRetryCount": 0}
+    assert validate({"Name": ""}, auto_remove=True) == {"Name": "", "MaximumRetryCount": 0}
+    assert validate({"Name": "", "MaximumRetryCount": 1}) == {"Name": "", "MaximumRetryCount": 1}
     assert validate({"Name": "on-failure", "MaximumRetryCount": 3}) == {
         "Name": "on-failure", "MaximumRetryCount": 3}
