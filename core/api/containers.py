@@ -94,8 +94,6 @@ def register(router: Router, engine: Engine) -> None:
     async def attach(req: Request, id: str) -> None:
         c = mgr.get(id)
         tty = bool(c.config.get("Tty"))
-        if not req.qbool("stream") and not req.qbool("logs"):
-            raise InvalidParameter("attach needs stream=1 or logs=1")
         keys = req.q("detachKeys") or DEFAULT_DETACH_KEYS
         try:
             detach_keys = parse_detach_keys(keys)

@@ -160,7 +160,9 @@ def log_config(given: Any, default_type: str, default_opts: Mapping[str, str]
     if not isinstance(given, Mapping):
         raise InvalidConfig("HostConfig.LogConfig must be an object with Type and Config")
     kind = given.get("Type") or default_type
-    opts = given.get("Config") or {}
+    opts = given.get("Config")
+    if opts is None:
+        opts = {}
     if not isinstance(kind, str) or not isinstance(opts, Mapping) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in opts.items()):
         raise InvalidConfig("HostConfig.LogConfig: Type must be a string and Config an "

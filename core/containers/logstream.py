@@ -50,14 +50,18 @@ class LogStreams:
         assert driver is not None  # callers check log_readable first
         return driver
 
-    async def logs(self, ref: str, cfg: ReadConfig, *, follow: bool, timestamps: bool,
-                   framed: bool) -> AsyncIterator[bytes]:
-        """The log stream of ``docker logs``, history first, then live when following."""
+    def logs(self, ref: str, cfg: ReadConfig, *, follow: bool, timestamps: bool,
+             framed: bool) -> AsyncIterator[bytes]:
+        """The log stream of ``docker logs``, history first, then live when following.
+        A container without a readable log is refused now, before any header goes out."""
         c = self.registry.get(ref)
         if not log_readable(c):
             # dockerd's words (it answers 501; a 4xx here: nothing failed in skiffd)
             raise InvalidParameter("configured logging driver does not support reading")
+        return self._logs(c, cfg, follow=follow, timestamps=timestamps, framed=framed)
 
+    async def _logs(self, c: Container, cfg: ReadConfig, *, follow: bool, timestamps: bool,
+                    framed: bool) -> AsyncIterator[bytes]:
         def render(kind: str, data: bytes, when: float) -> bytes:
             if timestamps:
                 data = rfc3339(when).encode() + b" " + data

@@ -348,7 +348,11 @@ class ContainerManager:
             out_r, out_w, err_r, err_w, in_r, in_w = open_stdio(
                 spec.tty, spec.open_stdin, pipes)
             process = await self.runtime.prepare(spec, Stdio(in_r, out_w, err_w))
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, StartError):  # inspect tells why, as dockerd's does
+                c.state.Error = str(exc)
+                c.state.ExitCode = exc.exit_code
+                c.save()
             for fd in pipes:
                 with contextlib.suppress(OSError):
                     os.close(fd)
