@@ -78,6 +78,8 @@ DEFAULT_STOP_TIMEOUT = 10
 #: escaped the pid namespace keeps them); the kernel kills the rest of the
 #: namespace, so this is a safety net, not a normal wait
 OUTPUT_GRACE = 2.0
+#: how long ``docker kill`` (SIGKILL) waits for the exit before it answers anyway
+KILL_WAIT = 30.0
 
 
 class ContainerManager:
@@ -464,7 +466,11 @@ class ContainerManager:
         if signum == signal.SIGKILL:
             # As dockerd: SIGKILL answers once the container has exited, so an
             # inspect right after the kill shows it stopped (other signals at once).
-            await notice.event.wait()
+            # Bounded: a task stuck in the kernel must not hold the client forever.
+            with trio.move_on_after(KILL_WAIT):
+                await notice.event.wait()
+            if not notice.event.is_set():
+                log.warning("container.kill_slow", id=c.id, waited=KILL_WAIT)
 
     async def stop(self, ref: str, timeout: int | None = None) -> None:
         c = self.get(ref)
