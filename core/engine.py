@@ -248,7 +248,8 @@ class Engine:
             CgroupContext(parent=config["cgroup-parent"]),
         )
         # Fail at start, not at the first container, when the log driver is absent.
-        self._check_installed("logging", config["log-driver"], "log-driver")
+        if config["log-driver"] != "none":  # none keeps nothing: no driver to find
+            self._check_installed("logging", config["log-driver"], "log-driver")
         self.volumes = VolumeStore(
             self.data_root, lambda name: plugins.factory("volume", name), self.registry.by_id,
             self.events.publish,

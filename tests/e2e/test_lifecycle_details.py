@@ -11,6 +11,7 @@ import json
 import socket
 import struct
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import docker as dockerpy
@@ -346,3 +347,19 @@ def test_websocket_attach_logs_of_an_exited_container(sbs: SideBySide) -> None:
 
     assert sbs.same(run) == {"log": [b"err", b"out"], "opcodes": {websocket.ABNF.OPCODE_BINARY},
                              "missing": 404}
+
+
+def test_daemon_log_driver_none(tmp_path: Path) -> None:
+    """daemon.json ``log-driver: none``, as dockerd takes it: containers keep no log."""
+    with running_daemon(tmp_path / "nolog", **{"log-driver": "none"}) as d:
+        d.skiff("image", "bootstrap", "busybox")
+        n = unique("nolog")
+        out = d.docker("run", "--name", n, *NONE, "busybox", "echo", "hi", check=True)
+        assert out.stdout == b"hi\n"
+        lc = json.loads(d.docker("inspect", "--format", "{{json .HostConfig.LogConfig}}", n,
+                                 check=True).stdout)
+        assert lc == {"Type": "none", "Config": {}}
+        res = d.docker("logs", n)
+        assert res.returncode == 1
+        assert b"configured logging driver does not support reading" in res.stderr
+        d.docker("rm", "-f", n, check=True)
