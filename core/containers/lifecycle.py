@@ -84,6 +84,13 @@ async def rename(mgr: Containers, ref: str, new_name: str) -> None:
     log.info("container.rename", id=c.id, old=old_name, new=new_name)
 
 
+def without_link(links: list[str], alias: str) -> list[str]:
+    """``links`` (HostConfig.Links) without the one named ``alias``: entries are
+    "name:alias", dockerd's own "/name:/parent/alias", or a bare name (its alias)."""
+    return [link for link in links
+            if (link.partition(":")[2] or link.partition(":")[0]).rsplit("/", 1)[-1] != alias]
+
+
 async def remove_link(mgr: Containers, parent_ref: str, alias: str) -> None:
     """``docker rm --link parent/alias`` (DELETE /containers/{parent}/{alias}?link=1):
     forget the legacy link ``alias`` of ``parent``; both containers stay."""
@@ -92,9 +99,7 @@ async def remove_link(mgr: Containers, parent_ref: str, alias: str) -> None:
     except NotFound:
         raise NotFound(f"No such container: {parent_ref}/{alias}") from None
     links = list(c.host_config.get("Links") or [])
-    # "name:alias", or dockerd's own "/name:/parent/alias"; no alias: the name
-    kept = [link for link in links
-            if (link.partition(":")[2] or link.partition(":")[0]).rsplit("/", 1)[-1] != alias]
+    kept = without_link(links, alias)
     if len(kept) == len(links):
         raise NotFound(f"No such container: {parent_ref}/{alias}")
     c.host_config["Links"] = kept or None

@@ -11,6 +11,7 @@ from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessag
 
 from skiff.core.api.wsattach import WebSocketStream
 from skiff.core.containers.config import InvalidConfig, log_config, runtime
+from skiff.core.containers.lifecycle import without_link
 from skiff.plugins.isolation import users
 from skiff.plugins.logging.jsonfile import skiff_container_validate
 
@@ -84,6 +85,16 @@ def test_group_add_joins_the_users_own_groups() -> None:
     assert user.sgids == [10]
     users.add_groups(user, ["wheel", "staff"], GROUP)
     assert (user.uid, user.gid, user.sgids) == (1000, 1000, [10, 50])
+
+
+# -- docker rm --link ------------------------------------------------------------------
+
+def test_without_link_by_alias_in_each_form() -> None:
+    links = ["db:al", "/cache:/web/c2", "plain", "other:x"]
+    assert without_link(links, "al") == ["/cache:/web/c2", "plain", "other:x"]
+    assert without_link(links, "c2") == ["db:al", "plain", "other:x"]
+    assert without_link(links, "plain") == ["db:al", "/cache:/web/c2", "other:x"]
+    assert without_link(links, "db") == links  # a target's name is not its alias
 
 
 # -- the websocket stream --------------------------------------------------------------
