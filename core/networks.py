@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from skiff.core.atomic import write_json_atomic
-from skiff.core.errors import Conflict, InvalidParameter, NotFound
+from skiff.core.errors import Conflict, Forbidden, InvalidParameter, NotFound
 from skiff.core.hookspecs import NetworkDriver, NetworkOptions
 from skiff.core.timefmt import now_rfc3339
 
@@ -326,8 +326,7 @@ class NetworkStore:
     def remove(self, ref: str) -> None:
         net = self.get(ref)
         if net.predefined:
-            raise InvalidParameter(
-                f"{net.name} is a pre-defined network and cannot be removed")
+            raise Forbidden(f"{net.name} is a pre-defined network and cannot be removed")
         if self.users(net):
             raise Conflict(f"error while removing network: network {net.name} id {net.id} "
                            "has active endpoints")

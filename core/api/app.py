@@ -14,6 +14,7 @@ from skiff.core.api import (
     images,
     lifecycle,
     resources,
+    swarm,
     system,
     top,
 )
@@ -42,4 +43,5 @@ def build_router(engine: Engine) -> Router:
     archive.register(router, engine)
     lifecycle.register(router, engine)
     build.register(router, engine)
+    swarm.register(router, engine)
     return router
