@@ -49,6 +49,10 @@ ICC_OPTION = "com.docker.network.bridge.enable_icc"
 NAME_OPTION = "com.docker.network.bridge.name"
 
 
+class NoSuchNetwork(NotFound):
+    """A network a container asks for does not exist (404, also at create)."""
+
+
 @dataclass
 class Network:
     """One network's record, in the shape ``docker network inspect`` shows."""

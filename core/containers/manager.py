@@ -54,6 +54,7 @@ from skiff.core.hookspecs import (
     StartError,
     Stdio,
 )
+from skiff.core.networks import NoSuchNetwork
 from skiff.core.timefmt import now_rfc3339
 from skiff.core.userns import IdMap
 
@@ -139,8 +140,7 @@ class ContainerManager:
 
     def _embedded_dns(self, c: Container) -> bool:
         """Whether ``c`` resolves through the embedded DNS server: user networks, as Docker."""
-        net = self.network.networks.find(c.network_mode)
-        return net is not None and net.driver == "bridge" and net.name != "bridge"
+        return self.network.embedded_dns(c)
 
     # -- lookup and events (the registry's) ----------------------------------
 
@@ -214,6 +214,8 @@ class ContainerManager:
             container_limits.check(hc, self.cgroups)
             self.plugins.hook.skiff_container_validate(
                 config=cfg, host_config=hc, daemon_config=self.config)
+        except NoSuchNetwork:  # a 404 at create, as dockerd's "network X not found"
+            raise
         except InvalidConfig as exc:  # its own words, quotes and all ("can't be '/'")
             raise InvalidParameter(str(exc)) from exc
         except (ValueError, LookupError) as exc:
@@ -232,7 +234,9 @@ class ContainerManager:
             host_config=hc, path=path, args=args, driver=self.storage_name, root=root,
             log_driver=hc["LogConfig"]["Type"], network_mode=network_mode,
         )
-        c.networks = etcfiles.initial_networks(network_mode, body, hc)
+        net = self.network.networks.find(network_mode)
+        c.networks = etcfiles.initial_networks(network_mode, body, hc,
+                                               subnet=net.subnet if net else "")
         # Reserve the name before the first await so a concurrent create cannot take it.
         self.registry.index(c)
         try:

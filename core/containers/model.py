@@ -193,7 +193,9 @@ class Container:
 
     def network_settings(self) -> dict[str, Any]:
         networks = {
-            name: {**endpoint_settings(), **settings}
+            # keys with "_" are the daemon's own (endpoints.REQUESTED_MAC)
+            name: {**endpoint_settings(), **{k: v for k, v in settings.items()
+                                             if not k.startswith("_")}}
             for name, settings in (self.networks or {self.network_mode: {}}).items()
         }
         # The top-level fields are the default bridge's, as in Docker.

@@ -195,7 +195,8 @@ class BridgeNetworkDriver:
         asked = {f.name: getattr(endpoint, f.name) for f in fields(Endpoint)}
         ep = BridgeEndpoint(**{
             **asked, "ip_address": ip, "ip_prefix_len": net.pool.prefixlen,
-            "gateway": str(net.pool.gateway), "mac_address": mac_for(ip)})
+            "gateway": str(net.pool.gateway),
+            "mac_address": endpoint.requested_mac or mac_for(ip)})
         ep.bridge = net.bridge
         ep.veth = "skfv" + secrets.token_hex(4)
         ep.dns = net.dns
