@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from skiff.core.api.router import Handler, Request, Router
-from skiff.core.errors import Unavailable
+from skiff.core.errors import InvalidParameter, Unavailable
 
 if TYPE_CHECKING:
     from skiff.core.engine import Engine
@@ -23,7 +23,7 @@ NO_SWARM_MODE = "swarm mode is not supported by skiff: this node cannot init or 
 
 #: (method, path) of every swarm-mode route of API v1.41
 _MANAGER_ROUTES: tuple[tuple[str, str], ...] = (
-    ("GET", "/swarm"), ("POST", "/swarm/update"), ("GET", "/swarm/unlockkey"),
+    ("GET", "/swarm"), ("GET", "/swarm/unlockkey"), ("POST", "/swarm/unlock"),
     ("GET", "/nodes"), ("GET", "/nodes/{id}"), ("DELETE", "/nodes/{id}"),
     ("POST", "/nodes/{id}/update"),
     ("GET", "/services"), ("POST", "/services/create"), ("GET", "/services/{id}"),
@@ -46,7 +46,14 @@ def _answer(message: str) -> Handler:
 def register(router: Router, engine: Engine) -> None:
     for method, path in _MANAGER_ROUTES:
         router.add(method, path, _answer(NOT_A_MANAGER))
-    for path in ("/swarm/leave", "/swarm/unlock"):
-        router.add("POST", path, _answer(NOT_IN_A_SWARM))
+    router.add("POST", "/swarm/leave", _answer(NOT_IN_A_SWARM))
+
+    @router.route("POST", "/swarm/update")
+    async def update(req: Request) -> None:
+        version = req.q("version") or ""
+        if not version.isdigit():
+            raise InvalidParameter(f"invalid swarm version '{version}': not an integer")
+        raise Unavailable(NOT_A_MANAGER)
+
     for path in ("/swarm/init", "/swarm/join"):
         router.add("POST", path, _answer(NO_SWARM_MODE))

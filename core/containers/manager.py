@@ -214,8 +214,10 @@ class ContainerManager:
             container_limits.check(hc, self.cgroups)
             self.plugins.hook.skiff_container_validate(
                 config=cfg, host_config=hc, daemon_config=self.config)
-        except NoSuchNetwork:  # a 404 at create, as dockerd's "network X not found"
-            raise
+        except NoSuchNetwork as exc:
+            # dockerd's words, refused at create, but a 400: on a 404 at create
+            # the docker CLI takes the image for missing and tries to pull it
+            raise InvalidParameter(exc.message) from None
         except InvalidConfig as exc:  # its own words, quotes and all ("can't be '/'")
             raise InvalidParameter(str(exc)) from exc
         except (ValueError, LookupError) as exc:
@@ -563,7 +565,7 @@ class ContainerManager:
 
     # -- networks, attach and logs (their own modules) -----------------------
 
-    async def connect(self, ref: str, network: str, config: dict[str, Any]) -> None:
+    async def connect(self, ref: str, network: str, config: Any) -> None:
         """``docker network connect``: now if running, else at the next start."""
         await self.network.connect(ref, network, config)
 

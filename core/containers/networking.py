@@ -15,7 +15,7 @@ from skiff.core.containers.etcfiles import write_hosts, write_resolv_conf
 from skiff.core.containers.links import linked
 from skiff.core.containers.model import Container
 from skiff.core.containers.registry import ContainerRegistry, ToThread, Track
-from skiff.core.errors import Conflict, InvalidParameter
+from skiff.core.errors import Conflict, Forbidden, InvalidParameter
 from skiff.core.events import Publish
 from skiff.core.hookspecs import Endpoint, Link, NetworkDriver, PortBinding
 from skiff.core.networks import Network, NetworkStore
@@ -119,7 +119,7 @@ class NetworkAttachment:
             await self.detach(c, track, name)
         c.ports = {}
 
-    async def connect(self, ref: str, network: str, config: dict[str, Any]) -> None:
+    async def connect(self, ref: str, network: str, config: Any) -> None:
         """``docker network connect``: now if running, else at the next start."""
         c = self.registry.get(ref)
         net = self.networks.get(network)
@@ -130,7 +130,8 @@ class NetworkAttachment:
         if net.driver in ("host", "none"):
             raise InvalidParameter(f"container cannot be connected to {net.name} network")
         if net.name in c.networks:
-            raise Conflict(f"endpoint with name {c.name} already exists in network {net.name}")
+            raise Forbidden(
+                f"endpoint with name {c.name} already exists in network {net.name}")
         track = self.registry.tracks[c.id]
         async with track.lock:
             c.networks[net.name] = requested(config, subnet=net.subnet)

@@ -212,6 +212,13 @@ def test_missing_and_predefined_networks_side_by_side(twins: SideBySide) -> None
         missing = unique("nosuch")
         res = side.raw("POST", "/containers/create",
                        json={"Image": "busybox", "HostConfig": {"NetworkMode": missing}})
+        if res.status_code == 201:
+            # dockerd 20.10 creates it and fails at start with a 404 in the same
+            # words; skiff refuses at create (a 400: see below)
+            cid = res.json()["Id"]
+            res = side.raw("POST", f"/containers/{cid}/start")
+            side.raw("DELETE", f"/containers/{cid}", params={"force": True})
+        run = side.docker("run", "--rm", "--network", missing, "busybox", "true")
         net = unique("dup")
         created = side.raw("POST", "/networks/create",
                            json={"Name": net, "CheckDuplicate": True})
@@ -221,7 +228,8 @@ def test_missing_and_predefined_networks_side_by_side(twins: SideBySide) -> None
         rm = side.raw("DELETE", "/networks/none")
         cli = side.docker("network", "rm", "host")
         return {
-            "create": (res.status_code, normalised(res.json()["message"], net=missing)),
+            "create": normalised(res.json()["message"], net=missing),
+            "run": (run.returncode, normalised(run.stderr.decode().strip(), net=missing)),
             "first": created.status_code,
             "dup": (dup.status_code, normalised(dup.json()["message"], net=net)),
             "rm": (rm.status_code, rm.json()["message"]),
@@ -229,7 +237,10 @@ def test_missing_and_predefined_networks_side_by_side(twins: SideBySide) -> None
         }
 
     got = twins.same(errors)
-    assert got["create"] == (404, "network <net> not found")
+    assert got["create"] == "network <net> not found"
+    # no "Unable to find image": a 404 at create would send the CLI pulling
+    assert got["run"] == (125, "docker: Error response from daemon: network <net> not found"
+                               "\n\nRun 'docker run --help' for more information")
     assert got["rm"] == (403, "none is a pre-defined network and cannot be removed")
 
 
@@ -262,8 +273,14 @@ def test_internal_network_and_labels_side_by_side(twins: SideBySide) -> None:
             "ls": net in ls, "ls_key": net in ls_key, "ls_other": net in ls_other,
         }
 
-    got = twins.same(internal)
-    assert got["default_route"] is False and got["Labels"] == {"team": "a", "tier": ""}
+    seen = twins.each(internal)
+    # dockerd 20.10 still gives the container a default route via the bridge
+    # (its firewall drops what leaves); skiff gives none: no route out at all.
+    assert seen["skiffd"].pop("default_route") is False
+    assert seen["dockerd"].pop("default_route") is True
+    assert seen["skiffd"] == seen["dockerd"]
+    got = seen["skiffd"]
+    assert got["ports"] == {} and got["Labels"] == {"team": "a", "tier": ""}
     assert got["ls"] and got["ls_key"] and not got["ls_other"]
 
 
@@ -298,7 +315,8 @@ def test_connect_endpoint_settings_side_by_side(twins: SideBySide) -> None:
                 "again": (again.status_code, normalised(again.json()["message"], c=c, b=b)),
             }
 
-    twins.same(connect)
+    got = twins.same(connect)
+    assert got["again"][0] == 403 and got["status"] == 200
 
 
 # -- 5: swarm -------------------------------------------------------------------------
@@ -315,7 +333,9 @@ def test_swarm_endpoints_as_a_node_outside_a_swarm(twins: SideBySide) -> None:
     def swarm(side: Side) -> list[tuple[str, int, str]]:
         out = []
         for method, path in SWARM_CALLS:
-            res = side.raw(method, path, json={} if method == "POST" else None)
+            # /swarm/update reads its version before it finds no swarm
+            params = {"version": "1"} if path == "/swarm/update" else None
+            res = side.raw(method, path, json={} if method == "POST" else None, params=params)
             out.append((path, res.status_code, res.json()["message"]))
         return out
 
