@@ -354,6 +354,10 @@ class Endpoint:
     #: by the daemon; the driver gives the container's interface this address.
     #: "" lets the driver choose.
     requested_mac: str = ""
+    #: user-defined networks: the endpoint's links (EndpointSettings.Links,
+    #: ``--link NAME:ALIAS``) as alias -> the linked container's name; the
+    #: network's DNS answers ALIAS, for this container only, with NAME's address
+    link_aliases: dict[str, str] = field(default_factory=dict)
     #: on the container's primary network only: Docker's ``PortBindings``
     #: (``"80/tcp"`` -> bindings), ``ExposedPorts`` and ``PublishAllPorts``
     port_bindings: dict[str, list[PortBinding]] = field(default_factory=dict)

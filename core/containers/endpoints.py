@@ -95,3 +95,13 @@ def with_short_id(aliases: list[str] | None, container_id: str) -> list[str]:
 def shown(settings: dict[str, Any]) -> dict[str, Any]:
     """``settings`` without the daemon's private keys."""
     return {k: v for k, v in settings.items() if not k.startswith("_")}
+
+
+def link_aliases(links: list[str] | None) -> dict[str, str]:
+    """EndpointSettings.Links (``name`` or ``name:alias``) as alias -> name."""
+    out: dict[str, str] = {}
+    for link in links or []:
+        name, _, alias = link.partition(":")
+        name = name.strip("/")
+        out[(alias or name).rsplit("/", 1)[-1]] = name
+    return out

@@ -10,7 +10,12 @@ from typing import Any
 import structlog
 import trio
 
-from skiff.core.containers.endpoints import REQUESTED_MAC, requested, with_short_id
+from skiff.core.containers.endpoints import (
+    REQUESTED_MAC,
+    link_aliases,
+    requested,
+    with_short_id,
+)
 from skiff.core.containers.etcfiles import write_hosts, write_resolv_conf
 from skiff.core.containers.links import linked
 from skiff.core.containers.model import Container
@@ -47,7 +52,8 @@ class NetworkAttachment:
             name=c.name, hostname=c.config.get("Hostname") or "",
             aliases=list(settings.get("Aliases") or []),
             requested_ip=(settings.get("IPAMConfig") or {}).get("IPv4Address") or "",
-            requested_mac=settings.get(REQUESTED_MAC) or "")
+            requested_mac=settings.get(REQUESTED_MAC) or "",
+            link_aliases=link_aliases(settings.get("Links")) if user_defined(net) else {})
         primary = name == c.network_mode
         # dockerd ignores publishing on an internal network: nothing may reach it
         if primary and not net.internal:

@@ -126,6 +126,12 @@ def test_docker_py_connect_with_endpoint_settings(daemon: Daemon) -> None:
         # the aliases answer on the network's DNS
         out = target.exec_run("nslookup api2").output.decode()
         assert want_ip in out, out
+        # the link's alias answers for the linking container only, as dockerd's
+        tip = client.api.inspect_container(target.id)["NetworkSettings"]["Networks"][
+            net.name]["IPAddress"]
+        out = c.exec_run("nslookup db").output.decode()
+        assert tip in out, out
+        assert tip not in target.exec_run("nslookup db").output.decode()
     finally:
         for x in (c, target):
             x.remove(force=True)

@@ -13,6 +13,7 @@ from skiff.core.containers import etcfiles
 from skiff.core.containers.endpoints import (
     REQUESTED_MAC,
     checked_mac,
+    link_aliases,
     requested,
     shown,
     with_short_id,
@@ -97,3 +98,9 @@ def test_resolv_conf_never_follows_a_link(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         etcfiles.write_resolv_conf(c, True)
     assert target.read_text() == "keep\n"
+
+
+def test_link_aliases() -> None:
+    assert link_aliases(["db:database", "/cache", "/web:/me/front"]) == {
+        "database": "db", "cache": "cache", "front": "web"}
+    assert link_aliases(None) == {}
