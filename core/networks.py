@@ -47,6 +47,8 @@ DEFAULT_POOLS: tuple[tuple[str, int], ...] = (
 )
 ICC_OPTION = "com.docker.network.bridge.enable_icc"
 NAME_OPTION = "com.docker.network.bridge.name"
+#: skiff's key in a network's record file (not in inspect)
+USER_SUBNET_KEY = "SkiffUserSubnet"
 
 
 class NoSuchNetwork(NotFound):
@@ -69,6 +71,9 @@ class Network:
     options: dict[str, str] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
     ipam_driver: str = "default"
+    #: the subnet was given at create (``--subnet``): only then may a container
+    #: ask for an address (dockerd's rule); records from before say True
+    user_subnet: bool = True
 
     @property
     def predefined(self) -> bool:
@@ -107,7 +112,17 @@ class Network:
                    ip_range=first.get("IPRange", ""), internal=bool(rec.get("Internal")),
                    attachable=bool(rec.get("Attachable")), options=rec.get("Options") or {},
                    labels=rec.get("Labels") or {},
-                   ipam_driver=(rec.get("IPAM") or {}).get("Driver") or "default")
+                   ipam_driver=(rec.get("IPAM") or {}).get("Driver") or "default",
+                   user_subnet=bool(rec.get(USER_SUBNET_KEY, True)))
+
+    def fixed_ip_refusal(self) -> str:
+        """Why a container may not ask for an address here ("" when it may)."""
+        if self.predefined:
+            return "user specified IP address is supported on user defined networks only"
+        if not self.user_subnet:
+            return ("user specified IP address is supported only when connecting to "
+                    "networks with user configured subnets")
+        return ""
 
 
 def host_routes() -> list[ipaddress.IPv4Network]:
@@ -192,7 +207,9 @@ class NetworkStore:
     # -- persistence -----------------------------------------------------------
 
     def _save(self, net: Network) -> None:
-        write_json_atomic(os.path.join(self.root, f"{net.id}.json"), net.record())
+        # the record is inspect's shape plus skiff's own key, which inspect never shows
+        write_json_atomic(os.path.join(self.root, f"{net.id}.json"),
+                          {**net.record(), USER_SUBNET_KEY: net.user_subnet})
 
     def load(self) -> None:
         """Read the records, make the predefined networks, and plumb every network."""
@@ -314,6 +331,7 @@ class NetworkStore:
             else:
                 subnet = pick_subnet(self.pools, others + host_routes())
                 net.subnet, net.gateway = str(subnet), str(subnet.network_address + 1)
+                net.user_subnet = False
         except ValueError as exc:
             raise InvalidParameter(f"invalid IPAM configuration: {exc}") from exc
         self._driver(driver).create_network(net.id, self.options(net))

@@ -24,10 +24,10 @@ _MAC = re.compile(r"^[0-9A-Fa-f]{2}([:-])(?:[0-9A-Fa-f]{2}\1){4}[0-9A-Fa-f]{2}$"
 def checked_mac(text: str) -> str:
     """``text`` as a lower-case, colon-separated MAC; 400 when it is not one."""
     if not _MAC.match(text):
-        raise InvalidParameter(f"invalid MAC address: {text}")
+        raise InvalidParameter(f"address {text}: invalid MAC address")
     mac = text.replace("-", ":").lower()
     if int(mac[:2], 16) & 1:
-        raise InvalidParameter(f"invalid MAC address: {text} (a multicast address)")
+        raise InvalidParameter(f"address {text}: invalid MAC address (a multicast address)")
     return mac
 
 
@@ -39,12 +39,14 @@ def _strings(value: Any, what: str) -> list[str] | None:
     return list(value)
 
 
-def requested(cfg: Any, *, subnet: str = "", config_mac: str = "") -> dict[str, Any]:
+def requested(cfg: Any, *, subnet: str = "", config_mac: str = "",
+              fixed_ip_refusal: str = "") -> dict[str, Any]:
     """The settings kept for one network from a client's EndpointSettings.
 
     ``subnet``: the network's, when it has one; an IPv4Address outside it is
-    refused here, before anything is made.  ``config_mac``: the container's
-    Config.MacAddress, which Docker applies to the first network.
+    refused here, before anything is made, and so is any IPv4Address when
+    ``fixed_ip_refusal`` says why the network takes none.  ``config_mac``: the
+    container's Config.MacAddress, which Docker applies to the first network.
     """
     if cfg is None:
         cfg = {}
@@ -59,6 +61,8 @@ def requested(cfg: Any, *, subnet: str = "", config_mac: str = "") -> dict[str, 
             addr = ipaddress.IPv4Address(ip)
         except ValueError:
             raise InvalidParameter(f"invalid IPv4 address: {ip}") from None
+        if fixed_ip_refusal:
+            raise InvalidParameter(fixed_ip_refusal)
         if subnet and addr not in ipaddress.IPv4Network(subnet):
             raise InvalidParameter(
                 f"Invalid address {ip}: It does not belong to any of this network's subnets")

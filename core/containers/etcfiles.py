@@ -105,10 +105,11 @@ def write_resolv_conf(c: Container, embedded_dns: bool) -> None:
 
 
 def initial_networks(network_mode: str, body: dict[str, Any], hc: dict[str, Any],
-                     subnet: str = "") -> dict[str, dict[str, Any]]:
+                     subnet: str = "", fixed_ip_refusal: str = ""
+                     ) -> dict[str, dict[str, Any]]:
     """The container's networks at create: its NetworkMode's, with EndpointsConfig
-    (checked: 400 for a bad address) and Config.MacAddress.  ``subnet``: the
-    network's."""
+    (checked: 400 for a bad address) and Config.MacAddress.  ``subnet`` and
+    ``fixed_ip_refusal``: the network's (see ``endpoints.requested``)."""
     if network_mode.startswith("container:"):
         return {}
     networking = body.get("NetworkingConfig") or {}
@@ -120,7 +121,8 @@ def initial_networks(network_mode: str, body: dict[str, Any], hc: dict[str, Any]
     mode = hc.get("NetworkMode") or "default"
     cfg = configs.get(mode) or configs.get(network_mode) or {}
     mac = (body.get("MacAddress") or "") if network_mode not in ("host", "none") else ""
-    settings = requested(cfg, subnet=subnet, config_mac=mac if isinstance(mac, str) else "")
+    settings = requested(cfg, subnet=subnet, config_mac=mac if isinstance(mac, str) else "",
+                         fixed_ip_refusal=fixed_ip_refusal)
     if network_mode == "bridge" and hc.get("Links"):
         settings["Links"] = list(hc["Links"])
     return {network_mode: settings}

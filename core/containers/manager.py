@@ -237,8 +237,9 @@ class ContainerManager:
             log_driver=hc["LogConfig"]["Type"], network_mode=network_mode,
         )
         net = self.network.networks.find(network_mode)
-        c.networks = etcfiles.initial_networks(network_mode, body, hc,
-                                               subnet=net.subnet if net else "")
+        c.networks = etcfiles.initial_networks(
+            network_mode, body, hc, subnet=net.subnet if net else "",
+            fixed_ip_refusal=net.fixed_ip_refusal() if net else "")
         # Reserve the name before the first await so a concurrent create cannot take it.
         self.registry.index(c)
         try:

@@ -140,7 +140,8 @@ class NetworkAttachment:
                 f"endpoint with name {c.name} already exists in network {net.name}")
         track = self.registry.tracks[c.id]
         async with track.lock:
-            c.networks[net.name] = requested(config, subnet=net.subnet)
+            c.networks[net.name] = requested(config, subnet=net.subnet,
+                                             fixed_ip_refusal=net.fixed_ip_refusal())
             if c.state.Running:
                 try:
                     await self.attach(c, track, net.name, c.state.Pid)

@@ -192,7 +192,9 @@ def test_bad_endpoint_settings_are_400(daemon: Daemon) -> None:
         res = client.post(client._url("/containers/create"), json={
             "Image": "busybox", "MacAddress": "nope",
             "HostConfig": {"NetworkMode": net}})
-        assert res.status_code == 400 and "invalid MAC address: nope" in res.json()["message"]
+        # dockerd 20.10: the same words, but at start and as a 500
+        assert res.status_code == 400 and res.json()["message"] == \
+            "address nope: invalid MAC address"
         res = client.post(client._url("/containers/create"), json={
             "Image": "busybox", "HostConfig": {"NetworkMode": net},
             "NetworkingConfig": {"EndpointsConfig": {
@@ -200,6 +202,16 @@ def test_bad_endpoint_settings_are_400(daemon: Daemon) -> None:
         assert res.status_code == 400, res.text
         assert "10.250.4.2: It does not belong to any of this network's subnets" in \
             res.json()["message"]
+        auto = unique("auto")
+        ok(daemon, "network", "create", auto)
+        res = client.post(client._url("/containers/create"), json={
+            "Image": "busybox", "HostConfig": {"NetworkMode": auto},
+            "NetworkingConfig": {"EndpointsConfig": {
+                auto: {"IPAMConfig": {"IPv4Address": "10.250.4.2"}}}}})
+        daemon.docker("network", "rm", auto)
+        assert res.status_code == 400 and res.json()["message"] == (
+            "user specified IP address is supported only when connecting to networks with "
+            "user configured subnets")
         cid = client.create_container("busybox", "true")["Id"]
         res = client.post(client._url(f"/networks/{net}/connect"), json={
             "Container": cid, "EndpointConfig": {"MacAddress": "01:00:5e:00:00:01"}})

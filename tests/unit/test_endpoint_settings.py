@@ -45,7 +45,7 @@ def test_config_mac_applies_unless_the_endpoint_names_one() -> None:
 
 
 @pytest.mark.parametrize("cfg, words", [
-    ({"MacAddress": "zz:zz"}, "invalid MAC address: zz:zz"),
+    ({"MacAddress": "zz:zz"}, "address zz:zz: invalid MAC address"),
     ({"MacAddress": "01:00:5e:00:00:01"}, "multicast"),
     ({"IPAMConfig": {"IPv4Address": "10.9.1.5"}},
      "Invalid address 10.9.1.5: It does not belong to any of this network's subnets"),
@@ -104,3 +104,11 @@ def test_link_aliases() -> None:
     assert link_aliases(["db:database", "/cache", "/web:/me/front"]) == {
         "database": "db", "cache": "cache", "front": "web"}
     assert link_aliases(None) == {}
+
+
+def test_fixed_ip_refused_where_dockerd_refuses_it() -> None:
+    with pytest.raises(InvalidParameter) as err:
+        requested({"IPAMConfig": {"IPv4Address": "10.9.0.5"}}, subnet="10.9.0.0/24",
+                  fixed_ip_refusal="user specified IP address is supported only when ...")
+    assert err.value.message.startswith("user specified IP address")
+    assert requested({}, fixed_ip_refusal="no")["IPAMConfig"] is None
