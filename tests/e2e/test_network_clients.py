@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import secrets
+import subprocess
 from collections.abc import Iterator
 from typing import Any
 
@@ -285,10 +286,13 @@ def test_internal_network_and_labels_side_by_side(twins: SideBySide) -> None:
                               "{{.Name}}").split()
             ls_other = side.out("network", "ls", "--filter", "label=team=b", "--format",
                                 "{{.Name}}").split()
+            nat = subprocess.run(["iptables", "-t", "nat", "-S"], capture_output=True,
+                                 text=True).stdout if side.name == "skiffd" else ""
         return {
             "default_route": "default" in routes, "ports": ports, "port": port_cli,
             **fields(shown, "Internal", "Labels"),
             "ls": net in ls, "ls_key": net in ls_key, "ls_other": net in ls_other,
+            "nat": nat,
         }
 
     seen = twins.each(internal)
@@ -296,9 +300,14 @@ def test_internal_network_and_labels_side_by_side(twins: SideBySide) -> None:
     # (its firewall drops what leaves); skiff gives none: no route out at all.
     assert seen["skiffd"].pop("default_route") is False
     assert seen["dockerd"].pop("default_route") is True
+    got = dict(seen["skiffd"])
+    for side in seen.values():
+        side.pop("nat")
     assert seen["skiffd"] == seen["dockerd"]
-    got = seen["skiffd"]
     assert got["ports"] == {} and got["Labels"] == {"team": "a", "tier": ""}
+    # no MASQUERADE out of the bridge and no DNAT of the port asked for
+    assert "-s 10.251.7.0/24 ! -o" not in got["nat"] and "8080" not in got["nat"]
+    assert "-s 10.251.7.0/24" in got["nat"]  # (the hairpin rule: the listing is real)
     assert got["ls"] and got["ls_key"] and not got["ls_other"]
 
 
