@@ -3,6 +3,7 @@ bind-mounted from, written as Docker writes them."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from typing import Any
@@ -37,8 +38,10 @@ def write_at_create(c: Container, embedded_dns: bool) -> None:
     else:
         with open(c.hosts_path, "w") as f:
             f.write("\n".join(_local_and_extra(c)) + "\n")
+    text = resolv_conf_text(c, embedded_dns)
     with open(c.resolv_conf_path, "w") as f:
-        f.write(resolv_conf_text(c, embedded_dns))
+        f.write(text)
+    _remember(c, text.encode())
     idmap = c.idmap
     if idmap is not None:
         # bind-mounted, not idmapped: the container's root owns them, as
@@ -81,7 +84,7 @@ def resolv_conf_text(c: Container, embedded_dns: bool) -> str:
 
 def write_resolv_conf(c: Container, embedded_dns: bool) -> None:
     """Rewrite resolv.conf in place when its resolver changes (``network connect``
-    and ``disconnect``, start).
+    and ``disconnect``, start), unless the user has edited it since.
 
     The file is bind-mounted into a running container, so the same inode is
     truncated and rewritten through one descriptor; ``O_NOFOLLOW``: the daemon
@@ -96,12 +99,34 @@ def write_resolv_conf(c: Container, embedded_dns: bool) -> None:
         old = b""
         while chunk := os.read(fd, 65536):
             old += chunk
-        if old == text:
+        if old == text or not _ours(c, old):
             return
         os.ftruncate(fd, 0)
         os.pwrite(fd, text, 0)
     finally:
         os.close(fd)
+    _remember(c, text)
+
+
+def _hash_path(c: Container) -> str:
+    return os.path.join(c.root, "resolv.conf.hash")
+
+
+def _remember(c: Container, text: bytes) -> None:
+    """Note what skiff wrote, to tell it from what a user wrote later."""
+    with open(_hash_path(c), "w") as f:
+        f.write(hashlib.sha256(text).hexdigest())
+
+
+def _ours(c: Container, text: bytes) -> bool:
+    """Whether resolv.conf still holds what skiff wrote: a file the user edited
+    inside the container is kept, as dockerd keeps it (a record from before
+    the hash counts as skiff's)."""
+    try:
+        with open(_hash_path(c)) as f:
+            return f.read().strip() == hashlib.sha256(text).hexdigest()
+    except FileNotFoundError:
+        return True
 
 
 def initial_networks(network_mode: str, body: dict[str, Any], hc: dict[str, Any],

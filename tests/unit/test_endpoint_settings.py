@@ -112,3 +112,15 @@ def test_fixed_ip_refused_where_dockerd_refuses_it() -> None:
                   fixed_ip_refusal="user specified IP address is supported only when ...")
     assert err.value.message.startswith("user specified IP address")
     assert requested({}, fixed_ip_refusal="no")["IPAMConfig"] is None
+
+
+def test_resolv_conf_edited_by_the_user_is_kept(tmp_path: Path) -> None:
+    c = Container(id="c" * 64, name="c", created="", image_id="", config={}, host_config={},
+                  path="sh", args=[], driver="vfs", root=str(tmp_path), log_driver="none",
+                  network_mode="bridge")
+    Path(c.resolv_conf_path).write_text("old\n")
+    etcfiles.write_resolv_conf(c, True)  # no note of what skiff wrote: rewritten
+    assert Path(c.resolv_conf_path).read_text().startswith("nameserver 127.0.0.11")
+    Path(c.resolv_conf_path).write_text("nameserver 192.0.2.1\n")  # the user's
+    etcfiles.write_resolv_conf(c, False)
+    assert Path(c.resolv_conf_path).read_text() == "nameserver 192.0.2.1\n"
