@@ -115,16 +115,6 @@ class Network:
                    ipam_driver=(rec.get("IPAM") or {}).get("Driver") or "default",
                    user_subnet=bool(rec.get(USER_SUBNET_KEY, True)))
 
-    def fixed_ip_refusal(self) -> str:
-        """Why a container may not ask for an address here ("" when it may)."""
-        if self.predefined:
-            return "user specified IP address is supported on user defined networks only"
-        if not self.user_subnet:
-            return ("user specified IP address is supported only when connecting to "
-                    "networks with user configured subnets")
-        return ""
-
-
 def host_routes() -> list[ipaddress.IPv4Network]:
     """Destinations of the host's IPv4 routes (not the default route)."""
     out = []

@@ -39,13 +39,14 @@ def _strings(value: Any, what: str) -> list[str] | None:
     return list(value)
 
 
-def requested(cfg: Any, *, subnet: str = "", config_mac: str = "",
-              fixed_ip_refusal: str = "") -> dict[str, Any]:
+def requested(cfg: Any, *, subnet: str = "", config_mac: str = "", predefined: bool = False,
+              user_subnet: bool = True) -> dict[str, Any]:
     """The settings kept for one network from a client's EndpointSettings.
 
-    ``subnet``: the network's, when it has one; an IPv4Address outside it is
-    refused here, before anything is made, and so is any IPv4Address when
-    ``fixed_ip_refusal`` says why the network takes none.  ``config_mac``: the
+    Refused here, before anything is made, as dockerd refuses them: an
+    IPv4Address outside ``subnet`` (the network's), or on a ``predefined``
+    network, or on one whose subnet was not given at create (not
+    ``user_subnet``); aliases on a predefined network.  ``config_mac``: the
     container's Config.MacAddress, which Docker applies to the first network.
     """
     if cfg is None:
@@ -61,8 +62,13 @@ def requested(cfg: Any, *, subnet: str = "", config_mac: str = "",
             addr = ipaddress.IPv4Address(ip)
         except ValueError:
             raise InvalidParameter(f"invalid IPv4 address: {ip}") from None
-        if fixed_ip_refusal:
-            raise InvalidParameter(fixed_ip_refusal)
+        if predefined:
+            raise InvalidParameter(
+                "user specified IP address is supported on user defined networks only")
+        if not user_subnet:
+            raise InvalidParameter(
+                "user specified IP address is supported only when connecting to networks "
+                "with user configured subnets")
         if subnet and addr not in ipaddress.IPv4Network(subnet):
             raise InvalidParameter(
                 f"Invalid address {ip}: It does not belong to any of this network's subnets")
@@ -75,9 +81,13 @@ def requested(cfg: Any, *, subnet: str = "", config_mac: str = "",
         name, _, alias = link.partition(":")
         if not name.strip("/") or (":" in link and not alias):
             raise InvalidParameter(f"invalid link format: {link}")
+    aliases = _strings(cfg.get("Aliases"), "Aliases")
+    if aliases and predefined:
+        raise InvalidParameter(
+            "network-scoped alias is supported only for containers in user defined networks")
     settings: dict[str, Any] = {
         "IPAMConfig": ipam or None, "Links": links,
-        "Aliases": _strings(cfg.get("Aliases"), "Aliases"),
+        "Aliases": aliases,
         "DriverOpts": dict(opts) if opts else None,
     }
     mac = cfg.get("MacAddress") or config_mac

@@ -13,6 +13,7 @@ from skiff.core.containers.endpoints import requested
 from skiff.core.containers.links import Lookup, first_ip, linked
 from skiff.core.containers.model import Container
 from skiff.core.errors import InvalidParameter
+from skiff.core.networks import Network
 
 EMBEDDED_DNS = "127.0.0.11"
 
@@ -130,11 +131,10 @@ def _ours(c: Container, text: bytes) -> bool:
 
 
 def initial_networks(network_mode: str, body: dict[str, Any], hc: dict[str, Any],
-                     subnet: str = "", fixed_ip_refusal: str = ""
-                     ) -> dict[str, dict[str, Any]]:
+                     network: Network | None = None) -> dict[str, dict[str, Any]]:
     """The container's networks at create: its NetworkMode's, with EndpointsConfig
-    (checked: 400 for a bad address) and Config.MacAddress.  ``subnet`` and
-    ``fixed_ip_refusal``: the network's (see ``endpoints.requested``)."""
+    (checked against ``network``: see ``endpoints.requested``) and
+    Config.MacAddress."""
     if network_mode.startswith("container:"):
         return {}
     networking = body.get("NetworkingConfig") or {}
@@ -146,8 +146,10 @@ def initial_networks(network_mode: str, body: dict[str, Any], hc: dict[str, Any]
     mode = hc.get("NetworkMode") or "default"
     cfg = configs.get(mode) or configs.get(network_mode) or {}
     mac = (body.get("MacAddress") or "") if network_mode not in ("host", "none") else ""
-    settings = requested(cfg, subnet=subnet, config_mac=mac if isinstance(mac, str) else "",
-                         fixed_ip_refusal=fixed_ip_refusal)
+    settings = requested(cfg, config_mac=mac if isinstance(mac, str) else "",
+                         subnet=network.subnet if network else "",
+                         predefined=network.predefined if network else False,
+                         user_subnet=network.user_subnet if network else True)
     if network_mode == "bridge" and hc.get("Links"):
         settings["Links"] = list(hc["Links"])
     return {network_mode: settings}

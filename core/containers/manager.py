@@ -236,10 +236,8 @@ class ContainerManager:
             host_config=hc, path=path, args=args, driver=self.storage_name, root=root,
             log_driver=hc["LogConfig"]["Type"], network_mode=network_mode,
         )
-        net = self.network.networks.find(network_mode)
-        c.networks = etcfiles.initial_networks(
-            network_mode, body, hc, subnet=net.subnet if net else "",
-            fixed_ip_refusal=net.fixed_ip_refusal() if net else "")
+        c.networks = etcfiles.initial_networks(network_mode, body, hc,
+                                               self.network.networks.find(network_mode))
         # Reserve the name before the first await so a concurrent create cannot take it.
         self.registry.index(c)
         try:

@@ -141,7 +141,8 @@ class NetworkAttachment:
         track = self.registry.tracks[c.id]
         async with track.lock:
             c.networks[net.name] = requested(config, subnet=net.subnet,
-                                             fixed_ip_refusal=net.fixed_ip_refusal())
+                                             predefined=net.predefined,
+                                             user_subnet=net.user_subnet)
             if c.state.Running:
                 try:
                     await self.attach(c, track, net.name, c.state.Pid)

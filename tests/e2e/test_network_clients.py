@@ -213,6 +213,11 @@ def test_bad_endpoint_settings_are_400(daemon: Daemon) -> None:
         assert res.status_code == 400 and res.json()["message"] == (
             "user specified IP address is supported only when connecting to networks with "
             "user configured subnets")
+        res = client.post(client._url("/containers/create"), json={
+            "Image": "busybox", "HostConfig": {"NetworkMode": "bridge"},
+            "NetworkingConfig": {"EndpointsConfig": {"bridge": {"Aliases": ["x"]}}}})
+        assert res.status_code == 400 and res.json()["message"] == (
+            "network-scoped alias is supported only for containers in user defined networks")
         cid = client.create_container("busybox", "true")["Id"]
         res = client.post(client._url(f"/networks/{net}/connect"), json={
             "Container": cid, "EndpointConfig": {"MacAddress": "01:00:5e:00:00:01"}})

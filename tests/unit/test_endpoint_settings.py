@@ -106,21 +106,15 @@ def test_link_aliases() -> None:
     assert link_aliases(None) == {}
 
 
-def test_fixed_ip_refused_where_dockerd_refuses_it() -> None:
+def test_fixed_ip_and_aliases_refused_where_dockerd_refuses_them() -> None:
+    ip = {"IPAMConfig": {"IPv4Address": "10.9.0.5"}}
+    for kwargs, words in (({"user_subnet": False}, "networks with user configured subnets"),
+                          ({"predefined": True}, "on user defined networks only")):
+        with pytest.raises(InvalidParameter) as err:
+            requested(ip, subnet="10.9.0.0/24", **kwargs)  # type: ignore[arg-type]
+        assert err.value.message.startswith("user specified IP address")
+        assert words in err.value.message
     with pytest.raises(InvalidParameter) as err:
-        requested({"IPAMConfig": {"IPv4Address": "10.9.0.5"}}, subnet="10.9.0.0/24",
-                  fixed_ip_refusal="user specified IP address is supported only when ...")
-    assert err.value.message.startswith("user specified IP address")
-    assert requested({}, fixed_ip_refusal="no")["IPAMConfig"] is None
-
-
-def test_resolv_conf_edited_by_the_user_is_kept(tmp_path: Path) -> None:
-    c = Container(id="c" * 64, name="c", created="", image_id="", config={}, host_config={},
-                  path="sh", args=[], driver="vfs", root=str(tmp_path), log_driver="none",
-                  network_mode="bridge")
-    Path(c.resolv_conf_path).write_text("old\n")
-    etcfiles.write_resolv_conf(c, True)  # no note of what skiff wrote: rewritten
-    assert Path(c.resolv_conf_path).read_text().startswith("nameserver 127.0.0.11")
-    Path(c.resolv_conf_path).write_text("nameserver 192.0.2.1\n")  # the user's
-    etcfiles.write_resolv_conf(c, False)
-    assert Path(c.resolv_conf_path).read_text() == "nameserver 192.0.2.1\n"
+        requested({"Aliases": ["a"]}, predefined=True)
+    assert "network-scoped alias" in err.value.message
+    assert requested({}, predefined=True, user_subnet=False)["IPAMConfig"] is None
