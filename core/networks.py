@@ -52,7 +52,8 @@ USER_SUBNET_KEY = "SkiffUserSubnet"
 
 
 class NoSuchNetwork(NotFound):
-    """A network a container asks for does not exist (404, also at create)."""
+    """A network a container asks for does not exist (a 404; at container create
+    the manager answers it as a 400, see ``ContainerManager.create``)."""
 
 
 @dataclass
@@ -114,6 +115,7 @@ class Network:
                    labels=rec.get("Labels") or {},
                    ipam_driver=(rec.get("IPAM") or {}).get("Driver") or "default",
                    user_subnet=bool(rec.get(USER_SUBNET_KEY, True)))
+
 
 def host_routes() -> list[ipaddress.IPv4Network]:
     """Destinations of the host's IPv4 routes (not the default route)."""
