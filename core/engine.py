@@ -28,7 +28,6 @@ from skiff.core.containers.healthprobe import ExecProbe
 from skiff.core.containers.manager import ContainerManager
 from skiff.core.containers.registry import ContainerRegistry
 from skiff.core.containers.userns import RangeAllocator
-from skiff.core.errors import NotFound
 from skiff.core.events import EventBus
 from skiff.core.hookspecs import (
     CgroupContext,
@@ -54,7 +53,7 @@ from skiff.core.images.migrate import (
 )
 from skiff.core.images.reference import parse as parse_reference
 from skiff.core.images.store import ImageStore
-from skiff.core.networks import NetworkStore
+from skiff.core.networks import NetworkStore, NoSuchNetwork
 from skiff.core.plugins import Plugins
 from skiff.core.userns import Remap, RemapError
 from skiff.core.userns import resolve as resolve_remap
@@ -361,7 +360,7 @@ class Engine:
             return net.name
         if mode in installed:
             return mode
-        raise NotFound(f"network {mode} not found")
+        raise NoSuchNetwork(f"network {mode} not found")
 
     def network_driver(self, mode: str) -> NetworkDriver:
         """The driver of network ``mode`` (a network name, or a driver name)."""

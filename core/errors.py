@@ -21,6 +21,10 @@ class InvalidParameter(SkiffError, ValueError):
     """The request names or asks for something that cannot be."""
 
 
+class Forbidden(SkiffError):
+    """The object exists but may never be changed this way (a predefined network)."""
+
+
 class NotFound(SkiffError, LookupError):
     """No such object."""
 

@@ -349,6 +349,15 @@ class Endpoint:
     hostname: str = ""
     aliases: list[str] = field(default_factory=list)  #: ``--network-alias``
     requested_ip: str = ""  #: ``--ip``; "" lets the driver choose
+    #: ``--mac-address`` (Config.MacAddress, on the first network) or the
+    #: endpoint's MacAddress: lower-case and colon-separated, already checked
+    #: by the daemon; the driver gives the container's interface this address.
+    #: "" lets the driver choose.
+    requested_mac: str = ""
+    #: user-defined networks: the endpoint's links (EndpointSettings.Links,
+    #: ``--link NAME:ALIAS``) as alias -> the linked container's name; the
+    #: network's DNS answers ALIAS, for this container only, with NAME's address
+    link_aliases: dict[str, str] = field(default_factory=dict)
     #: on the container's primary network only: Docker's ``PortBindings``
     #: (``"80/tcp"`` -> bindings), ``ExposedPorts`` and ``PublishAllPorts``
     port_bindings: dict[str, list[PortBinding]] = field(default_factory=dict)

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from skiff.core.atomic import write_json_atomic
-from skiff.core.errors import Conflict, InvalidParameter, NotFound
+from skiff.core.errors import Conflict, Forbidden, InvalidParameter, NotFound
 from skiff.core.hookspecs import NetworkDriver, NetworkOptions
 from skiff.core.timefmt import now_rfc3339
 
@@ -47,6 +47,13 @@ DEFAULT_POOLS: tuple[tuple[str, int], ...] = (
 )
 ICC_OPTION = "com.docker.network.bridge.enable_icc"
 NAME_OPTION = "com.docker.network.bridge.name"
+#: skiff's key in a network's record file (not in inspect)
+USER_SUBNET_KEY = "SkiffUserSubnet"
+
+
+class NoSuchNetwork(NotFound):
+    """A network a container asks for does not exist (a 404; at container create
+    the manager answers it as a 400, see ``ContainerManager.create``)."""
 
 
 @dataclass
@@ -65,6 +72,9 @@ class Network:
     options: dict[str, str] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
     ipam_driver: str = "default"
+    #: the subnet was given at create (``--subnet``): only then may a container
+    #: ask for an address (dockerd's rule); records from before say True
+    user_subnet: bool = True
 
     @property
     def predefined(self) -> bool:
@@ -103,7 +113,8 @@ class Network:
                    ip_range=first.get("IPRange", ""), internal=bool(rec.get("Internal")),
                    attachable=bool(rec.get("Attachable")), options=rec.get("Options") or {},
                    labels=rec.get("Labels") or {},
-                   ipam_driver=(rec.get("IPAM") or {}).get("Driver") or "default")
+                   ipam_driver=(rec.get("IPAM") or {}).get("Driver") or "default",
+                   user_subnet=bool(rec.get(USER_SUBNET_KEY, True)))
 
 
 def host_routes() -> list[ipaddress.IPv4Network]:
@@ -188,7 +199,9 @@ class NetworkStore:
     # -- persistence -----------------------------------------------------------
 
     def _save(self, net: Network) -> None:
-        write_json_atomic(os.path.join(self.root, f"{net.id}.json"), net.record())
+        # the record is inspect's shape plus skiff's own key, which inspect never shows
+        write_json_atomic(os.path.join(self.root, f"{net.id}.json"),
+                          {**net.record(), USER_SUBNET_KEY: net.user_subnet})
 
     def load(self) -> None:
         """Read the records, make the predefined networks, and plumb every network."""
@@ -310,6 +323,7 @@ class NetworkStore:
             else:
                 subnet = pick_subnet(self.pools, others + host_routes())
                 net.subnet, net.gateway = str(subnet), str(subnet.network_address + 1)
+                net.user_subnet = False
         except ValueError as exc:
             raise InvalidParameter(f"invalid IPAM configuration: {exc}") from exc
         self._driver(driver).create_network(net.id, self.options(net))
@@ -326,8 +340,7 @@ class NetworkStore:
     def remove(self, ref: str) -> None:
         net = self.get(ref)
         if net.predefined:
-            raise InvalidParameter(
-                f"{net.name} is a pre-defined network and cannot be removed")
+            raise Forbidden(f"{net.name} is a pre-defined network and cannot be removed")
         if self.users(net):
             raise Conflict(f"error while removing network: network {net.name} id {net.id} "
                            "has active endpoints")

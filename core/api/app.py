@@ -14,6 +14,7 @@ from skiff.core.api import (
     images,
     lifecycle,
     resources,
+    swarm,
     system,
     top,
     wsattach,
@@ -44,4 +45,5 @@ def build_router(engine: Engine) -> Router:
     lifecycle.register(router, engine)
     wsattach.register(router, engine)
     build.register(router, engine)
+    swarm.register(router, engine)
     return router

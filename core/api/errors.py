@@ -18,6 +18,7 @@ STATUS_OF_KIND: dict[type[core_errors.SkiffError], int] = {
     core_errors.NotModified: 304,
     core_errors.InvalidParameter: 400,
     core_errors.Unauthorized: 401,
+    core_errors.Forbidden: 403,
     core_errors.NotFound: 404,
     core_errors.Conflict: 409,
     core_errors.Unavailable: 503,

@@ -39,15 +39,20 @@ def register(router: Router, engine: Engine) -> None:
                         "application/json")
 
     @router.route("POST", "/networks/{id}/connect")
-    async def connect(req: Request, id: str) -> None:
+    async def connect(req: Request, id: str) -> Response:
         body = await req.json(default={})
-        await mgr.connect(str(body.get("Container") or ""), id,
-                          dict(body.get("EndpointConfig") or {}))
+        if not isinstance(body, dict):
+            raise InvalidParameter("the request body must be a JSON object")
+        await mgr.connect(str(body.get("Container") or ""), id, body.get("EndpointConfig"))
+        return _done()
 
     @router.route("POST", "/networks/{id}/disconnect")
-    async def disconnect(req: Request, id: str) -> None:
+    async def disconnect(req: Request, id: str) -> Response:
         body = await req.json(default={})
+        if not isinstance(body, dict):
+            raise InvalidParameter("the request body must be a JSON object")
         await mgr.disconnect(str(body.get("Container") or ""), id, bool(body.get("Force")))
+        return _done()
 
     @router.route("DELETE", "/networks/{id}")
     async def remove(req: Request, id: str) -> None:
@@ -64,6 +69,11 @@ def register(router: Router, engine: Engine) -> None:
                 network_event(engine, "destroy", net)
         engine.events.publish("network", "prune", "", {"reclaimed": "0"})
         return {"NetworksDeleted": deleted}
+
+
+def _done() -> Response:
+    """dockerd answers connect and disconnect with 200 and an empty body, not 204."""
+    return Response(200, b"")
 
 
 def network_event(engine: Engine, action: str, net: Network, **extra: str) -> None:

@@ -3,13 +3,17 @@ bind-mounted from, written as Docker writes them."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from typing import Any
 
 from skiff.core.containers.config import extra_hosts
+from skiff.core.containers.endpoints import requested
 from skiff.core.containers.links import Lookup, first_ip, linked
 from skiff.core.containers.model import Container
+from skiff.core.errors import InvalidParameter
+from skiff.core.networks import Network
 
 EMBEDDED_DNS = "127.0.0.11"
 
@@ -35,11 +39,10 @@ def write_at_create(c: Container, embedded_dns: bool) -> None:
     else:
         with open(c.hosts_path, "w") as f:
             f.write("\n".join(_local_and_extra(c)) + "\n")
+    text = resolv_conf_text(c, embedded_dns)
     with open(c.resolv_conf_path, "w") as f:
-        if embedded_dns:
-            f.write(f"nameserver {EMBEDDED_DNS}\noptions ndots:0\n")
-        else:
-            f.write(resolv_conf_for(c.network_mode))
+        f.write(text)
+    _remember(c, text.encode())
     idmap = c.idmap
     if idmap is not None:
         # bind-mounted, not idmapped: the container's root owns them, as
@@ -72,16 +75,81 @@ def write_hosts(c: Container, lookup: Lookup) -> None:
         f.write("\n".join(lines) + "\n")
 
 
-def initial_networks(network_mode: str, body: dict[str, Any], hc: dict[str, Any]
-                     ) -> dict[str, dict[str, Any]]:
-    """The container's networks at create: its NetworkMode's, with EndpointsConfig."""
+def resolv_conf_text(c: Container, embedded_dns: bool) -> str:
+    """What /etc/resolv.conf holds: the embedded server's address while the
+    container is on a user-defined network, else the host-derived file."""
+    if embedded_dns:
+        return f"nameserver {EMBEDDED_DNS}\noptions ndots:0\n"
+    return resolv_conf_for(c.network_mode)
+
+
+def write_resolv_conf(c: Container, embedded_dns: bool) -> None:
+    """Rewrite resolv.conf in place when its resolver changes (``network connect``
+    and ``disconnect``, start), unless the user has edited it since.
+
+    The file is bind-mounted into a running container, so the same inode is
+    truncated and rewritten through one descriptor; ``O_NOFOLLOW``: the daemon
+    never follows a link where its own file should be.
+    """
+    if c.network_mode.startswith("container:"):
+        return
+    text = resolv_conf_text(c, embedded_dns).encode()
+    fd = os.open(c.resolv_conf_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o644)
+    try:
+        old = b""
+        while chunk := os.read(fd, 65536):
+            old += chunk
+        if old == text or not _ours(c, old):
+            return
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, text, 0)
+    finally:
+        os.close(fd)
+    _remember(c, text)
+
+
+def _hash_path(c: Container) -> str:
+    return os.path.join(c.root, "resolv.conf.hash")
+
+
+def _remember(c: Container, text: bytes) -> None:
+    """Note what skiff wrote, to tell it from what a user wrote later."""
+    with open(_hash_path(c), "w") as f:
+        f.write(hashlib.sha256(text).hexdigest())
+
+
+def _ours(c: Container, text: bytes) -> bool:
+    """Whether resolv.conf still holds what skiff wrote: a file the user edited
+    inside the container is kept, as dockerd keeps it (a record from before
+    the hash counts as skiff's)."""
+    try:
+        with open(_hash_path(c)) as f:
+            return f.read().strip() == hashlib.sha256(text).hexdigest()
+    except FileNotFoundError:
+        return True
+
+
+def initial_networks(network_mode: str, body: dict[str, Any], hc: dict[str, Any],
+                     network: Network | None = None) -> dict[str, dict[str, Any]]:
+    """The container's networks at create: its NetworkMode's, with EndpointsConfig
+    (checked against ``network``: see ``endpoints.requested``) and
+    Config.MacAddress."""
     if network_mode.startswith("container:"):
         return {}
-    configs = (body.get("NetworkingConfig") or {}).get("EndpointsConfig") or {}
-    requested = hc.get("NetworkMode") or "default"
-    cfg = configs.get(requested) or configs.get(network_mode) or {}
-    settings = {"IPAMConfig": cfg.get("IPAMConfig"), "Links": cfg.get("Links"),
-                "Aliases": cfg.get("Aliases")}
+    networking = body.get("NetworkingConfig") or {}
+    if not isinstance(networking, dict):
+        raise InvalidParameter("NetworkingConfig must be a JSON object")
+    configs = networking.get("EndpointsConfig") or {}
+    if not isinstance(configs, dict):
+        raise InvalidParameter("NetworkingConfig.EndpointsConfig must be a JSON object")
+    mode = hc.get("NetworkMode") or "default"
+    cfg = configs.get(mode) or configs.get(network_mode) or {}
+    mac = (body.get("MacAddress") or "") if network_mode not in ("host", "none") else ""
+    settings = requested(cfg, config_mac=mac if isinstance(mac, str) else "",
+                         subnet=network.subnet if network else "",
+                         predefined=network.predefined if network else False,
+                         user_subnet=network.user_subnet if network else True)
     if network_mode == "bridge" and hc.get("Links"):
         settings["Links"] = list(hc["Links"])
     return {network_mode: settings}

@@ -56,6 +56,7 @@ from skiff.core.hookspecs import (
     StartError,
     Stdio,
 )
+from skiff.core.networks import NoSuchNetwork
 from skiff.core.timefmt import now_rfc3339
 from skiff.core.userns import IdMap
 
@@ -143,8 +144,7 @@ class ContainerManager:
 
     def _embedded_dns(self, c: Container) -> bool:
         """Whether ``c`` resolves through the embedded DNS server: user networks, as Docker."""
-        net = self.network.networks.find(c.network_mode)
-        return net is not None and net.driver == "bridge" and net.name != "bridge"
+        return self.network.embedded_dns(c)
 
     # -- lookup and events (the registry's) ----------------------------------
 
@@ -219,6 +219,10 @@ class ContainerManager:
             container_limits.check(hc, self.cgroups)
             self.plugins.hook.skiff_container_validate(
                 config=cfg, host_config=hc, daemon_config=self.config)
+        except NoSuchNetwork as exc:
+            # dockerd's words, refused at create, but a 400: on a 404 at create
+            # the docker CLI takes the image for missing and tries to pull it
+            raise InvalidParameter(exc.message) from None
         except InvalidConfig as exc:  # its own words, quotes and all ("can't be '/'")
             raise InvalidParameter(str(exc)) from exc
         except (ValueError, LookupError) as exc:
@@ -237,7 +241,8 @@ class ContainerManager:
             host_config=hc, path=path, args=args, driver=self.storage_name, root=root,
             log_driver=hc["LogConfig"]["Type"], network_mode=network_mode,
         )
-        c.networks = etcfiles.initial_networks(network_mode, body, hc)
+        c.networks = etcfiles.initial_networks(network_mode, body, hc,
+                                               self.network.networks.find(network_mode))
         # Reserve the name before the first await so a concurrent create cannot take it.
         self.registry.index(c)
         try:
@@ -577,7 +582,7 @@ class ContainerManager:
 
     # -- networks, attach and logs (their own modules) -----------------------
 
-    async def connect(self, ref: str, network: str, config: dict[str, Any]) -> None:
+    async def connect(self, ref: str, network: str, config: Any) -> None:
         """``docker network connect``: now if running, else at the next start."""
         await self.network.connect(ref, network, config)
 

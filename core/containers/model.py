@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from skiff.core.atomic import write_atomic, write_json_atomic
+from skiff.core.containers.endpoints import shown
 from skiff.core.containers.health import ps_suffix as health_suffix
 from skiff.core.timefmt import format_duration_ago, parse_rfc3339
 from skiff.core.userns import IdMap
@@ -193,7 +194,7 @@ class Container:
 
     def network_settings(self) -> dict[str, Any]:
         networks = {
-            name: {**endpoint_settings(), **settings}
+            name: {**endpoint_settings(), **shown(settings)}
             for name, settings in (self.networks or {self.network_mode: {}}).items()
         }
         # The top-level fields are the default bridge's, as in Docker.

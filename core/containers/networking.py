@@ -10,14 +10,20 @@ from typing import Any
 import structlog
 import trio
 
-from skiff.core.containers.etcfiles import write_hosts
+from skiff.core.containers.endpoints import (
+    REQUESTED_MAC,
+    link_aliases,
+    requested,
+    with_short_id,
+)
+from skiff.core.containers.etcfiles import write_hosts, write_resolv_conf
 from skiff.core.containers.links import linked
 from skiff.core.containers.model import Container
 from skiff.core.containers.registry import ContainerRegistry, ToThread, Track
-from skiff.core.errors import Conflict, InvalidParameter
+from skiff.core.errors import Conflict, Forbidden, InvalidParameter
 from skiff.core.events import Publish
 from skiff.core.hookspecs import Endpoint, Link, NetworkDriver, PortBinding
-from skiff.core.networks import NetworkStore
+from skiff.core.networks import Network, NetworkStore
 
 log = structlog.get_logger("skiff.containers")
 
@@ -39,13 +45,18 @@ class NetworkAttachment:
         net = self.networks.get(name)
         driver = self.network_driver(net.driver)
         settings = c.networks.setdefault(name, {})
+        if user_defined(net):
+            settings["Aliases"] = with_short_id(settings.get("Aliases"), c.id)
         endpoint = Endpoint(
             network_id=net.id, endpoint_id=secrets.token_hex(32), container_id=c.id,
             name=c.name, hostname=c.config.get("Hostname") or "",
             aliases=list(settings.get("Aliases") or []),
-            requested_ip=(settings.get("IPAMConfig") or {}).get("IPv4Address") or "")
+            requested_ip=(settings.get("IPAMConfig") or {}).get("IPv4Address") or "",
+            requested_mac=settings.get(REQUESTED_MAC) or "",
+            link_aliases=link_aliases(settings.get("Links")) if user_defined(net) else {})
         primary = name == c.network_mode
-        if primary:
+        # dockerd ignores publishing on an internal network: nothing may reach it
+        if primary and not net.internal:
             endpoint.port_bindings = {
                 key: [PortBinding(str((b or {}).get("HostIp") or ""),
                                   str((b or {}).get("HostPort") or "")) for b in bindings or []]
@@ -78,6 +89,16 @@ class NetworkAttachment:
         for name in list(c.networks):
             await self.attach(c, track, name, pid)
         await self.to_thread(write_hosts, c, self.registry.get)
+        await self.to_thread(write_resolv_conf, c, self.embedded_dns(c))
+
+    def embedded_dns(self, c: Container) -> bool:
+        """Whether ``c`` resolves through the embedded DNS server: while one of its
+        networks is a user-defined bridge, as dockerd does."""
+        for name in c.networks:
+            net = self.networks.find(name)
+            if net is not None and net.driver == "bridge" and user_defined(net):
+                return True
+        return False
 
     async def detach(self, c: Container, track: Track, name: str) -> None:
         """Leave and delete the endpoint of network ``name``; never raises."""
@@ -104,7 +125,7 @@ class NetworkAttachment:
             await self.detach(c, track, name)
         c.ports = {}
 
-    async def connect(self, ref: str, network: str, config: dict[str, Any]) -> None:
+    async def connect(self, ref: str, network: str, config: Any) -> None:
         """``docker network connect``: now if running, else at the next start."""
         c = self.registry.get(ref)
         net = self.networks.get(network)
@@ -115,13 +136,13 @@ class NetworkAttachment:
         if net.driver in ("host", "none"):
             raise InvalidParameter(f"container cannot be connected to {net.name} network")
         if net.name in c.networks:
-            raise Conflict(f"endpoint with name {c.name} already exists in network {net.name}")
+            raise Forbidden(
+                f"endpoint with name {c.name} already exists in network {net.name}")
         track = self.registry.tracks[c.id]
         async with track.lock:
-            c.networks[net.name] = {
-                "IPAMConfig": config.get("IPAMConfig"), "Links": config.get("Links"),
-                "Aliases": config.get("Aliases"),
-            }
+            c.networks[net.name] = requested(config, subnet=net.subnet,
+                                             predefined=net.predefined,
+                                             user_subnet=net.user_subnet)
             if c.state.Running:
                 try:
                     await self.attach(c, track, net.name, c.state.Pid)
@@ -132,6 +153,7 @@ class NetworkAttachment:
                     del c.networks[net.name]
                     raise
                 await self.to_thread(write_hosts, c, self.registry.get)
+            await self.to_thread(write_resolv_conf, c, self.embedded_dns(c))
             c.save()
 
     async def disconnect(self, ref: str, network: str, force: bool = False) -> None:
@@ -147,4 +169,11 @@ class NetworkAttachment:
             del c.networks[net.name]
             if c.state.Running:
                 await self.to_thread(write_hosts, c, self.registry.get)
+            await self.to_thread(write_resolv_conf, c, self.embedded_dns(c))
             c.save()
+
+
+def user_defined(net: Network) -> bool:
+    """Not one of the predefined networks: dockerd's "user-defined" (embedded DNS,
+    aliases, the short ID as an alias)."""
+    return not net.predefined

@@ -195,7 +195,8 @@ class BridgeNetworkDriver:
         asked = {f.name: getattr(endpoint, f.name) for f in fields(Endpoint)}
         ep = BridgeEndpoint(**{
             **asked, "ip_address": ip, "ip_prefix_len": net.pool.prefixlen,
-            "gateway": str(net.pool.gateway), "mac_address": mac_for(ip)})
+            "gateway": str(net.pool.gateway),
+            "mac_address": endpoint.requested_mac or mac_for(ip)})
         ep.bridge = net.bridge
         ep.veth = "skfv" + secrets.token_hex(4)
         ep.dns = net.dns
@@ -380,7 +381,14 @@ class BridgeNetworkDriver:
                 e.container_id == container_id for e in n.endpoints.values())]
             for net in nets:
                 found = []
+                # the asker's links on this network name other containers
+                linked = {target.lower() for e in net.endpoints.values()
+                          if e.container_id == container_id
+                          for alias, target in e.link_aliases.items() if alias.lower() == name}
                 for ep in net.endpoints.values():
+                    if ep.name.lower() in linked:
+                        found.append(ep.ip_address)
+                        continue
                     names = {ep.name, ep.hostname, ep.container_id[:12], *ep.aliases}
                     if name in {x.lower() for x in names if x}:
                         found.append(ep.ip_address)
