@@ -6,6 +6,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
+from skiff.core import namefilter
 from skiff.core.api.filters import parse_filters
 from skiff.core.api.router import Request, Response, Router, StreamResponse
 from skiff.core.containers import health, lifecycle
@@ -175,7 +176,7 @@ def _resolve_filters(engine: Engine, f: dict[str, list[str]]) -> None:
 def _matches(c: Container, f: dict[str, list[str]]) -> bool:
     if f.get("id") and not any(c.id.startswith(v) for v in f["id"]):
         return False
-    if f.get("name") and not any(v.lstrip("/") in c.name for v in f["name"]):
+    if f.get("name") and not namefilter.matches_container(f["name"], c.name):
         return False
     if f.get("status") and c.state.Status not in f["status"]:
         return False

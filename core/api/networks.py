@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from skiff.core import namefilter
 from skiff.core.api.filters import parse_filters
 from skiff.core.api.router import Request, Response, Router
 from skiff.core.errors import InvalidParameter
@@ -78,7 +79,7 @@ NETWORK_FILTERS = {"id", "name", "driver", "label", "type", "scope", "dangling"}
 def _matches(n: Network, f: dict[str, list[str]]) -> bool:
     if f.get("id") and not any(n.id.startswith(v) for v in f["id"]):
         return False
-    if f.get("name") and not any(v in n.name for v in f["name"]):
+    if f.get("name") and not namefilter.matches(f["name"], n.name):
         return False
     if f.get("driver") and n.driver not in f["driver"]:
         return False
