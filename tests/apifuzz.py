@@ -203,10 +203,11 @@ def _strip(value: Any) -> Any:
     return value
 
 
-def requests_for(spec: Spec, op: Operation, real: Mapping[str, list[str]]
-                 ) -> st.SearchStrategy[FuzzRequest]:
+def requests_for(spec: Spec, op: Operation, real: Mapping[str, list[str]],
+                 pinned: Mapping[str, Any] | None = None) -> st.SearchStrategy[FuzzRequest]:
     """Requests for ``op``; ``real`` maps a path parameter's name (``id``, ``name``)
-    to references of objects that exist (container, image, network, volume)."""
+    to references of objects that exist (container, image, network, volume);
+    ``pinned`` fields are set in every JSON object body (a registry that answers)."""
     path_params = [p for p in op.params if p["in"] == "path"]
     query_params = [p for p in op.params if p["in"] == "query"
                     and p["name"] not in FORBIDDEN_QUERY]
@@ -229,8 +230,14 @@ def requests_for(spec: Spec, op: Operation, real: Mapping[str, list[str]]
                          st.just(b"\x1f\x8b\x08\x00" + b"\x00" * 16))
     else:
         schema = from_schema(spec, op.body.get("schema"))
+        def encode(value: Any) -> bytes:
+            value = _strip(value)
+            if pinned and isinstance(value, dict):
+                value.update(pinned)
+            return json.dumps(value).encode()
+
         body = st.one_of(
-            schema.map(lambda v: json.dumps(_strip(v)).encode()),
+            schema.map(encode),
             st.sampled_from([b"", b"{", b"[]", b"null", b"\xff\xfe", b'{"a":'])).map(
                 lambda b: b)
 

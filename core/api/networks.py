@@ -6,6 +6,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from skiff.core import namefilter
+from skiff.core.api import bodytypes
 from skiff.core.api.filters import parse_filters
 from skiff.core.api.router import Request, Response, Router
 from skiff.core.errors import InvalidParameter
@@ -32,6 +33,7 @@ def register(router: Router, engine: Engine) -> None:
     @router.route("POST", "/networks/create")
     async def create(req: Request) -> Response:
         body = await req.json()
+        bodytypes.check(body, bodytypes.NETWORK_CREATE, "types.NetworkCreateRequest")
         if not isinstance(body, dict):
             raise InvalidParameter("the request body must be a JSON object")
         net, warning = await engine.to_thread(store.create, body)
@@ -41,13 +43,15 @@ def register(router: Router, engine: Engine) -> None:
 
     @router.route("POST", "/networks/{id}/connect")
     async def connect(req: Request, id: str) -> None:
-        body = await req.json(default={})
+        body = bodytypes.checked(await req.json(default={}), bodytypes.NETWORK_CONNECT,
+                                 "types.NetworkConnect")
         await mgr.connect(str(body.get("Container") or ""), id,
                           dict(body.get("EndpointConfig") or {}))
 
     @router.route("POST", "/networks/{id}/disconnect")
     async def disconnect(req: Request, id: str) -> None:
-        body = await req.json(default={})
+        body = bodytypes.checked(await req.json(default={}), bodytypes.NETWORK_DISCONNECT,
+                                 "types.NetworkDisconnect")
         await mgr.disconnect(str(body.get("Container") or ""), id, bool(body.get("Force")))
 
     @router.route("DELETE", "/networks/{id}")
