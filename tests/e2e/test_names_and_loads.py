@@ -99,3 +99,38 @@ def test_docker_py_list_with_an_anchored_name(daemon: Daemon) -> None:
                 c.remove(force=True)
     finally:
         client.close()
+
+
+_DAEMON_SAYS = "Error response from daemon: "
+
+
+def test_load_of_a_broken_archive_fails_in_dockerds_words(twins: SideBySide) -> None:
+    """``docker load`` of what is not a tar, or is cut short: the same text from both
+    engines (skiffd refuses with a 400 before any output, dockerd in its 200 stream:
+    the CLI shows the text either way; a client reading the status sees the 400)."""
+    def run(side: Side) -> list[tuple[int, str]]:
+        out = []
+        for data in (b"this is not a tar archive\n" * 100, _tar(("a.txt", b"a" * 4096))[:700]):
+            res = side.docker("load", input=data)
+            out.append((res.returncode,
+                        res.stderr.decode().strip().removeprefix(_DAEMON_SAYS)))
+        return out
+
+    seen = twins.same(run)
+    assert seen[0] == (1, "Error processing tar file(exit status 1): "
+                          "archive/tar: invalid tar header")
+    assert seen[1] == (1, "Error processing tar file(exit status 1): unexpected EOF")
+
+
+def test_import_refusals_as_dockerd(twins: SideBySide) -> None:
+    """``docker import`` with a bad change or reference: dockerd's status and words."""
+    def run(side: Side) -> list[tuple[int, str]]:
+        out = []
+        for params in ({"repo": "x", "changes": "FOO bar"}, {"repo": "BAD:x:y"},
+                       {"repo": "x", "changes": "EXPOSE 99999999"}):
+            r = side.raw("POST", "/images/create", data=_tar(("a", b"a")),
+                         params={"fromSrc": "-", **params})
+            out.append((r.status_code, r.json().get("message", "")))
+        return out
+
+    twins.same(run)
