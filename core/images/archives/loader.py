@@ -152,12 +152,12 @@ def go_tar_reason(exc: BaseException) -> str:
     """Python's tarfile complaint in the words of Go's archive/tar, which dockerd
     reports: a damaged header, or input that ends too soon."""
     text = str(exc)
-    if isinstance(exc, EOFError) or "truncated" in text or "empty file" in text \
-            or "unexpected end" in text:
+    if isinstance(exc, EOFError) or text in ("truncated header", "empty file",
+                                             "unexpected end of data"):
         return "unexpected EOF"
-    if "header" in text or "checksum" in text:
+    if text in ("invalid header", "bad checksum", "end of file header"):
         return "archive/tar: invalid tar header"
-    return f"archive/tar: {text}"
+    return text  # skiff's own limits (tarlimits) say what they refused
 
 
 def _parse_tags(tags: Any, what: str) -> list[Reference]:
