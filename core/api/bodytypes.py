@@ -198,7 +198,9 @@ NETWORK_CREATE: dict[str, Shape] = {
     "Name": str, "CheckDuplicate": bool, "Driver": str, "Internal": bool, "Attachable": bool,
     "Ingress": bool, "EnableIPv6": bool, "Scope": str, "ConfigOnly": bool,
     "ConfigFrom": {"Network": str},
-    "IPAM": {"Driver": str, "Config": [_STRMAP], "Options": _STRMAP},
+    "IPAM": {"Driver": str, "Options": _STRMAP,
+             "Config": [{"Subnet": str, "IPRange": str, "Gateway": str,
+                         "AuxiliaryAddresses": _STRMAP}]},
     "Options": _STRMAP, "Labels": _STRMAP,
 }
 NETWORK_CONNECT: dict[str, Shape] = {"Container": str, "EndpointConfig": ENDPOINT}

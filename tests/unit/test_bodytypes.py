@@ -20,7 +20,7 @@ from skiff.core.api.router import Request, Router
     ({"Labels": {"a": 1}}, "number 1 into Go struct field types.NetworkCreateRequest.Labels "
                            "of type string"),
     ({"IPAM": {"Config": [{"Subnet": []}]}},
-     "array into Go struct field types.NetworkCreateRequest.IPAM.Config of type string"),
+     "array into Go struct field types.NetworkCreateRequest.IPAM.Config.Subnet of type string"),
     ({"internal": "yes"}, "types.NetworkCreateRequest.Internal of type bool"),
     ([], "Go value of type types.NetworkCreateRequest"),
 ])
@@ -45,6 +45,10 @@ def test_what_go_accepts_passes() -> None:
             "NetworkingConfig": {"EndpointsConfig": {"n": {"Aliases": ["a"]}}}}
     assert bodytypes.checked(body, bodytypes.CONTAINER_CREATE, "C") == body
     assert bodytypes.checked(None, bodytypes.NETWORK_CONNECT, "C") == {}
+    # what docker-compose 1.29 sends for a network with an aux address
+    ipam = {"IPAM": {"Driver": "default", "Options": None, "Config": [
+        {"Subnet": "10.9.0.0/24", "AuxiliaryAddresses": {"host1": "10.9.0.5"}}]}}
+    assert bodytypes.checked(ipam, bodytypes.NETWORK_CREATE, "N") == ipam
     with pytest.raises(BadRequest):
         bodytypes.checked({"Cmd": ["sh", 1]}, bodytypes.CONTAINER_CREATE, "C")
 
