@@ -24,6 +24,7 @@ import structlog
 import trio
 
 from skiff.core import archive, idshift
+from skiff.core.api import bodytypes
 from skiff.core.api.bridge import stream_sync_producer
 from skiff.core.api.filters import parse_filters
 from skiff.core.api.router import Request, Response, Router, StreamResponse
@@ -121,6 +122,7 @@ def register(router: Router, engine: Engine) -> None:
         c = mgr.get(name)
         _check_usable(c, "commit")
         body = await req.json(default=None)
+        bodytypes.check(body, bodytypes.CONTAINER_CONFIG, "container.Config")
         if body is not None and not isinstance(body, dict):
             raise InvalidParameter("the request body must be a container config (a JSON object)")
         # Moby decodes the body into a wrapper whose embedded Config stays nil

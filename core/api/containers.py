@@ -6,6 +6,8 @@ import json
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
+from skiff.core import namefilter
+from skiff.core.api import bodytypes
 from skiff.core.api.filters import parse_filters
 from skiff.core.api.router import Request, Response, Router, StreamResponse
 from skiff.core.containers import health, lifecycle
@@ -28,6 +30,7 @@ def register(router: Router, engine: Engine) -> None:
     @router.route("POST", "/containers/create")
     async def create(req: Request) -> Response:
         body = await req.json()
+        bodytypes.check(body, bodytypes.CONTAINER_CREATE, "ContainerConfigWrapper")
         cid, warnings = await mgr.create(body, req.q("name") or None)
         return Response(201, json.dumps({"Id": cid, "Warnings": warnings}).encode(),
                         "application/json")
@@ -62,13 +65,11 @@ def register(router: Router, engine: Engine) -> None:
 
     @router.route("POST", "/containers/{id}/stop")
     async def stop(req: Request, id: str) -> None:
-        t = req.q("t")
-        await mgr.stop(id, int(t) if t not in (None, "") else None)
+        await mgr.stop(id, _stop_timeout(req))
 
     @router.route("POST", "/containers/{id}/restart")
     async def restart(req: Request, id: str) -> None:
-        t = req.q("t")
-        await lifecycle.restart(mgr, id, int(t) if t not in (None, "") else None)
+        await lifecycle.restart(mgr, id, _stop_timeout(req))
 
     @router.route("POST", "/containers/{id}/kill")
     async def kill(req: Request, id: str) -> None:
@@ -138,6 +139,13 @@ def register(router: Router, engine: Engine) -> None:
         await mgr.remove(id, force=req.qbool("force"), volumes=req.qbool("v"))
 
 
+def _stop_timeout(req: Request) -> int | None:
+    """``?t=``: seconds to wait before the kill; absent means the container's own."""
+    if req.q("t") in (None, ""):
+        return None
+    return req.qint("t")
+
+
 CONTAINER_FILTERS = {"id", "name", "status", "label", "ancestor", "exited", "before", "since",
                      "network", "volume", "is-task", "health", "publish", "expose"}
 STATUSES = ("created", "restarting", "running", "removing", "paused", "exited", "dead")
@@ -175,7 +183,7 @@ def _resolve_filters(engine: Engine, f: dict[str, list[str]]) -> None:
 def _matches(c: Container, f: dict[str, list[str]]) -> bool:
     if f.get("id") and not any(c.id.startswith(v) for v in f["id"]):
         return False
-    if f.get("name") and not any(v.lstrip("/") in c.name for v in f["name"]):
+    if f.get("name") and not namefilter.matches_container(f["name"], c.name):
         return False
     if f.get("status") and c.state.Status not in f["status"]:
         return False

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from skiff.core.api import bodytypes
 from skiff.core.api.router import Request, Router, StreamResponse
 from skiff.core.api.streams import error_line_for, json_line
 from skiff.core.errors import InvalidParameter
@@ -121,12 +122,17 @@ def register(router: Router, engine: Engine) -> None:
     @router.route("POST", "/auth")
     async def auth(req: Request) -> dict[str, str]:
         data = await req.json(default={})
+        bodytypes.check(data, bodytypes.AUTH_CONFIG, "types.AuthConfig")
         if not isinstance(data, dict):
             raise InvalidParameter("the body must be a JSON object")
         creds = AuthConfig.from_dict(data)
         server = creds.serveraddress or "docker.io"
         server = server.split("://", 1)[-1].rstrip("/").removesuffix("/v1").removesuffix("/v2")
         domain = split_domain(server.split("/", 1)[0] + "/x")[0]
+        try:  # a host name no resolver could be asked about is the client's mistake
+            domain.encode("idna")
+        except UnicodeError as exc:
+            raise InvalidParameter(f"unable to parse server address: {exc}") from None
         cfg = RegistryConfig.from_daemon_config(engine.config)
         endpoint = cfg.endpoints(domain, push=True)[-1]
         await engine.to_thread(login, endpoint, creds, cfg)

@@ -141,5 +141,28 @@ def status_and_message(exc: BaseException) -> tuple[int, str]:
     exc = unwrap(exc)
     if isinstance(exc, core_errors.SkiffError):
         return status_of(exc), exc.message
+    if isinstance(exc, HandlerFailed):
+        return 500, exc.message
     message = str(exc) or type(exc).__name__
     return 500, message
+
+
+class HandlerFailed(Exception):
+    """A bug in a handler: a 500 whose message names the operation that failed.
+
+    Deliberately not a ``SkiffError``: the connection logs it with the traceback
+    of its cause (``raise ... from``) as an unexpected failure.
+    """
+
+    def __init__(self, operation: str, cause: BaseException) -> None:
+        self.message = f"{operation} failed: {str(cause) or type(cause).__name__}"
+        super().__init__(self.message)
+
+
+def as_handler_bug(operation: str, exc: Exception) -> Exception:
+    """``exc`` as the handler raised it, or wrapped in :class:`HandlerFailed` when it is
+    neither a domain error (however deeply grouped) nor a client that went away."""
+    leaf = unwrap(exc)
+    if isinstance(leaf, core_errors.SkiffError | ClientDisconnected | HandlerFailed):
+        return exc
+    return HandlerFailed(operation, leaf)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from skiff.core.api import bodytypes
 from skiff.core.api.router import MULTIPLEXED_STREAM, RAW_STREAM, Request, Response, Router
 from skiff.core.api.streams import STDOUT, multiplex_frame
 from skiff.core.errors import InvalidParameter, SkiffError
@@ -48,12 +49,14 @@ def register(router: Router, engine: Engine) -> None:
     @router.route("POST", "/containers/{id}/exec")
     async def create(req: Request, id: str) -> Response:
         body = await req.json()
+        bodytypes.check(body, bodytypes.EXEC_CONFIG, "types.ExecConfig")
         exec_id = execs.create(id, body)
         return Response(201, json.dumps({"Id": exec_id}).encode(), "application/json")
 
     @router.route("POST", "/exec/{id}/start")
     async def start(req: Request, id: str) -> Response | None:
         body: Any = await req.json(default={})
+        bodytypes.check(body, bodytypes.EXEC_START, "types.ExecStartCheck")
         if not isinstance(body, dict):
             raise InvalidParameter("the request body must be a JSON object")
         ex = execs.check_startable(id)

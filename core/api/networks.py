@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from skiff.core import namefilter
+from skiff.core.api import bodytypes
 from skiff.core.api.filters import parse_filters
 from skiff.core.api.router import Request, Response, Router
 from skiff.core.errors import InvalidParameter
@@ -31,6 +33,7 @@ def register(router: Router, engine: Engine) -> None:
     @router.route("POST", "/networks/create")
     async def create(req: Request) -> Response:
         body = await req.json()
+        bodytypes.check(body, bodytypes.NETWORK_CREATE, "types.NetworkCreateRequest")
         if not isinstance(body, dict):
             raise InvalidParameter("the request body must be a JSON object")
         net, warning = await engine.to_thread(store.create, body)
@@ -40,17 +43,15 @@ def register(router: Router, engine: Engine) -> None:
 
     @router.route("POST", "/networks/{id}/connect")
     async def connect(req: Request, id: str) -> Response:
-        body = await req.json(default={})
-        if not isinstance(body, dict):
-            raise InvalidParameter("the request body must be a JSON object")
+        body = bodytypes.checked(await req.json(default={}), bodytypes.NETWORK_CONNECT,
+                                 "types.NetworkConnect")
         await mgr.connect(str(body.get("Container") or ""), id, body.get("EndpointConfig"))
         return _done()
 
     @router.route("POST", "/networks/{id}/disconnect")
     async def disconnect(req: Request, id: str) -> Response:
-        body = await req.json(default={})
-        if not isinstance(body, dict):
-            raise InvalidParameter("the request body must be a JSON object")
+        body = bodytypes.checked(await req.json(default={}), bodytypes.NETWORK_DISCONNECT,
+                                 "types.NetworkDisconnect")
         await mgr.disconnect(str(body.get("Container") or ""), id, bool(body.get("Force")))
         return _done()
 
@@ -88,7 +89,7 @@ NETWORK_FILTERS = {"id", "name", "driver", "label", "type", "scope", "dangling"}
 def _matches(n: Network, f: dict[str, list[str]]) -> bool:
     if f.get("id") and not any(n.id.startswith(v) for v in f["id"]):
         return False
-    if f.get("name") and not any(v in n.name for v in f["name"]):
+    if f.get("name") and not namefilter.matches(f["name"], n.name):
         return False
     if f.get("driver") and n.driver not in f["driver"]:
         return False

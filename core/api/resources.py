@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from skiff.core.api import bodytypes
 from skiff.core.api.router import Request, Router, StreamResponse, json_bytes
 from skiff.core.containers import limits
 from skiff.core.containers.resources import (
@@ -62,6 +63,7 @@ def register(router: Router, engine: Engine) -> None:
     @router.route("POST", "/containers/{id}/update")
     async def update(req: Request, id: str) -> dict[str, Any]:
         body = await req.json()
+        bodytypes.check(body, bodytypes.CONTAINER_UPDATE, "container.UpdateConfig")
         c = mgr.get(id)
         track = mgr.tracks[c.id]
         async with track.lock:

@@ -33,7 +33,13 @@ from collections.abc import (
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import parse_qs, unquote
 
-from skiff.core.api.errors import BadRequest, NotFound, PayloadTooLarge, status_and_message
+from skiff.core.api.errors import (
+    BadRequest,
+    NotFound,
+    PayloadTooLarge,
+    as_handler_bug,
+    status_and_message,
+)
 
 if TYPE_CHECKING:
     import trio
@@ -406,6 +412,13 @@ def json_response(obj: Any, status: int = 200, headers: HeaderArg = None) -> Res
     return Response(status, json_bytes(obj), "application/json", headers)
 
 
+def _operation(request: Request, handler: Handler) -> str:
+    """What a client asked for, in words for a 500: ``containers create``."""
+    module = getattr(handler, "__module__", "") or ""
+    name = getattr(handler, "__name__", "") or request.path
+    return f"{module.rsplit('.', 1)[-1]} {name}".strip()
+
+
 def error_response(exc: BaseException) -> Response:
     """Docker's error reply for ``exc``: its status and ``{"message": ...}``."""
     status, message = status_and_message(exc)
@@ -533,9 +546,17 @@ class Router:
             check_version(request.api_version)
         request.params = params
         request.context = self.context
-        result = handler(request, **params)
-        if inspect.isawaitable(result):
-            result = await result
+        try:
+            result = handler(request, **params)
+            if inspect.isawaitable(result):
+                result = await result
+        except Exception as exc:
+            if request.hijacked:  # the connection reports what breaks a hijacked stream
+                raise
+            wrapped = as_handler_bug(_operation(request, handler), exc)
+            if wrapped is exc:
+                raise
+            raise wrapped from exc
         if request.hijacked:
             return None
         return to_response(result)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from skiff.core.api import bodytypes
 from skiff.core.api.filters import parse_filters
 from skiff.core.api.router import Request, Response, Router
 from skiff.core.errors import InvalidParameter
@@ -25,6 +26,7 @@ def register(router: Router, engine: Engine) -> None:
     @router.route("POST", "/volumes/create")
     async def create(req: Request) -> Response:
         body = await req.json(default={})
+        bodytypes.check(body, bodytypes.VOLUME_CREATE, "volume.VolumeCreateBody")
         if not isinstance(body, dict):
             raise InvalidParameter("the request body must be a JSON object")
         name = body.get("Name") or None

@@ -94,9 +94,9 @@ def expose_ports(words: list[str]) -> list[str]:
             start = int(lo)
             end = int(hi) if dash else start
         except ValueError:
-            raise InvalidParameter(f"invalid containerPort: {port}") from None
+            raise InvalidParameter(f"Invalid containerPort: {port}") from None
         if not (0 < start <= end <= 65535):
-            raise InvalidParameter(f"invalid containerPort: {port}")
+            raise InvalidParameter(f"Invalid containerPort: {port}")
         out.extend(f"{p}/{proto}" for p in range(start, end + 1))
     return out
 

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 import trio
 
-from skiff.core import fdops
+from skiff.core import fdops, namefilter
 from skiff.core.atomic import write_json_atomic
 from skiff.core.errors import Conflict, InvalidParameter, NotFound
 from skiff.core.events import Publish
@@ -336,7 +336,7 @@ class VolumeStore:
     def list(self, filters: Mapping[str, list[str]]) -> list[dict[str, Any]]:
         out = []
         for name, v in sorted(self.volumes.items()):
-            if filters.get("name") and not any(f in name for f in filters["name"]):
+            if filters.get("name") and not namefilter.matches(filters["name"], name):
                 continue
             if filters.get("driver") and v.driver not in filters["driver"]:
                 continue

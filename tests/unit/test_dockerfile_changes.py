@@ -50,7 +50,7 @@ def test_change_instructions() -> None:
     ("RUN x", "run is not a valid change command"),
     ("FROM busybox", "from is not a valid change command"),
     ("STOPSIGNAL BOGUS", "Invalid signal: BOGUS"),
-    ("EXPOSE 70000", "invalid containerPort: 70000"),
+    ("EXPOSE 70000", "Invalid containerPort: 70000"),
     ("EXPOSE 80/xyz", "invalid proto: xyz"),
     ("ENV", "ENV requires at least one argument"),
     ("ENV A", "ENV must have two arguments"),

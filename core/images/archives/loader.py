@@ -140,10 +140,24 @@ def _spool_archive(stream: IO[bytes], spool: _Spool) -> None:
                     spool.link(name, _clean(posixpath.join(base, member.linkname)))
                 elif member.islnk():
                     spool.link(name, _clean(member.linkname))
-    except tarfile.TarError as exc:
-        raise InvalidImage(f"invalid tar archive: {exc}") from exc
-    except EOFError as exc:
-        raise InvalidImage(f"invalid tar archive: unexpected end of data ({exc})") from exc
+    except (tarfile.TarError, EOFError) as exc:
+        raise InvalidImage(f"{TAR_FAILED}: {go_tar_reason(exc)}") from exc
+
+
+#: dockerd's words for a load whose archive does not read (scripts look for them)
+TAR_FAILED = "Error processing tar file(exit status 1)"
+
+
+def go_tar_reason(exc: BaseException) -> str:
+    """Python's tarfile complaint in the words of Go's archive/tar, which dockerd
+    reports: a damaged header, or input that ends too soon."""
+    text = str(exc)
+    if isinstance(exc, EOFError) or text in ("truncated header", "empty file",
+                                             "unexpected end of data"):
+        return "unexpected EOF"
+    if text in ("invalid header", "bad checksum", "end of file header"):
+        return "archive/tar: invalid tar header"
+    return text  # skiff's own limits (tarlimits) say what they refused
 
 
 def _parse_tags(tags: Any, what: str) -> list[Reference]:
