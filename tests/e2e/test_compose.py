@@ -1,0 +1,246 @@
+"""docker-compose 1.29 (Debian's package, its own docker-py) end to end against a
+real skiffd, then the same project against the tests' dockerd 20.10.
+
+The project: ``web``, busybox httpd built by compose from a Dockerfile with a
+HEALTHCHECK; ``client``, which waits for web to be healthy (``depends_on`` with
+``condition: service_healthy``, file format 2.4), reads an ``env_file``, keeps
+what it fetched from ``http://web/`` in a named volume; ``worker``, run with
+``--scale 3``, with a ``healthcheck:`` of the compose file and ``init: true``.
+Each step is driven as a user would and what compose shows is recorded; the
+skiffd test asserts it, the dockerd test asserts that dockerd shows the same.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks.engines import Dockerd
+from tests.builds import write_tree
+from tests.daemon import Daemon, running_daemon
+from tests.e2e.conftest import twin_of
+
+COMPOSE = shutil.which("docker-compose")
+pytestmark = pytest.mark.skipif(COMPOSE is None,
+                                reason="docker-compose (1.29) is not installed")
+
+COMPOSE_FILE = """\
+version: "2.4"
+services:
+  web:
+    build: ./web
+    image: {image}
+  client:
+    image: busybox:latest
+    depends_on:
+      web:
+        condition: service_healthy
+    env_file: client.env
+    volumes:
+      - data:/data
+    command:
+      - sh
+      - -c
+      - 'wget -q -O /data/got http://web/index.html && echo "$$GREETING: $$(cat /data/got)";
+         exec sleep 3600'
+  worker:
+    image: busybox:latest
+    init: true
+    healthcheck:
+      test: ["CMD-SHELL", "test -f /tmp/ready"]
+      interval: 1s
+      timeout: 5s
+      retries: 3
+    command: ["sh", "-c", "touch /tmp/ready; echo worker up; exec sleep 3600"]
+volumes:
+  data: {{}}
+"""
+
+WEB_DOCKERFILE = """\
+FROM busybox:latest
+COPY index.html /www/index.html
+HEALTHCHECK --interval=1s --timeout=5s --retries=3 \\
+  CMD wget -q -O /dev/null http://127.0.0.1/index.html || exit 1
+CMD ["httpd", "-f", "-p", "80", "-h", "/www"]
+"""
+
+#: what ``docker-compose ps`` shows in its State column
+STATE = re.compile(r"\s(Up \((?:healthy|unhealthy|health: starting)\)|Up|Exit -?\d+)\s")
+
+
+class Project:
+    """One compose project in a folder, driven against one engine's environment."""
+
+    def __init__(self, folder: Path, name: str, env: dict[str, str]) -> None:
+        self.folder, self.name = folder, name
+        self.env = dict(env)
+        self.env["COMPOSE_DOCKER_CLI_BUILD"] = "0"  # compose posts the build itself
+        self.env.pop("DOCKER_BUILDKIT", None)
+
+    def compose(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+        assert COMPOSE is not None
+        return subprocess.run([COMPOSE, "--no-ansi", "-p", self.name, *args], cwd=self.folder,
+                              env=self.env, capture_output=True, text=True, timeout=timeout)
+
+    def ok(self, *args: str, timeout: float = 180) -> str:
+        res = self.compose(*args, timeout=timeout)
+        assert res.returncode == 0, (args, res.stdout[-3000:], res.stderr[-3000:])
+        return res.stdout
+
+    def docker(self, *args: str) -> str:
+        res = subprocess.run(["docker", *args], env=self.env, capture_output=True, text=True,
+                             timeout=60)
+        assert res.returncode == 0, (args, res.stderr)
+        return res.stdout
+
+    def states(self) -> dict[str, str]:
+        """``docker-compose ps``: container name (project prefix taken out) -> State."""
+        seen = {}
+        for line in self.ok("ps").splitlines():
+            if not line.startswith(self.name + "_"):
+                continue
+            m = STATE.search(line + " ")
+            assert m, line
+            seen[line.split()[0].removeprefix(self.name + "_")] = m.group(1)
+        return seen
+
+    def wait_states(self, want: dict[str, str], timeout: float = 60) -> dict[str, str]:
+        deadline = time.monotonic() + timeout
+        seen = self.states()
+        while seen != want and time.monotonic() < deadline:
+            time.sleep(0.3)
+            seen = self.states()
+        return seen
+
+    def leftovers(self) -> dict[str, list[str]]:
+        """What of the project the engine still has (compose's labels and names)."""
+        label = f"label=com.docker.compose.project={self.name}"
+        return {
+            "containers": self.docker("ps", "-aq", "--filter", label).split(),
+            "volumes": self.docker("volume", "ls", "-q", "--filter", label).split(),
+            "networks": [n for n in self.docker("network", "ls", "--format",
+                                                "{{.Name}}").split()
+                         if n.startswith(self.name + "_")],
+        }
+
+    def clean(self, image: str) -> None:
+        self.compose("down", "-v", "-t", "1")
+        subprocess.run(["docker", "rmi", "-f", image], env=self.env, capture_output=True,
+                       timeout=60)
+
+
+def make_project(folder: Path, tok: str) -> Path:
+    return write_tree(folder, {
+        "docker-compose.yml": COMPOSE_FILE.format(image=f"skiffcompose-web-{tok}:1"),
+        "web/Dockerfile": WEB_DOCKERFILE,
+        "web/index.html": f"page-{tok}\n",
+        "client.env": f"# the client's environment\nGREETING=hello-{tok}\n",
+    })
+
+
+ALL_UP = {"web_1": "Up (healthy)", "client_1": "Up", "worker_1": "Up (healthy)",
+          "worker_2": "Up (healthy)", "worker_3": "Up (healthy)"}
+
+
+def scenario(folder: Path, tok: str, env: dict[str, str]) -> dict[str, Any]:
+    """The project's life on one engine: what compose showed at each step, with
+    the per-run token taken out so that two engines' runs compare."""
+    p = Project(make_project(folder, tok), f"skc{tok}", env)
+    seen: dict[str, Any] = {}
+    try:
+        up = p.compose("up", "-d", "--scale", "worker=3")
+        assert up.returncode == 0, (up.stdout[-3000:], up.stderr[-3000:])
+        # depends_on service_healthy: compose created the client only after web
+        # was healthy, so web is healthy as soon as up returns
+        seen["ps_after_up"] = p.states()
+        web = p.docker("inspect", f"{p.name}_web_1")
+        seen["web_health"] = json.loads(web)[0]["State"]["Health"]["Status"]
+        seen["ps_up"] = p.wait_states(ALL_UP)
+
+        # the client fetched web's page by service name, its greeting from env_file
+        logs = p.ok("logs", "--no-color", "client")
+        seen["client_logs"] = [line.split("|", 1)[1].strip().replace(tok, "<tok>")
+                               for line in logs.splitlines() if "|" in line]
+        seen["worker_logs"] = sorted(line.split("|", 1)[1].strip()
+                                     for line in p.ok("logs", "--no-color", "worker")
+                                     .splitlines() if "|" in line)
+
+        seen["exec"] = p.ok("exec", "-T", "client", "cat", "/data/got").replace(tok, "<tok>")
+        lookup = p.ok("exec", "-T", "client", "nslookup", "worker")
+        seen["worker_addresses"] = len({a for a in re.findall(r"\b\d+\.\d+\.\d+\.\d+\b", lookup)
+                                        if not a.startswith("127.")})
+        # one-off: same network, volume and env_file; its exit code is run's
+        run = p.compose("run", "--rm", "-T", "client", "sh", "-c",
+                        'echo "$GREETING"; cat /data/got; wget -q -O - http://web/index.html;'
+                        " exit 3")
+        seen["run"] = (run.returncode, run.stdout.replace(tok, "<tok>"))
+        seen["ps_after_run"] = p.states()
+
+        p.ok("stop", "-t", "1")
+        seen["ps_stopped"] = p.states()
+        p.ok("start")
+        seen["ps_restarted"] = p.wait_states(ALL_UP)
+        # the volume kept what the first start wrote
+        seen["exec_after_start"] = p.ok("exec", "-T", "client", "cat", "/data/got").replace(
+            tok, "<tok>")
+
+        down = p.compose("down", "-v", "-t", "1")
+        seen["down_rc"] = down.returncode
+        seen["left_after_down"] = p.leftovers()
+    finally:
+        p.clean(f"skiffcompose-web-{tok}:1")
+    return seen
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """skiffd on the default configuration (a default bridge, so user networks)."""
+    base: Path = tmp_path_factory.mktemp("skiffd-compose")
+    with running_daemon(base) as d:
+        d.skiff("image", "bootstrap", "busybox")
+        yield d
+
+
+@pytest.fixture(scope="module")
+def on_skiffd(daemon: Daemon, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return scenario(tmp_path_factory.mktemp("compose-skiffd"), secrets.token_hex(3),
+                    daemon.env())
+
+
+def test_compose_project_on_skiffd(on_skiffd: dict[str, Any]) -> None:
+    seen = on_skiffd
+    assert seen["web_health"] == "healthy", seen
+    assert seen["ps_after_up"]["web_1"] == "Up (healthy)", seen
+    assert seen["ps_up"] == ALL_UP, seen
+    assert seen["client_logs"] == ["hello-<tok>: page-<tok>"], seen
+    assert seen["worker_logs"] == ["worker up"] * 3, seen
+    assert seen["exec"] == "page-<tok>\n", seen
+    assert seen["worker_addresses"] == 3, seen
+    assert seen["run"] == (3, "hello-<tok>\npage-<tok>\npage-<tok>\n"), seen
+    assert seen["ps_after_run"] == ALL_UP, seen  # the one-off is gone
+    stopped = seen["ps_stopped"]
+    assert set(stopped) == set(ALL_UP), seen
+    assert all(s.startswith("Exit ") for s in stopped.values()), seen
+    assert seen["ps_restarted"] == ALL_UP, seen
+    assert seen["exec_after_start"] == "page-<tok>\n", seen
+    assert seen["down_rc"] == 0, seen
+    assert seen["left_after_down"] == {"containers": [], "volumes": [], "networks": []}, seen
+
+
+def test_compose_project_as_on_dockerd(daemon: Daemon, twin_dockerd: Dockerd,
+                                       on_skiffd: dict[str, Any], tmp_path: Path) -> None:
+    twin = twin_of(daemon, twin_dockerd, tmp_path)
+    try:
+        on_dockerd = scenario(tmp_path / "dockerd", secrets.token_hex(3), twin.dockerd.env)
+    finally:
+        twin.close()
+    assert on_skiffd == on_dockerd
