@@ -12,6 +12,7 @@ skiffd test asserts it, the dockerd test asserts that dockerd shows the same.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import secrets
@@ -88,7 +89,7 @@ class Project:
 
     def compose(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
         assert COMPOSE is not None
-        return subprocess.run([COMPOSE, "--no-ansi", "-p", self.name, *args], cwd=self.folder,
+        return subprocess.run([COMPOSE, "--ansi", "never", "-p", self.name, *args], cwd=self.folder,
                               env=self.env, capture_output=True, text=True, timeout=timeout)
 
     def ok(self, *args: str, timeout: float = 180) -> str:
@@ -161,9 +162,12 @@ def scenario(folder: Path, tok: str, env: dict[str, str]) -> dict[str, Any]:
         assert up.returncode == 0, (up.stdout[-3000:], up.stderr[-3000:])
         # depends_on service_healthy: compose created the client only after web
         # was healthy, so web is healthy as soon as up returns
-        seen["ps_after_up"] = p.states()
-        web = p.docker("inspect", f"{p.name}_web_1")
-        seen["web_health"] = json.loads(web)[0]["State"]["Health"]["Status"]
+        seen["web_after_up"] = p.states()["web_1"]
+        web = json.loads(p.docker("inspect", f"{p.name}_web_1"))[0]
+        seen["web_health"] = web["State"]["Health"]["Status"]
+        worker = json.loads(p.docker("inspect", f"{p.name}_worker_2"))[0]
+        seen["worker_healthcheck"] = worker["Config"]["Healthcheck"]
+        seen["worker_init"] = worker["HostConfig"]["Init"]
         seen["ps_up"] = p.wait_states(ALL_UP)
 
         # the client fetched web's page by service name, its greeting from env_file
@@ -219,7 +223,11 @@ def on_skiffd(daemon: Daemon, tmp_path_factory: pytest.TempPathFactory) -> dict[
 def test_compose_project_on_skiffd(on_skiffd: dict[str, Any]) -> None:
     seen = on_skiffd
     assert seen["web_health"] == "healthy", seen
-    assert seen["ps_after_up"]["web_1"] == "Up (healthy)", seen
+    assert seen["web_after_up"] == "Up (healthy)", seen
+    assert seen["worker_healthcheck"] == {"Test": ["CMD-SHELL", "test -f /tmp/ready"],
+                                          "Interval": 10**9, "Timeout": 5 * 10**9,
+                                          "Retries": 3}, seen
+    assert seen["worker_init"] is True, seen
     assert seen["ps_up"] == ALL_UP, seen
     assert seen["client_logs"] == ["hello-<tok>: page-<tok>"], seen
     assert seen["worker_logs"] == ["worker up"] * 3, seen
@@ -227,20 +235,42 @@ def test_compose_project_on_skiffd(on_skiffd: dict[str, Any]) -> None:
     assert seen["worker_addresses"] == 3, seen
     assert seen["run"] == (3, "hello-<tok>\npage-<tok>\npage-<tok>\n"), seen
     assert seen["ps_after_run"] == ALL_UP, seen  # the one-off is gone
-    stopped = seen["ps_stopped"]
-    assert set(stopped) == set(ALL_UP), seen
-    assert all(s.startswith("Exit ") for s in stopped.values()), seen
+    # stop -t 1: httpd and sleep as PID 1 ignore SIGTERM and are killed; the
+    # workers' init passes SIGTERM on to sleep and exits 128 + 15
+    assert seen["ps_stopped"] == {"web_1": "Exit 137", "client_1": "Exit 137",
+                                  "worker_1": "Exit 143", "worker_2": "Exit 143",
+                                  "worker_3": "Exit 143"}, seen
     assert seen["ps_restarted"] == ALL_UP, seen
     assert seen["exec_after_start"] == "page-<tok>\n", seen
     assert seen["down_rc"] == 0, seen
     assert seen["left_after_down"] == {"containers": [], "volumes": [], "networks": []}, seen
 
 
+@contextlib.contextmanager
+def forwarding_between_dockerd_bridges() -> Iterator[None]:
+    """Let traffic between containers on one of dockerd's user bridges through.
+
+    The twin dockerd runs with ``--iptables=false`` in the tests' network
+    namespace, where skiffd (as dockerd would) set the FORWARD policy to DROP;
+    bridged frames meet that chain (br_netfilter), so nothing of dockerd's
+    lets its containers reach each other.  dockerd's user bridges are
+    ``br-<id>``, skiff's never are, so the rule touches only dockerd's.
+    """
+    rule = ["FORWARD", "-i", "br-+", "-o", "br-+", "-m", "comment", "--comment",
+            "tests:twin-dockerd-bridges", "-j", "ACCEPT"]
+    subprocess.run(["iptables", "-I", *rule], check=True, capture_output=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["iptables", "-D", *rule], check=True, capture_output=True)
+
+
 def test_compose_project_as_on_dockerd(daemon: Daemon, twin_dockerd: Dockerd,
                                        on_skiffd: dict[str, Any], tmp_path: Path) -> None:
     twin = twin_of(daemon, twin_dockerd, tmp_path)
     try:
-        on_dockerd = scenario(tmp_path / "dockerd", secrets.token_hex(3), twin.dockerd.env)
+        with forwarding_between_dockerd_bridges():
+            on_dockerd = scenario(tmp_path / "dockerd", secrets.token_hex(3), twin.dockerd.env)
     finally:
         twin.close()
     assert on_skiffd == on_dockerd
