@@ -274,3 +274,52 @@ def test_compose_project_as_on_dockerd(daemon: Daemon, twin_dockerd: Dockerd,
     finally:
         twin.close()
     assert on_skiffd == on_dockerd
+
+
+PORT_CLASH = """\
+version: "2.4"
+services:
+  one:
+    image: busybox:latest
+    command: ["sleep", "3600"]
+    ports: ["{port}:80"]
+  two:
+    image: busybox:latest
+    command: ["sleep", "3600"]
+    ports: ["{port}:80"]
+"""
+
+
+def port_clash(folder: Path, tok: str, env: dict[str, str]) -> dict[str, Any]:
+    """Two services that publish the same host port: one of them cannot start."""
+    port = 20000 + secrets.randbelow(10000)
+    p = Project(write_tree(folder, {"docker-compose.yml": PORT_CLASH.format(port=port)}),
+                f"skc{tok}", env)
+    try:
+        up = p.compose("up", "-d")
+        states = p.states()
+        failed = [name for name, state in states.items() if state != "Up"]
+        error = ""
+        if len(failed) == 1:
+            got = json.loads(p.docker("inspect", f"{p.name}_{failed[0]}"))[0]["State"]
+            error = got["Error"]
+        return {"up_rc": up.returncode,
+                "up_says_allocated": "port is already allocated" in up.stderr,
+                "states": sorted(states.values()),
+                "error_says_allocated": "port is already allocated" in error}
+    finally:
+        p.compose("down", "-t", "1")
+
+
+def test_compose_failed_start_shows_exit_128(daemon: Daemon, twin_dockerd: Dockerd,
+                                             tmp_path: Path) -> None:
+    """A service whose start failed shows ``Exit 128`` and the reason in
+    State.Error, as with dockerd; never ``Exit 0``, a clean exit it never had."""
+    twin = twin_of(daemon, twin_dockerd, tmp_path)
+    try:
+        seen = twin.same(lambda side: port_clash(tmp_path / side.name, secrets.token_hex(3),
+                                                 side.env))
+    finally:
+        twin.close()
+    assert seen == {"up_rc": 1, "up_says_allocated": True, "states": ["Exit 128", "Up"],
+                    "error_says_allocated": True}
