@@ -75,7 +75,8 @@ CMD ["httpd", "-f", "-p", "80", "-h", "/www"]
 """
 
 #: what ``docker-compose ps`` shows in its State column
-STATE = re.compile(r"\s(Up \((?:healthy|unhealthy|health: starting)\)|Up|Exit -?\d+)\s")
+STATE = re.compile(
+    r"\s(Up \((?:healthy|unhealthy|health: starting)\)|Up|Paused|Restarting|Exit -?\d+)\s")
 
 
 class Project:
@@ -323,3 +324,73 @@ def test_compose_failed_start_shows_exit_128(daemon: Daemon, twin_dockerd: Docke
         twin.close()
     assert seen == {"up_rc": 1, "up_says_allocated": True, "states": ["Exit 128", "Up"],
                     "error_says_allocated": True}
+
+
+SMALL = """\
+version: "2.4"
+services:
+  web:
+    image: busybox:latest
+    command: ["httpd", "-f", "-p", "80", "-h", "/"]
+    ports: ["80"]
+    healthcheck:
+      test: ["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1/etc/hostname"]
+      interval: 1s
+  worker:
+    image: busybox:latest
+    init: true
+    command: ["sleep", "3600"]
+"""
+
+
+def more_commands(folder: Path, tok: str, env: dict[str, str]) -> dict[str, Any]:
+    """The rest of compose's everyday commands on a running project."""
+    p = Project(write_tree(folder, {"docker-compose.yml": SMALL}), f"skc{tok}", env)
+    seen: dict[str, Any] = {}
+    up = {"web_1": "Up (healthy)", "worker_1": "Up", "worker_2": "Up", "worker_3": "Up"}
+    try:
+        p.ok("up", "-d", "--scale", "worker=3")
+        seen["up"] = p.wait_states(up)
+        again = p.compose("up", "-d", "--scale", "worker=3")
+        seen["up_again"] = (again.returncode, sorted(
+            line.removeprefix(p.name + "_") for line in again.stderr.splitlines()
+            if "up-to-date" in line))
+        p.ok("up", "-d", "--scale", "worker=1")
+        seen["scaled_down"] = p.states()
+        port = p.ok("port", "web", "80").strip()
+        seen["port"] = re.sub(r":\d+$", ":<port>", port)
+        top = p.ok("top", "web")
+        seen["top_has_httpd"] = "httpd -f -p 80" in top
+        p.ok("pause", "worker")
+        seen["paused"] = p.states()["worker_1"]
+        p.ok("unpause", "worker")
+        p.ok("kill", "-s", "SIGKILL", "worker")
+        seen["killed"] = p.states()["worker_1"]
+        p.ok("restart", "-t", "1", "worker")
+        seen["restarted"] = p.states()["worker_1"]
+        p.ok("rm", "-f", "-s", "worker")
+        seen["after_rm"] = p.states()
+        down = p.compose("down", "-t", "1")
+        seen["down_rc"] = down.returncode
+        seen["left_after_down"] = p.leftovers()
+    finally:
+        p.compose("down", "-t", "1")
+    return seen
+
+
+def test_compose_commands_as_on_dockerd(daemon: Daemon, twin_dockerd: Dockerd,
+                                        tmp_path: Path) -> None:
+    twin = twin_of(daemon, twin_dockerd, tmp_path)
+    try:
+        seen = twin.same(lambda side: more_commands(tmp_path / side.name, secrets.token_hex(3),
+                                                    side.env))
+    finally:
+        twin.close()
+    assert seen["up"]["web_1"] == "Up (healthy)", seen
+    assert seen["up_again"] == (0, sorted(f"{n} is up-to-date" for n in (
+        "web_1", "worker_1", "worker_2", "worker_3"))), seen
+    assert seen["scaled_down"] == {"web_1": "Up (healthy)", "worker_1": "Up"}, seen
+    assert seen["paused"] == "Paused" and seen["killed"] == "Exit 137", seen
+    assert seen["restarted"] == "Up", seen
+    assert seen["after_rm"] == {"web_1": "Up (healthy)"}, seen
+    assert seen["left_after_down"] == {"containers": [], "volumes": [], "networks": []}
