@@ -8,6 +8,12 @@ what it fetched from ``http://web/`` in a named volume; ``worker``, run with
 ``--scale 3``, with a ``healthcheck:`` of the compose file and ``init: true``.
 Each step is driven as a user would and what compose shows is recorded; the
 skiffd test asserts it, the dockerd test asserts that dockerd shows the same.
+
+Smaller projects, each run side by side: a start that fails (two services on
+one host port: ``Exit 128`` and State.Error, as dockerd); the other everyday
+commands (up again, scale down, port, top, pause, kill, restart, rm); and an
+attached ``up --exit-code-from`` as CI jobs use it (``service_completed_successfully``,
+a network alias, tmpfs, mem_limit, restart policy, ``run`` with options).
 """
 
 from __future__ import annotations
@@ -394,3 +400,80 @@ def test_compose_commands_as_on_dockerd(daemon: Daemon, twin_dockerd: Dockerd,
     assert seen["restarted"] == "Up", seen
     assert seen["after_rm"] == {"web_1": "Up (healthy)"}, seen
     assert seen["left_after_down"] == {"containers": [], "volumes": [], "networks": []}
+
+
+ATTACHED = """\
+version: "2.4"
+services:
+  setup:
+    image: busybox:latest
+    command: ["sh", "-c", "echo setting up; echo ready > /shared/flag"]
+    volumes: ["shared:/shared"]
+  server:
+    image: busybox:latest
+    command: ["httpd", "-f", "-p", "8080", "-h", "/shared"]
+    volumes: ["shared:/shared"]
+    depends_on:
+      setup:
+        condition: service_completed_successfully
+    networks:
+      default:
+        aliases: ["files.internal"]
+    tmpfs: ["/scratch"]
+    mem_limit: 64m
+    restart: on-failure
+  tester:
+    image: busybox:latest
+    depends_on: ["server"]
+    command:
+      - sh
+      - -c
+      - 'for i in 1 2 3 4 5 6 7 8 9 10; do wget -q -O - http://files.internal:8080/flag && break;
+         sleep 0.5; done; echo "tester done"; sleep 1; exit 3'
+volumes:
+  shared: {}
+"""
+
+
+def attached(folder: Path, tok: str, env: dict[str, str]) -> dict[str, Any]:
+    """``up --exit-code-from``, as CI jobs run a project: attached to every
+    service's output, ended by the tester's exit, whose code compose returns."""
+    p = Project(write_tree(folder, {"docker-compose.yml": ATTACHED}), f"skc{tok}", env)
+    try:
+        up = p.compose("up", "--no-color", "--exit-code-from", "tester", timeout=120)
+        lines = [line.split("|", 1) for line in up.stdout.splitlines() if "|" in line]
+        said = sorted((who.strip().removeprefix(p.name + "_"), what.strip())
+                      for who, what in lines)
+        server = json.loads(p.docker("inspect", f"{p.name}_server_1"))[0]["HostConfig"]
+        run = p.compose("run", "--rm", "--no-deps", "-T", "-e", "WHO=one-off", "-w", "/shared",
+                        "--entrypoint", "sh", "server", "-c", 'echo "$WHO in $PWD"; cat flag')
+        return {"rc": up.returncode, "said": said, "states": p.states(),
+                "server_config": fields_of(server, "Tmpfs", "Memory", "RestartPolicy"),
+                "run": (run.returncode, run.stdout)}
+    finally:
+        p.compose("down", "-v", "-t", "1")
+
+
+def fields_of(obj: dict[str, Any], *keys: str) -> dict[str, Any]:
+    return {k: obj.get(k) for k in keys}
+
+
+def test_compose_attached_up_as_on_dockerd(daemon: Daemon, twin_dockerd: Dockerd,
+                                           tmp_path: Path) -> None:
+    twin = twin_of(daemon, twin_dockerd, tmp_path)
+    try:
+        with forwarding_between_dockerd_bridges():
+            seen = twin.same(lambda side: attached(tmp_path / side.name, secrets.token_hex(3),
+                                                   side.env))
+    finally:
+        twin.close()
+    assert seen["rc"] == 3, seen
+    assert ("tester_1", "ready") in seen["said"], seen  # by its alias, after setup's flag
+    assert ("tester_1", "tester done") in seen["said"], seen
+    assert ("setup_1", "setting up") in seen["said"], seen
+    assert seen["states"] == {"setup_1": "Exit 0", "server_1": "Exit 137",
+                              "tester_1": "Exit 3"}, seen
+    assert seen["server_config"] == {"Tmpfs": {"/scratch": ""}, "Memory": 64 << 20,
+                                     "RestartPolicy": {"Name": "on-failure",
+                                                       "MaximumRetryCount": 0}}, seen
+    assert seen["run"] == (0, "one-off in /shared\nready\n"), seen
