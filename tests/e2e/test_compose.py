@@ -11,7 +11,8 @@ skiffd test asserts it, the dockerd test asserts that dockerd shows the same.
 
 Smaller projects, each run side by side: a start that fails (two services on
 one host port: ``Exit 128`` and State.Error, as dockerd); the other everyday
-commands (up again, scale down, port, top, pause, kill, restart, rm); and an
+commands (up again, scale down, port, top, pause, kill, restart, rm); a changed
+service recreated with its anonymous volume; and an
 attached ``up --exit-code-from`` as CI jobs use it (``service_completed_successfully``,
 a network alias, tmpfs, mem_limit, restart policy, ``run`` with options).
 """
@@ -477,3 +478,54 @@ def test_compose_attached_up_as_on_dockerd(daemon: Daemon, twin_dockerd: Dockerd
                                      "RestartPolicy": {"Name": "on-failure",
                                                        "MaximumRetryCount": 0}}, seen
     assert seen["run"] == (0, "one-off in /shared\nready\n"), seen
+
+
+RECREATE = """\
+version: "2.4"
+services:
+  keeper:
+    image: busybox:latest
+    environment:
+      ROUND: "{round}"
+    volumes: ["/data"]
+    command: ["sh", "-c", "echo round $$ROUND >> /data/rounds; exec sleep 3600"]
+"""
+
+
+def recreated(folder: Path, tok: str, env: dict[str, str]) -> dict[str, Any]:
+    """A changed service is recreated by ``up -d`` and keeps its anonymous volume
+    (compose hands the old container's volumes to the new one)."""
+    p = Project(write_tree(folder, {"docker-compose.yml": RECREATE.format(round=1)}),
+                f"skc{tok}", env)
+    seen: dict[str, Any] = {}
+    try:
+        p.ok("up", "-d")
+        first = p.docker("inspect", "--format", "{{.Id}}", f"{p.name}_keeper_1").strip()
+        (folder / "docker-compose.yml").write_text(RECREATE.format(round=2))
+        up = p.compose("up", "-d", "-t", "1")
+        seen["up"] = (up.returncode, [line.replace(p.name, "<project>")
+                                      for line in up.stderr.splitlines() if "eating" in line])
+        second = p.docker("inspect", "--format", "{{.Id}}", f"{p.name}_keeper_1").strip()
+        seen["new_container"] = first != second
+        p.ok("up", "-d", "-t", "1", "--force-recreate")
+        seen["rounds"] = p.ok("exec", "-T", "keeper", "cat", "/data/rounds")
+        seen["containers"] = len(p.leftovers()["containers"])
+    finally:
+        p.compose("down", "-v", "-t", "1")
+    seen["left_after_down"] = p.leftovers()
+    return seen
+
+
+def test_compose_recreate_keeps_anonymous_volumes(daemon: Daemon, twin_dockerd: Dockerd,
+                                                  tmp_path: Path) -> None:
+    twin = twin_of(daemon, twin_dockerd, tmp_path)
+    try:
+        seen = twin.same(lambda side: recreated(tmp_path / side.name, secrets.token_hex(3),
+                                                side.env))
+    finally:
+        twin.close()
+    assert seen["up"][0] == 0, seen
+    assert seen["new_container"] is True, seen
+    assert seen["rounds"] == "round 1\nround 2\nround 2\n", seen
+    assert seen["containers"] == 1, seen
+    assert seen["left_after_down"] == {"containers": [], "volumes": [], "networks": []}
