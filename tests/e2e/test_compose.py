@@ -12,9 +12,9 @@ skiffd test asserts it, the dockerd test asserts that dockerd shows the same.
 Smaller projects, each run side by side: a start that fails (two services on
 one host port: ``Exit 128`` and State.Error, as dockerd); the other everyday
 commands (up again, scale down, port, top, pause, kill, restart, rm); a changed
-service recreated with its anonymous volume; and an
-attached ``up --exit-code-from`` as CI jobs use it (``service_completed_successfully``,
-a network alias, tmpfs, mem_limit, restart policy, ``run`` with options).
+service recreated with its anonymous volume; ``events --json``; and an attached
+``up --exit-code-from`` as CI jobs use it (``service_completed_successfully``, a
+network alias, tmpfs, mem_limit, restart policy, ``run`` with options).
 """
 
 from __future__ import annotations
@@ -529,3 +529,50 @@ def test_compose_recreate_keeps_anonymous_volumes(daemon: Daemon, twin_dockerd: 
     assert seen["rounds"] == "round 1\nround 2\nround 2\n", seen
     assert seen["containers"] == 1, seen
     assert seen["left_after_down"] == {"containers": [], "volumes": [], "networks": []}
+
+
+EVENTFUL = """\
+version: "2.4"
+services:
+  blip:
+    image: busybox:latest
+    command: ["sh", "-c", "sleep 1; exit 4"]
+"""
+
+
+def events(folder: Path, tok: str, env: dict[str, str]) -> dict[str, Any]:
+    """``docker-compose events --json`` while the project comes up and its service ends."""
+    assert COMPOSE is not None
+    p = Project(write_tree(folder, {"docker-compose.yml": EVENTFUL}), f"skc{tok}", env)
+    watch = subprocess.Popen([COMPOSE, "--ansi", "never", "-p", p.name, "events", "--json"],
+                             cwd=folder, env=p.env, stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(2)  # compose subscribes after it has read the project
+        p.ok("up", "-d")
+        assert watch.stdout is not None
+        got: list[tuple[str, str, Any]] = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not any(a == "die" for _, a, _ in got):
+            line = watch.stdout.readline()
+            if not line:
+                break
+            e = json.loads(line)
+            got.append((e["service"], e["action"], e["attributes"].get("exitCode")))
+        return {"events": got, "exit": p.states()}
+    finally:
+        watch.kill()
+        watch.wait()
+        p.compose("down", "-t", "1")
+
+
+def test_compose_events_as_on_dockerd(daemon: Daemon, twin_dockerd: Dockerd,
+                                      tmp_path: Path) -> None:
+    twin = twin_of(daemon, twin_dockerd, tmp_path)
+    try:
+        seen = twin.same(lambda side: events(tmp_path / side.name, secrets.token_hex(3),
+                                             side.env))
+    finally:
+        twin.close()
+    assert seen["events"] == [("blip", "create", None), ("blip", "start", None),
+                              ("blip", "die", "4")], seen
+    assert seen["exit"] == {"blip_1": "Exit 4"}, seen
