@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import queue
 import re
 import secrets
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -546,18 +548,38 @@ def events(folder: Path, tok: str, env: dict[str, str]) -> dict[str, Any]:
     p = Project(write_tree(folder, {"docker-compose.yml": EVENTFUL}), f"skc{tok}", env)
     watch = subprocess.Popen([COMPOSE, "--ansi", "never", "-p", p.name, "events", "--json"],
                              cwd=folder, env=p.env, stdout=subprocess.PIPE, text=True)
-    try:
-        time.sleep(2)  # compose subscribes after it has read the project
-        p.ok("up", "-d")
+    lines: queue.Queue[str] = queue.Queue()
+
+    def read() -> None:
         assert watch.stdout is not None
-        got: list[tuple[str, str, Any]] = []
+        for line in watch.stdout:
+            lines.put(line)
+
+    threading.Thread(target=read, daemon=True).start()
+
+    def next_event(timeout: float) -> tuple[str, str, Any] | None:
+        try:
+            e = json.loads(lines.get(timeout=timeout))
+        except queue.Empty:
+            return None
+        return (e["service"], e["action"], e["attributes"].get("exitCode"))
+
+    try:
+        # compose subscribes once it has read the project: create the service
+        # until its create event shows that it listens
+        first = None
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not any(a == "die" for _, a, _ in got):
-            line = watch.stdout.readline()
-            if not line:
-                break
-            e = json.loads(line)
-            got.append((e["service"], e["action"], e["attributes"].get("exitCode")))
+        while first is None and time.monotonic() < deadline:
+            p.ok("rm", "-f", "-s")
+            p.ok("up", "--no-start")
+            first = next_event(1)
+            while first is not None and first[1] != "create":
+                first = next_event(1)
+        assert first is not None, "compose events showed nothing"
+        p.ok("start")
+        got = [first]
+        while got[-1][1] != "die" and (e := next_event(30)) is not None:
+            got.append(e)
         return {"events": got, "exit": p.states()}
     finally:
         watch.kill()
@@ -573,6 +595,7 @@ def test_compose_events_as_on_dockerd(daemon: Daemon, twin_dockerd: Dockerd,
                                              side.env))
     finally:
         twin.close()
-    assert seen["events"] == [("blip", "create", None), ("blip", "start", None),
-                              ("blip", "die", "4")], seen
+    # compose's start attaches before it starts, as with dockerd
+    assert seen["events"] == [("blip", "create", None), ("blip", "attach", None),
+                              ("blip", "start", None), ("blip", "die", "4")], seen
     assert seen["exit"] == {"blip_1": "Exit 4"}, seen
