@@ -38,6 +38,7 @@ from benchmarks.engines import Dockerd
 from tests.builds import write_tree
 from tests.daemon import Daemon, running_daemon
 from tests.e2e.conftest import twin_of
+from tests.sidebyside import fields
 
 COMPOSE = shutil.which("docker-compose")
 pytestmark = pytest.mark.skipif(COMPOSE is None,
@@ -599,3 +600,84 @@ def test_compose_events_as_on_dockerd(daemon: Daemon, twin_dockerd: Dockerd,
     assert seen["events"] == [("blip", "create", None), ("blip", "attach", None),
                               ("blip", "start", None), ("blip", "die", "4")], seen
     assert seen["exit"] == {"blip_1": "Exit 4"}, seen
+
+
+OPTIONS = """\
+version: "2.4"
+services:
+  base:
+    image: busybox:latest
+    command: ["sleep", "3600"]
+    hostname: basehost
+  opts:
+    image: busybox:latest
+    hostname: optshost
+    domainname: example.test
+    extra_hosts: ["db.example.test:10.9.8.7"]
+    cap_drop: ["CHOWN"]
+    cap_add: ["NET_ADMIN"]
+    ulimits:
+      nofile: {soft: 1000, hard: 2000}
+    read_only: true
+    tmpfs: ["/tmp"]
+    user: "1234:5678"
+    working_dir: /tmp
+    stop_signal: SIGUSR1
+    stop_grace_period: 3s
+    shm_size: 16m
+    labels: {org.example.role: options}
+    logging:
+      driver: json-file
+      options: {max-size: 1m, max-file: "2"}
+    command:
+      - sh
+      - -c
+      - 'hostname; id -u; id -g; pwd; ulimit -n; ulimit -Hn; grep -c db.example.test /etc/hosts;
+         touch /ro 2>/dev/null || echo read-only; df -m /dev/shm | tail -1 | awk "{print \\$$2}"'
+  sidecar:
+    image: busybox:latest
+    network_mode: "service:base"
+    command: ["hostname"]
+"""
+
+OPTION_FIELDS = ("Config.Hostname", "Config.Domainname", "Config.User", "Config.WorkingDir",
+                 "Config.StopSignal", "Config.StopTimeout",
+                 "HostConfig.ExtraHosts", "HostConfig.CapAdd", "HostConfig.CapDrop",
+                 "HostConfig.Ulimits", "HostConfig.ReadonlyRootfs",
+                 "HostConfig.Tmpfs", "HostConfig.ShmSize", "HostConfig.LogConfig")
+
+
+def options(folder: Path, tok: str, env: dict[str, str]) -> dict[str, Any]:
+    """Service options as compose sends them: what the container sees and inspect
+    shows (``shm_size`` and ``network_mode: service:`` once differed from dockerd)."""
+    p = Project(write_tree(folder, {"docker-compose.yml": OPTIONS}), f"skc{tok}", env)
+    try:
+        p.ok("up", "-d", "base")
+        run = p.compose("run", "--rm", "-T", "opts")
+        p.ok("up", "-d", "--no-deps", "opts", "sidecar")
+        p.ok("stop", "-t", "3", "opts")
+        opts = json.loads(p.docker("inspect", f"{p.name}_opts_1"))[0]
+        sidecar = p.compose("logs", "--no-color", "sidecar").stdout
+        return {"run": (run.returncode, run.stdout),
+                "fields": fields(opts, *OPTION_FIELDS),
+                "label": opts["Config"]["Labels"].get("org.example.role"),
+                "state": opts["State"]["Status"],
+                "sidecar": [line.split("|", 1)[1].strip() for line in sidecar.splitlines()
+                            if "|" in line]}
+    finally:
+        p.compose("down", "-t", "1")
+
+
+def test_compose_service_options_as_on_dockerd(daemon: Daemon, twin_dockerd: Dockerd,
+                                               tmp_path: Path) -> None:
+    twin = twin_of(daemon, twin_dockerd, tmp_path)
+    try:
+        with forwarding_between_dockerd_bridges():
+            seen = twin.same(lambda side: options(tmp_path / side.name, secrets.token_hex(3),
+                                                  side.env))
+    finally:
+        twin.close()
+    assert seen["run"] == (0, "optshost\n1234\n5678\n/tmp\n1000\n2000\n1\nread-only\n16\n"), seen
+    assert seen["label"] == "options" and seen["state"] == "exited", seen
+    # network_mode service:base: base's namespace, so base's hostname, as dockerd
+    assert seen["sidecar"] == ["basehost"], seen
