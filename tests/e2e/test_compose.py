@@ -14,7 +14,11 @@ one host port: ``Exit 128`` and State.Error, as dockerd); the other everyday
 commands (up again, scale down, port, top, pause, kill, restart, rm); a changed
 service recreated with its anonymous volume; ``events --json``; and an attached
 ``up --exit-code-from`` as CI jobs use it (``service_completed_successfully``, a
-network alias, tmpfs, mem_limit, restart policy, ``run`` with options).
+network alias, tmpfs, mem_limit, restart policy, ``run`` with options); service
+options as the container sees them (``shm_size``, ``network_mode: service:``).
+
+The twin dockerd has no firewall of its own (``--iptables=false``), so
+:func:`forwarding_between_dockerd_bridges` lets its containers talk.
 """
 
 from __future__ import annotations
@@ -433,7 +437,7 @@ services:
       - sh
       - -c
       - 'for i in 1 2 3 4 5 6 7 8 9 10; do wget -q -O - http://files.internal:8080/flag && break;
-         sleep 0.5; done; echo "tester done"; sleep 1; exit 3'
+         sleep 0.5; done; echo "tester done"; exit 3'
 volumes:
   shared: {}
 """
@@ -445,7 +449,10 @@ def attached(folder: Path, tok: str, env: dict[str, str]) -> dict[str, Any]:
     p = Project(write_tree(folder, {"docker-compose.yml": ATTACHED}), f"skc{tok}", env)
     try:
         up = p.compose("up", "--no-color", "--exit-code-from", "tester", timeout=120)
-        lines = [line.split("|", 1) for line in up.stdout.splitlines() if "|" in line]
+        # what up printed as it went is cut short when a container exits (setup's
+        # exit already ends compose's printer, on either engine): the logs are not
+        logs = p.ok("logs", "--no-color", "setup", "tester")
+        lines = [line.split("|", 1) for line in logs.splitlines() if "|" in line]
         said = sorted((who.strip().removeprefix(p.name + "_"), what.strip())
                       for who, what in lines)
         server = json.loads(p.docker("inspect", f"{p.name}_server_1"))[0]["HostConfig"]
