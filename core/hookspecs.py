@@ -583,6 +583,8 @@ class ContainerSpec:
     #: ``--security-opt no-new-privileges`` or daemon.json ``no-new-privileges``.
     no_new_privileges: bool = False
     readonly_rootfs: bool = False
+    #: Bytes of the container's own /dev/shm tmpfs (``--shm-size``); 0: Docker's 64 MiB.
+    shm_size: int = 0
     #: ``/sys`` is mounted read-only unless this is False (``--privileged``).
     readonly_sysfs: bool = True
     #: The seccomp filter the process runs under, in the shape of the OCI

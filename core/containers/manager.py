@@ -318,6 +318,8 @@ class ContainerManager:
                 # and `docker run --rm` waits for the removal.
                 track.hub.end_run()
                 failed = exc
+                if isinstance(exc, Exception):
+                    self._record_start_failure(c, exc)
             else:
                 return
         if c.host_config.get("AutoRemove"):
@@ -330,6 +332,16 @@ class ContainerManager:
             # Docker answers 400 here; the CLI turns "not found" into exit code 127.
             raise InvalidParameter(f"failed to start container {c.id[:12]}: {failed}") from failed
         raise failed
+
+    def _record_start_failure(self, c: Container, exc: Exception) -> None:
+        """As dockerd: the error in State.Error and, unless the start gave one, exit
+        code 128, so that a container that never ran does not look like one that
+        exited cleanly (docker-compose ps: ``Exit 128``, not ``Exit 0``)."""
+        c.state.Error = str(exc)
+        if not c.state.ExitCode:
+            c.state.ExitCode = 128
+        if c.id in self.by_id:
+            c.save()
 
     async def start_run(self, c: Container, track: Track) -> None:
         t0 = time.perf_counter()

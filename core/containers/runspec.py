@@ -41,10 +41,17 @@ class SpecBuilder:
         return os.path.join(self.exec_root, "containers", cid)
 
     def build(self, c: Container) -> ContainerSpec:
+        etc = c
+        if c.network_mode.startswith("container:"):
+            # as dockerd: in another's network namespace, the container takes that
+            # one's names and /etc files, which hold that namespace's addresses
+            etc = self.lookup(c.network_mode[10:])
+            c.config["Hostname"] = etc.config.get("Hostname") or c.config["Hostname"]
+            c.config["Domainname"] = etc.config.get("Domainname") or ""
         mounts = [
-            MountSpec("bind", c.resolv_conf_path, "/etc/resolv.conf", ["rbind", "rw"]),
-            MountSpec("bind", c.hostname_path, "/etc/hostname", ["rbind", "rw"]),
-            MountSpec("bind", c.hosts_path, "/etc/hosts", ["rbind", "rw"]),
+            MountSpec("bind", etc.resolv_conf_path, "/etc/resolv.conf", ["rbind", "rw"]),
+            MountSpec("bind", etc.hostname_path, "/etc/hostname", ["rbind", "rw"]),
+            MountSpec("bind", etc.hosts_path, "/etc/hosts", ["rbind", "rw"]),
         ]
         if self.cgroups is not None:
             # the container's own groups, read-only, under /sys/fs/cgroup
@@ -84,6 +91,7 @@ class SpecBuilder:
             hostname=c.config["Hostname"],
             namespaces=namespaces,
             readonly_rootfs=bool(c.host_config.get("ReadonlyRootfs")),
+            shm_size=max(int(c.host_config.get("ShmSize") or 0), 0),
             rlimits=rlimits,
             tty=bool(c.config.get("Tty")),
             open_stdin=bool(c.config.get("OpenStdin")),

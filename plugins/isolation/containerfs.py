@@ -63,6 +63,8 @@ DEV_SYMLINKS: tuple[tuple[str, str], ...] = (
 )
 
 MS_DEFAULT = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
+#: /dev/shm of a spec that names no size: Docker's default.
+DEFAULT_SHM_SIZE = 64 << 20
 
 #: mount(2) flags of a bind mount -> mount_setattr(2) attributes
 _BIND_ATTRS = (
@@ -207,7 +209,7 @@ def build(rootfs: str, spec: dict[str, Any], pre: Prebuilt | None = None) -> Con
         os.close(_mount_special(root, "/proc", "proc", "proc", MS_DEFAULT))
         sys_ro = sc.MS_RDONLY if spec.get("readonly_sysfs", True) else 0
         os.close(_mount_special(root, "/sys", "sysfs", "sysfs", MS_DEFAULT | sys_ro))
-        _setup_dev(root)
+        _setup_dev(root, int(spec.get("shm_size") or DEFAULT_SHM_SIZE))
         # before the mounts: a volume over a node's path hides the node
         make_device_nodes(root, spec.get("devices") or [])
         for key, m in _keyed_mounts(spec):
@@ -239,8 +241,9 @@ def _mount_special(root: ContainerRoot, dest: str, source: str, fstype: str, fla
     return mounted
 
 
-def _setup_dev(root: ContainerRoot) -> None:
-    """/dev as a fresh tmpfs with the standard nodes; ``root.null`` from it."""
+def _setup_dev(root: ContainerRoot, shm_size: int = DEFAULT_SHM_SIZE) -> None:
+    """/dev as a fresh tmpfs with the standard nodes, /dev/shm of ``shm_size``
+    bytes; ``root.null`` from it."""
     dev = _mount_special(root, "/dev", "tmpfs", "tmpfs", sc.MS_NOSUID | sc.MS_STRICTATIME,
                          "mode=755,size=65536k")
     try:
@@ -259,7 +262,7 @@ def _setup_dev(root: ContainerRoot) -> None:
         fdmounts.mount_at(dev, "pts", "devpts", "devpts", sc.MS_NOSUID | sc.MS_NOEXEC,
                   "newinstance,ptmxmode=0666,mode=0620,gid=5")
         os.mkdir("shm", 0o1777, dir_fd=dev)
-        fdmounts.mount_at(dev, "shm", "shm", "tmpfs", MS_DEFAULT, "mode=1777,size=65536k")
+        fdmounts.mount_at(dev, "shm", "shm", "tmpfs", MS_DEFAULT, f"mode=1777,size={shm_size}")
         os.mkdir("mqueue", 0o755, dir_fd=dev)
         fdmounts.mount_at(dev, "mqueue", "mqueue", "mqueue", MS_DEFAULT)
         root.null = verified_null(dev)

@@ -146,11 +146,12 @@ class DnsServer:
 
     def _ensure_started(self) -> None:
         with self._lock:
-            if self._thread is not None:
-                return
-            self._thread = threading.Thread(target=trio.run, args=(self._main,),
-                                            name="skiff-dns", daemon=True)
-            self._thread.start()
+            if self._thread is None:
+                self._thread = threading.Thread(target=trio.run, args=(self._main,),
+                                                name="skiff-dns", daemon=True)
+                self._thread.start()
+        # every caller waits, not only the starter: containers of a compose
+        # project join at once, and the loop's token and nursery come a little later
         self._started.wait()
 
     async def _main(self) -> None:
