@@ -81,7 +81,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 #: accepts any minor of the same major (see ``skiff.core.plugins``).  Major 1
 #: is the contract before versions, when network options and endpoint data
 #: crossed it as dicts; 2 made them records.
-CONTRACT_VERSION = "2.1"
+CONTRACT_VERSION = "2.2"
 #: the contract of a plugin that declares none: it was written before versions
 UNDECLARED_CONTRACT = "1.0"
 #: the module attribute holding a plugin's declared contract version
@@ -358,6 +358,10 @@ class Endpoint:
     #: ``--link NAME:ALIAS``) as alias -> the linked container's name; the
     #: network's DNS answers ALIAS, for this container only, with NAME's address
     link_aliases: dict[str, str] = field(default_factory=dict)
+    #: the container's ``--dns`` servers (HostConfig.Dns), in order: a driver
+    #: that answers the container's name queries relays the names it does not
+    #: know to these instead of its own upstreams; empty: its own
+    dns_servers: list[str] = field(default_factory=list)
     #: on the container's primary network only: Docker's ``PortBindings``
     #: (``"80/tcp"`` -> bindings), ``ExposedPorts`` and ``PublishAllPorts``
     port_bindings: dict[str, list[PortBinding]] = field(default_factory=dict)
@@ -585,6 +589,10 @@ class ContainerSpec:
     readonly_rootfs: bool = False
     #: Bytes of the container's own /dev/shm tmpfs (``--shm-size``); 0: Docker's 64 MiB.
     shm_size: int = 0
+    #: ``--oom-score-adj`` (-1000..1000) of the container's processes; the
+    #: runtime sets it on the first process before it runs the user's command,
+    #: so everything it starts inherits it.
+    oom_score_adj: int = 0
     #: ``/sys`` is mounted read-only unless this is False (``--privileged``).
     readonly_sysfs: bool = True
     #: The seccomp filter the process runs under, in the shape of the OCI
@@ -686,6 +694,7 @@ class ExecSpec:
     cwd: str = "/"  #: must exist in the container; it is not created
     user: str = ""  #: Docker's ``--user`` syntax, resolved inside the container
     group_add: list[str] = field(default_factory=list)  #: the container's ``--group-add``
+    oom_score_adj: int = 0  #: the container's ``--oom-score-adj``, as runc gives execs
     capabilities: list[str] = field(default_factory=list)  #: names without ``CAP_``
     #: ``docker exec --privileged``: every capability the host has, whatever
     #: ``capabilities`` says

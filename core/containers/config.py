@@ -143,11 +143,53 @@ def normalize_host_config(hc: Mapping[str, Any] | None) -> dict[str, Any]:
     out.setdefault("ReadonlyRootfs", False)
     out.setdefault("SecurityOpt", None)
     extra_hosts(out)  # refused at create, not at start
+    _refuse_unhonoured(out)
+    shm = out.get("ShmSize")
+    if isinstance(shm, int) and shm < 0:
+        raise InvalidConfig("SHM size can not be less than 0")  # dockerd's words
+    oom = out.get("OomScoreAdj")
+    if isinstance(oom, int) and not -1000 <= oom <= 1000:
+        raise InvalidConfig(  # dockerd's words
+            f"Invalid value {oom}, range for oom score adj is [-1000, 1000]")
+    dns_settings(out)
     groups = out.get("GroupAdd")
     if groups is not None and not (isinstance(groups, list)
                                    and all(isinstance(g, str) for g in groups)):
         raise InvalidConfig("HostConfig.GroupAdd must be a list of group names or numbers")
     return out
+
+
+def _refuse_unhonoured(hc: Mapping[str, Any]) -> None:
+    """Settings skiff does not carry out yet are refused, never silently dropped."""
+    if hc.get("Sysctls"):
+        names = ", ".join(sorted(str(k) for k in hc["Sysctls"]))
+        raise InvalidConfig(
+            f"HostConfig.Sysctls ({names}): setting sysctls in a container is not "
+            "supported by skiff yet; remove --sysctl")
+    if hc.get("Cgroup"):
+        raise InvalidConfig(
+            f"HostConfig.Cgroup {hc['Cgroup']!r}: joining another container's cgroup is "
+            "not supported by skiff yet; use --cgroup-parent")
+
+
+def dns_settings(hc: Mapping[str, Any]) -> tuple[list[str], list[str], list[str]]:
+    """``--dns``, ``--dns-search`` and ``--dns-option``, checked: each becomes
+    one word of a resolv.conf line, so nothing may hide a second line or word."""
+    servers = _as_list(hc.get("Dns")) or []
+    search = _as_list(hc.get("DnsSearch")) or []
+    options = _as_list(hc.get("DnsOptions")) or []
+    for server in servers:
+        try:
+            ipaddress.ip_address(server)
+        except ValueError:
+            raise InvalidConfig(f"{server} is not an ip address (HostConfig.Dns)") from None
+    for kind, words in (("DnsSearch", search), ("DnsOptions", options)):
+        for word in words:
+            if not word or any(ch.isspace() for ch in word):
+                raise InvalidConfig(
+                    f"HostConfig.{kind}: {word!r} is not a single word (no spaces or "
+                    "line breaks)")
+    return servers, search, options
 
 
 def log_config(given: Any, default_type: str, default_opts: Mapping[str, str]

@@ -8,7 +8,7 @@ import os
 import shutil
 from typing import Any
 
-from skiff.core.containers.config import extra_hosts
+from skiff.core.containers.config import dns_settings, extra_hosts
 from skiff.core.containers.endpoints import requested
 from skiff.core.containers.links import Lookup, first_ip, linked
 from skiff.core.containers.model import Container
@@ -76,11 +76,58 @@ def write_hosts(c: Container, lookup: Lookup) -> None:
 
 
 def resolv_conf_text(c: Container, embedded_dns: bool) -> str:
-    """What /etc/resolv.conf holds: the embedded server's address while the
-    container is on a user-defined network, else the host-derived file."""
+    """What /etc/resolv.conf holds, as dockerd 20.10 writes it.
+
+    On a user-defined network the embedded server's address, with the
+    container's ``--dns-search``/``--dns-option`` or else the host's search
+    domains and options, and ``ndots:0`` unless an ndots is given (its
+    ``--dns`` servers are the embedded server's upstreams for it, see
+    ``Endpoint.dns_servers``).  Elsewhere the host-derived file, in which each
+    of ``--dns``, ``--dns-search`` and ``--dns-option`` given replaces the
+    host's lines of its kind.
+    """
+    servers, search, options = dns_settings(c.host_config)
     if embedded_dns:
-        return f"nameserver {EMBEDDED_DNS}\noptions ndots:0\n"
-    return resolv_conf_for(c.network_mode)
+        _, host_search, host_options = _parse_resolv(resolv_conf_for(c.network_mode))
+        options = options or host_options
+        if not any(o.startswith("ndots:") for o in options):
+            options = [*options, "ndots:0"]
+        return _build_resolv(search or host_search, [EMBEDDED_DNS], options)
+    text = resolv_conf_for(c.network_mode)
+    if not (servers or search or options):
+        return text
+    host_servers, host_search, host_options = _parse_resolv(text)
+    return _build_resolv(search or host_search, servers or host_servers,
+                         options or host_options)
+
+
+def _parse_resolv(text: str) -> tuple[list[str], list[str], list[str]]:
+    """(nameservers, search domains, options) of a resolv.conf; the last
+    search line counts, as for the resolver."""
+    servers: list[str] = []
+    search: list[str] = []
+    options: list[str] = []
+    for line in text.splitlines():
+        words = line.split()
+        if not words or words[0].startswith(("#", ";")):
+            continue
+        if words[0] == "nameserver" and len(words) > 1:
+            servers.append(words[1])
+        elif words[0] in ("search", "domain"):
+            search = words[1:]
+        elif words[0] == "options":
+            options.extend(words[1:])
+    return servers, search, options
+
+
+def _build_resolv(search: list[str], servers: list[str], options: list[str]) -> str:
+    lines = []
+    if search and search != ["."]:  # "." means no search domain, as for dockerd
+        lines.append("search " + " ".join(search))
+    lines += [f"nameserver {s}" for s in servers]
+    if options:
+        lines.append("options " + " ".join(options))
+    return "".join(line + "\n" for line in lines)
 
 
 def write_resolv_conf(c: Container, embedded_dns: bool) -> None:

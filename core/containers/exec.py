@@ -261,6 +261,7 @@ class ExecManager:
             cwd=ex.working_dir or cfg.get("WorkingDir") or "/",
             user=ex.user or cfg.get("User") or "",
             group_add=[str(g) for g in c.host_config.get("GroupAdd") or []],
+            oom_score_adj=int(c.host_config.get("OomScoreAdj") or 0),
             capabilities=list(base.capabilities) if base is not None else [],
             privileged=ex.privileged,
             no_new_privileges=base.no_new_privileges if base is not None else True,

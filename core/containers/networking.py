@@ -10,6 +10,7 @@ from typing import Any
 import structlog
 import trio
 
+from skiff.core.containers.config import dns_settings
 from skiff.core.containers.endpoints import (
     REQUESTED_MAC,
     link_aliases,
@@ -53,7 +54,8 @@ class NetworkAttachment:
             aliases=list(settings.get("Aliases") or []),
             requested_ip=(settings.get("IPAMConfig") or {}).get("IPv4Address") or "",
             requested_mac=settings.get(REQUESTED_MAC) or "",
-            link_aliases=link_aliases(settings.get("Links")) if user_defined(net) else {})
+            link_aliases=link_aliases(settings.get("Links")) if user_defined(net) else {},
+            dns_servers=dns_settings(c.host_config)[0])
         primary = name == c.network_mode
         # dockerd ignores publishing on an internal network: nothing may reach it
         if primary and not net.internal:

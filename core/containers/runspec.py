@@ -92,6 +92,7 @@ class SpecBuilder:
             namespaces=namespaces,
             readonly_rootfs=bool(c.host_config.get("ReadonlyRootfs")),
             shm_size=max(int(c.host_config.get("ShmSize") or 0), 0),
+            oom_score_adj=int(c.host_config.get("OomScoreAdj") or 0),
             rlimits=rlimits,
             tty=bool(c.config.get("Tty")),
             open_stdin=bool(c.config.get("OpenStdin")),

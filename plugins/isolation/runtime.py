@@ -309,7 +309,8 @@ class ForkServerRuntime:
         await self._compile_seccomp(data)
         payload = json.dumps(data).encode() + b"\n"
         try:
-            return await self._prepare(stdio, payload, self.socket_path, "", spec.tty)
+            return await self._prepare(stdio, payload, self.socket_path, "", spec.tty,
+                                       spec.oom_score_adj)
         except _NoReply:
             raise StartError("the exec shim exited before the process was ready") from None
 
@@ -328,7 +329,8 @@ class ForkServerRuntime:
         elif self.spares and spec_fits_userns_spare(spec.namespaces):
             socket_path = userns_spare_socket_path(self.socket_path)
         try:
-            return await self._prepare(stdio, payload, socket_path, bundle, spec.tty)
+            return await self._prepare(stdio, payload, socket_path, bundle, spec.tty,
+                                       spec.oom_score_adj)
         except _NoReply:
             if socket_path == self.socket_path:
                 raise StartError(
@@ -337,7 +339,8 @@ class ForkServerRuntime:
         # A spare shim that died just as it was handed our connection never
         # forked anything for us; a fresh shim is safe to ask.
         try:
-            return await self._prepare(stdio, payload, self.socket_path, bundle, spec.tty)
+            return await self._prepare(stdio, payload, self.socket_path, bundle, spec.tty,
+                                       spec.oom_score_adj)
         except _NoReply:
             raise StartError("the container shim exited before the container was ready") from None
 
@@ -364,7 +367,8 @@ class ForkServerRuntime:
         data["seccomp_bpf"] = program.hex()
 
     async def _prepare(
-        self, stdio: Stdio, payload: bytes, path: str, bundle: str, tty: bool
+        self, stdio: Stdio, payload: bytes, path: str, bundle: str, tty: bool,
+        oom_score_adj: int = 0,
     ) -> ForkServerProcess:
         sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         chan = ShimChannel(sock)
@@ -396,6 +400,12 @@ class ForkServerRuntime:
             # the init is blocked waiting for go and only its shim may reap it,
             # so this pid cannot have been recycled yet
             pidfd = os.pidfd_open(pid)
+            if oom_score_adj:
+                try:
+                    _set_oom_score_adj(pid, oom_score_adj)
+                except BaseException:
+                    os.close(pidfd)
+                    raise
         except BaseException:
             # closing makes the shim kill a prepared init: nothing stays behind
             sock.close()
@@ -407,6 +417,17 @@ class ForkServerRuntime:
         for fd in extra:  # never sent by our shim; not worth failing over
             os.close(fd)
         return ForkServerProcess(chan, pid, pidfd, bundle, terminal)
+
+
+def _set_oom_score_adj(pid: int, value: int) -> None:
+    """By the daemon, host root: a lower score needs CAP_SYS_RESOURCE in the
+    host's user namespace, which a remapped container's init lacks.  The
+    process waits for go, so what it starts inherits the value."""
+    try:
+        with open(f"/proc/{pid}/oom_score_adj", "w") as f:
+            f.write(str(value))
+    except OSError as exc:
+        raise StartError(f"cannot set the OOM score adjustment {value}: {exc.strerror}") from None
 
 
 class _NoReply(Exception):

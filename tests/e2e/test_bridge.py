@@ -31,9 +31,9 @@ UPSTREAM_ADDR = "192.0.2.7"  # TEST-NET-1: only ever an answer, never a destinat
 class Upstream:
     """A UDP DNS responder on 127.0.0.1 that knows one name."""
 
-    def __init__(self) -> None:
+    def __init__(self, address: tuple[str, int] = ("127.0.0.1", 0)) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.bind(address)
         self.sock.settimeout(0.2)
         self.port = self.sock.getsockname()[1]
         self.queries: list[str] = []
@@ -286,6 +286,36 @@ def test_user_network_dns_isolation_and_rm(bridged: Daemon, upstream: Upstream) 
         bridged.docker("rm", "-f", a)
         bridged.docker("network", "rm", net)
     assert net not in out(bridged.docker("network", "ls", check=True))
+
+
+def test_dns_options_on_a_user_network(bridged: Daemon, upstream: Upstream) -> None:
+    """``--dns`` on a user network: resolv.conf keeps the embedded server, with the
+    container's search domains and options, and the names the network does not
+    know go to the container's own server, not the daemon's."""
+    own = Upstream(("127.0.0.77", 53))  # the daemon's namespace is the test's
+    net = f"d-{secrets.token_hex(3)}"
+    subnet = f"10.{secrets.randbelow(250) + 1}.{secrets.randbelow(250)}.0/24"
+    bridged.docker("network", "create", "--subnet", subnet, net, check=True)
+    try:
+        opts = ("--network", net, "--dns", "127.0.0.77", "--dns-search", "a.example",
+                "--dns-option", "timeout:3")
+        res = bridged.docker("run", "--rm", *opts, "busybox", "cat", "/etc/resolv.conf",
+                             check=True)
+        assert out(res) == ("search a.example\nnameserver 127.0.0.11\n"
+                            "options timeout:3 ndots:0\n")
+        before = len(upstream.queries)
+        res = bridged.docker("run", "--rm", *opts, "busybox", "nslookup", UPSTREAM_NAME)
+        assert UPSTREAM_ADDR in out(res), out(res) + res.stderr.decode()
+        assert UPSTREAM_NAME in own.queries
+        assert UPSTREAM_NAME not in upstream.queries[before:]
+        # without --dns the daemon's upstream answers again
+        res = bridged.docker("run", "--rm", "--network", net, "busybox", "nslookup",
+                             UPSTREAM_NAME)
+        assert UPSTREAM_ADDR in out(res), out(res) + res.stderr.decode()
+        assert UPSTREAM_NAME in upstream.queries[before:]
+    finally:
+        bridged.docker("network", "rm", net)
+        own.close()
 
 
 def test_network_create_picks_a_pool_and_prune(bridged: Daemon) -> None:

@@ -363,3 +363,70 @@ def test_daemon_log_driver_none(tmp_path: Path) -> None:
         assert res.returncode == 1
         assert b"configured logging driver does not support reading" in res.stderr
         d.docker("rm", "-f", n, check=True)
+
+
+# -- host options: DNS, the OOM score, /dev/shm ----------------------------------------
+
+@pytest.mark.parametrize("opts", [
+    (),
+    ("--dns", "10.9.8.7", "--dns", "10.9.8.6"),
+    ("--dns-search", "a.example", "--dns-search", "b.example", "--dns-option", "ndots:2",
+     "--dns-option", "timeout:3"),
+    ("--dns", "10.9.8.7", "--dns-search", "."),
+], ids=["host", "servers", "search-options", "no-search"])
+def test_resolv_conf_with_dns_options(sbs: SideBySide, opts: tuple[str, ...]) -> None:
+    """Each of --dns, --dns-search and --dns-option replaces the host's lines of its kind."""
+    sbs.same(lambda side: side.out("run", "--rm", *NONE, *opts, "busybox", "cat",
+                                   "/etc/resolv.conf"))
+
+
+@pytest.mark.parametrize("score", ["500", "1000"])
+def test_oom_score_adj_for_the_container_and_its_execs(sbs: SideBySide, score: str) -> None:
+    """(A lower score needs CAP_SYS_RESOURCE, which this machine's root lacks:
+    both engines refuse it here.)"""
+    def run(side: Side) -> list[str]:
+        n = unique("oom")
+        with removing(side, ("container", n)):
+            side.out("run", "-d", "--name", n, *NONE, "--oom-score-adj", score, "busybox",
+                     "sh", "-c", "sleep 300 & wait")
+            return [side.out("exec", n, "cat", f"/proc/{pid}/oom_score_adj").strip()
+                    for pid in ("1", "self")]
+
+    assert sbs.same(run) == [score, score]
+
+
+@pytest.mark.parametrize("host_config", [{"ShmSize": -1}, {"OomScoreAdj": 1001}],
+                         ids=["shm", "oom"])
+def test_out_of_range_values_refused(sbs: SideBySide, host_config: dict[str, Any]) -> None:
+    def run(side: Side) -> tuple[int, str]:
+        res = side.raw("POST", "/containers/create", json={
+            "Image": "busybox", "Cmd": ["true"],
+            "HostConfig": {"NetworkMode": "none", **host_config}})
+        if res.status_code == 201:
+            side.docker("rm", "-f", res.json()["Id"])
+        return res.status_code, res.json().get("message", "")
+
+    assert sbs.same(run)[0] == 400
+
+
+@pytest.mark.parametrize("host_config, words", [
+    ({"Sysctls": {"net.ipv4.ip_forward": "1"}}, "net.ipv4.ip_forward"),
+    ({"Cgroup": "container:x"}, "Cgroup"),
+    ({"Dns": ["not-an-address"]}, "not-an-address is not an ip address"),
+    ({"DnsSearch": ["a.example\nnameserver 10.0.0.1"]}, "DnsSearch"),
+], ids=["sysctls", "cgroup", "dns", "search"])
+def test_settings_skiff_cannot_honour_are_refused(daemon: Daemon, host_config: dict[str, Any],
+                                                  words: str) -> None:
+    """Not dockerd's answer (it honours sysctls and joins cgroups): skiff refuses
+    what it would otherwise drop, and nothing is created."""
+    client = dockerpy.DockerClient(base_url=daemon.host, version="1.41", timeout=60)
+    try:
+        before = len(client.api.containers(all=True))
+        res = client.api.request("POST", client.api._url("/containers/create"), json={
+            "Image": "busybox", "Cmd": ["true"],
+            "HostConfig": {"NetworkMode": "none", **host_config}})
+        assert res.status_code == 400, res.text
+        assert words in res.json()["message"]
+        assert len(client.api.containers(all=True)) == before
+    finally:
+        client.close()

@@ -10,7 +10,14 @@ from wsproto.connection import Connection, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
 
 from skiff.core.api.wsattach import WebSocketStream
-from skiff.core.containers.config import InvalidConfig, log_config, runtime
+from skiff.core.containers import etcfiles
+from skiff.core.containers.config import (
+    InvalidConfig,
+    dns_settings,
+    log_config,
+    normalize_host_config,
+    runtime,
+)
 from skiff.core.containers.lifecycle import without_link
 from skiff.plugins.isolation import users
 from skiff.plugins.logging.jsonfile import skiff_container_validate
@@ -124,3 +131,35 @@ def test_websocket_stream_messages_both_ways() -> None:
         await ws.aclose()
 
     trio.run(main)
+
+
+# -- host options ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("hc, words", [
+    ({"ShmSize": -1}, "SHM size can not be less than 0"),
+    ({"OomScoreAdj": -1001}, "range for oom score adj is [-1000, 1000]"),
+    ({"Sysctls": {"kernel.msgmax": "1"}}, "kernel.msgmax"),
+    ({"Cgroup": "container:x"}, "not supported by skiff yet"),
+    ({"Dns": ["1.2.3.4", "x"]}, "x is not an ip address"),
+    ({"DnsSearch": ["a b"]}, "not a single word"),
+    ({"DnsOptions": ["ndots:1\nnameserver 1.1.1.1"]}, "not a single word"),
+])
+def test_host_config_refusals(hc: dict[str, object], words: str) -> None:
+    with pytest.raises(InvalidConfig) as err:
+        normalize_host_config(hc)
+    assert words in str(err.value)
+
+
+def test_host_config_defaults_pass() -> None:
+    hc = normalize_host_config({"ShmSize": 0, "OomScoreAdj": -1000, "Sysctls": {},
+                                "Cgroup": "", "Dns": ["fd00::1"], "DnsSearch": ["."]})
+    assert dns_settings(hc) == (["fd00::1"], ["."], [])
+
+
+def test_resolv_conf_parts_round_trip() -> None:
+    text = "# generated\nsearch a b\nnameserver 1.1.1.1\nnameserver ::1\noptions ndots:2 rotate\n"
+    parts = etcfiles._parse_resolv(text)
+    assert parts == (["1.1.1.1", "::1"], ["a", "b"], ["ndots:2", "rotate"])
+    assert etcfiles._build_resolv(parts[1], parts[0], parts[2]) == text.partition("\n")[2]
+    # "." is dockerd's way to say no search domain
+    assert etcfiles._build_resolv(["."], ["1.1.1.1"], []) == "nameserver 1.1.1.1\n"

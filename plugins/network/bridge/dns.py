@@ -136,6 +136,7 @@ class DnsServer:
         self.max_relays_per_client = max_relays_per_client
         self._relays = 0  # in flight, all clients; only touched in the trio thread
         self._relays_of: dict[str, int] = {}
+        self._upstreams_of: dict[str, list[tuple[str, int]]] = {}
         self._full_logged: dict[str, float] = {}
         self._token: trio.lowlevel.TrioToken | None = None
         self._scopes: dict[str, trio.CancelScope] = {}
@@ -161,13 +162,20 @@ class DnsServer:
             self._started.set()
             await trio.sleep_forever()
 
-    def add(self, key: str, sock: socket.socket) -> None:
-        """Serve ``sock`` (UDP, bound to 127.0.0.11:53 in a container) for ``key``."""
+    def add(self, key: str, sock: socket.socket,
+            upstreams: list[tuple[str, int]] | None = None) -> None:
+        """Serve ``sock`` (UDP, bound to 127.0.0.11:53 in a container) for ``key``;
+        ``upstreams``: that container's own (``--dns``) instead of the server's."""
         self._ensure_started()
-        trio.from_thread.run_sync(self._add, key, sock, trio_token=self._token)
+        trio.from_thread.run_sync(self._add, key, sock, upstreams, trio_token=self._token)
 
-    def _add(self, key: str, sock: socket.socket) -> None:
+    def _add(self, key: str, sock: socket.socket,
+             upstreams: list[tuple[str, int]] | None = None) -> None:
         assert self._nursery is not None
+        if upstreams is None:
+            self._upstreams_of.pop(key, None)
+        else:
+            self._upstreams_of[key] = upstreams
         scope = trio.CancelScope()
         old = self._scopes.pop(key, None)
         if old is not None:
@@ -184,6 +192,7 @@ class DnsServer:
 
     def _remove(self, key: str) -> None:
         scope = self._scopes.pop(key, None)
+        self._upstreams_of.pop(key, None)
         if scope is not None:
             scope.cancel()
 
@@ -242,7 +251,7 @@ class DnsServer:
             if found is not None:
                 _send(raw, answer(packet, end, found, qtype), peer)
                 return
-        if not self.upstreams:
+        if not self._upstreams_of.get(key, self.upstreams):
             _send(raw, failure(packet, RCODE_SERVFAIL), peer)
             return
         mine = self._relays_of.get(key, 0)
@@ -268,7 +277,7 @@ class DnsServer:
                      peer: tuple[str, int]) -> None:
         try:
             try:
-                reply = await self._forward(packet)
+                reply = await self._forward(packet, self._upstreams_of.get(key, self.upstreams))
             except OSError as exc:
                 # e.g. no descriptor left for the upstream socket: no traceback, since
                 # rendering one may itself need descriptors (lazy imports of the
@@ -288,8 +297,8 @@ class DnsServer:
                 self._relays_of.pop(key, None)
                 self._full_logged.pop(key, None)
 
-    async def _forward(self, packet: bytes) -> bytes:
-        for host, port in self.upstreams:
+    async def _forward(self, packet: bytes, upstreams: list[tuple[str, int]]) -> bytes:
+        for host, port in upstreams:
             with trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as up:
                 try:
                     await up.connect((host, port))

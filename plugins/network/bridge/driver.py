@@ -320,7 +320,9 @@ class BridgeNetworkDriver:
                 self._dns_members[endpoint.container_id] = (
                     self._dns_members.get(endpoint.container_id, 0) + 1)
         if sock is not None:
-            self.dns.add(endpoint.container_id, sock)
+            self.dns.add(endpoint.container_id, sock,
+                         parse_upstreams(endpoint.dns_servers) if endpoint.dns_servers
+                         else None)
 
     def leave(self, endpoint: Endpoint) -> None:
         from pyroute2 import IPRoute
