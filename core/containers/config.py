@@ -169,7 +169,7 @@ def _refuse_unhonoured(hc: Mapping[str, Any]) -> None:
     if hc.get("Cgroup"):
         raise InvalidConfig(
             f"HostConfig.Cgroup {hc['Cgroup']!r}: joining another container's cgroup is "
-            "not supported by skiff yet; use --cgroup-parent")
+            "not supported by skiff yet")
 
 
 def dns_settings(hc: Mapping[str, Any]) -> tuple[list[str], list[str], list[str]]:

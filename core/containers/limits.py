@@ -147,11 +147,30 @@ def validate(r: Resources, ncpu: int | None = None) -> None:
 
 def check(host_config: Mapping[str, Any], cgroups: CgroupDriver | None) -> Resources:
     """The daemon's check at create and update: Docker's, then the driver's."""
+    _refuse_unhonoured(host_config)
     resources = resources_from(host_config)
     validate(resources)
     if cgroups is not None:
         cgroups.validate(resources)
     return resources
+
+
+def _refuse_unhonoured(hc: Mapping[str, Any]) -> None:
+    """Resources skiff cannot apply yet are refused, never silently dropped."""
+    if hc.get("IOMaximumBandwidth") or hc.get("IOMaximumIOps"):
+        # dockerd's words
+        raise ValueError("Invalid QoS settings: linux does not support Maximum IO Bandwidth "
+                         "or Maximum IO IOps")
+    if hc.get("CpuCount") or hc.get("CpuPercent"):
+        raise ValueError("CpuCount and CpuPercent are Windows-only; on Linux use --cpus "
+                         "(NanoCpus) or --cpu-quota")
+    if hc.get("CgroupParent"):
+        raise ValueError(
+            f"CgroupParent {hc['CgroupParent']!r}: a cgroup parent per container is not "
+            "supported by skiff yet; set daemon.json cgroup-parent for all containers")
+    if hc.get("DeviceRequests"):
+        raise ValueError("DeviceRequests (--gpus): no device driver is installed in skiff; "
+                         "pass devices with --device")
 
 
 def field_name(field: str) -> str:

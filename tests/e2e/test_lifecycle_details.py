@@ -414,7 +414,10 @@ def test_out_of_range_values_refused(sbs: SideBySide, host_config: dict[str, Any
     ({"Cgroup": "container:x"}, "Cgroup"),
     ({"Dns": ["not-an-address"]}, "not-an-address is not an ip address"),
     ({"DnsSearch": ["a.example\nnameserver 10.0.0.1"]}, "DnsSearch"),
-], ids=["sysctls", "cgroup", "dns", "search"])
+    ({"CgroupParent": "elsewhere"}, "daemon.json cgroup-parent"),
+    ({"DeviceRequests": [{"Count": -1, "Capabilities": [["gpu"]]}]}, "--gpus"),
+    ({"IOMaximumIOps": 5}, "does not support Maximum IO"),
+], ids=["sysctls", "cgroup", "dns", "search", "cgroup-parent", "gpus", "iops"])
 def test_settings_skiff_cannot_honour_are_refused(daemon: Daemon, host_config: dict[str, Any],
                                                   words: str) -> None:
     """Not dockerd's answer (it honours sysctls and joins cgroups): skiff refuses

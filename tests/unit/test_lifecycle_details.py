@@ -10,7 +10,7 @@ from wsproto.connection import Connection, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
 
 from skiff.core.api.wsattach import WebSocketStream
-from skiff.core.containers import etcfiles
+from skiff.core.containers import etcfiles, limits
 from skiff.core.containers.config import (
     InvalidConfig,
     dns_settings,
@@ -163,3 +163,16 @@ def test_resolv_conf_parts_round_trip() -> None:
     assert etcfiles._build_resolv(parts[1], parts[0], parts[2]) == text.partition("\n")[2]
     # "." is dockerd's way to say no search domain
     assert etcfiles._build_resolv(["."], ["1.1.1.1"], []) == "nameserver 1.1.1.1\n"
+
+
+@pytest.mark.parametrize("hc, words", [
+    ({"CgroupParent": "x"}, "daemon.json cgroup-parent"),
+    ({"DeviceRequests": [{"Count": 1}]}, "--gpus"),
+    ({"IOMaximumBandwidth": 1}, "Maximum IO Bandwidth"),
+    ({"CpuPercent": 50}, "Windows-only"),
+])
+def test_resources_skiff_cannot_apply_are_refused(hc: dict[str, object], words: str) -> None:
+    with pytest.raises(ValueError) as err:
+        limits.check(hc, None)
+    assert words in str(err.value)
+    limits.check({"CgroupParent": "", "DeviceRequests": [], "CpuCount": 0}, None)
