@@ -118,6 +118,8 @@ def _oserror(exc: OSError, path: str, cid: str) -> Exception:
         return NotFound(f"Could not find the file {path} in container {cid}")
     if exc.errno == errno.ENOTDIR:
         return InvalidParameter(f"{path}: not a directory")
+    if exc.errno == errno.ENAMETOOLONG:
+        return InvalidParameter(f"{path}: file name too long")
     if exc.errno == errno.ELOOP:
         return InvalidParameter(f"{path}: too many levels of symbolic links")
     if exc.errno == errno.EROFS:

@@ -82,3 +82,16 @@ def test_extract_no_overwrite_dir_non_dir(tmp_path: Path) -> None:
     assert (tmp_path / "d").is_dir()
     archive.extract(_tar("d"), str(tmp_path), whiteouts="keep")
     assert (tmp_path / "d").is_file()
+
+
+def test_lookup_errors_are_the_clients() -> None:
+    """A name longer than the kernel takes is bad input (the fuzz found a 500)."""
+    import errno
+
+    from skiff.core.errors import InvalidParameter, NotFound
+
+    too_long = cp._oserror(OSError(errno.ENAMETOOLONG, "File name too long"), "/x" * 300, "c1")
+    assert isinstance(too_long, InvalidParameter) and "file name too long" in str(too_long)
+    assert isinstance(cp._oserror(OSError(errno.ENOENT, "x"), "/a", "c1"), NotFound)
+    other = OSError(errno.EIO, "I/O error")
+    assert cp._oserror(other, "/a", "c1") is other
