@@ -496,6 +496,15 @@ class LogContext:
     container_name: str
     log_path: str  #: ``<data-root>/containers/<id>/<id>-json.log``; file drivers may use it
     options: dict[str, str]  #: ``log-opts`` merged with the container's ``--log-opt``
+    #: what ``tag`` templates and the ``labels``/``env`` options read (dockerd's
+    #: ``logger.Info``); see ``skiff.plugins.logging.common``
+    image_name: str = ""  #: the image as given at create (``busybox:latest``)
+    image_id: str = ""  #: ``sha256:<hex>``
+    labels: dict[str, str] = field(default_factory=dict)  #: the container's labels
+    env: list[str] = field(default_factory=list)  #: the container's ``KEY=value`` environment
+    command: list[str] = field(default_factory=list)  #: entrypoint and arguments
+    hostname: str = ""  #: the container's hostname
+    daemon_name: str = "skiff"
 
 
 class LogFactory(Protocol):
