@@ -81,7 +81,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 #: accepts any minor of the same major (see ``skiff.core.plugins``).  Major 1
 #: is the contract before versions, when network options and endpoint data
 #: crossed it as dicts; 2 made them records.
-CONTRACT_VERSION = "2.2"
+CONTRACT_VERSION = "2.3"
 #: the contract of a plugin that declares none: it was written before versions
 UNDECLARED_CONTRACT = "1.0"
 #: the module attribute holding a plugin's declared contract version
@@ -505,6 +505,15 @@ class LogContext:
     command: list[str] = field(default_factory=list)  #: entrypoint and arguments
     hostname: str = ""  #: the container's hostname
     daemon_name: str = "skiff"
+
+
+#: ``--log-opt`` keys the daemon handles for every driver (delivery mode and
+#: the dual-logging cache, as dockerd's ``logger`` package does): a driver's
+#: validation must let them through, and ``LogContext.options`` never holds them.
+GENERIC_LOG_OPTIONS = frozenset({
+    "mode", "max-buffer-size",
+    "cache-disabled", "cache-max-size", "cache-max-file", "cache-compress",
+})
 
 
 class LogFactory(Protocol):

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable
 import structlog
 
 from skiff.core.containers.framing import STREAM_TYPES, multiplex_frame
+from skiff.core.containers.logopts import driver_options
 from skiff.core.containers.logread import LogCursor, RecordedLog
 from skiff.core.containers.model import Container
 from skiff.core.containers.registry import ContainerRegistry, ToThread
@@ -34,7 +35,7 @@ def log_context(c: Container) -> LogContext:
     """What ``c``'s log driver is told about it."""
     lc = c.host_config.get("LogConfig") or {}
     return LogContext(container_id=c.id, container_name=c.name, log_path=c.log_path,
-                      options=dict(lc.get("Config") or {}),
+                      options=driver_options(lc.get("Config") or {}),
                       image_name=str(c.config.get("Image") or ""), image_id=c.image_id,
                       labels=dict(c.config.get("Labels") or {}),
                       env=list(c.config.get("Env") or []),
