@@ -459,7 +459,13 @@ class ReadConfig:
 
 @runtime_checkable
 class LogDriver(Protocol):
-    """Where a container's stdout and stderr go."""
+    """Where a container's stdout and stderr go.
+
+    A driver that cannot read its messages back (syslog, journald) sets a
+    class attribute ``readable = False`` (absent means True): the daemon then
+    keeps a local cache for ``docker logs`` beside it (dual logging, as
+    dockerd 20.10; ``cache-*`` options), and never calls its ``read``.
+    """
 
     name: str
 
