@@ -81,7 +81,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 #: accepts any minor of the same major (see ``skiff.core.plugins``).  Major 1
 #: is the contract before versions, when network options and endpoint data
 #: crossed it as dicts; 2 made them records.
-CONTRACT_VERSION = "2.2"
+CONTRACT_VERSION = "2.3"
 #: the contract of a plugin that declares none: it was written before versions
 UNDECLARED_CONTRACT = "1.0"
 #: the module attribute holding a plugin's declared contract version
@@ -459,7 +459,13 @@ class ReadConfig:
 
 @runtime_checkable
 class LogDriver(Protocol):
-    """Where a container's stdout and stderr go."""
+    """Where a container's stdout and stderr go.
+
+    A driver that cannot read its messages back (syslog, journald) sets a
+    class attribute ``readable = False`` (absent means True): the daemon then
+    keeps a local cache for ``docker logs`` beside it (dual logging, as
+    dockerd 20.10; ``cache-*`` options), and never calls its ``read``.
+    """
 
     name: str
 
@@ -496,6 +502,24 @@ class LogContext:
     container_name: str
     log_path: str  #: ``<data-root>/containers/<id>/<id>-json.log``; file drivers may use it
     options: dict[str, str]  #: ``log-opts`` merged with the container's ``--log-opt``
+    #: what ``tag`` templates and the ``labels``/``env`` options read (dockerd's
+    #: ``logger.Info``); see ``skiff.plugins.logging.common``
+    image_name: str = ""  #: the image as given at create (``busybox:latest``)
+    image_id: str = ""  #: ``sha256:<hex>``
+    labels: dict[str, str] = field(default_factory=dict)  #: the container's labels
+    env: list[str] = field(default_factory=list)  #: the container's ``KEY=value`` environment
+    command: list[str] = field(default_factory=list)  #: entrypoint and arguments
+    hostname: str = ""  #: the container's hostname
+    daemon_name: str = "skiff"
+
+
+#: ``--log-opt`` keys the daemon handles for every driver (delivery mode and
+#: the dual-logging cache, as dockerd's ``logger`` package does): a driver's
+#: validation must let them through, and ``LogContext.options`` never holds them.
+GENERIC_LOG_OPTIONS = frozenset({
+    "mode", "max-buffer-size",
+    "cache-disabled", "cache-max-size", "cache-max-file", "cache-compress",
+})
 
 
 class LogFactory(Protocol):

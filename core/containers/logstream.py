@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable
 import structlog
 
 from skiff.core.containers.framing import STREAM_TYPES, multiplex_frame
+from skiff.core.containers.logopts import driver_options
 from skiff.core.containers.logread import LogCursor, RecordedLog
 from skiff.core.containers.model import Container
 from skiff.core.containers.registry import ContainerRegistry, ToThread
@@ -27,9 +28,18 @@ def open_log(factories: LogFactories, c: Container) -> LogDriver | None:
     name = lc.get("Type") or "json-file"
     if name == "none":
         return None
-    return factories(name)(LogContext(container_id=c.id, container_name=c.name,
-                                      log_path=c.log_path,
-                                      options=dict(lc.get("Config") or {})))
+    return factories(name)(log_context(c))
+
+
+def log_context(c: Container) -> LogContext:
+    """What ``c``'s log driver is told about it."""
+    lc = c.host_config.get("LogConfig") or {}
+    return LogContext(container_id=c.id, container_name=c.name, log_path=c.log_path,
+                      options=driver_options(lc.get("Config") or {}),
+                      image_name=str(c.config.get("Image") or ""), image_id=c.image_id,
+                      labels=dict(c.config.get("Labels") or {}),
+                      env=list(c.config.get("Env") or []),
+                      command=[c.path, *c.args], hostname=str(c.config.get("Hostname") or ""))
 
 
 def log_readable(c: Container) -> bool:

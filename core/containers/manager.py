@@ -40,6 +40,7 @@ from skiff.core.containers.config import (
     parse_signal,
 )
 from skiff.core.containers.config import runtime as config_runtime
+from skiff.core.containers.logopts import check_generic
 from skiff.core.containers.logstream import LogStreams, open_log
 from skiff.core.containers.model import Container, State
 from skiff.core.containers.networking import NetworkAttachment
@@ -197,6 +198,7 @@ class ContainerManager:
             mount_plan = container_mounts.plan(cfg, hc)
             hc["LogConfig"] = log_config(hc.get("LogConfig"), self.config["log-driver"],
                                          self.config["log-opts"])
+            check_generic(hc["LogConfig"]["Config"])
             if hc["LogConfig"]["Type"] != "none":  # none: no driver, nothing kept
                 self.plugins.factory("logging", hc["LogConfig"]["Type"])
             hc["Runtime"] = config_runtime(hc.get("Runtime"), self.config["default-runtime"])

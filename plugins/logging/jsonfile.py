@@ -35,7 +35,13 @@ from collections.abc import Iterator, Mapping
 from json.encoder import encode_basestring
 from typing import IO, Any
 
-from skiff.core.hookspecs import LogContext, LogMessage, ReadConfig, hookimpl
+from skiff.core.hookspecs import (
+    GENERIC_LOG_OPTIONS,
+    LogContext,
+    LogMessage,
+    ReadConfig,
+    hookimpl,
+)
 from skiff.core.timefmt import parse_rfc3339
 
 NAME = "json-file"
@@ -424,4 +430,5 @@ def skiff_container_validate(host_config: Mapping[str, Any]) -> None:
     """Unknown or bad log opts are refused at create, as dockerd does, not at start."""
     lc = host_config.get("LogConfig") or {}
     if lc.get("Type") == NAME:
-        parse_options(dict(lc.get("Config") or {}))
+        parse_options({k: v for k, v in (lc.get("Config") or {}).items()
+                       if k not in GENERIC_LOG_OPTIONS})

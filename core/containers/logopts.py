@@ -1,0 +1,21 @@
+"""The ``--log-opt`` keys the daemon handles for every driver
+(``hookspecs.GENERIC_LOG_OPTIONS``): checked at create, kept out of what the
+driver is given."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from skiff.core.containers.config import InvalidConfig
+from skiff.core.hookspecs import GENERIC_LOG_OPTIONS
+
+
+def check_generic(options: Mapping[str, str]) -> None:
+    """Refuse the generic options skiff does not carry out yet."""
+    for key in sorted(GENERIC_LOG_OPTIONS & options.keys()):
+        raise InvalidConfig(f"log opt '{key}' is not supported by skiff yet")
+
+
+def driver_options(options: Mapping[str, str]) -> dict[str, str]:
+    """``options`` without the daemon's own keys: what the driver sees."""
+    return {k: v for k, v in options.items() if k not in GENERIC_LOG_OPTIONS}
