@@ -21,6 +21,8 @@ from typing import Any
 
 import trio
 
+from skiff.core import metrics
+
 #: events kept for replay (``since``)
 HISTORY = 1024
 #: events queued per subscriber before it is dropped as too slow
@@ -78,6 +80,7 @@ class EventBus:
         event = Event(type, action, actor_id,
                       {k: str(v) for k, v in (attributes or {}).items()}, time.time_ns())
         self._ring.append(event)
+        metrics.events.inc()
         for send in list(self._subscribers):
             try:
                 send.send_nowait(event)
