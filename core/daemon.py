@@ -70,7 +70,11 @@ def pidfile(path: str) -> Iterator[None]:
 async def serve(config: dict[str, Any]) -> None:
     from skiff.core.api.app import build_router
     from skiff.core.api.http import serve_unix
-    from skiff.core.api.metricsserver import open_metrics_listeners, serve_metrics
+    from skiff.core.api.metricsserver import (
+        describe_engine,
+        open_metrics_listeners,
+        serve_metrics,
+    )
     from skiff.core.engine import Engine
 
     # bound first: an address that cannot be had refuses the start before
@@ -87,6 +91,7 @@ async def serve(config: dict[str, Any]) -> None:
     router = build_router(engine)
     if listeners:
         router.observe = metrics.observe_request  # counted only while someone can read it
+        describe_engine(engine)
     async with trio.open_nursery() as engine_nursery:
         await engine.start(engine_nursery)
         try:

@@ -12,16 +12,23 @@ from __future__ import annotations
 
 import errno
 import os
+import platform
+from typing import TYPE_CHECKING
 
 import structlog
 import trio
 
+from skiff import __version__
 from skiff.core import metrics
+from skiff.core.api import system
 from skiff.core.api.connection import serve_connection
 from skiff.core.api.router import Request, Response, Router
 from skiff.core.config import ConfigError, metrics_address, metrics_on_loopback
 
-__all__ = ["metrics_router", "open_metrics_listeners", "serve_metrics"]
+if TYPE_CHECKING:
+    from skiff.core.engine import Engine
+
+__all__ = ["describe_engine", "metrics_router", "open_metrics_listeners", "serve_metrics"]
 
 log = structlog.get_logger("skiff.metrics")
 
@@ -34,6 +41,26 @@ def metrics_router(registry: metrics.Registry = metrics.REGISTRY) -> Router:
         return Response(200, registry.render(), metrics.CONTENT_TYPE)
 
     return router
+
+
+def describe_engine(engine: Engine) -> None:
+    """dockerd's facts about the engine and its host: ``engine_daemon_engine_info``
+    (value 1, the facts in its labels), the CPUs and the memory."""
+    facts = (("version", __version__), ("commit", ""), ("architecture", system._arch()),
+             ("graphdriver", engine.storage_name), ("kernel", platform.release()),
+             ("os", system._os_release()), ("os_type", "linux"), ("os_version", ""),
+             ("daemon_id", system._daemon_id(engine)))
+    metrics.on_scrape("engine_daemon_engine_info",
+                      "The information related to the engine and the OS it is running on",
+                      lambda: [(tuple(v for _, v in facts), 1)],
+                      labelnames=tuple(k for k, _ in facts))
+    cpus = os.cpu_count() or 0
+    metrics.on_scrape("engine_daemon_engine_cpus_cpus",
+                      "The number of cpus that the host system of the engine has", lambda: cpus)
+    memory = system._mem_total()
+    metrics.on_scrape("engine_daemon_engine_memory_bytes",
+                      "The number of bytes of memory that the host system of the engine has",
+                      lambda: memory)
 
 
 async def open_metrics_listeners(addr: str) -> list[trio.SocketListener]:

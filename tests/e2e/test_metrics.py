@@ -269,3 +269,14 @@ def test_non_loopback_address_served_with_a_warning(tmp_path: Path) -> None:
         assert "metrics.exposed" in d.logs()
         assert Metrics(f"http://127.0.0.1:{port}/metrics").get(
             "engine_daemon_container_states_containers", state="running") == 0
+
+
+def test_engine_facts(daemon: Daemon, m: Metrics) -> None:
+    got = m.scrape()
+    assert m.get("engine_daemon_engine_cpus_cpus") == os.cpu_count()
+    assert m.get("engine_daemon_engine_memory_bytes") > 0
+    info = [dict(labels) for name, labels in got if name == "engine_daemon_engine_info"]
+    assert len(info) == 1
+    assert info[0]["os_type"] == "linux"
+    assert info[0]["graphdriver"] == ok(daemon, "info", "--format", "{{.Driver}}")
+    assert info[0]["daemon_id"] == ok(daemon, "info", "--format", "{{.ID}}")
