@@ -289,6 +289,9 @@ class Engine:
         metrics.on_scrape("engine_daemon_container_states_containers",
                           "The count of containers in various states", self._container_states,
                           labelnames=("state",))
+        metrics.on_scrape("engine_daemon_events_subscribers_total",
+                          "The number of current subscribers to events",
+                          lambda: self.events.subscribers)
 
     def _container_states(self) -> list[tuple[tuple[str], int]]:
         """dockerd's three states: created, exited and dead containers are stopped."""

@@ -74,6 +74,11 @@ class EventBus:
         self._ring: deque[Event] = deque(maxlen=history)
         self._subscribers: set[trio.MemorySendChannel[Event]] = set()
 
+    @property
+    def subscribers(self) -> int:
+        """How many ``docker events`` streams are open."""
+        return len(self._subscribers)
+
     def publish(self, type: str, action: str, actor_id: str,
                 attributes: Mapping[str, str] | None = None) -> Event:
         """Record and fan out one event.  Call from the trio thread."""

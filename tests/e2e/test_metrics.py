@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+import subprocess
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +22,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.builds import build, write_tree
-from tests.daemon import Daemon, daemon_config, poll, running_daemon
+from tests.daemon import DOCKER, Daemon, daemon_config, poll, running_daemon
 
 #: never through a proxy the environment may name
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -280,3 +281,21 @@ def test_engine_facts(daemon: Daemon, m: Metrics) -> None:
     assert info[0]["os_type"] == "linux"
     assert info[0]["graphdriver"] == ok(daemon, "info", "--format", "{{.Driver}}")
     assert info[0]["daemon_id"] == ok(daemon, "info", "--format", "{{.ID}}")
+
+
+def test_events_counted_and_subscribers_gauged(daemon: Daemon, m: Metrics) -> None:
+    subscribers = "engine_daemon_events_subscribers_total"
+    before_subs = m.get(subscribers)
+    before_events = m.get("engine_daemon_events_total")
+    watcher = subprocess.Popen([DOCKER, "events"], env=daemon.env(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        poll(lambda: m.get(subscribers) == before_subs + 1, what="an events subscriber")
+        name = unique("metrics-events")
+        ok(daemon, "create", "--name", name, "busybox", "true")
+        ok(daemon, "rm", name)
+        assert m.get("engine_daemon_events_total") >= before_events + 2  # create, destroy
+    finally:
+        watcher.terminate()
+        watcher.wait(10)
+    poll(lambda: m.get(subscribers) == before_subs, what="the subscriber gone")
