@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import builtins
+import ipaddress
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -119,6 +120,9 @@ OPTIONS: tuple[Option, ...] = (
     # data-root, so an unbounded one can fill the disk (skiff-specific)
     Option("builder-max-context-size", int, 8 << 30, None,
            help="largest build context accepted, in bytes after decompression"),
+    Option("metrics-addr", str, "", "--metrics-addr",
+           help="host:port to serve Prometheus metrics on (GET /metrics); empty: not served. "
+                "A host that is not a loopback address exposes them to that network"),
 )
 
 BY_KEY: dict[str, Option] = {o.key: o for o in OPTIONS}
@@ -356,11 +360,47 @@ def validate(config: Mapping[str, Any], path: str) -> None:
             f"{path}: 'live-restore' is not supported by this version of skiff yet; "
             "remove it or set it to false (containers stop with the daemon)"
         )
+    if config["metrics-addr"]:
+        try:
+            metrics_address(config["metrics-addr"])
+        except ValueError as exc:
+            raise ConfigError(
+                f"{path}: invalid value for 'metrics-addr': {config['metrics-addr']!r}: {exc}"
+            ) from None
     for host in config["hosts"]:
         if not host.startswith("unix://"):
             raise ConfigError(
                 f"{path}: invalid 'hosts' entry {host!r}: only unix:// sockets are supported"
             )
+
+
+def metrics_address(text: str) -> tuple[str, int]:
+    """``(host, port)`` of a ``metrics-addr``: ``127.0.0.1:9323``, ``[::1]:9323``,
+    ``localhost:9323``.  The host must be an IP address or ``localhost`` (skiff
+    resolves no other name, so what the metrics listen on is never a DNS
+    answer); the port must be 1-65535 (0 would listen where nobody looks)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise ValueError("expected host:port, e.g. 127.0.0.1:9323")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        if ":" not in host:
+            raise ValueError("brackets are for IPv6 addresses, e.g. [::1]:9323")
+    elif ":" in host:
+        raise ValueError("an IPv6 address takes brackets, e.g. [::1]:9323")
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"the port must be a number from 1 to 65535, got {port!r}")
+    if host != "localhost":
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(
+                f"the host must be an IP address or localhost, got {host!r}") from None
+    return host, int(port)
+
+
+def metrics_on_loopback(host: str) -> bool:
+    return host == "localhost" or ipaddress.ip_address(host).is_loopback
 
 
 def storage_options(config: Mapping[str, Any], driver: str) -> dict[str, str]:

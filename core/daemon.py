@@ -15,6 +15,7 @@ import structlog
 import trio
 
 from skiff import __version__
+from skiff.core import metrics
 from skiff.core.config import ConfigError, load, socket_paths
 from skiff.core.plugins import PluginLoadError, load_plugins
 
@@ -69,11 +70,28 @@ def pidfile(path: str) -> Iterator[None]:
 async def serve(config: dict[str, Any]) -> None:
     from skiff.core.api.app import build_router
     from skiff.core.api.http import serve_unix
+    from skiff.core.api.metricsserver import (
+        describe_engine,
+        open_metrics_listeners,
+        serve_metrics,
+    )
     from skiff.core.engine import Engine
 
-    plugins = load_plugins()
-    engine = Engine(config, plugins)
+    # bound first: an address that cannot be had refuses the start before
+    # anything else is done
+    listeners = (await open_metrics_listeners(config["metrics-addr"])
+                 if config["metrics-addr"] else [])
+    try:
+        plugins = load_plugins()
+        engine = Engine(config, plugins)
+    except BaseException:
+        for listener in listeners:
+            await listener.aclose()
+        raise
     router = build_router(engine)
+    if listeners:
+        router.observe = metrics.observe_request  # counted only while someone can read it
+        describe_engine(engine)
     async with trio.open_nursery() as engine_nursery:
         await engine.start(engine_nursery)
         try:
@@ -81,6 +99,8 @@ async def serve(config: dict[str, Any]) -> None:
                 async with trio.open_nursery() as servers:
                     for path in socket_paths(config):
                         await servers.start(serve_unix, path, router)
+                    if listeners:
+                        await servers.start(serve_metrics, listeners)
                     log.info("daemon.ready", version=__version__, sockets=socket_paths(config),
                              storage=engine.storage_name, runtime=engine.runtime_name,
                              log_driver=config["log-driver"], cgroups=engine.cgroup_driver_name)

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import structlog
 import trio
 
-from skiff.core import userns_storage
+from skiff.core import metrics, userns_storage
 from skiff.core.builder.cache import BuildCache
 from skiff.core.builder.contextstream import tmpfs_dir
 from skiff.core.builder.rootfs import BUILD_LAYER_PREFIX
@@ -286,6 +286,17 @@ class Engine:
             pull=self._pull_for_build, to_thread=self.to_thread,
             spool_dir=os.path.join(self.data_root, "tmp"),
             max_context_size=config["builder-max-context-size"], memory_spool=tmpfs_dir())
+        metrics.on_scrape("engine_daemon_container_states_containers",
+                          "The count of containers in various states", self._container_states,
+                          labelnames=("state",))
+        metrics.on_scrape("engine_daemon_events_subscribers_total",
+                          "The number of current subscribers to events",
+                          lambda: self.events.subscribers)
+
+    def _container_states(self) -> list[tuple[tuple[str], int]]:
+        """dockerd's three states: created, exited and dead containers are stopped."""
+        _, running, paused, stopped = self.registry.counts()
+        return [(("running",), running), (("paused",), paused), (("stopped",), stopped)]
 
     def _check_installed(self, kind: str, name: str, key: str) -> None:
         try:

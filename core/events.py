@@ -21,6 +21,8 @@ from typing import Any
 
 import trio
 
+from skiff.core import metrics
+
 #: events kept for replay (``since``)
 HISTORY = 1024
 #: events queued per subscriber before it is dropped as too slow
@@ -72,12 +74,18 @@ class EventBus:
         self._ring: deque[Event] = deque(maxlen=history)
         self._subscribers: set[trio.MemorySendChannel[Event]] = set()
 
+    @property
+    def subscribers(self) -> int:
+        """How many ``docker events`` streams are open."""
+        return len(self._subscribers)
+
     def publish(self, type: str, action: str, actor_id: str,
                 attributes: Mapping[str, str] | None = None) -> Event:
         """Record and fan out one event.  Call from the trio thread."""
         event = Event(type, action, actor_id,
                       {k: str(v) for k, v in (attributes or {}).items()}, time.time_ns())
         self._ring.append(event)
+        metrics.events.inc()
         for send in list(self._subscribers):
             try:
                 send.send_nowait(event)

@@ -16,6 +16,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import trio
 
+from skiff.core import metrics
 from skiff.core.api.bridge import feed_sync_consumer
 from skiff.core.api.commit import timestamp
 from skiff.core.api.distribution import progress_response
@@ -23,7 +24,7 @@ from skiff.core.api.filters import parse_filters
 from skiff.core.api.router import Request, Router, StreamResponse
 from skiff.core.api.streams import json_line
 from skiff.core.builder.context import BuildContext, receive_context
-from skiff.core.builder.executor import Build, StepFailed
+from skiff.core.builder.executor import Build, StepFailed, failure_reason
 from skiff.core.builder.options import BuildOptions, check_platform
 from skiff.core.builder.prune import prune_cache
 from skiff.core.errors import InvalidParameter
@@ -141,15 +142,20 @@ def register(router: Router, engine: Engine) -> None:
                                    memory_spool=builds.memory_spool)
 
         context = await feed_sync_consumer(req.body_stream(), consume, engine.transfers)
+        metrics.builds_triggered.inc()
         try:
             job = Build(builds, options, context)
-        except BaseException:
+        except BaseException as exc:
+            metrics.builds_failed.inc(failure_reason(exc))
             await engine.to_thread(context.close)
             raise
 
         async def work(emit: Any) -> None:
             try:
                 await job.run(emit)
+            except BaseException as exc:
+                metrics.builds_failed.inc(failure_reason(exc))
+                raise
             finally:
                 with trio.CancelScope(shield=True):
                     await engine.to_thread(context.close)

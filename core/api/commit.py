@@ -23,7 +23,7 @@ from typing import IO, TYPE_CHECKING, Any
 import structlog
 import trio
 
-from skiff.core import archive, idshift
+from skiff.core import archive, idshift, metrics
 from skiff.core.api import bodytypes
 from skiff.core.api.bridge import stream_sync_producer
 from skiff.core.api.filters import parse_filters
@@ -109,7 +109,8 @@ def register(router: Router, engine: Engine) -> None:
         c = mgr.get(id)
         if not c.mount_id:
             raise Conflict(f"container {c.id} has no read-write layer")
-        found = await engine.to_thread(engine.storage.changes, c.mount_id, c.init_id)
+        with metrics.container_actions.time("changes"):
+            found = await engine.to_thread(engine.storage.changes, c.mount_id, c.init_id)
         out = [{"Path": "/" + ch.path.lstrip("/"), "Kind": int(ch.kind)} for ch in found]
         # Go's nil slice: Docker answers null when nothing changed
         return Response(200, json.dumps(out or None).encode(), "application/json")

@@ -208,10 +208,15 @@ class HttpConnection:
                     await self._send_response(request, response)
         except ClientDisconnected:
             self.client_gone = True
+        elapsed = time.perf_counter() - started
         log.debug("api.request", method=request.method, path=request.target,
-                  status=101 if self.hijacked else status,
-                  ms=round((time.perf_counter() - started) * 1000, 3),
+                  status=101 if self.hijacked else status, ms=round(elapsed * 1000, 3),
                   **({"disconnected": True} if self.client_gone else {}))
+        observe = self.router.observe
+        if observe is not None:
+            observe(request.operation or "unmatched",
+                    "101" if self.hijacked else str(status) if status is not None
+                    else "disconnected", elapsed)
         if self.hijacked or self.client_gone:
             return False
         if self.close_after:

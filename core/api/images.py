@@ -6,6 +6,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import IO, TYPE_CHECKING, Any
 
+from skiff.core import metrics
 from skiff.core.api.bridge import feed_sync_consumer, stream_sync_producer
 from skiff.core.api.filters import parse_filters
 from skiff.core.api.router import Request, Router, StreamResponse
@@ -44,7 +45,8 @@ def register(router: Router, engine: Engine) -> None:
         if not repo:
             raise InvalidParameter("repository name must have at least one component")
         target = repo + (":" + req.q("tag") if req.q("tag") else "")
-        new_ref = await engine.to_thread(images.tag, name, target)
+        with metrics.image_actions.time("tag"):
+            new_ref = await engine.to_thread(images.tag, name, target)
         image_event(engine, "tag", images.resolve(name), familiar_string(new_ref))
         return _created()
 

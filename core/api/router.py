@@ -206,7 +206,7 @@ class Request:
 
     __slots__ = ("_body_done", "_conn", "_query", "api_version", "body_bytes_read",
                  "content_length", "context", "headers", "hijacked", "http_version", "method",
-                 "params", "path", "query_string", "target")
+                 "operation", "params", "path", "query_string", "target")
 
     def __init__(self, method: str, target: str, headers: Headers, conn: Connection, *,
                  http_version: str = "1.1") -> None:
@@ -217,6 +217,8 @@ class Request:
         self._conn = conn
         self._query: dict[str, list[str]] | None = None
         self.params: dict[str, str] = {}
+        #: the matched route, ``"GET /containers/{id}/json"``; empty until routed
+        self.operation = ""
         self.context: Any = None
         self.hijacked = False
         self.body_bytes_read = 0
@@ -449,11 +451,14 @@ Handler = Callable[..., Awaitable[Any] | Any]
 class Route:
     """One registered (method, pattern, handler)."""
 
-    __slots__ = ("handler", "method", "pattern", "regex")
+    __slots__ = ("handler", "method", "operation", "pattern", "regex")
 
     def __init__(self, method: str, pattern: str, handler: Handler) -> None:
         self.method = method
         self.pattern = pattern
+        #: what the metrics count requests by: the pattern, never the path, so
+        #: that container IDs and scanners' paths cannot multiply the series
+        self.operation = f"{method} {pattern}"
         self.handler = handler
         self.regex: re.Pattern[str] | None = None
         if "{" in pattern:
@@ -483,6 +488,9 @@ class Router:
 
     def __init__(self, context: Any = None) -> None:
         self.context = context
+        #: called once per request answered, (operation, status, seconds), when
+        #: set: the daemon sets it while metrics are served (core.metrics)
+        self.observe: Callable[[str, str, float], None] | None = None
         self.routes: list[Route] = []
         self._static: dict[tuple[str, str], Route] = {}
         # method -> first path segment -> parametrised routes in registration order;
@@ -517,9 +525,14 @@ class Router:
 
     def match(self, method: str, path: str) -> tuple[Handler, dict[str, str]] | None:
         """The handler and path parameters for ``path`` (version prefix already removed)."""
+        found = self.find(method, path)
+        return None if found is None else (found[0].handler, found[1])
+
+    def find(self, method: str, path: str) -> tuple[Route, dict[str, str]] | None:
+        """The route and path parameters for ``path`` (version prefix already removed)."""
         route = self._static.get((method, path))
         if route is not None:
-            return route.handler, {}
+            return route, {}
         buckets = self._dynamic.get(method)
         if not buckets:
             return None
@@ -529,7 +542,7 @@ class Router:
                 # only parametrised routes, which all have a regex, are in _dynamic
                 m = route.regex.fullmatch(path)  # type: ignore[union-attr]
                 if m:
-                    return route.handler, m.groupdict()
+                    return route, m.groupdict()
         return None
 
     async def dispatch(self, request: Request) -> Response | StreamResponse | None:
@@ -538,10 +551,12 @@ class Router:
         Raises what the handler raises; 404 for an unknown route and 400 for
         an unsupported API version.
         """
-        found = self.match(request.method, request.path)
+        found = self.find(request.method, request.path)
         if found is None:
             raise NotFound("page not found")
-        handler, params = found
+        route, params = found
+        handler = route.handler
+        request.operation = route.operation
         if request.api_version != API_VERSION:
             check_version(request.api_version)
         request.params = params

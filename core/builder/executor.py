@@ -49,7 +49,7 @@ from skiff.core.builder.runconfig import (
 )
 from skiff.core.builder.services import BuildServices
 from skiff.core.dockerfile import instructions as ins
-from skiff.core.dockerfile.errors import DockerfileError
+from skiff.core.dockerfile.errors import DockerfileError, ParseError
 from skiff.core.dockerfile.parser import parse_dockerfile, parse_instruction
 from skiff.core.dockerfile.stages import SCRATCH, Stage, build_layers, plan_stages
 from skiff.core.dockerfile.words import expand
@@ -84,6 +84,25 @@ def _tag_name(tag: str) -> str:
     if ref.digest is not None:
         raise InvalidParameter(f"invalid tag {tag!r}: a tag cannot hold a digest")
     return familiar_string(ref.with_default_tag() if ref.tag is None else ref)
+
+
+def failure_reason(exc: BaseException) -> str:
+    """dockerd's ``reason`` of a failed build (``builder_builds_failed_total``);
+    a step that fails (a RUN's exit code, a missing COPY source) is an error
+    processing commands."""
+    if isinstance(exc, trio.Cancelled):
+        return "build_canceled"
+    if isinstance(exc, ParseError):
+        if exc.reason.startswith("unknown instruction"):
+            return "unknown_instruction_error"
+        if exc.reason == "file with no instructions":
+            return "dockerfile_empty_error"
+        return "dockerfile_syntax_error"
+    if isinstance(exc, DockerfileError) and str(exc).startswith("target stage"):
+        return "build_target_not_reachable_error"
+    if isinstance(exc, InvalidParameter) and "Is your Dockerfile empty" in str(exc):
+        return "dockerfile_empty_error"
+    return "error_processing_commands_error"
 
 
 class Build:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 import trio
 
+from skiff.core import metrics
 from skiff.core.timefmt import format_go_duration, parse_rfc3339, rfc3339_nano_trimmed
 
 if TYPE_CHECKING:
@@ -260,7 +261,13 @@ class HealthMonitor:
                     await trio.sleep(check.interval)
                     if c.state.Paused:
                         continue  # an exec cannot run in a frozen container
+                    metrics.health_checks.inc()
                     result = await self.run_probe(c, list(check.argv), check)
+                    if result.exit_code == -1:
+                        # dockerd's meaning: the probe did not run to an end (it
+                        # could not start, or timed out); an unhealthy exit is a
+                        # check that worked
+                        metrics.health_checks_failed.inc()
                     if scope.cancel_called or c.state.Health is None:
                         return  # the run ended while the probe ran: not its result
                     self.apply(c, result, started_at, check)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 import trio
 
+from skiff.core import metrics
 from skiff.core.containers import etcfiles, lifecycle, names, pidproof, restart
 from skiff.core.containers import limits as container_limits
 from skiff.core.containers import mounts as container_mounts
@@ -172,6 +173,7 @@ class ContainerManager:
 
     # -- create --------------------------------------------------------------
 
+    @metrics.timed(metrics.container_actions, "create")
     async def create(self, body: dict[str, Any], name: str | None) -> tuple[str, list[str]]:
         if not isinstance(body, dict):
             raise InvalidParameter("the request body must be a JSON object")
@@ -304,6 +306,7 @@ class ContainerManager:
 
     # -- start ---------------------------------------------------------------
 
+    @metrics.timed(metrics.container_actions, "start")
     async def start(self, ref: str) -> None:
         c = self.get(ref)
         track = self.tracks[c.id]
@@ -491,6 +494,7 @@ class ContainerManager:
             if not notice.event.is_set():
                 log.warning("container.kill_slow", id=c.id, waited=KILL_WAIT)
 
+    @metrics.timed(metrics.container_actions, "stop")
     async def stop(self, ref: str, timeout: int | None = None) -> None:
         c = self.get(ref)
         track = self.tracks[c.id]
@@ -550,6 +554,7 @@ class ContainerManager:
 
     # -- remove ----------------------------------------------------------------
 
+    @metrics.timed(metrics.container_actions, "delete")
     async def remove(self, ref: str, force: bool = False, volumes: bool = False) -> None:
         c = self.get(ref)
         track = self.tracks[c.id]

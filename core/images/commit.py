@@ -29,7 +29,7 @@ from typing import Any
 
 import structlog
 
-from skiff.core import idshift
+from skiff.core import idshift, metrics
 from skiff.core.images.archives.formats import host_architecture
 from skiff.core.images.dockerfile_changes import apply_changes
 from skiff.core.images.errors import InvalidReference
@@ -113,6 +113,7 @@ def _target(repo: str, tag: str) -> str | None:
     return familiar_string(ref.with_default_tag() if ref.tag is None else ref)
 
 
+@metrics.timed(metrics.container_actions, "commit")
 def commit_container(
     layers: LayerStore,
     images: ImageStore,

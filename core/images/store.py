@@ -35,6 +35,7 @@ from typing import Any
 
 import structlog
 
+from skiff.core import metrics
 from skiff.core.atomic import fsync_dir, write_atomic
 from skiff.core.images.delete_rules import (
     ACTIVE_REF,
@@ -404,6 +405,7 @@ class ImageStore:
 
     # -- delete -----------------------------------------------------------------------
 
+    @metrics.timed(metrics.image_actions, "delete")
     def delete(
         self,
         name: str,
@@ -569,6 +571,7 @@ class ImageStore:
         """``GET /images/{name}/json`` in Docker's shape."""
         return inspect_image(self, name)
 
+    @metrics.timed(metrics.image_actions, "history")
     def history(self, name: str) -> builtins.list[dict[str, Any]]:
         """``GET /images/{name}/history``: newest first, Docker's shape."""
         return image_history(self, name)

@@ -8,6 +8,7 @@ from typing import IO
 
 import structlog
 
+from skiff.core import metrics
 from skiff.core.images.archives.formats import host_architecture
 from skiff.core.images.dockerfile_changes import apply_changes
 from skiff.core.images.errors import (
@@ -25,6 +26,7 @@ from skiff.core.timefmt import now_rfc3339
 log = structlog.get_logger("skiff.images.archives")
 
 
+@metrics.timed(metrics.image_actions, "import")
 def import_tarball(
     stream: IO[bytes],
     layer_store: LayerStore,

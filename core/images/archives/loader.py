@@ -26,6 +26,7 @@ from typing import IO, Any
 
 import structlog
 
+from skiff.core import metrics
 from skiff.core.images.archives.formats import (
     _CHUNK,
     _INDEX_TYPES,
@@ -292,6 +293,7 @@ def _oci_entries(spool: _Spool) -> list[_Entry]:
     return list(by_config.values())
 
 
+@metrics.timed(metrics.image_actions, "load")
 def load(
     stream: IO[bytes],
     layer_store: LayerStore,

@@ -19,6 +19,7 @@ import tempfile
 from collections.abc import Generator, Iterator, Sequence
 from typing import IO, Any
 
+from skiff.core import metrics
 from skiff.core.archive import ChunkReader
 from skiff.core.errors import InvalidParameter
 from skiff.core.images.archives.formats import (
@@ -245,6 +246,7 @@ def _layer_blob(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+@metrics.timed(metrics.image_actions, "save")
 def save(
     names: Sequence[str],
     layer_store: LayerStore,

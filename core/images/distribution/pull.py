@@ -31,6 +31,7 @@ from typing import IO, TYPE_CHECKING, Any
 import structlog
 import trio
 
+from skiff.core import metrics
 from skiff.core.errors import InvalidParameter
 from skiff.core.images.distribution import manifest as mf
 from skiff.core.images.distribution.auth import AuthConfig
@@ -104,6 +105,7 @@ class _Counted:
         return data
 
 
+@metrics.timed(metrics.image_actions, "pull")
 async def pull(ctx: DistributionContext, ref: Reference, auth: AuthConfig | None, emit: Emit,
                stats: PullStats | None = None) -> str:
     """Pull ``ref`` into the image and layer stores; returns the image ID.

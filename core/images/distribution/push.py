@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 import trio
 
+from skiff.core import metrics
 from skiff.core.images.distribution import manifest as mf
 from skiff.core.images.distribution.auth import AuthConfig
 from skiff.core.images.distribution.client import RepositoryClient
@@ -85,6 +86,7 @@ def compress_layer(layers: Any, chain_id: str, dest: str,
     return "sha256:" + sha.hexdigest(), sink.n
 
 
+@metrics.timed(metrics.image_actions, "push")
 async def push(ctx: DistributionContext, name: str, tag: str, auth: AuthConfig | None,
                emit: Emit) -> list[dict[str, Any]]:
     """Push ``name:tag`` (every tag of ``name`` when ``tag`` is empty).
