@@ -83,7 +83,7 @@ def test_blocking_writes_through_and_counts_failures(tmp_path: Path) -> None:
     d = logdelivery.deliver(JsonFileDriver(ctx), {}, ctx.container_id)
     assert isinstance(d, logdelivery.BlockingDelivery) and d.readable and d.name == "json-file"
     d.write(msg("a\n"))
-    assert list(d.read(ReadConfig()))[0].line == b"a\n"  # in the file when write returns
+    assert next(iter(d.read(ReadConfig()))).line == b"a\n"  # in the file when write returns
     d.close()
 
     gone = GatedDriver()
