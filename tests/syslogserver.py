@@ -168,3 +168,20 @@ class SyslogServer:
         self._thread.join(2)
         self.sock.close()
         self.drop_connections()
+
+
+class StalledServer:
+    """A TCP syslog server that takes connections (the kernel's backlog does)
+    and never reads: the sender's buffers fill and its sends block."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.address = f"tcp://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        """Gone: the connections waiting in the backlog are reset."""
+        self.sock.close()
