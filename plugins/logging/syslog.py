@@ -249,13 +249,26 @@ class _Conn:
         self.stream = stream
 
     def hung_up(self) -> bool:
-        """A syslog server never speaks: a readable stream socket is one the
-        server closed (EOF) or reset."""
+        """Whether the server closed (EOF) or reset a stream connection.
+
+        A syslog server sends nothing, but TLS 1.3 servers do (session
+        tickets): a readable socket is read, without waiting, to tell
+        those from an end."""
         if not self.stream:
             return False
         p = select.poll()
         p.register(self.sock.fileno(), select.POLLIN | select.POLLHUP | select.POLLERR)
-        return bool(p.poll(0))
+        if not p.poll(0):
+            return False
+        self.sock.setblocking(False)
+        try:
+            return self.sock.recv(4096) == b""
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+            return False  # only TLS records of its own: still there
+        except OSError:
+            return True
+        finally:
+            self.sock.settimeout(TIMEOUT)
 
     def send(self, data: bytes) -> None:
         if self.stream:
