@@ -149,8 +149,15 @@ class _Delivery:
 class BlockingDelivery(_Delivery):
     """``mode=blocking``: the caller writes through the driver and waits for it."""
 
+    def __init__(self, driver: LogDriver, container_id: str) -> None:
+        super().__init__(driver, container_id)
+        self._write = driver.write  # bound once: this is every line's path
+
     def write(self, msg: LogMessage) -> None:
-        self._write_through(msg)
+        try:
+            self._write(msg)
+        except OSError as exc:
+            self.drops.add(1, f"the {self.name} driver failed to write: {exc}")
 
     def close(self) -> None:
         try:
