@@ -77,7 +77,7 @@ def shape(msg: bytes) -> bytes:
 
 
 def run_logged(side: Side, name: str, *opts: str, script: str) -> Any:
-    args = ["run", "--rm", "--name", name, "--log-driver", "syslog"]
+    args = ["run", "--rm", "--name", name, "--network", "none", "--log-driver", "syslog"]
     for opt in opts:
         args += ["--log-opt", opt]
     return side.docker(*args, "busybox", "sh", "-c", script)
@@ -122,7 +122,7 @@ def test_syslog_lines_as_dockerd_sends_them(twin: SideBySide, tmp_path: Path,
 def create_status(side: Side, log_config: dict[str, Any]) -> tuple[int, str]:
     res = side.raw("POST", "/containers/create", params={"name": unique("bad")},
                    json={"Image": "busybox", "Cmd": ["true"],
-                         "HostConfig": {"LogConfig": log_config}})
+                         "HostConfig": {"LogConfig": log_config, "NetworkMode": "none"}})
     if res.status_code == 201:
         side.raw("DELETE", f"/containers/{res.json()['Id']}", params={"force": "1"})
         return 201, ""
@@ -152,8 +152,8 @@ def test_unreachable_server_fails_the_start_as_dockerd(twin: SideBySide) -> None
     def on(side: Side) -> tuple[int, str, str]:
         name = unique("gone")
         res = side.raw("POST", "/containers/create", params={"name": name}, json={
-            "Image": "busybox", "Cmd": ["true"], "HostConfig": {"LogConfig": {
-                "Type": "syslog", "Config": {"syslog-address": server.address}}}})
+            "Image": "busybox", "Cmd": ["true"], "HostConfig": {"NetworkMode": "none",
+                "LogConfig": {"Type": "syslog", "Config": {"syslog-address": server.address}}}})
         assert res.status_code == 201, res.text
         try:
             start = side.raw("POST", f"/containers/{name}/start")
@@ -195,8 +195,8 @@ def test_server_gone_the_container_runs_on_and_drops_are_counted(
         opts = ["--log-opt", f"syslog-address={server.address}", "--log-opt", f"mode={mode}"]
         if mode == "non-blocking":
             opts += ["--log-opt", "max-buffer-size=64k"]
-        cid = daemon.docker("run", "-d", "--log-driver", "syslog", *opts, "busybox",
-                            "sh", "-c", WRITER, check=True).stdout.decode().strip()
+        cid = daemon.docker("run", "-d", "--network", "none", "--log-driver", "syslog", *opts,
+                            "busybox", "sh", "-c", WRITER, check=True).stdout.decode().strip()
         poll(lambda: server.connections, what="the driver's connection")
         server.stop()
         t0 = time.monotonic()
@@ -226,7 +226,7 @@ def test_a_stalled_server_blocks_only_a_blocking_container(daemon: Daemon) -> No
     try:
         for mode in ("non-blocking", "blocking"):
             ids[mode] = daemon.docker(
-                "run", "-d", "--log-driver", "syslog", "--log-opt",
+                "run", "-d", "--network", "none", "--log-driver", "syslog", "--log-opt",
                 f"syslog-address={stalled.address}", "--log-opt", f"mode={mode}",
                 "busybox", "sh", "-c", big, check=True).stdout.decode().strip()
         t0 = time.monotonic()
@@ -250,7 +250,8 @@ def test_a_stalled_server_blocks_only_a_blocking_container(daemon: Daemon) -> No
 
 def test_journald_refused_without_a_journal_then_delivers(daemon: Daemon,
                                                           journal_path: Path) -> None:
-    res = daemon.docker("run", "--rm", "--log-driver", "journald", "busybox", "true")
+    res = daemon.docker("run", "--rm", "--network", "none", "--log-driver", "journald",
+                        "busybox", "true")
     assert res.returncode != 0
     assert (f"journald is not enabled on this host: no journal listening on {journal_path}"
             in res.stderr.decode())
@@ -259,7 +260,8 @@ def test_journald_refused_without_a_journal_then_delivers(daemon: Daemon,
     sock.settimeout(10)
     name = unique("journal")
     try:
-        res = daemon.docker("run", "--rm", "--name", name, "--log-driver", "journald",
+        res = daemon.docker("run", "--rm", "--name", name, "--network", "none",
+                            "--log-driver", "journald",
                             "--label", "com.example.team=a", "--log-opt", "labels=com.example.team",
                             "busybox", "sh", "-c", "echo hello; echo oops >&2")
         assert res.returncode == 0, res.stderr
