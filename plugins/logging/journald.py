@@ -42,12 +42,12 @@ import struct
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from skiff.core.errors import SkiffError
 from skiff.core.hookspecs import (
     GENERIC_LOG_OPTIONS,
     LogContext,
     LogMessage,
     ReadConfig,
-    StartError,
     hookimpl,
 )
 from skiff.plugins.logging.common import (
@@ -132,7 +132,7 @@ class JournaldDriver:
             self.sock = _connect(socket_path())
         except (ValueError, OSError) as exc:
             reason = unavailable() if isinstance(exc, OSError) else str(exc)
-            raise StartError(f"failed to initialize logging driver: {reason or exc}") from None
+            raise SkiffError(f"failed to initialize logging driver: {reason or exc}") from None
         fields = {
             "CONTAINER_ID": ctx.container_id[:12],
             "CONTAINER_ID_FULL": ctx.container_id,

@@ -69,12 +69,12 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from skiff.core.errors import SkiffError
 from skiff.core.hookspecs import (
     GENERIC_LOG_OPTIONS,
     LogContext,
     LogMessage,
     ReadConfig,
-    StartError,
     hookimpl,
 )
 from skiff.plugins.logging.common import check_attribute_options, check_tag, render_tag
@@ -353,7 +353,7 @@ class SyslogDriver:
             self.address, facility, self.format = parse_options(ctx.options)
             self.tag = render_tag(ctx)
         except ValueError as exc:
-            raise StartError(f"failed to initialize logging driver: {exc}") from None
+            raise SkiffError(f"failed to initialize logging driver: {exc}") from None
         self.facility = facility
         self.tls = tls_context(ctx.options) if self.address.proto == "tcp+tls" else None
         # RFC 5425's octet counting on TLS with the RFC 5424 formats, as dockerd
@@ -364,7 +364,7 @@ class SyslogDriver:
         try:
             self._conn: _Conn | None = dial(self.address, self.tls)
         except OSError as exc:
-            raise StartError(f"failed to initialize logging driver: {exc.strerror or exc}"
+            raise SkiffError(f"failed to initialize logging driver: {exc.strerror or exc}"
                              ) from None
 
     def _frame(self, msg: LogMessage) -> bytes | None:

@@ -29,8 +29,10 @@ class GatedDriver:
         self.failing = False
         self.got: list[bytes] = []
         self.closed = threading.Event()
+        self.entered = threading.Event()
 
     def write(self, msg: LogMessage) -> None:
+        self.entered.set()
         self.gate.wait()
         if self.failing:
             raise ConnectionRefusedError(111, "Connection refused")
@@ -136,6 +138,7 @@ def test_non_blocking_default_buffer_and_close_gives_up_on_a_stuck_driver(
     before = logdelivery.dropped_total()
     for _ in range(50):
         d.write(msg("x\n"))
+    assert stuck.entered.wait(5)  # the drainer is inside the driver's write
     t0 = time.monotonic()
     d.close()
     assert time.monotonic() - t0 < 2.0  # the container's exit is not held by a dead remote

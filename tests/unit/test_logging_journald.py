@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from skiff.core.hookspecs import LogContext, LogMessage, StartError
+from skiff.core.errors import SkiffError
+from skiff.core.hookspecs import LogContext, LogMessage
 from skiff.plugins.logging import journald
 
 CID = "0123456789ab" + "c" * 52
@@ -81,7 +82,7 @@ def test_refused_at_create_without_a_journal(tmp_path: Path,
         journald.skiff_container_validate({"LogConfig": {"Type": "journald", "Config": {}}})
     assert str(exc.value) == (f"journald is not enabled on this host: no journal listening on "
                               f"{tmp_path / 'none'} (No such file or directory)")
-    with pytest.raises(StartError, match="journald is not enabled on this host"):
+    with pytest.raises(SkiffError, match="journald is not enabled on this host"):
         journald.JournaldDriver(ctx())
 
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from skiff.core.hookspecs import LogContext, LogMessage, StartError
+from skiff.core.errors import SkiffError
+from skiff.core.hookspecs import LogContext, LogMessage
 from skiff.plugins.logging import syslog
 from tests.syslogserver import SyslogServer, make_ca
 
@@ -179,7 +180,7 @@ def test_tcp_tls_default_format_is_newline_framed_and_verification(
     assert s.wait_for(1) == f"<30>{stamp()} 0123456789ab[{PID}]: plain\n".encode()
     d.close()
     # a server the CA did not sign: refused at start ...
-    with pytest.raises(StartError, match="failed to initialize logging driver: dial tcp"):
+    with pytest.raises(SkiffError, match="failed to initialize logging driver: dial tcp"):
         syslog.SyslogDriver(ctx(**{"syslog-address": s.address,
                                    "syslog-tls-ca-cert": str(other_ca)}))
     # ... unless verification is off (the key's presence is enough, as dockerd)
@@ -209,7 +210,7 @@ def test_unixgram_and_unix(servers: list[SyslogServer], tmp_path: Path) -> None:
 def test_default_address_without_a_local_syslog_fails_the_start() -> None:
     if any(os.path.exists(p) and stat.S_ISSOCK(os.stat(p).st_mode) for p in syslog.LOCAL_PATHS):
         pytest.skip("this host has a local syslog socket")
-    with pytest.raises(StartError, match="Unix syslog delivery error"):
+    with pytest.raises(SkiffError, match="Unix syslog delivery error"):
         syslog.SyslogDriver(ctx())
 
 
@@ -219,7 +220,7 @@ def test_default_address_without_a_local_syslog_fails_the_start() -> None:
 def test_unreachable_server_fails_the_start(servers: list[SyslogServer]) -> None:
     s = serve(servers, "tcp")
     s.stop()
-    with pytest.raises(StartError) as exc:
+    with pytest.raises(SkiffError) as exc:
         syslog.SyslogDriver(ctx(**{"syslog-address": s.address}))
     assert str(exc.value) == (f"failed to initialize logging driver: dial tcp 127.0.0.1:{s.port}: "
                               "connect: connection refused")
