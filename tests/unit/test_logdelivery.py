@@ -105,18 +105,18 @@ def test_non_blocking_never_waits_and_drops_what_does_not_fit() -> None:
     before = logdelivery.dropped_total()
     d = logdelivery.deliver(stalled, {"mode": "non-blocking", "max-buffer-size": "100"}, "e" * 64)
     assert isinstance(d, logdelivery.NonBlockingDelivery) and d.max_bytes == 100
+    d.write(msg(f"{0:09d}\n"))  # 10 bytes each
+    assert stalled.entered.wait(5)  # the drainer took it and is stuck in the driver
     t0 = time.monotonic()
-    for i in range(1000):
-        d.write(msg(f"{i:09d}\n"))  # 10 bytes each
+    for i in range(1, 1000):
+        d.write(msg(f"{i:09d}\n"))
     assert time.monotonic() - t0 < 1.0  # the driver is stalled; the writer is not
     stalled.gate.set()
     d.close()
     assert stalled.closed.is_set()
-    # the drainer took one message before stalling, then ten fit the buffer
-    kept = len(stalled.got)
-    assert 10 <= kept <= 11
-    assert stalled.got == [f"{i:09d}\n".encode() for i in range(kept)]  # in order, oldest kept
-    assert logdelivery.dropped_total() - before == 1000 - kept
+    # the one being written, then the ten that fit the buffer, in order; the rest dropped
+    assert stalled.got == [f"{i:09d}\n".encode() for i in range(11)]
+    assert logdelivery.dropped_total() - before == 1000 - 11
 
 
 def test_a_message_larger_than_the_buffer_goes_through_alone() -> None:
