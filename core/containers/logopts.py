@@ -6,13 +6,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from skiff.core.containers import logdelivery
 from skiff.core.containers.config import InvalidConfig
 from skiff.core.hookspecs import GENERIC_LOG_OPTIONS
 
 
 def check_generic(options: Mapping[str, str]) -> None:
-    """Refuse the generic options skiff does not carry out yet."""
-    for key in sorted(GENERIC_LOG_OPTIONS & options.keys()):
+    """Check the generic options; refuse those skiff does not carry out yet."""
+    logdelivery.check_options(options)
+    for key in sorted((GENERIC_LOG_OPTIONS - logdelivery.DELIVERY_OPTIONS) & options.keys()):
         raise InvalidConfig(f"log opt '{key}' is not supported by skiff yet")
 
 

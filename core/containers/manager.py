@@ -24,7 +24,7 @@ import structlog
 import trio
 
 from skiff.core import metrics
-from skiff.core.containers import etcfiles, lifecycle, names, pidproof, restart
+from skiff.core.containers import etcfiles, lifecycle, logdelivery, names, pidproof, restart
 from skiff.core.containers import limits as container_limits
 from skiff.core.containers import mounts as container_mounts
 from skiff.core.containers import namespaces as container_namespaces
@@ -367,6 +367,9 @@ class ContainerManager:
         pipes: list[int] = []
         try:
             log_driver = open_log(self._log_factory, c)
+            if log_driver is not None:  # mode, max-buffer-size: core/containers/logdelivery.py
+                opts = (c.host_config.get("LogConfig") or {}).get("Config") or {}
+                log_driver = logdelivery.deliver(log_driver, opts, c.id)
             # with a TTY: /dev/null here, the runtime allocates the terminal in
             # the container and take_terminal below gives out_r and in_w
             out_r, out_w, err_r, err_w, in_r, in_w = open_stdio(
