@@ -32,7 +32,7 @@ import threading
 import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import structlog
 
@@ -139,7 +139,9 @@ class _Source:
     def stream(self) -> IO[bytes]:
         """Forwards from the start: the gzip stream read as it decompresses."""
         self.f.seek(0)
-        return gzip.GzipFile(fileobj=self.f, mode="rb") if self.gz else self.f
+        if self.gz:
+            return cast(IO[bytes], gzip.GzipFile(fileobj=self.f, mode="rb"))
+        return self.f
 
     def seekable(self) -> tuple[IO[bytes], int]:
         """A file that can be read backwards, and its size."""
@@ -171,7 +173,7 @@ class LocalDriver:
         self._fd = -1
         self._size = 0
         self._last_time: float | None = None
-        self._stamp = (-1.0, b"")
+        self._stamp = (-1.0, 0)
         self._compressor: threading.Thread | None = None
 
     # -- writing -------------------------------------------------------------
