@@ -173,7 +173,7 @@ class LocalDriver:
         self._fd = -1
         self._size = 0
         self._last_time: float | None = None
-        self._stamp = (-1.0, 0)
+        self._stamp: tuple[tuple[float, str], bytes] = ((-1.0, ""), b"")
         self._compressor: threading.Thread | None = None
 
     # -- writing -------------------------------------------------------------
@@ -228,11 +228,11 @@ class LocalDriver:
             fd = self._open()
         if self._size >= self.opts.max_size:
             fd = self._rotate()
-        t, nanos = self._stamp
-        if msg.time != t:  # the daemon stamps every line of one read alike
-            nanos = _nanos(msg.time)
-            self._stamp = (msg.time, nanos)
-        data = localfmt.encode(msg.stream, msg.line, nanos)
+        key, head = self._stamp
+        if key != (msg.time, msg.stream):  # the daemon stamps every line of one read alike
+            head = localfmt.entry_head(msg.stream, _nanos(msg.time))
+            self._stamp = ((msg.time, msg.stream), head)
+        data = localfmt.frame(head, msg.line)
         n = os.write(fd, data)
         self._size += n
         while n < len(data):  # short write (a signal, a nearly full disk): finish it

@@ -30,6 +30,7 @@ BACK_BLOCK = 64 * 1024
 _SIZE = struct.Struct(">I")
 _SOURCES = {"stdout": b"\x0a\x06stdout", "stderr": b"\x0a\x06stderr"}
 _PARTIAL = b"\x20\x01"
+_BYTE = [bytes((i,)) for i in range(256)]
 
 
 class CorruptEntry(ValueError):
@@ -50,23 +51,34 @@ def varint(n: int) -> bytes:
 
 def encode(stream: str, line: bytes, time_nano: int) -> bytes:
     """One framed entry for ``line`` (with its newline, or a partial one without)."""
-    partial = not line.endswith(b"\n")
-    body = line if partial else line[:-1]
+    return frame(entry_head(stream, time_nano), line)
+
+
+def entry_head(stream: str, time_nano: int) -> bytes:
+    """The fields before the line: source and time (what lines of one read share)."""
     source = _SOURCES.get(stream)
     if source is None:
         raw = stream.encode()
         source = b"\x0a" + varint(len(raw)) + raw
-    parts = [source]
-    if time_nano:  # proto3 leaves zero values out, as gogo's marshaller does
-        parts.append(b"\x10" + varint(time_nano))
-    if body:
-        parts.append(b"\x1a" + varint(len(body)))
-        parts.append(body)
-    if partial:
-        parts.append(_PARTIAL)
-    payload = b"".join(parts)
+    return source + b"\x10" + varint(time_nano) if time_nano else source
+
+
+def frame(head: bytes, line: bytes) -> bytes:
+    """A framed entry: ``head`` (:func:`entry_head`), then ``line``'s fields."""
+    n = len(line)
+    if n and line[-1] == 0x0A:
+        n -= 1
+        tail = b""
+    else:
+        tail = _PARTIAL
+    if n == 0:
+        payload = head + tail
+    elif n < 0x80:
+        payload = b"".join((head, b"\x1a", _BYTE[n], line[:n], tail))
+    else:
+        payload = b"".join((head, b"\x1a", varint(n), line[:n], tail))
     size = _SIZE.pack(len(payload))
-    return size + payload + size
+    return b"".join((size, payload, size))
 
 
 def _read_varint(data: bytes, pos: int, end: int) -> tuple[int, int]:
@@ -125,7 +137,51 @@ def decode(data: bytes, start: int, end: int) -> LogMessage:
         raise CorruptEntry(f"unknown stream {source!r}")
     if not partial:
         line += b"\n"
-    return LogMessage(source, line, time_nano / 1e9)  # type: ignore[arg-type]
+    # seconds and nanoseconds apart: one division of the whole count would round
+    # it to a float first and land off the time json-file would give
+    sec, nsec = divmod(time_nano, 1_000_000_000)
+    return LogMessage(source, line, sec + nsec / 1e9)  # type: ignore[arg-type]
+
+
+class Decoder:
+    """:func:`decode` with a fast path for the layout every writer produces
+    (source, a nine-byte time, the line, maybe partial), and the last time
+    remembered: the daemon stamps every line of one read alike."""
+
+    __slots__ = ("_raw", "_time")
+
+    def __init__(self) -> None:
+        self._raw = b""
+        self._time = 0.0
+
+    def __call__(self, data: bytes, start: int, end: int) -> LogMessage:
+        # 0a 06 "stdout" | 10 <time: 9 bytes from 1973 to 2262> | 1a <len> line | [20 01]
+        if (end - start >= 20 and data[start + 8] == 0x10 and data[start + 17] < 0x80
+                and data[start + 18] == 0x1A
+                and (data.startswith(b"\x0a\x06stdout", start)
+                     or data.startswith(b"\x0a\x06stderr", start))):
+            n = data[start + 19]
+            p = start + 20
+            if n >= 0x80:  # a line of 128 bytes or more
+                b = data[p]
+                p += 1
+                n = (n & 0x7F) | (b & 0x7F) << 7
+                if b >= 0x80:  # 16 KiB or more: the long way
+                    return decode(data, start, end)
+            stop = p + n
+            partial = stop + 2 == end and data[stop] == 0x20 and data[stop + 1] == 1
+            if stop == end or partial:
+                raw = data[start + 9:start + 18]
+                if raw != self._raw:
+                    t = 0
+                    for i, b in enumerate(raw):
+                        t |= (b & 0x7F) << (7 * i)
+                    sec, nsec = divmod(t, 1_000_000_000)
+                    self._raw, self._time = raw, sec + nsec / 1e9
+                line = data[p:stop]
+                return LogMessage("stdout" if data[start + 5] == 0x6F else "stderr",
+                                  line if partial else line + b"\n", self._time)
+        return decode(data, start, end)
 
 
 def forward(f: IO[bytes], end: int, start: int = 0) -> Iterator[tuple[LogMessage, int]]:
@@ -135,6 +191,7 @@ def forward(f: IO[bytes], end: int, start: int = 0) -> Iterator[tuple[LogMessage
     one) ends the iteration quietly; one that cannot be an entry raises
     :class:`CorruptEntry` (the caller decides whether to skip the file).
     """
+    decoder = Decoder()
     f.seek(start)
     buf = b""
     base = start  # the file offset of buf[0]
@@ -161,7 +218,7 @@ def forward(f: IO[bytes], end: int, start: int = 0) -> Iterator[tuple[LogMessage
         if _SIZE.unpack_from(buf, stop)[0] != size:
             raise CorruptEntry(f"log entry at offset {base + pos}: its sizes before and "
                                "after disagree")
-        yield decode(buf, pos + 4, stop), base + pos
+        yield decoder(buf, pos + 4, stop), base + pos
         pos = stop + 4
 
 
@@ -173,6 +230,7 @@ def backward(f: IO[bytes], end: int) -> Iterator[tuple[LogMessage, int]]:
     crash in the middle of a write): going backwards, its last bytes are no
     size; the caller falls back to reading that file forwards.
     """
+    decoder = Decoder()
     lo, hi, block = 0, 0, b""  # block holds f[lo:hi]
 
     def get(a: int, b: int) -> bytes:
@@ -196,7 +254,7 @@ def backward(f: IO[bytes], end: int) -> Iterator[tuple[LogMessage, int]]:
         if _SIZE.unpack_from(data, 0)[0] != size:
             raise CorruptEntry(f"log entry ending at offset {pos}: its sizes before and "
                                "after disagree")
-        yield decode(data, 4, 4 + size), start
+        yield decoder(data, 4, 4 + size), start
         pos = start
     if pos:
         raise CorruptEntry(f"{pos} stray bytes at the start of the log file")
