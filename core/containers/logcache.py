@@ -22,6 +22,8 @@ import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 
+import structlog
+
 from skiff.core.containers.config import InvalidConfig
 from skiff.core.containers.model import Container
 from skiff.core.hookspecs import LogContext, LogDriver, LogMessage, ReadConfig
@@ -31,6 +33,8 @@ CACHE_DRIVER = "local"
 CACHE_FILE = "container-cached.log"
 CACHE_PREFIX = "cache-"
 DISABLED = "cache-disabled"
+
+log = structlog.get_logger("skiff.containers")
 
 LogFactories = Callable[[str], Callable[[LogContext], LogDriver]]
 
@@ -81,12 +85,23 @@ class CachedLog:
         self.name = driver.name
         self.driver = driver
         self.cache = cache
+        self.failed = 0  #: messages the driver refused since it last took one
 
     def write(self, msg: LogMessage) -> None:
         try:
             self.driver.write(msg)
-        finally:
-            self.cache.write(msg)
+        except OSError as exc:
+            # once per outage, not once per line; the daemon's pump would drop the
+            # rest of the batch from the cache too if this raised
+            if not self.failed:
+                log.warning("log.driver_write_failed", driver=self.name, error=str(exc),
+                            note="the lines still go to the cache, for docker logs")
+            self.failed += 1
+        else:
+            if self.failed:
+                log.info("log.driver_write_recovered", driver=self.name, lost=self.failed)
+                self.failed = 0
+        self.cache.write(msg)
 
     def read(self, config: ReadConfig) -> Iterator[LogMessage]:
         return self.cache.read(config)
