@@ -202,7 +202,9 @@ class LocalDriver:
                     with contextlib.suppress(FileNotFoundError):
                         os.rename(f"{path}.{i - 1}{ext}", f"{path}.{i}{ext}")
                 os.rename(path, f"{path}.1")
-            fd = self._open(os.O_TRUNC)
+            else:  # a new file rather than a truncated one, for readers holding this one
+                os.unlink(path)
+            fd = self._open(os.O_APPEND | os.O_TRUNC)
         if compress:
             t = threading.Thread(target=self._compress, args=(f"{path}.1", self._last_time),
                                  name="skiff-local-log-compress")
