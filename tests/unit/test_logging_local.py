@@ -393,3 +393,44 @@ def test_third_party_testlog_driver(tmp_path: Path) -> None:
     assert out.read_bytes() == b"stderr hello\n"
     with pytest.raises(ValueError, match="unknown log opt 'x' for log driver testlog"):
         skiff_testlog.check_options({"x": "1"})
+
+
+# -- the daemon's side, with the installed plugins ---------------------------
+
+
+def test_open_log_with_the_installed_drivers(tmp_path: Path) -> None:
+    pytest.importorskip("skiff_testlog")
+    from skiff.core.containers.logstream import LogStreams, log_readable, open_log
+    from skiff.core.errors import InvalidParameter
+    from skiff.core.plugins import load_plugins
+
+    plugins = load_plugins()
+
+    def found(name: str):  # type: ignore[no-untyped-def]
+        return plugins.factory("logging", name)
+
+    streams = LogStreams(None, found, None)  # type: ignore[arg-type]
+    c = container(tmp_path)
+    c.host_config["LogConfig"] = {"Type": "local", "Config": {}}
+    local = open_log(found, c)
+    assert isinstance(local, LocalDriver)
+    assert local.path == str(tmp_path / "local-logs" / "container.log")
+    local.close()
+
+    out = tmp_path / "delivered.txt"
+    c.host_config["LogConfig"] = {"Type": "testlog", "Config": {"testlog-path": str(out)}}
+    tee = open_log(found, c)
+    assert isinstance(tee, logcache.CachedLog) and tee.name == "testlog"
+    tee.write(LogMessage("stdout", b"both\n", T0))
+    tee.close()
+    assert out.read_bytes() == b"stdout both\n"
+    assert streams.readable(c)
+    reader = streams.open_reader(c)  # the cache alone: the driver is not built to read
+    assert isinstance(reader, LocalDriver)
+    assert reader.path == str(tmp_path / "container-cached.log")
+    assert [m.line for m in reader.read(ReadConfig())] == [b"both\n"]
+
+    c.host_config["LogConfig"]["Config"]["cache-disabled"] = "true"
+    assert not log_readable(c) and not streams.readable(c)
+    with pytest.raises(InvalidParameter, match="does not support reading"):
+        streams.open_reader(c)
