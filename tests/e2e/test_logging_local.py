@@ -141,6 +141,21 @@ def test_dockerd_reads_the_files_skiff_wrote(sbs: SideBySide, roots: dict[str, P
                 0, mine.stdout, mine.stderr), args
 
 
+def test_follow_and_since_as_dockerd(sbs: SideBySide) -> None:
+    def run(side: Side) -> dict[str, Any]:
+        n = unique("loc")
+        with removing(side, ("container", n)):
+            side.out("run", "-d", "--name", n, *NONE, "--log-driver", "local", "busybox",
+                     "sh", "-c", "echo first; sleep 2; echo second >&2; echo third")
+            followed = side.docker("logs", "-f", n, timeout=30)
+            since = side.docker("logs", "--since", "1h", "--until", "1s", n)
+            return {"follow": (followed.stdout, followed.stderr),
+                    "since": (since.stdout, since.stderr)}
+
+    got = sbs.same(run)
+    assert got["follow"] == (b"first\nthird\n", b"second\n")
+
+
 def test_bad_options_refused_in_dockerds_words(sbs: SideBySide) -> None:
     for opt, words in (("max-file=1", "compression cannot be enabled when max file count is 1"),
                        ("max-size=abc", "invalid value for max-size: abc")):
