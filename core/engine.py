@@ -21,6 +21,7 @@ from skiff.core.builder.rootfs import BUILD_LAYER_PREFIX
 from skiff.core.builder.services import BuildServices
 from skiff.core.builder.statindex import StatIndex
 from skiff.core.config import ConfigError, exec_options, storage_options
+from skiff.core.containers import logdelivery
 from skiff.core.containers.archive import ContainerFiles
 from skiff.core.containers.exec import ExecManager
 from skiff.core.containers.health import HealthMonitor
@@ -292,6 +293,7 @@ class Engine:
         metrics.on_scrape("engine_daemon_events_subscribers_total",
                           "The number of current subscribers to events",
                           lambda: self.events.subscribers)
+        metrics.count_dropped_log_entries(logdelivery.dropped_total)
 
     def _container_states(self) -> list[tuple[tuple[str], int]]:
         """dockerd's three states: created, exited and dead containers are stopped."""

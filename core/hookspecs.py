@@ -500,7 +500,9 @@ class LogContext:
 
     container_id: str
     container_name: str
-    log_path: str  #: ``<data-root>/containers/<id>/<id>-json.log``; file drivers may use it
+    #: ``<data-root>/containers/<id>/<id>-json.log``; file drivers may use it (dockerd's
+    #: places: ``local-logs/container.log`` for local, ``container-cached.log`` for the cache)
+    log_path: str
     options: dict[str, str]  #: ``log-opts`` merged with the container's ``--log-opt``
     #: what ``tag`` templates and the ``labels``/``env`` options read (dockerd's
     #: ``logger.Info``); see ``skiff.plugins.logging.common``

@@ -11,7 +11,7 @@ import trio
 
 from skiff.core.containers.framing import STREAM_TYPES, multiplex_frame
 from skiff.core.containers.logread import RawProgress, RecordedLog
-from skiff.core.containers.logstream import LogStreams, log_readable
+from skiff.core.containers.logstream import LogStreams
 from skiff.core.containers.registry import ContainerRegistry
 from skiff.core.containers.streams import feed_stdin
 from skiff.core.errors import Conflict, InvalidParameter
@@ -48,7 +48,7 @@ class Attacher:
         progress = RawProgress(hub.pending, time.time())
         self.registry.event(c, "attach")
         try:
-            if logs and log_readable(c):
+            if logs and self.logs.readable(c):
                 recorded = RecordedLog(self.logs.open_reader(c),
                                        ReadConfig(stdout=stdout, stderr=stderr),
                                        self.logs.to_thread)
@@ -79,7 +79,7 @@ class Attacher:
                 async for kind, data, when in sub:
                     await stream.send_all(frame(kind, data))
                     progress.sent(kind, data, when)
-                if not sub.dropped or not log_readable(c):
+                if not sub.dropped or not self.logs.readable(c):
                     return
                 # Fell behind: on from the log, at this client's pace (nothing lost,
                 # nothing held in memory, nobody else slowed), then live lines.

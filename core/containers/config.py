@@ -192,6 +192,11 @@ def dns_settings(hc: Mapping[str, Any]) -> tuple[list[str], list[str], list[str]
     return servers, search, options
 
 
+#: daemon.json ``log-opts`` that every container takes, whatever its driver
+_CACHE_OPTIONS = frozenset({"cache-disabled", "cache-max-size", "cache-max-file",
+                            "cache-compress"})
+
+
 def log_config(given: Any, default_type: str, default_opts: Mapping[str, str]
                ) -> dict[str, Any]:
     """HostConfig.LogConfig as dockerd keeps it: an empty Type is the daemon's
@@ -210,8 +215,9 @@ def log_config(given: Any, default_type: str, default_opts: Mapping[str, str]
         raise InvalidConfig("HostConfig.LogConfig: Type must be a string and Config an "
                             "object of strings")
     config = dict(opts)
-    if kind == default_type:
-        for key, value in default_opts.items():
+    for key, value in default_opts.items():
+        # the dual-logging cache's options apply whatever the driver, as dockerd's
+        if kind == default_type or key in _CACHE_OPTIONS:
             config.setdefault(key, value)
     return {"Type": kind, "Config": config}
 

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Callable
 
 import structlog
 
+from skiff.core.containers import logcache
 from skiff.core.containers.framing import STREAM_TYPES, multiplex_frame
 from skiff.core.containers.logopts import driver_options
 from skiff.core.containers.logread import LogCursor, RecordedLog
@@ -23,18 +24,21 @@ LogFactories = Callable[[str], Callable[[LogContext], LogDriver]]
 
 
 def open_log(factories: LogFactories, c: Container) -> LogDriver | None:
-    """``c``'s log driver (None for ``none``)."""
+    """``c``'s log driver (None for ``none``), with its cache when it cannot read
+    back (``logcache``)."""
     lc = c.host_config.get("LogConfig") or {}
     name = lc.get("Type") or "json-file"
     if name == "none":
         return None
-    return factories(name)(log_context(c))
+    ctx = log_context(c)
+    return logcache.with_cache(factories, factories(name)(ctx), ctx, c, lc.get("Config") or {})
 
 
 def log_context(c: Container) -> LogContext:
     """What ``c``'s log driver is told about it."""
     lc = c.host_config.get("LogConfig") or {}
-    return LogContext(container_id=c.id, container_name=c.name, log_path=c.log_path,
+    path = logcache.driver_log_path(c, lc.get("Type") or "json-file")
+    return LogContext(container_id=c.id, container_name=c.name, log_path=path,
                       options=driver_options(lc.get("Config") or {}),
                       image_name=str(c.config.get("Image") or ""), image_id=c.image_id,
                       labels=dict(c.config.get("Labels") or {}),
@@ -43,7 +47,13 @@ def log_context(c: Container) -> LogContext:
 
 
 def log_readable(c: Container) -> bool:
-    return (c.host_config.get("LogConfig") or {}).get("Type") != "none"
+    """Whether ``docker logs`` can read ``c``'s log, as far as known without
+    building its driver (``LogStreams.readable`` knows for sure)."""
+    lc = c.host_config.get("LogConfig") or {}
+    if lc.get("Type") == "none":
+        return False
+    return not (logcache.known_unreadable(lc.get("Type") or "json-file")
+                and not logcache.enabled(lc.get("Config") or {}))
 
 
 class LogStreams:
@@ -55,9 +65,32 @@ class LogStreams:
         self.factories = factories
         self.to_thread = to_thread
 
+    def readable(self, c: Container) -> bool:
+        """Whether ``docker logs`` can read ``c``'s log; a driver never built
+        since the daemon started is built once to ask it."""
+        lc = c.host_config.get("LogConfig") or {}
+        name = lc.get("Type") or "json-file"
+        if (name != "none" and not logcache.enabled(lc.get("Config") or {})
+                and not logcache.known_unreadable(name)):
+            probe = self.factories(name)(log_context(c))
+            probe.close()
+            if not logcache.readable_driver(probe):
+                logcache.known_unreadable_add(name)
+        return log_readable(c)
+
     def open_reader(self, c: Container) -> LogDriver:
+        """A driver to read ``c``'s log; for an unreadable one, only its cache."""
+        lc = c.host_config.get("LogConfig") or {}
+        name = lc.get("Type") or "json-file"
+        if logcache.known_unreadable(name) and logcache.enabled(lc.get("Config") or {}):
+            return logcache.open_cache(self.factories, name, log_context(c), c,
+                                       lc.get("Config") or {})
         driver = open_log(self.factories, c)
-        assert driver is not None  # callers check log_readable first
+        # callers ask readable first; a driver found unreadable just now is refused
+        if driver is None or not logcache.readable_driver(driver):
+            if driver is not None:
+                driver.close()
+            raise InvalidParameter("configured logging driver does not support reading")
         return driver
 
     def logs(self, ref: str, cfg: ReadConfig, *, follow: bool, timestamps: bool,
@@ -65,7 +98,7 @@ class LogStreams:
         """The log stream of ``docker logs``, history first, then live when following.
         A container without a readable log is refused now, before any header goes out."""
         c = self.registry.get(ref)
-        if not log_readable(c):
+        if not self.readable(c):
             # dockerd's words (it answers 501; a 4xx here: nothing failed in skiffd)
             raise InvalidParameter("configured logging driver does not support reading")
         return self._logs(c, cfg, follow=follow, timestamps=timestamps, framed=framed)

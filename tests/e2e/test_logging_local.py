@@ -1,0 +1,266 @@
+"""The local log driver side by side with dockerd's, file for file (issue 18, item 1
+local); dual logging for a driver that cannot read back (item 2) with the
+third-party ``testlog`` driver (item 6, tests/thirdparty/skiff-testlog)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks.engines import Dockerd
+from skiff.core.hookspecs import LogContext, ReadConfig
+from skiff.core.timefmt import parse_rfc3339
+from skiff.plugins.logging.local import LocalDriver
+from tests.daemon import Daemon, running_daemon
+from tests.e2e.conftest import twin_of
+from tests.sidebyside import Side, SideBySide, fields, removing, unique
+
+NONE = ("--network", "none")
+#: 300 lines on stdout and 100 on stderr, then a last one without its newline
+WRITER = ("i=0; while [ $i -lt 300 ]; do echo \"out line $i\"; "
+          "[ $((i % 3)) = 0 ] && echo \"err line $i\" >&2; i=$((i+1)); done; "
+          "printf 'no newline'")
+#: one stream only where the engines' files are compared: how two pipes' lines
+#: interleave in the file is a race on either engine, and rotation keeps the last ones
+ONE_STREAM = ("i=0; while [ $i -lt 300 ]; do echo \"out line $i\"; i=$((i+1)); done; "
+              "printf 'no newline'")
+SMALL = ("--log-driver", "local", "--log-opt", "max-size=2k", "--log-opt", "max-file=3")
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    with running_daemon(tmp_path_factory.mktemp("skiffd-local")) as d:
+        d.skiff("image", "bootstrap", "busybox")
+        yield d
+
+
+@pytest.fixture(scope="module")
+def sbs(daemon: Daemon, twin_dockerd: Dockerd, tmp_path_factory: pytest.TempPathFactory
+        ) -> Iterator[SideBySide]:
+    both = twin_of(daemon, twin_dockerd, tmp_path_factory.mktemp("local-twin"))
+    yield both
+    both.close()
+
+
+@pytest.fixture(scope="module")
+def roots(daemon: Daemon, twin_dockerd: Dockerd) -> dict[str, Path]:
+    """Each engine's containers directory, by side name."""
+    return {"skiffd": daemon.data_root / "containers",
+            "dockerd": twin_dockerd.base / "data" / "containers"}
+
+
+def cid(side: Side, name: str) -> str:
+    return side.out("inspect", "--format", "{{.Id}}", name)
+
+
+def settled(logs: Path, timeout: float = 10) -> list[str]:
+    """The names in a local-logs directory once no rotated file is still being
+    compressed (both engines gzip in the background)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        names = sorted(p.name for p in logs.iterdir())
+        busy = [n for n in names if n.endswith((".tmp", ".1", ".2"))]
+        if not busy or time.monotonic() > deadline:
+            return names
+        time.sleep(0.1)
+
+
+def dockerd_messages(side: Side, name: str) -> list[tuple[str, bytes, int]]:
+    """(stream, line, time in µs) as dockerd's ``docker logs`` gives them, per stream
+    (docker-py, with timestamps), merged in time order."""
+    c = side.client.containers.get(name)
+    got = []
+    for stream in ("stdout", "stderr"):
+        raw = c.logs(stdout=stream == "stdout", stderr=stream == "stderr", timestamps=True)
+        for piece in raw.splitlines(keepends=True):
+            stamp, _, line = piece.partition(b" ")
+            got.append((stream, line, round(parse_rfc3339(stamp.decode()) * 1e6)))
+    return sorted(got, key=lambda m: m[2])
+
+
+def test_skiff_reads_the_files_dockerds_local_driver_wrote(
+        sbs: SideBySide, roots: dict[str, Path]) -> None:
+    side = sbs.dockerd
+    n = unique("loc")
+    with removing(side, ("container", n)):
+        side.out("run", "--name", n, *NONE, *SMALL, "busybox", "sh", "-c", WRITER)
+        logs = roots["dockerd"] / cid(side, n) / "local-logs"
+        names = settled(logs)
+        assert names[0] == "container.log" and "container.log.1.gz" in names
+        want = dockerd_messages(side, n)
+        reader = LocalDriver(LogContext(n, n, str(logs / "container.log"),
+                                        {"max-size": "2k", "max-file": "3"}))
+        got = [(m.stream, m.line, round(m.time * 1e6)) for m in reader.read(ReadConfig())]
+        assert got == want
+        assert got[-1][:2] == ("stdout", b"no newline") and len(got) > 40
+        # --tail from the end, across the rotated files, as dockerd answers it
+        tail = [m.line for m in reader.read(ReadConfig(tail=30))]
+        assert tail == [line for _, line, _ in want[-30:]]
+
+
+def test_docker_logs_with_local_as_dockerd(sbs: SideBySide, roots: dict[str, Path]) -> None:
+    def run(side: Side) -> dict[str, Any]:
+        n = unique("loc")
+        with removing(side, ("container", n)):
+            side.out("run", "--name", n, *NONE, *SMALL, "busybox", "sh", "-c", ONE_STREAM)
+            out = side.docker("logs", n)
+            tail = side.docker("logs", "--tail", "7", n)
+            info = json.loads(side.out("inspect", n))[0]
+            logs = roots[side.name] / info["Id"] / "local-logs"
+            return {"stdout": out.stdout, "stderr": out.stderr,
+                    "tail": (tail.stdout, tail.stderr),
+                    "files": settled(logs), "modes": oct(logs.stat().st_mode & 0o777),
+                    **fields(info, "LogPath", "HostConfig.LogConfig")}
+
+    got = sbs.same(run)
+    assert got["files"] == ["container.log", "container.log.1.gz", "container.log.2.gz"]
+    assert got["LogPath"] == "" and got["stdout"].endswith(b"out line 299\nno newline")
+
+
+def test_dockerd_reads_the_files_skiff_wrote(sbs: SideBySide, roots: dict[str, Path]) -> None:
+    """skiff's files put in place of a dockerd container's: dockerd's own reader
+    gives what skiff's ``docker logs`` gives."""
+    s, d = sbs.skiffd, sbs.dockerd
+    a, b = unique("loc"), unique("loc")
+    with removing(s, ("container", a)), removing(d, ("container", b)):
+        s.out("run", "--name", a, *NONE, *SMALL, "busybox", "sh", "-c", WRITER)
+        d.out("run", "--name", b, *NONE, *SMALL, "busybox", "true")
+        src = roots["skiffd"] / cid(s, a) / "local-logs"
+        dst = roots["dockerd"] / cid(d, b) / "local-logs"
+        names = settled(src)
+        assert "container.log.1.gz" in names
+        for old in dst.iterdir():
+            old.unlink()
+        for name in names:
+            shutil.copy2(src / name, dst / name)
+        for args in ((), ("--tail", "12"), ("-t",)):
+            mine, theirs = s.docker("logs", *args, a), d.docker("logs", *args, b)
+            assert (theirs.returncode, theirs.stdout, theirs.stderr) == (
+                0, mine.stdout, mine.stderr), args
+
+
+def test_follow_and_since_as_dockerd(sbs: SideBySide) -> None:
+    def run(side: Side) -> dict[str, Any]:
+        n = unique("loc")
+        with removing(side, ("container", n)):
+            side.out("run", "-d", "--name", n, *NONE, "--log-driver", "local", "busybox",
+                     "sh", "-c", "echo first; sleep 2; echo second >&2; echo third")
+            followed = side.docker("logs", "-f", n, timeout=30)
+            since = side.docker("logs", "--since", "1h", n)
+            return {"follow": (followed.stdout, followed.stderr),
+                    "since": (since.stdout, since.stderr)}
+
+    got = sbs.same(run)
+    assert got["follow"] == (b"first\nthird\n", b"second\n") == got["since"]
+
+
+def test_bad_options_refused_in_dockerds_words(sbs: SideBySide) -> None:
+    for opt, words in (("max-file=1", "compression cannot be enabled when max file count is 1"),
+                       ("max-size=abc", "invalid value for max-size: abc")):
+        for side in sbs.sides:
+            n = unique("loc")
+            with removing(side, ("container", n)):
+                res = side.docker("run", "--name", n, *NONE, "--log-driver", "local",
+                                  "--log-opt", opt, "busybox", "true")
+                assert res.returncode == 125 and words in res.stderr.decode(), (side.name, res)
+    n = unique("loc")
+    res = sbs.skiffd.docker("create", "--name", n, "--log-driver", "local", "--log-opt",
+                            "color=red", "busybox", "true")
+    assert res.returncode != 0 and b"unknown log opt 'color' for log driver local" in res.stderr
+
+
+def test_rotation_keeps_the_disk_bounded_and_every_kept_line(daemon: Daemon) -> None:
+    n = unique("loc")
+    try:
+        daemon.docker("run", "--name", n, *NONE, "--log-driver", "local", "--log-opt",
+                      "max-size=1m", "--log-opt", "max-file=3", "--log-opt", "compress=false",
+                      "busybox", "sh", "-c",
+                      "seq 1 500000 | sed 's/$/ padding to make the line longer/'",
+                      check=True, timeout=300)
+        c = daemon.docker("inspect", "--format", "{{.Id}}", n, check=True).stdout.decode().strip()
+        logs = daemon.data_root / "containers" / c / "local-logs"
+        total = sum(p.stat().st_size for p in logs.iterdir())
+        assert sorted(p.name for p in logs.iterdir()) == [
+            "container.log", "container.log.1", "container.log.2"]
+        assert total <= 3 * (1_000_000 + 200)  # ~20 MB written, three files kept
+        out = daemon.docker("logs", n, check=True, timeout=120).stdout.splitlines()
+        seq = [int(line.split()[0]) for line in out]
+        assert seq[-1] == 500000 and seq == list(range(seq[0], 500001))
+        assert len(out) * 48 > 2_000_000  # the kept files' worth, not just the live one
+    finally:
+        daemon.docker("rm", "-f", n)
+
+
+# -- dual logging, with a third-party driver that cannot read back -------------
+
+
+def test_third_party_driver_gets_lines_and_logs_work_through_the_cache(
+        daemon: Daemon, tmp_path: Path) -> None:
+    out = tmp_path / "testlog.txt"
+    n = unique("tl")
+    try:
+        res = daemon.docker("run", "--name", n, *NONE, "--log-driver", "testlog",
+                            "--log-opt", f"testlog-path={out}", "--log-opt", "cache-max-size=1k",
+                            "--log-opt", "cache-max-file=2", "busybox", "sh", "-c",
+                            "seq 1 200; sleep 0.5; echo oops >&2", check=True)
+        assert res.stdout.splitlines()[-1] == b"200"
+        delivered = out.read_bytes().splitlines()
+        # in order per stream (two pipes: how they interleave is a race)
+        assert [line for line in delivered if line.startswith(b"stdout ")] == [
+            b"stdout %d" % i for i in range(1, 201)]
+        assert b"stderr oops" in delivered
+        logs = daemon.docker("logs", n, check=True)
+        kept = logs.stdout.splitlines()
+        assert kept[-1] == b"200" and logs.stderr == b"oops\n"
+        assert kept == [str(i).encode() for i in range(int(kept[0]), 201)]
+        tail = daemon.docker("logs", "--tail", "2", n, check=True)
+        assert (tail.stdout, tail.stderr) == (b"200\n", b"oops\n")
+        c = daemon.docker("inspect", "--format", "{{.Id}}", n, check=True).stdout.decode().strip()
+        cached = sorted(p.name for p in (daemon.data_root / "containers" / c).iterdir()
+                        if p.name.startswith("container-cached.log"))
+        assert cached == ["container-cached.log", "container-cached.log.1.gz"]
+    finally:
+        daemon.docker("rm", "-f", n)
+
+
+def test_cache_disabled_answers_as_dockerd(daemon: Daemon, tmp_path: Path) -> None:
+    n = unique("tl")
+    try:
+        daemon.docker("run", "--name", n, *NONE, "--log-driver", "testlog",
+                      "--log-opt", f"testlog-path={tmp_path / 'x.txt'}",
+                      "--log-opt", "cache-disabled=true", "busybox", "echo", "hi", check=True)
+        assert (tmp_path / "x.txt").read_bytes() == b"stdout hi\n"
+        res = daemon.docker("logs", n)
+        assert res.returncode == 1 and res.stderr.decode().strip() == (
+            "Error response from daemon: configured logging driver does not support reading")
+        res = daemon.docker("create", "--log-driver", "testlog", "--log-opt",
+                            f"testlog-path={tmp_path / 'y'}", "--log-opt", "cache-disabled=maybe",
+                            "busybox")
+        assert res.returncode != 0 and (
+            b"invalid value for option cache-disabled: maybe" in res.stderr)
+        res = daemon.docker("create", "--log-driver", "testlog", "--log-opt", "testlog-path=rel",
+                            "busybox")
+        assert res.returncode != 0 and b"must be an absolute path" in res.stderr
+    finally:
+        daemon.docker("rm", "-f", n)
+
+
+def test_daemon_log_opts_disable_the_cache_for_every_driver(tmp_path: Path) -> None:
+    out = tmp_path / "t.txt"
+    with running_daemon(tmp_path / "d", **{"log-opts": {"cache-disabled": "true"}}) as d:
+        d.skiff("image", "bootstrap", "busybox")
+        n = unique("tl")
+        d.docker("run", "--name", n, *NONE, "--log-driver", "testlog", "--log-opt",
+                 f"testlog-path={out}", "busybox", "echo", "hi", check=True)
+        lc = json.loads(d.docker("inspect", "--format", "{{json .HostConfig.LogConfig}}", n,
+                                 check=True).stdout)
+        assert lc["Config"] == {"cache-disabled": "true", "testlog-path": str(out)}
+        assert d.docker("logs", n).returncode == 1
+        # json-file, the daemon's driver, can read itself: the option does nothing there
+        assert d.docker("run", "--rm", *NONE, "busybox", "echo", "x", check=True).stdout == b"x\n"
