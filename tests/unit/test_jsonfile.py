@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from skiff.core.hookspecs import PROJECT, LogContext, LogMessage, ReadConfig, SkiffSpec
-from skiff.plugins.logging import jsonfile
+from skiff.plugins.logging import jsonfile, jsonlog, logfiles
 from skiff.plugins.logging.jsonfile import JsonFileDriver, parse_size
 
 T0 = 1_795_000_000.0  # 2026-11-18T11:06:40Z, a fixed base for message times
@@ -70,13 +70,13 @@ def test_file_format_is_dockers(tmp_path: Path) -> None:
 
 
 def test_time_format_rounds_and_carries() -> None:
-    fmt = jsonfile._TimeFormatter()
+    fmt = jsonlog.TimeFormatter()
     assert fmt(0.0) == "1970-01-01T00:00:00.000000000Z"
     assert fmt(59.9999996) == "1970-01-01T00:01:00.000000000Z"
     assert fmt(T0 + 0.5) == "2026-11-18T11:06:40.500000000Z"
     assert fmt(T0 + 0.5) == "2026-11-18T11:06:40.500000000Z"  # the cached path
     assert fmt(T0 + 1.25) == "2026-11-18T11:06:41.250000000Z"
-    parse = jsonfile._TimeParser()
+    parse = jsonlog.TimeParser()
     for ts in (T0, T0 + 0.123456, T0 + 86399.999999):
         assert abs(parse(fmt(ts)) - ts) < 1e-6
     # a stamp from another writer (offset, fewer digits) still parses
@@ -166,14 +166,15 @@ def test_tail_reads_backwards_across_blocks(tmp_path: Path, monkeypatch: pytest.
     for m in big:
         drv.write(m)
     size = (tmp_path / "c-json.log").stat().st_size
-    assert size > 10 * jsonfile._BLOCK
+    assert size > 10 * logfiles.BACK_BLOCK
     for n in (1, 2, 97, 1500, 3000):
         assert lines(list(drv.read(ReadConfig(tail=n)))) == lines(big[-n:])
     # a small tail reads only the end of the file
     reads: list[int] = []
-    real = jsonfile._lines_backwards
+    real = jsonfile.lines_backwards
 
-    def counting(f, end):  # type: ignore[no-untyped-def]
+    def counting(lf):  # type: ignore[no-untyped-def]
+        f = lf.f
         orig_read = f.read
 
         def read(n: int = -1) -> bytes:
@@ -182,12 +183,12 @@ def test_tail_reads_backwards_across_blocks(tmp_path: Path, monkeypatch: pytest.
             return data
 
         f.read = read
-        return real(f, end)
+        return real(lf)
 
-    monkeypatch.setattr(jsonfile, "_lines_backwards", counting)
+    monkeypatch.setattr(jsonfile, "lines_backwards", counting)
     assert len(list(drv.read(ReadConfig(tail=5)))) == 5
     # one block backwards to find the start, the five lines again forwards
-    assert sum(reads) <= 2 * jsonfile._BLOCK < size
+    assert sum(reads) <= 2 * logfiles.BACK_BLOCK < size
     drv.close()
 
 
@@ -283,7 +284,14 @@ def test_reader_keeps_its_files_through_rotation(tmp_path: Path) -> None:
         ({"max-size": "-5m"}, "'max-size'"),
         ({"max-file": "x"}, "'max-file'"),
         ({"max-file": "0"}, "'max-file' of the json-file log driver cannot be less than 1"),
-        ({"compress": "true"}, "'compress=true' is not supported"),
+        ({"compress": "true", "max-size": "1m"},
+         "compress cannot be true when max-file is less than 2 or max-size is not set"),
+        ({"compress": "true", "max-size": "-1", "max-file": "3"},
+         "compress cannot be true when max-file"),
+        ({"tag": "{{.Name | upper}}"}, "log opt 'tag' of the json-file log driver"),
+        ({"tag": "{{.Name"}, "log opt 'tag'"),
+        ({"labels-regex": "a("}, "log opt labels-regex: invalid regular expression"),
+        ({"env-regex": "*"}, "log opt env-regex: invalid regular expression"),
         ({"compress": "maybe"}, "'compress'"),
     ],
 )
@@ -310,7 +318,7 @@ def test_parse_size(text: str, size: int) -> None:
 def test_throughput_one_million_writes(tmp_path: Path) -> None:
     """Prints the write rate; asserts only that every line arrived."""
     n = 1_000_000
-    drv = make(tmp_path)
+    drv = make(tmp_path, **{"max-size": "-1"})
     line = b"a typical log line of some sixty bytes, give or take a few\n"
     now = time.time()
     msgs = [LogMessage("stdout", line, now + i * 1e-5) for i in range(1000)]
