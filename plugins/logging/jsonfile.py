@@ -39,7 +39,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from skiff.core.containers.logrender import details_text, frame, render
+from skiff.core.containers.logrender import details_text, render
 from skiff.core.hookspecs import (
     GENERIC_LOG_OPTIONS,
     LogContext,
@@ -55,14 +55,13 @@ from skiff.plugins.logging.common import (
     extra_attributes,
     render_tag,
 )
+from skiff.plugins.logging.jsonfast import FastRenderer
 from skiff.plugins.logging.jsonlog import (
     TimeFormatter,
     TimeParser,
     decode_line,
     encode_attrs,
     encode_log,
-    scan_block,
-    unescape,
 )
 from skiff.plugins.logging.logfiles import (
     LogFile,
@@ -311,7 +310,7 @@ class JsonFileDriver:
                     return
             else:
                 start = (0, 0)
-            yield from _render_forward(opened, config, how, start)
+            yield from _render_forward(opened, config, how, start, self._attrs_part, self.attrs)
         finally:
             for lf in opened:
                 lf.close()
@@ -414,50 +413,36 @@ def _tail_start(opened: list[LogFile], config: ReadConfig) -> Position | None:
 
 
 def _render_forward(opened: list[LogFile], config: ReadConfig, how: LogRender,
-                    start: Position) -> Iterator[RenderedLog]:
+                    start: Position, attrs_part: bytes, attrs: dict[str, str]
+                    ) -> Iterator[RenderedLog]:
     fmt = TimeFormatter()
     parse = TimeParser()
-    want = {s.encode() for s in _wanted_streams(config)}
     # inclusive bounds as time texts, rounded inwards to the microsecond the file keeps
-    lo = fmt(_ceil_us(config.since)).encode() if config.since is not None else None
-    hi = fmt(_floor_us(config.until)).encode() if config.until is not None else None
-    details: dict[bytes, bytes] = {}
+    fast = FastRenderer(
+        attrs_part, want={s.encode() for s in _wanted_streams(config)},
+        lo=fmt(_ceil_us(config.since)).encode() if config.since is not None else None,
+        hi=fmt(_floor_us(config.until)).encode() if config.until is not None else None,
+        timestamps=how.timestamps,
+        details=details_text(attrs) + b" " if how.details else None, framed=how.framed)
     first, offset = start
     for index in range(first, len(opened)):
         lf = opened[index]
         if _skip_file(lf, config):
             continue
         for block in blocks_forward(lf, offset if index == first else 0):
-            rows = scan_block(block)
-            if rows is None:
-                yield from _render_slow(block, config, how, parse)
+            done = fast.render(block)
+            if done is None:
+                stop = False
+                for out in _render_slow(block, config, how, parse):
+                    stop = out.last_time < 0
+                    if out.data:
+                        yield out
+                if stop:
+                    return
                 continue
-            out: list[bytes] = []
-            last = b""
-            count = 0
-            stop = False
-            for escaped, stream, attrs, stamp in rows:
-                if hi is not None and stamp > hi:
-                    stop = True
-                    break
-                if stream not in want or (lo is not None and stamp < lo):
-                    continue
-                data = unescape(escaped)
-                if how.details:
-                    d = details.get(attrs)
-                    if d is None:
-                        d = details[attrs] = details_text(_attrs(attrs)) + b" "
-                    data = d + data
-                if how.timestamps:
-                    data = stamp + b" " + data
-                out.append(frame(stream.decode(), data) if how.framed else data)
-                if stamp == last:
-                    count += 1
-                else:
-                    last, count = stamp, 1
-            if out:
-                yield RenderedLog(b"".join(out), parse(last.decode()), count)
-            if stop:
+            if done.data:
+                yield RenderedLog(done.data, parse(done.last_stamp.decode()), done.last_count)
+            if done.stop:
                 return
 
 
@@ -468,6 +453,7 @@ def _render_slow(block: bytes, config: ReadConfig, how: LogRender, parse: TimePa
     out: list[bytes] = []
     last_time = 0.0
     count = 0
+    stop = False
     for raw in block.split(b"\n"):
         got = decode_line(raw, parse) if raw else None
         if got is None:
@@ -476,6 +462,7 @@ def _render_slow(block: bytes, config: ReadConfig, how: LogRender, parse: TimePa
         if stream not in want or (config.since is not None and when < config.since):
             continue
         if config.until is not None and when > config.until:
+            stop = True
             break
         out.append(render(LogMessage(stream, line, when, attrs), how))  # type: ignore[arg-type]
         if when == last_time:
@@ -484,6 +471,8 @@ def _render_slow(block: bytes, config: ReadConfig, how: LogRender, parse: TimePa
             last_time, count = when, 1
     if out:
         yield RenderedLog(b"".join(out), last_time, count)
+    if stop:
+        yield RenderedLog(b"", -1.0, 0)  # tells the caller nothing after this is wanted
 
 
 def _attrs(text: bytes) -> dict[str, str] | None:

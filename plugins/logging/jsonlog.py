@@ -12,11 +12,8 @@ a string map (keys sorted, the same escapes, tab as ``\\t``) and is absent
 when empty.  ``time`` is RFC 3339 in UTC with nine fractional digits; skiff's
 times are floats of microsecond precision, so the last three are zero.
 
-Reading has two paths.  :func:`decode_line` takes any line dockerd or skiff
-wrote.  :func:`scan_block` takes a block of complete lines in one regular
-expression call and gives up (None) unless every line is in the exact form
-skiff writes: then ``docker logs`` never builds a Python object per line
-beyond what it sends.
+:func:`decode_line` reads any line dockerd or skiff wrote; ``jsonfast``
+reads whole blocks in skiff's own form.
 """
 
 from __future__ import annotations
@@ -137,36 +134,3 @@ def decode_line(raw: bytes, parse: TimeParser
                 parse(obj["time"]), attrs)
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
-
-
-#: one line exactly as skiff writes it: the log text, stream, attrs, nine-digit time
-_LINE = re.compile(
-    rb'\{"log":"(.*?)","stream":"(stdout|stderr)",(?:"attrs":(\{.*?\}),)?'
-    rb'"time":"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z)"\}\n',
-    re.S,
-)
-
-
-def scan_block(block: bytes) -> list[tuple[bytes, bytes, bytes, bytes]] | None:
-    """``(escaped log, stream, attrs JSON or b"", time text)`` of every line of
-    ``block`` (complete lines, each with its newline), or None if any line is
-    not in skiff's exact form.
-
-    The escaped text can hold ``","stream":"`` only with its quotes escaped,
-    so the non-greedy match cannot end early inside a message.
-    """
-    found = _LINE.findall(block)
-    if len(found) != block.count(b"\n"):
-        return None
-    return found
-
-
-def unescape(escaped: bytes) -> bytes:
-    """A message's bytes from the inside of its ``log`` string."""
-    nl = len(escaped) - 2
-    if escaped.find(b"\\") == nl and nl >= 0 and escaped[nl + 1] == 0x6E:  # only the final \n
-        return escaped[:nl] + b"\n"
-    if b"\\" not in escaped:
-        return escaped
-    text: str = json.loads(b'"' + escaped + b'"')
-    return text.encode("utf-8", "surrogatepass")
