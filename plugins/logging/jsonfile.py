@@ -61,6 +61,7 @@ from skiff.plugins.logging.jsonlog import (
     TimeParser,
     decode_line,
     encode_attrs,
+    encode_lines,
     encode_log,
 )
 from skiff.plugins.logging.logfiles import (
@@ -252,6 +253,10 @@ class JsonFileDriver:
         if fd < 0:
             fd = self._open()
         end = self._end(stream, ts)
+        bulk = encode_lines(lines, end)
+        if bulk is not None and (self.max_size < 0 or self._size + len(bulk) <= self.max_size):
+            self._write_all(fd, bulk)
+            return
         out: list[bytes] = []
         pending = 0
         for line in lines:

@@ -39,6 +39,24 @@ _SPECIAL = re.compile("[\x00-\x1f\"\\\\<>&\u2028\u2029\udc80-\udcff]")
 _BYTES_SPECIAL = re.compile(rb'[\x00-\x1f"\\<>&\x80-\xff]')
 
 
+#: bytes a message may hold and be written as is: printable ASCII but " \\ < > &
+_PLAIN = bytes(b for b in range(0x20, 0x7F) if b not in b'"\\<>&')
+
+
+def encode_lines(lines: list[bytes], end: bytes) -> bytes | None:
+    """Whole JSON lines for messages that all end with a newline and need no
+    escape but it, in a few whole-buffer operations; None otherwise.
+
+    ``end`` is what follows the log text (``","stream":...}`` and a newline).
+    """
+    data = b"".join(lines)
+    rest = data.translate(None, _PLAIN)  # all that is not plain: newlines only, one a line
+    if len(rest) != len(lines) or rest != b"\n" * len(lines) or not data.endswith(b"\n"):
+        return None
+    head = b'{"log":"'
+    return head + data.replace(b"\n", b"\\n" + end + head)[:-len(head)]
+
+
 def _escape(text: str, table: dict[str, str]) -> str:
     return _SPECIAL.sub(lambda m: table[m.group()], text)
 

@@ -565,3 +565,38 @@ def test_fast_path_is_taken(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     assert fast(drv, ReadConfig(), LogRender()) == general(drv, ReadConfig(), LogRender())
     # blocks in skiff's form are rendered whole; the one with other escapes line by line
     assert calls.count(True) >= 3 and calls[-1] is False and calls.count(False) == 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.binary(max_size=30), min_size=1, max_size=8), st.booleans())
+def test_write_lines_same_bytes_as_write(tmp_path_factory: pytest.TempPathFactory,
+                                         bodies: list[bytes], last_newline: bool) -> None:
+    base = tmp_path_factory.mktemp("wl")
+    (base / "a").mkdir()
+    (base / "b").mkdir()
+    batch = [b + b"\n" for b in bodies]
+    if not last_newline:
+        batch[-1] = batch[-1][:-1]
+    one, many = make(base / "a"), make(base / "b")
+    for line in batch:
+        one.write(LogMessage("stderr", line, T0))
+    many.write_lines("stderr", batch, T0)
+    assert (base / "a" / "c-json.log").read_bytes() == (base / "b" / "c-json.log").read_bytes()
+    if all(_utf8(x) for x in batch):  # (invalid bytes read back as U+FFFD)
+        assert [m.line for m in many.read(ReadConfig())] == batch
+
+
+def _utf8(data: bytes) -> bool:
+    try:
+        data.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def test_bulk_encoding_only_for_plain_lines() -> None:
+    end = b'","stream":"stdout","time":"T"}\n'
+    assert jsonlog.encode_lines([b"a b\n", b"c\n"], end) == (
+        b'{"log":"a b\\n' + end + b'{"log":"c\\n' + end)
+    for odd in ([b"a\n", b"tab\t\n"], [b"<\n"], [b"no newline"], [b"a\nb\n"], [b"\xc3\xa9\n"]):
+        assert jsonlog.encode_lines(odd, end) is None
