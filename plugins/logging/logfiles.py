@@ -127,17 +127,15 @@ class LogFileSet:
     def _compress(self, last_time: str) -> None:
         src, dst = self._name(1, False), self._name(1, True)
         try:
-            write_gzip(src, dst + ".part", last_time)
+            write_gzip(src, dst, last_time)
+            # the .gz is complete before the plain file goes: a reader sees one or the
+            # other (at one index the plain file wins)
             with rotation_lock:
-                # complete .gz first, then the plain one goes: a reader sees one or the other
-                os.rename(dst + ".part", dst)
                 os.unlink(src)
         except OSError:
-            with contextlib.suppress(OSError):
-                os.unlink(dst + ".part.tmp")
-            with contextlib.suppress(OSError):
-                os.unlink(dst + ".part")
             # the plain file stays and is read (and dropped) as any rotated file
+            with contextlib.suppress(OSError):
+                os.unlink(dst + ".tmp")
 
     def wait(self) -> None:
         """Until the last rotation's compression is done."""
@@ -186,7 +184,10 @@ def blocks_forward(lf: LogFile, start: int = 0) -> Iterator[bytes]:
     left = lf.size - start if lf.size >= 0 else -1
     rest = b""
     while left != 0:
-        block = f.read(READ_BLOCK if left < 0 else min(READ_BLOCK, left))
+        try:
+            block = f.read(READ_BLOCK if left < 0 else min(READ_BLOCK, left))
+        except (EOFError, zlib.error, gzip.BadGzipFile):
+            break  # a damaged compressed file: what could be read of it
         if not block:
             break
         if left > 0:

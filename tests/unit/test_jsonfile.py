@@ -600,3 +600,14 @@ def test_bulk_encoding_only_for_plain_lines() -> None:
         b'{"log":"a b\\n' + end + b'{"log":"c\\n' + end)
     for odd in ([b"a\n", b"tab\t\n"], [b"<\n"], [b"no newline"], [b"a\nb\n"], [b"\xc3\xa9\n"]):
         assert jsonlog.encode_lines(odd, end) is None
+
+
+def test_a_damaged_compressed_file_reads_as_far_as_it_goes(tmp_path: Path) -> None:
+    drv = make(tmp_path, **{"max-size": "1k", "max-file": "3", "compress": "true"})
+    sent = fill(drv, 60)
+    drv.close()
+    gz = tmp_path / "c-json.log.2.gz"
+    gz.write_bytes(gz.read_bytes()[:-40])
+    got = lines(list(drv.read(ReadConfig())))
+    assert got[-20:] == lines(sent[-20:])  # the newer files whole, in order
+    assert fast(drv, ReadConfig(), LogRender()) == general(drv, ReadConfig(), LogRender())
