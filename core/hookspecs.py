@@ -470,6 +470,10 @@ class LogRender:
     timestamps: bool = False
     details: bool = False
     framed: bool = True
+    #: a frame may hold several consecutive messages of one stream: for a client
+    #: that copies frames into two byte streams (the docker CLI), the same output
+    #: for a fraction of the frames; never for one that sees frames (docker-py)
+    coalesce: bool = False
 
 
 @dataclass

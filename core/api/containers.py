@@ -128,8 +128,11 @@ def register(router: Router, engine: Engine) -> None:
         except ValueError as exc:
             raise InvalidParameter(f"invalid logs parameter: {exc}") from exc
         tty = bool(c.config.get("Tty"))
+        # the docker CLI copies frames into its stdout and stderr: runs of one
+        # stream can share a frame there, the output the same byte for byte
+        cli = (req.headers.get("User-Agent") or "").startswith("Docker-Client/")
         how = LogRender(timestamps=req.qbool("timestamps"), details=req.qbool("details"),
-                        framed=not tty)
+                        framed=not tty, coalesce=cli)
         gen = mgr.logs(id, cfg, follow=req.qbool("follow"), how=how)
         return StreamResponse(gen, content_type=RAW if tty else MULTIPLEXED)
 

@@ -6,7 +6,9 @@ messages themselves (``read_rendered``), so both give the same bytes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import itertools
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from urllib.parse import quote_plus
 
 from skiff.core.containers.framing import HEADER, MAX_FRAME, STREAM_TYPES, multiplex_frame
@@ -38,3 +40,13 @@ def render(msg: LogMessage, how: LogRender) -> bytes:
     if how.timestamps:
         data = rfc3339(msg.time).encode() + b" " + data
     return frame(msg.stream, data) if how.framed else data
+
+
+def render_all(msgs: Iterable[LogMessage], how: LogRender) -> bytes:
+    """Messages rendered one after the other; with ``coalesce``, one frame per run
+    of one stream."""
+    if not (how.framed and how.coalesce):
+        return b"".join([render(m, how) for m in msgs])
+    bare = replace(how, framed=False)
+    return b"".join([frame(stream, b"".join([render(m, bare) for m in run]))
+                     for stream, run in itertools.groupby(msgs, key=lambda m: m.stream)])

@@ -9,7 +9,7 @@ import structlog
 
 from skiff.core.containers.logopts import driver_options
 from skiff.core.containers.logread import LogCursor, RecordedLog, RenderedRecordedLog
-from skiff.core.containers.logrender import render
+from skiff.core.containers.logrender import render_all
 from skiff.core.containers.model import Container
 from skiff.core.containers.registry import ContainerRegistry, ToThread
 from skiff.core.errors import InvalidParameter
@@ -83,7 +83,7 @@ class LogStreams:
                 yield batch.data
             else:
                 # one HTTP chunk per batch, not per line
-                yield b"".join(render(m, how) for m in batch)
+                yield render_all(batch, how)
 
     async def messages(self, c: Container, cfg: ReadConfig, cursor: LogCursor, *,
                        follow: bool, first: ReadConfig) -> AsyncIterator[list[LogMessage]]:

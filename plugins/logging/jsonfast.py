@@ -19,9 +19,12 @@ must hold no raw quote and no escape but ``\n``.
 from __future__ import annotations
 
 import bisect
+import itertools
+import operator
 from dataclasses import dataclass
 
 from skiff.core.containers.framing import HEADER, STREAM_TYPES
+from skiff.core.containers.logrender import frame
 
 _HEAD = b'{"log":"'
 _OUT, _ERR = b'"stream":"stdout"', b'"stream":"stderr"'
@@ -47,7 +50,7 @@ class FastRenderer:
 
     def __init__(self, attrs_part: bytes, *, want: set[bytes], lo: bytes | None,
                  hi: bytes | None, timestamps: bool, details: bytes | None,
-                 framed: bool) -> None:
+                 framed: bool, coalesce: bool = False) -> None:
         self.mids = {s: b'","stream":"' + s + b'",' + attrs_part + b'"time":"'
                      for s in (b"stdout", b"stderr")}
         self.tail = len(self.mids[b"stdout"]) + _TIME + 2
@@ -56,6 +59,7 @@ class FastRenderer:
         self.timestamps = timestamps
         self.details = details  #: the ``--details`` prefix with its space, or None
         self.framed = framed
+        self.coalesce = coalesce
 
     def render(self, block: bytes) -> Rendered | None:
         # single bytes are looked for with ``in`` (memchr), never counted: that is slow
@@ -129,6 +133,13 @@ class FastRenderer:
             cols.append([self.details] * m)
             extra += len(self.details)
         cols.append(texts)
+        if self.framed and self.coalesce:
+            if streams is None:
+                return frame(stream.decode(), _interleave(cols))
+            rows = texts if len(cols) == 1 else [b"".join(row) for row in zip(*cols, strict=True)]
+            return b"".join([frame(s.decode(), b"".join([p for _, p in run])) for s, run in
+                             itertools.groupby(zip(streams, rows, strict=True),
+                                               key=operator.itemgetter(0))])
         if self.framed:
             lengths = list(map(len, texts))
             if max(lengths) + extra >= _TABLE_SIZE:
@@ -143,8 +154,15 @@ class FastRenderer:
             cols.insert(0, headers)
         if len(cols) == 1:
             return b"".join(texts)
-        width = len(cols)
-        parts: list[bytes] = [b""] * (width * m)
-        for i, col in enumerate(cols):
-            parts[i::width] = col
-        return b"".join(parts)
+        return _interleave(cols)
+
+
+def _interleave(cols: list[list[bytes]]) -> bytes:
+    """Row by row: ``cols[0][0] + cols[1][0] + ... + cols[0][1] + ...``."""
+    if len(cols) == 1:
+        return b"".join(cols[0])
+    width, m = len(cols), len(cols[0])
+    parts: list[bytes] = [b""] * (width * m)
+    for i, col in enumerate(cols):
+        parts[i::width] = col
+    return b"".join(parts)

@@ -39,7 +39,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from skiff.core.containers.logrender import details_text, render
+from skiff.core.containers.logrender import details_text, render_all
 from skiff.core.hookspecs import (
     GENERIC_LOG_OPTIONS,
     LogContext,
@@ -428,7 +428,8 @@ def _render_forward(opened: list[LogFile], config: ReadConfig, how: LogRender,
         lo=fmt(_ceil_us(config.since)).encode() if config.since is not None else None,
         hi=fmt(_floor_us(config.until)).encode() if config.until is not None else None,
         timestamps=how.timestamps,
-        details=details_text(attrs) + b" " if how.details else None, framed=how.framed)
+        details=details_text(attrs) + b" " if how.details else None, framed=how.framed,
+        coalesce=how.coalesce)
     first, offset = start
     for index in range(first, len(opened)):
         lf = opened[index]
@@ -455,7 +456,7 @@ def _render_slow(block: bytes, config: ReadConfig, how: LogRender, parse: TimePa
                  ) -> Iterator[RenderedLog]:
     """A block not in skiff's exact form, line by line through the decoder."""
     want = _wanted_streams(config)
-    out: list[bytes] = []
+    msgs: list[LogMessage] = []
     last_time = 0.0
     count = 0
     stop = False
@@ -469,13 +470,13 @@ def _render_slow(block: bytes, config: ReadConfig, how: LogRender, parse: TimePa
         if config.until is not None and when > config.until:
             stop = True
             break
-        out.append(render(LogMessage(stream, line, when, attrs), how))  # type: ignore[arg-type]
+        msgs.append(LogMessage(stream, line, when, attrs))  # type: ignore[arg-type]
         if when == last_time:
             count += 1
         else:
             last_time, count = when, 1
-    if out:
-        yield RenderedLog(b"".join(out), last_time, count)
+    if msgs:
+        yield RenderedLog(render_all(msgs, how), last_time, count)
     if stop:
         yield RenderedLog(b"", -1.0, 0)  # tells the caller nothing after this is wanted
 

@@ -8,6 +8,7 @@ import os
 import re
 import time
 from pathlib import Path
+from typing import Any
 
 import pluggy
 import pytest
@@ -389,17 +390,33 @@ def test_details_text() -> None:
 
 # -- the fast path renders exactly what the general one does ------------------
 
-def general(drv: JsonFileDriver, cfg: ReadConfig, how: LogRender) -> bytes:
+def general(drv: JsonFileDriver, cfg: ReadConfig, how: LogRender) -> Any:
     from skiff.core.containers.logrender import render
-    return b"".join(render(m, how) for m in drv.read(cfg))
+    out = b"".join(render(m, how) for m in drv.read(cfg))
+    return demuxed(out) if how.coalesce else out
 
 
-def fast(drv: JsonFileDriver, cfg: ReadConfig, how: LogRender) -> bytes:
-    return b"".join(r.data for r in drv.read_rendered(cfg, how))
+def fast(drv: JsonFileDriver, cfg: ReadConfig, how: LogRender) -> Any:
+    out = b"".join(r.data for r in drv.read_rendered(cfg, how))
+    return demuxed(out) if how.coalesce else out
+
+
+def demuxed(data: bytes) -> list[tuple[int, bytes]]:
+    """What a client that copies frames into two streams sees: runs of one stream."""
+    runs: list[tuple[int, bytes]] = []
+    while data:
+        kind, size = int(data[0]), int.from_bytes(data[4:8], "big")
+        payload, data = data[8:8 + size], data[8 + size:]
+        if runs and runs[-1][0] == kind:
+            runs[-1] = (kind, runs[-1][1] + payload)
+        else:
+            runs.append((kind, payload))
+    return runs
 
 
 HOWS = [LogRender(), LogRender(timestamps=True), LogRender(details=True),
-        LogRender(timestamps=True, details=True, framed=False), LogRender(framed=False)]
+        LogRender(timestamps=True, details=True, framed=False), LogRender(framed=False),
+        LogRender(coalesce=True), LogRender(timestamps=True, details=True, coalesce=True)]
 
 
 def configs(n: int) -> list[ReadConfig]:
@@ -431,7 +448,7 @@ def test_fast_path_matches_general(tmp_path: Path, how: LogRender,
     for cfg in configs(20):
         want = general(reader, cfg, how)
         assert fast(reader, cfg, how) == want, cfg
-    assert b"line 39.0" in general(reader, ReadConfig(), how)
+    assert b"line 39.0" in general(reader, ReadConfig(), LogRender())
     drv.close()
 
 
@@ -611,3 +628,24 @@ def test_a_damaged_compressed_file_reads_as_far_as_it_goes(tmp_path: Path) -> No
     got = lines(list(drv.read(ReadConfig())))
     assert got[-20:] == lines(sent[-20:])  # the newer files whole, in order
     assert fast(drv, ReadConfig(), LogRender()) == general(drv, ReadConfig(), LogRender())
+
+
+def test_coalesced_frames_are_few(tmp_path: Path) -> None:
+    drv = make(tmp_path)
+    drv.write_lines("stdout", [b"%d\n" % i for i in range(1000)], T0)
+    drv.write_lines("stderr", [b"e\n"] * 3, T0 + 1)
+    drv.write_lines("stdout", [b"x\n"], T0 + 2)
+    runs = b"".join(r.data for r in drv.read_rendered(ReadConfig(), LogRender(coalesce=True)))
+    assert demuxed(runs) == [(1, b"".join(b"%d\n" % i for i in range(1000))), (2, b"e\n" * 3),
+                             (1, b"x\n")]
+    assert len(runs) == 3890 + 6 + 2 + 3 * 8  # three frames, not one a line
+
+
+def test_render_all_coalesces_runs_of_a_stream() -> None:
+    from skiff.core.containers.logrender import render_all
+    msgs = [LogMessage("stdout", b"a\n", T0), LogMessage("stdout", b"b\n", T0),
+            LogMessage("stderr", b"c\n", T0, {"k": "v"}), LogMessage("stdout", b"d", T0)]
+    per_line = render_all(msgs, LogRender(details=True))
+    runs = render_all(msgs, LogRender(details=True, coalesce=True))
+    assert demuxed(runs) == demuxed(per_line) == [(1, b" a\n b\n"), (2, b"k=v c\n"), (1, b" d")]
+    assert len(per_line) - len(runs) == 8  # one header fewer
