@@ -10,10 +10,11 @@ escape in the text but ``\\n``.  Anything else (a file from dockerd, a
 control character) returns None and goes the general way.
 
 Why the checks are enough: inside the JSON text every ``"`` is escaped, so
-``{"log":"`` after a newline and ``"}`` before one can only be structure;
-counting those and comparing each line's tail (stream, attrs, where the time
-starts) proves every line's shape; the text is what lies between, and it
-must hold no raw quote and no escape but ``\n``.
+``{"log":"`` after a newline, ``"}`` before one and the stream key (which
+starts with a quote) can only be structure.  One of each per line, counted
+over the block, and a time ending as skiff's do, fix each line's shape; the
+text is what lies between the head and the tail, and a tail that was not
+where skiff puts it would leave a raw quote in the text.
 """
 
 from __future__ import annotations
@@ -72,17 +73,20 @@ class FastRenderer:
                 and block.count(b'"}\n') == n):
             return None
         k, t = self.tail, -_TIME - 2
-        mids = b"".join([ln[-k:t] for ln in lines])
-        stream = next((s for s, mid in self.mids.items() if mids == mid * n), None)
-        if stream is None:
-            # both streams, or not skiff's form (other attrs, another time format)
-            if mids.replace(_ERR, _OUT) != self.mids[b"stdout"] * n:
-                return None
-        elif stream not in self.want:
+        # each line's tail: its stream key with the driver's attrs, then a time of
+        # skiff's (microseconds: it ends in 000Z; dockerd 20.10 trims zeros)
+        outs, errs = block.count(self.mids[b"stdout"]), block.count(self.mids[b"stderr"])
+        if outs + errs != n or block.count(b'000Z"}\n') != n:
+            return None
+        stream: bytes | None = b"stdout" if errs == 0 else b"stderr" if outs == 0 else None
+        if stream is not None and stream not in self.want:
             return Rendered(b"", b"", 0, False)
         stop = False
-        times = [ln[t:-2] for ln in lines]
+        times: list[bytes] | None = None
+        if self.lo is not None or self.hi is not None or self.timestamps:
+            times = [ln[t:-2] for ln in lines]
         if self.lo is not None or self.hi is not None:
+            assert times is not None
             if times != sorted(times):  # a clock set back: the general way
                 return None
             first = 0 if self.lo is None else bisect.bisect_left(times, self.lo)
@@ -101,11 +105,13 @@ class FastRenderer:
                 if not keep:
                     return Rendered(b"", b"", 0, stop)
                 lines = [lines[i] for i in keep]
-                times = [times[i] for i in keep]
+                if times is not None:
+                    times = [times[i] for i in keep]
                 streams = None
         # a raw NUL cannot be in valid JSON text: it separates the texts while
-        # one replace unescapes them all; a raw quote, or a backslash left
-        # after that (another escape), means the general way
+        # one replace unescapes them all.  A raw quote means a line whose tail
+        # is not where skiff's is (the slice took some of it); a backslash left
+        # after the replace, another escape: the general way for both
         joined = b"\0".join([ln[8:-k] for ln in lines])
         if b'"' in joined:
             return None
@@ -116,17 +122,24 @@ class FastRenderer:
         texts = joined.split(b"\0")
         if len(texts) != len(lines):
             return None
-        last = times[-1]
+        last = lines[-1][t:-2]
+        if times is not None:
+            count = times.count(last)
+        elif streams is None and len(lines) == n:
+            count = block.count(b'"time":"' + last + b'"}\n')
+        else:
+            count = [ln[t:-2] for ln in lines].count(last)
         data = self._frames(stream or b"stdout", streams, texts, times)
-        return Rendered(data, last, times.count(last), stop)
+        return Rendered(data, last, count, stop)
 
     def _frames(self, stream: bytes, streams: list[bytes] | None, texts: list[bytes],
-                times: list[bytes]) -> bytes:
+                times: list[bytes] | None) -> bytes:
         """The payloads, each framed (the stream of each line, or ``stream`` for all)."""
         m = len(texts)
         cols: list[list[bytes]] = []
         extra = 0
         if self.timestamps:
+            assert times is not None
             cols += [times, [b" "] * m]
             extra += _TIME + 1
         if self.details is not None:

@@ -649,3 +649,21 @@ def test_render_all_coalesces_runs_of_a_stream() -> None:
     runs = render_all(msgs, LogRender(details=True, coalesce=True))
     assert demuxed(runs) == demuxed(per_line) == [(1, b" a\n b\n"), (2, b"k=v c\n"), (1, b" d")]
     assert len(per_line) - len(runs) == 8  # one header fewer
+
+
+def test_lines_dockerd_wrote_go_the_general_way(tmp_path: Path) -> None:
+    drv = make(tmp_path)
+    fill(drv, 3)
+    with open(tmp_path / "c-json.log", "ab") as f:
+        f.write(b'{"log":"trimmed\\n","stream":"stdout","time":"2026-11-18T11:07:40.5Z"}\n'
+                b'{"log":"attrs\\n","stream":"stderr","attrs":{"a":"b"},'
+                b'"time":"2026-11-18T11:07:41.123456000Z"}\n'
+                b'{"stream":"stdout","time":"2026-11-18T11:07:42.1Z"}\n'
+                b'{"log":"zone\\n","stream":"stdout","time":"2026-11-18T12:07:43.000001000+01:00"}\n')
+    drv.write(LogMessage("stdout", b"after\n", T0 + 100))
+    got = list(drv.read(ReadConfig()))
+    assert lines(got)[3:] == [b"trimmed\n", b"attrs\n", b"", b"zone\n", b"after\n"]
+    assert got[4].attrs == {"a": "b"}
+    for how in HOWS:
+        for cfg in configs(8):
+            assert fast(drv, cfg, how) == general(drv, cfg, how), (how, cfg)
