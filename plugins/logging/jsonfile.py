@@ -249,26 +249,29 @@ class JsonFileDriver:
 
     def write_lines(self, stream: str, lines: list[bytes], ts: float) -> None:
         """Several messages of one stream and time: one ``write(2)`` per file they go to."""
+        end = self._end(stream, ts)
+        data = encode_lines(lines, end)
+        if data is None:
+            data = b"".join([b'{"log":"' + encode_log(line) + end for line in lines])
+        self._write_lines(data)
+
+    def _write_lines(self, data: bytes) -> None:
+        """Whole JSON lines, rotating where one message at a time would have: before
+        a message once the file reached ``max-size``."""
         fd = self._fd
         if fd < 0:
             fd = self._open()
-        end = self._end(stream, ts)
-        bulk = encode_lines(lines, end)
-        if bulk is not None and (self.max_size < 0 or self._size + len(bulk) <= self.max_size):
-            self._write_all(fd, bulk)
-            return
-        out: list[bytes] = []
-        pending = 0
-        for line in lines:
-            if 0 < self.max_size <= self._size + pending:
-                self._write_all(fd, b"".join(out))
-                out, pending = [], 0
+        while data:
+            if 0 < self.max_size <= self._size:
                 fd = self._rotate()
-            data = b'{"log":"' + encode_log(line) + end
-            out.append(data)
-            pending += len(data)
-        if out:
-            self._write_all(fd, b"".join(out))
+            room = self.max_size - self._size
+            if self.max_size < 0 or len(data) <= room:
+                self._write_all(fd, data)
+                return
+            # up to the end of the line that reaches the size
+            cut = data.find(b"\n", room - 1) + 1 or len(data)
+            self._write_all(fd, data[:cut])
+            data = data[cut:]
 
     def close(self) -> None:
         if self._fd >= 0:
