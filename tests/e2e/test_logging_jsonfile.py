@@ -118,7 +118,7 @@ def test_details_as_dockerd(sbs: SideBySide) -> None:
                     "bare": side.out("logs", "--details", m)}
 
     got = sbs.same(run)
-    attrs = "A=1,B_X=tab%09here,com.x.y=%3Cz%3E,tag=%3Cn%3E%2Fbusybox,team=a+b%26c"
+    attrs = "A=1,B_X=tab%09here,com.x.y=%3Cz%3E,tag=<n>%2Fbusybox,team=a+b%26c"
     assert got["out"] == f"{attrs} one\n"
     assert got["stamped"] == f"<time> {attrs} two\n"
     assert got["bare"] == "bare"  # an empty attrs still adds its space: stripped by out()
