@@ -13,7 +13,6 @@ import json
 import os
 import re
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -190,31 +189,34 @@ def test_compressed_set_read_back_as_dockerd(sbs: SideBySide) -> None:
                 == [num for stamp, num in stamped if stamp <= until],
             }
 
-    got = sbs.same(run)
+    seen = sbs.each(run)
+    got = seen["skiffd"]
+    # dockerd 20.10 gets --since over a compressed set wrong (it drops messages at
+    # and after the time asked for): skiff is held to what --since means instead
+    assert {k: v for k, v in got.items() if k not in ("since", "window")} == {
+        k: v for k, v in seen["dockerd"].items() if k not in ("since", "window")}
     assert got["files"][0] == "<log>" and "<log>.1.gz" in got["files"]
     assert got["logs"] and got["stamped"] and got["tail"] == ["5998", "5999", "6000"]
     assert got["tail_far"] == [b"11", b"12"]
     assert got["window"] and got["since"] and got["until"]
 
 
-def test_follow_across_rotation(sbs: SideBySide) -> None:
-    def run(side: Side) -> bool:
-        n = unique("follow")
-        with removing(side, ("container", n)):
-            side.out("create", "--name", n, *NONE, *ROTATE, "busybox", "sh", "-c",
-                     "seq 1 3000; sleep 1; seq 3001 6000")
-            got: dict[str, bytes] = {}
-
-            def follow() -> None:
-                got["out"] = side.docker("logs", "-f", n, timeout=60).stdout
-
-            t = threading.Thread(target=follow)
-            side.out("start", n)
-            t.start()
-            t.join(60)
-            return got.get("out") == b"".join(b"%d\n" % i for i in range(1, 6001))
-
-    assert sbs.same(run) is True
+def test_follow_across_rotation(daemon: Daemon) -> None:
+    # skiff alone: dockerd 20.10's follower loses lines across compressed rotations
+    n = unique("follow")
+    daemon.docker("create", "--name", n, *NONE, *ROTATE, "busybox", "sh", "-c",
+                  "seq 1 3000; sleep 1; seq 3001 6000", check=True)
+    try:
+        daemon.docker("start", n, check=True)  # it runs a second at least: followed live
+        follower = subprocess.Popen(["docker", "logs", "-f", n], env=daemon.env(),
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out, _ = follower.communicate(timeout=60)
+        assert out == b"".join(b"%d\n" % i for i in range(1, 6001))
+        path = Path(daemon.docker("inspect", "-f", "{{.LogPath}}", n, check=True)
+                    .stdout.decode().strip())
+        assert path.with_name(path.name + ".1.gz").exists()  # it did rotate, compressed
+    finally:
+        daemon.docker("rm", "-f", n)
 
 
 # -- 3. bounded by default ----------------------------------------------------------------
