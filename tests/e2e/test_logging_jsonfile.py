@@ -103,7 +103,7 @@ def test_details_as_dockerd(sbs: SideBySide) -> None:
         n, m = unique("det"), unique("det")
         with removing(side, ("container", n), ("container", m)):
             side.out("run", "--name", n, *NONE, *ATTR_OPTS, *ATTR_FACTS, "busybox", "sh", "-c",
-                     "echo one; echo two >&2")
+                     "echo one; sleep 0.3; echo two >&2")  # two pipes: one after the other
             side.out("run", "--name", m, *NONE, "busybox", "echo", "bare")
             plain = side.docker("logs", "--details", n)
             stamped = side.docker("logs", "--details", "--timestamps", "--tail", "1", n)
