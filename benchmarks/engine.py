@@ -307,47 +307,6 @@ def concurrency(ctx: Context) -> None:
         ctx.add(f"concurrency: {n} x run --rm at once, wall", name, statistics.median(s), "s")
 
 
-def _count_lines(e: Engine, cid: str) -> int:
-    proc = subprocess.Popen(["/usr/local/bin/docker", "logs", cid], env=e.env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    assert proc.stdout is not None
-    count = 0
-    while chunk := proc.stdout.read(1 << 20):
-        count += chunk.count(b"\n")
-    if proc.wait() != 0:
-        raise EngineError(f"{e.name}: docker logs {cid} failed")
-    return count
-
-
-def logs(ctx: Context) -> None:
-    """A container prints N lines; the time it takes, then until ``docker logs`` has them all."""
-    n = ctx.plan.log_lines
-    write: dict[str, list[float]] = {e.name: [] for e in ctx.engines}
-    read: dict[str, list[float]] = {e.name: [] for e in ctx.engines}
-    for _, e in ctx.interleaved(ctx.plan.log_rounds):
-        t0 = time.perf_counter()
-        cid = e.docker("run", "-d", "--network", "none", IMAGE, "seq", "1", str(n)
-                       ).stdout.decode().strip()
-        e.docker("wait", cid, timeout=1800)
-        t1 = time.perf_counter()
-        got = _count_lines(e, cid)
-        t2 = time.perf_counter()
-        e.docker("rm", cid)
-        if got != n:
-            raise EngineError(f"{e.name}: docker logs returned {got} lines, not {n}")
-        write[e.name].append(t1 - t0)
-        read[e.name].append(t2 - t1)
-    label = f"{n:,}".replace(",", "_")
-    for name in write:
-        ctx.add(f"logs: {label} lines, run -d until exit", name,
-                statistics.median(write[name]), "s")
-        ctx.add(f"logs: {label} lines, docker logs reads all", name,
-                statistics.median(read[name]), "s")
-        ctx.add(f"logs: {label} lines, total", name,
-                statistics.median([w + r for w, r in zip(write[name], read[name], strict=True)]),
-                "s")
-
-
 def _memory(e: Engine) -> tuple[float, float, int, dict[str, int]]:
     procs = e.processes()
     rss = sum(p.rss_kb for p in procs) / 1024
@@ -407,11 +366,19 @@ def build(ctx: Context) -> None:
         ctx.log(f"  build failed: {exc}")
 
 
+def logs_workload(ctx: Context) -> None:
+    """``docker logs`` of N lines, ``--tail 10`` of a big log, write throughput, per log
+    driver (benchmarks/logs.py)."""
+    from benchmarks import logs as workload
+
+    workload.logs(ctx)
+
+
 BUILTIN: dict[str, Callable[[Context], None]] = {
     "api": api_round_trip, "run": run_latency, "phases": run_phases, "seccomp": seccomp_cost,
     "exec": exec_latency,
     "lifecycle": lifecycle,
-    "concurrency": concurrency, "logs": logs, "memory": memory, "userns": userns,
+    "concurrency": concurrency, "logs": logs_workload, "memory": memory, "userns": userns,
     "build": build,
 }
 

@@ -444,17 +444,45 @@ class LogMessage:
     stream: Literal["stdout", "stderr"]
     line: bytes  #: including the trailing newline when there was one
     time: float  #: seconds since the epoch, with sub-second precision
+    #: what the driver recorded beside the line (json-file's ``attrs``: the
+    #: ``labels``/``env``/``tag`` options), shown by ``docker logs --details``
+    attrs: dict[str, str] | None = None
 
 
 @dataclass
 class ReadConfig:
-    """What ``docker logs`` asks for."""
+    """What ``docker logs`` asks for (which messages)."""
 
     tail: int | None = None  #: last N lines; None for all
     since: float | None = None
     until: float | None = None
     stdout: bool = True
     stderr: bool = True
+
+
+@dataclass(frozen=True)
+class LogRender:
+    """How ``docker logs`` shows each message, as dockerd: ``--timestamps`` puts
+    the time (RFC 3339, nine digits) and a space first, ``--details`` the
+    message's attrs (``k=v,k2=v2`` sorted by key, query-escaped) and a space,
+    and without a TTY each message is one frame of the multiplexed stream."""
+
+    timestamps: bool = False
+    details: bool = False
+    framed: bool = True
+    #: a frame may hold several consecutive messages of one stream: for a client
+    #: that copies frames into two byte streams (the docker CLI), the same output
+    #: for a fraction of the frames; never for one that sees frames (docker-py)
+    coalesce: bool = False
+
+
+@dataclass
+class RenderedLog:
+    """A run of messages already rendered for ``docker logs`` (``read_rendered``)."""
+
+    data: bytes
+    last_time: float  #: the time of the last message in ``data``
+    last_count: int  #: how many messages at the end of ``data`` have that time
 
 
 @runtime_checkable
@@ -486,6 +514,12 @@ class LogDriver(Protocol):
         the client: a driver should settle what the iteration returns when it
         starts (json-file notes each file's size then) and must not read the
         whole log into memory.  Closing the iterator early releases its files.
+
+        A driver may also offer ``read_rendered(config, render: LogRender)
+        -> Iterator[RenderedLog]``: the same messages already rendered, in
+        runs, each with its last message's time (the daemon's cursor for a
+        follower that falls behind).  The daemon prefers it for a fresh read:
+        it spares a Python object per line (json-file's fast path).
         """
         ...
 

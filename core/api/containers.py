@@ -14,7 +14,7 @@ from skiff.core.containers import health, lifecycle
 from skiff.core.containers.model import Container
 from skiff.core.containers.streams import DEFAULT_DETACH_KEYS, parse_detach_keys
 from skiff.core.errors import Conflict, InvalidParameter
-from skiff.core.hookspecs import ReadConfig
+from skiff.core.hookspecs import LogRender, ReadConfig
 from skiff.core.timefmt import parse_time_param
 
 if TYPE_CHECKING:
@@ -128,8 +128,12 @@ def register(router: Router, engine: Engine) -> None:
         except ValueError as exc:
             raise InvalidParameter(f"invalid logs parameter: {exc}") from exc
         tty = bool(c.config.get("Tty"))
-        gen = mgr.logs(id, cfg, follow=req.qbool("follow"),
-                       timestamps=req.qbool("timestamps"), framed=not tty)
+        # the docker CLI copies frames into its stdout and stderr: runs of one
+        # stream can share a frame there, the output the same byte for byte
+        cli = (req.headers.get("User-Agent") or "").startswith("Docker-Client/")
+        how = LogRender(timestamps=req.qbool("timestamps"), details=req.qbool("details"),
+                        framed=not tty, coalesce=cli)
+        gen = mgr.logs(id, cfg, follow=req.qbool("follow"), how=how)
         return StreamResponse(gen, content_type=RAW if tty else MULTIPLEXED)
 
     @router.route("DELETE", "/containers/{id}")

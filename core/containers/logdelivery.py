@@ -152,6 +152,17 @@ class BlockingDelivery(_Delivery):
     def __init__(self, driver: LogDriver, container_id: str) -> None:
         super().__init__(driver, container_id)
         self._write = driver.write  # bound once: this is every line's path
+        batched = getattr(driver, "write_lines", None)
+        if batched is not None:
+            # the pump hands a chunk's lines at once to a driver that takes
+            # them so (json-file: one write(2)); hiding it would cost that
+            def write_lines(stream: str, lines: list[bytes], ts: float) -> None:
+                try:
+                    batched(stream, lines, ts)
+                except OSError as exc:
+                    self.drops.add(len(lines), f"the {self.name} driver failed to write: {exc}")
+
+            self.write_lines = write_lines
 
     def write(self, msg: LogMessage) -> None:
         try:

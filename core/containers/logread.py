@@ -20,7 +20,7 @@ from dataclasses import replace
 from typing import Any
 
 from skiff.core.containers.streams import LineSplitter
-from skiff.core.hookspecs import LogDriver, LogMessage, ReadConfig
+from skiff.core.hookspecs import LogDriver, LogMessage, LogRender, ReadConfig, RenderedLog
 
 #: bytes of log lines taken from the driver per batch (one worker-thread call)
 BATCH_BYTES = 64 * 1024
@@ -50,7 +50,7 @@ class RecordedLog:
 
     def __init__(self, driver: LogDriver, cfg: ReadConfig,
                  run_thread: Callable[..., Any]) -> None:
-        self._driver = driver
+        self.driver = driver
         self._cfg = cfg
         self._run = run_thread
         self._it: Iterator[LogMessage] | None = None
@@ -61,7 +61,7 @@ class RecordedLog:
     async def start(self) -> None:
         """Take the first batch: the driver decides now what this reader will see."""
         def first() -> tuple[list[LogMessage], bool]:
-            self._it = iter(self._driver.read(self._cfg))
+            self._it = iter(self.driver.read(self._cfg))
             return _take(self._it)
 
         self._first, self._done = await self._run(first)
@@ -86,7 +86,51 @@ class RecordedLog:
             if close is not None:
                 close()  # a generator's finally: the driver closes its files
         finally:
-            self._driver.close()
+            self.driver.close()
+
+
+class RenderedRecordedLog:
+    """A recorded log the driver renders itself (``read_rendered``), a run at a
+    time from worker threads; the same contract as :class:`RecordedLog`."""
+
+    def __init__(self, driver: LogDriver, cfg: ReadConfig, how: LogRender,
+                 run_thread: Callable[..., Any]) -> None:
+        self.driver = driver
+        self._cfg = cfg
+        self._how = how
+        self._run = run_thread
+        self._it: Iterator[RenderedLog] | None = None
+        self._first: RenderedLog | None = None
+        self._closed = False
+
+    @staticmethod
+    def supported(driver: LogDriver) -> bool:
+        return callable(getattr(driver, "read_rendered", None))
+
+    async def start(self) -> None:
+        def first() -> RenderedLog | None:
+            self._it = iter(self.driver.read_rendered(  # type: ignore[attr-defined]
+                self._cfg, self._how))
+            return next(self._it, None)
+
+        self._first = await self._run(first)
+
+    async def batches(self) -> AsyncIterator[RenderedLog]:
+        batch, self._first = self._first, None
+        while batch is not None and self._it is not None:
+            yield batch
+            batch = await self._run(next, self._it, None)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            close = getattr(self._it, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self.driver.close()
 
 
 class LogCursor:

@@ -8,14 +8,20 @@ from collections.abc import AsyncIterator, Callable
 import structlog
 
 from skiff.core.containers import logcache
-from skiff.core.containers.framing import STREAM_TYPES, multiplex_frame
 from skiff.core.containers.logopts import driver_options
-from skiff.core.containers.logread import LogCursor, RecordedLog
+from skiff.core.containers.logread import LogCursor, RecordedLog, RenderedRecordedLog
+from skiff.core.containers.logrender import render_all
 from skiff.core.containers.model import Container
 from skiff.core.containers.registry import ContainerRegistry, ToThread
 from skiff.core.errors import InvalidParameter
-from skiff.core.hookspecs import LogContext, LogDriver, LogMessage, ReadConfig
-from skiff.core.timefmt import rfc3339
+from skiff.core.hookspecs import (
+    LogContext,
+    LogDriver,
+    LogMessage,
+    LogRender,
+    ReadConfig,
+    RenderedLog,
+)
 
 log = structlog.get_logger("skiff.containers")
 
@@ -93,26 +99,24 @@ class LogStreams:
             raise InvalidParameter("configured logging driver does not support reading")
         return driver
 
-    def logs(self, ref: str, cfg: ReadConfig, *, follow: bool, timestamps: bool,
-             framed: bool) -> AsyncIterator[bytes]:
+    def logs(self, ref: str, cfg: ReadConfig, *, follow: bool, how: LogRender
+             ) -> AsyncIterator[bytes]:
         """The log stream of ``docker logs``, history first, then live when following.
         A container without a readable log is refused now, before any header goes out."""
         c = self.registry.get(ref)
         if not self.readable(c):
             # dockerd's words (it answers 501; a 4xx here: nothing failed in skiffd)
             raise InvalidParameter("configured logging driver does not support reading")
-        return self._logs(c, cfg, follow=follow, timestamps=timestamps, framed=framed)
+        return self._logs(c, cfg, follow=follow, how=how)
 
-    async def _logs(self, c: Container, cfg: ReadConfig, *, follow: bool, timestamps: bool,
-                    framed: bool) -> AsyncIterator[bytes]:
-        def render(kind: str, data: bytes, when: float) -> bytes:
-            if timestamps:
-                data = rfc3339(when).encode() + b" " + data
-            return multiplex_frame(STREAM_TYPES[kind], data) if framed else data
-
-        async for batch in self.messages(c, cfg, LogCursor(), follow=follow, first=cfg):
-            # one HTTP chunk per batch, not per line
-            yield b"".join(render(m.stream, m.line, m.time) for m in batch)
+    async def _logs(self, c: Container, cfg: ReadConfig, *, follow: bool, how: LogRender
+                    ) -> AsyncIterator[bytes]:
+        async for batch in self._feed(c, cfg, LogCursor(), follow=follow, first=cfg, how=how):
+            if isinstance(batch, RenderedLog):
+                yield batch.data
+            else:
+                # one HTTP chunk per batch, not per line
+                yield render_all(batch, how)
 
     async def messages(self, c: Container, cfg: ReadConfig, cursor: LogCursor, *,
                        follow: bool, first: ReadConfig) -> AsyncIterator[list[LogMessage]]:
@@ -123,10 +127,28 @@ class LogStreams:
         dropped from them and reads on from the log where ``cursor`` says it
         stopped, so it never holds the daemon's memory or anyone else up.
         """
+        async for batch in self._feed(c, cfg, cursor, follow=follow, first=first, how=None):
+            assert not isinstance(batch, RenderedLog)  # only asked for with ``how``
+            yield batch
+
+    def _recorded(self, c: Container, cfg: ReadConfig, cursor: LogCursor,
+                  how: LogRender | None) -> RecordedLog | RenderedRecordedLog:
+        driver = self.open_reader(c)
+        # the driver's own rendering on a fresh read; a catch-up needs each
+        # message's time to skip what the reader has
+        if how is not None and cursor.at is None and RenderedRecordedLog.supported(driver):
+            return RenderedRecordedLog(driver, cfg, how, self.to_thread)
+        return RecordedLog(driver, cfg, self.to_thread)
+
+    async def _feed(self, c: Container, cfg: ReadConfig, cursor: LogCursor, *,
+                    follow: bool, first: ReadConfig, how: LogRender | None
+                    ) -> AsyncIterator[list[LogMessage] | RenderedLog]:
         hub = self.registry.tracks[c.id].hub
         read_cfg = first
         while True:
-            recorded = RecordedLog(self.open_reader(c), read_cfg, self.to_thread)
+            recorded = self._recorded(c, read_cfg, cursor, how)
+            # what the driver records beside each line, for live lines too (--details)
+            attrs = getattr(recorded.driver, "attrs", None) or None
             live = None
             try:
                 async with hub.log_lock:
@@ -134,6 +156,10 @@ class LogStreams:
                     if follow and c.state.Running:
                         live = hub.subscribe(stdout=cfg.stdout, stderr=cfg.stderr, lines=True)
                 async for batch in recorded.batches():
+                    if isinstance(batch, RenderedLog):
+                        cursor.advance(batch.last_time, batch.last_count)
+                        yield batch
+                        continue
                     new = [m for m in batch if cursor.take(m)]
                     if new:
                         yield new
@@ -144,7 +170,7 @@ class LogStreams:
                     if cfg.until is not None and when > cfg.until:
                         return
                     # the live feed yields only "stdout" and "stderr"; its type says str
-                    msg = LogMessage(kind, data, when)  # type: ignore[arg-type]
+                    msg = LogMessage(kind, data, when, attrs)  # type: ignore[arg-type]
                     if cursor.take(msg):
                         yield [msg]
                 if not live.dropped:

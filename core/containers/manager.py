@@ -54,6 +54,7 @@ from skiff.core.errors import Conflict, InvalidParameter, NotFound, NotModified
 from skiff.core.hookspecs import (
     ContainerProcess,
     LogDriver,
+    LogRender,
     ReadConfig,
     StartError,
     Stdio,
@@ -624,11 +625,10 @@ class ContainerManager:
         """``POST /containers/{id}/resize``: the TTY's size (SIGWINCH in the container)."""
         self.attacher.resize(ref, height, width)
 
-    def logs(self, ref: str, cfg: ReadConfig, *, follow: bool, timestamps: bool,
-             framed: bool) -> AsyncIterator[bytes]:
+    def logs(self, ref: str, cfg: ReadConfig, *, follow: bool, how: LogRender
+             ) -> AsyncIterator[bytes]:
         """The log stream of ``docker logs``, history first, then live when following."""
-        return self.logstreams.logs(ref, cfg, follow=follow, timestamps=timestamps,
-                                    framed=framed)
+        return self.logstreams.logs(ref, cfg, follow=follow, how=how)
 
     # -- shutdown --------------------------------------------------------------
 

@@ -397,9 +397,15 @@ async def pump(
     splitter = LineSplitter()
     kind: Literal["stdout", "stderr"] = "stderr" if stream == "stderr" else "stdout"
 
+    # a driver may take a chunk's lines at once (json-file: one write(2) for them)
+    batched = getattr(log, "write_lines", None)
+
     def write_lines(lines: list[bytes], now: float) -> None:
         assert log is not None
         try:
+            if batched is not None:
+                batched(kind, lines, now)
+                return
             for line in lines:
                 log.write(LogMessage(kind, line, now))
         except OSError as exc:

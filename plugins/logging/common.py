@@ -92,7 +92,8 @@ def extra_attributes(ctx: LogContext, key_mod: Callable[[str], str] | None = Non
     for name, value in ctx.labels.items():
         if name in wanted or (pattern is not None and pattern.search(name)):
             out[name] = value
-    env = dict(item.partition("=")[::2] for item in ctx.env)
+    # a variable without "=" has no value: dockerd leaves it out
+    env = dict(item.split("=", 1) for item in ctx.env if "=" in item)
     for name in _names(opts.get("env", "")):
         if name in env:
             out[name] = env[name]

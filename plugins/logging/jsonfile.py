@@ -1,48 +1,77 @@
 """The ``json-file`` log driver: Docker's default, file for file.
 
-Each message is one JSON object on its own line of ``<id>-json.log``::
+Each message is one JSON object on its own line of ``<id>-json.log``, in
+dockerd 20.10's form (see ``jsonlog``)::
 
-    {"log":"hello\\n","stream":"stdout","time":"2026-11-28T01:02:03.123456000Z"}
-
-``time`` is RFC 3339 with nine fractional digits in UTC (Go's
-``RFC3339NanoFixed``, as Docker writes it); skiff's message times are floats,
-so the last three digits are always zero.
+    {"log":"hello\\n","stream":"stdout","attrs":{"tag":"web"},"time":"2026-11-28T01:02:03.123456000Z"}
 
 Options (``--log-opt``), with Docker's names and meanings:
 
 ``max-size``
     rotate once the file reached this size; a number with an optional
-    ``k``/``m``/``g`` unit (decimal, as Docker's ``units.FromHumanSize``).
+    ``k``/``m``/``g`` unit (decimal, as Docker's ``units.FromHumanSize``);
+    ``-1``: never rotate.
 ``max-file``
     how many files to keep, the live one included (``path``, ``path.1`` ...
-    ``path.N-1``, ``.1`` the most recent); only meaningful with ``max-size``.
+    ``path.N-1``, ``.1`` the most recent).
 ``compress``
-    only ``false``: compressed rotated files are not supported.
-``labels``, ``labels-regex``, ``env``, ``env-regex``, ``tag``
-    accepted for compatibility and ignored (skiff writes no ``attrs``).
+    gzip the rotated files (``path.1.gz`` ...); needs ``max-file`` of 2 or more.
+``labels``, ``labels-regex``, ``env``, ``env-regex``
+    the container's labels and environment variables so selected go into
+    every line's ``attrs`` (and ``docker logs --details`` shows them).
+``tag``
+    when given (and not empty), ``attrs`` holds ``tag``: the template
+    rendered (``{{.Name}}``, ``{{.ID}}`` ...).  No tag by default, as dockerd.
+
+Bounded by default, skiff's departure from Docker: with neither ``max-size``
+nor ``max-file`` given (by the container or daemon.json ``log-opts``), the
+log is kept to :data:`DEFAULT_MAX_SIZE` x :data:`DEFAULT_MAX_FILE` files;
+``max-size`` alone keeps Docker's one file, ``max-file`` alone gets the
+default size.  ``max-size=-1`` is Docker's unbounded log.
 """
 
 from __future__ import annotations
 
-import calendar
-import contextlib
 import json
 import os
 import re
-import threading
-import time
 from collections.abc import Iterator, Mapping
-from json.encoder import encode_basestring
-from typing import IO, Any
+from dataclasses import dataclass
+from typing import Any
 
+from skiff.core.containers.logrender import details_text, render_all
 from skiff.core.hookspecs import (
     GENERIC_LOG_OPTIONS,
     LogContext,
     LogMessage,
+    LogRender,
     ReadConfig,
+    RenderedLog,
     hookimpl,
 )
-from skiff.core.timefmt import parse_rfc3339
+from skiff.plugins.logging.common import (
+    check_attribute_options,
+    check_tag,
+    extra_attributes,
+    render_tag,
+)
+from skiff.plugins.logging.jsonfast import FastRenderer
+from skiff.plugins.logging.jsonlog import (
+    TimeFormatter,
+    TimeParser,
+    decode_line,
+    encode_attrs,
+    encode_lines,
+    encode_log,
+)
+from skiff.plugins.logging.logfiles import (
+    LogFile,
+    LogFileSet,
+    blocks_forward,
+    lines_backwards,
+    lines_forward,
+    lines_with_offsets,
+)
 
 NAME = "json-file"
 
@@ -52,12 +81,9 @@ _KNOWN_OPTS = frozenset(
 _SIZE = re.compile(r"^(\d+(?:\.\d+)*) ?([kKmMgGtTpP])?[iI]?[bB]?$")
 _UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "p": 10**15}
 
-#: how much a backwards read fetches at a time when looking for the last lines
-_BLOCK = 64 * 1024
-
-#: rotation renames files that a reader may be opening one by one; one lock for
-#: every instance because the daemon opens a fresh driver per ``docker logs``
-_rotation_lock = threading.Lock()
+#: skiff's bound when none is given: 10 MB x 5 files (Docker: unbounded)
+DEFAULT_MAX_SIZE = 10 * 10**6
+DEFAULT_MAX_FILE = 5
 
 
 def parse_size(text: str) -> int:
@@ -77,155 +103,77 @@ def _parse_bool(text: str) -> bool:
     raise ValueError(f"invalid boolean: {text!r}")
 
 
-def parse_options(options: dict[str, str]) -> tuple[int, int]:
-    """Validate ``log-opts`` for json-file; ``(max_size or -1, max_file)``.
+@dataclass(frozen=True)
+class Options:
+    max_size: int  #: -1: never rotate
+    max_file: int
+    compress: bool
+
+
+def _bad(key: str, value: str, expected: str) -> ValueError:
+    return ValueError(f"invalid value {value!r} for log opt '{key}' of the {NAME} log driver: "
+                      f"expected {expected}")
+
+
+def parse_options(options: Mapping[str, str]) -> Options:
+    """Validate ``log-opts`` for json-file, the default bound filled in.
 
     Raises ``ValueError`` naming the option and what is allowed.
     """
     for key in options:
         if key not in _KNOWN_OPTS:
             raise ValueError(f"unknown log opt '{key}' for {NAME} log driver")
-    max_size = -1
+    max_size = DEFAULT_MAX_SIZE
     if "max-size" in options:
-        try:
-            max_size = parse_size(options["max-size"])
-        except ValueError:
-            raise ValueError(
-                f"invalid value {options['max-size']!r} for log opt 'max-size' of the {NAME} "
-                "log driver: expected a size such as 10m, 512k or 1g"
-            ) from None
-        if max_size <= 0:
-            raise ValueError(f"log opt 'max-size' of the {NAME} log driver must be positive")
-    max_file = 1
+        text = options["max-size"].strip()
+        if text == "-1":
+            max_size = -1
+        else:
+            try:
+                max_size = parse_size(text)
+            except ValueError:
+                raise _bad("max-size", text, "a size such as 10m, 512k or 1g, or -1 for "
+                           "no limit") from None
+            if max_size <= 0:
+                raise ValueError(f"log opt 'max-size' of the {NAME} log driver must be "
+                                 "positive (or -1 for no limit)")
+    max_file = DEFAULT_MAX_FILE if "max-size" not in options else 1
     if "max-file" in options:
         try:
             max_file = int(options["max-file"])
         except ValueError:
-            raise ValueError(
-                f"invalid value {options['max-file']!r} for log opt 'max-file' of the {NAME} "
-                "log driver: expected a whole number of files, at least 1"
-            ) from None
+            raise _bad("max-file", options["max-file"],
+                       "a whole number of files, at least 1") from None
         if max_file < 1:
             raise ValueError(f"log opt 'max-file' of the {NAME} log driver cannot be less than 1")
+    compress = False
     if "compress" in options:
         try:
             compress = _parse_bool(options["compress"])
         except ValueError:
-            raise ValueError(
-                f"invalid value {options['compress']!r} for log opt 'compress' of the {NAME} "
-                "log driver: expected true or false"
-            ) from None
-        if compress:
-            raise ValueError(
-                f"log opt 'compress=true' is not supported by the {NAME} log driver of skiff; "
-                "remove it or set compress=false"
-            )
-    return max_size, max_file
+            raise _bad("compress", options["compress"], "true or false") from None
+        if compress and (max_file < 2 or max_size == -1):
+            # dockerd's words
+            raise ValueError("compress cannot be true when max-file is less than 2 or "
+                             "max-size is not set")
+    if options.get("tag"):
+        try:
+            check_tag(options["tag"])
+        except ValueError as exc:
+            raise ValueError(f"log opt 'tag' of the {NAME} log driver: {exc}") from None
+    try:
+        check_attribute_options(dict(options))
+    except ValueError as exc:
+        raise ValueError(f"log opt {exc}") from None
+    return Options(max_size, max_file, compress)
 
 
-class _TimeFormatter:
-    """RFC 3339 (nine digits, UTC) from a float, with the seconds part cached.
-
-    Containers log many lines per second, so ``strftime`` runs once a second
-    rather than once a line; and the daemon stamps every line of one read
-    with the same time, so the last result is cached whole as well.
-    """
-
-    __slots__ = ("_last", "_last_ts", "_prefix", "_sec")
-
-    def __init__(self) -> None:
-        self._sec = -1
-        self._prefix = ""
-        self._last_ts = -1.0
-        self._last = ""
-
-    def __call__(self, ts: float) -> str:
-        if ts == self._last_ts:
-            return self._last
-        # round once on the microsecond count so 0.9999996 carries into the seconds
-        sec, usec = divmod(int(ts * 1e6 + 0.5), 1_000_000)
-        if sec != self._sec:
-            self._sec = sec
-            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(sec))
-        self._last_ts = ts
-        self._last = text = f"{self._prefix}{usec:06d}000Z"
-        return text
-
-
-class _TimeParser:
-    """The inverse of ``_TimeFormatter`` with the seconds part cached.
-
-    Falls back to the general RFC 3339 parser for anything not in our own
-    format (a file written by Docker with an offset, say).
-    """
-
-    __slots__ = ("_prefix", "_sec")
-
-    def __init__(self) -> None:
-        self._prefix = ""
-        self._sec = 0
-
-    def __call__(self, text: str) -> float:
-        if len(text) == 30 and text[19] == "." and text[29] == "Z":
-            prefix = text[:19]
-            if prefix != self._prefix:
-                try:
-                    self._sec = calendar.timegm(time.strptime(prefix, "%Y-%m-%dT%H:%M:%S"))
-                except ValueError:
-                    return parse_rfc3339(text)
-                self._prefix = prefix
-            # nanoseconds as an int, divided once: exact to the float's precision
-            return self._sec + int(text[20:29]) / 1e9
-        return parse_rfc3339(text)
-
-
-def _lines_backwards(f: IO[bytes], end: int) -> Iterator[tuple[bytes, int]]:
-    """Complete lines of ``f[:end]``, last first, reading blocks from the end.
-
-    Each comes without its newline, with the offset where it starts.  A
-    trailing unfinished line (a write in progress) is skipped.
-    """
-    pos = end
-    rest = b""  # the start of a line whose beginning lies in an earlier block
-    unfinished = True  # still skipping what follows the last newline
-    while pos > 0:
-        size = min(_BLOCK, pos)
-        pos -= size
-        f.seek(pos)
-        block = f.read(size)
-        if unfinished:
-            nl = block.rfind(b"\n")
-            if nl < 0:
-                continue
-            block = block[:nl]
-            unfinished = False
-        joined = block + rest
-        parts = joined.split(b"\n")
-        rest = parts[0]
-        start = pos + len(joined)  # walks back to each part's first byte
-        for line in reversed(parts[1:]):
-            start -= len(line) + 1
-            if line:
-                yield line, start + 1
-    if rest:
-        yield rest, 0
-
-
-def _lines_forward(f: IO[bytes], end: int, start: int = 0) -> Iterator[bytes]:
-    """Complete lines of ``f[start:end]`` in order, without their newline."""
-    f.seek(start)
-    left = end - start
-    rest = b""
-    while left > 0:
-        block = f.read(min(1 << 20, left))
-        if not block:
-            break
-        left -= len(block)
-        parts = (rest + block).split(b"\n")
-        rest = parts.pop()
-        for line in parts:
-            if line:
-                yield line
+def attributes(ctx: LogContext) -> dict[str, str]:
+    """Every line's ``attrs``: the selected labels and env, and ``tag`` when asked for."""
+    attrs = extra_attributes(ctx)
+    if ctx.options.get("tag"):  # no default tag: only when the user asked, as dockerd
+        attrs["tag"] = render_tag(ctx)
+    return attrs
 
 
 class JsonFileDriver:
@@ -242,10 +190,18 @@ class JsonFileDriver:
 
     def __init__(self, ctx: LogContext) -> None:
         self.path = ctx.log_path
-        self.max_size, self.max_file = parse_options(dict(ctx.options))
+        opts = parse_options(ctx.options)
+        self.max_size, self.max_file = opts.max_size, opts.max_file
+        self.files = LogFileSet(self.path, opts.max_size, opts.max_file, opts.compress)
+        self.attrs = attributes(ctx)
+        attrs_json = encode_attrs(self.attrs)
+        self._attrs_part = b'"attrs":' + attrs_json + b"," if attrs_json else b""
         self._fd = -1
         self._size = 0
-        self._fmt = _TimeFormatter()
+        self._last_time = ""
+        self._fmt = TimeFormatter()
+        #: the end of a line after the log text, per (stream, time text)
+        self._ends: dict[tuple[str, str], bytes] = {}
 
     # -- writing -------------------------------------------------------------
 
@@ -258,30 +214,24 @@ class JsonFileDriver:
     def _rotate(self) -> int:
         os.close(self._fd)
         self._fd = -1
-        with _rotation_lock:
-            # A reader holding the old files open keeps reading them: renames and
-            # unlinks never change what an open descriptor sees.
-            if self.max_file > 1:
-                for i in range(self.max_file - 1, 0, -1):
-                    src = f"{self.path}.{i - 1}" if i > 1 else self.path
-                    with contextlib.suppress(FileNotFoundError):
-                        os.rename(src, f"{self.path}.{i}")
-            else:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.path)
-            return self._open()
+        self.files.rotate(self._last_time)
+        return self._open()
 
-    def write(self, msg: LogMessage) -> None:
-        fd = self._fd
-        if fd < 0:
-            fd = self._open()
-        if 0 < self.max_size <= self._size:
-            fd = self._rotate()
-        # Go's encoder turns invalid UTF-8 into U+FFFD; "replace" does the same
-        text = encode_basestring(msg.line.decode("utf-8", "replace"))
-        data = f'{{"log":{text},"stream":"{msg.stream}","time":"{self._fmt(msg.time)}"}}\n'.encode()
-        # one write(2) per message, no user-space buffer: the line is in the
-        # file (page cache) when write returns, for readers and after a crash
+    def _end(self, stream: str, ts: float) -> bytes:
+        stamp = self._fmt(ts)
+        end = self._ends.get((stream, stamp))
+        if end is None:
+            if len(self._ends) > 4:
+                self._ends.clear()
+            end = b'","stream":"' + stream.encode() + b'",' + self._attrs_part + \
+                b'"time":"' + stamp.encode() + b'"}\n'
+            self._ends[(stream, stamp)] = end
+        self._last_time = stamp
+        return end
+
+    def _write_all(self, fd: int, data: bytes) -> None:
+        # one write(2), no user-space buffer: the lines are in the file (page
+        # cache) when this returns, for readers and after a crash
         n = os.write(fd, data)
         self._size += n
         while n < len(data):  # short write (a signal, a nearly full disk): finish it
@@ -289,37 +239,47 @@ class JsonFileDriver:
             n = os.write(fd, data)
             self._size += n
 
+    def write(self, msg: LogMessage) -> None:
+        fd = self._fd
+        if fd < 0:
+            fd = self._open()
+        if 0 < self.max_size <= self._size:
+            fd = self._rotate()
+        self._write_all(fd, b'{"log":"' + encode_log(msg.line) + self._end(msg.stream, msg.time))
+
+    def write_lines(self, stream: str, lines: list[bytes], ts: float) -> None:
+        """Several messages of one stream and time: one ``write(2)`` per file they go to."""
+        end = self._end(stream, ts)
+        data = encode_lines(lines, end)
+        if data is None:
+            data = b"".join([b'{"log":"' + encode_log(line) + end for line in lines])
+        self._write_lines(data)
+
+    def _write_lines(self, data: bytes) -> None:
+        """Whole JSON lines, rotating where one message at a time would have: before
+        a message once the file reached ``max-size``."""
+        fd = self._fd
+        if fd < 0:
+            fd = self._open()
+        while data:
+            if 0 < self.max_size <= self._size:
+                fd = self._rotate()
+            room = self.max_size - self._size
+            if self.max_size < 0 or len(data) <= room:
+                self._write_all(fd, data)
+                return
+            # up to the end of the line that reaches the size
+            cut = data.find(b"\n", room - 1) + 1 or len(data)
+            self._write_all(fd, data[:cut])
+            data = data[cut:]
+
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+        self.files.wait()
 
     # -- reading -------------------------------------------------------------
-
-    def files(self) -> list[str]:
-        """The log files that exist, oldest first (``path.N-1`` ... ``path``)."""
-        names = [f"{self.path}.{i}" for i in range(self.max_file - 1, 0, -1)] + [self.path]
-        return [n for n in names if os.path.exists(n)]
-
-    def _open_all(self) -> list[tuple[IO[bytes], int]]:
-        """Every log file opened, oldest first, with its size at this instant.
-
-        Under the rotation lock, so a rotation cannot shift a file under our
-        feet between two opens (we would read one file twice or skip one).
-        """
-        opened: list[tuple[IO[bytes], int]] = []
-        with _rotation_lock:
-            # rotated files beyond max-file may exist if the option shrank; read them too
-            i = max(self.max_file - 1, 0)
-            while os.path.exists(f"{self.path}.{i + 1}"):
-                i += 1
-            for name in [f"{self.path}.{n}" for n in range(i, 0, -1)] + [self.path]:
-                try:
-                    f = open(name, "rb")  # noqa: SIM115 - closed by the caller
-                except FileNotFoundError:
-                    continue
-                opened.append((f, os.fstat(f.fileno()).st_size))
-        return opened
 
     def read(self, config: ReadConfig) -> Iterator[LogMessage]:
         """Messages oldest first, filtered by ``config``.
@@ -329,86 +289,216 @@ class JsonFileDriver:
         ``since`` and ``until`` are inclusive.  With ``tail`` the files are read
         backwards from the end and only as far as needed.
         """
-        opened = self._open_all()
+        opened = self.files.open_all()
         try:
             if config.tail is not None and config.tail >= 0:
-                yield from self._read_tail(opened, config)
+                start = _tail_start(opened, config)
+                if start is not None:
+                    yield from _read_forward(opened, config, start)
             else:
-                yield from self._read_forward(opened, config)
+                yield from _read_forward(opened, config, (0, 0))
         finally:
-            for f, _ in opened:
-                f.close()
+            for lf in opened:
+                lf.close()
 
-    def _decode(self, raw: bytes, parse: _TimeParser) -> LogMessage | None:
+    def read_rendered(self, config: ReadConfig, how: LogRender) -> Iterator[RenderedLog]:
+        """The messages of :meth:`read`, rendered a block of the file at a time.
+
+        Each block in skiff's own form is scanned in one regular-expression
+        call and its lines rendered from the escaped text and the time as
+        written (``--timestamps`` shows the same nine digits); ``since`` and
+        ``until`` compare the time texts, which sort as the times do.  A block
+        in any other form goes through :meth:`read`'s decoder.
+        """
+        opened = self.files.open_all()
         try:
-            obj = json.loads(raw)
-            return LogMessage(obj["stream"], obj["log"].encode(), parse(obj["time"]))
-        except (ValueError, KeyError, TypeError, AttributeError):
-            return None  # a torn or foreign line: Docker skips those too
-
-    def _read_forward(
-        self, opened: list[tuple[IO[bytes], int]], config: ReadConfig
-    ) -> Iterator[LogMessage]:
-        parse = _TimeParser()
-        want = {s for s, on in (("stdout", config.stdout), ("stderr", config.stderr)) if on}
-        since, until = config.since, config.until
-        for f, size in opened:
-            for raw in _lines_forward(f, size):
-                msg = self._decode(raw, parse)
-                if msg is None:
-                    continue
-                if until is not None and msg.time > until:
+            if config.tail is not None and config.tail >= 0:
+                start = _tail_start(opened, config)
+                if start is None:
                     return
-                if msg.stream not in want or (since is not None and msg.time < since):
-                    continue
-                yield msg
+            else:
+                start = (0, 0)
+            yield from _render_forward(opened, config, how, start, self._attrs_part, self.attrs)
+        finally:
+            for lf in opened:
+                lf.close()
 
-    def _read_tail(
-        self, opened: list[tuple[IO[bytes], int]], config: ReadConfig
-    ) -> Iterator[LogMessage]:
-        # Backwards to where the last ``tail`` messages start, then forwards from
-        # there: the messages are never all held, whatever ``tail`` is.
-        assert config.tail is not None
-        n = config.tail
-        if n == 0:
-            return
-        parse = _TimeParser()
-        want = {s for s, on in (("stdout", config.stdout), ("stderr", config.stderr)) if on}
-        since, until = config.since, config.until
 
-        def wanted(msg: LogMessage) -> bool:
-            if since is not None and msg.time < since:
-                return False
-            return msg.stream in want and (until is None or msg.time <= until)
+Position = tuple[int, int]  #: (file index, offset) where reading starts
 
-        found = 0
-        start: tuple[int, int] | None = None  # (file index, offset) of the earliest one
-        for index in range(len(opened) - 1, -1, -1):
-            f, size = opened[index]
-            for raw, offset in _lines_backwards(f, size):
-                msg = self._decode(raw, parse)
-                if msg is None:
-                    continue
-                if since is not None and msg.time < since:
-                    break  # older still from here on: nothing left to find
-                if not wanted(msg):
-                    continue
+
+def _wanted_streams(config: ReadConfig) -> set[str]:
+    return {s for s, on in (("stdout", config.stdout), ("stderr", config.stderr)) if on}
+
+
+def _skip_file(lf: LogFile, config: ReadConfig) -> bool:
+    # a compressed file's header tells the time of its last message
+    return (config.since is not None and lf.last_time is not None
+            and lf.last_time < config.since)
+
+
+def _read_forward(opened: list[LogFile], config: ReadConfig, start: Position
+                  ) -> Iterator[LogMessage]:
+    parse = TimeParser()
+    want = _wanted_streams(config)
+    since, until = config.since, config.until
+    first, offset = start
+    for index in range(first, len(opened)):
+        lf = opened[index]
+        if _skip_file(lf, config):
+            continue
+        for raw in lines_forward(lf, offset if index == first else 0):
+            got = decode_line(raw, parse)
+            if got is None:
+                continue
+            stream, line, when, attrs = got
+            if until is not None and when > until:
+                return
+            if stream not in want or (since is not None and when < since):
+                continue
+            yield LogMessage(stream, line, when, attrs)  # type: ignore[arg-type]
+
+
+def _tail_start(opened: list[LogFile], config: ReadConfig) -> Position | None:
+    """Where the last ``tail`` wanted messages start; None when there are none.
+
+    Plain files are read backwards from the end, only as far as needed; a
+    compressed file has to be read from its start, so it is scanned forwards
+    keeping the offsets of its last wanted messages.
+    """
+    assert config.tail is not None
+    n = config.tail
+    if n == 0:
+        return None
+    parse = TimeParser()
+    want = _wanted_streams(config)
+    since, until = config.since, config.until
+
+    def wanted(raw: bytes) -> bool | None:
+        """Whether the line counts; None when it is older than ``since``."""
+        got = decode_line(raw, parse)
+        if got is None:
+            return False
+        stream, _, when, _ = got
+        if since is not None and when < since:
+            return None
+        return stream in want and (until is None or when <= until)
+
+    found = 0
+    start: Position | None = None
+    for index in range(len(opened) - 1, -1, -1):
+        lf = opened[index]
+        if _skip_file(lf, config):
+            break
+        if lf.compressed:
+            offsets: list[int] = []
+            for raw, offset in lines_with_offsets(lf):
+                if wanted(raw):
+                    offsets.append(offset)
+                    if len(offsets) > 2 * (n - found) + 1024:
+                        del offsets[:len(offsets) - (n - found)]
+            offsets = offsets[-(n - found):]
+            if offsets:
+                found += len(offsets)
+                start = (index, offsets[0])
+            if found >= n:
+                break
+            continue
+        older = False
+        for raw, offset in lines_backwards(lf):
+            ok = wanted(raw)
+            if ok is None:
+                older = True
+                break  # older still from here on: nothing left to find
+            if ok:
                 found += 1
                 start = (index, offset)
                 if found >= n:
                     break
-            else:
-                continue
+        if older or found >= n:
             break
-        if start is None:
-            return
-        first, offset = start
-        for index in range(first, len(opened)):
-            f, size = opened[index]
-            for raw in _lines_forward(f, size, offset if index == first else 0):
-                msg = self._decode(raw, parse)
-                if msg is not None and wanted(msg):
-                    yield msg
+    return start
+
+
+def _render_forward(opened: list[LogFile], config: ReadConfig, how: LogRender,
+                    start: Position, attrs_part: bytes, attrs: dict[str, str]
+                    ) -> Iterator[RenderedLog]:
+    fmt = TimeFormatter()
+    parse = TimeParser()
+    # inclusive bounds as time texts, rounded inwards to the microsecond the file keeps
+    fast = FastRenderer(
+        attrs_part, want={s.encode() for s in _wanted_streams(config)},
+        lo=fmt(_ceil_us(config.since)).encode() if config.since is not None else None,
+        hi=fmt(_floor_us(config.until)).encode() if config.until is not None else None,
+        timestamps=how.timestamps,
+        details=details_text(attrs) + b" " if how.details else None, framed=how.framed,
+        coalesce=how.coalesce)
+    first, offset = start
+    for index in range(first, len(opened)):
+        lf = opened[index]
+        if _skip_file(lf, config):
+            continue
+        for block in blocks_forward(lf, offset if index == first else 0):
+            done = fast.render(block)
+            if done is None:
+                stop = False
+                for out in _render_slow(block, config, how, parse):
+                    stop = out.last_time < 0
+                    if out.data:
+                        yield out
+                if stop:
+                    return
+                continue
+            if done.data:
+                yield RenderedLog(done.data, parse(done.last_stamp.decode()), done.last_count)
+            if done.stop:
+                return
+
+
+def _render_slow(block: bytes, config: ReadConfig, how: LogRender, parse: TimeParser
+                 ) -> Iterator[RenderedLog]:
+    """A block not in skiff's exact form, line by line through the decoder."""
+    want = _wanted_streams(config)
+    msgs: list[LogMessage] = []
+    last_time = 0.0
+    count = 0
+    stop = False
+    for raw in block.split(b"\n"):
+        got = decode_line(raw, parse) if raw else None
+        if got is None:
+            continue
+        stream, line, when, attrs = got
+        if stream not in want or (config.since is not None and when < config.since):
+            continue
+        if config.until is not None and when > config.until:
+            stop = True
+            break
+        msgs.append(LogMessage(stream, line, when, attrs))  # type: ignore[arg-type]
+        if when == last_time:
+            count += 1
+        else:
+            last_time, count = when, 1
+    if msgs:
+        yield RenderedLog(render_all(msgs, how), last_time, count)
+    if stop:
+        yield RenderedLog(b"", -1.0, 0)  # tells the caller nothing after this is wanted
+
+
+def _attrs(text: bytes) -> dict[str, str] | None:
+    try:
+        obj = json.loads(text) if text else None
+    except ValueError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _ceil_us(t: float) -> float:
+    us = int(t * 1e6)
+    return (us + (1 if us / 1e6 < t else 0)) / 1e6
+
+
+def _floor_us(t: float) -> float:
+    return int(t * 1e6) / 1e6
 
 
 def json_file_factory(ctx: LogContext) -> JsonFileDriver:

@@ -147,3 +147,16 @@ def test_non_blocking_default_buffer_and_close_gives_up_on_a_stuck_driver(
     assert stuck.closed.wait(5)
     assert stuck.got == [b"x\n"]
     assert logdelivery.dropped_total() - before == 50
+
+
+def test_blocking_passes_batched_writes_through(tmp_path: Path) -> None:
+    """json-file takes a chunk's lines in one write(2); blocking delivery keeps that."""
+    drv = JsonFileDriver(LogContext("d" * 64, "t", str(tmp_path / "d-json.log"), {}))
+    wrapped = logdelivery.deliver(drv, {}, "d" * 64)
+    batched = getattr(wrapped, "write_lines", None)
+    assert batched is not None
+    batched("stdout", [b"a\n", b"b\n"], 1_795_000_000.0)
+    wrapped.close()
+    assert [m.line for m in drv.read(ReadConfig())] == [b"a\n", b"b\n"]
+    # a driver without it gets none: the pump then writes message by message
+    assert not hasattr(logdelivery.deliver(GatedDriver(), {}, "e" * 64), "write_lines")
