@@ -32,6 +32,7 @@ IMAGE = "busybox:latest"
 #: driver -> the ``--log-opt``s its rows use on every engine
 DRIVERS: dict[str, tuple[str, ...]] = {
     "json-file": (),
+    "local": (),
 }
 #: bytes of the big log read with --tail, per harness mode
 BIG_LOG = {"full": 1_000_000_000, "quick": 200_000_000, "smoke": 2_000_000}
