@@ -85,23 +85,13 @@ class CachedLog:
         self.name = driver.name
         self.driver = driver
         self.cache = cache
-        self.failed = 0  #: messages the driver refused since it last took one
 
     def write(self, msg: LogMessage) -> None:
-        try:
-            self.driver.write(msg)
-        except OSError as exc:
-            # once per outage, not once per line; the daemon's pump would drop the
-            # rest of the batch from the cache too if this raised
-            if not self.failed:
-                log.warning("log.driver_write_failed", driver=self.name, error=str(exc),
-                            note="the lines still go to the cache, for docker logs")
-            self.failed += 1
-        else:
-            if self.failed:
-                log.info("log.driver_write_recovered", driver=self.name, lost=self.failed)
-                self.failed = 0
+        # the cache first: a line the driver fails to deliver is still in
+        # ``docker logs``; the driver's failure goes on to the delivery layer
+        # (core/containers/logdelivery.py), which counts and reports drops
         self.cache.write(msg)
+        self.driver.write(msg)
 
     def read(self, config: ReadConfig) -> Iterator[LogMessage]:
         return self.cache.read(config)
