@@ -97,11 +97,15 @@ def test_skiff_reads_the_files_dockerds_local_driver_wrote(
         reader = LocalDriver(LogContext(n, n, str(logs / "container.log"),
                                         {"max-size": "2k", "max-file": "3"}))
         got = [(m.stream, m.line, round(m.time * 1e6)) for m in reader.read(ReadConfig())]
-        assert got == want
-        assert got[-1][:2] == ("stdout", b"no newline") and len(got) > 40
-        # --tail from the end, across the rotated files, as dockerd answers it
+        # each stream in its own order: dockerd's two copiers write one file, so
+        # under load a line may land after a later-stamped line of the other stream
+        for stream in ("stdout", "stderr"):
+            assert [m for m in got if m[0] == stream] == [m for m in want if m[0] == stream]
+        assert len(got) == len(want) > 40
+        assert got[-1][:2] == ("stdout", b"no newline")
+        # --tail from the end, across the rotated files: the file's last entries
         tail = [m.line for m in reader.read(ReadConfig(tail=30))]
-        assert tail == [line for _, line, _ in want[-30:]]
+        assert tail == [line for _, line, _ in got[-30:]]
 
 
 def test_docker_logs_with_local_as_dockerd(sbs: SideBySide, roots: dict[str, Path]) -> None:
