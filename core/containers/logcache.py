@@ -26,6 +26,7 @@ import structlog
 
 from skiff.core.containers.config import InvalidConfig
 from skiff.core.containers.model import Container
+from skiff.core.goparse import parse_bool
 from skiff.core.hookspecs import LogContext, LogDriver, LogMessage, ReadConfig
 
 #: the driver that keeps the cache, and the file it keeps, as dockerd names them
@@ -43,25 +44,17 @@ LogFactories = Callable[[str], Callable[[LogContext], LogDriver]]
 _unreadable: set[str] = set()
 
 
-def _go_bool(text: str) -> bool | None:
-    # Go's strconv.ParseBool, which dockerd uses for cache-disabled
-    if text in ("1", "t", "T", "true", "TRUE", "True"):
-        return True
-    if text in ("0", "f", "F", "false", "FALSE", "False"):
-        return False
-    return None
-
 
 def check(options: Mapping[str, str]) -> None:
     """``cache-disabled`` must be a boolean (dockerd's words).  The other
     ``cache-*`` keys are the local driver's options, which its plugin checks."""
     text = options.get(DISABLED)
-    if text and _go_bool(text) is None:
+    if text and parse_bool(text) is None:
         raise InvalidConfig(f"invalid value for option {DISABLED}: {text}")
 
 
 def enabled(options: Mapping[str, str]) -> bool:
-    return not _go_bool(options.get(DISABLED) or "false")
+    return not parse_bool(options.get(DISABLED) or "false")
 
 
 def driver_log_path(c: Container, driver: str) -> str:

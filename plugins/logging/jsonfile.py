@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from skiff.core.containers.logrender import details_text, render_all
+from skiff.core.goparse import parse_bool
 from skiff.core.hookspecs import (
     GENERIC_LOG_OPTIONS,
     LogContext,
@@ -96,11 +97,10 @@ def parse_size(text: str) -> int:
 
 def _parse_bool(text: str) -> bool:
     # Go's strconv.ParseBool, which Docker uses for "compress"
-    if text in ("1", "t", "T", "true", "TRUE", "True"):
-        return True
-    if text in ("0", "f", "F", "false", "FALSE", "False"):
-        return False
-    raise ValueError(f"invalid boolean: {text!r}")
+    value = parse_bool(text)
+    if value is None:
+        raise ValueError(f"invalid boolean: {text!r}")
+    return value
 
 
 @dataclass(frozen=True)

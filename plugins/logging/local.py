@@ -36,6 +36,7 @@ from typing import IO, Any, cast
 
 import structlog
 
+from skiff.core.goparse import parse_bool
 from skiff.core.hookspecs import (
     GENERIC_LOG_OPTIONS,
     LogContext,
@@ -68,14 +69,6 @@ class Options:
     max_file: int = DEFAULT_MAX_FILE
     compress: bool = True
 
-
-def _go_bool(text: str) -> bool | None:
-    # Go's strconv.ParseBool
-    if text in ("1", "t", "T", "true", "TRUE", "True"):
-        return True
-    if text in ("0", "f", "F", "false", "FALSE", "False"):
-        return False
-    return None
 
 
 def parse_options(options: Mapping[str, str], prefix: str = "") -> Options:
@@ -111,7 +104,7 @@ def parse_options(options: Mapping[str, str], prefix: str = "") -> Options:
         opts = Options(opts.max_size, max(count, 1), opts.compress)
     if compress_key in options:
         text = options[compress_key]
-        flag = _go_bool(text)
+        flag = parse_bool(text)
         if flag is None:
             raise ValueError(f'error reading {compress_key} log option: strconv.ParseBool: '
                              f'parsing "{text}": invalid syntax')
