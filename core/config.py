@@ -17,6 +17,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from skiff.core.hookspecs import NET_RATE_KEYS
+
 DEFAULT_CONFIG_FILE = "/etc/skiff/daemon.json"
 DEFAULT_SOCKET = "unix:///run/skiff.sock"
 
@@ -120,6 +122,11 @@ OPTIONS: tuple[Option, ...] = (
     # data-root, so an unbounded one can fill the disk (skiff-specific)
     Option("builder-max-context-size", int, 8 << 30, None,
            help="largest build context accepted, in bytes after decompression"),
+    # skiff only: dockerd has no bandwidth limits (moby#26767); docs/limits.md
+    Option("default-net-rates", dict, {}, None, item=str,
+           help="bandwidth limits of every container's endpoints unless a network, label or "
+                "endpoint says otherwise: skiff.net.* keys, tc units "
+                '({"skiff.net.egress-rate": "100mbit"})'),
     Option("metrics-addr", str, "", "--metrics-addr",
            help="host:port to serve Prometheus metrics on (GET /metrics); empty: not served. "
                 "A host that is not a loopback address exposes them to that network"),
@@ -367,6 +374,13 @@ def validate(config: Mapping[str, Any], path: str) -> None:
             raise ConfigError(
                 f"{path}: invalid value for 'metrics-addr': {config['metrics-addr']!r}: {exc}"
             ) from None
+    for key in config["default-net-rates"]:
+        if key not in NET_RATE_KEYS:
+            raise ConfigError(
+                f"{path}: invalid 'default-net-rates' key {key!r}: use "
+                f"{', '.join(NET_RATE_KEYS)} (values in tc units, e.g. "
+                '{"skiff.net.egress-rate": "100mbit"})'
+            )
     for host in config["hosts"]:
         if not host.startswith("unix://"):
             raise ConfigError(

@@ -27,6 +27,7 @@ from skiff.core.containers.exec import ExecManager
 from skiff.core.containers.health import HealthMonitor
 from skiff.core.containers.healthprobe import ExecProbe
 from skiff.core.containers.manager import ContainerManager
+from skiff.core.containers.netrates import Shaping
 from skiff.core.containers.registry import ContainerRegistry
 from skiff.core.containers.userns import RangeAllocator
 from skiff.core.events import EventBus
@@ -40,6 +41,8 @@ from skiff.core.hookspecs import (
     RuntimeContext,
     StorageContext,
     StorageDriver,
+    TrafficShaper,
+    TrafficShaperContext,
 )
 from skiff.core.images.distribution.context import DistributionContext
 from skiff.core.images.distribution.endpoints import RegistryConfig
@@ -247,6 +250,8 @@ class Engine:
             "limits", self.cgroup_driver_name, "exec-opts native.cgroupdriver",
             CgroupContext(parent=config["cgroup-parent"]),
         )
+        #: bandwidth limits: the traffic shaper (tc), or why there is none
+        self.shaping = self._build_shaping()
         # Fail at start, not at the first container, when the log driver is absent.
         if config["log-driver"] != "none":  # none keeps nothing: no driver to find
             self._check_installed("logging", config["log-driver"], "log-driver")
@@ -271,7 +276,7 @@ class Engine:
             network_driver=self.network_driver, resolve_network_mode=self.resolve_network_mode,
             remap=self.remap, userns_ranges=self.userns_ranges,
             userns_storage=lambda: self.userns_storage, publish=self.events.publish,
-            to_thread=self.to_thread, spawn=self.spawn)
+            to_thread=self.to_thread, spawn=self.spawn, shaping=self.shaping)
         self.execs = ExecManager(self.registry, self.runtime, self.runtime_name, self.cgroups,
                                  self.to_thread, self.spawn)
         #: healthchecks: follows the containers' start and die events, probes as execs
@@ -299,6 +304,30 @@ class Engine:
         """dockerd's three states: created, exited and dead containers are stopped."""
         _, running, paused, stopped = self.registry.counts()
         return [(("running",), running), (("paused",), paused), (("stopped",), stopped)]
+
+    def _build_shaping(self) -> Shaping:
+        """The traffic shaper, ``tc`` when installed, else the first by name.
+        Without one the daemon runs, and refuses bandwidth options saying why;
+        daemon.json ``default-net-rates`` then refuses the start."""
+        found = self.plugins.drivers.get("traffic", {})
+        shaper: TrafficShaper | None = None
+        why = "no traffic shaper plugin is installed (skiff's own is tc)"
+        if found:
+            name = "tc" if "tc" in found else sorted(found)[0]
+            try:
+                shaper = found[name](TrafficShaperContext(exec_root=self.exec_root))
+                why = ""
+            except DriverNotSupported as exc:
+                why = f"the {name} traffic shaper cannot work on this host: {exc}"
+                log.warning("traffic_shaper.unsupported", shaper=name, reason=str(exc))
+        shaping = Shaping(shaper, why, self.config.get("default-net-rates") or {},
+                          self.to_thread)
+        try:
+            shaping.check_daemon()
+        except ValueError as exc:
+            raise ConfigError(f"{self.config.get('config-file', 'daemon.json')}: {exc}"
+                              ) from exc
+        return shaping
 
     def _check_installed(self, kind: str, name: str, key: str) -> None:
         try:

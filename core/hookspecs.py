@@ -81,7 +81,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 #: accepts any minor of the same major (see ``skiff.core.plugins``).  Major 1
 #: is the contract before versions, when network options and endpoint data
 #: crossed it as dicts; 2 made them records.
-CONTRACT_VERSION = "2.3"
+CONTRACT_VERSION = "2.4"
 #: the contract of a plugin that declares none: it was written before versions
 UNDECLARED_CONTRACT = "1.0"
 #: the module attribute holding a plugin's declared contract version
@@ -375,6 +375,10 @@ class Endpoint:
     #: the ports published, as ``docker inspect``'s ``NetworkSettings.Ports``:
     #: an exposed port that is not published maps to None
     ports: dict[str, list[PortBinding] | None] = field(default_factory=dict)
+    #: the host side of the endpoint's link (the host end of a veth), set by
+    #: the driver in ``create_endpoint``; "" when there is none (host, none).
+    #: Traffic shapers (``TrafficShaper``) put their queues on it.
+    host_interface: str = ""
 
 
 @runtime_checkable
@@ -1114,6 +1118,106 @@ class CgroupFactory(Protocol):
 
 
 # ---------------------------------------------------------------------------
+# Limits: traffic shaping
+# ---------------------------------------------------------------------------
+
+#: The prefix of the bandwidth options; the keys themselves are
+#: ``NET_RATE_KEYS``.  "egress" is traffic leaving the container, "ingress"
+#: traffic arriving at it, as the container sees it.
+NET_RATE_PREFIX = "skiff.net."
+#: Every bandwidth option a user may give, at any level (endpoint
+#: ``DriverOpts``, container label, network ``-o``, daemon.json
+#: ``default-net-rates``).  Values are tc's units: rates ``10mbit``,
+#: ``500kbit``, ``1gbit``; bursts in bytes ``32kb``, ``1mb``; latencies
+#: ``50ms``.  A rate of ``none`` lifts a limit a lower level set.
+NET_RATE_KEYS = (
+    "skiff.net.egress-rate", "skiff.net.egress-burst", "skiff.net.egress-latency",
+    "skiff.net.ingress-rate", "skiff.net.ingress-burst", "skiff.net.ingress-latency",
+)
+
+
+@dataclass
+class ShapedEndpoint:
+    """One endpoint of a running container, as a traffic shaper sees it.
+
+    ``rates`` holds the ``NET_RATE_KEYS`` in force for this endpoint, the
+    daemon's precedence already applied (endpoint ``DriverOpts`` over the
+    container's labels over the network's options over daemon.json
+    ``default-net-rates``); empty means no limit.  The three sources it came
+    from are given as they are, for a shaper with options of its own.
+    """
+
+    container_id: str
+    network_id: str
+    network_name: str
+    endpoint_id: str
+    #: the host side of the link (``Endpoint.host_interface``), where queues go
+    host_interface: str
+    rates: dict[str, str] = field(default_factory=dict)
+    network_options: dict[str, str] = field(default_factory=dict)  #: ``-o`` of the network
+    driver_opts: dict[str, str] = field(default_factory=dict)  #: EndpointSettings.DriverOpts
+
+
+@runtime_checkable
+class TrafficShaper(Protocol):
+    """Limits the bandwidth of containers' endpoints (the limits kind, like
+    the cgroup driver, discovered through ``skiff_traffic_shapers``).
+
+    The daemon calls ``joined`` once the network driver joined an endpoint
+    that has rates (its host interface exists; one without rates has
+    nothing to undo on a fresh interface and costs no call), ``changed``
+    when the rates of a running container's endpoint changed (``POST
+    /containers/{id}/update`` with ``SkiffNetRates``; ``rates`` may then be
+    empty: the shaper removes what it no longer says), and ``left`` before
+    the network driver leaves an endpoint it was called for.  A failure in
+    ``joined`` fails the container's start (a limit asked for is never
+    silently dropped); ``left`` never raises.
+
+    Whatever a shaper makes besides queues on ``host_interface`` (which the
+    interface's deletion removes), such as an IFB device, it must remove in
+    ``left``, and it should remove leftovers of a crashed daemon when built.
+
+    ``validate`` runs on the event loop and must be quick; the other methods
+    may block and run on worker threads, concurrently for different
+    containers.
+    """
+
+    name: str
+
+    def validate(self, rates: Mapping[str, str]) -> None:
+        """Check ``rates`` (any subset of ``NET_RATE_KEYS``, from one level or
+        merged) without touching the kernel.  Raise ``ValueError`` naming the
+        key and an example of a good value; the client gets a 400."""
+        ...
+
+    def joined(self, endpoint: ShapedEndpoint) -> None:
+        """Apply ``endpoint.rates`` to an endpoint just joined."""
+        ...
+
+    def changed(self, endpoint: ShapedEndpoint) -> None:
+        """Apply new ``endpoint.rates`` to a running container's endpoint."""
+        ...
+
+    def left(self, endpoint: ShapedEndpoint) -> None:
+        """Remove what ``joined`` made beyond the interface's own queues.  Idempotent."""
+        ...
+
+
+@dataclass
+class TrafficShaperContext:
+    """What a traffic shaper factory receives."""
+
+    exec_root: str
+
+
+class TrafficShaperFactory(Protocol):
+    def __call__(self, ctx: TrafficShaperContext) -> TrafficShaper:
+        """Build the shaper, or raise ``DriverNotSupported`` saying why not
+        (a kernel without the queueing disciplines it needs)."""
+        ...
+
+
+# ---------------------------------------------------------------------------
 # Volumes
 # ---------------------------------------------------------------------------
 
@@ -1264,6 +1368,15 @@ class SkiffSpec:
     @hookspec
     def skiff_cgroup_drivers(self) -> Mapping[str, CgroupFactory]:
         """Cgroup drivers (limits kind) this plugin provides, by name (``cgroupfs``)."""
+
+    @hookspec
+    def skiff_traffic_shapers(self) -> Mapping[str, TrafficShaperFactory]:
+        """Traffic shapers (limits kind) this plugin provides, by name (``tc``).
+
+        Declare the module under the ``skiff.limits`` entry-point group.  The
+        daemon builds one at start, ``tc`` when installed, else the first by
+        name; it applies the ``skiff.net.*`` bandwidth options.  Added in 2.4.
+        """
 
     @hookspec
     def skiff_volume_drivers(self) -> Mapping[str, VolumeFactory]:

@@ -42,6 +42,8 @@ DISCOVERY_HOOKS: dict[str, str] = {
     "isolation": "skiff_runtimes",
     "limits": "skiff_cgroup_drivers",
     "volume": "skiff_volume_drivers",  # entry-point group skiff.volume (docs/volumes.md)
+    # a second hook of the limits kind (entry-point group skiff.limits): bandwidth
+    "traffic": "skiff_traffic_shapers",
 }
 
 

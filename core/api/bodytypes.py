@@ -192,7 +192,9 @@ CONTAINER_CREATE: dict[str, Shape] = {
     **CONTAINER_CONFIG, "HostConfig": HOST_CONFIG,
     "NetworkingConfig": {"EndpointsConfig": MapOf(ENDPOINT)},
 }
-CONTAINER_UPDATE: dict[str, Shape] = {**RESOURCES, "RestartPolicy": RESTART_POLICY}
+CONTAINER_UPDATE: dict[str, Shape] = {**RESOURCES, "RestartPolicy": RESTART_POLICY,
+                                      # skiff's extension: bandwidth labels (docs/limits.md)
+                                      "SkiffNetRates": _STRMAP}
 
 NETWORK_CREATE: dict[str, Shape] = {
     "Name": str, "CheckDuplicate": bool, "Driver": str, "Internal": bool, "Attachable": bool,

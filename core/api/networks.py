@@ -9,6 +9,7 @@ from skiff.core import namefilter
 from skiff.core.api import bodytypes
 from skiff.core.api.filters import parse_filters
 from skiff.core.api.router import Request, Response, Router
+from skiff.core.containers import netrates
 from skiff.core.errors import InvalidParameter
 
 if TYPE_CHECKING:
@@ -36,6 +37,8 @@ def register(router: Router, engine: Engine) -> None:
         bodytypes.check(body, bodytypes.NETWORK_CREATE, "types.NetworkCreateRequest")
         if not isinstance(body, dict):
             raise InvalidParameter("the request body must be a JSON object")
+        # -o skiff.net.*: the network's default bandwidth limits, checked before it exists
+        engine.shaping.check(netrates.pick(body.get("Options")), " (network option)")
         net, warning = await engine.to_thread(store.create, body)
         network_event(engine, "create", net)
         return Response(201, json.dumps({"Id": net.id, "Warning": warning}).encode(),

@@ -9,7 +9,7 @@ import trio
 
 from skiff.core.api import bodytypes
 from skiff.core.api.router import Request, Router, StreamResponse, json_bytes
-from skiff.core.containers import limits
+from skiff.core.containers import limits, netrates
 from skiff.core.containers.resources import (
     ZERO_TIME,
     empty_cpu_stats,
@@ -68,6 +68,9 @@ def register(router: Router, engine: Engine) -> None:
         track = mgr.tracks[c.id]
         async with track.lock:
             hc = merge_update(c.host_config, body)
+            asked = body.get(netrates.UPDATE_FIELD) if isinstance(body, dict) else None
+            labels = (engine.shaping.updated_labels(c, asked) if asked is not None
+                      else None)
             try:
                 resources = limits.check(hc, engine.cgroups)
             except ValueError as exc:
@@ -80,6 +83,27 @@ def register(router: Router, engine: Engine) -> None:
                     raise InvalidParameter(str(exc)) from exc
                 except OSError as exc:
                     raise RuntimeError(f"Cannot update container {c.id}: {exc}") from exc
+            if labels is not None:
+                await _update_rates(engine, c, track, labels)
             c.host_config = hc
             c.save()
         return {"Warnings": []}
+
+
+async def _update_rates(engine: Engine, c: Any, track: Any, labels: dict[str, str]) -> None:
+    """``SkiffNetRates``: the container's labels changed, and its running
+    endpoints' limits with them (the old labels back if the shaper fails)."""
+    old = c.config.get("Labels")
+    c.config["Labels"] = labels
+    if not c.state.Running:
+        return
+    options = {name: engine.networks.get(name).options for name in track.endpoints
+               if engine.networks.find(name) is not None}
+    try:
+        await engine.shaping.apply_update(c, track, options)
+    except InvalidParameter:
+        c.config["Labels"] = old
+        raise
+    except Exception as exc:  # the kernel refused (pyroute2's errors are not OSErrors)
+        c.config["Labels"] = old
+        raise RuntimeError(f"Cannot update container {c.id}: {exc}") from exc

@@ -178,7 +178,7 @@ def info_payload(engine: Engine) -> dict[str, Any]:
             # skiff's own kinds; the docker CLI ignores keys it does not know
             "Storage": names.get("storage", []),
             "Isolation": names.get("isolation", []),
-            "Limits": names.get("limits", []),
+            "Limits": names.get("limits", []) + names.get("traffic", []),
         },
         "SkiffPluginModules": engine.plugins.modules,
         "MemoryLimit": True,

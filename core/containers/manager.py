@@ -65,6 +65,7 @@ from skiff.core.userns import IdMap
 
 if TYPE_CHECKING:
     from skiff.core.containers.exec import Spawn
+    from skiff.core.containers.netrates import Shaping
     from skiff.core.containers.userns import RangeAllocator
     from skiff.core.events import Publish
     from skiff.core.hookspecs import CgroupDriver, NetworkDriver, Runtime, StorageDriver
@@ -103,7 +104,8 @@ class ContainerManager:
                  network_driver: Callable[[str], NetworkDriver],
                  resolve_network_mode: Callable[[str], str], remap: Remap | None,
                  userns_ranges: RangeAllocator | None, userns_storage: Callable[[], str],
-                 publish: Publish, to_thread: ToThread, spawn: Spawn) -> None:
+                 publish: Publish, to_thread: ToThread, spawn: Spawn,
+                 shaping: Shaping | None = None) -> None:
         self.root = os.path.join(data_root, "containers")
         self.config = config
         self.exec_root = exec_root
@@ -128,7 +130,7 @@ class ContainerManager:
         self.by_name = self.registry.by_name
         self.tracks = self.registry.tracks
         self.network = NetworkAttachment(self.registry, networks, network_driver,
-                                         self.publish, self.to_thread)
+                                         self.publish, self.to_thread, shaping)
         self.teardown = RunTeardown(
             cgroups=self.cgroups, network=self.network, to_thread=self.to_thread,
             release_volumes=lambda c: container_mounts.release(self.volumes, c))
@@ -248,6 +250,7 @@ class ContainerManager:
         )
         c.networks = etcfiles.initial_networks(network_mode, body, hc,
                                                self.network.networks.find(network_mode))
+        self.network.shaping.check_container(cfg, network_mode, c.networks)
         # Reserve the name before the first await so a concurrent create cannot take it.
         self.registry.index(c)
         try:

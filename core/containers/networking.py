@@ -20,6 +20,7 @@ from skiff.core.containers.endpoints import (
 from skiff.core.containers.etcfiles import write_hosts, write_resolv_conf
 from skiff.core.containers.links import linked
 from skiff.core.containers.model import Container
+from skiff.core.containers.netrates import Shaping, pick
 from skiff.core.containers.registry import ContainerRegistry, ToThread, Track
 from skiff.core.errors import Conflict, Forbidden, InvalidParameter
 from skiff.core.events import Publish
@@ -34,8 +35,11 @@ class NetworkAttachment:
 
     def __init__(self, registry: ContainerRegistry, networks: NetworkStore,
                  network_driver: Callable[[str], NetworkDriver], publish: Publish,
-                 to_thread: ToThread) -> None:
+                 to_thread: ToThread, shaping: Shaping | None = None) -> None:
         self.registry = registry
+        #: bandwidth limits (netrates.py): applied after join, released before leave
+        self.shaping = shaping or Shaping(None, "no traffic shaper is configured", {},
+                                          to_thread)
         self.networks = networks
         self.network_driver = network_driver
         self.publish = publish
@@ -74,6 +78,7 @@ class NetworkAttachment:
         ep = await self.to_thread(driver.create_endpoint, net.id, endpoint)
         track.endpoints[name] = (driver, ep)
         await self.to_thread(driver.join, ep, pid)
+        await self.shaping.joined(c, net.name, net.options, settings, ep)
         settings.update(NetworkID=net.id, EndpointID=ep.endpoint_id if ep.ip_address else "",
                         IPAddress=ep.ip_address, IPPrefixLen=ep.ip_prefix_len,
                         Gateway=ep.gateway, MacAddress=ep.mac_address)
@@ -105,6 +110,7 @@ class NetworkAttachment:
     async def detach(self, c: Container, track: Track, name: str) -> None:
         """Leave and delete the endpoint of network ``name``; never raises."""
         driver, ep = track.endpoints.pop(name)
+        await self.shaping.left(c, name, ep)
         for step in (driver.leave, driver.delete_endpoint):
             try:
                 await self.to_thread(step, ep)
@@ -142,9 +148,11 @@ class NetworkAttachment:
                 f"endpoint with name {c.name} already exists in network {net.name}")
         track = self.registry.tracks[c.id]
         async with track.lock:
-            c.networks[net.name] = requested(config, subnet=net.subnet,
-                                             predefined=net.predefined,
-                                             user_subnet=net.user_subnet)
+            settings = requested(config, subnet=net.subnet, predefined=net.predefined,
+                                 user_subnet=net.user_subnet)
+            self.shaping.check(pick(settings.get("DriverOpts")),
+                               f" (DriverOpts on network {net.name})")
+            c.networks[net.name] = settings
             if c.state.Running:
                 try:
                     await self.attach(c, track, net.name, c.state.Pid)

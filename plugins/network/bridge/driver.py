@@ -199,6 +199,7 @@ class BridgeNetworkDriver:
             "mac_address": endpoint.requested_mac or mac_for(ip)})
         ep.bridge = net.bridge
         ep.veth = "skfv" + secrets.token_hex(4)
+        ep.host_interface = ep.veth  # where a traffic shaper's queues go
         ep.dns = net.dns
         rules: list[fw.Rule] = []
         held: list[tuple[str, int]] = []

@@ -1,0 +1,238 @@
+"""The ``tc`` traffic shaper: per-endpoint bandwidth limits with the kernel's
+queueing disciplines, through pyroute2's tc API (no ``tc`` process).
+
+Both directions are shaped on the host side of the endpoint's link (the
+host end of the veth), as the container cannot undo what is there:
+
+* **ingress** (traffic arriving at the container) leaves the host through
+  that interface: a TBF is its root qdisc (rate, burst, latency);
+* **egress** (traffic leaving the container) arrives at the host through it,
+  where only a policer could act on it.  Every packet is redirected instead
+  (an ``ingress`` qdisc, a u32 match-all filter with a ``mirred`` action) to
+  an IFB device of the endpoint's own, whose root is a TBF: the packets are
+  queued and paced, not dropped, so TCP sees a steady rate.  The IFB is named
+  ``skfi`` + a digest of the interface's name and carries that name as its
+  alias, so a daemon that crashed leaves nothing a new one cannot find.
+
+Measured (8 Mbit/s over 3 s, veth pair, TCP payload counted): both TBFs give
+7.7 Mbit/s, the 4 % below the rate being the frames' headers.  A policer
+(``act_police``) is not built into every kernel (this project's CI kernel
+has none), and one drops what exceeds the rate, which TCP answers with a
+sawtooth; it is not used.
+
+The queues on the interface go when the interface is deleted (the network
+driver's ``leave``); ``left`` deletes the IFB.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from skiff.core.hookspecs import (
+    NET_RATE_KEYS,
+    NET_RATE_PREFIX,
+    ShapedEndpoint,
+    TrafficShaperContext,
+    hookimpl,
+)
+from skiff.plugins.limits.tcunits import parse_rate, parse_size, parse_time
+
+log = structlog.get_logger("skiff.limits.tc")
+
+NAME = "tc"
+IFB_PREFIX = "skfi"
+#: a TBF's queue holds this much time of traffic unless a latency is given
+DEFAULT_LATENCY_US = 50_000
+#: a burst of 10 ms of traffic (at least 4 kb): small enough that the first
+#: burst does not show in a measured rate, big enough for the kernel's timers
+DEFAULT_BURST_SECONDS = 0.01
+MIN_DEFAULT_BURST = 4096
+_TC_H_ROOT = 0xFFFFFFFF
+_TC_H_INGRESS = 0xFFFFFFF1
+_INGRESS_HANDLE = 0xFFFF0000
+_ETH_P_ALL = 0x0003
+
+
+@dataclass(frozen=True)
+class Tbf:
+    """One direction's token bucket."""
+
+    rate: int  #: bits per second
+    burst: int  #: bytes
+    latency: int  #: microseconds
+
+    def kwargs(self) -> dict[str, Any]:
+        # pyroute2 takes an int rate as bytes per second and an int latency
+        # as microseconds
+        return {"rate": self.rate // 8, "burst": self.burst, "latency": self.latency}
+
+
+def check(rates: Mapping[str, str]) -> None:
+    """Every key known and every value in tc's units; ``ValueError`` naming the key."""
+    for key, value in rates.items():
+        if key not in NET_RATE_KEYS:
+            raise ValueError(f"unknown bandwidth option {key!r}: the {NET_RATE_PREFIX}* options "
+                             f"are {', '.join(NET_RATE_KEYS)}")
+        if not isinstance(value, str):
+            raise ValueError(f"{key} must be a string, e.g. {key}=10mbit")
+        kind = key.rsplit("-", 1)[1]
+        if kind == "rate":
+            parse_rate(key, value)
+        elif kind == "burst":
+            parse_size(key, value)
+        else:
+            parse_time(key, value)
+
+
+def bucket(rates: Mapping[str, str], direction: str) -> Tbf | None:
+    """The TBF of ``direction`` ("egress" or "ingress"), None without a rate."""
+    key = f"{NET_RATE_PREFIX}{direction}"
+    value = rates.get(f"{key}-rate")
+    rate = parse_rate(f"{key}-rate", value) if value else None
+    if rate is None:
+        return None
+    burst_text = rates.get(f"{key}-burst")
+    burst = (parse_size(f"{key}-burst", burst_text) if burst_text
+             else max(MIN_DEFAULT_BURST, int(rate / 8 * DEFAULT_BURST_SECONDS)))
+    latency_text = rates.get(f"{key}-latency")
+    latency = parse_time(f"{key}-latency", latency_text) if latency_text else DEFAULT_LATENCY_US
+    return Tbf(rate, burst, latency)
+
+
+def ifb_name(host_interface: str) -> str:
+    """The IFB of an interface: 15 characters at most, as the kernel allows."""
+    return IFB_PREFIX + hashlib.sha256(host_interface.encode()).hexdigest()[:11]
+
+
+class TcShaper:
+    """TBFs on the host side of each endpoint, and an IFB for what it sends."""
+
+    name = NAME
+
+    def __init__(self, ctx: TrafficShaperContext) -> None:
+        self.ctx = ctx
+        self.purge()
+
+    def validate(self, rates: Mapping[str, str]) -> None:
+        check(rates)
+
+    def joined(self, endpoint: ShapedEndpoint) -> None:
+        self._apply(endpoint)
+
+    def changed(self, endpoint: ShapedEndpoint) -> None:
+        self._apply(endpoint)
+
+    def left(self, endpoint: ShapedEndpoint) -> None:
+        from pyroute2 import IPRoute
+
+        if not endpoint.host_interface:
+            return
+        try:
+            with IPRoute() as ipr:
+                self._drop_ifb(ipr, ifb_name(endpoint.host_interface))
+        except Exception as exc:  # never raises: the endpoint goes anyway
+            log.warning("tc.left_failed", interface=endpoint.host_interface, error=str(exc))
+
+    # -- the work -----------------------------------------------------------------
+
+    def _apply(self, endpoint: ShapedEndpoint) -> None:
+        from pyroute2 import IPRoute
+
+        egress = bucket(endpoint.rates, "egress")
+        ingress = bucket(endpoint.rates, "ingress")
+        host_if = endpoint.host_interface
+        if not host_if:
+            if egress or ingress:
+                raise ValueError(f"network {endpoint.network_name}'s driver gives its endpoints "
+                                 "no host interface: it cannot be shaped")
+            return
+        with IPRoute() as ipr:
+            found = ipr.link_lookup(ifname=host_if)
+            if not found:
+                raise LookupError(f"interface {host_if} of network {endpoint.network_name} "
+                                  "is gone")
+            index = found[0]
+            self._root_tbf(ipr, index, ingress)
+            self._egress(ipr, index, host_if, egress)
+        if egress or ingress:
+            log.debug("tc.applied", interface=host_if, egress=egress, ingress=ingress)
+
+    @staticmethod
+    def _qdisc_at(ipr: Any, index: int, parent: int) -> str | None:
+        for q in ipr.get_qdiscs(index=index):
+            if q["parent"] == parent:
+                return str(q.get_attr("TCA_KIND"))
+        return None
+
+    def _root_tbf(self, ipr: Any, index: int, tbf: Tbf | None) -> None:
+        if tbf is not None:
+            ipr.tc("replace", "tbf", index, **tbf.kwargs())
+        elif self._qdisc_at(ipr, index, _TC_H_ROOT) == "tbf":
+            ipr.tc("del", index=index, parent=_TC_H_ROOT)
+
+    def _egress(self, ipr: Any, index: int, host_if: str, tbf: Tbf | None) -> None:
+        name = ifb_name(host_if)
+        if tbf is None:
+            if self._qdisc_at(ipr, index, _TC_H_INGRESS) == "ingress":
+                ipr.tc("del", "ingress", index, _INGRESS_HANDLE)
+            self._drop_ifb(ipr, name)
+            return
+        found = ipr.link_lookup(ifname=name)
+        if not found:
+            ipr.link("add", ifname=name, kind="ifb")
+            found = ipr.link_lookup(ifname=name)
+        ifb = found[0]
+        # the alias names its interface, for ``purge`` (the kernel takes no
+        # alias at creation)
+        ipr.link("set", index=ifb, ifalias=host_if, state="up")
+        self._root_tbf(ipr, ifb, tbf)
+        if self._qdisc_at(ipr, index, _TC_H_INGRESS) != "ingress":
+            ipr.tc("add", "ingress", index, _INGRESS_HANDLE)
+            ipr.tc("add-filter", "u32", index, parent=_INGRESS_HANDLE, prio=1,
+                   protocol=_ETH_P_ALL, target=0x10000, keys=["0x0/0x0+0"],
+                   action=[{"kind": "mirred", "direction": "egress", "action": "redirect",
+                            "ifindex": ifb}])
+
+    @staticmethod
+    def _drop_ifb(ipr: Any, name: str) -> None:
+        for index in ipr.link_lookup(ifname=name):
+            with contextlib.suppress(Exception):  # gone meanwhile
+                ipr.link("del", index=index)
+
+    def purge(self) -> None:
+        """Delete the IFBs whose interface is gone (a daemon that crashed)."""
+        from pyroute2 import IPRoute
+
+        try:
+            with IPRoute() as ipr:
+                for link in ipr.get_links():
+                    name = link.get_attr("IFLA_IFNAME") or ""
+                    if not name.startswith(IFB_PREFIX):
+                        continue
+                    owner = link.get_attr("IFLA_IFALIAS") or ""
+                    # without an alias it may be another daemon's, being made
+                    if not owner or ipr.link_lookup(ifname=owner):
+                        continue
+                    log.warning("tc.leftover_ifb_removed", ifb=name, interface=owner)
+                    self._drop_ifb(ipr, name)
+        except Exception as exc:
+            log.warning("tc.purge_failed", error=str(exc))
+
+
+def tc_factory(ctx: TrafficShaperContext) -> TcShaper:
+    return TcShaper(ctx)
+
+
+#: the plugin contract this module was written for; the loader refuses another major
+SKIFF_CONTRACT = "2.4"
+
+
+@hookimpl
+def skiff_traffic_shapers() -> dict[str, object]:
+    return {NAME: tc_factory}
