@@ -147,6 +147,39 @@ def cmd_rm(client: Client, args: argparse.Namespace) -> int:
     return rc
 
 
+NET_RATE_PREFIX = "skiff.net."
+
+
+def net_rate_item(text: str) -> tuple[str, str]:
+    """``--net-rate`` ``egress=2mbit``, ``ingress-burst=32kb`` or a full
+    ``skiff.net.*`` key: the label key and value ("" removes the label)."""
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(
+            f"invalid --net-rate {text!r}: expected NAME=VALUE, e.g. egress=2mbit")
+    if not name.startswith(NET_RATE_PREFIX):
+        name = NET_RATE_PREFIX + (name if "-" in name else f"{name}-rate")
+    return name, value
+
+
+def cmd_update(client: Client, args: argparse.Namespace) -> int:
+    """``skiff update --net-rate``: the bandwidth labels of containers, live
+    (``SkiffNetRates``, skiff's extension of ``POST /containers/{id}/update``)."""
+    if not args.net_rate:
+        print("skiff: nothing to update: give --net-rate NAME=VALUE", file=sys.stderr)
+        return 2
+    rates = dict(args.net_rate)
+    rc = 0
+    for ref in args.containers:
+        try:
+            client.request("POST", f"/containers/{ref}/update", body={"SkiffNetRates": rates})
+            print(ref)
+        except APIError as exc:
+            print(f"skiff: Error response from daemon: {exc}", file=sys.stderr)
+            rc = 1
+    return rc
+
+
 def _iec(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
@@ -380,6 +413,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-f", "--force", action="store_true")
     s.add_argument("containers", nargs="+")
     s.set_defaults(func=cmd_rm)
+    s = sub.add_parser("update", help="change the bandwidth limits of containers, running "
+                                      "or not (docs/limits.md)")
+    s.add_argument("--net-rate", action="append", type=net_rate_item, metavar="NAME=VALUE",
+                   help="egress=8mbit (traffic leaving the container), ingress=8mbit "
+                        "(arriving), egress-burst=32kb, ingress-latency=50ms, or a full "
+                        "skiff.net.* key; an empty value removes the label; repeatable")
+    s.add_argument("containers", nargs="+")
+    s.set_defaults(func=cmd_update)
     s = sub.add_parser("stats", help="resource usage of running containers")
     s.add_argument("containers", nargs="*", help="default: every running container")
     s.add_argument("--stream", action="store_true", help="refresh every second until ^C")

@@ -117,7 +117,6 @@ class TcShaper:
 
     def __init__(self, ctx: TrafficShaperContext) -> None:
         self.ctx = ctx
-        self.purge()
 
     def validate(self, rates: Mapping[str, str]) -> None:
         check(rates)
@@ -226,7 +225,9 @@ class TcShaper:
 
 
 def tc_factory(ctx: TrafficShaperContext) -> TcShaper:
-    return TcShaper(ctx)
+    shaper = TcShaper(ctx)
+    shaper.purge()
+    return shaper
 
 
 #: the plugin contract this module was written for; the loader refuses another major
