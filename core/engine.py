@@ -219,6 +219,9 @@ class Engine:
             plugins.hook.skiff_daemon_config_check(config=config)
         except ValueError as exc:
             raise ConfigError(f"{config.get('config-file', 'daemon.json')}: {exc}") from exc
+        #: bandwidth limits: the traffic shaper (tc), or why there is none; before
+        #: anything is made, so a bad default-net-rates leaves nothing behind
+        self.shaping = self._build_shaping()
         for path in (self.data_root, self.exec_root, os.path.join(self.exec_root, "containers")):
             os.makedirs(path, mode=0o711, exist_ok=True)
         #: how a remapped container sees its layers: "idmap" (idmapped mounts)
@@ -250,8 +253,6 @@ class Engine:
             "limits", self.cgroup_driver_name, "exec-opts native.cgroupdriver",
             CgroupContext(parent=config["cgroup-parent"]),
         )
-        #: bandwidth limits: the traffic shaper (tc), or why there is none
-        self.shaping = self._build_shaping()
         # Fail at start, not at the first container, when the log driver is absent.
         if config["log-driver"] != "none":  # none keeps nothing: no driver to find
             self._check_installed("logging", config["log-driver"], "log-driver")
