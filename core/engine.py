@@ -440,6 +440,7 @@ class Engine:
         with trio.CancelScope(shield=True):
             await self.containers.shutdown()
             await self.to_thread(self.networks.shutdown)
+            await self.to_thread(self.shaping.close)
             await self.runtime.stop()
             self.plugins.hook.skiff_daemon_shutdown(config=self.config)
             await self.to_thread(self.storage.cleanup)

@@ -1174,8 +1174,11 @@ class TrafficShaper(Protocol):
     silently dropped); ``left`` never raises.
 
     Whatever a shaper makes besides queues on ``host_interface`` (which the
-    interface's deletion removes), such as an IFB device, it must remove in
-    ``left``, and it should remove leftovers of a crashed daemon when built.
+    interface's deletion removes), such as an IFB device, it must remove
+    after ``left``, and it should remove leftovers of a crashed daemon when
+    built.  A shaper may finish that work in a thread of its own, after
+    ``left`` returned; it then offers ``close()``, which the daemon calls
+    as it stops and which returns once that work is done.
 
     ``validate`` runs on the event loop and must be quick; the other methods
     may block and run on worker threads, concurrently for different

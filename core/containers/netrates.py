@@ -165,6 +165,13 @@ class Shaping:
             log.warning("container.shaping_release_failed", id=c.id, network=network_name,
                         error=str(exc))
 
+    def close(self) -> None:
+        """The daemon stops: the shaper finishes its background work (optional
+        in the contract).  Blocking."""
+        close = getattr(self.shaper, "close", None)
+        if close is not None:
+            close()
+
     # -- POST /containers/{id}/update ---------------------------------------
 
     def updated_labels(self, c: Container, asked: Any) -> dict[str, str]:

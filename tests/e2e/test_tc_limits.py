@@ -197,7 +197,7 @@ def test_endpoint_driver_opts_win_over_labels(d: Daemon, net: str) -> None:
         assert ifb_rate(veth) == 3_000_000
         assert tbf_rate(int(iflink.stdout)) == 8_000_000  # the label, on this network
         d.docker("network", "disconnect", other, name, check=True)
-        assert ifb_name(veth) not in leftovers()
+        poll(lambda: ifb_name(veth) not in leftovers(), timeout=5, what="the IFB deleted")
     finally:
         d.docker("rm", "-f", name)
         d.docker("network", "rm", other)
@@ -212,12 +212,14 @@ def test_qdiscs_and_ifb_are_gone_after_stop(d: Daemon, net: str) -> None:
     d.docker("stop", "-t", "0", name, check=True)
     with pyroute2.IPRoute() as ipr:
         assert not ipr.link_lookup(ifname=veth)
-    assert leftovers() == []
+    # the IFB goes right after the stop (deleting a device takes ~20 ms, which
+    # the stop does not wait for)
+    poll(lambda: leftovers() == [], timeout=5, what="no IFB left")
     d.docker("start", name, check=True)  # the limits come back with the next run
     index, veth = host_side(d, name)
     assert tbf_rate(index) == 8_000_000 and ifb_rate(veth) == 8_000_000
     d.docker("rm", "-f", name, check=True)
-    assert leftovers() == []
+    poll(lambda: leftovers() == [], timeout=5, what="no IFB left")
 
 
 # -- refusals ------------------------------------------------------------------------

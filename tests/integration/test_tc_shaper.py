@@ -75,6 +75,21 @@ def test_left_removes_the_ifb_and_the_veth_takes_its_qdiscs(veth: str) -> None:
     shaper.joined(ep)
     shaper.left(ep)
     shaper.left(ep)  # idempotent
+    assert "ingress" in qdiscs(veth)  # the veth's own go with it, not with left
+    shaper.close()  # the IFB goes in the background: close waits for it
+    assert ifbs() == []
+
+
+def test_joined_twice_fast_and_changed_from_nothing(veth: str) -> None:
+    shaper = TcShaper(TrafficShaperContext(exec_root="/nonexistent"))
+    shaper.changed(endpoint(veth, {}))  # nothing there, nothing asked: no error
+    shaper.changed(endpoint(veth, {EGRESS: "8mbit", INGRESS: "1mbit"}))
+    assert tbf_rate(qdiscs(veth)["tbf"]) == 1_000_000
+    assert tbf_rate(qdiscs(ifb_name(veth))["tbf"]) == 8_000_000
+    shaper.changed(endpoint(veth, {EGRESS: "8mbit", INGRESS: "1mbit"}))  # the same again
+    assert tbf_rate(qdiscs(veth)["tbf"]) == 1_000_000
+    shaper.left(endpoint(veth, {}))
+    shaper.close()
     assert ifbs() == []
 
 
