@@ -27,7 +27,7 @@ pyroute2 = pytest.importorskip("pyroute2")
 EGRESS, INGRESS = "skiff.net.egress-rate", "skiff.net.ingress-rate"
 PORT = 5001
 #: seconds of steady traffic each measurement counts; the issue's band is 15 %
-WINDOW = 3.0
+WINDOW = 5.0
 BAND = 0.15
 
 
