@@ -145,6 +145,14 @@ class Shaping:
         shaped = self._endpoint(c, network_name, network_options, settings, ep)
         if not shaped.rates:
             return  # a fresh interface has no queues to take off
+        if not ep.host_interface:
+            asked = resolve(pick(network_options), pick(c.config.get("Labels")),
+                            pick(settings.get("DriverOpts")))
+            if not asked:
+                return  # daemon.json's default is for endpoints with an interface
+            raise InvalidParameter(
+                f"{sorted(asked)[0]} cannot be applied: network {network_name}'s driver gives "
+                "its endpoints no host interface to shape")
         if self.shaper is None:
             raise InvalidParameter(f"{sorted(shaped.rates)[0]} cannot be honoured: "
                                    f"{self.why_not}")

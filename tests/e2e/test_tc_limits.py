@@ -271,6 +271,11 @@ def test_daemon_default_applies_and_bad_default_refuses_start(tmp_path: Path) ->
         index, _ = host_side(dd, name)
         assert tbf_rate(index) == 6_000_000
         dd.docker("rm", "-f", name, check=True)
+        # the default is for containers with an interface of their own: none and
+        # host still run
+        for mode in ("none", "host"):
+            res = dd.docker("run", "--rm", "--network", mode, "busybox", "true")
+            assert res.returncode == 0, res.stderr.decode()
     from tests.daemon import Daemon as _Daemon
     from tests.daemon import daemon_config
 
