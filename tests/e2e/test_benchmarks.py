@@ -112,3 +112,24 @@ def test_build_workload_rows(tmp_path: Path) -> None:
         row = by.get((f"{metric}: median", "skiffd"))
         assert row is not None, (metric, res.stdout[-3000:])
         assert row["unit"] == "s" and row["value"] > 0 and len(row["samples"]) == 1
+
+
+@pytest.mark.skipif(not DOCKER.exists(), reason="the stock docker CLI is not installed")
+def test_tc_workload_rows(tmp_path: Path) -> None:
+    """The tc extra (issue 20): its rows, structure only."""
+    out = tmp_path / "out"
+    res = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "engine", "--smoke", "--no-docker",
+         "--only", "tc", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    by = {(r["metric"], r["engine"]): r for r in json.loads((out / "engine.json").read_text())
+          ["rows"]}
+    assert by[("tc: throughput on a user bridge, no limit", "skiffd")]["value"] > 10
+    for direction in ("egress", "ingress"):
+        for rate in ("1mbit", "10mbit", "100mbit"):
+            row = by[(f"tc: {direction} {rate}, measured / limit", "skiffd")]
+            assert row["unit"] == "%" and row["value"] > 0
+    cost = by[("tc: set-up cost, egress+ingress rate labels (target < 3 ms)", "skiffd")]
+    assert cost["unit"] == "ms"

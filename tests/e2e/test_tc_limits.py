@@ -203,6 +203,11 @@ def test_endpoint_driver_opts_win_over_labels(d: Daemon, net: str) -> None:
         d.docker("network", "rm", other)
 
 
+def test_info_lists_the_shaper(d: Daemon) -> None:
+    info = json.loads(d.docker("info", "--format", "{{json .}}", check=True).stdout)
+    assert "tc" in info["Plugins"]["Limits"]
+
+
 def test_qdiscs_and_ifb_are_gone_after_stop(d: Daemon, net: str) -> None:
     name = f"gone-{secrets.token_hex(3)}"
     d.docker("run", "-d", "--name", name, "--network", net, "--label", f"{EGRESS}=8mbit",
