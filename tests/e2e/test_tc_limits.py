@@ -204,8 +204,9 @@ def test_endpoint_driver_opts_win_over_labels(d: Daemon, net: str) -> None:
 
 
 def test_info_lists_the_shaper(d: Daemon) -> None:
-    info = json.loads(d.docker("info", "--format", "{{json .}}", check=True).stdout)
-    assert "tc" in info["Plugins"]["Limits"]
+    # skiff's own key of Plugins, which the docker CLI does not show
+    info = dockerpy.APIClient(base_url=d.host, version="1.41", timeout=30).info()
+    assert info["Plugins"]["Limits"] == ["cgroupfs", "tc"]
 
 
 def test_qdiscs_and_ifb_are_gone_after_stop(d: Daemon, net: str) -> None:
