@@ -27,7 +27,7 @@ BLOCK = 1 << 20
 #: how much a backwards reader fetches at a time (``--tail 10`` reads one of these)
 BACK_BLOCK = 64 * 1024
 
-_SIZE = struct.Struct(">I")
+SIZE = struct.Struct(">I")
 _SOURCES = {"stdout": b"\x0a\x06stdout", "stderr": b"\x0a\x06stderr"}
 _PARTIAL = b"\x20\x01"
 _BYTE = [bytes((i,)) for i in range(256)]
@@ -77,7 +77,7 @@ def frame(head: bytes, line: bytes) -> bytes:
         payload = b"".join((head, b"\x1a", _BYTE[n], line[:n], tail))
     else:
         payload = b"".join((head, b"\x1a", varint(n), line[:n], tail))
-    size = _SIZE.pack(len(payload))
+    size = SIZE.pack(len(payload))
     return b"".join((size, payload, size))
 
 
@@ -199,7 +199,7 @@ def forward(f: IO[bytes], end: int, start: int = 0) -> Iterator[tuple[LogMessage
     pos = 0
     while True:
         have = len(buf) - pos
-        size = _SIZE.unpack_from(buf, pos)[0] if have >= 4 else 0
+        size = SIZE.unpack_from(buf, pos)[0] if have >= 4 else 0
         if have < 4 or have < size + 8:
             if size > MAX_ENTRY:
                 raise CorruptEntry(f"log entry of {size} bytes at offset {base + pos} "
@@ -215,7 +215,7 @@ def forward(f: IO[bytes], end: int, start: int = 0) -> Iterator[tuple[LogMessage
             pos = 0
             continue
         stop = pos + 4 + size
-        if _SIZE.unpack_from(buf, stop)[0] != size:
+        if SIZE.unpack_from(buf, stop)[0] != size:
             raise CorruptEntry(f"log entry at offset {base + pos}: its sizes before and "
                                "after disagree")
         yield decoder(buf, pos + 4, stop), base + pos
@@ -246,12 +246,12 @@ def backward(f: IO[bytes], end: int) -> Iterator[tuple[LogMessage, int]]:
 
     pos = end
     while pos >= 8:
-        (size,) = _SIZE.unpack(get(pos - 4, pos))
+        (size,) = SIZE.unpack(get(pos - 4, pos))
         start = pos - 8 - size
         if size > MAX_ENTRY or start < 0:
             raise CorruptEntry(f"log entry ending at offset {pos}: bad trailing size {size}")
         data = get(start, pos)
-        if _SIZE.unpack_from(data, 0)[0] != size:
+        if SIZE.unpack_from(data, 0)[0] != size:
             raise CorruptEntry(f"log entry ending at offset {pos}: its sizes before and "
                                "after disagree")
         yield decoder(data, 4, 4 + size), start
