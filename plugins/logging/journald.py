@@ -44,7 +44,6 @@ from typing import Any
 
 from skiff.core.errors import SkiffError
 from skiff.core.hookspecs import (
-    GENERIC_LOG_OPTIONS,
     LogContext,
     LogMessage,
     ReadConfig,
@@ -53,6 +52,7 @@ from skiff.core.hookspecs import (
 from skiff.plugins.logging.common import (
     check_attribute_options,
     check_tag,
+    driver_options,
     extra_attributes,
     render_tag,
 )
@@ -199,10 +199,9 @@ def skiff_log_drivers() -> dict[str, object]:
 @hookimpl
 def skiff_container_validate(host_config: Mapping[str, Any]) -> None:
     """Bad options, and a host without a journal, refused at create."""
-    lc = host_config.get("LogConfig") or {}
-    if lc.get("Type") == NAME:
-        parse_options({k: v for k, v in (lc.get("Config") or {}).items()
-                       if k not in GENERIC_LOG_OPTIONS})
+    options = driver_options(NAME, host_config)
+    if options is not None:
+        parse_options(options)
         reason = unavailable()
         if reason:
             raise ValueError(reason)

@@ -38,7 +38,6 @@ import structlog
 
 from skiff.core.goparse import parse_bool
 from skiff.core.hookspecs import (
-    GENERIC_LOG_OPTIONS,
     LogContext,
     LogMessage,
     LogRender,
@@ -47,7 +46,9 @@ from skiff.core.hookspecs import (
     hookimpl,
 )
 from skiff.plugins.logging import localfmt, localgz, localrender
+from skiff.plugins.logging.common import driver_options
 from skiff.plugins.logging.jsonfile import parse_size
+from skiff.plugins.logging.logfiles import write_all
 
 NAME = "local"
 
@@ -229,13 +230,7 @@ class LocalDriver:
         if key != (msg.time, msg.stream):  # the daemon stamps every line of one read alike
             head = localfmt.entry_head(msg.stream, _nanos(msg.time))
             self._stamp = ((msg.time, msg.stream), head)
-        data = localfmt.frame(head, msg.line)
-        n = os.write(fd, data)
-        self._size += n
-        while n < len(data):  # short write (a signal, a nearly full disk): finish it
-            data = data[n:]
-            n = os.write(fd, data)
-            self._size += n
+        self._size += write_all(fd, localfmt.frame(head, msg.line))
         self._last_time = msg.time
 
     def close(self) -> None:
@@ -444,10 +439,10 @@ def skiff_container_validate(host_config: Mapping[str, Any]) -> None:
     dual-logging cache, so they are checked here too; ``cache-disabled`` is
     the daemon's (``logopts.check_generic``).
     """
-    lc = host_config.get("LogConfig") or {}
-    config = lc.get("Config") or {}
-    if lc.get("Type") == NAME:
-        parse_options({k: v for k, v in config.items() if k not in GENERIC_LOG_OPTIONS})
+    options = driver_options(NAME, host_config)
+    if options is not None:
+        parse_options(options)
+    config = (host_config.get("LogConfig") or {}).get("Config") or {}
     cache = {k: v for k, v in config.items()
              if k.startswith("cache-") and k != "cache-disabled"}
     if cache:
