@@ -81,7 +81,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 #: accepts any minor of the same major (see ``skiff.core.plugins``).  Major 1
 #: is the contract before versions, when network options and endpoint data
 #: crossed it as dicts; 2 made them records.
-CONTRACT_VERSION = "2.3"
+CONTRACT_VERSION = "2.4"
 #: the contract of a plugin that declares none: it was written before versions
 UNDECLARED_CONTRACT = "1.0"
 #: the module attribute holding a plugin's declared contract version
@@ -437,6 +437,22 @@ class NetworkFactory(Protocol):
 # ---------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class PartialMeta:
+    """Where a piece of a long line belongs, as dockerd's ``PartialLogMetaData``.
+
+    A line longer than 16 KiB reaches the driver in pieces: every piece but
+    the last without its newline.  All pieces of one line share ``id`` (64
+    random hex digits) and count ``ordinal`` from 1; the last one, which
+    ends with the newline, has ``last``.  Drivers that can keep it (local,
+    journald) do, so readers can put the line together again.
+    """
+
+    id: str
+    ordinal: int
+    last: bool
+
+
 @dataclass
 class LogMessage:
     """One line (or partial line) a container wrote."""
@@ -447,6 +463,9 @@ class LogMessage:
     #: what the driver recorded beside the line (json-file's ``attrs``: the
     #: ``labels``/``env``/``tag`` options), shown by ``docker logs --details``
     attrs: dict[str, str] | None = None
+    #: set on every piece of a line cut at 16 KiB, and, as dockerd does, on the
+    #: unfinished bytes a container left without a newline at exit
+    partial: PartialMeta | None = None
 
 
 @dataclass

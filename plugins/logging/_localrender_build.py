@@ -75,6 +75,30 @@ static int varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
     return -1;
 }
 
+/* PartialLogEntryMetadata {1 last, 2 id, 3 ordinal}: only ``last`` matters here. */
+static int metadata(const uint8_t *p, const uint8_t *end, int *last)
+{
+    while (p < end) {
+        uint64_t key, v;
+        if (varint(&p, end, &key)) return -1;
+        unsigned field = (unsigned)(key >> 3), wire = (unsigned)(key & 7);
+        if (wire == 0) {
+            if (varint(&p, end, &v)) return -1;
+            if (field == 1) *last = v != 0;
+        } else if (wire == 2) {
+            if (varint(&p, end, &v) || v > (uint64_t)(end - p)) return -1;
+            p += v;
+        } else if (wire == 1 || wire == 5) {
+            uint64_t skip = wire == 1 ? 8 : 4;
+            if (skip > (uint64_t)(end - p)) return -1;
+            p += skip;
+        } else {
+            return -1;
+        }
+    }
+    return 0;
+}
+
 /* The RFC 3339 time as skiff shows it: microseconds, then "000Z". */
 static int64_t stamp(struct skiff_lr *st, int64_t ns, uint8_t *o)
 {
@@ -128,7 +152,7 @@ int skiff_local_render(struct skiff_lr *st, const uint8_t *in, int64_t len,
         uint32_t after = ((uint32_t)end[0] << 24) | ((uint32_t)end[1] << 16)
                        | ((uint32_t)end[2] << 8) | end[3];
         if (after != size) { st->status = S_ENTRY; break; }
-        int kind = 1, partial = 0, bad = 0;
+        int kind = 1, partial = 0, last = 0, bad = 0;
         int64_t ns = 0;
         const uint8_t *line = e;
         uint64_t n_line = 0;
@@ -149,6 +173,8 @@ int skiff_local_render(struct skiff_lr *st, const uint8_t *in, int64_t len,
                 } else if (field == 3) {
                     line = e;
                     n_line = v;
+                } else if (field == 5) {
+                    if (metadata(e, e + v, &last)) bad = S_ENTRY;
                 }
                 e += v;
             } else if (wire == 1 || wire == 5) {
@@ -193,7 +219,7 @@ int skiff_local_render(struct skiff_lr *st, const uint8_t *in, int64_t len,
         }
         memcpy(out + w, line, (size_t)n_line);
         w += (int64_t)n_line;
-        if (!partial) out[w++] = '\n';
+        if (!partial || last) out[w++] = '\n';  /* a cut line ends after its last piece */
         if (framed && !coalesce) put32(out + head + 4, (uint32_t)(w - body));
         /* counted by the microsecond, the daemon's cursor's unit (logread.micros) */
         int64_t us = ns / 1000 + (ns % 1000 >= 500);

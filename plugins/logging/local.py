@@ -230,7 +230,7 @@ class LocalDriver:
         if key != (msg.time, msg.stream):  # the daemon stamps every line of one read alike
             head = localfmt.entry_head(msg.stream, _nanos(msg.time))
             self._stamp = ((msg.time, msg.stream), head)
-        self._size += write_all(fd, localfmt.frame(head, msg.line))
+        self._size += write_all(fd, localfmt.frame(head, msg.line, msg.partial))
         self._last_time = msg.time
 
     def close(self) -> None:

@@ -150,6 +150,44 @@ def test_dockerd_reads_the_files_skiff_wrote(sbs: SideBySide, roots: dict[str, P
                 0, mine.stdout, mine.stderr), args
 
 
+#: a 40,000-byte line (cut in three pieces by either engine), a short one, and
+#: unfinished bytes at exit
+LONG_LINE = ("head -c 40000 /dev/zero | tr '\\0' x; echo; echo after; printf 'tail end'")
+
+
+def test_a_cut_line_as_dockerd_and_each_reads_the_others_file(
+        sbs: SideBySide, roots: dict[str, Path]) -> None:
+    def run(side: Side) -> dict[str, Any]:
+        n = unique("long")
+        with removing(side, ("container", n)):
+            side.out("run", "--name", n, *NONE, "--log-driver", "local", "busybox",
+                     "sh", "-c", LONG_LINE)
+            out = side.docker("logs", n).stdout
+            tail = side.docker("logs", "--tail", "2", n).stdout
+            path = roots[side.name] / cid(side, n) / "local-logs" / "container.log"
+            reader = LocalDriver(LogContext(n, n, str(path), {}))
+            entries = list(reader.read(ReadConfig()))
+            # a digest, not 40 kB of x's, in a failure's message
+            return {"logs": (len(out), out.count(b"x"), out[-20:]), "tail": tail,
+                    "pieces": [(len(m.line), m.partial is not None and m.partial.ordinal,
+                                m.partial is not None and m.partial.last) for m in entries],
+                    "ids": len({m.partial.id for m in entries if m.partial})}
+
+    seen = sbs.each(run)
+    # dockerd 20.10's reader drops the newline of a cut line (it adds one only to
+    # entries without partial metadata; later moby adds it after the last piece
+    # too, as skiff does): everything else is the same
+    assert seen["dockerd"].pop("logs") == (40000 + 14, 40000, b"xxxxxxafter\ntail end")
+    got = seen["skiffd"]
+    assert got.pop("logs") == (40000 + 15, 40000, b"xxxxx\nafter\ntail end")
+    assert got == seen["dockerd"]
+    assert got["tail"] == b"after\ntail end"
+    # three pieces with one id, the last ending the line; a whole line; the exit's rest
+    assert got["pieces"] == [(16384, 1, False), (16384, 2, False), (7233, 3, True),
+                             (6, False, False), (8, 1, False)]
+    assert got["ids"] == 2
+
+
 def test_follow_and_since_as_dockerd(sbs: SideBySide) -> None:
     def run(side: Side) -> dict[str, Any]:
         n = unique("loc")

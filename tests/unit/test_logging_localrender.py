@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from skiff.core.containers.framing import HEADER
 from skiff.core.containers.logrender import render
-from skiff.core.hookspecs import LogContext, LogMessage, LogRender, ReadConfig
+from skiff.core.hookspecs import LogContext, LogMessage, LogRender, PartialMeta, ReadConfig
 from skiff.plugins.logging import localfmt
 from skiff.plugins.logging.local import LocalDriver
 
@@ -42,10 +42,14 @@ def demux(data: bytes) -> list[tuple[int, bytes]]:
     return out
 
 
+metas = st.one_of(st.none(), st.builds(
+    PartialMeta, st.sampled_from(["", "a" * 64]), st.integers(min_value=0, max_value=300),
+    st.booleans()))
+
 entries = st.lists(st.tuples(
     st.sampled_from(["stdout", "stderr"]),
     st.binary(max_size=300).map(lambda b: b.replace(b"\n", b"")),
-    st.booleans(),  # partial
+    st.one_of(st.booleans(), metas),  # partial: a bare flag, or dockerd's metadata
     st.integers(min_value=0, max_value=3),  # seconds after the previous one
     # whole microseconds, as skiff writes them; see test_nanoseconds_* for dockerd's
     st.integers(min_value=0, max_value=999_999).map(lambda us: us * 1000),
@@ -66,14 +70,18 @@ renders = st.builds(LogRender, timestamps=st.booleans(), details=st.booleans(),
                     framed=st.booleans(), coalesce=st.booleans())
 
 
-def write(path: Path, items: list[tuple[str, bytes, bool, int, int]], **opts: str
-          ) -> LocalDriver:
+def write(path: Path, items: list[tuple[str, bytes, bool | PartialMeta | None, int, int]],
+          **opts: str) -> LocalDriver:
     # entries as other writers (dockerd) make them: full nanoseconds, partials
     d = LocalDriver(LogContext("c" * 64, "/x", str(path), dict(opts)))
     sec = T0
     with open(path, "ab") as f:
         for stream, line, partial, gap, ns in items:
             sec += gap
+            if isinstance(partial, PartialMeta):
+                text = line + b"\n" if partial.last else line
+                f.write(localfmt.encode(stream, text, sec * 1_000_000_000 + ns, partial))
+                continue
             f.write(localfmt.encode(stream, line if partial else line + b"\n",
                                     sec * 1_000_000_000 + ns))
     return d
