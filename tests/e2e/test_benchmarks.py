@@ -37,6 +37,7 @@ def test_engine_smoke_writes_table_json_and_chart(tmp_path: Path) -> None:
     assert min(median["samples"]) > 0
     assert ("run --rm true: median", "kernel") in by
     assert by[("lifecycle: create+start+wait+rm x3", "skiffd")]["unit"] == "containers/s"
+    assert by[("lifecycle (API): create+start+wait+rm x3", "skiffd")]["value"] > 0
     assert by[("idle: engine RSS, 0 containers", "skiffd")]["value"] > 0
     assert ("idle: RSS per container (2)", "skiffd") in by
     assert not any(r["engine"] == "dockerd" for r in rows)
