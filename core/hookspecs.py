@@ -311,6 +311,10 @@ class NetworkOptions:
     dns: bool = False  #: containers resolve each other's names (not on the default bridge)
     options: dict[str, str] = field(default_factory=dict)  #: ``-o`` driver options, as given
     labels: dict[str, str] = field(default_factory=dict)
+    #: the network's IPv6 subnet (CIDR); "" for an IPv4-only network
+    subnet6: str = ""
+    gateway6: str = ""  #: "" lets the driver take the IPv6 subnet's first address
+    ip_range6: str = ""  #: where containers' IPv6 addresses come from
 
 
 @dataclass
@@ -372,6 +376,12 @@ class Endpoint:
     ip_prefix_len: int = 0
     gateway: str = ""
     mac_address: str = ""
+    #: on a network with an IPv6 subnet: the address, its prefix length and
+    #: the gateway (the driver fills them); ``requested_ip6`` is ``--ip6``
+    ip6_address: str = ""
+    ip6_prefix_len: int = 0
+    gateway6: str = ""
+    requested_ip6: str = ""
     #: the ports published, as ``docker inspect``'s ``NetworkSettings.Ports``:
     #: an exposed port that is not published maps to None
     ports: dict[str, list[PortBinding] | None] = field(default_factory=dict)

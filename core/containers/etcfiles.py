@@ -68,8 +68,9 @@ def write_hosts(c: Container, lookup: Lookup) -> None:
             lines.append(f"{ip}\t{' '.join(n for n in names if n)}")
     hostname = c.config.get("Hostname") or c.id[:12]
     for settings in c.networks.values():
-        if settings.get("IPAddress"):
-            lines.append(f"{settings['IPAddress']}\t{hostname}")
+        for key in ("IPAddress", "GlobalIPv6Address"):  # dockerd's order: IPv4, then IPv6
+            if settings.get(key):
+                lines.append(f"{settings[key]}\t{hostname}")
     # Truncate and rewrite the same inode: it is bind-mounted into the container.
     with open(c.hosts_path, "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -196,7 +197,8 @@ def initial_networks(network_mode: str, body: dict[str, Any], hc: dict[str, Any]
     settings = requested(cfg, config_mac=mac if isinstance(mac, str) else "",
                          subnet=network.subnet if network else "",
                          predefined=network.predefined if network else False,
-                         user_subnet=network.user_subnet if network else True)
+                         user_subnet=network.user_subnet if network else True,
+                         subnet6=network.subnet6 if network else None)
     if network_mode == "bridge" and hc.get("Links"):
         settings["Links"] = list(hc["Links"])
     return {network_mode: settings}
