@@ -201,7 +201,28 @@ def initial_networks(network_mode: str, body: dict[str, Any], hc: dict[str, Any]
                          subnet6=network.subnet6 if network else None)
     if network_mode == "bridge" and hc.get("Links"):
         settings["Links"] = list(hc["Links"])
+    if network is not None:
+        check_v6_bindings(hc, network)
     return {network_mode: settings}
+
+
+def check_v6_bindings(hc: dict[str, Any], network: Network) -> None:
+    """Refuse at create what would fail at start: a port published on an IPv6
+    host address of a network without IPv6, or a UDP port on IPv6 loopback
+    (only TCP is relayed there)."""
+    for key, bindings in (hc.get("PortBindings") or {}).items():
+        for b in bindings or []:
+            host_ip = str((b or {}).get("HostIp") or "")
+            if ":" not in host_ip:
+                continue
+            if not network.subnet6:
+                raise InvalidParameter(
+                    f"cannot publish {key} on {host_ip}: network {network.name} has no IPv6 "
+                    "subnet (docker network create --ipv6 --subnet ...)")
+            if not key.endswith("/tcp") and "/" in key and host_ip in ("::", "::1"):
+                raise InvalidParameter(
+                    f"publishing {key} on {host_ip} is not supported yet: only TCP is relayed "
+                    "to IPv6 loopback")
 
 
 def resolv_conf_for(network_mode: str) -> str:
