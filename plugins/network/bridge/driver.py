@@ -324,8 +324,9 @@ class BridgeNetworkDriver:
                 # address there, on the same port (dockerd's "0.0.0.0" and "::")
                 if v6 or (not entry.host_ip and ep.ip6_address and self.firewall6.enabled):
                     ip6 = entry.host_ip if v6 else "::"
-                    rules6 += fw.port_rules6(net.bridge, ep.ip6_address, proto, ctr_port, ip6,
-                                             host_port)
+                    if not ipaddress.IPv6Address(ip6).is_loopback:  # ::1: the proxy alone
+                        rules6 += fw.port_rules6(net.bridge, ep.ip6_address, proto, ctr_port,
+                                                 ip6, host_port)
                     if proto == "tcp" and ip6 in ("::", "::1"):
                         ep.proxies.append(TcpProxy(ip6, host_port, ep.ip6_address, ctr_port))
                     out.append(PortBinding(ip6, str(host_port)))
