@@ -14,6 +14,7 @@ Nothing is left behind: no ip6tables rule of skiff's once its daemon is gone.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import secrets
 import socket
@@ -36,7 +37,9 @@ HTTPD = "mkdir -p /www && echo hello-v6 > /www/index.html && exec httpd -f -p 80
 
 
 def subnet6() -> str:
-    return f"fd{secrets.token_hex(1)}:{secrets.token_hex(2)}:{secrets.token_hex(2)}::/64"
+    """A random unique-local /64, written as the daemons write it (no leading zeros)."""
+    prefix = bytes([0xFD, *secrets.token_bytes(5)]) + bytes(10)
+    return f"{ipaddress.IPv6Address(prefix)}/64"
 
 
 def subnet4() -> str:
@@ -44,7 +47,7 @@ def subnet4() -> str:
 
 
 def host(subnet: str, n: int) -> str:
-    return subnet.split("::/")[0] + f"::{n:x}"
+    return str(ipaddress.IPv6Network(subnet).network_address + n)
 
 
 def ip6tables_save() -> str:
@@ -144,7 +147,8 @@ def test_dual_stack_ping6_by_name_inspect_hosts_and_aaaa(daemon: Daemon) -> None
 
         # inside: the address, the default route, forwarding-ready sysctls
         addrs = ok(daemon, "exec", a, "ip", "-6", "addr", "show", "eth0")
-        assert f"inet6 {host(sub, 2)}/64" in addrs and "tentative" not in addrs
+        line = next(x for x in addrs.splitlines() if f"inet6 {host(sub, 2)}/64" in x)
+        assert "tentative" not in line  # no DAD: usable at once
         routes = ok(daemon, "exec", a, "ip", "-6", "route")
         assert f"default via {host(sub, 1)}" in routes
         # the bridge has the gateway address
@@ -220,8 +224,10 @@ def test_publish_on_v6_loopback_and_every_address(daemon: Daemon) -> None:
         daemon.docker("network", "rm", net)
     save = ip6tables_save()
     assert f"--dport {lo_port} " not in save and f"--dport {any_port} " not in save
-    with socket.socket(socket.AF_INET6) as s:  # the proxy's port is free again
+    with socket.socket(socket.AF_INET6) as s:  # no listener left (TIME_WAIT may stay)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("::1", lo_port))
+        s.listen(1)
 
 
 # -- docker-py's IPv6 cases (its tests/integration/api_network_test.py) -------------------
@@ -281,14 +287,15 @@ def test_docker_py_ipv6_cases(daemon: Daemon) -> None:
 
 def test_overlapping_v6_subnet_refused_as_dockerd(twins: SideBySide) -> None:
     def attempt(side: Side) -> tuple[int, str]:
-        first, sub = unique("v6a"), subnet6()
-        side.docker("network", "create", "--ipv6", "--subnet", sub, first, check=True)
+        first, second, sub = unique("v6a"), unique("v6b"), subnet6()
+        side.out("network", "create", "--ipv6", "--subnet", sub, first)
         try:
-            inner = sub.replace("::/64", ":1::/80")
-            res = side.docker("network", "create", "--ipv6", "--subnet", inner, unique("v6b"))
-            return res.returncode, normalised(res.stderr.decode())
+            inner = f"{host(sub, 1 << 48)}/80"  # the second /80 of the first /64
+            res = side.docker("network", "create", "--ipv6", "--subnet", inner, second)
+            return res.returncode, normalised(res.stderr.decode(), second=second)
         finally:
             side.docker("network", "rm", first)
+            side.docker("network", "rm", second)
 
     code, err = twins.same(attempt)
     assert code != 0 and "overlaps" in err
@@ -297,10 +304,10 @@ def test_overlapping_v6_subnet_refused_as_dockerd(twins: SideBySide) -> None:
 def test_v6_network_inspect_shape_as_dockerd(twins: SideBySide) -> None:
     def shape(side: Side) -> dict[str, Any]:
         name, sub = unique("v6s"), subnet6()
-        side.docker("network", "create", "--ipv6", "--subnet", sub, "--gateway",
-                    host(sub, 0x1), name, check=True)
+        side.out("network", "create", "--ipv6", "--subnet", sub, "--gateway", host(sub, 1),
+                 name)
         try:
-            rec = json.loads(side.docker("network", "inspect", name, check=True).stdout)[0]
+            rec = json.loads(side.out("network", "inspect", name))[0]
         finally:
             side.docker("network", "rm", name)
         v6 = [c for c in rec["IPAM"]["Config"] if ":" in c["Subnet"]]
