@@ -94,7 +94,10 @@ class Network:
                 entry["IPRange"] = self.ip_range
             config.append(entry)
         if self.subnet6:
-            entry = {"Subnet": self.subnet6, "Gateway": self.gateway6}
+            # as dockerd shows a subnet given at create: the keys that were given
+            entry = {"Subnet": self.subnet6}
+            if self.gateway6:
+                entry["Gateway"] = self.gateway6
             if self.ip_range6:
                 entry["IPRange"] = self.ip_range6
             config.append(entry)
@@ -391,7 +394,7 @@ class NetworkStore:
         if ip_range and not ipaddress.IPv6Network(ip_range, strict=False).subnet_of(subnet):
             raise InvalidParameter(f"ip-range {ip_range} is not in subnet {subnet}")
         net.subnet6 = str(subnet)
-        net.gateway6 = gw or str(subnet.network_address + 1)
+        net.gateway6 = gw  # "": the driver takes the subnet's first address
         net.ip_range6 = str(ipaddress.IPv6Network(ip_range, strict=False)) if ip_range else ""
 
     def users(self, net: Network) -> list[Any]:

@@ -185,15 +185,18 @@ def test_network_create_dual_stack_record_and_options(tmp_path: Path) -> None:
     assert rec["EnableIPv6"] is True
     assert rec["IPAM"]["Config"] == [
         {"Subnet": "10.77.0.0/24", "Gateway": "10.77.0.1"},
-        {"Subnet": "fd00:db8:1::/64", "Gateway": "fd00:db8:1::1"}]
+        {"Subnet": "fd00:db8:1::/64"}]  # dockerd shows the IPv6 keys given, no more
     opts = driver.created[-1]
     assert (opts.subnet, opts.subnet6, opts.gateway6) == (
-        "10.77.0.0/24", "fd00:db8:1::/64", "fd00:db8:1::1")
+        "10.77.0.0/24", "fd00:db8:1::/64", "")
+    gw = _create(store, "gw", {"Subnet": "fd00:db8:9::/64", "Gateway": "fd00:db8:9::fe"})
+    assert store.inspect(gw)["IPAM"]["Config"][1] == {
+        "Subnet": "fd00:db8:9::/64", "Gateway": "fd00:db8:9::fe"}
     # the record survives a restart
     again, _ = _store(tmp_path)
     back = again.get("v6net")
-    assert (back.enable_ipv6, back.subnet6, back.gateway6) == (True, "fd00:db8:1::/64",
-                                                                "fd00:db8:1::1")
+    assert (back.enable_ipv6, back.subnet6, back.gateway6) == (True, "fd00:db8:1::/64", "")
+    assert again.get("gw").gateway6 == "fd00:db8:9::fe"
 
 
 def test_network_create_v6_refusals(tmp_path: Path) -> None:
