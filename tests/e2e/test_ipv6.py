@@ -219,6 +219,10 @@ def test_publish_on_v6_loopback_and_every_address(daemon: Daemon) -> None:
         assert b"hello-v6" in fetch("::1", any_port)  # through the proxy
         assert b"hello-v6" in fetch(host(sub, 1), any_port)  # through the DNAT
         assert f"--dport {any_port} " in ip6tables_save()
+        # hairpin: another container of the network through the published port
+        got = ok(daemon, "run", "--rm", "--network", net, "busybox", "sh", "-c",
+                 f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {host(sub, 1)} {any_port}")
+        assert "hello-v6" in got
     finally:
         daemon.docker("rm", "-f", *names)
         daemon.docker("network", "rm", net)
@@ -338,3 +342,20 @@ def test_default_bridge_fixed_cidr_v6(tmp_path: Path) -> None:
         ok(d, "exec", name, "ping", "-6", "-c", "1", "-W", "3", host(sub, 1))
         ok(d, "rm", "-f", name)
     assert "skiff:" not in ip6tables_save()
+
+
+def test_ip6tables_false_no_rules_and_publishing_refused(tmp_path: Path) -> None:
+    with running_daemon(tmp_path / "d", ip6tables=False) as d:
+        d.skiff("image", "bootstrap", "busybox")
+        net, sub = v6net(d)
+        name = f"n6-{secrets.token_hex(3)}"
+        try:
+            ok(d, "run", "-d", "--name", name, "--network", net, "busybox", "sleep", "300")
+            ok(d, "exec", name, "ping", "-6", "-c", "1", "-W", "3", host(sub, 1))
+            assert "skiff:" not in ip6tables_save()
+            res = d.docker("run", "--rm", "--network", net, "-p", f"[::1]:{free_port6()}:80",
+                           "busybox", "true")
+            assert res.returncode != 0 and "needs ip6tables" in res.stderr.decode()
+        finally:
+            d.docker("rm", "-f", name)
+            d.docker("network", "rm", net)
