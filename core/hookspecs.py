@@ -353,6 +353,8 @@ class Endpoint:
     hostname: str = ""
     aliases: list[str] = field(default_factory=list)  #: ``--network-alias``
     requested_ip: str = ""  #: ``--ip``; "" lets the driver choose
+    #: ``--ip6``, on a network with an IPv6 subnet; "" lets the driver choose
+    requested_ip6: str = ""
     #: ``--mac-address`` (Config.MacAddress, on the first network) or the
     #: endpoint's MacAddress: lower-case and colon-separated, already checked
     #: by the daemon; the driver gives the container's interface this address.
@@ -377,11 +379,10 @@ class Endpoint:
     gateway: str = ""
     mac_address: str = ""
     #: on a network with an IPv6 subnet: the address, its prefix length and
-    #: the gateway (the driver fills them); ``requested_ip6`` is ``--ip6``
+    #: the gateway (the driver fills them)
     ip6_address: str = ""
     ip6_prefix_len: int = 0
     gateway6: str = ""
-    requested_ip6: str = ""
     #: the ports published, as ``docker inspect``'s ``NetworkSettings.Ports``:
     #: an exposed port that is not published maps to None
     ports: dict[str, list[PortBinding] | None] = field(default_factory=dict)
