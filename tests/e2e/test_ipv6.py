@@ -341,6 +341,23 @@ def test_default_bridge_fixed_cidr_v6(tmp_path: Path) -> None:
         assert f"default via {host(sub, 1)}" in ok(d, "exec", name, "ip", "-6", "route")
         ok(d, "exec", name, "ping", "-6", "-c", "1", "-W", "3", host(sub, 1))
         ok(d, "rm", "-f", name)
+
+        # a restart: the rules go with the daemon and come back with the records
+        net, sub2 = v6net(d)
+        ok(d, "create", "--name", name, "--network", net, "--ip6", host(sub2, 0x42),
+           "busybox", "sleep", "300")
+        ok(d, "start", name)
+        d.stop()
+        assert "skiff:" not in ip6tables_save()
+        d.start()
+        assert json.loads(ok(d, "network", "inspect", net))[0]["EnableIPv6"] is True
+        ok(d, "start", name)
+        assert inspect(d, name)["NetworkSettings"]["Networks"][net]["GlobalIPv6Address"] == \
+            host(sub2, 0x42)
+        ok(d, "exec", name, "ping", "-6", "-c", "1", "-W", "3", host(sub2, 1))
+        ok(d, "exec", name, "ping", "-6", "-c", "1", "-W", "3", host(sub, 1))  # the bridge's
+        ok(d, "rm", "-f", name)
+        ok(d, "network", "rm", net)
     assert "skiff:" not in ip6tables_save()
 
 
