@@ -36,7 +36,8 @@ FLOOR = ["unshare", "--fork", "--pid", "--mount", "--uts", "--ipc", "--net", "--
          "true"]
 # Modules that later issues add (network set-up, pull, build); each may
 # define ``engine_rows(ctx: Context) -> list[Row]`` and is skipped when absent.
-EXTRAS = ("benchmarks.network", "benchmarks.pull", "benchmarks.health", "benchmarks.tc")
+EXTRAS = ("benchmarks.network", "benchmarks.pull", "benchmarks.health", "benchmarks.scale",
+          "benchmarks.tc")
 WORKLOADS = ("api", "run", "phases", "seccomp", "exec", "lifecycle", "concurrency", "logs",
              "memory", "userns", "build")
 UNCONFINED = ["--security-opt", "seccomp=unconfined"]
@@ -282,9 +283,24 @@ def lifecycle(ctx: Context) -> None:
         e.docker("stop", "-t", "0", *ids)
         e.docker("rm", *ids)
         many[e.name].append(n / (time.perf_counter() - t0))
+    api: dict[str, list[float]] = {e.name: [] for e in ctx.engines}
+    body = {"Image": IMAGE, "Cmd": ["true"], "HostConfig": {"NetworkMode": "none"}}
+    for _, e in ctx.interleaved(ctx.plan.lifecycle_rounds):
+        # the same four calls without the CLI's start-up, one connection as docker-py keeps
+        conn = _UnixHTTP(e.socket)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            cid = _api(e, "POST", "/containers/create", body, conn)["Id"]
+            _api(e, "POST", f"/containers/{cid}/start", None, conn)
+            _api(e, "POST", f"/containers/{cid}/wait", None, conn)
+            _api(e, "DELETE", f"/containers/{cid}", None, conn)
+        api[e.name].append(n / (time.perf_counter() - t0))
+        conn.close()
     for name in one:
         ctx.add(f"lifecycle: create+start+wait+rm x{n}", name, statistics.median(one[name]),
                 "containers/s")
+        ctx.add(f"lifecycle (API): create+start+wait+rm x{n}", name,
+                statistics.median(api[name]), "containers/s")
         ctx.add(f"lifecycle: run -d x{n}, stop -t 0, rm", name,
                 statistics.median(many[name]), "containers/s")
 

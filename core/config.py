@@ -60,6 +60,14 @@ OPTIONS: tuple[Option, ...] = (
            help="default bridge name ('none' disables the default bridge)"),
     Option("bip", str, "", "--bip", help="default bridge address, CIDR"),
     Option("iptables", bool, True, "--iptables", help="manage firewall rules"),
+    Option("ipv6", bool, False, "--ipv6", help="IPv6 on the default bridge (needs fixed-cidr-v6)"),
+    Option("fixed-cidr-v6", str, "", "--fixed-cidr-v6",
+           help="IPv6 subnet of the default bridge, CIDR"),
+    # dockerd 20.10 wants --experimental for it and defaults to false; skiff has
+    # no experimental mode, and an IPv6 network without rules would have no
+    # isolation, so it is on by default (as in later dockerd); only with iptables
+    Option("ip6tables", bool, True, "--ip6tables",
+           help="manage ip6tables rules for IPv6 networks (only while iptables is on)"),
     Option("ip-forward", bool, True, "--ip-forward", help="enable IP forwarding"),
     Option("ip-forward-no-drop", bool, False, "--ip-forward-no-drop",
            help="do not set the FORWARD policy to DROP when enabling IP forwarding"),
@@ -359,6 +367,24 @@ def validate(config: Mapping[str, Any], path: str) -> None:
             f"{path}: 'default-userns-mode' is 'auto' but 'userns-remap' is not set; the "
             "ranges come from the remap user's subordinate ids: set userns-remap too"
         )
+    if config["ipv6"] and not config["fixed-cidr-v6"]:
+        raise ConfigError(
+            f"{path}: 'ipv6' is true but 'fixed-cidr-v6' is not set; skiff has no default "
+            "IPv6 subnet for the default bridge: set fixed-cidr-v6 (e.g. fd00:1::/64)"
+        )
+    if config["fixed-cidr-v6"]:
+        try:
+            v6 = ipaddress.IPv6Network(config["fixed-cidr-v6"], strict=False)
+        except ValueError as exc:
+            raise ConfigError(
+                f"{path}: invalid value for 'fixed-cidr-v6': {config['fixed-cidr-v6']!r}: {exc}"
+            ) from None
+        if v6.prefixlen > 126:
+            raise ConfigError(f"{path}: 'fixed-cidr-v6' {v6} is too small")
+        if not config["ipv6"]:
+            raise ConfigError(
+                f"{path}: 'fixed-cidr-v6' is set but 'ipv6' is not true; set both or neither"
+            )
     # Settings that would change what protects the host or its containers
     # are refused until they work: accepting and ignoring them would make an
     # operator believe they are protected.

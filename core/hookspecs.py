@@ -81,7 +81,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 #: accepts any minor of the same major (see ``skiff.core.plugins``).  Major 1
 #: is the contract before versions, when network options and endpoint data
 #: crossed it as dicts; 2 made them records.
-CONTRACT_VERSION = "2.4"
+CONTRACT_VERSION = "2.6"
 #: the contract of a plugin that declares none: it was written before versions
 UNDECLARED_CONTRACT = "1.0"
 #: the module attribute holding a plugin's declared contract version
@@ -311,6 +311,10 @@ class NetworkOptions:
     dns: bool = False  #: containers resolve each other's names (not on the default bridge)
     options: dict[str, str] = field(default_factory=dict)  #: ``-o`` driver options, as given
     labels: dict[str, str] = field(default_factory=dict)
+    #: the network's IPv6 subnet (CIDR); "" for an IPv4-only network
+    subnet6: str = ""
+    gateway6: str = ""  #: "" lets the driver take the IPv6 subnet's first address
+    ip_range6: str = ""  #: where containers' IPv6 addresses come from
 
 
 @dataclass
@@ -349,6 +353,8 @@ class Endpoint:
     hostname: str = ""
     aliases: list[str] = field(default_factory=list)  #: ``--network-alias``
     requested_ip: str = ""  #: ``--ip``; "" lets the driver choose
+    #: ``--ip6``, on a network with an IPv6 subnet; "" lets the driver choose
+    requested_ip6: str = ""
     #: ``--mac-address`` (Config.MacAddress, on the first network) or the
     #: endpoint's MacAddress: lower-case and colon-separated, already checked
     #: by the daemon; the driver gives the container's interface this address.
@@ -372,6 +378,11 @@ class Endpoint:
     ip_prefix_len: int = 0
     gateway: str = ""
     mac_address: str = ""
+    #: on a network with an IPv6 subnet: the address, its prefix length and
+    #: the gateway (the driver fills them)
+    ip6_address: str = ""
+    ip6_prefix_len: int = 0
+    gateway6: str = ""
     #: the ports published, as ``docker inspect``'s ``NetworkSettings.Ports``:
     #: an exposed port that is not published maps to None
     ports: dict[str, list[PortBinding] | None] = field(default_factory=dict)
@@ -441,6 +452,22 @@ class NetworkFactory(Protocol):
 # ---------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class PartialMeta:
+    """Where a piece of a long line belongs, as dockerd's ``PartialLogMetaData``.
+
+    A line longer than 16 KiB reaches the driver in pieces: every piece but
+    the last without its newline.  All pieces of one line share ``id`` (64
+    random hex digits) and count ``ordinal`` from 1; the last one, which
+    ends with the newline, has ``last``.  Drivers that can keep it (local,
+    journald) do, so readers can put the line together again.
+    """
+
+    id: str
+    ordinal: int
+    last: bool
+
+
 @dataclass
 class LogMessage:
     """One line (or partial line) a container wrote."""
@@ -451,6 +478,9 @@ class LogMessage:
     #: what the driver recorded beside the line (json-file's ``attrs``: the
     #: ``labels``/``env``/``tag`` options), shown by ``docker logs --details``
     attrs: dict[str, str] | None = None
+    #: set on every piece of a line cut at 16 KiB, and, as dockerd does, on the
+    #: unfinished bytes a container left without a newline at exit
+    partial: PartialMeta | None = None
 
 
 @dataclass
@@ -1378,7 +1408,7 @@ class SkiffSpec:
 
         Declare the module under the ``skiff.limits`` entry-point group.  The
         daemon builds one at start, ``tc`` when installed, else the first by
-        name; it applies the ``skiff.net.*`` bandwidth options.  Added in 2.4.
+        name; it applies the ``skiff.net.*`` bandwidth options.  Added in 2.6.
         """
 
     @hookspec

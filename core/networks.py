@@ -75,6 +75,12 @@ class Network:
     #: the subnet was given at create (``--subnet``): only then may a container
     #: ask for an address (dockerd's rule); records from before say True
     user_subnet: bool = True
+    #: ``EnableIPv6`` as asked; the IPv6 subnet is plumbed whenever one is
+    #: configured (``subnet6``), see ``docs/networking.md`` "IPv6"
+    enable_ipv6: bool = False
+    subnet6: str = ""
+    gateway6: str = ""
+    ip_range6: str = ""
 
     @property
     def predefined(self) -> bool:
@@ -87,13 +93,21 @@ class Network:
             if self.ip_range:
                 entry["IPRange"] = self.ip_range
             config.append(entry)
+        if self.subnet6:
+            # as dockerd shows a subnet given at create: the keys that were given
+            entry = {"Subnet": self.subnet6}
+            if self.gateway6:
+                entry["Gateway"] = self.gateway6
+            if self.ip_range6:
+                entry["IPRange"] = self.ip_range6
+            config.append(entry)
         return {
             "Name": self.name,
             "Id": self.id,
             "Created": self.created,
             "Scope": "local",
             "Driver": self.driver,
-            "EnableIPv6": False,
+            "EnableIPv6": self.enable_ipv6,
             "IPAM": {"Driver": self.ipam_driver, "Options": None, "Config": config},
             "Internal": self.internal,
             "Attachable": self.attachable,
@@ -106,15 +120,19 @@ class Network:
 
     @classmethod
     def from_record(cls, rec: dict[str, Any]) -> Network:
-        cfg = (rec.get("IPAM") or {}).get("Config") or [{}]
-        first = cfg[0] if cfg else {}
+        cfg = (rec.get("IPAM") or {}).get("Config") or []
+        first: dict[str, str] = next(
+            (c for c in cfg if ":" not in (c.get("Subnet") or "")), {})
+        v6: dict[str, str] = next((c for c in cfg if ":" in (c.get("Subnet") or "")), {})
         return cls(id=rec["Id"], name=rec["Name"], driver=rec["Driver"], created=rec["Created"],
                    subnet=first.get("Subnet", ""), gateway=first.get("Gateway", ""),
                    ip_range=first.get("IPRange", ""), internal=bool(rec.get("Internal")),
                    attachable=bool(rec.get("Attachable")), options=rec.get("Options") or {},
                    labels=rec.get("Labels") or {},
                    ipam_driver=(rec.get("IPAM") or {}).get("Driver") or "default",
-                   user_subnet=bool(rec.get(USER_SUBNET_KEY, True)))
+                   user_subnet=bool(rec.get(USER_SUBNET_KEY, True)),
+                   enable_ipv6=bool(rec.get("EnableIPv6")), subnet6=v6.get("Subnet", ""),
+                   gateway6=v6.get("Gateway", ""), ip_range6=v6.get("IPRange", ""))
 
 
 def host_routes() -> list[ipaddress.IPv4Network]:
@@ -259,6 +277,13 @@ class NetworkStore:
                       if n.subnet and n is not net]
             subnet = pick_subnet(self.pools, others + host_routes())
             net.subnet, net.gateway = str(subnet), str(subnet.network_address + 1)
+        # daemon.json ipv6 + fixed-cidr-v6 (config.validate makes them come together)
+        net.enable_ipv6 = bool(cfg.get("ipv6"))
+        if net.enable_ipv6 and cfg.get("fixed-cidr-v6"):
+            v6 = ipaddress.IPv6Network(cfg["fixed-cidr-v6"], strict=False)
+            net.subnet6, net.gateway6 = str(v6), str(v6.network_address + 1)
+        else:
+            net.subnet6 = net.gateway6 = ""
 
     def _forget(self, net: Network) -> None:
         self.by_id.pop(net.id, None)
@@ -279,6 +304,9 @@ class NetworkStore:
             dns=net.name != "bridge",  # Docker: the default bridge has no embedded DNS
             options=dict(net.options),
             labels=dict(net.labels),
+            subnet6=net.subnet6,
+            gateway6=net.gateway6,
+            ip_range6=net.ip_range6,
         )
 
     # -- create / remove -------------------------------------------------------
@@ -324,6 +352,7 @@ class NetworkStore:
                 subnet = pick_subnet(self.pools, others + host_routes())
                 net.subnet, net.gateway = str(subnet), str(subnet.network_address + 1)
                 net.user_subnet = False
+            self._configure_v6(net, configs, bool(body.get("EnableIPv6")))
         except ValueError as exc:
             raise InvalidParameter(f"invalid IPAM configuration: {exc}") from exc
         self._driver(driver).create_network(net.id, self.options(net))
@@ -331,6 +360,42 @@ class NetworkStore:
         self._save(net)
         log.info("network.create", id=net.id[:12], name=name, subnet=net.subnet)
         return net, ""
+
+    def _configure_v6(self, net: Network, configs: list[dict[str, Any]], enable: bool) -> None:
+        """The IPv6 part of ``POST /networks/create``'s IPAM config.
+
+        An IPv6 subnet given without EnableIPv6 is plumbed too (docker-py's
+        ``ipv6_address`` tests create such networks, and dockerd hands out
+        their addresses); EnableIPv6 without a subnet is refused: skiff has no
+        default IPv6 pool to pick one from.
+        """
+        net.enable_ipv6 = enable
+        v6 = [c for c in configs if ":" in (c.get("Subnet") or "")]
+        if len(v6) > 1:
+            raise InvalidParameter("only one IPv6 subnet per network is supported")
+        if not v6:
+            if enable:
+                raise InvalidParameter(
+                    "EnableIPv6 needs an IPv6 subnet (--subnet fd00:.../64): skiff has no "
+                    "default IPv6 address pool")
+            return
+        if net.driver != "bridge":
+            raise InvalidParameter(f"IPv6 is not supported by the {net.driver} driver")
+        subnet = ipaddress.IPv6Network(v6[0]["Subnet"], strict=False)
+        if subnet.prefixlen > 126:
+            raise InvalidParameter(f"IPv6 subnet {subnet} is too small")
+        for other in self.by_id.values():
+            if other.subnet6 and subnet.overlaps(ipaddress.IPv6Network(other.subnet6)):
+                raise Conflict("Pool overlaps with other one on this address space")
+        gw = v6[0].get("Gateway") or ""
+        if gw and ipaddress.IPv6Address(gw) not in subnet:
+            raise InvalidParameter(f"gateway {gw} is not in subnet {subnet}")
+        ip_range = v6[0].get("IPRange") or ""
+        if ip_range and not ipaddress.IPv6Network(ip_range, strict=False).subnet_of(subnet):
+            raise InvalidParameter(f"ip-range {ip_range} is not in subnet {subnet}")
+        net.subnet6 = str(subnet)
+        net.gateway6 = gw  # "": the driver takes the subnet's first address
+        net.ip_range6 = str(ipaddress.IPv6Network(ip_range, strict=False)) if ip_range else ""
 
     def users(self, net: Network) -> list[Any]:
         """Running containers attached to ``net``."""
@@ -384,7 +449,8 @@ class NetworkStore:
                 "MacAddress": s.get("MacAddress", ""),
                 "IPv4Address": (f"{s['IPAddress']}/{s.get('IPPrefixLen', 0)}"
                                 if s.get("IPAddress") else ""),
-                "IPv6Address": "",
+                "IPv6Address": (f"{s['GlobalIPv6Address']}/{s.get('GlobalIPv6PrefixLen', 0)}"
+                                if s.get("GlobalIPv6Address") else ""),
             }
         rec["Containers"] = containers
         return rec

@@ -40,7 +40,7 @@ def _strings(value: Any, what: str) -> list[str] | None:
 
 
 def requested(cfg: Any, *, subnet: str = "", config_mac: str = "", predefined: bool = False,
-              user_subnet: bool = True) -> dict[str, Any]:
+              user_subnet: bool = True, subnet6: str | None = None) -> dict[str, Any]:
     """The settings kept for one network from a client's EndpointSettings.
 
     Refused here, before anything is made, as dockerd refuses them: an
@@ -48,6 +48,8 @@ def requested(cfg: Any, *, subnet: str = "", config_mac: str = "", predefined: b
     network, or on one whose subnet was not given at create (not
     ``user_subnet``); aliases on a predefined network.  ``config_mac``: the
     container's Config.MacAddress, which Docker applies to the first network.
+    An IPv6Address is refused the same ways against ``subnet6`` (the
+    network's IPv6 subnet, "" when it has none; None: not known, not checked).
     """
     if cfg is None:
         cfg = {}
@@ -72,6 +74,22 @@ def requested(cfg: Any, *, subnet: str = "", config_mac: str = "", predefined: b
         if subnet and addr not in ipaddress.IPv4Network(subnet):
             raise InvalidParameter(
                 f"Invalid address {ip}: It does not belong to any of this network's subnets")
+    ip6 = (ipam or {}).get("IPv6Address") or ""
+    if ip6:
+        try:
+            addr6 = ipaddress.IPv6Address(ip6)
+        except ValueError:
+            raise InvalidParameter(f"invalid IPv6 address: {ip6}") from None
+        if predefined:
+            raise InvalidParameter(
+                "user specified IP address is supported on user defined networks only")
+        if subnet6 is not None and not subnet6:
+            raise InvalidParameter(
+                "user specified IP address is supported only when connecting to networks "
+                "with user configured subnets")
+        if subnet6 and addr6 not in ipaddress.IPv6Network(subnet6):
+            raise InvalidParameter(
+                f"Invalid address {ip6}: It does not belong to any of this network's subnets")
     opts = cfg.get("DriverOpts")
     if opts is not None and (not isinstance(opts, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in opts.items())):

@@ -68,8 +68,9 @@ def write_hosts(c: Container, lookup: Lookup) -> None:
             lines.append(f"{ip}\t{' '.join(n for n in names if n)}")
     hostname = c.config.get("Hostname") or c.id[:12]
     for settings in c.networks.values():
-        if settings.get("IPAddress"):
-            lines.append(f"{settings['IPAddress']}\t{hostname}")
+        for key in ("IPAddress", "GlobalIPv6Address"):  # dockerd's order: IPv4, then IPv6
+            if settings.get(key):
+                lines.append(f"{settings[key]}\t{hostname}")
     # Truncate and rewrite the same inode: it is bind-mounted into the container.
     with open(c.hosts_path, "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -196,10 +197,32 @@ def initial_networks(network_mode: str, body: dict[str, Any], hc: dict[str, Any]
     settings = requested(cfg, config_mac=mac if isinstance(mac, str) else "",
                          subnet=network.subnet if network else "",
                          predefined=network.predefined if network else False,
-                         user_subnet=network.user_subnet if network else True)
+                         user_subnet=network.user_subnet if network else True,
+                         subnet6=network.subnet6 if network else None)
     if network_mode == "bridge" and hc.get("Links"):
         settings["Links"] = list(hc["Links"])
+    if network is not None:
+        check_v6_bindings(hc, network)
     return {network_mode: settings}
+
+
+def check_v6_bindings(hc: dict[str, Any], network: Network) -> None:
+    """Refuse at create what would fail at start: a port published on an IPv6
+    host address of a network without IPv6, or a UDP port on IPv6 loopback
+    (only TCP is relayed there)."""
+    for key, bindings in (hc.get("PortBindings") or {}).items():
+        for b in bindings or []:
+            host_ip = str((b or {}).get("HostIp") or "")
+            if ":" not in host_ip:
+                continue
+            if not network.subnet6:
+                raise InvalidParameter(
+                    f"cannot publish {key} on {host_ip}: network {network.name} has no IPv6 "
+                    "subnet (docker network create --ipv6 --subnet ...)")
+            if not key.endswith("/tcp") and "/" in key and host_ip in ("::", "::1"):
+                raise InvalidParameter(
+                    f"publishing {key} on {host_ip} is not supported yet: only TCP is relayed "
+                    "to IPv6 loopback")
 
 
 def resolv_conf_for(network_mode: str) -> str:

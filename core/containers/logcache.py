@@ -81,8 +81,9 @@ class CachedLog:
 
     def write(self, msg: LogMessage) -> None:
         # the cache first: a line the driver fails to deliver is still in
-        # ``docker logs``; the driver's failure goes on to the delivery layer
-        # (core/containers/logdelivery.py), which counts and reports drops
+        # ``docker logs``.  Each of the two sits behind a delivery of its own
+        # (core/containers/logdelivery.py), which counts and reports what it
+        # loses, so a failing driver never costs the cache a line
         self.cache.write(msg)
         self.driver.write(msg)
 

@@ -31,6 +31,7 @@ from collections.abc import Iterator, Mapping
 import structlog
 
 from skiff.core.containers.config import InvalidConfig
+from skiff.core.containers.logcache import CachedLog
 from skiff.core.hookspecs import LogDriver, LogMessage, ReadConfig
 
 log = structlog.get_logger("skiff.containers")
@@ -126,10 +127,10 @@ class _Drops:
 class _Delivery:
     """What both modes share: the driver's face (name, readable, read)."""
 
-    def __init__(self, driver: LogDriver, container_id: str) -> None:
+    def __init__(self, driver: LogDriver, container_id: str, label: str = "") -> None:
         self.driver = driver
         self.name = driver.name
-        self.drops = _Drops(container_id, driver.name)
+        self.drops = _Drops(container_id, label or driver.name)
 
     @property
     def readable(self) -> bool:
@@ -149,8 +150,8 @@ class _Delivery:
 class BlockingDelivery(_Delivery):
     """``mode=blocking``: the caller writes through the driver and waits for it."""
 
-    def __init__(self, driver: LogDriver, container_id: str) -> None:
-        super().__init__(driver, container_id)
+    def __init__(self, driver: LogDriver, container_id: str, label: str = "") -> None:
+        super().__init__(driver, container_id, label)
         self._write = driver.write  # bound once: this is every line's path
         batched = getattr(driver, "write_lines", None)
         if batched is not None:
@@ -180,8 +181,9 @@ class BlockingDelivery(_Delivery):
 class NonBlockingDelivery(_Delivery):
     """``mode=non-blocking``: a bounded buffer, drained into the driver by a thread."""
 
-    def __init__(self, driver: LogDriver, container_id: str, max_bytes: int) -> None:
-        super().__init__(driver, container_id)
+    def __init__(self, driver: LogDriver, container_id: str, max_bytes: int,
+                 label: str = "") -> None:
+        super().__init__(driver, container_id, label)
         self.max_bytes = max_bytes
         self._queue: collections.deque[LogMessage] = collections.deque()
         self._bytes = 0
@@ -243,9 +245,24 @@ class NonBlockingDelivery(_Delivery):
 
 
 def deliver(driver: LogDriver, options: Mapping[str, str], container_id: str) -> LogDriver:
-    """``driver`` behind the delivery ``options`` ask for (``check_options`` passed)."""
+    """``driver`` behind the delivery ``options`` ask for (``check_options`` passed).
+
+    A driver with a dual-logging cache gets one delivery for the driver and
+    one for the cache, as dockerd gives each its own ring buffer: a stalled
+    remote never holds up ``docker logs``, and what it loses is counted as
+    its own, not the cache's.
+    """
+    if isinstance(driver, CachedLog):
+        driver.cache = _deliver_one(driver.cache, options, container_id, "dual-logging cache")
+        driver.driver = _deliver_one(driver.driver, options, container_id)
+        return driver
+    return _deliver_one(driver, options, container_id)
+
+
+def _deliver_one(driver: LogDriver, options: Mapping[str, str], container_id: str,
+                 label: str = "") -> LogDriver:
     if options.get("mode") == NON_BLOCKING:
         size = options.get("max-buffer-size")
         max_bytes = parse_buffer_size(size) if size is not None else DEFAULT_MAX_BUFFER
-        return NonBlockingDelivery(driver, container_id, max_bytes)
-    return BlockingDelivery(driver, container_id)
+        return NonBlockingDelivery(driver, container_id, max_bytes, label)
+    return BlockingDelivery(driver, container_id, label)

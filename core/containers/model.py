@@ -202,7 +202,8 @@ class Container:
         return {
             **{k: primary.get(k, v) for k, v in (
                 ("EndpointID", ""), ("Gateway", ""), ("IPAddress", ""), ("IPPrefixLen", 0),
-                ("MacAddress", ""))},
+                ("MacAddress", ""), ("GlobalIPv6Address", ""), ("GlobalIPv6PrefixLen", 0),
+                ("IPv6Gateway", ""))},
             "Bridge": "",
             "SandboxID": "",
             "HairpinMode": False,
@@ -212,9 +213,6 @@ class Container:
             "SandboxKey": f"/proc/{self.state.Pid}/ns/net" if self.state.Running else "",
             "SecondaryIPAddresses": None,
             "SecondaryIPv6Addresses": None,
-            "GlobalIPv6Address": "",
-            "GlobalIPv6PrefixLen": 0,
-            "IPv6Gateway": "",
             "Networks": networks,
         }
 

@@ -57,6 +57,7 @@ class NetworkAttachment:
             name=c.name, hostname=c.config.get("Hostname") or "",
             aliases=list(settings.get("Aliases") or []),
             requested_ip=(settings.get("IPAMConfig") or {}).get("IPv4Address") or "",
+            requested_ip6=(settings.get("IPAMConfig") or {}).get("IPv6Address") or "",
             requested_mac=settings.get(REQUESTED_MAC) or "",
             link_aliases=link_aliases(settings.get("Links")) if user_defined(net) else {},
             dns_servers=dns_settings(c.host_config)[0])
@@ -81,7 +82,9 @@ class NetworkAttachment:
         await self.shaping.joined(c, net.name, net.options, settings, ep)
         settings.update(NetworkID=net.id, EndpointID=ep.endpoint_id if ep.ip_address else "",
                         IPAddress=ep.ip_address, IPPrefixLen=ep.ip_prefix_len,
-                        Gateway=ep.gateway, MacAddress=ep.mac_address)
+                        Gateway=ep.gateway, MacAddress=ep.mac_address,
+                        GlobalIPv6Address=ep.ip6_address, GlobalIPv6PrefixLen=ep.ip6_prefix_len,
+                        IPv6Gateway=ep.gateway6)
         if primary:
             c.ports = {key: None if bindings is None else
                        [{"HostIp": b.host_ip, "HostPort": b.host_port} for b in bindings]
@@ -123,9 +126,10 @@ class NetworkAttachment:
             "network", "disconnect", net.id if net else (settings or {}).get("NetworkID", name),
             {"container": c.id, "name": name, "type": net.driver if net else ""})
         if settings is not None:
-            for key in ("EndpointID", "IPAddress", "Gateway", "MacAddress"):
+            for key in ("EndpointID", "IPAddress", "Gateway", "MacAddress",
+                        "GlobalIPv6Address", "IPv6Gateway"):
                 settings[key] = ""
-            settings["IPPrefixLen"] = 0
+            settings["IPPrefixLen"] = settings["GlobalIPv6PrefixLen"] = 0
 
     async def detach_all(self, c: Container, track: Track) -> None:
         """Leave every network ``c`` joined (its run ended); never raises."""
@@ -149,7 +153,7 @@ class NetworkAttachment:
         track = self.registry.tracks[c.id]
         async with track.lock:
             settings = requested(config, subnet=net.subnet, predefined=net.predefined,
-                                 user_subnet=net.user_subnet)
+                                 user_subnet=net.user_subnet, subnet6=net.subnet6)
             self.shaping.check(pick(settings.get("DriverOpts")),
                                f" (DriverOpts on network {net.name})")
             c.networks[net.name] = settings

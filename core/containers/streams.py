@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import math
 import os
+import secrets
 import struct
 import termios
 import time
@@ -21,7 +22,13 @@ from typing import Literal
 import structlog
 import trio
 
-from skiff.core.hookspecs import ContainerProcess, LogDriver, LogMessage, StartError
+from skiff.core.hookspecs import (
+    ContainerProcess,
+    LogDriver,
+    LogMessage,
+    PartialMeta,
+    StartError,
+)
 
 logger = structlog.get_logger("skiff.logs")
 
@@ -366,24 +373,75 @@ class OutputHub:
 
 
 class LineSplitter:
-    """Cuts a byte stream into log lines, keeping the newline, as Docker does."""
+    """Cuts a byte stream into log lines, keeping the newline, as Docker does:
+    a line longer than :data:`MAX_LINE` goes out in pieces of that size, every
+    piece but the last without a newline (dockerd's copier has a 16 KiB buffer).
 
-    def __init__(self) -> None:
+    With ``tag_pieces`` it also says which lines are such pieces (or unfinished
+    bytes left at the end), as dockerd's copier does: :attr:`meta` holds, after
+    each :meth:`feed` or :meth:`flush`, a :class:`PartialMeta` or None per
+    line returned, or is None when none of them is a piece (the common case,
+    which then costs one ``max`` over the lengths).
+    """
+
+    def __init__(self, tag_pieces: bool = False) -> None:
         self.buf = b""
+        self.meta: list[PartialMeta | None] | None = None
+        self._tag = tag_pieces
+        self._id = ""  # of the line being cut, while it is
+        self._ordinal = 0
 
     def feed(self, data: bytes) -> list[bytes]:
         buf = self.buf + data
         lines = buf.split(b"\n")
         self.buf = lines.pop()
-        out = [line + b"\n" for line in lines]
+        self.meta = None
+        if lines and (self._id or max(map(len, lines)) >= MAX_LINE):
+            out = self._cut(lines)
+        else:
+            out = [line + b"\n" for line in lines]
         while len(self.buf) >= MAX_LINE:
             out.append(self.buf[:MAX_LINE])
             self.buf = self.buf[MAX_LINE:]
+            self._tag_last(out, last=False)
         return out
 
     def flush(self) -> list[bytes]:
         rest, self.buf = self.buf, b""
-        return [rest] if rest else []
+        self.meta = None
+        if not rest:
+            return []
+        out = [rest]
+        self._tag_last(out, last=False)
+        return out
+
+    def _cut(self, lines: list[bytes]) -> list[bytes]:
+        """Whole lines, the long ones in pieces; the first may end a line cut before."""
+        out: list[bytes] = []
+        for line in lines:
+            while len(line) >= MAX_LINE:
+                out.append(line[:MAX_LINE])
+                line = line[MAX_LINE:]
+                self._tag_last(out, last=False)
+            out.append(line + b"\n")
+            if self._id:
+                self._tag_last(out, last=True)
+            elif self.meta is not None:
+                self.meta.append(None)
+        return out
+
+    def _tag_last(self, out: list[bytes], last: bool) -> None:
+        """The last line of ``out`` is a piece (the final one of its line if ``last``)."""
+        if not self._tag:
+            return
+        if not self._id:
+            self._id, self._ordinal = secrets.token_hex(32), 0
+        self._ordinal += 1
+        if self.meta is None:
+            self.meta = [None] * (len(out) - 1)
+        self.meta.append(PartialMeta(self._id, self._ordinal, last))
+        if last:
+            self._id = ""
 
 
 async def pump(
@@ -394,20 +452,21 @@ async def pump(
     limiter: trio.CapacityLimiter,
 ) -> None:
     """Copy one output stream to the log driver and the attached readers until EOF."""
-    splitter = LineSplitter()
+    splitter = LineSplitter(tag_pieces=log is not None)
     kind: Literal["stdout", "stderr"] = "stderr" if stream == "stderr" else "stdout"
 
     # a driver may take a chunk's lines at once (json-file: one write(2) for them)
     batched = getattr(log, "write_lines", None)
 
-    def write_lines(lines: list[bytes], now: float) -> None:
+    def write_lines(lines: list[bytes], now: float, meta: list[PartialMeta | None] | None
+                    ) -> None:
         assert log is not None
         try:
-            if batched is not None:
+            if batched is not None and meta is None:
                 batched(kind, lines, now)
                 return
-            for line in lines:
-                log.write(LogMessage(kind, line, now))
+            for i, line in enumerate(lines):
+                log.write(LogMessage(kind, line, now, partial=meta[i] if meta else None))
         except OSError as exc:
             # A full disk must not stop the container's output: attached clients
             # still get it.  Docker drops the lines the same way.
@@ -415,10 +474,11 @@ async def pump(
                            dropped=len(lines))
 
     async def record(lines: list[bytes], data: bytes) -> None:
+        meta = splitter.meta  # of these lines: the next feed waits for this record
         async with hub.log_lock:
             now = time.time()
             if log is not None and lines:
-                await trio.to_thread.run_sync(write_lines, lines, now, limiter=limiter)
+                await trio.to_thread.run_sync(write_lines, lines, now, meta, limiter=limiter)
             hub.pending[stream] = splitter.buf
             hub.publish(stream, data, lines, now)
 

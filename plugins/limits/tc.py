@@ -272,7 +272,7 @@ def tc_factory(ctx: TrafficShaperContext) -> TcShaper:
 
 
 #: the plugin contract this module was written for; the loader refuses another major
-SKIFF_CONTRACT = "2.4"
+SKIFF_CONTRACT = "2.6"
 
 
 @hookimpl

@@ -13,9 +13,10 @@ rather than written out wrong.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
-from skiff.core.hookspecs import LogContext
+from skiff.core.hookspecs import GENERIC_LOG_OPTIONS, LogContext
 
 #: dockerd's default tag: the short container ID
 DEFAULT_TAG = "{{.ID}}"
@@ -105,3 +106,13 @@ def extra_attributes(ctx: LogContext, key_mod: Callable[[str], str] | None = Non
     if key_mod is not None:
         out = {key_mod(k): v for k, v in out.items()}
     return out
+
+
+def driver_options(name: str, host_config: Mapping[str, Any]) -> dict[str, str] | None:
+    """The ``--log-opt`` options a container gives driver ``name``, without the
+    daemon's generic ones; None when the container logs to another driver.
+    What a driver's ``skiff_container_validate`` checks."""
+    lc = host_config.get("LogConfig") or {}
+    if lc.get("Type") != name:
+        return None
+    return {k: v for k, v in (lc.get("Config") or {}).items() if k not in GENERIC_LOG_OPTIONS}

@@ -12,13 +12,14 @@ Fields, as dockerd's: ``PRIORITY`` (6 for stdout, 3 for stderr),
 ``MESSAGE`` (the line without its newline), ``CONTAINER_ID`` (12 hex),
 ``CONTAINER_ID_FULL``, ``CONTAINER_NAME`` (no leading slash),
 ``CONTAINER_TAG`` and ``SYSLOG_IDENTIFIER`` (the ``tag`` template, the
-short ID by default), ``IMAGE_NAME``, ``CONTAINER_PARTIAL_MESSAGE=true`` on
-a piece of a line longer than 16 KiB that is not its last, and the labels and
+short ID by default), ``IMAGE_NAME``; on each piece of a line cut at 16 KiB
+(and on unfinished bytes left at exit) ``CONTAINER_PARTIAL_ID``,
+``CONTAINER_PARTIAL_ORDINAL``, ``CONTAINER_PARTIAL_LAST`` and, but on the
+last piece, ``CONTAINER_PARTIAL_MESSAGE=true``; and the labels and
 environment variables the ``labels``, ``labels-regex``, ``env`` and
 ``env-regex`` options select, their names upper-cased with every character
 other than A-Z and 0-9 made ``_`` and leading underscores dropped (dockerd's
-``sanitizeKeyMod``).  Unlike dockerd, no ``CONTAINER_PARTIAL_ID``/``ORDINAL``/
-``LAST`` fields (skiff's pieces carry no such identity).
+``sanitizeKeyMod``).
 
 Options: ``tag``, ``labels``, ``labels-regex``, ``env``, ``env-regex``; any
 other is refused at create, in dockerd's words.  On a host without a journal
@@ -44,7 +45,6 @@ from typing import Any
 
 from skiff.core.errors import SkiffError
 from skiff.core.hookspecs import (
-    GENERIC_LOG_OPTIONS,
     LogContext,
     LogMessage,
     ReadConfig,
@@ -53,6 +53,7 @@ from skiff.core.hookspecs import (
 from skiff.plugins.logging.common import (
     check_attribute_options,
     check_tag,
+    driver_options,
     extra_attributes,
     render_tag,
 )
@@ -148,8 +149,13 @@ class JournaldDriver:
     def entry(self, msg: LogMessage) -> bytes:
         line = msg.line[:-1] if msg.line.endswith(b"\n") else msg.line
         data = field(b"PRIORITY", PRIORITY[msg.stream]) + field(b"MESSAGE", line) + self._fixed
-        if not msg.line.endswith(b"\n") and len(msg.line) >= PIECE:
-            data += b"CONTAINER_PARTIAL_MESSAGE=true\n"
+        meta = msg.partial
+        if meta is not None:
+            data += (field(b"CONTAINER_PARTIAL_ID", meta.id.encode())
+                     + field(b"CONTAINER_PARTIAL_ORDINAL", b"%d" % meta.ordinal)
+                     + field(b"CONTAINER_PARTIAL_LAST", b"true" if meta.last else b"false"))
+            if not meta.last:
+                data += b"CONTAINER_PARTIAL_MESSAGE=true\n"
         return data
 
     def write(self, msg: LogMessage) -> None:
@@ -199,10 +205,9 @@ def skiff_log_drivers() -> dict[str, object]:
 @hookimpl
 def skiff_container_validate(host_config: Mapping[str, Any]) -> None:
     """Bad options, and a host without a journal, refused at create."""
-    lc = host_config.get("LogConfig") or {}
-    if lc.get("Type") == NAME:
-        parse_options({k: v for k, v in (lc.get("Config") or {}).items()
-                       if k not in GENERIC_LOG_OPTIONS})
+    options = driver_options(NAME, host_config)
+    if options is not None:
+        parse_options(options)
         reason = unavailable()
         if reason:
             raise ValueError(reason)

@@ -42,7 +42,6 @@ from typing import Any
 from skiff.core.containers.logrender import details_text, render_all
 from skiff.core.goparse import parse_bool
 from skiff.core.hookspecs import (
-    GENERIC_LOG_OPTIONS,
     LogContext,
     LogMessage,
     LogRender,
@@ -53,6 +52,7 @@ from skiff.core.hookspecs import (
 from skiff.plugins.logging.common import (
     check_attribute_options,
     check_tag,
+    driver_options,
     extra_attributes,
     render_tag,
 )
@@ -72,6 +72,7 @@ from skiff.plugins.logging.logfiles import (
     lines_backwards,
     lines_forward,
     lines_with_offsets,
+    write_all,
 )
 
 NAME = "json-file"
@@ -229,23 +230,14 @@ class JsonFileDriver:
         self._last_time = stamp
         return end
 
-    def _write_all(self, fd: int, data: bytes) -> None:
-        # one write(2), no user-space buffer: the lines are in the file (page
-        # cache) when this returns, for readers and after a crash
-        n = os.write(fd, data)
-        self._size += n
-        while n < len(data):  # short write (a signal, a nearly full disk): finish it
-            data = data[n:]
-            n = os.write(fd, data)
-            self._size += n
-
     def write(self, msg: LogMessage) -> None:
         fd = self._fd
         if fd < 0:
             fd = self._open()
         if 0 < self.max_size <= self._size:
             fd = self._rotate()
-        self._write_all(fd, b'{"log":"' + encode_log(msg.line) + self._end(msg.stream, msg.time))
+        record = b'{"log":"' + encode_log(msg.line) + self._end(msg.stream, msg.time)
+        self._size += write_all(fd, record)
 
     def write_lines(self, stream: str, lines: list[bytes], ts: float) -> None:
         """Several messages of one stream and time: one ``write(2)`` per file they go to."""
@@ -266,11 +258,11 @@ class JsonFileDriver:
                 fd = self._rotate()
             room = self.max_size - self._size
             if self.max_size < 0 or len(data) <= room:
-                self._write_all(fd, data)
+                self._size += write_all(fd, data)
                 return
             # up to the end of the line that reaches the size
             cut = data.find(b"\n", room - 1) + 1 or len(data)
-            self._write_all(fd, data[:cut])
+            self._size += write_all(fd, data[:cut])
             data = data[cut:]
 
     def close(self) -> None:
@@ -518,7 +510,6 @@ def skiff_log_drivers() -> dict[str, object]:
 @hookimpl
 def skiff_container_validate(host_config: Mapping[str, Any]) -> None:
     """Unknown or bad log opts are refused at create, as dockerd does, not at start."""
-    lc = host_config.get("LogConfig") or {}
-    if lc.get("Type") == NAME:
-        parse_options({k: v for k, v in (lc.get("Config") or {}).items()
-                       if k not in GENERIC_LOG_OPTIONS})
+    options = driver_options(NAME, host_config)
+    if options is not None:
+        parse_options(options)

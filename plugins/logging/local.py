@@ -30,7 +30,7 @@ import re
 import sys
 import threading
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import IO, Any, cast
 
@@ -38,14 +38,17 @@ import structlog
 
 from skiff.core.goparse import parse_bool
 from skiff.core.hookspecs import (
-    GENERIC_LOG_OPTIONS,
     LogContext,
     LogMessage,
+    LogRender,
     ReadConfig,
+    RenderedLog,
     hookimpl,
 )
-from skiff.plugins.logging import localfmt, localgz
+from skiff.plugins.logging import localfmt, localgz, localrender
+from skiff.plugins.logging.common import driver_options
 from skiff.plugins.logging.jsonfile import parse_size
+from skiff.plugins.logging.logfiles import write_all
 
 NAME = "local"
 
@@ -227,13 +230,7 @@ class LocalDriver:
         if key != (msg.time, msg.stream):  # the daemon stamps every line of one read alike
             head = localfmt.entry_head(msg.stream, _nanos(msg.time))
             self._stamp = ((msg.time, msg.stream), head)
-        data = localfmt.frame(head, msg.line)
-        n = os.write(fd, data)
-        self._size += n
-        while n < len(data):  # short write (a signal, a nearly full disk): finish it
-            data = data[n:]
-            n = os.write(fd, data)
-            self._size += n
+        self._size += write_all(fd, localfmt.frame(head, msg.line, msg.partial))
         self._last_time = msg.time
 
     def close(self) -> None:
@@ -322,10 +319,8 @@ class LocalDriver:
         want = {s for s, on in (("stdout", config.stdout), ("stderr", config.stderr)) if on}
         since, until = config.since, config.until
         for src in opened:
-            if since is not None and src.gz:
-                newest = localgz.last_time(src.name)
-                if newest is not None and newest < since:
-                    continue  # all older than --since: not even decompressed
+            if _older_than_since(src, config):
+                continue
             for msg, _ in self._entries(src):
                 if until is not None and msg.time > until:
                     return
@@ -333,37 +328,10 @@ class LocalDriver:
                     yield msg
 
     def _read_tail(self, opened: list[_Source], config: ReadConfig) -> Iterator[LogMessage]:
-        # Backwards to where the last ``tail`` messages start, then forwards from
-        # there: the messages are never all held, whatever ``tail`` is.
-        assert config.tail is not None
-        n = config.tail
-        if n == 0:
-            return
-        want = {s for s, on in (("stdout", config.stdout), ("stderr", config.stderr)) if on}
-        since, until = config.since, config.until
-
-        def wanted(msg: LogMessage) -> bool:
-            if since is not None and msg.time < since:
-                return False
-            return msg.stream in want and (until is None or msg.time <= until)
-
-        found = 0
-        start: tuple[int, int] | None = None  # (file index, offset) of the earliest one
-        for index in range(len(opened) - 1, -1, -1):
-            for msg, offset in self._entries_backward(opened[index]):
-                if since is not None and msg.time < since:
-                    break  # older still from here on: nothing left to find
-                if not wanted(msg):
-                    continue
-                found += 1
-                start = (index, offset)
-                if found >= n:
-                    break
-            else:
-                continue
-            break
+        start = self._tail_start(opened, config)
         if start is None:
             return
+        wanted = _filter(config)
         first, offset = start
         for index in range(first, len(opened)):
             src = opened[index]
@@ -372,6 +340,81 @@ class LocalDriver:
             for msg, _ in entries:
                 if wanted(msg):
                     yield msg
+
+    def _tail_start(self, opened: list[_Source], config: ReadConfig) -> tuple[int, int] | None:
+        """(file index, offset) where the last ``tail`` wanted messages start, found
+        backwards from the end: the messages are never all held, whatever ``tail`` is."""
+        assert config.tail is not None
+        n = config.tail
+        if n == 0:
+            return None
+        wanted = _filter(config)
+        since = config.since
+        found = 0
+        start: tuple[int, int] | None = None
+        for index in range(len(opened) - 1, -1, -1):
+            for msg, offset in self._entries_backward(opened[index]):
+                if since is not None and msg.time < since:
+                    return start  # older still from here on: nothing left to find
+                if not wanted(msg):
+                    continue
+                found += 1
+                start = (index, offset)
+                if found >= n:
+                    return start
+        return start
+
+    def read_rendered(self, config: ReadConfig, how: LogRender) -> Iterator[RenderedLog]:
+        """What :meth:`read` returns, rendered for ``docker logs`` in C a block at a
+        time (``localrender``); ``--tail`` finds its start as :meth:`read` does."""
+        opened = self._open_all()
+        try:
+            first, offset = 0, 0
+            if config.tail is not None and config.tail >= 0:
+                start = self._tail_start(opened, config)
+                if start is None:
+                    return
+                first, offset = start
+            renderer = localrender.BlockRenderer(config, how)
+            for index in range(first, len(opened)):
+                src = opened[index]
+                if index > first and _older_than_since(src, config):
+                    continue
+                try:
+                    if index == first and offset:
+                        f, size = src.seekable()
+                        yield from renderer.render_file(f, offset, size)
+                    else:
+                        yield from renderer.render_file(src.stream(), 0, src.size)
+                except _BROKEN as exc:
+                    log.warning("log.corrupt_entry", file=src.name, error=str(exc),
+                                action="the rest of this file is skipped")
+                if renderer.stopped:
+                    return
+        finally:
+            for src in opened:
+                src.close()
+
+
+def _filter(config: ReadConfig) -> Callable[[LogMessage], bool]:
+    want = {s for s, on in (("stdout", config.stdout), ("stderr", config.stderr)) if on}
+    since, until = config.since, config.until
+
+    def wanted(msg: LogMessage) -> bool:
+        if since is not None and msg.time < since:
+            return False
+        return msg.stream in want and (until is None or msg.time <= until)
+
+    return wanted
+
+
+def _older_than_since(src: _Source, config: ReadConfig) -> bool:
+    """A compressed file whose newest message is older than ``--since``: it is not
+    even decompressed."""
+    if config.since is None or not src.gz:
+        return False
+    newest = localgz.last_time(src.name)
+    return newest is not None and newest < config.since
 
 
 def local_factory(ctx: LogContext) -> LocalDriver:
@@ -396,10 +439,10 @@ def skiff_container_validate(host_config: Mapping[str, Any]) -> None:
     dual-logging cache, so they are checked here too; ``cache-disabled`` is
     the daemon's (``logopts.check_generic``).
     """
-    lc = host_config.get("LogConfig") or {}
-    config = lc.get("Config") or {}
-    if lc.get("Type") == NAME:
-        parse_options({k: v for k, v in config.items() if k not in GENERIC_LOG_OPTIONS})
+    options = driver_options(NAME, host_config)
+    if options is not None:
+        parse_options(options)
+    config = (host_config.get("LogConfig") or {}).get("Config") or {}
     cache = {k: v for k, v in config.items()
              if k.startswith("cache-") and k != "cache-disabled"}
     if cache:

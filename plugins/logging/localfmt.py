@@ -18,7 +18,7 @@ import struct
 from collections.abc import Iterator
 from typing import IO
 
-from skiff.core.hookspecs import LogMessage
+from skiff.core.hookspecs import LogMessage, PartialMeta
 
 #: dockerd refuses to decode an entry larger than this (its ``maxMsgLen``)
 MAX_ENTRY = 1_000_000
@@ -27,7 +27,7 @@ BLOCK = 1 << 20
 #: how much a backwards reader fetches at a time (``--tail 10`` reads one of these)
 BACK_BLOCK = 64 * 1024
 
-_SIZE = struct.Struct(">I")
+SIZE = struct.Struct(">I")
 _SOURCES = {"stdout": b"\x0a\x06stdout", "stderr": b"\x0a\x06stderr"}
 _PARTIAL = b"\x20\x01"
 _BYTE = [bytes((i,)) for i in range(256)]
@@ -49,9 +49,10 @@ def varint(n: int) -> bytes:
     return bytes(out)
 
 
-def encode(stream: str, line: bytes, time_nano: int) -> bytes:
+def encode(stream: str, line: bytes, time_nano: int, partial: PartialMeta | None = None
+           ) -> bytes:
     """One framed entry for ``line`` (with its newline, or a partial one without)."""
-    return frame(entry_head(stream, time_nano), line)
+    return frame(entry_head(stream, time_nano), line, partial)
 
 
 def entry_head(stream: str, time_nano: int) -> bytes:
@@ -63,22 +64,66 @@ def entry_head(stream: str, time_nano: int) -> bytes:
     return source + b"\x10" + varint(time_nano) if time_nano else source
 
 
-def frame(head: bytes, line: bytes) -> bytes:
-    """A framed entry: ``head`` (:func:`entry_head`), then ``line``'s fields."""
+def frame(head: bytes, line: bytes, partial: PartialMeta | None = None) -> bytes:
+    """A framed entry: ``head`` (:func:`entry_head`), then ``line``'s fields.
+
+    A piece of a cut line is ``partial`` with its metadata, the last piece
+    too (dockerd marks them all; its readers end the line after the piece
+    whose metadata says ``last``).
+    """
     n = len(line)
     if n and line[-1] == 0x0A:
         n -= 1
         tail = b""
     else:
         tail = _PARTIAL
+    if partial is not None:
+        tail = _PARTIAL + _metadata(partial)
     if n == 0:
         payload = head + tail
     elif n < 0x80:
         payload = b"".join((head, b"\x1a", _BYTE[n], line[:n], tail))
     else:
         payload = b"".join((head, b"\x1a", varint(n), line[:n], tail))
-    size = _SIZE.pack(len(payload))
+    size = SIZE.pack(len(payload))
     return b"".join((size, payload, size))
+
+
+def _metadata(meta: PartialMeta) -> bytes:
+    """Field 5, ``PartialLogEntryMetadata {1 last, 2 id, 3 ordinal}``, default values
+    left out as protobuf writers do."""
+    raw = meta.id.encode()
+    body = (b"\x08\x01" if meta.last else b"") + (b"\x12" + varint(len(raw)) + raw if raw else b"")
+    if meta.ordinal:
+        body += b"\x18" + varint(meta.ordinal)
+    return b"\x2a" + varint(len(body)) + body
+
+
+def _decode_metadata(data: bytes, pos: int, end: int) -> PartialMeta:
+    last, ident, ordinal = False, "", 0
+    while pos < end:
+        key, pos = _read_varint(data, pos, end)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _read_varint(data, pos, end)
+            if field == 1:
+                last = value != 0
+            elif field == 3:
+                ordinal = value - (1 << 64) if value >= 1 << 63 else value
+        elif wire == 2:
+            n, pos = _read_varint(data, pos, end)
+            if pos + n > end:
+                raise CorruptEntry("a field of the partial metadata runs past it")
+            if field == 2:
+                ident = data[pos:pos + n].decode("utf-8", "replace")
+            pos += n
+        elif wire in (1, 5):
+            pos += 8 if wire == 1 else 4
+        else:
+            raise CorruptEntry(f"protobuf wire type {wire} in a log entry's partial metadata")
+    if pos != end:
+        raise CorruptEntry("a field of the partial metadata runs past it")
+    return PartialMeta(ident, ordinal, last)
 
 
 def _read_varint(data: bytes, pos: int, end: int) -> tuple[int, int]:
@@ -98,14 +143,14 @@ def _read_varint(data: bytes, pos: int, end: int) -> tuple[int, int]:
 def decode(data: bytes, start: int, end: int) -> LogMessage:
     """The message in the protobuf ``data[start:end]``.
 
-    Unknown fields are skipped, as protobuf readers must; the partial
-    metadata (id, ordinal, last) is not kept: skiff's messages have no place
-    for it, and a partial line is one without its newline.
+    Unknown fields are skipped, as protobuf readers must.  A partial entry's
+    line has no newline unless its metadata says it is the last piece.
     """
     source = "stdout"
     time_nano = 0
     line = b""
     partial = False
+    meta: PartialMeta | None = None
     pos = start
     while pos < end:
         key, pos = _read_varint(data, pos, end)
@@ -124,6 +169,8 @@ def decode(data: bytes, start: int, end: int) -> LogMessage:
                 source = data[pos:pos + n].decode("utf-8", "replace")
             elif field == 3:
                 line = data[pos:pos + n]
+            elif field == 5:
+                meta = _decode_metadata(data, pos, pos + n)
             pos += n
         elif wire == 1:
             pos += 8
@@ -136,11 +183,14 @@ def decode(data: bytes, start: int, end: int) -> LogMessage:
     if source not in ("stdout", "stderr"):
         raise CorruptEntry(f"unknown stream {source!r}")
     if not partial:
+        meta = None
+        line += b"\n"
+    elif meta is not None and meta.last:
         line += b"\n"
     # seconds and nanoseconds apart: one division of the whole count would round
     # it to a float first and land off the time json-file would give
     sec, nsec = divmod(time_nano, 1_000_000_000)
-    return LogMessage(source, line, sec + nsec / 1e9)  # type: ignore[arg-type]
+    return LogMessage(source, line, sec + nsec / 1e9, partial=meta)  # type: ignore[arg-type]
 
 
 class Decoder:
@@ -199,7 +249,7 @@ def forward(f: IO[bytes], end: int, start: int = 0) -> Iterator[tuple[LogMessage
     pos = 0
     while True:
         have = len(buf) - pos
-        size = _SIZE.unpack_from(buf, pos)[0] if have >= 4 else 0
+        size = SIZE.unpack_from(buf, pos)[0] if have >= 4 else 0
         if have < 4 or have < size + 8:
             if size > MAX_ENTRY:
                 raise CorruptEntry(f"log entry of {size} bytes at offset {base + pos} "
@@ -215,7 +265,7 @@ def forward(f: IO[bytes], end: int, start: int = 0) -> Iterator[tuple[LogMessage
             pos = 0
             continue
         stop = pos + 4 + size
-        if _SIZE.unpack_from(buf, stop)[0] != size:
+        if SIZE.unpack_from(buf, stop)[0] != size:
             raise CorruptEntry(f"log entry at offset {base + pos}: its sizes before and "
                                "after disagree")
         yield decoder(buf, pos + 4, stop), base + pos
@@ -246,12 +296,12 @@ def backward(f: IO[bytes], end: int) -> Iterator[tuple[LogMessage, int]]:
 
     pos = end
     while pos >= 8:
-        (size,) = _SIZE.unpack(get(pos - 4, pos))
+        (size,) = SIZE.unpack(get(pos - 4, pos))
         start = pos - 8 - size
         if size > MAX_ENTRY or start < 0:
             raise CorruptEntry(f"log entry ending at offset {pos}: bad trailing size {size}")
         data = get(start, pos)
-        if _SIZE.unpack_from(data, 0)[0] != size:
+        if SIZE.unpack_from(data, 0)[0] != size:
             raise CorruptEntry(f"log entry ending at offset {pos}: its sizes before and "
                                "after disagree")
         yield decoder(data, 4, 4 + size), start

@@ -39,6 +39,20 @@ BACK_BLOCK = 64 * 1024
 GZIP_LEVEL = 6
 
 
+def write_all(fd: int, data: bytes) -> int:
+    """``data`` written to ``fd`` whole; its length.  One write(2) in the common
+    case, no user-space buffer: the lines are in the file (page cache) when
+    this returns, for readers and after a crash; a short write (a signal, a
+    nearly full disk) is finished, an error raised."""
+    n = os.write(fd, data)
+    total = n
+    while n < len(data):
+        data = data[n:]
+        n = os.write(fd, data)
+        total += n
+    return total
+
+
 @dataclass
 class LogFile:
     """One file of the set, opened for reading."""

@@ -71,13 +71,17 @@ from urllib.parse import urlsplit
 
 from skiff.core.errors import SkiffError
 from skiff.core.hookspecs import (
-    GENERIC_LOG_OPTIONS,
     LogContext,
     LogMessage,
     ReadConfig,
     hookimpl,
 )
-from skiff.plugins.logging.common import check_attribute_options, check_tag, render_tag
+from skiff.plugins.logging.common import (
+    check_attribute_options,
+    check_tag,
+    driver_options,
+    render_tag,
+)
 
 NAME = "syslog"
 
@@ -431,7 +435,6 @@ def skiff_log_drivers() -> dict[str, object]:
 @hookimpl
 def skiff_container_validate(host_config: Mapping[str, Any]) -> None:
     """Options refused at create, as dockerd's ``ValidateLogOpt``."""
-    lc = host_config.get("LogConfig") or {}
-    if lc.get("Type") == NAME:
-        parse_options({k: v for k, v in (lc.get("Config") or {}).items()
-                       if k not in GENERIC_LOG_OPTIONS})
+    options = driver_options(NAME, host_config)
+    if options is not None:
+        parse_options(options)

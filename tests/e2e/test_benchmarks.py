@@ -37,6 +37,7 @@ def test_engine_smoke_writes_table_json_and_chart(tmp_path: Path) -> None:
     assert min(median["samples"]) > 0
     assert ("run --rm true: median", "kernel") in by
     assert by[("lifecycle: create+start+wait+rm x3", "skiffd")]["unit"] == "containers/s"
+    assert by[("lifecycle (API): create+start+wait+rm x3", "skiffd")]["value"] > 0
     assert by[("idle: engine RSS, 0 containers", "skiffd")]["value"] > 0
     assert ("idle: RSS per container (2)", "skiffd") in by
     assert not any(r["engine"] == "dockerd" for r in rows)
@@ -112,6 +113,30 @@ def test_build_workload_rows(tmp_path: Path) -> None:
         row = by.get((f"{metric}: median", "skiffd"))
         assert row is not None, (metric, res.stdout[-3000:])
         assert row["unit"] == "s" and row["value"] > 0 and len(row["samples"]) == 1
+
+
+@pytest.mark.skipif(not DOCKER.exists(), reason="the stock docker CLI is not installed")
+def test_scale_rows(tmp_path: Path) -> None:
+    """The scale extra (issue 22): its rows, structure only."""
+    out = tmp_path / "out"
+    res = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "engine", "--smoke", "--no-docker",
+         "--only", "scale", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    by = {(r["metric"], r["engine"]): r for r in json.loads((out / "engine.json").read_text())
+          ["rows"]}
+    for metric, unit in (("scale: run --rm true with 0 idle running, median", "s"),
+                         ("scale: run --rm true with 2 idle running, median", "s"),
+                         ("scale: engine PSS with 2 idle", "MB"),
+                         ("scale: docker ps -a with 3 containers, median", "s"),
+                         ("scale: GET /containers/json?all=1 with 3, median", "s"),
+                         ("scale: create x3 (API, one connection)", "s"),
+                         ("scale: rm x3 (API, one connection)", "s")):
+        row = by.get((metric, "skiffd"))
+        assert row is not None, (metric, sorted(by))
+        assert row["unit"] == unit and row["value"] > 0
 
 
 @pytest.mark.skipif(not DOCKER.exists(), reason="the stock docker CLI is not installed")

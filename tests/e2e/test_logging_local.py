@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -149,6 +150,44 @@ def test_dockerd_reads_the_files_skiff_wrote(sbs: SideBySide, roots: dict[str, P
                 0, mine.stdout, mine.stderr), args
 
 
+#: a 40,000-byte line (cut in three pieces by either engine), a short one, and
+#: unfinished bytes at exit
+LONG_LINE = ("head -c 40000 /dev/zero | tr '\\0' x; echo; echo after; printf 'tail end'")
+
+
+def test_a_cut_line_as_dockerd_and_each_reads_the_others_file(
+        sbs: SideBySide, roots: dict[str, Path]) -> None:
+    def run(side: Side) -> dict[str, Any]:
+        n = unique("long")
+        with removing(side, ("container", n)):
+            side.out("run", "--name", n, *NONE, "--log-driver", "local", "busybox",
+                     "sh", "-c", LONG_LINE)
+            out = side.docker("logs", n).stdout
+            tail = side.docker("logs", "--tail", "2", n).stdout
+            path = roots[side.name] / cid(side, n) / "local-logs" / "container.log"
+            reader = LocalDriver(LogContext(n, n, str(path), {}))
+            entries = list(reader.read(ReadConfig()))
+            # a digest, not 40 kB of x's, in a failure's message
+            return {"logs": (len(out), out.count(b"x"), out[-20:]), "tail": tail,
+                    "pieces": [(len(m.line), m.partial is not None and m.partial.ordinal,
+                                m.partial is not None and m.partial.last) for m in entries],
+                    "ids": len({m.partial.id for m in entries if m.partial})}
+
+    seen = sbs.each(run)
+    # dockerd 20.10's reader drops the newline of a cut line (it adds one only to
+    # entries without partial metadata; later moby adds it after the last piece
+    # too, as skiff does): everything else is the same
+    assert seen["dockerd"].pop("logs") == (40000 + 14, 40000, b"xxxxxxafter\ntail end")
+    got = seen["skiffd"]
+    assert got.pop("logs") == (40000 + 15, 40000, b"xxxxx\nafter\ntail end")
+    assert got == seen["dockerd"]
+    assert got["tail"] == b"after\ntail end"
+    # three pieces with one id, the last ending the line; a whole line; the exit's rest
+    assert got["pieces"] == [(16384, 1, False), (16384, 2, False), (7233, 3, True),
+                             (6, False, False), (8, 1, False)]
+    assert got["ids"] == 2
+
+
 def test_follow_and_since_as_dockerd(sbs: SideBySide) -> None:
     def run(side: Side) -> dict[str, Any]:
         n = unique("loc")
@@ -179,24 +218,58 @@ def test_bad_options_refused_in_dockerds_words(sbs: SideBySide) -> None:
     assert res.returncode != 0 and b"unknown log opt 'color' for log driver local" in res.stderr
 
 
+#: 200,000 lines of 1,000 bytes: 200 MB, far past any bound here
+WRITE_200_MB = ('BEGIN { s = sprintf("%993s", ""); '
+                'for (i = 0; i < 200000; i++) printf "%06d%s\\n", i, s }')
+
+
+def _kept_lines_in_order(daemon: Daemon, n: str) -> list[int]:
+    res = subprocess.run(["docker", "logs", n], env=daemon.env(), capture_output=True,
+                         timeout=300, check=True)
+    nums = [int(line[:6]) for line in res.stdout.splitlines()]
+    assert nums[-1] == 199999 and nums == list(range(nums[0], 200000))
+    tail = daemon.docker("logs", "--tail", "2", n, check=True).stdout.split()
+    assert tail == [b"199998", b"199999"]
+    return nums
+
+
 def test_rotation_keeps_the_disk_bounded_and_every_kept_line(daemon: Daemon) -> None:
     n = unique("loc")
     try:
         daemon.docker("run", "--name", n, *NONE, "--log-driver", "local", "--log-opt",
                       "max-size=1m", "--log-opt", "max-file=3", "--log-opt", "compress=false",
-                      "busybox", "sh", "-c",
-                      "seq 1 500000 | sed 's/$/ padding to make the line longer/'",
-                      check=True, timeout=300)
+                      "busybox", "awk", WRITE_200_MB, check=True, timeout=600)
         c = daemon.docker("inspect", "--format", "{{.Id}}", n, check=True).stdout.decode().strip()
         logs = daemon.data_root / "containers" / c / "local-logs"
         total = sum(p.stat().st_size for p in logs.iterdir())
         assert sorted(p.name for p in logs.iterdir()) == [
             "container.log", "container.log.1", "container.log.2"]
-        assert total <= 3 * (1_000_000 + 200)  # ~20 MB written, three files kept
-        out = daemon.docker("logs", n, check=True, timeout=120).stdout.splitlines()
-        seq = [int(line.split()[0]) for line in out]
-        assert seq[-1] == 500000 and seq == list(range(seq[0], 500001))
-        assert len(out) * 48 > 2_000_000  # the kept files' worth, not just the live one
+        assert total <= 3 * (1_000_000 + 1100)  # the bound, one entry over per file
+        nums = _kept_lines_in_order(daemon, n)
+        assert len(nums) > 2 * 1_000_000 / 1100  # the kept files' worth, not just the live one
+    finally:
+        daemon.docker("rm", "-f", n)
+
+
+def test_default_bound_holds_while_writing_200_mb(daemon: Daemon) -> None:
+    """dockerd's defaults for local: 20 MiB x 5 files, the rotated ones gzipped."""
+    n = unique("locdef")
+    try:
+        daemon.docker("run", "--name", n, *NONE, "--log-driver", "local",
+                      "busybox", "awk", WRITE_200_MB, check=True, timeout=600)
+        c = daemon.docker("inspect", "--format", "{{.Id}}", n, check=True).stdout.decode().strip()
+        logs = daemon.data_root / "containers" / c / "local-logs"
+        # the last rotation's gzip runs in a thread of its own: give it a moment
+        deadline = time.monotonic() + 30
+        while (any(not p.name.endswith(".gz") and p.name != "container.log"
+                   for p in logs.iterdir()) and time.monotonic() < deadline):
+            time.sleep(0.2)
+        assert sorted(p.name for p in logs.iterdir()) == [
+            "container.log", *(f"container.log.{i}.gz" for i in range(1, 5))]
+        total = sum(p.stat().st_size for p in logs.iterdir())
+        assert total <= 20 * 2**20 + 1100 + 4 * 2**20  # the live file; the rest compressed
+        nums = _kept_lines_in_order(daemon, n)
+        assert len(nums) > 4 * 20 * 2**20 / 1100  # the compressed files read back too
     finally:
         daemon.docker("rm", "-f", n)
 

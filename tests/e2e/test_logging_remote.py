@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -234,6 +235,12 @@ def test_a_stalled_server_blocks_only_a_blocking_container(daemon: Daemon) -> No
         assert res.stdout.strip() == b"0" and time.monotonic() - t0 < 20
         assert daemon.docker("inspect", "-f", "{{.State.Running}}", ids["blocking"],
                              check=True).stdout.strip() == b"true"
+        # the dual-logging cache has a buffer of its own (as dockerd's): the
+        # stalled remote did not starve `docker logs`, which holds far more
+        # than the remote's buffer's worth (1 MB: 10,000 of these lines)
+        logs = subprocess.run(["docker", "logs", ids["non-blocking"]], env=daemon.env(),
+                              capture_output=True, timeout=120, check=True).stdout
+        assert logs.count(b"\n") > 100_000
         stalled.stop()  # gone: the blocked sends fail, the rest fail fast
         res = daemon.docker("wait", ids["blocking"], timeout=60, check=True)
         assert res.stdout.strip() == b"0"

@@ -160,3 +160,66 @@ def test_blocking_passes_batched_writes_through(tmp_path: Path) -> None:
     assert [m.line for m in drv.read(ReadConfig())] == [b"a\n", b"b\n"]
     # a driver without it gets none: the pump then writes message by message
     assert not hasattr(logdelivery.deliver(GatedDriver(), {}, "e" * 64), "write_lines")
+
+
+class ListCache:
+    """A cache that takes every line at once."""
+
+    name = "local"
+
+    def __init__(self) -> None:
+        self.got: list[bytes] = []
+        self.closed = False
+
+    def write(self, msg: LogMessage) -> None:
+        self.got.append(msg.line)
+
+    def read(self, config: ReadConfig) -> Iterator[LogMessage]:
+        return iter(())
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_stalled_driver_never_starves_its_cache() -> None:
+    """dockerd's order: the cache and the driver each behind a buffer of their
+    own.  The remote stalls; the cache still gets every line, and the drops
+    are the driver's alone."""
+    from skiff.core.containers.logcache import CachedLog
+
+    stalled, cache = GatedDriver(), ListCache()
+    before = logdelivery.dropped_total()
+    d = logdelivery.deliver(CachedLog(stalled, cache),  # type: ignore[arg-type]
+                            {"mode": "non-blocking", "max-buffer-size": "1k"}, "c" * 64)
+    lines = [f"{i:09d}\n".encode() for i in range(2000)]
+    # at a container's pace: each burst fits a buffer, the cache drains between bursts
+    for start in range(0, len(lines), 50):
+        for line in lines[start:start + 50]:
+            d.write(LogMessage("stdout", line, time.time()))
+        deadline = time.monotonic() + 5
+        while len(cache.got) < start + 50 and time.monotonic() < deadline:
+            time.sleep(0.001)
+    assert cache.got == lines
+    assert stalled.entered.is_set() and stalled.got == []  # the remote took nothing yet
+    stalled.gate.set()
+    d.close()
+    assert cache.closed and stalled.closed.is_set()
+    # the remote got the line it was stuck on and what its buffer held; the rest
+    # counted as its drops, none as the cache's
+    assert 1 + 1024 // 10 >= len(stalled.got) > 0
+    assert logdelivery.dropped_total() - before == 2000 - len(stalled.got)
+
+
+def test_blocking_a_failing_driver_costs_the_cache_nothing() -> None:
+    from skiff.core.containers.logcache import CachedLog
+
+    gone, cache = GatedDriver(), ListCache()
+    gone.failing = True
+    gone.gate.set()
+    before = logdelivery.dropped_total()
+    d = logdelivery.deliver(CachedLog(gone, cache), {}, "b" * 64)  # type: ignore[arg-type]
+    for i in range(10):
+        d.write(msg(f"{i}\n"))
+    d.close()
+    assert cache.got == [f"{i}\n".encode() for i in range(10)]
+    assert logdelivery.dropped_total() - before == 10

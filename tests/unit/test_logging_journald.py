@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from skiff.core.errors import SkiffError
-from skiff.core.hookspecs import LogContext, LogMessage
+from skiff.core.hookspecs import LogContext, LogMessage, PartialMeta
 from skiff.plugins.logging import journald
 
 CID = "0123456789ab" + "c" * 52
@@ -119,12 +119,19 @@ def test_fields_as_dockerd(journal: socket.socket) -> None:
 def test_partial_pieces_and_a_large_entry_in_a_memfd(journal: socket.socket) -> None:
     d = journald.JournaldDriver(ctx())
     piece = b"p" * journald.PIECE
-    d.write(LogMessage("stdout", piece, time.time()))  # a cut piece of a long line
-    d.write(LogMessage("stdout", b"end\n", time.time()))
-    d.write(LogMessage("stdout", b"last words", time.time()))  # EOF without newline: whole
+    ident = "a" * 64
+    # a cut line's pieces, then a whole line
+    d.write(LogMessage("stdout", piece, time.time(), partial=PartialMeta(ident, 1, False)))
+    d.write(LogMessage("stdout", b"end\n", time.time(), partial=PartialMeta(ident, 2, True)))
+    d.write(LogMessage("stdout", b"whole\n", time.time()))
     got = [dict(decode(receive(journal))) for _ in range(3)]
     assert got[0]["CONTAINER_PARTIAL_MESSAGE"] == b"true" and got[0]["MESSAGE"] == piece
-    assert "CONTAINER_PARTIAL_MESSAGE" not in got[1] and "CONTAINER_PARTIAL_MESSAGE" not in got[2]
+    assert (got[0]["CONTAINER_PARTIAL_ID"], got[0]["CONTAINER_PARTIAL_ORDINAL"],
+            got[0]["CONTAINER_PARTIAL_LAST"]) == (ident.encode(), b"1", b"false")
+    assert "CONTAINER_PARTIAL_MESSAGE" not in got[1] and got[1]["MESSAGE"] == b"end"
+    assert (got[1]["CONTAINER_PARTIAL_ORDINAL"], got[1]["CONTAINER_PARTIAL_LAST"]) == (
+        b"2", b"true")
+    assert not any(k.startswith("CONTAINER_PARTIAL") for k in got[2])
     assert got[0]["SYSLOG_IDENTIFIER"] == b"0123456789ab"  # the default tag
     d.close()
     # 300 kB of environment: too large for one datagram, sent as a sealed memfd

@@ -16,7 +16,7 @@ from skiff.core.containers import logcache
 from skiff.core.containers.config import InvalidConfig, log_config
 from skiff.core.containers.logopts import check_generic
 from skiff.core.containers.model import Container
-from skiff.core.hookspecs import LogContext, LogMessage, ReadConfig
+from skiff.core.hookspecs import LogContext, LogMessage, PartialMeta, ReadConfig
 from skiff.plugins.logging import localfmt, localgz
 from skiff.plugins.logging.local import LocalDriver, parse_options, skiff_container_validate
 
@@ -68,7 +68,25 @@ def test_reads_partial_metadata_and_unknown_fields() -> None:
     payload = (b"\x0a\x06stdout\x10\x05\x1a\x03end\x20\x01\x2a" + bytes([len(meta)]) + meta
                + b"\x32\x01z" + b"\x38\x07")
     msg = localfmt.decode(payload, 0, len(payload))
-    assert (msg.stream, msg.line, msg.time) == ("stdout", b"end", 5e-9)
+    # the last piece of a cut line: dockerd's readers end the line there
+    assert (msg.stream, msg.line, msg.time) == ("stdout", b"end\n", 5e-9)
+    assert msg.partial == PartialMeta("abc", 2, True)
+
+
+def test_pieces_of_a_cut_line_written_as_dockerd_writes_them() -> None:
+    ident = "f" * 64
+    first = localfmt.encode("stdout", b"x" * 5, 7, PartialMeta(ident, 1, False))
+    last = localfmt.encode("stdout", b"yz\n", 7, PartialMeta(ident, 2, True))
+    # every piece partial, the last one too; metadata fields 1 last, 2 id, 3 ordinal
+    meta1 = b"\x12\x40" + ident.encode() + b"\x18\x01"
+    assert first[4:-4] == (b"\x0a\x06stdout\x10\x07\x1a\x05xxxxx\x20\x01\x2a"
+                           + bytes([len(meta1)]) + meta1)
+    meta2 = b"\x08\x01\x12\x40" + ident.encode() + b"\x18\x02"
+    assert last[4:-4] == (b"\x0a\x06stdout\x10\x07\x1a\x02yz\x20\x01\x2a"
+                          + bytes([len(meta2)]) + meta2)
+    got = [localfmt.decode(e, 4, len(e) - 4) for e in (first, last)]
+    assert [(m.line, m.partial) for m in got] == [
+        (b"xxxxx", PartialMeta(ident, 1, False)), (b"yz\n", PartialMeta(ident, 2, True))]
 
 
 def test_a_broken_entry_raises_corrupt_entry() -> None:

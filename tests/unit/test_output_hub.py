@@ -241,3 +241,37 @@ def test_attach_reader_dropped_mid_line_reads_on_from_the_log_exactly() -> None:
         assert b"".join(got) == b"".join(chunks[start:])
 
     trio.run(main)
+
+
+def test_the_splitter_tags_the_pieces_of_a_cut_line_as_dockerd() -> None:
+    from skiff.core.containers.streams import MAX_LINE, LineSplitter
+    from skiff.core.hookspecs import PartialMeta
+
+    s = LineSplitter(tag_pieces=True)
+    assert s.feed(b"short\nand ") == [b"short\n"] and s.meta is None
+    pieces = s.feed(b"y" * (2 * MAX_LINE))  # the line is cut twice, the rest waits
+    assert [len(p) for p in pieces] == [MAX_LINE, MAX_LINE] and s.meta is not None
+    ident = s.meta[0].id  # type: ignore[union-attr]
+    assert len(ident) == 64 and s.meta == [PartialMeta(ident, 1, False),
+                                           PartialMeta(ident, 2, False)]
+    # "and " and the first y's went out in the first piece: 4 y's wait for the rest
+    assert s.feed(b"end\nnext\nleft") == [b"yyyyend\n", b"next\n"]
+    assert s.meta == [PartialMeta(ident, 3, True), None]
+    # the unfinished bytes at exit are a piece too: a new line, a new id
+    assert s.flush() == [b"left"]
+    assert s.meta is not None and s.meta[0].ordinal == 1 and s.meta[0].id != ident
+    assert not s.meta[0].last
+    # a whole line that came in one chunk is cut the same way; exactly 16 KiB
+    # leaves an empty last piece, as dockerd's full buffer does
+    t = LineSplitter(tag_pieces=True)
+    assert t.feed(b"a\n" + b"z" * (MAX_LINE + 5) + b"\nb\n" + b"w" * MAX_LINE + b"\n") == [
+        b"a\n", b"z" * MAX_LINE, b"zzzzz\n", b"b\n", b"w" * MAX_LINE, b"\n"]
+    assert t.meta is not None
+    m = t.meta
+    assert (m[0], m[3]) == (None, None) and m[1].id == m[2].id != m[4].id == m[5].id  # type: ignore[union-attr]
+    assert [(x.ordinal, x.last) for x in (m[1], m[2], m[4], m[5])] == [  # type: ignore[union-attr]
+        (1, False), (2, True), (1, False), (2, True)]
+    # untagged (attach's own bookkeeping): the same lines, no metadata
+    u = LineSplitter()
+    assert len(u.feed(b"z" * MAX_LINE)) == 1 and u.meta is None
+    assert u.feed(b"z" * (MAX_LINE + 1) + b"\n") == [b"z" * MAX_LINE, b"z\n"] and u.meta is None

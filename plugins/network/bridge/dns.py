@@ -8,8 +8,9 @@ directly.  One trio event loop, in a thread of its own because driver calls
 are synchronous, serves the sockets of every container.
 
 Names of containers, their aliases and hostnames on the container's networks
-are answered from the driver's records (A records; AAAA gets an empty
-answer); everything else is relayed unchanged to the upstream resolvers,
+are answered from the driver's records (A records, and AAAA for the
+containers with an IPv6 address; a name without one gets an empty AAAA
+answer, not a relayed query); everything else is relayed unchanged to the upstream resolvers,
 from the daemon's namespace, so an upstream on the host's 127.0.0.1 works.
 Upstreams come from daemon.json ``dns`` (``IP`` or ``IP:PORT``; skiff
 accepts a port), else from the host's /etc/resolv.conf.
@@ -101,14 +102,17 @@ def parse_question(packet: bytes) -> tuple[str, int, int] | None:
 
 
 def answer(packet: bytes, end: int, addresses: list[str], qtype: int) -> bytes:
-    """A response to ``packet`` with A records for ``addresses``."""
+    """A response to ``packet`` with the A (IPv4) or AAAA (IPv6) records of
+    ``addresses`` that fit ``qtype``."""
     qid, flags = struct.unpack("!HH", packet[:4])
     rd = flags & 0x0100
-    records = [a for a in addresses if qtype == QTYPE_A]
+    family = {QTYPE_A: socket.AF_INET, QTYPE_AAAA: socket.AF_INET6}.get(qtype)
+    records = [socket.inet_pton(family, a) for a in addresses
+               if family is not None and (":" in a) == (family == socket.AF_INET6)]
     header = struct.pack("!HHHHHH", qid, 0x8000 | 0x0400 | rd | 0x0080, 1, len(records), 0, 0)
     body = packet[12:end]
-    for addr in records:
-        body += struct.pack("!HHHIH", 0xC00C, QTYPE_A, 1, TTL, 4) + socket.inet_aton(addr)
+    for packed in records:
+        body += struct.pack("!HHHIH", 0xC00C, qtype, 1, TTL, len(packed)) + packed
     return header + body
 
 

@@ -21,6 +21,16 @@ namespace side, against 12-20 ms for ``IPRoute(netns=...)``, which forks.
 
 On user-defined networks the container's resolver is the embedded DNS
 server at 127.0.0.11 (``dns``).
+
+A network with an IPv6 subnet: the bridge gets the IPv6 gateway address too,
+each endpoint an address of that subnet (``Pool`` again) and a default route
+through the gateway, IPv6 forwarding is on, and ``ip6tables`` carries the same
+rules as ``iptables`` (``firewall.network_rules6``).  Addresses are added
+with ``IFA_F_NODAD``: duplicate address detection would keep a container's
+address "tentative", unusable, for about 1.8 s after start (measured), and the pool
+already guarantees that no two endpoints share one.  Ports published on an
+IPv6 host address are DNATed by ``ip6tables``; on ``[::1]`` (and ``[::]``)
+a userland proxy listens as well, since no DNAT can serve ``::1`` (``proxy``).
 """
 
 from __future__ import annotations
@@ -42,6 +52,7 @@ from skiff.plugins.network._netns import run_in_netns
 from skiff.plugins.network.bridge import firewall as fw
 from skiff.plugins.network.bridge.dns import DNS_IP, DnsServer, parse_upstreams
 from skiff.plugins.network.bridge.ipam import Pool, mac_for
+from skiff.plugins.network.bridge.proxy import TcpProxy
 
 log = structlog.get_logger("skiff.network.bridge")
 
@@ -50,6 +61,9 @@ DEFAULT_BRIDGE = "skiff0"
 #: Docker's ephemeral range for random host ports (``/proc/sys/net/ipv4/ip_local_port_range``)
 PORT_RANGE = (32768, 60999)
 IP_FORWARD = "/proc/sys/net/ipv4/ip_forward"
+IP6_FORWARD = "/proc/sys/net/ipv6/conf/all/forwarding"
+#: linux/if_addr.h: add the address without duplicate address detection
+IFA_F_NODAD = 0x02
 
 T = TypeVar("T")
 
@@ -77,6 +91,8 @@ class BridgeEndpoint(Endpoint):
     rules: list[fw.Rule] = field(default_factory=list)
     held_ports: list[tuple[str, int]] = field(default_factory=list)  #: (proto, host port)
     loopback: bool = False  #: a port is published on 127.0.0.1 (or every address)
+    rules6: list[fw.Rule] = field(default_factory=list)
+    proxies: list[TcpProxy] = field(default_factory=list)  #: on [::1] / [::]
 
 
 def _own(endpoint: Endpoint) -> BridgeEndpoint:
@@ -99,6 +115,8 @@ class Net:
     endpoints: dict[str, BridgeEndpoint] = field(default_factory=dict)
     loopback_publishers: int = 0  #: endpoints with a port on 127.0.0.1 (or every address)
     rules: list[fw.Rule] = field(default_factory=list)
+    pool6: Pool | None = None  #: the IPv6 subnet's, when the network has one
+    rules6: list[fw.Rule] = field(default_factory=list)
 
 
 class BridgeNetworkDriver:
@@ -111,6 +129,8 @@ class BridgeNetworkDriver:
         self.ctx = ctx
         cfg = ctx.config
         self.firewall = fw.Firewall(bool(cfg.get("iptables", True)))
+        self.firewall6 = fw.Firewall(
+            bool(cfg.get("iptables", True)) and bool(cfg.get("ip6tables", True)), family=6)
         self.ip_forward = bool(cfg.get("ip-forward", True))
         self.forward_drop = not bool(cfg.get("ip-forward-no-drop", False))
         self.networks: dict[str, Net] = {}
@@ -128,8 +148,11 @@ class BridgeNetworkDriver:
 
         bridge = options.bridge or f"skf-{network_id[:11]}"
         pool = Pool(options.subnet, options.gateway, options.ip_range)
+        pool6 = (Pool(options.subnet6, options.gateway6, options.ip_range6)
+                 if options.subnet6 else None)
         net = Net(id=network_id, name=options.name or network_id, bridge=bridge,
-                  pool=pool, icc=options.icc, internal=options.internal, dns=options.dns)
+                  pool=pool, icc=options.icc, internal=options.internal, dns=options.dns,
+                  pool6=pool6)
         with IPRoute() as ipr:
             found = ipr.link_lookup(ifname=bridge)
             if not found:
@@ -140,14 +163,26 @@ class BridgeNetworkDriver:
             if str(pool.gateway) not in have:
                 ipr.addr("add", index=index, address=str(pool.gateway),
                          prefixlen=pool.prefixlen)
+            if pool6 is not None:
+                _sysctl(f"/proc/sys/net/ipv6/conf/{bridge}/disable_ipv6", "0")
+                have6 = {a.get_attr("IFA_ADDRESS")
+                         for a in ipr.get_addr(index=index, family=socket.AF_INET6)}
+                if str(pool6.gateway) not in have6:
+                    ipr.addr("add", index=index, address=str(pool6.gateway),
+                             prefixlen=pool6.prefixlen, family=socket.AF_INET6,
+                             flags=IFA_F_NODAD)
             ipr.link("set", index=index, state="up")
         # Off until a port is published on loopback (a crash may have left it on).
         _route_localnet(bridge, False)
         # Rules of an earlier life of this bridge (a crash) go before new ones come.
         self.firewall.purge(bridge)
+        self.firewall6.purge(bridge)
         net.rules = fw.network_rules(bridge, str(pool.subnet), net.icc, net.internal)
+        if pool6 is not None:
+            net.rules6 = fw.network_rules6(bridge, str(pool6.subnet), net.icc, net.internal)
         try:
             self.firewall.add(net.rules)
+            self.firewall6.add(net.rules6)
             if self.ip_forward and not _forwarding_on():
                 if self.forward_drop:
                     # As dockerd: a host that did not route must not become a
@@ -155,8 +190,13 @@ class BridgeNetworkDriver:
                     # own traffic).  Set before forwarding starts: no window.
                     self.firewall.forward_policy_drop()
                 _sysctl(IP_FORWARD, "1")
+            if pool6 is not None and self.ip_forward and not _forwarding_on(IP6_FORWARD):
+                if self.forward_drop:
+                    self.firewall6.forward_policy_drop()
+                _sysctl(IP6_FORWARD, "1")
         except fw.FirewallError:
             self.firewall.purge(bridge)
+            self.firewall6.purge(bridge)
             self._remove_bridge(bridge)
             raise
         with self._lock:
@@ -183,6 +223,7 @@ class BridgeNetworkDriver:
             self.leave(ep)
             self.delete_endpoint(ep)
         self.firewall.purge(net.bridge, drop_chains=last)
+        self.firewall6.purge(net.bridge, drop_chains=last)
         self._remove_bridge(net.bridge)
         if last:
             self.dns.stop()
@@ -191,32 +232,54 @@ class BridgeNetworkDriver:
 
     def create_endpoint(self, network_id: str, endpoint: Endpoint) -> Endpoint:
         net = self._net(network_id)
+        if endpoint.requested_ip6 and net.pool6 is None:
+            raise ValueError(f"network {net.name} has no IPv6 subnet for the address "
+                             f"{endpoint.requested_ip6}")
         ip = net.pool.allocate(endpoint.requested_ip)
+        try:
+            ip6 = net.pool6.allocate(endpoint.requested_ip6) if net.pool6 is not None else ""
+        except BaseException:
+            net.pool.release(ip)
+            raise
         asked = {f.name: getattr(endpoint, f.name) for f in fields(Endpoint)}
         ep = BridgeEndpoint(**{
             **asked, "ip_address": ip, "ip_prefix_len": net.pool.prefixlen,
             "gateway": str(net.pool.gateway),
             "mac_address": endpoint.requested_mac or mac_for(ip)})
+        if net.pool6 is not None:
+            ep.ip6_address, ep.ip6_prefix_len = ip6, net.pool6.prefixlen
+            ep.gateway6 = str(net.pool6.gateway)
         ep.bridge = net.bridge
         ep.veth = "skfv" + secrets.token_hex(4)
         ep.host_interface = ep.veth  # where a traffic shaper's queues go
         ep.dns = net.dns
         rules: list[fw.Rule] = []
+        rules6: list[fw.Rule] = []
         held: list[tuple[str, int]] = []
         try:
-            ports = self._publish(net, ep, rules, held)
+            ports = self._publish(net, ep, rules, held, rules6)
             for link in ep.links:
                 if not net.icc:
                     for proto, port in link.ports:
                         rules += fw.link_rules(net.bridge, ip, link.ip, proto, int(port))
             self.firewall.add(rules)
+            try:
+                self.firewall6.add(rules6)
+            except BaseException:
+                self.firewall.delete(rules)
+                raise
         except BaseException:
+            for proxy in ep.proxies:
+                proxy.close()
             net.pool.release(ip)
+            if ip6 and net.pool6 is not None:
+                net.pool6.release(ip6)
             with self._lock:
                 self._ports.difference_update(held)
             raise
         ep.ports = ports
         ep.rules = rules
+        ep.rules6 = rules6
         ep.held_ports = held
         ep.loopback = any(fw.publishes_on_loopback(b.host_ip)
                           for bindings in ports.values() for b in bindings or [])
@@ -228,9 +291,11 @@ class BridgeNetworkDriver:
                     _route_localnet(net.bridge, True)
         return ep
 
-    def _publish(self, net: Net, ep: Endpoint, rules: list[fw.Rule],
-                 held: list[tuple[str, int]]) -> dict[str, list[PortBinding] | None]:
-        """Host ports for the endpoint's bindings; fills ``rules`` and ``held``."""
+    def _publish(self, net: Net, ep: BridgeEndpoint, rules: list[fw.Rule],
+                 held: list[tuple[str, int]], rules6: list[fw.Rule]
+                 ) -> dict[str, list[PortBinding] | None]:
+        """Host ports for the endpoint's bindings; fills ``rules``, ``rules6``,
+        ``held`` and the endpoint's proxies."""
         bindings = dict(ep.port_bindings)
         ports: dict[str, list[PortBinding] | None] = {}
         for key in ep.exposed_ports:
@@ -243,17 +308,52 @@ class BridgeNetworkDriver:
             ctr_port = int(port_s)
             out = []
             for entry in entries or [PortBinding()]:
+                v6 = ":" in entry.host_ip
+                if v6:
+                    self._check_v6_publish(ep, proto, entry.host_ip)
                 host_ip = entry.host_ip or "0.0.0.0"
                 wanted = entry.host_port
                 lo, _, hi = wanted.partition("-")
                 host_port = self._host_port(proto, host_ip, int(lo) if lo else 0,
                                             int(hi) if hi else 0)
                 held.append((proto, host_port))
-                rules += fw.port_rules(net.bridge, ep.ip_address, proto, ctr_port, host_ip,
-                                       host_port)
-                out.append(PortBinding(host_ip, str(host_port)))
+                if not v6:
+                    rules += fw.port_rules(net.bridge, ep.ip_address, proto, ctr_port, host_ip,
+                                           host_port)
+                    out.append(PortBinding(host_ip, str(host_port)))
+                # no host address given: IPv6 too when the endpoint has an
+                # address there, on the same port (dockerd's "0.0.0.0" and "::")
+                if v6 or (not entry.host_ip and ep.ip6_address and self.firewall6.enabled):
+                    ip6 = entry.host_ip if v6 else "::"
+                    if not ipaddress.IPv6Address(ip6).is_loopback:  # ::1: the proxy alone
+                        rules6 += fw.port_rules6(net.bridge, ep.ip6_address, proto, ctr_port,
+                                                 ip6, host_port)
+                    if proto == "tcp" and ip6 in ("::", "::1"):
+                        try:
+                            proxy = TcpProxy(ip6, host_port, ep.ip6_address, ctr_port)
+                        except OSError as exc:
+                            raise PortInUse(f"Bind for [{ip6}]:{host_port} failed: port is "
+                                            f"already allocated ({exc.strerror})") from None
+                        ep.proxies.append(proxy)
+                    out.append(PortBinding(ip6, str(host_port)))
             ports[f"{ctr_port}/{proto}"] = out
         return ports
+
+    def _check_v6_publish(self, ep: BridgeEndpoint, proto: str, host_ip: str) -> None:
+        """Refuse an IPv6 host address that cannot work, naming why."""
+        try:
+            addr = ipaddress.IPv6Address(host_ip)
+        except ValueError:
+            raise ValueError(f"invalid host address {host_ip} to publish on") from None
+        if not ep.ip6_address:
+            raise ValueError(f"cannot publish on {host_ip}: the container has no IPv6 address "
+                             "on this network (create it with --ipv6 --subnet)")
+        if not self.firewall6.enabled:
+            raise ValueError(f"cannot publish on {host_ip}: publishing on IPv6 needs "
+                             "ip6tables (daemon.json \"ip6tables\" and \"iptables\")")
+        if proto != "tcp" and (addr.is_loopback or addr.is_unspecified):
+            raise ValueError(f"publishing {proto} on {host_ip} is not supported yet "
+                             "(only tcp is relayed to IPv6 loopback)")
 
     def _host_port(self, proto: str, host_ip: str, lo: int, hi: int) -> int:
         with self._lock:
@@ -277,6 +377,7 @@ class BridgeNetworkDriver:
 
     def join(self, endpoint: Endpoint, pid: int) -> None:
         from pyroute2 import IPRoute
+        from pyroute2.netlink.exceptions import NetlinkError
 
         net = self._net(endpoint.network_id)
         ns = f"/proc/{pid}/ns/net"
@@ -301,10 +402,21 @@ class BridgeNetworkDriver:
                 ipr.link("set", index=idx, ifname=f"eth{n}", address=endpoint.mac_address)
                 ipr.addr("add", index=idx, address=endpoint.ip_address,
                          prefixlen=endpoint.ip_prefix_len)
+                if endpoint.ip6_address:
+                    # this thread is in the container's namespace: these are its sysctls
+                    _sysctl(f"/proc/sys/net/ipv6/conf/eth{n}/disable_ipv6", "0")
+                    ipr.addr("add", index=idx, address=endpoint.ip6_address,
+                             prefixlen=endpoint.ip6_prefix_len, family=socket.AF_INET6,
+                             flags=IFA_F_NODAD)
                 ipr.link("set", index=idx, state="up")
                 ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
                 if n == 0 and not net.internal:
                     ipr.route("add", dst="0.0.0.0/0", gateway=endpoint.gateway)
+                if endpoint.ip6_address and not net.internal:
+                    # the first network with IPv6 gives the IPv6 default route
+                    with contextlib.suppress(NetlinkError):
+                        ipr.route("add", dst="::/0", gateway=endpoint.gateway6,
+                                  family=socket.AF_INET6)
             if net.dns and not self._dns_members.get(endpoint.container_id):
                 sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
                 try:
@@ -361,11 +473,16 @@ class BridgeNetworkDriver:
                 net.loopback_publishers -= 1
                 if net.loopback_publishers == 0:
                     _route_localnet(net.bridge, False)
+        for proxy in ep.proxies:
+            proxy.close()
         self.firewall.delete(list(ep.rules))
+        self.firewall6.delete(list(ep.rules6))
         with self._lock:
             self._ports.difference_update(ep.held_ports)
         if net is not None and endpoint.ip_address:
             net.pool.release(endpoint.ip_address)
+        if net is not None and net.pool6 is not None and endpoint.ip6_address:
+            net.pool6.release(endpoint.ip6_address)
 
     # -- helpers ---------------------------------------------------------------
 
@@ -389,12 +506,10 @@ class BridgeNetworkDriver:
                           if e.container_id == container_id
                           for alias, target in e.link_aliases.items() if alias.lower() == name}
                 for ep in net.endpoints.values():
-                    if ep.name.lower() in linked:
-                        found.append(ep.ip_address)
-                        continue
                     names = {ep.name, ep.hostname, ep.container_id[:12], *ep.aliases}
-                    if name in {x.lower() for x in names if x}:
-                        found.append(ep.ip_address)
+                    if ep.name.lower() in linked or name in {x.lower() for x in names if x}:
+                        # both families: the server answers A and AAAA from them
+                        found += [a for a in (ep.ip_address, ep.ip6_address) if a]
                 if found:
                     return found
         return None
@@ -405,9 +520,9 @@ def _route_localnet(bridge: str, on: bool) -> None:
     _sysctl(f"/proc/sys/net/ipv4/conf/{bridge}/route_localnet", "1" if on else "0")
 
 
-def _forwarding_on() -> bool:
+def _forwarding_on(path: str = IP_FORWARD) -> bool:
     try:
-        with open(IP_FORWARD) as f:
+        with open(path) as f:
             return f.read(1) == "1"
     except OSError:
         return False
@@ -416,7 +531,10 @@ def _forwarding_on() -> bool:
 def _port_free(proto: str, host_ip: str, port: int) -> bool:
     """Whether nothing on the host listens on ``port`` (a DNAT would hide it)."""
     kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
-    with socket.socket(socket.AF_INET, kind) as s:
+    family = socket.AF_INET6 if ":" in host_ip else socket.AF_INET
+    with socket.socket(family, kind) as s:
+        if family == socket.AF_INET6:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         try:
             s.bind((host_ip if host_ip not in ("", "0.0.0.0") else "0.0.0.0", port))
         except OSError as exc:

@@ -74,10 +74,16 @@ def _run(args: Sequence[str], input: str | None = None) -> subprocess.CompletedP
 
 
 class Firewall:
-    """The rules of one daemon's bridge networks; no-op when ``enabled`` is false."""
+    """The rules of one daemon's bridge networks; no-op when ``enabled`` is false.
 
-    def __init__(self, enabled: bool) -> None:
+    ``family`` 6 drives ``ip6tables`` (same chains, same scheme) for the
+    networks' IPv6 subnets.
+    """
+
+    def __init__(self, enabled: bool, family: int = 4) -> None:
         self.enabled = enabled
+        self.family = family
+        self._tool = "ip6tables" if family == 6 else "iptables"
         self._lock = threading.Lock()
         self._ready = False
 
@@ -88,37 +94,38 @@ class Firewall:
             return
         for table, chain in (("nat", NAT_CHAIN), ("filter", FILTER_CHAIN), ("filter", ISO1),
                              ("filter", ISO2), ("filter", USER)):
-            if _run(["iptables", "-t", table, "-N", chain]).returncode == 0 and chain in (
+            if _run([self._tool, "-t", table, "-N", chain]).returncode == 0 and chain in (
                     ISO1, ISO2, USER):
-                _run(["iptables", "-t", table, "-A", chain, "-j", "RETURN"])
-        jumps = [
+                _run([self._tool, "-t", table, "-A", chain, "-j", "RETURN"])
+        for table, chain, spec in self._jumps():
+            if _run([self._tool, "-t", table, "-C", chain, *spec]).returncode != 0:
+                _run([self._tool, "-t", table, "-I", chain, "1", *spec])
+        self._ready = True
+
+    def _jumps(self) -> list[Rule]:
+        # IPv6: ::1 is left out of the host's own DNAT, which cannot work for
+        # it (see proxy); the driver's proxy listens there instead
+        not_lo = ["!", "-d", "::1/128"] if self.family == 6 else []
+        return [
             ("nat", "PREROUTING", ["-m", "addrtype", "--dst-type", "LOCAL", "-j", NAT_CHAIN]),
-            ("nat", "OUTPUT", ["-m", "addrtype", "--dst-type", "LOCAL", "-j", NAT_CHAIN]),
+            ("nat", "OUTPUT", [*not_lo, "-m", "addrtype", "--dst-type", "LOCAL",
+                               "-j", NAT_CHAIN]),
             ("filter", "FORWARD", ["-j", ISO1]),
             ("filter", "FORWARD", ["-j", USER]),
         ]
-        for table, chain, spec in jumps:
-            if _run(["iptables", "-t", table, "-C", chain, *spec]).returncode != 0:
-                _run(["iptables", "-t", table, "-I", chain, "1", *spec])
-        self._ready = True
 
     def _drop_chains_if_unused(self) -> None:
         """Remove the shared chains when no skiff rule is left in any of them."""
-        save = _run(["iptables-save"]).stdout
+        save = _run([f"{self._tool}-save"]).stdout
         if "skiff:" in save:
             return
-        for table, chain, spec in (
-            ("nat", "PREROUTING", ["-m", "addrtype", "--dst-type", "LOCAL", "-j", NAT_CHAIN]),
-            ("nat", "OUTPUT", ["-m", "addrtype", "--dst-type", "LOCAL", "-j", NAT_CHAIN]),
-            ("filter", "FORWARD", ["-j", ISO1]),
-            ("filter", "FORWARD", ["-j", USER]),
-        ):
-            while _run(["iptables", "-t", table, "-D", chain, *spec]).returncode == 0:
+        for table, chain, spec in self._jumps():
+            while _run([self._tool, "-t", table, "-D", chain, *spec]).returncode == 0:
                 pass
         for table, chain in (("nat", NAT_CHAIN), ("filter", FILTER_CHAIN), ("filter", ISO1),
                              ("filter", ISO2), ("filter", USER)):
-            _run(["iptables", "-t", table, "-F", chain])
-            _run(["iptables", "-t", table, "-X", chain])
+            _run([self._tool, "-t", table, "-F", chain])
+            _run([self._tool, "-t", table, "-X", chain])
         self._ready = False
 
     # -- batches -----------------------------------------------------------------
@@ -143,25 +150,26 @@ class Firewall:
             inserts = [r for r in rules if (r[0], r[1]) in INSERTED]
             appends = [r for r in rules if (r[0], r[1]) not in INSERTED]
             script = self._script(inserts, "-I") + self._script(appends, "-A")
-            res = _run(["iptables-restore", "--noflush"], input=script)
+            res = _run([f"{self._tool}-restore", "--noflush"], input=script)
             if res.returncode != 0:
                 # Another daemon in this namespace may have dropped the shared
                 # chains after its last network went: make them again, once.
                 self._ready = False
                 self._ensure_chains()
-                res = _run(["iptables-restore", "--noflush"], input=script)
+                res = _run([f"{self._tool}-restore", "--noflush"], input=script)
             if res.returncode != 0:
-                raise FirewallError(f"iptables-restore failed: {res.stderr.strip()}\n{script}")
+                raise FirewallError(
+                    f"{self._tool}-restore failed: {res.stderr.strip()}\n{script}")
 
     def delete(self, rules: list[Rule]) -> None:
         """Delete ``rules``; missing ones are ignored (idempotent)."""
         if not self.enabled or not rules:
             return
         with self._lock:
-            res = _run(["iptables-restore", "--noflush"], input=self._script(rules, "-D"))
+            res = _run([f"{self._tool}-restore", "--noflush"], input=self._script(rules, "-D"))
             if res.returncode != 0:  # some rule was already gone: go one by one
                 for table, chain, spec in rules:
-                    _run(["iptables", "-t", table, "-D", chain, *spec])
+                    _run([self._tool, "-t", table, "-D", chain, *spec])
 
     def forward_policy_drop(self) -> None:
         """Set the filter FORWARD policy to DROP (dockerd does it when it enables forwarding).
@@ -173,7 +181,7 @@ class Firewall:
         if not self.enabled:
             return
         with self._lock:
-            res = _run(["iptables", "-t", "filter", "-P", "FORWARD", "DROP"])
+            res = _run([self._tool, "-t", "filter", "-P", "FORWARD", "DROP"])
         if res.returncode != 0:
             raise FirewallError(f"setting the FORWARD policy to DROP failed: {res.stderr.strip()}")
         log.info("firewall.forward_policy_drop",
@@ -187,13 +195,13 @@ class Firewall:
             marker = f"skiff:{tag}"
             table = ""
             doomed: list[list[str]] = []
-            for line in _run(["iptables-save"]).stdout.splitlines():
+            for line in _run([f"{self._tool}-save"]).stdout.splitlines():
                 if line.startswith("*"):
                     table = line[1:]
                 elif line.startswith("-A ") and marker in line:
                     args = shlex.split(line[3:])
                     if marker in args:  # not a longer bridge name with this prefix
-                        doomed.append(["iptables", "-t", table, "-D", *args])
+                        doomed.append([self._tool, "-t", table, "-D", *args])
             for cmd in doomed:
                 _run(cmd)
             if drop_chains:
@@ -297,4 +305,35 @@ def link_rules(bridge: str, src_ip: str, dst_ip: str, proto: str, port: int) -> 
         ("filter", FILTER_CHAIN, ["-i", bridge, "-o", bridge, "-s", dst_ip, "-d", src_ip,
                                   "-p", proto, "-m", proto, "--sport", str(port), *t,
                                   "-j", "ACCEPT"]),
+    ]
+
+
+# -- IPv6 (ip6tables) -------------------------------------------------------------
+#
+# The same scheme without what IPv6 has no use for: there is no route_localnet
+# (the kernel never routes ::1 off ``lo``, so ports published on [::1] go
+# through the driver's proxy, see ``proxy``), hence no INPUT guard for it.
+
+
+def network_rules6(bridge: str, subnet: str, icc: bool, internal: bool = False) -> list[Rule]:
+    """The ip6tables rules of one bridge network's IPv6 subnet."""
+    return [rule for rule in network_rules(bridge, subnet, icc, internal)
+            if rule[1] != "INPUT"]
+
+
+def port_rules6(bridge: str, container_ip: str, proto: str, container_port: int,
+                host_ip: str, host_port: int) -> list[Rule]:
+    """DNAT and ACCEPT for one port published on an IPv6 host address."""
+    t = tag(bridge)
+    dst = [] if host_ip in ("", "::") else ["-d", host_ip]
+    return [
+        ("nat", NAT_CHAIN, [*dst, "-p", proto, "-m", proto, "--dport", str(host_port), *t,
+                            "-j", "DNAT", "--to-destination",
+                            f"[{container_ip}]:{container_port}"]),
+        ("filter", FILTER_CHAIN, ["-d", f"{container_ip}/128", "!", "-i", bridge, "-o", bridge,
+                                  "-p", proto, "-m", proto, "--dport", str(container_port), *t,
+                                  "-j", "ACCEPT"]),
+        ("nat", "POSTROUTING", ["-s", f"{container_ip}/128", "-d", f"{container_ip}/128",
+                                "-p", proto, "-m", proto, "--dport", str(container_port), *t,
+                                "-j", "MASQUERADE"]),
     ]
