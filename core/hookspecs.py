@@ -1198,8 +1198,9 @@ class TrafficShaper(Protocol):
     nothing to undo on a fresh interface and costs no call), ``changed``
     when the rates of a running container's endpoint changed (``POST
     /containers/{id}/update`` with ``SkiffNetRates``; ``rates`` may then be
-    empty: the shaper removes what it no longer says), and ``left`` before
-    the network driver leaves an endpoint it was called for.  A failure in
+    empty: the shaper removes what it no longer says), and ``left`` after
+    the network driver left an endpoint it was called for (its host
+    interface, and the queues on it, are gone then).  A failure in
     ``joined`` fails the container's start (a limit asked for is never
     silently dropped); ``left`` never raises.
 

@@ -160,7 +160,7 @@ class Shaping:
         await self.to_thread(self.shaper.joined, shaped)
 
     async def left(self, c: Container, network_name: str, ep: Endpoint) -> None:
-        """An endpoint is about to be left; never raises."""
+        """An endpoint was left (its interface is gone); never raises."""
         if self.shaper is None or ep.endpoint_id not in self._shaped:
             return
         self._shaped.discard(ep.endpoint_id)

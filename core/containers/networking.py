@@ -37,7 +37,7 @@ class NetworkAttachment:
                  network_driver: Callable[[str], NetworkDriver], publish: Publish,
                  to_thread: ToThread, shaping: Shaping | None = None) -> None:
         self.registry = registry
-        #: bandwidth limits (netrates.py): applied after join, released before leave
+        #: bandwidth limits (netrates.py): applied after join, released after leave
         self.shaping = shaping or Shaping(None, "no traffic shaper is configured", {},
                                           to_thread)
         self.networks = networks
@@ -113,13 +113,14 @@ class NetworkAttachment:
     async def detach(self, c: Container, track: Track, name: str) -> None:
         """Leave and delete the endpoint of network ``name``; never raises."""
         driver, ep = track.endpoints.pop(name)
-        await self.shaping.left(c, name, ep)
         for step in (driver.leave, driver.delete_endpoint):
             try:
                 await self.to_thread(step, ep)
             except Exception as exc:
                 log.warning("container.network_release_failed", id=c.id, network=name,
                             step=step.__name__, error=str(exc))
+        # after the interface went: the shaper's own devices must not hold up its deletion
+        await self.shaping.left(c, name, ep)
         settings = c.networks.get(name)
         net = self.networks.find(name)
         self.publish(
