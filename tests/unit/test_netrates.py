@@ -3,11 +3,14 @@ the four levels (endpoint > container label > network > daemon.json)."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from skiff.cli.main import net_rate_item
+from skiff.core.config import ConfigError, load
 from skiff.core.containers.model import Container
 from skiff.core.containers.netrates import Shaping, pick, resolve
 from skiff.core.errors import InvalidParameter
@@ -153,3 +156,16 @@ def test_cli_net_rate_names() -> None:
     assert net_rate_item("egress=2mbit") == (K, "2mbit")
     assert net_rate_item("ingress-burst=32kb") == ("skiff.net.ingress-burst", "32kb")
     assert net_rate_item(f"{K}=") == (K, "")
+
+
+def test_daemon_json_default_net_rates_keys_and_types(tmp_path: Path) -> None:
+    path = tmp_path / "daemon.json"
+    path.write_text(json.dumps({"default-net-rates": {K: "100mbit"}}))
+    config, _ = load(["--config-file", str(path)])
+    assert config["default-net-rates"] == {K: "100mbit"}
+    path.write_text(json.dumps({"default-net-rates": {"egress-rate": "100mbit"}}))
+    with pytest.raises(ConfigError, match="invalid 'default-net-rates' key 'egress-rate'"):
+        load(["--config-file", str(path)])
+    path.write_text(json.dumps({"default-net-rates": {K: 100}}))
+    with pytest.raises(ConfigError, match="every entry must be a string"):
+        load(["--config-file", str(path)])
