@@ -265,3 +265,52 @@ def test_proxy_relays_both_ways_and_closes() -> None:
                          env={**os.environ})
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "closed"
+
+
+_PROXY_CAP_SCRIPT = r"""
+import socket, threading, time
+from skiff.plugins.network.bridge import proxy as mod
+mod.MAX_CONNECTIONS = 3
+srv = socket.socket(socket.AF_INET6)
+srv.bind(("::1", 0)); srv.listen(16)
+port = srv.getsockname()[1]
+def serve():
+    while True:
+        c, _ = srv.accept()
+        threading.Thread(target=lambda c=c: (c.recv(10), c.recv(10), c.close()),
+                         daemon=True).start()
+threading.Thread(target=serve, daemon=True).start()
+p = mod.TcpProxy("::1", 40124, "::1", port)
+held = [socket.create_connection(("::1", 40124)) for _ in range(3)]
+for c in held:
+    c.sendall(b"hi")
+time.sleep(0.3)
+before = threading.active_count()
+print("threads before", before > 3)
+extra = socket.create_connection(("::1", 40124))
+extra.settimeout(2)
+print("refused" if extra.recv(10) == b"" else "served")
+print("threads", threading.active_count() - before)
+for c in held:
+    c.close()
+time.sleep(0.3)
+again = socket.create_connection(("::1", 40124))
+again.settimeout(0.5)
+try:
+    print("served" if again.recv(10) == b"" else "served")
+except socket.timeout:
+    print("open")
+p.close()
+"""
+
+
+def test_proxy_caps_its_connections() -> None:
+    """A local client cannot make the daemon spawn relay threads without bound:
+    past the cap a connection is closed at once; a slot freed is reusable."""
+    res = subprocess.run(["unshare", "--net", "sh", "-c",
+                          f"ip link set lo up; {sys.executable} -c '{_PROXY_CAP_SCRIPT}'"],
+                         capture_output=True, text=True, timeout=60, env={**os.environ})
+    assert res.returncode == 0, res.stderr
+    ours = [ln for ln in res.stdout.splitlines() if not ln.startswith("20")]
+    assert ours == ["threads before True", "refused", "threads 0", "open"], res.stdout
+    assert "proxy.too_many_connections" in res.stdout

@@ -9,7 +9,10 @@ of the daemon that relays each connection to the container, as dockerd's
 ``docker-proxy`` does.  The firewall leaves ``::1`` out of its OUTPUT DNAT so
 that such connections reach the socket.
 
-One thread accepts; each connection gets a thread that relays both ways.
+One thread accepts; each connection gets a thread that relays both ways, at
+most ``MAX_CONNECTIONS`` at once per published port: a client past that is
+closed at once (logged), so no local client can make the daemon spawn
+threads without bound.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ log = structlog.get_logger("skiff.network.proxy")
 
 CONNECT_TIMEOUT = 5.0
 CHUNK = 65536
+#: connections relayed at once per published port (two sockets and a thread each)
+MAX_CONNECTIONS = 256
 
 
 class TcpProxy:
@@ -44,6 +49,7 @@ class TcpProxy:
             raise
         self._conns: set[socket.socket] = set()
         self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self._closed = False
         self._thread = threading.Thread(target=self._accept, name="skiff-proxy6", daemon=True)
         self._thread.start()
@@ -51,13 +57,24 @@ class TcpProxy:
     def _accept(self) -> None:
         while True:
             try:
-                client, _ = self._listener.accept()
+                client, peer = self._listener.accept()
             except OSError:
                 return  # closed
+            if not self._slots.acquire(blocking=False):
+                log.warning("proxy.too_many_connections", target=self.target,
+                            limit=MAX_CONNECTIONS, client=peer[0])
+                client.close()
+                continue
             threading.Thread(target=self._relay, args=(client,), name="skiff-proxy6-conn",
                              daemon=True).start()
 
     def _relay(self, client: socket.socket) -> None:
+        try:
+            self._relay_one(client)
+        finally:
+            self._slots.release()
+
+    def _relay_one(self, client: socket.socket) -> None:
         try:
             upstream = socket.create_connection(self.target, timeout=CONNECT_TIMEOUT)
         except OSError as exc:
