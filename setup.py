@@ -74,12 +74,12 @@ setup(
     cmdclass={"build_py": BuildPyWithInit},
     # skiff.core._syscalls (the start path's system calls),
     # skiff.plugins.limits._bpf (bpf(2) for the cgroup v2 device filter),
-    # skiff.plugins.logging._localrender (docker logs of the local format) and
+    # skiff.plugins.logging._localc (the local log format: framing writes, rendering docker logs) and
     # skiff.plugins.isolation.seccomp._libseccomp (seccomp filters' compiler)
     cffi_modules=[
         "skiff/core/syscalls_build.py:ffibuilder",
         "skiff/plugins/limits/_bpf_build.py:ffibuilder",
-        "skiff/plugins/logging/_localrender_build.py:ffibuilder",
+        "skiff/plugins/logging/_localc_build.py:ffibuilder",
         "skiff/plugins/isolation/seccomp/_libseccomp_build.py:ffibuilder",
     ],
 )

@@ -1,6 +1,8 @@
-"""``docker logs`` of ``local``-format files without a Python object per message.
+"""The ``local`` format without a Python object per message: ``docker logs`` of
+its files (:class:`BlockRenderer`), and the framing of a run of lines for the
+writer (:class:`Framer`).
 
-The C side (``_localrender``) walks a block of entries and writes what
+The C side (``_localc``) walks a block of entries and writes what
 ``docker logs`` sends for each; this module feeds it blocks of a file,
 carries an entry cut by a block's end over to the next block, and hands an
 entry the C side will not take (a corrupt one, a time it cannot show) to the
@@ -17,7 +19,7 @@ from typing import IO
 from skiff.core.containers.logrender import render
 from skiff.core.hookspecs import LogRender, ReadConfig, RenderedLog
 from skiff.plugins.logging import localfmt
-from skiff.plugins.logging._localrender import ffi, lib  # type: ignore[import-not-found]
+from skiff.plugins.logging._localc import ffi, lib  # type: ignore[import-not-found]
 
 _STDOUT, _STDERR, _TIMESTAMPS, _FRAMED, _COALESCE, _DETAILS = 1, 2, 4, 8, 16, 32
 _MORE, _FULL, _UNTIL = 0, 1, 2
@@ -118,3 +120,24 @@ class BlockRenderer:
               and (cfg.since is None or msg.time >= cfg.since)):
             yield RenderedLog(render(msg, self.how), msg.time, 1)
         return stop + 4
+
+
+class Framer:
+    """Frames runs of whole lines as entries (``skiff_local_frame``), into a buffer
+    kept from call to call; one per thread."""
+
+    SIZE = 4 << 20
+
+    def __init__(self) -> None:
+        self._out = ffi.new("uint8_t[]", self.SIZE)
+        self._used = ffi.new("int64_t *")
+
+    def frame(self, head: bytes, data: bytes, off: int, budget: int) -> tuple[memoryview, int]:
+        """Entries for the newline-ended lines of ``data[off:]`` (all end with one),
+        up to the one that brings the output to ``budget`` bytes; a view of the
+        entries (valid until the next call) and how many bytes of ``data`` they
+        took (0: the next line alone does not fit the buffer)."""
+        src = ffi.from_buffer(data)
+        n = lib.skiff_local_frame(head, len(head), src + off, len(data) - off, self._out,
+                                  self.SIZE, budget, self._used)
+        return memoryview(ffi.buffer(self._out, n)), int(self._used[0])

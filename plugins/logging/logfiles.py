@@ -39,7 +39,7 @@ BACK_BLOCK = 64 * 1024
 GZIP_LEVEL = 6
 
 
-def write_all(fd: int, data: bytes) -> int:
+def write_all(fd: int, data: bytes | memoryview) -> int:
     """``data`` written to ``fd`` whole; its length.  One write(2) in the common
     case, no user-space buffer: the lines are in the file (page cache) when
     this returns, for readers and after a crash; a short write (a signal, a

@@ -47,7 +47,7 @@ def test_wheel_install_imports_every_module(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     assert any(n.startswith("skiff/core/_syscalls") and n.endswith(".so") for n in names)
     assert any(n.startswith("skiff/plugins/limits/_bpf") and n.endswith(".so") for n in names)
-    assert any(n.startswith("skiff/plugins/logging/_localrender") and n.endswith(".so")
+    assert any(n.startswith("skiff/plugins/logging/_localc") and n.endswith(".so")
                for n in names)
     assert any(n.startswith("skiff/plugins/isolation/seccomp/_libseccomp") and n.endswith(".so")
                for n in names)

@@ -175,3 +175,33 @@ def test_speed_of_a_million_lines(tmp_path: Path) -> None:
     data = fast(d, ReadConfig(), LogRender(framed=False))
     print(f"1,000,000 lines rendered in {time.perf_counter() - t:.3f} s")
     assert data == b"".join(b"%d\n" % i for i in range(1_000_000))
+
+
+@settings(max_examples=100, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(chunks=st.lists(st.lists(st.binary(max_size=400).map(lambda b: b.replace(b"\n", b"")),
+                                min_size=1, max_size=40), min_size=1, max_size=8),
+       max_size=st.sampled_from(["1k", "3k", "100k"]))
+def test_write_lines_writes_what_write_writes(tmp_path: Path, chunks: list[list[bytes]],
+                                              max_size: str) -> None:
+    """The C framer's files are byte for byte the per-message writer's, rotation
+    points included."""
+    files = {}
+    for way in ("one", "many"):
+        root = tmp_path / way
+        if root.exists():
+            for p in root.iterdir():
+                p.unlink()
+        d = LocalDriver(LogContext("c" * 64, "/x", str(root / "c.log"),
+                                   {"max-size": max_size, "max-file": "50", "compress": "false"}))
+        for i, chunk in enumerate(chunks):
+            lines = [line + b"\n" for line in chunk]
+            stream = "stderr" if i % 2 else "stdout"
+            if way == "one":
+                for line in lines:
+                    d.write(LogMessage(stream, line, T0 + i))  # type: ignore[arg-type]
+            else:
+                d.write_lines(stream, lines, T0 + i)
+        d.close()
+        files[way] = {p.name: p.read_bytes() for p in sorted(root.iterdir())}
+    assert files["many"] == files["one"]
