@@ -13,10 +13,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
+import signal
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any
+
+import structlog
 
 from skiff.core.containers import limits
 from skiff.core.hookspecs import Resources
@@ -244,6 +248,46 @@ class CgroupfsBase:
     def _check_kernel_memory(self) -> None:
         """Refuse ``KernelMemory`` where this driver cannot enforce it."""
         raise NotImplementedError
+
+    def _parent_dirs(self) -> list[str]:
+        """The parent group in every hierarchy."""
+        raise NotImplementedError
+
+    def pids(self, container_id: str) -> list[int]:
+        raise NotImplementedError
+
+    def destroy(self, container_id: str) -> None:
+        raise NotImplementedError
+
+    def reconcile(self, keep: set[str]) -> list[str]:
+        """Daemon start (contract 2.8): remove the groups under the parent that
+        belong to no container in ``keep``.
+
+        Only names shaped like container ids are looked at, so a parent shared
+        with something else loses nothing of it.  A process still in such a group
+        is a container's the daemon lost the record of; membership of a group
+        under skiff's parent is what proves it ours, so it is killed first.
+        """
+        found: set[str] = set()
+        for parent in self._parent_dirs():
+            with contextlib.suppress(OSError):
+                found.update(n for n in os.listdir(parent) if _CONTAINER_ID.fullmatch(n))
+        gone = []
+        for cid in sorted(found - keep):
+            try:
+                for pid in self.pids(cid):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                self.destroy(cid)
+                gone.append(cid)
+            except OSError as exc:
+                log.warning("cgroup.reconcile_failed", id=cid, error=str(exc))
+        return gone
+
+
+#: the name of a container's group: its 64-hex id
+_CONTAINER_ID = re.compile(r"[0-9a-f]{64}")
+log = structlog.get_logger("skiff.cgroups")
 
 
 def check_resources(resources: Resources) -> None:

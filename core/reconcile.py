@@ -1,0 +1,136 @@
+"""Reconciliation at daemon start: what a crash left that belongs to nothing goes.
+
+Runs once, after the records are loaded (containers, networks) and before
+the runtime starts or the API serves.  Without live-restore no container
+runs at that moment, so every mount, temporary directory or kernel object
+of a run is a leftover; what decides whether something else is a leftover
+is whether a record owns it.  Each kind removed is logged once, as
+``reconcile.<kind>`` with what went, so an operator sees what a crash cost.
+
+Drivers clean their own leftovers through an optional method (contract 2.8)
+core calls when present: ``reconcile(keep: set[str]) -> list[str]`` on a
+cgroup driver (``keep``: the container ids that exist) and on a network
+driver (``keep``: the network ids that exist); each returns what it removed,
+for the log.  A driver without it is skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Iterable
+
+import structlog
+
+from skiff.core import syscalls
+
+log = structlog.get_logger("skiff.reconcile")
+
+#: a container directory of an interrupted create has no record file yet
+RECORD = "config.v2.json"
+
+
+def removed(kind: str, what: list[str]) -> None:
+    if what:
+        log.warning(f"reconcile.{kind}", removed=what, count=len(what))
+
+
+def host_mounts() -> list[str]:
+    """The mount points of this mount namespace (the host's: skiffd's own)."""
+    with open("/proc/self/mountinfo") as f:
+        return [_unescape(line.split()[4]) for line in f]
+
+
+def _unescape(path: str) -> str:
+    # mountinfo writes space, tab, newline and backslash as octal escapes
+    for code, char in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
+        path = path.replace(code, char)
+    return path
+
+
+def stray_mounts(mounts: Iterable[str], roots: Iterable[str], keep: Iterable[str]) -> list[str]:
+    """Mount points strictly below one of ``roots``, deepest first, except ``keep``
+    and their ancestors (a driver's own home may be a mount, and so may the
+    filesystem the data-root sits on)."""
+    kept = {os.path.normpath(k) for k in keep}
+    protected = set(kept)
+    for k in kept:
+        while k not in ("/", ""):
+            k = os.path.dirname(k)
+            protected.add(k)
+    found = set()
+    for point in mounts:
+        point = os.path.normpath(point)
+        for root in roots:
+            root = os.path.normpath(root)
+            if point.startswith(root + "/") and point not in protected:
+                found.add(point)
+    return sorted(found, key=lambda p: (-p.count("/"), p))
+
+
+def unmount_strays(roots: Iterable[str], keep: Iterable[str]) -> list[str]:
+    """Detach every stray mount (lazily: a leftover may still be busy)."""
+    done = []
+    for point in stray_mounts(host_mounts(), roots, keep):
+        try:
+            syscalls.umount(point, syscalls.MNT_DETACH)
+            done.append(point)
+        except OSError as exc:
+            log.warning("reconcile.unmount_failed", mount=point, error=str(exc))
+    return done
+
+
+def interrupted_creates(containers_root: str, known: set[str]) -> list[str]:
+    """Container directories with no record: a create cut short before its record
+    was written.  A record that exists but cannot be read is not touched (it
+    may be repaired; restore said so)."""
+    gone: list[str] = []
+    try:
+        entries = os.listdir(containers_root)
+    except FileNotFoundError:
+        return gone
+    for cid in entries:
+        path = os.path.join(containers_root, cid)
+        if cid in known or not os.path.isdir(path):
+            continue
+        if os.path.lexists(os.path.join(path, RECORD)):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        gone.append(cid)
+    return gone
+
+
+def clear_dir(path: str, keep: Callable[[str], bool] = lambda _: False) -> list[str]:
+    """Empty ``path`` (temporary files of pulls, loads, builds, copies), keeping
+    the entries ``keep`` names."""
+    gone: list[str] = []
+    try:
+        entries = os.listdir(path)
+    except FileNotFoundError:
+        return gone
+    for name in entries:
+        if keep(name):
+            continue
+        full = os.path.join(path, name)
+        try:
+            if os.path.isdir(full) and not os.path.islink(full):
+                shutil.rmtree(full)
+            else:
+                os.unlink(full)
+            gone.append(full)
+        except OSError as exc:
+            log.warning("reconcile.remove_failed", path=full, error=str(exc))
+    return gone
+
+
+def call_driver(kind: str, driver: object, keep: set[str]) -> None:
+    """A driver's own ``reconcile(keep)``, when it has one; its failure is logged,
+    never the daemon's start."""
+    method = getattr(driver, "reconcile", None)
+    if method is None:
+        return
+    try:
+        removed(kind, list(method(keep)))
+    except Exception as exc:
+        log.warning("reconcile.driver_failed", kind=kind, driver=type(driver).__name__,
+                    error=str(exc))

@@ -1,0 +1,213 @@
+"""A crashed skiffd (kill -9) starts again and removes what belongs to nothing
+(core/reconcile.py and the drivers' ``reconcile``), keeps what belongs to a
+record; a SIGTERM shutdown stops containers as dockerd does; restart policies
+hold across a crash."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.daemon import Daemon, poll, running_daemon
+
+CGROUP = Path("/sys/fs/cgroup")
+
+
+def ok(d: Daemon, *args: str, timeout: float = 60) -> str:
+    return d.docker(*args, check=True, timeout=timeout).stdout.decode().strip()
+
+
+def inspect(d: Daemon, name: str) -> dict[str, Any]:
+    return json.loads(ok(d, "inspect", name))[0]
+
+
+def crash(d: Daemon) -> None:
+    assert d.proc is not None
+    d.proc.kill()
+    d.proc.wait()
+    d.proc = None
+
+
+def links() -> set[str]:
+    out = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+    return {line.split(":")[1].strip().split("@")[0] for line in out.splitlines() if ":" in line}
+
+
+def rules(tag: str) -> list[str]:
+    found = []
+    for tool in ("iptables-save", "ip6tables-save"):
+        res = subprocess.run([tool], capture_output=True, text=True)
+        found += [line for line in res.stdout.splitlines() if f"skiff:{tag} " in line + " "
+                  or f'"skiff:{tag}"' in line]
+    return found
+
+
+def mounted(path: Path) -> bool:
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == str(path) for line in f)
+
+
+def group_dirs(parent: str, cid: str) -> list[Path]:
+    """Where a container's cgroup lives: the unified hierarchy, or one per v1 controller."""
+    if (CGROUP / "cgroup.controllers").exists():
+        return [CGROUP / parent / cid]
+    return [p / parent / cid for p in CGROUP.iterdir()
+            if p.is_dir() and not p.is_symlink() and (p / parent).is_dir()]
+
+
+@pytest.fixture
+def stray() -> Iterator[subprocess.Popen[bytes]]:
+    """A process put into a group under skiff's parent that no container owns."""
+    p = subprocess.Popen(["sleep", "600"])
+    yield p
+    p.kill()
+    p.wait()
+
+
+@pytest.fixture
+def planted() -> Iterator[list[Path]]:
+    """Mount points the test makes; whatever the daemon did not unmount goes after."""
+    points: list[Path] = []
+    yield points
+    for point in points:
+        if mounted(point):
+            subprocess.run(["umount", "-l", str(point)], check=False)
+        elif str(point).startswith(str(CGROUP)):
+            for level in (point, point.parent):  # the group, then the parent if empty
+                with contextlib.suppress(OSError):
+                    level.rmdir()
+    subprocess.run(["ip", "link", "del", "skfvdead0"], check=False, capture_output=True)
+    subprocess.run(["iptables", "-D", "FORWARD", "-o", "skfnone0", "-m", "comment",
+                    "--comment", "skiff:skfnone0", "-j", "ACCEPT"], check=False,
+                   capture_output=True)
+
+
+def test_crash_leftovers_go_and_live_objects_stay(tmp_path: Path, planted: list[Path],
+                                                  stray: subprocess.Popen[bytes]) -> None:
+    with running_daemon(tmp_path / "d") as d:
+        d.skiff("image", "bootstrap", "busybox")
+        data, exec_root = d.root_dir, Path(d.config["exec-root"])
+        parent = d.config["cgroup-parent"]
+        net, gone_net = f"rec-{secrets.token_hex(3)}", f"recg-{secrets.token_hex(3)}"
+        net_id = ok(d, "network", "create", net)
+        gone_id = ok(d, "network", "create", gone_net)
+        gone_bridge = f"skf-{gone_id[:11]}"
+        bridge = f"skf-{net_id[:11]}"
+        kept = ok(d, "create", "--name", f"kept-{secrets.token_hex(3)}", "busybox", "true")
+        lost = ok(d, "create", "--name", f"lost-{secrets.token_hex(3)}", "busybox", "true")
+        lost_mount_id = (data / "image" / "overlay2" / "layerdb" / "mounts" / lost /
+                         "mount-id").read_text() if (data / "image" / "overlay2").exists() \
+            else ""
+        served = ok(d, "run", "-d", "--network", net, "-p", "127.0.0.1::80", "busybox",
+                    "httpd", "-f", "-p", "80")
+        assert bridge in links() and gone_bridge in links()
+
+        # What a crash at other points leaves: a copy's mount, a bundle's rootfs,
+        # temp dirs of a load and a pull, a cgroup with a process, a veth that
+        # never reached its container, rules of a bridge already gone.
+        fake = secrets.token_hex(32)
+        tmp_mount = data / "tmp" / "cp-dead"
+        bundle_mount = exec_root / "containers" / fake / "rootfs"
+        for point in (tmp_mount, bundle_mount):
+            point.mkdir(parents=True)
+            planted.append(point)
+            subprocess.run(["mount", "-t", "tmpfs", "none", str(point)], check=True)
+        (data / "tmp" / "load-dead").mkdir()
+        (data / "tmp" / "load-dead" / "layer.tar").write_bytes(b"x" * 100)
+        pull_tmp = next((data / "image").iterdir()) / "distribution" / "tmp" / "pull-dead"
+        pull_tmp.mkdir(parents=True)
+        (pull_tmp / "blob").write_bytes(b"y")
+        for group in group_dirs(parent, fake):
+            group.mkdir()
+            planted.append(group)
+        (group_dirs(parent, fake)[0] / "cgroup.procs").write_text(str(stray.pid))
+        subprocess.run(["ip", "link", "add", "skfvdead0", "type", "veth", "peer", "name",
+                        "skfpdead0"], check=True)
+        subprocess.run(["ip", "link", "set", "skfvdead0", "master", bridge], check=True)
+        subprocess.run(["iptables", "-A", "FORWARD", "-o", "skfnone0", "-m", "comment",
+                        "--comment", "skiff:skfnone0", "-j", "ACCEPT"], check=True)
+
+        crash(d)
+        # crashed in the middle of `network rm` (record gone, bridge not yet), of
+        # `rm` (record gone, layer not yet), of `create` (directory, no record)
+        (data / "network" / f"{gone_id}.json").unlink()
+        subprocess.run(["rm", "-rf", str(data / "containers" / lost)], check=True)
+        (data / "containers" / fake).mkdir()
+        (data / "containers" / fake / "hostconfig.json").write_text("{}")
+        d.start()
+
+        assert not mounted(tmp_mount) and not mounted(bundle_mount)
+        assert not (exec_root / "containers" / fake).exists()
+        assert os.listdir(data / "tmp") == []
+        assert not pull_tmp.exists()
+        assert all(not g.exists() for g in group_dirs(parent, fake))
+        assert stray.wait(10) == -signal.SIGKILL
+        assert "skfvdead0" not in links() and "skfpdead0" not in links()
+        assert gone_bridge not in links() and rules(gone_bridge) == []
+        assert rules("skfnone0") == []
+        assert not (data / "containers" / fake).exists()
+        assert not (data / "image" / "overlay2" / "layerdb" / "mounts" / lost).exists()
+        if lost_mount_id:
+            assert not (data / "overlay2" / lost_mount_id).exists()
+        log = d.log_path.read_text()
+        for kind in ("mounts", "bundles", "temp_dirs", "cgroups", "network",
+                     "interrupted_creates", "container_layers"):
+            assert f'"reconcile.{kind}"' in log, kind
+
+        # nothing of a live object went
+        assert bridge in links() and rules(bridge)
+        assert net in ok(d, "network", "ls", "--format", "{{.Name}}").split()
+        assert ok(d, "run", "--rm", "--network", net, "busybox", "echo", "up") == "up"
+        ok(d, "start", "-a", kept)
+        ok(d, "start", served)
+        port = inspect(d, served)["NetworkSettings"]["Ports"]["80/tcp"][0]["HostPort"]
+        assert port and inspect(d, served)["State"]["Running"]
+        ok(d, "rm", "-f", kept, served)
+        ok(d, "network", "rm", net)
+
+
+def test_sigterm_shutdown_stops_containers_as_dockerd(tmp_path: Path) -> None:
+    """SIGTERM to skiffd: each container gets its stop signal, then SIGKILL after its
+    own stop timeout, all at once; the exit codes survive the restart."""
+    with running_daemon(tmp_path / "d") as d:
+        d.skiff("image", "bootstrap", "busybox")
+        trap = ok(d, "run", "-d", "--network", "none", "busybox", "sh", "-c",
+                  "trap 'sleep 1; exit 3' TERM; while true; do sleep 0.1; done")
+        deaf = ok(d, "run", "-d", "--network", "none", "--stop-timeout", "2", "busybox",
+                  "sh", "-c", "trap '' TERM; while true; do sleep 0.1; done")
+        time.sleep(0.5)  # both shells have set their traps
+        start = time.monotonic()
+        assert d.stop() == 0
+        took = time.monotonic() - start
+        # in parallel: the 2 s of the deaf one, not 1 s + 2 s, nor the default 10 s
+        assert 1.8 < took < 4.5, took
+        d.start()
+        assert inspect(d, trap)["State"]["ExitCode"] == 3
+        assert inspect(d, deaf)["State"]["ExitCode"] == 137
+        assert "container.stop_timeout" in d.log_path.read_text()
+        ok(d, "rm", trap, deaf)
+
+
+def test_restart_always_runs_again_after_a_crash(tmp_path: Path) -> None:
+    with running_daemon(tmp_path / "d") as d:
+        d.skiff("image", "bootstrap", "busybox")
+        always = ok(d, "run", "-d", "--network", "none", "--restart", "always", "busybox",
+                    "sleep", "600")
+        never = ok(d, "run", "-d", "--network", "none", "busybox", "sleep", "600")
+        old_pid = inspect(d, always)["State"]["Pid"]
+        crash(d)
+        d.start()
+        poll(lambda: inspect(d, always)["State"]["Running"], what="always to run again")
+        assert inspect(d, always)["State"]["Pid"] != old_pid
+        assert inspect(d, never)["State"]["Status"] == "exited"
+        ok(d, "rm", "-f", always, never)
