@@ -49,8 +49,9 @@ def _unescape(path: str) -> str:
 
 
 def stray_mounts(mounts: Iterable[str], roots: Iterable[str], keep: Iterable[str]) -> list[str]:
-    """Mount points strictly below one of ``roots``, deepest first, except ``keep``
-    and their ancestors (a driver's own home may be a mount, and so may the
+    """Mount points strictly below one of ``roots``, deepest first, except ``keep``,
+    what is below them (a storage driver's home: the driver judges its own
+    mounts) and their ancestors (the home may be a mount, and so may the
     filesystem the data-root sits on)."""
     kept = {os.path.normpath(k) for k in keep}
     protected = set(kept)
@@ -63,7 +64,8 @@ def stray_mounts(mounts: Iterable[str], roots: Iterable[str], keep: Iterable[str
         point = os.path.normpath(point)
         for root in roots:
             root = os.path.normpath(root)
-            if point.startswith(root + "/") and point not in protected:
+            if (point.startswith(root + "/") and point not in protected
+                    and not any(point.startswith(k + "/") for k in kept)):
                 found.add(point)
     return sorted(found, key=lambda p: (-p.count("/"), p))
 

@@ -211,3 +211,43 @@ def test_restart_always_runs_again_after_a_crash(tmp_path: Path) -> None:
         assert inspect(d, always)["State"]["Pid"] != old_pid
         assert inspect(d, never)["State"]["Status"] == "exited"
         ok(d, "rm", "-f", always, never)
+
+
+def test_load_cut_by_a_crash_leaves_no_layer_and_no_temp(tmp_path: Path) -> None:
+    """kill -9 in the middle of a ``docker load``: after the restart no part of it
+    is there (no image, no layer, no temp files), and the same load then works."""
+    with running_daemon(tmp_path / "d") as d:
+        d.skiff("image", "bootstrap", "busybox")
+        data = d.root_dir
+        maker = ok(d, "run", "-d", "--network", "none", "busybox", "sh", "-c",
+                   "head -c 8388608 /dev/urandom > /big")
+        ok(d, "wait", maker)
+        tag = f"loadcut:{secrets.token_hex(3)}"
+        ok(d, "commit", maker, tag)
+        archive = tmp_path / "img.tar"
+        ok(d, "save", "-o", str(archive), tag)
+        ok(d, "rm", maker)
+        ok(d, "rmi", tag)
+        layerdb = next((data / "image").iterdir()) / "layerdb"
+        layers_before = sorted(os.listdir(layerdb / "sha256"))
+        blob = archive.read_bytes()
+        load = subprocess.Popen(["docker", "load"], env=d.env(), stdin=subprocess.PIPE,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            assert load.stdin is not None
+            load.stdin.write(blob[: len(blob) * 2 // 3])
+            load.stdin.flush()
+            poll(lambda: os.listdir(data / "tmp"), 10, "the load to spool")
+            time.sleep(0.3)
+            crash(d)
+        finally:
+            load.kill()
+            load.wait()
+        d.start()
+        assert os.listdir(data / "tmp") == []
+        assert os.listdir(layerdb / "tmp") == []
+        assert sorted(os.listdir(layerdb / "sha256")) == layers_before
+        assert tag not in ok(d, "images", "--format", "{{.Repository}}:{{.Tag}}").split()
+        assert '"reconcile.temp_dirs"' in d.log_path.read_text()
+        ok(d, "load", "-i", str(archive))
+        ok(d, "rmi", tag)
