@@ -105,12 +105,18 @@ def test_crash_leftovers_go_and_live_objects_stay(tmp_path: Path, planted: list[
         bridge = f"skf-{net_id[:11]}"
         kept = ok(d, "create", "--name", f"kept-{secrets.token_hex(3)}", "busybox", "true")
         lost = ok(d, "create", "--name", f"lost-{secrets.token_hex(3)}", "busybox", "true")
+        # a layer with a size limit: on overlay2 without project quota its loop
+        # filesystem is mounted over the layer for as long as the layer lives
+        sized = ok(d, "create", "--network", "none", "--storage-opt", "size=20m", "busybox",
+                   "sh", "-c", "head -c 31457280 /dev/zero > /f")
         lost_mount_id = (data / "image" / "overlay2" / "layerdb" / "mounts" / lost /
                          "mount-id").read_text() if (data / "image" / "overlay2").exists() \
             else ""
         served = ok(d, "run", "-d", "--network", net, "-p", "127.0.0.1::80", "busybox",
                     "httpd", "-f", "-p", "80")
         assert bridge in links() and gone_bridge in links()
+        old_port = inspect(d, served)["NetworkSettings"]["Ports"]["80/tcp"][0]["HostPort"]
+        assert any(f"--dport {old_port} " in r for r in rules(bridge))
 
         # What a crash at other points leaves: a copy's mount, a bundle's rootfs,
         # temp dirs of a load and a pull, a cgroup with a process, a veth that
@@ -164,15 +170,19 @@ def test_crash_leftovers_go_and_live_objects_stay(tmp_path: Path, planted: list[
                      "interrupted_creates", "container_layers"):
             assert f'"reconcile.{kind}"' in log, kind
 
+        # the crashed run's endpoint: its port rules went with its veth
+        assert not any(f"--dport {old_port} " in r for r in rules(bridge))
         # nothing of a live object went
         assert bridge in links() and rules(bridge)
         assert net in ok(d, "network", "ls", "--format", "{{.Name}}").split()
         assert ok(d, "run", "--rm", "--network", net, "busybox", "echo", "up") == "up"
         ok(d, "start", "-a", kept)
+        res = d.docker("start", "-a", sized)  # the limit still holds
+        assert res.returncode != 0, res  # (busybox head reports the ENOSPC as an I/O error)
         ok(d, "start", served)
         port = inspect(d, served)["NetworkSettings"]["Ports"]["80/tcp"][0]["HostPort"]
         assert port and inspect(d, served)["State"]["Running"]
-        ok(d, "rm", "-f", kept, served)
+        ok(d, "rm", "-f", kept, served, sized)
         ok(d, "network", "rm", net)
 
 
