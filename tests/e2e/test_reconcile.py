@@ -261,3 +261,32 @@ def test_load_cut_by_a_crash_leaves_no_layer_and_no_temp(tmp_path: Path) -> None
         assert '"reconcile.temp_dirs"' in d.log_path.read_text()
         ok(d, "load", "-i", str(archive))
         ok(d, "rmi", tag)
+
+
+def test_a_removal_cut_by_a_crash_is_finished(tmp_path: Path) -> None:
+    """rm writes its intent before it removes anything; a crash after that point
+    (here: before the layer went, and after it went) is finished at the next
+    start, never a container "stuck in removal"."""
+    with running_daemon(tmp_path / "d") as d:
+        d.skiff("image", "bootstrap", "busybox")
+        data = d.root_dir
+        early = ok(d, "create", "--network", "none", "busybox", "true")
+        late = ok(d, "create", "--network", "none", "busybox", "true")
+        kept = ok(d, "create", "--network", "none", "busybox", "true")
+        mounts = next((data / "image").iterdir()) / "layerdb" / "mounts"
+        crash(d)
+        for cid in (early, late):
+            path = data / "containers" / cid / "config.v2.json"
+            rec = json.loads(path.read_text())
+            rec["State"]["Status"] = "removing"
+            path.write_text(json.dumps(rec))
+        subprocess.run(["rm", "-rf", str(mounts / late)], check=True)  # the layer went
+        d.start()
+        for cid in (early, late):
+            poll(lambda cid=cid: d.docker("inspect", cid).returncode != 0, 10,
+                 f"the removal of {cid[:12]} to be finished")
+            assert not (data / "containers" / cid).exists()
+            assert not (mounts / cid).exists()
+        assert ok(d, "ps", "-aq", "--no-trunc") == kept
+        assert "container.interrupted_removal_finished" in d.log_path.read_text()
+        ok(d, "rm", kept)
