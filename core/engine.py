@@ -397,8 +397,11 @@ class Engine:
                     log.warning("reconcile.layer_remove_failed", container=rw.container_id,
                                 error=str(exc))
         reconcile.removed("container_layers", layers)
+        bundles = os.path.join(self.exec_root, "containers")
+        reconcile.removed("orphan_processes",
+                          reconcile.kill_orphan_runs(bundles, known, self.cgroups))
         reconcile.removed("bundles", reconcile.clear_dir(
-            os.path.join(self.exec_root, "containers"), keep=known.__contains__))
+            bundles, keep=known.__contains__))
         reconcile.removed("temp_dirs", [
             *reconcile.clear_dir(os.path.join(self.data_root, "tmp")),
             *reconcile.clear_dir(os.path.join(self.layers.image_root, "distribution", "tmp")),

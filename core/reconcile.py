@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import time
 from collections.abc import Callable, Iterable
 
 import structlog
 
 from skiff.core import syscalls
+from skiff.core.hookspecs import CgroupDriver
 
 log = structlog.get_logger("skiff.reconcile")
 
@@ -136,3 +139,39 @@ def call_driver(kind: str, driver: object, keep: set[str]) -> None:
     except Exception as exc:
         log.warning("reconcile.driver_failed", kind=kind, driver=type(driver).__name__,
                     error=str(exc))
+
+
+def kill_orphan_runs(bundles_root: str, known: set[str], cgroups: CgroupDriver | None
+                     ) -> list[str]:
+    """Kill what still runs of containers this daemon started and no longer has a
+    record of.  Proof of ownership is twofold: a bundle in this daemon's
+    exec-root, and membership of the container's group under this daemon's
+    cgroup parent; a pid alone proves nothing.  Waits (2 s) for them to go, so
+    their groups can be removed."""
+    if cgroups is None:
+        return []
+    try:
+        orphans = [cid for cid in os.listdir(bundles_root) if cid not in known]
+    except FileNotFoundError:
+        return []
+    killed = []
+    for cid in orphans:
+        try:
+            pids = cgroups.pids(cid)
+        except (OSError, ValueError):
+            continue
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(f"{cid[:12]}:{pid}")
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            try:
+                if not cgroups.pids(cid):
+                    break
+            except (OSError, ValueError):
+                break
+            time.sleep(0.02)
+    return killed

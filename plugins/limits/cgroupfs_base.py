@@ -14,7 +14,6 @@ import contextlib
 import errno
 import os
 import re
-import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -260,13 +259,14 @@ class CgroupfsBase:
         raise NotImplementedError
 
     def reconcile(self, keep: set[str]) -> list[str]:
-        """Daemon start (contract 2.8): remove the groups under the parent that
-        belong to no container in ``keep``.
+        """Daemon start (contract 2.8): remove the empty groups under the parent
+        that belong to no container in ``keep``.
 
         Only names shaped like container ids are looked at, so a parent shared
-        with something else loses nothing of it.  A process still in such a group
-        is a container's the daemon lost the record of; membership of a group
-        under skiff's parent is what proves it ours, so it is killed first.
+        with something else loses nothing of it.  A group that still holds
+        processes is left and logged: another daemon may share the parent
+        (the default is the same for every daemon), and killing its containers
+        is not ours to do; the daemon kills first what it proves its own.
         """
         found: set[str] = set()
         for parent in self._parent_dirs():
@@ -275,9 +275,11 @@ class CgroupfsBase:
         gone = []
         for cid in sorted(found - keep):
             try:
-                for pid in self.pids(cid):
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
+                if pids := self.pids(cid):
+                    log.warning("cgroup.orphan_busy", id=cid, pids=pids,
+                                hint="a group under skiff's parent with processes and no "
+                                     "container of this daemon; left alone")
+                    continue
                 self.destroy(cid)
                 gone.append(cid)
             except OSError as exc:

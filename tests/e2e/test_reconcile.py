@@ -65,13 +65,17 @@ def group_dirs(parent: str, cid: str) -> list[Path]:
             if p.is_dir() and not p.is_symlink() and (p / parent).is_dir()]
 
 
-@pytest.fixture
-def stray() -> Iterator[subprocess.Popen[bytes]]:
-    """A process put into a group under skiff's parent that no container owns."""
+def _sleeper() -> Iterator[subprocess.Popen[bytes]]:
     p = subprocess.Popen(["sleep", "600"])
     yield p
     p.kill()
     p.wait()
+
+
+#: a process put into a group under skiff's parent that no container owns
+stray = pytest.fixture(_sleeper)
+#: another, whose group has no bundle of this daemon beside it
+stranger = pytest.fixture(_sleeper)
 
 
 @pytest.fixture
@@ -93,7 +97,8 @@ def planted() -> Iterator[list[Path]]:
 
 
 def test_crash_leftovers_go_and_live_objects_stay(tmp_path: Path, planted: list[Path],
-                                                  stray: subprocess.Popen[bytes]) -> None:
+                                                  stray: subprocess.Popen[bytes],
+                                                  stranger: subprocess.Popen[bytes]) -> None:
     with running_daemon(tmp_path / "d") as d:
         d.skiff("image", "bootstrap", "busybox")
         data, exec_root = d.root_dir, Path(d.config["exec-root"])
@@ -137,6 +142,13 @@ def test_crash_leftovers_go_and_live_objects_stay(tmp_path: Path, planted: list[
             group.mkdir()
             planted.append(group)
         (group_dirs(parent, fake)[0] / "cgroup.procs").write_text(str(stray.pid))
+        # the same, without a bundle of this daemon: maybe another daemon's, that
+        # shares the cgroup parent (every daemon's default is "skiff")
+        other = secrets.token_hex(32)
+        for group in group_dirs(parent, other):
+            group.mkdir()
+            planted.append(group)
+        (group_dirs(parent, other)[0] / "cgroup.procs").write_text(str(stranger.pid))
         subprocess.run(["ip", "link", "add", "skfvdead0", "type", "veth", "peer", "name",
                         "skfpdead0"], check=True)
         subprocess.run(["ip", "link", "set", "skfvdead0", "master", bridge], check=True)
@@ -158,6 +170,8 @@ def test_crash_leftovers_go_and_live_objects_stay(tmp_path: Path, planted: list[
         assert not pull_tmp.exists()
         assert all(not g.exists() for g in group_dirs(parent, fake))
         assert stray.wait(10) == -signal.SIGKILL
+        assert stranger.poll() is None and group_dirs(parent, other)[0].exists()
+        assert "cgroup.orphan_busy" in d.log_path.read_text()
         assert "skfvdead0" not in links() and "skfpdead0" not in links()
         assert gone_bridge not in links() and rules(gone_bridge) == []
         assert rules("skfnone0") == []
@@ -166,7 +180,7 @@ def test_crash_leftovers_go_and_live_objects_stay(tmp_path: Path, planted: list[
         if lost_mount_id:
             assert not (data / "overlay2" / lost_mount_id).exists()
         log = d.log_path.read_text()
-        for kind in ("mounts", "bundles", "temp_dirs", "cgroups", "network",
+        for kind in ("mounts", "bundles", "temp_dirs", "cgroups", "network", "orphan_processes",
                      "interrupted_creates", "container_layers"):
             assert f'"reconcile.{kind}"' in log, kind
 
