@@ -376,40 +376,12 @@ class Engine:
     def _reconcile(self) -> None:
         """What a crash left that no record owns goes (``core/reconcile.py``):
         before the runtime starts and the API serves, so nothing is in use yet."""
-        known = set(self.containers.by_id)
-        storage_home = os.path.join(self.data_root, self.storage_name)
-        containers = os.path.join(self.data_root, "containers")
-        reconcile.removed("interrupted_creates",
-                          reconcile.interrupted_creates(containers, known))
-        # below the storage home the driver decides (a quota filesystem is mounted
-        # over a layer for as long as the layer lives); the rest is a leftover
-        reconcile.removed("mounts", reconcile.unmount_strays(
-            [self.data_root, self.exec_root], keep=[storage_home]))
-        reconcile.call_driver("storage_mounts", self.storage, known)
-        layers = []
-        for rw in self.layers.rw_layers():
-            if rw.container_id not in known and not rw.container_id.startswith(
-                    BUILD_LAYER_PREFIX):
-                try:
-                    self.layers.remove_rw(rw.container_id)
-                    layers.append(rw.container_id)
-                except Exception as exc:
-                    log.warning("reconcile.layer_remove_failed", container=rw.container_id,
-                                error=str(exc))
-        reconcile.removed("container_layers", layers)
-        bundles = os.path.join(self.exec_root, "containers")
-        reconcile.removed("orphan_processes",
-                          reconcile.kill_orphan_runs(bundles, known, self.cgroups))
-        reconcile.removed("bundles", reconcile.clear_dir(
-            bundles, keep=known.__contains__))
-        reconcile.removed("temp_dirs", [
-            *reconcile.clear_dir(os.path.join(self.data_root, "tmp")),
-            *reconcile.clear_dir(os.path.join(self.layers.image_root, "distribution", "tmp")),
-        ])
-        if self.cgroups is not None:
-            reconcile.call_driver("cgroups", self.cgroups, known)
-        for driver in list(self._networks.values()):
-            reconcile.call_driver("network", driver, set(self.networks.by_id))
+        reconcile.at_start(
+            data_root=self.data_root, exec_root=self.exec_root,
+            storage_home=os.path.join(self.data_root, self.storage_name),
+            storage=self.storage, layers=self.layers, known=set(self.containers.by_id),
+            cgroups=self.cgroups, networks=list(self._networks.values()),
+            network_ids=set(self.networks.by_id), spare_layer=BUILD_LAYER_PREFIX)
 
     async def _pull_for_build(self, ref: str, emit: Callable[[dict[str, Any]], None]) -> str:
         """A build's FROM or ``COPY --from`` image, pulled (no credentials:

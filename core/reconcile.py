@@ -25,12 +25,60 @@ from collections.abc import Callable, Iterable
 import structlog
 
 from skiff.core import syscalls
-from skiff.core.hookspecs import CgroupDriver
+from skiff.core.hookspecs import CgroupDriver, NetworkDriver, StorageDriver
+from skiff.core.images.layers import LayerStore
 
 log = structlog.get_logger("skiff.reconcile")
 
 #: a container directory of an interrupted create has no record file yet
 RECORD = "config.v2.json"
+
+
+def at_start(*, data_root: str, exec_root: str, storage_home: str, storage: StorageDriver,
+             layers: LayerStore, known: set[str], cgroups: CgroupDriver | None,
+             networks: list[NetworkDriver], network_ids: set[str], spare_layer: str) -> None:
+    """Everything, in an order where each step finds what the one before freed:
+    records first (what owns what), mounts before the directories below them,
+    processes before their groups.  ``known``: the containers loaded;
+    ``spare_layer``: the prefix of build layers (the builder's own sweep)."""
+    containers = os.path.join(data_root, "containers")
+    removed("interrupted_creates", interrupted_creates(containers, known))
+    # a record on disk owns its container's things even if it could not be
+    # read (restore logged it): it may be repaired, its layer must still be there
+    owned = known | set(_listdir(containers))
+    # below the storage home the driver decides (a quota filesystem is mounted
+    # over a layer for as long as the layer lives); the rest is a leftover
+    removed("mounts", unmount_strays([data_root, exec_root], keep=[storage_home]))
+    call_driver("storage_mounts", storage, owned)
+    gone = []
+    for rw in layers.rw_layers():
+        if rw.container_id in owned or rw.container_id.startswith(spare_layer):
+            continue
+        try:
+            layers.remove_rw(rw.container_id)
+            gone.append(rw.container_id)
+        except Exception as exc:
+            log.warning("reconcile.layer_remove_failed", container=rw.container_id,
+                        error=str(exc))
+    removed("container_layers", gone)
+    bundles = os.path.join(exec_root, "containers")
+    removed("orphan_processes", kill_orphan_runs(bundles, owned, cgroups))
+    removed("bundles", clear_dir(bundles, keep=owned.__contains__))
+    removed("temp_dirs", [
+        *clear_dir(os.path.join(data_root, "tmp")),
+        *clear_dir(os.path.join(layers.image_root, "distribution", "tmp")),
+    ])
+    if cgroups is not None:
+        call_driver("cgroups", cgroups, owned)
+    for driver in networks:
+        call_driver("network", driver, network_ids)
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except FileNotFoundError:
+        return []
 
 
 def removed(kind: str, what: list[str]) -> None:

@@ -110,6 +110,7 @@ def test_crash_leftovers_go_and_live_objects_stay(tmp_path: Path, planted: list[
         bridge = f"skf-{net_id[:11]}"
         kept = ok(d, "create", "--name", f"kept-{secrets.token_hex(3)}", "busybox", "true")
         lost = ok(d, "create", "--name", f"lost-{secrets.token_hex(3)}", "busybox", "true")
+        damaged = ok(d, "create", "--network", "none", "busybox", "true")
         # a layer with a size limit: on overlay2 without project quota its loop
         # filesystem is mounted over the layer for as long as the layer lives
         sized = ok(d, "create", "--network", "none", "--storage-opt", "size=20m", "busybox",
@@ -160,6 +161,7 @@ def test_crash_leftovers_go_and_live_objects_stay(tmp_path: Path, planted: list[
         # `rm` (record gone, layer not yet), of `create` (directory, no record)
         (data / "network" / f"{gone_id}.json").unlink()
         subprocess.run(["rm", "-rf", str(data / "containers" / lost)], check=True)
+        (data / "containers" / damaged / "config.v2.json").write_text("{not json")
         (data / "containers" / fake).mkdir()
         (data / "containers" / fake / "hostconfig.json").write_text("{}")
         d.start()
@@ -177,6 +179,9 @@ def test_crash_leftovers_go_and_live_objects_stay(tmp_path: Path, planted: list[
         assert rules("skfnone0") == []
         assert not (data / "containers" / fake).exists()
         assert not (data / "image" / "overlay2" / "layerdb" / "mounts" / lost).exists()
+        # a record that cannot be read still owns its layer (it may be repaired)
+        assert (data / "image" / "overlay2" / "layerdb" / "mounts" / damaged).exists() \
+            or not (data / "image" / "overlay2").exists()
         if lost_mount_id:
             assert not (data / "overlay2" / lost_mount_id).exists()
         log = d.log_path.read_text()
