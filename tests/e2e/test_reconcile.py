@@ -11,6 +11,7 @@ import os
 import secrets
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -309,3 +310,124 @@ def test_a_removal_cut_by_a_crash_is_finished(tmp_path: Path) -> None:
         assert ok(d, "ps", "-aq", "--no-trunc") == kept
         assert "container.interrupted_removal_finished" in d.log_path.read_text()
         ok(d, "rm", kept)
+
+
+class _StallingRegistry:
+    """A registry on 127.0.0.1 with one image whose layer blob stops half-way:
+    a pull that is certainly in the middle of a download when skiffd dies."""
+
+    def __init__(self) -> None:
+        import gzip
+        import hashlib
+        import io
+        import tarfile
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        raw = io.BytesIO()
+        with tarfile.open(fileobj=raw, mode="w") as tar:
+            payload = os.urandom(2 << 20)
+            info = tarfile.TarInfo("big")
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+        layer = gzip.compress(raw.getvalue(), compresslevel=1)
+
+        def digest(b: bytes) -> str:
+            return "sha256:" + hashlib.sha256(b).hexdigest()
+
+        config = json.dumps({"architecture": "amd64", "os": "linux", "config": {},
+                             "rootfs": {"type": "layers",
+                                        "diff_ids": [digest(raw.getvalue())]}}).encode()
+        manifest = json.dumps({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+            "config": {"mediaType": "application/vnd.docker.container.image.v1+json",
+                       "size": len(config), "digest": digest(config)},
+            "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                        "size": len(layer), "digest": digest(layer)}]}).encode()
+        blobs = {digest(config): config}
+        self.half_sent = threading.Event()
+        self.release = threading.Event()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, fmt: str, *args: Any) -> None:
+                pass
+
+            def _send(self, body: bytes, ctype: str, extra: dict[str, str] | None = None
+                      ) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                for k, v in (extra or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            def do_HEAD(self) -> None:
+                self.do_GET()
+
+            def do_GET(self) -> None:
+                if self.path == "/v2/":
+                    self._send(b"{}", "application/json")
+                elif "/manifests/" in self.path:
+                    self._send(manifest, "application/vnd.docker.distribution.manifest.v2+json",
+                               {"Docker-Content-Digest": digest(manifest)})
+                elif self.path.endswith(digest(layer)):
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(layer)))
+                    self.end_headers()
+                    self.wfile.write(layer[: len(layer) // 2])
+                    self.wfile.flush()
+                    outer.half_sent.set()
+                    outer.release.wait(30)
+                else:
+                    body = blobs.get(self.path.rsplit("/", 1)[-1])
+                    if body is None:
+                        self.send_error(404)
+                    else:
+                        self._send(body, "application/octet-stream")
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_pull_cut_by_a_crash_leaves_no_layer_and_no_temp(tmp_path: Path) -> None:
+    """kill -9 while a layer downloads: after the restart the pull's temp files are
+    gone, no layer or image of it is there, and nothing else was touched."""
+    registry = _StallingRegistry()
+    try:
+        with running_daemon(tmp_path / "d") as d:
+            d.skiff("image", "bootstrap", "busybox")
+            image_root = next((d.root_dir / "image").iterdir())
+            layers_before = sorted(os.listdir(image_root / "layerdb" / "sha256"))
+            ref = f"127.0.0.1:{registry.port}/stall:1"
+            pull = subprocess.Popen(["docker", "pull", ref], env=d.env(),
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                assert registry.half_sent.wait(30), d.logs()
+                pulls = image_root / "distribution" / "tmp"
+                poll(lambda: any(p.iterdir() for p in pulls.iterdir()), 10,
+                     "the download to reach the pull's temp dir")
+                crash(d)
+            finally:
+                pull.kill()
+                pull.wait()
+            registry.release.set()
+            d.start()
+            assert os.listdir(image_root / "distribution" / "tmp") == []
+            assert os.listdir(image_root / "layerdb" / "tmp") == []
+            assert sorted(os.listdir(image_root / "layerdb" / "sha256")) == layers_before
+            assert d.docker("image", "inspect", ref).returncode != 0
+            assert '"reconcile.temp_dirs"' in d.log_path.read_text()
+            assert ok(d, "run", "--rm", "--network", "none", "busybox", "echo", "ok") == "ok"
+    finally:
+        registry.close()
