@@ -292,7 +292,8 @@ class Engine:
             cache=BuildCache(builder_root, self.images.exists),
             pull=self._pull_for_build, to_thread=self.to_thread,
             spool_dir=os.path.join(self.data_root, "tmp"),
-            max_context_size=config["builder-max-context-size"], memory_spool=tmpfs_dir())
+            max_context_size=config["builder-max-context-size"],
+            memory_spool=reconcile.memory_spool(tmpfs_dir(), self.data_root))
         metrics.on_scrape("engine_daemon_container_states_containers",
                           "The count of containers in various states", self._container_states,
                           labelnames=("state",))
@@ -381,7 +382,8 @@ class Engine:
             storage_home=os.path.join(self.data_root, self.storage_name),
             storage=self.storage, layers=self.layers, known=set(self.containers.by_id),
             cgroups=self.cgroups, networks=list(self._networks.values()),
-            network_ids=set(self.networks.by_id), spare_layer=BUILD_LAYER_PREFIX)
+            network_ids=set(self.networks.by_id), spare_layer=BUILD_LAYER_PREFIX,
+            memory_spool=self.builds.memory_spool)
 
     async def _pull_for_build(self, ref: str, emit: Callable[[dict[str, Any]], None]) -> str:
         """A build's FROM or ``COPY --from`` image, pulled (no credentials:
@@ -455,3 +457,4 @@ class Engine:
             await self.runtime.stop()
             self.plugins.hook.skiff_daemon_shutdown(config=self.config)
             await self.to_thread(self.storage.cleanup)
+            reconcile.drop_memory_spool(self.builds.memory_spool)

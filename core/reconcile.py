@@ -16,6 +16,8 @@ for the log.  A driver without it is skipped.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import shutil
 import signal
@@ -36,11 +38,13 @@ RECORD = "config.v2.json"
 
 def at_start(*, data_root: str, exec_root: str, storage_home: str, storage: StorageDriver,
              layers: LayerStore, known: set[str], cgroups: CgroupDriver | None,
-             networks: list[NetworkDriver], network_ids: set[str], spare_layer: str) -> None:
+             networks: list[NetworkDriver], network_ids: set[str], spare_layer: str,
+             memory_spool: str | None = None) -> None:
     """Everything, in an order where each step finds what the one before freed:
     records first (what owns what), mounts before the directories below them,
     processes before their groups.  ``known``: the containers loaded;
-    ``spare_layer``: the prefix of build layers (the builder's own sweep)."""
+    ``spare_layer``: the prefix of build layers (the builder's own sweep);
+    ``memory_spool``: this daemon's directory for build contexts in memory."""
     containers = os.path.join(data_root, "containers")
     removed("interrupted_creates", interrupted_creates(containers, known))
     # a record on disk owns its container's things even if it could not be
@@ -67,11 +71,34 @@ def at_start(*, data_root: str, exec_root: str, storage_home: str, storage: Stor
     removed("temp_dirs", [
         *clear_dir(os.path.join(data_root, "tmp")),
         *clear_dir(os.path.join(layers.image_root, "distribution", "tmp")),
+        *(clear_dir(memory_spool) if memory_spool else []),
     ])
     if cgroups is not None:
         call_driver("cgroups", cgroups, owned)
     for driver in networks:
         call_driver("network", driver, network_ids)
+
+
+def memory_spool(tmpfs: str | None, data_root: str) -> str | None:
+    """This daemon's own directory on the memory spool (a tmpfs, ``/dev/shm``):
+    every daemon of the host shares the tmpfs, so what a crashed build left
+    there can only be told apart by whose directory it is in."""
+    if tmpfs is None:
+        return None
+    path = os.path.join(tmpfs, "skiff-" + hashlib.sha256(data_root.encode()).hexdigest()[:12])
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    except OSError as exc:
+        log.warning("builder.memory_spool_unusable", path=path, error=str(exc))
+        return None
+    return path
+
+
+def drop_memory_spool(path: str | None) -> None:
+    """At shutdown: the directory goes with its daemon (empty: no build outlives it)."""
+    if path is not None:
+        with contextlib.suppress(OSError):
+            os.rmdir(path)
 
 
 def _listdir(path: str) -> list[str]:

@@ -6,6 +6,7 @@ hold across a crash."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import secrets
@@ -137,6 +138,10 @@ def test_crash_leftovers_go_and_live_objects_stay(tmp_path: Path, planted: list[
             subprocess.run(["mount", "-t", "tmpfs", "none", str(point)], check=True)
         (data / "tmp" / "load-dead").mkdir()
         (data / "tmp" / "load-dead" / "layer.tar").write_bytes(b"x" * 100)
+        spool = Path("/dev/shm", "skiff-" + hashlib.sha256(str(data).encode()).hexdigest()[:12])
+        assert spool.is_dir()  # this daemon's own corner of the memory spool
+        (spool / "skiff-context-dead").mkdir()
+        (spool / "skiff-context-dead" / "Dockerfile").write_text("FROM busybox\n")
         pull_tmp = next((data / "image").iterdir()) / "distribution" / "tmp" / "pull-dead"
         pull_tmp.mkdir(parents=True)
         (pull_tmp / "blob").write_bytes(b"y")
@@ -171,6 +176,7 @@ def test_crash_leftovers_go_and_live_objects_stay(tmp_path: Path, planted: list[
         assert not (exec_root / "containers" / fake).exists()
         assert os.listdir(data / "tmp") == []
         assert not pull_tmp.exists()
+        assert spool.is_dir() and os.listdir(spool) == []
         assert all(not g.exists() for g in group_dirs(parent, fake))
         assert stray.wait(10) == -signal.SIGKILL
         assert stranger.poll() is None and group_dirs(parent, other)[0].exists()
@@ -204,6 +210,8 @@ def test_crash_leftovers_go_and_live_objects_stay(tmp_path: Path, planted: list[
         assert port and inspect(d, served)["State"]["Running"]
         ok(d, "rm", "-f", kept, served, sized)
         ok(d, "network", "rm", net)
+        d.stop()
+        assert not spool.exists()  # it goes with its daemon
 
 
 def test_sigterm_shutdown_stops_containers_as_dockerd(tmp_path: Path) -> None:
