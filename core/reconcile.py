@@ -45,6 +45,7 @@ def at_start(*, data_root: str, exec_root: str, storage_home: str, storage: Stor
     processes before their groups.  ``known``: the containers loaded;
     ``spare_layer``: the prefix of build layers (the builder's own sweep);
     ``memory_spool``: this daemon's directory for build contexts in memory."""
+    began = time.monotonic()
     containers = os.path.join(data_root, "containers")
     removed("interrupted_creates", interrupted_creates(containers, known))
     # a record on disk owns its container's things even if it could not be
@@ -77,6 +78,8 @@ def at_start(*, data_root: str, exec_root: str, storage_home: str, storage: Stor
         call_driver("cgroups", cgroups, owned)
     for driver in networks:
         call_driver("network", driver, network_ids)
+    log.info("reconcile.done", containers=len(known),
+             ms=round((time.monotonic() - began) * 1000, 1))
 
 
 def memory_spool(tmpfs: str | None, data_root: str) -> str | None:

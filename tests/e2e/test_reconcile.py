@@ -93,9 +93,10 @@ def planted() -> Iterator[list[Path]]:
                 with contextlib.suppress(OSError):
                     level.rmdir()
     subprocess.run(["ip", "link", "del", "skfvdead0"], check=False, capture_output=True)
-    subprocess.run(["iptables", "-D", "FORWARD", "-o", "skfnone0", "-m", "comment",
-                    "--comment", "skiff:skfnone0", "-j", "ACCEPT"], check=False,
-                   capture_output=True)
+    for tool in ("iptables", "ip6tables"):
+        subprocess.run([tool, "-D", "FORWARD", "-o", "skfnone0", "-m", "comment",
+                        "--comment", "skiff:skfnone0", "-j", "ACCEPT"], check=False,
+                       capture_output=True)
 
 
 def test_crash_leftovers_go_and_live_objects_stay(tmp_path: Path, planted: list[Path],
@@ -159,8 +160,10 @@ def test_crash_leftovers_go_and_live_objects_stay(tmp_path: Path, planted: list[
         subprocess.run(["ip", "link", "add", "skfvdead0", "type", "veth", "peer", "name",
                         "skfpdead0"], check=True)
         subprocess.run(["ip", "link", "set", "skfvdead0", "master", bridge], check=True)
-        subprocess.run(["iptables", "-A", "FORWARD", "-o", "skfnone0", "-m", "comment",
-                        "--comment", "skiff:skfnone0", "-j", "ACCEPT"], check=True)
+        for tool in ("iptables", "ip6tables"):
+            subprocess.run([tool, "-A", "FORWARD", "-o", "skfnone0", "-m", "comment",
+                            "--comment", "skiff:skfnone0", "-j", "ACCEPT"], check=True)
+        assert len(rules("skfnone0")) == 2
 
         crash(d)
         # crashed in the middle of `network rm` (record gone, bridge not yet), of
