@@ -8,10 +8,13 @@ is whether a record owns it.  Each kind removed is logged once, as
 ``reconcile.<kind>`` with what went, so an operator sees what a crash cost.
 
 Drivers clean their own leftovers through an optional method (contract 2.8)
-core calls when present: ``reconcile(keep: set[str]) -> list[str]`` on a
-cgroup driver (``keep``: the container ids that exist) and on a network
-driver (``keep``: the network ids that exist); each returns what it removed,
-for the log.  A driver without it is skipped.
+core calls when present: ``reconcile(keep: set[str]) -> list[str]`` on the
+storage and cgroup drivers (``keep``: the ids of the containers with a record
+on disk) and on each network driver in use (``keep``: the network ids that
+exist); each returns what it removed, for the log.  A driver without it is
+skipped; one that fails is logged.  What is removed must be provably this
+daemon's: several daemons may share a host, a cgroup parent, a network
+namespace and ``/dev/shm``.
 """
 
 from __future__ import annotations
@@ -44,32 +47,24 @@ def at_start(*, data_root: str, exec_root: str, storage_home: str, storage: Stor
     records first (what owns what), mounts before the directories below them,
     processes before their groups.  ``known``: the containers loaded;
     ``spare_layer``: the prefix of build layers (the builder's own sweep);
-    ``memory_spool``: this daemon's directory for build contexts in memory."""
+    ``memory_spool``: this daemon's directory for build contexts in memory.
+    A step that fails is logged and the next one runs: a leftover costs disk
+    or memory, a daemon that does not start costs every container."""
     began = time.monotonic()
     containers = os.path.join(data_root, "containers")
-    removed("interrupted_creates", interrupted_creates(containers, known))
+    step("interrupted_creates", lambda: interrupted_creates(containers, known))
     # a record on disk owns its container's things even if it could not be
     # read (restore logged it): it may be repaired, its layer must still be there
     owned = known | set(_listdir(containers))
     # below the storage home the driver decides (a quota filesystem is mounted
     # over a layer for as long as the layer lives); the rest is a leftover
-    removed("mounts", unmount_strays([data_root, exec_root], keep=[storage_home]))
+    step("mounts", lambda: unmount_strays([data_root, exec_root], keep=[storage_home]))
     call_driver("storage_mounts", storage, owned)
-    gone = []
-    for rw in layers.rw_layers():
-        if rw.container_id in owned or rw.container_id.startswith(spare_layer):
-            continue
-        try:
-            layers.remove_rw(rw.container_id)
-            gone.append(rw.container_id)
-        except Exception as exc:
-            log.warning("reconcile.layer_remove_failed", container=rw.container_id,
-                        error=str(exc))
-    removed("container_layers", gone)
+    step("container_layers", lambda: orphan_layers(layers, owned, spare_layer))
     bundles = os.path.join(exec_root, "containers")
-    removed("orphan_processes", kill_orphan_runs(bundles, owned, cgroups))
-    removed("bundles", clear_dir(bundles, keep=owned.__contains__))
-    removed("temp_dirs", [
+    step("orphan_processes", lambda: kill_orphan_runs(bundles, owned, cgroups))
+    step("bundles", lambda: clear_dir(bundles, keep=owned.__contains__))
+    step("temp_dirs", lambda: [
         *clear_dir(os.path.join(data_root, "tmp")),
         *clear_dir(os.path.join(layers.image_root, "distribution", "tmp")),
         *(clear_dir(memory_spool) if memory_spool else []),
@@ -80,6 +75,28 @@ def at_start(*, data_root: str, exec_root: str, storage_home: str, storage: Stor
         call_driver("network", driver, network_ids)
     log.info("reconcile.done", containers=len(known),
              ms=round((time.monotonic() - began) * 1000, 1))
+
+
+def step(kind: str, fn: Callable[[], list[str]]) -> None:
+    try:
+        removed(kind, fn())
+    except Exception as exc:
+        log.warning("reconcile.step_failed", kind=kind, error=str(exc))
+
+
+def orphan_layers(layers: LayerStore, owned: set[str], spare: str) -> list[str]:
+    """Remove the RW layers of containers no record owns (a create or rm cut short)."""
+    gone = []
+    for rw in layers.rw_layers():
+        if rw.container_id in owned or rw.container_id.startswith(spare):
+            continue
+        try:
+            layers.remove_rw(rw.container_id)
+            gone.append(rw.container_id)
+        except Exception as exc:
+            log.warning("reconcile.layer_remove_failed", container=rw.container_id,
+                        error=str(exc))
+    return gone
 
 
 def memory_spool(tmpfs: str | None, data_root: str) -> str | None:
