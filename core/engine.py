@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import structlog
 import trio
 
-from skiff.core import metrics, userns_storage
+from skiff.core import metrics, reconcile, userns_storage
 from skiff.core.builder.cache import BuildCache
 from skiff.core.builder.contextstream import tmpfs_dir
 from skiff.core.builder.rootfs import BUILD_LAYER_PREFIX
@@ -292,7 +292,8 @@ class Engine:
             cache=BuildCache(builder_root, self.images.exists),
             pull=self._pull_for_build, to_thread=self.to_thread,
             spool_dir=os.path.join(self.data_root, "tmp"),
-            max_context_size=config["builder-max-context-size"], memory_spool=tmpfs_dir())
+            max_context_size=config["builder-max-context-size"],
+            memory_spool=reconcile.memory_spool(tmpfs_dir(), self.data_root))
         metrics.on_scrape("engine_daemon_container_states_containers",
                           "The count of containers in various states", self._container_states,
                           labelnames=("state",))
@@ -373,6 +374,17 @@ class Engine:
                 log.warning("builder.leftover_layer_removed", layer=rw.container_id)
                 self.layers.remove_rw(rw.container_id)
 
+    def _reconcile(self) -> None:
+        """What a crash left that no record owns goes (``core/reconcile.py``):
+        before the runtime starts and the API serves, so nothing is in use yet."""
+        reconcile.at_start(
+            data_root=self.data_root, exec_root=self.exec_root,
+            storage_home=os.path.join(self.data_root, self.storage_name),
+            storage=self.storage, layers=self.layers, known=set(self.containers.by_id),
+            cgroups=self.cgroups, networks=list(self._networks.values()),
+            network_ids=set(self.networks.by_id), spare_layer=BUILD_LAYER_PREFIX,
+            memory_spool=self.builds.memory_spool)
+
     async def _pull_for_build(self, ref: str, emit: Callable[[dict[str, Any]], None]) -> str:
         """A build's FROM or ``COPY --from`` image, pulled (no credentials:
         ``X-Registry-Config`` is not read yet)."""
@@ -424,6 +436,7 @@ class Engine:
         self.health.restore()  # those still running (none until live-restore)
         await self.to_thread(self._drop_build_layers)
         await self.to_thread(self.networks.load)
+        await self.to_thread(self._reconcile)
         await self.runtime.start()
         if self.remap is not None:
             await userns_storage.choose(self)
@@ -444,3 +457,4 @@ class Engine:
             await self.runtime.stop()
             self.plugins.hook.skiff_daemon_shutdown(config=self.config)
             await self.to_thread(self.storage.cleanup)
+            reconcile.drop_memory_spool(self.builds.memory_spool)

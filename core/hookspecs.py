@@ -48,6 +48,15 @@ module declares the version it was written for (``SKIFF_CONTRACT = "2.0"``)
 and the loader refuses another major, and a module that declares none
 (docs/plugins.md).
 
+*Reconciliation (2.8).*  A storage, network or cgroup driver may offer
+``reconcile(keep: set[str]) -> list[str]``: called once at daemon start
+(from a worker thread, before the API serves and before any container runs),
+it removes what the driver made for something that no longer exists (``keep``:
+the container ids for storage and cgroup drivers, the network ids for network
+drivers) and returns what it removed, which the daemon logs
+(``reconcile.<kind>``).  Optional: a driver without it is skipped
+(``skiff.core.reconcile``).
+
 This module is one piece on purpose, though long: it is the one file a plugin
 author reads, so every hook, Protocol and record a driver sees is here, with
 the promises each side makes, and nothing else is (the daemon's own code
@@ -81,7 +90,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 #: accepts any minor of the same major (see ``skiff.core.plugins``).  Major 1
 #: is the contract before versions, when network options and endpoint data
 #: crossed it as dicts; 2 made them records.
-CONTRACT_VERSION = "2.6"
+CONTRACT_VERSION = "2.8"
 #: the contract of a plugin that declares none: it was written before versions
 UNDECLARED_CONTRACT = "1.0"
 #: the module attribute holding a plugin's declared contract version

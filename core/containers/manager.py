@@ -59,6 +59,7 @@ from skiff.core.hookspecs import (
     StartError,
     Stdio,
 )
+from skiff.core.images.errors import LayerNotFound
 from skiff.core.networks import NoSuchNetwork
 from skiff.core.timefmt import now_rfc3339
 from skiff.core.userns import IdMap
@@ -583,9 +584,14 @@ class ContainerManager:
         if c.state.Status == "removing":
             raise Conflict(f"removal of container {c.id} is already in progress")
         c.state.Status = "removing"
+        # the intent on disk first: a crash from here on is finished at the next
+        # start (restart.after_restore), never left half-removed
+        c.save()
         self.plugins.hook.skiff_container_remove(container=c)
         try:
             await self.to_thread(self.layers.remove_rw, c.id)
+        except LayerNotFound:
+            pass  # an earlier rm, cut by a crash, removed it already
         except Exception:
             c.state.Status = "dead"
             c.state.Dead = True

@@ -264,7 +264,18 @@ class RestartSupervisor:
 
     async def after_restore(self) -> None:
         """Remove the ``--rm`` containers that exited while the daemon was down and
-        start those whose policy says so."""
+        start those whose policy says so; finish the removals a crash cut short."""
+        for c in list(self.registry.by_id.values()):
+            if c.state.Status == "removing":
+                # Dead, as dockerd shows a container whose removal failed, so the
+                # removal is not refused as one already in progress
+                c.state.Status, c.state.Dead = "dead", True
+                try:
+                    await self.remove(c.id, force=True)
+                    log.warning("container.interrupted_removal_finished", id=c.id)
+                except Exception as exc:
+                    log.error("container.interrupted_removal_failed", id=c.id,
+                              error=str(exc))
         for c in list(self.registry.by_id.values()):
             if (c.host_config.get("AutoRemove") and not c.state.Running
                     and not should_autostart(c)):

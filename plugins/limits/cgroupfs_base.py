@@ -13,10 +13,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any
+
+import structlog
 
 from skiff.core.containers import limits
 from skiff.core.hookspecs import Resources
@@ -244,6 +247,49 @@ class CgroupfsBase:
     def _check_kernel_memory(self) -> None:
         """Refuse ``KernelMemory`` where this driver cannot enforce it."""
         raise NotImplementedError
+
+    def _parent_dirs(self) -> list[str]:
+        """The parent group in every hierarchy."""
+        raise NotImplementedError
+
+    def pids(self, container_id: str) -> list[int]:
+        raise NotImplementedError
+
+    def destroy(self, container_id: str) -> None:
+        raise NotImplementedError
+
+    def reconcile(self, keep: set[str]) -> list[str]:
+        """Daemon start (contract 2.8): remove the empty groups under the parent
+        that belong to no container in ``keep``.
+
+        Only names shaped like container ids are looked at, so a parent shared
+        with something else loses nothing of it.  A group that still holds
+        processes is left and logged: another daemon may share the parent
+        (the default is the same for every daemon), and killing its containers
+        is not ours to do; the daemon kills first what it proves its own.
+        """
+        found: set[str] = set()
+        for parent in self._parent_dirs():
+            with contextlib.suppress(OSError):
+                found.update(n for n in os.listdir(parent) if _CONTAINER_ID.fullmatch(n))
+        gone = []
+        for cid in sorted(found - keep):
+            try:
+                if pids := self.pids(cid):
+                    log.warning("cgroup.orphan_busy", id=cid, pids=pids,
+                                hint="a group under skiff's parent with processes and no "
+                                     "container of this daemon; left alone")
+                    continue
+                self.destroy(cid)
+                gone.append(cid)
+            except OSError as exc:
+                log.warning("cgroup.reconcile_failed", id=cid, error=str(exc))
+        return gone
+
+
+#: the name of a container's group: its 64-hex id
+_CONTAINER_ID = re.compile(r"[0-9a-f]{64}")
+log = structlog.get_logger("skiff.cgroups")
 
 
 def check_resources(resources: Resources) -> None:

@@ -236,6 +236,9 @@ class CgroupfsV1(CgroupfsBase):
             raise DriverNotSupported("the freezer cgroup controller is not mounted")
         return os.path.join(path, "freezer.state")
 
+    def _parent_dirs(self) -> list[str]:
+        return [os.path.join(point, self.parent) for point in self.points]
+
     def _remove_parents(self) -> None:
         """Remove the parent groups that no container uses any more."""
         levels = self.parent.split("/")

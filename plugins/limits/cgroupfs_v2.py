@@ -159,6 +159,9 @@ class CgroupfsV2(CgroupfsBase):
         wait_for(lambda: want in read(os.path.join(path, "cgroup.events")).splitlines(),
                   "freezing the container" if frozen else "thawing the container")
 
+    def _parent_dirs(self) -> list[str]:
+        return [os.path.join(self.root, self.parent)]
+
     def _remove_parents(self) -> None:
         levels = self.parent.split("/")
         for n in range(len(levels), 0, -1):

@@ -528,6 +528,19 @@ class Overlay2Driver:
         self._check_parent(id, path, parent)
         return archive.directory_size(os.path.join(path, "diff"))
 
+    def reconcile(self, keep: set[str]) -> list[str]:
+        """Daemon start (contract 2.8): no layer is in use yet, so every ``merged``
+        mount is a crashed daemon's (a ``docker cp``, a commit, a diff); the quota
+        filesystems over the layers themselves stay."""
+        gone = []
+        with self._lock:
+            for point in reversed(mounts_under(self.home)):
+                if os.path.basename(point) == "merged":
+                    with contextlib.suppress(OSError):
+                        syscalls.umount(point, syscalls.MNT_DETACH)
+                        gone.append(point)
+        return gone
+
     def cleanup(self) -> None:
         with self._lock:
             self._refs.clear()

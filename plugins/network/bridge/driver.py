@@ -50,6 +50,7 @@ import structlog
 from skiff.core.hookspecs import Endpoint, NetworkContext, NetworkOptions, PortBinding
 from skiff.plugins.network._netns import run_in_netns
 from skiff.plugins.network.bridge import firewall as fw
+from skiff.plugins.network.bridge import leftovers
 from skiff.plugins.network.bridge.dns import DNS_IP, DnsServer, parse_upstreams
 from skiff.plugins.network.bridge.ipam import Pool, mac_for
 from skiff.plugins.network.bridge.proxy import TcpProxy
@@ -172,6 +173,8 @@ class BridgeNetworkDriver:
                              prefixlen=pool6.prefixlen, family=socket.AF_INET6,
                              flags=IFA_F_NODAD)
             ipr.link("set", index=index, state="up")
+            # whose it is, for the reconciliation at the next start (leftovers.py)
+            ipr.link("set", index=index, ifalias=leftovers.owner_mark(self.ctx.data_root))
         # Off until a port is published on loopback (a crash may have left it on).
         _route_localnet(bridge, False)
         # Rules of an earlier life of this bridge (a crash) go before new ones come.
@@ -212,6 +215,12 @@ class BridgeNetworkDriver:
             if found:
                 with contextlib.suppress(Exception):
                     ipr.link("del", index=found[0])
+
+    def reconcile(self, keep: set[str]) -> list[str]:
+        """Daemon start (contract 2.8): bridges, veths and rules of no network."""
+        with self._lock:
+            bridges = {net.bridge for nid, net in self.networks.items() if nid in keep}
+        return leftovers.reconcile(self.ctx.data_root, bridges, [self.firewall, self.firewall6])
 
     def delete_network(self, network_id: str) -> None:
         with self._lock:

@@ -187,6 +187,18 @@ class Firewall:
         log.info("firewall.forward_policy_drop",
                  reason="ip_forward was off; skiff turned it on (ip-forward-no-drop keeps ACCEPT)")
 
+    def tags(self) -> set[str]:
+        """The ``<tag>`` of every ``skiff:<tag>`` comment in the tables."""
+        if not self.enabled:
+            return set()
+        found: set[str] = set()
+        with self._lock:
+            for line in _run([f"{self._tool}-save"]).stdout.splitlines():
+                if line.startswith("-A ") and "skiff:" in line:
+                    found.update(a[len("skiff:"):] for a in shlex.split(line[3:])
+                                 if a.startswith("skiff:"))
+        return found
+
     def purge(self, tag: str, drop_chains: bool = False) -> None:
         """Remove every rule commented ``skiff:<tag>`` (after a crash, or at shutdown)."""
         if not self.enabled:

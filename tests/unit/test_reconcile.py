@@ -1,0 +1,43 @@
+"""Which mounts start-up reconciliation detaches (core/reconcile.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from skiff.core import reconcile
+
+
+def test_stray_mounts_are_below_the_roots_deepest_first_and_spare_the_storage_home() -> None:
+    mounts = ["/", "/var/lib/skiff", "/var/lib/skiff/overlay2",
+              "/var/lib/skiff/overlay2/abc", "/var/lib/skiff/overlay2/abc/merged",
+              "/var/lib/skiff/tmp/cp-1", "/var/lib/skiff/volumes/v/_data",
+              "/var/lib/skiff/volumes/v/_data/sub", "/run/skiff/containers/c/rootfs",
+              "/var/lib/skiffother/x", "/run/skiff"]
+    found = reconcile.stray_mounts(mounts, ["/var/lib/skiff", "/run/skiff"],
+                                   keep=["/var/lib/skiff/overlay2"])
+    # the driver's home (and what is below it: the driver's business) and the
+    # roots themselves stay; a sibling with the same prefix is not below a root
+    assert found == ["/var/lib/skiff/volumes/v/_data/sub", "/var/lib/skiff/volumes/v/_data",
+                     "/run/skiff/containers/c/rootfs", "/var/lib/skiff/tmp/cp-1"]
+
+
+def test_interrupted_creates_are_directories_without_a_record(tmp_path: Path) -> None:
+    for cid, files in (("a" * 64, ["config.v2.json"]), ("b" * 64, ["hostconfig.json"]),
+                       ("c" * 64, []), ("d" * 64, [])):
+        (tmp_path / cid).mkdir()
+        for name in files:
+            (tmp_path / cid / name).write_text("{}")
+    gone = reconcile.interrupted_creates(str(tmp_path), known={"d" * 64})
+    assert sorted(gone) == ["b" * 64, "c" * 64]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a" * 64, "d" * 64]
+
+
+def test_clear_dir_keeps_what_it_is_told(tmp_path: Path) -> None:
+    (tmp_path / "keep").mkdir()
+    (tmp_path / "pull-1").mkdir()
+    (tmp_path / "pull-1" / "blob").write_bytes(b"x")
+    (tmp_path / "spool").write_bytes(b"y")
+    gone = reconcile.clear_dir(str(tmp_path), keep=lambda n: n == "keep")
+    assert sorted(Path(p).name for p in gone) == ["pull-1", "spool"]
+    assert [p.name for p in tmp_path.iterdir()] == ["keep"]
+    assert reconcile.clear_dir(str(tmp_path / "absent")) == []
