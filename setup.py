@@ -74,7 +74,7 @@ setup(
     cmdclass={"build_py": BuildPyWithInit},
     # skiff.core._syscalls (the start path's system calls),
     # skiff.plugins.limits._bpf (bpf(2) for the cgroup v2 device filter),
-    # skiff.plugins.logging._localc (the local log format: framing writes, rendering docker logs) and
+    # skiff.plugins.logging._localc (the local log format: writes framed, docker logs) and
     # skiff.plugins.isolation.seccomp._libseccomp (seccomp filters' compiler)
     cffi_modules=[
         "skiff/core/syscalls_build.py:ffibuilder",
