@@ -81,7 +81,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 #: accepts any minor of the same major (see ``skiff.core.plugins``).  Major 1
 #: is the contract before versions, when network options and endpoint data
 #: crossed it as dicts; 2 made them records.
-CONTRACT_VERSION = "2.6"
+CONTRACT_VERSION = "2.7"
 #: the contract of a plugin that declares none: it was written before versions
 UNDECLARED_CONTRACT = "1.0"
 #: the module attribute holding a plugin's declared contract version
@@ -404,6 +404,31 @@ class NetworkDriver(Protocol):
     All methods may block and are called from worker threads; calls for
     different containers and networks run concurrently, so what the driver
     shares between them (address allocation, firewall rules) needs a lock.
+
+    Since 2.7 a driver says what it is through class attributes, each
+    optional (absent means the default); the daemon holds no driver's name
+    and asks these instead (``NETWORK_DRIVER_TRAITS``):
+
+    - ``scope``: ``"local"`` (the default; its networks exist on this host)
+      or ``"global"`` (on every host of a cluster); ``docker network
+      inspect`` shows it as ``Scope``.
+    - ``ipam``: ``"engine"`` (the default): the daemon chooses a network's
+      subnet from ``default-address-pools`` when none is given, refuses
+      overlaps, and the driver hands out addresses from it; ``"driver"``:
+      the driver brings its own address management, and ``NetworkOptions``
+      carries only the subnet the user gave ("" when none).
+    - ``ipv6``: True (the default): the driver plumbs ``NetworkOptions.subnet6``
+      (there since 2.4); a driver that cannot says False, and the daemon
+      refuses an IPv6 subnet for its networks rather than pass one it would
+      ignore.
+    - ``nameserver``: "" (the default), or the address, inside a container's
+      namespace, of the name server the driver answers there on networks
+      created with ``NetworkOptions.dns`` (the bridge's embedded DNS at
+      127.0.0.11): the daemon names it in the container's resolv.conf and
+      the driver resolves containers' names and relays the rest.
+    - ``singleton``: False (the default); True for a driver with only its
+      predefined network (host, none): ``network create`` refuses another,
+      and a container on it joins no other network.
     """
 
     name: str
@@ -445,6 +470,34 @@ class NetworkContext:
 
 class NetworkFactory(Protocol):
     def __call__(self, ctx: NetworkContext) -> NetworkDriver: ...
+
+
+#: A network driver's optional class attributes (see ``NetworkDriver``) and
+#: their values when the driver does not set them.
+NETWORK_DRIVER_TRAITS: dict[str, Any] = {
+    "scope": "local",
+    "ipam": "engine",
+    "ipv6": True,
+    "nameserver": "",
+    "singleton": False,
+}
+
+
+@dataclass(frozen=True)
+class NetworkNamespace:
+    """Where a container's network stack comes from, as data.
+
+    ``new``: a namespace of its own, which its networks' drivers plumb in
+    ``join``; ``host``: the host's, nothing to plumb; ``join``: an existing
+    namespace, the file at ``path`` (``/proc/PID/ns/net`` of another
+    container, for ``--network container:<name>``, or a bind-mounted
+    namespace): the container has no endpoint of its own and takes the
+    /etc files of ``owner``, the container whose namespace it is.
+    """
+
+    kind: Literal["new", "host", "join"]
+    path: str = ""  #: ``join``: the namespace file; "" until the owner runs
+    owner: str = ""  #: ``join``: the container (name or ID) that owns the namespace
 
 
 # ---------------------------------------------------------------------------

@@ -15,6 +15,8 @@ from skiff.core.containers.model import Container
 from skiff.core.errors import InvalidParameter
 from skiff.core.networks import Network
 
+#: what a caller passing ``True`` for a name server means: the address of
+#: Docker's embedded DNS, which the bridge driver serves (``nameserver``)
 EMBEDDED_DNS = "127.0.0.11"
 
 _LOCAL_HOSTS = [
@@ -24,11 +26,12 @@ _LOCAL_HOSTS = [
 ]
 
 
-def write_at_create(c: Container, embedded_dns: bool) -> None:
+def write_at_create(c: Container, nameserver: str | bool) -> None:
     """hostname, hosts and resolv.conf of a new container.
 
-    ``embedded_dns``: its network is a user-defined bridge, whose containers
-    resolve through the embedded DNS server, as Docker's do.
+    ``nameserver``: the name server its network's driver runs for it (the
+    bridge's embedded DNS on a user-defined network, as Docker's), "" for
+    none: the host's resolvers.
     """
     with open(c.hostname_path, "w") as f:
         f.write(c.config["Hostname"] + "\n")
@@ -39,7 +42,7 @@ def write_at_create(c: Container, embedded_dns: bool) -> None:
     else:
         with open(c.hosts_path, "w") as f:
             f.write("\n".join(_local_and_extra(c)) + "\n")
-    text = resolv_conf_text(c, embedded_dns)
+    text = resolv_conf_text(c, nameserver)
     with open(c.resolv_conf_path, "w") as f:
         f.write(text)
     _remember(c, text.encode())
@@ -76,10 +79,10 @@ def write_hosts(c: Container, lookup: Lookup) -> None:
         f.write("\n".join(lines) + "\n")
 
 
-def resolv_conf_text(c: Container, embedded_dns: bool) -> str:
+def resolv_conf_text(c: Container, nameserver: str | bool) -> str:
     """What /etc/resolv.conf holds, as dockerd 20.10 writes it.
 
-    On a user-defined network the embedded server's address, with the
+    With a ``nameserver`` (a driver's, such as the embedded server), its address, with the
     container's ``--dns-search``/``--dns-option`` or else the host's search
     domains and options, and ``ndots:0`` unless an ndots is given (its
     ``--dns`` servers are the embedded server's upstreams for it, see
@@ -88,12 +91,13 @@ def resolv_conf_text(c: Container, embedded_dns: bool) -> str:
     host's lines of its kind.
     """
     servers, search, options = dns_settings(c.host_config)
-    if embedded_dns:
+    if nameserver:
         _, host_search, host_options = _parse_resolv(resolv_conf_for(c.network_mode))
         options = options or host_options
         if not any(o.startswith("ndots:") for o in options):
             options = [*options, "ndots:0"]
-        return _build_resolv(search or host_search, [EMBEDDED_DNS], options)
+        address = EMBEDDED_DNS if nameserver is True else str(nameserver)
+        return _build_resolv(search or host_search, [address], options)
     text = resolv_conf_for(c.network_mode)
     if not (servers or search or options):
         return text
@@ -131,7 +135,7 @@ def _build_resolv(search: list[str], servers: list[str], options: list[str]) -> 
     return "".join(line + "\n" for line in lines)
 
 
-def write_resolv_conf(c: Container, embedded_dns: bool) -> None:
+def write_resolv_conf(c: Container, nameserver: str | bool) -> None:
     """Rewrite resolv.conf in place when its resolver changes (``network connect``
     and ``disconnect``, start), unless the user has edited it since.
 
@@ -141,7 +145,7 @@ def write_resolv_conf(c: Container, embedded_dns: bool) -> None:
     """
     if c.network_mode.startswith("container:"):
         return
-    text = resolv_conf_text(c, embedded_dns).encode()
+    text = resolv_conf_text(c, nameserver).encode()
     fd = os.open(c.resolv_conf_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
                  0o644)
     try:

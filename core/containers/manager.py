@@ -147,9 +147,9 @@ class ContainerManager:
     def _log_factory(self, name: str) -> Any:
         return self.plugins.factory("logging", name)
 
-    def _embedded_dns(self, c: Container) -> bool:
-        """Whether ``c`` resolves through the embedded DNS server: user networks, as Docker."""
-        return self.network.embedded_dns(c)
+    def _nameserver(self, c: Container) -> str:
+        """The name server ``c`` resolves through ("" for the host's): its network driver's."""
+        return self.network.nameserver(c)
 
     # -- lookup and events (the registry's) ----------------------------------
 
@@ -265,7 +265,7 @@ class ContainerManager:
             c.graph_data = await self.to_thread(self.storage.metadata, mount_id)
             c.mount_points = await self.to_thread(container_mounts.realize, self.volumes,
                                                   self.registry.get, self.storage, c, mount_plan)
-            etcfiles.write_at_create(c, self._embedded_dns(c))
+            etcfiles.write_at_create(c, self._nameserver(c))
             c.save()
             self.plugins.hook.skiff_container_create(container=c)
         except BaseException:

@@ -25,7 +25,7 @@ from skiff.core.containers.registry import ContainerRegistry, ToThread, Track
 from skiff.core.errors import Conflict, Forbidden, InvalidParameter
 from skiff.core.events import Publish
 from skiff.core.hookspecs import Endpoint, Link, NetworkDriver, PortBinding
-from skiff.core.networks import Network, NetworkStore
+from skiff.core.networks import Network, NetworkStore, trait
 
 log = structlog.get_logger("skiff.containers")
 
@@ -48,7 +48,7 @@ class NetworkAttachment:
     async def attach(self, c: Container, track: Track, name: str, pid: int) -> None:
         """Create and join the endpoint of network ``name``; fills ``c.networks[name]``."""
         net = self.networks.get(name)
-        driver = self.network_driver(net.driver)
+        driver = self.network_driver(net.name)
         settings = c.networks.setdefault(name, {})
         if user_defined(net):
             settings["Aliases"] = with_short_id(settings.get("Aliases"), c.id)
@@ -99,16 +99,25 @@ class NetworkAttachment:
         for name in list(c.networks):
             await self.attach(c, track, name, pid)
         await self.to_thread(write_hosts, c, self.registry.get)
-        await self.to_thread(write_resolv_conf, c, self.embedded_dns(c))
+        await self.to_thread(write_resolv_conf, c, self.nameserver(c))
 
-    def embedded_dns(self, c: Container) -> bool:
-        """Whether ``c`` resolves through the embedded DNS server: while one of its
-        networks is a user-defined bridge, as dockerd does."""
+    def nameserver(self, c: Container) -> str:
+        """The name server ``c`` resolves through, "" for the host's resolvers:
+        that of the driver of its first user-defined network that runs one
+        (the bridge's embedded DNS), as dockerd does."""
         for name in c.networks:
             net = self.networks.find(name)
-            if net is not None and net.driver == "bridge" and user_defined(net):
-                return True
-        return False
+            if net is not None and user_defined(net):
+                address = trait(self.network_driver(net.name), "nameserver")
+                if address:
+                    return str(address)
+        return ""
+
+    def sole(self, network: str) -> bool:
+        """Whether ``network``'s driver has only that network (host, none): a
+        container on it joins no other."""
+        net = self.networks.find(network)
+        return net is not None and bool(trait(self.network_driver(net.name), "singleton"))
 
     async def detach(self, c: Container, track: Track, name: str) -> None:
         """Leave and delete the endpoint of network ``name``; never raises."""
@@ -142,11 +151,11 @@ class NetworkAttachment:
         """``docker network connect``: now if running, else at the next start."""
         c = self.registry.get(ref)
         net = self.networks.get(network)
-        if c.network_mode in ("host", "none") or c.network_mode.startswith("container:"):
+        if self.sole(c.network_mode) or c.network_mode.startswith("container:"):
             raise InvalidParameter(
                 f"container cannot be disconnected from host network or connected to "
                 f"{c.network_mode} network")
-        if net.driver in ("host", "none"):
+        if self.sole(net.name):
             raise InvalidParameter(f"container cannot be connected to {net.name} network")
         if net.name in c.networks:
             raise Forbidden(
@@ -168,7 +177,7 @@ class NetworkAttachment:
                     del c.networks[net.name]
                     raise
                 await self.to_thread(write_hosts, c, self.registry.get)
-            await self.to_thread(write_resolv_conf, c, self.embedded_dns(c))
+            await self.to_thread(write_resolv_conf, c, self.nameserver(c))
             c.save()
 
     async def disconnect(self, ref: str, network: str, force: bool = False) -> None:
@@ -184,7 +193,7 @@ class NetworkAttachment:
             del c.networks[net.name]
             if c.state.Running:
                 await self.to_thread(write_hosts, c, self.registry.get)
-            await self.to_thread(write_resolv_conf, c, self.embedded_dns(c))
+            await self.to_thread(write_resolv_conf, c, self.nameserver(c))
             c.save()
 
 
