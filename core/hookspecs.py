@@ -435,7 +435,13 @@ class NetworkDriver(Protocol):
     netns: Literal["new", "host"]
 
     def create_network(self, network_id: str, options: NetworkOptions) -> None:
-        """Create the network's host-side resources (bridge, firewall chains)."""
+        """Create the network's host-side resources (bridge, firewall chains).
+
+        Called at ``network create`` and again for each network at daemon
+        start.  ``ValueError`` refuses the options (an ``-o`` the driver does
+        not know, a parent device that is not there): the client gets a 400
+        with its message, and no network is made.
+        """
         ...
 
     def delete_network(self, network_id: str) -> None:

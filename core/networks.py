@@ -371,7 +371,10 @@ class NetworkStore:
             self._configure_v6(net, configs, bool(body.get("EnableIPv6")))
         except ValueError as exc:
             raise InvalidParameter(f"invalid IPAM configuration: {exc}") from exc
-        drv.create_network(net.id, self.options(net))
+        try:
+            drv.create_network(net.id, self.options(net))
+        except ValueError as exc:  # the contract's refusal of the options: the driver's words
+            raise InvalidParameter(str(exc)) from exc
         self.by_id[net.id] = net
         self._save(net)
         log.info("network.create", id=net.id[:12], name=name, subnet=net.subnet)
