@@ -27,6 +27,7 @@ from skiff.core.containers.exec import ExecManager
 from skiff.core.containers.health import HealthMonitor
 from skiff.core.containers.healthprobe import ExecProbe
 from skiff.core.containers.manager import ContainerManager
+from skiff.core.containers.netns import CONTAINER_PREFIX
 from skiff.core.containers.netrates import Shaping
 from skiff.core.containers.registry import ContainerRegistry
 from skiff.core.containers.userns import RangeAllocator
@@ -390,7 +391,7 @@ class Engine:
         (or daemon.json ``bridge`` is ``none``); ``container:<ref>`` stays as is.
         """
         installed = self.plugins.drivers.get("network", {})
-        if mode.startswith("container:"):
+        if mode.startswith(CONTAINER_PREFIX):  # a namespace to join (containers.netns)
             return mode
         if mode in ("default", ""):
             if self.networks.find("bridge") is not None:

@@ -20,11 +20,12 @@ from skiff.core.containers.endpoints import (
 from skiff.core.containers.etcfiles import write_hosts, write_resolv_conf
 from skiff.core.containers.links import linked
 from skiff.core.containers.model import Container
+from skiff.core.containers.netns import namespace_of
 from skiff.core.containers.netrates import Shaping, pick
 from skiff.core.containers.registry import ContainerRegistry, ToThread, Track
 from skiff.core.errors import Conflict, Forbidden, InvalidParameter
 from skiff.core.events import Publish
-from skiff.core.hookspecs import Endpoint, Link, NetworkDriver, PortBinding
+from skiff.core.hookspecs import Endpoint, Link, NetworkDriver, NetworkNamespace, PortBinding
 from skiff.core.networks import Network, NetworkStore, trait
 
 log = structlog.get_logger("skiff.containers")
@@ -94,12 +95,17 @@ class NetworkAttachment:
 
     async def attach_all(self, c: Container, track: Track, pid: int) -> None:
         """Join every network of ``c`` at start; /etc/hosts gets the addresses."""
-        if not c.networks and not c.network_mode.startswith("container:"):
+        netns = self.namespace(c)
+        if not c.networks and netns.kind != "join":
             c.networks = {c.network_mode: {}}  # a record from before networks were kept
         for name in list(c.networks):
             await self.attach(c, track, name, pid)
-        await self.to_thread(write_hosts, c, self.registry.get)
-        await self.to_thread(write_resolv_conf, c, self.nameserver(c))
+        await self.to_thread(write_hosts, c, self.registry.get, netns)
+        await self.to_thread(write_resolv_conf, c, self.nameserver(c), netns)
+
+    def namespace(self, c: Container) -> NetworkNamespace:
+        """Where ``c``'s network stack comes from (no path: not for the runtime)."""
+        return namespace_of(c.network_mode, self.network_driver)
 
     def nameserver(self, c: Container) -> str:
         """The name server ``c`` resolves through, "" for the host's resolvers:
@@ -151,7 +157,7 @@ class NetworkAttachment:
         """``docker network connect``: now if running, else at the next start."""
         c = self.registry.get(ref)
         net = self.networks.get(network)
-        if self.sole(c.network_mode) or c.network_mode.startswith("container:"):
+        if self.sole(c.network_mode) or self.namespace(c).kind == "join":
             raise InvalidParameter(
                 f"container cannot be disconnected from host network or connected to "
                 f"{c.network_mode} network")
@@ -176,8 +182,8 @@ class NetworkAttachment:
                             await self.detach(c, track, net.name)
                     del c.networks[net.name]
                     raise
-                await self.to_thread(write_hosts, c, self.registry.get)
-            await self.to_thread(write_resolv_conf, c, self.nameserver(c))
+                await self.to_thread(write_hosts, c, self.registry.get, self.namespace(c))
+            await self.to_thread(write_resolv_conf, c, self.nameserver(c), self.namespace(c))
             c.save()
 
     async def disconnect(self, ref: str, network: str, force: bool = False) -> None:
@@ -192,8 +198,8 @@ class NetworkAttachment:
                 await self.detach(c, track, net.name)
             del c.networks[net.name]
             if c.state.Running:
-                await self.to_thread(write_hosts, c, self.registry.get)
-            await self.to_thread(write_resolv_conf, c, self.nameserver(c))
+                await self.to_thread(write_hosts, c, self.registry.get, self.namespace(c))
+            await self.to_thread(write_resolv_conf, c, self.nameserver(c), self.namespace(c))
             c.save()
 
 
