@@ -390,6 +390,11 @@ class Endpoint:
     #: the driver in ``create_endpoint``; "" when there is none (host, none).
     #: Traffic shapers (``TrafficShaper``) put their queues on it.
     host_interface: str = ""
+    #: what the daemon asks (2.7): the endpoint's ``DriverOpts``
+    #: (``--driver-opt``, EndpointSettings.DriverOpts) but for the daemon's own
+    #: keys (``skiff.net.*``); a driver refuses a key it does not know with
+    #: ``ValueError`` in ``create_endpoint``
+    driver_options: dict[str, str] = field(default_factory=dict)
 
 
 @runtime_checkable
@@ -449,7 +454,12 @@ class NetworkDriver(Protocol):
         ...
 
     def create_endpoint(self, network_id: str, endpoint: Endpoint) -> Endpoint:
-        """Reserve what the endpoint needs (address, interface) and describe it."""
+        """Reserve what the endpoint needs (address, interface) and describe it.
+
+        ``ValueError`` refuses what was asked (``driver_options``, an
+        address): at ``network connect`` the client gets a 400 with its
+        message; at a container's start the start fails with it.
+        """
         ...
 
     def join(self, endpoint: Endpoint, pid: int) -> None:

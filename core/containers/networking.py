@@ -25,7 +25,14 @@ from skiff.core.containers.netrates import Shaping, pick
 from skiff.core.containers.registry import ContainerRegistry, ToThread, Track
 from skiff.core.errors import Conflict, Forbidden, InvalidParameter
 from skiff.core.events import Publish
-from skiff.core.hookspecs import Endpoint, Link, NetworkDriver, NetworkNamespace, PortBinding
+from skiff.core.hookspecs import (
+    NET_RATE_PREFIX,
+    Endpoint,
+    Link,
+    NetworkDriver,
+    NetworkNamespace,
+    PortBinding,
+)
 from skiff.core.networks import Network, NetworkStore, trait
 
 log = structlog.get_logger("skiff.containers")
@@ -61,7 +68,9 @@ class NetworkAttachment:
             requested_ip6=(settings.get("IPAMConfig") or {}).get("IPv6Address") or "",
             requested_mac=settings.get(REQUESTED_MAC) or "",
             link_aliases=link_aliases(settings.get("Links")) if user_defined(net) else {},
-            dns_servers=dns_settings(c.host_config)[0])
+            dns_servers=dns_settings(c.host_config)[0],
+            driver_options={k: v for k, v in (settings.get("DriverOpts") or {}).items()
+                            if not k.startswith(NET_RATE_PREFIX)})
         primary = name == c.network_mode
         # dockerd ignores publishing on an internal network: nothing may reach it
         if primary and not net.internal:
@@ -176,11 +185,14 @@ class NetworkAttachment:
             if c.state.Running:
                 try:
                     await self.attach(c, track, net.name, c.state.Pid)
-                except BaseException:
+                except BaseException as exc:
                     with trio.CancelScope(shield=True):
                         if net.name in track.endpoints:
                             await self.detach(c, track, net.name)
                     del c.networks[net.name]
+                    if isinstance(exc, ValueError) and not isinstance(exc, InvalidParameter):
+                        # the driver refused what was asked: the contract's 400
+                        raise InvalidParameter(str(exc)) from exc
                     raise
                 await self.to_thread(write_hosts, c, self.registry.get, self.namespace(c))
             await self.to_thread(write_resolv_conf, c, self.nameserver(c), self.namespace(c))

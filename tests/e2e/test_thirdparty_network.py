@@ -6,6 +6,7 @@ containers on it, and they reach each other through it."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -68,6 +69,20 @@ def test_containers_on_a_third_party_network_talk(default_skiffd: Daemon, parent
         assert "10.213.7.50/24" in _out(res) and "1 packets received" in _out(res)
         members = json.loads(_out(d.docker("network", "inspect", net, check=True)))[0]
         assert [m["IPv4Address"] for m in members["Containers"].values()] == [f"{ip_a}/24"]
+        # a running container on the default bridge joins it too, with the endpoint's
+        # --driver-opt reaching the driver (contract 2.7: Endpoint.driver_options)
+        d.docker("run", "-d", "--name", b, "busybox", "sleep", "600", check=True)
+        res = d.docker("network", "connect", "--driver-opt", "testnet.bogus=1", net, b)
+        assert res.returncode != 0 and (
+            "unknown endpoint option 'testnet.bogus' for the testnet driver"
+            in res.stderr.decode())
+        d.docker("network", "connect", "--driver-opt", "testnet.mtu=1400", net, b, check=True)
+        links = _out(d.docker("exec", b, "ip", "-o", "link", check=True))
+        assert re.search(r"eth1@if\d+: <[^>]*,UP,[^>]*> mtu 1400 ", links), links
+        res = d.docker("exec", b, "ping", "-c", "1", "-W", "3", ip_a, check=True)
+        assert "1 packets received" in _out(res)
+        d.docker("network", "disconnect", net, b, check=True)
+        assert "eth1" not in _out(d.docker("exec", b, "ip", "-o", "link", check=True))
     finally:
         d.docker("rm", "-f", a, b)
         d.docker("network", "rm", net)

@@ -4,7 +4,8 @@ Each container of a ``testnet`` network gets a macvlan interface (mode
 ``bridge``) on the host device named by the network's ``-o parent=``, made
 directly inside the container's namespace, with an address of the network's
 subnet (the daemon chooses the subnet; this driver hands out addresses) and
-a default route through the gateway.  Containers on one parent reach each
+a default route through the gateway; ``--driver-opt testnet.mtu=N`` on an
+endpoint sets its MTU.  Containers on one parent reach each
 other through it; the host does not (a macvlan never talks to its parent).
 
 It uses only the contract (``skiff.core.hookspecs``) and ``ip(8)``: it says
@@ -29,6 +30,8 @@ from skiff.core.hookspecs import Endpoint, NetworkContext, NetworkOptions, hooki
 
 NAME = "testnet"
 PARENT_OPT = "parent"
+#: an endpoint's ``--driver-opt``: the interface's MTU
+MTU_OPT = "testnet.mtu"
 
 #: the plugin contract this module was written for
 SKIFF_CONTRACT = "2.7"
@@ -50,6 +53,7 @@ class MacvlanEndpoint(Endpoint):
     """What this driver made: the daemon hands this object back to ``leave``."""
 
     ifname: str = ""  #: the interface's name inside the container
+    mtu: int = 0  #: 0: the parent's
     netns: str = ""  #: the namespace file it was made in
 
 
@@ -99,6 +103,12 @@ class MacvlanDriver:
             self._nets.pop(network_id, None)
 
     def create_endpoint(self, network_id: str, endpoint: Endpoint) -> Endpoint:
+        unknown = sorted(set(endpoint.driver_options) - {MTU_OPT})
+        if unknown:
+            raise ValueError(f"unknown endpoint option {unknown[0]!r} for the {NAME} driver")
+        mtu = endpoint.driver_options.get(MTU_OPT, "0")
+        if not mtu.isdigit() or not (int(mtu) == 0 or 68 <= int(mtu) <= 65535):
+            raise ValueError(f"{MTU_OPT} must be an MTU from 68 to 65535, not {mtu!r}")
         with self._lock:
             net = self._nets[network_id]
             if endpoint.requested_ip:
@@ -113,6 +123,7 @@ class MacvlanDriver:
         fields = {f: getattr(endpoint, f) for f in Endpoint.__dataclass_fields__}
         ep = MacvlanEndpoint(**fields)
         ep.ip_address, ep.ip_prefix_len, ep.gateway = ip, net.subnet.prefixlen, net.gateway
+        ep.mtu = int(mtu)
         # locally administered, unicast
         ep.mac_address = endpoint.requested_mac or "02:" + ":".join(
             f"{b:02x}" for b in secrets.token_bytes(5))
@@ -127,8 +138,9 @@ class MacvlanDriver:
         ep.ifname = next(f"eth{i}" for i in range(len(names) + 1) if f"eth{i}" not in names)
         ep.netns = ns
         # made directly inside the container's namespace: never a name on the host
+        mtu = ["mtu", str(ep.mtu)] if ep.mtu else []
         _ip("link", "add", "link", net.parent, "name", ep.ifname, "netns", str(pid),
-            "address", ep.mac_address, "type", "macvlan", "mode", "bridge")
+            "address", ep.mac_address, *mtu, "type", "macvlan", "mode", "bridge")
         _ip("addr", "add", f"{ep.ip_address}/{ep.ip_prefix_len}", "dev", ep.ifname, netns=ns)
         _ip("link", "set", ep.ifname, "up", netns=ns)
         if not _ip("route", "show", "default", netns=ns).strip():
