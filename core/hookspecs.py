@@ -434,6 +434,13 @@ class NetworkDriver(Protocol):
     - ``singleton``: False (the default); True for a driver with only its
       predefined network (host, none): ``network create`` refuses another,
       and a container on it joins no other network.
+
+    And an optional method (2.7), ``hosts(endpoint) -> list[tuple[str, str]]``:
+    /etc/hosts lines, (address, names separated by spaces), the driver adds
+    to the container's file after the daemon's own (its addresses, its
+    links): name resolution for a driver without a name server.  Called from
+    a worker thread after ``join`` and whenever the container's networks
+    change; quick, no network calls.
     """
 
     name: str

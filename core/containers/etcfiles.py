@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+from collections.abc import Sequence
 from typing import Any
 
 from skiff.core.containers.config import dns_settings, extra_hosts
@@ -65,9 +66,11 @@ def _local_and_extra(c: Container) -> list[str]:
     return [*_LOCAL_HOSTS, *(f"{ip}\t{name}" for ip, name in extra_hosts(c.host_config))]
 
 
-def write_hosts(c: Container, lookup: Lookup, netns: NetworkNamespace = NEW) -> None:
-    """/etc/hosts with the container's own addresses and its links (in place);
-    nothing in the host's namespace or one joined (the owner's file is used)."""
+def write_hosts(c: Container, lookup: Lookup, netns: NetworkNamespace = NEW,
+                extra: Sequence[tuple[str, str]] = ()) -> None:
+    """/etc/hosts with the container's own addresses and its links, then
+    ``extra`` (address, names) from its network drivers (in place); nothing in
+    the host's namespace or one joined (the owner's file is used)."""
     if netns.kind != "new":
         return
     lines = _local_and_extra(c)
@@ -81,6 +84,7 @@ def write_hosts(c: Container, lookup: Lookup, netns: NetworkNamespace = NEW) -> 
         for key in ("IPAddress", "GlobalIPv6Address"):  # dockerd's order: IPv4, then IPv6
             if settings.get(key):
                 lines.append(f"{settings[key]}\t{hostname}")
+    lines.extend(f"{ip}\t{names}" for ip, names in extra)
     # Truncate and rewrite the same inode: it is bind-mounted into the container.
     with open(c.hosts_path, "w") as f:
         f.write("\n".join(lines) + "\n")

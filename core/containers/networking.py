@@ -109,8 +109,18 @@ class NetworkAttachment:
             c.networks = {c.network_mode: {}}  # a record from before networks were kept
         for name in list(c.networks):
             await self.attach(c, track, name, pid)
-        await self.to_thread(write_hosts, c, self.registry.get, netns)
+        await self.to_thread(self._write_hosts, c, track, netns)
         await self.to_thread(write_resolv_conf, c, self.nameserver(c), netns)
+
+    def _write_hosts(self, c: Container, track: Track, netns: NetworkNamespace) -> None:
+        """/etc/hosts (blocking): the daemon's lines, then those the drivers of
+        the joined endpoints supply (their optional ``hosts``)."""
+        extra: list[tuple[str, str]] = []
+        for driver, ep in track.endpoints.values():
+            hosts = getattr(driver, "hosts", None)
+            if hosts is not None:
+                extra.extend(hosts(ep))
+        write_hosts(c, self.registry.get, netns, extra)
 
     def namespace(self, c: Container) -> NetworkNamespace:
         """Where ``c``'s network stack comes from (no path: not for the runtime)."""
@@ -194,7 +204,7 @@ class NetworkAttachment:
                         # the driver refused what was asked: the contract's 400
                         raise InvalidParameter(str(exc)) from exc
                     raise
-                await self.to_thread(write_hosts, c, self.registry.get, self.namespace(c))
+                await self.to_thread(self._write_hosts, c, track, self.namespace(c))
             await self.to_thread(write_resolv_conf, c, self.nameserver(c), self.namespace(c))
             c.save()
 
@@ -210,7 +220,7 @@ class NetworkAttachment:
                 await self.detach(c, track, net.name)
             del c.networks[net.name]
             if c.state.Running:
-                await self.to_thread(write_hosts, c, self.registry.get, self.namespace(c))
+                await self.to_thread(self._write_hosts, c, track, self.namespace(c))
             await self.to_thread(write_resolv_conf, c, self.nameserver(c), self.namespace(c))
             c.save()
 

@@ -67,6 +67,10 @@ def test_containers_on_a_third_party_network_talk(default_skiffd: Daemon, parent
                        "busybox", "sh", "-c",
                        f"ip -o -4 addr show eth0; ping -c 1 -W 3 {ip_a}", check=True)
         assert "10.213.7.50/24" in _out(res) and "1 packets received" in _out(res)
+        # no name server: the driver's /etc/hosts lines resolve the first one's name
+        res = d.docker("run", "--rm", "--network", net, "busybox", "sh", "-c",
+                       f"grep -w {a} /etc/hosts; ping -c 1 -W 3 {a}", check=True)
+        assert f"{ip_a}\t{a}" in _out(res) and "1 packets received" in _out(res)
         members = json.loads(_out(d.docker("network", "inspect", net, check=True)))[0]
         assert [m["IPv4Address"] for m in members["Containers"].values()] == [f"{ip_a}/24"]
         # a running container on the default bridge joins it too, with the endpoint's

@@ -5,8 +5,10 @@ Each container of a ``testnet`` network gets a macvlan interface (mode
 directly inside the container's namespace, with an address of the network's
 subnet (the daemon chooses the subnet; this driver hands out addresses) and
 a default route through the gateway; ``--driver-opt testnet.mtu=N`` on an
-endpoint sets its MTU.  Containers on one parent reach each
-other through it; the host does not (a macvlan never talks to its parent).
+endpoint sets its MTU.  It runs no name server: a container's /etc/hosts gets
+the names of the network's containers already running (``hosts``).
+Containers on one parent reach each other through it; the host does not (a
+macvlan never talks to its parent).
 
 It uses only the contract (``skiff.core.hookspecs``) and ``ip(8)``: it says
 what it is through the contract's class attributes and is installed by an
@@ -23,7 +25,7 @@ import secrets
 import socket
 import subprocess
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from skiff.core.hookspecs import Endpoint, NetworkContext, NetworkOptions, hookimpl
@@ -63,6 +65,8 @@ class _Net:
     subnet: ipaddress.IPv4Network
     gateway: str
     taken: set[str]
+    #: joined endpoints: endpoint ID -> (address, names), for ``hosts``
+    members: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
 class MacvlanDriver:
@@ -133,9 +137,9 @@ class MacvlanDriver:
         ep = _own(endpoint)
         net = self._nets[ep.network_id]
         ns = f"/proc/{pid}/ns/net"
-        names = {line.split(":")[1].strip().split("@")[0]
+        links = {line.split(":")[1].strip().split("@")[0]
                  for line in _ip("-o", "link", netns=ns).splitlines()}
-        ep.ifname = next(f"eth{i}" for i in range(len(names) + 1) if f"eth{i}" not in names)
+        ep.ifname = next(f"eth{i}" for i in range(len(links) + 1) if f"eth{i}" not in links)
         ep.netns = ns
         # made directly inside the container's namespace: never a name on the host
         mtu = ["mtu", str(ep.mtu)] if ep.mtu else []
@@ -145,9 +149,26 @@ class MacvlanDriver:
         _ip("link", "set", ep.ifname, "up", netns=ns)
         if not _ip("route", "show", "default", netns=ns).strip():
             _ip("route", "add", "default", "via", ep.gateway, "dev", ep.ifname, netns=ns)
+        names = " ".join(dict.fromkeys(n for n in (ep.name, *ep.aliases) if n))
+        with self._lock:
+            net.members[ep.endpoint_id] = (ep.ip_address, names)
+
+    def hosts(self, endpoint: Endpoint) -> list[tuple[str, str]]:
+        """Name resolution without a name server: the container's /etc/hosts
+        gets the names of the network's containers already joined."""
+        with self._lock:
+            net = self._nets.get(endpoint.network_id)
+            if net is None:
+                return []
+            return [entry for eid, entry in net.members.items()
+                    if eid != endpoint.endpoint_id and entry[1]]
 
     def leave(self, endpoint: Endpoint) -> None:
         ep = _own(endpoint)
+        with self._lock:
+            net = self._nets.get(ep.network_id)
+            if net is not None:
+                net.members.pop(ep.endpoint_id, None)
         # the interface goes with the namespace; a running container
         # disconnected from the network keeps its namespace, so delete it
         if ep.netns and os.path.exists(ep.netns):
