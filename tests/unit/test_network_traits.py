@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 import pytest
 
+from skiff.core.api.networks import _matches
 from skiff.core.containers.netns import namespace_of
 from skiff.core.errors import InvalidParameter
 from skiff.core.hookspecs import (
@@ -106,6 +107,18 @@ def test_the_store_asks_the_driver(tmp_path: Path) -> None:
         store.create({"Name": "bad-net", "Driver": "plain", "Options": {"bad": "yes"}})
     # none of them was made (names that are no ID's prefix: find takes those too)
     assert [store.find(n) for n in ("bad-net", "sole-net", "v6-net")] == [None, None, None]
+
+
+def test_ls_filters_on_the_drivers_scope(tmp_path: Path) -> None:
+    store, _ = _store(tmp_path)
+    store.create({"Name": "p", "Driver": "plain"})
+    store.create({"Name": "g", "Driver": "global"})
+
+    def names(scope: str) -> list[str]:
+        return sorted(n.name for n in store.by_id.values()
+                      if _matches(n, {"scope": [scope]}))
+
+    assert names("global") == ["g"] and "p" in names("local") and "g" not in names("local")
 
 
 def test_namespace_of() -> None:
