@@ -64,9 +64,11 @@ def test_containers_on_a_third_party_network_talk(default_skiffd: Daemon, parent
         assert f"{ip_a}/24" in addr
         # a second container, by the stock CLI too, reaches the first through the parent
         res = d.docker("run", "--rm", "--name", b, "--network", net, "--ip", "10.213.7.50",
-                       "busybox", "sh", "-c",
-                       f"ip -o -4 addr show eth0; ping -c 1 -W 3 {ip_a}", check=True)
+                       "--hostname", "bee", "busybox", "sh", "-c",
+                       f"ip -o -4 addr show eth0; ping -c 1 -W 3 {ip_a}; grep bee /etc/hosts",
+                       check=True)
         assert "10.213.7.50/24" in _out(res) and "1 packets received" in _out(res)
+        assert "10.213.7.50\tbee" in _out(res)  # the daemon's own line, with its hostname
         # no name server: the driver's /etc/hosts lines resolve the first one's name
         res = d.docker("run", "--rm", "--network", net, "busybox", "sh", "-c",
                        f"grep -w {a} /etc/hosts; ping -c 1 -W 3 {a}", check=True)
