@@ -27,6 +27,7 @@ from skiff.core.containers.exec import ExecManager
 from skiff.core.containers.health import HealthMonitor
 from skiff.core.containers.healthprobe import ExecProbe
 from skiff.core.containers.manager import ContainerManager
+from skiff.core.containers.netns import CONTAINER_PREFIX
 from skiff.core.containers.netrates import Shaping
 from skiff.core.containers.registry import ContainerRegistry
 from skiff.core.containers.userns import RangeAllocator
@@ -266,7 +267,7 @@ class Engine:
         self.container_files = ContainerFiles(
             self.storage, self.volumes.driver, os.path.join(self.data_root, "tmp"))
         self.networks = NetworkStore(
-            self.data_root, self.config, self.network_driver,
+            self.data_root, self.config, self.network_driver_named,
             lambda driver: driver in plugins.drivers.get("network", {}), self.registry.by_id)
         # last: the manager takes the stores and drivers above as its collaborators
         self.containers = ContainerManager(
@@ -402,7 +403,7 @@ class Engine:
         (or daemon.json ``bridge`` is ``none``); ``container:<ref>`` stays as is.
         """
         installed = self.plugins.drivers.get("network", {})
-        if mode.startswith("container:"):
+        if mode.startswith(CONTAINER_PREFIX):  # a namespace to join (containers.netns)
             return mode
         if mode in ("default", ""):
             if self.networks.find("bridge") is not None:
@@ -418,15 +419,17 @@ class Engine:
         raise NoSuchNetwork(f"network {mode} not found")
 
     def network_driver(self, mode: str) -> NetworkDriver:
-        """The driver of network ``mode`` (a network name, or a driver name)."""
-        net = self.networks.find(mode) if mode not in ("host", "none", "bridge") else None
-        if net is not None:
-            mode = net.driver
-        if mode not in self._networks:
-            factory = self.plugins.factory("network", mode)
-            self._networks[mode] = factory(NetworkContext(
+        """The driver of network ``mode`` (a network's name or ID; else a driver's name)."""
+        net = self.networks.find(mode)
+        return self.network_driver_named(net.driver if net is not None else mode)
+
+    def network_driver_named(self, name: str) -> NetworkDriver:
+        """The network driver called ``name``, made on first use."""
+        if name not in self._networks:
+            factory = self.plugins.factory("network", name)
+            self._networks[name] = factory(NetworkContext(
                 data_root=self.data_root, exec_root=self.exec_root, config=self.config))
-        return self._networks[mode]
+        return self._networks[name]
 
     # -- life ------------------------------------------------------------------
 

@@ -399,6 +399,11 @@ class Endpoint:
     #: the driver in ``create_endpoint``; "" when there is none (host, none).
     #: Traffic shapers (``TrafficShaper``) put their queues on it.
     host_interface: str = ""
+    #: what the daemon asks (2.7): the endpoint's ``DriverOpts``
+    #: (``--driver-opt``, EndpointSettings.DriverOpts) but for the daemon's own
+    #: keys (``skiff.net.*``); a driver refuses a key it does not know with
+    #: ``ValueError`` in ``create_endpoint``
+    driver_options: dict[str, str] = field(default_factory=dict)
 
 
 @runtime_checkable
@@ -413,13 +418,51 @@ class NetworkDriver(Protocol):
     All methods may block and are called from worker threads; calls for
     different containers and networks run concurrently, so what the driver
     shares between them (address allocation, firewall rules) needs a lock.
+
+    Since 2.7 a driver says what it is through class attributes, each
+    optional (absent means the default); the daemon holds no driver's name
+    and asks these instead (``NETWORK_DRIVER_TRAITS``):
+
+    - ``scope``: ``"local"`` (the default; its networks exist on this host)
+      or ``"global"`` (on every host of a cluster); ``docker network
+      inspect`` shows it as ``Scope``.
+    - ``ipam``: ``"engine"`` (the default): the daemon chooses a network's
+      subnet from ``default-address-pools`` when none is given, refuses
+      overlaps, and the driver hands out addresses from it; ``"driver"``:
+      the driver brings its own address management, and ``NetworkOptions``
+      carries only the subnet the user gave ("" when none).
+    - ``ipv6``: True (the default): the driver plumbs ``NetworkOptions.subnet6``
+      (there since 2.4); a driver that cannot says False, and the daemon
+      refuses an IPv6 subnet for its networks rather than pass one it would
+      ignore.
+    - ``nameserver``: "" (the default), or the address, inside a container's
+      namespace, of the name server the driver answers there on networks
+      created with ``NetworkOptions.dns`` (the bridge's embedded DNS at
+      127.0.0.11): the daemon names it in the container's resolv.conf and
+      the driver resolves containers' names and relays the rest.
+    - ``singleton``: False (the default); True for a driver with only its
+      predefined network (host, none): ``network create`` refuses another,
+      and a container on it joins no other network.
+
+    And an optional method (2.7), ``hosts(endpoint) -> list[tuple[str, str]]``:
+    /etc/hosts lines, (address, names separated by spaces), the driver adds
+    to the container's file after the daemon's own (its addresses, its
+    links): name resolution for a driver without a name server.  Called from
+    a worker thread after ``join`` and whenever the container's networks
+    change; quick, no network calls.
     """
 
     name: str
     netns: Literal["new", "host"]
 
     def create_network(self, network_id: str, options: NetworkOptions) -> None:
-        """Create the network's host-side resources (bridge, firewall chains)."""
+        """Create the network's host-side resources (bridge, firewall chains).
+
+        Called at ``network create`` and again for each network at daemon
+        start.  ``ValueError`` refuses the options (an ``-o`` the driver does
+        not know, a parent device that is not there): the client gets a 400
+        with its message, and no network is made.
+        """
         ...
 
     def delete_network(self, network_id: str) -> None:
@@ -427,7 +470,12 @@ class NetworkDriver(Protocol):
         ...
 
     def create_endpoint(self, network_id: str, endpoint: Endpoint) -> Endpoint:
-        """Reserve what the endpoint needs (address, interface) and describe it."""
+        """Reserve what the endpoint needs (address, interface) and describe it.
+
+        ``ValueError`` refuses what was asked (``driver_options``, an
+        address): at ``network connect`` the client gets a 400 with its
+        message; at a container's start the start fails with it.
+        """
         ...
 
     def join(self, endpoint: Endpoint, pid: int) -> None:
@@ -454,6 +502,34 @@ class NetworkContext:
 
 class NetworkFactory(Protocol):
     def __call__(self, ctx: NetworkContext) -> NetworkDriver: ...
+
+
+#: A network driver's optional class attributes (see ``NetworkDriver``) and
+#: their values when the driver does not set them.
+NETWORK_DRIVER_TRAITS: dict[str, Any] = {
+    "scope": "local",
+    "ipam": "engine",
+    "ipv6": True,
+    "nameserver": "",
+    "singleton": False,
+}
+
+
+@dataclass(frozen=True)
+class NetworkNamespace:
+    """Where a container's network stack comes from, as data.
+
+    ``new``: a namespace of its own, which its networks' drivers plumb in
+    ``join``; ``host``: the host's, nothing to plumb; ``join``: an existing
+    namespace, the file at ``path`` (``/proc/PID/ns/net`` of another
+    container, for ``--network container:<name>``, or a bind-mounted
+    namespace): the container has no endpoint of its own and takes the
+    /etc files of ``owner``, the container whose namespace it is.
+    """
+
+    kind: Literal["new", "host", "join"]
+    path: str = ""  #: ``join``: the namespace file; "" until the owner runs
+    owner: str = ""  #: ``join``: the container (name or ID) that owns the namespace
 
 
 # ---------------------------------------------------------------------------

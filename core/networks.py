@@ -29,7 +29,7 @@ import structlog
 
 from skiff.core.atomic import write_json_atomic
 from skiff.core.errors import Conflict, Forbidden, InvalidParameter, NotFound
-from skiff.core.hookspecs import NetworkDriver, NetworkOptions
+from skiff.core.hookspecs import NETWORK_DRIVER_TRAITS, NetworkDriver, NetworkOptions
 from skiff.core.timefmt import now_rfc3339
 
 if TYPE_CHECKING:
@@ -37,7 +37,10 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("skiff.networks")
 
+#: the predefined networks, each named after the driver it has (as dockerd's)
 PREDEFINED = ("bridge", "host", "none")
+#: the driver of ``POST /networks/create`` without one: the API's default, as dockerd's
+DEFAULT_DRIVER = "bridge"
 DEFAULT_BRIDGE = "skiff0"
 #: Docker's default-address-pools
 DEFAULT_POOLS: tuple[tuple[str, int], ...] = (
@@ -49,6 +52,12 @@ ICC_OPTION = "com.docker.network.bridge.enable_icc"
 NAME_OPTION = "com.docker.network.bridge.name"
 #: skiff's key in a network's record file (not in inspect)
 USER_SUBNET_KEY = "SkiffUserSubnet"
+
+
+def trait(driver: NetworkDriver, key: str) -> Any:
+    """What ``driver`` says it is (``NETWORK_DRIVER_TRAITS``): its class
+    attribute, or the contract's default when it sets none."""
+    return getattr(driver, key, NETWORK_DRIVER_TRAITS[key])
 
 
 class NoSuchNetwork(NotFound):
@@ -81,6 +90,7 @@ class Network:
     subnet6: str = ""
     gateway6: str = ""
     ip_range6: str = ""
+    scope: str = "local"  #: the driver's (``NetworkDriver`` ``scope``)
 
     @property
     def predefined(self) -> bool:
@@ -105,7 +115,7 @@ class Network:
             "Name": self.name,
             "Id": self.id,
             "Created": self.created,
-            "Scope": "local",
+            "Scope": self.scope,
             "Driver": self.driver,
             "EnableIPv6": self.enable_ipv6,
             "IPAM": {"Driver": self.ipam_driver, "Options": None, "Config": config},
@@ -132,7 +142,8 @@ class Network:
                    ipam_driver=(rec.get("IPAM") or {}).get("Driver") or "default",
                    user_subnet=bool(rec.get(USER_SUBNET_KEY, True)),
                    enable_ipv6=bool(rec.get("EnableIPv6")), subnet6=v6.get("Subnet", ""),
-                   gateway6=v6.get("Gateway", ""), ip_range6=v6.get("IPRange", ""))
+                   gateway6=v6.get("Gateway", ""), ip_range6=v6.get("IPRange", ""),
+                   scope=rec.get("Scope") or "local")
 
 
 def host_routes() -> list[ipaddress.IPv4Network]:
@@ -255,7 +266,9 @@ class NetworkStore:
                 log.warning("network.driver_missing", network=net.name, driver=net.driver)
                 continue
             try:
-                self._driver(net.driver).create_network(net.id, self.options(net))
+                driver = self._driver(net.driver)
+                net.scope = trait(driver, "scope")
+                driver.create_network(net.id, self.options(net))
             except Exception as exc:
                 log.error("network.restore_failed", network=net.name, error=str(exc))
 
@@ -301,7 +314,7 @@ class NetworkStore:
             ip_range=net.ip_range,
             icc=net.options.get(ICC_OPTION, "true") != "false",
             internal=net.internal,
-            dns=net.name != "bridge",  # Docker: the default bridge has no embedded DNS
+            dns=not net.predefined,  # as dockerd: names resolve on user-defined networks only
             options=dict(net.options),
             labels=dict(net.labels),
             subnet6=net.subnet6,
@@ -318,10 +331,11 @@ class NetworkStore:
             raise InvalidParameter("network name is required")
         if self.find(name) is not None and self.get(name).name == name:
             raise Conflict(f"network with name {name} already exists")
-        driver = body.get("Driver") or "bridge"
+        driver = body.get("Driver") or DEFAULT_DRIVER
         if not self.installed(driver):
             raise NotFound(f"plugin \"{driver}\" not found")
-        if driver in ("host", "none"):
+        drv = self._driver(driver)
+        if trait(drv, "singleton"):
             raise InvalidParameter(
                 f"only one instance of \"{driver}\" network is allowed")
         ipam = body.get("IPAM") or {}
@@ -331,7 +345,7 @@ class NetworkStore:
                       attachable=bool(body.get("Attachable")),
                       options={k: str(v) for k, v in (body.get("Options") or {}).items()},
                       labels=dict(body.get("Labels") or {}),
-                      ipam_driver=ipam.get("Driver") or "default")
+                      ipam_driver=ipam.get("Driver") or "default", scope=trait(drv, "scope"))
         others = [ipaddress.IPv4Network(n.subnet) for n in self.by_id.values() if n.subnet]
         try:
             v4 = [c for c in configs if ":" not in (c.get("Subnet") or "")]
@@ -348,14 +362,19 @@ class NetworkStore:
                 net.ip_range = v4[0].get("IPRange") or ""
                 if net.ip_range and not ipaddress.IPv4Network(net.ip_range).subnet_of(subnet):
                     raise InvalidParameter(f"ip-range {net.ip_range} is not in subnet {subnet}")
-            else:
+            elif trait(drv, "ipam") == "engine":
                 subnet = pick_subnet(self.pools, others + host_routes())
                 net.subnet, net.gateway = str(subnet), str(subnet.network_address + 1)
+                net.user_subnet = False
+            else:  # the driver's own address management chooses
                 net.user_subnet = False
             self._configure_v6(net, configs, bool(body.get("EnableIPv6")))
         except ValueError as exc:
             raise InvalidParameter(f"invalid IPAM configuration: {exc}") from exc
-        self._driver(driver).create_network(net.id, self.options(net))
+        try:
+            drv.create_network(net.id, self.options(net))
+        except ValueError as exc:  # the contract's refusal of the options: the driver's words
+            raise InvalidParameter(str(exc)) from exc
         self.by_id[net.id] = net
         self._save(net)
         log.info("network.create", id=net.id[:12], name=name, subnet=net.subnet)
@@ -379,7 +398,7 @@ class NetworkStore:
                     "EnableIPv6 needs an IPv6 subnet (--subnet fd00:.../64): skiff has no "
                     "default IPv6 address pool")
             return
-        if net.driver != "bridge":
+        if not trait(self._driver(net.driver), "ipv6"):
             raise InvalidParameter(f"IPv6 is not supported by the {net.driver} driver")
         subnet = ipaddress.IPv6Network(v6[0]["Subnet"], strict=False)
         if subnet.prefixlen > 126:

@@ -60,6 +60,7 @@ if [ "$WITH_TEST" = 1 ]; then
     "$VENV/bin/pip" install -q --disable-pip-version-check -e "$REPO[test]"
     "$VENV/bin/pip" install -q --disable-pip-version-check -e "$REPO/tests/thirdparty/skiff-testfs"
     "$VENV/bin/pip" install -q --disable-pip-version-check -e "$REPO/tests/thirdparty/skiff-testlog"
+    "$VENV/bin/pip" install -q --disable-pip-version-check -e "$REPO/tests/thirdparty/skiff-testnet"
 else
     "$VENV/bin/pip" install -q --disable-pip-version-check -e "$REPO"
 fi

@@ -96,6 +96,8 @@ def _matches(n: Network, f: dict[str, list[str]]) -> bool:
         return False
     if f.get("driver") and n.driver not in f["driver"]:
         return False
+    if f.get("scope") and n.scope not in f["scope"]:  # the driver's (``scope``)
+        return False
     if f.get("type"):
         kind = "builtin" if n.predefined else "custom"
         if kind not in f["type"]:

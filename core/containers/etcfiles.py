@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+from collections.abc import Sequence
 from typing import Any
 
 from skiff.core.containers.config import dns_settings, extra_hosts
@@ -13,8 +14,14 @@ from skiff.core.containers.endpoints import requested
 from skiff.core.containers.links import Lookup, first_ip, linked
 from skiff.core.containers.model import Container
 from skiff.core.errors import InvalidParameter
+from skiff.core.hookspecs import NetworkNamespace
 from skiff.core.networks import Network
 
+#: a namespace of the container's own: what a caller that names none means
+NEW = NetworkNamespace("new")
+
+#: what a caller passing ``True`` for a name server means: the address of
+#: Docker's embedded DNS, which the bridge driver serves (``nameserver``)
 EMBEDDED_DNS = "127.0.0.11"
 
 _LOCAL_HOSTS = [
@@ -24,22 +31,25 @@ _LOCAL_HOSTS = [
 ]
 
 
-def write_at_create(c: Container, embedded_dns: bool) -> None:
+def write_at_create(c: Container, nameserver: str | bool,
+                    netns: NetworkNamespace = NEW) -> None:
     """hostname, hosts and resolv.conf of a new container.
 
-    ``embedded_dns``: its network is a user-defined bridge, whose containers
-    resolve through the embedded DNS server, as Docker's do.
+    ``nameserver``: the name server its network's driver runs for it (the
+    bridge's embedded DNS on a user-defined network, as Docker's), "" for
+    none: the host's resolvers.  ``netns``: where its network stack comes
+    from; in the host's, the host's /etc/hosts and resolvers.
     """
     with open(c.hostname_path, "w") as f:
         f.write(c.config["Hostname"] + "\n")
-    if c.network_mode == "host":
+    if netns.kind == "host":
         shutil.copyfile("/etc/hosts", c.hosts_path)
         with open(c.hosts_path, "a") as f:
             f.write("".join(f"{ip}\t{name}\n" for ip, name in extra_hosts(c.host_config)))
     else:
         with open(c.hosts_path, "w") as f:
             f.write("\n".join(_local_and_extra(c)) + "\n")
-    text = resolv_conf_text(c, embedded_dns)
+    text = resolv_conf_text(c, nameserver, netns)
     with open(c.resolv_conf_path, "w") as f:
         f.write(text)
     _remember(c, text.encode())
@@ -56,9 +66,12 @@ def _local_and_extra(c: Container) -> list[str]:
     return [*_LOCAL_HOSTS, *(f"{ip}\t{name}" for ip, name in extra_hosts(c.host_config))]
 
 
-def write_hosts(c: Container, lookup: Lookup) -> None:
-    """/etc/hosts with the container's own addresses and its links (in place)."""
-    if c.network_mode == "host" or c.network_mode.startswith("container:"):
+def write_hosts(c: Container, lookup: Lookup, netns: NetworkNamespace = NEW,
+                extra: Sequence[tuple[str, str]] = ()) -> None:
+    """/etc/hosts with the container's own addresses and its links, then
+    ``extra`` (address, names) from its network drivers (in place); nothing in
+    the host's namespace or one joined (the owner's file is used)."""
+    if netns.kind != "new":
         return
     lines = _local_and_extra(c)
     for other, alias in linked(c, lookup):
@@ -71,15 +84,17 @@ def write_hosts(c: Container, lookup: Lookup) -> None:
         for key in ("IPAddress", "GlobalIPv6Address"):  # dockerd's order: IPv4, then IPv6
             if settings.get(key):
                 lines.append(f"{settings[key]}\t{hostname}")
+    lines.extend(f"{ip}\t{names}" for ip, names in extra)
     # Truncate and rewrite the same inode: it is bind-mounted into the container.
     with open(c.hosts_path, "w") as f:
         f.write("\n".join(lines) + "\n")
 
 
-def resolv_conf_text(c: Container, embedded_dns: bool) -> str:
+def resolv_conf_text(c: Container, nameserver: str | bool,
+                     netns: NetworkNamespace = NEW) -> str:
     """What /etc/resolv.conf holds, as dockerd 20.10 writes it.
 
-    On a user-defined network the embedded server's address, with the
+    With a ``nameserver`` (a driver's, such as the embedded server), its address, with the
     container's ``--dns-search``/``--dns-option`` or else the host's search
     domains and options, and ``ndots:0`` unless an ndots is given (its
     ``--dns`` servers are the embedded server's upstreams for it, see
@@ -88,13 +103,14 @@ def resolv_conf_text(c: Container, embedded_dns: bool) -> str:
     host's lines of its kind.
     """
     servers, search, options = dns_settings(c.host_config)
-    if embedded_dns:
-        _, host_search, host_options = _parse_resolv(resolv_conf_for(c.network_mode))
+    if nameserver:
+        _, host_search, host_options = _parse_resolv(resolv_conf_for(netns.kind))
         options = options or host_options
         if not any(o.startswith("ndots:") for o in options):
             options = [*options, "ndots:0"]
-        return _build_resolv(search or host_search, [EMBEDDED_DNS], options)
-    text = resolv_conf_for(c.network_mode)
+        address = EMBEDDED_DNS if nameserver is True else str(nameserver)
+        return _build_resolv(search or host_search, [address], options)
+    text = resolv_conf_for(netns.kind)
     if not (servers or search or options):
         return text
     host_servers, host_search, host_options = _parse_resolv(text)
@@ -131,7 +147,8 @@ def _build_resolv(search: list[str], servers: list[str], options: list[str]) -> 
     return "".join(line + "\n" for line in lines)
 
 
-def write_resolv_conf(c: Container, embedded_dns: bool) -> None:
+def write_resolv_conf(c: Container, nameserver: str | bool,
+                      netns: NetworkNamespace = NEW) -> None:
     """Rewrite resolv.conf in place when its resolver changes (``network connect``
     and ``disconnect``, start), unless the user has edited it since.
 
@@ -139,9 +156,9 @@ def write_resolv_conf(c: Container, embedded_dns: bool) -> None:
     truncated and rewritten through one descriptor; ``O_NOFOLLOW``: the daemon
     never follows a link where its own file should be.
     """
-    if c.network_mode.startswith("container:"):
+    if netns.kind == "join":  # the owner's file is bind-mounted instead
         return
-    text = resolv_conf_text(c, embedded_dns).encode()
+    text = resolv_conf_text(c, nameserver, netns).encode()
     fd = os.open(c.resolv_conf_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
                  0o644)
     try:
@@ -179,11 +196,13 @@ def _ours(c: Container, text: bytes) -> bool:
 
 
 def initial_networks(network_mode: str, body: dict[str, Any], hc: dict[str, Any],
-                     network: Network | None = None) -> dict[str, dict[str, Any]]:
+                     network: Network | None = None, *, netns: NetworkNamespace = NEW,
+                     sole: bool = False) -> dict[str, dict[str, Any]]:
     """The container's networks at create: its NetworkMode's, with EndpointsConfig
     (checked against ``network``: see ``endpoints.requested``) and
-    Config.MacAddress."""
-    if network_mode.startswith("container:"):
+    Config.MacAddress, which dockerd ignores on a network whose driver has
+    only that network (``sole``: host, none).  None in a joined namespace."""
+    if netns.kind == "join":
         return {}
     networking = body.get("NetworkingConfig") or {}
     if not isinstance(networking, dict):
@@ -193,7 +212,7 @@ def initial_networks(network_mode: str, body: dict[str, Any], hc: dict[str, Any]
         raise InvalidParameter("NetworkingConfig.EndpointsConfig must be a JSON object")
     mode = hc.get("NetworkMode") or "default"
     cfg = configs.get(mode) or configs.get(network_mode) or {}
-    mac = (body.get("MacAddress") or "") if network_mode not in ("host", "none") else ""
+    mac = (body.get("MacAddress") or "") if not sole else ""
     settings = requested(cfg, config_mac=mac if isinstance(mac, str) else "",
                          subnet=network.subnet if network else "",
                          predefined=network.predefined if network else False,
@@ -225,14 +244,15 @@ def check_v6_bindings(hc: dict[str, Any], network: Network) -> None:
                     "to IPv6 loopback")
 
 
-def resolv_conf_for(network_mode: str) -> str:
-    """The host's resolv.conf; loopback resolvers are dropped outside the host netns."""
+def resolv_conf_for(kind: str) -> str:
+    """The host's resolv.conf; loopback resolvers are dropped unless the
+    namespace's ``kind`` is ``host`` (``NetworkNamespace.kind``)."""
     try:
         with open("/etc/resolv.conf") as f:
             lines = f.read().splitlines()
     except OSError:
         lines = []
-    if network_mode == "host":
+    if kind == "host":
         return "\n".join(lines) + "\n"
     kept = [
         line for line in lines

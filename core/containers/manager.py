@@ -44,6 +44,7 @@ from skiff.core.containers.config import runtime as config_runtime
 from skiff.core.containers.logopts import check_generic
 from skiff.core.containers.logstream import LogStreams, open_log
 from skiff.core.containers.model import Container, State
+from skiff.core.containers.netns import namespace_of
 from skiff.core.containers.networking import NetworkAttachment
 from skiff.core.containers.registry import ContainerRegistry, Notice, ToThread, Track
 from skiff.core.containers.resources import cgroup_procs
@@ -148,9 +149,9 @@ class ContainerManager:
     def _log_factory(self, name: str) -> Any:
         return self.plugins.factory("logging", name)
 
-    def _embedded_dns(self, c: Container) -> bool:
-        """Whether ``c`` resolves through the embedded DNS server: user networks, as Docker."""
-        return self.network.embedded_dns(c)
+    def _nameserver(self, c: Container) -> str:
+        """The name server ``c`` resolves through ("" for the host's): its network driver's."""
+        return self.network.nameserver(c)
 
     # -- lookup and events (the registry's) ----------------------------------
 
@@ -209,6 +210,8 @@ class ContainerManager:
                 self.plugins.factory("logging", hc["LogConfig"]["Type"])
             hc["Runtime"] = config_runtime(hc.get("Runtime"), self.config["default-runtime"])
             network_mode = self.resolve_network_mode(hc.get("NetworkMode") or "default")
+            # its driver's say (a driver not installed: refused here, a 400)
+            netns = namespace_of(network_mode, self.network.network_driver)
             default_pids = self.config.get("default-pids-limit", 0)
             if not hc.get("PidsLimit") and default_pids > 0:
                 # The docker CLI sends 0 when --pids-limit is not given, so 0
@@ -240,7 +243,7 @@ class ContainerManager:
         while name is None or name in self.by_name:
             name = names.generate()
         if not cfg["Hostname"]:
-            host_uts = network_mode == "host" or hc.get("UTSMode") == "host"
+            host_uts = netns.kind == "host" or hc.get("UTSMode") == "host"
             cfg["Hostname"] = socket.gethostname() if host_uts else cid[:12]
         path, args = command_line(cfg)
         root = os.path.join(self.root, cid)
@@ -249,8 +252,9 @@ class ContainerManager:
             host_config=hc, path=path, args=args, driver=self.storage_name, root=root,
             log_driver=hc["LogConfig"]["Type"], network_mode=network_mode,
         )
-        c.networks = etcfiles.initial_networks(network_mode, body, hc,
-                                               self.network.networks.find(network_mode))
+        c.networks = etcfiles.initial_networks(
+            network_mode, body, hc, self.network.networks.find(network_mode), netns=netns,
+            sole=netns.kind != "join" and self.network.sole(network_mode))
         self.network.shaping.check_container(cfg, network_mode, c.networks)
         # Reserve the name before the first await so a concurrent create cannot take it.
         self.registry.index(c)
@@ -266,7 +270,7 @@ class ContainerManager:
             c.graph_data = await self.to_thread(self.storage.metadata, mount_id)
             c.mount_points = await self.to_thread(container_mounts.realize, self.volumes,
                                                   self.registry.get, self.storage, c, mount_plan)
-            etcfiles.write_at_create(c, self._embedded_dns(c))
+            etcfiles.write_at_create(c, self._nameserver(c), netns)
             c.save()
             self.plugins.hook.skiff_container_create(container=c)
         except BaseException:

@@ -20,12 +20,20 @@ from skiff.core.containers.endpoints import (
 from skiff.core.containers.etcfiles import write_hosts, write_resolv_conf
 from skiff.core.containers.links import linked
 from skiff.core.containers.model import Container
+from skiff.core.containers.netns import namespace_of
 from skiff.core.containers.netrates import Shaping, pick
 from skiff.core.containers.registry import ContainerRegistry, ToThread, Track
 from skiff.core.errors import Conflict, Forbidden, InvalidParameter
 from skiff.core.events import Publish
-from skiff.core.hookspecs import Endpoint, Link, NetworkDriver, PortBinding
-from skiff.core.networks import Network, NetworkStore
+from skiff.core.hookspecs import (
+    NET_RATE_PREFIX,
+    Endpoint,
+    Link,
+    NetworkDriver,
+    NetworkNamespace,
+    PortBinding,
+)
+from skiff.core.networks import Network, NetworkStore, trait
 
 log = structlog.get_logger("skiff.containers")
 
@@ -48,7 +56,7 @@ class NetworkAttachment:
     async def attach(self, c: Container, track: Track, name: str, pid: int) -> None:
         """Create and join the endpoint of network ``name``; fills ``c.networks[name]``."""
         net = self.networks.get(name)
-        driver = self.network_driver(net.driver)
+        driver = self.network_driver(net.name)
         settings = c.networks.setdefault(name, {})
         if user_defined(net):
             settings["Aliases"] = with_short_id(settings.get("Aliases"), c.id)
@@ -60,7 +68,9 @@ class NetworkAttachment:
             requested_ip6=(settings.get("IPAMConfig") or {}).get("IPv6Address") or "",
             requested_mac=settings.get(REQUESTED_MAC) or "",
             link_aliases=link_aliases(settings.get("Links")) if user_defined(net) else {},
-            dns_servers=dns_settings(c.host_config)[0])
+            dns_servers=dns_settings(c.host_config)[0],
+            driver_options={k: v for k, v in (settings.get("DriverOpts") or {}).items()
+                            if not k.startswith(NET_RATE_PREFIX)})
         primary = name == c.network_mode
         # dockerd ignores publishing on an internal network: nothing may reach it
         if primary and not net.internal:
@@ -94,21 +104,45 @@ class NetworkAttachment:
 
     async def attach_all(self, c: Container, track: Track, pid: int) -> None:
         """Join every network of ``c`` at start; /etc/hosts gets the addresses."""
-        if not c.networks and not c.network_mode.startswith("container:"):
+        netns = self.namespace(c)
+        if not c.networks and netns.kind != "join":
             c.networks = {c.network_mode: {}}  # a record from before networks were kept
         for name in list(c.networks):
             await self.attach(c, track, name, pid)
-        await self.to_thread(write_hosts, c, self.registry.get)
-        await self.to_thread(write_resolv_conf, c, self.embedded_dns(c))
+        await self.to_thread(self._write_hosts, c, track, netns)
+        await self.to_thread(write_resolv_conf, c, self.nameserver(c), netns)
 
-    def embedded_dns(self, c: Container) -> bool:
-        """Whether ``c`` resolves through the embedded DNS server: while one of its
-        networks is a user-defined bridge, as dockerd does."""
+    def _write_hosts(self, c: Container, track: Track, netns: NetworkNamespace) -> None:
+        """/etc/hosts (blocking): the daemon's lines, then those the drivers of
+        the joined endpoints supply (their optional ``hosts``)."""
+        extra: list[tuple[str, str]] = []
+        for driver, ep in track.endpoints.values():
+            hosts = getattr(driver, "hosts", None)
+            if hosts is not None:
+                extra.extend(hosts(ep))
+        write_hosts(c, self.registry.get, netns, extra)
+
+    def namespace(self, c: Container) -> NetworkNamespace:
+        """Where ``c``'s network stack comes from (no path: not for the runtime)."""
+        return namespace_of(c.network_mode, self.network_driver)
+
+    def nameserver(self, c: Container) -> str:
+        """The name server ``c`` resolves through, "" for the host's resolvers:
+        that of the driver of its first user-defined network that runs one
+        (the bridge's embedded DNS), as dockerd does."""
         for name in c.networks:
             net = self.networks.find(name)
-            if net is not None and net.driver == "bridge" and user_defined(net):
-                return True
-        return False
+            if net is not None and user_defined(net):
+                address = trait(self.network_driver(net.name), "nameserver")
+                if address:
+                    return str(address)
+        return ""
+
+    def sole(self, network: str) -> bool:
+        """Whether ``network``'s driver has only that network (host, none): a
+        container on it joins no other."""
+        net = self.networks.find(network)
+        return net is not None and bool(trait(self.network_driver(net.name), "singleton"))
 
     async def detach(self, c: Container, track: Track, name: str) -> None:
         """Leave and delete the endpoint of network ``name``; never raises."""
@@ -142,11 +176,11 @@ class NetworkAttachment:
         """``docker network connect``: now if running, else at the next start."""
         c = self.registry.get(ref)
         net = self.networks.get(network)
-        if c.network_mode in ("host", "none") or c.network_mode.startswith("container:"):
+        if self.sole(c.network_mode) or self.namespace(c).kind == "join":
             raise InvalidParameter(
                 f"container cannot be disconnected from host network or connected to "
                 f"{c.network_mode} network")
-        if net.driver in ("host", "none"):
+        if self.sole(net.name):
             raise InvalidParameter(f"container cannot be connected to {net.name} network")
         if net.name in c.networks:
             raise Forbidden(
@@ -161,14 +195,17 @@ class NetworkAttachment:
             if c.state.Running:
                 try:
                     await self.attach(c, track, net.name, c.state.Pid)
-                except BaseException:
+                except BaseException as exc:
                     with trio.CancelScope(shield=True):
                         if net.name in track.endpoints:
                             await self.detach(c, track, net.name)
                     del c.networks[net.name]
+                    if isinstance(exc, ValueError) and not isinstance(exc, InvalidParameter):
+                        # the driver refused what was asked: the contract's 400
+                        raise InvalidParameter(str(exc)) from exc
                     raise
-                await self.to_thread(write_hosts, c, self.registry.get)
-            await self.to_thread(write_resolv_conf, c, self.embedded_dns(c))
+                await self.to_thread(self._write_hosts, c, track, self.namespace(c))
+            await self.to_thread(write_resolv_conf, c, self.nameserver(c), self.namespace(c))
             c.save()
 
     async def disconnect(self, ref: str, network: str, force: bool = False) -> None:
@@ -183,8 +220,8 @@ class NetworkAttachment:
                 await self.detach(c, track, net.name)
             del c.networks[net.name]
             if c.state.Running:
-                await self.to_thread(write_hosts, c, self.registry.get)
-            await self.to_thread(write_resolv_conf, c, self.embedded_dns(c))
+                await self.to_thread(self._write_hosts, c, track, self.namespace(c))
+            await self.to_thread(write_resolv_conf, c, self.nameserver(c), self.namespace(c))
             c.save()
 
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from skiff.core.containers.model import Container
+from skiff.core.containers.netns import namespace_of
 from skiff.core.errors import Conflict, InvalidParameter
 from skiff.core.hookspecs import CgroupDriver, NetworkDriver
 from skiff.core.timefmt import rfc3339
@@ -99,10 +100,8 @@ def sample(cgroups: CgroupDriver | None, network_driver: Callable[[str], Network
 def _own_netns(network_driver: Callable[[str], NetworkDriver], c: Container) -> bool:
     """Whether the container has a network namespace of its own (not host's,
     not another container's)."""
-    if c.network_mode.startswith("container:"):
-        return False
     try:
-        return network_driver(c.network_mode).netns == "new"
+        return namespace_of(c.network_mode, network_driver).kind == "new"
     except LookupError:  # a network removed meanwhile: count it as its own
         return True
 

@@ -11,6 +11,7 @@ from typing import Any
 from skiff.core.containers import namespaces as container_namespaces
 from skiff.core.containers.links import Lookup, link_env
 from skiff.core.containers.model import Container
+from skiff.core.containers.netns import namespace_of
 from skiff.core.errors import Conflict
 from skiff.core.hookspecs import (
     CgroupDriver,
@@ -42,10 +43,13 @@ class SpecBuilder:
 
     def build(self, c: Container) -> ContainerSpec:
         etc = c
-        if c.network_mode.startswith("container:"):
+        running_pid = container_namespaces.running_pid_of(self.lookup)
+        netns = namespace_of(c.network_mode, self.network_driver,
+                             lambda ref: running_pid(ref, "network"))
+        if netns.owner:
             # as dockerd: in another's network namespace, the container takes that
             # one's names and /etc files, which hold that namespace's addresses
-            etc = self.lookup(c.network_mode[10:])
+            etc = self.lookup(netns.owner)
             c.config["Hostname"] = etc.config.get("Hostname") or c.config["Hostname"]
             c.config["Domainname"] = etc.config.get("Domainname") or ""
         mounts = [
@@ -56,13 +60,12 @@ class SpecBuilder:
         if self.cgroups is not None:
             # the container's own groups, read-only, under /sys/fs/cgroup
             mounts.extend(self.cgroups.mounts(c.id))
-        running_pid = container_namespaces.running_pid_of(self.lookup)
         namespaces, ns_mounts = container_namespaces.for_start(c.host_config, running_pid)
         mounts.extend(ns_mounts)
         mounts.extend(self.volume_mounts(c))
-        if c.network_mode.startswith("container:"):
-            namespaces["net"] = f"/proc/{running_pid(c.network_mode[10:], 'network')}/ns/net"
-        elif self.network_driver(c.network_mode).netns == "new":
+        if netns.kind == "join":
+            namespaces["net"] = netns.path
+        elif netns.kind == "new":
             namespaces["net"] = None
         idmap = c.idmap
         uid_map: list[tuple[int, int, int]] = []

@@ -19,6 +19,7 @@ class HostNetworkDriver:
 
     name = NAME
     netns: Literal["new", "host"] = "host"
+    singleton = True  #: only the predefined ``host`` network; no other beside it
 
     def __init__(self, ctx: NetworkContext | None = None) -> None:
         self.ctx = ctx
@@ -43,7 +44,7 @@ class HostNetworkDriver:
 
 
 #: the plugin contract this module was written for; the loader refuses another major
-SKIFF_CONTRACT = "2.0"
+SKIFF_CONTRACT = "2.7"
 
 
 @hookimpl

@@ -59,6 +59,7 @@ class NoneNetworkDriver:
 
     name = NAME
     netns: Literal["new", "host"] = "new"
+    singleton = True  #: only the predefined ``none`` network; no other beside it
 
     def __init__(self, ctx: NetworkContext | None = None) -> None:
         self.ctx = ctx
@@ -84,7 +85,7 @@ class NoneNetworkDriver:
 
 
 #: the plugin contract this module was written for; the loader refuses another major
-SKIFF_CONTRACT = "2.0"
+SKIFF_CONTRACT = "2.7"
 
 
 @hookimpl

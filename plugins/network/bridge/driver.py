@@ -125,6 +125,11 @@ class BridgeNetworkDriver:
 
     name = NAME
     netns: Literal["new", "host"] = "new"
+    scope = "local"
+    ipam = "engine"  #: subnets from the daemon's pools; addresses from ``ipam.Pool``
+    ipv6 = True  #: IPv6 subnets too (ip6tables, the [::1] proxy)
+    #: the embedded DNS, answering in every container of a network with ``dns``
+    nameserver = DNS_IP
 
     def __init__(self, ctx: NetworkContext) -> None:
         self.ctx = ctx
