@@ -9,7 +9,11 @@ full.  ``mode=non-blocking`` puts messages in a buffer of
 drained by a thread of its own: the pump never waits for the driver, and a
 message that does not fit is dropped (as dockerd's ring buffer: the new
 message, never one already queued; a message larger than the whole buffer
-still goes through when the buffer is empty).
+still goes through when the buffer is empty).  The thread takes everything
+queued at once and hands a driver that offers ``write_lines`` each run of
+one read's lines in one call, so the buffer drains at the driver's batch
+speed; while it writes such a batch the buffer takes new messages, so up to
+twice ``max-buffer-size`` may be held.
 
 In both modes a message the driver fails to write (``OSError``: a syslog
 server gone, a full disk) is lost, not retried.  Every lost message is
@@ -190,6 +194,7 @@ class NonBlockingDelivery(_Delivery):
         self._cond = threading.Condition()
         self._closing = False
         self._abandoned = False
+        self._batched = getattr(driver, "write_lines", None)
         self._thread = threading.Thread(target=self._drain, daemon=True,
                                         name=f"log-{container_id[:12]}")
         self._thread.start()
@@ -207,6 +212,7 @@ class NonBlockingDelivery(_Delivery):
             self.drops.add(1, f"the buffer of {self.max_bytes} bytes was full")
 
     def _drain(self) -> None:
+        left = 0
         try:
             while True:
                 with self._cond:
@@ -217,10 +223,33 @@ class NonBlockingDelivery(_Delivery):
                         self._queue.clear()
                         self._bytes = 0
                         break
-                    msg = self._queue.popleft()
-                    self._bytes -= len(msg.line)
-                # anything, not only OSError: this thread must outlive a driver's bug
-                self._write_through(msg, Exception)
+                    # everything queued at once: a driver that takes runs of lines
+                    # (json-file, local) writes them with one write(2), so the
+                    # buffer empties far faster than one message at a time
+                    batch = list(self._queue)
+                    self._queue.clear()
+                    self._bytes = 0
+                done = 0
+                for run in _runs(batch) if self._batched is not None else [[m] for m in batch]:
+                    if self._abandoned:  # close gave up on us: the rest is counted
+                        break
+                    done += len(run)
+                    if self._batched is not None and len(run) > 1:
+                        # anything, not only OSError: this thread must outlive a driver's bug
+                        try:
+                            self._batched(run[0].stream, [m.line for m in run], run[0].time)
+                        except Exception as exc:
+                            self.drops.add(len(run), f"the {self.name} driver failed to "
+                                                     f"write: {exc}")
+                        continue
+                    for msg in run:
+                        self._write_through(msg, Exception)
+                if done < len(batch):
+                    with self._cond:
+                        left = len(batch) - done + len(self._queue)
+                        self._queue.clear()
+                        self._bytes = 0
+                    break
             if left:
                 self.drops.add(left, f"the {self.name} driver was still behind when "
                                      f"the log closed ({CLOSE_WAIT:g} s)")
@@ -242,6 +271,21 @@ class NonBlockingDelivery(_Delivery):
         if self._thread.is_alive():
             with self._cond:
                 self._abandoned = True
+
+
+def _runs(batch: list[LogMessage]) -> list[list[LogMessage]]:
+    """``batch`` cut into runs a driver's ``write_lines`` takes: consecutive whole
+    lines of one stream and one time (the lines of one read of the output)."""
+    runs: list[list[LogMessage]] = []
+    key: tuple[str, float] | None = None
+    for msg in batch:
+        whole = msg.partial is None and msg.line.endswith(b"\n")
+        if whole and runs and key == (msg.stream, msg.time):
+            runs[-1].append(msg)
+            continue
+        runs.append([msg])
+        key = (msg.stream, msg.time) if whole else None
+    return runs
 
 
 def deliver(driver: LogDriver, options: Mapping[str, str], container_id: str) -> LogDriver:

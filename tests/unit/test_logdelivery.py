@@ -204,9 +204,10 @@ def test_a_stalled_driver_never_starves_its_cache() -> None:
     stalled.gate.set()
     d.close()
     assert cache.closed and stalled.closed.is_set()
-    # the remote got the line it was stuck on and what its buffer held; the rest
-    # counted as its drops, none as the cache's
-    assert 1 + 1024 // 10 >= len(stalled.got) > 0
+    # the remote got the line it was stuck on, what its buffer held, and what
+    # the buffer took while those were written (twice the buffer at most); the
+    # rest counted as its drops, none as the cache's
+    assert 1 + 2 * (1024 // 10) >= len(stalled.got) > 0
     assert logdelivery.dropped_total() - before == 2000 - len(stalled.got)
 
 
