@@ -62,8 +62,6 @@ NAME = "journald"
 SOCKET = "/run/systemd/journal/socket"
 _KNOWN_OPTS = frozenset({"labels", "labels-regex", "env", "env-regex", "tag"})
 PRIORITY = {"stdout": b"6", "stderr": b"3"}
-#: skiff's longest log message: a longer line comes in pieces of this size
-PIECE = 16 * 1024
 
 
 def socket_path() -> str:

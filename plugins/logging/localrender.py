@@ -124,9 +124,11 @@ class BlockRenderer:
 
 class Framer:
     """Frames runs of whole lines as entries (``skiff_local_frame``), into a buffer
-    kept from call to call; one per thread."""
+    kept from call to call; one per thread.  Every draining thread of a
+    non-blocking container holds one, so it is small: a read that frames to
+    more (two-byte lines grow 14-fold) is written in several passes."""
 
-    SIZE = 4 << 20
+    SIZE = 256 << 10
 
     def __init__(self) -> None:
         self._out = ffi.new("uint8_t[]", self.SIZE)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from skiff.core.containers.streams import MAX_LINE
 from skiff.core.errors import SkiffError
 from skiff.core.hookspecs import LogContext, LogMessage, PartialMeta
 from skiff.plugins.logging import journald
@@ -118,7 +119,7 @@ def test_fields_as_dockerd(journal: socket.socket) -> None:
 
 def test_partial_pieces_and_a_large_entry_in_a_memfd(journal: socket.socket) -> None:
     d = journald.JournaldDriver(ctx())
-    piece = b"p" * journald.PIECE
+    piece = b"p" * MAX_LINE
     ident = "a" * 64
     # a cut line's pieces, then a whole line
     d.write(LogMessage("stdout", piece, time.time(), partial=PartialMeta(ident, 1, False)))
