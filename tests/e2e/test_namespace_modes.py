@@ -33,7 +33,7 @@ def test_pid_host_leftovers_killed_with_the_container(skiffd: Daemon) -> None:
         try:
             with open(f"/proc/{pid}/stat") as f:
                 return f.read().split(") ")[1].startswith("Z")  # a zombie is dead
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):  # ESRCH: reaped after open
             return True
 
     poll(gone, timeout=20, what=f"the container's child {pid} to be killed")
