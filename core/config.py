@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from skiff.core.cluster import settings as cluster_settings
 from skiff.core.hookspecs import NET_RATE_KEYS
 
 DEFAULT_CONFIG_FILE = "/etc/skiff/daemon.json"
@@ -135,6 +136,15 @@ OPTIONS: tuple[Option, ...] = (
            help="bandwidth limits of every container's endpoints unless a network, label or "
                 "endpoint says otherwise: skiff.net.* keys, tc units "
                 '({"skiff.net.egress-rate": "100mbit"})'),
+    # dockerd 20.10's spellings (its libnetwork "classic" cluster); etcd only
+    Option("cluster-store", str, "", "--cluster-store",
+           help="the cluster store, etcd://host:port[,host:port]: global-scope networks "
+                "and this node's registration"),
+    Option("cluster-advertise", str, "", "--cluster-advertise",
+           help="this node's address for the other nodes, IP:port or interface:port"),
+    Option("cluster-store-opts", dict, {}, "--cluster-store-opt", item=str, multiple=True,
+           help="kv.cacertfile, kv.certfile, kv.keyfile (TLS to etcd), discovery.ttl and "
+                "discovery.heartbeat (seconds)"),
     Option("metrics-addr", str, "", "--metrics-addr",
            help="host:port to serve Prometheus metrics on (GET /metrics); empty: not served. "
                 "A host that is not a loopback address exposes them to that network"),
@@ -272,6 +282,8 @@ def _flag_values(ns: argparse.Namespace) -> dict[str, Any]:
             continue
         if opt.key == "log-opts":
             value = _parse_kv(value, "--log-opt")
+        elif opt.key == "cluster-store-opts":
+            value = _parse_kv(value, "--cluster-store-opt")
         elif opt.key == "default-ulimits":
             value = _parse_ulimits(value)
         out[opt.key] = value
@@ -407,6 +419,10 @@ def validate(config: Mapping[str, Any], path: str) -> None:
                 f"{', '.join(NET_RATE_KEYS)} (values in tc units, e.g. "
                 '{"skiff.net.egress-rate": "100mbit"})'
             )
+    try:
+        cluster_settings.parse(config)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     for host in config["hosts"]:
         if not host.startswith("unix://"):
             raise ConfigError(

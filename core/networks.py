@@ -176,6 +176,11 @@ def pick_subnet(pools: Iterable[tuple[str, int]],
                            "among the defaults to assign to the network")
 
 
+def _no_store(what: str) -> None:
+    raise InvalidParameter(f"cannot {what}: this daemon has no cluster store; set "
+                           "cluster-store and cluster-advertise in daemon.json")
+
+
 class NetworkStore:
     """Networks by id and name.
 
@@ -196,6 +201,9 @@ class NetworkStore:
         self.by_id: dict[str, Network] = {}
         cfg = config
         self.bridge_name = cfg.get("bridge") or DEFAULT_BRIDGE
+        #: raises unless the cluster store can be used now (the engine's
+        #: ``ClusterMembership.require``); without a store, always
+        self.require_store: Callable[[str], None] = _no_store
         self.pools: list[tuple[str, int]] = [
             (p["base"], int(p["size"])) for p in cfg.get("default-address-pools") or []
         ] or list(DEFAULT_POOLS)
@@ -338,6 +346,9 @@ class NetworkStore:
         if trait(drv, "singleton"):
             raise InvalidParameter(
                 f"only one instance of \"{driver}\" network is allowed")
+        if trait(drv, "scope") == "global":
+            self.require_store(f"create network {name}: the {driver} driver's networks are "
+                               "global (on every node of the cluster)")
         ipam = body.get("IPAM") or {}
         configs = ipam.get("Config") or []
         net = Network(id=secrets.token_hex(32), name=name, driver=driver, created=now_rfc3339(),
@@ -416,18 +427,86 @@ class NetworkStore:
         net.gateway6 = gw  # "": the driver takes the subnet's first address
         net.ip_range6 = str(ipaddress.IPv6Network(ip_range, strict=False)) if ip_range else ""
 
+    # -- global scope: networks another node made (core/cluster/globalnets.py) --
+
+    def shared_record(self, net: Network) -> dict[str, Any]:
+        """What the cluster store keeps of a global-scope network."""
+        return {**net.record(), USER_SUBNET_KEY: net.user_subnet}
+
+    def adopt(self, record: dict[str, Any]) -> Network | None:
+        """Plumb here a global-scope network another node created; blocking.
+
+        None (logged) when it cannot be: its driver is not installed here, or
+        a network of this node already has its name or an overlapping subnet.
+        """
+        net = Network.from_record(record)
+        known = self.by_id.get(net.id)
+        if known is not None:
+            return known
+        if not self.installed(net.driver):
+            log.warning("network.global_skipped", network=net.name, driver=net.driver,
+                        reason="its driver is not installed on this node")
+            return None
+        clash = self.find(net.name)
+        if clash is not None and clash.name == net.name:
+            log.warning("network.global_skipped", network=net.name,
+                        reason=f"this node has a network of that name ({clash.id[:12]})")
+            return None
+        if net.subnet:
+            mine = ipaddress.IPv4Network(net.subnet)
+            for other in self.by_id.values():
+                if other.subnet and mine.overlaps(ipaddress.IPv4Network(other.subnet)):
+                    log.warning("network.global_skipped", network=net.name,
+                                reason=f"its subnet {mine} overlaps {other.name}'s")
+                    return None
+        drv = self._driver(net.driver)
+        net.scope = trait(drv, "scope")
+        drv.create_network(net.id, self.options(net))
+        self.by_id[net.id] = net
+        self._save(net)
+        log.info("network.global_adopted", id=net.id[:12], name=net.name, subnet=net.subnet)
+        return net
+
+    def withdraw(self, network_id: str) -> Network | None:
+        """Take down a global-scope network its cluster no longer has; blocking.
+
+        A network with running containers here stays until they are gone
+        (logged): pulling their endpoints would cut them off.
+        """
+        net = self.by_id.get(network_id)
+        if net is None or net.scope != "global":
+            return None
+        if self.users(net):
+            log.warning("network.global_kept", network=net.name,
+                        reason="removed from the cluster but containers here still use it")
+            return None
+        self._driver(net.driver).delete_network(net.id)
+        self._forget(net)
+        log.info("network.global_withdrawn", id=net.id[:12], name=net.name)
+        return net
+
     def users(self, net: Network) -> list[Any]:
         """Running containers attached to ``net``."""
         return [c for c in self._containers.values()
                 if c.state.Running and net.name in c.networks]
 
-    def remove(self, ref: str) -> None:
-        net = self.get(ref)
+    def check_removable(self, net: Network) -> None:
+        """Raise what ``remove`` would refuse ``net`` with (predefined, in use)."""
         if net.predefined:
             raise Forbidden(f"{net.name} is a pre-defined network and cannot be removed")
         if self.users(net):
             raise Conflict(f"error while removing network: network {net.name} id {net.id} "
                            "has active endpoints")
+
+    def is_global(self, body: Mapping[str, Any]) -> bool:
+        """Whether ``POST /networks/create``'s body asks for a global-scope driver."""
+        driver = body.get("Driver") or DEFAULT_DRIVER
+        return (isinstance(driver, str) and self.installed(driver)
+                and trait(self._driver(driver), "scope") == "global")
+
+    def remove(self, ref: str) -> None:
+        net = self.get(ref)
+        self.check_removable(net)
         self._driver(net.driver).delete_network(net.id)
         self._forget(net)
         log.info("network.remove", id=net.id[:12], name=net.name)
@@ -435,7 +514,8 @@ class NetworkStore:
     def prune(self) -> list[str]:
         gone = []
         for net in list(self.by_id.values()):
-            if net.predefined or self.users(net):
+            # a global network goes through the cluster store (Engine.prune_networks)
+            if net.predefined or net.scope == "global" or self.users(net):
                 continue
             try:
                 self.remove(net.id)

@@ -26,6 +26,7 @@ TEST_PKGS+=(docker-registry skopeo apache2-utils)  # registry tests: registry, O
 TEST_PKGS+=(docker.io)  # dockerd: images saved by one engine load into the other
 TEST_PKGS+=(docker-compose)  # compose 1.29 (Python, docker-py): `build:` posts to POST /build
 TEST_PKGS+=(xfsprogs)  # project-quota tests: mkfs.xfs (they run in the VM rig)
+TEST_PKGS+=(etcd-server)  # the cluster store's tests start their own etcd (never the service)
 [ "$WITH_TEST" = 1 ] && PKGS+=("${TEST_PKGS[@]}")
 missing=()
 for p in "${PKGS[@]}"; do

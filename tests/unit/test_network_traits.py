@@ -69,11 +69,21 @@ class Sole(Plain):
     singleton = True
 
 
-def _store(tmp_path: Path) -> tuple[NetworkStore, dict[str, Any]]:
+def _store(tmp_path: Path, *, cluster: bool = True) -> tuple[NetworkStore, dict[str, Any]]:
     drivers: dict[str, Any] = {"plain": Plain(), "global": Global(), "sole": Sole()}
     store = NetworkStore(str(tmp_path), {}, drivers.__getitem__, drivers.__contains__, {})
+    if cluster:  # a cluster store that can be reached (core/cluster: tested with etcd)
+        store.require_store = lambda what: None
     store.load()
     return store, drivers
+
+
+def test_global_scope_needs_a_cluster_store(tmp_path: Path) -> None:
+    store, _ = _store(tmp_path, cluster=False)
+    with pytest.raises(InvalidParameter, match="no cluster store; set cluster-store"):
+        store.create({"Name": "g", "Driver": "global"})
+    assert store.find("g") is None
+    store.create({"Name": "p", "Driver": "plain"})  # local scope needs none
 
 
 def test_defaults_and_the_built_in_drivers() -> None:
