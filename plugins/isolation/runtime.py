@@ -7,8 +7,10 @@ no-new-privileges) into every container spec.
 Process model::
 
     skiffd ──unix socket──▶ fork server ──fork──▶ shim ──unshare(pid), fork──▶ init ─exec─▶ cmd
-             (one, started by start())          (per container,
+             (one, started by start())          (per container,     │
                                                  owns the connection)
+                                                                    └─execve once cmd runs─▶
+                                                  skiff-monitor (C: waits, exitcode, {"exit": N})
 
 ``prepare`` connects to the fork server and sends the spec with the stdio
 descriptors; the fork server forks a shim that keeps the connection (or hands

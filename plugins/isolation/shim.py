@@ -320,8 +320,14 @@ def record_monitor(bundle: str, name: str, init_pid: int) -> None:
         return
     import json
 
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            stat = f.read()
+        start = int(stat[stat.rfind(b")") + 2:].split()[19])  # field 22
+    except (OSError, IndexError, ValueError):
+        start = 0
     line = json.dumps({"monitor": name, "protocol": monitor.PROTOCOL, "pid": os.getpid(),
-                       "init": init_pid}) + "\n"
+                       "start": start, "init": init_pid}) + "\n"
     tmp = os.path.join(bundle, f".{monitor.MONITOR_RECORD}.{os.getpid()}")
     try:
         with open(tmp, "w") as f:

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from skiff.core.containers import pidproof
 from skiff.core.hookspecs import ExecSpec, RuntimeContext, Stdio
 from skiff.plugins.isolation import monitor
 from skiff.plugins.isolation.runtime import ForkServerRuntime
@@ -80,7 +81,8 @@ def test_an_idle_container_is_watched_by_the_c_monitor(
             assert _assert_c_monitor(c.pid) == watcher
             record = json.loads((bundle / monitor.MONITOR_RECORD).read_text())
             assert record == {"monitor": "skiff-monitor", "protocol": monitor.PROTOCOL,
-                              "pid": watcher, "init": c.pid}
+                              "pid": watcher, "start": pidproof.start_time(watcher),
+                              "init": c.pid}
             c.kill(signal.SIGKILL)
             return await c.wait(), watcher, c.pid
 
@@ -162,7 +164,8 @@ def test_without_the_monitor_the_python_shim_waits(
                 comm = Path(f"/proc/{watcher}/comm").read_text().strip()
                 record = json.loads((bundle / monitor.MONITOR_RECORD).read_text())
                 assert record == {"monitor": "skiff-shim", "protocol": monitor.PROTOCOL,
-                                  "pid": watcher, "init": c.pid}
+                                  "pid": watcher, "start": pidproof.start_time(watcher),
+                                  "init": c.pid}
                 c.kill(signal.SIGKILL)
                 return comm, await c.wait()
         finally:

@@ -26,8 +26,11 @@
  *
  * So that a later daemon can tell what it would adopt, the monitor records
  * itself in BUNDLE/monitor, one JSON line written atomically:
- *     {"monitor": "skiff-monitor", "protocol": 1, "pid": M, "init": PID}
- * Protocol 1 is the above: nothing is read, one exit message is sent.
+ *     {"monitor": "skiff-monitor", "protocol": 1, "pid": M, "start": T, "init": PID}
+ * (T: M's start time, which proves a pid is still M).  Protocol 1 is the
+ * above: nothing is read, one exit message is sent, and the monitor exits
+ * only after exitcode is written, so a pidfd on M turning readable means
+ * the exit code is on disk.
  *
  * Built static (gcc -static -Os) by setup.py, as skiff-init is.
  */
@@ -72,6 +75,34 @@ static int write_all(int fd, const char *data, size_t len, int is_socket)
     return 0;
 }
 
+/* When this process started, in clock ticks since boot (field 22 of
+   /proc/self/stat), 0 if unknown: with the pid, what proves to a later
+   daemon that a pid is still this monitor (core/containers/pidproof.py). */
+static unsigned long long start_ticks(void)
+{
+    char buf[1024];
+    int fd = open("/proc/self/stat", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    buf[n] = '\0';
+    /* the command name may hold spaces and parentheses: count from its end */
+    char *p = strrchr(buf, ')');
+    if (p == NULL || p[1] != ' ')
+        return 0;
+    p += 2;  /* field 3 */
+    for (int field = 3; field < 22; field++) {
+        p = strchr(p, ' ');
+        if (p == NULL)
+            return 0;
+        p++;
+    }
+    return strtoull(p, NULL, 10);
+}
+
 /* BUNDLE/NAME holds DATA, or is left as it was: never half written. */
 static void record(const char *bundle, const char *name, const char *data, size_t len)
 {
@@ -113,7 +144,8 @@ int main(int argc, char **argv)
     if (*bundle) {
         len = snprintf(line, sizeof line,
                        "{\"monitor\": \"skiff-monitor\", \"protocol\": %d, "
-                       "\"pid\": %d, \"init\": %ld}\n", PROTOCOL, (int)getpid(), pid);
+                       "\"pid\": %d, \"start\": %llu, \"init\": %ld}\n",
+                       PROTOCOL, (int)getpid(), start_ticks(), pid);
         record(bundle, "monitor", line, (size_t)len);
     }
 
