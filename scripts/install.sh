@@ -17,7 +17,7 @@ fi
 
 PKGS=(python3 python3-venv python3-dev gcc libffi-dev busybox-static iptables iproute2
       util-linux procps kmod)
-PKGS+=(libc6-dev)  # libc.a: setup.py links the --init binary (skiff-init) statically
+PKGS+=(libc6-dev)  # libc.a: setup.py links skiff-init (--init) and skiff-monitor statically
 PKGS+=(libseccomp-dev)  # seccomp.h: setup.py builds the libseccomp binding that compiles filters
 # Only the test suite needs these (real registries, other filesystems, dockerd
 # for side-by-side checks).  Append here; keep one package per purpose.
