@@ -48,6 +48,7 @@ class NetworkAttachment:
         #: bandwidth limits (netrates.py): applied after join, released after leave
         self.shaping = shaping or Shaping(None, "no traffic shaper is configured", {},
                                           to_thread)
+        self.shaping.mode_of = self.mode_traits
         self.networks = networks
         self.network_driver = network_driver
         self.publish = publish
@@ -125,6 +126,14 @@ class NetworkAttachment:
     def namespace(self, c: Container) -> NetworkNamespace:
         """Where ``c``'s network stack comes from (no path: not for the runtime)."""
         return namespace_of(c.network_mode, self.network_driver)
+
+    def mode_traits(self, network_mode: str) -> tuple[NetworkNamespace, bool]:
+        """The namespace a container of ``network_mode`` gets, and whether its
+        network's driver gives it only a loopback (``loopback_only``)."""
+        netns = namespace_of(network_mode, self.network_driver)
+        if netns.kind == "join":
+            return netns, False
+        return netns, bool(trait(self.network_driver(network_mode), "loopback_only"))
 
     def nameserver(self, c: Container) -> str:
         """The name server ``c`` resolves through, "" for the host's resolvers:
