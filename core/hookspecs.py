@@ -448,6 +448,13 @@ class NetworkDriver(Protocol):
       theirs can be addressed, published or shaped, and the daemon refuses
       a bandwidth limit for them at create, saying so.
 
+    An optional method (2.9), ``check_endpoint(network_id, endpoint)``: called
+    at container create, from a worker thread, with the container's primary
+    network and an ``Endpoint`` holding only what is asked (``port_bindings``,
+    ``exposed_ports``, ``publish_all``, ``requested_*``); ``ValueError``
+    refuses the create with a 400 in the driver's words, so that what cannot
+    work is refused then rather than failing the start.  Nothing is reserved.
+
     And an optional method (2.7), ``hosts(endpoint) -> list[tuple[str, str]]``:
     /etc/hosts lines, (address, names separated by spaces), the driver adds
     to the container's file after the daemon's own (its addresses, its

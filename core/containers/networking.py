@@ -75,12 +75,7 @@ class NetworkAttachment:
         primary = name == c.network_mode
         # dockerd ignores publishing on an internal network: nothing may reach it
         if primary and not net.internal:
-            endpoint.port_bindings = {
-                key: [PortBinding(str((b or {}).get("HostIp") or ""),
-                                  str((b or {}).get("HostPort") or "")) for b in bindings or []]
-                for key, bindings in (c.host_config.get("PortBindings") or {}).items()}
-            endpoint.exposed_ports = sorted((c.config.get("ExposedPorts") or {}).keys())
-            endpoint.publish_all = bool(c.host_config.get("PublishAllPorts"))
+            _publishing(c, endpoint)
             endpoint.links = [
                 Link(other.networks.get(name, {}).get("IPAddress", ""),
                      [(k.partition("/")[2] or "tcp", int(k.partition("/")[0]))
@@ -126,6 +121,26 @@ class NetworkAttachment:
     def namespace(self, c: Container) -> NetworkNamespace:
         """Where ``c``'s network stack comes from (no path: not for the runtime)."""
         return namespace_of(c.network_mode, self.network_driver)
+
+    async def check_create(self, c: Container) -> None:
+        """At create: the primary network's driver checks what is asked of it
+        (its optional ``check_endpoint``, 2.9); a ``ValueError`` is a 400."""
+        net = self.networks.find(c.network_mode)
+        if net is None or net.internal:
+            return
+        check = getattr(self.network_driver(net.name), "check_endpoint", None)
+        if check is None:
+            return
+        settings = c.networks.get(net.name) or {}
+        endpoint = Endpoint(
+            network_id=net.id, endpoint_id="", container_id=c.id, name=c.name,
+            requested_ip=(settings.get("IPAMConfig") or {}).get("IPv4Address") or "",
+            requested_ip6=(settings.get("IPAMConfig") or {}).get("IPv6Address") or "")
+        _publishing(c, endpoint)
+        try:
+            await self.to_thread(check, net.id, endpoint)
+        except ValueError as exc:
+            raise InvalidParameter(str(exc)) from None
 
     def mode_traits(self, network_mode: str) -> tuple[NetworkNamespace, bool]:
         """The namespace a container of ``network_mode`` gets, and whether its
@@ -238,3 +253,13 @@ def user_defined(net: Network) -> bool:
     """Not one of the predefined networks: dockerd's "user-defined" (embedded DNS,
     aliases, the short ID as an alias)."""
     return not net.predefined
+
+
+def _publishing(c: Container, endpoint: Endpoint) -> None:
+    """The container's published and exposed ports, onto its primary endpoint."""
+    endpoint.port_bindings = {
+        key: [PortBinding(str((b or {}).get("HostIp") or ""),
+                          str((b or {}).get("HostPort") or "")) for b in bindings or []]
+        for key, bindings in (c.host_config.get("PortBindings") or {}).items()}
+    endpoint.exposed_ports = sorted((c.config.get("ExposedPorts") or {}).keys())
+    endpoint.publish_all = bool(c.host_config.get("PublishAllPorts"))
