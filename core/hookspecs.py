@@ -449,7 +449,8 @@ class NetworkDriver(Protocol):
       a bandwidth limit for them at create, saying so.
 
     An optional method (2.9), ``check_endpoint(network_id, endpoint)``: called
-    at container create, from a worker thread, with the container's primary
+    at container create, on the event loop (quick: no I/O, no waiting), with
+    the container's primary
     network and an ``Endpoint`` holding only what is asked (``port_bindings``,
     ``exposed_ports``, ``publish_all``, ``requested_*``); ``ValueError``
     refuses the create with a 400 in the driver's words, so that what cannot

@@ -357,7 +357,10 @@ class BridgeNetworkDriver:
     def check_endpoint(self, network_id: str, endpoint: Endpoint) -> None:
         """At create (contract 2.9): refuse a publish on IPv6 that cannot work,
         rather than fail at start."""
-        net = self._net(network_id)
+        with self._lock:
+            net = self.networks.get(network_id)
+        if net is None:
+            return  # not plumbed here (yet): the start says what is wrong
         for key, entries in endpoint.port_bindings.items():
             proto = key.partition("/")[2] or "tcp"
             for entry in entries or []:
