@@ -50,6 +50,8 @@ INGRESS_HANDLE = 0xFFFF0000
 ETH_P_ALL = 0x0003
 #: one page more than a dump of a few qdiscs needs
 RECV_SIZE = 65536
+#: seconds to wait for the kernel's answers to one batch
+REPLY_TIMEOUT = 10.0
 
 
 class NetlinkError(OSError):
@@ -158,6 +160,9 @@ class Rtnl:
         self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
                                    NETLINK_ROUTE)
         self._sock.bind((0, 0))
+        # the kernel acks every request; a wait past this is a bug, not a load:
+        # raise (socket.timeout) rather than hold a worker thread for good
+        self._sock.settimeout(REPLY_TIMEOUT)
         self._seq = 0
         self._lock = threading.Lock()
 
