@@ -129,7 +129,11 @@ class NetworkAttachment:
         net = self.networks.find(c.network_mode)
         if net is None or net.internal:
             return
-        check = getattr(self.network_driver(net.name), "check_endpoint", None)
+        try:
+            driver = self.network_driver(net.name)
+        except Exception:  # its plugin is gone: the start says so, as before 2.9
+            return
+        check = getattr(driver, "check_endpoint", None)
         if check is None:
             return
         settings = c.networks.get(net.name) or {}
@@ -146,10 +150,13 @@ class NetworkAttachment:
     def mode_traits(self, network_mode: str) -> tuple[NetworkNamespace, bool]:
         """The namespace a container of ``network_mode`` gets, and whether its
         network's driver gives it only a loopback (``loopback_only``)."""
-        netns = namespace_of(network_mode, self.network_driver)
-        if netns.kind == "join":
-            return netns, False
-        return netns, bool(trait(self.network_driver(network_mode), "loopback_only"))
+        try:
+            netns = namespace_of(network_mode, self.network_driver)
+            if netns.kind == "join":
+                return netns, False
+            return netns, bool(trait(self.network_driver(network_mode), "loopback_only"))
+        except Exception:  # no such network or driver: the start refuses it, saying why
+            return NetworkNamespace("new"), False
 
     def nameserver(self, c: Container) -> str:
         """The name server ``c`` resolves through, "" for the host's resolvers:
