@@ -140,7 +140,8 @@ def _load(tmp_path: Path, cfg: dict[str, Any]) -> dict[str, Any]:
 def test_daemon_json_ipv6_keys(tmp_path: Path) -> None:
     cfg = _load(tmp_path, {"ipv6": True, "fixed-cidr-v6": "fd00:1::/64"})
     assert cfg["ip6tables"] is True  # skiff's default (dockerd 20.10: experimental only)
-    with pytest.raises(ConfigError, match="'fixed-cidr-v6' is not set"):
+    with pytest.raises(ConfigError,
+                       match=r"'fixed-cidr-v6' is not set.*non-overlapping IPv6 address pool"):
         _load(tmp_path, {"ipv6": True})
     with pytest.raises(ConfigError, match="'ipv6' is not true"):
         _load(tmp_path, {"fixed-cidr-v6": "fd00:1::/64"})
