@@ -90,7 +90,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 #: accepts any minor of the same major (see ``skiff.core.plugins``).  Major 1
 #: is the contract before versions, when network options and endpoint data
 #: crossed it as dicts; 2 made them records.
-CONTRACT_VERSION = "2.8"
+CONTRACT_VERSION = "2.9"
 #: the contract of a plugin that declares none: it was written before versions
 UNDECLARED_CONTRACT = "1.0"
 #: the module attribute holding a plugin's declared contract version
@@ -443,6 +443,18 @@ class NetworkDriver(Protocol):
     - ``singleton``: False (the default); True for a driver with only its
       predefined network (host, none): ``network create`` refuses another,
       and a container on it joins no other network.
+    - ``loopback_only`` (2.9): False (the default); True for a driver whose
+      containers get no interface but their loopback (none): nothing of
+      theirs can be addressed, published or shaped, and the daemon refuses
+      a bandwidth limit for them at create, saying so.
+
+    An optional method (2.9), ``check_endpoint(network_id, endpoint)``: called
+    at container create, on the event loop (quick: no I/O, no waiting), with
+    the container's primary
+    network and an ``Endpoint`` holding only what is asked (``port_bindings``,
+    ``exposed_ports``, ``publish_all``, ``requested_*``); ``ValueError``
+    refuses the create with a 400 in the driver's words, so that what cannot
+    work is refused then rather than failing the start.  Nothing is reserved.
 
     And an optional method (2.7), ``hosts(endpoint) -> list[tuple[str, str]]``:
     /etc/hosts lines, (address, names separated by spaces), the driver adds
@@ -512,6 +524,7 @@ NETWORK_DRIVER_TRAITS: dict[str, Any] = {
     "ipv6": True,
     "nameserver": "",
     "singleton": False,
+    "loopback_only": False,
 }
 
 

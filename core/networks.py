@@ -60,6 +60,12 @@ def trait(driver: NetworkDriver, key: str) -> Any:
     return getattr(driver, key, NETWORK_DRIVER_TRAITS[key])
 
 
+#: dockerd 20.10's words (libnetwork's IPAM) for EnableIPv6 without an IPv6
+#: subnet: no default pool is IPv6
+NO_V6_POOL = ("could not find an available, non-overlapping IPv6 address pool among "
+              "the defaults to assign to the network")
+
+
 class NoSuchNetwork(NotFound):
     """A network a container asks for does not exist (a 404; at container create
     the manager answers it as a 400, see ``ContainerManager.create``)."""
@@ -396,18 +402,17 @@ class NetworkStore:
 
         An IPv6 subnet given without EnableIPv6 is plumbed too (docker-py's
         ``ipv6_address`` tests create such networks, and dockerd hands out
-        their addresses); EnableIPv6 without a subnet is refused: skiff has no
-        default IPv6 pool to pick one from.
+        their addresses); EnableIPv6 without a subnet is refused as dockerd
+        20.10 refuses it: its default pools are IPv4 only, so it finds no IPv6
+        pool and answers 404 with these words (skiff's pools are IPv4 only too).
         """
         net.enable_ipv6 = enable
         v6 = [c for c in configs if ":" in (c.get("Subnet") or "")]
         if len(v6) > 1:
             raise InvalidParameter("only one IPv6 subnet per network is supported")
         if not v6:
-            if enable:
-                raise InvalidParameter(
-                    "EnableIPv6 needs an IPv6 subnet (--subnet fd00:.../64): skiff has no "
-                    "default IPv6 address pool")
+            if enable and trait(self._driver(net.driver), "ipam") == "engine":
+                raise NotFound(NO_V6_POOL)
             return
         if not trait(self._driver(net.driver), "ipv6"):
             raise InvalidParameter(f"IPv6 is not supported by the {net.driver} driver")
