@@ -210,6 +210,8 @@ class NetworkStore:
         #: raises unless the cluster store can be used now (the engine's
         #: ``ClusterMembership.require``); without a store, always
         self.require_store: Callable[[str], None] = _no_store
+        #: global-scope networks known from the records but not plumbed yet
+        self.pending: set[str] = set()
         self.pools: list[tuple[str, int]] = [
             (p["base"], int(p["size"])) for p in cfg.get("default-address-pools") or []
         ] or list(DEFAULT_POOLS)
@@ -279,12 +281,24 @@ class NetworkStore:
             if not self.installed(net.driver):
                 log.warning("network.driver_missing", network=net.name, driver=net.driver)
                 continue
-            try:
-                driver = self._driver(net.driver)
-                net.scope = trait(driver, "scope")
-                driver.create_network(net.id, self.options(net))
-            except Exception as exc:
-                log.error("network.restore_failed", network=net.name, error=str(exc))
+            if net.scope == "global":
+                # plumbed when the node registers with the cluster store, if the
+                # store still has it (core/cluster/globalnets.py)
+                self.pending.add(net.id)
+                continue
+            self.plumb(net.id)
+
+    def plumb(self, network_id: str) -> None:
+        """Have the driver make a known network's host side (at start; a global one
+        when the cluster store confirms it); failures are logged."""
+        net = self.by_id[network_id]
+        self.pending.discard(network_id)
+        try:
+            driver = self._driver(net.driver)
+            net.scope = trait(driver, "scope")
+            driver.create_network(net.id, self.options(net))
+        except Exception as exc:
+            log.error("network.restore_failed", network=net.name, error=str(exc))
 
     def _configure_default_bridge(self, net: Network) -> None:
         cfg = self._config
@@ -512,7 +526,14 @@ class NetworkStore:
     def remove(self, ref: str) -> None:
         net = self.get(ref)
         self.check_removable(net)
-        self._driver(net.driver).delete_network(net.id)
+        driver = self._driver(net.driver)
+        driver.delete_network(net.id)
+        forget = getattr(driver, "forget_network", None)  # optional (2.10)
+        if forget is not None:
+            try:
+                forget(net.id)
+            except Exception as exc:  # the network is gone here; what it held, logged
+                log.warning("network.forget_failed", network=net.name, error=str(exc))
         self._forget(net)
         log.info("network.remove", id=net.id[:12], name=net.name)
 
