@@ -427,12 +427,15 @@ class BridgeNetworkDriver:
         def inside() -> socket.socket | None:
             with IPRoute() as ipr:
                 idx = ipr.link_lookup(ifname=peer)[0]
-                ipr.link("set", index=idx, ifname=f"eth{n}", address=endpoint.mac_address)
+                # another driver's interface may hold eth<n> (an overlay joined first)
+                taken = {link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+                ifname = next(f"eth{i}" for i in range(n, n + 64) if f"eth{i}" not in taken)
+                ipr.link("set", index=idx, ifname=ifname, address=endpoint.mac_address)
                 ipr.addr("add", index=idx, address=endpoint.ip_address,
                          prefixlen=endpoint.ip_prefix_len)
                 if endpoint.ip6_address:
                     # this thread is in the container's namespace: these are its sysctls
-                    _sysctl(f"/proc/sys/net/ipv6/conf/eth{n}/disable_ipv6", "0")
+                    _sysctl(f"/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6", "0")
                     ipr.addr("add", index=idx, address=endpoint.ip6_address,
                              prefixlen=endpoint.ip6_prefix_len, family=socket.AF_INET6,
                              flags=IFA_F_NODAD)
