@@ -462,7 +462,8 @@ class Engine:
         except ValueError as exc:
             raise ConfigError(f"{self.config.get('config-file', 'daemon.json')}: {exc}") from exc
         return ClusterMembership(settings, engine_id(self.data_root), socket.gethostname(),
-                                 advertise)
+                                 advertise,
+                                 lease_file=os.path.join(self.exec_root, "cluster-lease"))
 
     # -- networks of either scope ----------------------------------------------
 

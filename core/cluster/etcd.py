@@ -162,8 +162,12 @@ class EtcdGateway:
         return int(reply.get("TTL") or 0)
 
     async def revoke(self, lease: int) -> None:
-        """End ``lease`` and every key written under it."""
-        await self.call("lease/revoke", {"ID": str(lease)})
+        """End ``lease`` and every key written under it; one already gone is no error."""
+        try:
+            await self.call("lease/revoke", {"ID": str(lease)})
+        except StoreUnavailable as exc:
+            if "lease not found" not in str(exc):
+                raise
 
     @asynccontextmanager
     async def watch(self, prefix: str, start_revision: int) -> AsyncIterator[AsyncIterator[Event]]:

@@ -64,7 +64,7 @@ class ClusterMembership:
     """Registration, keep-alive and the watch of peers; ``run`` is a daemon task."""
 
     def __init__(self, settings: ClusterSettings, node_id: str, name: str, advertise: str,
-                 gateway: EtcdGateway | None = None) -> None:
+                 gateway: EtcdGateway | None = None, lease_file: str = "") -> None:
         self.settings = settings
         self.node_id = node_id
         self.name = name
@@ -83,6 +83,10 @@ class ClusterMembership:
         self._session_nursery: trio.Nursery | None = None
         #: set once the first registration is done (followers resynced) or has failed
         self.first_attempt = trio.Event()
+        #: where the current lease's ID is kept: a daemon killed and started again
+        #: within the TTL revokes its former life's lease (its endpoints, its
+        #: addresses) at once instead of leaving them until it runs out
+        self.lease_file = lease_file
         self._session_revision = 0
 
     @property
@@ -115,6 +119,7 @@ class ClusterMembership:
     async def _session(self) -> bool:
         """Register and serve one lease; True when it ended because the lease lapsed."""
         try:
+            await self._revoke_former()
             lease = await self.gateway.grant(self.settings.ttl)
             record = {"id": self.node_id, "name": self.name, "advertise": self.advertise,
                       "since": time.time()}
@@ -128,6 +133,7 @@ class ClusterMembership:
             self.first_attempt.set()
             return False
         self.lease = lease
+        self._remember(lease)
         self._set_peers({k[len(NODES):]: rec for k, v in kvs.items()
                          if (rec := _record(v)) is not None})
         self.available = True
@@ -185,6 +191,28 @@ class ClusterMembership:
             self.first_attempt.set()
         self._session_nursery = None
         return lapsed
+
+    async def _revoke_former(self) -> None:
+        if not self.lease_file:
+            return
+        try:
+            with open(self.lease_file) as f:
+                former = int(f.read().strip() or 0)
+        except (OSError, ValueError):
+            return
+        if former and former != self.lease:
+            await self.gateway.revoke(former)  # an unknown lease is no error
+            log.info("cluster.former_lease_revoked", lease=former)
+        self._remember(0)
+
+    def _remember(self, lease: int) -> None:
+        if not self.lease_file:
+            return
+        try:
+            with open(self.lease_file, "w") as f:
+                f.write(f"{lease}\n" if lease else "")
+        except OSError as exc:
+            log.warning("cluster.lease_file_failed", path=self.lease_file, error=str(exc))
 
     def add_follower(self, follower: Follower) -> None:
         """Follow ``follower.prefix`` from now on: started at once if registered (its
@@ -257,4 +285,5 @@ class ClusterMembership:
                     log.warning("cluster.leave_failed", error=str(exc))
         self.available = False
         self.lease = 0
+        self._remember(0)
         await self.gateway.aclose()

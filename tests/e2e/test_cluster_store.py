@@ -293,3 +293,23 @@ def test_a_global_network_is_on_every_node(etcd: Etcd, tmp_path: Path, parent_li
         d1.docker("network", "rm", late, check=True)
         poll(lambda: late not in _net_ids(d2), what="the removal on the other node")
         assert "network.global_withdrawn" in d2.logs()
+
+
+def test_a_node_killed_and_started_again_revokes_its_former_lease(etcd: Etcd,
+                                                                   tmp_path: Path) -> None:
+    slow = {**_cluster(etcd, 2377), "cluster-store-opts": {"discovery.ttl": "60",
+                                                           "discovery.heartbeat": "5"}}
+    with running_daemon(tmp_path / "d1", **slow) as d:
+        node = _info(d, "ID")
+        _, former = poll(lambda: etcd.nodes().get(node), what="the registration")
+        assert d.proc is not None
+        os.killpg(d.proc.pid, signal.SIGKILL)
+        d.proc.wait()
+        d.proc = None
+        d.start()  # well within the 60 s the former lease has left
+        poll(lambda: (got := etcd.nodes().get(node)) is not None and got[1] != former,
+             what="a registration under a new lease")
+        # what the former life wrote under its lease went with it, not 60 s later
+        left = etcd.call("kv/lease/timetolive", {"ID": str(former)})
+        assert int(left.get("TTL", -1)) == -1, left
+        assert "cluster.former_lease_revoked" in d.logs()
