@@ -23,7 +23,7 @@ from skiff.core.containers.model import Container
 from skiff.core.containers.netns import namespace_of
 from skiff.core.containers.netrates import Shaping, pick
 from skiff.core.containers.registry import ContainerRegistry, ToThread, Track
-from skiff.core.errors import Conflict, Forbidden, InvalidParameter
+from skiff.core.errors import Conflict, Forbidden, InvalidParameter, NotFound
 from skiff.core.events import Publish
 from skiff.core.hookspecs import (
     NET_RATE_PREFIX,
@@ -82,7 +82,14 @@ class NetworkAttachment:
                       for k in (other.config.get("ExposedPorts") or {})])
                 for other, _alias in linked(c, self.registry.get)
             ]
-        ep = await self.to_thread(driver.create_endpoint, net.id, endpoint)
+        try:
+            ep = await self.to_thread(driver.create_endpoint, net.id, endpoint)
+        except LookupError:
+            if net.id in self.networks.by_id:
+                raise
+            # removed while this start went on (dockerd allows that while the
+            # container is stopped): the start's own 404, not the driver's 500
+            raise NotFound(f"network {net.name} not found") from None
         track.endpoints[name] = (driver, ep)
         await self.to_thread(driver.join, ep, pid)
         await self.shaping.joined(c, net.name, net.options, settings, ep)
@@ -219,6 +226,8 @@ class NetworkAttachment:
                 f"endpoint with name {c.name} already exists in network {net.name}")
         track = self.registry.tracks[c.id]
         async with track.lock:
+            if c.id not in self.registry.by_id:
+                raise NotFound(f"No such container: {ref}")  # removed while we waited
             settings = requested(config, subnet=net.subnet, predefined=net.predefined,
                                  user_subnet=net.user_subnet, subnet6=net.subnet6)
             self.shaping.check(pick(settings.get("DriverOpts")),
@@ -248,6 +257,8 @@ class NetworkAttachment:
             raise Conflict(f"container {c.id} is not connected to network {net.name}")
         track = self.registry.tracks[c.id]
         async with track.lock:
+            if c.id not in self.registry.by_id:
+                raise NotFound(f"No such container: {ref}")  # removed while we waited
             if net.name in track.endpoints:
                 await self.detach(c, track, net.name)
             del c.networks[net.name]
