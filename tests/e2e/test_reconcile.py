@@ -442,3 +442,21 @@ def test_pull_cut_by_a_crash_leaves_no_layer_and_no_temp(tmp_path: Path) -> None
             assert ok(d, "run", "--rm", "--network", "none", "busybox", "echo", "ok") == "ok"
     finally:
         registry.close()
+
+
+def test_group_of_a_start_cut_by_a_crash_goes(tmp_path: Path, planted: list[Path]) -> None:
+    """A start killed after it made the container's groups and before it recorded
+    the run leaves groups behind a record that does not run: found by the chaos
+    harness (tests/chaos.py), they stayed until the container's rm."""
+    with running_daemon(tmp_path / "d") as d:
+        d.skiff("image", "bootstrap", "busybox")
+        cid = ok(d, "create", "--network", "none", "busybox", "true")
+        groups = group_dirs(d.config["cgroup-parent"], cid)
+        crash(d)
+        for group in groups:  # what the cut start made
+            group.mkdir(parents=True, exist_ok=True)
+            planted.append(group)
+        d.start()
+        assert all(not g.exists() for g in groups)
+        assert inspect(d, cid)["State"]["Status"] == "created"
+        assert '"reconcile.cgroups"' in d.log_path.read_text()
