@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections.abc import Callable
 from typing import Any
@@ -85,10 +86,9 @@ class NetworkAttachment:
         try:
             ep = await self.to_thread(driver.create_endpoint, net.id, endpoint)
         except LookupError:
-            if net.id in self.networks.by_id:
-                raise
             # removed while this start went on (dockerd allows that while the
-            # container is stopped): the start's own 404, not the driver's 500
+            # container is stopped; the driver forgets it before the record
+            # goes): the start's own 404, not a 500
             raise NotFound(f"network {net.name} not found") from None
         track.endpoints[name] = (driver, ep)
         await self.to_thread(driver.join, ep, pid)
@@ -241,6 +241,9 @@ class NetworkAttachment:
                         if net.name in track.endpoints:
                             await self.detach(c, track, net.name)
                     del c.networks[net.name]
+                    if isinstance(exc, OSError) and not os.path.exists(f"/proc/{c.state.Pid}"):
+                        # the container ended while it was being connected
+                        raise Conflict(f"Container {c.id} is not running") from exc
                     if isinstance(exc, ValueError) and not isinstance(exc, InvalidParameter):
                         # the driver refused what was asked: the contract's 400
                         raise InvalidParameter(str(exc)) from exc
