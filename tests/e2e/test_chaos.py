@@ -10,10 +10,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.chaos import run, seed_and_rounds
 from tests.daemon import running_daemon
 
 
+@pytest.mark.timeout(900)  # about 2.2 s a kill point here, mostly skiffd's own start
 def test_chaos_kills_lose_nothing_and_leak_nothing(tmp_path: Path) -> None:
     seed, rounds = seed_and_rounds(200)
     with running_daemon(tmp_path / "d") as d:
@@ -22,7 +25,8 @@ def test_chaos_kills_lose_nothing_and_leak_nothing(tmp_path: Path) -> None:
         chaos = run(d, rounds, seed)
         took = time.monotonic() - began
         print(f"chaos: seed {seed}, {chaos.kills} kills of skiffd, {chaos.monitor_kills} of "
-              f"a monitor, {chaos.ledger.ops} operations answered, {took:.1f} s")
+              f"a monitor, {chaos.ledger.ops} operations answered, {took:.1f} s "
+              f"({', '.join(f'{k} {v:.1f} s' for k, v in chaos.seconds.items())})")
         assert chaos.kills == rounds
         if chaos.problems:  # the daemon's log outlives the test's directory
             Path(f"/tmp/skiff-chaos-{seed}.log").write_bytes(d.log_path.read_bytes())
