@@ -138,6 +138,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("metrics-addr", str, "", "--metrics-addr",
            help="host:port to serve Prometheus metrics on (GET /metrics); empty: not served. "
                 "A host that is not a loopback address exposes them to that network"),
+    # skiff only (docs/cri.md): Kubernetes' Container Runtime Interface, gRPC
+    Option("cri", str, "", "--cri",
+           help="unix socket to serve the Kubernetes CRI (gRPC runtime.v1) on, e.g. "
+                "/run/skiff-cri.sock; empty: not served"),
 )
 
 BY_KEY: dict[str, Option] = {o.key: o for o in OPTIONS}
@@ -407,6 +411,18 @@ def validate(config: Mapping[str, Any], path: str) -> None:
                 f"{', '.join(NET_RATE_KEYS)} (values in tc units, e.g. "
                 '{"skiff.net.egress-rate": "100mbit"})'
             )
+    if config["cri"]:
+        cri = cri_socket(config)
+        if not os.path.isabs(cri):
+            raise ConfigError(
+                f"{path}: invalid value for 'cri': {config['cri']!r}: use the absolute path "
+                "of a unix socket, e.g. /run/skiff-cri.sock (or unix:///run/skiff-cri.sock)"
+            )
+        if cri in socket_paths(config):
+            raise ConfigError(
+                f"{path}: 'cri' is {cri!r}, a socket the Docker API is served on (hosts); "
+                "the CRI needs a socket of its own"
+            )
     for host in config["hosts"]:
         if not host.startswith("unix://"):
             raise ConfigError(
@@ -462,6 +478,12 @@ def storage_options(config: Mapping[str, Any], driver: str) -> dict[str, str]:
 
 def exec_options(config: Mapping[str, Any]) -> dict[str, str]:
     return dict(item.split("=", 1) for item in config["exec-opts"])
+
+
+def cri_socket(config: Mapping[str, Any]) -> str:
+    """The CRI's socket path ("" when the CRI is not served); kubelet's
+    ``unix://`` form is accepted too."""
+    return str(config["cri"]).removeprefix("unix://")
 
 
 def socket_paths(config: Mapping[str, Any]) -> list[str]:

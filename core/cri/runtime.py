@@ -1,0 +1,74 @@
+"""runtime.v1.RuntimeService: what skiff answers today (Version, Status,
+RuntimeConfig); every other RPC is UNIMPLEMENTED, naming itself."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+import grpc
+
+from skiff import __version__
+from skiff.core.cri.runtime_v1 import api_pb2 as pb
+from skiff.core.cri.runtime_v1 import api_pb2_grpc as rpc
+from skiff.core.cri.service import Calls, fill_unimplemented
+
+if TYPE_CHECKING:
+    from skiff.core.engine import Engine
+
+SERVICE = "runtime.v1.RuntimeService"
+#: the CRI's own version field: kubelet sends and expects "0.1.0"
+KUBE_API_VERSION = "0.1.0"
+RUNTIME_NAME = "skiff"
+RUNTIME_API_VERSION = "v1"
+
+#: why the runtime is not ready for pods: kubelet reads RuntimeReady=false as
+#: "do not schedule pods here", which is the truth until sandboxes exist
+NOT_READY_REASON = "PodSandboxesNotImplemented"
+NOT_READY_MESSAGE = ("skiff's CRI serves images only so far: RunPodSandbox and the container "
+                     "RPCs answer UNIMPLEMENTED (docs/cri.md)")
+
+
+class RuntimeService(rpc.RuntimeServiceServicer):
+    def __init__(self, engine: Engine, calls: Calls) -> None:
+        self.engine = engine
+        self.calls = calls
+
+    def Version(self, request: pb.VersionRequest, context: grpc.ServicerContext
+                ) -> pb.VersionResponse:
+        return pb.VersionResponse(version=KUBE_API_VERSION, runtime_name=RUNTIME_NAME,
+                                  runtime_version=__version__,
+                                  runtime_api_version=RUNTIME_API_VERSION)
+
+    def Status(self, request: pb.StatusRequest, context: grpc.ServicerContext
+               ) -> pb.StatusResponse:
+        engine = self.engine
+
+        async def work() -> pb.StatusResponse:
+            # through the loop on purpose: an answer proves the engine's loop is alive
+            conditions = [
+                pb.RuntimeCondition(type="RuntimeReady", status=False, reason=NOT_READY_REASON,
+                                    message=NOT_READY_MESSAGE),
+                pb.RuntimeCondition(type="NetworkReady", status=False,
+                                    reason="NetworkPluginNotReady",
+                                    message="pod networking is not implemented yet"),
+            ]
+            reply = pb.StatusResponse(status=pb.RuntimeStatus(conditions=conditions))
+            if request.verbose:
+                reply.info["config"] = json.dumps({
+                    "runtime": engine.runtime_name, "storageDriver": engine.storage_name,
+                    "cgroupDriver": engine.cgroup_driver_name, "dataRoot": engine.data_root,
+                })
+            return reply
+
+        return self.calls.run(context, "Status", work)
+
+    def RuntimeConfig(self, request: pb.RuntimeConfigRequest, context: grpc.ServicerContext
+                      ) -> pb.RuntimeConfigResponse:
+        driver = pb.SYSTEMD if self.engine.cgroup_driver_name == "systemd" else pb.CGROUPFS
+        return pb.RuntimeConfigResponse(
+            linux=pb.LinuxRuntimeConfiguration(cgroup_driver=driver))
+
+
+IMPLEMENTED = ("Version", "Status", "RuntimeConfig")
+UNIMPLEMENTED = fill_unimplemented(RuntimeService, rpc.RuntimeServiceServicer, SERVICE)

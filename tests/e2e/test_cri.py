@@ -1,0 +1,393 @@
+"""The CRI socket (daemon.json ``cri``) driven by crictl v1.32.0 and by the
+stubs generated from the CRI's api.proto: Version, Status, the image service on
+the Docker API's own image store, UNIMPLEMENTED (named) for the rest, and the
+bridge to trio under cancellation and shutdown (docs/cri.md)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from skiff.core.cri.runtime_v1 import api_pb2 as pb
+from skiff.core.cri.runtime_v1 import api_pb2_grpc as rpc
+from tests.daemon import Daemon, poll, running_daemon
+from tests.registry import REGISTRY, HangingServer, Registry, running_registry
+
+#: crictl and critest, xz-compressed with their install.sh (shared/tools/cri)
+TOOL_DIRS = (Path("/work/shared/tools/cri"),
+             Path(__file__).resolve().parents[3] / "shared" / "tools" / "cri")
+TOOLS = next((d for d in TOOL_DIRS if (d / "crictl.xz").exists()), None)
+
+
+def unpacked_tools(dest: Path) -> Path:
+    assert TOOLS is not None
+    subprocess.run(["sh", str(TOOLS / "install.sh"), str(dest)], check=True,
+                   capture_output=True)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def tools(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if TOOLS is None or not shutil.which("xz"):
+        pytest.skip("crictl/critest (shared/tools/cri) or xz are not here")
+    return unpacked_tools(tmp_path_factory.mktemp("cri-tools"))
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    if not os.path.exists(REGISTRY):
+        pytest.skip("needs Debian's docker-registry (scripts/install.sh --test)")
+    with running_registry(tmp_path_factory.mktemp("cri-registry")) as reg:
+        yield reg
+
+
+@pytest.fixture(scope="module")
+def skiffd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    base = tmp_path_factory.mktemp("skiffd-cri")
+    with running_daemon(base, **{"storage-driver": "overlay2",
+                                 "cri": f"unix://{base}/cri.sock"}) as d:
+        d.skiff("image", "bootstrap", "busybox")
+        yield d
+
+
+def cri_path(d: Daemon) -> str:
+    return str(d.config["cri"]).removeprefix("unix://")
+
+
+class Cri:
+    """The generated stubs on one daemon's CRI socket."""
+
+    def __init__(self, path: str) -> None:
+        self.channel = grpc.insecure_channel("unix:" + path)
+        self.runtime = rpc.RuntimeServiceStub(self.channel)
+        self.images = rpc.ImageServiceStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+@pytest.fixture
+def cri(skiffd: Daemon) -> Iterator[Cri]:
+    c = Cri(cri_path(skiffd))
+    yield c
+    c.close()
+
+
+def crictl(tools: Path, d: Daemon, *args: str, check: bool = True
+           ) -> subprocess.CompletedProcess[str]:
+    endpoint = "unix://" + cri_path(d)
+    res = subprocess.run([str(tools / "crictl"), "--runtime-endpoint", endpoint,
+                          "--image-endpoint", endpoint, "--timeout", "20s", *args],
+                         capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "CRI_CONFIG_FILE": "/dev/null"})
+    if check and res.returncode != 0:
+        raise AssertionError(f"crictl {' '.join(args)} failed ({res.returncode}): "
+                             f"{res.stderr}\n--- skiffd log ---\n{d.logs()}")
+    return res
+
+
+def image_id(d: Daemon, name: str) -> str:
+    return d.docker("image", "inspect", "--format", "{{.Id}}", name,
+                    check=True).stdout.decode().strip()
+
+
+def push_built(d: Daemon, tmp: Path, names: list[str], label: str) -> str:
+    """An image of its own (busybox plus a label), pushed under ``names`` and
+    then removed here; returns its ID."""
+    (tmp / "Dockerfile").write_text(f"FROM busybox:latest\nLABEL cri.test={label}\n")
+    d.docker("build", "-q", "-t", names[0], str(tmp), check=True, timeout=120)
+    iid = image_id(d, names[0])
+    for name in names:
+        d.docker("tag", names[0], name, check=True)
+        d.docker("push", name, check=True, timeout=120)
+    for name in names:
+        d.docker("rmi", name, check=True)
+    return iid
+
+
+# -- the socket and the runtime service -------------------------------------------------
+
+
+def test_socket_is_the_cris_own(skiffd: Daemon) -> None:
+    st = os.stat(cri_path(skiffd))
+    assert oct(st.st_mode & 0o777) == oct(0o660)
+    assert cri_path(skiffd) != skiffd.socket
+
+
+def test_crictl_version(tools: Path, skiffd: Daemon) -> None:
+    out = crictl(tools, skiffd, "version").stdout
+    fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    assert fields["RuntimeName"] == "skiff"
+    assert fields["RuntimeApiVersion"] == "v1"
+    assert fields["Version"] == "0.1.0"
+
+
+def test_status_says_pods_are_not_served(tools: Path, skiffd: Daemon, cri: Cri) -> None:
+    reply = cri.runtime.Status(pb.StatusRequest(verbose=True), timeout=10)
+    conditions = {c.type: c for c in reply.status.conditions}
+    assert not conditions["RuntimeReady"].status  # kubelet: no pods here (yet)
+    assert conditions["RuntimeReady"].reason == "PodSandboxesNotImplemented"
+    assert "docs/cri.md" in conditions["RuntimeReady"].message
+    assert not conditions["NetworkReady"].status
+    config = json.loads(reply.info["config"])
+    assert config["storageDriver"] == "overlay2"
+    info = json.loads(crictl(tools, skiffd, "info").stdout)
+    assert {c["type"] for c in info["status"]["conditions"]} == {"RuntimeReady",
+                                                                   "NetworkReady"}
+    cgroup = cri.runtime.RuntimeConfig(pb.RuntimeConfigRequest(), timeout=10)
+    assert cgroup.linux.cgroup_driver == pb.CGROUPFS
+
+
+def test_every_other_rpc_is_unimplemented_and_named(cri: Cri) -> None:
+    """Every RPC of runtime.v1 skiff does not serve answers UNIMPLEMENTED at
+    once, naming itself; none hangs (each has a 10 s deadline)."""
+    from skiff.core.cri import runtime as runtime_mod
+
+    assert "RunPodSandbox" in runtime_mod.UNIMPLEMENTED
+    assert len(runtime_mod.UNIMPLEMENTED) >= 25
+    for name in runtime_mod.UNIMPLEMENTED:
+        method = getattr(cri.runtime, name)
+        request_type = pb.DESCRIPTOR.services_by_name["RuntimeService"].methods_by_name[
+            name].input_type.name
+        request = getattr(pb, request_type)()
+        t0 = time.monotonic()
+        with pytest.raises(grpc.RpcError) as info:
+            reply = method(request, timeout=10)
+            if name == "GetContainerEvents":  # server streaming: the error comes on read
+                next(iter(reply))
+        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED, name
+        assert f"runtime.v1.RuntimeService/{name} is not implemented" in info.value.details()
+        assert time.monotonic() - t0 < 5, name
+
+
+def test_crictl_pods_says_unimplemented(tools: Path, skiffd: Daemon) -> None:
+    res = crictl(tools, skiffd, "pods", check=False)
+    assert res.returncode != 0
+    assert "runtime.v1.RuntimeService/ListPodSandbox is not implemented" in res.stderr
+
+
+# -- images: the Docker API's store ------------------------------------------------------
+
+
+def test_images_are_the_docker_apis(tools: Path, skiffd: Daemon, cri: Cri) -> None:
+    want = image_id(skiffd, "busybox:latest")
+    listed = json.loads(crictl(tools, skiffd, "images", "-o", "json").stdout)["images"]
+    mine = [i for i in listed if i["id"] == want]
+    assert mine and "docker.io/library/busybox:latest" in mine[0]["repoTags"]
+    assert int(mine[0]["size"]) > 0
+    for name in (want, want[7:19], "busybox", "docker.io/library/busybox:latest"):
+        status = cri.images.ImageStatus(pb.ImageStatusRequest(image=pb.ImageSpec(image=name)),
+                                        timeout=10)
+        assert status.image.id == want, name
+    missing = cri.images.ImageStatus(
+        pb.ImageStatusRequest(image=pb.ImageSpec(image="no/such-image:never")), timeout=10)
+    assert not missing.HasField("image")
+    only = cri.images.ListImages(pb.ListImagesRequest(
+        filter=pb.ImageFilter(image=pb.ImageSpec(image="busybox"))), timeout=10)
+    assert [i.id for i in only.images] == [want]
+    verbose = cri.images.ImageStatus(
+        pb.ImageStatusRequest(image=pb.ImageSpec(image=want), verbose=True), timeout=10)
+    assert json.loads(verbose.info["info"])["rootfs"]["type"] == "layers"
+
+
+def test_image_user_fields(skiffd: Daemon, cri: Cri, tmp_path: Path) -> None:
+    """uid and username as the CRI gives them (critest's four cases)."""
+    cases = {"1002": (1002, ""), "www-data": (0, "www-data"), "1003:1003": (1003, ""),
+             "www-data:www-data": (0, "www-data")}
+    for user, (uid, username) in cases.items():
+        tag = f"cri-user-{user.replace(':', '-')}:t"
+        (tmp_path / "Dockerfile").write_text(f"FROM busybox:latest\nUSER {user}\n")
+        skiffd.docker("build", "-q", "-t", tag, str(tmp_path), check=True, timeout=120)
+        try:
+            got = cri.images.ImageStatus(pb.ImageStatusRequest(image=pb.ImageSpec(image=tag)),
+                                         timeout=10).image
+            assert (got.uid.value, got.username) == (uid, username), user
+            assert got.HasField("uid") == (uid != 0), user
+        finally:
+            skiffd.docker("rmi", tag)
+
+
+def test_pull_status_remove_with_crictl(tools: Path, skiffd: Daemon, cri: Cri,
+                                        registry: Registry, tmp_path: Path) -> None:
+    name = f"{registry.host}/cri/app:v1"
+    plain = f"{registry.host}/cri/app"
+    want = push_built(skiffd, tmp_path, [name, plain + ":latest"], "pull")
+    out = crictl(tools, skiffd, "pull", name).stdout
+    assert want in out
+    assert image_id(skiffd, name) == want  # the Docker API sees what the CRI pulled
+    status = json.loads(crictl(tools, skiffd, "inspecti", "-o", "json", name).stdout)
+    assert status["status"]["id"] == want
+    assert status["status"]["repoTags"] == [name]
+    assert [d.split("@")[0] for d in status["status"]["repoDigests"]] == [plain]
+    # a name without a tag pulls latest, as kubelet means it
+    reply = cri.images.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=plain)),
+                                 timeout=60)
+    assert reply.image_ref == want
+    assert image_id(skiffd, plain + ":latest") == want
+    # as containerd: RemoveImage takes the image, with every name it has
+    crictl(tools, skiffd, "rmi", name)
+    for gone in (name, plain + ":latest", want):
+        assert skiffd.docker("image", "inspect", gone).returncode != 0, gone
+    assert image_id(skiffd, "busybox:latest")  # its parent stays
+    # idempotent: removing what is gone is no error
+    cri.images.RemoveImage(pb.RemoveImageRequest(image=pb.ImageSpec(image=name)), timeout=10)
+
+
+def test_remove_refuses_an_image_a_container_runs(skiffd: Daemon, cri: Cri,
+                                                  tmp_path: Path) -> None:
+    (tmp_path / "Dockerfile").write_text("FROM busybox:latest\nLABEL cri=busy\n")
+    skiffd.docker("build", "-q", "-t", "cri-busy:a", str(tmp_path), check=True, timeout=120)
+    cid = skiffd.docker("run", "-d", "cri-busy:a", "sleep", "60",
+                        check=True).stdout.decode().strip()
+    try:
+        with pytest.raises(grpc.RpcError) as info:
+            cri.images.RemoveImage(pb.RemoveImageRequest(
+                image=pb.ImageSpec(image="cri-busy:a")), timeout=10)
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "running container" in info.value.details() or "conflict" in \
+            info.value.details()
+        assert image_id(skiffd, "cri-busy:a")
+    finally:
+        skiffd.docker("rm", "-f", cid)
+        skiffd.docker("rmi", "cri-busy:a")
+
+
+def test_remove_by_id_takes_every_name(skiffd: Daemon, cri: Cri, tmp_path: Path) -> None:
+    (tmp_path / "Dockerfile").write_text("FROM busybox:latest\nLABEL cri=remove\n")
+    skiffd.docker("build", "-q", "-t", "cri-rm:a", str(tmp_path), check=True, timeout=120)
+    skiffd.docker("tag", "cri-rm:a", "cri-rm:b", check=True)
+    iid = image_id(skiffd, "cri-rm:a")
+    cri.images.RemoveImage(pb.RemoveImageRequest(image=pb.ImageSpec(image=iid)), timeout=10)
+    for name in ("cri-rm:a", "cri-rm:b", iid):
+        assert skiffd.docker("image", "inspect", name).returncode != 0, name
+    assert image_id(skiffd, "busybox:latest")  # its parent stays
+
+
+def test_pull_errors_are_statuses(skiffd: Daemon, cri: Cri, registry: Registry) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        cri.images.PullImage(pb.PullImageRequest(
+            image=pb.ImageSpec(image=f"{registry.host}/cri/never:there")), timeout=30)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND, info.value.details()
+    with pytest.raises(grpc.RpcError) as info:
+        cri.images.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image="Bad Name")),
+                             timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.RpcError) as info:
+        cri.images.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image="")), timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "empty" in info.value.details()
+
+
+def test_imagefsinfo(tools: Path, skiffd: Daemon, cri: Cri) -> None:
+    reply = cri.images.ImageFsInfo(pb.ImageFsInfoRequest(), timeout=30)
+    (fs,) = reply.image_filesystems
+    assert fs.fs_id.mountpoint == str(skiffd.data_root / "overlay2")
+    assert fs.used_bytes.value > 1 << 20  # busybox at least
+    assert fs.inodes_used.value > 100
+    assert abs(fs.timestamp / 1e9 - time.time()) < 60
+    out = json.loads(crictl(tools, skiffd, "imagefsinfo", "-o", "json").stdout)
+    assert out["status"]["imageFilesystems"][0]["fsId"]["mountpoint"] == fs.fs_id.mountpoint
+
+
+def test_docker_and_cri_sockets_both_serve(skiffd: Daemon, cri: Cri) -> None:
+    res = skiffd.docker("version", "--format", "{{.Server.Version}}", check=True)
+    assert res.stdout.strip()
+    assert cri.runtime.Version(pb.VersionRequest(), timeout=10).runtime_name == "skiff"
+
+
+# -- cancellation and shutdown ----------------------------------------------------------
+
+
+@pytest.fixture
+def hanging() -> Iterator[HangingServer]:
+    with HangingServer() as srv:
+        yield srv
+
+
+def _pull_in_thread(path: str, image: str, timeout: float | None
+                    ) -> tuple[threading.Thread, dict[str, Any]]:
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        c = Cri(path)
+        try:
+            c.images.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=image)),
+                               timeout=timeout)
+            box["ok"] = True
+        except grpc.RpcError as exc:
+            box["code"], box["details"] = exc.code(), exc.details()
+        finally:
+            c.close()
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, box
+
+
+def test_client_deadline_cancels_the_pull(tmp_path: Path, hanging: HangingServer) -> None:
+    """A pull from a registry that never answers, abandoned by its client:
+    the engine's pull is cancelled (logged), the socket keeps serving."""
+    with running_daemon(tmp_path / "d", **{"cri": str(tmp_path / "cri.sock"),
+                                           "registry-timeout": 3}) as d:
+        c = Cri(cri_path(d))
+        try:
+            with pytest.raises(grpc.RpcError) as info:
+                c.images.PullImage(pb.PullImageRequest(
+                    image=pb.ImageSpec(image=f"127.0.0.1:{hanging.port}/stuck/img:v1")),
+                    timeout=1)
+            assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            poll(lambda: '"cri.call_cancelled"' in d.logs() and '"PullImage"' in d.logs(),
+                 timeout=20, what="the pull cancelled")
+            assert c.runtime.Version(pb.VersionRequest(), timeout=10).runtime_name == "skiff"
+        finally:
+            c.close()
+
+
+def test_shutdown_with_a_call_in_flight(tmp_path: Path, hanging: HangingServer) -> None:
+    """SIGTERM while a CRI pull hangs: the call answers UNAVAILABLE, skiffd
+    exits 0 within the registry timeout, the socket is gone."""
+    base = tmp_path / "d"
+    path = str(tmp_path / "cri.sock")
+    with running_daemon(base, **{"cri": path, "registry-timeout": 3}) as d:
+        t, box = _pull_in_thread(path, f"127.0.0.1:{hanging.port}/stuck/img:v1", None)
+        poll(lambda: bool(hanging._conns), timeout=10, what="the pull reaching the registry")
+        t0 = time.monotonic()
+        rc = d.stop(timeout=30)
+        took = time.monotonic() - t0
+        t.join(10)
+        assert rc == 0, d.logs()
+        assert took < 15, f"skiffd took {took:.1f}s to stop"
+        assert box.get("code") in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED), box
+        assert not os.path.exists(path)
+        assert '"cri.stopped"' in d.logs()
+        d.start()  # a clean start again on the same socket
+        c = Cri(path)
+        try:
+            assert c.runtime.Version(pb.VersionRequest(), timeout=10).runtime_name == "skiff"
+        finally:
+            c.close()
+
+
+def test_a_live_socket_is_not_taken(tmp_path: Path) -> None:
+    path = tmp_path / "cri.sock"
+    holder = socket.socket(socket.AF_UNIX)
+    holder.bind(str(path))
+    holder.listen(1)
+    try:
+        with pytest.raises(RuntimeError, match="already running"):
+            with running_daemon(tmp_path / "d", cri=str(path)):
+                pass
+    finally:
+        holder.close()
