@@ -16,6 +16,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from skiff.core.hookspecs import NET_RATE_KEYS
 
@@ -109,6 +110,10 @@ OPTIONS: tuple[Option, ...] = (
            help="registries (host:port or CIDR) spoken to over plain HTTP; 127.0.0.0/8 always"),
     Option("registry-mirrors", list, [], "--registry-mirror", item=str, multiple=True,
            help="mirrors tried before Docker Hub on pull (URLs)"),
+    # skiff only (containerd has it per registry): docs/cri.md#test-images
+    Option("registry-domain-mirrors", dict, {}, None, item=list,
+           help="pull mirrors of registries other than Docker Hub, by domain: "
+                '{"gcr.io": ["http://127.0.0.1:5000"]}; an image keeps its name'),
     Option("max-concurrent-downloads", int, 3, None,
            help="layers downloaded in parallel per pull"),
     Option("max-concurrent-uploads", int, 5, None, help="layers uploaded in parallel per push"),
@@ -411,6 +416,25 @@ def validate(config: Mapping[str, Any], path: str) -> None:
                 f"{', '.join(NET_RATE_KEYS)} (values in tc units, e.g. "
                 '{"skiff.net.egress-rate": "100mbit"})'
             )
+    for domain, mirrors in config["registry-domain-mirrors"].items():
+        if domain in ("docker.io", "index.docker.io", "registry-1.docker.io"):
+            raise ConfigError(
+                f"{path}: 'registry-domain-mirrors' names Docker Hub ({domain!r}): its "
+                "mirrors are 'registry-mirrors'"
+            )
+        if not domain or "/" in domain or "://" in domain:
+            raise ConfigError(
+                f"{path}: invalid 'registry-domain-mirrors' key {domain!r}: use a registry's "
+                "domain (host[:port]), e.g. gcr.io"
+            )
+        for mirror in mirrors:
+            scheme = str(mirror).partition("://")[0] if "://" in str(mirror) else "https"
+            if not isinstance(mirror, str) or scheme not in ("http", "https") or \
+                    not urlsplit(mirror if "://" in mirror else "https://" + mirror).netloc:
+                raise ConfigError(
+                    f"{path}: invalid 'registry-domain-mirrors' entry for {domain!r}: "
+                    f"{json.dumps(mirror)}: use a URL, e.g. http://127.0.0.1:5000"
+                )
     if config["cri"]:
         cri = cri_socket(config)
         if not os.path.isabs(cri):

@@ -386,8 +386,8 @@ def test_a_live_socket_is_not_taken(tmp_path: Path) -> None:
     holder.bind(str(path))
     holder.listen(1)
     try:
-        with pytest.raises(RuntimeError, match="already running"):
-            with running_daemon(tmp_path / "d", cri=str(path)):
-                pass
+        with pytest.raises(RuntimeError, match="already running"), \
+                running_daemon(tmp_path / "d", cri=str(path)):
+            pass
     finally:
         holder.close()
