@@ -1,0 +1,121 @@
+"""critest v1.32.0 (Kubernetes' CRI validation suite) against skiffd's CRI socket:
+its image-service specs, with the suite's test images built here and pushed to a
+local registry that ``registry-domain-mirrors`` puts in front of gcr.io.
+
+The specs run (``FOCUS``) and those left out (``EXCLUDED``, each with its
+reason) are the lists docs/cri.md quotes; the counts are printed at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.daemon import Daemon, running_daemon
+from tests.e2e.test_cri import TOOLS, unpacked_tools
+from tests.registry import REGISTRY, Registry, running_registry
+
+#: the suite's own names (cri-tools v1.32.0 pkg/validate/consts.go): pulled as
+#: gcr.io/k8s-staging-cri-tools/<name>, pushed here as k8s-staging-cri-tools/<name>
+UPSTREAM = "gcr.io/k8s-staging-cri-tools"
+#: name -> (tags, USER of the image); one image per name, its tags sharing it
+TEST_IMAGES: dict[str, tuple[tuple[str, ...], str]] = {
+    "test-image-latest": (("latest",), ""),
+    "test-image-tag": (("test",), ""),
+    "test-image-tag-all": (("all",), ""),  # pushed as test-image-tag:all, an image of its own
+    "test-image-1": (("latest",), ""),
+    "test-image-2": (("latest",), ""),
+    "test-image-3": (("latest",), ""),
+    "test-image-tags": (("1", "2", "3"), ""),
+    "test-image-user-uid": (("latest",), "1002"),
+    "test-image-user-username": (("latest",), "www-data"),
+    "test-image-user-uid-group": (("latest",), "1003:users"),
+    "test-image-user-username-group": (("latest",), "www-data:users"),
+}
+
+#: the image service's specs
+FOCUS = r"Image Manager|Idempotence RemoveImage"
+#: left out, each with why (docs/cri.md lists the same)
+EXCLUDED = {
+    "public image with digest should be pulled and removed":
+        "pins an upstream digest (sha256:9700f9a2...) that no image built here can have",
+}
+
+
+@pytest.fixture(scope="module")
+def tools(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if TOOLS is None:
+        pytest.skip("crictl/critest (shared/tools/cri) are not here")
+    return unpacked_tools(tmp_path_factory.mktemp("critest"))
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    if not os.path.exists(REGISTRY):
+        pytest.skip("needs Debian's docker-registry (scripts/install.sh --test)")
+    with running_registry(tmp_path_factory.mktemp("critest-registry")) as reg:
+        yield reg
+
+
+@pytest.fixture(scope="module")
+def skiffd(tmp_path_factory: pytest.TempPathFactory, registry: Registry) -> Iterator[Daemon]:
+    base = tmp_path_factory.mktemp("skiffd-critest")
+    with running_daemon(base, **{
+            "storage-driver": "overlay2", "cri": f"{base}/cri.sock",
+            "registry-domain-mirrors": {"gcr.io": [f"http://{registry.host}"]}}) as d:
+        d.skiff("image", "bootstrap", "busybox")
+        fill_registry(d, registry, base / "build")
+        yield d
+
+
+def fill_registry(d: Daemon, registry: Registry, ctx: Path) -> None:
+    """Build each test image from busybox (a label of its own makes each a
+    distinct image), push it under the suite's path, and remove it here."""
+    ctx.mkdir()
+    for name, (tags, user) in TEST_IMAGES.items():
+        repo = "test-image-tag" if name == "test-image-tag-all" else name
+        (ctx / "Dockerfile").write_text(
+            f"FROM busybox:latest\nLABEL cri-tools.test-image={name}\n"
+            + (f"USER {user}\n" if user else ""))
+        local = f"critest-build/{name}:x"
+        d.docker("build", "-q", "-t", local, str(ctx), check=True, timeout=120)
+        for tag in tags:
+            remote = f"{registry.host}/k8s-staging-cri-tools/{repo}:{tag}"
+            d.docker("tag", local, remote, check=True)
+            d.docker("push", remote, check=True, timeout=120)
+            d.docker("rmi", remote, check=True)
+        d.docker("rmi", local, check=True)
+
+
+def counts(output: str) -> dict[str, int]:
+    """ginkgo's closing line: ``N Passed | N Failed | N Pending | N Skipped``."""
+    found = re.search(r"(\d+) Passed \| (\d+) Failed \| (\d+) Pending \| (\d+) Skipped",
+                      output)
+    assert found, output[-4000:]
+    return dict(zip(("passed", "failed", "pending", "skipped"),
+                    (int(n) for n in found.groups()), strict=True))
+
+
+def test_critest_image_specs(tools: Path, skiffd: Daemon, tmp_path: Path) -> None:
+    endpoint = "unix://" + str(skiffd.config["cri"])
+    skip = "|".join(re.escape(name) for name in EXCLUDED)
+    res = subprocess.run(
+        [str(tools / "critest"), "--runtime-endpoint", endpoint, "--image-endpoint", endpoint,
+         "-ginkgo.focus", FOCUS, "-ginkgo.skip", skip, "-ginkgo.no-color",
+         "-report-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    out = res.stdout + res.stderr
+    got = counts(out)
+    print(f"\ncritest image specs against skiffd: {got['passed']} passed, "
+          f"{got['failed']} failed, {got['skipped']} skipped "
+          f"({len(EXCLUDED)} excluded by name)")
+    assert res.returncode == 0 and got["failed"] == 0, out[-6000:] + "\n" + skiffd.logs()
+    assert got["passed"] == 8  # 7 Image Manager specs + RemoveImage's idempotence
+    for image in TEST_IMAGES:  # the suite removed what it pulled
+        listed = skiffd.docker("images", "-q", f"{UPSTREAM}/{image}").stdout.strip()
+        assert not listed, image
