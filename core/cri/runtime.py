@@ -11,6 +11,7 @@ import grpc
 from skiff import __version__
 from skiff.core.cri.runtime_v1 import api_pb2 as pb
 from skiff.core.cri.runtime_v1 import api_pb2_grpc as rpc
+from skiff.core.cri.sandboxes import Sandboxes
 from skiff.core.cri.service import Calls, fill_unimplemented
 
 if TYPE_CHECKING:
@@ -24,8 +25,8 @@ RUNTIME_API_VERSION = "v1"
 
 #: why the runtime is not ready for pods: kubelet reads RuntimeReady=false as
 #: "do not schedule pods here", which is the truth until sandboxes exist
-NOT_READY_REASON = "PodSandboxesNotImplemented"
-NOT_READY_MESSAGE = ("skiff's CRI serves images only so far: RunPodSandbox and the container "
+NOT_READY_REASON = "ContainersNotImplemented"
+NOT_READY_MESSAGE = ("skiff's CRI serves images and pod sandboxes only so far: the container "
                      "RPCs answer UNIMPLEMENTED (docs/cri.md)")
 
 
@@ -33,6 +34,7 @@ class RuntimeService(rpc.RuntimeServiceServicer):
     def __init__(self, engine: Engine, calls: Calls) -> None:
         self.engine = engine
         self.calls = calls
+        self.sandboxes = Sandboxes(engine, calls)
 
     def Version(self, request: pb.VersionRequest, context: grpc.ServicerContext
                 ) -> pb.VersionResponse:
@@ -70,5 +72,29 @@ class RuntimeService(rpc.RuntimeServiceServicer):
             linux=pb.LinuxRuntimeConfiguration(cgroup_driver=driver))
 
 
-IMPLEMENTED = ("Version", "Status", "RuntimeConfig")
+    # -- pod sandboxes (sandboxes.py) ---------------------------------------------------
+
+    def RunPodSandbox(self, request: pb.RunPodSandboxRequest, context: grpc.ServicerContext
+                      ) -> pb.RunPodSandboxResponse:
+        return self.sandboxes.run(request, context)
+
+    def StopPodSandbox(self, request: pb.StopPodSandboxRequest, context: grpc.ServicerContext
+                       ) -> pb.StopPodSandboxResponse:
+        return self.sandboxes.stop(request, context)
+
+    def RemovePodSandbox(self, request: pb.RemovePodSandboxRequest,
+                         context: grpc.ServicerContext) -> pb.RemovePodSandboxResponse:
+        return self.sandboxes.remove(request, context)
+
+    def PodSandboxStatus(self, request: pb.PodSandboxStatusRequest,
+                         context: grpc.ServicerContext) -> pb.PodSandboxStatusResponse:
+        return self.sandboxes.status(request, context)
+
+    def ListPodSandbox(self, request: pb.ListPodSandboxRequest, context: grpc.ServicerContext
+                       ) -> pb.ListPodSandboxResponse:
+        return self.sandboxes.list(request, context)
+
+
+IMPLEMENTED = ("Version", "Status", "RuntimeConfig", "RunPodSandbox", "StopPodSandbox",
+               "RemovePodSandbox", "PodSandboxStatus", "ListPodSandbox")
 UNIMPLEMENTED = fill_unimplemented(RuntimeService, rpc.RuntimeServiceServicer, SERVICE)

@@ -138,7 +138,7 @@ def test_status_says_pods_are_not_served(tools: Path, skiffd: Daemon, cri: Cri) 
     reply = cri.runtime.Status(pb.StatusRequest(verbose=True), timeout=10)
     conditions = {c.type: c for c in reply.status.conditions}
     assert not conditions["RuntimeReady"].status  # kubelet: no pods here (yet)
-    assert conditions["RuntimeReady"].reason == "PodSandboxesNotImplemented"
+    assert conditions["RuntimeReady"].reason == "ContainersNotImplemented"
     assert "docs/cri.md" in conditions["RuntimeReady"].message
     assert not conditions["NetworkReady"].status
     config = json.loads(reply.info["config"])
@@ -155,8 +155,9 @@ def test_every_other_rpc_is_unimplemented_and_named(cri: Cri) -> None:
     once, naming itself; none hangs (each has a 10 s deadline)."""
     from skiff.core.cri import runtime as runtime_mod
 
-    assert "RunPodSandbox" in runtime_mod.UNIMPLEMENTED
-    assert len(runtime_mod.UNIMPLEMENTED) >= 25
+    assert "CreateContainer" in runtime_mod.UNIMPLEMENTED
+    assert "RunPodSandbox" not in runtime_mod.UNIMPLEMENTED
+    assert len(runtime_mod.UNIMPLEMENTED) >= 20
     for name in runtime_mod.UNIMPLEMENTED:
         method = getattr(cri.runtime, name)
         request_type = pb.DESCRIPTOR.services_by_name["RuntimeService"].methods_by_name[
@@ -172,10 +173,10 @@ def test_every_other_rpc_is_unimplemented_and_named(cri: Cri) -> None:
         assert time.monotonic() - t0 < 5, name
 
 
-def test_crictl_pods_says_unimplemented(tools: Path, skiffd: Daemon) -> None:
-    res = crictl(tools, skiffd, "pods", check=False)
+def test_crictl_ps_says_unimplemented(tools: Path, skiffd: Daemon) -> None:
+    res = crictl(tools, skiffd, "ps", check=False)
     assert res.returncode != 0
-    assert "runtime.v1.RuntimeService/ListPodSandbox is not implemented" in res.stderr
+    assert "runtime.v1.RuntimeService/ListContainers is not implemented" in res.stderr
 
 
 # -- images: the Docker API's store ------------------------------------------------------
@@ -391,3 +392,97 @@ def test_a_live_socket_is_not_taken(tmp_path: Path) -> None:
             pass
     finally:
         holder.close()
+
+
+# -- pod sandboxes ------------------------------------------------------------------------
+
+
+def pod_config(tmp: Path, name: str, **extra: Any) -> Path:
+    config = {"metadata": {"name": name, "uid": f"uid-{name}", "namespace": "cri-test",
+                           "attempt": 1},
+              "hostname": f"host-{name}", "log_directory": str(tmp / "logs"),
+              "labels": {"app": name, "tier": "test"},
+              "annotations": {"skiff.test/note": "a pod"}, "linux": {}, **extra}
+    path = tmp / f"{name}.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def docker_ps_ids(d: Daemon, *args: str) -> list[str]:
+    return d.docker("ps", "-aq", "--no-trunc", *args, check=True).stdout.decode().split()
+
+
+def test_pod_sandbox_life_with_crictl(tools: Path, skiffd: Daemon, cri: Cri,
+                                      tmp_path: Path) -> None:
+    pod = crictl(tools, skiffd, "runp", str(pod_config(tmp_path, "web"))).stdout.strip()
+    try:
+        listed = json.loads(crictl(tools, skiffd, "pods", "-o", "json").stdout)["items"]
+        mine = [p for p in listed if p["id"] == pod]
+        assert mine and mine[0]["state"] == "SANDBOX_READY"
+        assert mine[0]["metadata"] == {"name": "web", "uid": "uid-web",
+                                       "namespace": "cri-test", "attempt": 1}
+        assert mine[0]["labels"] == {"app": "web", "tier": "test"}
+        # its own namespace of the engine: docker ps does not list it unless asked
+        assert pod not in docker_ps_ids(skiffd)
+        assert pod in docker_ps_ids(skiffd, "--filter", "label=io.skiff.cri.namespace")
+        status = json.loads(crictl(tools, skiffd, "inspectp", "-o", "json", pod).stdout)
+        st = status["status"]
+        assert st["state"] == "SANDBOX_READY"
+        assert st["annotations"] == {"skiff.test/note": "a pod"}
+        created = cri.runtime.PodSandboxStatus(pb.PodSandboxStatusRequest(
+            pod_sandbox_id=pod), timeout=10).status.created_at
+        assert abs(created / 1e9 - time.time()) < 120  # nanoseconds, as the CRI has it
+        assert st["network"]["ip"]  # on the daemon's bridge
+        # the pause process holds the namespaces: skiff-init --pause, hostname set
+        pid = int(json.loads(skiffd.docker("inspect", pod, check=True).stdout)[0]
+                  ["State"]["Pid"])
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        cmdlines = [Path(f"/proc/{c}/cmdline").read_bytes().split(b"\0") for c in children]
+        assert [b"/sbin/docker-init", b"--pause", b""] in cmdlines
+        assert Path(f"/proc/{pid}/root/etc/hostname").read_text().strip() == "host-web"
+        # filters: label, state, id prefix
+        def ids(*args: str) -> list[str]:
+            return crictl(tools, skiffd, "pods", "-q", *args).stdout.split()
+        assert pod in ids("--label", "app=web")
+        assert pod not in ids("--label", "app=other")
+        assert pod in ids("--state", "ready") and pod not in ids("--state", "notready")
+        assert ids("--id", pod[:12]) == [pod]
+        crictl(tools, skiffd, "stopp", pod)
+        assert crictl(tools, skiffd, "inspectp", "-o", "go-template", "--template",
+                      "{{.status.state}}", pod).stdout.strip() == "SANDBOX_NOTREADY"
+        assert pod in ids("--state", "notready")
+        crictl(tools, skiffd, "stopp", pod)  # idempotent
+    finally:
+        crictl(tools, skiffd, "rmp", "-f", pod, check=False)
+    assert pod not in ids()
+    assert pod not in docker_ps_ids(skiffd, "--filter", "label=io.skiff.cri.namespace")
+    cri.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod), timeout=10)
+    with pytest.raises(grpc.RpcError) as info:
+        cri.runtime.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=pod),
+                                     timeout=10)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_pod_sandbox_refusals(cri: Cri) -> None:
+    def run(config: pb.PodSandboxConfig, handler: str = "") -> grpc.RpcError:
+        with pytest.raises(grpc.RpcError) as info:
+            cri.runtime.RunPodSandbox(pb.RunPodSandboxRequest(config=config,
+                                                              runtime_handler=handler),
+                                      timeout=30)
+        return info.value
+
+    md = pb.PodSandboxMetadata(name="refused", uid="uid-refused", namespace="cri-test")
+    err = run(pb.PodSandboxConfig(metadata=md), handler="kata")
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "'kata'" in err.details()
+    err = run(pb.PodSandboxConfig(metadata=pb.PodSandboxMetadata(name="x")))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "metadata" in err.details()
+    err = run(pb.PodSandboxConfig(metadata=md, linux=pb.LinuxPodSandboxConfig(
+        sysctls={"net.ipv4.ip_forward": "1"})))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "Sysctls" in err.details()
+    err = run(pb.PodSandboxConfig(metadata=md, linux=pb.LinuxPodSandboxConfig(
+        security_context=pb.LinuxSandboxSecurityContext(namespace_options=pb.NamespaceOption(
+            network=pb.TARGET)))))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "TARGET" in err.details()
+    # nothing was left behind by the refusals
+    listed = cri.runtime.ListPodSandbox(pb.ListPodSandboxRequest(), timeout=10).items
+    assert not [p for p in listed if p.metadata.name in ("refused", "x")]
