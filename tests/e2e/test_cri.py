@@ -451,6 +451,8 @@ def test_pod_sandbox_life_with_crictl(tools: Path, skiffd: Daemon, cri: Cri,
         assert crictl(tools, skiffd, "inspectp", "-o", "go-template", "--template",
                       "{{.status.state}}", pod).stdout.strip() == "SANDBOX_NOTREADY"
         assert pod in ids("--state", "notready")
+        state = json.loads(skiffd.docker("inspect", pod, check=True).stdout)[0]["State"]
+        assert state["ExitCode"] == 0  # the pause left on SIGTERM, not killed
         crictl(tools, skiffd, "stopp", pod)  # idempotent
     finally:
         crictl(tools, skiffd, "rmp", "-f", pod, check=False)
