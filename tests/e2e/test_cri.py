@@ -488,3 +488,33 @@ def test_pod_sandbox_refusals(cri: Cri) -> None:
     # nothing was left behind by the refusals
     listed = cri.runtime.ListPodSandbox(pb.ListPodSandboxRequest(), timeout=10).items
     assert not [p for p in listed if p.metadata.name in ("refused", "x")]
+
+
+def test_sandbox_outlives_a_daemon_restart(tmp_path: Path, tools: Path) -> None:
+    """The CRI's record is in the container's labels: after a restart the pod is
+    listed (NOTREADY: containers stop with the daemon) and can be removed."""
+    path = str(tmp_path / "cri.sock")
+    with running_daemon(tmp_path / "d", cri=path) as d:
+        pod = crictl(tools, d, "runp", str(pod_config(tmp_path, "again"))).stdout.strip()
+        assert d.stop() == 0
+        d.start()
+        c = Cri(path)
+        try:
+            (found,) = c.runtime.ListPodSandbox(pb.ListPodSandboxRequest(
+                filter=pb.PodSandboxFilter(id=pod)), timeout=10).items
+            assert found.state == pb.SANDBOX_NOTREADY
+            assert found.metadata.name == "again" and found.labels["app"] == "again"
+            c.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod),
+                                       timeout=30)
+            assert not c.runtime.ListPodSandbox(pb.ListPodSandboxRequest(), timeout=10).items
+        finally:
+            c.close()
+
+
+def test_off_by_default_grpc_is_not_even_loaded(tmp_path: Path) -> None:
+    with running_daemon(tmp_path / "d") as d:
+        assert d.proc is not None
+        maps = Path(f"/proc/{d.proc.pid}/maps").read_text()
+        assert "cygrpc" not in maps and "grpc" not in maps
+        assert "cri" not in json.loads((tmp_path / "d" / "daemon.json").read_text())
+        assert not list((tmp_path / "d").glob("*cri*.sock"))
