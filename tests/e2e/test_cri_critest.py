@@ -130,11 +130,13 @@ def test_critest_image_specs(tools: Path, skiffd: Daemon, tmp_path: Path) -> Non
 #: the pod sandbox specs that need no container (those with containers are
 #: not run: CreateContainer answers UNIMPLEMENTED)
 SANDBOX_FOCUS = (r"PodSandbox runtime should support basic operations|"
-                 r"Idempotence (StopPodSandbox|RemovePodSandbox)")
+                 r"Idempotence (StopPodSandbox|RemovePodSandbox)|"
+                 r"should return version info")
 
 
-def test_critest_pod_sandbox_specs(tools: Path, skiffd: Daemon, tmp_path: Path) -> None:
-    got, _ = critest(tools, skiffd, tmp_path, SANDBOX_FOCUS, "pod sandbox specs")
-    assert got["passed"] == 6  # run, stop, remove; 3 idempotence specs
+def test_critest_runtime_and_pod_sandbox_specs(tools: Path, skiffd: Daemon,
+                                               tmp_path: Path) -> None:
+    got, _ = critest(tools, skiffd, tmp_path, SANDBOX_FOCUS, "runtime and pod sandbox specs")
+    assert got["passed"] == 7  # version; run, stop, remove; 3 idempotence specs
     left = skiffd.docker("ps", "-aq", "--filter", "label=io.skiff.cri.namespace").stdout
     assert not left.strip()  # the suite removed its pods
