@@ -23,6 +23,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import grpc
+import trio
 
 from skiff.core.cri.namespace import NAMESPACE, NAMESPACE_LABEL
 from skiff.core.cri.runtime_v1 import api_pb2 as pb
@@ -212,7 +213,9 @@ class Sandboxes:
             try:
                 await engine.containers.start(cid)
             except BaseException:
-                await engine.containers.remove(cid, force=True)
+                # a pod that did not start is no pod: gone even when the call was cancelled
+                with trio.CancelScope(shield=True):
+                    await engine.containers.remove(cid, force=True)
                 raise
             return cid
 

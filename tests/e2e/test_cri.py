@@ -518,3 +518,26 @@ def test_off_by_default_grpc_is_not_even_loaded(tmp_path: Path) -> None:
         assert "cygrpc" not in maps and "grpc" not in maps
         assert "cri" not in json.loads((tmp_path / "d" / "daemon.json").read_text())
         assert not list((tmp_path / "d").glob("*cri*.sock"))
+
+
+def test_a_pod_that_cannot_start_leaves_nothing(skiffd: Daemon, cri: Cri) -> None:
+    """Its host port is taken: RunPodSandbox fails with the engine's words and
+    the half-made sandbox is removed."""
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(1)
+    port = holder.getsockname()[1]
+    try:
+        config = pb.PodSandboxConfig(
+            metadata=pb.PodSandboxMetadata(name="taken", uid="uid-taken", namespace="cri-test"),
+            port_mappings=[pb.PortMapping(container_port=80, host_port=port,
+                                          host_ip="127.0.0.1")])
+        with pytest.raises(grpc.RpcError) as info:
+            cri.runtime.RunPodSandbox(pb.RunPodSandboxRequest(config=config), timeout=60)
+        assert str(port) in info.value.details()
+    finally:
+        holder.close()
+    names = [p.metadata.name for p in
+             cri.runtime.ListPodSandbox(pb.ListPodSandboxRequest(), timeout=10).items]
+    assert "taken" not in names
+    assert not docker_ps_ids(skiffd, "--filter", "label=io.skiff.cri.namespace")
