@@ -1,5 +1,6 @@
 """runtime.v1.RuntimeService: what skiff answers today (Version, Status,
-RuntimeConfig); every other RPC is UNIMPLEMENTED, naming itself."""
+RuntimeConfig, pod sandboxes, containers in pods); every other RPC is
+UNIMPLEMENTED, naming itself."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 from skiff import __version__
+from skiff.core.cri.containers import Containers
 from skiff.core.cri.runtime_v1 import api_pb2 as pb
 from skiff.core.cri.runtime_v1 import api_pb2_grpc as rpc
 from skiff.core.cri.sandboxes import Sandboxes
@@ -25,16 +27,17 @@ RUNTIME_API_VERSION = "v1"
 
 #: why the runtime is not ready for pods: kubelet reads RuntimeReady=false as
 #: "do not schedule pods here", which is the truth until sandboxes exist
-NOT_READY_REASON = "ContainersNotImplemented"
-NOT_READY_MESSAGE = ("skiff's CRI serves images and pod sandboxes only so far: the container "
-                     "RPCs answer UNIMPLEMENTED (docs/cri.md)")
+NOT_READY_REASON = "ContainerLogsNotImplemented"
+NOT_READY_MESSAGE = ("skiff's CRI serves images, pod sandboxes and their containers without "
+                     "logs, exec, attach or stats so far: not enough for kubelet (docs/cri.md)")
 
 
 class RuntimeService(rpc.RuntimeServiceServicer):
     def __init__(self, engine: Engine, calls: Calls) -> None:
         self.engine = engine
         self.calls = calls
-        self.sandboxes = Sandboxes(engine, calls)
+        self.containers = Containers(engine, calls)
+        self.sandboxes = Sandboxes(engine, calls, self.containers)
 
     def Version(self, request: pb.VersionRequest, context: grpc.ServicerContext
                 ) -> pb.VersionResponse:
@@ -94,7 +97,35 @@ class RuntimeService(rpc.RuntimeServiceServicer):
                        ) -> pb.ListPodSandboxResponse:
         return self.sandboxes.list(request, context)
 
+    # -- containers in pods (containers.py) ---------------------------------------------
+
+    def CreateContainer(self, request: pb.CreateContainerRequest,
+                        context: grpc.ServicerContext) -> pb.CreateContainerResponse:
+        return self.containers.create(request, context)
+
+    def StartContainer(self, request: pb.StartContainerRequest, context: grpc.ServicerContext
+                       ) -> pb.StartContainerResponse:
+        return self.containers.start(request, context)
+
+    def StopContainer(self, request: pb.StopContainerRequest, context: grpc.ServicerContext
+                      ) -> pb.StopContainerResponse:
+        return self.containers.stop(request, context)
+
+    def RemoveContainer(self, request: pb.RemoveContainerRequest,
+                        context: grpc.ServicerContext) -> pb.RemoveContainerResponse:
+        return self.containers.remove(request, context)
+
+    def ListContainers(self, request: pb.ListContainersRequest, context: grpc.ServicerContext
+                       ) -> pb.ListContainersResponse:
+        return self.containers.list(request, context)
+
+    def ContainerStatus(self, request: pb.ContainerStatusRequest,
+                        context: grpc.ServicerContext) -> pb.ContainerStatusResponse:
+        return self.containers.status(request, context)
+
 
 IMPLEMENTED = ("Version", "Status", "RuntimeConfig", "RunPodSandbox", "StopPodSandbox",
-               "RemovePodSandbox", "PodSandboxStatus", "ListPodSandbox")
+               "RemovePodSandbox", "PodSandboxStatus", "ListPodSandbox", "CreateContainer",
+               "StartContainer", "StopContainer", "RemoveContainer", "ListContainers",
+               "ContainerStatus")
 UNIMPLEMENTED = fill_unimplemented(RuntimeService, rpc.RuntimeServiceServicer, SERVICE)

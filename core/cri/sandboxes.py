@@ -34,6 +34,7 @@ from skiff.core.images.errors import ImageNotFound
 
 if TYPE_CHECKING:
     from skiff.core.containers.model import Container
+    from skiff.core.cri.containers import Containers
     from skiff.core.engine import Engine
 
 #: the pause image, made locally from an empty layer (the process is skiff-init)
@@ -160,9 +161,10 @@ def _ip(c: Container) -> str:
 class Sandboxes:
     """The five sandbox RPCs; ``RuntimeService`` delegates to them."""
 
-    def __init__(self, engine: Engine, calls: Calls) -> None:
+    def __init__(self, engine: Engine, calls: Calls, containers: Containers) -> None:
         self.engine = engine
         self.calls = calls
+        self.containers = containers
 
     # -- helpers (on the trio loop) ---------------------------------------------------------
 
@@ -229,6 +231,10 @@ class Sandboxes:
             if found is None:
                 return  # idempotent, as the CRI asks
             c, _ = found
+            # the pod's containers first (kubelet stopped them already, with its grace)
+            async with trio.open_nursery() as nursery:
+                for member in self.containers.of_sandbox(c.id):
+                    nursery.start_soon(self.containers.stop_container, member, 0)
             if c.state.Running:
                 await self.engine.containers.stop(c.id, STOP_TIMEOUT)
 
@@ -241,10 +247,13 @@ class Sandboxes:
             found = self._find(request.pod_sandbox_id)
             if found is None:
                 return  # idempotent
-            try:
-                await self.engine.containers.remove(found[0].id, force=True)
-            except NotFound:
-                return  # removed meanwhile
+            with trio.CancelScope(shield=True):  # never half-removed
+                for member in self.containers.of_sandbox(found[0].id):
+                    await self.containers.remove_container(member)
+                try:
+                    await self.engine.containers.remove(found[0].id, force=True)
+                except NotFound:
+                    return  # removed meanwhile
 
         self.calls.run(context, "RemovePodSandbox", work)
         return pb.RemovePodSandboxResponse()

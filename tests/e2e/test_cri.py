@@ -138,7 +138,7 @@ def test_status_says_pods_are_not_served(tools: Path, skiffd: Daemon, cri: Cri) 
     reply = cri.runtime.Status(pb.StatusRequest(verbose=True), timeout=10)
     conditions = {c.type: c for c in reply.status.conditions}
     assert not conditions["RuntimeReady"].status  # kubelet: no pods here (yet)
-    assert conditions["RuntimeReady"].reason == "ContainersNotImplemented"
+    assert conditions["RuntimeReady"].reason == "ContainerLogsNotImplemented"
     assert "docs/cri.md" in conditions["RuntimeReady"].message
     assert not conditions["NetworkReady"].status
     config = json.loads(reply.info["config"])
@@ -155,9 +155,10 @@ def test_every_other_rpc_is_unimplemented_and_named(cri: Cri) -> None:
     once, naming itself; none hangs (each has a 10 s deadline)."""
     from skiff.core.cri import runtime as runtime_mod
 
-    assert "CreateContainer" in runtime_mod.UNIMPLEMENTED
+    assert "ExecSync" in runtime_mod.UNIMPLEMENTED
     assert "RunPodSandbox" not in runtime_mod.UNIMPLEMENTED
-    assert len(runtime_mod.UNIMPLEMENTED) >= 20
+    assert "CreateContainer" not in runtime_mod.UNIMPLEMENTED
+    assert len(runtime_mod.UNIMPLEMENTED) >= 14
     for name in runtime_mod.UNIMPLEMENTED:
         method = getattr(cri.runtime, name)
         request_type = pb.DESCRIPTOR.services_by_name["RuntimeService"].methods_by_name[
@@ -173,10 +174,10 @@ def test_every_other_rpc_is_unimplemented_and_named(cri: Cri) -> None:
         assert time.monotonic() - t0 < 5, name
 
 
-def test_crictl_ps_says_unimplemented(tools: Path, skiffd: Daemon) -> None:
-    res = crictl(tools, skiffd, "ps", check=False)
+def test_crictl_stats_says_unimplemented(tools: Path, skiffd: Daemon) -> None:
+    res = crictl(tools, skiffd, "stats", check=False)
     assert res.returncode != 0
-    assert "runtime.v1.RuntimeService/ListContainers is not implemented" in res.stderr
+    assert "runtime.v1.RuntimeService/ListContainerStats is not implemented" in res.stderr
 
 
 # -- images: the Docker API's store ------------------------------------------------------
@@ -541,3 +542,133 @@ def test_a_pod_that_cannot_start_leaves_nothing(skiffd: Daemon, cri: Cri) -> Non
              cri.runtime.ListPodSandbox(pb.ListPodSandboxRequest(), timeout=10).items]
     assert "taken" not in names
     assert not docker_ps_ids(skiffd, "--filter", "label=io.skiff.cri.namespace")
+
+
+# -- containers in pods -------------------------------------------------------------------
+
+
+def container_config(tmp: Path, name: str, **extra: Any) -> Path:
+    config = {"metadata": {"name": name}, "image": {"image": "busybox:latest"},
+              "command": ["sleep", "300"], "envs": [{"key": "WHO", "value": name}],
+              "labels": {"role": name}, "annotations": {"skiff.test/c": name},
+              "linux": {}, **extra}
+    path = tmp / f"c-{name}.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def test_containers_in_a_pod_with_crictl(tools: Path, skiffd: Daemon, cri: Cri,
+                                         tmp_path: Path) -> None:
+    podcfg = pod_config(tmp_path, "app")
+    pod = crictl(tools, skiffd, "runp", str(podcfg)).stdout.strip()
+    try:
+        ctr = crictl(tools, skiffd, "create", "--no-pull", pod,
+                     str(container_config(tmp_path, "main")), str(podcfg)).stdout.strip()
+        st = json.loads(crictl(tools, skiffd, "inspect", "-o", "json", ctr).stdout)["status"]
+        assert st["state"] == "CONTAINER_CREATED"
+        assert st["metadata"]["name"] == "main" and st["labels"] == {"role": "main"}
+        crictl(tools, skiffd, "start", ctr)
+        listed = json.loads(crictl(tools, skiffd, "ps", "-o", "json").stdout)["containers"]
+        (mine,) = [c for c in listed if c["id"] == ctr]
+        assert mine["state"] == "CONTAINER_RUNNING" and mine["podSandboxId"] == pod
+        # not in docker ps; in the pod's network, IPC and PID namespaces (pid POD, the
+        # CRI's default), its own mounts
+        assert ctr not in docker_ps_ids(skiffd)
+        def pid_of(cid: str) -> int:
+            return int(json.loads(skiffd.docker("inspect", cid, check=True).stdout)[0]
+                       ["State"]["Pid"])
+        pause, main = pid_of(pod), pid_of(ctr)
+        for ns in ("net", "ipc", "pid"):
+            assert os.readlink(f"/proc/{pause}/ns/{ns}") == os.readlink(
+                f"/proc/{main}/ns/{ns}"), ns
+        assert os.readlink(f"/proc/{pause}/ns/mnt") != os.readlink(f"/proc/{main}/ns/mnt")
+        environ = Path(f"/proc/{main}/environ").read_bytes().split(b"\0")
+        assert b"WHO=main" in environ
+        # filters: by pod, by label, by state
+        def ids(*args: str) -> list[str]:
+            return crictl(tools, skiffd, "ps", "-a", "-q", *args).stdout.split()
+        assert ids("--pod", pod) == [ctr] and ids("--label", "role=main") == [ctr]
+        assert ids("--state", "exited") == []
+        # a second container; stopping the pod stops both
+        other = crictl(tools, skiffd, "create", "--no-pull", pod,
+                       str(container_config(tmp_path, "side")), str(podcfg)).stdout.strip()
+        crictl(tools, skiffd, "start", other)
+        crictl(tools, skiffd, "stop", "--timeout", "1", ctr)
+        st = json.loads(crictl(tools, skiffd, "inspect", "-o", "json", ctr).stdout)["status"]
+        # not PID 1 in the pod's PID namespace: SIGTERM ends sleep
+        assert st["state"] == "CONTAINER_EXITED" and st["exitCode"] == 143
+        assert st["reason"] == "Error" and st["finishedAt"] > st["startedAt"]
+        crictl(tools, skiffd, "stop", ctr)  # idempotent
+        crictl(tools, skiffd, "stopp", pod)
+        assert set(ids("--state", "exited")) == {ctr, other}
+        crictl(tools, skiffd, "rmp", pod)  # removes its containers too
+        assert ids() == []
+    finally:
+        crictl(tools, skiffd, "rmp", "-f", pod, check=False)
+    assert not docker_ps_ids(skiffd, "--filter", "label=io.skiff.cri.namespace")
+    cri.runtime.RemoveContainer(pb.RemoveContainerRequest(container_id=ctr), timeout=10)
+    cri.runtime.StopContainer(pb.StopContainerRequest(container_id=ctr), timeout=10)
+    with pytest.raises(grpc.RpcError) as info:
+        cri.runtime.ContainerStatus(pb.ContainerStatusRequest(container_id=ctr), timeout=10)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_container_refusals(skiffd: Daemon, cri: Cri) -> None:
+    md = pb.PodSandboxMetadata(name="refusing", uid="uid-refusing", namespace="cri-test")
+    pod = cri.runtime.RunPodSandbox(pb.RunPodSandboxRequest(
+        config=pb.PodSandboxConfig(metadata=md)), timeout=60).pod_sandbox_id
+    try:
+        def create(config: pb.ContainerConfig, sandbox: str = pod) -> grpc.RpcError:
+            with pytest.raises(grpc.RpcError) as info:
+                cri.runtime.CreateContainer(pb.CreateContainerRequest(
+                    pod_sandbox_id=sandbox, config=config), timeout=30)
+            return info.value
+
+        base = {"metadata": pb.ContainerMetadata(name="c"),
+                "image": pb.ImageSpec(image="busybox:latest")}
+        err = create(pb.ContainerConfig(log_path="c/0.log", **base))
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "log_path" in err.details()
+        err = create(pb.ContainerConfig(**base), sandbox="f" * 64)
+        assert err.code() == grpc.StatusCode.NOT_FOUND
+        err = create(pb.ContainerConfig(metadata=pb.ContainerMetadata(name="c"),
+                                        image=pb.ImageSpec(image="no/such:image")))
+        assert err.code() == grpc.StatusCode.NOT_FOUND
+        err = create(pb.ContainerConfig(linux=pb.LinuxContainerConfig(
+            security_context=pb.LinuxContainerSecurityContext(masked_paths=["/proc/kcore"])),
+            **base))
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "masked_paths" in err.details()
+        err = create(pb.ContainerConfig(linux=pb.LinuxContainerConfig(
+            security_context=pb.LinuxContainerSecurityContext(
+                run_as_group=pb.Int64Value(value=5))), **base))
+        assert "run_as_group is set without" in err.details()
+        listed = cri.runtime.ListContainers(pb.ListContainersRequest(), timeout=10).containers
+        assert not [c for c in listed if c.pod_sandbox_id == pod]
+    finally:
+        cri.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod),
+                                     timeout=30)
+
+
+def test_docker_ipc_container_mode(skiffd: Daemon) -> None:
+    """What pods' containers use, through the Docker API too: --ipc container:<donor>
+    joins a shareable donor's IPC namespace and is refused for a private one, as dockerd."""
+    ids = []
+    try:
+        for ipc in ("shareable", "private"):
+            ids.append(skiffd.docker("run", "-d", "--ipc", ipc, "busybox", "sleep", "60",
+                                     check=True).stdout.decode().strip())
+        joiner = skiffd.docker("run", "-d", "--ipc", f"container:{ids[0]}", "busybox",
+                               "sleep", "60", check=True).stdout.decode().strip()
+        ids.append(joiner)
+
+        def ipc_ns(cid: str) -> str:
+            pid = json.loads(skiffd.docker("inspect", cid, check=True).stdout)[0]["State"]["Pid"]
+            return os.readlink(f"/proc/{pid}/ns/ipc")
+
+        assert ipc_ns(joiner) == ipc_ns(ids[0]) != ipc_ns(ids[1])
+        res = skiffd.docker("run", "-d", "--ipc", f"container:{ids[1]}", "busybox", "true")
+        assert res.returncode != 0 and "non-shareable IPC" in res.stderr.decode()
+    finally:
+        skiffd.docker("rm", "-f", *ids)
+        leftover = skiffd.docker("ps", "-aq", "--filter", "status=created").stdout.split()
+        if leftover:
+            skiffd.docker("rm", "-f", *[x.decode() for x in leftover])

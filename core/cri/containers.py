@@ -1,0 +1,357 @@
+"""Containers in pods: CreateContainer, StartContainer, StopContainer,
+RemoveContainer, ListContainers and ContainerStatus on the engine's containers.
+
+A pod's container is an engine container in the CRI's namespace that joins
+its sandbox's network and IPC namespaces (and PID when the pod shares it),
+with the CRI's record (metadata, sandbox, labels, annotations, creation time)
+in its labels, as sandboxes keep theirs.  What skiff cannot honour yet is
+refused by name (INVALID_ARGUMENT), never dropped; above all ``log_path``:
+kubelet reads a container's output from that file in the CRI's log format,
+which skiff does not write yet.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import trio
+
+from skiff.core.cri.namespace import NAMESPACE, NAMESPACE_LABEL
+from skiff.core.cri.runtime_v1 import api_pb2 as pb
+from skiff.core.cri.sandboxes import KIND_LABEL, record_of
+from skiff.core.cri.service import Calls
+from skiff.core.errors import InvalidParameter, NotFound
+from skiff.core.timefmt import parse_rfc3339
+
+if TYPE_CHECKING:
+    from skiff.core.containers.model import Container
+    from skiff.core.engine import Engine
+
+RECORD_LABEL = "io.skiff.cri.container"
+
+_PROPAGATION = {pb.PROPAGATION_PRIVATE: "rprivate", pb.PROPAGATION_HOST_TO_CONTAINER: "rslave",
+                pb.PROPAGATION_BIDIRECTIONAL: "rshared"}
+
+
+def _refuse(what: str) -> InvalidParameter:
+    return InvalidParameter(f"{what} is not supported by skiff's CRI yet (docs/cri.md)")
+
+
+def _user(sc: pb.LinuxContainerSecurityContext) -> str:
+    if sc.run_as_username:
+        user = sc.run_as_username
+    elif sc.HasField("run_as_user"):
+        user = str(sc.run_as_user.value)
+    elif sc.HasField("run_as_group"):
+        raise InvalidParameter("run_as_group is set without run_as_user or run_as_username")
+    else:
+        return ""
+    return user + (f":{sc.run_as_group.value}" if sc.HasField("run_as_group") else "")
+
+
+def create_body(config: pb.ContainerConfig, sandbox: Container,
+                sandbox_record: dict[str, Any]) -> dict[str, Any]:
+    """The engine's create body of a container in ``sandbox``."""
+    md = config.metadata
+    if not md.name:
+        raise InvalidParameter("the container config needs metadata with a name")
+    if not config.image.image:
+        raise InvalidParameter("the container config names no image")
+    if config.log_path:
+        raise _refuse("log_path (container logs in the CRI's log format)")
+    linux = config.linux
+    sc = linux.security_context
+    for field, what in (("masked_paths", "masked_paths"), ("readonly_paths", "readonly_paths")):
+        if getattr(sc, field):
+            raise _refuse(f"{what} (skiff applies Docker's defaults)")
+    if sc.HasField("selinux_options") and any((sc.selinux_options.user, sc.selinux_options.role,
+                                                sc.selinux_options.type,
+                                                sc.selinux_options.level)):
+        raise _refuse("SELinux options")
+    if sc.apparmor.profile_type == pb.SecurityProfile.Localhost or sc.apparmor_profile:
+        raise _refuse("an AppArmor profile")
+    if sc.seccomp.profile_type == pb.SecurityProfile.Localhost or sc.seccomp_profile_path:
+        raise _refuse("a Localhost seccomp profile")
+    ns = sc.namespace_options
+    if ns.HasField("userns_options") and ns.userns_options.mode != pb.NODE:
+        raise _refuse("a user namespace for a container")
+    res = linux.resources
+    if res.hugepage_limits or res.unified:
+        raise _refuse("hugepage limits and unified cgroup settings")
+    pod = f"container:{sandbox.id}"
+    pod_ipc = int(sandbox_record.get("ipc", pb.POD))
+    hc: dict[str, Any] = {
+        "NetworkMode": "host" if sandbox_record.get("host_network") else pod,
+        "IpcMode": "host" if pod_ipc == pb.NODE else pod,
+        "Privileged": sc.privileged,
+        "ReadonlyRootfs": sc.readonly_rootfs,
+        "RestartPolicy": {"Name": "no"},
+    }
+    if ns.pid == pb.NODE:
+        hc["PidMode"] = "host"
+    elif ns.pid == pb.POD:
+        hc["PidMode"] = pod
+    elif ns.pid == pb.TARGET:
+        if not ns.target_id:
+            raise InvalidParameter("a TARGET PID namespace needs target_id")
+        hc["PidMode"] = f"container:{ns.target_id}"
+    if sc.HasField("capabilities"):
+        caps = sc.capabilities
+        if caps.add_ambient_capabilities:
+            raise _refuse("ambient capabilities")
+        hc["CapAdd"] = list(caps.add_capabilities)
+        hc["CapDrop"] = list(caps.drop_capabilities)
+    if sc.supplemental_groups:
+        hc["GroupAdd"] = [str(g) for g in sc.supplemental_groups]
+    security = []
+    if sc.no_new_privs:
+        security.append("no-new-privileges")
+    if sc.seccomp.profile_type == pb.SecurityProfile.Unconfined:
+        security.append("seccomp=unconfined")
+    if security:
+        hc["SecurityOpt"] = security
+    binds = []
+    for m in config.mounts:
+        if not (m.host_path and m.container_path):
+            raise InvalidParameter("a mount needs host_path and container_path")
+        mode = "ro" if m.readonly else "rw"
+        binds.append(f"{m.host_path}:{m.container_path}:{mode},"
+                     f"{_PROPAGATION.get(m.propagation, 'rprivate')}")
+    if binds:
+        hc["Binds"] = binds
+    if config.devices:
+        hc["Devices"] = [{"PathOnHost": d.host_path, "PathInContainer": d.container_path,
+                          "CgroupPermissions": d.permissions or "rwm"} for d in config.devices]
+    for field, key in (("cpu_period", "CpuPeriod"), ("cpu_quota", "CpuQuota"),
+                       ("cpu_shares", "CpuShares"), ("memory_limit_in_bytes", "Memory"),
+                       ("oom_score_adj", "OomScoreAdj"),
+                       ("memory_swap_limit_in_bytes", "MemorySwap")):
+        value = getattr(res, field)
+        if value:
+            hc[key] = value
+    if res.cpuset_cpus:
+        hc["CpusetCpus"] = res.cpuset_cpus
+    if res.cpuset_mems:
+        hc["CpusetMems"] = res.cpuset_mems
+    body: dict[str, Any] = {
+        "Image": config.image.image,
+        "Env": [f"{kv.key}={kv.value}" for kv in config.envs],
+        "Tty": config.tty, "OpenStdin": config.stdin, "StdinOnce": config.stdin_once,
+        "HostConfig": hc,
+    }
+    if config.command:
+        body["Entrypoint"] = list(config.command)
+        body["Cmd"] = list(config.args)  # no image Cmd after a command, as kubelet means it
+    elif config.args:
+        body["Cmd"] = list(config.args)
+    if config.working_dir:
+        body["WorkingDir"] = config.working_dir
+    user = _user(sc)
+    if user:
+        body["User"] = user
+    record = {
+        "metadata": {"name": md.name, "attempt": md.attempt}, "sandbox": sandbox.id,
+        "labels": dict(config.labels), "annotations": dict(config.annotations),
+        "created": time.time_ns(), "image": config.image.image,
+        "mounts": [{"container_path": m.container_path, "host_path": m.host_path,
+                    "readonly": m.readonly, "propagation": m.propagation}
+                   for m in config.mounts],
+    }
+    body["Labels"] = {NAMESPACE_LABEL: NAMESPACE, KIND_LABEL: "container",
+                      RECORD_LABEL: json.dumps(record, sort_keys=True)}
+    return body
+
+
+def container_name(config: pb.ContainerConfig, sandbox_record: dict[str, Any]) -> str:
+    md, pod = config.metadata, sandbox_record.get("metadata") or {}
+    return (f"k8s_{md.name}_{pod.get('name', '')}_{pod.get('namespace', '')}_"
+            f"{pod.get('uid', '')}_{md.attempt}")
+
+
+def container_record(c: Container) -> dict[str, Any] | None:
+    labels = c.config.get("Labels") or {}
+    if labels.get(KIND_LABEL) != "container" or NAMESPACE_LABEL not in labels:
+        return None
+    try:
+        record = json.loads(labels.get(RECORD_LABEL, ""))
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _state(c: Container) -> pb.ContainerState:
+    if c.state.Running or c.state.Paused or c.state.Restarting:
+        return pb.CONTAINER_RUNNING
+    if c.state.Status == "created":
+        return pb.CONTAINER_CREATED
+    return pb.CONTAINER_EXITED
+
+
+def _ns(stamp: str | None) -> int:
+    """RFC 3339 to the CRI's nanoseconds; 0 for Docker's zero time."""
+    if not stamp or stamp.startswith("0001-"):
+        return 0
+    try:
+        return int(parse_rfc3339(stamp) * 1e9)
+    except ValueError:
+        return 0
+
+
+def _metadata(record: dict[str, Any]) -> pb.ContainerMetadata:
+    md = record.get("metadata") or {}
+    return pb.ContainerMetadata(name=md.get("name", ""), attempt=int(md.get("attempt", 0)))
+
+
+class Containers:
+    """The container RPCs; ``RuntimeService`` delegates to them."""
+
+    def __init__(self, engine: Engine, calls: Calls) -> None:
+        self.engine = engine
+        self.calls = calls
+
+    def all(self) -> list[tuple[Container, dict[str, Any]]]:
+        out = []
+        for c in list(self.engine.containers.by_id.values()):
+            record = container_record(c)
+            if record is not None:
+                out.append((c, record))
+        return out
+
+    def of_sandbox(self, sandbox_id: str) -> list[Container]:
+        return [c for c, r in self.all() if r.get("sandbox") == sandbox_id]
+
+    def _find(self, ref: str) -> tuple[Container, dict[str, Any]] | None:
+        if not ref:
+            raise InvalidParameter("the container ID is empty")
+        found = [(c, r) for c, r in self.all() if c.id.startswith(ref)]
+        if len(found) > 1:
+            raise InvalidParameter(f"container ID {ref!r} is ambiguous")
+        return found[0] if found else None
+
+    def create(self, request: pb.CreateContainerRequest, context: grpc.ServicerContext
+               ) -> pb.CreateContainerResponse:
+        engine = self.engine
+
+        async def work() -> str:
+            sandbox = None
+            for c in list(engine.containers.by_id.values()):
+                if c.id.startswith(request.pod_sandbox_id or "\0"):
+                    record = record_of(c)
+                    if record is not None:
+                        sandbox = (c, record)
+                        break
+            if sandbox is None:
+                raise NotFound(f"pod sandbox {request.pod_sandbox_id!r} not found")
+            body = create_body(request.config, *sandbox)
+            cid, _ = await engine.containers.create(body,
+                                                    container_name(request.config, sandbox[1]))
+            return cid
+
+        return pb.CreateContainerResponse(
+            container_id=self.calls.run(context, "CreateContainer", work))
+
+    def start(self, request: pb.StartContainerRequest, context: grpc.ServicerContext
+              ) -> pb.StartContainerResponse:
+        async def work() -> None:
+            found = self._find(request.container_id)
+            if found is None:
+                raise NotFound(f"container {request.container_id!r} not found")
+            await self.engine.containers.start(found[0].id)
+
+        self.calls.run(context, "StartContainer", work)
+        return pb.StartContainerResponse()
+
+    async def stop_container(self, c: Container, timeout: int) -> None:
+        if c.state.Running or c.state.Paused or c.state.Restarting:
+            await self.engine.containers.stop(c.id, max(timeout, 0))
+
+    def stop(self, request: pb.StopContainerRequest, context: grpc.ServicerContext
+             ) -> pb.StopContainerResponse:
+        async def work() -> None:
+            found = self._find(request.container_id)
+            if found is not None:  # idempotent, as the CRI asks
+                await self.stop_container(found[0], int(request.timeout))
+
+        self.calls.run(context, "StopContainer", work)
+        return pb.StopContainerResponse()
+
+    async def remove_container(self, c: Container) -> None:
+        with contextlib.suppress(NotFound):  # removed meanwhile
+            await self.engine.containers.remove(c.id, force=True)
+
+    def remove(self, request: pb.RemoveContainerRequest, context: grpc.ServicerContext
+               ) -> pb.RemoveContainerResponse:
+        async def work() -> None:
+            found = self._find(request.container_id)
+            if found is not None:  # idempotent
+                with trio.CancelScope(shield=True):  # never half-removed
+                    await self.remove_container(found[0])
+
+        self.calls.run(context, "RemoveContainer", work)
+        return pb.RemoveContainerResponse()
+
+    def _message(self, c: Container, record: dict[str, Any]) -> pb.Container:
+        return pb.Container(
+            id=c.id, pod_sandbox_id=record.get("sandbox", ""), metadata=_metadata(record),
+            image=pb.ImageSpec(image=record.get("image", "")), image_ref=c.image_id,
+            image_id=c.image_id, state=_state(c), created_at=int(record.get("created", 0)),
+            labels=record.get("labels") or {}, annotations=record.get("annotations") or {})
+
+    def list(self, request: pb.ListContainersRequest, context: grpc.ServicerContext
+             ) -> pb.ListContainersResponse:
+        flt = request.filter if request.HasField("filter") else None
+
+        async def work() -> list[pb.Container]:
+            out = []
+            for c, record in sorted(self.all(), key=lambda x: x[0].created):
+                if flt is not None:
+                    if flt.id and not c.id.startswith(flt.id):
+                        continue
+                    if flt.pod_sandbox_id and not str(record.get("sandbox", "")).startswith(
+                            flt.pod_sandbox_id):
+                        continue
+                    if flt.HasField("state") and flt.state.state != _state(c):
+                        continue
+                    labels = record.get("labels") or {}
+                    if any(labels.get(k) != v for k, v in flt.label_selector.items()):
+                        continue
+                out.append(self._message(c, record))
+            return out
+
+        return pb.ListContainersResponse(containers=self.calls.run(context, "ListContainers",
+                                                                   work))
+
+    def status(self, request: pb.ContainerStatusRequest, context: grpc.ServicerContext
+               ) -> pb.ContainerStatusResponse:
+        async def work() -> pb.ContainerStatusResponse:
+            found = self._find(request.container_id)
+            if found is None:
+                raise NotFound(f"container {request.container_id!r} not found")
+            c, record = found
+            state = _state(c)
+            reason = ""
+            if state == pb.CONTAINER_EXITED:
+                reason = ("OOMKilled" if c.state.OOMKilled
+                          else "Completed" if c.state.ExitCode == 0 else "Error")
+            status = pb.ContainerStatus(
+                id=c.id, metadata=_metadata(record), state=state,
+                created_at=int(record.get("created", 0)),
+                started_at=_ns(c.state.StartedAt) if state != pb.CONTAINER_CREATED else 0,
+                finished_at=_ns(c.state.FinishedAt) if state == pb.CONTAINER_EXITED else 0,
+                exit_code=int(c.state.ExitCode or 0), image=pb.ImageSpec(
+                    image=record.get("image", "")),
+                image_ref=c.image_id, image_id=c.image_id, reason=reason,
+                message=str(c.state.Error or ""),
+                labels=record.get("labels") or {}, annotations=record.get("annotations") or {},
+                mounts=[pb.Mount(**m) for m in record.get("mounts") or []])
+            reply = pb.ContainerStatusResponse(status=status)
+            if request.verbose:
+                reply.info["info"] = json.dumps({"pid": c.state.Pid, "name": c.name,
+                                                 "sandboxID": record.get("sandbox", "")})
+            return reply
+
+        return self.calls.run(context, "ContainerStatus", work)
