@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
+import signal
+import struct
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +27,8 @@ from skiff.core.cri.namespace import NAMESPACE, NAMESPACE_LABEL
 from skiff.core.cri.runtime_v1 import api_pb2 as pb
 from skiff.core.cri.sandboxes import KIND_LABEL, record_of
 from skiff.core.cri.service import Calls
-from skiff.core.errors import InvalidParameter, NotFound
+from skiff.core.errors import InvalidParameter, NotFound, Timeout
+from skiff.core.hookspecs import StartError
 from skiff.core.timefmt import parse_rfc3339
 
 if TYPE_CHECKING:
@@ -35,6 +39,43 @@ RECORD_LABEL = "io.skiff.cri.container"
 
 _PROPAGATION = {pb.PROPAGATION_PRIVATE: "rprivate", pb.PROPAGATION_HOST_TO_CONTAINER: "rslave",
                 pb.PROPAGATION_BIDIRECTIONAL: "rshared"}
+
+
+#: ExecSync keeps this much of each stream (kubelet's own cap on probe output is
+#: far lower); the rest is dropped, the exec still runs to its end
+MAX_EXEC_OUTPUT = 16 << 20
+#: after killing a timed-out ExecSync, how long to wait for its reaping
+KILL_WAIT = 5.0
+
+
+class Demux(trio.abc.Stream):
+    """The sink of an ExecSync: Docker's multiplexed frames (an 8-byte header:
+    stream, 3 zero bytes, length) split back into stdout and stderr."""
+
+    def __init__(self, limit: int = MAX_EXEC_OUTPUT) -> None:
+        self.limit = limit
+        self.pending = b""
+        self.out = {1: bytearray(), 2: bytearray()}
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self.pending += bytes(data)
+        while len(self.pending) >= 8:
+            kind, size = self.pending[0], struct.unpack(">I", self.pending[4:8])[0]
+            if len(self.pending) < 8 + size:
+                break
+            chunk, self.pending = self.pending[8:8 + size], self.pending[8 + size:]
+            buf = self.out.get(kind)
+            if buf is not None and len(buf) < self.limit:
+                buf += chunk[: self.limit - len(buf)]
+
+    async def wait_send_all_might_not_block(self) -> None:
+        return None
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        return b""  # ExecSync has no stdin
+
+    async def aclose(self) -> None:
+        return None
 
 
 def _refuse(what: str) -> InvalidParameter:
@@ -355,3 +396,43 @@ class Containers:
             return reply
 
         return self.calls.run(context, "ContainerStatus", work)
+
+    def exec_sync(self, request: pb.ExecSyncRequest, context: grpc.ServicerContext
+                  ) -> pb.ExecSyncResponse:
+        engine = self.engine
+        cmd = list(request.cmd)
+        timeout = int(request.timeout)
+
+        async def work() -> pb.ExecSyncResponse:
+            found = self._find(request.container_id)
+            if found is None:
+                raise NotFound(f"container {request.container_id!r} not found")
+            if not cmd:
+                raise InvalidParameter("ExecSync needs a command")
+            sink = Demux()
+            exec_id = engine.execs.create(found[0].id, {"Cmd": cmd, "AttachStdout": True,
+                                                        "AttachStderr": True})
+            ex = engine.execs.by_id[exec_id]
+            try:
+                with trio.move_on_after(timeout if timeout > 0 else math.inf) as scope:
+                    try:
+                        await engine.execs.start(exec_id, sink, framed=True)
+                    except StartError as exc:
+                        # no such command and the like: the exit code a shell gives
+                        return pb.ExecSyncResponse(
+                            stderr=f"exec failed: {exc}\n".encode(),
+                            exit_code=ex.exit_code if ex.exit_code is not None else 126)
+                if scope.cancelled_caught:
+                    raise Timeout(f"command {cmd!r} timed out after {timeout}s")
+                return pb.ExecSyncResponse(stdout=bytes(sink.out[1]),
+                                           stderr=bytes(sink.out[2]),
+                                           exit_code=ex.exit_code or 0)
+            finally:
+                # timed out, or the client left: the process goes with the call
+                if not ex.ended.is_set() and ex.process is not None:
+                    ex.process.kill(signal.SIGKILL)
+                    with trio.CancelScope(shield=True), trio.move_on_after(KILL_WAIT):
+                        await ex.ended.wait()
+                engine.execs.by_id.pop(exec_id, None)
+
+        return self.calls.run(context, "ExecSync", work)

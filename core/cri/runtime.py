@@ -123,9 +123,13 @@ class RuntimeService(rpc.RuntimeServiceServicer):
                         context: grpc.ServicerContext) -> pb.ContainerStatusResponse:
         return self.containers.status(request, context)
 
+    def ExecSync(self, request: pb.ExecSyncRequest, context: grpc.ServicerContext
+                 ) -> pb.ExecSyncResponse:
+        return self.containers.exec_sync(request, context)
+
 
 IMPLEMENTED = ("Version", "Status", "RuntimeConfig", "RunPodSandbox", "StopPodSandbox",
                "RemovePodSandbox", "PodSandboxStatus", "ListPodSandbox", "CreateContainer",
                "StartContainer", "StopContainer", "RemoveContainer", "ListContainers",
-               "ContainerStatus")
+               "ContainerStatus", "ExecSync")
 UNIMPLEMENTED = fill_unimplemented(RuntimeService, rpc.RuntimeServiceServicer, SERVICE)

@@ -155,7 +155,7 @@ def test_every_other_rpc_is_unimplemented_and_named(cri: Cri) -> None:
     once, naming itself; none hangs (each has a 10 s deadline)."""
     from skiff.core.cri import runtime as runtime_mod
 
-    assert "ExecSync" in runtime_mod.UNIMPLEMENTED
+    assert "Exec" in runtime_mod.UNIMPLEMENTED and "ExecSync" not in runtime_mod.UNIMPLEMENTED
     assert "RunPodSandbox" not in runtime_mod.UNIMPLEMENTED
     assert "CreateContainer" not in runtime_mod.UNIMPLEMENTED
     assert len(runtime_mod.UNIMPLEMENTED) >= 14
@@ -672,3 +672,32 @@ def test_docker_ipc_container_mode(skiffd: Daemon) -> None:
         leftover = skiffd.docker("ps", "-aq", "--filter", "status=created").stdout.split()
         if leftover:
             skiffd.docker("rm", "-f", *[x.decode() for x in leftover])
+
+
+def test_exec_sync(tools: Path, skiffd: Daemon, cri: Cri, tmp_path: Path) -> None:
+    podcfg = pod_config(tmp_path, "execs")
+    pod = crictl(tools, skiffd, "runp", str(podcfg)).stdout.strip()
+    try:
+        ctr = crictl(tools, skiffd, "create", "--no-pull", pod,
+                     str(container_config(tmp_path, "sh")), str(podcfg)).stdout.strip()
+        crictl(tools, skiffd, "start", ctr)
+        out = crictl(tools, skiffd, "exec", "-s", ctr, "sh", "-c", "echo out; echo $WHO").stdout
+        assert out.strip() == "out\nsh"  # crictl adds its own newlines
+
+        def run(cmd: list[str], timeout: int = 10) -> pb.ExecSyncResponse:
+            return cri.runtime.ExecSync(pb.ExecSyncRequest(container_id=ctr, cmd=cmd,
+                                                           timeout=timeout), timeout=30)
+        reply = run(["sh", "-c", "echo to-out; echo to-err >&2; exit 3"])
+        assert (reply.stdout, reply.stderr, reply.exit_code) == (b"to-out\n", b"to-err\n", 3)
+        missing = run(["/no/such/command"])
+        assert missing.exit_code in (126, 127) and missing.stderr
+        # a timeout: an error, and the process is gone with it
+        t0 = time.monotonic()
+        with pytest.raises(grpc.RpcError) as info:
+            run(["sleep", "77"], timeout=1)
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert time.monotonic() - t0 < 10
+        poll(lambda: b"sleep 77" not in run(["ps", "-o", "args"]).stdout, timeout=10,
+             what="the timed-out exec killed")
+    finally:
+        crictl(tools, skiffd, "rmp", "-f", pod, check=False)

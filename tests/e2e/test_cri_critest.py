@@ -67,7 +67,8 @@ def skiffd(tmp_path_factory: pytest.TempPathFactory, registry: Registry) -> Iter
     base = tmp_path_factory.mktemp("skiffd-critest")
     with running_daemon(base, **{
             "storage-driver": "overlay2", "cri": f"{base}/cri.sock",
-            "registry-domain-mirrors": {"gcr.io": [f"http://{registry.host}"]}}) as d:
+            "registry-domain-mirrors": {"gcr.io": [f"http://{registry.host}"],
+                                        "registry.k8s.io": [f"http://{registry.host}"]}}) as d:
         d.skiff("image", "bootstrap", "busybox")
         fill_registry(d, registry, base / "build")
         yield d
@@ -90,6 +91,13 @@ def fill_registry(d: Daemon, registry: Registry, ctx: Path) -> None:
             d.docker("push", remote, check=True, timeout=120)
             d.docker("rmi", remote, check=True)
         d.docker("rmi", local, check=True)
+    # the containers' image (framework.DefaultTestContainerImage), busybox itself;
+    # with and without its tag (the suite pulls both)
+    for tag in ("1.29-2", "latest"):
+        remote = f"{registry.host}/e2e-test-images/busybox:{tag}"
+        d.docker("tag", "busybox:latest", remote, check=True)
+        d.docker("push", remote, check=True, timeout=120)
+        d.docker("rmi", remote, check=True)
 
 
 def counts(output: str) -> dict[str, int]:
