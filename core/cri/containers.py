@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import signal
 import struct
 import time
@@ -436,3 +437,77 @@ class Containers:
                 engine.execs.by_id.pop(exec_id, None)
 
         return self.calls.run(context, "ExecSync", work)
+
+    # -- stats -------------------------------------------------------------------------
+
+    def _stats(self, c: Container, record: dict[str, Any]) -> pb.ContainerStats:
+        """One sample (blocking: call in a thread): the cgroup's counters of a
+        running container, the bytes its writable layer holds."""
+        engine = self.engine
+        now = time.time_ns()
+        stats = pb.ContainerStats(attributes=pb.ContainerAttributes(
+            id=c.id, metadata=_metadata(record), labels=record.get("labels") or {},
+            annotations=record.get("annotations") or {}))
+        if c.state.Running and engine.cgroups is not None:
+            try:
+                counters = engine.cgroups.stats(c.id)
+            except (OSError, ValueError):  # it stopped meanwhile
+                counters = {}
+            cpu = (counters.get("cpu_stats") or {}).get("cpu_usage") or {}
+            if "total_usage" in cpu:
+                stats.cpu.timestamp = now
+                stats.cpu.usage_core_nano_seconds.value = int(cpu["total_usage"])
+            mem = counters.get("memory_stats") or {}
+            if "usage" in mem:
+                detail = mem.get("stats") or {}
+                usage = int(mem["usage"])
+                inactive = int(detail.get("total_inactive_file",
+                                          detail.get("inactive_file", 0)))
+                stats.memory.timestamp = now
+                stats.memory.usage_bytes.value = usage
+                stats.memory.working_set_bytes.value = max(usage - inactive, 0)
+                stats.memory.rss_bytes.value = int(detail.get("total_rss",
+                                                              detail.get("anon", 0)))
+                stats.memory.page_faults.value = int(detail.get("total_pgfault",
+                                                                detail.get("pgfault", 0)))
+                stats.memory.major_page_faults.value = int(
+                    detail.get("total_pgmajfault", detail.get("pgmajfault", 0)))
+        with contextlib.suppress(Exception):  # removed meanwhile: no layer to measure
+            used = engine.layers.rw_size(c.id)
+            stats.writable_layer.timestamp = now
+            stats.writable_layer.fs_id.mountpoint = os.path.join(engine.data_root,
+                                                                 engine.storage_name)
+            stats.writable_layer.used_bytes.value = used
+        return stats
+
+    def stats(self, request: pb.ContainerStatsRequest, context: grpc.ServicerContext
+              ) -> pb.ContainerStatsResponse:
+        async def work() -> pb.ContainerStats:
+            found = self._find(request.container_id)
+            if found is None:
+                raise NotFound(f"container {request.container_id!r} not found")
+            return await self.engine.to_thread(self._stats, *found)
+
+        return pb.ContainerStatsResponse(stats=self.calls.run(context, "ContainerStats", work))
+
+    def list_stats(self, request: pb.ListContainerStatsRequest,
+                   context: grpc.ServicerContext) -> pb.ListContainerStatsResponse:
+        flt = request.filter if request.HasField("filter") else None
+
+        async def work() -> list[pb.ContainerStats]:
+            chosen = []
+            for c, record in sorted(self.all(), key=lambda x: x[0].created):
+                if flt is not None:
+                    if flt.id and not c.id.startswith(flt.id):
+                        continue
+                    if flt.pod_sandbox_id and not str(record.get("sandbox", "")).startswith(
+                            flt.pod_sandbox_id):
+                        continue
+                    labels = record.get("labels") or {}
+                    if any(labels.get(k) != v for k, v in flt.label_selector.items()):
+                        continue
+                chosen.append((c, record))
+            return await self.engine.to_thread(lambda: [self._stats(*x) for x in chosen])
+
+        return pb.ListContainerStatsResponse(
+            stats=self.calls.run(context, "ListContainerStats", work))

@@ -29,7 +29,8 @@ RUNTIME_API_VERSION = "v1"
 #: "do not schedule pods here", which is the truth until sandboxes exist
 NOT_READY_REASON = "ContainerLogsNotImplemented"
 NOT_READY_MESSAGE = ("skiff's CRI serves images, pod sandboxes and their containers without "
-                     "logs, exec, attach or stats so far: not enough for kubelet (docs/cri.md)")
+                     "logs, streaming (exec, attach, port-forward) or pod stats so far: not "
+                     "enough for kubelet (docs/cri.md)")
 
 
 class RuntimeService(rpc.RuntimeServiceServicer):
@@ -127,9 +128,18 @@ class RuntimeService(rpc.RuntimeServiceServicer):
                  ) -> pb.ExecSyncResponse:
         return self.containers.exec_sync(request, context)
 
+    def ContainerStats(self, request: pb.ContainerStatsRequest, context: grpc.ServicerContext
+                       ) -> pb.ContainerStatsResponse:
+        return self.containers.stats(request, context)
+
+    def ListContainerStats(self, request: pb.ListContainerStatsRequest,
+                           context: grpc.ServicerContext) -> pb.ListContainerStatsResponse:
+        return self.containers.list_stats(request, context)
+
 
 IMPLEMENTED = ("Version", "Status", "RuntimeConfig", "RunPodSandbox", "StopPodSandbox",
                "RemovePodSandbox", "PodSandboxStatus", "ListPodSandbox", "CreateContainer",
                "StartContainer", "StopContainer", "RemoveContainer", "ListContainers",
-               "ContainerStatus", "ExecSync")
+               "ContainerStatus", "ExecSync",
+               "ContainerStats", "ListContainerStats")
 UNIMPLEMENTED = fill_unimplemented(RuntimeService, rpc.RuntimeServiceServicer, SERVICE)

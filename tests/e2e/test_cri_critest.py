@@ -91,13 +91,30 @@ def fill_registry(d: Daemon, registry: Registry, ctx: Path) -> None:
             d.docker("push", remote, check=True, timeout=120)
             d.docker("rmi", remote, check=True)
         d.docker("rmi", local, check=True)
-    # the containers' image (framework.DefaultTestContainerImage), busybox itself;
-    # with and without its tag (the suite pulls both)
+    # the containers' image (framework.DefaultTestContainerImage): busybox and a
+    # pgrep (one spec runs it; Debian's busybox-static has no such applet), with
+    # and without its tag (the suite pulls both)
+    (ctx / "pgrep").write_text(PGREP)
+    (ctx / "pgrep").chmod(0o755)
+    (ctx / "Dockerfile").write_text("FROM busybox:latest\nCOPY pgrep /bin/pgrep\n")
+    d.docker("build", "-q", "-t", "critest-build/busybox:x", str(ctx), check=True, timeout=120)
     for tag in ("1.29-2", "latest"):
         remote = f"{registry.host}/e2e-test-images/busybox:{tag}"
-        d.docker("tag", "busybox:latest", remote, check=True)
+        d.docker("tag", "critest-build/busybox:x", remote, check=True)
         d.docker("push", remote, check=True, timeout=120)
         d.docker("rmi", remote, check=True)
+    d.docker("rmi", "critest-build/busybox:x", check=True)
+
+
+#: ``pgrep NAME``: the PIDs of the processes whose name holds NAME, exit 1 when none
+PGREP = """#!/bin/sh
+found=1
+for d in /proc/[0-9]*; do
+    name=$(cat "$d/comm" 2>/dev/null) || continue
+    case "$name" in *"$1"*) echo "${d#/proc/}"; found=0;; esac
+done
+exit $found
+"""
 
 
 def counts(output: str) -> dict[str, int]:
