@@ -165,3 +165,16 @@ def test_critest_runtime_and_pod_sandbox_specs(tools: Path, skiffd: Daemon,
     assert got["passed"] == 7  # version; run, stop, remove; 3 idempotence specs
     left = skiffd.docker("ps", "-aq", "--filter", "label=io.skiff.cri.namespace").stdout
     assert not left.strip()  # the suite removed its pods
+
+
+#: the container specs skiff serves: the basic operations (create, start, stop,
+#: remove, execSync, stats) and StopContainer/RemoveContainer idempotence
+CONTAINER_FOCUS = (r"Container runtime should support basic operations on container|"
+                   r"Idempotence (StopContainer|RemoveContainer)")
+
+
+def test_critest_container_specs(tools: Path, skiffd: Daemon, tmp_path: Path) -> None:
+    got, _ = critest(tools, skiffd, tmp_path, CONTAINER_FOCUS, "container specs")
+    assert got["passed"] == 16
+    left = skiffd.docker("ps", "-aq", "--filter", "label=io.skiff.cri.namespace").stdout
+    assert not left.strip()
