@@ -5,9 +5,9 @@ A pod's container is an engine container in the CRI's namespace that joins
 its sandbox's network and IPC namespaces (and PID when the pod shares it),
 with the CRI's record (metadata, sandbox, labels, annotations, creation time)
 in its labels, as sandboxes keep theirs.  What skiff cannot honour yet is
-refused by name (INVALID_ARGUMENT), never dropped; above all ``log_path``:
-kubelet reads a container's output from that file in the CRI's log format,
-which skiff does not write yet.
+refused by name (INVALID_ARGUMENT), never dropped.  A container's output is
+written in the CRI's log format at its ``log_path`` (``logs.py``), where
+kubelet reads it.
 """
 
 from __future__ import annotations
@@ -24,11 +24,12 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import trio
 
+from skiff.core.cri.logs import CriLogs
 from skiff.core.cri.namespace import NAMESPACE, NAMESPACE_LABEL
 from skiff.core.cri.runtime_v1 import api_pb2 as pb
 from skiff.core.cri.sandboxes import KIND_LABEL, record_of
 from skiff.core.cri.service import Calls
-from skiff.core.errors import InvalidParameter, NotFound, Timeout
+from skiff.core.errors import Conflict, InvalidParameter, NotFound, Timeout
 from skiff.core.hookspecs import StartError
 from skiff.core.timefmt import parse_rfc3339
 
@@ -103,8 +104,16 @@ def create_body(config: pb.ContainerConfig, sandbox: Container,
         raise InvalidParameter("the container config needs metadata with a name")
     if not config.image.image:
         raise InvalidParameter("the container config names no image")
+    log_path = ""
     if config.log_path:
-        raise _refuse("log_path (container logs in the CRI's log format)")
+        log_dir = str(sandbox_record.get("log_directory") or "")
+        if not log_dir:
+            raise InvalidParameter("the container has a log_path but its pod sandbox no "
+                                   "log_directory to put it in")
+        log_path = os.path.normpath(os.path.join(log_dir, config.log_path))
+        if not log_path.startswith(os.path.normpath(log_dir) + "/"):
+            raise InvalidParameter(f"log_path {config.log_path!r} leaves the pod's "
+                                   "log_directory")
     linux = config.linux
     sc = linux.security_context
     for field, what in (("masked_paths", "masked_paths"), ("readonly_paths", "readonly_paths")):
@@ -198,7 +207,7 @@ def create_body(config: pb.ContainerConfig, sandbox: Container,
     record = {
         "metadata": {"name": md.name, "attempt": md.attempt}, "sandbox": sandbox.id,
         "labels": dict(config.labels), "annotations": dict(config.annotations),
-        "created": time.time_ns(), "image": config.image.image,
+        "created": time.time_ns(), "image": config.image.image, "log_path": log_path,
         "mounts": [{"container_path": m.container_path, "host_path": m.host_path,
                     "readonly": m.readonly, "propagation": m.propagation}
                    for m in config.mounts],
@@ -254,6 +263,7 @@ class Containers:
     def __init__(self, engine: Engine, calls: Calls) -> None:
         self.engine = engine
         self.calls = calls
+        self.logs = CriLogs(engine)
 
     def all(self) -> list[tuple[Container, dict[str, Any]]]:
         out = []
@@ -302,7 +312,14 @@ class Containers:
             found = self._find(request.container_id)
             if found is None:
                 raise NotFound(f"container {request.container_id!r} not found")
-            await self.engine.containers.start(found[0].id)
+            c, record = found
+            if record.get("log_path") and not c.state.Running:
+                self.logs.start(c.id, record["log_path"])
+            try:
+                await self.engine.containers.start(c.id)
+            except BaseException:
+                self.logs.abort(c.id)
+                raise
 
         self.calls.run(context, "StartContainer", work)
         return pb.StartContainerResponse()
@@ -324,6 +341,23 @@ class Containers:
     async def remove_container(self, c: Container) -> None:
         with contextlib.suppress(NotFound):  # removed meanwhile
             await self.engine.containers.remove(c.id, force=True)
+        self.logs.forget(c.id)
+
+    def reopen_log(self, request: pb.ReopenContainerLogRequest,
+                   context: grpc.ServicerContext) -> pb.ReopenContainerLogResponse:
+        async def work() -> None:
+            found = self._find(request.container_id)
+            if found is None:
+                raise NotFound(f"container {request.container_id!r} not found")
+            c, record = found
+            if not c.state.Running:
+                raise Conflict(f"container {c.id} is not running")
+            if not record.get("log_path"):
+                raise InvalidParameter(f"container {c.id} has no log_path")
+            await self.logs.reopen(c.id)
+
+        self.calls.run(context, "ReopenContainerLog", work)
+        return pb.ReopenContainerLogResponse()
 
     def remove(self, request: pb.RemoveContainerRequest, context: grpc.ServicerContext
                ) -> pb.RemoveContainerResponse:
@@ -389,7 +423,8 @@ class Containers:
                 image_ref=c.image_id, image_id=c.image_id, reason=reason,
                 message=str(c.state.Error or ""),
                 labels=record.get("labels") or {}, annotations=record.get("annotations") or {},
-                mounts=[pb.Mount(**m) for m in record.get("mounts") or []])
+                mounts=[pb.Mount(**m) for m in record.get("mounts") or []],
+                log_path=record.get("log_path", ""))
             reply = pb.ContainerStatusResponse(status=status)
             if request.verbose:
                 reply.info["info"] = json.dumps({"pid": c.state.Pid, "name": c.name,

@@ -27,10 +27,10 @@ RUNTIME_API_VERSION = "v1"
 
 #: why the runtime is not ready for pods: kubelet reads RuntimeReady=false as
 #: "do not schedule pods here", which is the truth until sandboxes exist
-NOT_READY_REASON = "ContainerLogsNotImplemented"
+NOT_READY_REASON = "StreamingNotImplemented"
 NOT_READY_MESSAGE = ("skiff's CRI serves images, pod sandboxes and their containers without "
-                     "logs, streaming (exec, attach, port-forward) or pod stats so far: not "
-                     "enough for kubelet (docs/cri.md)")
+                     "streaming (exec, attach, port-forward) or pod stats so far: not enough "
+                     "for kubelet (docs/cri.md)")
 
 
 class RuntimeService(rpc.RuntimeServiceServicer):
@@ -136,10 +136,14 @@ class RuntimeService(rpc.RuntimeServiceServicer):
                            context: grpc.ServicerContext) -> pb.ListContainerStatsResponse:
         return self.containers.list_stats(request, context)
 
+    def ReopenContainerLog(self, request: pb.ReopenContainerLogRequest,
+                           context: grpc.ServicerContext) -> pb.ReopenContainerLogResponse:
+        return self.containers.reopen_log(request, context)
+
 
 IMPLEMENTED = ("Version", "Status", "RuntimeConfig", "RunPodSandbox", "StopPodSandbox",
                "RemovePodSandbox", "PodSandboxStatus", "ListPodSandbox", "CreateContainer",
                "StartContainer", "StopContainer", "RemoveContainer", "ListContainers",
                "ContainerStatus", "ExecSync",
-               "ContainerStats", "ListContainerStats")
+               "ContainerStats", "ListContainerStats", "ReopenContainerLog")
 UNIMPLEMENTED = fill_unimplemented(RuntimeService, rpc.RuntimeServiceServicer, SERVICE)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -138,7 +139,7 @@ def test_status_says_pods_are_not_served(tools: Path, skiffd: Daemon, cri: Cri) 
     reply = cri.runtime.Status(pb.StatusRequest(verbose=True), timeout=10)
     conditions = {c.type: c for c in reply.status.conditions}
     assert not conditions["RuntimeReady"].status  # kubelet: no pods here (yet)
-    assert conditions["RuntimeReady"].reason == "ContainerLogsNotImplemented"
+    assert conditions["RuntimeReady"].reason == "StreamingNotImplemented"
     assert "docs/cri.md" in conditions["RuntimeReady"].message
     assert not conditions["NetworkReady"].status
     config = json.loads(reply.info["config"])
@@ -627,8 +628,8 @@ def test_container_refusals(skiffd: Daemon, cri: Cri) -> None:
 
         base = {"metadata": pb.ContainerMetadata(name="c"),
                 "image": pb.ImageSpec(image="busybox:latest")}
-        err = create(pb.ContainerConfig(log_path="c/0.log", **base))
-        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "log_path" in err.details()
+        err = create(pb.ContainerConfig(log_path="c/0.log", **base))  # the pod has no log dir
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "log_directory" in err.details()
         err = create(pb.ContainerConfig(**base), sandbox="f" * 64)
         assert err.code() == grpc.StatusCode.NOT_FOUND
         err = create(pb.ContainerConfig(metadata=pb.ContainerMetadata(name="c"),
@@ -734,5 +735,63 @@ def test_container_stats(tools: Path, skiffd: Daemon, cri: Cri, tmp_path: Path) 
         assert [s.attributes.id for s in only] == [ctr]
         out = json.loads(crictl(tools, skiffd, "stats", "-o", "json", ctr).stdout)
         assert out["stats"][0]["attributes"]["id"] == ctr
+    finally:
+        crictl(tools, skiffd, "rmp", "-f", pod, check=False)
+
+
+def test_container_logs_in_the_cri_format(tools: Path, skiffd: Daemon, cri: Cri,
+                                          tmp_path: Path) -> None:
+    podcfg = pod_config(tmp_path, "logs")
+    logdir = tmp_path / "logs"
+    pod = crictl(tools, skiffd, "runp", str(podcfg)).stdout.strip()
+    try:
+        escape = pb.ContainerConfig(metadata=pb.ContainerMetadata(name="x"),
+                                    image=pb.ImageSpec(image="busybox:latest"),
+                                    log_path="../../escape.log")
+        with pytest.raises(grpc.RpcError) as info:
+            cri.runtime.CreateContainer(pb.CreateContainerRequest(
+                pod_sandbox_id=pod, config=escape), timeout=30)
+        assert "leaves the pod's log_directory" in info.value.details()
+        # a line longer than the engine's 16 KiB pieces: P pieces, then its F end
+        script = ("echo first; echo to-err >&2; printf 'held '; sleep 1; echo back; "
+                  "head -c 20000 /dev/zero | tr '\\0' x; echo; "
+                  "while [ ! -e /tmp/go ]; do sleep 0.1; done; echo after-reopen; sleep 300")
+        cfg = container_config(tmp_path, "talker", command=["sh", "-c", script],
+                               log_path="talker/0.log")
+        ctr = crictl(tools, skiffd, "create", "--no-pull", pod, str(cfg),
+                     str(podcfg)).stdout.strip()
+        crictl(tools, skiffd, "start", ctr)
+        path = logdir / "talker" / "0.log"
+        st = json.loads(crictl(tools, skiffd, "inspect", "-o", "json", ctr).stdout)["status"]
+        assert st["logPath"] == str(path)
+        poll(lambda: path.exists() and path.read_text().count("\n") >= 5, timeout=20,
+             what="five log lines")
+        lines = path.read_text().splitlines()
+        parsed = [line.split(" ", 3) for line in lines]
+        assert [(p[1], p[2], p[3]) for p in parsed[:3]] == [
+            ("stdout", "F", "first"), ("stderr", "F", "to-err"), ("stdout", "F", "held back")]
+        pieces = parsed[3:]
+        assert [p[2] for p in pieces] == ["P", "F"]
+        assert "".join(p[3] for p in pieces) == "x" * 20000
+        for p in parsed:
+            assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", p[0]), p[0]
+        # crictl logs reads the file back, as kubelet does
+        out = crictl(tools, skiffd, "logs", ctr)
+        assert "first" in out.stdout and "to-err" in out.stderr
+        # kubelet's rotation: move the file, ReopenContainerLog, output goes to a new one
+        path.rename(path.with_name("0.log.1"))
+        crictl(tools, skiffd, "logs", "--reopen", ctr, check=False)
+        cri.runtime.ReopenContainerLog(pb.ReopenContainerLogRequest(container_id=ctr),
+                                       timeout=10)
+        assert path.exists()
+        cri.runtime.ExecSync(pb.ExecSyncRequest(container_id=ctr, cmd=["touch", "/tmp/go"],
+                                                timeout=10), timeout=30)
+        poll(lambda: "after-reopen" in path.read_text(), timeout=20, what="the new log")
+        assert "after-reopen" not in path.with_name("0.log.1").read_text()
+        crictl(tools, skiffd, "stop", "--timeout", "0", ctr)
+        with pytest.raises(grpc.RpcError) as info:
+            cri.runtime.ReopenContainerLog(pb.ReopenContainerLogRequest(container_id=ctr),
+                                           timeout=10)
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     finally:
         crictl(tools, skiffd, "rmp", "-f", pod, check=False)
