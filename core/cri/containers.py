@@ -28,6 +28,7 @@ from skiff.core.cri.logs import CriLogs
 from skiff.core.cri.namespace import NAMESPACE, NAMESPACE_LABEL
 from skiff.core.cri.runtime_v1 import api_pb2 as pb
 from skiff.core.cri.sandboxes import KIND_LABEL, record_of
+from skiff.core.cri.security import seccomp_opts
 from skiff.core.cri.service import Calls
 from skiff.core.errors import Conflict, InvalidParameter, NotFound, Timeout
 from skiff.core.hookspecs import StartError
@@ -125,8 +126,8 @@ def create_body(config: pb.ContainerConfig, sandbox: Container,
         raise _refuse("SELinux options")
     if sc.apparmor.profile_type == pb.SecurityProfile.Localhost or sc.apparmor_profile:
         raise _refuse("an AppArmor profile")
-    if sc.seccomp.profile_type == pb.SecurityProfile.Localhost or sc.seccomp_profile_path:
-        raise _refuse("a Localhost seccomp profile")
+    if sc.seccomp_profile_path:
+        raise _refuse("seccomp_profile_path (deprecated; use seccomp)")
     ns = sc.namespace_options
     if ns.HasField("userns_options") and ns.userns_options.mode != pb.NODE:
         raise _refuse("a user namespace for a container")
@@ -161,8 +162,7 @@ def create_body(config: pb.ContainerConfig, sandbox: Container,
     security = []
     if sc.no_new_privs:
         security.append("no-new-privileges")
-    if sc.seccomp.profile_type == pb.SecurityProfile.Unconfined:
-        security.append("seccomp=unconfined")
+    security.extend(seccomp_opts(sc.seccomp))
     if security:
         hc["SecurityOpt"] = security
     binds = []
@@ -298,7 +298,8 @@ class Containers:
                         break
             if sandbox is None:
                 raise NotFound(f"pod sandbox {request.pod_sandbox_id!r} not found")
-            body = create_body(request.config, *sandbox)
+            # off the loop: a Localhost seccomp profile is a file to read
+            body = await engine.to_thread(create_body, request.config, *sandbox)
             cid, _ = await engine.containers.create(body,
                                                     container_name(request.config, sandbox[1]))
             return cid

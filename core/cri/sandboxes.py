@@ -27,6 +27,7 @@ import trio
 
 from skiff.core.cri.namespace import NAMESPACE, NAMESPACE_LABEL
 from skiff.core.cri.runtime_v1 import api_pb2 as pb
+from skiff.core.cri.security import seccomp_opts
 from skiff.core.cri.service import Calls
 from skiff.core.errors import InvalidParameter, NotFound
 from skiff.core.images.archives.importer import import_tarball
@@ -85,11 +86,9 @@ def create_body(config: pb.PodSandboxConfig, default_network: str) -> dict[str, 
         hc["Sysctls"] = dict(linux.sysctls)  # likewise
     if sc.supplemental_groups:
         hc["GroupAdd"] = [str(g) for g in sc.supplemental_groups]
-    seccomp = sc.seccomp
-    if seccomp.profile_type == pb.SecurityProfile.Unconfined:
-        hc["SecurityOpt"] = ["seccomp=unconfined"]
-    elif seccomp.profile_type == pb.SecurityProfile.Localhost:
-        raise _refuse("a Localhost seccomp profile for the sandbox")
+    seccomp = seccomp_opts(sc.seccomp)
+    if seccomp:
+        hc["SecurityOpt"] = seccomp
     if config.HasField("dns_config") and not host_network:
         hc["Dns"] = list(config.dns_config.servers)
         hc["DnsSearch"] = list(config.dns_config.searches)
@@ -209,7 +208,9 @@ class Sandboxes:
                 raise InvalidParameter(
                     f"runtime handler {handler!r} is not configured; skiff has "
                     f"{engine.runtime_name!r} (or leave it empty)")
-            body = create_body(request.config, engine.resolve_network_mode("default"))
+            # off the loop: a Localhost seccomp profile is a file to read
+            body = await engine.to_thread(create_body, request.config,
+                                          engine.resolve_network_mode("default"))
             await self._pause_image()
             cid, _ = await engine.containers.create(body, sandbox_name(request.config))
             try:

@@ -104,6 +104,33 @@ def fill_registry(d: Daemon, registry: Registry, ctx: Path) -> None:
         d.docker("push", remote, check=True, timeout=120)
         d.docker("rmi", remote, check=True)
     d.docker("rmi", "critest-build/busybox:x", check=True)
+    # the web servers' images: the specs only need HTTP 200 on port 80, a process
+    # of that name and (nginx) its pid file; busybox's httpd answers for both
+    for name, tag in (("nginx", "1.14-2"), ("httpd", "2.4.39-4")):
+        (ctx / "server").write_text(WEB_SERVER.replace("NAME", name))
+        (ctx / "server").chmod(0o755)
+        (ctx / "Dockerfile").write_text(
+            "FROM busybox:latest\nRUN mkdir -p /www /var/run && echo ok > /www/index.html\n"
+            f"COPY server /usr/local/sbin/{name}\nCMD [\"/usr/local/sbin/{name}\"]\n")
+        local = f"critest-build/{name}:x"
+        d.docker("build", "-q", "-t", local, str(ctx), check=True, timeout=120)
+        remote = f"{registry.host}/e2e-test-images/{name}:{tag}"
+        d.docker("tag", local, remote, check=True)
+        d.docker("push", remote, check=True, timeout=120)
+        d.docker("rmi", remote, local, check=True)
+
+
+#: a stand-in web server named NAME: busybox's httpd on port 80, this shell (its
+#: process named NAME) holding the pid file; it waits on a fifo, not in sleep,
+#: which one spec counts with pgrep
+WEB_SERVER = """#!/bin/sh
+echo $$ > /var/run/NAME.pid
+busybox httpd -p 80 -h /www
+echo "NAME (busybox httpd) listening on port 80"
+trap 'exit 0' TERM INT
+mkfifo /tmp/.wait 2>/dev/null
+while :; do read -r _ < /tmp/.wait; done
+"""
 
 
 #: ``pgrep NAME``: the PIDs of the processes whose name holds NAME, exit 1 when none

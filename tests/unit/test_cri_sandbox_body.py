@@ -4,6 +4,7 @@ refused by name (core/cri/sandboxes.py; the running pod is in tests/e2e/test_cri
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -70,7 +71,10 @@ def test_host_namespaces_dns_ports_and_security() -> None:
         selinux_options=pb.SELinuxOption(type="t")))), "SELinux"),
     (config(linux=pb.LinuxPodSandboxConfig(security_context=pb.LinuxSandboxSecurityContext(
         seccomp=pb.SecurityProfile(profile_type=pb.SecurityProfile.Localhost,
-                                   localhost_ref="/p.json")))), "Localhost seccomp"),
+                                   localhost_ref="/no/such/profile.json")))), "cannot read it"),
+    (config(linux=pb.LinuxPodSandboxConfig(security_context=pb.LinuxSandboxSecurityContext(
+        seccomp=pb.SecurityProfile(profile_type=pb.SecurityProfile.Localhost,
+                                   localhost_ref="rel.json")))), "absolute path"),
 ])
 def test_refused_by_name(cfg: pb.PodSandboxConfig, words: str) -> None:
     with pytest.raises(InvalidParameter, match=words):
@@ -94,3 +98,13 @@ def test_cgroup_parent_and_sysctls_go_to_the_engine_which_refuses_them() -> None
 def test_docker_ps_filter_asks_for_the_namespace() -> None:
     assert asks_for_cri([NAMESPACE_LABEL]) and asks_for_cri([f"{NAMESPACE_LABEL}=k8s.io"])
     assert not asks_for_cri(["app=web"]) and not asks_for_cri([])
+
+
+def test_a_localhost_seccomp_profile_is_read_here(tmp_path: Path) -> None:
+    profile = tmp_path / "profile.json"
+    profile.write_text('{"defaultAction": "SCMP_ACT_ALLOW"}')
+    hc = create_body(config(linux=pb.LinuxPodSandboxConfig(
+        security_context=pb.LinuxSandboxSecurityContext(seccomp=pb.SecurityProfile(
+            profile_type=pb.SecurityProfile.Localhost, localhost_ref=str(profile))))),
+        "bridge")["HostConfig"]
+    assert hc["SecurityOpt"] == ['seccomp={"defaultAction": "SCMP_ACT_ALLOW"}']
