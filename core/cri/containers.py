@@ -162,7 +162,7 @@ def create_body(config: pb.ContainerConfig, sandbox: Container,
     security = []
     if sc.no_new_privs:
         security.append("no-new-privileges")
-    security.extend(seccomp_opts(sc.seccomp))
+    security.extend(seccomp_opts(sc))
     if security:
         hc["SecurityOpt"] = security
     binds = []

@@ -86,7 +86,7 @@ def create_body(config: pb.PodSandboxConfig, default_network: str) -> dict[str, 
         hc["Sysctls"] = dict(linux.sysctls)  # likewise
     if sc.supplemental_groups:
         hc["GroupAdd"] = [str(g) for g in sc.supplemental_groups]
-    seccomp = seccomp_opts(sc.seccomp)
+    seccomp = seccomp_opts(sc)
     if seccomp:
         hc["SecurityOpt"] = seccomp
     if config.HasField("dns_config") and not host_network:

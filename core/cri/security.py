@@ -8,11 +8,17 @@ from skiff.core.cri.runtime_v1 import api_pb2 as pb
 from skiff.core.errors import InvalidParameter
 
 
-def seccomp_opts(profile: pb.SecurityProfile) -> list[str]:
-    """Docker's SecurityOpt of a CRI seccomp profile: RuntimeDefault is skiff's
-    default profile, Unconfined none, Localhost the file's JSON (kubelet names
-    a file on this host, read here as the docker CLI reads ``--security-opt
-    seccomp=FILE``; a profile of Docker's format)."""
+def seccomp_opts(sc: pb.LinuxContainerSecurityContext | pb.LinuxSandboxSecurityContext
+                 ) -> list[str]:
+    """Docker's SecurityOpt of a CRI seccomp profile: none given (nil) or
+    Unconfined is no filter, as the CRI defines it (kubelet asks for
+    RuntimeDefault when the pod wants one); RuntimeDefault is skiff's default
+    profile; Localhost the file's JSON (kubelet names a file on this host, read
+    here as the docker CLI reads ``--security-opt seccomp=FILE``; a profile of
+    Docker's format)."""
+    if not sc.HasField("seccomp"):
+        return ["seccomp=unconfined"]
+    profile = sc.seccomp
     if profile.profile_type == pb.SecurityProfile.Unconfined:
         return ["seccomp=unconfined"]
     if profile.profile_type != pb.SecurityProfile.Localhost:

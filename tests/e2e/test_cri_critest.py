@@ -153,20 +153,20 @@ def counts(output: str) -> dict[str, int]:
                     (int(n) for n in found.groups()), strict=True))
 
 
-def critest(tools: Path, d: Daemon, tmp: Path, focus: str, what: str
-            ) -> tuple[dict[str, int], str]:
+def critest(tools: Path, d: Daemon, tmp: Path, focus: str, what: str,
+            skip: dict[str, str] | None = None) -> tuple[dict[str, int], str]:
     endpoint = "unix://" + str(d.config["cri"])
-    skip = "|".join(re.escape(name) for name in EXCLUDED)
+    skipped = "|".join(re.escape(name) for name in {**EXCLUDED, **(skip or {})})
     res = subprocess.run(
         [str(tools / "critest"), "--runtime-endpoint", endpoint, "--image-endpoint", endpoint,
-         "-ginkgo.focus", focus, "-ginkgo.skip", skip, "-ginkgo.no-color",
-         "-report-dir", str(tmp)],
-        capture_output=True, text=True, timeout=600, cwd=tmp)
+         *(["-ginkgo.focus", focus] if focus else []), "-ginkgo.skip", skipped,
+         "-ginkgo.no-color", "-report-dir", str(tmp)],
+        capture_output=True, text=True, timeout=900, cwd=tmp)
     out = res.stdout + res.stderr
     got = counts(out)
     print(f"\ncritest {what} against skiffd: {got['passed']} passed, "
           f"{got['failed']} failed, {got['skipped']} skipped "
-          f"({len(EXCLUDED)} excluded by name)")
+          f"({len(EXCLUDED) + len(skip or {})} of them by name)")
     assert res.returncode == 0 and got["failed"] == 0, out[-6000:] + "\n" + d.logs()
     return got, out
 
@@ -179,29 +179,38 @@ def test_critest_image_specs(tools: Path, skiffd: Daemon, tmp_path: Path) -> Non
         assert not listed, image
 
 
-#: the pod sandbox specs that need no container (those with containers are
-#: not run: CreateContainer answers UNIMPLEMENTED)
-SANDBOX_FOCUS = (r"PodSandbox runtime should support basic operations|"
-                 r"Idempotence (StopPodSandbox|RemovePodSandbox)|"
-                 r"should return version info")
+#: the specs skiff does not pass yet, each with why (docs/cri.md lists the same);
+#: the whole-suite run skips them and must pass everything else
+NOT_YET = {
+    "runtime should return runtime conditions":
+        "RuntimeReady is false on purpose until streaming exists (kubelet must not use skiff)",
+    "runtime should support exec with tty=false and stdin=false":
+        "Exec: no streaming server yet",
+    "runtime should support exec with tty=true and stdin=true": "Exec: no streaming server yet",
+    "runtime should support attach": "Attach: no streaming server yet",
+    "runtime should support portforward": "PortForward: no streaming server yet",
+    "should support safe sysctls": "the engine refuses sysctls",
+    "should support unsafe sysctls": "the engine refuses sysctls",
+    "runtime should support MaskedPaths": "the engine has no MaskedPaths (Docker's defaults apply)",
+    "runtime should support ReadonlyPaths":
+        "the engine has no ReadonlyPaths (Docker's defaults apply)",
+    "runtime should support HostIpc is true": "the test image lacks ipcmk/ipcs (busybox-static)",
+    "runtime should support HostIpc is false": "the test image lacks ipcmk/ipcs (busybox-static)",
+    "runtime should support ContainerPID":
+        "the stand-in nginx image has no 'nginx: master process' command line",
+    "should not allow privilege escalation when true":
+        "the nonewprivs test image (a setuid binary) is not built here yet",
+    "should allow privilege escalation when false":
+        "the nonewprivs test image (a setuid binary) is not built here yet",
+    "mount with 'rshared' should support propagation from host to container":
+        "rshared propagation from the host into a container is not honoured yet",
+}
 
 
-def test_critest_runtime_and_pod_sandbox_specs(tools: Path, skiffd: Daemon,
-                                               tmp_path: Path) -> None:
-    got, _ = critest(tools, skiffd, tmp_path, SANDBOX_FOCUS, "runtime and pod sandbox specs")
-    assert got["passed"] == 7  # version; run, stop, remove; 3 idempotence specs
+def test_critest_whole_suite(tools: Path, skiffd: Daemon, tmp_path: Path) -> None:
+    """Every spec but those excluded (this machine) and those not passed yet
+    (``NOT_YET``, named with why): the count is the one docs/cri.md gives."""
+    got, out = critest(tools, skiffd, tmp_path, "", "whole suite", skip=NOT_YET)
+    assert got["passed"] == 70, out[-3000:]
     left = skiffd.docker("ps", "-aq", "--filter", "label=io.skiff.cri.namespace").stdout
-    assert not left.strip()  # the suite removed its pods
-
-
-#: the container specs skiff serves: the basic operations (create, start, stop,
-#: remove, execSync, stats) and StopContainer/RemoveContainer idempotence
-CONTAINER_FOCUS = (r"Container runtime should support basic operations on container|"
-                   r"Idempotence (StopContainer|RemoveContainer)")
-
-
-def test_critest_container_specs(tools: Path, skiffd: Daemon, tmp_path: Path) -> None:
-    got, _ = critest(tools, skiffd, tmp_path, CONTAINER_FOCUS, "container specs")
-    assert got["passed"] == 16
-    left = skiffd.docker("ps", "-aq", "--filter", "label=io.skiff.cri.namespace").stdout
-    assert not left.strip()
+    assert not left.strip()  # the suite removed its pods and containers
