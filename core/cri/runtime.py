@@ -28,9 +28,9 @@ RUNTIME_API_VERSION = "v1"
 #: why the runtime is not ready for pods: kubelet reads RuntimeReady=false as
 #: "do not schedule pods here", which is the truth until sandboxes exist
 NOT_READY_REASON = "StreamingNotImplemented"
-NOT_READY_MESSAGE = ("skiff's CRI serves images, pod sandboxes and their containers without "
-                     "streaming (exec, attach, port-forward) or pod stats so far: not enough "
-                     "for kubelet (docs/cri.md)")
+NOT_READY_MESSAGE = ("skiff's CRI serves images, pod sandboxes and their containers, without "
+                     "streaming (exec, attach, port-forward), pod cgroup parents or pod stats "
+                     "so far: not enough for kubelet (docs/cri.md)")
 
 
 class RuntimeService(rpc.RuntimeServiceServicer):
