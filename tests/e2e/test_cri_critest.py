@@ -8,6 +8,7 @@ reason) are the lists docs/cri.md quotes; the counts are printed at the end.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -214,3 +215,58 @@ def test_critest_whole_suite(tools: Path, skiffd: Daemon, tmp_path: Path) -> Non
     assert got["passed"] == 70, out[-3000:]
     left = skiffd.docker("ps", "-aq", "--filter", "label=io.skiff.cri.namespace").stdout
     assert not left.strip()  # the suite removed its pods and containers
+
+
+#: critest -benchmark's sizes: 20 pods and 20 containers (2 at a time), 10 image
+#: pulls; each lifecycle's timeout 60 s
+BENCHMARK_PARAMS = """containersNumber: 20
+containersNumberParallel: 2
+containerBenchmarkTimeoutSeconds: 60
+podsNumber: 20
+podsNumberParallel: 2
+podBenchmarkTimeoutSeconds: 60
+imagesNumber: 10
+imagesNumberParallel: 1
+imageBenchmarkTimeoutSeconds: 60
+"""
+
+
+def test_critest_benchmark(tools: Path, skiffd: Daemon, registry: Registry,
+                           tmp_path: Path) -> None:
+    """``critest -benchmark`` runs to its end; the medians per operation are
+    printed (docs/cri.md quotes a run)."""
+    names = []
+    for i, tag in enumerate(("1", "1-glibc", "1-musl")):  # the listing benchmark's three
+        ctx = tmp_path / f"b{i}"
+        ctx.mkdir()
+        (ctx / "Dockerfile").write_text(f"FROM busybox:latest\nLABEL bench={i}\n")
+        name = f"{registry.host}/bench/busybox:{tag}"
+        skiffd.docker("build", "-q", "-t", name, str(ctx), check=True, timeout=120)
+        skiffd.docker("push", name, check=True, timeout=120)
+        skiffd.docker("rmi", name, check=True)
+        names.append(name)
+    params = tmp_path / "params.yaml"
+    params.write_text(BENCHMARK_PARAMS + f"imagePullingBenchmarkImage: {names[0]}\n"
+                      f"imageListingBenchmarkImages: [{', '.join(names)}]\n")
+    out_dir = tmp_path / "results"
+    out_dir.mkdir()
+    endpoint = "unix://" + str(skiffd.config["cri"])
+    res = subprocess.run(
+        [str(tools / "critest"), "--runtime-endpoint", endpoint, "--image-endpoint", endpoint,
+         "-benchmark", "-benchmarking-params-file", str(params),
+         "-benchmarking-output-dir", str(out_dir), "-ginkgo.no-color"],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
+    files = sorted(out_dir.glob("*.json"))
+    assert [f.name for f in files] == [
+        "container_benchmark_data.json", "image_lifecycle_benchmark_data.json",
+        "image_listing_benchmark_data.json", "pod_benchmark_data.json"]
+    print()
+    for f in files:
+        data = json.loads(f.read_text())
+        points = data["datapoints"]
+        assert points, f.name
+        for i, op in enumerate(data["operationsNames"]):
+            took = sorted(int(p["operationsDurationsNs"][i]) for p in points)
+            print(f"critest -benchmark {op}: median {took[len(took) // 2] / 1e6:.1f} ms, "
+                  f"max {took[-1] / 1e6:.1f} ms ({len(took)} samples)")
