@@ -476,7 +476,7 @@ class Containers:
 
     # -- stats -------------------------------------------------------------------------
 
-    def _stats(self, c: Container, record: dict[str, Any]) -> pb.ContainerStats:
+    def sample(self, c: Container, record: dict[str, Any]) -> pb.ContainerStats:
         """One sample (blocking: call in a thread): the cgroup's counters of a
         running container, the bytes its writable layer holds."""
         engine = self.engine
@@ -522,7 +522,7 @@ class Containers:
             found = self._find(request.container_id)
             if found is None:
                 raise NotFound(f"container {request.container_id!r} not found")
-            return await self.engine.to_thread(self._stats, *found)
+            return await self.engine.to_thread(self.sample, *found)
 
         return pb.ContainerStatsResponse(stats=self.calls.run(context, "ContainerStats", work))
 
@@ -543,7 +543,7 @@ class Containers:
                     if any(labels.get(k) != v for k, v in flt.label_selector.items()):
                         continue
                 chosen.append((c, record))
-            return await self.engine.to_thread(lambda: [self._stats(*x) for x in chosen])
+            return await self.engine.to_thread(lambda: [self.sample(*x) for x in chosen])
 
         return pb.ListContainerStatsResponse(
             stats=self.calls.run(context, "ListContainerStats", work))

@@ -29,7 +29,7 @@ RUNTIME_API_VERSION = "v1"
 #: "do not schedule pods here", which is the truth until sandboxes exist
 NOT_READY_REASON = "StreamingNotImplemented"
 NOT_READY_MESSAGE = ("skiff's CRI serves images, pod sandboxes and their containers, without "
-                     "streaming (exec, attach, port-forward), pod cgroup parents or pod stats "
+                     "streaming (exec, attach, port-forward) or pod cgroup parents "
                      "so far: not enough for kubelet (docs/cri.md)")
 
 
@@ -98,6 +98,14 @@ class RuntimeService(rpc.RuntimeServiceServicer):
                        ) -> pb.ListPodSandboxResponse:
         return self.sandboxes.list(request, context)
 
+    def PodSandboxStats(self, request: pb.PodSandboxStatsRequest,
+                        context: grpc.ServicerContext) -> pb.PodSandboxStatsResponse:
+        return self.sandboxes.stats(request, context)
+
+    def ListPodSandboxStats(self, request: pb.ListPodSandboxStatsRequest,
+                            context: grpc.ServicerContext) -> pb.ListPodSandboxStatsResponse:
+        return self.sandboxes.list_stats(request, context)
+
     # -- containers in pods (containers.py) ---------------------------------------------
 
     def CreateContainer(self, request: pb.CreateContainerRequest,
@@ -145,5 +153,6 @@ IMPLEMENTED = ("Version", "Status", "RuntimeConfig", "RunPodSandbox", "StopPodSa
                "RemovePodSandbox", "PodSandboxStatus", "ListPodSandbox", "CreateContainer",
                "StartContainer", "StopContainer", "RemoveContainer", "ListContainers",
                "ContainerStatus", "ExecSync",
-               "ContainerStats", "ListContainerStats", "ReopenContainerLog")
+               "ContainerStats", "ListContainerStats", "ReopenContainerLog",
+               "PodSandboxStats", "ListPodSandboxStats")
 UNIMPLEMENTED = fill_unimplemented(RuntimeService, rpc.RuntimeServiceServicer, SERVICE)

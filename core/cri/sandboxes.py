@@ -16,6 +16,7 @@ through with their words.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import tarfile
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import trio
 
+from skiff.core.containers.resources import cgroup_procs, network_stats
 from skiff.core.cri.namespace import NAMESPACE, NAMESPACE_LABEL
 from skiff.core.cri.runtime_v1 import api_pb2 as pb
 from skiff.core.cri.security import seccomp_opts
@@ -307,3 +309,84 @@ class Sandboxes:
             return out
 
         return pb.ListPodSandboxResponse(items=self.calls.run(context, "ListPodSandbox", work))
+
+    # -- stats -------------------------------------------------------------------------
+
+    def _stats(self, c: Container, record: dict[str, Any]) -> pb.PodSandboxStats:
+        """One sample of a pod (blocking: call in a thread): its containers'
+        samples, their CPU and memory summed with the pause's, the pod's
+        network counters and process count."""
+        now = time.time_ns()
+        members = [(m, r) for m, r in self.containers.all() if r.get("sandbox") == c.id]
+        samples = [self.containers.sample(m, r) for m, r in members]
+        stats = pb.PodSandboxStats(attributes=pb.PodSandboxAttributes(
+            id=c.id, metadata=_metadata(record), labels=record.get("labels") or {},
+            annotations=record.get("annotations") or {}))
+        linux = stats.linux
+        linux.containers.extend(samples)
+        pause = self.containers.sample(c, {})  # the pause's own counters
+        every = [pause, *samples]
+        with_cpu = [s for s in every if s.HasField("cpu")]
+        if with_cpu:
+            linux.cpu.timestamp = now
+            linux.cpu.usage_core_nano_seconds.value = sum(
+                s.cpu.usage_core_nano_seconds.value for s in with_cpu)
+        with_memory = [s for s in every if s.HasField("memory")]
+        if with_memory:
+            linux.memory.timestamp = now
+            for field in ("working_set_bytes", "usage_bytes", "rss_bytes", "page_faults",
+                          "major_page_faults"):
+                getattr(linux.memory, field).value = sum(
+                    getattr(s.memory, field).value for s in with_memory)
+        if c.state.Running and c.state.Pid:
+            counters = network_stats(int(c.state.Pid))
+            if counters:
+                linux.network.timestamp = now
+                for name, n in sorted(counters.items()):
+                    usage = pb.NetworkInterfaceUsage(name=name)
+                    usage.rx_bytes.value = n.get("rx_bytes", 0)
+                    usage.rx_errors.value = n.get("rx_errors", 0)
+                    usage.tx_bytes.value = n.get("tx_bytes", 0)
+                    usage.tx_errors.value = n.get("tx_errors", 0)
+                    linux.network.interfaces.append(usage)
+                default = "eth0" if "eth0" in counters else sorted(counters)[0]
+                linux.network.default_interface.CopyFrom(
+                    next(i for i in linux.network.interfaces if i.name == default))
+        if self.engine.cgroups is not None:
+            count = 0
+            for m in [c, *(m for m, _ in members)]:
+                if m.state.Running:
+                    with contextlib.suppress(Exception):  # stopped meanwhile
+                        count += len(cgroup_procs(self.engine.cgroups, m.id))
+            linux.process.timestamp = now
+            linux.process.process_count.value = count
+        return stats
+
+    def stats(self, request: pb.PodSandboxStatsRequest, context: grpc.ServicerContext
+              ) -> pb.PodSandboxStatsResponse:
+        async def work() -> pb.PodSandboxStats:
+            found = self._find(request.pod_sandbox_id)
+            if found is None:
+                raise NotFound(f"pod sandbox {request.pod_sandbox_id!r} not found")
+            return await self.engine.to_thread(self._stats, *found)
+
+        return pb.PodSandboxStatsResponse(stats=self.calls.run(context, "PodSandboxStats", work))
+
+    def list_stats(self, request: pb.ListPodSandboxStatsRequest,
+                   context: grpc.ServicerContext) -> pb.ListPodSandboxStatsResponse:
+        flt = request.filter if request.HasField("filter") else None
+
+        async def work() -> list[pb.PodSandboxStats]:
+            chosen = []
+            for c, record in sorted(self._all(), key=lambda x: x[0].created):
+                if flt is not None:
+                    if flt.id and not c.id.startswith(flt.id):
+                        continue
+                    labels = record.get("labels") or {}
+                    if any(labels.get(k) != v for k, v in flt.label_selector.items()):
+                        continue
+                chosen.append((c, record))
+            return await self.engine.to_thread(lambda: [self._stats(*x) for x in chosen])
+
+        return pb.ListPodSandboxStatsResponse(
+            stats=self.calls.run(context, "ListPodSandboxStats", work))
