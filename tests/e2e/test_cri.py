@@ -807,3 +807,21 @@ def test_container_logs_in_the_cri_format(tools: Path, skiffd: Daemon, cri: Cri,
         assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     finally:
         crictl(tools, skiffd, "rmp", "-f", pod, check=False)
+
+
+def test_docker_and_cri_each_see_their_own(tools: Path, skiffd: Daemon, tmp_path: Path) -> None:
+    """A Docker-API container and a CRI pod side by side on one skiffd."""
+    podcfg = pod_config(tmp_path, "side")
+    pod = crictl(tools, skiffd, "runp", str(podcfg)).stdout.strip()
+    ctr = crictl(tools, skiffd, "create", "--no-pull", pod,
+                 str(container_config(tmp_path, "side")), str(podcfg)).stdout.strip()
+    docker_ctr = skiffd.docker("run", "-d", "busybox", "sleep", "60",
+                               check=True).stdout.decode().strip()
+    try:
+        assert docker_ctr in docker_ps_ids(skiffd)
+        assert not {pod, ctr} & set(docker_ps_ids(skiffd))
+        assert crictl(tools, skiffd, "ps", "-a", "-q").stdout.split() == [ctr]
+        assert crictl(tools, skiffd, "pods", "-q").stdout.split() == [pod]
+    finally:
+        skiffd.docker("rm", "-f", docker_ctr)
+        crictl(tools, skiffd, "rmp", "-f", pod, check=False)
