@@ -166,6 +166,8 @@ class Sandboxes:
         self.engine = engine
         self.calls = calls
         self.containers = containers
+        #: pods started together make the pause image once
+        self._pause_lock = trio.Lock()
 
     # -- helpers (on the trio loop) ---------------------------------------------------------
 
@@ -187,16 +189,18 @@ class Sandboxes:
 
     async def _pause_image(self) -> None:
         engine = self.engine
-        try:
-            engine.images.get(PAUSE_IMAGE)
-            return
-        except ImageNotFound:
-            pass
-        empty = io.BytesIO()
-        tarfile.open(fileobj=empty, mode="w").close()
-        empty.seek(0)
-        await engine.to_thread(import_tarball, empty, engine.layers, engine.images,
-                               PAUSE_IMAGE, [], "skiff's CRI pause image (skiff-init --pause)")
+        async with self._pause_lock:
+            try:
+                engine.images.get(PAUSE_IMAGE)
+                return
+            except ImageNotFound:
+                pass
+            empty = io.BytesIO()
+            tarfile.open(fileobj=empty, mode="w").close()
+            empty.seek(0)
+            await engine.to_thread(import_tarball, empty, engine.layers, engine.images,
+                                   PAUSE_IMAGE, [],
+                                   "skiff's CRI pause image (skiff-init --pause)")
 
     # -- the RPCs -----------------------------------------------------------------------
 
