@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from skiff.core.cluster import settings as cluster_settings
 from skiff.core.hookspecs import NET_RATE_KEYS
 
 DEFAULT_CONFIG_FILE = "/etc/skiff/daemon.json"
@@ -140,6 +141,15 @@ OPTIONS: tuple[Option, ...] = (
            help="bandwidth limits of every container's endpoints unless a network, label or "
                 "endpoint says otherwise: skiff.net.* keys, tc units "
                 '({"skiff.net.egress-rate": "100mbit"})'),
+    # dockerd 20.10's spellings (its libnetwork "classic" cluster); etcd only
+    Option("cluster-store", str, "", "--cluster-store",
+           help="the cluster store, etcd://host:port[,host:port]: global-scope networks "
+                "and this node's registration"),
+    Option("cluster-advertise", str, "", "--cluster-advertise",
+           help="this node's address for the other nodes, IP:port or interface:port"),
+    Option("cluster-store-opts", dict, {}, "--cluster-store-opt", item=str, multiple=True,
+           help="kv.cacertfile, kv.certfile, kv.keyfile (TLS to etcd), discovery.ttl and "
+                "discovery.heartbeat (seconds)"),
     Option("metrics-addr", str, "", "--metrics-addr",
            help="host:port to serve Prometheus metrics on (GET /metrics); empty: not served. "
                 "A host that is not a loopback address exposes them to that network"),
@@ -281,6 +291,8 @@ def _flag_values(ns: argparse.Namespace) -> dict[str, Any]:
             continue
         if opt.key == "log-opts":
             value = _parse_kv(value, "--log-opt")
+        elif opt.key == "cluster-store-opts":
+            value = _parse_kv(value, "--cluster-store-opt")
         elif opt.key == "default-ulimits":
             value = _parse_ulimits(value)
         out[opt.key] = value
@@ -378,8 +390,10 @@ def validate(config: Mapping[str, Any], path: str) -> None:
         )
     if config["ipv6"] and not config["fixed-cidr-v6"]:
         raise ConfigError(
-            f"{path}: 'ipv6' is true but 'fixed-cidr-v6' is not set; skiff has no default "
-            "IPv6 subnet for the default bridge: set fixed-cidr-v6 (e.g. fd00:1::/64)"
+            f"{path}: 'ipv6' is true but 'fixed-cidr-v6' is not set: Error creating default "
+            "\"bridge\" network: could not find an available, non-overlapping IPv6 address "
+            "pool among the defaults to assign to the network (as dockerd 20.10, whose "
+            "default pools are IPv4 only); set fixed-cidr-v6 (e.g. fd00:1::/64)"
         )
     if config["fixed-cidr-v6"]:
         try:
@@ -447,6 +461,10 @@ def validate(config: Mapping[str, Any], path: str) -> None:
                 f"{path}: 'cri' is {cri!r}, a socket the Docker API is served on (hosts); "
                 "the CRI needs a socket of its own"
             )
+    try:
+        cluster_settings.parse(config)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     for host in config["hosts"]:
         if not host.startswith("unix://"):
             raise ConfigError(

@@ -8,6 +8,7 @@ and owns the image store, layer store and container manager.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -20,6 +21,10 @@ from skiff.core.builder.contextstream import tmpfs_dir
 from skiff.core.builder.rootfs import BUILD_LAYER_PREFIX
 from skiff.core.builder.services import BuildServices
 from skiff.core.builder.statindex import StatIndex
+from skiff.core.cluster import settings as cluster_settings
+from skiff.core.cluster.access import DriverClusterAccess
+from skiff.core.cluster.globalnets import GlobalNetworks
+from skiff.core.cluster.membership import ClusterMembership
 from skiff.core.config import ConfigError, exec_options, storage_options
 from skiff.core.containers import logdelivery
 from skiff.core.containers.archive import ContainerFiles
@@ -31,6 +36,7 @@ from skiff.core.containers.netns import CONTAINER_PREFIX
 from skiff.core.containers.netrates import Shaping
 from skiff.core.containers.registry import ContainerRegistry
 from skiff.core.containers.userns import RangeAllocator
+from skiff.core.engineid import engine_id
 from skiff.core.events import EventBus
 from skiff.core.hookspecs import (
     CgroupContext,
@@ -58,13 +64,16 @@ from skiff.core.images.migrate import (
 )
 from skiff.core.images.reference import parse as parse_reference
 from skiff.core.images.store import ImageStore
-from skiff.core.networks import NetworkStore, NoSuchNetwork
+from skiff.core.networks import Network, NetworkStore, NoSuchNetwork
 from skiff.core.plugins import Plugins
 from skiff.core.userns import Remap, RemapError
 from skiff.core.userns import resolve as resolve_remap
 from skiff.core.volumes.store import VolumeStore
 
 log = structlog.get_logger("skiff.engine")
+
+#: seconds the start waits for the cluster store's first answer
+STORE_WAIT = 10.0
 
 T = TypeVar("T")
 
@@ -225,6 +234,8 @@ class Engine:
         self.shaping = self._build_shaping()
         for path in (self.data_root, self.exec_root, os.path.join(self.exec_root, "containers")):
             os.makedirs(path, mode=0o711, exist_ok=True)
+        #: daemon.json ``cluster-store``: this node's registration (None: no store)
+        self.cluster = self._build_cluster()
         #: how a remapped container sees its layers: "idmap" (idmapped mounts)
         #: or "chown" (chowned copies); decided in ``start``
         self.userns_storage = ""
@@ -269,6 +280,14 @@ class Engine:
         self.networks = NetworkStore(
             self.data_root, self.config, self.network_driver_named,
             lambda driver: driver in plugins.drivers.get("network", {}), self.registry.by_id)
+        #: global-scope networks shared through the cluster store (None: no store)
+        self.global_networks: GlobalNetworks | None = None
+        if self.cluster is not None:
+            self.networks.require_store = self.cluster.require
+            self.global_networks = GlobalNetworks(
+                self.cluster, self.networks, self.to_thread,
+                lambda action, net: self.events.publish(
+                    "network", action, net.id, {"name": net.name, "type": net.driver}))
         # last: the manager takes the stores and drivers above as its collaborators
         self.containers = ContainerManager(
             self.registry, data_root=self.data_root, config=self.config,
@@ -427,9 +446,61 @@ class Engine:
         """The network driver called ``name``, made on first use."""
         if name not in self._networks:
             factory = self.plugins.factory("network", name)
+            access = (DriverClusterAccess(self.cluster, name) if self.cluster is not None
+                      else None)
             self._networks[name] = factory(NetworkContext(
-                data_root=self.data_root, exec_root=self.exec_root, config=self.config))
+                data_root=self.data_root, exec_root=self.exec_root, config=self.config,
+                cluster=access))
         return self._networks[name]
+
+    def _build_cluster(self) -> ClusterMembership | None:
+        settings = cluster_settings.parse(self.config)  # validated with the file
+        if settings is None:
+            return None
+        try:
+            advertise = cluster_settings.resolve_advertise(settings.advertise)
+        except ValueError as exc:
+            raise ConfigError(f"{self.config.get('config-file', 'daemon.json')}: {exc}") from exc
+        return ClusterMembership(settings, engine_id(self.data_root), socket.gethostname(),
+                                 advertise)
+
+    # -- networks of either scope ----------------------------------------------
+
+    async def create_network(self, body: dict[str, Any]) -> tuple[Network, str]:
+        """``POST /networks/create``: a global-scope network goes to the store too."""
+        if self.global_networks is not None and self.networks.is_global(body):
+            return await self.global_networks.create(body)
+        net: Network
+        net, warning = await self.to_thread(self.networks.create, body)
+        return net, warning
+
+    async def remove_network(self, ref: str) -> Network:
+        """``DELETE /networks/{id}``: the removed network."""
+        net = self.networks.get(ref)
+        if net.scope == "global" and self.global_networks is not None:
+            await self.global_networks.remove(net)
+        else:
+            await self.to_thread(self.networks.remove, net.id)
+        return net
+
+    async def prune_networks(self) -> list[Network]:
+        """``POST /networks/prune``: unused networks; global ones only while the store
+        can be reached (they are the cluster's; skipped and logged otherwise)."""
+        before = {n.id: n for n in self.networks.by_id.values()}
+        names = set(await self.to_thread(self.networks.prune) or [])
+        gone = [n for n in before.values() if n.name in names]
+        if self.global_networks is None:
+            return gone
+        for net in list(self.networks.by_id.values()):
+            if net.scope != "global" or net.predefined or self.networks.users(net):
+                continue
+            try:
+                await self.global_networks.remove(net)
+            except Exception as exc:
+                log.warning("network.prune_failed", network=net.name, error=str(exc))
+                continue
+            gone.append(net)
+        return gone
 
     # -- life ------------------------------------------------------------------
 
@@ -449,6 +520,12 @@ class Engine:
                 log.warning("userns.ranges_released", containers=gone,
                             reason="their containers no longer exist")
         self.plugins.hook.skiff_daemon_start(config=self.config)
+        if self.cluster is not None:
+            await nursery.start(self.cluster.run)
+            # one try, so containers restarted below find their global networks
+            # plumbed; bounded: the store may be away, and the daemon starts anyway
+            with trio.move_on_after(STORE_WAIT):
+                await self.cluster.first_attempt.wait()
         # --rm leftovers and --restart always/unless-stopped, while the API already serves
         nursery.start_soon(self.containers.restarts.after_restore)
 
@@ -456,6 +533,8 @@ class Engine:
         with trio.CancelScope(shield=True):
             await self.containers.shutdown()
             await self.to_thread(self.networks.shutdown)
+            if self.cluster is not None:
+                await self.cluster.leave()
             await self.to_thread(self.shaping.close)
             await self.runtime.stop()
             self.plugins.hook.skiff_daemon_shutdown(config=self.config)

@@ -60,6 +60,12 @@ def trait(driver: NetworkDriver, key: str) -> Any:
     return getattr(driver, key, NETWORK_DRIVER_TRAITS[key])
 
 
+#: dockerd 20.10's words (libnetwork's IPAM) for EnableIPv6 without an IPv6
+#: subnet: no default pool is IPv6
+NO_V6_POOL = ("could not find an available, non-overlapping IPv6 address pool among "
+              "the defaults to assign to the network")
+
+
 class NoSuchNetwork(NotFound):
     """A network a container asks for does not exist (a 404; at container create
     the manager answers it as a 400, see ``ContainerManager.create``)."""
@@ -176,6 +182,11 @@ def pick_subnet(pools: Iterable[tuple[str, int]],
                            "among the defaults to assign to the network")
 
 
+def _no_store(what: str) -> None:
+    raise InvalidParameter(f"cannot {what}: this daemon has no cluster store; set "
+                           "cluster-store and cluster-advertise in daemon.json")
+
+
 class NetworkStore:
     """Networks by id and name.
 
@@ -196,6 +207,11 @@ class NetworkStore:
         self.by_id: dict[str, Network] = {}
         cfg = config
         self.bridge_name = cfg.get("bridge") or DEFAULT_BRIDGE
+        #: raises unless the cluster store can be used now (the engine's
+        #: ``ClusterMembership.require``); without a store, always
+        self.require_store: Callable[[str], None] = _no_store
+        #: global-scope networks known from the records but not plumbed yet
+        self.pending: set[str] = set()
         self.pools: list[tuple[str, int]] = [
             (p["base"], int(p["size"])) for p in cfg.get("default-address-pools") or []
         ] or list(DEFAULT_POOLS)
@@ -265,12 +281,24 @@ class NetworkStore:
             if not self.installed(net.driver):
                 log.warning("network.driver_missing", network=net.name, driver=net.driver)
                 continue
-            try:
-                driver = self._driver(net.driver)
-                net.scope = trait(driver, "scope")
-                driver.create_network(net.id, self.options(net))
-            except Exception as exc:
-                log.error("network.restore_failed", network=net.name, error=str(exc))
+            if net.scope == "global":
+                # plumbed when the node registers with the cluster store, if the
+                # store still has it (core/cluster/globalnets.py)
+                self.pending.add(net.id)
+                continue
+            self.plumb(net.id)
+
+    def plumb(self, network_id: str) -> None:
+        """Have the driver make a known network's host side (at start; a global one
+        when the cluster store confirms it); failures are logged."""
+        net = self.by_id[network_id]
+        self.pending.discard(network_id)
+        try:
+            driver = self._driver(net.driver)
+            net.scope = trait(driver, "scope")
+            driver.create_network(net.id, self.options(net))
+        except Exception as exc:
+            log.error("network.restore_failed", network=net.name, error=str(exc))
 
     def _configure_default_bridge(self, net: Network) -> None:
         cfg = self._config
@@ -338,6 +366,9 @@ class NetworkStore:
         if trait(drv, "singleton"):
             raise InvalidParameter(
                 f"only one instance of \"{driver}\" network is allowed")
+        if trait(drv, "scope") == "global":
+            self.require_store(f"create network {name}: the {driver} driver's networks are "
+                               "global (on every node of the cluster)")
         ipam = body.get("IPAM") or {}
         configs = ipam.get("Config") or []
         net = Network(id=secrets.token_hex(32), name=name, driver=driver, created=now_rfc3339(),
@@ -385,18 +416,17 @@ class NetworkStore:
 
         An IPv6 subnet given without EnableIPv6 is plumbed too (docker-py's
         ``ipv6_address`` tests create such networks, and dockerd hands out
-        their addresses); EnableIPv6 without a subnet is refused: skiff has no
-        default IPv6 pool to pick one from.
+        their addresses); EnableIPv6 without a subnet is refused as dockerd
+        20.10 refuses it: its default pools are IPv4 only, so it finds no IPv6
+        pool and answers 404 with these words (skiff's pools are IPv4 only too).
         """
         net.enable_ipv6 = enable
         v6 = [c for c in configs if ":" in (c.get("Subnet") or "")]
         if len(v6) > 1:
             raise InvalidParameter("only one IPv6 subnet per network is supported")
         if not v6:
-            if enable:
-                raise InvalidParameter(
-                    "EnableIPv6 needs an IPv6 subnet (--subnet fd00:.../64): skiff has no "
-                    "default IPv6 address pool")
+            if enable and trait(self._driver(net.driver), "ipam") == "engine":
+                raise NotFound(NO_V6_POOL)
             return
         if not trait(self._driver(net.driver), "ipv6"):
             raise InvalidParameter(f"IPv6 is not supported by the {net.driver} driver")
@@ -416,26 +446,102 @@ class NetworkStore:
         net.gateway6 = gw  # "": the driver takes the subnet's first address
         net.ip_range6 = str(ipaddress.IPv6Network(ip_range, strict=False)) if ip_range else ""
 
+    # -- global scope: networks another node made (core/cluster/globalnets.py) --
+
+    def shared_record(self, net: Network) -> dict[str, Any]:
+        """What the cluster store keeps of a global-scope network."""
+        return {**net.record(), USER_SUBNET_KEY: net.user_subnet}
+
+    def adopt(self, record: dict[str, Any]) -> Network | None:
+        """Plumb here a global-scope network another node created; blocking.
+
+        None (logged) when it cannot be: its driver is not installed here, or
+        a network of this node already has its name or an overlapping subnet.
+        """
+        net = Network.from_record(record)
+        known = self.by_id.get(net.id)
+        if known is not None:
+            return known
+        if not self.installed(net.driver):
+            log.warning("network.global_skipped", network=net.name, driver=net.driver,
+                        reason="its driver is not installed on this node")
+            return None
+        clash = self.find(net.name)
+        if clash is not None and clash.name == net.name:
+            log.warning("network.global_skipped", network=net.name,
+                        reason=f"this node has a network of that name ({clash.id[:12]})")
+            return None
+        if net.subnet:
+            mine = ipaddress.IPv4Network(net.subnet)
+            for other in self.by_id.values():
+                if other.subnet and mine.overlaps(ipaddress.IPv4Network(other.subnet)):
+                    log.warning("network.global_skipped", network=net.name,
+                                reason=f"its subnet {mine} overlaps {other.name}'s")
+                    return None
+        drv = self._driver(net.driver)
+        net.scope = trait(drv, "scope")
+        drv.create_network(net.id, self.options(net))
+        self.by_id[net.id] = net
+        self._save(net)
+        log.info("network.global_adopted", id=net.id[:12], name=net.name, subnet=net.subnet)
+        return net
+
+    def withdraw(self, network_id: str) -> Network | None:
+        """Take down a global-scope network its cluster no longer has; blocking.
+
+        A network with running containers here stays until they are gone
+        (logged): pulling their endpoints would cut them off.
+        """
+        net = self.by_id.get(network_id)
+        if net is None or net.scope != "global":
+            return None
+        if self.users(net):
+            log.warning("network.global_kept", network=net.name,
+                        reason="removed from the cluster but containers here still use it")
+            return None
+        self._driver(net.driver).delete_network(net.id)
+        self._forget(net)
+        log.info("network.global_withdrawn", id=net.id[:12], name=net.name)
+        return net
+
     def users(self, net: Network) -> list[Any]:
         """Running containers attached to ``net``."""
         return [c for c in self._containers.values()
                 if c.state.Running and net.name in c.networks]
 
-    def remove(self, ref: str) -> None:
-        net = self.get(ref)
+    def check_removable(self, net: Network) -> None:
+        """Raise what ``remove`` would refuse ``net`` with (predefined, in use)."""
         if net.predefined:
             raise Forbidden(f"{net.name} is a pre-defined network and cannot be removed")
         if self.users(net):
             raise Conflict(f"error while removing network: network {net.name} id {net.id} "
                            "has active endpoints")
-        self._driver(net.driver).delete_network(net.id)
+
+    def is_global(self, body: Mapping[str, Any]) -> bool:
+        """Whether ``POST /networks/create``'s body asks for a global-scope driver."""
+        driver = body.get("Driver") or DEFAULT_DRIVER
+        return (isinstance(driver, str) and self.installed(driver)
+                and trait(self._driver(driver), "scope") == "global")
+
+    def remove(self, ref: str) -> None:
+        net = self.get(ref)
+        self.check_removable(net)
+        driver = self._driver(net.driver)
+        driver.delete_network(net.id)
+        forget = getattr(driver, "forget_network", None)  # optional (2.10)
+        if forget is not None:
+            try:
+                forget(net.id)
+            except Exception as exc:  # the network is gone here; what it held, logged
+                log.warning("network.forget_failed", network=net.name, error=str(exc))
         self._forget(net)
         log.info("network.remove", id=net.id[:12], name=net.name)
 
     def prune(self) -> list[str]:
         gone = []
         for net in list(self.by_id.values()):
-            if net.predefined or self.users(net):
+            # a global network goes through the cluster store (Engine.prune_networks)
+            if net.predefined or net.scope == "global" or self.users(net):
                 continue
             try:
                 self.remove(net.id)

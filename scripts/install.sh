@@ -17,7 +17,7 @@ fi
 
 PKGS=(python3 python3-venv python3-dev gcc libffi-dev busybox-static iptables iproute2
       util-linux procps kmod)
-PKGS+=(libc6-dev)  # libc.a: setup.py links the --init binary (skiff-init) statically
+PKGS+=(libc6-dev)  # libc.a: setup.py links skiff-init (--init) and skiff-monitor statically
 PKGS+=(libseccomp-dev)  # seccomp.h: setup.py builds the libseccomp binding that compiles filters
 # Only the test suite needs these (real registries, other filesystems, dockerd
 # for side-by-side checks).  Append here; keep one package per purpose.
@@ -26,6 +26,7 @@ TEST_PKGS+=(docker-registry skopeo apache2-utils)  # registry tests: registry, O
 TEST_PKGS+=(docker.io)  # dockerd: images saved by one engine load into the other
 TEST_PKGS+=(docker-compose)  # compose 1.29 (Python, docker-py): `build:` posts to POST /build
 TEST_PKGS+=(xfsprogs)  # project-quota tests: mkfs.xfs (they run in the VM rig)
+TEST_PKGS+=(etcd-server)  # the cluster store's tests start their own etcd (never the service)
 [ "$WITH_TEST" = 1 ] && PKGS+=("${TEST_PKGS[@]}")
 missing=()
 for p in "${PKGS[@]}"; do

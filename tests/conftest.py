@@ -44,7 +44,7 @@ def _cgroups() -> set[str]:
     return found
 
 
-_OURS = re.compile(r"skiffd|skiff\.plugins\.isolation|skiff-shim|skiff-init")
+_OURS = re.compile(r"skiffd|skiff\.plugins\.isolation|skiff-shim|skiff-init|skiff-monitor")
 
 
 def _processes() -> set[str]:

@@ -39,7 +39,7 @@ def register(router: Router, engine: Engine) -> None:
             raise InvalidParameter("the request body must be a JSON object")
         # -o skiff.net.*: the network's default bandwidth limits, checked before it exists
         engine.shaping.check(netrates.pick(body.get("Options")), " (network option)")
-        net, warning = await engine.to_thread(store.create, body)
+        net, warning = await engine.create_network(body)
         network_event(engine, "create", net)
         return Response(201, json.dumps({"Id": net.id, "Warning": warning}).encode(),
                         "application/json")
@@ -60,19 +60,16 @@ def register(router: Router, engine: Engine) -> None:
 
     @router.route("DELETE", "/networks/{id}")
     async def remove(req: Request, id: str) -> None:
-        net = store.get(id)
-        await engine.to_thread(store.remove, id)
+        net = await engine.remove_network(id)
         network_event(engine, "destroy", net)
 
     @router.route("POST", "/networks/prune")
     async def prune(req: Request) -> dict[str, Any]:
-        before = list(store.by_id.values())
-        deleted = await engine.to_thread(store.prune)
-        for net in before:
-            if net.name in (deleted or []) or net.id in (deleted or []):
-                network_event(engine, "destroy", net)
+        gone = await engine.prune_networks()
+        for net in gone:
+            network_event(engine, "destroy", net)
         engine.events.publish("network", "prune", "", {"reclaimed": "0"})
-        return {"NetworksDeleted": deleted}
+        return {"NetworksDeleted": [net.name for net in gone]}
 
 
 def _done() -> Response:

@@ -14,6 +14,7 @@ from skiff import __version__
 from skiff.core import userns_storage
 from skiff.core.api.router import Request, Response, Router
 from skiff.core.builder.prune import cache_usage
+from skiff.core.engineid import engine_id
 from skiff.core.images.errors import ImageNotFound, LayerNotFound
 from skiff.core.timefmt import rfc3339
 
@@ -229,6 +230,9 @@ def info_payload(engine: Engine) -> dict[str, Any]:
         "Swarm": {"NodeID": "", "NodeAddr": "", "LocalNodeState": "inactive",
                   "ControlAvailable": False, "Error": "", "RemoteManagers": None},
         "LiveRestoreEnabled": bool(engine.config["live-restore"]),
+        # dockerd 20.10's fields: the store as configured, this node's resolved address
+        "ClusterStore": engine.config["cluster-store"],
+        "ClusterAdvertise": engine.cluster.advertise if engine.cluster is not None else "",
         "Isolation": "",
         "InitBinary": "",
         "ContainerdCommit": {"ID": "", "Expected": ""},
@@ -242,16 +246,4 @@ def info_payload(engine: Engine) -> dict[str, Any]:
 
 
 def _daemon_id(engine: Engine) -> str:
-    """A stable daemon ID kept in the data-root, as dockerd keeps its engine-id."""
-    path = os.path.join(engine.data_root, "engine-id")
-    try:
-        with open(path) as f:
-            return f.read().strip()
-    except FileNotFoundError:
-        import uuid
-
-        from skiff.core.atomic import write_atomic
-
-        ident = str(uuid.uuid4())
-        write_atomic(path, ident + "\n")
-        return ident
+    return engine_id(engine.data_root)

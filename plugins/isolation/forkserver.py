@@ -259,9 +259,10 @@ def serve(path: str, spares: bool = True) -> None:
 def main(argv: list[str]) -> int:
     args = argv[1:]
     spares = "--no-spare" not in args
-    args = [a for a in args if a != "--no-spare"]
+    monitor = "--no-monitor" not in args
+    args = [a for a in args if a not in ("--no-spare", "--no-monitor")]
     if len(args) != 1:
-        print(f"usage: {argv[0]} SOCKET [--no-spare]", file=sys.stderr)
+        print(f"usage: {argv[0]} SOCKET [--no-spare] [--no-monitor]", file=sys.stderr)
         return 2
     sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
     set_comm(b"skiff-forksrv")
@@ -272,6 +273,8 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _on_term)
     _ensure_std_fds()
+    if monitor:  # without it running containers keep their Python shims
+        shim.open_monitor()
     initprocess.host_capabilities()
     # Shims and inits live for milliseconds before exec (or are mostly
     # asleep): a cyclic GC pass in them would only touch every object and

@@ -7,8 +7,10 @@ no-new-privileges) into every container spec.
 Process model::
 
     skiffd ──unix socket──▶ fork server ──fork──▶ shim ──unshare(pid), fork──▶ init ─exec─▶ cmd
-             (one, started by start())          (per container,
+             (one, started by start())          (per container,     │
                                                  owns the connection)
+                                                                    └─execve once cmd runs─▶
+                                                  skiff-monitor (C: waits, exitcode, {"exit": N})
 
 ``prepare`` connects to the fork server and sends the spec with the stdio
 descriptors; the fork server forks a shim that keeps the connection (or hands
@@ -38,6 +40,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
+import structlog
 import trio
 
 from skiff.core import hostdevices
@@ -51,7 +54,7 @@ from skiff.core.hookspecs import (
     Stdio,
     hookimpl,
 )
-from skiff.plugins.isolation import capabilities, seccomp, securityopts
+from skiff.plugins.isolation import capabilities, monitor, seccomp, securityopts
 from skiff.plugins.isolation.forkserver import (
     PARENT_ENV,
     READY,
@@ -61,6 +64,8 @@ from skiff.plugins.isolation.forkserver import (
 )
 from skiff.plugins.isolation.shim import spec_fits_spare, spec_fits_userns_spare
 from skiff.plugins.isolation.shimclient import ForkServerProcess, ShimChannel
+
+log = structlog.get_logger("skiff.isolation")
 
 FORKSERVER_MODULE = "skiff.plugins.isolation.forkserver"
 IDMAPFS_MODULE = "skiff.plugins.isolation.idmapfs"
@@ -190,6 +195,10 @@ class ForkServerRuntime:
         self.socket_path = os.path.join(self.exec_root, SOCKET_NAME)
         #: exec-opt ``skiff.spare=false`` turns pre-forked shims off
         self.spares = self.options.get("skiff.spare", "true").lower() not in ("false", "0", "no")
+        #: exec-opt ``skiff.monitor=false``: a running container keeps its
+        #: Python shim instead of skiff-monitor (the fallback, on purpose)
+        self.monitor = self.options.get("skiff.monitor", "true").lower() not in (
+            "false", "0", "no")
         self._proc: subprocess.Popen[bytes] | None = None
         self._start_lock = trio.Lock()
         #: libseccomp compiles in a worker thread, one filter at a time
@@ -207,6 +216,8 @@ class ForkServerRuntime:
 
     async def _spawn(self) -> None:
         os.makedirs(self.exec_root, 0o711, exist_ok=True)
+        if self.monitor:
+            _warn_without_monitor()
         env = dict(os.environ)
         env[PARENT_ENV] = str(os.getpid())
         # Popen right here, not trio.lowlevel.open_process: trio spawns from a
@@ -215,6 +226,8 @@ class ForkServerRuntime:
         argv = [sys.executable, "-m", FORKSERVER_MODULE, self.socket_path]
         if not self.spares:
             argv.append("--no-spare")
+        if not self.monitor:
+            argv.append("--no-monitor")
         proc = subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
@@ -417,6 +430,22 @@ class ForkServerRuntime:
         for fd in extra:  # never sent by our shim; not worth failing over
             os.close(fd)
         return ForkServerProcess(chan, pid, pidfd, bundle, terminal)
+
+
+_monitor_warned = False
+
+
+def _warn_without_monitor() -> None:
+    """Once per daemon: running containers keep a Python shim each (the fork
+    server decides the same way, see ``shim.become_monitor``)."""
+    global _monitor_warned
+    if _monitor_warned or monitor.available():
+        return
+    _monitor_warned = True
+    log.warning("runtime.no_monitor", path=monitor.MONITOR_PATH,
+                consequence="each running container keeps a Python shim (about 12 MB) "
+                            "instead of skiff-monitor; reinstall skiff with gcc and "
+                            "libc6-dev to build it")
 
 
 def _set_oom_score_adj(pid: int, value: int) -> None:

@@ -23,8 +23,17 @@ two forks and the (slow) network namespace off the start path.  The mount
 namespace is never made ahead of time: a copy of the host's mount table
 taken early would miss mounts made since (volumes, layers).
 
-The shim outlives the daemon: if the connection breaks after go it keeps
-waiting and still records the exit code in ``<bundle>/exitcode``.
+Once the command has started the shim has nothing left to do but wait for
+the init, record its exit code and send ``{"exit": N}``, so it ``execve``s
+``skiff-monitor`` (C, plugins/isolation/monitor/), which does just that with
+the same pid, the same child and the same connection: an idle container costs
+a few hundred kilobytes instead of a Python interpreter.  The monitor records
+itself in ``<bundle>/monitor`` (its protocol version, for a later daemon that
+adopts it).  Without the binary (no C compiler at install) the shim does the
+waiting itself, as before.
+
+The shim (or its monitor) outlives the daemon: if the connection breaks after
+go it keeps waiting and still records the exit code in ``<bundle>/exitcode``.
 
 ``docker exec`` uses a fresh shim too: its spec carries ``"exec": true`` (an
 ``ExecSpec``); the shim joins the container's pid namespace before it forks,
@@ -40,7 +49,7 @@ import socket
 import sys
 
 from skiff.core import syscalls as sc
-from skiff.plugins.isolation import containerinit, idmapfs, initprocess
+from skiff.plugins.isolation import containerinit, idmapfs, initprocess, monitor
 from skiff.plugins.isolation.channel import LineChannel, set_comm
 
 TYPE_CHECKING = False
@@ -273,6 +282,61 @@ def _enter_pid_namespace(namespaces: dict[str, str | None]) -> None:
         os.close(fd)
 
 
+#: ``skiff-monitor`` opened (O_PATH) by the fork server at its start, or -1;
+#: every shim inherits it.  Executed through the descriptor, not the path: an
+#: exec's shim has joined the container's mount namespace by then, where the
+#: path means nothing (or, worse, whatever the container put there).
+MONITOR_FD = -1
+
+
+def open_monitor() -> None:
+    """In the fork server, once: find the monitor (see ``MONITOR_FD``)."""
+    global MONITOR_FD
+    if MONITOR_FD < 0 and monitor.available():
+        with contextlib.suppress(OSError):
+            MONITOR_FD = os.open(monitor.MONITOR_PATH, os.O_PATH | os.O_CLOEXEC)
+
+
+def become_monitor(pid: int, chan: LineChannel, bundle: str) -> None:
+    """Replace this shim by ``skiff-monitor`` watching ``pid`` (see shim.py's
+    docstring); returns only when there is no monitor or it cannot run, and
+    the caller then goes on waiting in Python."""
+    if MONITOR_FD < 0:
+        return
+    fd = chan.sock.fileno()
+    argv = [monitor.MONITOR_NAME, str(pid), str(fd), *([bundle] if bundle else [])]
+    os.set_inheritable(fd, True)
+    try:
+        os.execve(MONITOR_FD, argv, os.environ)
+    except OSError as exc:
+        os.set_inheritable(fd, False)
+        print(f"skiff-shim: cannot run {monitor.MONITOR_PATH} ({exc.strerror}); "
+              "this shim waits for the container itself", file=sys.stderr)
+
+
+def record_monitor(bundle: str, name: str, init_pid: int) -> None:
+    """``<bundle>/monitor`` as skiff-monitor writes it, for the Python fallback."""
+    if not bundle:
+        return
+    import json
+
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            stat = f.read()
+        start = int(stat[stat.rfind(b")") + 2:].split()[19])  # field 22
+    except (OSError, IndexError, ValueError):
+        start = 0
+    line = json.dumps({"monitor": name, "protocol": monitor.PROTOCOL, "pid": os.getpid(),
+                       "start": start, "init": init_pid}) + "\n"
+    tmp = os.path.join(bundle, f".{monitor.MONITOR_RECORD}.{os.getpid()}")
+    try:
+        with open(tmp, "w") as f:
+            f.write(line)
+        os.rename(tmp, os.path.join(bundle, monitor.MONITOR_RECORD))
+    except OSError:
+        pass
+
+
 def warm_up() -> None:
     """Take, while idle, the copy-on-write faults of what ``serve`` runs
     (see ``containerinit.warm_up``)."""
@@ -471,6 +535,8 @@ def serve(chan: LineChannel, init: Init | None) -> None:
     init.chan.close()
     if failure is None:
         chan.send({"started": True})
+        become_monitor(init.pid, chan, bundle)  # returns only if it cannot
+        record_monitor(bundle, "skiff-shim", init.pid)
     else:
         chan.send({"error": failure["error"], "exit_code": failure.get("exit_code", 126)})
     code = init.reap()

@@ -3,7 +3,9 @@ container's shim and the process it reports.
 
 ``ForkServerRuntime`` (runtime.py) connects to the fork server and sends the
 spec; from the first reply on the conversation (pid, go, started, exit) is
-with that container's shim alone, and lives here: ``ShimChannel`` carries
+with that container's shim alone (once the command runs, with the
+``skiff-monitor`` the shim became, which speaks the same protocol), and
+lives here: ``ShimChannel`` carries
 its newline-delimited JSON (and the pty master as SCM_RIGHTS), and
 ``ForkServerProcess`` is the container's PID 1 as the daemon sees it.
 

@@ -52,6 +52,9 @@ def test_wheel_install_imports_every_module(tmp_path: Path) -> None:
     assert any(n.startswith("skiff/plugins/isolation/seccomp/_libseccomp") and n.endswith(".so")
                for n in names)
     assert "skiff/plugins/storage/overlay2.py" in names and "skiff/cli/main.py" in names
+    # the C programs, built static by setup.py, travel as package data
+    assert "skiff/plugins/isolation/init/skiff-init" in names
+    assert "skiff/plugins/isolation/monitor/skiff-monitor" in names
     assert not any(n.startswith(("tests/", "core/", "plugins/")) for n in names)
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)

@@ -46,7 +46,7 @@ def _copy_tree(tmp_path: Path) -> Path:
     root.mkdir()
     for name in ("core", "plugins", "cli"):
         shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns(
-            "__pycache__", "*.so", "skiff-init"))
+            "__pycache__", "*.so", "skiff-init", "skiff-monitor"))
     shutil.copytree(REPO / "skiff", root / "skiff", symlinks=True)
     shutil.copy2(REPO / "pyproject.toml", root / "pyproject.toml")
     return root

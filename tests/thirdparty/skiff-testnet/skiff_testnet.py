@@ -31,6 +31,7 @@ from typing import Literal
 from skiff.core.hookspecs import Endpoint, NetworkContext, NetworkOptions, hookimpl
 
 NAME = "testnet"
+GLOBAL_NAME = "testnet-global"
 PARENT_OPT = "parent"
 #: an endpoint's ``--driver-opt``: the interface's MTU
 MTU_OPT = "testnet.mtu"
@@ -87,7 +88,7 @@ class MacvlanDriver:
     def create_network(self, network_id: str, options: NetworkOptions) -> None:
         parent = options.options.get(PARENT_OPT, "")
         if not parent:
-            raise ValueError(f"the {NAME} driver needs -o {PARENT_OPT}=<host interface>")
+            raise ValueError(f"the {self.name} driver needs -o {PARENT_OPT}=<host interface>")
         unknown = sorted(set(options.options) - {PARENT_OPT})
         if unknown:
             raise ValueError(f"unknown option {unknown[0]!r} for the {NAME} driver")
@@ -189,6 +190,14 @@ def _own(endpoint: Endpoint) -> MacvlanEndpoint:
     return endpoint
 
 
+class GlobalMacvlanDriver(MacvlanDriver):
+    """The same driver declaring ``scope = "global"``: what the daemon requires of
+    a global-scope driver's networks (a cluster store) is tested with it."""
+
+    name = GLOBAL_NAME
+    scope = "global"
+
+
 @hookimpl
 def skiff_network_drivers() -> dict[str, object]:
-    return {NAME: MacvlanDriver}
+    return {NAME: MacvlanDriver, GLOBAL_NAME: GlobalMacvlanDriver}
