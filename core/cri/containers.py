@@ -24,13 +24,15 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import trio
 
+from skiff.core.containers import limits
+from skiff.core.containers.resources import merge_update
 from skiff.core.cri.logs import CriLogs
 from skiff.core.cri.namespace import NAMESPACE, NAMESPACE_LABEL
 from skiff.core.cri.runtime_v1 import api_pb2 as pb
 from skiff.core.cri.sandboxes import KIND_LABEL, record_of
 from skiff.core.cri.security import seccomp_opts
 from skiff.core.cri.service import Calls
-from skiff.core.errors import Conflict, InvalidParameter, NotFound, Timeout
+from skiff.core.errors import Conflict, InvalidParameter, NotFound, SkiffError, Timeout
 from skiff.core.hookspecs import StartError
 from skiff.core.timefmt import parse_rfc3339
 
@@ -547,3 +549,42 @@ class Containers:
 
         return pb.ListContainerStatsResponse(
             stats=self.calls.run(context, "ListContainerStats", work))
+
+    # -- resources -----------------------------------------------------------------
+
+    def update_resources(self, request: pb.UpdateContainerResourcesRequest,
+                         context: grpc.ServicerContext
+                         ) -> pb.UpdateContainerResourcesResponse:
+        engine = self.engine
+        res = request.linux
+
+        async def work() -> None:
+            found = self._find(request.container_id)
+            if found is None:
+                raise NotFound(f"container {request.container_id!r} not found")
+            if not request.HasField("linux"):
+                return  # nothing asked
+            if res.hugepage_limits or res.unified:
+                raise _refuse("hugepage limits and unified cgroup settings")
+            c = found[0]
+            # Docker's update rules (zero: unchanged), the engine's checks, then
+            # the running container's groups, as POST /containers/{id}/update does
+            body = {"CpuPeriod": res.cpu_period, "CpuQuota": res.cpu_quota,
+                    "CpuShares": res.cpu_shares, "Memory": res.memory_limit_in_bytes,
+                    "MemorySwap": res.memory_swap_limit_in_bytes,
+                    "CpusetCpus": res.cpuset_cpus, "CpusetMems": res.cpuset_mems}
+            async with engine.registry.tracks[c.id].lock:
+                hc = merge_update(c.host_config, body)
+                try:
+                    resources = limits.check(hc, engine.cgroups)
+                    if engine.cgroups is not None and c.state.Running:
+                        await engine.to_thread(engine.cgroups.update, c.id, resources)
+                except ValueError as exc:
+                    raise InvalidParameter(str(exc)) from exc
+                except OSError as exc:  # the kernel refused: the API's words
+                    raise SkiffError(f"Cannot update container {c.id}: {exc}") from exc
+                c.host_config = hc
+                await engine.to_thread(c.save)
+
+        self.calls.run(context, "UpdateContainerResources", work)
+        return pb.UpdateContainerResourcesResponse()

@@ -148,11 +148,16 @@ class RuntimeService(rpc.RuntimeServiceServicer):
                            context: grpc.ServicerContext) -> pb.ReopenContainerLogResponse:
         return self.containers.reopen_log(request, context)
 
+    def UpdateContainerResources(self, request: pb.UpdateContainerResourcesRequest,
+                                 context: grpc.ServicerContext
+                                 ) -> pb.UpdateContainerResourcesResponse:
+        return self.containers.update_resources(request, context)
+
 
 IMPLEMENTED = ("Version", "Status", "RuntimeConfig", "RunPodSandbox", "StopPodSandbox",
                "RemovePodSandbox", "PodSandboxStatus", "ListPodSandbox", "CreateContainer",
                "StartContainer", "StopContainer", "RemoveContainer", "ListContainers",
                "ContainerStatus", "ExecSync",
                "ContainerStats", "ListContainerStats", "ReopenContainerLog",
-               "PodSandboxStats", "ListPodSandboxStats")
+               "PodSandboxStats", "ListPodSandboxStats", "UpdateContainerResources")
 UNIMPLEMENTED = fill_unimplemented(RuntimeService, rpc.RuntimeServiceServicer, SERVICE)

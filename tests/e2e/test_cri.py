@@ -159,7 +159,7 @@ def test_every_other_rpc_is_unimplemented_and_named(cri: Cri) -> None:
     assert "Exec" in runtime_mod.UNIMPLEMENTED and "ExecSync" not in runtime_mod.UNIMPLEMENTED
     assert "RunPodSandbox" not in runtime_mod.UNIMPLEMENTED
     assert "CreateContainer" not in runtime_mod.UNIMPLEMENTED
-    assert len(runtime_mod.UNIMPLEMENTED) >= 9
+    assert len(runtime_mod.UNIMPLEMENTED) >= 8
     for name in runtime_mod.UNIMPLEMENTED:
         method = getattr(cri.runtime, name)
         request_type = pb.DESCRIPTOR.services_by_name["RuntimeService"].methods_by_name[
@@ -826,4 +826,32 @@ def test_docker_and_cri_each_see_their_own(tools: Path, skiffd: Daemon, tmp_path
         assert crictl(tools, skiffd, "pods", "-q").stdout.split() == [pod]
     finally:
         skiffd.docker("rm", "-f", docker_ctr)
+        crictl(tools, skiffd, "rmp", "-f", pod, check=False)
+
+
+def test_update_container_resources(tools: Path, skiffd: Daemon, cri: Cri,
+                                    tmp_path: Path) -> None:
+    podcfg = pod_config(tmp_path, "resize")
+    pod = crictl(tools, skiffd, "runp", str(podcfg)).stdout.strip()
+    try:
+        ctr = crictl(tools, skiffd, "create", "--no-pull", pod,
+                     str(container_config(tmp_path, "grow")), str(podcfg)).stdout.strip()
+        crictl(tools, skiffd, "start", ctr)
+        cri.runtime.UpdateContainerResources(pb.UpdateContainerResourcesRequest(
+            container_id=ctr, linux=pb.LinuxContainerResources(
+                memory_limit_in_bytes=64 << 20, cpu_shares=512)), timeout=30)
+        hc = json.loads(skiffd.docker("inspect", ctr, check=True).stdout)[0]["HostConfig"]
+        assert (hc["Memory"], hc["CpuShares"]) == (64 << 20, 512)
+        parent = skiffd.config["cgroup-parent"]
+        v1 = Path(f"/sys/fs/cgroup/memory/{parent}/{ctr}/memory.limit_in_bytes")
+        v2 = Path(f"/sys/fs/cgroup/{parent}/{ctr}/memory.max")
+        limit = (v1 if v1.exists() else v2).read_text().strip()
+        assert int(limit) == 64 << 20
+        with pytest.raises(grpc.RpcError) as info:
+            cri.runtime.UpdateContainerResources(pb.UpdateContainerResourcesRequest(
+                container_id=ctr, linux=pb.LinuxContainerResources(cpuset_cpus="bogus")),
+                timeout=30)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "cpuset" in info.value.details()
+    finally:
         crictl(tools, skiffd, "rmp", "-f", pod, check=False)
