@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.daemon import Daemon, running_daemon
+from tests.e2e.conftest import END_OF_RUN
 from tests.e2e.test_cri import TOOLS, unpacked_tools
 from tests.registry import REGISTRY, Registry, running_registry
 
@@ -191,9 +192,10 @@ def critest(tools: Path, d: Daemon, tmp: Path, focus: str, what: str,
         capture_output=True, text=True, timeout=900, cwd=tmp)
     out = res.stdout + res.stderr
     got = counts(out)
-    print(f"\ncritest {what} against skiffd: {got['passed']} passed, "
-          f"{got['failed']} failed, {got['skipped']} skipped "
-          f"({len(EXCLUDED) + len(skip or {})} of them by name)")
+    line = (f"critest {what} against skiffd: {got['passed']} passed, {got['failed']} failed, "
+            f"{got['skipped']} skipped ({len(EXCLUDED) + len(skip or {})} of them by name)")
+    print("\n" + line)
+    END_OF_RUN.append(line)
     assert res.returncode == 0 and got["failed"] == 0, out[-6000:] + "\n" + d.logs()
     return got, out
 
