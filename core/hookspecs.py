@@ -962,6 +962,17 @@ class Stdio:
     stdin: int
     stdout: int
     stderr: int
+    #: (contract 2.13) the daemon's own ends of the same pipes, or -1: the
+    #: read ends of stdout and stderr, the write end of stdin.  A runtime that
+    #: can keeps copies of them beside the container (for the forkserver
+    #: runtime, in skiff-monitor) so that the container's output outlives the
+    #: daemon: spooled while no daemon reads, handed to the next one
+    #: (live-restore).  Never closed by the runtime; ``keep_ends`` without them
+    #: asks for the same with a TTY, whose one end the runtime makes.
+    daemon_stdout: int = -1
+    daemon_stderr: int = -1
+    daemon_stdin: int = -1
+    keep_ends: bool = False
 
 
 @runtime_checkable

@@ -170,6 +170,15 @@ class ForkServerProcess:
         except (OSError, ValueError):
             return UNKNOWN_EXIT
 
+    def adopted(self) -> None:
+        """A process taken back from its monitor (adopt.py): it runs already."""
+        self._go_sent = True
+
+    async def tell(self, message: Mapping[str, Any]) -> None:
+        """A word to a protocol 2 monitor (``close-stdin``); lost if it is gone."""
+        with contextlib.suppress(OSError):
+            await self._chan.send(message)
+
     def kill(self, signal: int) -> None:
         if self._pidfd < 0:
             return
