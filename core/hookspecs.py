@@ -90,7 +90,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 #: accepts any minor of the same major (see ``skiff.core.plugins``).  Major 1
 #: is the contract before versions, when network options and endpoint data
 #: crossed it as dicts; 2 made them records.
-CONTRACT_VERSION = "2.8"
+CONTRACT_VERSION = "2.13"
 #: the contract of a plugin that declares none: it was written before versions
 UNDECLARED_CONTRACT = "1.0"
 #: the module attribute holding a plugin's declared contract version
@@ -973,6 +973,23 @@ class Stdio:
     daemon_stderr: int = -1
     daemon_stdin: int = -1
     keep_ends: bool = False
+
+
+@dataclass
+class Adoption:
+    """(contract 2.13) A running container a new daemon took back from what
+    watches it (live-restore): its PID 1, the daemon's ends of its stdio as
+    they were given in ``Stdio.daemon_*`` (or, with a TTY, the terminal in
+    ``stdout``), the caller's to close, and what the container wrote while
+    no daemon read: ``(time in ns since the epoch, "stdout"|"stderr",
+    bytes)`` in order, with the bytes dropped past the runtime's bound."""
+
+    process: ContainerProcess
+    stdout: int = -1
+    stderr: int = -1
+    stdin: int = -1
+    spooled: list[tuple[int, str, bytes]] = field(default_factory=list)
+    dropped: int = 0
 
 
 @runtime_checkable

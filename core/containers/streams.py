@@ -450,8 +450,12 @@ async def pump(
     hub: OutputHub,
     log: LogDriver | None,
     limiter: trio.CapacityLimiter,
+    carry: bytes = b"",
 ) -> None:
-    """Copy one output stream to the log driver and the attached readers until EOF."""
+    """Copy one output stream to the log driver and the attached readers until EOF.
+
+    ``carry``: the start of a line read before (by the runtime while no daemon
+    ran), which the first bytes read finish."""
     splitter = LineSplitter(tag_pieces=log is not None)
     kind: Literal["stdout", "stderr"] = "stderr" if stream == "stderr" else "stdout"
 
@@ -490,6 +494,10 @@ async def pump(
                 data = b""
             if not data:
                 break
+            if carry:
+                data, carry = carry + data, b""
             await record(splitter.feed(data), data)
+    if carry:
+        await record(splitter.feed(carry), carry)
     await record(splitter.flush(), b"")
 

@@ -10,6 +10,7 @@ as the first one was: the exit message comes on it.  Runs in the daemon.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import struct
@@ -126,3 +127,38 @@ async def close_stdin(process: ForkServerProcess) -> None:
     the container sees the end of file."""
     await process.tell({"cmd": "close-stdin"})
 
+
+
+def _start_time(pid: int) -> int | None:
+    """``pid``'s start time in clock ticks since boot (as pidproof reads it)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        return int(stat[stat.rfind(b")") + 2:].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+async def adopt_recorded(bundle: str) -> Adopted:
+    """``adopt`` the container whose monitor ``<bundle>/monitor`` records, once
+    that monitor is proved alive: its pid runs and started when recorded (a
+    pid reused since is some other process, never connected to or trusted).
+    """
+    try:
+        with open(os.path.join(bundle, monitor.MONITOR_RECORD)) as f:
+            record = json.loads(f.read())
+        pid, start, init = int(record["pid"]), int(record["start"]), int(record["init"])
+        protocol = int(record["protocol"])
+    except FileNotFoundError:
+        raise StartError("no monitor recorded for this container") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise StartError(f"unreadable monitor record: {exc}") from None
+    if protocol < monitor.PROTOCOL_SPOOL:
+        raise StartError(f"its monitor speaks protocol {protocol}, which cannot hand the "
+                         "container over (it was started without live-restore)")
+    if protocol > monitor.PROTOCOL_SPOOL:
+        raise StartError(f"its monitor speaks protocol {protocol}, newer than this skiff's "
+                         f"{monitor.PROTOCOL_SPOOL}")
+    if start == 0 or _start_time(pid) != start:
+        raise StartError(f"its monitor (pid {pid}) is gone")
+    return await adopt(bundle, init)

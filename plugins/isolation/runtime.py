@@ -45,6 +45,7 @@ import trio
 
 from skiff.core import hostdevices
 from skiff.core.hookspecs import (
+    Adoption,
     ContainerSpec,
     ContainerView,
     ExecSpec,
@@ -54,7 +55,7 @@ from skiff.core.hookspecs import (
     Stdio,
     hookimpl,
 )
-from skiff.plugins.isolation import capabilities, monitor, seccomp, securityopts
+from skiff.plugins.isolation import adopt, capabilities, monitor, seccomp, securityopts
 from skiff.plugins.isolation.forkserver import (
     PARENT_ENV,
     READY,
@@ -360,6 +361,16 @@ class ForkServerRuntime:
                                        spec.oom_score_adj)
         except _NoReply:
             raise StartError("the container shim exited before the container was ready") from None
+
+    async def adopt(self, container_id: str, bundle: str) -> Adoption:
+        """Take back a container a daemon before us started (live-restore):
+        its ``skiff-monitor`` must speak protocol 2 and be proved to be the
+        one recorded in ``<bundle>/monitor`` (its pid and start time); see
+        adopt.py.  Raises ``StartError`` saying why not otherwise."""
+        got = await adopt.adopt_recorded(bundle)
+        ends = got.ends
+        return Adoption(got.process, ends.get("stdout", -1), ends.get("stderr", -1),
+                        ends.get("stdin", -1), got.spooled.records, got.spooled.dropped)
 
     async def _compile_seccomp(self, data: dict[str, Any]) -> None:
         """Replace the payload's seccomp filter with its BPF program (``seccomp_bpf``).
