@@ -22,11 +22,12 @@ import os
 from typing import TYPE_CHECKING, Literal
 
 import structlog
+import trio
 
 from skiff.core.containers import logdelivery
 from skiff.core.containers.logstream import open_log
 from skiff.core.containers.model import Container, State
-from skiff.core.containers.streams import LineSplitter
+from skiff.core.containers.streams import KeptStdin, LineSplitter
 from skiff.core.hookspecs import Adoption, LogDriver, LogMessage, StartError
 from skiff.core.timefmt import now_rfc3339, rfc3339
 
@@ -148,12 +149,16 @@ async def adopt(m: ContainerManager, c: Container) -> None:
     carry = await m.to_thread(replay, got.spooled, driver)
     _log_spooled(c, len(got.spooled), got.dropped)
     tty = bool(c.config.get("Tty"))
-    if got.stdin >= 0:
-        os.close(got.stdin)  # not kept by this daemon: stdin is not handed over
     track.process = got.process
     track.stopping = False
     await m.network.readopt_all(c, track, got.process.pid)
     track.hub.begin_run(got.stdout if tty else -1)
+    if got.stdin >= 0:
+        track.hub.stdin = KeptStdin(got.stdin, got.process)
+        track.hub.stdin_ready.set()
+    elif tty and c.config.get("OpenStdin") and got.stdout >= 0:
+        track.hub.stdin = trio.lowlevel.FdStream(os.dup(got.stdout))  # the terminal
+        track.hub.stdin_ready.set()
     m.spawn(m._monitor, c, track, got.process, got.stdout, -1 if tty else got.stderr, driver,
             carry)
     log.info("container.adopted", id=c.id, pid=got.process.pid, spooled=len(got.spooled))

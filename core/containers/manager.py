@@ -57,7 +57,7 @@ from skiff.core.containers.networking import NetworkAttachment
 from skiff.core.containers.registry import ContainerRegistry, Notice, ToThread, Track
 from skiff.core.containers.resources import cgroup_procs
 from skiff.core.containers.runspec import SpecBuilder
-from skiff.core.containers.streams import open_stdio, pump, take_terminal
+from skiff.core.containers.streams import KeptStdin, open_stdio, pump, take_terminal
 from skiff.core.containers.teardown import RunTeardown
 from skiff.core.errors import Conflict, InvalidParameter, NotFound, NotModified
 from skiff.core.hookspecs import (
@@ -416,10 +416,10 @@ class ContainerManager:
                 spec.tty, spec.open_stdin, pipes)
             stdio = Stdio(in_r, out_w, err_w)
             if self.config.get("live-restore"):
-                # the runtime keeps copies of our ends: the output outlives us
-                # (stdin is not: the container must see its end when we close it)
+                # the runtime keeps copies of our ends: the output outlives us,
+                # stdin can be handed to the next daemon (KeptStdin)
                 stdio = Stdio(in_r, out_w, err_w, daemon_stdout=out_r, daemon_stderr=err_r,
-                              keep_ends=True)
+                              daemon_stdin=in_w, keep_ends=True)
             process = await self.runtime.prepare(spec, stdio)
         except BaseException as exc:
             if isinstance(exc, StartError):  # inspect tells why, as dockerd's does
@@ -467,7 +467,9 @@ class ContainerManager:
         track.stopping = False
         track.hub.begin_run(out_r if spec.tty else -1)
         if in_w >= 0:
-            track.hub.stdin = trio.lowlevel.FdStream(in_w)
+            track.hub.stdin = (KeptStdin(in_w, process)
+                               if self.config.get("live-restore") and not spec.tty
+                               else trio.lowlevel.FdStream(in_w))
             track.hub.stdin_ready.set()
         c.save()
         self.spawn(self._monitor, c, track, process, out_r, err_r, log_driver)

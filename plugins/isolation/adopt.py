@@ -122,13 +122,6 @@ async def adopt(bundle: str, init_pid: int) -> Adopted:
     return Adopted(process, int(hello["protocol"]), ends, spooled)
 
 
-async def close_stdin(process: ForkServerProcess) -> None:
-    """The daemon closed its stdin end: the monitor closes its copy too, so
-    the container sees the end of file."""
-    await process.tell({"cmd": "close-stdin"})
-
-
-
 def _start_time(pid: int) -> int | None:
     """``pid``'s start time in clock ticks since boot (as pidproof reads it)."""
     try:

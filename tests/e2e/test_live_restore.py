@@ -210,3 +210,25 @@ def test_a_published_port_answers_while_skiffd_is_away(skiffd: Daemon) -> None:
     finally:
         skiffd.docker("rm", "-f", f"{name}-brid", f"{name}-{net[:4]}")
         skiffd.docker("network", "rm", net)
+
+
+def test_stdin_ends_for_the_container_and_is_handed_over(skiffd: Daemon) -> None:
+    # the monitor's copy of the stdin pipe must not keep the container from
+    # seeing its end when the client's stdin ends
+    res = skiffd.docker("run", "-i", "--rm", "busybox", "sh", "-c", "cat; echo done",
+                        input=b"hi\n", timeout=30)
+    assert (res.returncode, res.stdout) == (0, b"hi\ndone\n"), res
+    name = _name()
+    skiffd.docker("run", "-d", "-i", "--name", name, "busybox", "sh", "-c",
+                  'read l; echo "got $l"; exit 6', check=True)
+    try:
+        pid = _state(skiffd, name)["Pid"]
+        _away(skiffd, "kill", 0.5, pid)
+        # the adopted stdin: what attach sends reaches the container
+        # (the answer is read from the log: attach's own output is not the point)
+        res = skiffd.docker("attach", name, input=b"hello\n", timeout=30)
+        assert res.returncode == 6, res
+        assert skiffd.docker("wait", name, check=True).stdout.strip() == b"6"
+        assert skiffd.docker("logs", name, check=True).stdout == b"got hello\n"
+    finally:
+        skiffd.docker("rm", "-f", name)

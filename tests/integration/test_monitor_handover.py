@@ -235,3 +235,25 @@ def test_a_second_daemon_is_refused_while_one_is_connected(
                 os.close(fd)
 
     trio.run(main)
+
+
+def test_the_stdin_copy_closes_when_the_daemon_says_so(
+    runtime: ForkServerRuntime, tmp_path: Path
+) -> None:
+    # the monitor's copy of stdin's write end would keep the container from
+    # ever reading the end of file; the daemon's word closes it
+    bundle = tmp_path / "b"
+
+    async def main() -> int:
+        d = await start(runtime, bundle, "cat; echo done; exit 2")
+        try:
+            os.write(d.stdin, b"a\n")
+            os.close(d.stdin)
+            await d.process.stdin_closed()
+            assert await read_until(d.out, b"done\n") == b"a\ndone\n"
+            return await d.process.wait()
+        finally:
+            os.close(d.out)
+            os.close(d.err)
+
+    assert trio.run(main) == 2
