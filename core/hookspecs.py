@@ -57,6 +57,17 @@ drivers) and returns what it removed, which the daemon logs
 (``reconcile.<kind>``).  Optional: a driver without it is skipped
 (``skiff.core.reconcile``).
 
+*Live-restore (2.13).*  ``Stdio.daemon_*`` and ``keep_ends`` give a runtime
+the daemon's own ends of a container's stdio, to keep beside the container
+so its output outlives the daemon.  Optional: ``Runtime.adopt(container_id,
+bundle) -> Adoption`` hands a running container to a new daemon (raises
+``StartError`` saying why it cannot); ``ContainerProcess.stdin_closed()`` is
+awaited when the daemon closed its stdin end; a network driver's
+``restore_endpoint(network_id, endpoint, pid) -> Endpoint`` learns back an
+endpoint an earlier daemon plumbed into the namespace of ``pid`` (``endpoint``
+asks for the address, MAC and host ports it had).  None of them is a
+Protocol member: a plugin without them is valid (docs/live-restore.md).
+
 This module is one piece on purpose, though long: it is the one file a plugin
 author reads, so every hook, Protocol and record a driver sees is here, with
 the promises each side makes, and nothing else is (the daemon's own code

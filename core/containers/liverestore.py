@@ -38,6 +38,15 @@ log = structlog.get_logger("skiff.containers")
 
 EXITCODE = "exitcode"
 SPOOL = "spool"
+#: what a protocol 2 monitor listens on (skiff-monitor.c)
+MONITOR_SOCKET = "monitor.sock"
+
+
+def can_be_adopted(bundle: str) -> bool:
+    """Whether what watches the run in ``bundle`` can hand it to a next daemon:
+    skiff-monitor's protocol 2 socket is there (a run started without
+    live-restore, or by the Python shim, has none)."""
+    return os.path.exists(os.path.join(bundle, MONITOR_SOCKET))
 
 
 def replay(spooled: list[tuple[int, str, bytes]], driver: LogDriver | None

@@ -188,10 +188,8 @@ class ContainerManager:
             live_restore=bool(self.config.get("live-restore")))
 
     def running_networks(self) -> set[str]:
-        """With live-restore, the networks of the containers left running at
-        shutdown (their plumbing stays); without, none."""
-        if not self.config.get("live-restore"):
-            return set()
+        """After ``shutdown``: the networks of the containers it left running
+        (live-restore; their plumbing stays)."""
         return {name for c in self.by_id.values() if c.state.Running for name in c.networks}
 
     async def adopt_all(self) -> None:
@@ -704,14 +702,18 @@ class ContainerManager:
         """Stop every running container, in parallel; with live-restore, leave
         them running, detached (see liverestore)."""
         self.restarts.shutdown()
-        if self.config.get("live-restore"):
-            for tr in self.tracks.values():
-                if tr.detach is not None:
-                    tr.detach.cancel()
-            return
         async with trio.open_nursery() as n:
             for c in list(self.by_id.values()):
                 track = self.tracks.get(c.id)
-                if c.state.Running and track is not None and track.process is not None:
-                    n.start_soon(self._stop, c, track, None)
+                if not (c.state.Running and track is not None and track.process is not None):
+                    continue
+                if self.config.get("live-restore") and track.detach is not None:
+                    if liverestore.can_be_adopted(self.specs.bundle(c.id)):
+                        track.detach.cancel()
+                        continue
+                    log.warning("container.not_adoptable", id=c.id,
+                                reason="nothing keeps its output for a next daemon (started "
+                                       "without live-restore, or without skiff-monitor): it "
+                                       "is stopped as without live-restore")
+                n.start_soon(self._stop, c, track, None)
 

@@ -68,7 +68,7 @@ def _still_watched(exec_root: str, cid: str) -> bool:
     there (the runtime proves the monitor's pid when it connects); no exit
     code yet."""
     bundle = os.path.join(exec_root, "containers", cid)
-    return (os.path.exists(os.path.join(bundle, "monitor.sock"))
+    return (os.path.exists(os.path.join(bundle, "monitor.sock"))  # liverestore.can_be_adopted
             and not os.path.exists(os.path.join(bundle, "exitcode")))
 
 

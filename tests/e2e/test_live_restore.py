@@ -38,17 +38,9 @@ TICKER = ('trap "exit 3" TERM; i=0; while true; do echo "line $i"; i=$((i+1)); '
 @pytest.fixture(scope="module")
 def skiffd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     base: Path = tmp_path_factory.mktemp("skiffd-live")
-    before = os.environ.get("SKIFF_EXPERIMENTAL_LIVE_RESTORE")
-    os.environ["SKIFF_EXPERIMENTAL_LIVE_RESTORE"] = "1"
-    try:
-        with running_daemon(base, **{"storage-driver": "overlay2", "live-restore": True}) as d:
-            d.skiff("image", "bootstrap", "busybox")
-            yield d
-    finally:
-        if before is None:
-            os.environ.pop("SKIFF_EXPERIMENTAL_LIVE_RESTORE", None)
-        else:
-            os.environ["SKIFF_EXPERIMENTAL_LIVE_RESTORE"] = before
+    with running_daemon(base, **{"storage-driver": "overlay2", "live-restore": True}) as d:
+        d.skiff("image", "bootstrap", "busybox")
+        yield d
 
 
 def _name() -> str:
