@@ -25,6 +25,7 @@ import structlog
 import trio
 
 from skiff.core.containers import logdelivery
+from skiff.core.containers import restore as container_restore
 from skiff.core.containers.logstream import open_log
 from skiff.core.containers.model import Container, State
 from skiff.core.containers.streams import KeptStdin, LineSplitter
@@ -176,18 +177,22 @@ async def adopt(m: ContainerManager, c: Container) -> None:
 async def _ended(m: ContainerManager, c: Container) -> None:
     """``c`` could not be adopted: it ended (or its monitor did) while away."""
     path = os.path.join(m.specs.bundle(c.id), EXITCODE)
-    code, ended = 255, now_rfc3339()
+    code, ended = None, None
     try:
         with open(path) as f:
             code = int(f.read().strip())
             ended = rfc3339(os.fstat(f.fileno()).st_mtime_ns / 1e9)
     except (OSError, ValueError):
         pass
-    c.state = State(Status="exited", ExitCode=code, StartedAt=c.state.StartedAt,
-                    FinishedAt=ended, Health=c.state.Health)
-    c.save()
-    await log_exited_spool(m, c)
-    if m.cgroups is not None:
+    if code is None:
+        # nothing watches it: what may still run of it is ended (pid proved first)
+        code = await m.to_thread(container_restore.end_unadopted, m.cgroups, c)
+    elif m.cgroups is not None:
         with contextlib.suppress(Exception):
             await m.to_thread(m.cgroups.destroy, c.id)
+    code = 255 if code is None else code
+    c.state = State(Status="exited", ExitCode=code, StartedAt=c.state.StartedAt,
+                    FinishedAt=ended or now_rfc3339(), Health=c.state.Health)
+    c.save()
+    await log_exited_spool(m, c)
     m.restarts.after_exit(c, code)

@@ -72,6 +72,15 @@ def _still_watched(exec_root: str, cid: str) -> bool:
             and not os.path.exists(os.path.join(bundle, "exitcode")))
 
 
+def end_unadopted(cgroups: CgroupDriver | None, c: Container) -> int | None:
+    """Live-restore: ``c`` was kept for adoption but its runtime could not take it
+    back (its monitor died): end what may still run of it, as after a crash
+    without live-restore; the exit code if it was killed."""
+    code = _kill_recorded(cgroups, c)
+    _drop_crashed_groups(cgroups, c)
+    return code
+
+
 def _kill_recorded(cgroups: CgroupDriver | None, c: Container) -> int | None:
     """Kill the recorded PID 1 if it is proved to be the container's; its exit code."""
 

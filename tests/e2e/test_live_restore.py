@@ -95,6 +95,12 @@ def test_logs_have_no_gap_across_a_stop_and_a_kill_and_stop_gives_its_code(
         assert state["Running"] and state["Pid"] == pid, state
         _away(skiffd, "kill", 1.5, pid)
         assert _state(skiffd, name)["Running"]
+        # its cgroups were kept: top and stats read them
+        assert b"usleep" in skiffd.docker("top", name, check=True).stdout or \
+            b"sh -c" in skiffd.docker("top", name, check=True).stdout
+        stats = skiffd.docker("stats", "--no-stream", "--format", "{{.PIDs}}", name,
+                              check=True).stdout.strip()
+        assert int(stats) >= 1, stats
         time.sleep(0.5)  # lines read live again, after the spooled ones
         numbers = _numbers(skiffd, name)
         assert numbers == list(range(len(numbers))), numbers
@@ -222,5 +228,45 @@ def test_stdin_ends_for_the_container_and_is_handed_over(skiffd: Daemon) -> None
         assert res.returncode == 6, res
         assert skiffd.docker("wait", name, check=True).stdout.strip() == b"6"
         assert skiffd.docker("logs", name, check=True).stdout == b"got hello\n"
+    finally:
+        skiffd.docker("rm", "-f", name)
+
+
+def test_a_tty_container_is_adopted_with_its_terminal(skiffd: Daemon) -> None:
+    name = _name()
+    skiffd.docker("run", "-d", "-t", "--name", name, "busybox", "sh", "-c", TICKER,
+                  check=True)
+    try:
+        pid = _state(skiffd, name)["Pid"]
+        poll(lambda: b"line 2" in skiffd.docker("logs", name).stdout, 10, "the first lines")
+        _away(skiffd, "kill", 1.0, pid)
+        time.sleep(0.5)
+        out = skiffd.docker("logs", name, check=True).stdout.decode()
+        numbers = [int(m) for m in re.findall(r"^line (\d+)\r?$", out, re.M)]
+        assert numbers == list(range(len(numbers))) and len(numbers) >= 10, numbers
+        skiffd.docker("kill", name, check=True)
+        assert skiffd.docker("wait", name, check=True).stdout.strip() == b"137"
+    finally:
+        skiffd.docker("rm", "-f", name)
+
+
+def test_a_container_whose_monitor_died_is_ended_not_adopted(skiffd: Daemon) -> None:
+    name = _name()
+    cid = skiffd.docker("run", "-d", "--name", name, "busybox", "sleep", "1000",
+                        check=True).stdout.decode().strip()
+    try:
+        pid = _state(skiffd, name)["Pid"]
+        record = Path(skiffd.config["exec-root"]) / "containers" / cid / monitor.MONITOR_RECORD
+        watcher = json.loads(poll(lambda: record.exists() and record.read_text(), 10,
+                                  "the monitor's record"))["pid"]
+        assert skiffd.stop() == 0, skiffd.logs()
+        os.kill(watcher, signal.SIGKILL)
+        poll(lambda: not _alive(watcher), 10, "the monitor to die")
+        assert _alive(pid)
+        skiffd.start()
+        state = _state(skiffd, name)
+        assert not state["Running"] and state["ExitCode"] == 137, state
+        poll(lambda: not _alive(pid), 10, "the container to be ended")
+        assert "container.adopt_failed" in skiffd.logs()
     finally:
         skiffd.docker("rm", "-f", name)
