@@ -156,7 +156,7 @@ async def adopt(m: ContainerManager, c: Container) -> None:
                     monitor=got.process.pid)
     track = m.tracks[c.id]
     driver = _driver(m, c)
-    carry = await m.to_thread(replay, got.spooled, driver)
+    carry = await m.to_thread(replay, got.spooled, driver) if got.spooled else {}
     _log_spooled(c, len(got.spooled), got.dropped)
     tty = bool(c.config.get("Tty"))
     track.process = got.process

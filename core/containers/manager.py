@@ -93,6 +93,8 @@ DEFAULT_STOP_TIMEOUT = 10
 #: escaped the pid namespace keeps them); the kernel kills the rest of the
 #: namespace, so this is a safety net, not a normal wait
 OUTPUT_GRACE = 2.0
+#: live-restore: containers adopted at once at start
+ADOPT_CONCURRENCY = 16
 #: how long ``docker kill`` (SIGKILL) waits for the exit before it answers anyway
 KILL_WAIT = 30.0
 
@@ -197,8 +199,20 @@ class ContainerManager:
         that ran on (``liverestore.adopt``), and log what those that ended while
         away wrote meanwhile."""
         adoptable, self.adoptable = self.adoptable, []
-        for c in adoptable:
-            await liverestore.adopt(self, c)
+        began = time.perf_counter()
+        # each waits on its monitor and a worker thread or two: side by side
+        limit = trio.CapacityLimiter(ADOPT_CONCURRENCY)
+
+        async def one(c: Container) -> None:
+            async with limit:
+                await liverestore.adopt(self, c)
+
+        async with trio.open_nursery() as n:
+            for c in adoptable:
+                n.start_soon(one, c)
+        if adoptable:
+            log.info("containers.adopted", count=len(adoptable),
+                     ms=round((time.perf_counter() - began) * 1000, 1))
         for c in list(self.by_id.values()):
             if not c.state.Running and os.path.exists(
                     os.path.join(self.specs.bundle(c.id), liverestore.SPOOL)):
