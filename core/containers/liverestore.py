@@ -29,7 +29,7 @@ from skiff.core.containers import restore as container_restore
 from skiff.core.containers.logstream import open_log
 from skiff.core.containers.model import Container, State
 from skiff.core.containers.streams import KeptStdin, LineSplitter
-from skiff.core.hookspecs import Adoption, LogDriver, LogMessage, StartError
+from skiff.core.hookspecs import Adoption, ContainerSpec, LogDriver, LogMessage, StartError
 from skiff.core.timefmt import now_rfc3339, rfc3339
 
 if TYPE_CHECKING:
@@ -161,6 +161,7 @@ async def adopt(m: ContainerManager, c: Container) -> None:
     tty = bool(c.config.get("Tty"))
     track.process = got.process
     track.stopping = False
+    track.spec = await _spec(m, c)
     await m.network.readopt_all(c, track, got.process.pid)
     track.hub.begin_run(got.stdout if tty else -1)
     if got.stdin >= 0:
@@ -172,6 +173,20 @@ async def adopt(m: ContainerManager, c: Container) -> None:
     m.spawn(m._monitor, c, track, got.process, got.stdout, -1 if tty else got.stderr, driver,
             carry)
     log.info("container.adopted", id=c.id, pid=got.process.pid, spooled=len(got.spooled))
+
+
+async def _spec(m: ContainerManager, c: Container) -> ContainerSpec | None:
+    """The run's spec as its start made it (an exec inherits its capabilities,
+    its user namespace): built again, the plugins amending it as then.  It
+    describes; nothing is made or mounted."""
+    try:
+        spec = await m.to_thread(m.specs.build, c)
+        m.plugins.hook.skiff_container_spec(container=c, spec=spec, daemon_config=m.config)
+    except Exception as exc:
+        log.warning("container.adopt_spec_failed", id=c.id, error=str(exc),
+                    reason="an exec in it runs without the container's capabilities")
+        return None
+    return spec
 
 
 async def _ended(m: ContainerManager, c: Container) -> None:

@@ -119,8 +119,13 @@ def test_exec_and_attach_on_an_adopted_container(skiffd: Daemon) -> None:
     skiffd.docker("run", "-d", "--name", name, "busybox", "sh", "-c", TICKER, check=True)
     try:
         pid = _state(skiffd, name)["Pid"]
+        caps = skiffd.docker("exec", name, "grep", "^Cap", "/proc/self/status",
+                             check=True).stdout
         _away(skiffd, "kill", 0.5, pid)
         assert skiffd.docker("exec", name, "echo", "ok", check=True).stdout == b"ok\n"
+        # an exec in an adopted container is confined as before, no more, no less
+        assert skiffd.docker("exec", name, "grep", "^Cap", "/proc/self/status",
+                             check=True).stdout == caps
         assert skiffd.docker("exec", name, "sh", "-c", "exit 5").returncode == 5
         attach = subprocess.Popen([DOCKER, "attach", "--no-stdin", name], env=skiffd.env(),
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
