@@ -30,7 +30,12 @@ the same pid, the same child and the same connection: an idle container costs
 a few hundred kilobytes instead of a Python interpreter.  The monitor records
 itself in ``<bundle>/monitor`` (its protocol version, for a later daemon that
 adopts it).  Without the binary (no C compiler at install) the shim does the
-waiting itself, as before.
+waiting itself, as before.  With live-restore the spec names, in
+``monitor_ends``, the daemon's own ends of the stdio that follow the three
+stdio descriptors (with a TTY none: the shim keeps a copy of the pty
+master); they go to the monitor, which then speaks protocol 2 (it holds the
+output while no daemon reads and hands it to the next one, see
+skiff-monitor.c); the Python fallback closes them and speaks protocol 1.
 
 The shim (or its monitor) outlives the daemon: if the connection breaks after
 go it keeps waiting and still records the exit code in ``<bundle>/exitcode``.

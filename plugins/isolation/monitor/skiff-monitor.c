@@ -20,9 +20,10 @@
  *      ForkServerProcess.wait reads (plugins/isolation/shimclient.py).
  *
  * The daemon sends nothing once the command started (it signals the init
- * through a pidfd, resizes the pty itself), so nothing is read from FD.  A
- * daemon that went away costs nothing: the send fails quietly (no SIGPIPE)
- * and the exit code is on disk for the next daemon.
+ * through a pidfd, resizes the pty itself), so protocol 1 reads nothing from
+ * FD (protocol 2, below, reads one word).  A daemon that went away costs
+ * nothing: the send fails quietly (no SIGPIPE) and the exit code is on disk
+ * for the next daemon.
  *
  * So that a later daemon can tell what it would adopt, the monitor records
  * itself in BUNDLE/monitor, one JSON line written atomically:
