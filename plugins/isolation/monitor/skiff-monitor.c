@@ -46,8 +46,8 @@
  * monitor drains OUT and ERR into BUNDLE/spool, a 16-byte header
  * ("skspool1", then the count of bytes dropped, u64) followed by records
  * (u64 CLOCK_REALTIME ns, u32 length, u32 stream 1 or 2, the bytes), native
- * byte order.  Past SPOOL_MAX bytes of file (8 MiB by default) a read is
- * counted in the header and dropped.  A new daemon connects to
+ * byte order.  Past SPOOL_MAX bytes of file (8 MiB by default) what is read
+ * is counted in the header and dropped.  A new daemon connects to
  * BUNDLE/monitor.sock (0600): the monitor stops draining and answers
  *     {"protocol": 2, "fds": [names of what follows], "spool": "spool"}
  * with OUT, ERR, IN (those still open) as SCM_RIGHTS; that connection is FD
@@ -226,11 +226,18 @@ static int spool_read(int i)
         return errno == EAGAIN || errno == EINTR ? 0 : -1;
     if (n == 0)
         return -1;
-    if (spool_fd < 0 || spool_size + SPOOL_HEADER + (unsigned long long)n > spool_max) {
+    if (spool_fd < 0 || spool_size + SPOOL_HEADER >= spool_max) {
         spool_dropped += (unsigned long long)n;
         if (spool_fd >= 0)
             spool_header();
         return 1;
+    }
+    if (spool_size + SPOOL_HEADER + (unsigned long long)n > spool_max) {
+        /* what fits is kept, the rest of this read dropped and counted */
+        ssize_t fits = (ssize_t)(spool_max - spool_size - SPOOL_HEADER);
+        spool_dropped += (unsigned long long)(n - fits);
+        n = fits;
+        spool_header();
     }
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
