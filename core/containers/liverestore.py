@@ -210,4 +210,4 @@ async def _ended(m: ContainerManager, c: Container) -> None:
                     FinishedAt=ended or now_rfc3339(), Health=c.state.Health)
     c.save()
     await log_exited_spool(m, c)
-    m.restarts.after_exit(c, code)
+    # its restart policy is honoured by restarts.after_restore, as after a crash
