@@ -10,11 +10,13 @@ through ``<bundle>/monitor.sock`` and check that the ends, the spooled output
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import stat
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -64,6 +66,7 @@ async def start(rt: ForkServerRuntime, bundle: Path, script: str) -> Daemon:
         for fd in (in_r, out_w, err_w):
             os.close(fd)
     await proc.go()
+    _STARTED.append(proc.pid)
     with trio.fail_after(5):
         while not (bundle / monitor.MONITOR_RECORD).exists() or \
                 not (bundle / monitor.SOCKET).exists():
@@ -78,9 +81,18 @@ def rt_image() -> Path:
     return _IMAGE[0]
 
 
+#: the containers' inits a test started: a failed test must not leave one
+#: running (its monitor would wait for it for ever)
+_STARTED: list[int] = []
+
+
 @pytest.fixture(autouse=True)
-def _image(image: Path) -> None:
+def _image(image: Path) -> Iterator[None]:
     _IMAGE[:] = [image]
+    yield
+    while _STARTED:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(_STARTED.pop(), signal.SIGKILL)
 
 
 async def read_until(fd: int, want: bytes) -> bytes:
