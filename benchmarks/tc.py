@@ -10,6 +10,12 @@ direction (what setting up tc costs a container start; target under 3 ms).
 
 The receiver's ``eth0`` counter is read from the host (``/proc/<pid>/net/dev``:
 frames as tc counts them) over a steady window.
+
+``run --rm`` on a loaded two-core machine spreads over 100-400 ms, so a few
+milliseconds of tc drown in it; the rows ``tc: shaper set-up`` time the
+shaper's ``joined`` alone, on fresh veth pairs in the benchmark's namespace,
+by each engine's own Python (so ``--baseline`` compares checkouts): what tc
+adds to a container's start, without the noise of the rest.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import json
 import secrets
 import statistics
+import subprocess
 import time
 from typing import TYPE_CHECKING
 
@@ -64,6 +71,40 @@ def _pair(e: Engine, net: str, rcv_args: list[str], snd_args: list[str],
         e.docker("rm", "-f", rcv, snd, check=False)
 
 
+#: run by each engine's Python: the median of ``joined`` per case, in ms, as JSON
+_SHAPER_COST = r"""
+import json, secrets, socket, statistics, sys, time
+from pyroute2 import IPRoute
+from skiff.core.hookspecs import ShapedEndpoint, TrafficShaperContext
+from skiff.plugins.limits import tc
+E, I = "skiff.net.egress-rate", "skiff.net.ingress-rate"
+shaper = tc.TcShaper(TrafficShaperContext(exec_root="/nonexistent"))
+cases = {"egress+ingress": {E: "10mbit", I: "10mbit"}, "ingress": {I: "10mbit"}}
+got = {k: [] for k in cases}
+with IPRoute() as ipr:
+    for _ in range(int(sys.argv[1])):
+        for label, rates in cases.items():
+            veth = "skfv" + secrets.token_hex(4)
+            ipr.link("add", ifname=veth, kind="veth", peer="skfp" + veth[4:])
+            t = time.perf_counter()
+            shaper.joined(ShapedEndpoint("c" * 64, "n" * 64, "net", "e" * 64, veth,
+                                         rates=rates))
+            got[label].append((time.perf_counter() - t) * 1e3)
+            ipr.link("del", index=socket.if_nametoindex(veth))
+            for index in ipr.link_lookup(ifname=tc.ifb_name(veth)):
+                ipr.link("del", index=index)
+print(json.dumps({k: statistics.median(v) for k, v in got.items()}))
+"""
+
+
+def _shaper_rows(e: Skiffd, runs: int) -> list[Row]:
+    res = subprocess.run([e.python, "-c", _SHAPER_COST, str(runs)], capture_output=True,
+                         text=True, timeout=300, check=True)
+    medians = json.loads(res.stdout.strip().splitlines()[-1])
+    return [{"metric": f"tc: shaper set-up, {label} (joined alone; median of {runs})",
+             "engine": e.name, "value": ms, "unit": "ms"} for label, ms in medians.items()]
+
+
 def _rows(e: Engine, runs: int, window: float) -> list[Row]:
     rows: list[Row] = []
     net = f"tcbench-{secrets.token_hex(3)}"
@@ -109,4 +150,5 @@ def engine_rows(ctx: Context) -> list[Row]:
         if not isinstance(e, Skiffd):
             continue  # dockerd has no bandwidth limits to measure
         rows.extend(_rows(e, runs, window))
+        rows.extend(_shaper_rows(e, max(30, runs)))
     return rows

@@ -381,8 +381,10 @@ def validate(config: Mapping[str, Any], path: str) -> None:
         )
     if config["ipv6"] and not config["fixed-cidr-v6"]:
         raise ConfigError(
-            f"{path}: 'ipv6' is true but 'fixed-cidr-v6' is not set; skiff has no default "
-            "IPv6 subnet for the default bridge: set fixed-cidr-v6 (e.g. fd00:1::/64)"
+            f"{path}: 'ipv6' is true but 'fixed-cidr-v6' is not set: Error creating default "
+            "\"bridge\" network: could not find an available, non-overlapping IPv6 address "
+            "pool among the defaults to assign to the network (as dockerd 20.10, whose "
+            "default pools are IPv4 only); set fixed-cidr-v6 (e.g. fd00:1::/64)"
         )
     if config["fixed-cidr-v6"]:
         try:

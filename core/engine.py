@@ -22,6 +22,7 @@ from skiff.core.builder.rootfs import BUILD_LAYER_PREFIX
 from skiff.core.builder.services import BuildServices
 from skiff.core.builder.statindex import StatIndex
 from skiff.core.cluster import settings as cluster_settings
+from skiff.core.cluster.access import DriverClusterAccess
 from skiff.core.cluster.globalnets import GlobalNetworks
 from skiff.core.cluster.membership import ClusterMembership
 from skiff.core.config import ConfigError, exec_options, storage_options
@@ -70,6 +71,9 @@ from skiff.core.userns import resolve as resolve_remap
 from skiff.core.volumes.store import VolumeStore
 
 log = structlog.get_logger("skiff.engine")
+
+#: seconds the start waits for the cluster store's first answer
+STORE_WAIT = 10.0
 
 T = TypeVar("T")
 
@@ -442,8 +446,11 @@ class Engine:
         """The network driver called ``name``, made on first use."""
         if name not in self._networks:
             factory = self.plugins.factory("network", name)
+            access = (DriverClusterAccess(self.cluster, name) if self.cluster is not None
+                      else None)
             self._networks[name] = factory(NetworkContext(
-                data_root=self.data_root, exec_root=self.exec_root, config=self.config))
+                data_root=self.data_root, exec_root=self.exec_root, config=self.config,
+                cluster=access))
         return self._networks[name]
 
     def _build_cluster(self) -> ClusterMembership | None:
@@ -514,8 +521,12 @@ class Engine:
                 log.warning("userns.ranges_released", containers=gone,
                             reason="their containers no longer exist")
         self.plugins.hook.skiff_daemon_start(config=self.config)
-        if self.cluster is not None:  # never waits for the store: it may be away
+        if self.cluster is not None:
             await nursery.start(self.cluster.run)
+            # one try, so containers restarted below find their global networks
+            # plumbed; bounded: the store may be away, and the daemon starts anyway
+            with trio.move_on_after(STORE_WAIT):
+                await self.cluster.first_attempt.wait()
         # --rm leftovers and --restart always/unless-stopped, while the API already serves
         nursery.start_soon(self.containers.restarts.after_restore)
 

@@ -82,11 +82,13 @@ host's mount table.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any, Literal, Protocol, runtime_checkable
 
 import pluggy
+
+from skiff.core.errors import Unavailable
 
 PROJECT = "skiff"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -454,6 +456,24 @@ class NetworkDriver(Protocol):
     - ``singleton``: False (the default); True for a driver with only its
       predefined network (host, none): ``network create`` refuses another,
       and a container on it joins no other network.
+    - ``loopback_only`` (2.9): False (the default); True for a driver whose
+      containers get no interface but their loopback (none): nothing of
+      theirs can be addressed, published or shaped, and the daemon refuses
+      a bandwidth limit for them at create, saying so.
+
+    An optional method (2.9), ``check_endpoint(network_id, endpoint)``: called
+    at container create, on the event loop (quick: no I/O, no waiting), with
+    the container's primary
+    network and an ``Endpoint`` holding only what is asked (``port_bindings``,
+    ``exposed_ports``, ``publish_all``, ``requested_*``); ``ValueError``
+    refuses the create with a 400 in the driver's words, so that what cannot
+    work is refused then rather than failing the start.  Nothing is reserved.
+
+    And an optional method (2.10), ``forget_network(network_id)``: the network
+    is removed for good (``network rm``), not only taken down on this host as
+    ``delete_network`` is at every daemon stop; a global-scope driver releases
+    there what the network holds in the cluster store (its VXLAN ID).  Called
+    after ``delete_network``, on the node that removes it.
 
     And an optional method (2.7), ``hosts(endpoint) -> list[tuple[str, str]]``:
     /etc/hosts lines, (address, names separated by spaces), the driver adds
@@ -502,6 +522,67 @@ class NetworkDriver(Protocol):
         ...
 
 
+class ClusterUnavailable(Unavailable):
+    """The cluster store cannot be reached now; the message names it (a 503)."""
+
+
+class ClusterAccess(Protocol):
+    """The cluster store as a global-scope network driver sees it (since 2.10).
+
+    The daemon gives one to each network driver's factory when daemon.json
+    has a ``cluster-store`` (``NetworkContext.cluster``; None without).  Keys
+    are the driver's own: each is relative to a prefix of that driver's
+    alone, so drivers never see each other's data.  Values are bytes.
+
+    Every method blocks and may be called from the driver's methods (worker
+    threads); each raises ``ClusterUnavailable`` when the store cannot be
+    reached, which the driver lets through (the client gets a 503 naming the
+    store) or handles.
+
+    *Node-bound* keys are written under this node's lease: they vanish from
+    the store, for every node, when this node stops or dies (its lease runs
+    out), and the daemon writes them again by itself when the node registers
+    anew after the store was away.  Use them for what lives only as long as
+    this node does (its endpoints, the addresses they hold).
+    """
+
+    #: this node's ID in the cluster (``docker info``'s ``ID``)
+    node_id: str
+    #: this node's address for the others (``cluster-advertise``'s IP, no port)
+    address: str
+
+    def get_prefix(self, prefix: str) -> dict[str, bytes]:
+        """Every key starting with ``prefix``, with its value."""
+        ...
+
+    def create(self, items: Mapping[str, bytes], *, node_bound: bool = False) -> bool:
+        """Write all of ``items`` at once if none of their keys exists; False (and
+        nothing written) when one does.  How two nodes agree on who gets an ID."""
+        ...
+
+    def put(self, key: str, value: bytes, *, node_bound: bool = False) -> None:
+        """Write ``key`` whether or not it exists."""
+        ...
+
+    def delete(self, keys: Sequence[str]) -> None:
+        """Delete ``keys`` at once (absent ones are no error)."""
+        ...
+
+    def follow(self, changed: Callable[[str, bytes | None], None],
+               resync: Callable[[Mapping[str, bytes]], None]) -> None:
+        """Be told of every change to the driver's keys, by any node.
+
+        ``resync(everything)`` is called first, and again each time this node
+        registers anew (the store may have changed while it was away); then
+        ``changed(key, value)`` for each change as it happens (``value`` None:
+        deleted; the driver's own writes included).  Both are called from a
+        worker thread, one call at a time, and may block briefly.  Call it once,
+        from the first method that needs it (not from the factory, which may
+        run on the event loop); it returns at once, the resync comes after.
+        """
+        ...
+
+
 @dataclass
 class NetworkContext:
     """What a network driver factory receives."""
@@ -509,6 +590,9 @@ class NetworkContext:
     data_root: str
     exec_root: str
     config: Mapping[str, Any]  #: the whole daemon configuration (bridge, bip, iptables, ...)
+    #: the cluster store (``ClusterAccess``, since 2.10); None when daemon.json
+    #: has no ``cluster-store``
+    cluster: ClusterAccess | None = None
 
 
 class NetworkFactory(Protocol):
@@ -523,6 +607,7 @@ NETWORK_DRIVER_TRAITS: dict[str, Any] = {
     "ipv6": True,
     "nameserver": "",
     "singleton": False,
+    "loopback_only": False,
 }
 
 

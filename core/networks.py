@@ -60,6 +60,12 @@ def trait(driver: NetworkDriver, key: str) -> Any:
     return getattr(driver, key, NETWORK_DRIVER_TRAITS[key])
 
 
+#: dockerd 20.10's words (libnetwork's IPAM) for EnableIPv6 without an IPv6
+#: subnet: no default pool is IPv6
+NO_V6_POOL = ("could not find an available, non-overlapping IPv6 address pool among "
+              "the defaults to assign to the network")
+
+
 class NoSuchNetwork(NotFound):
     """A network a container asks for does not exist (a 404; at container create
     the manager answers it as a 400, see ``ContainerManager.create``)."""
@@ -204,6 +210,8 @@ class NetworkStore:
         #: raises unless the cluster store can be used now (the engine's
         #: ``ClusterMembership.require``); without a store, always
         self.require_store: Callable[[str], None] = _no_store
+        #: global-scope networks known from the records but not plumbed yet
+        self.pending: set[str] = set()
         self.pools: list[tuple[str, int]] = [
             (p["base"], int(p["size"])) for p in cfg.get("default-address-pools") or []
         ] or list(DEFAULT_POOLS)
@@ -273,12 +281,24 @@ class NetworkStore:
             if not self.installed(net.driver):
                 log.warning("network.driver_missing", network=net.name, driver=net.driver)
                 continue
-            try:
-                driver = self._driver(net.driver)
-                net.scope = trait(driver, "scope")
-                driver.create_network(net.id, self.options(net))
-            except Exception as exc:
-                log.error("network.restore_failed", network=net.name, error=str(exc))
+            if net.scope == "global":
+                # plumbed when the node registers with the cluster store, if the
+                # store still has it (core/cluster/globalnets.py)
+                self.pending.add(net.id)
+                continue
+            self.plumb(net.id)
+
+    def plumb(self, network_id: str) -> None:
+        """Have the driver make a known network's host side (at start; a global one
+        when the cluster store confirms it); failures are logged."""
+        net = self.by_id[network_id]
+        self.pending.discard(network_id)
+        try:
+            driver = self._driver(net.driver)
+            net.scope = trait(driver, "scope")
+            driver.create_network(net.id, self.options(net))
+        except Exception as exc:
+            log.error("network.restore_failed", network=net.name, error=str(exc))
 
     def _configure_default_bridge(self, net: Network) -> None:
         cfg = self._config
@@ -396,18 +416,17 @@ class NetworkStore:
 
         An IPv6 subnet given without EnableIPv6 is plumbed too (docker-py's
         ``ipv6_address`` tests create such networks, and dockerd hands out
-        their addresses); EnableIPv6 without a subnet is refused: skiff has no
-        default IPv6 pool to pick one from.
+        their addresses); EnableIPv6 without a subnet is refused as dockerd
+        20.10 refuses it: its default pools are IPv4 only, so it finds no IPv6
+        pool and answers 404 with these words (skiff's pools are IPv4 only too).
         """
         net.enable_ipv6 = enable
         v6 = [c for c in configs if ":" in (c.get("Subnet") or "")]
         if len(v6) > 1:
             raise InvalidParameter("only one IPv6 subnet per network is supported")
         if not v6:
-            if enable:
-                raise InvalidParameter(
-                    "EnableIPv6 needs an IPv6 subnet (--subnet fd00:.../64): skiff has no "
-                    "default IPv6 address pool")
+            if enable and trait(self._driver(net.driver), "ipam") == "engine":
+                raise NotFound(NO_V6_POOL)
             return
         if not trait(self._driver(net.driver), "ipv6"):
             raise InvalidParameter(f"IPv6 is not supported by the {net.driver} driver")
@@ -507,7 +526,14 @@ class NetworkStore:
     def remove(self, ref: str) -> None:
         net = self.get(ref)
         self.check_removable(net)
-        self._driver(net.driver).delete_network(net.id)
+        driver = self._driver(net.driver)
+        driver.delete_network(net.id)
+        forget = getattr(driver, "forget_network", None)  # optional (2.10)
+        if forget is not None:
+            try:
+                forget(net.id)
+            except Exception as exc:  # the network is gone here; what it held, logged
+                log.warning("network.forget_failed", network=net.name, error=str(exc))
         self._forget(net)
         log.info("network.remove", id=net.id[:12], name=net.name)
 

@@ -43,6 +43,8 @@ class Daemon:
     config: dict[str, Any]
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path = field(init=False)
+    #: a command the daemon runs under, e.g. ``nsenter --net=...`` (tests/multihost.py)
+    wrap: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.log_path = self.base / "skiffd.log"
@@ -87,7 +89,7 @@ class Daemon:
         cfg_path.write_text(json.dumps(self.config, indent=2))
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [*SKIFFD, "--config-file", str(cfg_path)], stdout=log, stderr=log,
+                [*self.wrap, *SKIFFD, "--config-file", str(cfg_path)], stdout=log, stderr=log,
                 start_new_session=True,
             )
         deadline = time.monotonic() + timeout

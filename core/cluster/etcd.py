@@ -125,7 +125,7 @@ class EtcdGateway:
         kvs = {_unb64(kv["key"]).decode(): _unb64(kv.get("value")) for kv in reply.get("kvs", [])}
         return kvs, int(reply.get("header", {}).get("revision", 0))
 
-    async def create_all(self, items: dict[str, bytes]) -> bool:
+    async def create_all(self, items: dict[str, bytes], *, lease: int = 0) -> bool:
         """Write every key of ``items`` in one transaction, only if none exists yet.
 
         False when one already existed (and nothing was written): the store's
@@ -134,7 +134,8 @@ class EtcdGateway:
         reply = await self.call("kv/txn", {
             "compare": [{"key": _b64(k), "result": "EQUAL", "target": "CREATE",
                          "create_revision": "0"} for k in items],
-            "success": [{"request_put": {"key": _b64(k), "value": _b64(v)}}
+            "success": [{"request_put": {"key": _b64(k), "value": _b64(v),
+                                         **({"lease": str(lease)} if lease else {})}}
                         for k, v in items.items()],
         })
         return bool(reply.get("succeeded"))

@@ -49,7 +49,7 @@ class GlobalNetworks:
         self._announce = announce
         # a resync must not see a network between its local create and its publication
         self._lock = trio.Lock()
-        membership.followers.append(Follower(NETWORKS, self._resync, self._changed))
+        membership.add_follower(Follower(NETWORKS, self._resync, self._changed))
 
     async def create(self, body: dict[str, Any]) -> tuple[Network, str]:
         """``network create`` of a global-scope driver: here, then in the store."""
@@ -89,6 +89,8 @@ class GlobalNetworks:
             log.warning("cluster.bad_network_record", error=str(exc), value=value[:200])
             return
         if record["Id"] in self.networks.by_id:
+            if record["Id"] in self.networks.pending:  # known here, confirmed by the store
+                await self._to_thread(self.networks.plumb, record["Id"])
             return
         net = await self._to_thread(self.networks.adopt, record)
         if net is not None:

@@ -78,6 +78,12 @@ class ClusterMembership:
         self.on_peers: list[Callable[[dict[str, dict[str, Any]]], None]] = []
         self._scope = trio.CancelScope()
         self.followers: list[Follower] = []
+        #: keys written under this node's lease, written again at each registration
+        self._bound: dict[str, bytes] = {}
+        self._session_nursery: trio.Nursery | None = None
+        #: set once the first registration is done (followers resynced) or has failed
+        self.first_attempt = trio.Event()
+        self._session_revision = 0
 
     @property
     def key(self) -> str:
@@ -113,16 +119,14 @@ class ClusterMembership:
             record = {"id": self.node_id, "name": self.name, "advertise": self.advertise,
                       "since": time.time()}
             await self.gateway.put(self.key, json.dumps(record).encode(), lease=lease)
+            for key, value in list(self._bound.items()):  # they went with the old lease
+                await self.gateway.put(key, value, lease=lease)
             kvs, revision = await self.gateway.get_prefix(NODES)
             followed = [(f, await self.gateway.get_prefix(f.prefix)) for f in self.followers]
         except StoreUnavailable as exc:
             self._down(str(exc))
+            self.first_attempt.set()
             return False
-        for follower, (fkvs, _) in followed:
-            try:
-                await follower.resync(fkvs)
-            except Exception as exc:  # one follower's bug must not stop the registration
-                log.error("cluster.follower_failed", prefix=follower.prefix, error=str(exc))
         self.lease = lease
         self._set_peers({k[len(NODES):]: rec for k, v in kvs.items()
                          if (rec := _record(v)) is not None})
@@ -166,24 +170,75 @@ class ClusterMembership:
                     self._down(str(exc))
                 nursery.cancel_scope.cancel()
 
-            async def follow(follower: Follower, after: int) -> None:
-                try:
-                    async with self.gateway.watch(follower.prefix, after + 1) as events:
-                        async for event in events:
-                            try:
-                                await follower.changed(event)
-                            except Exception as exc:
-                                log.error("cluster.follower_failed", prefix=follower.prefix,
-                                          key=event.key, error=str(exc))
-                except StoreUnavailable as exc:
-                    self._down(str(exc))
-                nursery.cancel_scope.cancel()
-
             nursery.start_soon(keepalive)
             nursery.start_soon(watch)
-            for follower, (_, frev) in followed:
-                nursery.start_soon(follow, follower, frev)
+            # a follower added while these resync (a driver built on first use) starts
+            # through add_follower, in this session
+            self._session_nursery = nursery
+            # registered first: a follower may write (a driver's resync adopts networks)
+            for follower, (fkvs, frev) in followed:
+                try:
+                    await follower.resync(fkvs)
+                except Exception as exc:  # one follower's bug must not stop the registration
+                    log.error("cluster.follower_failed", prefix=follower.prefix, error=str(exc))
+                nursery.start_soon(self._follow, follower, frev, nursery)
+            self.first_attempt.set()
+        self._session_nursery = None
         return lapsed
+
+    def add_follower(self, follower: Follower) -> None:
+        """Follow ``follower.prefix`` from now on: started at once if registered (its
+        resync runs as a task of the session), else at the next registration."""
+        self.followers.append(follower)
+        if self._session_nursery is not None:
+            self._session_nursery.start_soon(self._start_follower, follower,
+                                             self._session_nursery)
+
+    async def _start_follower(self, follower: Follower, session: trio.Nursery) -> None:
+        try:
+            kvs, revision = await self.gateway.get_prefix(follower.prefix)
+        except StoreUnavailable as exc:
+            self._down(str(exc))
+            session.cancel_scope.cancel()  # the next session resyncs every follower
+            return
+        try:
+            await follower.resync(kvs)
+        except Exception as exc:
+            log.error("cluster.follower_failed", prefix=follower.prefix, error=str(exc))
+        await self._follow(follower, revision, session)
+
+    async def _follow(self, follower: Follower, after: int, session: trio.Nursery) -> None:
+        try:
+            async with self.gateway.watch(follower.prefix, after + 1) as events:
+                async for event in events:
+                    try:
+                        await follower.changed(event)
+                    except Exception as exc:
+                        log.error("cluster.follower_failed", prefix=follower.prefix,
+                                  key=event.key, error=str(exc))
+        except StoreUnavailable as exc:
+            self._down(str(exc))
+        session.cancel_scope.cancel()
+
+    async def put_bound(self, key: str, value: bytes) -> None:
+        """Write ``key`` under this node's lease (it goes when the node does)."""
+        self.require(f"write {key}")
+        await self.gateway.put(key, value, lease=self.lease)
+        self._bound[key] = value
+
+    async def create_bound(self, items: dict[str, bytes]) -> bool:
+        """``create_all`` under this node's lease."""
+        self.require(f"write {', '.join(items)}")
+        created = await self.gateway.create_all(items, lease=self.lease)
+        if created:
+            self._bound.update(items)
+        return created
+
+    async def delete_keys(self, keys: list[str]) -> None:
+        self.require(f"delete {', '.join(keys)}")
+        await self.gateway.delete_all(keys)
+        for key in keys:
+            self._bound.pop(key, None)
 
     def _set_peers(self, peers: dict[str, dict[str, Any]]) -> None:
         self.peers = peers

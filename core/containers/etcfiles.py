@@ -227,8 +227,8 @@ def initial_networks(network_mode: str, body: dict[str, Any], hc: dict[str, Any]
 
 def check_v6_bindings(hc: dict[str, Any], network: Network) -> None:
     """Refuse at create what would fail at start: a port published on an IPv6
-    host address of a network without IPv6, or a UDP port on IPv6 loopback
-    (only TCP is relayed there)."""
+    host address of a network without IPv6.  What else a driver cannot
+    publish (a protocol, a firewall turned off) its ``check_endpoint`` says."""
     for key, bindings in (hc.get("PortBindings") or {}).items():
         for b in bindings or []:
             host_ip = str((b or {}).get("HostIp") or "")
@@ -238,10 +238,6 @@ def check_v6_bindings(hc: dict[str, Any], network: Network) -> None:
                 raise InvalidParameter(
                     f"cannot publish {key} on {host_ip}: network {network.name} has no IPv6 "
                     "subnet (docker network create --ipv6 --subnet ...)")
-            if not key.endswith("/tcp") and "/" in key and host_ip in ("::", "::1"):
-                raise InvalidParameter(
-                    f"publishing {key} on {host_ip} is not supported yet: only TCP is relayed "
-                    "to IPv6 loopback")
 
 
 def resolv_conf_for(kind: str) -> str:

@@ -301,6 +301,7 @@ class ContainerManager:
         # Reserve the name before the first await so a concurrent create cannot take it.
         self.registry.index(c)
         try:
+            self.network.check_create(c)
             os.makedirs(root, mode=0o700)
             idmap = await self._assign_userns(c)
             chowned = idmap if c.userns.get("Storage") == "chown" else None

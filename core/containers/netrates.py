@@ -17,7 +17,7 @@ A rate of ``none`` lifts a limit a lower level set.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import structlog
@@ -29,6 +29,7 @@ from skiff.core.hookspecs import (
     NET_RATE_KEYS,
     NET_RATE_PREFIX,
     Endpoint,
+    NetworkNamespace,
     ShapedEndpoint,
     TrafficShaper,
 )
@@ -53,15 +54,23 @@ def resolve(*levels: Mapping[str, str]) -> dict[str, str]:
     return out
 
 
-def _shared_netns(network_mode: str) -> str | None:
-    """Why a container of ``network_mode`` has no interface of its own to limit."""
-    if network_mode == "host":
-        return "a container on the host network shares the host's interfaces"
-    if network_mode == "none":
-        return "a container with --network none has only its loopback interface"
-    if network_mode.startswith("container:"):
+#: what a NetworkMode gives a container, from its network's driver: the
+#: namespace (``NetworkNamespace``) and the driver's ``loopback_only`` trait
+ModeOf = Callable[[str], "tuple[NetworkNamespace, bool]"]
+
+
+def _no_interface(network_mode: str, netns: NetworkNamespace, loopback_only: bool
+                  ) -> str | None:
+    """Why a container of ``network_mode`` has no interface of its own to limit,
+    from what the contract says of it (never from a driver's name)."""
+    if netns.kind == "host":
+        return (f"a container with --network {network_mode} is in the host network "
+                "namespace and shares the host's interfaces")
+    if netns.kind == "join":
         return (f"a container with --network {network_mode} shares that container's "
                 "interfaces (limit that container instead)")
+    if loopback_only:
+        return f"a container with --network {network_mode} has only its loopback interface"
     return None
 
 
@@ -69,8 +78,13 @@ class Shaping:
     """The daemon's traffic shaper, if one works here, and the rules above."""
 
     def __init__(self, shaper: TrafficShaper | None, why_not: str,
-                 daemon_rates: Mapping[str, str], to_thread: ToThread) -> None:
+                 daemon_rates: Mapping[str, str], to_thread: ToThread,
+                 mode_of: ModeOf | None = None) -> None:
         self.shaper = shaper
+        #: what a NetworkMode gives a container (``NetworkAttachment`` sets it:
+        #: it knows the networks and their drivers); None: no check at create,
+        #: the start refuses an endpoint without a host interface instead
+        self.mode_of = mode_of
         #: why there is no shaper (no plugin installed, or it cannot work here)
         self.why_not = why_not
         self.daemon_rates = dict(daemon_rates)
@@ -114,8 +128,10 @@ class Shaping:
             self.check(pick(settings.get("DriverOpts")), f" (DriverOpts on network {name})")
 
     def _check_mode(self, rates: Mapping[str, str], network_mode: str) -> None:
-        why = _shared_netns(network_mode)
-        if rates and why is not None:
+        if not rates or self.mode_of is None:
+            return
+        why = _no_interface(network_mode, *self.mode_of(network_mode))
+        if why is not None:
             raise InvalidParameter(
                 f"{sorted(rates)[0]} cannot be applied: {why}; bandwidth limits need an "
                 "interface of the container's own (a bridge network)")

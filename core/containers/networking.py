@@ -48,6 +48,7 @@ class NetworkAttachment:
         #: bandwidth limits (netrates.py): applied after join, released after leave
         self.shaping = shaping or Shaping(None, "no traffic shaper is configured", {},
                                           to_thread)
+        self.shaping.mode_of = self.mode_traits
         self.networks = networks
         self.network_driver = network_driver
         self.publish = publish
@@ -89,7 +90,14 @@ class NetworkAttachment:
             except NoSuchNetwork:
                 continue
             restore = getattr(driver, "restore_endpoint", None)
-            if restore is None or not settings.get("EndpointID"):
+            if not settings.get("EndpointID"):
+                continue
+            if restore is None:
+                log.warning("network.endpoint_not_restored", container=c.id, network=name,
+                            driver=net.driver,
+                            reason="the driver cannot learn back an endpoint (no "
+                                   "restore_endpoint): the container keeps its interface, "
+                                   "the daemon no longer manages it")
                 continue
             endpoint = self._endpoint(c, net, name, settings)
             endpoint.endpoint_id = settings["EndpointID"]
@@ -128,12 +136,7 @@ class NetworkAttachment:
         primary = name == c.network_mode
         # dockerd ignores publishing on an internal network: nothing may reach it
         if primary and not net.internal:
-            endpoint.port_bindings = {
-                key: [PortBinding(str((b or {}).get("HostIp") or ""),
-                                  str((b or {}).get("HostPort") or "")) for b in bindings or []]
-                for key, bindings in (c.host_config.get("PortBindings") or {}).items()}
-            endpoint.exposed_ports = sorted((c.config.get("ExposedPorts") or {}).keys())
-            endpoint.publish_all = bool(c.host_config.get("PublishAllPorts"))
+            _publishing(c, endpoint)
             endpoint.links = [
                 Link(other.networks.get(name, {}).get("IPAddress", ""),
                      [(k.partition("/")[2] or "tcp", int(k.partition("/")[0]))
@@ -165,6 +168,42 @@ class NetworkAttachment:
     def namespace(self, c: Container) -> NetworkNamespace:
         """Where ``c``'s network stack comes from (no path: not for the runtime)."""
         return namespace_of(c.network_mode, self.network_driver)
+
+    def check_create(self, c: Container) -> None:
+        """At create: the primary network's driver checks what is asked of it
+        (its optional ``check_endpoint``, 2.9, quick: on the event loop); a
+        ``ValueError`` is a 400."""
+        net = self.networks.find(c.network_mode)
+        if net is None or net.internal:
+            return
+        try:
+            driver = self.network_driver(net.name)
+        except Exception:  # its plugin is gone: the start says so, as before 2.9
+            return
+        check = getattr(driver, "check_endpoint", None)
+        if check is None:
+            return
+        settings = c.networks.get(net.name) or {}
+        endpoint = Endpoint(
+            network_id=net.id, endpoint_id="", container_id=c.id, name=c.name,
+            requested_ip=(settings.get("IPAMConfig") or {}).get("IPv4Address") or "",
+            requested_ip6=(settings.get("IPAMConfig") or {}).get("IPv6Address") or "")
+        _publishing(c, endpoint)
+        try:
+            check(net.id, endpoint)
+        except ValueError as exc:
+            raise InvalidParameter(str(exc)) from None
+
+    def mode_traits(self, network_mode: str) -> tuple[NetworkNamespace, bool]:
+        """The namespace a container of ``network_mode`` gets, and whether its
+        network's driver gives it only a loopback (``loopback_only``)."""
+        try:
+            netns = namespace_of(network_mode, self.network_driver)
+            if netns.kind == "join":
+                return netns, False
+            return netns, bool(trait(self.network_driver(network_mode), "loopback_only"))
+        except Exception:  # no such network or driver: the start refuses it, saying why
+            return NetworkNamespace("new"), False
 
     def nameserver(self, c: Container) -> str:
         """The name server ``c`` resolves through, "" for the host's resolvers:
@@ -269,3 +308,13 @@ def user_defined(net: Network) -> bool:
     """Not one of the predefined networks: dockerd's "user-defined" (embedded DNS,
     aliases, the short ID as an alias)."""
     return not net.predefined
+
+
+def _publishing(c: Container, endpoint: Endpoint) -> None:
+    """The container's published and exposed ports, onto its primary endpoint."""
+    endpoint.port_bindings = {
+        key: [PortBinding(str((b or {}).get("HostIp") or ""),
+                          str((b or {}).get("HostPort") or "")) for b in bindings or []]
+        for key, bindings in (c.host_config.get("PortBindings") or {}).items()}
+    endpoint.exposed_ports = sorted((c.config.get("ExposedPorts") or {}).keys())
+    endpoint.publish_all = bool(c.host_config.get("PublishAllPorts"))

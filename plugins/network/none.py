@@ -60,6 +60,7 @@ class NoneNetworkDriver:
     name = NAME
     netns: Literal["new", "host"] = "new"
     singleton = True  #: only the predefined ``none`` network; no other beside it
+    loopback_only = True  #: its containers have ``lo`` alone (nothing to shape or publish)
 
     def __init__(self, ctx: NetworkContext | None = None) -> None:
         self.ctx = ctx
@@ -85,7 +86,7 @@ class NoneNetworkDriver:
 
 
 #: the plugin contract this module was written for; the loader refuses another major
-SKIFF_CONTRACT = "2.7"
+SKIFF_CONTRACT = "2.9"
 
 
 @hookimpl

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -158,3 +159,21 @@ def test_tc_workload_rows(tmp_path: Path) -> None:
             assert row["unit"] == "%" and row["value"] > 0
     cost = by[("tc: set-up cost, egress+ingress rate labels (target < 3 ms)", "skiffd")]
     assert cost["unit"] == "ms"
+
+
+@pytest.mark.skipif(not DOCKER.exists(), reason="the stock docker CLI is not installed")
+@pytest.mark.skipif(shutil.which("etcd") is None, reason="etcd is not installed")
+def test_overlay_workload_rows(tmp_path: Path) -> None:
+    """The overlay extra (issue 19): its rows, structure only."""
+    out = tmp_path / "out"
+    res = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "engine", "--smoke", "--no-docker",
+         "--only", "overlay", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    by = {r["metric"]: r for r in json.loads((out / "engine.json").read_text())["rows"]}
+    for kind in ("bridge, one host", "overlay, two hosts"):
+        assert by[f"overlay: {kind}: ping round trip, median"]["value"] > 0
+        assert by[f"overlay: {kind}: throughput"]["value"] > 1
+    assert by["overlay: docker run on host 2 until host 1 gets an answer, median"]["unit"] == "s"

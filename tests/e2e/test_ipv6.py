@@ -19,6 +19,8 @@ import json
 import secrets
 import socket
 import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +31,7 @@ import pytest
 from docker.types import IPAMConfig, IPAMPool
 
 from benchmarks.engines import Dockerd
+from tests import daemon as daemon_module
 from tests.daemon import Daemon, running_daemon
 from tests.e2e.conftest import twin_of
 from tests.sidebyside import Side, SideBySide, normalised, unique
@@ -189,7 +192,7 @@ def test_ipv6_address_out_of_subnet_and_refusals(daemon: Daemon) -> None:
         finally:
             daemon.docker("network", "rm", plain)
         res = daemon.docker("network", "create", "--ipv6", f"nosub-{secrets.token_hex(3)}")
-        assert res.returncode != 0 and "needs an IPv6 subnet" in res.stderr.decode()
+        assert res.returncode != 0 and "non-overlapping IPv6 address pool" in res.stderr.decode()
     finally:
         daemon.docker("network", "rm", net)
 
@@ -232,6 +235,162 @@ def test_publish_on_v6_loopback_and_every_address(daemon: Daemon) -> None:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("::1", lo_port))
         s.listen(1)
+
+
+_UDP_ECHO = """
+import socket, sys
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.bind(("::", 5000))
+print("ready", flush=True)
+while True:
+    data, peer = s.recvfrom(65535)
+    s.sendto(b"echo:" + data, peer)
+"""
+
+
+@contextlib.contextmanager
+def udp_echo_in(pid: int) -> Iterator[None]:
+    """A UDP echo server on [::]:5000 inside the network namespace of ``pid``
+    (busybox has no UDP server; the process is the host's, only its network is
+    the container's)."""
+    proc = subprocess.Popen(["nsenter", f"--net=/proc/{pid}/ns/net", sys.executable, "-c",
+                             _UDP_ECHO], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        yield
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def udp_ask(address: str, port: int, payload: bytes, timeout: float = 10) -> bytes:
+    """Send ``payload`` to ``[address]:port``/udp until a reply comes."""
+    deadline = time.monotonic() + timeout
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+        s.settimeout(0.5)
+        while True:
+            s.sendto(payload, (address, port))
+            try:
+                data, peer = s.recvfrom(65535)
+                assert peer[1] == port  # from the published port, as a server replies
+                return data
+            except (TimeoutError, ConnectionRefusedError):
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"no UDP reply from [{address}]:{port}") from None
+
+
+def test_publish_udp_on_v6_loopback_through_the_proxy(daemon: Daemon) -> None:
+    """``-p [::1]:PORT:5000/udp`` and ``-p PORT:5000/udp`` on an IPv6 network: a
+    datagram sent to the host's [::1] reaches the container and its reply
+    comes back (the daemon's UDP proxy, as docker-proxy relays it)."""
+    net, _ = v6net(daemon)
+    lo_port, any_port = free_port6(), free_port6()
+    name = f"udp6-{secrets.token_hex(3)}"
+    try:
+        ok(daemon, "run", "-d", "--name", name, "--network", net,
+           "-p", f"[::1]:{lo_port}:5000/udp", "-p", f"{any_port}:5000/udp",
+           "busybox", "sleep", "300")
+        ports = inspect(daemon, name)["NetworkSettings"]["Ports"]["5000/udp"]
+        assert {"HostIp": "::1", "HostPort": str(lo_port)} in ports
+        assert {"HostIp": "::", "HostPort": str(any_port)} in ports
+        with udp_echo_in(inspect(daemon, name)["State"]["Pid"]):
+            assert udp_ask("::1", lo_port, b"ping-lo") == b"echo:ping-lo"
+            assert udp_ask("::1", any_port, b"ping-any") == b"echo:ping-any"
+    finally:
+        daemon.docker("rm", "-f", name)
+        daemon.docker("network", "rm", net)
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:  # the proxy let go
+        s.bind(("::1", lo_port))
+
+
+# -- IPv6 upstreams of the embedded DNS ---------------------------------------------------
+
+UPSTREAM_NAME, UPSTREAM_ADDR = "upstream6.skiff.test", "192.0.2.66"  # TEST-NET-1: an answer only
+
+
+class Upstream6:
+    """A DNS responder on [::1]:``port`` (UDP) that knows one name."""
+
+    def __init__(self, port: int = 53) -> None:
+        self.sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        self.sock.bind(("::1", port))
+        self.sock.settimeout(0.2)
+        self.port = int(self.sock.getsockname()[1])
+        self.queries: list[str] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self) -> None:
+        from skiff.plugins.network.bridge.dns import answer, parse_question
+
+        while not self.stop.is_set():
+            try:
+                packet, peer = self.sock.recvfrom(4096)
+            except TimeoutError:
+                continue
+            q = parse_question(packet)
+            if q is None:
+                continue
+            name, qtype, end = q
+            self.queries.append(name)
+            known = [UPSTREAM_ADDR] if name == UPSTREAM_NAME else []
+            self.sock.sendto(answer(packet, end, known, qtype), peer)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.sock.close()
+
+
+def test_embedded_dns_relays_to_an_ipv6_upstream_of_daemon_json(tmp_path: Path) -> None:
+    """daemon.json ``dns: ["[::1]:PORT"]``: a name the network does not know is
+    relayed over IPv6."""
+    up = Upstream6(port=0)
+    try:
+        with running_daemon(tmp_path / "d", dns=[f"[::1]:{up.port}"]) as d:
+            d.skiff("image", "bootstrap", "busybox")
+            net, _ = v6net(d)
+            try:
+                res = d.docker("run", "--rm", "--network", net, "busybox", "nslookup",
+                               UPSTREAM_NAME)
+                assert UPSTREAM_ADDR in res.stdout.decode(), res.stdout + res.stderr
+                assert UPSTREAM_NAME in up.queries
+            finally:
+                d.docker("network", "rm", net)
+    finally:
+        up.close()
+
+
+def test_host_resolv_conf_with_only_ipv6_nameservers(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The host's resolv.conf names only ``::1``: a container on a user network
+    still resolves through the embedded server, which relays over IPv6.  The
+    daemon runs in a mount namespace of its own where /etc/resolv.conf is the
+    test's file (the host's is never touched)."""
+    conf = tmp_path / "resolv.conf"
+    conf.write_text("nameserver ::1\n")
+    wrapped = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+               f'mount --bind {conf} /etc/resolv.conf && exec "$0" "$@"',
+               *daemon_module.SKIFFD]
+    monkeypatch.setattr(daemon_module, "SKIFFD", wrapped)
+    up = Upstream6(port=53)
+    try:
+        with running_daemon(tmp_path / "d") as d:
+            d.skiff("image", "bootstrap", "busybox")
+            net = f"v6dns-{secrets.token_hex(3)}"
+            ok(d, "network", "create", net)
+            try:
+                res = d.docker("run", "--rm", "--network", net, "busybox", "sh", "-c",
+                               f"cat /etc/resolv.conf; nslookup {UPSTREAM_NAME}")
+                text = res.stdout.decode()
+                assert "nameserver 127.0.0.11" in text, text
+                assert UPSTREAM_ADDR in text, text + res.stderr.decode()
+                assert UPSTREAM_NAME in up.queries
+            finally:
+                d.docker("network", "rm", net)
+    finally:
+        up.close()
 
 
 # -- docker-py's IPv6 cases (its tests/integration/api_network_test.py) -------------------
@@ -305,6 +464,21 @@ def test_overlapping_v6_subnet_refused_as_dockerd(twins: SideBySide) -> None:
     assert code != 0 and "overlaps" in err
 
 
+def test_ipv6_without_a_subnet_as_dockerd(twins: SideBySide) -> None:
+    """``--ipv6`` without an IPv6 subnet: dockerd 20.10's default pools are IPv4
+    only, so it finds no IPv6 pool and says so (a 404); skiff the same."""
+    def attempt(side: Side) -> tuple[int, str]:
+        name = unique("v6none")
+        try:
+            res = side.raw("POST", "/networks/create", json={"Name": name, "EnableIPv6": True})
+            return res.status_code, res.json().get("message", "")
+        finally:
+            side.docker("network", "rm", name)
+
+    code, message = twins.same(attempt)
+    assert code == 404 and "IPv6 address pool" in message, message
+
+
 @pytest.mark.parametrize("gateway", [True, False])
 def test_v6_network_inspect_shape_as_dockerd(twins: SideBySide, gateway: bool) -> None:
     def shape(side: Side) -> dict[str, Any]:
@@ -373,6 +547,18 @@ def test_ip6tables_false_no_rules_and_publishing_refused(tmp_path: Path) -> None
             res = d.docker("run", "--rm", "--network", net, "-p", f"[::1]:{free_port6()}:80",
                            "busybox", "true")
             assert res.returncode != 0 and "needs ip6tables" in res.stderr.decode()
+            # refused at create, a 400 naming the reason, not at start; nothing made
+            before = ok(d, "ps", "-aq")
+            api = dockerpy.APIClient(base_url=d.host, version="1.41", timeout=30)
+            for addr in ("::1", "fd00::1", "::"):
+                with pytest.raises(dockerpy.errors.APIError) as exc:
+                    api.create_container(
+                        "busybox", "true", ports=[80],
+                        host_config=api.create_host_config(network_mode=net,
+                                                           port_bindings={80: (addr, 8080)}))
+                assert exc.value.status_code == 400
+                assert "needs ip6tables" in str(exc.value.explanation)
+            assert ok(d, "ps", "-aq") == before
         finally:
             d.docker("rm", "-f", name)
             d.docker("network", "rm", net)

@@ -108,3 +108,43 @@ def test_a_missing_interface_is_an_error_not_a_silent_no_op() -> None:
     shaper = TcShaper(TrafficShaperContext(exec_root="/nonexistent"))
     with pytest.raises(LookupError, match="gone"):
         shaper.joined(endpoint("skfvdeadbeef", {EGRESS: "8mbit"}))
+
+
+def test_set_up_is_two_batches_on_one_socket(veth: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What keeps a start cheap (issue 20: ~1 ms a request through pyroute2,
+    6-10 ms for both directions): a fresh endpoint's queues go in at most two
+    datagrams (the redirect needs the IFB's index), ingress alone in one, on
+    the one socket the shaper keeps; and a batch with a refused request says so."""
+    from skiff.plugins.limits import tcnetlink
+
+    batches: list[list[int]] = []
+    sockets: set[int] = set()
+    real_run = tcnetlink.Rtnl.run
+
+    def counted(self: tcnetlink.Rtnl, requests: list[tcnetlink.Request]) -> list[int]:
+        batches.append([r.type for r in requests])
+        sockets.add(id(self))
+        return real_run(self, requests)
+
+    monkeypatch.setattr(tcnetlink.Rtnl, "run", counted)
+    shaper = TcShaper(TrafficShaperContext(exec_root="/nonexistent"))
+    shaper.joined(endpoint(veth, {EGRESS: "8mbit", INGRESS: "2mbit"}))
+    assert len(batches) == 2 and sum(map(len, batches)) == 5, batches
+    assert tbf_rate(qdiscs(veth)["tbf"]) == 2_000_000
+    assert tbf_rate(qdiscs(ifb_name(veth))["tbf"]) == 8_000_000
+    shaper.changed(endpoint(veth, {}))
+    batches.clear()
+    other = "skfv" + secrets.token_hex(4)
+    with pyroute2.IPRoute() as ipr:
+        ipr.link("add", ifname=other, kind="veth", peer="skfp" + other[4:])
+    try:
+        shaper.joined(endpoint(other, {INGRESS: "2mbit"}))
+        assert len(batches) == 1 and len(batches[0]) == 1
+        assert len(sockets) == 1  # one socket for all of it
+        # the same TBF again on a fresh interface: the kernel's EEXIST is an error
+        with pytest.raises(tcnetlink.NetlinkError, match="File exists"):
+            shaper.joined(endpoint(other, {INGRESS: "2mbit"}))
+    finally:
+        with pyroute2.IPRoute() as ipr:
+            ipr.link("del", index=ipr.link_lookup(ifname=other)[0])
+        shaper.close()

@@ -118,4 +118,10 @@ def test_upstreams_from_config_or_resolv_conf(tmp_path) -> None:
                                                                ("10.0.0.2", 53)]
     conf = tmp_path / "resolv.conf"
     conf.write_text("search x\nnameserver 192.0.2.53\nnameserver ::1\n")
-    assert parse_upstreams([], str(conf)) == [("192.0.2.53", 53)]
+    assert parse_upstreams([], str(conf)) == [("192.0.2.53", 53), ("::1", 53)]
+    # IPv6 upstreams: bare, bracketed with a port, with a zone; nonsense skipped
+    assert parse_upstreams(["fd00::53", "[::1]:5353", "fe80::1%eth0", "[::1]:x",
+                            "nonsense", "10.0.0.1:0"]) == [
+        ("fd00::53", 53), ("::1", 5353), ("fe80::1%eth0", 53)]
+    conf.write_text("nameserver fd00:db8::1\nnameserver ::1\n")  # IPv6 servers only
+    assert parse_upstreams([], str(conf)) == [("fd00:db8::1", 53), ("::1", 53)]

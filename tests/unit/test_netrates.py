@@ -12,11 +12,16 @@ import pytest
 from skiff.cli.main import net_rate_item
 from skiff.core.config import ConfigError, load
 from skiff.core.containers.model import Container
+from skiff.core.containers.netns import namespace_of
 from skiff.core.containers.netrates import Shaping, pick, resolve
 from skiff.core.errors import InvalidParameter
-from skiff.core.hookspecs import TrafficShaperContext
+from skiff.core.hookspecs import NetworkNamespace, TrafficShaperContext
+from skiff.core.networks import trait
 from skiff.plugins.limits.tc import Tbf, TcShaper, bucket, ifb_name
 from skiff.plugins.limits.tcunits import parse_rate, parse_size, parse_time
+from skiff.plugins.network.bridge.driver import BridgeNetworkDriver
+from skiff.plugins.network.host import HostNetworkDriver
+from skiff.plugins.network.none import NoneNetworkDriver
 
 K = "skiff.net.egress-rate"
 
@@ -95,11 +100,23 @@ def test_pick_takes_only_the_bandwidth_keys() -> None:
     assert pick(None) == {}
 
 
+#: the built-in drivers by network name, as the daemon's lookup finds them
+DRIVERS: dict[str, Any] = {"bridge": BridgeNetworkDriver, "host": HostNetworkDriver,
+                           "none": NoneNetworkDriver, "n1": BridgeNetworkDriver}
+
+
+def _mode_of(mode: str) -> tuple[NetworkNamespace, bool]:
+    """As ``NetworkAttachment.mode_traits``, from the drivers' own traits."""
+    netns = namespace_of(mode, lambda name: DRIVERS[name])
+    loopback = netns.kind != "join" and bool(trait(DRIVERS[mode], "loopback_only"))
+    return netns, loopback
+
+
 def _shaping(rates: dict[str, str] | None = None) -> Shaping:
     async def to_thread(fn: Any, *args: Any) -> Any:
         return fn(*args)
     return Shaping(TcShaper(TrafficShaperContext(exec_root="/nonexistent")), "",
-                   rates or {}, to_thread)
+                   rates or {}, to_thread, mode_of=_mode_of)
 
 
 def _container(labels: dict[str, str], mode: str = "bridge") -> Container:
@@ -169,3 +186,23 @@ def test_daemon_json_default_net_rates_keys_and_types(tmp_path: Path) -> None:
     path.write_text(json.dumps({"default-net-rates": {K: 100}}))
     with pytest.raises(ConfigError, match="every entry must be a string"):
         load(["--config-file", str(path)])
+
+
+def test_the_refusal_follows_the_drivers_traits_not_their_names() -> None:
+    """A third-party driver's network, by any name: refused by ``loopback_only``
+    (and ``netns``), never because it is called none or host."""
+    class LoOnly:
+        netns = "new"
+        loopback_only = True
+
+    class OwnNamespace:
+        netns = "host"
+
+    DRIVERS.update({"isolated": LoOnly, "hostlike": OwnNamespace})
+    try:
+        with pytest.raises(InvalidParameter, match="--network isolated has only its loopback"):
+            _shaping().check_container({"Labels": {K: "8mbit"}}, "isolated", {})
+        with pytest.raises(InvalidParameter, match="shares the host's interfaces"):
+            _shaping().check_container({"Labels": {K: "8mbit"}}, "hostlike", {})
+    finally:
+        del DRIVERS["isolated"], DRIVERS["hostlike"]

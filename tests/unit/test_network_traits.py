@@ -88,13 +88,17 @@ def test_global_scope_needs_a_cluster_store(tmp_path: Path) -> None:
 
 def test_defaults_and_the_built_in_drivers() -> None:
     assert NETWORK_DRIVER_TRAITS == {"scope": "local", "ipam": "engine", "ipv6": True,
-                                     "nameserver": "", "singleton": False}
+                                     "nameserver": "", "singleton": False,
+                                     "loopback_only": False}
     assert {k: trait(Plain(), k) for k in NETWORK_DRIVER_TRAITS} == NETWORK_DRIVER_TRAITS
     bridge = BridgeNetworkDriver(CTX)
     assert (trait(bridge, "nameserver"), trait(bridge, "ipv6"), trait(bridge, "singleton"),
             trait(bridge, "scope")) == ("127.0.0.11", True, False, "local")
     for sole in (HostNetworkDriver(CTX), NoneNetworkDriver(CTX)):
         assert trait(sole, "singleton") is True and trait(sole, "nameserver") == ""
+    # none's containers have only lo: a bandwidth limit is refused by this trait
+    assert (trait(NoneNetworkDriver(CTX), "loopback_only"), trait(bridge, "loopback_only"),
+            trait(HostNetworkDriver(CTX), "loopback_only")) == (True, False, False)
 
 
 def test_the_store_asks_the_driver(tmp_path: Path) -> None:

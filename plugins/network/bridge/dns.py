@@ -11,9 +11,11 @@ Names of containers, their aliases and hostnames on the container's networks
 are answered from the driver's records (A records, and AAAA for the
 containers with an IPv6 address; a name without one gets an empty AAAA
 answer, not a relayed query); everything else is relayed unchanged to the upstream resolvers,
-from the daemon's namespace, so an upstream on the host's 127.0.0.1 works.
-Upstreams come from daemon.json ``dns`` (``IP`` or ``IP:PORT``; skiff
-accepts a port), else from the host's /etc/resolv.conf.
+from the daemon's namespace, so an upstream on the host's 127.0.0.1 or ``::1`` works.
+Upstreams come from daemon.json ``dns`` (``IP``, or ``IP:PORT`` and
+``[IPv6]:PORT``: skiff accepts a port), else from the host's /etc/resolv.conf;
+IPv4 and IPv6 alike, so a host whose resolv.conf names only IPv6 servers
+still resolves through the embedded server.
 
 Bounded, because every container can send as many packets as it likes: a
 query answered from the records is answered inline by the socket's receive
@@ -57,7 +59,9 @@ Lookup = Callable[[str, str], "list[str] | None"]
 
 def parse_upstreams(configured: list[str], resolv_conf: str = "/etc/resolv.conf"
                     ) -> list[tuple[str, int]]:
-    """``dns`` entries (``IP`` or ``IP:PORT``), else the host's nameservers."""
+    """``dns`` entries, else the host's nameservers: ``IP``, ``IP:PORT`` for
+    IPv4, and for IPv6 ``IP`` or ``[IP]:PORT`` (a zone, ``fe80::1%eth0``, is
+    kept: the relay's socket needs it).  What is not an address is skipped."""
     entries = list(configured)
     if not entries:
         try:
@@ -68,13 +72,27 @@ def parse_upstreams(configured: list[str], resolv_conf: str = "/etc/resolv.conf"
             entries = []
     out = []
     for entry in entries:
-        host, _, port = entry.rpartition(":") if entry.count(":") == 1 else (entry, "", "")
-        try:
-            ipaddress.IPv4Address(host)
-        except ValueError:
-            continue  # IPv6 upstreams are not supported yet
-        out.append((host, int(port) if port else 53))
+        upstream = _upstream(entry.strip())
+        if upstream is not None:
+            out.append(upstream)
     return out
+
+
+def _upstream(entry: str) -> tuple[str, int] | None:
+    host, port = entry, ""
+    if entry.startswith("["):  # [v6]:port
+        host, _, rest = entry[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    elif entry.count(":") == 1:  # v4:port
+        host, _, port = entry.partition(":")
+    try:
+        ipaddress.ip_address(host)
+        number = int(port) if port else 53
+    except ValueError:
+        return None
+    if not 0 < number < 65536:
+        return None
+    return host, number
 
 
 def parse_question(packet: bytes) -> tuple[str, int, int] | None:
@@ -303,7 +321,8 @@ class DnsServer:
 
     async def _forward(self, packet: bytes, upstreams: list[tuple[str, int]]) -> bytes:
         for host, port in upstreams:
-            with trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as up:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            with trio.socket.socket(family, socket.SOCK_DGRAM) as up:
                 try:
                     await up.connect((host, port))
                     await up.send(packet)

@@ -53,7 +53,7 @@ from skiff.plugins.network.bridge import firewall as fw
 from skiff.plugins.network.bridge import leftovers
 from skiff.plugins.network.bridge.dns import DNS_IP, DnsServer, parse_upstreams
 from skiff.plugins.network.bridge.ipam import Pool, mac_for
-from skiff.plugins.network.bridge.proxy import TcpProxy
+from skiff.plugins.network.bridge.proxy import TcpProxy, UdpProxy
 
 log = structlog.get_logger("skiff.network.bridge")
 
@@ -93,7 +93,7 @@ class BridgeEndpoint(Endpoint):
     held_ports: list[tuple[str, int]] = field(default_factory=list)  #: (proto, host port)
     loopback: bool = False  #: a port is published on 127.0.0.1 (or every address)
     rules6: list[fw.Rule] = field(default_factory=list)
-    proxies: list[TcpProxy] = field(default_factory=list)  #: on [::1] / [::]
+    proxies: list[TcpProxy | UdpProxy] = field(default_factory=list)  #: on [::1] / [::]
 
 
 def _own(endpoint: Endpoint) -> BridgeEndpoint:
@@ -327,7 +327,7 @@ class BridgeNetworkDriver:
             for entry in entries or [PortBinding()]:
                 v6 = ":" in entry.host_ip
                 if v6:
-                    self._check_v6_publish(ep, proto, entry.host_ip)
+                    self._check_v6_publish(bool(ep.ip6_address), proto, entry.host_ip)
                 host_ip = entry.host_ip or "0.0.0.0"
                 wanted = entry.host_port
                 lo, _, hi = wanted.partition("-")
@@ -345,9 +345,10 @@ class BridgeNetworkDriver:
                     if not ipaddress.IPv6Address(ip6).is_loopback:  # ::1: the proxy alone
                         rules6 += fw.port_rules6(net.bridge, ep.ip6_address, proto, ctr_port,
                                                  ip6, host_port)
-                    if proto == "tcp" and ip6 in ("::", "::1"):
+                    if proto in ("tcp", "udp") and ip6 in ("::", "::1"):
+                        kind = TcpProxy if proto == "tcp" else UdpProxy
                         try:
-                            proxy = TcpProxy(ip6, host_port, ep.ip6_address, ctr_port)
+                            proxy = kind(ip6, host_port, ep.ip6_address, ctr_port)
                         except OSError as exc:
                             raise PortInUse(f"Bind for [{ip6}]:{host_port} failed: port is "
                                             f"already allocated ({exc.strerror})") from None
@@ -356,21 +357,34 @@ class BridgeNetworkDriver:
             ports[f"{ctr_port}/{proto}"] = out
         return ports
 
-    def _check_v6_publish(self, ep: BridgeEndpoint, proto: str, host_ip: str) -> None:
+    def check_endpoint(self, network_id: str, endpoint: Endpoint) -> None:
+        """At create (contract 2.9): refuse a publish on IPv6 that cannot work,
+        rather than fail at start."""
+        with self._lock:
+            net = self.networks.get(network_id)
+        if net is None:
+            return  # not plumbed here (yet): the start says what is wrong
+        for key, entries in endpoint.port_bindings.items():
+            proto = key.partition("/")[2] or "tcp"
+            for entry in entries or []:
+                if ":" in entry.host_ip:
+                    self._check_v6_publish(net.pool6 is not None, proto, entry.host_ip)
+
+    def _check_v6_publish(self, has_v6: bool, proto: str, host_ip: str) -> None:
         """Refuse an IPv6 host address that cannot work, naming why."""
         try:
             addr = ipaddress.IPv6Address(host_ip)
         except ValueError:
             raise ValueError(f"invalid host address {host_ip} to publish on") from None
-        if not ep.ip6_address:
+        if not has_v6:
             raise ValueError(f"cannot publish on {host_ip}: the container has no IPv6 address "
                              "on this network (create it with --ipv6 --subnet)")
         if not self.firewall6.enabled:
             raise ValueError(f"cannot publish on {host_ip}: publishing on IPv6 needs "
                              "ip6tables (daemon.json \"ip6tables\" and \"iptables\")")
-        if proto != "tcp" and (addr.is_loopback or addr.is_unspecified):
-            raise ValueError(f"publishing {proto} on {host_ip} is not supported yet "
-                             "(only tcp is relayed to IPv6 loopback)")
+        if proto not in ("tcp", "udp") and (addr.is_loopback or addr.is_unspecified):
+            raise ValueError(f"publishing {proto} on {host_ip} is not supported "
+                             "(only tcp and udp are relayed to IPv6 loopback)")
 
     def _host_port(self, proto: str, host_ip: str, lo: int, hi: int) -> int:
         with self._lock:
@@ -416,12 +430,15 @@ class BridgeNetworkDriver:
         def inside() -> socket.socket | None:
             with IPRoute() as ipr:
                 idx = ipr.link_lookup(ifname=peer)[0]
-                ipr.link("set", index=idx, ifname=f"eth{n}", address=endpoint.mac_address)
+                # another driver's interface may hold eth<n> (an overlay joined first)
+                taken = {link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+                ifname = next(f"eth{i}" for i in range(n, n + 64) if f"eth{i}" not in taken)
+                ipr.link("set", index=idx, ifname=ifname, address=endpoint.mac_address)
                 ipr.addr("add", index=idx, address=endpoint.ip_address,
                          prefixlen=endpoint.ip_prefix_len)
                 if endpoint.ip6_address:
                     # this thread is in the container's namespace: these are its sysctls
-                    _sysctl(f"/proc/sys/net/ipv6/conf/eth{n}/disable_ipv6", "0")
+                    _sysctl(f"/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6", "0")
                     ipr.addr("add", index=idx, address=endpoint.ip6_address,
                              prefixlen=endpoint.ip6_prefix_len, family=socket.AF_INET6,
                              flags=IFA_F_NODAD)
