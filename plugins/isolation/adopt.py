@@ -15,6 +15,7 @@ import os
 import socket
 import struct
 from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 
@@ -27,6 +28,8 @@ SPOOL_MAGIC = b"skspool1"
 _HEADER = struct.Struct("=8sQ")
 _RECORD = struct.Struct("=QII")
 STREAMS = {1: "stdout", 2: "stderr"}
+#: seconds a monitor has to hand its container over
+HANDOVER_TIMEOUT = 5.0
 
 
 @dataclass
@@ -91,7 +94,14 @@ async def adopt(bundle: str, init_pid: int) -> Adopted:
                 await sock.connect(short)
         except OSError as exc:
             raise StartError(f"cannot reach the container's monitor: {exc.strerror}") from None
-        hello = await chan.receive(want_fds=3)
+        # a monitor that cannot answer (stopped, wedged) must not hold the
+        # daemon's start: it is given up on like a dead one
+        hello: dict[str, Any] | None = None
+        with trio.move_on_after(HANDOVER_TIMEOUT) as waited:
+            hello = await chan.receive(want_fds=3)
+        if waited.cancelled_caught:
+            raise StartError(
+                f"the container's monitor did not answer within {HANDOVER_TIMEOUT:g} s")
         if hello is None or "error" in hello or "protocol" not in hello:
             said = (hello or {}).get("error", "it closed the connection")
             raise StartError(f"the container's monitor refused: {said}")

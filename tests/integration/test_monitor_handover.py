@@ -272,3 +272,30 @@ def test_the_stdin_copy_closes_when_the_daemon_says_so(
             os.close(d.err)
 
     assert trio.run(main) == 2
+
+
+def test_a_monitor_that_does_not_answer_is_given_up_on(
+    runtime: ForkServerRuntime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a stopped monitor accepts nothing (the connection waits in its backlog):
+    # the adopting daemon must not wait for it for ever
+    monkeypatch.setattr(adopt, "HANDOVER_TIMEOUT", 0.5)
+    bundle = tmp_path / "b"
+
+    async def main() -> None:
+        first = await start(runtime, bundle, "sleep 1000")
+        record = json.loads((bundle / monitor.MONITOR_RECORD).read_text())
+        first.die()
+        os.kill(record["pid"], signal.SIGSTOP)
+        try:
+            with trio.fail_after(5), pytest.raises(StartError, match="did not answer"):
+                await adopt.adopt(str(bundle), record["init"])
+        finally:
+            os.kill(record["pid"], signal.SIGCONT)
+        again = await adopt.adopt(str(bundle), record["init"])  # awake: it answers
+        again.process.kill(signal.SIGKILL)
+        assert await again.process.wait() == 137
+        for fd in again.ends.values():
+            os.close(fd)
+
+    trio.run(main)
