@@ -177,8 +177,10 @@ async def adopt(m: ContainerManager, c: Container) -> None:
 
 async def _spec(m: ContainerManager, c: Container) -> ContainerSpec | None:
     """The run's spec as its start made it (an exec inherits its capabilities,
-    its user namespace): built again, the plugins amending it as then.  It
-    describes; nothing is made or mounted."""
+    its user namespace): built again, the plugins amending it as then.  Its
+    volumes are asked of their drivers again, so the run's exit releases
+    them as for any run (a volume its driver mounts on the host gets a new
+    mount there; the container keeps the one it has)."""
     try:
         spec = await m.to_thread(m.specs.build, c)
         m.plugins.hook.skiff_container_spec(container=c, spec=spec, daemon_config=m.config)
