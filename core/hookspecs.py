@@ -1078,7 +1078,9 @@ class Adoption:
     they were given in ``Stdio.daemon_*`` (or, with a TTY, the terminal in
     ``stdout``), the caller's to close, and what the container wrote while
     no daemon read: ``(time in ns since the epoch, "stdout"|"stderr",
-    bytes)`` in order, with the bytes dropped past the runtime's bound."""
+    bytes)`` in order, with the bytes dropped past the runtime's bound.
+    The built-in runtime leaves what it spooled in ``<bundle>/spool`` until
+    the daemon, having logged it, removes that file."""
 
     process: ContainerProcess
     stdout: int = -1

@@ -157,6 +157,9 @@ async def adopt(m: ContainerManager, c: Container) -> None:
     track = m.tracks[c.id]
     driver = _driver(m, c)
     carry = await m.to_thread(replay, got.spooled, driver) if got.spooled else {}
+    # logged: only now may it go (killed before, the next daemon logs it again)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(os.path.join(bundle, SPOOL))
     _log_spooled(c, len(got.spooled), got.dropped)
     tty = bool(c.config.get("Tty"))
     track.process = got.process

@@ -69,7 +69,8 @@ def read_spool(path: str) -> Spooled:
 class Adopted:
     """A running container taken back: its process (``wait`` reads the exit
     message from the monitor), the ends the monitor handed over (the
-    caller's to close), and what was spooled (already removed from disk)."""
+    caller's to close), and what was spooled (still on disk: the caller
+    removes ``<bundle>/spool`` once it logged it)."""
 
     process: ForkServerProcess
     protocol: int
@@ -118,10 +119,9 @@ async def adopt(bundle: str, init_pid: int) -> Adopted:
         raise
     ends = dict(zip(names, chan.fds, strict=True))
     chan.fds = []
-    spool = os.path.join(bundle, str(hello.get("spool") or monitor.SPOOL))
-    spooled = read_spool(spool)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(spool)
+    # read, not removed: the caller removes it once logged (a daemon killed
+    # in between has the next one log it again rather than lose it)
+    spooled = read_spool(os.path.join(bundle, str(hello.get("spool") or monitor.SPOOL)))
     terminal = -1
     if "stderr" not in ends and "stdout" in ends:
         # a TTY's one end is the pty master, also the terminal to resize
