@@ -11,6 +11,7 @@ it wrote meanwhile.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -105,6 +106,14 @@ def test_logs_have_no_gap_across_a_stop_and_a_kill_and_stop_gives_its_code(
         numbers = _numbers(skiffd, name)
         assert numbers == list(range(len(numbers))), numbers
         assert len(numbers) >= 30  # 3 s away at 10 lines a second, and more
+        # each line is stamped when it was read, also while skiffd was away:
+        # no bunch of lines stamped with the restart's time
+        stamped = skiffd.docker("logs", "-t", name, check=True).stdout.decode().splitlines()
+        times = [parse_rfc3339(line.split(" ", 1)[0]) for line in stamped]
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        assert min(gaps) >= 0 and max(gaps) < 1.0, (min(gaps), max(gaps))
+        same = max(len(list(run)) for _, run in itertools.groupby(times))
+        assert same <= 3, same  # a line every 100 ms: read one or two at a time
         assert skiffd.docker("stop", "-t", "5", name, check=True).returncode == 0
         assert skiffd.docker("wait", name, check=True).stdout.strip() == b"3"
         state = _state(skiffd, name)
