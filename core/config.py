@@ -94,8 +94,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("default-ulimits", dict, {}, "--default-ulimit", item=dict, multiple=True,
            help="default ulimits, name=soft:hard"),
     Option("live-restore", bool, False, "--live-restore",
-           help="keep containers running while the daemon is down (not supported yet: "
-                "refused when true)"),
+           help="keep containers running while the daemon is down; the next daemon "
+                "adopts them (docs/live-restore.md)"),
     Option("debug", bool, False, "--debug", "-D", help="debug logging"),
     Option("hosts", list, [], "--host", "-H", item=str, multiple=True,
            help="sockets to listen on"),
@@ -408,14 +408,6 @@ def validate(config: Mapping[str, Any], path: str) -> None:
             raise ConfigError(
                 f"{path}: 'fixed-cidr-v6' is set but 'ipv6' is not true; set both or neither"
             )
-    # Settings that would change what protects the host or its containers
-    # are refused until they work: accepting and ignoring them would make an
-    # operator believe they are protected.
-    if config["live-restore"]:
-        raise ConfigError(
-            f"{path}: 'live-restore' is not supported by this version of skiff yet; "
-            "remove it or set it to false (containers stop with the daemon)"
-        )
     if config["metrics-addr"]:
         try:
             metrics_address(config["metrics-addr"])
