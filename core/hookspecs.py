@@ -57,7 +57,7 @@ drivers) and returns what it removed, which the daemon logs
 (``reconcile.<kind>``).  Optional: a driver without it is skipped
 (``skiff.core.reconcile``).
 
-*Live-restore (2.13).*  ``Stdio.daemon_*`` and ``keep_ends`` give a runtime
+*Live-restore (2.11).*  ``Stdio.daemon_*`` and ``keep_ends`` give a runtime
 the daemon's own ends of a container's stdio, to keep beside the container
 so its output outlives the daemon.  Optional: ``Runtime.adopt(container_id,
 bundle) -> Adoption`` hands a running container to a new daemon (raises
@@ -103,7 +103,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 #: accepts any minor of the same major (see ``skiff.core.plugins``).  Major 1
 #: is the contract before versions, when network options and endpoint data
 #: crossed it as dicts; 2 made them records.
-CONTRACT_VERSION = "2.13"
+CONTRACT_VERSION = "2.11"
 #: the contract of a plugin that declares none: it was written before versions
 UNDECLARED_CONTRACT = "1.0"
 #: the module attribute holding a plugin's declared contract version
@@ -1058,7 +1058,7 @@ class Stdio:
     stdin: int
     stdout: int
     stderr: int
-    #: (contract 2.13) the daemon's own ends of the same pipes, or -1: the
+    #: (contract 2.11) the daemon's own ends of the same pipes, or -1: the
     #: read ends of stdout and stderr, the write end of stdin.  A runtime that
     #: can keeps copies of them beside the container (for the forkserver
     #: runtime, in skiff-monitor) so that the container's output outlives the
@@ -1073,7 +1073,7 @@ class Stdio:
 
 @dataclass
 class Adoption:
-    """(contract 2.13) A running container a new daemon took back from what
+    """(contract 2.11) A running container a new daemon took back from what
     watches it (live-restore): its PID 1, the daemon's ends of its stdio as
     they were given in ``Stdio.daemon_*`` (or, with a TTY, the terminal in
     ``stdout``), the caller's to close, and what the container wrote while

@@ -2,7 +2,7 @@
 
 With ``live-restore: true`` a container's run is started with the daemon's
 ends of its stdio given to the runtime too (``Stdio.daemon_*``, contract
-2.13): the runtime keeps copies beside the container, so when the daemon goes
+2.11): the runtime keeps copies beside the container, so when the daemon goes
 the container's output is spooled instead of hitting a closed pipe.  At
 shutdown the daemon *detaches* from each running container (its log driver
 flushed and closed, nothing torn down: cgroups, network plumbing and

@@ -80,7 +80,7 @@ class NetworkAttachment:
 
     async def readopt_all(self, c: Container, track: Track, pid: int) -> None:
         """Live-restore: the endpoints of a container that ran on while no daemon
-        did, learnt back by their drivers (``restore_endpoint``, contract 2.13)
+        did, learnt back by their drivers (``restore_endpoint``, contract 2.11)
         as the record has them; one that cannot be is logged and left out (the
         container keeps its interface; the daemon no longer manages it)."""
         for name, settings in list(c.networks.items()):

@@ -139,7 +139,7 @@ class KeptStdin(trio.abc.SendStream):
     """A run's stdin pipe a runtime keeps a copy of (``Stdio.daemon_stdin``,
     live-restore): closing ours is not the end of file for the container
     until the runtime closes its copy too, so ``aclose`` tells it
-    (``ContainerProcess.stdin_closed``, contract 2.13)."""
+    (``ContainerProcess.stdin_closed``, contract 2.11)."""
 
     def __init__(self, fd: int, process: ContainerProcess) -> None:
         self._stream = trio.lowlevel.FdStream(fd)

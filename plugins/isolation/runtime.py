@@ -103,7 +103,7 @@ DEFAULT_READONLY_PATHS: tuple[str, ...] = (
 
 
 #: the plugin contract this module was written for; the loader refuses another major
-SKIFF_CONTRACT = "2.0"
+SKIFF_CONTRACT = "2.11"
 
 
 @hookimpl

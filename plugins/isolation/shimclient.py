@@ -181,7 +181,7 @@ class ForkServerProcess:
 
     async def stdin_closed(self) -> None:
         """The daemon closed its stdin end: a protocol 2 monitor closes its
-        copy, so the container reads the end of file (contract 2.13)."""
+        copy, so the container reads the end of file (contract 2.11)."""
         await self.tell({"cmd": "close-stdin"})
 
     def kill(self, signal: int) -> None:

@@ -472,7 +472,7 @@ class BridgeNetworkDriver:
                          else None)
 
     def restore_endpoint(self, network_id: str, endpoint: Endpoint, pid: int) -> Endpoint:
-        """(contract 2.13) Live-restore: learn back the endpoint of a container
+        """(contract 2.11) Live-restore: learn back the endpoint of a container
         that ran on while no daemon did, plumbed by an earlier ``join`` into the
         namespace of ``pid``.  ``endpoint`` asks for what it had (address, MAC,
         host ports): they are taken again in the pools, its port rules (purged
