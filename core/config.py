@@ -16,6 +16,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from skiff.core.cluster import settings as cluster_settings
 from skiff.core.hookspecs import NET_RATE_KEYS
@@ -93,8 +94,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("default-ulimits", dict, {}, "--default-ulimit", item=dict, multiple=True,
            help="default ulimits, name=soft:hard"),
     Option("live-restore", bool, False, "--live-restore",
-           help="keep containers running while the daemon is down (not supported yet: "
-                "refused when true)"),
+           help="keep containers running while the daemon is down; the next daemon "
+                "adopts them (docs/live-restore.md)"),
     Option("debug", bool, False, "--debug", "-D", help="debug logging"),
     Option("hosts", list, [], "--host", "-H", item=str, multiple=True,
            help="sockets to listen on"),
@@ -110,6 +111,10 @@ OPTIONS: tuple[Option, ...] = (
            help="registries (host:port or CIDR) spoken to over plain HTTP; 127.0.0.0/8 always"),
     Option("registry-mirrors", list, [], "--registry-mirror", item=str, multiple=True,
            help="mirrors tried before Docker Hub on pull (URLs)"),
+    # skiff only (containerd has it per registry): docs/cri.md#test-images
+    Option("registry-domain-mirrors", dict, {}, None, item=list,
+           help="pull mirrors of registries other than Docker Hub, by domain: "
+                '{"gcr.io": ["http://127.0.0.1:5000"]}; an image keeps its name'),
     Option("max-concurrent-downloads", int, 3, None,
            help="layers downloaded in parallel per pull"),
     Option("max-concurrent-uploads", int, 5, None, help="layers uploaded in parallel per push"),
@@ -148,6 +153,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("metrics-addr", str, "", "--metrics-addr",
            help="host:port to serve Prometheus metrics on (GET /metrics); empty: not served. "
                 "A host that is not a loopback address exposes them to that network"),
+    # skiff only (docs/cri.md): Kubernetes' Container Runtime Interface, gRPC
+    Option("cri", str, "", "--cri",
+           help="unix socket to serve the Kubernetes CRI (gRPC runtime.v1) on, e.g. "
+                "/run/skiff-cri.sock; empty: not served"),
 )
 
 BY_KEY: dict[str, Option] = {o.key: o for o in OPTIONS}
@@ -399,14 +408,6 @@ def validate(config: Mapping[str, Any], path: str) -> None:
             raise ConfigError(
                 f"{path}: 'fixed-cidr-v6' is set but 'ipv6' is not true; set both or neither"
             )
-    # Settings that would change what protects the host or its containers
-    # are refused until they work: accepting and ignoring them would make an
-    # operator believe they are protected.
-    if config["live-restore"]:
-        raise ConfigError(
-            f"{path}: 'live-restore' is not supported by this version of skiff yet; "
-            "remove it or set it to false (containers stop with the daemon)"
-        )
     if config["metrics-addr"]:
         try:
             metrics_address(config["metrics-addr"])
@@ -420,6 +421,37 @@ def validate(config: Mapping[str, Any], path: str) -> None:
                 f"{path}: invalid 'default-net-rates' key {key!r}: use "
                 f"{', '.join(NET_RATE_KEYS)} (values in tc units, e.g. "
                 '{"skiff.net.egress-rate": "100mbit"})'
+            )
+    for domain, mirrors in config["registry-domain-mirrors"].items():
+        if domain in ("docker.io", "index.docker.io", "registry-1.docker.io"):
+            raise ConfigError(
+                f"{path}: 'registry-domain-mirrors' names Docker Hub ({domain!r}): its "
+                "mirrors are 'registry-mirrors'"
+            )
+        if not domain or "/" in domain or "://" in domain:
+            raise ConfigError(
+                f"{path}: invalid 'registry-domain-mirrors' key {domain!r}: use a registry's "
+                "domain (host[:port]), e.g. gcr.io"
+            )
+        for mirror in mirrors:
+            scheme = str(mirror).partition("://")[0] if "://" in str(mirror) else "https"
+            if not isinstance(mirror, str) or scheme not in ("http", "https") or \
+                    not urlsplit(mirror if "://" in mirror else "https://" + mirror).netloc:
+                raise ConfigError(
+                    f"{path}: invalid 'registry-domain-mirrors' entry for {domain!r}: "
+                    f"{json.dumps(mirror)}: use a URL, e.g. http://127.0.0.1:5000"
+                )
+    if config["cri"]:
+        cri = cri_socket(config)
+        if not os.path.isabs(cri):
+            raise ConfigError(
+                f"{path}: invalid value for 'cri': {config['cri']!r}: use the absolute path "
+                "of a unix socket, e.g. /run/skiff-cri.sock (or unix:///run/skiff-cri.sock)"
+            )
+        if cri in socket_paths(config):
+            raise ConfigError(
+                f"{path}: 'cri' is {cri!r}, a socket the Docker API is served on (hosts); "
+                "the CRI needs a socket of its own"
             )
     try:
         cluster_settings.parse(config)
@@ -480,6 +512,12 @@ def storage_options(config: Mapping[str, Any], driver: str) -> dict[str, str]:
 
 def exec_options(config: Mapping[str, Any]) -> dict[str, str]:
     return dict(item.split("=", 1) for item in config["exec-opts"])
+
+
+def cri_socket(config: Mapping[str, Any]) -> str:
+    """The CRI's socket path ("" when the CRI is not served); kubelet's
+    ``unix://`` form is accepted too."""
+    return str(config["cri"]).removeprefix("unix://")
 
 
 def socket_paths(config: Mapping[str, Any]) -> list[str]:

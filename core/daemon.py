@@ -16,7 +16,7 @@ import trio
 
 from skiff import __version__
 from skiff.core import metrics
-from skiff.core.config import ConfigError, load, socket_paths
+from skiff.core.config import ConfigError, cri_socket, load, socket_paths
 from skiff.core.plugins import PluginLoadError, load_plugins
 
 log = structlog.get_logger("skiff.daemon")
@@ -77,6 +77,8 @@ async def serve(config: dict[str, Any]) -> None:
     )
     from skiff.core.engine import Engine
 
+    cri = cri_socket(config)
+    serve_cri = _cri_server(config) if cri else None
     # bound first: an address that cannot be had refuses the start before
     # anything else is done
     listeners = (await open_metrics_listeners(config["metrics-addr"])
@@ -97,11 +99,15 @@ async def serve(config: dict[str, Any]) -> None:
         try:
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async with trio.open_nursery() as servers:
+                    if serve_cri is not None:
+                        # before the Docker API: a daemon that answers there is whole
+                        await servers.start(serve_cri, engine, cri)
                     for path in socket_paths(config):
                         await servers.start(serve_unix, path, router)
                     if listeners:
                         await servers.start(serve_metrics, listeners)
                     log.info("daemon.ready", version=__version__, sockets=socket_paths(config),
+                             cri=cri or None,
                              storage=engine.storage_name, runtime=engine.runtime_name,
                              log_driver=config["log-driver"], cgroups=engine.cgroup_driver_name)
                     async for signum in signals:
@@ -112,6 +118,19 @@ async def serve(config: dict[str, Any]) -> None:
             await engine.shutdown()
             engine_nursery.cancel_scope.cancel()
     log.info("daemon.stopped")
+
+
+def _cri_server(config: dict[str, Any]) -> Any:
+    """``serve_cri``, imported only when daemon.json turns the CRI on (grpcio
+    is the ``cri`` extra); refuses the start when it is not installed."""
+    try:
+        from skiff.core.cri.server import serve_cri
+    except ImportError as exc:
+        raise ConfigError(
+            f"{config['config-file']}: 'cri' is set but the CRI cannot be served: {exc}; "
+            "install skiff with its cri extra (pip install 'skiff[cri]')"
+        ) from exc
+    return serve_cri
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -509,11 +509,12 @@ class Engine:
     async def start(self, nursery: trio.Nursery) -> None:
         self.nursery = nursery
         await self.to_thread(self.containers.restore)
-        self.health.restore()  # those still running (none until live-restore)
+        self.health.restore()  # those still running (live-restore)
         await self.to_thread(self._drop_build_layers)
         await self.to_thread(self.networks.load)
         await self.to_thread(self._reconcile)
         await self.runtime.start()
+        await self.containers.adopt_all()  # live-restore: those that ran on
         if self.remap is not None:
             await userns_storage.choose(self)
         if self.userns_ranges is not None:
@@ -534,7 +535,9 @@ class Engine:
     async def shutdown(self) -> None:
         with trio.CancelScope(shield=True):
             await self.containers.shutdown()
-            await self.to_thread(self.networks.shutdown)
+            # with live-restore the containers run on, networked: the plumbing
+            # of their networks stays (the next start finds it and adopts it)
+            await self.to_thread(self.networks.shutdown, self.containers.running_networks())
             if self.cluster is not None:
                 await self.cluster.leave()
             await self.to_thread(self.shaping.close)

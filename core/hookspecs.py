@@ -57,6 +57,17 @@ drivers) and returns what it removed, which the daemon logs
 (``reconcile.<kind>``).  Optional: a driver without it is skipped
 (``skiff.core.reconcile``).
 
+*Live-restore (2.11).*  ``Stdio.daemon_*`` and ``keep_ends`` give a runtime
+the daemon's own ends of a container's stdio, to keep beside the container
+so its output outlives the daemon.  Optional: ``Runtime.adopt(container_id,
+bundle) -> Adoption`` hands a running container to a new daemon (raises
+``StartError`` saying why it cannot); ``ContainerProcess.stdin_closed()`` is
+awaited when the daemon closed its stdin end; a network driver's
+``restore_endpoint(network_id, endpoint, pid) -> Endpoint`` learns back an
+endpoint an earlier daemon plumbed into the namespace of ``pid`` (``endpoint``
+asks for the address, MAC and host ports it had).  None of them is a
+Protocol member: a plugin without them is valid (docs/live-restore.md).
+
 This module is one piece on purpose, though long: it is the one file a plugin
 author reads, so every hook, Protocol and record a driver sees is here, with
 the promises each side makes, and nothing else is (the daemon's own code
@@ -92,7 +103,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 #: accepts any minor of the same major (see ``skiff.core.plugins``).  Major 1
 #: is the contract before versions, when network options and endpoint data
 #: crossed it as dicts; 2 made them records.
-CONTRACT_VERSION = "2.10"
+CONTRACT_VERSION = "2.11"
 #: the contract of a plugin that declares none: it was written before versions
 UNDECLARED_CONTRACT = "1.0"
 #: the module attribute holding a plugin's declared contract version
@@ -1047,6 +1058,36 @@ class Stdio:
     stdin: int
     stdout: int
     stderr: int
+    #: (contract 2.11) the daemon's own ends of the same pipes, or -1: the
+    #: read ends of stdout and stderr, the write end of stdin.  A runtime that
+    #: can keeps copies of them beside the container (for the forkserver
+    #: runtime, in skiff-monitor) so that the container's output outlives the
+    #: daemon: spooled while no daemon reads, handed to the next one
+    #: (live-restore).  Never closed by the runtime; ``keep_ends`` without them
+    #: asks for the same with a TTY, whose one end the runtime makes.
+    daemon_stdout: int = -1
+    daemon_stderr: int = -1
+    daemon_stdin: int = -1
+    keep_ends: bool = False
+
+
+@dataclass
+class Adoption:
+    """(contract 2.11) A running container a new daemon took back from what
+    watches it (live-restore): its PID 1, the daemon's ends of its stdio as
+    they were given in ``Stdio.daemon_*`` (or, with a TTY, the terminal in
+    ``stdout``), the caller's to close, and what the container wrote while
+    no daemon read: ``(time in ns since the epoch, "stdout"|"stderr",
+    bytes)`` in order, with the bytes dropped past the runtime's bound.
+    The built-in runtime leaves what it spooled in ``<bundle>/spool`` until
+    the daemon, having logged it, removes that file."""
+
+    process: ContainerProcess
+    stdout: int = -1
+    stderr: int = -1
+    stdin: int = -1
+    spooled: list[tuple[int, str, bytes]] = field(default_factory=list)
+    dropped: int = 0
 
 
 @runtime_checkable

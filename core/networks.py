@@ -551,10 +551,12 @@ class NetworkStore:
             gone.append(net.name)
         return gone
 
-    def shutdown(self) -> None:
-        """Take every network's host-side plumbing down; the records stay."""
+    def shutdown(self, keep: set[str] | None = None) -> None:
+        """Take every network's host-side plumbing down; the records stay.
+        ``keep``: names of networks left plumbed (live-restore: containers
+        that run on use them)."""
         for net in list(self.by_id.values()):
-            if not self.installed(net.driver):
+            if not self.installed(net.driver) or net.name in (keep or ()):
                 continue
             try:
                 self._driver(net.driver).delete_network(net.id)

@@ -58,12 +58,12 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/pip" install -q --disable-pip-version-check --upgrade pip setuptools wheel cffi
 if [ "$WITH_TEST" = 1 ]; then
-    "$VENV/bin/pip" install -q --disable-pip-version-check -e "$REPO[test]"
+    "$VENV/bin/pip" install -q --disable-pip-version-check -e "$REPO[test,cri]"
     "$VENV/bin/pip" install -q --disable-pip-version-check -e "$REPO/tests/thirdparty/skiff-testfs"
     "$VENV/bin/pip" install -q --disable-pip-version-check -e "$REPO/tests/thirdparty/skiff-testlog"
     "$VENV/bin/pip" install -q --disable-pip-version-check -e "$REPO/tests/thirdparty/skiff-testnet"
 else
-    "$VENV/bin/pip" install -q --disable-pip-version-check -e "$REPO"
+    "$VENV/bin/pip" install -q --disable-pip-version-check -e "$REPO[cri]"
 fi
 ln -sf "$VENV/bin/skiffd" /usr/local/sbin/skiffd
 ln -sf "$VENV/bin/skiff" /usr/local/bin/skiff

@@ -188,7 +188,9 @@ class Rig:
     def _stop_host(host: Host) -> None:
         d = host.daemon
         if d.proc is None:
-            return
+            # killed by the test and not started again: its containers outlive it
+            # (their monitors hold them); a start ends them (pid proved), then rm
+            d.start()
         ids = d.docker("ps", "-aq", timeout=30).stdout.decode().split()
         if ids:
             d.docker("rm", "-f", *ids, timeout=60)

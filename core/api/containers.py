@@ -13,6 +13,7 @@ from skiff.core.api.router import Request, Response, Router, StreamResponse
 from skiff.core.containers import health, lifecycle
 from skiff.core.containers.model import Container
 from skiff.core.containers.streams import DEFAULT_DETACH_KEYS, parse_detach_keys
+from skiff.core.cri.namespace import asks_for_cri, in_cri_namespace
 from skiff.core.errors import Conflict, InvalidParameter
 from skiff.core.hookspecs import LogRender, ReadConfig
 from skiff.core.timefmt import parse_time_param
@@ -41,8 +42,10 @@ def register(router: Router, engine: Engine) -> None:
         show_all = req.qbool("all")
         limit = req.qint("limit", -1)
         _resolve_filters(engine, filters)
+        cri = asks_for_cri(filters.get("label", []))
         found = [c for c in mgr.by_id.values()
                  if (show_all or c.state.Running or c.state.Restarting or filters.get("status"))
+                 and (cri or not in_cri_namespace(c.config))
                  and _matches(c, filters)]
         found.sort(key=lambda c: c.created, reverse=True)
         if limit > 0:

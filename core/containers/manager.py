@@ -24,7 +24,15 @@ import structlog
 import trio
 
 from skiff.core import metrics
-from skiff.core.containers import etcfiles, lifecycle, logdelivery, names, pidproof, restart
+from skiff.core.containers import (
+    etcfiles,
+    lifecycle,
+    liverestore,
+    logdelivery,
+    names,
+    pidproof,
+    restart,
+)
 from skiff.core.containers import limits as container_limits
 from skiff.core.containers import mounts as container_mounts
 from skiff.core.containers import namespaces as container_namespaces
@@ -49,7 +57,7 @@ from skiff.core.containers.networking import NetworkAttachment
 from skiff.core.containers.registry import ContainerRegistry, Notice, ToThread, Track
 from skiff.core.containers.resources import cgroup_procs
 from skiff.core.containers.runspec import SpecBuilder
-from skiff.core.containers.streams import open_stdio, pump, take_terminal
+from skiff.core.containers.streams import KeptStdin, open_stdio, pump, take_terminal
 from skiff.core.containers.teardown import RunTeardown
 from skiff.core.errors import Conflict, InvalidParameter, NotFound, NotModified
 from skiff.core.hookspecs import (
@@ -85,6 +93,8 @@ DEFAULT_STOP_TIMEOUT = 10
 #: escaped the pid namespace keeps them); the kernel kills the rest of the
 #: namespace, so this is a safety net, not a normal wait
 OUTPUT_GRACE = 2.0
+#: live-restore: containers adopted at once at start
+ADOPT_CONCURRENCY = 16
 #: how long ``docker kill`` (SIGKILL) waits for the exit before it answers anyway
 KILL_WAIT = 30.0
 
@@ -142,6 +152,8 @@ class ContainerManager:
             lookup=self.registry.get, config=self.config, exec_root=self.exec_root,
             storage=self.storage, cgroups=self.cgroups, network_driver=network_driver,
             volume_mounts=lambda c: container_mounts.specs(self.volumes, c))
+        #: with live-restore, the containers restore found still running (adopt_all)
+        self.adoptable: list[Container] = []
         self.restarts = restart.RestartSupervisor(
             self.registry, start_run=self.start_run, start=self.start, remove=self.remove,
             spawn=spawn)
@@ -173,8 +185,38 @@ class ContainerManager:
 
     def restore(self) -> None:
         """Load every container record; see ``restore.restore``."""
-        container_restore.restore(self.root, self.exec_root, self.cgroups, self.registry,
-                                  self.restarts.on_restore)
+        self.adoptable = container_restore.restore(
+            self.root, self.exec_root, self.cgroups, self.registry, self.restarts.on_restore,
+            live_restore=bool(self.config.get("live-restore")))
+
+    def running_networks(self) -> set[str]:
+        """After ``shutdown``: the networks of the containers it left running
+        (live-restore; their plumbing stays)."""
+        return {name for c in self.by_id.values() if c.state.Running for name in c.networks}
+
+    async def adopt_all(self) -> None:
+        """With live-restore, once the runtime started: take back the containers
+        that ran on (``liverestore.adopt``), and log what those that ended while
+        away wrote meanwhile."""
+        adoptable, self.adoptable = self.adoptable, []
+        began = time.perf_counter()
+        # each waits on its monitor and a worker thread or two: side by side
+        limit = trio.CapacityLimiter(ADOPT_CONCURRENCY)
+
+        async def one(c: Container) -> None:
+            async with limit:
+                await liverestore.adopt(self, c)
+
+        async with trio.open_nursery() as n:
+            for c in adoptable:
+                n.start_soon(one, c)
+        if adoptable:
+            log.info("containers.adopted", count=len(adoptable),
+                     ms=round((time.perf_counter() - began) * 1000, 1))
+        for c in list(self.by_id.values()):
+            if not c.state.Running and os.path.exists(
+                    os.path.join(self.specs.bundle(c.id), liverestore.SPOOL)):
+                await liverestore.log_exited_spool(self, c)
 
     # -- create --------------------------------------------------------------
 
@@ -364,8 +406,9 @@ class ContainerManager:
         t0 = time.perf_counter()
         spec = await self.to_thread(self.specs.build, c)
         os.makedirs(spec.bundle, mode=0o700, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(spec.bundle, "exitcode"))
+        for left in ("exitcode", liverestore.SPOOL):  # of an earlier run
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(spec.bundle, left))
         self.plugins.hook.skiff_container_spec(container=c, spec=spec, daemon_config=self.config)
         if self.cgroups is not None:
             # before prepare: the init bind-mounts the groups into the container
@@ -386,7 +429,13 @@ class ContainerManager:
             # the container and take_terminal below gives out_r and in_w
             out_r, out_w, err_r, err_w, in_r, in_w = open_stdio(
                 spec.tty, spec.open_stdin, pipes)
-            process = await self.runtime.prepare(spec, Stdio(in_r, out_w, err_w))
+            stdio = Stdio(in_r, out_w, err_w)
+            if self.config.get("live-restore"):
+                # the runtime keeps copies of our ends: the output outlives us,
+                # stdin can be handed to the next daemon (KeptStdin)
+                stdio = Stdio(in_r, out_w, err_w, daemon_stdout=out_r, daemon_stderr=err_r,
+                              daemon_stdin=in_w, keep_ends=True)
+            process = await self.runtime.prepare(spec, stdio)
         except BaseException as exc:
             if isinstance(exc, StartError):  # inspect tells why, as dockerd's does
                 c.state.Error = str(exc)
@@ -433,7 +482,9 @@ class ContainerManager:
         track.stopping = False
         track.hub.begin_run(out_r if spec.tty else -1)
         if in_w >= 0:
-            track.hub.stdin = trio.lowlevel.FdStream(in_w)
+            track.hub.stdin = (KeptStdin(in_w, process)
+                               if self.config.get("live-restore") and not spec.tty
+                               else trio.lowlevel.FdStream(in_w))
             track.hub.stdin_ready.set()
         c.save()
         self.spawn(self._monitor, c, track, process, out_r, err_r, log_driver)
@@ -449,15 +500,31 @@ class ContainerManager:
         self.plugins.hook.skiff_container_prestart(container=c, pid=process.pid)
 
     async def _monitor(self, c: Container, track: Track, process: ContainerProcess,
-                       out_r: int, err_r: int, log_driver: LogDriver | None) -> None:
-        async with trio.open_nursery() as n:
-            for fd, name in ((out_r, "stdout"), (err_r, "stderr")):
-                if fd < 0:
-                    continue  # a TTY has one output stream
-                n.start_soon(pump, trio.lowlevel.FdStream(fd), name, track.hub, log_driver,
-                             track.log_limiter)
-            code = await process.wait()
-            n.cancel_scope.deadline = trio.current_time() + OUTPUT_GRACE
+                       out_r: int, err_r: int, log_driver: LogDriver | None,
+                       carry: dict[str, bytes] | None = None) -> None:
+        """Watch a run to its end.  ``carry``: per stream, the start of a line
+        the output resumes with (an adopted run's, see liverestore)."""
+        with trio.CancelScope() as detach:
+            track.detach = detach
+            async with trio.open_nursery() as n:
+                for fd, name in ((out_r, "stdout"), (err_r, "stderr")):
+                    if fd < 0:
+                        continue  # a TTY has one output stream
+                    n.start_soon(pump, trio.lowlevel.FdStream(fd), name, track.hub, log_driver,
+                                 track.log_limiter, (carry or {}).get(name, b""))
+                code = await process.wait()
+                n.cancel_scope.deadline = trio.current_time() + OUTPUT_GRACE
+        track.detach = None
+        if detach.cancelled_caught:
+            # live-restore shutdown: the container runs on; what was read is
+            # logged, the rest waits in the runtime for the next daemon
+            with trio.CancelScope(shield=True):
+                if log_driver is not None:
+                    await trio.to_thread.run_sync(log_driver.close, limiter=track.log_limiter)
+                drop = getattr(process, "close", None)  # the connection, not the run
+                if drop is not None:
+                    drop()
+            return
         with trio.CancelScope(shield=True):
             if log_driver is not None:
                 await trio.to_thread.run_sync(log_driver.close, limiter=track.log_limiter)
@@ -659,11 +726,21 @@ class ContainerManager:
     # -- shutdown --------------------------------------------------------------
 
     async def shutdown(self) -> None:
-        """Stop every running container (no live-restore yet), in parallel."""
+        """Stop every running container, in parallel; with live-restore, leave
+        them running, detached (see liverestore)."""
         self.restarts.shutdown()
         async with trio.open_nursery() as n:
             for c in list(self.by_id.values()):
                 track = self.tracks.get(c.id)
-                if c.state.Running and track is not None and track.process is not None:
-                    n.start_soon(self._stop, c, track, None)
+                if not (c.state.Running and track is not None and track.process is not None):
+                    continue
+                if self.config.get("live-restore") and track.detach is not None:
+                    if liverestore.can_be_adopted(self.specs.bundle(c.id)):
+                        track.detach.cancel()
+                        continue
+                    log.warning("container.not_adoptable", id=c.id,
+                                reason="nothing keeps its output for a next daemon (started "
+                                       "without live-restore, or without skiff-monitor): it "
+                                       "is stopped as without live-restore")
+                n.start_soon(self._stop, c, track, None)
 

@@ -36,10 +36,11 @@ def validate(cfg: Mapping[str, Any], hc: Mapping[str, Any]) -> None:
     if pid not in PID_MODES and not (pid.startswith("container:") and pid[10:]):
         raise InvalidConfig(f"invalid PID mode: {pid} (use host or container:<name|id>)")
     ipc = _mode(hc, "IpcMode")
-    if ipc.startswith("container:") or ipc == "none":
+    if ipc == "none" or ipc == "container:":
         raise InvalidConfig(
-            f"IPC mode {ipc!r} is not supported by skiff yet; use private, shareable or host")
-    if ipc not in IPC_MODES:
+            f"IPC mode {ipc!r} is not supported by skiff yet; use private, shareable, host "
+            "or container:<name|id>")
+    if ipc not in IPC_MODES and not ipc.startswith("container:"):
         raise InvalidConfig(f"invalid IPC mode: {ipc}")
     uts = _mode(hc, "UTSMode")
     if uts not in UTS_MODES:
@@ -75,9 +76,14 @@ def for_start(hc: Mapping[str, Any], running_pid: Callable[[str, str], int]
         namespaces["pid"] = None
     if (hc.get("UTSMode") or "") != "host":
         namespaces["uts"] = None
-    if (hc.get("IpcMode") or "") == "host":
+    ipc = hc.get("IpcMode") or ""
+    if ipc == "host":
         # System V IPC is the namespace's; POSIX shared memory is /dev/shm
         mounts.append(MountSpec("bind", "/dev/shm", "/dev/shm", ["rbind", "rw"]))
+    elif ipc.startswith("container:"):
+        # the other's System V IPC (a CRI pod's containers join their sandbox's);
+        # /dev/shm stays the container's own (docs/cri.md)
+        namespaces["ipc"] = f"/proc/{running_pid(ipc[10:], 'IPC')}/ns/ipc"
     else:
         namespaces["ipc"] = None
     if (hc.get("CgroupnsMode") or "") != "host":
@@ -93,6 +99,10 @@ def running_pid_of(get: Callable[[str], Any]) -> Callable[[str, str], int]:
         other = get(ref)
         if not other.state.Running:
             raise Conflict(f"cannot join {what} of a non running container: {other.id}")
+        if what == "IPC" and (other.host_config.get("IpcMode") or "") != "shareable":
+            # as dockerd: only a donor made shareable lends its IPC namespace
+            raise Conflict(f"cannot join IPC of container {other.id}: non-shareable IPC "
+                           "(hint: use IpcMode:shareable for the donor container)")
         return int(other.state.Pid)
 
     return running_pid

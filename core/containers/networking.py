@@ -34,7 +34,7 @@ from skiff.core.hookspecs import (
     NetworkNamespace,
     PortBinding,
 )
-from skiff.core.networks import Network, NetworkStore, trait
+from skiff.core.networks import Network, NetworkStore, NoSuchNetwork, trait
 
 log = structlog.get_logger("skiff.containers")
 
@@ -62,6 +62,73 @@ class NetworkAttachment:
         settings = c.networks.setdefault(name, {})
         if user_defined(net):
             settings["Aliases"] = with_short_id(settings.get("Aliases"), c.id)
+        endpoint = self._endpoint(c, net, name, settings)
+        try:
+            ep = await self.to_thread(driver.create_endpoint, net.id, endpoint)
+        except LookupError:
+            # removed while this start went on (dockerd allows that while the
+            # container is stopped; the driver forgets it before the record
+            # goes): the start's own 404, not a 500
+            raise NotFound(f"network {net.name} not found") from None
+        track.endpoints[name] = (driver, ep)
+        await self.to_thread(driver.join, ep, pid)
+        await self.shaping.joined(c, net.name, net.options, settings, ep)
+        settings.update(NetworkID=net.id, EndpointID=ep.endpoint_id if ep.ip_address else "",
+                        IPAddress=ep.ip_address, IPPrefixLen=ep.ip_prefix_len,
+                        Gateway=ep.gateway, MacAddress=ep.mac_address,
+                        GlobalIPv6Address=ep.ip6_address, GlobalIPv6PrefixLen=ep.ip6_prefix_len,
+                        IPv6Gateway=ep.gateway6)
+        if name == c.network_mode:
+            c.ports = {key: None if bindings is None else
+                       [{"HostIp": b.host_ip, "HostPort": b.host_port} for b in bindings]
+                       for key, bindings in ep.ports.items()}
+        self.publish("network", "connect", net.id,
+                     {"container": c.id, "name": net.name, "type": net.driver})
+
+    async def readopt_all(self, c: Container, track: Track, pid: int) -> None:
+        """Live-restore: the endpoints of a container that ran on while no daemon
+        did, learnt back by their drivers (``restore_endpoint``, contract 2.11)
+        as the record has them; one that cannot be is logged and left out (the
+        container keeps its interface; the daemon no longer manages it)."""
+        for name, settings in list(c.networks.items()):
+            try:
+                net = self.networks.get(name)
+                driver = self.network_driver(net.name)
+            except NoSuchNetwork:
+                continue
+            restore = getattr(driver, "restore_endpoint", None)
+            if not settings.get("EndpointID"):
+                continue
+            if restore is None:
+                log.warning("network.endpoint_not_restored", container=c.id, network=name,
+                            driver=net.driver,
+                            reason="the driver cannot learn back an endpoint (no "
+                                   "restore_endpoint): the container keeps its interface, "
+                                   "the daemon no longer manages it")
+                continue
+            endpoint = self._endpoint(c, net, name, settings)
+            endpoint.endpoint_id = settings["EndpointID"]
+            endpoint.requested_ip = settings.get("IPAddress") or ""
+            endpoint.requested_ip6 = settings.get("GlobalIPv6Address") or ""
+            endpoint.requested_mac = settings.get("MacAddress") or ""
+            if name == c.network_mode:
+                # the host ports it had, not new ones
+                endpoint.publish_all = False
+                endpoint.port_bindings = {
+                    key: [PortBinding(str(b.get("HostIp") or ""), str(b.get("HostPort") or ""))
+                          for b in bindings]
+                    for key, bindings in (c.ports or {}).items() if bindings}
+            try:
+                ep = await self.to_thread(restore, net.id, endpoint, pid)
+            except Exception as exc:
+                log.warning("network.restore_endpoint_failed", container=c.id,
+                            network=name, error=str(exc))
+                continue
+            track.endpoints[name] = (driver, ep)
+
+    def _endpoint(self, c: Container, net: Network, name: str, settings: dict[str, Any]
+                  ) -> Endpoint:
+        """What ``c`` asks of network ``name``'s driver."""
         endpoint = Endpoint(
             network_id=net.id, endpoint_id=secrets.token_hex(32), container_id=c.id,
             name=c.name, hostname=c.config.get("Hostname") or "",
@@ -83,27 +150,7 @@ class NetworkAttachment:
                       for k in (other.config.get("ExposedPorts") or {})])
                 for other, _alias in linked(c, self.registry.get)
             ]
-        try:
-            ep = await self.to_thread(driver.create_endpoint, net.id, endpoint)
-        except LookupError:
-            # removed while this start went on (dockerd allows that while the
-            # container is stopped; the driver forgets it before the record
-            # goes): the start's own 404, not a 500
-            raise NotFound(f"network {net.name} not found") from None
-        track.endpoints[name] = (driver, ep)
-        await self.to_thread(driver.join, ep, pid)
-        await self.shaping.joined(c, net.name, net.options, settings, ep)
-        settings.update(NetworkID=net.id, EndpointID=ep.endpoint_id if ep.ip_address else "",
-                        IPAddress=ep.ip_address, IPPrefixLen=ep.ip_prefix_len,
-                        Gateway=ep.gateway, MacAddress=ep.mac_address,
-                        GlobalIPv6Address=ep.ip6_address, GlobalIPv6PrefixLen=ep.ip6_prefix_len,
-                        IPv6Gateway=ep.gateway6)
-        if primary:
-            c.ports = {key: None if bindings is None else
-                       [{"HostIp": b.host_ip, "HostPort": b.host_port} for b in bindings]
-                       for key, bindings in ep.ports.items()}
-        self.publish("network", "connect", net.id,
-                     {"container": c.id, "name": net.name, "type": net.driver})
+        return endpoint
 
     async def attach_all(self, c: Container, track: Track, pid: int) -> None:
         """Join every network of ``c`` at start; /etc/hosts gets the addresses."""

@@ -50,6 +50,8 @@ class Track:
     log_limiter: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(1))
     #: the spec of the current run, after every plugin amended it: what an exec inherits
     spec: ContainerSpec | None = None
+    #: cancels the watch of the current run without ending it (live-restore shutdown)
+    detach: trio.CancelScope | None = None
 
 
 class ContainerRegistry:

@@ -14,7 +14,7 @@ from skiff.core.containers import pidproof
 from skiff.core.containers.model import Container, State
 from skiff.core.containers.registry import ContainerRegistry
 from skiff.core.hookspecs import CgroupDriver
-from skiff.core.timefmt import now_rfc3339
+from skiff.core.timefmt import now_rfc3339, rfc3339
 
 log = structlog.get_logger("skiff.containers")
 
@@ -23,16 +23,21 @@ RESTORE_KILL_WAIT = 5.0
 
 
 def restore(root: str, exec_root: str, cgroups: CgroupDriver | None,
-            registry: ContainerRegistry, on_restore: Callable[[Container], None]) -> None:
-    """Load every container record under ``root``; those that were running are not any more.
+            registry: ContainerRegistry, on_restore: Callable[[Container], None],
+            live_restore: bool = False) -> list[Container]:
+    """Load every container record under ``root``; those that were running are not any more,
+    unless ``live_restore``: then those still watched by their monitor are
+    returned, still running, for the runtime to adopt (``ContainerManager.adopt``).
 
     Without live-restore a container does not survive its daemon.  A shim
-    that outlived a crash has written the exit code beside the bundle.
-    Otherwise the recorded PID 1 is killed, but only once proved to be the
-    container's (``pidproof``): a pid the kernel has since given to another
-    process is left alone.
+    that outlived a crash has written the exit code beside the bundle (and
+    the time it did so is when the container ended).  Otherwise the recorded
+    PID 1 is killed, but only once proved to be the container's
+    (``pidproof``): a pid the kernel has since given to another process is
+    left alone.
     """
     os.makedirs(root, mode=0o710, exist_ok=True)
+    adoptable: list[Container] = []
     for cid in os.listdir(root):
         path = os.path.join(root, cid)
         try:
@@ -41,18 +46,40 @@ def restore(root: str, exec_root: str, cgroups: CgroupDriver | None,
             # a damaged record costs that container, never the daemon's start
             log.warning("container.restore_failed", id=cid, error=str(exc))
             continue
-        if c.state.Running:
-            code = _exit_code_from_bundle(exec_root, c.id)
+        if c.state.Running and live_restore and _still_watched(exec_root, c.id):
+            adoptable.append(c)
+        elif c.state.Running:
+            code, ended = _exit_code_from_bundle(exec_root, c.id)
             if code is None:
                 code = _kill_recorded(cgroups, c)
             c.state = State(
                 Status="exited", ExitCode=code if code is not None else 255,
-                StartedAt=c.state.StartedAt, FinishedAt=now_rfc3339(), Health=c.state.Health,
+                StartedAt=c.state.StartedAt, FinishedAt=ended or now_rfc3339(),
+                Health=c.state.Health,
             )
             c.save()
             _drop_crashed_groups(cgroups, c)
         on_restore(c)
         registry.index(c)
+    return adoptable
+
+
+def _still_watched(exec_root: str, cid: str) -> bool:
+    """A monitor that can hand the container over is recorded and its socket is
+    there (the runtime proves the monitor's pid when it connects); no exit
+    code yet."""
+    bundle = os.path.join(exec_root, "containers", cid)
+    return (os.path.exists(os.path.join(bundle, "monitor.sock"))  # liverestore.can_be_adopted
+            and not os.path.exists(os.path.join(bundle, "exitcode")))
+
+
+def end_unadopted(cgroups: CgroupDriver | None, c: Container) -> int | None:
+    """Live-restore: ``c`` was kept for adoption but its runtime could not take it
+    back (its monitor died): end what may still run of it, as after a crash
+    without live-restore; the exit code if it was killed."""
+    code = _kill_recorded(cgroups, c)
+    _drop_crashed_groups(cgroups, c)
+    return code
 
 
 def _kill_recorded(cgroups: CgroupDriver | None, c: Container) -> int | None:
@@ -104,9 +131,13 @@ def _drop_crashed_groups(cgroups: CgroupDriver | None, c: Container) -> None:
         log.warning("container.cgroup_destroy_failed", id=c.id, error=str(exc))
 
 
-def _exit_code_from_bundle(exec_root: str, cid: str) -> int | None:
+def _exit_code_from_bundle(exec_root: str, cid: str) -> tuple[int | None, str | None]:
+    """The exit code the container's monitor recorded and when (the file's
+    time: the monitor writes it as it reaps the container)."""
     try:
         with open(os.path.join(exec_root, "containers", cid, "exitcode")) as f:
-            return int(f.read().strip())
+            code = int(f.read().strip())
+            ended = os.fstat(f.fileno()).st_mtime_ns
     except (OSError, ValueError):
-        return None
+        return None, None
+    return code, rfc3339(ended / 1e9)

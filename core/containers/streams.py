@@ -135,6 +135,33 @@ def open_stdio(tty: bool, open_stdin: bool, opened: list[int]
     return out_r, out_w, err_r, err_w, in_r, in_w
 
 
+class KeptStdin(trio.abc.SendStream):
+    """A run's stdin pipe a runtime keeps a copy of (``Stdio.daemon_stdin``,
+    live-restore): closing ours is not the end of file for the container
+    until the runtime closes its copy too, so ``aclose`` tells it
+    (``ContainerProcess.stdin_closed``, contract 2.11)."""
+
+    def __init__(self, fd: int, process: ContainerProcess) -> None:
+        self._stream = trio.lowlevel.FdStream(fd)
+        self._process = process
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+        closed = getattr(self._process, "stdin_closed", None)
+        if closed is not None:
+            await closed()
+
+    def close(self) -> None:
+        """At the run's end: nothing to tell, the container is gone."""
+        self._stream.close()
+
+
 def take_terminal(process: ContainerProcess, open_stdin: bool,
                   console_size: list[int] | None = None) -> tuple[int, int]:
     """The daemon's ends of a TTY process's terminal: ``(out_r, in_w)``.
@@ -348,7 +375,7 @@ class OutputHub:
         for sub in self.subscribers:
             sub.end()
         self.subscribers = []
-        if isinstance(self.stdin, trio.lowlevel.FdStream):
+        if isinstance(self.stdin, (trio.lowlevel.FdStream, KeptStdin)):
             # the run's stdin pipe (or pty master duplicate) is ours to close
             with contextlib.suppress(OSError):
                 self.stdin.close()
@@ -450,8 +477,12 @@ async def pump(
     hub: OutputHub,
     log: LogDriver | None,
     limiter: trio.CapacityLimiter,
+    carry: bytes = b"",
 ) -> None:
-    """Copy one output stream to the log driver and the attached readers until EOF."""
+    """Copy one output stream to the log driver and the attached readers until EOF.
+
+    ``carry``: the start of a line read before (by the runtime while no daemon
+    ran), which the first bytes read finish."""
     splitter = LineSplitter(tag_pieces=log is not None)
     kind: Literal["stdout", "stderr"] = "stderr" if stream == "stderr" else "stdout"
 
@@ -490,6 +521,10 @@ async def pump(
                 data = b""
             if not data:
                 break
+            if carry:
+                data, carry = carry + data, b""
             await record(splitter.feed(data), data)
+    if carry:
+        await record(splitter.feed(carry), carry)
     await record(splitter.flush(), b"")
 

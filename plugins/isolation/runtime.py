@@ -45,6 +45,7 @@ import trio
 
 from skiff.core import hostdevices
 from skiff.core.hookspecs import (
+    Adoption,
     ContainerSpec,
     ContainerView,
     ExecSpec,
@@ -54,7 +55,7 @@ from skiff.core.hookspecs import (
     Stdio,
     hookimpl,
 )
-from skiff.plugins.isolation import capabilities, monitor, seccomp, securityopts
+from skiff.plugins.isolation import adopt, capabilities, monitor, seccomp, securityopts
 from skiff.plugins.isolation.forkserver import (
     PARENT_ENV,
     READY,
@@ -102,7 +103,7 @@ DEFAULT_READONLY_PATHS: tuple[str, ...] = (
 
 
 #: the plugin contract this module was written for; the loader refuses another major
-SKIFF_CONTRACT = "2.0"
+SKIFF_CONTRACT = "2.11"
 
 
 @hookimpl
@@ -199,6 +200,10 @@ class ForkServerRuntime:
         #: Python shim instead of skiff-monitor (the fallback, on purpose)
         self.monitor = self.options.get("skiff.monitor", "true").lower() not in (
             "false", "0", "no")
+        #: exec-opt ``skiff.spool-max``: bytes a protocol 2 monitor spools
+        #: while no daemon reads (default in skiff-monitor.c: 8 MiB)
+        spool = self.options.get("skiff.spool-max", "")
+        self.spool_max = int(spool) if spool.isdigit() else None
         self._proc: subprocess.Popen[bytes] | None = None
         self._start_lock = trio.Lock()
         #: libseccomp compiles in a worker thread, one filter at a time
@@ -357,6 +362,16 @@ class ForkServerRuntime:
         except _NoReply:
             raise StartError("the container shim exited before the container was ready") from None
 
+    async def adopt(self, container_id: str, bundle: str) -> Adoption:
+        """Take back a container a daemon before us started (live-restore):
+        its ``skiff-monitor`` must speak protocol 2 and be proved to be the
+        one recorded in ``<bundle>/monitor`` (its pid and start time); see
+        adopt.py.  Raises ``StartError`` saying why not otherwise."""
+        got = await adopt.adopt_recorded(bundle)
+        ends = got.ends
+        return Adoption(got.process, ends.get("stdout", -1), ends.get("stderr", -1),
+                        ends.get("stdin", -1), got.spooled.records, got.spooled.dropped)
+
     async def _compile_seccomp(self, data: dict[str, Any]) -> None:
         """Replace the payload's seccomp filter with its BPF program (``seccomp_bpf``).
 
@@ -394,6 +409,11 @@ class ForkServerRuntime:
             fds = array.array("i", [stdio.stdin, stdio.stdout, stdio.stderr])
             if min(fds) < 0:
                 raise StartError(f"invalid stdio descriptors {list(fds)}; pass /dev/null instead")
+            if bundle and (stdio.keep_ends or max(_daemon_ends(stdio).values(), default=-1) >= 0):
+                # copies for skiff-monitor (protocol 2): the names say which follow
+                ends = {k: v for k, v in _daemon_ends(stdio).items() if v >= 0}
+                fds.extend(ends.values())
+                payload = _with_ends(payload, list(ends), self.spool_max)
             try:
                 sent = await sock.sendmsg([payload], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
                 rest = payload[sent:]
@@ -430,6 +450,21 @@ class ForkServerRuntime:
         for fd in extra:  # never sent by our shim; not worth failing over
             os.close(fd)
         return ForkServerProcess(chan, pid, pidfd, bundle, terminal)
+
+
+def _daemon_ends(stdio: Stdio) -> dict[str, int]:
+    return {"stdout": stdio.daemon_stdout, "stderr": stdio.daemon_stderr,
+            "stdin": stdio.daemon_stdin}
+
+
+def _with_ends(payload: bytes, names: list[str], spool_max: int | None) -> bytes:
+    """The spec with ``monitor_ends``: which of the daemon's ends ride along
+    after the three stdio descriptors, for the monitor to keep."""
+    data = json.loads(payload)
+    data["monitor_ends"] = names
+    if spool_max is not None:
+        data["spool_max"] = spool_max
+    return json.dumps(data).encode() + b"\n"
 
 
 _monitor_warned = False

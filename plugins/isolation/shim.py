@@ -30,7 +30,12 @@ the same pid, the same child and the same connection: an idle container costs
 a few hundred kilobytes instead of a Python interpreter.  The monitor records
 itself in ``<bundle>/monitor`` (its protocol version, for a later daemon that
 adopts it).  Without the binary (no C compiler at install) the shim does the
-waiting itself, as before.
+waiting itself, as before.  With live-restore the spec names, in
+``monitor_ends``, the daemon's own ends of the stdio that follow the three
+stdio descriptors (with a TTY none: the shim keeps a copy of the pty
+master); they go to the monitor, which then speaks protocol 2 (it holds the
+output while no daemon reads and hands it to the next one, see
+skiff-monitor.c); the Python fallback closes them and speaks protocol 1.
 
 The shim (or its monitor) outlives the daemon: if the connection breaks after
 go it keeps waiting and still records the exit code in ``<bundle>/exitcode``.
@@ -297,19 +302,38 @@ def open_monitor() -> None:
             MONITOR_FD = os.open(monitor.MONITOR_PATH, os.O_PATH | os.O_CLOEXEC)
 
 
-def become_monitor(pid: int, chan: LineChannel, bundle: str) -> None:
+#: the daemon's ends the monitor may keep, in the order of its arguments
+MONITOR_ENDS = ("stdout", "stderr", "stdin")
+
+
+def _valid_ends(names: object) -> bool:
+    return names is None or (isinstance(names, list) and len(set(names)) == len(names)
+                             and all(n in MONITOR_ENDS for n in names))
+
+
+def become_monitor(pid: int, chan: LineChannel, bundle: str,
+                   ends: list[int] | None = None, spool_max: int | None = None) -> None:
     """Replace this shim by ``skiff-monitor`` watching ``pid`` (see shim.py's
     docstring); returns only when there is no monitor or it cannot run, and
-    the caller then goes on waiting in Python."""
+    the caller then goes on waiting in Python.  ``ends`` (stdout, stderr,
+    stdin; -1 for none): the daemon's ends, kept by a protocol 2 monitor."""
     if MONITOR_FD < 0:
         return
     fd = chan.sock.fileno()
     argv = [monitor.MONITOR_NAME, str(pid), str(fd), *([bundle] if bundle else [])]
-    os.set_inheritable(fd, True)
+    inherit = [fd]
+    if bundle and ends is not None:
+        argv += [str(end) for end in ends]
+        if spool_max is not None:
+            argv.append(str(spool_max))
+        inherit += [end for end in ends if end >= 0]
+    for each in inherit:
+        os.set_inheritable(each, True)
     try:
         os.execve(MONITOR_FD, argv, os.environ)
     except OSError as exc:
-        os.set_inheritable(fd, False)
+        for each in inherit:
+            os.set_inheritable(each, False)
         print(f"skiff-shim: cannot run {monitor.MONITOR_PATH} ({exc.strerror}); "
               "this shim waits for the container itself", file=sys.stderr)
 
@@ -427,14 +451,23 @@ def run_spare(control: socket.socket, inherited: Iterable[socket.socket] = (),
 
 def serve(chan: LineChannel, init: Init | None) -> None:
     """Run one container from spec to exit code."""
-    spec = chan.receive(want_fds=3)
-    if spec is None or len(chan.fds) != 3:
+    spec = chan.receive(want_fds=3 + len(MONITOR_ENDS))
+    # the daemon's own ends, if it sent them, follow the stdio: the monitor
+    # keeps them (protocol 2, see skiff-monitor.c); never the init's
+    names = spec.get("monitor_ends") if spec is not None else None
+    wanted = 3 + (len(names) if isinstance(names, list) else 0)
+    if spec is None or len(chan.fds) != wanted or not _valid_ends(names):
         if init is not None:
             init.kill()
             init.reap()
         if spec is not None:
-            chan.send({"error": "expected 3 stdio descriptors with the spec", "exit_code": 125})
+            chan.send({"error": f"expected {wanted} descriptors with the spec",
+                       "exit_code": 125})
         return
+    ends = dict(zip(names or [], chan.fds[3:], strict=True))
+    chan.fds = chan.fds[:3]
+    for fd in ends.values():
+        os.set_inheritable(fd, False)
     # an exec (``"exec": true``, an ExecSpec) has no bundle: its exit code
     # matters only to the daemon that started it
     bundle = os.path.abspath(spec["bundle"]) if spec.get("bundle") else ""
@@ -510,6 +543,8 @@ def serve(chan: LineChannel, init: Init | None) -> None:
         chan.send({"error": ready["error"], "exit_code": ready.get("exit_code", 125)})
         return
 
+    if terminal and names is not None:
+        ends["stdout"] = os.dup(terminal[0])  # non-inheritable, as dup makes it
     try:
         chan.send({"pid": init.pid}, terminal)
     finally:
@@ -535,7 +570,13 @@ def serve(chan: LineChannel, init: Init | None) -> None:
     init.chan.close()
     if failure is None:
         chan.send({"started": True})
-        become_monitor(init.pid, chan, bundle)  # returns only if it cannot
+        # returns only if it cannot
+        spool_max = spec.get("spool_max")
+        become_monitor(init.pid, chan, bundle,
+                       [ends.get(k, -1) for k in MONITOR_ENDS] if names is not None else None,
+                       spool_max if isinstance(spool_max, int) and spool_max >= 0 else None)
+        for fd in ends.values():
+            os.close(fd)  # the Python shim speaks protocol 1 only
         record_monitor(bundle, "skiff-shim", init.pid)
     else:
         chan.send({"error": failure["error"], "exit_code": failure.get("exit_code", 126)})

@@ -170,6 +170,20 @@ class ForkServerProcess:
         except (OSError, ValueError):
             return UNKNOWN_EXIT
 
+    def adopted(self) -> None:
+        """A process taken back from its monitor (adopt.py): it runs already."""
+        self._go_sent = True
+
+    async def tell(self, message: Mapping[str, Any]) -> None:
+        """A word to a protocol 2 monitor (``close-stdin``); lost if it is gone."""
+        with contextlib.suppress(OSError, trio.ClosedResourceError):
+            await self._chan.send(message)
+
+    async def stdin_closed(self) -> None:
+        """The daemon closed its stdin end: a protocol 2 monitor closes its
+        copy, so the container reads the end of file (contract 2.11)."""
+        await self.tell({"cmd": "close-stdin"})
+
     def kill(self, signal: int) -> None:
         if self._pidfd < 0:
             return

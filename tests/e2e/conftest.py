@@ -56,3 +56,13 @@ def twin_of(daemon: Daemon, dockerd: Dockerd, tmp: Path) -> SideBySide:
         archive.unlink()
     return SideBySide(Side("skiffd", daemon.env(), daemon.host),
                       Side("dockerd", dockerd.env(), dockerd.host))
+
+
+#: lines a test leaves for the end of the run (critest's counts, tests/e2e/
+#: test_cri_critest.py): printed after pytest's summary, so CI's log ends with them
+END_OF_RUN: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for line in END_OF_RUN:
+        terminalreporter.write_line(line)

@@ -49,6 +49,10 @@ class RegistryConfig:
 
     insecure: Sequence[str] = ()
     mirrors: Sequence[str] = ()
+    #: pull mirrors of registries other than Docker Hub, by domain (containerd's
+    #: per-registry mirrors): the image keeps its own name, its bytes come from
+    #: the first mirror that has them, else from the registry itself
+    domain_mirrors: Mapping[str, Sequence[str]] = field(default_factory=dict)
     timeout: float = 30.0
     attempts: int = 5
     max_downloads: int = 3
@@ -70,6 +74,7 @@ class RegistryConfig:
         return cls(
             insecure=list(config.get("insecure-registries") or []),
             mirrors=list(config.get("registry-mirrors") or []),
+            domain_mirrors=dict(config.get("registry-domain-mirrors") or {}),
             timeout=float(config.get("registry-timeout") or 30),
             attempts=int(config.get("max-download-attempts") or 5),
             max_downloads=int(config.get("max-concurrent-downloads") or 3),
@@ -93,14 +98,15 @@ class RegistryConfig:
 
     def endpoints(self, domain: str, *, push: bool = False) -> list[Endpoint]:
         """Where to talk to ``domain``; mirrors first for Docker Hub pulls (as dockerd)."""
+        mirrors = self.mirrors if domain == "docker.io" else self.domain_mirrors.get(domain, ())
+        out = []
+        if not push:
+            for m in mirrors:
+                parts = urlsplit(m if "://" in m else "https://" + m)
+                out.append(Endpoint(parts.scheme, parts.netloc, mirror=True))
         if domain == "docker.io":
-            out = []
-            if not push:
-                for m in self.mirrors:
-                    parts = urlsplit(m if "://" in m else "https://" + m)
-                    out.append(Endpoint(parts.scheme, parts.netloc, mirror=True))
             hub = urlsplit(DOCKER_HUB_ENDPOINT)
             return [*out, Endpoint(hub.scheme, hub.netloc)]
         # An insecure registry speaks plain HTTP.  dockerd would first try TLS
         # without verification; skiff goes straight to HTTP (see the README).
-        return [Endpoint("http" if self.is_insecure(domain) else "https", domain)]
+        return [*out, Endpoint("http" if self.is_insecure(domain) else "https", domain)]

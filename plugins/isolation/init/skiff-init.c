@@ -11,6 +11,12 @@
  * every zombie and exits with the command's status (128+N when a signal N
  * killed it), as tini does for Docker.
  *
+ *     /sbin/docker-init --pause
+ *
+ * holds a namespace without a command: the pause process of a CRI pod
+ * sandbox (docs/cri.md), which only reaps what is given to it and exits 0 on
+ * SIGTERM, SIGINT or SIGHUP.
+ *
  * Built static (gcc -static -Os) at install time, so it runs in any image,
  * with or without a libc.
  */
@@ -36,8 +42,36 @@ static void die(const char *what)
     exit(1);
 }
 
+static int pause_forever(void)
+{
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGCHLD);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
+    if (sigprocmask(SIG_BLOCK, &set, NULL) != 0)
+        die("sigprocmask");
+    if (getpid() != 1)
+        prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+    for (;;) {
+        int sig = sigwaitinfo(&set, NULL);
+        if (sig < 0) {
+            if (errno == EINTR)
+                continue;
+            die("sigwaitinfo");
+        }
+        if (sig != SIGCHLD)
+            return 0;
+        while (waitpid(-1, NULL, WNOHANG) > 0)
+            ;
+    }
+}
+
 int main(int argc, char **argv)
 {
+    if (argc == 2 && strcmp(argv[1], "--pause") == 0)
+        return pause_forever();
     int first = 1;
     if (first < argc && strcmp(argv[first], "--") == 0)
         first++;

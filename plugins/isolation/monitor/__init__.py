@@ -20,6 +20,13 @@ MONITOR_RECORD = "monitor"
 #: what the monitor speaks on the daemon's connection: 1, nothing is read,
 #: ``{"exit": N}`` is sent once, when the init is reaped
 PROTOCOL = 1
+#: protocol 2: also keeps the daemon's ends of the container's stdio, spools
+#: the output to ``<bundle>/spool`` while no daemon is connected and hands the
+#: ends over on ``<bundle>/monitor.sock`` (see skiff-monitor.c)
+PROTOCOL_SPOOL = 2
+#: the files of protocol 2 in the bundle
+SPOOL = "spool"
+SOCKET = "monitor.sock"
 
 
 def available() -> bool:

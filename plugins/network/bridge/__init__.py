@@ -6,7 +6,7 @@ from skiff.core.hookspecs import hookimpl
 from skiff.plugins.network.bridge.driver import NAME, BridgeNetworkDriver
 
 #: the plugin contract this module was written for; the loader refuses another major
-SKIFF_CONTRACT = "2.9"
+SKIFF_CONTRACT = "2.11"
 
 
 @hookimpl

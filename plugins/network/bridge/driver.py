@@ -225,7 +225,10 @@ class BridgeNetworkDriver:
         """Daemon start (contract 2.8): bridges, veths and rules of no network."""
         with self._lock:
             bridges = {net.bridge for nid, net in self.networks.items() if nid in keep}
-        return leftovers.reconcile(self.ctx.data_root, bridges, [self.firewall, self.firewall6])
+        # with live-restore a veth whose peer is in a namespace is a running
+        # container's, to be adopted (restore_endpoint)
+        return leftovers.reconcile(self.ctx.data_root, bridges, [self.firewall, self.firewall6],
+                                   keep_paired=bool(self.ctx.config.get("live-restore")))
 
     def delete_network(self, network_id: str) -> None:
         with self._lock:
@@ -467,6 +470,48 @@ class BridgeNetworkDriver:
             self.dns.add(endpoint.container_id, sock,
                          parse_upstreams(endpoint.dns_servers) if endpoint.dns_servers
                          else None)
+
+    def restore_endpoint(self, network_id: str, endpoint: Endpoint, pid: int) -> Endpoint:
+        """(contract 2.11) Live-restore: learn back the endpoint of a container
+        that ran on while no daemon did, plumbed by an earlier ``join`` into the
+        namespace of ``pid``.  ``endpoint`` asks for what it had (address, MAC,
+        host ports): they are taken again in the pools, its port rules (purged
+        with the bridge's at ``create_network``) come back, and so does its
+        name server socket.  Its veth stays as it is (it goes with the
+        container's namespace; ``leave`` finds nothing to delete)."""
+        ep = _own(self.create_endpoint(network_id, endpoint))
+        ep.veth = ep.host_interface = ""
+        try:
+            net = self._net(network_id)
+            with self._lock:
+                self._ifaces[ep.container_id] = self._ifaces.get(ep.container_id, 0) + 1
+            if net.dns:
+                self._rejoin_dns(ep, pid)
+        except BaseException:
+            self.leave(ep)
+            self.delete_endpoint(ep)
+            raise
+        return ep
+
+    def _rejoin_dns(self, ep: BridgeEndpoint, pid: int) -> None:
+        with self._lock:
+            first = not self._dns_members.get(ep.container_id)
+            self._dns_members[ep.container_id] = self._dns_members.get(ep.container_id, 0) + 1
+        if not first:
+            return
+
+        def bind() -> socket.socket:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                sock.bind((DNS_IP, 53))
+            except BaseException:
+                sock.close()
+                raise
+            return sock
+
+        sock = run_in_netns(f"/proc/{pid}/ns/net", bind)
+        self.dns.add(ep.container_id, sock,
+                     parse_upstreams(ep.dns_servers) if ep.dns_servers else None)
 
     def leave(self, endpoint: Endpoint) -> None:
         from pyroute2 import IPRoute

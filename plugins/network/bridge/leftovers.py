@@ -32,9 +32,12 @@ def owner_mark(data_root: str) -> str:
     return ("skiff " + data_root)[:255]
 
 
-def reconcile(data_root: str, bridges: set[str], firewalls: Iterable[Rules]) -> list[str]:
+def reconcile(data_root: str, bridges: set[str], firewalls: Iterable[Rules],
+              keep_paired: bool = False) -> list[str]:
     """Remove this daemon's veths and bridges that no network in ``bridges`` (the
-    bridges of the networks that exist) uses, and rules of bridges that are gone."""
+    bridges of the networks that exist) uses, and rules of bridges that are gone.
+    ``keep_paired`` (live-restore): a veth whose peer is in another namespace
+    is a running container's and stays."""
     from pyroute2 import IPRoute
 
     mark = owner_mark(data_root)
@@ -47,6 +50,8 @@ def reconcile(data_root: str, bridges: set[str], firewalls: Iterable[Rules]) -> 
         for link in links:
             name = names[link["index"]]
             master = names.get(link.get_attr("IFLA_MASTER") or -1)
+            if keep_paired and link.get_attr("IFLA_LINK_NETNSID") is not None:
+                continue
             if name.startswith(VETH_PREFIX) and (master in bridges or master in ours):
                 with contextlib.suppress(Exception):
                     ipr.link("del", index=link["index"])

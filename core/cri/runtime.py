@@ -1,0 +1,163 @@
+"""runtime.v1.RuntimeService: what skiff answers today (Version, Status,
+RuntimeConfig, pod sandboxes, containers in pods); every other RPC is
+UNIMPLEMENTED, naming itself."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+import grpc
+
+from skiff import __version__
+from skiff.core.cri.containers import Containers
+from skiff.core.cri.runtime_v1 import api_pb2 as pb
+from skiff.core.cri.runtime_v1 import api_pb2_grpc as rpc
+from skiff.core.cri.sandboxes import Sandboxes
+from skiff.core.cri.service import Calls, fill_unimplemented
+
+if TYPE_CHECKING:
+    from skiff.core.engine import Engine
+
+SERVICE = "runtime.v1.RuntimeService"
+#: the CRI's own version field: kubelet sends and expects "0.1.0"
+KUBE_API_VERSION = "0.1.0"
+RUNTIME_NAME = "skiff"
+RUNTIME_API_VERSION = "v1"
+
+#: why the runtime is not ready for pods: kubelet reads RuntimeReady=false as
+#: "do not schedule pods here", which is the truth until sandboxes exist
+NOT_READY_REASON = "StreamingNotImplemented"
+NOT_READY_MESSAGE = ("skiff's CRI serves images, pod sandboxes and their containers, without "
+                     "streaming (exec, attach, port-forward) or pod cgroup parents "
+                     "so far: not enough for kubelet (docs/cri.md)")
+
+
+class RuntimeService(rpc.RuntimeServiceServicer):
+    def __init__(self, engine: Engine, calls: Calls) -> None:
+        self.engine = engine
+        self.calls = calls
+        self.containers = Containers(engine, calls)
+        self.sandboxes = Sandboxes(engine, calls, self.containers)
+
+    def Version(self, request: pb.VersionRequest, context: grpc.ServicerContext
+                ) -> pb.VersionResponse:
+        return pb.VersionResponse(version=KUBE_API_VERSION, runtime_name=RUNTIME_NAME,
+                                  runtime_version=__version__,
+                                  runtime_api_version=RUNTIME_API_VERSION)
+
+    def Status(self, request: pb.StatusRequest, context: grpc.ServicerContext
+               ) -> pb.StatusResponse:
+        engine = self.engine
+
+        async def work() -> pb.StatusResponse:
+            # through the loop on purpose: an answer proves the engine's loop is alive
+            conditions = [
+                pb.RuntimeCondition(type="RuntimeReady", status=False, reason=NOT_READY_REASON,
+                                    message=NOT_READY_MESSAGE),
+                pb.RuntimeCondition(type="NetworkReady", status=False,
+                                    reason="NetworkPluginNotReady",
+                                    message="pod networking is not implemented yet"),
+            ]
+            reply = pb.StatusResponse(status=pb.RuntimeStatus(conditions=conditions))
+            if request.verbose:
+                reply.info["config"] = json.dumps({
+                    "runtime": engine.runtime_name, "storageDriver": engine.storage_name,
+                    "cgroupDriver": engine.cgroup_driver_name, "dataRoot": engine.data_root,
+                })
+            return reply
+
+        return self.calls.run(context, "Status", work)
+
+    def RuntimeConfig(self, request: pb.RuntimeConfigRequest, context: grpc.ServicerContext
+                      ) -> pb.RuntimeConfigResponse:
+        driver = pb.SYSTEMD if self.engine.cgroup_driver_name == "systemd" else pb.CGROUPFS
+        return pb.RuntimeConfigResponse(
+            linux=pb.LinuxRuntimeConfiguration(cgroup_driver=driver))
+
+
+    # -- pod sandboxes (sandboxes.py) ---------------------------------------------------
+
+    def RunPodSandbox(self, request: pb.RunPodSandboxRequest, context: grpc.ServicerContext
+                      ) -> pb.RunPodSandboxResponse:
+        return self.sandboxes.run(request, context)
+
+    def StopPodSandbox(self, request: pb.StopPodSandboxRequest, context: grpc.ServicerContext
+                       ) -> pb.StopPodSandboxResponse:
+        return self.sandboxes.stop(request, context)
+
+    def RemovePodSandbox(self, request: pb.RemovePodSandboxRequest,
+                         context: grpc.ServicerContext) -> pb.RemovePodSandboxResponse:
+        return self.sandboxes.remove(request, context)
+
+    def PodSandboxStatus(self, request: pb.PodSandboxStatusRequest,
+                         context: grpc.ServicerContext) -> pb.PodSandboxStatusResponse:
+        return self.sandboxes.status(request, context)
+
+    def ListPodSandbox(self, request: pb.ListPodSandboxRequest, context: grpc.ServicerContext
+                       ) -> pb.ListPodSandboxResponse:
+        return self.sandboxes.list(request, context)
+
+    def PodSandboxStats(self, request: pb.PodSandboxStatsRequest,
+                        context: grpc.ServicerContext) -> pb.PodSandboxStatsResponse:
+        return self.sandboxes.stats(request, context)
+
+    def ListPodSandboxStats(self, request: pb.ListPodSandboxStatsRequest,
+                            context: grpc.ServicerContext) -> pb.ListPodSandboxStatsResponse:
+        return self.sandboxes.list_stats(request, context)
+
+    # -- containers in pods (containers.py) ---------------------------------------------
+
+    def CreateContainer(self, request: pb.CreateContainerRequest,
+                        context: grpc.ServicerContext) -> pb.CreateContainerResponse:
+        return self.containers.create(request, context)
+
+    def StartContainer(self, request: pb.StartContainerRequest, context: grpc.ServicerContext
+                       ) -> pb.StartContainerResponse:
+        return self.containers.start(request, context)
+
+    def StopContainer(self, request: pb.StopContainerRequest, context: grpc.ServicerContext
+                      ) -> pb.StopContainerResponse:
+        return self.containers.stop(request, context)
+
+    def RemoveContainer(self, request: pb.RemoveContainerRequest,
+                        context: grpc.ServicerContext) -> pb.RemoveContainerResponse:
+        return self.containers.remove(request, context)
+
+    def ListContainers(self, request: pb.ListContainersRequest, context: grpc.ServicerContext
+                       ) -> pb.ListContainersResponse:
+        return self.containers.list(request, context)
+
+    def ContainerStatus(self, request: pb.ContainerStatusRequest,
+                        context: grpc.ServicerContext) -> pb.ContainerStatusResponse:
+        return self.containers.status(request, context)
+
+    def ExecSync(self, request: pb.ExecSyncRequest, context: grpc.ServicerContext
+                 ) -> pb.ExecSyncResponse:
+        return self.containers.exec_sync(request, context)
+
+    def ContainerStats(self, request: pb.ContainerStatsRequest, context: grpc.ServicerContext
+                       ) -> pb.ContainerStatsResponse:
+        return self.containers.stats(request, context)
+
+    def ListContainerStats(self, request: pb.ListContainerStatsRequest,
+                           context: grpc.ServicerContext) -> pb.ListContainerStatsResponse:
+        return self.containers.list_stats(request, context)
+
+    def ReopenContainerLog(self, request: pb.ReopenContainerLogRequest,
+                           context: grpc.ServicerContext) -> pb.ReopenContainerLogResponse:
+        return self.containers.reopen_log(request, context)
+
+    def UpdateContainerResources(self, request: pb.UpdateContainerResourcesRequest,
+                                 context: grpc.ServicerContext
+                                 ) -> pb.UpdateContainerResourcesResponse:
+        return self.containers.update_resources(request, context)
+
+
+IMPLEMENTED = ("Version", "Status", "RuntimeConfig", "RunPodSandbox", "StopPodSandbox",
+               "RemovePodSandbox", "PodSandboxStatus", "ListPodSandbox", "CreateContainer",
+               "StartContainer", "StopContainer", "RemoveContainer", "ListContainers",
+               "ContainerStatus", "ExecSync",
+               "ContainerStats", "ListContainerStats", "ReopenContainerLog",
+               "PodSandboxStats", "ListPodSandboxStats", "UpdateContainerResources")
+UNIMPLEMENTED = fill_unimplemented(RuntimeService, rpc.RuntimeServiceServicer, SERVICE)
