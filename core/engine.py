@@ -403,7 +403,8 @@ class Engine:
             storage=self.storage, layers=self.layers, known=set(self.containers.by_id),
             cgroups=self.cgroups, networks=list(self._networks.values()),
             network_ids=set(self.networks.by_id), spare_layer=BUILD_LAYER_PREFIX,
-            memory_spool=self.builds.memory_spool)
+            memory_spool=self.builds.memory_spool,
+            running={c.id for c in self.containers.by_id.values() if c.state.Running})
 
     async def _pull_for_build(self, ref: str, emit: Callable[[dict[str, Any]], None]) -> str:
         """A build's FROM or ``COPY --from`` image, pulled (no credentials:

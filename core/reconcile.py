@@ -42,12 +42,15 @@ RECORD = "config.v2.json"
 def at_start(*, data_root: str, exec_root: str, storage_home: str, storage: StorageDriver,
              layers: LayerStore, known: set[str], cgroups: CgroupDriver | None,
              networks: list[NetworkDriver], network_ids: set[str], spare_layer: str,
-             memory_spool: str | None = None) -> None:
+             memory_spool: str | None = None, running: set[str] | None = None) -> None:
     """Everything, in an order where each step finds what the one before freed:
     records first (what owns what), mounts before the directories below them,
     processes before their groups.  ``known``: the containers loaded;
     ``spare_layer``: the prefix of build layers (the builder's own sweep);
-    ``memory_spool``: this daemon's directory for build contexts in memory.
+    ``memory_spool``: this daemon's directory for build contexts in memory;
+    ``running``: the containers running after restore (to be adopted), the only
+    ones whose processes and groups stay: a start cut by a crash leaves a
+    process in the container's group behind a record that does not run.
     A step that fails is logged and the next one runs: a leftover costs disk
     or memory, a daemon that does not start costs every container."""
     began = time.monotonic()
@@ -62,7 +65,9 @@ def at_start(*, data_root: str, exec_root: str, storage_home: str, storage: Stor
     call_driver("storage_mounts", storage, owned)
     step("container_layers", lambda: orphan_layers(layers, owned, spare_layer))
     bundles = os.path.join(exec_root, "containers")
-    step("orphan_processes", lambda: kill_orphan_runs(bundles, owned, cgroups))
+    # an unreadable record keeps its processes and group, as it keeps its layer
+    runs = owned if running is None else running | (owned - known)
+    step("orphan_processes", lambda: kill_orphan_runs(bundles, runs, cgroups))
     step("bundles", lambda: clear_dir(bundles, keep=owned.__contains__))
     step("temp_dirs", lambda: [
         *clear_dir(os.path.join(data_root, "tmp")),
@@ -70,7 +75,7 @@ def at_start(*, data_root: str, exec_root: str, storage_home: str, storage: Stor
         *(clear_dir(memory_spool) if memory_spool else []),
     ])
     if cgroups is not None:
-        call_driver("cgroups", cgroups, owned)
+        call_driver("cgroups", cgroups, runs)
     for driver in networks:
         call_driver("network", driver, network_ids)
     log.info("reconcile.done", containers=len(known),
@@ -239,10 +244,10 @@ def call_driver(kind: str, driver: object, keep: set[str]) -> None:
 def kill_orphan_runs(bundles_root: str, known: set[str], cgroups: CgroupDriver | None
                      ) -> list[str]:
     """Kill what still runs of containers this daemon started and no longer has a
-    record of.  Proof of ownership is twofold: a bundle in this daemon's
-    exec-root, and membership of the container's group under this daemon's
-    cgroup parent; a pid alone proves nothing.  Waits (2 s) for them to go, so
-    their groups can be removed."""
+    record of, or whose record says they do not run.  Proof of ownership is
+    twofold: a bundle in this daemon's exec-root, and membership of the
+    container's group under this daemon's cgroup parent; a pid alone proves
+    nothing.  Waits (2 s) for them to go, so their groups can be removed."""
     if cgroups is None:
         return []
     try:
@@ -261,6 +266,11 @@ def kill_orphan_runs(bundles_root: str, known: set[str], cgroups: CgroupDriver |
                 killed.append(f"{cid[:12]}:{pid}")
             except ProcessLookupError:
                 pass
+        if pids:
+            # frozen by a pause or a commit the crash cut short: the kill waits
+            # for a thaw
+            with contextlib.suppress(Exception):
+                cgroups.thaw(cid)
         deadline = time.monotonic() + 2
         while time.monotonic() < deadline:
             try:

@@ -156,7 +156,12 @@ def register(router: Router, engine: Engine) -> None:
         finally:
             if frozen and cgroups is not None:
                 with trio.CancelScope(shield=True):
-                    await engine.to_thread(cgroups.thaw, c.id)
+                    try:
+                        await engine.to_thread(cgroups.thaw, c.id)
+                    except FileNotFoundError as exc:
+                        # a stop or kill meanwhile thawed it and its groups went
+                        # with it: the commit itself is whole
+                        log.info("container.commit_groups_gone", id=c.id, error=str(exc))
         log.info("container.commit", id=c.id, image=image_id, paused=frozen)
         return Response(201, json.dumps({"Id": image_id}).encode(), "application/json")
 

@@ -45,9 +45,12 @@ def register(router: Router, engine: Engine) -> None:
         if not repo:
             raise InvalidParameter("repository name must have at least one component")
         target = repo + (":" + req.q("tag") if req.q("tag") else "")
+        # resolved once: a name untagged meanwhile must not turn a tag made
+        # into a 404 (found by tests/chaos.py)
+        image_id = images.resolve(name)
         with metrics.image_actions.time("tag"):
-            new_ref = await engine.to_thread(images.tag, name, target)
-        image_event(engine, "tag", images.resolve(name), familiar_string(new_ref))
+            new_ref = await engine.to_thread(images.tag, image_id, target)
+        image_event(engine, "tag", image_id, familiar_string(new_ref))
         return _created()
 
     @router.route("DELETE", "/images/{name:path}")

@@ -363,6 +363,8 @@ class ContainerManager:
         c = self.get(ref)
         track = self.tracks[c.id]
         async with track.lock:
+            if c.id not in self.by_id:
+                raise NotFound(f"No such container: {ref}")  # removed while we waited
             if c.state.Running:
                 raise NotModified("container already started")
             if c.state.Status == "removing":
@@ -639,18 +641,28 @@ class ContainerManager:
         c = self.get(ref)
         track = self.tracks[c.id]
         self.restarts.forget(c)
-        if c.state.Running:
-            if not force:
-                raise Conflict(
-                    f"You cannot remove a running container {c.id}. Stop the container "
-                    "before attempting removal or force remove"
-                )
-            notice = track.next_exit
-            if track.process is not None:
-                track.process.kill(signal.SIGKILL)
-                self.event(c, "kill", signal=int(signal.SIGKILL))  # as dockerd's rm -f
-                await lifecycle.thaw_after_signal(self, c, signal.SIGKILL)
-            await notice.event.wait()
+        while True:
+            if c.state.Running:
+                if not force:
+                    raise Conflict(
+                        f"You cannot remove a running container {c.id}. Stop the container "
+                        "before attempting removal or force remove"
+                    )
+                notice = track.next_exit
+                if track.process is not None:
+                    track.process.kill(signal.SIGKILL)
+                    self.event(c, "kill", signal=int(signal.SIGKILL))  # as dockerd's rm -f
+                    await lifecycle.thaw_after_signal(self, c, signal.SIGKILL)
+                await notice.event.wait()
+            # Held while the container's files go: a start, connect or disconnect
+            # under way must not write into (or run from) a directory being removed
+            async with track.lock:
+                if c.state.Running:
+                    continue  # a start that held the lock got there first
+                await self._remove_stopped(c, track, volumes)
+                return
+
+    async def _remove_stopped(self, c: Container, track: Track, volumes: bool) -> None:
         if c.id not in self.by_id:
             return  # removed meanwhile (auto-remove)
         if c.state.Status == "removing":

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections.abc import Callable
 from typing import Any
@@ -23,7 +24,7 @@ from skiff.core.containers.model import Container
 from skiff.core.containers.netns import namespace_of
 from skiff.core.containers.netrates import Shaping, pick
 from skiff.core.containers.registry import ContainerRegistry, ToThread, Track
-from skiff.core.errors import Conflict, Forbidden, InvalidParameter
+from skiff.core.errors import Conflict, Forbidden, InvalidParameter, NotFound
 from skiff.core.events import Publish
 from skiff.core.hookspecs import (
     NET_RATE_PREFIX,
@@ -62,7 +63,13 @@ class NetworkAttachment:
         if user_defined(net):
             settings["Aliases"] = with_short_id(settings.get("Aliases"), c.id)
         endpoint = self._endpoint(c, net, name, settings)
-        ep = await self.to_thread(driver.create_endpoint, net.id, endpoint)
+        try:
+            ep = await self.to_thread(driver.create_endpoint, net.id, endpoint)
+        except LookupError:
+            # removed while this start went on (dockerd allows that while the
+            # container is stopped; the driver forgets it before the record
+            # goes): the start's own 404, not a 500
+            raise NotFound(f"network {net.name} not found") from None
         track.endpoints[name] = (driver, ep)
         await self.to_thread(driver.join, ep, pid)
         await self.shaping.joined(c, net.name, net.options, settings, ep)
@@ -266,6 +273,8 @@ class NetworkAttachment:
                 f"endpoint with name {c.name} already exists in network {net.name}")
         track = self.registry.tracks[c.id]
         async with track.lock:
+            if c.id not in self.registry.by_id:
+                raise NotFound(f"No such container: {ref}")  # removed while we waited
             settings = requested(config, subnet=net.subnet, predefined=net.predefined,
                                  user_subnet=net.user_subnet, subnet6=net.subnet6)
             self.shaping.check(pick(settings.get("DriverOpts")),
@@ -279,6 +288,9 @@ class NetworkAttachment:
                         if net.name in track.endpoints:
                             await self.detach(c, track, net.name)
                     del c.networks[net.name]
+                    if isinstance(exc, OSError) and not os.path.exists(f"/proc/{c.state.Pid}"):
+                        # the container ended while it was being connected
+                        raise Conflict(f"Container {c.id} is not running") from exc
                     if isinstance(exc, ValueError) and not isinstance(exc, InvalidParameter):
                         # the driver refused what was asked: the contract's 400
                         raise InvalidParameter(str(exc)) from exc
@@ -295,6 +307,8 @@ class NetworkAttachment:
             raise Conflict(f"container {c.id} is not connected to network {net.name}")
         track = self.registry.tracks[c.id]
         async with track.lock:
+            if c.id not in self.registry.by_id:
+                raise NotFound(f"No such container: {ref}")  # removed while we waited
             if net.name in track.endpoints:
                 await self.detach(c, track, net.name)
             del c.networks[net.name]

@@ -3,6 +3,7 @@ crashed daemon left behind ended."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable
@@ -90,6 +91,11 @@ def _kill_recorded(cgroups: CgroupDriver | None, c: Container) -> int | None:
         except Exception:
             return False  # no groups left: no proof
 
+    if cgroups is not None:
+        # paused, or frozen by a commit the crash cut short: a frozen process
+        # takes no signal, so it would outlive the kill (thawing harms nothing)
+        with contextlib.suppress(Exception):
+            cgroups.thaw(c.id)
     outcome = pidproof.kill_if_proven(c.state.Pid, c.state.pid_start, c.state.boot_id,
                                       in_cgroup, wait=RESTORE_KILL_WAIT)
     if outcome == "killed":

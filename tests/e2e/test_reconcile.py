@@ -442,3 +442,38 @@ def test_pull_cut_by_a_crash_leaves_no_layer_and_no_temp(tmp_path: Path) -> None
             assert ok(d, "run", "--rm", "--network", "none", "busybox", "echo", "ok") == "ok"
     finally:
         registry.close()
+
+
+def test_run_of_a_start_cut_by_a_crash_goes(tmp_path: Path, planted: list[Path],
+                                            stray: subprocess.Popen[bytes]) -> None:
+    """A start killed after it put the container's process in its groups and before
+    it recorded the run leaves both behind a record that does not run: found by
+    the chaos harness (tests/chaos.py), they stayed for good (the group busy,
+    the process of no running container)."""
+    with running_daemon(tmp_path / "d") as d:
+        d.skiff("image", "bootstrap", "busybox")
+        cid = ok(d, "create", "--network", "none", "busybox", "true")
+        parent = d.config["cgroup-parent"]
+        unified = (CGROUP / "cgroup.controllers").exists()
+        groups = [CGROUP / parent / cid] if unified else [
+            p / parent / cid for p in CGROUP.iterdir()
+            if p.is_dir() and not p.is_symlink() and (p / "cgroup.procs").exists()
+            and p.name not in ("unified", "systemd")]  # hybrid: not the driver's
+        assert groups
+        crash(d)
+        for group in groups:  # what the cut start made, with its process
+            group.mkdir(parents=True, exist_ok=True)
+            planted.append(group)
+        bundle = Path(d.config["exec-root"]) / "containers" / cid
+        bundle.mkdir(parents=True, exist_ok=True)
+        for group in groups:
+            with contextlib.suppress(OSError):  # v1 cpuset: no cpus of its own yet
+                (group / "cgroup.procs").write_text(str(stray.pid))
+        d.start()
+        assert all(not g.exists() for g in groups), (
+            [g for g in groups if g.exists()],
+            [ln[:200] for ln in d.log_path.read_text().splitlines() if "reconcile." in ln])
+        assert inspect(d, cid)["State"]["Status"] == "created"
+        assert stray.wait(10) == -signal.SIGKILL
+        log = d.log_path.read_text()
+        assert '"reconcile.cgroups"' in log and '"reconcile.orphan_processes"' in log
