@@ -126,10 +126,12 @@ def leftovers() -> list[str]:
 
 def test_egress_rate_holds_the_sender_near_8mbit(d: Daemon, net: str) -> None:
     rcv = receiver(d, net)
-    sender(d, net, rcv)
+    snd = sender(d, net, rcv)
     free = measure(d, rcv, 1.0)
     assert free > 5 * 8e6, f"without a limit only {free / 1e6:.1f} Mbit/s: the bridge itself?"
-    d.docker("rm", "-f", rcv)
+    # both go: a sender left retrying could reach the next receiver (its address
+    # may be the same) before the limited one does, and be measured instead
+    d.docker("rm", "-f", rcv, snd)
 
     rcv = receiver(d, net)
     sender(d, net, rcv, "--label", f"{EGRESS}=8mbit")
