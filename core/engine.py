@@ -512,6 +512,12 @@ class Engine:
         self.health.restore()  # those still running (live-restore)
         await self.to_thread(self._drop_build_layers)
         await self.to_thread(self.networks.load)
+        if self.cluster is None and self.networks.pending:
+            # kept, not plumbed: they come back if the store is configured again
+            log.warning("network.global_without_store",
+                        networks=sorted(self.networks.by_id[n].name
+                                        for n in self.networks.pending),
+                        reason="global-scope networks need cluster-store in daemon.json")
         await self.to_thread(self._reconcile)
         await self.runtime.start()
         await self.containers.adopt_all()  # live-restore: those that ran on

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 from benchmarks.engines import Dockerd
 from tests.daemon import Daemon, running_daemon
 from tests.dockerd import own_dockerd
-from tests.sidebyside import Side, SideBySide
+from tests.sidebyside import Side, SideBySide, unique
 
 
 @pytest.fixture(scope="module", params=["overlay2", "vfs"])
@@ -66,3 +67,19 @@ END_OF_RUN: list[str] = []
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     for line in END_OF_RUN:
         terminalreporter.write_line(line)
+
+
+@pytest.fixture
+def veth_parent() -> Iterator[str]:
+    """One end of a veth pair in the test's namespace, both ends up: a parent device
+    for macvlans (this kernel has macvlan but no dummy device), on which containers
+    of several daemons meet as hosts on one link."""
+    name = unique("vp")[:12]
+    subprocess.run(["ip", "link", "add", name, "type", "veth", "peer", "name", name + "x"],
+                   check=True)
+    try:
+        for dev in (name, name + "x"):
+            subprocess.run(["ip", "link", "set", dev, "up"], check=True)
+        yield name
+    finally:
+        subprocess.run(["ip", "link", "del", name], check=False)

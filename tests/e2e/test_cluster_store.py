@@ -158,49 +158,43 @@ def test_nodes_see_each_other_and_a_killed_one_drops_out(etcd: Etcd, tmp_path: P
 
 
 def test_without_the_store_containers_go_on_and_global_operations_fail(
-        etcd: Etcd, tmp_path: Path) -> None:
-    parent = unique("csp")[:12]
-    subprocess.run(["ip", "link", "add", parent, "type", "veth", "peer", "name", parent + "x"],
-                   check=True)
-    try:
-        subprocess.run(["ip", "link", "set", parent, "up"], check=True)
-        with running_daemon(tmp_path / "d1", **_cluster(etcd, 2377)) as d:
-            d.skiff("image", "bootstrap", "busybox")
-            node = _info(d, "ID")
-            poll(lambda: node in etcd.nodes(), what="the registration")
-            box = unique("csbox")
-            d.docker("run", "-d", "--name", box, "busybox", "sleep", "600", check=True)
-            net1, net2 = unique("gn"), unique("gn")
-            d.docker("network", "create", "-d", "testnet-global", "--subnet", "10.214.7.0/24",
-                     "-o", f"parent={parent}", net1, check=True)
-            assert _info(d, "ClusterStore") == etcd.store
-            etcd.stop()
-            started = time.monotonic()
+        etcd: Etcd, tmp_path: Path, veth_parent: str) -> None:
+    parent = veth_parent
+    with running_daemon(tmp_path / "d1", **_cluster(etcd, 2377)) as d:
+        d.skiff("image", "bootstrap", "busybox")
+        node = _info(d, "ID")
+        poll(lambda: node in etcd.nodes(), what="the registration")
+        box = unique("csbox")
+        d.docker("run", "-d", "--name", box, "busybox", "sleep", "600", check=True)
+        net1, net2 = unique("gn"), unique("gn")
+        d.docker("network", "create", "-d", "testnet-global", "--subnet", "10.214.7.0/24",
+                 "-o", f"parent={parent}", net1, check=True)
+        assert _info(d, "ClusterStore") == etcd.store
+        etcd.stop()
+        started = time.monotonic()
 
-            def refused() -> str:
-                res = d.docker("network", "create", "-d", "testnet-global", "--subnet",
-                               "10.214.8.0/24", "-o", f"parent={parent}", net2)
-                return res.stderr.decode() if res.returncode != 0 else ""
+        def refused() -> str:
+            res = d.docker("network", "create", "-d", "testnet-global", "--subnet",
+                           "10.214.8.0/24", "-o", f"parent={parent}", net2)
+            return res.stderr.decode() if res.returncode != 0 else ""
 
-            err = poll(refused, timeout=10, what="network create to be refused")
-            assert etcd.store in err and "cluster store" in err, err
-            assert net2 not in d.docker("network", "ls", check=True).stdout.decode()
-            # the daemon and its containers go on while the store is away
-            assert d.docker("exec", box, "echo", "alive", check=True).stdout == b"alive\n"
-            d.docker("run", "--rm", "busybox", "true", check=True)  # local work is unaffected
-            time.sleep(max(0.0, 5 - (time.monotonic() - started)))
-            etcd.start()
-            # back: registered again (its old lease ran out meanwhile) and creates work
-            poll(lambda: node in etcd.nodes(), timeout=15, what="the registration to return")
-            poll(lambda: d.docker("network", "create", "-d", "testnet-global", "--subnet",
-                                  "10.214.8.0/24", "-o", f"parent={parent}",
-                                  net2).returncode == 0,
-                 timeout=15, what="network create once the store is back")
-            assert "cluster.store_unavailable" in d.logs()
-            d.docker("rm", "-f", box, check=True)
-            d.docker("network", "rm", net1, net2, check=True)
-    finally:
-        subprocess.run(["ip", "link", "del", parent], check=False)
+        err = poll(refused, timeout=10, what="network create to be refused")
+        assert etcd.store in err and "cluster store" in err, err
+        assert net2 not in d.docker("network", "ls", check=True).stdout.decode()
+        # the daemon and its containers go on while the store is away
+        assert d.docker("exec", box, "echo", "alive", check=True).stdout == b"alive\n"
+        d.docker("run", "--rm", "busybox", "true", check=True)  # local work is unaffected
+        time.sleep(max(0.0, 5 - (time.monotonic() - started)))
+        etcd.start()
+        # back: registered again (its old lease ran out meanwhile) and creates work
+        poll(lambda: node in etcd.nodes(), timeout=15, what="the registration to return")
+        poll(lambda: d.docker("network", "create", "-d", "testnet-global", "--subnet",
+                              "10.214.8.0/24", "-o", f"parent={parent}",
+                              net2).returncode == 0,
+             timeout=15, what="network create once the store is back")
+        assert "cluster.store_unavailable" in d.logs()
+        d.docker("rm", "-f", box, check=True)
+        d.docker("network", "rm", net1, net2, check=True)
 
 
 def test_global_networks_need_a_store(default_skiffd: Daemon) -> None:
@@ -230,21 +224,6 @@ def test_bad_cluster_settings_refuse_the_start(tmp_path: Path, config: dict[str,
     assert d.proc is not None and d.proc.returncode == 1
 
 
-@pytest.fixture
-def parent_link() -> Iterator[str]:
-    """A veth pair in the test's namespace: one end is the macvlans' parent, on
-    which containers of both daemons meet (as hosts on one underlay)."""
-    name = unique("gnp")[:12]
-    subprocess.run(["ip", "link", "add", name, "type", "veth", "peer", "name", name + "x"],
-                   check=True)
-    try:
-        for dev in (name, name + "x"):
-            subprocess.run(["ip", "link", "set", dev, "up"], check=True)
-        yield name
-    finally:
-        subprocess.run(["ip", "link", "del", name], check=False)
-
-
 def _net_ids(d: Daemon) -> dict[str, str]:
     out = d.docker("network", "ls", "--no-trunc", "--format", "{{.Name}} {{.ID}} {{.Scope}}",
                    check=True).stdout.decode()
@@ -252,7 +231,7 @@ def _net_ids(d: Daemon) -> dict[str, str]:
             (line.split() for line in out.splitlines())}
 
 
-def test_a_global_network_is_on_every_node(etcd: Etcd, tmp_path: Path, parent_link: str
+def test_a_global_network_is_on_every_node(etcd: Etcd, tmp_path: Path, veth_parent: str
                                            ) -> None:
     net, late = unique("gn"), unique("gn")
     with running_daemon(tmp_path / "d1", **_cluster(etcd, 2377)) as d1, \
@@ -261,13 +240,13 @@ def test_a_global_network_is_on_every_node(etcd: Etcd, tmp_path: Path, parent_li
             d.skiff("image", "bootstrap", "busybox")
         poll(lambda: len(etcd.nodes()) == 2, what="both nodes registered")
         d1.docker("network", "create", "-d", "testnet-global", "--subnet", "10.214.20.0/24",
-                  "-o", f"parent={parent_link}", net, check=True)
+                  "-o", f"parent={veth_parent}", net, check=True)
         made = _net_ids(d1)[net]
         assert made.endswith(" global")
         poll(lambda: _net_ids(d2).get(net) == made, what="the network on the other node")
         # one name in the cluster: the store's transaction refuses the second
         res = d2.docker("network", "create", "-d", "testnet-global", "--subnet",
-                        "10.214.21.0/24", "-o", f"parent={parent_link}", net)
+                        "10.214.21.0/24", "-o", f"parent={veth_parent}", net)
         assert res.returncode != 0 and "already exists" in res.stderr.decode()
         # a container on each node, on the one network: they talk across the "hosts"
         a, b = unique("ga"), unique("gb")
@@ -283,7 +262,7 @@ def test_a_global_network_is_on_every_node(etcd: Etcd, tmp_path: Path, parent_li
         d2.docker("rm", "-f", b, check=True)
         assert d2.stop() == 0
         d1.docker("network", "create", "-d", "testnet-global", "--subnet", "10.214.22.0/24",
-                  "-o", f"parent={parent_link}", late, check=True)
+                  "-o", f"parent={veth_parent}", late, check=True)
         d1.docker("rm", "-f", a, check=True)
         d1.docker("network", "rm", net, check=True)
         d2.start()

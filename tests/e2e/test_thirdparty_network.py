@@ -9,9 +9,6 @@ import json
 import re
 import socket
 import subprocess
-from collections.abc import Iterator
-
-import pytest
 
 from tests.daemon import Daemon
 from tests.sidebyside import unique
@@ -25,27 +22,12 @@ def _ifindex(name: str) -> int:
     return socket.if_nametoindex(name)
 
 
-@pytest.fixture
-def parent() -> Iterator[str]:
-    """A veth pair in the test's own namespace; one end is the macvlans' parent
-    (this kernel has macvlan but no dummy device)."""
-    name = unique("tnp")[:12]
-    subprocess.run(["ip", "link", "add", name, "type", "veth", "peer", "name", name + "x"],
-                   check=True)
-    try:
-        for dev in (name, name + "x"):
-            subprocess.run(["ip", "link", "set", dev, "up"], check=True)
-        yield name
-    finally:
-        subprocess.run(["ip", "link", "del", name], check=False)
-
-
-def test_containers_on_a_third_party_network_talk(default_skiffd: Daemon, parent: str) -> None:
+def test_containers_on_a_third_party_network_talk(default_skiffd: Daemon, veth_parent: str) -> None:
     d = default_skiffd
     net, a, b = unique("tn"), unique("tna"), unique("tnb")
     try:
         d.docker("network", "create", "-d", "testnet", "--subnet", "10.213.7.0/24",
-                 "-o", f"parent={parent}", net, check=True)
+                 "-o", f"parent={veth_parent}", net, check=True)
         inspected = json.loads(_out(d.docker("network", "inspect", net, check=True)))[0]
         assert (inspected["Driver"], inspected["Scope"]) == ("testnet", "local")
         assert inspected["IPAM"]["Config"][0]["Subnet"] == "10.213.7.0/24"
@@ -59,7 +41,7 @@ def test_containers_on_a_third_party_network_talk(default_skiffd: Daemon, parent
         pid = _out(d.docker("inspect", "--format", "{{.State.Pid}}", a, check=True))
         link = subprocess.run(["nsenter", f"--net=/proc/{pid}/ns/net", "ip", "-d", "-o", "link",
                                "show", "eth0"], capture_output=True, text=True, check=True).stdout
-        assert "macvlan mode bridge" in link and f"@if{_ifindex(parent)}" in link
+        assert "macvlan mode bridge" in link and f"@if{_ifindex(veth_parent)}" in link
         addr = _out(d.docker("exec", a, "ip", "-o", "-4", "addr", "show", "eth0", check=True))
         assert f"{ip_a}/24" in addr
         # a second container, by the stock CLI too, reaches the first through the parent
@@ -94,7 +76,7 @@ def test_containers_on_a_third_party_network_talk(default_skiffd: Daemon, parent
         d.docker("network", "rm", net)
 
 
-def test_its_refusals_are_400s_in_its_words(default_skiffd: Daemon, parent: str) -> None:
+def test_its_refusals_are_400s_in_its_words(default_skiffd: Daemon, veth_parent: str) -> None:
     d = default_skiffd
     net = unique("tn")
     res = d.docker("network", "create", "-d", "testnet", net)
@@ -103,7 +85,7 @@ def test_its_refusals_are_400s_in_its_words(default_skiffd: Daemon, parent: str)
     res = d.docker("network", "create", "-d", "testnet", "-o", "parent=nosuchdev0", net)
     assert "parent interface nosuchdev0 does not exist" in res.stderr.decode()
     # the daemon refuses what the driver says it cannot do (ipv6 = False)
-    res = d.docker("network", "create", "-d", "testnet", "-o", f"parent={parent}", "--ipv6",
+    res = d.docker("network", "create", "-d", "testnet", "-o", f"parent={veth_parent}", "--ipv6",
                    "--subnet", "fd00:77::/64", net)
     assert "IPv6 is not supported by the testnet driver" in res.stderr.decode()
     assert d.docker("network", "inspect", net).returncode != 0  # none of them was made

@@ -430,10 +430,18 @@ class BridgeNetworkDriver:
         def inside() -> socket.socket | None:
             with IPRoute() as ipr:
                 idx = ipr.link_lookup(ifname=peer)[0]
-                # another driver's interface may hold eth<n> (an overlay joined first)
-                taken = {link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
-                ifname = next(f"eth{i}" for i in range(n, n + 64) if f"eth{i}" not in taken)
-                ipr.link("set", index=idx, ifname=ifname, address=endpoint.mac_address)
+                ifname = f"eth{n}"
+                try:
+                    ipr.link("set", index=idx, ifname=ifname, address=endpoint.mac_address)
+                except NetlinkError as exc:
+                    if exc.code != errno.EEXIST:
+                        raise
+                    # another driver's interface holds eth<n> (an overlay joined
+                    # first): only then list the links, off the common start path
+                    taken = {link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+                    ifname = next(f"eth{i}" for i in range(n, n + 64)
+                                  if f"eth{i}" not in taken)
+                    ipr.link("set", index=idx, ifname=ifname, address=endpoint.mac_address)
                 ipr.addr("add", index=idx, address=endpoint.ip_address,
                          prefixlen=endpoint.ip_prefix_len)
                 if endpoint.ip6_address:
