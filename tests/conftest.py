@@ -94,3 +94,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for item in items:
             if "unit" not in item.nodeid.split(os.sep)[1:2]:
                 item.add_marker(skip)
+
+
+_FILE_SECONDS: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    # setup and teardown count too: that is where module-scoped daemons start and stop
+    path = report.nodeid.split("::", 1)[0]
+    _FILE_SECONDS[path] = _FILE_SECONDS.get(path, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The files that cost the most wall time, so CI's length can be worked on."""
+    if len(_FILE_SECONDS) < 20:
+        return  # a targeted run: the per-test --durations are enough
+    total = sum(_FILE_SECONDS.values())
+    terminalreporter.section("slowest test files (setup + call + teardown)")
+    for path, secs in sorted(_FILE_SECONDS.items(), key=lambda kv: -kv[1])[:25]:
+        terminalreporter.write_line(f"{secs:8.1f}s {100 * secs / total:5.1f}%  {path}")
+    terminalreporter.write_line(f"{total:8.1f}s in all, {len(_FILE_SECONDS)} files")
