@@ -25,16 +25,13 @@ import pytest
 
 from skiff.core.cri.runtime_v1 import api_pb2 as pb
 from tests.daemon import Daemon
-from tests.e2e.test_cri import (  # noqa: F401 - the fixtures
-    Cri,
-    container_config,
-    cri,
-    cri_path,
-    crictl,
-    pod_config,
-    skiffd,
-    tools,
-)
+from tests.e2e import test_cri as base
+from tests.e2e.test_cri import Cri, container_config, cri_path, crictl, pod_config
+
+# test_cri's daemon (the CRI on, busybox bootstrapped), crictl and a CRI client
+tools = base.tools
+skiffd = base.skiffd
+cri = base.cri
 
 
 @pytest.fixture(scope="module")
