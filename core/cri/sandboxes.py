@@ -10,8 +10,9 @@ record of it (metadata, labels, annotations, creation time) is kept in the
 container's labels, so it survives a daemon restart with the container.
 
 What a pod asks that skiff cannot honour is refused (INVALID_ARGUMENT, naming
-it), never dropped: the engine's own refusals (Sysctls, CgroupParent) pass
-through with their words.
+it), never dropped: the engine's own refusal (CgroupParent) passes through
+with its words.  Sysctls are the CRI's own (``sysctls.py``): written in the
+pod's namespaces once the pause holds them.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import grpc
 import trio
 
 from skiff.core.containers.resources import cgroup_procs, network_stats
+from skiff.core.cri import sysctls
 from skiff.core.cri.namespace import NAMESPACE, NAMESPACE_LABEL
 from skiff.core.cri.runtime_v1 import api_pb2 as pb
 from skiff.core.cri.security import seccomp_opts
@@ -84,8 +86,6 @@ def create_body(config: pb.PodSandboxConfig, default_network: str) -> dict[str, 
     }
     if linux.cgroup_parent:
         hc["CgroupParent"] = linux.cgroup_parent  # the engine refuses it, with its words
-    if linux.sysctls:
-        hc["Sysctls"] = dict(linux.sysctls)  # likewise
     if sc.supplemental_groups:
         hc["GroupAdd"] = [str(g) for g in sc.supplemental_groups]
     seccomp = seccomp_opts(sc)
@@ -217,10 +217,17 @@ class Sandboxes:
             # off the loop: a Localhost seccomp profile is a file to read
             body = await engine.to_thread(create_body, request.config,
                                           engine.resolve_network_mode("default"))
+            ns = request.config.linux.security_context.namespace_options
+            planned = sysctls.plan(dict(request.config.linux.sysctls),
+                                   host_network=ns.network == pb.NODE,
+                                   host_ipc=ns.ipc == pb.NODE)
             await self._pause_image()
             cid, _ = await engine.containers.create(body, sandbox_name(request.config))
             try:
                 await engine.containers.start(cid)
+                if planned:
+                    pid = engine.containers.by_id[cid].state.Pid
+                    await engine.to_thread(sysctls.apply, pid, planned)
             except BaseException:
                 # a pod that did not start is no pod: gone even when the call was cancelled
                 with trio.CancelScope(shield=True):

@@ -475,8 +475,18 @@ def test_pod_sandbox_refusals(cri: Cri) -> None:
     err = run(pb.PodSandboxConfig(metadata=pb.PodSandboxMetadata(name="x")))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "metadata" in err.details()
     err = run(pb.PodSandboxConfig(metadata=md, linux=pb.LinuxPodSandboxConfig(
-        sysctls={"net.ipv4.ip_forward": "1"})))
-    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "Sysctls" in err.details()
+        sysctls={"vm.swappiness": "1"})))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "not namespaced" in err.details()
+    err = run(pb.PodSandboxConfig(metadata=md, linux=pb.LinuxPodSandboxConfig(
+        sysctls={"net.ipv4.no_such_sysctl": "1"})))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "no such sysctl" in err.details()
+    err = run(pb.PodSandboxConfig(metadata=md, linux=pb.LinuxPodSandboxConfig(
+        sysctls={"net.ipv4.ip_forward": "1"}, security_context=pb.LinuxSandboxSecurityContext(
+            namespace_options=pb.NamespaceOption(network=pb.NODE)))))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "host's network" in err.details()
+    err = run(pb.PodSandboxConfig(metadata=md, linux=pb.LinuxPodSandboxConfig(
+        cgroup_parent="/kubepods/pod1")))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "CgroupParent" in err.details()
     err = run(pb.PodSandboxConfig(metadata=md, linux=pb.LinuxPodSandboxConfig(
         security_context=pb.LinuxSandboxSecurityContext(namespace_options=pb.NamespaceOption(
             network=pb.TARGET)))))
@@ -484,6 +494,36 @@ def test_pod_sandbox_refusals(cri: Cri) -> None:
     # nothing was left behind by the refusals
     listed = cri.runtime.ListPodSandbox(pb.ListPodSandboxRequest(), timeout=10).items
     assert not [p for p in listed if p.metadata.name in ("refused", "x")]
+
+
+def test_pod_sysctls(skiffd: Daemon, cri: Cri) -> None:
+    """Namespaced sysctls of a pod (kubelet's safe kernel.shm_rmid_forced, an IPC
+    and a network one) are set in the pod's namespaces, seen by its containers,
+    and the host's values stay as they were."""
+    wanted = {"kernel.shm_rmid_forced": "1", "fs.mqueue.msg_max": "100",
+              "net.ipv4.ip_unprivileged_port_start": "80"}
+    paths = {k: "/proc/sys/" + k.replace(".", "/") for k in wanted}
+    host = {k: Path(p).read_text().strip() for k, p in paths.items()}
+    assert host != wanted
+    md = pb.PodSandboxMetadata(name="sysctls", uid="uid-sysctls", namespace="cri-test")
+    config = pb.PodSandboxConfig(metadata=md, linux=pb.LinuxPodSandboxConfig(sysctls=wanted))
+    pod = cri.runtime.RunPodSandbox(pb.RunPodSandboxRequest(config=config),
+                                    timeout=60).pod_sandbox_id
+    try:
+        ctr = cri.runtime.CreateContainer(pb.CreateContainerRequest(
+            pod_sandbox_id=pod, sandbox_config=config, config=pb.ContainerConfig(
+                metadata=pb.ContainerMetadata(name="reader"),
+                image=pb.ImageSpec(image="busybox:latest"), command=["sleep", "60"])),
+            timeout=60).container_id
+        cri.runtime.StartContainer(pb.StartContainerRequest(container_id=ctr), timeout=60)
+        reply = cri.runtime.ExecSync(pb.ExecSyncRequest(
+            container_id=ctr, cmd=["cat", *paths.values()], timeout=10), timeout=20)
+        assert reply.stdout.decode().split() == list(wanted.values()), reply
+        assert {k: Path(p).read_text().strip() for k, p in paths.items()} == host
+    finally:
+        cri.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod), timeout=60)
+        cri.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod),
+                                     timeout=60)
 
 
 def test_sandbox_outlives_a_daemon_restart(tmp_path: Path, tools: Path) -> None:
