@@ -1,6 +1,6 @@
-"""runtime.v1.RuntimeService: what skiff answers today (Version, Status,
-RuntimeConfig, pod sandboxes, containers in pods); every other RPC is
-UNIMPLEMENTED, naming itself."""
+"""runtime.v1.RuntimeService: Version, Status, RuntimeConfig, pod sandboxes,
+containers in pods and the streaming RPCs; every other RPC is UNIMPLEMENTED,
+naming itself."""
 
 from __future__ import annotations
 
@@ -28,12 +28,10 @@ KUBE_API_VERSION = "0.1.0"
 RUNTIME_NAME = "skiff"
 RUNTIME_API_VERSION = "v1"
 
-#: why the runtime is not ready for pods: kubelet reads RuntimeReady=false as
-#: "do not schedule pods here", which is the truth until sandboxes exist
-NOT_READY_REASON = "StreamingNotImplemented"
-NOT_READY_MESSAGE = ("skiff's CRI serves images, pod sandboxes and their containers, without "
-                     "streaming (exec, attach, port-forward) or pod cgroup parents "
-                     "so far: not enough for kubelet (docs/cri.md)")
+#: NetworkReady false: pods would get no network but their loopback
+NO_NETWORK_REASON = "NoPodNetwork"
+NO_NETWORK_MESSAGE = ("this skiffd has no bridge network (daemon.json bridge is none, or no "
+                      "bridge driver): pods get only a loopback; docs/cri.md")
 
 
 class RuntimeService(rpc.RuntimeServiceServicer):
@@ -55,13 +53,16 @@ class RuntimeService(rpc.RuntimeServiceServicer):
         engine = self.engine
 
         async def work() -> pb.StatusResponse:
-            # through the loop on purpose: an answer proves the engine's loop is alive
+            # through the loop on purpose: an answer proves the engine's loop is
+            # alive, which is what RuntimeReady says (pods, containers and the
+            # streaming server run on it); NetworkReady: the network pods get
+            # (the daemon's bridge) exists
+            networked = engine.resolve_network_mode("default") != "none"
             conditions = [
-                pb.RuntimeCondition(type="RuntimeReady", status=False, reason=NOT_READY_REASON,
-                                    message=NOT_READY_MESSAGE),
-                pb.RuntimeCondition(type="NetworkReady", status=False,
-                                    reason="NetworkPluginNotReady",
-                                    message="pod networking is not implemented yet"),
+                pb.RuntimeCondition(type="RuntimeReady", status=True),
+                pb.RuntimeCondition(type="NetworkReady", status=networked,
+                                    reason="" if networked else NO_NETWORK_REASON,
+                                    message="" if networked else NO_NETWORK_MESSAGE),
             ]
             reply = pb.StatusResponse(status=pb.RuntimeStatus(conditions=conditions))
             if request.verbose:

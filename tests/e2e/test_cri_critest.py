@@ -215,8 +215,6 @@ def test_critest_image_specs(tools: Path, skiffd: Daemon, tmp_path: Path) -> Non
 #: the specs skiff does not pass yet, each with why (docs/cri.md lists the same);
 #: the whole-suite run skips them and must pass everything else
 NOT_YET = {
-    "runtime should return runtime conditions":
-        "RuntimeReady is false on purpose until streaming exists (kubelet must not use skiff)",
     "runtime should support MaskedPaths": "the engine has no MaskedPaths (Docker's defaults apply)",
     "runtime should support ReadonlyPaths":
         "the engine has no ReadonlyPaths (Docker's defaults apply)",
@@ -242,7 +240,7 @@ def test_critest_whole_suite(tools: Path, skiffd: Daemon, tmp_path: Path) -> Non
         # the HostIpc specs make a segment on the host (ipcmk) and leave it
         for shmid in shm_ids() - before:
             subprocess.run(["ipcrm", "-m", shmid], check=False, capture_output=True)
-    assert got["passed"] == 81, out[-3000:]
+    assert got["passed"] == 82, out[-3000:]
     left = skiffd.docker("ps", "-aq", "--filter", "label=io.skiff.cri.namespace").stdout
     assert not left.strip()  # the suite removed its pods and containers
 
