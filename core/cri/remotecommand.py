@@ -211,6 +211,7 @@ async def serve_exec(engine: Engine, session: SpdySession, request: Any) -> None
         except SkiffError as exc:
             return status_json(None, str(exc))
         ex = engine.execs.by_id[exec_id]
+        ex.detachable = False  # Ctrl-P Ctrl-Q is the program's input here
 
         def resize(height: int, width: int) -> bool:
             if ex.terminal < 0:
