@@ -14,6 +14,7 @@ and FIN, and the client closes the connection.
 from __future__ import annotations
 
 import json
+import signal
 import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -229,22 +230,41 @@ async def serve_exec(engine: Engine, session: SpdySession, request: Any) -> None
             with trio.move_on_after(FIRST_SIZE_WAIT):
                 await first.wait()
         log.info("cri.exec", container=request.container_id, tty=tty, cmd=list(request.cmd))
-        try:
-            await engine.execs.start(exec_id, Client(streams, framed=not tty, tty=tty),
-                                     framed=not tty)
-        except StartError as exc:
-            code = exc.exit_code if exc.exit_code else 126
-            where = streams.get("stderr") or streams.get("stdout")
-            if where is not None:
-                await where.send_all(f"exec failed: {exc}\n".encode())
-            return status_json(code, f"command terminated with non-zero exit code: {exc}")
-        except SkiffError as exc:
-            return status_json(None, str(exc))
-        await ex.ended.wait()
-        code = ex.exit_code if ex.exit_code is not None else 255
-        return status_json(code)
+
+        async def run() -> bytes:
+            try:
+                await engine.execs.start(exec_id, Client(streams, framed=not tty, tty=tty),
+                                         framed=not tty)
+            except StartError as exc:
+                code = exc.exit_code if exc.exit_code else 126
+                where = streams.get("stderr") or streams.get("stdout")
+                if where is not None:
+                    await where.send_all(f"exec failed: {exc}\n".encode())
+                return status_json(code, f"command terminated with non-zero exit code: {exc}")
+            except SkiffError as exc:
+                return status_json(None, str(exc))
+            await ex.ended.wait()
+            return status_json(ex.exit_code if ex.exit_code is not None else 255)
+
+        async with trio.open_nursery() as watch:
+            watch.start_soon(_kill_when_gone, session, ex)
+            status = await run()
+            watch.cancel_scope.cancel()
+        return status
 
     await _serve(session, want, work)
+
+
+async def _kill_when_gone(session: SpdySession, ex: Any) -> None:
+    """The client went away before its command ended: the command goes too, as
+    containerd's does (nobody is left to read it or to be told its end)."""
+    await session.closed.wait()
+    while not ex.ended.is_set():
+        if ex.process is not None:  # once it runs (it may be starting still)
+            log.info("cri.exec_client_gone", exec=ex.id, pid=ex.pid)
+            ex.process.kill(signal.SIGKILL)
+            return
+        await trio.sleep(0.05)
 
 
 async def serve_attach(engine: Engine, session: SpdySession, request: Any) -> None:

@@ -189,6 +189,47 @@ def test_exec_with_a_tty_passes_docker_detach_keys(skiffd: Daemon, cri: Cri,
     assert json.loads(got[1])["status"] == "Success", got
 
 
+def sleeping(marker: str) -> list[int]:
+    found = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if cmdline == f"sleep\0{marker}\0".encode():
+                found.append(int(pid))
+    return found
+
+
+def test_exec_ends_with_its_client(cri: Cri, sleeper: str) -> None:
+    """A client gone before its command ended takes the command with it, as with
+    containerd: nobody is left to read it."""
+    url = cri.runtime.Exec(pb.ExecRequest(container_id=sleeper, stdout=True, stderr=True,
+                                          cmd=["sleep", "301"]), timeout=10).url
+    host, port = url.split("/")[2].split(":")
+    sock = socket.create_connection((host, int(port)), 10)
+    try:
+        sock.sendall((f"POST /{url.split('/', 3)[3]} HTTP/1.1\r\nHost: x\r\n"
+                      "Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\n"
+                      "X-Stream-Protocol-Version: v4.channel.k8s.io\r\n"
+                      "Content-Length: 0\r\n\r\n").encode())
+        assert sock.recv(4096).startswith(b"HTTP/1.1 101")
+        codec = spdy.HeaderCodec()
+        for sid, kind in ((1, "error"), (3, "stdout"), (5, "stderr")):
+            sock.sendall(spdy.syn_stream(codec, sid, {"streamtype": kind}))
+        deadline = time.monotonic() + 20
+        while not sleeping("301") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert sleeping("301")
+    finally:
+        sock.close()
+    deadline = time.monotonic() + 10
+    while sleeping("301") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not sleeping("301")
+
+
 def test_attach(tools: Path, skiffd: Daemon, pod: tuple[str, Path]) -> None:
     """``crictl attach -i``: the container's stdin gets what crictl reads, its
     output comes back; with stdin_once the end of stdin ends the container."""
