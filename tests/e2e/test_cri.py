@@ -526,6 +526,44 @@ def test_pod_sysctls(skiffd: Daemon, cri: Cri) -> None:
                                      timeout=60)
 
 
+def test_masked_and_readonly_paths(skiffd: Daemon, cri: Cri) -> None:
+    """A container's masked_paths and readonly_paths (kubelet sends its lists for
+    every container) replace the engine's defaults; none given: Docker's."""
+    md = pb.PodSandboxMetadata(name="paths", uid="uid-paths", namespace="cri-test")
+    config = pb.PodSandboxConfig(metadata=md)
+    pod = cri.runtime.RunPodSandbox(pb.RunPodSandboxRequest(config=config),
+                                    timeout=60).pod_sandbox_id
+    try:
+        def started(name: str, **sc: list[str]) -> str:
+            ctr = cri.runtime.CreateContainer(pb.CreateContainerRequest(
+                pod_sandbox_id=pod, sandbox_config=config, config=pb.ContainerConfig(
+                    metadata=pb.ContainerMetadata(name=name),
+                    image=pb.ImageSpec(image="busybox:latest"), command=["sleep", "60"],
+                    linux=pb.LinuxContainerConfig(
+                        security_context=pb.LinuxContainerSecurityContext(**sc)))),
+                timeout=60).container_id
+            cri.runtime.StartContainer(pb.StartContainerRequest(container_id=ctr), timeout=60)
+            return ctr
+
+        def sh(ctr: str, script: str) -> pb.ExecSyncResponse:
+            return cri.runtime.ExecSync(pb.ExecSyncRequest(
+                container_id=ctr, cmd=["sh", "-c", script], timeout=10), timeout=20)
+
+        given = started("given", masked_paths=["/etc/hostname"], readonly_paths=["/tmp"])
+        assert sh(given, "cat /etc/hostname").stdout == b""  # masked: /dev/null over it
+        wrote = sh(given, "touch /tmp/x")
+        assert wrote.exit_code != 0 and b"Read-only file system" in wrote.stderr
+        assert int(sh(given, "wc -c < /proc/timer_list").stdout) > 0  # Docker's list replaced
+        default = started("default")
+        assert sh(default, "cat /etc/hostname").stdout.strip()
+        assert sh(default, "touch /tmp/x").exit_code == 0
+        assert sh(default, "wc -c < /proc/timer_list").stdout.strip() == b"0"  # Docker's mask
+    finally:
+        cri.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod), timeout=60)
+        cri.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod),
+                                     timeout=60)
+
+
 def test_sandbox_outlives_a_daemon_restart(tmp_path: Path, tools: Path) -> None:
     """The CRI's record is in the container's labels: after a restart the pod is
     listed (NOTREADY: containers stop with the daemon) and can be removed."""
@@ -685,9 +723,9 @@ def test_container_refusals(skiffd: Daemon, cri: Cri) -> None:
                                         image=pb.ImageSpec(image="no/such:image")))
         assert err.code() == grpc.StatusCode.NOT_FOUND
         err = create(pb.ContainerConfig(linux=pb.LinuxContainerConfig(
-            security_context=pb.LinuxContainerSecurityContext(masked_paths=["/proc/kcore"])),
-            **base))
-        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "masked_paths" in err.details()
+            security_context=pb.LinuxContainerSecurityContext(
+                capabilities=pb.Capability(add_ambient_capabilities=["NET_RAW"]))), **base))
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "ambient" in err.details()
         err = create(pb.ContainerConfig(linux=pb.LinuxContainerConfig(
             security_context=pb.LinuxContainerSecurityContext(
                 run_as_group=pb.Int64Value(value=5))), **base))
