@@ -21,6 +21,8 @@ import h11
 import structlog
 import trio
 
+from skiff.core.cri.portforward import serve_portforward
+from skiff.core.cri.remotecommand import serve_attach, serve_exec
 from skiff.core.cri.spdysession import SpdySession
 from skiff.core.errors import InvalidParameter, Unavailable
 
@@ -190,9 +192,7 @@ async def _respond(stream: trio.SocketStream, conn: h11.Connection, status: int,
 
 
 def handlers_for(engine: Engine) -> dict[str, Handler]:
-    from skiff.core.cri.portforward import serve_portforward
-    from skiff.core.cri.remotecommand import serve_attach, serve_exec
-
+    """What serves each kind of URL, on ``engine``."""
     async def exec_(session: SpdySession, request: Any, protocol: str) -> None:
         await serve_exec(engine, session, request)
 
