@@ -206,8 +206,12 @@ def critest_benchmark(tools: Path, endpoint: str, listing: list[str], mode: str,
 
 
 def measure(mode: str, scratch: Path, log: Log) -> list[Row]:
-    from tests.registry import running_registry
+    from tests.registry import REGISTRY, running_registry
 
+    if not (TOOLS / "critest.xz").exists() or not os.path.exists(REGISTRY):
+        log(f"  no critest under {TOOLS} (SKIFF_CRI_TOOLS) or no docker-registry: "
+            "the CRI benchmark is skipped")
+        return []
     tools = unpack_tools(scratch / "tools")
     rows: list[Row] = []
     with running_registry(scratch / "registry") as reg:
