@@ -157,6 +157,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("cri", str, "", "--cri",
            help="unix socket to serve the Kubernetes CRI (gRPC runtime.v1) on, e.g. "
                 "/run/skiff-cri.sock; empty: not served"),
+    Option("cri-stream-address", str, "127.0.0.1:0", "--cri-stream-address",
+           help="HOST:PORT of the CRI's streaming server (exec, attach, port-forward); "
+                "port 0: one the kernel picks"),
 )
 
 BY_KEY: dict[str, Option] = {o.key: o for o in OPTIONS}
@@ -453,6 +456,12 @@ def validate(config: Mapping[str, Any], path: str) -> None:
                 f"{path}: 'cri' is {cri!r}, a socket the Docker API is served on (hosts); "
                 "the CRI needs a socket of its own"
             )
+    host, sep, port = str(config["cri-stream-address"]).rpartition(":")
+    if not sep or not host.strip("[]") or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(
+            f"{path}: invalid value for 'cri-stream-address': "
+            f"{config['cri-stream-address']!r}: use HOST:PORT, e.g. 127.0.0.1:0"
+        )
     try:
         cluster_settings.parse(config)
     except ValueError as exc:

@@ -101,7 +101,7 @@ async def serve(config: dict[str, Any]) -> None:
                 async with trio.open_nursery() as servers:
                     if serve_cri is not None:
                         # before the Docker API: a daemon that answers there is whole
-                        await servers.start(serve_cri, engine, cri)
+                        await servers.start(serve_cri, engine, cri, config["cri-stream-address"])
                     for path in socket_paths(config):
                         await servers.start(serve_unix, path, router)
                     if listeners:

@@ -92,6 +92,9 @@ class Exec:
     privileged: bool
     detach_keys: str
     console_size: list[int] | None = None
+    #: False: no key sequence detaches (the CRI's exec: kubelet has no detach keys,
+    #: and Ctrl-P must reach the program)
+    detachable: bool = True
     created: float = field(default_factory=time.time)
     started: bool = False
     running: bool = False
@@ -333,7 +336,8 @@ class ExecManager:
         self.spawn(self._run, ex, process, out_r, err_r)
         if stream is None:
             return
-        keys = parse_detach_keys(ex.detach_keys or DEFAULT_DETACH_KEYS)
+        keys = (parse_detach_keys(ex.detach_keys or DEFAULT_DETACH_KEYS) if ex.detachable
+                else b"")
         async with trio.open_nursery() as n:
             if in_w >= 0:
                 n.start_soon(self._copy_stdin, ex, stream, in_w, keys, n.cancel_scope)
