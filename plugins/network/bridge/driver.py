@@ -159,9 +159,13 @@ class BridgeNetworkDriver:
         net = Net(id=network_id, name=options.name or network_id, bridge=bridge,
                   pool=pool, icc=options.icc, internal=options.internal, dns=options.dns,
                   pool6=pool6)
+        intent = leftovers.Intents(self.ctx.exec_root)
         with IPRoute() as ipr:
             found = ipr.link_lookup(ifname=bridge)
             if not found:
+                # a kill between the add and the alias below would leave a
+                # bridge nobody can prove is ours: the intent is on disk first
+                intent.begin(bridge)
                 ipr.link("add", ifname=bridge, kind="bridge")
                 found = ipr.link_lookup(ifname=bridge)
             index = found[0]
@@ -180,6 +184,7 @@ class BridgeNetworkDriver:
             ipr.link("set", index=index, state="up")
             # whose it is, for the reconciliation at the next start (leftovers.py)
             ipr.link("set", index=index, ifalias=leftovers.owner_mark(self.ctx.data_root))
+        intent.done(bridge)
         # Off until a port is published on loopback (a crash may have left it on).
         _route_localnet(bridge, False)
         # Rules of an earlier life of this bridge (a crash) go before new ones come.
@@ -228,7 +233,8 @@ class BridgeNetworkDriver:
         # with live-restore a veth whose peer is in a namespace is a running
         # container's, to be adopted (restore_endpoint)
         return leftovers.reconcile(self.ctx.data_root, bridges, [self.firewall, self.firewall6],
-                                   keep_paired=bool(self.ctx.config.get("live-restore")))
+                                   keep_paired=bool(self.ctx.config.get("live-restore")),
+                                   intents=leftovers.Intents(self.ctx.exec_root))
 
     def delete_network(self, network_id: str) -> None:
         with self._lock:
