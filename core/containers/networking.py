@@ -126,6 +126,7 @@ class NetworkAttachment:
                             network=name, error=str(exc))
                 continue
             track.endpoints[name] = (driver, ep)
+            await self.shaping.readopted(c, net.name, net.options, settings, ep)
 
     def _endpoint(self, c: Container, net: Network, name: str, settings: dict[str, Any]
                   ) -> Endpoint:

@@ -53,6 +53,7 @@ from skiff.plugins.network.bridge import firewall as fw
 from skiff.plugins.network.bridge import leftovers
 from skiff.plugins.network.bridge.dns import DNS_IP, DnsServer, parse_upstreams
 from skiff.plugins.network.bridge.ipam import Pool, mac_for
+from skiff.plugins.network.bridge.leftovers import VETH_PREFIX
 from skiff.plugins.network.bridge.proxy import TcpProxy, UdpProxy
 
 log = structlog.get_logger("skiff.network.bridge")
@@ -273,7 +274,9 @@ class BridgeNetworkDriver:
             ep.ip6_address, ep.ip6_prefix_len = ip6, net.pool6.prefixlen
             ep.gateway6 = str(net.pool6.gateway)
         ep.bridge = net.bridge
-        ep.veth = "skfv" + secrets.token_hex(4)
+        # named by the endpoint: a next daemon that adopts the container finds
+        # it again (restore_endpoint) for the traffic shaper
+        ep.veth = VETH_PREFIX + (endpoint.endpoint_id[:8] or secrets.token_hex(4))
         ep.host_interface = ep.veth  # where a traffic shaper's queues go
         ep.dns = net.dns
         rules: list[fw.Rule] = []
@@ -494,7 +497,14 @@ class BridgeNetworkDriver:
         name server socket.  Its veth stays as it is (it goes with the
         container's namespace; ``leave`` finds nothing to delete)."""
         ep = _own(self.create_endpoint(network_id, endpoint))
-        ep.veth = ep.host_interface = ""
+        # the veth goes with the container's namespace: ``leave`` has nothing
+        # to delete; its host end is found for the shaper's queues (a run
+        # started by a skiffd before veths were named by endpoint has none)
+        ep.veth = ""
+        try:
+            socket.if_nametoindex(ep.host_interface)
+        except OSError:
+            ep.host_interface = ""
         try:
             net = self._net(network_id)
             with self._lock:
