@@ -319,10 +319,16 @@ def _ours(marker: str) -> dict[int, str]:
         if not entry.isdigit() or int(entry) == os.getpid():
             continue
         try:
-            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            raw = Path(f"/proc/{entry}/cmdline").read_bytes()
         except OSError:
             continue
-        if marker in cmd and "pytest" not in cmd:
+        args = raw.decode(errors="replace").split("\0")
+        # not a test runner (whose tmp paths, "/tmp/pytest-of-...", every
+        # process of the daemon's carries too: no "pytest" in cmd as such)
+        if "pytest" in args or any(Path(a).name == "pytest" for a in args[:2]):
+            continue
+        cmd = " ".join(args)
+        if marker in cmd:
             found[int(entry)] = cmd
     return found
 
