@@ -401,8 +401,22 @@ class Chaos:
     def _kill_a_monitor(self, rnd: random.Random) -> None:
         # this daemon's monitors name their bundle, below its exec-root
         exec_root = self.d.config["exec-root"]
-        monitors = sorted(p for p, cmd in _ours(exec_root).items()
+
+        def monitors_now() -> list[int]:
+            return sorted(p for p, cmd in _ours(exec_root).items()
                           if cmd.split(" ", 1)[0].endswith("skiff-monitor"))
+        monitors = monitors_now()
+        name = None if monitors else self.ledger.live("containers", rnd)
+        if name is not None:
+            # the workload seldom has one running this early: the harness starts one
+            try:
+                status, _ = call(self.sock, "POST", f"/containers/{name}/start")
+            except Unreachable:
+                return
+            if status in (204, 304):
+                with self.ledger.lock:
+                    self.ledger.started.add(name)
+            monitors = monitors_now()
         if monitors:
             os.kill(rnd.choice(monitors), signal.SIGKILL)
             self.monitor_kills += 1
