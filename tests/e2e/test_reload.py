@@ -100,3 +100,25 @@ def test_a_bad_file_or_a_fixed_key_keeps_the_old_configuration(skiffd: Daemon) -
     assert '"daemon.reloaded"' not in _log(skiffd)
     # put back for the fixture's own stop
     (skiffd.base / "daemon.json").write_text(json.dumps(skiffd.config))
+
+
+def _reload_events(docker: Any, since: str) -> list[dict[str, str]]:
+    out = docker("events", "--since", since, "--until", str(int(time.time()) + 1),
+                 "--filter", "type=daemon", "--filter", "event=reload",
+                 "--format", "{{json .Actor.Attributes}}").stdout.decode()
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def test_the_reload_event_names_what_dockerds_names(skiffd: Daemon, twin_dockerd: Any) -> None:
+    since = str(int(time.time()) - 1)
+    _hup(skiffd, skiffd.config)  # nothing changed: a reload all the same, as dockerd's
+    assert twin_dockerd.proc is not None
+    twin_dockerd.proc.send_signal(signal.SIGHUP)
+    theirs = poll(lambda: _reload_events(twin_dockerd.docker, since), 20,
+                  "dockerd's reload event")[-1]
+    ours = _reload_events(skiffd.docker, since)[-1]
+    assert set(ours) <= set(theirs), sorted(set(ours) - set(theirs))
+    # the same defaults, written the same way
+    for key in ("live-restore", "max-concurrent-downloads", "max-concurrent-uploads",
+                "max-download-attempts", "registry-mirrors", "insecure-registries"):
+        assert ours[key] == theirs[key], (key, ours[key], theirs[key])
