@@ -97,6 +97,8 @@ OPTIONS: tuple[Option, ...] = (
            help="keep containers running while the daemon is down; the next daemon "
                 "adopts them (docs/live-restore.md)"),
     Option("debug", bool, False, "--debug", "-D", help="debug logging"),
+    Option("labels", list, [], "--label", item=str, multiple=True,
+           help="the daemon's labels, key=value (docker info)"),
     Option("hosts", list, [], "--host", "-H", item=str, multiple=True,
            help="sockets to listen on"),
     Option("cgroup-parent", str, "skiff", "--cgroup-parent",
@@ -349,6 +351,16 @@ def validate(config: Mapping[str, Any], path: str) -> None:
     for item in config["storage-opts"]:
         if "=" not in item:
             raise ConfigError(f"{path}: invalid 'storage-opts' entry {item!r}: expected key=value")
+    labels: dict[str, str] = {}
+    for item in config["labels"]:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"{path}: invalid 'labels' entry {item!r}: bad attribute format, "
+                              "expected key=value")
+        if key in labels and labels[key] != value:
+            raise ConfigError(f"{path}: conflict labels for {key}={labels[key]} and "
+                              f"{key}={value}")
+        labels[key] = value
     for item in config["exec-opts"]:
         if "=" not in item:
             raise ConfigError(f"{path}: invalid 'exec-opts' entry {item!r}: expected key=value")

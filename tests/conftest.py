@@ -16,6 +16,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# The daemons, fork servers and CLIs the tests start are Python processes
+# that import most of skiff: without bytecode each would compile it again
+# (about 2 s a skiffd start here).  Kept outside the tree, as scripts/test.sh.
+if os.environ.pop("PYTHONDONTWRITEBYTECODE", None) is not None:
+    os.environ.setdefault("PYTHONPYCACHEPREFIX", "/var/tmp/skiff-pycache")
+
 
 def _mounts() -> set[str]:
     with open("/proc/self/mountinfo") as f:

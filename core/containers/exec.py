@@ -189,6 +189,17 @@ class ExecManager:
         if not c.state.Running:
             raise Conflict(f"Container {c.id} is not running")
 
+    @staticmethod
+    def _raise_if_ended(c: Container, pid: int, exc: BaseException) -> None:
+        """An exec that failed because its container ended meanwhile (its
+        namespaces gone, its shim gone) is the client's race, not the daemon's
+        fault: the 409 dockerd gives an exec into a container not running."""
+        if not isinstance(exc, Exception):  # a cancel is no failure of the exec
+            return
+        if c.state.Running and _alive(pid):
+            return
+        raise Conflict(f"Container {c.id} is not running") from exc
+
     # -- create ------------------------------------------------------------------
 
     def create(self, ref: str, body: Any) -> str:
@@ -308,6 +319,7 @@ class ExecManager:
                 with contextlib.suppress(OSError):
                     os.close(fd)
             self._finish(ex, exc.exit_code if isinstance(exc, StartError) else 126)
+            self._raise_if_ended(c, spec.container_pid, exc)
             raise
         # the process has its own copies now; ours must go or no EOF ever comes
         for fd in {in_r, out_w, err_w}:
@@ -327,6 +339,7 @@ class ExecManager:
                         os.close(fd)
                 ex.terminal = -1
                 self._finish(ex, exc.exit_code if isinstance(exc, StartError) else 126)
+            self._raise_if_ended(c, spec.container_pid, exc)
             raise
         ex.process, ex.pid, ex.running = process, process.pid, True
         if attached:
@@ -417,3 +430,13 @@ class ExecManager:
             set_winsize(ex.terminal, height, width)
         except OSError as exc:
             raise InvalidParameter(f"cannot resize the TTY: {exc.strerror}") from exc
+
+
+def _alive(pid: int) -> bool:
+    """``pid`` runs still: its namespaces are there (they go first when it
+    exits, while it may still wait for the rest of its pid namespace)."""
+    try:
+        os.readlink(f"/proc/{pid}/ns/ipc")
+    except OSError:
+        return False
+    return True
