@@ -215,6 +215,10 @@ def test_server_gone_the_container_runs_on_and_drops_are_counted(
         assert len(warnings) <= 3
         assert 19_000 <= last["total"] <= 20_000 and last["driver"] == "syslog"
         assert last["level"] == "warning"
+        # the cache lost nothing: `docker logs` has all 20,000 lines, in order
+        logs = daemon.docker("logs", cid, check=True).stdout
+        assert logs.splitlines() == [b"line %d" % i for i in range(20_000)]
+        assert {w["driver"] for w in drop_warnings(daemon, cid)} == {"syslog"}
     finally:
         server.stop()
         if cid:
@@ -239,17 +243,23 @@ def test_a_stalled_server_blocks_only_a_blocking_container(daemon: Daemon) -> No
         assert res.stdout.strip() == b"0" and time.monotonic() - t0 < 20
         assert daemon.docker("inspect", "-f", "{{.State.Running}}", ids["blocking"],
                              check=True).stdout.strip() == b"true"
-        # the dual-logging cache has a buffer of its own (as dockerd's): the
-        # stalled remote did not starve `docker logs`, which holds far more
-        # than the remote's buffer's worth (1 MB: 10,000 of these lines)
+        # the dual-logging cache is written as the output is read, whatever the
+        # mode: the stalled remote dropped most of the 200,000 lines from its
+        # buffer (1 MB: 10,000 of them), `docker logs` has every one
         logs = subprocess.run(["docker", "logs", ids["non-blocking"]], env=daemon.env(),
                               capture_output=True, timeout=120, check=True).stdout
-        assert logs.count(b"\n") > 100_000
+        # (fold leaves the last line without its newline)
+        assert len(logs) == 101 * 200_000 - 1 and logs.split(b"\n") == [b"x" * 100] * 200_000
         stalled.stop()  # gone: the blocked sends fail, the rest fail fast
         res = daemon.docker("wait", ids["blocking"], timeout=60, check=True)
         assert res.stdout.strip() == b"0"
         for cid in ids.values():
             poll(lambda cid=cid: drop_warnings(daemon, cid), what="a drop warning")
+            # counted for the remote, never for the cache
+            assert {w["driver"] for w in drop_warnings(daemon, cid)} == {"syslog"}
+        dropped = poll(lambda: (w := drop_warnings(daemon, ids["non-blocking"]))
+                       and w[-1]["total"] >= 100_000 and w[-1], what="the final count")
+        assert dropped["total"] <= 200_000 - 10_000
     finally:
         stalled.stop()
         for cid in ids.values():
