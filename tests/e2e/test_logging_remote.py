@@ -281,18 +281,36 @@ def test_journald_refused_without_a_journal_then_delivers(daemon: Daemon,
     sock.settimeout(10)
     name = unique("journal")
     try:
-        res = daemon.docker("run", "--rm", "--name", name, "--network", "none",
+        # a 40,000-byte line too: cut at 16 KiB into three entries, as dockerd's copier
+        res = daemon.docker("run", "--name", name, "--network", "none",
                             "--log-driver", "journald",
                             "--label", "com.example.team=a", "--log-opt", "labels=com.example.team",
-                            "busybox", "sh", "-c", "echo hello; echo oops >&2")
+                            "busybox", "sh", "-c",
+                            "echo hello; echo oops >&2; "
+                            "head -c 40000 /dev/zero | tr '\\0' x; echo")
         assert res.returncode == 0, res.stderr
         entries = []
-        for _ in range(2):
-            data = sock.recv(1 << 16)
+        for _ in range(5):
+            data = sock.recv(1 << 17)
             entries.append(dict(line.split(b"=", 1) for line in data.splitlines()))
+        # the dual-logging cache joins the pieces again
+        logs = daemon.docker("logs", name, check=True)
     finally:
         sock.close()
         journal_path.unlink()
+        daemon.docker("rm", "-f", name)
+    assert logs.stdout == b"hello\n" + b"x" * 40000 + b"\n" and logs.stderr == b"oops\n"
+    # dockerd's journald fields for the pieces: one id, ordinals from 1, the last
+    # marked, CONTAINER_PARTIAL_MESSAGE on all but the last
+    pieces = [e for e in entries if e[b"MESSAGE"].startswith(b"x")]
+    assert [(len(e[b"MESSAGE"]), e[b"CONTAINER_PARTIAL_ORDINAL"], e[b"CONTAINER_PARTIAL_LAST"],
+             e.get(b"CONTAINER_PARTIAL_MESSAGE")) for e in pieces] == [
+        (16384, b"1", b"false", b"true"), (16384, b"2", b"false", b"true"),
+        (7232, b"3", b"true", None)]
+    assert len({e[b"CONTAINER_PARTIAL_ID"] for e in pieces}) == 1
+    assert len(pieces[0][b"CONTAINER_PARTIAL_ID"]) == 64
+    entries = [e for e in entries if e not in pieces]
+    assert not any(k.startswith(b"CONTAINER_PARTIAL") for e in entries for k in e)
     by_message = {e[b"MESSAGE"]: e for e in entries}
     hello, oops = by_message[b"hello"], by_message[b"oops"]
     assert hello[b"PRIORITY"] == b"6" and oops[b"PRIORITY"] == b"3"
