@@ -4,7 +4,6 @@ third-party ``testlog`` driver (item 6, tests/thirdparty/skiff-testlog)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 import subprocess
@@ -21,6 +20,7 @@ from skiff.core.timefmt import parse_rfc3339
 from skiff.plugins.logging.local import LocalDriver
 from tests.daemon import Daemon, running_daemon
 from tests.e2e.conftest import twin_of
+from tests.logdisk import peak_until_exit
 from tests.sidebyside import Side, SideBySide, fields, removing, unique
 
 NONE = ("--network", "none")
@@ -224,34 +224,13 @@ WRITE_200_MB = ('BEGIN { s = sprintf("%993s", ""); '
                 'for (i = 0; i < 200000; i++) printf "%06d%s\\n", i, s }')
 
 
-def _dir_bytes(d: Path) -> int:
-    total = 0
-    for p in d.iterdir() if d.exists() else []:
-        # (rotated away between the listing and the stat: counted in its new name)
-        with contextlib.suppress(FileNotFoundError):
-            total += p.stat().st_size
-    return total
-
-
 def _run_measuring_peak(daemon: Daemon, n: str, *args: str) -> tuple[Path, int]:
     """Run a container to its end, sampling its local-logs directory as it
     writes: (the directory, the most it held at any sample)."""
     c = daemon.docker("run", "-d", "--name", n, *NONE, "--log-driver", "local", *args,
                       check=True).stdout.decode().strip()
     logs = daemon.data_root / "containers" / c / "local-logs"
-    waiter = subprocess.Popen(["docker", "wait", c], env=daemon.env(),
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    peak = 0
-    try:
-        while waiter.poll() is None:
-            peak = max(peak, _dir_bytes(logs))
-            time.sleep(0.02)
-    finally:
-        if waiter.poll() is None:
-            waiter.kill()
-        out, _ = waiter.communicate(timeout=60)
-    assert out.strip() == b"0"
-    return logs, max(peak, _dir_bytes(logs))
+    return logs, peak_until_exit(daemon, c, lambda: logs.iterdir() if logs.exists() else ())
 
 
 def _kept_lines_in_order(daemon: Daemon, n: str) -> list[int]:

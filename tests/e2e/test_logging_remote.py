@@ -88,8 +88,8 @@ SCRIPT = "echo out; echo err >&2; echo; printf tail"
 
 
 @pytest.mark.parametrize(("proto", "fmt"), [
-    ("udp", "rfc5424"), ("tcp", ""), ("tcp", "rfc3164"), ("tcp+tls", "rfc5424micro"),
-    ("tcp+tls", ""), ("unixgram", "rfc5424"),
+    ("udp", "rfc5424"), ("tcp", "rfc5424"), ("tcp", ""), ("tcp", "rfc3164"),
+    ("tcp+tls", "rfc5424micro"), ("tcp+tls", ""), ("unixgram", "rfc5424"),
 ])
 def test_syslog_lines_as_dockerd_sends_them(twin: SideBySide, tmp_path: Path,
                                            proto: str, fmt: str) -> None:
