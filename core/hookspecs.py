@@ -734,7 +734,11 @@ class LogDriver(Protocol):
         -> Iterator[RenderedLog]``: the same messages already rendered, in
         runs, each with its last message's time (the daemon's cursor for a
         follower that falls behind).  The daemon prefers it for a fresh read:
-        it spares a Python object per line (json-file's fast path).
+        it spares a Python object per line (json-file's fast path).  And
+        ``read_rendered_nowait(config, render) -> list[RenderedLog]``: all of
+        it at once on the event loop, for a short read the page cache serves
+        (json-file: a ``--tail`` of up to 1000 lines), else ``BlockingIOError``
+        before any work that waits; the daemon then reads from a thread.
         """
         ...
 

@@ -127,6 +127,16 @@ class RenderedRecordedLog:
         return runs, True
 
     async def start(self) -> None:
+        # a driver that can serve a short read from the page cache does it here,
+        # on the event loop (``read_rendered_nowait``, or BlockingIOError): no hop
+        nowait = getattr(self.driver, "read_rendered_nowait", None)
+        if nowait is not None and self._cfg.tail is not None:
+            try:
+                self._ready, self._done = nowait(self._cfg, self._how), True
+                return
+            except BlockingIOError:
+                pass
+
         def first() -> tuple[list[RenderedLog], bool]:
             self._it = iter(self.driver.read_rendered(  # type: ignore[attr-defined]
                 self._cfg, self._how))
