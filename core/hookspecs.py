@@ -68,6 +68,12 @@ endpoint an earlier daemon plumbed into the namespace of ``pid`` (``endpoint``
 asks for the address, MAC and host ports it had).  None of them is a
 Protocol member: a plugin without them is valid (docs/live-restore.md).
 
+*Short reads on the event loop (2.12).*  A log driver may offer
+``read_rendered_nowait(config, render) -> list[RenderedLog]``: a whole short
+read (a small ``--tail``) done at once on the caller's thread, the event loop,
+when nothing in it waits (the page cache holds it), else ``BlockingIOError``
+before anything is returned.  Optional, not a Protocol member.
+
 This module is one piece on purpose, though long: it is the one file a plugin
 author reads, so every hook, Protocol and record a driver sees is here, with
 the promises each side makes, and nothing else is (the daemon's own code
@@ -103,7 +109,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 #: accepts any minor of the same major (see ``skiff.core.plugins``).  Major 1
 #: is the contract before versions, when network options and endpoint data
 #: crossed it as dicts; 2 made them records.
-CONTRACT_VERSION = "2.11"
+CONTRACT_VERSION = "2.12"
 #: the contract of a plugin that declares none: it was written before versions
 UNDECLARED_CONTRACT = "1.0"
 #: the module attribute holding a plugin's declared contract version
@@ -734,7 +740,11 @@ class LogDriver(Protocol):
         -> Iterator[RenderedLog]``: the same messages already rendered, in
         runs, each with its last message's time (the daemon's cursor for a
         follower that falls behind).  The daemon prefers it for a fresh read:
-        it spares a Python object per line (json-file's fast path).
+        it spares a Python object per line (json-file's fast path).  And
+        ``read_rendered_nowait(config, render) -> list[RenderedLog]``: all of
+        it at once on the event loop, for a short read the page cache serves
+        (json-file: a ``--tail`` of up to 1000 lines), else ``BlockingIOError``
+        before any work that waits; the daemon then reads from a thread.
         """
         ...
 

@@ -24,9 +24,8 @@ from typing import TYPE_CHECKING, Literal
 import structlog
 import trio
 
-from skiff.core.containers import logdelivery
 from skiff.core.containers import restore as container_restore
-from skiff.core.containers.logstream import open_log
+from skiff.core.containers.logstream import open_run_log
 from skiff.core.containers.model import Container, State
 from skiff.core.containers.streams import KeptStdin, LineSplitter
 from skiff.core.hookspecs import Adoption, ContainerSpec, LogDriver, LogMessage, StartError
@@ -80,14 +79,6 @@ def flush_carry(carry: dict[str, bytes], driver: LogDriver | None, when: float) 
                 driver.write(LogMessage(kind, data, when))
 
 
-def _driver(m: ContainerManager, c: Container) -> LogDriver | None:
-    driver = open_log(m._log_factory, c)
-    if driver is not None:
-        opts = (c.host_config.get("LogConfig") or {}).get("Config") or {}
-        driver = logdelivery.deliver(driver, opts, c.id)
-    return driver
-
-
 def _read_spool_file(path: str) -> tuple[list[tuple[int, str, bytes]], int]:
     """A spool left by a monitor that exited (the format of skiff-monitor.c)."""
     import struct
@@ -119,7 +110,7 @@ async def log_exited_spool(m: ContainerManager, c: Container) -> None:
     records, dropped = _read_spool_file(path)
     if not records and not dropped:
         return
-    driver = _driver(m, c)
+    driver = open_run_log(m._log_factory, c)
     try:
         carry = await m.to_thread(replay, records, driver)
         await m.to_thread(flush_carry, carry, driver, records[-1][0] / 1e9 if records else 0.0)
@@ -155,7 +146,7 @@ async def adopt(m: ContainerManager, c: Container) -> None:
         log.warning("container.adopt_pid_differs", id=c.id, recorded=c.state.Pid,
                     monitor=got.process.pid)
     track = m.tracks[c.id]
-    driver = _driver(m, c)
+    driver = open_run_log(m._log_factory, c)
     carry = await m.to_thread(replay, got.spooled, driver) if got.spooled else {}
     # logged: only now may it go (killed before, the next daemon logs it again)
     with contextlib.suppress(FileNotFoundError):

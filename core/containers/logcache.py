@@ -9,11 +9,14 @@ The cache is the ``local`` driver, found by name like any other
 ``cache-disabled=true`` turns it off; ``docker logs`` then answers as dockerd
 does, "configured logging driver does not support reading".
 
-Two differences from dockerd, both on purpose: the ``cache-*`` sizes are
+Three differences from dockerd, on purpose: the ``cache-*`` sizes are
 honoured (dockerd 20.10 accepts them and ignores them, giving its cache the
-driver's own options), and a line the driver failed to deliver still goes to
+driver's own options); a line the driver failed to deliver still goes to
 the cache (dockerd drops it from both), so ``docker logs`` shows what a dead
-syslog server missed.
+syslog server missed; and the cache is written as the output is read, whatever
+the ``mode`` (``logdelivery.deliver``), so ``docker logs`` has every line even
+while a stalled remote drops from its non-blocking buffer (dockerd gives the
+cache a ring buffer of its own, which drops too when the writer outruns it).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
+from typing import Literal
 
 import structlog
 
@@ -86,6 +90,22 @@ class CachedLog:
         # loses, so a failing driver never costs the cache a line
         self.cache.write(msg)
         self.driver.write(msg)
+
+    def write_lines(self, stream: Literal["stdout", "stderr"], lines: list[bytes],
+                    ts: float) -> None:
+        """A read's whole lines: the cache (local) takes them in one write(2)."""
+        cached = getattr(self.cache, "write_lines", None)
+        if cached is not None:
+            cached(stream, lines, ts)
+        else:
+            for line in lines:
+                self.cache.write(LogMessage(stream, line, ts))
+        batched = getattr(self.driver, "write_lines", None)
+        if batched is not None:
+            batched(stream, lines, ts)
+            return
+        for line in lines:
+            self.driver.write(LogMessage(stream, line, ts))
 
     def read(self, config: ReadConfig) -> Iterator[LogMessage]:
         return self.cache.read(config)

@@ -292,12 +292,15 @@ def deliver(driver: LogDriver, options: Mapping[str, str], container_id: str) ->
     """``driver`` behind the delivery ``options`` ask for (``check_options`` passed).
 
     A driver with a dual-logging cache gets one delivery for the driver and
-    one for the cache, as dockerd gives each its own ring buffer: a stalled
-    remote never holds up ``docker logs``, and what it loses is counted as
-    its own, not the cache's.
+    one for the cache.  The cache's is blocking whatever the mode: it is a
+    local file written at disk speed (the ``local`` driver, a read's lines in
+    one write(2)), so ``docker logs`` gets every line even while a stalled
+    remote drops from its non-blocking buffer; what either loses is counted
+    as its own.  (dockerd gives the cache a ring buffer too, which drops
+    lines of a fast writer: a departure on purpose.)
     """
     if isinstance(driver, CachedLog):
-        driver.cache = _deliver_one(driver.cache, options, container_id, "dual-logging cache")
+        driver.cache = BlockingDelivery(driver.cache, container_id, "dual-logging cache")
         driver.driver = _deliver_one(driver.driver, options, container_id)
         return driver
     return _deliver_one(driver, options, container_id)

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Callable
 
 import structlog
 
-from skiff.core.containers import logcache
+from skiff.core.containers import logcache, logdelivery
 from skiff.core.containers.logopts import driver_options
 from skiff.core.containers.logread import LogCursor, RecordedLog, RenderedRecordedLog
 from skiff.core.containers.logrender import render_all
@@ -38,6 +38,17 @@ def open_log(factories: LogFactories, c: Container) -> LogDriver | None:
         return None
     ctx = log_context(c)
     return logcache.with_cache(factories, factories(name)(ctx), ctx, c, lc.get("Config") or {})
+
+
+def open_run_log(factories: LogFactories, c: Container) -> LogDriver | None:
+    """What a run of ``c`` writes its output to: ``open_log``'s driver behind
+    the delivery its ``mode`` and ``max-buffer-size`` ask for (``logdelivery``);
+    the one builder for a start and for a container adopted by live-restore."""
+    driver = open_log(factories, c)
+    if driver is None:
+        return None
+    options = (c.host_config.get("LogConfig") or {}).get("Config") or {}
+    return logdelivery.deliver(driver, options, c.id)
 
 
 def log_context(c: Container) -> LogContext:

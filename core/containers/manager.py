@@ -28,7 +28,6 @@ from skiff.core.containers import (
     etcfiles,
     lifecycle,
     liverestore,
-    logdelivery,
     names,
     pidproof,
     restart,
@@ -50,7 +49,7 @@ from skiff.core.containers.config import (
 )
 from skiff.core.containers.config import runtime as config_runtime
 from skiff.core.containers.logopts import check_generic
-from skiff.core.containers.logstream import LogStreams, open_log
+from skiff.core.containers.logstream import LogStreams, open_run_log
 from skiff.core.containers.model import Container, State
 from skiff.core.containers.netns import namespace_of
 from skiff.core.containers.networking import NetworkAttachment
@@ -421,10 +420,7 @@ class ContainerManager:
         log_driver = None
         pipes: list[int] = []
         try:
-            log_driver = open_log(self._log_factory, c)
-            if log_driver is not None:  # mode, max-buffer-size: core/containers/logdelivery.py
-                opts = (c.host_config.get("LogConfig") or {}).get("Config") or {}
-                log_driver = logdelivery.deliver(log_driver, opts, c.id)
+            log_driver = open_run_log(self._log_factory, c)
             # with a TTY: /dev/null here, the runtime allocates the terminal in
             # the container and take_terminal below gives out_r and in_w
             out_r, out_w, err_r, err_w, in_r, in_w = open_stdio(

@@ -24,7 +24,7 @@ import threading
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, cast
 
 from skiff.core.timefmt import parse_rfc3339
 
@@ -157,14 +157,33 @@ class LogFileSet:
         if t is not None:
             t.join()
 
-    def open_all(self) -> list[LogFile]:
+    def open_all(self, nowait: NoWaitBudget | None = None) -> list[LogFile]:
         """Every log file opened, oldest first.
 
         Rotated files beyond ``max-file`` (the option shrank) are read too; at
         each index the plain file wins over the compressed one (a compression
         in progress leaves both for a moment).
+
+        With ``nowait`` the files are read through :class:`NoWaitFile` and
+        ``BlockingIOError`` is raised instead of waiting: for a rotation in
+        progress, a compressed file (its header is a read, its text CPU work),
+        a read the page cache cannot serve, or past the budget's bytes.
         """
         opened: list[LogFile] = []
+        if nowait is not None:
+            if not rotation_lock.acquire(blocking=False):
+                raise BlockingIOError("a rotation is in progress")
+            try:
+                top = max(self.max_file - 1, 0)
+                while os.path.exists(self._name(top + 1, False)):
+                    top += 1
+                if any(os.path.exists(self._name(i, True)) for i in range(1, top + 2)):
+                    raise BlockingIOError("the set has a compressed file")
+                return [LogFile(cast(IO[bytes], NoWaitFile(f, nowait)),
+                                os.fstat(f.fileno()).st_size, False)
+                        for f in self._open_plain(top)]
+            finally:
+                rotation_lock.release()
         with rotation_lock:
             top = max(self.max_file - 1, 0)
             while (os.path.exists(self._name(top + 1, False))
@@ -188,6 +207,64 @@ class LogFileSet:
                         opened.append(LogFile(f, os.fstat(f.fileno()).st_size, False))
                     break
         return opened
+
+
+    def _open_plain(self, top: int) -> list[IO[bytes]]:
+        """The plain files up to ``.top``, oldest first (under ``rotation_lock``)."""
+        names = [self._name(i, False) for i in range(top, 0, -1)] + [self.path]
+        opened: list[IO[bytes]] = []
+        try:
+            for name in names:
+                with contextlib.suppress(FileNotFoundError):
+                    opened.append(open(name, "rb"))  # noqa: SIM115 - closed by the caller
+        except BaseException:
+            for f in opened:
+                f.close()
+            raise
+        return opened
+
+
+class NoWaitBudget:
+    """Bytes a no-wait read may still take (it runs on the event loop)."""
+
+    def __init__(self, limit: int) -> None:
+        self.left = limit
+
+
+class NoWaitFile:
+    """A plain log file read with ``preadv2(RWF_NOWAIT)``: served from the page
+    cache or ``BlockingIOError``, never a wait for the disk; and at most the
+    budget's bytes in all.  Enough of a file for the readers here (``seek``,
+    ``read``, ``close``)."""
+
+    def __init__(self, f: IO[bytes], budget: NoWaitBudget) -> None:
+        self._f = f
+        self._pos = 0
+        self._budget = budget
+
+    def fileno(self) -> int:
+        return self._f.fileno()
+
+    def seek(self, pos: int) -> int:
+        self._pos = pos
+        return pos
+
+    def read(self, size: int) -> bytes:
+        if size > self._budget.left:
+            raise BlockingIOError("more than a no-wait read takes")
+        buf = bytearray(size)
+        try:
+            n = os.preadv(self._f.fileno(), [buf], self._pos, os.RWF_NOWAIT)
+        except OSError as exc:  # EAGAIN (not cached), EOPNOTSUPP (a filesystem without it)
+            raise BlockingIOError(str(exc)) from None
+        if n < size and self._pos + n < os.fstat(self._f.fileno()).st_size:
+            raise BlockingIOError("a short read: part of the range is not cached")
+        self._budget.left -= n
+        self._pos += n
+        return bytes(buf[:n])
+
+    def close(self) -> None:
+        self._f.close()
 
 
 def blocks_forward(lf: LogFile, start: int = 0) -> Iterator[bytes]:

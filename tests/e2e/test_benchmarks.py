@@ -177,3 +177,22 @@ def test_overlay_workload_rows(tmp_path: Path) -> None:
         assert by[f"overlay: {kind}: ping round trip, median"]["value"] > 0
         assert by[f"overlay: {kind}: throughput"]["value"] > 1
     assert by["overlay: docker run on host 2 until host 1 gets an answer, median"]["unit"] == "s"
+
+
+@pytest.mark.skipif(not DOCKER.exists(), reason="the stock docker CLI is not installed")
+def test_logs_workload_rows(tmp_path: Path) -> None:
+    """The logs rows (issue 18), per driver: structure only (numbers need a quiet machine)."""
+    out = tmp_path / "out"
+    res = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "engine", "--smoke", "--no-docker",
+         "--only", "logs", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "failed" not in res.stdout, res.stdout[-3000:]  # a row that failed is only logged
+    by = {(r["metric"], r["engine"]): r for r in json.loads((out / "engine.json").read_text())
+          ["rows"]}
+    for prefix in ("logs: ", "logs (local): "):
+        assert by[(prefix + "2_000 lines, docker logs reads all", "skiffd")]["unit"] == "s"
+        assert by[(prefix + "docker logs --tail 10 of a 2 MB log", "skiffd")]["value"] > 0
+        assert by[(prefix + "write throughput, yes into head -c 2M", "skiffd")]["unit"] == "MB/s"

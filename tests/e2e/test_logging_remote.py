@@ -88,8 +88,8 @@ SCRIPT = "echo out; echo err >&2; echo; printf tail"
 
 
 @pytest.mark.parametrize(("proto", "fmt"), [
-    ("udp", "rfc5424"), ("tcp", ""), ("tcp", "rfc3164"), ("tcp+tls", "rfc5424micro"),
-    ("tcp+tls", ""), ("unixgram", "rfc5424"),
+    ("udp", "rfc5424"), ("tcp", "rfc5424"), ("tcp", ""), ("tcp", "rfc3164"),
+    ("tcp+tls", "rfc5424micro"), ("tcp+tls", ""), ("unixgram", "rfc5424"),
 ])
 def test_syslog_lines_as_dockerd_sends_them(twin: SideBySide, tmp_path: Path,
                                            proto: str, fmt: str) -> None:
@@ -215,6 +215,10 @@ def test_server_gone_the_container_runs_on_and_drops_are_counted(
         assert len(warnings) <= 3
         assert 19_000 <= last["total"] <= 20_000 and last["driver"] == "syslog"
         assert last["level"] == "warning"
+        # the cache lost nothing: `docker logs` has all 20,000 lines, in order
+        logs = daemon.docker("logs", cid, check=True).stdout
+        assert logs.splitlines() == [b"line %d" % i for i in range(20_000)]
+        assert {w["driver"] for w in drop_warnings(daemon, cid)} == {"syslog"}
     finally:
         server.stop()
         if cid:
@@ -239,17 +243,23 @@ def test_a_stalled_server_blocks_only_a_blocking_container(daemon: Daemon) -> No
         assert res.stdout.strip() == b"0" and time.monotonic() - t0 < 20
         assert daemon.docker("inspect", "-f", "{{.State.Running}}", ids["blocking"],
                              check=True).stdout.strip() == b"true"
-        # the dual-logging cache has a buffer of its own (as dockerd's): the
-        # stalled remote did not starve `docker logs`, which holds far more
-        # than the remote's buffer's worth (1 MB: 10,000 of these lines)
+        # the dual-logging cache is written as the output is read, whatever the
+        # mode: the stalled remote dropped most of the 200,000 lines from its
+        # buffer (1 MB: 10,000 of them), `docker logs` has every one
         logs = subprocess.run(["docker", "logs", ids["non-blocking"]], env=daemon.env(),
                               capture_output=True, timeout=120, check=True).stdout
-        assert logs.count(b"\n") > 100_000
+        # (fold leaves the last line without its newline)
+        assert len(logs) == 101 * 200_000 - 1 and logs.split(b"\n") == [b"x" * 100] * 200_000
         stalled.stop()  # gone: the blocked sends fail, the rest fail fast
         res = daemon.docker("wait", ids["blocking"], timeout=60, check=True)
         assert res.stdout.strip() == b"0"
         for cid in ids.values():
             poll(lambda cid=cid: drop_warnings(daemon, cid), what="a drop warning")
+            # counted for the remote, never for the cache
+            assert {w["driver"] for w in drop_warnings(daemon, cid)} == {"syslog"}
+        dropped = poll(lambda: (w := drop_warnings(daemon, ids["non-blocking"]))
+                       and w[-1]["total"] >= 100_000 and w[-1], what="the final count")
+        assert dropped["total"] <= 200_000 - 10_000
     finally:
         stalled.stop()
         for cid in ids.values():
@@ -271,18 +281,36 @@ def test_journald_refused_without_a_journal_then_delivers(daemon: Daemon,
     sock.settimeout(10)
     name = unique("journal")
     try:
-        res = daemon.docker("run", "--rm", "--name", name, "--network", "none",
+        # a 40,000-byte line too: cut at 16 KiB into three entries, as dockerd's copier
+        res = daemon.docker("run", "--name", name, "--network", "none",
                             "--log-driver", "journald",
                             "--label", "com.example.team=a", "--log-opt", "labels=com.example.team",
-                            "busybox", "sh", "-c", "echo hello; echo oops >&2")
+                            "busybox", "sh", "-c",
+                            "echo hello; echo oops >&2; "
+                            "head -c 40000 /dev/zero | tr '\\0' x; echo")
         assert res.returncode == 0, res.stderr
         entries = []
-        for _ in range(2):
-            data = sock.recv(1 << 16)
+        for _ in range(5):
+            data = sock.recv(1 << 17)
             entries.append(dict(line.split(b"=", 1) for line in data.splitlines()))
+        # the dual-logging cache joins the pieces again
+        logs = daemon.docker("logs", name, check=True)
     finally:
         sock.close()
         journal_path.unlink()
+        daemon.docker("rm", "-f", name)
+    assert logs.stdout == b"hello\n" + b"x" * 40000 + b"\n" and logs.stderr == b"oops\n"
+    # dockerd's journald fields for the pieces: one id, ordinals from 1, the last
+    # marked, CONTAINER_PARTIAL_MESSAGE on all but the last
+    pieces = [e for e in entries if e[b"MESSAGE"].startswith(b"x")]
+    assert [(len(e[b"MESSAGE"]), e[b"CONTAINER_PARTIAL_ORDINAL"], e[b"CONTAINER_PARTIAL_LAST"],
+             e.get(b"CONTAINER_PARTIAL_MESSAGE")) for e in pieces] == [
+        (16384, b"1", b"false", b"true"), (16384, b"2", b"false", b"true"),
+        (7232, b"3", b"true", None)]
+    assert len({e[b"CONTAINER_PARTIAL_ID"] for e in pieces}) == 1
+    assert len(pieces[0][b"CONTAINER_PARTIAL_ID"]) == 64
+    entries = [e for e in entries if e not in pieces]
+    assert not any(k.startswith(b"CONTAINER_PARTIAL") for e in entries for k in e)
     by_message = {e[b"MESSAGE"]: e for e in entries}
     hello, oops = by_message[b"hello"], by_message[b"oops"]
     assert hello[b"PRIORITY"] == b"6" and oops[b"PRIORITY"] == b"3"

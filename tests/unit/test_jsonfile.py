@@ -667,3 +667,63 @@ def test_lines_dockerd_wrote_go_the_general_way(tmp_path: Path) -> None:
     for how in HOWS:
         for cfg in configs(8):
             assert fast(drv, cfg, how) == general(drv, cfg, how), (how, cfg)
+
+
+# -- read_rendered_nowait: a short --tail on the event loop, or BlockingIOError ------------
+
+
+@pytest.mark.parametrize("cfg", [
+    ReadConfig(tail=0), ReadConfig(tail=1), ReadConfig(tail=10), ReadConfig(tail=250),
+    ReadConfig(tail=1000), ReadConfig(tail=10, stdout=False),
+    ReadConfig(tail=10, since=T0 + 100, until=T0 + 280),
+])
+@pytest.mark.parametrize("how", [LogRender(), LogRender(timestamps=True, details=True),
+                                 LogRender(framed=False), LogRender(coalesce=True)])
+def test_nowait_tail_gives_what_read_rendered_gives(tmp_path: Path, cfg: ReadConfig,
+                                                    how: LogRender) -> None:
+    # rotated across three plain files, the tails reaching into the older ones
+    drv = make(tmp_path, **{"max-size": "4k", "max-file": "3", "labels": "a"})
+    fill(drv, 300)
+    assert len(list(tmp_path.iterdir())) == 3
+    want = b"".join(r.data for r in drv.read_rendered(cfg, how))
+    got = drv.read_rendered_nowait(cfg, how)
+    assert b"".join(r.data for r in got) == want
+    drv.close()
+
+
+def test_nowait_refuses_what_would_wait_or_take_long(tmp_path: Path) -> None:
+    drv = make(tmp_path, **{"max-size": "4k", "max-file": "3", "compress": "true"})
+    fill(drv, 300)
+    drv.files.wait()
+    how = LogRender()
+    with pytest.raises(BlockingIOError):  # a compressed file in the set
+        drv.read_rendered_nowait(ReadConfig(tail=10), how)
+    drv.close()
+    big = JsonFileDriver(LogContext("d" * 64, "t", str(tmp_path / "d-json.log"), {}))
+    for _ in range(1000):
+        big.write(LogMessage("stdout", b"x" * 2000 + b"\n", T0))
+    for cfg in (ReadConfig(), ReadConfig(tail=1001), ReadConfig(tail=-1)):
+        with pytest.raises(BlockingIOError):  # not a short tail
+            big.read_rendered_nowait(cfg, how)
+    with pytest.raises(BlockingIOError):  # 2 MB to read: past the budget
+        big.read_rendered_nowait(ReadConfig(tail=1000), how)
+    assert b"".join(r.data for r in big.read_rendered_nowait(ReadConfig(tail=3), how)) == \
+        b"".join(r.data for r in big.read_rendered(ReadConfig(tail=3), how))
+    big.close()
+
+
+def test_nowait_falls_back_when_the_page_cache_does_not_hold_the_file(tmp_path: Path) -> None:
+    drv = make(tmp_path)
+    fill(drv, 50)
+    fd = os.open(tmp_path / "c-json.log", os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # out of the page cache
+    finally:
+        os.close(fd)
+    # RWF_NOWAIT: the disk would be needed, so the daemon's thread reads instead
+    with pytest.raises(BlockingIOError):
+        drv.read_rendered_nowait(ReadConfig(tail=5), LogRender())
+    assert b"".join(r.data for r in drv.read_rendered(ReadConfig(tail=5), LogRender())) \
+        .count(b"line ") == 5
+    drv.close()
