@@ -345,6 +345,10 @@ class _Extractor:
             if self.chown:
                 uid, gid = self.ids(m)
                 os.chown(name, uid, gid, dir_fd=fd, follow_symlinks=False)
+            # the whiteout's own time is its tar entry's when diffed again: keep it,
+            # or the same layer would give another tar (and diffID) a second later
+            ns = self.mtime_ns(m)
+            os.utime(name, ns=(ns, ns), dir_fd=fd, follow_symlinks=False)
         finally:
             os.close(fd)
 

@@ -397,6 +397,20 @@ def test_whiteouts_overlay_mode(tmp_path: Path) -> None:
         str(lower), str(merged))
 
 
+def test_an_overlay_whiteout_keeps_its_entrys_time(tmp_path: Path) -> None:
+    """Diffed again, the layer gives the same tar: the whiteout's time is its entry's,
+    not the moment it was extracted (a diffID would change with the second)."""
+    lower, upper = tmp_path / "lower", tmp_path / "upper"
+    lower.mkdir()
+    upper.mkdir()
+    lower_tree(lower)
+    data = tar_bytes([Entry("d", "d", 0o755, mtime=T0), Entry("d/gone", "w", mtime=T0 + 5)])
+    extract(data, upper, whiteouts="overlay", lower_exists=archive.lower_lookup([str(lower)]))
+    assert os.lstat(upper / "d" / "gone").st_mtime == T0 + 5
+    with archive.tar_directory(str(upper), whiteouts="overlay") as stream:
+        assert tar_members(stream.read())["d/.wh.gone"].mtime == T0 + 5
+
+
 def test_directory_over_whiteout_becomes_opaque(tmp_path: Path) -> None:
     extract(tar_bytes([Entry("d", "w"), Entry("d", "d", 0o755), f("d/new")]), tmp_path,
             whiteouts="overlay")
