@@ -109,6 +109,7 @@ DETAIL: dict[str, str] = {
 INIT_TARGETS: dict[str, str] = {
     "skiff.plugins.isolation.shim:serve": "  shim: spec received until the init exits",
     "skiff.plugins.isolation.containerinit:join_cgroups": "  init: join cgroups",
+    "skiff.plugins.isolation.shim:move_into_cgroups": "  shim: init moved into its cgroups",
     "skiff.plugins.isolation.containerinit:_adopt_stdio": "  init: stdio as 0-2, others closed",
     "skiff.plugins.isolation.containerinit:build": "  init: build (mount ns, rootfs, user)",
     "skiff.plugins.isolation.containerinit:_enter_namespaces": "  init: enter namespaces",
