@@ -319,7 +319,7 @@ class Budget:
                 out.append({"metric": f"budget: {phase}: {label}", "engine": "skiffd",
                             "value": statistics.median(d), "unit": "s",
                             "at_ms": _ms(statistics.median(self.offsets[phase][label])),
-                            "count": len(d)})
+                            "count": len(d), "chart": False})
         return out
 
     def table(self) -> str:
