@@ -41,6 +41,12 @@ EXTRAS = ("benchmarks.network", "benchmarks.pull", "benchmarks.health", "benchma
 WORKLOADS = ("api", "run", "phases", "seccomp", "exec", "lifecycle", "concurrency", "logs",
              "memory", "userns", "build")
 UNCONFINED = ["--security-opt", "seccomp=unconfined"]
+#: named sets of workloads for ``--only``: ``speed`` is every row issue 22 asks
+#: for (run latency, API phases, lifecycle by CLI and API, 20 at once, idle
+#: memory, the scale rows, the start path's budget)
+SETS: dict[str, tuple[str, ...]] = {
+    "speed": ("api", "run", "phases", "lifecycle", "concurrency", "memory", "scale", "budget"),
+}
 
 
 @dataclass(frozen=True)
