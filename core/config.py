@@ -97,6 +97,8 @@ OPTIONS: tuple[Option, ...] = (
            help="keep containers running while the daemon is down; the next daemon "
                 "adopts them (docs/live-restore.md)"),
     Option("debug", bool, False, "--debug", "-D", help="debug logging"),
+    Option("labels", list, [], "--label", item=str, multiple=True,
+           help="the daemon's labels, key=value (docker info)"),
     Option("hosts", list, [], "--host", "-H", item=str, multiple=True,
            help="sockets to listen on"),
     Option("cgroup-parent", str, "skiff", "--cgroup-parent",
@@ -157,6 +159,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("cri", str, "", "--cri",
            help="unix socket to serve the Kubernetes CRI (gRPC runtime.v1) on, e.g. "
                 "/run/skiff-cri.sock; empty: not served"),
+    Option("cri-stream-address", str, "127.0.0.1:0", "--cri-stream-address",
+           help="HOST:PORT of the CRI's streaming server (exec, attach, port-forward); "
+                "port 0: one the kernel picks"),
 )
 
 BY_KEY: dict[str, Option] = {o.key: o for o in OPTIONS}
@@ -346,6 +351,16 @@ def validate(config: Mapping[str, Any], path: str) -> None:
     for item in config["storage-opts"]:
         if "=" not in item:
             raise ConfigError(f"{path}: invalid 'storage-opts' entry {item!r}: expected key=value")
+    labels: dict[str, str] = {}
+    for item in config["labels"]:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"{path}: invalid 'labels' entry {item!r}: bad attribute format, "
+                              "expected key=value")
+        if key in labels and labels[key] != value:
+            raise ConfigError(f"{path}: conflict labels for {key}={labels[key]} and "
+                              f"{key}={value}")
+        labels[key] = value
     for item in config["exec-opts"]:
         if "=" not in item:
             raise ConfigError(f"{path}: invalid 'exec-opts' entry {item!r}: expected key=value")
@@ -453,6 +468,12 @@ def validate(config: Mapping[str, Any], path: str) -> None:
                 f"{path}: 'cri' is {cri!r}, a socket the Docker API is served on (hosts); "
                 "the CRI needs a socket of its own"
             )
+    host, sep, port = str(config["cri-stream-address"]).rpartition(":")
+    if not sep or not host.strip("[]") or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(
+            f"{path}: invalid value for 'cri-stream-address': "
+            f"{config['cri-stream-address']!r}: use HOST:PORT, e.g. 127.0.0.1:0"
+        )
     try:
         cluster_settings.parse(config)
     except ValueError as exc:

@@ -25,8 +25,38 @@ LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
           "error": logging.ERROR, "fatal": logging.CRITICAL}
 
 
+#: the lowest level logged; a list so that a reload (SIGHUP) can change it
+#: under loggers already cached by structlog
+_threshold = [logging.INFO]
+
+
+def _gated(base: type) -> type:
+    """``base``'s level methods behind ``_threshold``: structlog's filtering
+    loggers fix their level when first used, a reload must not be fixed."""
+    def gate(name: str, level: int) -> Any:
+        inner = getattr(base, name)
+
+        def method(self: Any, *args: Any, **kw: Any) -> Any:
+            if level < _threshold[0]:
+                return None
+            return inner(self, *args, **kw)
+        return method
+
+    methods = {name: gate(name, level) for name, level in (
+        ("debug", logging.DEBUG), ("info", logging.INFO), ("msg", logging.INFO),
+        ("warning", logging.WARNING), ("warn", logging.WARNING),
+        ("error", logging.ERROR), ("exception", logging.ERROR),
+        ("critical", logging.CRITICAL), ("fatal", logging.CRITICAL))}
+    return type("ReloadableFilteringLogger", (base,), methods)
+
+
+def set_log_level(level: str, debug: bool) -> None:
+    _threshold[0] = logging.DEBUG if debug else LEVELS[level]
+
+
 def configure_logging(level: str, debug: bool) -> None:
     """One event per line with key-value fields; JSON unless stderr is a terminal."""
+    set_log_level(level, debug)
     renderer: Any = (structlog.dev.ConsoleRenderer(colors=False) if sys.stderr.isatty()
                      else structlog.processors.JSONRenderer())
     structlog.configure(
@@ -36,8 +66,7 @@ def configure_logging(level: str, debug: bool) -> None:
             structlog.processors.format_exc_info,
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.DEBUG if debug else LEVELS[level]),
+        wrapper_class=_gated(structlog.make_filtering_bound_logger(logging.DEBUG)),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
@@ -67,7 +96,7 @@ def pidfile(path: str) -> Iterator[None]:
         os.close(fd)
 
 
-async def serve(config: dict[str, Any]) -> None:
+async def serve(config: dict[str, Any], argv: list[str] | None = None) -> None:
     from skiff.core.api.app import build_router
     from skiff.core.api.http import serve_unix
     from skiff.core.api.metricsserver import (
@@ -97,11 +126,12 @@ async def serve(config: dict[str, Any]) -> None:
     async with trio.open_nursery() as engine_nursery:
         await engine.start(engine_nursery)
         try:
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT,
+                                           signal.SIGHUP) as signals:
                 async with trio.open_nursery() as servers:
                     if serve_cri is not None:
                         # before the Docker API: a daemon that answers there is whole
-                        await servers.start(serve_cri, engine, cri)
+                        await servers.start(serve_cri, engine, cri, config["cri-stream-address"])
                     for path in socket_paths(config):
                         await servers.start(serve_unix, path, router)
                     if listeners:
@@ -111,6 +141,9 @@ async def serve(config: dict[str, Any]) -> None:
                              storage=engine.storage_name, runtime=engine.runtime_name,
                              log_driver=config["log-driver"], cgroups=engine.cgroup_driver_name)
                     async for signum in signals:
+                        if signum == signal.SIGHUP:
+                            reload_config(engine, config, argv)
+                            continue
                         log.info("daemon.shutdown", signal=signal.Signals(signum).name)
                         servers.cancel_scope.cancel()
                         break
@@ -118,6 +151,31 @@ async def serve(config: dict[str, Any]) -> None:
             await engine.shutdown()
             engine_nursery.cancel_scope.cancel()
     log.info("daemon.stopped")
+
+
+def reload_config(engine: Any, config: dict[str, Any], argv: list[str] | None) -> None:
+    """SIGHUP: the reloadable keys applied (core/reload.py), or the old
+    configuration kept with the reason logged; never the end of the daemon."""
+    import socket
+
+    from skiff.core import reload
+    from skiff.core.engineid import engine_id
+
+    log.info("daemon.reload", config_file=config["config-file"])
+    try:
+        changes = reload.reread(argv, config)
+    except ConfigError as exc:
+        log.error("daemon.reload_failed", error=str(exc))
+        return
+    except Exception as exc:  # a reload must never take the daemon down
+        log.exception("daemon.reload_failed", error=str(exc))
+        return
+    reload.apply(changes, config, engine.config)
+    set_log_level(config["log-level"], config["debug"])
+    log.info("daemon.reloaded", changed=sorted(changes),
+             config={k: config[k] for k in sorted(reload.RELOADABLE)})
+    engine.events.publish("daemon", "reload", engine_id(engine.data_root),
+                          reload.event_attributes(config, socket.gethostname()))
 
 
 def _cri_server(config: dict[str, Any]) -> Any:
@@ -148,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         with pidfile(config["pidfile"]):
-            trio.run(serve, config)
+            trio.run(serve, config, argv)
     except (ConfigError, PluginLoadError) as exc:
         log.error("daemon.refused", error=str(exc))
         print(f"skiffd: {exc}", file=sys.stderr)

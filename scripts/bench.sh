@@ -36,6 +36,13 @@ if ! command -v dockerd >/dev/null 2>&1; then
     fi
 fi
 
+if [ ! -x /usr/lib/cni/bridge ]; then
+    # benchmarks/cri.py: containerd's pod network (CNI's bridge and host-local);
+    # containerd itself comes with docker.io
+    echo "bench.sh: apt-get install containernetworking-plugins (containerd's CRI, benchmarks/cri.py)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq containernetworking-plugins >/dev/null
+fi
+
 what=engine
 case "${1:-}" in engine|storage) what=$1; shift ;; esac
 exec "$VENV/bin/python" -m benchmarks "$what" "$@"

@@ -14,6 +14,7 @@ the kill is uncertain, and either outcome is accepted, but only as a whole.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import json
@@ -304,6 +305,13 @@ def _children(pid: int) -> set[int]:
     return tree
 
 
+def _parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
 def _ours(marker: str) -> dict[int, str]:
     """skiff processes (and container processes) whose command line names ``marker``."""
     found = {}
@@ -311,10 +319,16 @@ def _ours(marker: str) -> dict[int, str]:
         if not entry.isdigit() or int(entry) == os.getpid():
             continue
         try:
-            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            raw = Path(f"/proc/{entry}/cmdline").read_bytes()
         except OSError:
             continue
-        if marker in cmd and "pytest" not in cmd:
+        args = raw.decode(errors="replace").split("\0")
+        # not a test runner (whose tmp paths, "/tmp/pytest-of-...", every
+        # process of the daemon's carries too: no "pytest" in cmd as such)
+        if "pytest" in args or any(Path(a).name == "pytest" for a in args[:2]):
+            continue
+        cmd = " ".join(args)
+        if marker in cmd:
             found[int(entry)] = cmd
     return found
 
@@ -337,6 +351,7 @@ class Chaos:
     ledger: Ledger = field(default_factory=Ledger)
     kills: int = 0
     monitor_kills: int = 0
+    forkserver_kills: int = 0
     problems: list[str] = field(default_factory=list)
     #: where the time goes (start, check, tidy), for keeping a round cheap
     seconds: dict[str, float] = field(default_factory=dict)
@@ -359,6 +374,11 @@ class Chaos:
         if rnd.random() < 0.2:
             self._kill_a_monitor(rnd)
         assert self.d.proc is not None
+        if rnd.random() < 0.15:
+            # with the daemon, in the same instant: its half-made runs and
+            # spares are the next daemon's to find (alone, it is restarted
+            # by the daemon, and a run it was making fails as dockerd's would)
+            self._kill_the_fork_server()
         self.d.proc.kill()
         self.d.proc.wait()
         self.d.proc = None
@@ -381,11 +401,36 @@ class Chaos:
     def _kill_a_monitor(self, rnd: random.Random) -> None:
         # this daemon's monitors name their bundle, below its exec-root
         exec_root = self.d.config["exec-root"]
-        monitors = sorted(p for p, cmd in _ours(exec_root).items()
+
+        def monitors_now() -> list[int]:
+            return sorted(p for p, cmd in _ours(exec_root).items()
                           if cmd.split(" ", 1)[0].endswith("skiff-monitor"))
+        monitors = monitors_now()
+        name = None if monitors else self.ledger.live("containers", rnd)
+        if name is not None:
+            # the workload seldom has one running this early: the harness starts one
+            try:
+                status, _ = call(self.sock, "POST", f"/containers/{name}/start")
+            except Unreachable:
+                return
+            if status in (204, 304):
+                with self.ledger.lock:
+                    self.ledger.started.add(name)
+            monitors = monitors_now()
         if monitors:
             os.kill(rnd.choice(monitors), signal.SIGKILL)
             self.monitor_kills += 1
+
+    def _kill_the_fork_server(self) -> None:
+        # the daemon's child that serves <exec-root>/forkserver.sock (its spares
+        # and the runs it makes carry the same command line, a level below)
+        assert self.d.proc is not None
+        sock = str(Path(self.d.config["exec-root"]) / "forkserver.sock")
+        for pid, cmd in _ours(sock).items():
+            if cmd.rstrip().endswith(f"forkserver {sock}") and _parent(pid) == self.d.proc.pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                    self.forkserver_kills += 1
 
     def _get(self, path: str) -> Any:
         status, answer = call(self.sock, "GET", path)
@@ -404,9 +449,14 @@ class Chaos:
             state = led.containers.get(name)
             if state is None or state == "absent":
                 found.append(f"phantom container {name} ({state})")
-            info = self._get(f"/containers/{c['Id']}/json")
-            if info is None:
-                found.append(f"container {name} cannot be inspected")
+            status, info = call(self.sock, "GET", f"/containers/{c['Id']}/json")
+            if status == 404 and state == "maybe":
+                # an rm the kill cut, finished by the new daemon between the
+                # listing and this inspect
+                led.containers[name] = "absent"
+                continue
+            if status != 200:
+                found.append(f"container {name} cannot be inspected: {status} {info}")
                 continue
             st = info["State"]
             if st["Status"] == "removing":
@@ -537,10 +587,17 @@ class Chaos:
                 led.set("tags", ref, "absent", " (tidy)")
 
 
-def run(d: Daemon, rounds: int, seed: int, clients: int = 3) -> Chaos:
+def run(d: Daemon, rounds: int, seed: int, clients: int = 3,
+        seconds: float | None = None) -> Chaos:
+    """``rounds`` kill points, or fewer if ``seconds`` run out first: every
+    round's choices come from the seed and its number, so a run cut short is
+    the first rounds of the long one, replayed with ``SKIFF_CHAOS_KILLS``."""
     chaos = Chaos(d, seed, clients)
+    deadline = time.monotonic() + seconds if seconds is not None else None
     try:
         for number in range(rounds):
+            if deadline is not None and time.monotonic() >= deadline:
+                break
             chaos.round(number)
     finally:
         if d.proc is not None:
@@ -548,6 +605,13 @@ def run(d: Daemon, rounds: int, seed: int, clients: int = 3) -> Chaos:
     return chaos
 
 
-def seed_and_rounds(default_rounds: int) -> tuple[int, int]:
+def seed_and_rounds(default_rounds: int, default_seconds: float | None = None
+                    ) -> tuple[int, int, float | None]:
+    """The seed, the kill points and the time they may take: the CI run's
+    (``default_rounds`` at most, within ``default_seconds``) unless
+    ``SKIFF_CHAOS_KILLS`` asks for a number (then all of them, however long)."""
     seed = int(os.environ.get("SKIFF_CHAOS_SEED") or SEED)
-    return seed, int(os.environ.get("SKIFF_CHAOS_KILLS") or default_rounds)
+    asked = os.environ.get("SKIFF_CHAOS_KILLS")
+    if asked:
+        return seed, int(asked), None
+    return seed, default_rounds, default_seconds

@@ -16,6 +16,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# The daemons, fork servers and CLIs the tests start are Python processes
+# that import most of skiff: without bytecode each would compile it again
+# (about 2 s a skiffd start here).  Kept outside the tree, as scripts/test.sh.
+if os.environ.pop("PYTHONDONTWRITEBYTECODE", None) is not None:
+    os.environ.setdefault("PYTHONPYCACHEPREFIX", "/var/tmp/skiff-pycache")
+
 
 def _mounts() -> set[str]:
     with open("/proc/self/mountinfo") as f:
@@ -94,3 +100,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for item in items:
             if "unit" not in item.nodeid.split(os.sep)[1:2]:
                 item.add_marker(skip)
+
+
+_FILE_SECONDS: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    # setup and teardown count too: that is where module-scoped daemons start and stop
+    path = report.nodeid.split("::", 1)[0]
+    _FILE_SECONDS[path] = _FILE_SECONDS.get(path, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The files that cost the most wall time, so CI's length can be worked on."""
+    if len(_FILE_SECONDS) < 20:
+        return  # a targeted run: the per-test --durations are enough
+    total = sum(_FILE_SECONDS.values())
+    terminalreporter.section("slowest test files (setup + call + teardown)")
+    for path, secs in sorted(_FILE_SECONDS.items(), key=lambda kv: -kv[1])[:25]:
+        terminalreporter.write_line(f"{secs:8.1f}s {100 * secs / total:5.1f}%  {path}")
+    terminalreporter.write_line(f"{total:8.1f}s in all, {len(_FILE_SECONDS)} files")

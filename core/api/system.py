@@ -16,6 +16,7 @@ from skiff.core.api.router import Request, Response, Router
 from skiff.core.builder.prune import cache_usage
 from skiff.core.engineid import engine_id
 from skiff.core.images.errors import ImageNotFound, LayerNotFound
+from skiff.core.reload import unique_labels
 from skiff.core.timefmt import rfc3339
 
 if TYPE_CHECKING:
@@ -221,7 +222,7 @@ def info_payload(engine: Engine) -> dict[str, Any]:
         "HttpsProxy": "",
         "NoProxy": "",
         "Name": socket.gethostname(),
-        "Labels": [],
+        "Labels": unique_labels(engine.config),
         "ExperimentalBuild": False,
         "ServerVersion": __version__,
         # only the default runtime runs containers (HostConfig.Runtime): docs/runtimes.md

@@ -92,6 +92,9 @@ class Exec:
     privileged: bool
     detach_keys: str
     console_size: list[int] | None = None
+    #: False: no key sequence detaches (the CRI's exec: kubelet has no detach keys,
+    #: and Ctrl-P must reach the program)
+    detachable: bool = True
     created: float = field(default_factory=time.time)
     started: bool = False
     running: bool = False
@@ -185,6 +188,17 @@ class ExecManager:
             raise Conflict(f"Container {c.id} is restarting, wait until the container is running")
         if not c.state.Running:
             raise Conflict(f"Container {c.id} is not running")
+
+    @staticmethod
+    def _raise_if_ended(c: Container, pid: int, exc: BaseException) -> None:
+        """An exec that failed because its container ended meanwhile (its
+        namespaces gone, its shim gone) is the client's race, not the daemon's
+        fault: the 409 dockerd gives an exec into a container not running."""
+        if not isinstance(exc, Exception):  # a cancel is no failure of the exec
+            return
+        if c.state.Running and _alive(pid):
+            return
+        raise Conflict(f"Container {c.id} is not running") from exc
 
     # -- create ------------------------------------------------------------------
 
@@ -305,6 +319,7 @@ class ExecManager:
                 with contextlib.suppress(OSError):
                     os.close(fd)
             self._finish(ex, exc.exit_code if isinstance(exc, StartError) else 126)
+            self._raise_if_ended(c, spec.container_pid, exc)
             raise
         # the process has its own copies now; ours must go or no EOF ever comes
         for fd in {in_r, out_w, err_w}:
@@ -324,6 +339,7 @@ class ExecManager:
                         os.close(fd)
                 ex.terminal = -1
                 self._finish(ex, exc.exit_code if isinstance(exc, StartError) else 126)
+            self._raise_if_ended(c, spec.container_pid, exc)
             raise
         ex.process, ex.pid, ex.running = process, process.pid, True
         if attached:
@@ -333,7 +349,8 @@ class ExecManager:
         self.spawn(self._run, ex, process, out_r, err_r)
         if stream is None:
             return
-        keys = parse_detach_keys(ex.detach_keys or DEFAULT_DETACH_KEYS)
+        keys = (parse_detach_keys(ex.detach_keys or DEFAULT_DETACH_KEYS) if ex.detachable
+                else b"")
         async with trio.open_nursery() as n:
             if in_w >= 0:
                 n.start_soon(self._copy_stdin, ex, stream, in_w, keys, n.cancel_scope)
@@ -413,3 +430,13 @@ class ExecManager:
             set_winsize(ex.terminal, height, width)
         except OSError as exc:
             raise InvalidParameter(f"cannot resize the TTY: {exc.strerror}") from exc
+
+
+def _alive(pid: int) -> bool:
+    """``pid`` runs still: its namespaces are there (they go first when it
+    exits, while it may still wait for the rest of its pid namespace)."""
+    try:
+        os.readlink(f"/proc/{pid}/ns/ipc")
+    except OSError:
+        return False
+    return True

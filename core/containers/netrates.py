@@ -175,6 +175,26 @@ class Shaping:
         self._shaped.add(ep.endpoint_id)
         await self.to_thread(self.shaper.joined, shaped)
 
+    async def readopted(self, c: Container, network_name: str,
+                        network_options: Mapping[str, str], settings: Mapping[str, Any],
+                        ep: Endpoint) -> None:
+        """Live-restore: an endpoint learnt back from a run that outlived its
+        daemon.  Its queues are the kernel's still; they are set again as the
+        options now say (daemon.json may have changed meanwhile), and the
+        endpoint is the shaper's again, so an update and the stop reach it.
+        Never raises: the container runs on, a failure is logged."""
+        if self.shaper is None or not ep.host_interface:
+            return
+        shaped = self._endpoint(c, network_name, network_options, settings, ep)
+        self._shaped.add(ep.endpoint_id)
+        if not shaped.rates:
+            return  # nothing asked; an IFB of an earlier life goes at the stop
+        try:
+            await self.to_thread(self.shaper.changed, shaped)
+        except Exception as exc:
+            log.warning("container.shaping_restore_failed", id=c.id, network=network_name,
+                        error=str(exc))
+
     async def left(self, c: Container, network_name: str, ep: Endpoint) -> None:
         """An endpoint was left (its interface is gone); never raises."""
         if self.shaper is None or ep.endpoint_id not in self._shaped:

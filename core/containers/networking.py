@@ -65,13 +65,14 @@ class NetworkAttachment:
         endpoint = self._endpoint(c, net, name, settings)
         try:
             ep = await self.to_thread(driver.create_endpoint, net.id, endpoint)
+            track.endpoints[name] = (driver, ep)
+            await self.to_thread(driver.join, ep, pid)
         except LookupError:
             # removed while this start went on (dockerd allows that while the
             # container is stopped; the driver forgets it before the record
-            # goes): the start's own 404, not a 500
+            # goes), also between the endpoint and the join: the start's own
+            # 404, not a 500 (the failed start releases the endpoint)
             raise NotFound(f"network {net.name} not found") from None
-        track.endpoints[name] = (driver, ep)
-        await self.to_thread(driver.join, ep, pid)
         await self.shaping.joined(c, net.name, net.options, settings, ep)
         settings.update(NetworkID=net.id, EndpointID=ep.endpoint_id if ep.ip_address else "",
                         IPAddress=ep.ip_address, IPPrefixLen=ep.ip_prefix_len,
@@ -125,6 +126,7 @@ class NetworkAttachment:
                             network=name, error=str(exc))
                 continue
             track.endpoints[name] = (driver, ep)
+            await self.shaping.readopted(c, net.name, net.options, settings, ep)
 
     def _endpoint(self, c: Container, net: Network, name: str, settings: dict[str, Any]
                   ) -> Endpoint:
@@ -305,10 +307,17 @@ class NetworkAttachment:
         net = self.networks.get(network)
         if net.name not in c.networks:
             raise Conflict(f"container {c.id} is not connected to network {net.name}")
-        track = self.registry.tracks[c.id]
+        track = self.registry.tracks.get(c.id)
+        if track is None:
+            raise NotFound(f"No such container: {ref}")  # removed meanwhile
         async with track.lock:
             if c.id not in self.registry.by_id:
                 raise NotFound(f"No such container: {ref}")  # removed while we waited
+            # a disconnect or a network rm that ran while we waited
+            if self.networks.find(net.id) is None:
+                raise NotFound(f"network {network} not found")
+            if net.name not in c.networks:
+                raise Conflict(f"container {c.id} is not connected to network {net.name}")
             if net.name in track.endpoints:
                 await self.detach(c, track, net.name)
             del c.networks[net.name]

@@ -119,9 +119,6 @@ def create_body(config: pb.ContainerConfig, sandbox: Container,
                                    "log_directory")
     linux = config.linux
     sc = linux.security_context
-    for field, what in (("masked_paths", "masked_paths"), ("readonly_paths", "readonly_paths")):
-        if getattr(sc, field):
-            raise _refuse(f"{what} (skiff applies Docker's defaults)")
     if sc.HasField("selinux_options") and any((sc.selinux_options.user, sc.selinux_options.role,
                                                 sc.selinux_options.type,
                                                 sc.selinux_options.level)):
@@ -153,6 +150,13 @@ def create_body(config: pb.ContainerConfig, sandbox: Container,
         if not ns.target_id:
             raise InvalidParameter("a TARGET PID namespace needs target_id")
         hc["PidMode"] = f"container:{ns.target_id}"
+    # kubelet sends its lists for every container (its defaults, or none for
+    # procMount Unmasked); none given: the engine's (Docker's) defaults, as
+    # containerd keeps its own then; privileged clears them, in the engine
+    if sc.masked_paths:
+        hc["MaskedPaths"] = list(sc.masked_paths)
+    if sc.readonly_paths:
+        hc["ReadonlyPaths"] = list(sc.readonly_paths)
     if sc.HasField("capabilities"):
         caps = sc.capabilities
         if caps.add_ambient_capabilities:

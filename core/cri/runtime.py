@@ -1,6 +1,6 @@
-"""runtime.v1.RuntimeService: what skiff answers today (Version, Status,
-RuntimeConfig, pod sandboxes, containers in pods); every other RPC is
-UNIMPLEMENTED, naming itself."""
+"""runtime.v1.RuntimeService: Version, Status, RuntimeConfig, pod sandboxes,
+containers in pods and the streaming RPCs; every other RPC is UNIMPLEMENTED,
+naming itself."""
 
 from __future__ import annotations
 
@@ -11,10 +11,13 @@ import grpc
 
 from skiff import __version__
 from skiff.core.cri.containers import Containers
+from skiff.core.cri.portforward import Target
 from skiff.core.cri.runtime_v1 import api_pb2 as pb
 from skiff.core.cri.runtime_v1 import api_pb2_grpc as rpc
 from skiff.core.cri.sandboxes import Sandboxes
 from skiff.core.cri.service import Calls, fill_unimplemented
+from skiff.core.cri.streaming import StreamingServer
+from skiff.core.errors import Conflict, InvalidParameter, NotFound
 
 if TYPE_CHECKING:
     from skiff.core.engine import Engine
@@ -25,18 +28,17 @@ KUBE_API_VERSION = "0.1.0"
 RUNTIME_NAME = "skiff"
 RUNTIME_API_VERSION = "v1"
 
-#: why the runtime is not ready for pods: kubelet reads RuntimeReady=false as
-#: "do not schedule pods here", which is the truth until sandboxes exist
-NOT_READY_REASON = "StreamingNotImplemented"
-NOT_READY_MESSAGE = ("skiff's CRI serves images, pod sandboxes and their containers, without "
-                     "streaming (exec, attach, port-forward) or pod cgroup parents "
-                     "so far: not enough for kubelet (docs/cri.md)")
+#: NetworkReady false: pods would get no network but their loopback
+NO_NETWORK_REASON = "NoPodNetwork"
+NO_NETWORK_MESSAGE = ("this skiffd has no bridge network (daemon.json bridge is none, or no "
+                      "bridge driver): pods get only a loopback; docs/cri.md")
 
 
 class RuntimeService(rpc.RuntimeServiceServicer):
-    def __init__(self, engine: Engine, calls: Calls) -> None:
+    def __init__(self, engine: Engine, calls: Calls, streaming: StreamingServer) -> None:
         self.engine = engine
         self.calls = calls
+        self.streaming = streaming
         self.containers = Containers(engine, calls)
         self.sandboxes = Sandboxes(engine, calls, self.containers)
 
@@ -51,13 +53,16 @@ class RuntimeService(rpc.RuntimeServiceServicer):
         engine = self.engine
 
         async def work() -> pb.StatusResponse:
-            # through the loop on purpose: an answer proves the engine's loop is alive
+            # through the loop on purpose: an answer proves the engine's loop is
+            # alive, which is what RuntimeReady says (pods, containers and the
+            # streaming server run on it); NetworkReady: the network pods get
+            # (the daemon's bridge) exists
+            networked = engine.resolve_network_mode("default") != "none"
             conditions = [
-                pb.RuntimeCondition(type="RuntimeReady", status=False, reason=NOT_READY_REASON,
-                                    message=NOT_READY_MESSAGE),
-                pb.RuntimeCondition(type="NetworkReady", status=False,
-                                    reason="NetworkPluginNotReady",
-                                    message="pod networking is not implemented yet"),
+                pb.RuntimeCondition(type="RuntimeReady", status=True),
+                pb.RuntimeCondition(type="NetworkReady", status=networked,
+                                    reason="" if networked else NO_NETWORK_REASON,
+                                    message="" if networked else NO_NETWORK_MESSAGE),
             ]
             reply = pb.StatusResponse(status=pb.RuntimeStatus(conditions=conditions))
             if request.verbose:
@@ -136,6 +141,51 @@ class RuntimeService(rpc.RuntimeServiceServicer):
                  ) -> pb.ExecSyncResponse:
         return self.containers.exec_sync(request, context)
 
+    # -- streaming (streaming.py): a URL each, served over SPDY ---------------------------
+
+    def _stream_url(self, context: grpc.ServicerContext, rpc_name: str, kind: str,
+                    request: pb.ExecRequest | pb.AttachRequest) -> str:
+        async def work() -> str:
+            if isinstance(request, pb.ExecRequest) and not request.cmd:
+                raise InvalidParameter("Exec needs a command")
+            check_streams(request.stdin, request.stdout, request.stderr, request.tty)
+            found = self.containers._find(request.container_id)
+            if found is None:
+                raise NotFound(f"container {request.container_id!r} not found")
+            c = found[0]
+            if not c.state.Running:
+                raise Conflict(f"container {c.id} is not running")
+            if kind == "attach" and request.stdin and not c.config.get("OpenStdin"):
+                raise InvalidParameter(f"container {c.id} was not created with stdin: "
+                                       "cannot attach to its stdin")
+            fields = type(request)()
+            fields.CopyFrom(request)
+            fields.container_id = c.id
+            return self.streaming.url_for(kind, fields)
+
+        return self.calls.run(context, rpc_name, work)
+
+    def Exec(self, request: pb.ExecRequest, context: grpc.ServicerContext) -> pb.ExecResponse:
+        return pb.ExecResponse(url=self._stream_url(context, "Exec", "exec", request))
+
+    def Attach(self, request: pb.AttachRequest, context: grpc.ServicerContext
+               ) -> pb.AttachResponse:
+        return pb.AttachResponse(url=self._stream_url(context, "Attach", "attach", request))
+
+    def PortForward(self, request: pb.PortForwardRequest, context: grpc.ServicerContext
+                    ) -> pb.PortForwardResponse:
+        async def work() -> str:
+            found = self.sandboxes._find(request.pod_sandbox_id)
+            if found is None:
+                raise NotFound(f"pod sandbox {request.pod_sandbox_id!r} not found")
+            c, record = found
+            if not c.state.Running:
+                raise Conflict(f"pod sandbox {c.id} is not ready")
+            return self.streaming.url_for(
+                "portforward", Target(c.id, bool(record.get("host_network"))))
+
+        return pb.PortForwardResponse(url=self.calls.run(context, "PortForward", work))
+
     def ContainerStats(self, request: pb.ContainerStatsRequest, context: grpc.ServicerContext
                        ) -> pb.ContainerStatsResponse:
         return self.containers.stats(request, context)
@@ -159,5 +209,16 @@ IMPLEMENTED = ("Version", "Status", "RuntimeConfig", "RunPodSandbox", "StopPodSa
                "StartContainer", "StopContainer", "RemoveContainer", "ListContainers",
                "ContainerStatus", "ExecSync",
                "ContainerStats", "ListContainerStats", "ReopenContainerLog",
-               "PodSandboxStats", "ListPodSandboxStats", "UpdateContainerResources")
+               "PodSandboxStats", "ListPodSandboxStats", "UpdateContainerResources",
+               "Exec", "Attach", "PortForward")
+
+
+def check_streams(stdin: bool, stdout: bool, stderr: bool, tty: bool) -> None:
+    """kubelet's rules for a streaming request."""
+    if not (stdin or stdout or stderr):
+        raise InvalidParameter("one of stdin, stdout, or stderr must be set")
+    if tty and stderr:
+        raise InvalidParameter("tty and stderr cannot both be true")
+
+
 UNIMPLEMENTED = fill_unimplemented(RuntimeService, rpc.RuntimeServiceServicer, SERVICE)

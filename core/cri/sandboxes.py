@@ -10,8 +10,9 @@ record of it (metadata, labels, annotations, creation time) is kept in the
 container's labels, so it survives a daemon restart with the container.
 
 What a pod asks that skiff cannot honour is refused (INVALID_ARGUMENT, naming
-it), never dropped: the engine's own refusals (Sysctls, CgroupParent) pass
-through with their words.
+it), never dropped: a cgroup parent among them (kubelet's flags that avoid
+it are in the message).  Sysctls are the CRI's own (``sysctls.py``): written in the
+pod's namespaces once the pause holds them.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import grpc
 import trio
 
 from skiff.core.containers.resources import cgroup_procs, network_stats
+from skiff.core.cri import sysctls
 from skiff.core.cri.namespace import NAMESPACE, NAMESPACE_LABEL
 from skiff.core.cri.runtime_v1 import api_pb2 as pb
 from skiff.core.cri.security import seccomp_opts
@@ -53,6 +55,16 @@ _PROTOCOLS = {pb.TCP: "tcp", pb.UDP: "udp", pb.SCTP: "sctp"}
 
 def _refuse(what: str) -> InvalidParameter:
     return InvalidParameter(f"{what} is not supported by skiff's CRI yet (docs/cri.md)")
+
+
+def _refuse_cgroup_parent(parent: str) -> InvalidParameter:
+    # kubelet asks for one per pod with --cgroups-per-qos (its default); the
+    # engine puts every container under daemon.json cgroup-parent only
+    kind = "a systemd slice" if parent.endswith(".slice") else "a cgroup parent"
+    return InvalidParameter(
+        f"cgroup_parent {parent!r}: skiff cannot place a pod under {kind} yet; every "
+        "container goes under daemon.json cgroup-parent. Run kubelet with "
+        "--cgroups-per-qos=false --enforce-node-allocatable= (docs/cri.md)")
 
 
 def create_body(config: pb.PodSandboxConfig, default_network: str) -> dict[str, Any]:
@@ -83,9 +95,7 @@ def create_body(config: pb.PodSandboxConfig, default_network: str) -> dict[str, 
         "RestartPolicy": {"Name": "no"},
     }
     if linux.cgroup_parent:
-        hc["CgroupParent"] = linux.cgroup_parent  # the engine refuses it, with its words
-    if linux.sysctls:
-        hc["Sysctls"] = dict(linux.sysctls)  # likewise
+        raise _refuse_cgroup_parent(linux.cgroup_parent)
     if sc.supplemental_groups:
         hc["GroupAdd"] = [str(g) for g in sc.supplemental_groups]
     seccomp = seccomp_opts(sc)
@@ -217,10 +227,17 @@ class Sandboxes:
             # off the loop: a Localhost seccomp profile is a file to read
             body = await engine.to_thread(create_body, request.config,
                                           engine.resolve_network_mode("default"))
+            ns = request.config.linux.security_context.namespace_options
+            planned = sysctls.plan(dict(request.config.linux.sysctls),
+                                   host_network=ns.network == pb.NODE,
+                                   host_ipc=ns.ipc == pb.NODE)
             await self._pause_image()
             cid, _ = await engine.containers.create(body, sandbox_name(request.config))
             try:
                 await engine.containers.start(cid)
+                if planned:
+                    pid = engine.containers.by_id[cid].state.Pid
+                    await engine.to_thread(sysctls.apply, pid, planned)
             except BaseException:
                 # a pod that did not start is no pod: gone even when the call was cancelled
                 with trio.CancelScope(shield=True):

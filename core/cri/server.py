@@ -24,6 +24,7 @@ from skiff.core.cri.images import ImageService
 from skiff.core.cri.runtime import RuntimeService
 from skiff.core.cri.runtime_v1 import api_pb2_grpc as rpc
 from skiff.core.cri.service import Calls
+from skiff.core.cri.streaming import StreamingServer, handlers_for
 
 if TYPE_CHECKING:
     from skiff.core.engine import Engine
@@ -43,11 +44,20 @@ SHUTDOWN_GRACE = 5.0
 MAX_MESSAGE = 16 << 20
 
 
-async def serve_cri(engine: Engine, path: str, *,
+async def serve_cri(engine: Engine, path: str, stream_address: str = "127.0.0.1:0", *,
                     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve runtime.v1 on the unix socket ``path`` until cancelled; the
     socket is gone when this returns."""
     await _refuse_live_socket(path)
+    async with trio.open_nursery() as nursery:
+        streaming = StreamingServer(stream_address, handlers_for(engine))
+        # listening before the first call can ask for a URL
+        await nursery.start(streaming.serve)
+        await _serve_grpc(engine, path, streaming, task_status)
+
+
+async def _serve_grpc(engine: Engine, path: str, streaming: StreamingServer,
+                      task_status: trio.TaskStatus[str]) -> None:
     os.makedirs(os.path.dirname(path) or "/", exist_ok=True)
     bridge = TrioBridge(trio.lowlevel.current_trio_token(), LOOP_CALLS)
     calls = Calls(bridge)
@@ -56,7 +66,7 @@ async def serve_cri(engine: Engine, path: str, *,
         ("grpc.max_receive_message_length", MAX_MESSAGE),
         ("grpc.max_send_message_length", MAX_MESSAGE),
     ])
-    rpc.add_RuntimeServiceServicer_to_server(RuntimeService(engine, calls), server)
+    rpc.add_RuntimeServiceServicer_to_server(RuntimeService(engine, calls, streaming), server)
     rpc.add_ImageServiceServicer_to_server(ImageService(engine, calls), server)
     inode: int | None = None
     try:

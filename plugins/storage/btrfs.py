@@ -25,35 +25,26 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import shutil
 import subprocess
 import threading
 from collections.abc import Mapping
-from typing import IO
 
-from skiff.core import archive
 from skiff.core.hookspecs import (
     DriverNotSupported,
-    MountSpec,
     StorageContext,
     hookimpl,
 )
-from skiff.plugins.storage._common import (
-    WholeTreeDiffs,
-    backing_fs,
-    check_storage_opts,
-    validate_id,
-)
+from skiff.plugins.storage._common import backing_fs, check_storage_opts
+from skiff.plugins.storage._dirlayers import DirectoryLayers
 from skiff.plugins.storage._quota import parse_size
 
-_TMP = ".tmp-"
 _KNOWN_OPTIONS = ("size", "min_space")
 #: st_ino of every btrfs subvolume's root directory
 _SUBVOL_INO = 256
 
 
-class BtrfsDriver(WholeTreeDiffs):
+class BtrfsDriver(DirectoryLayers):
     """Layers as btrfs subvolumes; a child is a snapshot of its parent."""
 
     name = "btrfs"
@@ -79,14 +70,11 @@ class BtrfsDriver(WholeTreeDiffs):
                 "choose overlay2 or vfs)"
             )
         self.home = ctx.home
-        self.subvols = os.path.join(self.home, "subvolumes")
-        os.makedirs(self.subvols, mode=0o700, exist_ok=True)
+        self.layers = os.path.join(self.home, "subvolumes")
+        os.makedirs(self.layers, mode=0o700, exist_ok=True)
         self._lock = threading.Lock()
         self._quota_on = False
-        for name in os.listdir(self.subvols):
-            if name.startswith(_TMP):  # a create or remove cut short by a crash
-                with contextlib.suppress(OSError):
-                    self._delete(os.path.join(self.subvols, name))
+        self._sweep()
 
     # -- btrfs-progs -------------------------------------------------------
 
@@ -127,18 +115,6 @@ class BtrfsDriver(WholeTreeDiffs):
 
     # -- helpers -----------------------------------------------------------
 
-    def _dir(self, layer_id: str) -> str:
-        return os.path.join(self.subvols, validate_id(layer_id))
-
-    def _existing(self, layer_id: str) -> str:
-        path = self._dir(layer_id)
-        if not os.path.isdir(path):
-            raise FileNotFoundError(f"btrfs layer {layer_id} does not exist")
-        return path
-
-    def _tmp(self, layer_id: str) -> str:
-        return os.path.join(self.subvols, f"{_TMP}{layer_id}-{secrets.token_hex(4)}")
-
     def _make(self, path: str, parent: str | None) -> None:
         if parent is None:
             self._btrfs("subvolume", "create", path, what=f"creating {path}")
@@ -148,9 +124,7 @@ class BtrfsDriver(WholeTreeDiffs):
                         what=f"snapshotting {parent}")
 
     def _create(self, layer_id: str, parent: str | None, size: int = 0) -> None:
-        dst = self._dir(layer_id)
-        if os.path.lexists(dst):
-            raise FileExistsError(f"btrfs layer {layer_id} already exists")
+        dst = self._vacant(layer_id)
         if parent is not None:
             self._existing(parent)
         tmp = self._tmp(layer_id)
@@ -184,9 +158,6 @@ class BtrfsDriver(WholeTreeDiffs):
             ("Quota Backend", "btrfs qgroups"),
         ]
 
-    def create(self, id: str, parent: str | None) -> None:
-        self._create(id, parent)
-
     def create_rw(self, id: str, parent: str | None, storage_opts: Mapping[str, str]) -> None:
         check_storage_opts(self.name, storage_opts, known=("size",))
         size = parse_size(storage_opts["size"]) if storage_opts.get("size") else \
@@ -197,47 +168,8 @@ class BtrfsDriver(WholeTreeDiffs):
             )
         self._create(id, parent, size)
 
-    def remove(self, id: str) -> None:
-        path = self._dir(id)
-        if not os.path.lexists(path):
-            return
-        # Renamed first so the layer is gone at once; start-up sweeps leftovers.
-        tmp = self._tmp(id)
-        os.rename(path, tmp)
-        self._delete(tmp)
-
-    def exists(self, id: str) -> bool:
-        return os.path.isdir(self._dir(id))
-
     def metadata(self, id: str) -> dict[str, str]:
         return {"Path": self._existing(id)}
-
-    def mounts(self, id: str) -> list[MountSpec]:
-        return [MountSpec("bind", self._existing(id), "/", ["rbind"])]
-
-    def get(self, id: str) -> str:
-        return self._existing(id)
-
-    def put(self, id: str) -> None:
-        pass  # subvolumes are always reachable under the data-root
-
-    def apply_diff(self, id: str, parent: str | None, diff: IO[bytes]) -> int:
-        path = self._existing(id)
-        try:
-            return archive.extract(diff, path, whiteouts="delete")
-        except BaseException as exc:
-            # Back to exactly the parent's tree: "empty" for a btrfs layer.
-            try:
-                tmp = self._tmp(id)
-                os.rename(path, tmp)
-                self._delete(tmp)
-                self._create(id, parent)
-            except Exception as again:  # report both; the first is the cause
-                exc.add_note(f"resetting btrfs layer {id} failed too: {again}")
-            raise
-
-    def cleanup(self) -> None:
-        pass  # btrfs mounts nothing on the host
 
 
 #: the plugin contract this module was written for; the loader refuses another major

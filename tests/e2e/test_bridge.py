@@ -22,60 +22,22 @@ from pathlib import Path
 import pytest
 
 from tests.daemon import Daemon, running_daemon
+from tests.dnsstub import DnsStub
 
 SERVE = "while true; do echo hello-from-$HOSTNAME | nc -l -p 80; done"
 UPSTREAM_NAME = "upstream.skiff.test"
 UPSTREAM_ADDR = "192.0.2.7"  # TEST-NET-1: only ever an answer, never a destination
 
 
-class Upstream:
-    """A UDP DNS responder on 127.0.0.1 that knows one name."""
-
-    def __init__(self, address: tuple[str, int] = ("127.0.0.1", 0)) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(address)
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.queries: list[str] = []
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.run, daemon=True)
-        self.thread.start()
-
-    def run(self) -> None:
-        from skiff.plugins.network.bridge.dns import answer, parse_question
-
-        while not self.stop.is_set():
-            try:
-                packet, peer = self.sock.recvfrom(4096)
-            except TimeoutError:
-                continue
-            q = parse_question(packet)
-            if q is None:
-                continue
-            name, qtype, end = q
-            self.queries.append(name)
-            if name == UPSTREAM_NAME:
-                self.sock.sendto(answer(packet, end, [UPSTREAM_ADDR], qtype), peer)
-            else:  # NXDOMAIN
-                reply = bytearray(answer(packet, end, [], qtype))
-                reply[3] = (reply[3] & 0xF0) | 3
-                self.sock.sendto(bytes(reply), peer)
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join()
-        self.sock.close()
-
-
 @pytest.fixture(scope="module")
-def upstream() -> Iterator[Upstream]:
-    u = Upstream()
+def upstream() -> Iterator[DnsStub]:
+    u = DnsStub({UPSTREAM_NAME: [UPSTREAM_ADDR]})
     yield u
     u.close()
 
 
 @pytest.fixture(scope="module")
-def bridged(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream) -> Iterator[Daemon]:
+def bridged(tmp_path_factory: pytest.TempPathFactory, upstream: DnsStub) -> Iterator[Daemon]:
     base = tmp_path_factory.mktemp("skiffd-bridge")
     with running_daemon(base, dns=[f"127.0.0.1:{upstream.port}"]) as d:
         d.skiff("image", "bootstrap", "busybox")
@@ -245,7 +207,7 @@ def test_addresses_are_released(bridged: Daemon) -> None:
 # -- user-defined networks --------------------------------------------------------
 
 
-def test_user_network_dns_isolation_and_rm(bridged: Daemon, upstream: Upstream) -> None:
+def test_user_network_dns_isolation_and_rm(bridged: Daemon, upstream: DnsStub) -> None:
     net = f"n-{secrets.token_hex(3)}"
     subnet = f"10.{secrets.randbelow(250) + 1}.{secrets.randbelow(250)}.0/24"
     bridged.docker("network", "create", "--subnet", subnet, net, check=True)
@@ -288,11 +250,12 @@ def test_user_network_dns_isolation_and_rm(bridged: Daemon, upstream: Upstream) 
     assert net not in out(bridged.docker("network", "ls", check=True))
 
 
-def test_dns_options_on_a_user_network(bridged: Daemon, upstream: Upstream) -> None:
+def test_dns_options_on_a_user_network(bridged: Daemon, upstream: DnsStub) -> None:
     """``--dns`` on a user network: resolv.conf keeps the embedded server, with the
     container's search domains and options, and the names the network does not
     know go to the container's own server, not the daemon's."""
-    own = Upstream(("127.0.0.77", 53))  # the daemon's namespace is the test's
+    # the daemon's namespace is the test's, so it reaches this address
+    own = DnsStub({UPSTREAM_NAME: [UPSTREAM_ADDR]}, "127.0.0.77", 53)
     net = f"d-{secrets.token_hex(3)}"
     subnet = f"10.{secrets.randbelow(250) + 1}.{secrets.randbelow(250)}.0/24"
     bridged.docker("network", "create", "--subnet", subnet, net, check=True)

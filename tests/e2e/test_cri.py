@@ -135,13 +135,12 @@ def test_crictl_version(tools: Path, skiffd: Daemon) -> None:
     assert fields["Version"] == "0.1.0"
 
 
-def test_status_says_pods_are_not_served(tools: Path, skiffd: Daemon, cri: Cri) -> None:
+def test_status_says_the_runtime_and_its_network_are_ready(tools: Path, skiffd: Daemon,
+                                                         cri: Cri) -> None:
     reply = cri.runtime.Status(pb.StatusRequest(verbose=True), timeout=10)
     conditions = {c.type: c for c in reply.status.conditions}
-    assert not conditions["RuntimeReady"].status  # kubelet: no pods here (yet)
-    assert conditions["RuntimeReady"].reason == "StreamingNotImplemented"
-    assert "docs/cri.md" in conditions["RuntimeReady"].message
-    assert not conditions["NetworkReady"].status
+    assert conditions["RuntimeReady"].status
+    assert conditions["NetworkReady"].status  # the daemon's bridge: pods get it
     config = json.loads(reply.info["config"])
     assert config["storageDriver"] == "overlay2"
     info = json.loads(crictl(tools, skiffd, "info").stdout)
@@ -156,10 +155,10 @@ def test_every_other_rpc_is_unimplemented_and_named(cri: Cri) -> None:
     once, naming itself; none hangs (each has a 10 s deadline)."""
     from skiff.core.cri import runtime as runtime_mod
 
-    assert "Exec" in runtime_mod.UNIMPLEMENTED and "ExecSync" not in runtime_mod.UNIMPLEMENTED
-    assert "RunPodSandbox" not in runtime_mod.UNIMPLEMENTED
-    assert "CreateContainer" not in runtime_mod.UNIMPLEMENTED
-    assert len(runtime_mod.UNIMPLEMENTED) >= 8
+    for served in ("Exec", "ExecSync", "Attach", "PortForward", "RunPodSandbox",
+                   "CreateContainer"):
+        assert served not in runtime_mod.UNIMPLEMENTED
+    assert len(runtime_mod.UNIMPLEMENTED) >= 5
     for name in runtime_mod.UNIMPLEMENTED:
         method = getattr(cri.runtime, name)
         request_type = pb.DESCRIPTOR.services_by_name["RuntimeService"].methods_by_name[
@@ -173,13 +172,6 @@ def test_every_other_rpc_is_unimplemented_and_named(cri: Cri) -> None:
         assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED, name
         assert f"runtime.v1.RuntimeService/{name} is not implemented" in info.value.details()
         assert time.monotonic() - t0 < 5, name
-
-
-def test_crictl_attach_says_unimplemented(tools: Path, skiffd: Daemon, cri: Cri) -> None:
-    with pytest.raises(grpc.RpcError) as info:
-        cri.runtime.Attach(pb.AttachRequest(container_id="x"), timeout=10)
-    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "runtime.v1.RuntimeService/Attach is not implemented" in info.value.details()
 
 
 # -- images: the Docker API's store ------------------------------------------------------
@@ -482,8 +474,19 @@ def test_pod_sandbox_refusals(cri: Cri) -> None:
     err = run(pb.PodSandboxConfig(metadata=pb.PodSandboxMetadata(name="x")))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "metadata" in err.details()
     err = run(pb.PodSandboxConfig(metadata=md, linux=pb.LinuxPodSandboxConfig(
-        sysctls={"net.ipv4.ip_forward": "1"})))
-    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "Sysctls" in err.details()
+        sysctls={"vm.swappiness": "1"})))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "not namespaced" in err.details()
+    err = run(pb.PodSandboxConfig(metadata=md, linux=pb.LinuxPodSandboxConfig(
+        sysctls={"net.ipv4.no_such_sysctl": "1"})))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "no such sysctl" in err.details()
+    err = run(pb.PodSandboxConfig(metadata=md, linux=pb.LinuxPodSandboxConfig(
+        sysctls={"net.ipv4.ip_forward": "1"}, security_context=pb.LinuxSandboxSecurityContext(
+            namespace_options=pb.NamespaceOption(network=pb.NODE)))))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "host's network" in err.details()
+    err = run(pb.PodSandboxConfig(metadata=md, linux=pb.LinuxPodSandboxConfig(
+        cgroup_parent="/kubepods/pod1")))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "--cgroups-per-qos=false" in err.details()
     err = run(pb.PodSandboxConfig(metadata=md, linux=pb.LinuxPodSandboxConfig(
         security_context=pb.LinuxSandboxSecurityContext(namespace_options=pb.NamespaceOption(
             network=pb.TARGET)))))
@@ -491,6 +494,74 @@ def test_pod_sandbox_refusals(cri: Cri) -> None:
     # nothing was left behind by the refusals
     listed = cri.runtime.ListPodSandbox(pb.ListPodSandboxRequest(), timeout=10).items
     assert not [p for p in listed if p.metadata.name in ("refused", "x")]
+
+
+def test_pod_sysctls(skiffd: Daemon, cri: Cri) -> None:
+    """Namespaced sysctls of a pod (kubelet's safe kernel.shm_rmid_forced, an IPC
+    and a network one) are set in the pod's namespaces, seen by its containers,
+    and the host's values stay as they were."""
+    wanted = {"kernel.shm_rmid_forced": "1", "fs.mqueue.msg_max": "100",
+              "net.ipv4.ip_unprivileged_port_start": "80"}
+    paths = {k: "/proc/sys/" + k.replace(".", "/") for k in wanted}
+    host = {k: Path(p).read_text().strip() for k, p in paths.items()}
+    assert host != wanted
+    md = pb.PodSandboxMetadata(name="sysctls", uid="uid-sysctls", namespace="cri-test")
+    config = pb.PodSandboxConfig(metadata=md, linux=pb.LinuxPodSandboxConfig(sysctls=wanted))
+    pod = cri.runtime.RunPodSandbox(pb.RunPodSandboxRequest(config=config),
+                                    timeout=60).pod_sandbox_id
+    try:
+        ctr = cri.runtime.CreateContainer(pb.CreateContainerRequest(
+            pod_sandbox_id=pod, sandbox_config=config, config=pb.ContainerConfig(
+                metadata=pb.ContainerMetadata(name="reader"),
+                image=pb.ImageSpec(image="busybox:latest"), command=["sleep", "60"])),
+            timeout=60).container_id
+        cri.runtime.StartContainer(pb.StartContainerRequest(container_id=ctr), timeout=60)
+        reply = cri.runtime.ExecSync(pb.ExecSyncRequest(
+            container_id=ctr, cmd=["cat", *paths.values()], timeout=10), timeout=20)
+        assert reply.stdout.decode().split() == list(wanted.values()), reply
+        assert {k: Path(p).read_text().strip() for k, p in paths.items()} == host
+    finally:
+        cri.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod), timeout=60)
+        cri.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod),
+                                     timeout=60)
+
+
+def test_masked_and_readonly_paths(skiffd: Daemon, cri: Cri) -> None:
+    """A container's masked_paths and readonly_paths (kubelet sends its lists for
+    every container) replace the engine's defaults; none given: Docker's."""
+    md = pb.PodSandboxMetadata(name="paths", uid="uid-paths", namespace="cri-test")
+    config = pb.PodSandboxConfig(metadata=md)
+    pod = cri.runtime.RunPodSandbox(pb.RunPodSandboxRequest(config=config),
+                                    timeout=60).pod_sandbox_id
+    try:
+        def started(name: str, **sc: list[str]) -> str:
+            ctr = cri.runtime.CreateContainer(pb.CreateContainerRequest(
+                pod_sandbox_id=pod, sandbox_config=config, config=pb.ContainerConfig(
+                    metadata=pb.ContainerMetadata(name=name),
+                    image=pb.ImageSpec(image="busybox:latest"), command=["sleep", "60"],
+                    linux=pb.LinuxContainerConfig(
+                        security_context=pb.LinuxContainerSecurityContext(**sc)))),
+                timeout=60).container_id
+            cri.runtime.StartContainer(pb.StartContainerRequest(container_id=ctr), timeout=60)
+            return ctr
+
+        def sh(ctr: str, script: str) -> pb.ExecSyncResponse:
+            return cri.runtime.ExecSync(pb.ExecSyncRequest(
+                container_id=ctr, cmd=["sh", "-c", script], timeout=10), timeout=20)
+
+        given = started("given", masked_paths=["/etc/hostname"], readonly_paths=["/tmp"])
+        assert sh(given, "cat /etc/hostname").stdout == b""  # masked: /dev/null over it
+        wrote = sh(given, "touch /tmp/x")
+        assert wrote.exit_code != 0 and b"Read-only file system" in wrote.stderr
+        assert int(sh(given, "wc -c < /proc/timer_list").stdout) > 0  # Docker's list replaced
+        default = started("default")
+        assert sh(default, "cat /etc/hostname").stdout.strip()
+        assert sh(default, "touch /tmp/x").exit_code == 0
+        assert sh(default, "wc -c < /proc/timer_list").stdout.strip() == b"0"  # Docker's mask
+    finally:
+        cri.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod), timeout=60)
+        cri.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod),
+                                     timeout=60)
 
 
 def test_sandbox_outlives_a_daemon_restart(tmp_path: Path, tools: Path) -> None:
@@ -512,6 +583,22 @@ def test_sandbox_outlives_a_daemon_restart(tmp_path: Path, tools: Path) -> None:
             assert not c.runtime.ListPodSandbox(pb.ListPodSandboxRequest(), timeout=10).items
         finally:
             c.close()
+
+
+def test_network_not_ready_without_a_bridge(tmp_path: Path) -> None:
+    """With daemon.json bridge none, pods would get only a loopback: NetworkReady
+    is false and says why (kubelet then keeps the node NotReady)."""
+    with running_daemon(tmp_path, **{"bridge": "none", "cri": f"{tmp_path}/cri.sock"}) as d:
+        c = Cri(cri_path(d))
+        try:
+            reply = c.runtime.Status(pb.StatusRequest(), timeout=10)
+        finally:
+            c.close()
+    conditions = {c.type: c for c in reply.status.conditions}
+    assert conditions["RuntimeReady"].status
+    assert not conditions["NetworkReady"].status
+    assert conditions["NetworkReady"].reason == "NoPodNetwork"
+    assert "bridge" in conditions["NetworkReady"].message
 
 
 def test_off_by_default_grpc_is_not_even_loaded(tmp_path: Path) -> None:
@@ -636,9 +723,9 @@ def test_container_refusals(skiffd: Daemon, cri: Cri) -> None:
                                         image=pb.ImageSpec(image="no/such:image")))
         assert err.code() == grpc.StatusCode.NOT_FOUND
         err = create(pb.ContainerConfig(linux=pb.LinuxContainerConfig(
-            security_context=pb.LinuxContainerSecurityContext(masked_paths=["/proc/kcore"])),
-            **base))
-        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "masked_paths" in err.details()
+            security_context=pb.LinuxContainerSecurityContext(
+                capabilities=pb.Capability(add_ambient_capabilities=["NET_RAW"]))), **base))
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "ambient" in err.details()
         err = create(pb.ContainerConfig(linux=pb.LinuxContainerConfig(
             security_context=pb.LinuxContainerSecurityContext(
                 run_as_group=pb.Int64Value(value=5))), **base))

@@ -20,7 +20,6 @@ import secrets
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +32,7 @@ from docker.types import IPAMConfig, IPAMPool
 from benchmarks.engines import Dockerd
 from tests import daemon as daemon_module
 from tests.daemon import Daemon, running_daemon
+from tests.dnsstub import DnsStub
 from tests.e2e.conftest import twin_of
 from tests.sidebyside import Side, SideBySide, normalised, unique
 
@@ -308,45 +308,10 @@ def test_publish_udp_on_v6_loopback_through_the_proxy(daemon: Daemon) -> None:
 UPSTREAM_NAME, UPSTREAM_ADDR = "upstream6.skiff.test", "192.0.2.66"  # TEST-NET-1: an answer only
 
 
-class Upstream6:
-    """A DNS responder on [::1]:``port`` (UDP) that knows one name."""
-
-    def __init__(self, port: int = 53) -> None:
-        self.sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-        self.sock.bind(("::1", port))
-        self.sock.settimeout(0.2)
-        self.port = int(self.sock.getsockname()[1])
-        self.queries: list[str] = []
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.run, daemon=True)
-        self.thread.start()
-
-    def run(self) -> None:
-        from skiff.plugins.network.bridge.dns import answer, parse_question
-
-        while not self.stop.is_set():
-            try:
-                packet, peer = self.sock.recvfrom(4096)
-            except TimeoutError:
-                continue
-            q = parse_question(packet)
-            if q is None:
-                continue
-            name, qtype, end = q
-            self.queries.append(name)
-            known = [UPSTREAM_ADDR] if name == UPSTREAM_NAME else []
-            self.sock.sendto(answer(packet, end, known, qtype), peer)
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join()
-        self.sock.close()
-
-
 def test_embedded_dns_relays_to_an_ipv6_upstream_of_daemon_json(tmp_path: Path) -> None:
     """daemon.json ``dns: ["[::1]:PORT"]``: a name the network does not know is
     relayed over IPv6."""
-    up = Upstream6(port=0)
+    up = DnsStub({UPSTREAM_NAME: [UPSTREAM_ADDR]}, "::1", 0, unknown="empty")
     try:
         with running_daemon(tmp_path / "d", dns=[f"[::1]:{up.port}"]) as d:
             d.skiff("image", "bootstrap", "busybox")
@@ -374,7 +339,7 @@ def test_host_resolv_conf_with_only_ipv6_nameservers(tmp_path: Path,
                f'mount --bind {conf} /etc/resolv.conf && exec "$0" "$@"',
                *daemon_module.SKIFFD]
     monkeypatch.setattr(daemon_module, "SKIFFD", wrapped)
-    up = Upstream6(port=53)
+    up = DnsStub({UPSTREAM_NAME: [UPSTREAM_ADDR]}, "::1", 53, unknown="empty")
     try:
         with running_daemon(tmp_path / "d") as d:
             d.skiff("image", "bootstrap", "busybox")

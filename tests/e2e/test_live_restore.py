@@ -284,3 +284,33 @@ def test_a_container_whose_monitor_died_is_ended_not_adopted(skiffd: Daemon) -> 
         assert "container.adopt_failed" in skiffd.logs()
     finally:
         skiffd.docker("rm", "-f", name)
+
+
+def test_traffic_limits_of_an_adopted_container_are_managed_again(skiffd: Daemon) -> None:
+    from skiff.plugins.limits.tc import ifb_name
+    from tests.chaos import call
+    from tests.e2e.test_tc_limits import EGRESS, INGRESS, host_side, ifb_rate, leftovers, tbf_rate
+
+    # skiff's own key of Plugins, which the docker CLI does not show
+    if "tc" not in call(skiffd.socket, "GET", "/info")[1]["Plugins"].get("Limits", []):
+        pytest.skip("no traffic shaper here")
+    name = _name()
+    cid = skiffd.docker("run", "-d", "--name", name, "--label", f"{EGRESS}=8mbit",
+                        "--label", f"{INGRESS}=8mbit", "busybox", "sleep", "1000",
+                        check=True).stdout.decode().strip()
+    try:
+        index, veth = host_side(skiffd, name)
+        assert tbf_rate(index) == 8_000_000 and ifb_rate(veth) == 8_000_000
+        _away(skiffd, "kill", 0.2, _state(skiffd, name)["Pid"])
+        assert tbf_rate(index) == 8_000_000 and ifb_rate(veth) == 8_000_000
+        # an update reaches the adopted endpoint: one limit changed, one lifted
+        status, answer = call(skiffd.socket, "POST", f"/containers/{cid}/update",
+                              {"SkiffNetRates": {EGRESS: "2mbit", INGRESS: ""}})
+        assert status == 200, answer
+        assert ifb_rate(veth) == 2_000_000 and tbf_rate(index) is None
+        # and the stop takes its IFB with it
+        skiffd.docker("stop", "-t", "0", name, check=True)
+        poll(lambda: ifb_name(veth) not in leftovers(), 5, "the IFB deleted")
+    finally:
+        skiffd.docker("rm", "-f", name)
+

@@ -90,6 +90,17 @@ def test_containers_on_three_hosts_talk_over_an_overlay(rig: Rig) -> None:
     h2.docker("exec", b, "ping", "-c", "1", "-W", "3", a)
     page = h2.out("exec", b, "wget", "-q", "-O", "-", f"http://{a}/")
     assert page == f"hello-from-{a}"
+    # a container on an overlay and a user bridge resolves the names of both,
+    # whichever network's server its resolv.conf names (the one it joined first)
+    br, e = unique("br"), unique("ove")
+    h1.docker("network", "create", br)
+    h1.docker("run", "-d", "--name", e, "--network", br, "busybox", "sleep", "600")
+    h1.docker("network", "connect", br, a)  # a: the overlay first, so 127.0.0.12
+    h1.docker("network", "connect", net, e)  # e: the bridge first, so 127.0.0.11
+    assert "127.0.0.12" in h1.out("exec", a, "cat", "/etc/resolv.conf")
+    assert "127.0.0.11" in h1.out("exec", e, "cat", "/etc/resolv.conf")
+    h1.docker("exec", a, "ping", "-c", "1", "-W", "3", e)  # a bridge name via .12
+    h1.docker("exec", e, "ping", "-c", "1", "-W", "3", b)  # an overlay name via .11
     # the MTU leaves room for the VXLAN header
     assert h2.out("exec", b, "cat", "/sys/class/net/eth0/mtu") == "1450"
     # no flooding, no learning: host 1's VXLAN knows b's MAC from the store

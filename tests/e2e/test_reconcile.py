@@ -477,3 +477,30 @@ def test_run_of_a_start_cut_by_a_crash_goes(tmp_path: Path, planted: list[Path],
         assert stray.wait(10) == -signal.SIGKILL
         log = d.log_path.read_text()
         assert '"reconcile.cgroups"' in log and '"reconcile.orphan_processes"' in log
+
+
+def test_a_bridge_added_by_a_daemon_killed_before_marking_it_goes(tmp_path: Path) -> None:
+    """A kill between a bridge's add and its owner alias: the intent written
+    before the add proves it this daemon's; an unmarked bridge without one
+    (another daemon's, mid-create) stays."""
+    ours, stranger = f"skf-{secrets.token_hex(5)}a", f"skf-{secrets.token_hex(5)}b"
+    with running_daemon(tmp_path / "d") as d:
+        intents = Path(d.config["exec-root"]) / "network" / "bridge-intents"
+        crash(d)
+        try:
+            for name in (ours, stranger):
+                subprocess.run(["ip", "link", "add", name, "type", "bridge"], check=True)
+            intents.mkdir(parents=True, exist_ok=True)
+            (intents / ours).touch()
+            d.start()
+            assert ours not in links() and stranger in links()
+            assert not (intents / ours).exists()
+            assert f"bridge {ours}" in d.log_path.read_text()
+            # a network made now leaves no intent behind
+            ok(d, "network", "create", f"rec-{secrets.token_hex(3)}")
+            assert os.listdir(intents) == []
+        finally:
+            for name in (ours, stranger):
+                subprocess.run(["ip", "link", "del", name], capture_output=True)
+            for n in ok(d, "network", "ls", "-q", "--filter", "name=rec-").split():
+                d.docker("network", "rm", n)

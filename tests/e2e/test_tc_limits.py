@@ -163,7 +163,10 @@ def test_changing_the_limit_of_a_running_container(d: Daemon, net: str) -> None:
     api._post_json(api._url("/containers/{0}/update", snd), data={"SkiffNetRates": {EGRESS: ""}}
                    ).raise_for_status()
     assert EGRESS not in (inspect(d, snd)["Config"]["Labels"] or {})
-    assert measure(d, rcv, 1.0) > 5 * 8e6
+    # within a few windows: the packets the deleted queue held are lost, and
+    # the sender waits out its retransmission timeout first (seen: a whole
+    # second at 2 Mbit/s right after the lift when the update answered fast)
+    poll(lambda: measure(d, rcv, 1.0) > 5 * 8e6, 15, "the rate far above the lifted limit")
 
 
 def test_a_network_limit_overridden_per_container(d: Daemon) -> None:

@@ -31,7 +31,7 @@ from skiff.core.api.errors import status_of
 from skiff.core.atomic import write_atomic, write_json_atomic
 from skiff.core.errors import InvalidParameter
 from skiff.core.hookspecs import DriverNotSupported, StorageContext, StorageDriver
-from skiff.core.images import archives, dockerfile_changes
+from skiff.core.images import archives
 from skiff.core.images.errors import (
     ImageConflict,
     ImageNotFound,
@@ -429,58 +429,6 @@ def test_write_atomic(tmp_path: Path) -> None:
         write_atomic(target, Boom())  # type: ignore[arg-type]
     assert target.read_text() == "replaced"  # the old content stays
     assert os.listdir(tmp_path) == ["state.json"]  # and no temporary file
-
-
-def test_change_instructions() -> None:
-    cfg = dockerfile_changes.apply_changes(dict(ZERO_CONTAINER_CONFIG), [
-        "ENV A=1 B=\"two words\"",
-        "ENV C three words",
-        "ENV D=$A-x E=${NOPE:-def} F=${A:+set} G='$A'",
-        "WORKDIR /app",
-        "WORKDIR sub/../sub2",
-        "USER nobody:nogroup",
-        "EXPOSE 80 53/udp 8000-8002",
-        'LABEL version=1.0 "with space"=yes',
-        "LABEL legacy value here",
-        'VOLUME ["/data"]',
-        "VOLUME /a /b",
-        "STOPSIGNAL SIGINT",
-        "ONBUILD RUN make",
-        "cmd echo hi",
-    ])
-    assert cfg["Env"] == ["A=1", "B=two words", "C=three words", "D=1-x", "E=def",
-                          "F=set", "G=$A"]
-    assert cfg["WorkingDir"] == "/app/sub2"
-    assert cfg["User"] == "nobody:nogroup"
-    assert cfg["ExposedPorts"] == {"80/tcp": {}, "53/udp": {}, "8000/tcp": {},
-                                   "8001/tcp": {}, "8002/tcp": {}}
-    assert cfg["Labels"] == {"version": "1.0", "with space": "yes", "legacy": "value here"}
-    assert cfg["Volumes"] == {"/data": {}, "/a": {}, "/b": {}}
-    assert cfg["StopSignal"] == "SIGINT"
-    assert cfg["OnBuild"] == ["RUN make"]
-    assert cfg["Cmd"] == ["/bin/sh", "-c", "echo hi"]
-    assert ZERO_CONTAINER_CONFIG["Env"] is None  # the input is not modified
-
-    ep = dockerfile_changes.apply_changes(dict(ZERO_CONTAINER_CONFIG),
-                                ['CMD ["a"]', 'ENTRYPOINT ["/bin/x", "-v"]'])
-    assert ep["Entrypoint"] == ["/bin/x", "-v"] and ep["Cmd"] == ["a"]
-    ep2 = dockerfile_changes.apply_changes({**ZERO_CONTAINER_CONFIG, "Cmd": ["old"]},
-                                 ["ENTRYPOINT exec thing"])
-    assert ep2["Entrypoint"] == ["/bin/sh", "-c", "exec thing"] and ep2["Cmd"] is None
-
-    for bad, message in [
-        ("RUN x", "run is not a valid change command"),
-        ("FROM busybox", "from is not a valid change command"),
-        ("STOPSIGNAL BOGUS", "Invalid signal: BOGUS"),
-        ("EXPOSE 70000", "Invalid containerPort: 70000"),
-        ("EXPOSE 80/xyz", "invalid proto: xyz"),
-        ("ENV", "ENV requires at least one argument"),
-        ("ENV A", "ENV must have two arguments"),
-        ("ENV A=1 B", "can't find = in 'B'"),
-        ("ONBUILD ONBUILD RUN x", "Chaining ONBUILD"),
-    ]:
-        with pytest.raises(InvalidParameter, match=message):
-            dockerfile_changes.apply_changes(dict(ZERO_CONTAINER_CONFIG), [bad])
 
 
 # ---------------------------------------------------------------------------

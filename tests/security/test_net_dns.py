@@ -16,7 +16,6 @@ import resource
 import secrets
 import socket
 import struct
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +25,7 @@ import pytest
 from skiff.plugins.network._netns import run_in_netns
 from skiff.plugins.network.bridge import dns
 from tests.daemon import Daemon, running_daemon
+from tests.dnsstub import DnsStub
 
 GOOD_NAME = "good.skiff.test"
 GOOD_ADDR = "192.0.2.9"  # TEST-NET-1: an answer only, never a destination
@@ -33,40 +33,9 @@ FLOOD = 3000
 SO_RCVBUFFORCE = 33  # <asm-generic/socket.h>; not in the socket module
 
 
-class Upstream:
-    """A UDP resolver on 127.0.0.1: answers GOOD_NAME, stays silent on the rest."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.silent = 0
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.run, daemon=True)
-        self.thread.start()
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            try:
-                packet, peer = self.sock.recvfrom(4096)
-            except TimeoutError:
-                continue
-            q = dns.parse_question(packet)
-            if q is not None and q[0] == GOOD_NAME:
-                self.sock.sendto(dns.answer(packet, q[2], [GOOD_ADDR], q[1]), peer)
-            else:
-                self.silent += 1
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join()
-        self.sock.close()
-
-
 @pytest.fixture(scope="module")
-def upstream() -> Iterator[Upstream]:
-    u = Upstream()
+def upstream() -> Iterator[DnsStub]:
+    u = DnsStub({GOOD_NAME: [GOOD_ADDR]}, unknown="silent")
     yield u
     u.close()
 
@@ -138,7 +107,7 @@ def _peak(server: dns.DnsServer, seconds: float) -> dict[str, int]:
     return peak
 
 
-def _flood_server(upstream: Upstream, clients: int, bounded: bool) -> dict[str, int]:
+def _flood_server(upstream: DnsStub, clients: int, bounded: bool) -> dict[str, int]:
     """A DnsServer serving ``clients`` sockets, each flooded with FLOOD // clients
     queries; the peak of its relays, tasks and this process's descriptors
     (above what it had before the flood).  The upstream timeout is long here,
@@ -184,7 +153,7 @@ def room_for_the_flood() -> Iterator[None]:
 
 
 @pytest.mark.usefixtures("slow_upstream", "room_for_the_flood")
-def test_relays_bounded_and_unbounded_without_the_bound(upstream: Upstream) -> None:
+def test_relays_bounded_and_unbounded_without_the_bound(upstream: DnsStub) -> None:
     """Denial of service of the daemon by DNS flood: one container sends
     thousands of queries that the upstream never answers.  With the bound, the
     server holds at most MAX_RELAYS_PER_CLIENT relays (a task and a socket
@@ -222,7 +191,7 @@ def no_descriptor_left() -> Iterator[None]:
             os.close(fd)
 
 
-def test_a_relay_without_a_descriptor_does_not_end_the_server(upstream: Upstream) -> None:
+def test_a_relay_without_a_descriptor_does_not_end_the_server(upstream: DnsStub) -> None:
     """Descriptor exhaustion (EMFILE) while relaying: the relay answers SERVFAIL
     and the server goes on; an exception escaping a relay would end the one
     event loop that serves every container's 127.0.0.11."""
@@ -246,7 +215,7 @@ def test_a_relay_without_a_descriptor_does_not_end_the_server(upstream: Upstream
 
 
 @pytest.mark.usefixtures("slow_upstream")
-def test_relays_bounded_across_clients(upstream: Upstream) -> None:
+def test_relays_bounded_across_clients(upstream: DnsStub) -> None:
     """Many flooding containers together stay under the global bound."""
     clients = dns.MAX_RELAYS // dns.MAX_RELAYS_PER_CLIENT + 2
     peak = _flood_server(upstream, clients, bounded=True)
@@ -258,7 +227,7 @@ def test_relays_bounded_across_clients(upstream: Upstream) -> None:
 
 
 @pytest.fixture(scope="module")
-def dnsd(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream) -> Iterator[Daemon]:
+def dnsd(tmp_path_factory: pytest.TempPathFactory, upstream: DnsStub) -> Iterator[Daemon]:
     base: Path = tmp_path_factory.mktemp("skiffd-dns")
     with running_daemon(base, dns=[f"127.0.0.1:{upstream.port}"]) as d:
         d.skiff("image", "bootstrap", "busybox")
@@ -277,7 +246,7 @@ def _rss_kib(pid: int) -> int:
 
 
 def test_dns_flood_leaves_daemon_bounded_and_answering(dnsd: Daemon,
-                                                       upstream: Upstream) -> None:
+                                                       upstream: DnsStub) -> None:
     """Denial of service of the daemon by DNS flood (issue 13, item 8): a
     container floods 127.0.0.11 with queries that must be relayed and are
     never answered.  The daemon's descriptors stay within the per-container

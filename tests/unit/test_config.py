@@ -104,3 +104,31 @@ def test_bad_values_named(tmp_path: Path) -> None:
         load(["--config-file", write(tmp_path, '{"data-root": "rel"}')])
     with pytest.raises(ConfigError, match="'hosts'"):
         load(["--config-file", write(tmp_path, '{"hosts": ["tcp://0.0.0.0:2375"]}')])
+
+
+def test_labels_are_key_value_and_one_value_a_key(tmp_path: Path) -> None:
+    config, _ = load(["--config-file", write(tmp_path, '{"labels": ["a=1", "a=1", "b="]}')])
+    assert config["labels"] == ["a=1", "a=1", "b="]
+    with pytest.raises(ConfigError, match="bad attribute format"):
+        load(["--config-file", write(tmp_path, '{"labels": ["nokey"]}')])
+    with pytest.raises(ConfigError, match="conflict labels for a=1 and a=2"):
+        load(["--config-file", write(tmp_path, '{"labels": ["a=1", "a=2"]}')])
+
+
+def test_a_reload_applies_reloadable_keys_and_refuses_the_others(tmp_path: Path) -> None:
+    from skiff.core import reload
+
+    argv = ["--config-file", write(tmp_path, '{"labels": ["a=1"]}')]
+    current, _ = load(argv)
+    write(tmp_path, '{"labels": ["a=2"], "live-restore": true, "debug": true}')
+    changes = reload.reread(argv, current)
+    assert changes == {"labels": ["a=2"], "live-restore": True, "debug": True}
+    # a key that takes a restart refuses the whole reload, naming the key
+    write(tmp_path, '{"labels": ["a=3"], "data-root": "/elsewhere", "bip": "10.9.0.1/24"}')
+    with pytest.raises(ConfigError, match=r"bip, data-root cannot be changed by a reload"):
+        reload.reread(argv, current)
+    write(tmp_path, '{"labels": [')
+    with pytest.raises(ConfigError, match="malformed JSON"):
+        reload.reread(argv, current)
+    reload.apply({"labels": ["a=2", "a=2"]}, current)
+    assert reload.event_attributes(current, "host")["labels"] == '["a=2"]'

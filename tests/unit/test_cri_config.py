@@ -102,3 +102,14 @@ def test_domain_mirrors_come_first_for_pulls_only() -> None:
 def test_domain_mirrors_refused(tmp_path: Path, value: object, words: str) -> None:
     with pytest.raises(ConfigError, match=words):
         config_with(tmp_path, **{"registry-domain-mirrors": value})
+
+
+def test_stream_address(tmp_path: Path) -> None:
+    """daemon.json ``cri-stream-address``: loopback and a port the kernel picks by
+    default; HOST:PORT when set; anything else refuses the start, naming it."""
+    assert config_with(tmp_path)["cri-stream-address"] == "127.0.0.1:0"
+    assert config_with(tmp_path, **{"cri-stream-address": "[::1]:10010"})[
+        "cri-stream-address"] == "[::1]:10010"
+    for bad in ("127.0.0.1", "localhost:http", ":10010", "127.0.0.1:99999"):
+        with pytest.raises(ConfigError, match="cri-stream-address"):
+            config_with(tmp_path, **{"cri-stream-address": bad})

@@ -11,6 +11,7 @@ import pytest
 from skiff.core.cri.namespace import NAMESPACE_LABEL, asks_for_cri, in_cri_namespace
 from skiff.core.cri.runtime_v1 import api_pb2 as pb
 from skiff.core.cri.sandboxes import PAUSE_COMMAND, PAUSE_IMAGE, create_body, sandbox_name
+from skiff.core.cri.sysctls import plan
 from skiff.core.errors import InvalidParameter
 
 MD = pb.PodSandboxMetadata(name="web", uid="u1", namespace="ns", attempt=2)
@@ -87,12 +88,37 @@ def test_ports_need_a_network() -> None:
                     "none")
 
 
-def test_cgroup_parent_and_sysctls_go_to_the_engine_which_refuses_them() -> None:
+def test_cgroup_parent_is_refused_naming_kubelets_flags() -> None:
+    for parent, kind in (("/kubepods/pod1", "a cgroup parent"),
+                         ("kubepods-pod1.slice", "a systemd slice")):
+        with pytest.raises(InvalidParameter, match=f"cannot place a pod under {kind}") as info:
+            create_body(config(linux=pb.LinuxPodSandboxConfig(cgroup_parent=parent)), "bridge")
+        assert "--cgroups-per-qos=false" in str(info.value)
     hc = create_body(config(linux=pb.LinuxPodSandboxConfig(
-        cgroup_parent="/kubepods/pod1", sysctls={"kernel.shm_rmid_forced": "1"})),
-        "bridge")["HostConfig"]
-    assert hc["CgroupParent"] == "/kubepods/pod1"
-    assert hc["Sysctls"] == {"kernel.shm_rmid_forced": "1"}
+        sysctls={"kernel.shm_rmid_forced": "1"})), "bridge")["HostConfig"]
+    assert "Sysctls" not in hc and "CgroupParent" not in hc  # sysctls: the CRI's own
+
+
+def test_sysctls_plan() -> None:
+    planned = plan({"kernel.shm_rmid_forced": "1", "fs.mqueue.msg_max": "100",
+                    "net/ipv4/ip_unprivileged_port_start": "80",
+                    "net.ipv4.conf.eth0/1.forwarding": "1"}, host_network=False,
+                   host_ipc=False)
+    assert planned == [("ipc", "fs/mqueue/msg_max", "100"),
+                       ("ipc", "kernel/shm_rmid_forced", "1"),
+                       ("net", "net/ipv4/conf/eth0.1/forwarding", "1"),
+                       ("net", "net/ipv4/ip_unprivileged_port_start", "80")]
+    for bad, why in (({"vm.swappiness": "1"}, "not namespaced"),
+                     ({"kernel.hostname": "x"}, "not namespaced"),
+                     ({"net.ipv4.ip_forward": "1\n2"}, "invalid value"),
+                     ({"net.ipv4/../../x": "1"}, "not a sysctl name"),
+                     ({"../etc": "1"}, "not a sysctl name")):
+        with pytest.raises(InvalidParameter, match=why):
+            plan(bad, host_network=False, host_ipc=False)
+    with pytest.raises(InvalidParameter, match="host's network"):
+        plan({"net.ipv4.ip_forward": "1"}, host_network=True, host_ipc=False)
+    with pytest.raises(InvalidParameter, match="host's IPC"):
+        plan({"kernel.shmmax": "1"}, host_network=False, host_ipc=True)
 
 
 def test_docker_ps_filter_asks_for_the_namespace() -> None:

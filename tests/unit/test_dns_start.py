@@ -72,3 +72,33 @@ def start_together() -> None:
 def test_containers_joining_together_all_get_served() -> None:
     for _ in range(ROUNDS):  # the window is short: a few fresh starts
         start_together()
+
+
+def test_a_container_on_two_networks_resolves_both_through_either_server() -> None:
+    """The bridge's server (127.0.0.11) and the overlay's (127.0.0.12) both serve a
+    container on both kinds of network; resolv.conf names only one of them, so
+    each answers the other's names too, and stops once the other has left."""
+    bridge = DnsServer(lambda key, name: ["10.1.0.5"] if name == "on-bridge" else None,
+                       upstreams=[])
+    overlay = DnsServer(lambda key, name: ["10.2.0.5"] if name == "on-overlay" else None,
+                        upstreams=[])
+    socks = []
+    for _ in range(3):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+    try:
+        bridge.add("c1", socks[0])
+        overlay.add("c1", socks[1])
+        bridge.add("c2", socks[2])  # c2 is on the bridge only
+        for sock, server in ((socks[0], bridge), (socks[1], overlay)):
+            assert served(server, sock, "on-bridge") == ["10.1.0.5"]
+            assert served(server, sock, "on-overlay") == ["10.2.0.5"]
+        assert served(bridge, socks[2], "on-overlay") == []  # not c2's network
+        overlay.remove("c1")
+        assert served(bridge, socks[0], "on-overlay") == []
+    finally:
+        bridge.stop()
+        overlay.stop()
+        for s in socks:
+            s.close()

@@ -145,6 +145,32 @@ def servfail(packet: bytes) -> bytes:
     return failure(packet, RCODE_SERVFAIL)
 
 
+#: container id -> every server answering in its namespace (one per driver with a
+#: name server: the bridge's at 127.0.0.11, the overlay's at 127.0.0.12).  Docker
+#: has one resolver per container that knows all its networks; a container's
+#: resolv.conf names only the first server it got, so each server also answers
+#: with what its siblings in that namespace know.  Replaced whole, never mutated:
+#: the servers' threads read it without a lock.
+_SIBLINGS: dict[str, tuple[DnsServer, ...]] = {}
+_SIBLINGS_LOCK = threading.Lock()
+
+
+def _join_siblings(key: str, server: DnsServer) -> None:
+    with _SIBLINGS_LOCK:
+        now = _SIBLINGS.get(key, ())
+        if server not in now:
+            _SIBLINGS[key] = (*now, server)
+
+
+def _leave_siblings(key: str, server: DnsServer) -> None:
+    with _SIBLINGS_LOCK:
+        rest = tuple(s for s in _SIBLINGS.get(key, ()) if s is not server)
+        if rest:
+            _SIBLINGS[key] = rest
+        else:
+            _SIBLINGS.pop(key, None)
+
+
 class DnsServer:
     """Serves 127.0.0.11:53 in container namespaces from one trio thread."""
 
@@ -190,6 +216,7 @@ class DnsServer:
         ``upstreams``: that container's own (``--dns``) instead of the server's."""
         self._ensure_started()
         trio.from_thread.run_sync(self._add, key, sock, upstreams, trio_token=self._token)
+        _join_siblings(key, self)
 
     def _add(self, key: str, sock: socket.socket,
              upstreams: list[tuple[str, int]] | None = None) -> None:
@@ -207,6 +234,7 @@ class DnsServer:
 
     def remove(self, key: str) -> None:
         """Stop serving ``key``'s socket and close it.  Idempotent."""
+        _leave_siblings(key, self)
         if self._token is None:
             return
         with contextlib.suppress(trio.RunFinishedError):
@@ -234,6 +262,8 @@ class DnsServer:
         return {"relays": self._relays, "tasks": count(trio.lowlevel.current_root_task())}
 
     def stop(self) -> None:
+        for key in [k for k, servers in list(_SIBLINGS.items()) if self in servers]:
+            _leave_siblings(key, self)
         if self._token is None:
             return
         with contextlib.suppress(trio.RunFinishedError):
@@ -269,7 +299,7 @@ class DnsServer:
         q = parse_question(packet)
         if q is not None:
             name, qtype, end = q
-            found = self.lookup(key, name)
+            found = self.resolve(key, name)
             if found is not None:
                 _send(raw, answer(packet, end, found, qtype), peer)
                 return
@@ -286,6 +316,19 @@ class DnsServer:
         self._relays += 1
         self._relays_of[key] = mine + 1
         nursery.start_soon(self._relay, key, raw, packet, peer)
+
+    def resolve(self, key: str, name: str) -> list[str] | None:
+        """``name`` as container ``key`` sees it: this server's networks first, then
+        those of the other servers in its namespace."""
+        found = self.lookup(key, name)
+        if found is not None:
+            return found
+        for sibling in _SIBLINGS.get(key, ()):
+            if sibling is not self:
+                found = sibling.lookup(key, name)
+                if found is not None:
+                    return found
+        return None
 
     def _log_full(self, key: str) -> None:
         now = trio.current_time()

@@ -53,6 +53,7 @@ from skiff.plugins.network.bridge import firewall as fw
 from skiff.plugins.network.bridge import leftovers
 from skiff.plugins.network.bridge.dns import DNS_IP, DnsServer, parse_upstreams
 from skiff.plugins.network.bridge.ipam import Pool, mac_for
+from skiff.plugins.network.bridge.leftovers import VETH_PREFIX
 from skiff.plugins.network.bridge.proxy import TcpProxy, UdpProxy
 
 log = structlog.get_logger("skiff.network.bridge")
@@ -159,9 +160,13 @@ class BridgeNetworkDriver:
         net = Net(id=network_id, name=options.name or network_id, bridge=bridge,
                   pool=pool, icc=options.icc, internal=options.internal, dns=options.dns,
                   pool6=pool6)
+        intent = leftovers.Intents(self.ctx.exec_root)
         with IPRoute() as ipr:
             found = ipr.link_lookup(ifname=bridge)
             if not found:
+                # a kill between the add and the alias below would leave a
+                # bridge nobody can prove is ours: the intent is on disk first
+                intent.begin(bridge)
                 ipr.link("add", ifname=bridge, kind="bridge")
                 found = ipr.link_lookup(ifname=bridge)
             index = found[0]
@@ -180,6 +185,7 @@ class BridgeNetworkDriver:
             ipr.link("set", index=index, state="up")
             # whose it is, for the reconciliation at the next start (leftovers.py)
             ipr.link("set", index=index, ifalias=leftovers.owner_mark(self.ctx.data_root))
+        intent.done(bridge)
         # Off until a port is published on loopback (a crash may have left it on).
         _route_localnet(bridge, False)
         # Rules of an earlier life of this bridge (a crash) go before new ones come.
@@ -228,7 +234,8 @@ class BridgeNetworkDriver:
         # with live-restore a veth whose peer is in a namespace is a running
         # container's, to be adopted (restore_endpoint)
         return leftovers.reconcile(self.ctx.data_root, bridges, [self.firewall, self.firewall6],
-                                   keep_paired=bool(self.ctx.config.get("live-restore")))
+                                   keep_paired=bool(self.ctx.config.get("live-restore")),
+                                   intents=leftovers.Intents(self.ctx.exec_root))
 
     def delete_network(self, network_id: str) -> None:
         with self._lock:
@@ -267,7 +274,9 @@ class BridgeNetworkDriver:
             ep.ip6_address, ep.ip6_prefix_len = ip6, net.pool6.prefixlen
             ep.gateway6 = str(net.pool6.gateway)
         ep.bridge = net.bridge
-        ep.veth = "skfv" + secrets.token_hex(4)
+        # named by the endpoint: a next daemon that adopts the container finds
+        # it again (restore_endpoint) for the traffic shaper
+        ep.veth = VETH_PREFIX + (endpoint.endpoint_id[:8] or secrets.token_hex(4))
         ep.host_interface = ep.veth  # where a traffic shaper's queues go
         ep.dns = net.dns
         rules: list[fw.Rule] = []
@@ -488,7 +497,14 @@ class BridgeNetworkDriver:
         name server socket.  Its veth stays as it is (it goes with the
         container's namespace; ``leave`` finds nothing to delete)."""
         ep = _own(self.create_endpoint(network_id, endpoint))
-        ep.veth = ep.host_interface = ""
+        # the veth goes with the container's namespace: ``leave`` has nothing
+        # to delete; its host end is found for the shaper's queues (a run
+        # started by a skiffd before veths were named by endpoint has none)
+        ep.veth = ""
+        try:
+            socket.if_nametoindex(ep.host_interface)
+        except OSError:
+            ep.host_interface = ""
         try:
             net = self._net(network_id)
             with self._lock:

@@ -14,6 +14,7 @@ rules and its rules go before it.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterable
 from typing import Protocol
 
@@ -32,21 +33,51 @@ def owner_mark(data_root: str) -> str:
     return ("skiff " + data_root)[:255]
 
 
+class Intents:
+    """Bridges this daemon is about to add, one empty file each under its
+    exec-root: the alias that marks a bridge as ours is set after the bridge
+    exists, so a bridge added by a daemon killed before the alias is proved
+    ours by its intent instead.  On the exec-root: a reboot takes the bridges
+    and the intents alike."""
+
+    def __init__(self, exec_root: str) -> None:
+        self.root = os.path.join(exec_root, "network", "bridge-intents")
+
+    def begin(self, bridge: str) -> None:
+        os.makedirs(self.root, mode=0o700, exist_ok=True)
+        fd = os.open(os.path.join(self.root, bridge), os.O_CREAT | os.O_WRONLY, 0o600)
+        os.fsync(fd)  # the tmpfs makes this cheap; a disk exec-root needs it
+        os.close(fd)
+
+    def done(self, bridge: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(self.root, bridge))
+
+    def pending(self) -> set[str]:
+        try:
+            return set(os.listdir(self.root))
+        except FileNotFoundError:
+            return set()
+
+
 def reconcile(data_root: str, bridges: set[str], firewalls: Iterable[Rules],
-              keep_paired: bool = False) -> list[str]:
+              keep_paired: bool = False, intents: Intents | None = None) -> list[str]:
     """Remove this daemon's veths and bridges that no network in ``bridges`` (the
     bridges of the networks that exist) uses, and rules of bridges that are gone.
     ``keep_paired`` (live-restore): a veth whose peer is in another namespace
-    is a running container's and stays."""
+    is a running container's and stays.  ``intents``: bridges whose add was
+    begun, ours even without the alias (a kill before it was set)."""
     from pyroute2 import IPRoute
 
     mark = owner_mark(data_root)
+    begun = intents.pending() if intents is not None else set()
     gone: list[str] = []
     with IPRoute() as ipr:
         links = ipr.get_links()
         names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in links}
         ours = {names[link["index"]] for link in links
-                if link.get_attr("IFLA_IFALIAS") == mark}
+                if link.get_attr("IFLA_IFALIAS") == mark
+                or (names[link["index"]] in begun and link.get_attr("IFLA_IFALIAS") is None)}
         for link in links:
             name = names[link["index"]]
             master = names.get(link.get_attr("IFLA_MASTER") or -1)
@@ -63,6 +94,9 @@ def reconcile(data_root: str, bridges: set[str], firewalls: Iterable[Rules],
                     ipr.link("del", index=link["index"])
                     gone.append(f"bridge {name}")
         present = {link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+    if intents is not None:
+        for bridge in begun:  # judged above: gone, or a network's and marked again
+            intents.done(bridge)
     for fw in firewalls:
         for tag in sorted(fw.tags() - present):
             fw.purge(tag)

@@ -18,7 +18,8 @@ Names: containers resolve the names and aliases of every endpoint of their
 overlay networks, on any node, through a name server the driver runs inside
 each container at ``NAMESERVER`` (skiff's bridge runs its own at 127.0.0.11;
 a container names one server in resolv.conf, that of its first user-defined
-network). Other names are relayed to the daemon's upstreams.
+network, and each answers with its siblings' names too: bridge/dns.py).
+Other names are relayed to the daemon's upstreams.
 
 Not here: ``-o encrypted`` (IPsec) is refused, as are published ports (no
 gateway bridge to the host: attach the container to a bridge network as well
