@@ -47,7 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--no-docker", action="store_true", help="skiffd only")
     e.add_argument("--only", default=",".join(engine.WORKLOADS),
                    help=f"comma-separated workloads (default all: {','.join(engine.WORKLOADS)}); "
-                        f"an extra alone by its short name ({','.join(engine.EXTRA_NAMES)})")
+                        f"an extra alone by its short name ({','.join(engine.EXTRA_NAMES)}); "
+                        "or a set by name: " + "; ".join(f"{k} = {','.join(v)}"
+                                                          for k, v in engine.SETS.items()))
     e.add_argument("--no-extras", action="store_true",
                    help="skip the contributed workloads (" + ", ".join(engine.EXTRAS) + ")")
     e.add_argument("--profile", action="store_true",
@@ -80,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         mode = "smoke" if args.smoke else "quick" if args.quick else "full"
         meta["mode"] = mode
         meta["plan"] = engine.PLANS[mode].__dict__
-        only = tuple(w.strip() for w in args.only.split(",") if w.strip())
+        only = tuple(name for w in args.only.split(",") if w.strip()
+                     for name in engine.SETS.get(w.strip(), (w.strip(),)))
         unknown = set(only) - set(engine.WORKLOADS) - set(engine.EXTRA_NAMES)
         if unknown:
             print(f"benchmarks: unknown workloads {sorted(unknown)}", file=sys.stderr)

@@ -37,10 +37,16 @@ FLOOR = ["unshare", "--fork", "--pid", "--mount", "--uts", "--ipc", "--net", "--
 # Modules that later issues add (network set-up, pull, build); each may
 # define ``engine_rows(ctx: Context) -> list[Row]`` and is skipped when absent.
 EXTRAS = ("benchmarks.network", "benchmarks.pull", "benchmarks.health", "benchmarks.scale",
-          "benchmarks.tc", "benchmarks.overlay", "benchmarks.cri")
+          "benchmarks.tc", "benchmarks.overlay", "benchmarks.cri", "benchmarks.budget")
 WORKLOADS = ("api", "run", "phases", "seccomp", "exec", "lifecycle", "concurrency", "logs",
              "memory", "userns", "build")
 UNCONFINED = ["--security-opt", "seccomp=unconfined"]
+#: named sets of workloads for ``--only``: ``speed`` is every row issue 22 asks
+#: for (run latency, API phases, lifecycle by CLI and API, 20 at once, idle
+#: memory, the scale rows, the start path's budget)
+SETS: dict[str, tuple[str, ...]] = {
+    "speed": ("api", "run", "phases", "lifecycle", "concurrency", "memory", "scale", "budget"),
+}
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,9 @@ def table(rows: list[Row], key: str, columns: list[str] | None = None,
 
     ``ratio=(a, b)`` adds a column a/b (for times: below 1 means a is faster).
     """
-    metrics, seen, cells = pivot(rows, key)
+    # rows with "chart": False (the start path's budget: dozens of spans of one
+    # engine, a table of their own) stay out of the grid
+    metrics, seen, cells = pivot([r for r in rows if r.get("chart", True)], key)
     cols = [c for c in (columns or seen) if c in seen] + [c for c in seen
                                                           if columns and c not in columns]
     head = ["metric", *cols]
@@ -127,7 +129,9 @@ def chart(rows: list[Row], key: str, path: Path, title: str,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics, seen, cells = pivot(rows, key)
+    # rows with "chart": False (the start path's budget: dozens of spans of one
+    # engine, a table of their own) stay out of the grid
+    metrics, seen, cells = pivot([r for r in rows if r.get("chart", True)], key)
     cols = [c for c in (columns or seen) if c in seen] + [c for c in seen
                                                           if columns and c not in columns]
     n = max(1, len(metrics))

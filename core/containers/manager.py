@@ -530,7 +530,11 @@ class ContainerManager:
             c.state = State(Status="exited", ExitCode=code, StartedAt=c.state.StartedAt,
                             FinishedAt=now_rfc3339(), OOMKilled=oom, Health=c.state.Health)
             self.restarts.after_exit(c, code)
-            if c.id in self.by_id:
+            autoremove = bool(c.host_config.get("AutoRemove"))
+            # An auto-removed container's record goes in a moment: a crash
+            # before then leaves it "running", which the next start finds
+            # dead and removes (restart.after_restore), as it would "exited"
+            if c.id in self.by_id and not autoremove:
                 c.save()
             track.hub.end_run()
             self.plugins.hook.skiff_container_poststop(container=c, exit_code=code)
@@ -540,7 +544,7 @@ class ContainerManager:
             notice, track.next_exit = track.next_exit, Notice()
             notice.fire(code)
             log.info("container.exit", id=c.id, code=code)
-            if c.host_config.get("AutoRemove") and c.id in self.by_id:
+            if autoremove and c.id in self.by_id:
                 try:
                     await self.remove(c.id, force=True)
                 except Exception as exc:
@@ -665,8 +669,10 @@ class ContainerManager:
             raise Conflict(f"removal of container {c.id} is already in progress")
         c.state.Status = "removing"
         # the intent on disk first: a crash from here on is finished at the next
-        # start (restart.after_restore), never left half-removed
-        c.save()
+        # start (restart.after_restore), never left half-removed; an
+        # auto-removed container that is not running is removed there anyway
+        if not c.host_config.get("AutoRemove"):
+            c.save()
         self.plugins.hook.skiff_container_remove(container=c)
         try:
             await self.to_thread(self.layers.remove_rw, c.id)

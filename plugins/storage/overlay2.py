@@ -58,6 +58,8 @@ LINK_DIR = "l"
 MAX_DEPTH = 128  #: Docker's limit; also what fits in one page of mount data
 _SHORT = re.compile(r"[A-Z2-7]{26}")
 _TMP = ".tmp-"
+#: how the layer store names a container's init layer: ``<mount-id>-init``, as Docker
+INIT_SUFFIX = "-init"
 _CLONE_FS = 0x00000200
 #: filesystems that cannot hold an overlay upper directory
 _UNSUPPORTED_FS = {"overlay": "overlayfs", "aufs": "aufs", "ecryptfs": "eCryptfs"}
@@ -341,17 +343,24 @@ class Overlay2Driver:
         tmp = os.path.join(self.home, f"{_TMP}{layer_id}-{secrets.token_hex(4)}")
         short = _new_short_id()
         link = os.path.join(self.home, LINK_DIR, short)
+        # The directory is renamed into place whole, so its files need no
+        # atomic replace.  An image layer's are fsynced: after a power cut an
+        # empty "link" would break every container of the image.  A
+        # container's own two layers (its init layer and read-write layer,
+        # made at every create) are not, as Docker's overlay2 fsyncs none:
+        # five fsyncs were a third of a create.
+        durable = readonly and not layer_id.endswith(INIT_SUFFIX)
         try:
             os.mkdir(tmp, 0o700)
             os.mkdir(os.path.join(tmp, "diff"), 0o755)
             os.chmod(os.path.join(tmp, "diff"), 0o755)
-            write_atomic(os.path.join(tmp, "link"), short.encode(), durable=False)
+            _write_new(os.path.join(tmp, "link"), short.encode(), 0o644, durable)
             if lower:
                 os.mkdir(os.path.join(tmp, "work"), 0o700)
                 os.mkdir(os.path.join(tmp, "merged"), 0o700)
-                write_atomic(os.path.join(tmp, "lower"), lower.encode(), durable=False)
+                _write_new(os.path.join(tmp, "lower"), lower.encode(), 0o644, durable)
             if readonly:
-                write_atomic(os.path.join(tmp, "committed"), b"", 0o600, durable=False)
+                _write_new(os.path.join(tmp, "committed"), b"", 0o600, durable)
             os.symlink(f"../{layer_id}/diff", link)
             os.rename(tmp, dst)  # the layer exists from here on, complete
         except BaseException:
@@ -548,6 +557,18 @@ class Overlay2Driver:
                 # OSError: already gone with a parent mount
                 with contextlib.suppress(OSError):
                     syscalls.umount(point, syscalls.MNT_DETACH)
+
+
+def _write_new(path: str, data: bytes, mode: int, durable: bool) -> None:
+    """A new file in a directory not yet in place (``_create``)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        os.fchmod(fd, mode)
+        os.write(fd, data)
+        if durable:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 #: the plugin contract this module was written for; the loader refuses another major

@@ -141,6 +141,32 @@ def test_scale_rows(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not DOCKER.exists(), reason="the stock docker CLI is not installed")
+def test_budget_rows(tmp_path: Path) -> None:
+    """The start path's budget (issue 22): spans from the daemon, the shim and the
+    init land under the client's phases; structure only."""
+    out = tmp_path / "out"
+    res = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "engine", "--smoke", "--no-docker",
+         "--only", "budget", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    by = {r["metric"]: r for r in json.loads((out / "engine.json").read_text())["rows"]}
+    for metric in ("budget: API create: create: init + rw layers",
+                   "budget: API start: start: runtime.prepare (fork server, shim, init "
+                   "builds the rootfs)",
+                   "budget: API start:   init: rootfs mounts, /proc, /sys, /dev",
+                   "budget: API start: start: go until exec (rlimits, seccomp, caps, execve)",
+                   "budget: API exit+rm: rm: init + rw layers removed",
+                   "budget: CLI run --rm: (CLI: exec until its first request)"):
+        row = by.get(metric)
+        assert row is not None, (metric, sorted(by))
+        assert row["unit"] == "s" and row["value"] > 0 and row["count"] == 3
+    table = (out / "budget.md").read_text()
+    assert table.startswith("| phase | span | at (ms) | ms (median) | where |")
+
+
+@pytest.mark.skipif(not DOCKER.exists(), reason="the stock docker CLI is not installed")
 def test_tc_workload_rows(tmp_path: Path) -> None:
     """The tc extra (issue 20): its rows, structure only."""
     out = tmp_path / "out"

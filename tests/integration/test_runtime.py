@@ -721,6 +721,46 @@ def test_cgroup_namespace_is_rooted_after_prestart(
         group.rmdir()
 
 
+@pytest.mark.skipif(not PIDS_CGROUP.is_dir(), reason="no cgroup v1 pids hierarchy")
+@pytest.mark.parametrize("spares", [True, False], ids=["spare", "fresh"])
+def test_init_is_in_its_cgroups_before_its_command(image: Path, tmp_path: Path,
+                                                  spares: bool) -> None:
+    # spec.cgroup_procs alone, no add_process: the shim moves the init while it
+    # builds the container (issue 22), and the command runs only once it is there
+    group = PIDS_CGROUP / f"skiff-test-{os.getpid()}-{tmp_path.name}"
+    group.mkdir()
+    rt = ForkServerRuntime(RuntimeContext(exec_root=str(tmp_path / "exec"),
+                                          options={} if spares else {"skiff.spare": "false"}))
+    try:
+
+        async def main() -> Result:
+            await rt.start()
+            try:
+                spec = make_spec(image, tmp_path / "b", ["cat", "/proc/self/cgroup"])
+                spec.cgroup_procs = [str(group / "cgroup.procs")]
+                out_r, out_w = os.pipe()
+                null = os.open("/dev/null", os.O_RDWR)
+                try:
+                    proc = await rt.prepare(spec, Stdio(null, out_w, null))
+                finally:
+                    os.close(null)
+                    os.close(out_w)
+                assert str(proc.pid) in (group / "cgroup.procs").read_text().split()
+                await proc.go()
+                out: list[bytes] = []
+                await drain(out_r, out)
+                return Result(await proc.wait(), b"".join(out), b"")
+            finally:
+                await rt.stop()
+
+        r = trio.run(main)
+        assert r.code == 0, r
+        pids_line = [line for line in r.out.splitlines() if ":pids:" in line]
+        assert pids_line and pids_line[0].endswith(f":pids:/{group.name}"), r.out
+    finally:
+        group.rmdir()
+
+
 def test_forkserver_restarts_after_crash(image: Path, tmp_path: Path) -> None:
     rt = ForkServerRuntime(RuntimeContext(exec_root=str(tmp_path / "exec"), options={}))
 
