@@ -142,6 +142,8 @@ def create_body(config: pb.ContainerConfig, sandbox: Container,
         "ReadonlyRootfs": sc.readonly_rootfs,
         "RestartPolicy": {"Name": "no"},
     }
+    if parent := sandbox.host_config.get("CgroupParent"):
+        hc["CgroupParent"] = parent  # under the pod's group, as kubelet's accounting needs
     if ns.pid == pb.NODE:
         hc["PidMode"] = "host"
     elif ns.pid == pb.POD:

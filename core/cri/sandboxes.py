@@ -10,9 +10,9 @@ record of it (metadata, labels, annotations, creation time) is kept in the
 container's labels, so it survives a daemon restart with the container.
 
 What a pod asks that skiff cannot honour is refused (INVALID_ARGUMENT, naming
-it), never dropped: a cgroup parent among them (kubelet's flags that avoid
-it are in the message).  Sysctls are the CRI's own (``sysctls.py``): written in the
-pod's namespaces once the pause holds them.
+it), never dropped.  A pod's cgroup parent is its sandbox's ``CgroupParent``,
+and its containers' (``containers.create_body``).  Sysctls are the CRI's own
+(``sysctls.py``): written in the pod's namespaces once the pause holds them.
 """
 
 from __future__ import annotations
@@ -57,16 +57,6 @@ def _refuse(what: str) -> InvalidParameter:
     return InvalidParameter(f"{what} is not supported by skiff's CRI yet (docs/cri.md)")
 
 
-def _refuse_cgroup_parent(parent: str) -> InvalidParameter:
-    # kubelet asks for one per pod with --cgroups-per-qos (its default); the
-    # engine puts every container under daemon.json cgroup-parent only
-    kind = "a systemd slice" if parent.endswith(".slice") else "a cgroup parent"
-    return InvalidParameter(
-        f"cgroup_parent {parent!r}: skiff cannot place a pod under {kind} yet; every "
-        "container goes under daemon.json cgroup-parent. Run kubelet with "
-        "--cgroups-per-qos=false --enforce-node-allocatable= (docs/cri.md)")
-
-
 def create_body(config: pb.PodSandboxConfig, default_network: str) -> dict[str, Any]:
     """The engine's create body of a pod's sandbox (Docker's shape)."""
     md = config.metadata
@@ -95,7 +85,8 @@ def create_body(config: pb.PodSandboxConfig, default_network: str) -> dict[str, 
         "RestartPolicy": {"Name": "no"},
     }
     if linux.cgroup_parent:
-        raise _refuse_cgroup_parent(linux.cgroup_parent)
+        # kubelet's pod group (--cgroups-per-qos); the pod's containers go there too
+        hc["CgroupParent"] = linux.cgroup_parent
     if sc.supplemental_groups:
         hc["GroupAdd"] = [str(g) for g in sc.supplemental_groups]
     seccomp = seccomp_opts(sc)

@@ -484,9 +484,9 @@ def test_pod_sandbox_refusals(cri: Cri) -> None:
             namespace_options=pb.NamespaceOption(network=pb.NODE)))))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "host's network" in err.details()
     err = run(pb.PodSandboxConfig(metadata=md, linux=pb.LinuxPodSandboxConfig(
-        cgroup_parent="/kubepods/pod1")))
+        cgroup_parent="system.slice:kubepods:pod1")))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "--cgroups-per-qos=false" in err.details()
+    assert "systemd cgroup driver" in err.details()
     err = run(pb.PodSandboxConfig(metadata=md, linux=pb.LinuxPodSandboxConfig(
         security_context=pb.LinuxSandboxSecurityContext(namespace_options=pb.NamespaceOption(
             network=pb.TARGET)))))
