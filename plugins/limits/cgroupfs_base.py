@@ -274,15 +274,18 @@ class CgroupfsBase:
         self._lock = threading.Lock()
         #: a container's own ``CgroupParent`` ("" for the daemon's), from its record
         self._parent_of = parent_of
-        #: the parents given to the containers seen, so a group is found and
-        #: removed where it was made even once the record is gone
+        #: the own parents of the containers placed (and of those looked up), and
+        #: the levels of them this driver made (removed once empty); both kept in
+        #: ``state_dir``, so a restarted daemon finds and removes them even when a
+        #: container's record is gone (an orphan's processes are still killed)
+        self._state_file = os.path.join(state_dir, "cgroup-parents.json") if state_dir else ""
         self._parents: dict[str, str] = {}
-        #: the levels of containers' own parents this driver made (removed once
-        #: empty); kept in ``state_dir`` so a restarted daemon still knows them
-        self._made_file = os.path.join(state_dir, "cgroup-parents-made.json") if state_dir else ""
         self._made: set[str] = set()
-        with contextlib.suppress(OSError, ValueError), open(self._made_file) as f:
-            self._made = set(json.load(f))
+        with contextlib.suppress(OSError, ValueError, TypeError, AttributeError), \
+                open(self._state_file) as f:
+            state = json.load(f)
+            self._parents = {str(k): str(v) for k, v in state["parents"].items()}
+            self._made = {str(p) for p in state["made"]}
 
     def check_parent(self, parent: str) -> None:
         """``HostConfig.CgroupParent``'s checks (contract 2.14): ``ValueError``."""
@@ -297,19 +300,19 @@ class CgroupfsBase:
             self._parents[container_id] = parent
         return parent
 
-    def _note_made(self, made: list[str]) -> None:
-        if made:
-            self._made.update(made)
-            self._save_made()
+    def _note_placed(self, container_id: str, made: list[str]) -> None:
+        self._parents[container_id] = self.custom_parent(container_id)
+        self._made.update(made)
+        self._save()
 
-    def _save_made(self) -> None:
-        if not self._made_file:
+    def _save(self) -> None:
+        if not self._state_file:
             return
-        os.makedirs(os.path.dirname(self._made_file), exist_ok=True)
-        tmp = self._made_file + ".tmp"
+        os.makedirs(os.path.dirname(self._state_file), exist_ok=True)
+        tmp = self._state_file + ".tmp"
         with open(tmp, "w") as f:
-            json.dump(sorted(self._made), f)
-        os.replace(tmp, self._made_file)
+            json.dump({"parents": self._parents, "made": sorted(self._made)}, f)
+        os.replace(tmp, self._state_file)
 
     def _remove_own_parent(self, container_id: str, point: str, rel: str) -> None:
         """rmdir the levels of a container's own parent this driver made, deepest
@@ -326,10 +329,10 @@ class CgroupfsBase:
             except OSError:
                 break  # still in use
             self._made.discard(path)
-        self._save_made()
 
     def _forget(self, container_id: str) -> None:
-        self._parents.pop(container_id, None)
+        if self._parents.pop(container_id, None) is not None:
+            self._save()
 
     def validate(self, resources: Resources) -> None:
         """What this host cannot apply (device paths and rules, kernel memory),
@@ -362,7 +365,8 @@ class CgroupfsBase:
         (the default is the same for every daemon), and killing its containers
         is not ours to do; the daemon kills first what it proves its own.
         """
-        found: set[str] = set()
+        # and those placed under their own parents, as the driver's state says
+        found: set[str] = {cid for cid in self._parents if _CONTAINER_ID.fullmatch(cid)}
         for parent in self._parent_dirs():
             with contextlib.suppress(OSError):
                 found.update(n for n in os.listdir(parent) if _CONTAINER_ID.fullmatch(n))

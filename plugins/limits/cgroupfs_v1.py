@@ -149,7 +149,7 @@ class CgroupfsV1(CgroupfsBase):
                     rel = self._rel(cid, point)
                     levels = self._mkdirs(point, f"{rel}/{cid}")
                     if rel != self.parent:
-                        self._note_made([p for p in levels if p != path])
+                        self._note_placed(cid, [p for p in levels if p != path])
                     if not existed:
                         made.append(path)
                 # groups left by a daemon that died: rewrite every value
@@ -185,7 +185,7 @@ class CgroupfsV1(CgroupfsBase):
                 except OSError as exc:
                     errors.append(exc)
             self._remove_parents(container_id)
-        self._forget(container_id)
+            self._forget(container_id)
         if errors:
             raise errors[0]
 

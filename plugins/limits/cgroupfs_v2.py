@@ -101,7 +101,7 @@ class CgroupfsV2(CgroupfsBase):
             try:
                 levels = self._mkdirs(rel)
                 if rel != self.parent:
-                    self._note_made(levels)
+                    self._note_placed(container_id, levels)
                 try:
                     os.mkdir(path, 0o755)
                     made = True
@@ -138,7 +138,7 @@ class CgroupfsV2(CgroupfsBase):
                 rmdir_retry(path, time.monotonic() + RMDIR_TIMEOUT)
             finally:
                 self._remove_parents(container_id, rel)
-        self._forget(container_id)
+                self._forget(container_id)
 
     def _check_kernel_memory(self) -> None:
         raise ValueError(

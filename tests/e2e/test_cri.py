@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shutil
 import socket
 import subprocess
@@ -524,6 +525,36 @@ def test_pod_sysctls(skiffd: Daemon, cri: Cri) -> None:
         cri.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod), timeout=60)
         cri.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod),
                                      timeout=60)
+
+
+def test_pod_under_its_cgroup_parent(skiffd: Daemon, cri: Cri) -> None:
+    """kubelet's pod group (cgroupfs driver: /kubepods/burstable/pod<uid>): the
+    pause and the pod's containers go under it; the levels made go with the pod."""
+    top = f"skiff-test-cgp-{secrets.token_hex(3)}"
+    parent = f"/{top}/burstable/poduid-cgp"
+    md = pb.PodSandboxMetadata(name="cgp", uid="uid-cgp", namespace="cri-test")
+    config = pb.PodSandboxConfig(metadata=md,
+                                 linux=pb.LinuxPodSandboxConfig(cgroup_parent=parent))
+    pod = cri.runtime.RunPodSandbox(pb.RunPodSandboxRequest(config=config),
+                                    timeout=60).pod_sandbox_id
+    try:
+        ctr = cri.runtime.CreateContainer(pb.CreateContainerRequest(
+            pod_sandbox_id=pod, sandbox_config=config, config=pb.ContainerConfig(
+                metadata=pb.ContainerMetadata(name="in-pod"),
+                image=pb.ImageSpec(image="busybox:latest"), command=["sleep", "60"])),
+            timeout=60).container_id
+        cri.runtime.StartContainer(pb.StartContainerRequest(container_id=ctr), timeout=60)
+        for cid in (pod, ctr):
+            pid = skiffd.docker("inspect", "-f", "{{.State.Pid}}", cid,
+                                check=True).stdout.decode().strip()
+            memory = next(line for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+                          if line.split(":")[1] == "memory")
+            assert memory.endswith(f":{parent}/{cid}"), memory
+    finally:
+        cri.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod), timeout=60)
+        cri.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod),
+                                     timeout=60)
+    assert not Path(f"/sys/fs/cgroup/memory/{top}").exists()
 
 
 def test_masked_and_readonly_paths(skiffd: Daemon, cri: Cri) -> None:

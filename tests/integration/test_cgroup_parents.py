@@ -112,23 +112,22 @@ def test_a_level_skiff_did_not_make_stays(top: str, tmp_path: Path) -> None:
 
 def test_a_restarted_driver_finds_and_removes_the_group(top: str, tmp_path: Path) -> None:
     c = secrets.token_hex(32)
-    parents = {c: f"/{top}/pod"}
-    first = driver(parents, str(tmp_path))
+    first = driver({c: f"/{top}/pod"}, str(tmp_path))
     first.create(c, resources_from({}))
     p = subprocess.Popen(["sleep", "30"])
     try:
         first.add_process(c, p.pid)
-        # a new daemon: a new driver, the same record and exec-root
-        second = cgroupfs_factory(CgroupContext(
-            first.parent, parent_of=lambda x: parents.get(x, ""), state_dir=str(tmp_path)))
-        assert second.pids(c) == [p.pid]  # adopted, not judged dead
-        assert second.reconcile(set()) == []  # nothing under the daemon's parent to touch
+        # a new daemon with no record of the container (an orphan of a crash):
+        # the driver's state in the exec-root still says where its group is
+        second = driver({}, str(tmp_path))
+        assert second.pids(c) == [p.pid]  # so the daemon can kill it
+        assert second.reconcile(set()) == []  # busy: left alone
     finally:
         p.kill()
         p.wait()
-    parents.clear()  # the record is gone: the driver still knows where it made it
-    second.destroy(c)
+    assert second.reconcile(set()) == [c]  # empty and no record's: removed
     assert not any((t / top).exists() for t in tops())
+    assert driver({}, str(tmp_path)).custom_parent(c) == ""  # forgotten once removed
 
 
 def test_what_cgroupfs_refuses(tmp_path: Path) -> None:
