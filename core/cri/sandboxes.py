@@ -29,6 +29,7 @@ import trio
 
 from skiff.core.containers.resources import cgroup_procs, network_stats
 from skiff.core.cri import sysctls
+from skiff.core.cri.filters import chosen
 from skiff.core.cri.namespace import NAMESPACE, NAMESPACE_LABEL
 from skiff.core.cri.runtime_v1 import api_pb2 as pb
 from skiff.core.cri.security import seccomp_opts
@@ -306,14 +307,8 @@ class Sandboxes:
         async def work() -> list[pb.PodSandbox]:
             out = []
             for c, record in sorted(self._all(), key=lambda x: x[0].created):
-                if flt is not None:
-                    if flt.id and not c.id.startswith(flt.id):
-                        continue
-                    if flt.HasField("state") and flt.state.state != _state(c):
-                        continue
-                    labels = record.get("labels") or {}
-                    if any(labels.get(k) != v for k, v in flt.label_selector.items()):
-                        continue
+                if not chosen(c.id, record, flt, _state(c)):
+                    continue
                 out.append(pb.PodSandbox(
                     id=c.id, metadata=_metadata(record), state=_state(c),
                     created_at=int(record.get("created", 0)), labels=record.get("labels") or {},
@@ -389,16 +384,9 @@ class Sandboxes:
         flt = request.filter if request.HasField("filter") else None
 
         async def work() -> list[pb.PodSandboxStats]:
-            chosen = []
-            for c, record in sorted(self._all(), key=lambda x: x[0].created):
-                if flt is not None:
-                    if flt.id and not c.id.startswith(flt.id):
-                        continue
-                    labels = record.get("labels") or {}
-                    if any(labels.get(k) != v for k, v in flt.label_selector.items()):
-                        continue
-                chosen.append((c, record))
-            return await self.engine.to_thread(lambda: [self._stats(*x) for x in chosen])
+            picked = [(c, record) for c, record in sorted(self._all(), key=lambda x: x[0].created)
+                      if chosen(c.id, record, flt)]
+            return await self.engine.to_thread(lambda: [self._stats(*x) for x in picked])
 
         return pb.ListPodSandboxStatsResponse(
             stats=self.calls.run(context, "ListPodSandboxStats", work))
