@@ -281,11 +281,19 @@ class CgroupfsBase:
         self._state_file = os.path.join(state_dir, "cgroup-parents.json") if state_dir else ""
         self._parents: dict[str, str] = {}
         self._made: set[str] = set()
+        self._own_groups: dict[str | None, str] = {}
         with contextlib.suppress(OSError, ValueError, TypeError, AttributeError), \
                 open(self._state_file) as f:
             state = json.load(f)
             self._parents = {str(k): str(v) for k, v in state["parents"].items()}
             self._made = {str(p) for p in state["made"]}
+
+    def _own(self, controller: str | None) -> str:
+        """The daemon's own group in one hierarchy, read once: where a relative
+        parent goes must not move while containers are placed there."""
+        if controller not in self._own_groups:
+            self._own_groups[controller] = own_cgroup(controller)
+        return self._own_groups[controller]
 
     def check_parent(self, parent: str) -> None:
         """``HostConfig.CgroupParent``'s checks (contract 2.14): ``ValueError``."""

@@ -30,7 +30,6 @@ from skiff.plugins.limits.cgroupfs_base import (
     int_file,
     keyvals,
     machine_memory,
-    own_cgroup,
     read,
     read_pids,
     resolve_parent,
@@ -114,7 +113,7 @@ class CgroupfsV1(CgroupfsBase):
         if not own:
             return self.parent
         controller = next(c for c, p in self.controllers.items() if p == point)
-        return resolve_parent(own, own_cgroup(controller))
+        return resolve_parent(own, self._own(controller))
 
     def _mkdirs(self, point: str, rel: str) -> list[str]:
         """Create ``point/rel`` level by level; cpuset levels inherit cpus and mems.

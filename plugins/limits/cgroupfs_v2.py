@@ -29,7 +29,6 @@ from skiff.plugins.limits.cgroupfs_base import (
     int_file,
     keyvals,
     machine_memory,
-    own_cgroup,
     read,
     read_pids,
     resolve_parent,
@@ -64,7 +63,7 @@ class CgroupfsV2(CgroupfsBase):
         own = self.custom_parent(container_id)
         # as runc on v2: the level above the daemon's own group, which may not
         # take children while it holds processes itself
-        return resolve_parent(own, os.path.dirname(own_cgroup(None))) if own else self.parent
+        return resolve_parent(own, os.path.dirname(self._own(None))) if own else self.parent
 
     def paths(self, container_id: str) -> dict[str, str]:
         return {self.root: self.path(container_id)}
