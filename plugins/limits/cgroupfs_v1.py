@@ -184,7 +184,8 @@ class CgroupfsV1(CgroupfsBase):
                 except OSError as exc:
                     errors.append(exc)
             self._remove_parents(container_id)
-            self._forget(container_id)
+            if not errors:
+                self._forget(container_id)  # kept while a group is there
         if errors:
             raise errors[0]
 

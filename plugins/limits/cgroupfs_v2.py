@@ -137,7 +137,7 @@ class CgroupfsV2(CgroupfsBase):
                 rmdir_retry(path, time.monotonic() + RMDIR_TIMEOUT)
             finally:
                 self._remove_parents(container_id, rel)
-                self._forget(container_id)
+            self._forget(container_id)  # kept while the group is there
 
     def _check_kernel_memory(self) -> None:
         raise ValueError(
