@@ -263,7 +263,8 @@ class Engine:
         self.cgroup_driver_name = exec_options(config).get("native.cgroupdriver", "cgroupfs")
         self.cgroups: CgroupDriver | None = self._build(
             "limits", self.cgroup_driver_name, "exec-opts native.cgroupdriver",
-            CgroupContext(parent=config["cgroup-parent"]),
+            CgroupContext(parent=config["cgroup-parent"], parent_of=self._cgroup_parent_of,
+                          state_dir=os.path.join(self.exec_root, "cgroups")),
         )
         # Fail at start, not at the first container, when the log driver is absent.
         if config["log-driver"] != "none":  # none keeps nothing: no driver to find
@@ -356,6 +357,11 @@ class Engine:
             self.plugins.factory(kind, name)
         except LookupError as exc:
             raise ConfigError(f"{self.config['config-file']}: {key}: {exc}") from exc
+
+    def _cgroup_parent_of(self, container_id: str) -> str:
+        """A container's own cgroup parent, from its record ("" for none)."""
+        c = self.registry.by_id.get(container_id)
+        return str(c.host_config.get("CgroupParent") or "") if c is not None else ""
 
     def _build(self, kind: str, name: str, key: str, ctx: Any) -> Any:
         self._check_installed(kind, name, key)

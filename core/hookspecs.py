@@ -74,6 +74,11 @@ read (a small ``--tail``) done at once on the caller's thread, the event loop,
 when nothing in it waits (the page cache holds it), else ``BlockingIOError``
 before anything is returned.  Optional, not a Protocol member.
 
+*Cgroup parents (2.14).*  ``CgroupContext.parent_of`` gives a cgroup driver
+each container's own ``HostConfig.CgroupParent`` and ``state_dir`` a folder
+for its state; an optional ``CgroupDriver.check_parent(parent)`` says the
+driver places containers under parents of their own (docs/limits.md).
+
 This module is one piece on purpose, though long: it is the one file a plugin
 author reads, so every hook, Protocol and record a driver sees is here, with
 the promises each side makes, and nothing else is (the daemon's own code
@@ -109,7 +114,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 #: accepts any minor of the same major (see ``skiff.core.plugins``).  Major 1
 #: is the contract before versions, when network options and endpoint data
 #: crossed it as dicts; 2 made them records.
-CONTRACT_VERSION = "2.12"
+CONTRACT_VERSION = "2.14"
 #: the contract of a plugin that declares none: it was written before versions
 UNDECLARED_CONTRACT = "1.0"
 #: the module attribute holding a plugin's declared contract version
@@ -1362,6 +1367,15 @@ class CgroupDriver(Protocol):
 @dataclass
 class CgroupContext:
     parent: str  #: ``cgroup-parent``, default ``skiff``
+    #: contract 2.14: a container's own ``HostConfig.CgroupParent`` ("" for
+    #: none) by its id, read from its record, so a daemon that restarted finds
+    #: the groups of the containers it adopts.  A driver that places containers
+    #: under their own parent also has ``check_parent(parent)`` (``ValueError``);
+    #: one without it gets such containers refused.
+    parent_of: Callable[[str], str] | None = None
+    #: contract 2.14: a folder of the exec-root the driver may keep state in
+    #: (it survives a daemon restart, not a reboot, as cgroups do)
+    state_dir: str = ""
 
 
 class CgroupFactory(Protocol):

@@ -152,7 +152,20 @@ def check(host_config: Mapping[str, Any], cgroups: CgroupDriver | None) -> Resou
     validate(resources)
     if cgroups is not None:
         cgroups.validate(resources)
+    if parent := host_config.get("CgroupParent"):
+        check_parent(str(parent), cgroups)
     return resources
+
+
+def check_parent(parent: str, cgroups: Any) -> None:
+    """A container's own cgroup parent, if its driver can place it there."""
+    check = getattr(cgroups, "check_parent", None)
+    if check is None:
+        # a parent asked for is never silently dropped
+        raise ValueError(
+            f"CgroupParent {parent!r}: the cgroup driver cannot place a container under "
+            "a parent of its own; set daemon.json cgroup-parent for all containers")
+    check(parent)
 
 
 def _refuse_unhonoured(hc: Mapping[str, Any]) -> None:
@@ -164,10 +177,6 @@ def _refuse_unhonoured(hc: Mapping[str, Any]) -> None:
     if hc.get("CpuCount") or hc.get("CpuPercent"):
         raise ValueError("CpuCount and CpuPercent are Windows-only; on Linux use --cpus "
                          "(NanoCpus) or --cpu-quota")
-    if hc.get("CgroupParent"):
-        raise ValueError(
-            f"CgroupParent {hc['CgroupParent']!r}: a cgroup parent per container is not "
-            "supported by skiff yet; set daemon.json cgroup-parent for all containers")
     if hc.get("DeviceRequests"):
         raise ValueError("DeviceRequests (--gpus): no device driver is installed in skiff; "
                          "pass devices with --device")

@@ -26,6 +26,7 @@ import trio
 
 from skiff.core.containers import limits
 from skiff.core.containers.resources import merge_update
+from skiff.core.cri.filters import chosen
 from skiff.core.cri.logs import CriLogs
 from skiff.core.cri.namespace import NAMESPACE, NAMESPACE_LABEL
 from skiff.core.cri.runtime_v1 import api_pb2 as pb
@@ -142,6 +143,8 @@ def create_body(config: pb.ContainerConfig, sandbox: Container,
         "ReadonlyRootfs": sc.readonly_rootfs,
         "RestartPolicy": {"Name": "no"},
     }
+    if parent := sandbox.host_config.get("CgroupParent"):
+        hc["CgroupParent"] = parent  # under the pod's group, as kubelet's accounting needs
     if ns.pid == pb.NODE:
         hc["PidMode"] = "host"
     elif ns.pid == pb.POD:
@@ -391,18 +394,8 @@ class Containers:
         async def work() -> list[pb.Container]:
             out = []
             for c, record in sorted(self.all(), key=lambda x: x[0].created):
-                if flt is not None:
-                    if flt.id and not c.id.startswith(flt.id):
-                        continue
-                    if flt.pod_sandbox_id and not str(record.get("sandbox", "")).startswith(
-                            flt.pod_sandbox_id):
-                        continue
-                    if flt.HasField("state") and flt.state.state != _state(c):
-                        continue
-                    labels = record.get("labels") or {}
-                    if any(labels.get(k) != v for k, v in flt.label_selector.items()):
-                        continue
-                out.append(self._message(c, record))
+                if chosen(c.id, record, flt, _state(c)):
+                    out.append(self._message(c, record))
             return out
 
         return pb.ListContainersResponse(containers=self.calls.run(context, "ListContainers",
@@ -537,19 +530,9 @@ class Containers:
         flt = request.filter if request.HasField("filter") else None
 
         async def work() -> list[pb.ContainerStats]:
-            chosen = []
-            for c, record in sorted(self.all(), key=lambda x: x[0].created):
-                if flt is not None:
-                    if flt.id and not c.id.startswith(flt.id):
-                        continue
-                    if flt.pod_sandbox_id and not str(record.get("sandbox", "")).startswith(
-                            flt.pod_sandbox_id):
-                        continue
-                    labels = record.get("labels") or {}
-                    if any(labels.get(k) != v for k, v in flt.label_selector.items()):
-                        continue
-                chosen.append((c, record))
-            return await self.engine.to_thread(lambda: [self.sample(*x) for x in chosen])
+            picked = [(c, record) for c, record in sorted(self.all(), key=lambda x: x[0].created)
+                      if chosen(c.id, record, flt)]
+            return await self.engine.to_thread(lambda: [self.sample(*x) for x in picked])
 
         return pb.ListContainerStatsResponse(
             stats=self.calls.run(context, "ListContainerStats", work))

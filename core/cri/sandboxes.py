@@ -10,9 +10,9 @@ record of it (metadata, labels, annotations, creation time) is kept in the
 container's labels, so it survives a daemon restart with the container.
 
 What a pod asks that skiff cannot honour is refused (INVALID_ARGUMENT, naming
-it), never dropped: a cgroup parent among them (kubelet's flags that avoid
-it are in the message).  Sysctls are the CRI's own (``sysctls.py``): written in the
-pod's namespaces once the pause holds them.
+it), never dropped.  A pod's cgroup parent is its sandbox's ``CgroupParent``,
+and its containers' (``containers.create_body``).  Sysctls are the CRI's own
+(``sysctls.py``): written in the pod's namespaces once the pause holds them.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import trio
 
 from skiff.core.containers.resources import cgroup_procs, network_stats
 from skiff.core.cri import sysctls
+from skiff.core.cri.filters import chosen
 from skiff.core.cri.namespace import NAMESPACE, NAMESPACE_LABEL
 from skiff.core.cri.runtime_v1 import api_pb2 as pb
 from skiff.core.cri.security import seccomp_opts
@@ -55,16 +56,6 @@ _PROTOCOLS = {pb.TCP: "tcp", pb.UDP: "udp", pb.SCTP: "sctp"}
 
 def _refuse(what: str) -> InvalidParameter:
     return InvalidParameter(f"{what} is not supported by skiff's CRI yet (docs/cri.md)")
-
-
-def _refuse_cgroup_parent(parent: str) -> InvalidParameter:
-    # kubelet asks for one per pod with --cgroups-per-qos (its default); the
-    # engine puts every container under daemon.json cgroup-parent only
-    kind = "a systemd slice" if parent.endswith(".slice") else "a cgroup parent"
-    return InvalidParameter(
-        f"cgroup_parent {parent!r}: skiff cannot place a pod under {kind} yet; every "
-        "container goes under daemon.json cgroup-parent. Run kubelet with "
-        "--cgroups-per-qos=false --enforce-node-allocatable= (docs/cri.md)")
 
 
 def create_body(config: pb.PodSandboxConfig, default_network: str) -> dict[str, Any]:
@@ -95,7 +86,8 @@ def create_body(config: pb.PodSandboxConfig, default_network: str) -> dict[str, 
         "RestartPolicy": {"Name": "no"},
     }
     if linux.cgroup_parent:
-        raise _refuse_cgroup_parent(linux.cgroup_parent)
+        # kubelet's pod group (--cgroups-per-qos); the pod's containers go there too
+        hc["CgroupParent"] = linux.cgroup_parent
     if sc.supplemental_groups:
         hc["GroupAdd"] = [str(g) for g in sc.supplemental_groups]
     seccomp = seccomp_opts(sc)
@@ -315,14 +307,8 @@ class Sandboxes:
         async def work() -> list[pb.PodSandbox]:
             out = []
             for c, record in sorted(self._all(), key=lambda x: x[0].created):
-                if flt is not None:
-                    if flt.id and not c.id.startswith(flt.id):
-                        continue
-                    if flt.HasField("state") and flt.state.state != _state(c):
-                        continue
-                    labels = record.get("labels") or {}
-                    if any(labels.get(k) != v for k, v in flt.label_selector.items()):
-                        continue
+                if not chosen(c.id, record, flt, _state(c)):
+                    continue
                 out.append(pb.PodSandbox(
                     id=c.id, metadata=_metadata(record), state=_state(c),
                     created_at=int(record.get("created", 0)), labels=record.get("labels") or {},
@@ -398,16 +384,9 @@ class Sandboxes:
         flt = request.filter if request.HasField("filter") else None
 
         async def work() -> list[pb.PodSandboxStats]:
-            chosen = []
-            for c, record in sorted(self._all(), key=lambda x: x[0].created):
-                if flt is not None:
-                    if flt.id and not c.id.startswith(flt.id):
-                        continue
-                    labels = record.get("labels") or {}
-                    if any(labels.get(k) != v for k, v in flt.label_selector.items()):
-                        continue
-                chosen.append((c, record))
-            return await self.engine.to_thread(lambda: [self._stats(*x) for x in chosen])
+            picked = [(c, record) for c, record in sorted(self._all(), key=lambda x: x[0].created)
+                      if chosen(c.id, record, flt)]
+            return await self.engine.to_thread(lambda: [self._stats(*x) for x in picked])
 
         return pb.ListPodSandboxStatsResponse(
             stats=self.calls.run(context, "ListPodSandboxStats", work))

@@ -25,7 +25,9 @@ from skiff.plugins.limits.cgroupfs_v2 import CgroupfsV2
 def cgroupfs_factory(ctx: CgroupContext) -> CgroupfsV1 | CgroupfsV2:
     """The driver for this host's cgroup layout (v2 if unified, else v1)."""
     parent = ctx.parent or "skiff"
-    return CgroupfsV2(parent) if cgroup_version() == 2 else CgroupfsV1(parent)
+    if cgroup_version() == 2:
+        return CgroupfsV2(parent, parent_of=ctx.parent_of, state_dir=ctx.state_dir)
+    return CgroupfsV1(parent, parent_of=ctx.parent_of, state_dir=ctx.state_dir)
 
 
 #: the plugin contract this module was written for; the loader refuses another major

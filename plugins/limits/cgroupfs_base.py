@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
+import posixpath
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import structlog
@@ -95,6 +97,39 @@ def check_name(what: str, name: str) -> str:
     if not parts or any(p in (".", "..") for p in parts):
         raise ValueError(f"invalid {what} {name!r}: expected a relative cgroup path")
     return "/".join(parts)
+
+
+def own_cgroup(controller: str | None) -> str:
+    """The daemon's own group in one hierarchy (``None``: the v2 one)."""
+    with contextlib.suppress(OSError), open("/proc/self/cgroup") as f:
+        for line in f:
+            _, names, path = line.rstrip("\n").split(":", 2)
+            if (names == "" and controller is None) or (
+                    controller is not None and controller in names.split(",")):
+                return path
+    return "/"
+
+
+def resolve_parent(parent: str, own: str) -> str:
+    """A container's own cgroup parent as a path from the hierarchy's root.
+
+    As runc places Docker's containers: an absolute parent is taken from the
+    root of the hierarchy, a relative one under the daemon's own group.
+    """
+    check_parent(parent)
+    base = "/" if parent.startswith("/") else own
+    return check_name("CgroupParent", posixpath.join(base, parent))
+
+
+def check_parent(parent: str) -> None:
+    """Refuse what cgroupfs cannot take as a path (``ValueError``)."""
+    if ":" in parent:
+        # "slice:prefix:name" is how the systemd driver names a unit; cgroupfs has none
+        raise ValueError(
+            f"cgroup-parent {parent!r}: a systemd \"slice:prefix:name\" is only for the "
+            "systemd cgroup driver; the cgroupfs driver takes a cgroup path")
+    if any(p == ".." for p in parent.split("/")):
+        raise ValueError(f"cgroup-parent {parent!r}: \"..\" is not allowed in a cgroup path")
 
 
 def check_id(container_id: str) -> str:
@@ -233,9 +268,79 @@ class CgroupfsBase:
     name = NAME
     version: int
 
-    def __init__(self, parent: str = "skiff") -> None:
+    def __init__(self, parent: str = "skiff",
+                 parent_of: Callable[[str], str] | None = None, state_dir: str = "") -> None:
         self.parent = check_name("cgroup-parent", parent)
         self._lock = threading.Lock()
+        #: a container's own ``CgroupParent`` ("" for the daemon's), from its record
+        self._parent_of = parent_of
+        #: the own parents of the containers placed (and of those looked up), and
+        #: the levels of them this driver made (removed once empty); both kept in
+        #: ``state_dir``, so a restarted daemon finds and removes them even when a
+        #: container's record is gone (an orphan's processes are still killed)
+        self._state_file = os.path.join(state_dir, "cgroup-parents.json") if state_dir else ""
+        self._parents: dict[str, str] = {}
+        self._made: set[str] = set()
+        self._own_groups: dict[str | None, str] = {}
+        with contextlib.suppress(OSError, ValueError, TypeError, AttributeError), \
+                open(self._state_file) as f:
+            state = json.load(f)
+            self._parents = {str(k): str(v) for k, v in state["parents"].items()}
+            self._made = {str(p) for p in state["made"]}
+
+    def _own(self, controller: str | None) -> str:
+        """The daemon's own group in one hierarchy, read once: where a relative
+        parent goes must not move while containers are placed there."""
+        if controller not in self._own_groups:
+            self._own_groups[controller] = own_cgroup(controller)
+        return self._own_groups[controller]
+
+    def check_parent(self, parent: str) -> None:
+        """``HostConfig.CgroupParent``'s checks (contract 2.14): ``ValueError``."""
+        check_parent(parent)
+
+    def custom_parent(self, container_id: str) -> str:
+        """The container's own parent as it gave it; "" for the daemon's."""
+        if container_id in self._parents:
+            return self._parents[container_id]
+        parent = self._parent_of(container_id) if self._parent_of is not None else ""
+        if parent:
+            self._parents[container_id] = parent
+        return parent
+
+    def _note_placed(self, container_id: str, made: list[str]) -> None:
+        self._parents[container_id] = self.custom_parent(container_id)
+        self._made.update(made)
+        self._save()
+
+    def _save(self) -> None:
+        if not self._state_file:
+            return
+        os.makedirs(os.path.dirname(self._state_file), exist_ok=True)
+        tmp = self._state_file + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"parents": self._parents, "made": sorted(self._made)}, f)
+        os.replace(tmp, self._state_file)
+
+    def _remove_own_parent(self, container_id: str, point: str, rel: str) -> None:
+        """rmdir the levels of a container's own parent this driver made, deepest
+        first, while they are empty; one it did not make ends the walk."""
+        levels = rel.split("/")
+        for n in range(len(levels), 0, -1):
+            path = os.path.join(point, *levels[:n])
+            if path not in self._made:
+                break
+            try:
+                os.rmdir(path)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                break  # still in use
+            self._made.discard(path)
+
+    def _forget(self, container_id: str) -> None:
+        if self._parents.pop(container_id, None) is not None:
+            self._save()
 
     def validate(self, resources: Resources) -> None:
         """What this host cannot apply (device paths and rules, kernel memory),
@@ -268,7 +373,8 @@ class CgroupfsBase:
         (the default is the same for every daemon), and killing its containers
         is not ours to do; the daemon kills first what it proves its own.
         """
-        found: set[str] = set()
+        # and those placed under their own parents, as the driver's state says
+        found: set[str] = {cid for cid in self._parents if _CONTAINER_ID.fullmatch(cid)}
         for parent in self._parent_dirs():
             with contextlib.suppress(OSError):
                 found.update(n for n in os.listdir(parent) if _CONTAINER_ID.fullmatch(n))

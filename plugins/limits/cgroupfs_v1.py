@@ -13,6 +13,7 @@ import errno
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from skiff.core.containers.limits import check_cpuset
@@ -31,6 +32,7 @@ from skiff.plugins.limits.cgroupfs_base import (
     machine_memory,
     read,
     read_pids,
+    resolve_parent,
     rmdir_retry,
     swap_total,
     system_cpu_usage,
@@ -73,8 +75,9 @@ class CgroupfsV1(CgroupfsBase):
 
     version = 1
 
-    def __init__(self, parent: str = "skiff") -> None:
-        super().__init__(parent)
+    def __init__(self, parent: str = "skiff",
+                 parent_of: Callable[[str], str] | None = None, state_dir: str = "") -> None:
+        super().__init__(parent, parent_of, state_dir)
         hierarchies = v1_hierarchies()
         if not hierarchies:
             raise DriverNotSupported(
@@ -96,27 +99,40 @@ class CgroupfsV1(CgroupfsBase):
     def path(self, container_id: str, controller: str) -> str | None:
         """The container's group in ``controller``'s hierarchy (None: not mounted)."""
         point = self.controllers.get(controller)
-        return os.path.join(point, self.parent, check_id(container_id)) if point else None
+        return (os.path.join(point, self._rel(container_id, point), check_id(container_id))
+                if point else None)
 
     def paths(self, container_id: str) -> dict[str, str]:
         """Mount point -> the container's group there, for every hierarchy."""
         cid = check_id(container_id)
-        return {p: os.path.join(p, self.parent, cid) for p in self.points}
+        return {p: os.path.join(p, self._rel(cid, p), cid) for p in self.points}
 
-    def _mkdirs(self, point: str, rel: str) -> None:
-        """Create ``point/rel`` level by level; cpuset levels inherit cpus and mems."""
+    def _rel(self, container_id: str, point: str) -> str:
+        """The container's parent group in one hierarchy, from its root."""
+        own = self.custom_parent(container_id)
+        if not own:
+            return self.parent
+        controller = next(c for c, p in self.controllers.items() if p == point)
+        return resolve_parent(own, self._own(controller))
+
+    def _mkdirs(self, point: str, rel: str) -> list[str]:
+        """Create ``point/rel`` level by level; cpuset levels inherit cpus and mems.
+        The levels made are returned."""
+        made: list[str] = []
         is_cpuset = point == self.controllers.get("cpuset")
         cur = point
         for part in rel.split("/"):
             above, cur = cur, os.path.join(cur, part)
             with contextlib.suppress(FileExistsError):
                 os.mkdir(cur, 0o755)
+                made.append(cur)
             # a v1 cpuset group starts with empty cpus/mems and refuses tasks
             # until both are set; copy them down from the level above
             if is_cpuset:
                 for f in ("cpuset.cpus", "cpuset.mems"):
                     if not read(os.path.join(cur, f)):
                         write(os.path.join(cur, f), read(os.path.join(above, f)) or "\n")
+        return made
 
     # -- the driver API --------------------------------------------------------
 
@@ -129,7 +145,10 @@ class CgroupfsV1(CgroupfsBase):
             try:
                 for point, path in paths.items():
                     existed = os.path.isdir(path)
-                    self._mkdirs(point, f"{self.parent}/{cid}")
+                    rel = self._rel(cid, point)
+                    levels = self._mkdirs(point, f"{rel}/{cid}")
+                    if rel != self.parent:
+                        self._note_placed(cid, [p for p in levels if p != path])
                     if not existed:
                         made.append(path)
                 # groups left by a daemon that died: rewrite every value
@@ -140,7 +159,7 @@ class CgroupfsV1(CgroupfsBase):
                 for path in made:
                     with contextlib.suppress(OSError):
                         os.rmdir(path)
-                self._remove_parents()
+                self._remove_parents(cid)
                 raise
 
     def update(self, container_id: str, resources: Resources) -> None:
@@ -164,7 +183,9 @@ class CgroupfsV1(CgroupfsBase):
                     rmdir_retry(path, deadline)
                 except OSError as exc:
                     errors.append(exc)
-            self._remove_parents()
+            self._remove_parents(container_id)
+            if not errors:
+                self._forget(container_id)  # kept while a group is there
         if errors:
             raise errors[0]
 
@@ -239,8 +260,12 @@ class CgroupfsV1(CgroupfsBase):
     def _parent_dirs(self) -> list[str]:
         return [os.path.join(point, self.parent) for point in self.points]
 
-    def _remove_parents(self) -> None:
+    def _remove_parents(self, container_id: str) -> None:
         """Remove the parent groups that no container uses any more."""
+        if self.custom_parent(container_id):
+            for point in self.points:
+                self._remove_own_parent(container_id, point, self._rel(container_id, point))
+            return
         levels = self.parent.split("/")
         for point in self.points:
             for n in range(len(levels), 0, -1):

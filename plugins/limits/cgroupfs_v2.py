@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 from skiff.core.containers.limits import check_cpuset
@@ -30,6 +31,7 @@ from skiff.plugins.limits.cgroupfs_base import (
     machine_memory,
     read,
     read_pids,
+    resolve_parent,
     rmdir_retry,
     swap_total,
     system_cpu_usage,
@@ -45,23 +47,33 @@ class CgroupfsV2(CgroupfsBase):
 
     version = 2
 
-    def __init__(self, parent: str = "skiff", root: str = CGROUP_ROOT) -> None:
-        super().__init__(parent)
+    def __init__(self, parent: str = "skiff", root: str = CGROUP_ROOT,
+                 parent_of: Callable[[str], str] | None = None, state_dir: str = "") -> None:
+        super().__init__(parent, parent_of, state_dir)
         self.root = root
         #: device programs loaded once, attached to every group that needs them
         self._programs = device_filter.Programs()
 
     def path(self, container_id: str) -> str:
         """The container's group."""
-        return os.path.join(self.root, self.parent, check_id(container_id))
+        return os.path.join(self.root, self._rel(container_id), check_id(container_id))
+
+    def _rel(self, container_id: str) -> str:
+        """The container's parent group, from the root of the hierarchy."""
+        own = self.custom_parent(container_id)
+        # as runc on v2: the level above the daemon's own group, which may not
+        # take children while it holds processes itself
+        return resolve_parent(own, os.path.dirname(self._own(None))) if own else self.parent
 
     def paths(self, container_id: str) -> dict[str, str]:
         return {self.root: self.path(container_id)}
 
-    def _mkdirs(self) -> None:
-        """Create the parent levels, enabling the controllers all the way down."""
+    def _mkdirs(self, rel: str) -> list[str]:
+        """Create the parent levels, enabling the controllers all the way down;
+        the levels made are returned."""
+        made: list[str] = []
         cur = self.root
-        for part in [*self.parent.split("/"), None]:
+        for part in [*rel.split("/"), None]:
             available = set(read(os.path.join(cur, "cgroup.controllers")).split())
             enabled = set(read(os.path.join(cur, "cgroup.subtree_control")).split())
             for c in _CONTROLLERS:
@@ -76,14 +88,19 @@ class CgroupfsV2(CgroupfsBase):
             cur = os.path.join(cur, part)
             with contextlib.suppress(FileExistsError):
                 os.mkdir(cur, 0o755)
+                made.append(cur)
+        return made
 
     def create(self, container_id: str, resources: Resources) -> None:
         check_resources(resources)
         path = self.path(container_id)
+        rel = self._rel(container_id)
         with self._lock:
             made = False
             try:
-                self._mkdirs()
+                levels = self._mkdirs(rel)
+                if rel != self.parent:
+                    self._note_placed(container_id, levels)
                 try:
                     os.mkdir(path, 0o755)
                     made = True
@@ -98,7 +115,7 @@ class CgroupfsV2(CgroupfsBase):
                 if made:
                     with contextlib.suppress(OSError):
                         os.rmdir(path)
-                self._remove_parents()
+                self._remove_parents(container_id, rel)
                 raise
 
     def update(self, container_id: str, resources: Resources) -> None:
@@ -114,11 +131,13 @@ class CgroupfsV2(CgroupfsBase):
 
     def destroy(self, container_id: str) -> None:
         path = self.path(container_id)
+        rel = self._rel(container_id)
         with self._lock:
             try:
                 rmdir_retry(path, time.monotonic() + RMDIR_TIMEOUT)
             finally:
-                self._remove_parents()
+                self._remove_parents(container_id, rel)
+            self._forget(container_id)  # kept while the group is there
 
     def _check_kernel_memory(self) -> None:
         raise ValueError(
@@ -162,7 +181,10 @@ class CgroupfsV2(CgroupfsBase):
     def _parent_dirs(self) -> list[str]:
         return [os.path.join(self.root, self.parent)]
 
-    def _remove_parents(self) -> None:
+    def _remove_parents(self, container_id: str, rel: str) -> None:
+        if rel != self.parent:
+            self._remove_own_parent(container_id, self.root, rel)
+            return
         levels = self.parent.split("/")
         for n in range(len(levels), 0, -1):
             try:

@@ -5,9 +5,11 @@ bridge to trio under cancellation and shutdown (docs/cri.md)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import secrets
 import shutil
 import socket
 import subprocess
@@ -38,19 +40,29 @@ def unpacked_tools(dest: Path) -> Path:
     return dest
 
 
-@pytest.fixture(scope="module")
-def tools(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def cri_tools(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """crictl and critest unpacked for this module (skipped without them)."""
     if TOOLS is None or not shutil.which("xz"):
         pytest.skip("crictl/critest (shared/tools/cri) or xz are not here")
     return unpacked_tools(tmp_path_factory.mktemp("cri-tools"))
 
 
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+def cri_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """A local registry for this module (skipped without Debian's)."""
     if not os.path.exists(REGISTRY):
         pytest.skip("needs Debian's docker-registry (scripts/install.sh --test)")
     with running_registry(tmp_path_factory.mktemp("cri-registry")) as reg:
         yield reg
+
+
+@pytest.fixture(scope="module")
+def tools(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return cri_tools(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    yield from cri_registry(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -484,9 +496,9 @@ def test_pod_sandbox_refusals(cri: Cri) -> None:
             namespace_options=pb.NamespaceOption(network=pb.NODE)))))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "host's network" in err.details()
     err = run(pb.PodSandboxConfig(metadata=md, linux=pb.LinuxPodSandboxConfig(
-        cgroup_parent="/kubepods/pod1")))
+        cgroup_parent="system.slice:kubepods:pod1")))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "--cgroups-per-qos=false" in err.details()
+    assert "systemd cgroup driver" in err.details()
     err = run(pb.PodSandboxConfig(metadata=md, linux=pb.LinuxPodSandboxConfig(
         security_context=pb.LinuxSandboxSecurityContext(namespace_options=pb.NamespaceOption(
             network=pb.TARGET)))))
@@ -507,23 +519,49 @@ def test_pod_sysctls(skiffd: Daemon, cri: Cri) -> None:
     assert host != wanted
     md = pb.PodSandboxMetadata(name="sysctls", uid="uid-sysctls", namespace="cri-test")
     config = pb.PodSandboxConfig(metadata=md, linux=pb.LinuxPodSandboxConfig(sysctls=wanted))
+    with pod_with_sleeper(cri, config) as (_, ctr):
+        reply = cri.runtime.ExecSync(pb.ExecSyncRequest(
+            container_id=ctr, cmd=["cat", *paths.values()], timeout=10), timeout=20)
+        assert reply.stdout.decode().split() == list(wanted.values()), reply
+        assert {k: Path(p).read_text().strip() for k, p in paths.items()} == host
+
+
+@contextlib.contextmanager
+def pod_with_sleeper(cri: Cri, config: pb.PodSandboxConfig) -> Iterator[tuple[str, str]]:
+    """A pod of ``config`` and a started container in it (``sleep 60``): their
+    IDs; the pod is stopped and removed afterwards."""
     pod = cri.runtime.RunPodSandbox(pb.RunPodSandboxRequest(config=config),
                                     timeout=60).pod_sandbox_id
     try:
         ctr = cri.runtime.CreateContainer(pb.CreateContainerRequest(
             pod_sandbox_id=pod, sandbox_config=config, config=pb.ContainerConfig(
-                metadata=pb.ContainerMetadata(name="reader"),
+                metadata=pb.ContainerMetadata(name="sleeper"),
                 image=pb.ImageSpec(image="busybox:latest"), command=["sleep", "60"])),
             timeout=60).container_id
         cri.runtime.StartContainer(pb.StartContainerRequest(container_id=ctr), timeout=60)
-        reply = cri.runtime.ExecSync(pb.ExecSyncRequest(
-            container_id=ctr, cmd=["cat", *paths.values()], timeout=10), timeout=20)
-        assert reply.stdout.decode().split() == list(wanted.values()), reply
-        assert {k: Path(p).read_text().strip() for k, p in paths.items()} == host
+        yield pod, ctr
     finally:
         cri.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod), timeout=60)
         cri.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod),
                                      timeout=60)
+
+
+def test_pod_under_its_cgroup_parent(skiffd: Daemon, cri: Cri) -> None:
+    """kubelet's pod group (cgroupfs driver: /kubepods/burstable/pod<uid>): the
+    pause and the pod's containers go under it; the levels made go with the pod."""
+    top = f"skiff-test-cgp-{secrets.token_hex(3)}"
+    parent = f"/{top}/burstable/poduid-cgp"
+    md = pb.PodSandboxMetadata(name="cgp", uid="uid-cgp", namespace="cri-test")
+    config = pb.PodSandboxConfig(metadata=md,
+                                 linux=pb.LinuxPodSandboxConfig(cgroup_parent=parent))
+    with pod_with_sleeper(cri, config) as ids:
+        for cid in ids:
+            pid = skiffd.docker("inspect", "-f", "{{.State.Pid}}", cid,
+                                check=True).stdout.decode().strip()
+            memory = next(line for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+                          if line.split(":")[1] == "memory")
+            assert memory.endswith(f":{parent}/{cid}"), memory
+    assert not Path(f"/sys/fs/cgroup/memory/{top}").exists()
 
 
 def test_masked_and_readonly_paths(skiffd: Daemon, cri: Cri) -> None:

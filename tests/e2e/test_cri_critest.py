@@ -9,7 +9,6 @@ reason) are the lists docs/cri.md quotes; the counts are printed at the end.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 from collections.abc import Iterator
@@ -19,8 +18,8 @@ import pytest
 
 from tests.daemon import Daemon, running_daemon
 from tests.e2e.conftest import END_OF_RUN
-from tests.e2e.test_cri import TOOLS, unpacked_tools
-from tests.registry import REGISTRY, Registry, running_registry
+from tests.e2e.test_cri import cri_registry, cri_tools
+from tests.registry import Registry
 
 #: the suite's own names (cri-tools v1.32.0 pkg/validate/consts.go): pulled as
 #: gcr.io/k8s-staging-cri-tools/<name>, pushed here as k8s-staging-cri-tools/<name>
@@ -55,17 +54,12 @@ EXCLUDED = {
 
 @pytest.fixture(scope="module")
 def tools(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if TOOLS is None:
-        pytest.skip("crictl/critest (shared/tools/cri) are not here")
-    return unpacked_tools(tmp_path_factory.mktemp("critest"))
+    return cri_tools(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    if not os.path.exists(REGISTRY):
-        pytest.skip("needs Debian's docker-registry (scripts/install.sh --test)")
-    with running_registry(tmp_path_factory.mktemp("critest-registry")) as reg:
-        yield reg
+    yield from cri_registry(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -414,7 +414,7 @@ def test_out_of_range_values_refused(sbs: SideBySide, host_config: dict[str, Any
     ({"Cgroup": "container:x"}, "Cgroup"),
     ({"Dns": ["not-an-address"]}, "not-an-address is not an ip address"),
     ({"DnsSearch": ["a.example\nnameserver 10.0.0.1"]}, "DnsSearch"),
-    ({"CgroupParent": "elsewhere"}, "daemon.json cgroup-parent"),
+    ({"CgroupParent": "system.slice:docker:x"}, "only for the systemd cgroup driver"),
     ({"DeviceRequests": [{"Count": -1, "Capabilities": [["gpu"]]}]}, "--gpus"),
     ({"IOMaximumIOps": 5}, "does not support Maximum IO"),
 ], ids=["sysctls", "cgroup", "dns", "search", "cgroup-parent", "gpus", "iops"])

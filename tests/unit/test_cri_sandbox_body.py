@@ -88,12 +88,11 @@ def test_ports_need_a_network() -> None:
                     "none")
 
 
-def test_cgroup_parent_is_refused_naming_kubelets_flags() -> None:
-    for parent, kind in (("/kubepods/pod1", "a cgroup parent"),
-                         ("kubepods-pod1.slice", "a systemd slice")):
-        with pytest.raises(InvalidParameter, match=f"cannot place a pod under {kind}") as info:
-            create_body(config(linux=pb.LinuxPodSandboxConfig(cgroup_parent=parent)), "bridge")
-        assert "--cgroups-per-qos=false" in str(info.value)
+def test_cgroup_parent_is_the_sandboxs() -> None:
+    for parent in ("/kubepods/burstable/pod1", "kubepods"):
+        hc = create_body(config(linux=pb.LinuxPodSandboxConfig(cgroup_parent=parent)),
+                         "bridge")["HostConfig"]
+        assert hc["CgroupParent"] == parent
     hc = create_body(config(linux=pb.LinuxPodSandboxConfig(
         sysctls={"kernel.shm_rmid_forced": "1"})), "bridge")["HostConfig"]
     assert "Sysctls" not in hc and "CgroupParent" not in hc  # sysctls: the CRI's own
