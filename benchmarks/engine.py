@@ -37,7 +37,8 @@ FLOOR = ["unshare", "--fork", "--pid", "--mount", "--uts", "--ipc", "--net", "--
 # Modules that later issues add (network set-up, pull, build); each may
 # define ``engine_rows(ctx: Context) -> list[Row]`` and is skipped when absent.
 EXTRAS = ("benchmarks.network", "benchmarks.pull", "benchmarks.health", "benchmarks.scale",
-          "benchmarks.tc", "benchmarks.overlay", "benchmarks.cri", "benchmarks.budget")
+          "benchmarks.tc", "benchmarks.overlay", "benchmarks.cri", "benchmarks.budget",
+          "benchmarks.daemonstart")
 WORKLOADS = ("api", "run", "phases", "seccomp", "exec", "lifecycle", "concurrency", "logs",
              "memory", "userns", "build")
 UNCONFINED = ["--security-opt", "seccomp=unconfined"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -189,6 +190,20 @@ def select_storage(config: dict[str, Any], plugins: Plugins) -> tuple[str, Stora
     raise ConfigError(
         "no usable storage driver found; tried " + "; ".join(reasons or ["nothing installed"])
     )
+
+
+class _Phases:
+    """Seconds per step of the engine's start, logged at debug: where a slow
+    start goes (benchmarks/daemonstart.py times the whole of it)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def mark(self, step: str) -> None:
+        now = time.perf_counter()
+        self.seconds[step] = round(now - self._last, 4)
+        self._last = now
 
 
 class Engine:
@@ -514,19 +529,32 @@ class Engine:
 
     async def start(self, nursery: trio.Nursery) -> None:
         self.nursery = nursery
-        await self.to_thread(self.containers.restore)
-        self.health.restore()  # those still running (live-restore)
-        await self.to_thread(self._drop_build_layers)
-        await self.to_thread(self.networks.load)
-        if self.cluster is None and self.networks.pending:
-            # kept, not plumbed: they come back if the store is configured again
-            log.warning("network.global_without_store",
-                        networks=sorted(self.networks.by_id[n].name
-                                        for n in self.networks.pending),
-                        reason="global-scope networks need cluster-store in daemon.json")
-        await self.to_thread(self._reconcile)
-        await self.runtime.start()
+        phases = _Phases()
+        async with trio.open_nursery() as starting:
+            # The runtime's helper (the fork server: its own interpreter and
+            # imports) comes up on the other core while the records are read and
+            # the networks plumbed; it touches none of what the reconciliation
+            # sweeps (per-container bundles, groups and mounts, temp dirs), and
+            # nothing is handed to it before the adoption below.
+            starting.start_soon(self._start_runtime, phases)
+            await self.to_thread(self.containers.restore)
+            phases.mark("containers")
+            self.health.restore()  # those still running (live-restore)
+            await self.to_thread(self._drop_build_layers)
+            phases.mark("health, build layers")
+            await self.to_thread(self.networks.load)
+            phases.mark("networks")
+            if self.cluster is None and self.networks.pending:
+                # kept, not plumbed: they come back if the store is configured again
+                log.warning("network.global_without_store",
+                            networks=sorted(self.networks.by_id[n].name
+                                            for n in self.networks.pending),
+                            reason="global-scope networks need cluster-store in daemon.json")
+            await self.to_thread(self._reconcile)
+            phases.mark("reconcile")
+        phases.mark("waiting for the runtime")
         await self.containers.adopt_all()  # live-restore: those that ran on
+        phases.mark("adoption")
         if self.remap is not None:
             await userns_storage.choose(self)
         if self.userns_ranges is not None:
@@ -541,8 +569,15 @@ class Engine:
             # plumbed; bounded: the store may be away, and the daemon starts anyway
             with trio.move_on_after(STORE_WAIT):
                 await self.cluster.first_attempt.wait()
+        phases.mark("the rest")
+        log.debug("daemon.start_phases", seconds=phases.seconds)
         # --rm leftovers and --restart always/unless-stopped, while the API already serves
         nursery.start_soon(self.containers.restarts.after_restore)
+
+    async def _start_runtime(self, phases: _Phases) -> None:
+        began = time.perf_counter()
+        await self.runtime.start()
+        phases.seconds["runtime (alongside)"] = round(time.perf_counter() - began, 4)
 
     async def shutdown(self) -> None:
         with trio.CancelScope(shield=True):

@@ -125,9 +125,12 @@ def load_plugins(extra_modules: list[Any] | None = None) -> Plugins:
     pm = pluggy.PluginManager(PROJECT)
     pm.add_hookspecs(hookspecs.SkiffSpec)
     modules: dict[str, list[str]] = {}
+    # one scan of the installed distributions' metadata for all the groups, not
+    # one per group: each scan reads every dist-info of the environment
+    installed = entry_points()
     for kind, group in hookspecs.ENTRY_POINT_GROUPS.items():
         modules[kind] = []
-        for ep in sorted(entry_points(group=group), key=lambda e: e.name):
+        for ep in sorted(installed.select(group=group), key=lambda e: e.name):
             try:
                 module = ep.load()
             except Exception as exc:  # report which package is broken, with its cause

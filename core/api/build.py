@@ -23,14 +23,15 @@ from skiff.core.api.distribution import progress_response
 from skiff.core.api.filters import parse_filters
 from skiff.core.api.router import Request, Router, StreamResponse
 from skiff.core.api.streams import json_line
-from skiff.core.builder.context import BuildContext, receive_context
-from skiff.core.builder.executor import Build, StepFailed, failure_reason
 from skiff.core.builder.options import BuildOptions, check_platform
-from skiff.core.builder.prune import prune_cache
 from skiff.core.errors import InvalidParameter
 
 if TYPE_CHECKING:
+    from skiff.core.builder.context import BuildContext
     from skiff.core.engine import Engine
+
+# The builder itself (executor, context, prune) is imported by the first build:
+# a daemon's start does not pay for the Dockerfile machinery it may never run.
 
 #: query options dockerd's classic builder takes that skiff refuses, and why
 _REFUSED = {
@@ -113,6 +114,7 @@ def build_options(req: Request) -> BuildOptions:
 
 def _error_line(exc: BaseException) -> bytes:
     from skiff.core.api.errors import status_and_message, unwrap
+    from skiff.core.builder.executor import StepFailed
 
     inner = unwrap(exc)
     message = status_and_message(exc)[1]
@@ -127,6 +129,9 @@ def register(router: Router, engine: Engine) -> None:
 
     @router.route("POST", "/build")
     async def build(req: Request) -> StreamResponse:
+        from skiff.core.builder.context import receive_context
+        from skiff.core.builder.executor import Build, failure_reason
+
         options = build_options(req)
         length = req.headers.get("content-length")
         if length and length.isdigit() and int(length) > builds.max_context_size:
@@ -166,6 +171,8 @@ def register(router: Router, engine: Engine) -> None:
 
     @router.route("POST", "/build/prune")
     async def prune(req: Request) -> dict[str, Any]:
+        from skiff.core.builder.prune import prune_cache
+
         flt = parse_filters(req.q("filters"))
         until = None
         for key in ("until", "unused-for"):

@@ -12,9 +12,6 @@ import contextlib
 from typing import TYPE_CHECKING
 
 import trio
-from wsproto.connection import Connection, ConnectionType
-from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
-from wsproto.utilities import generate_accept_token
 
 from skiff.core.api.router import Request, Router
 from skiff.core.containers.streams import DEFAULT_DETACH_KEYS, parse_detach_keys
@@ -22,6 +19,8 @@ from skiff.core.errors import InvalidParameter
 
 if TYPE_CHECKING:
     from skiff.core.engine import Engine
+
+# wsproto is imported by the first websocket attach, not by the daemon's start
 
 #: the most bytes of stdin one receive hands on (a message may be larger: the rest waits)
 RECEIVE_CHUNK = 65536
@@ -32,6 +31,8 @@ class WebSocketStream(trio.abc.Stream):
     ``receive_some`` yields message payloads, b"" once the client closed."""
 
     def __init__(self, raw: trio.abc.Stream) -> None:
+        from wsproto.connection import Connection, ConnectionType
+
         self._raw = raw
         self._ws = Connection(ConnectionType.SERVER)
         self._pending = bytearray()
@@ -43,6 +44,8 @@ class WebSocketStream(trio.abc.Stream):
             await self._raw.send_all(data)
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        from wsproto.events import BytesMessage
+
         if self._closed:
             raise trio.ClosedResourceError("the websocket is closed")
         if data:
@@ -52,6 +55,8 @@ class WebSocketStream(trio.abc.Stream):
         await self._raw.wait_send_all_might_not_block()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
+
         limit = max_bytes or RECEIVE_CHUNK
         while not self._pending and not self._closed:
             raw = bytes(await self._raw.receive_some(RECEIVE_CHUNK))
@@ -74,6 +79,8 @@ class WebSocketStream(trio.abc.Stream):
 
     async def aclose(self) -> None:
         """Say goodbye with a close frame (if the client has not), then close."""
+        from wsproto.events import CloseConnection
+
         if not self._closed:
             self._closed = True
             with contextlib.suppress(Exception):
@@ -83,6 +90,8 @@ class WebSocketStream(trio.abc.Stream):
 
 def handshake_head(req: Request) -> bytes:
     """The 101 that accepts the client's websocket handshake (RFC 6455)."""
+    from wsproto.utilities import generate_accept_token
+
     key = req.headers.get("sec-websocket-key") or ""
     if "websocket" not in (req.headers.get("upgrade") or "").lower() or not key:
         raise InvalidParameter("this endpoint is a websocket: send a websocket handshake "

@@ -14,11 +14,12 @@ import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from skiff.core.cluster.settings import ClusterSettings
+
+if TYPE_CHECKING:  # imported where used: a daemon without a cluster store never needs it
+    import httpx
 
 
 class StoreUnavailable(Exception):
@@ -73,6 +74,8 @@ class EtcdGateway:
     def __init__(self, settings: ClusterSettings, *, timeout: float = 3.0) -> None:
         self.settings = settings
         self._current = 0
+        import httpx
+
         verify = _tls(settings)
         self._http = httpx.AsyncClient(timeout=timeout, verify=verify if verify else True)
 
@@ -85,6 +88,8 @@ class EtcdGateway:
 
     async def call(self, rpc: str, body: dict[str, Any]) -> dict[str, Any]:
         """One unary RPC, e.g. ``call("kv/put", {...})``: the reply's JSON."""
+        import httpx
+
         endpoints = self.settings.endpoints
         error = self._fail(endpoints[0], "no member tried")
         for i in range(len(endpoints)):
@@ -176,6 +181,8 @@ class EtcdGateway:
         The stream ends (``StoreUnavailable``) when the member goes away; the
         caller reads the prefix again and watches from the revision it read.
         """
+        import httpx
+
         endpoint = self.settings.endpoints[self._current]
         body = {"create_request": {"key": _b64(prefix), "range_end": prefix_end(prefix),
                                    "start_revision": str(start_revision)}}
@@ -190,6 +197,8 @@ class EtcdGateway:
             raise self._fail(endpoint, f"watch: {exc or type(exc).__name__}") from None
 
     async def _events(self, reply: httpx.Response, endpoint: str) -> AsyncIterator[Event]:
+        import httpx
+
         try:
             async for line in reply.aiter_lines():
                 if not line.strip():

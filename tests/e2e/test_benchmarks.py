@@ -222,3 +222,24 @@ def test_logs_workload_rows(tmp_path: Path) -> None:
         assert by[(prefix + "2_000 lines, docker logs reads all", "skiffd")]["unit"] == "s"
         assert by[(prefix + "docker logs --tail 10 of a 2 MB log", "skiffd")]["value"] > 0
         assert by[(prefix + "write throughput, yes into head -c 2M", "skiffd")]["unit"] == "MB/s"
+
+
+@pytest.mark.skipif(not DOCKER.exists(), reason="the stock docker CLI is not installed")
+def test_daemonstart_rows(tmp_path: Path) -> None:
+    """The daemon-start extra: a restart timed to its first /_ping, and the split."""
+    out = tmp_path / "out"
+    res = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "engine", "--smoke", "--no-docker",
+         "--only", "daemonstart", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    by = {(r["metric"], r["engine"]): r for r in json.loads((out / "engine.json").read_text())
+          ["rows"]}
+    start = by.get(("skiffd start to first /_ping (dockerd: its own start)", "skiffd"))
+    assert start is not None, (sorted(by), res.stdout[-2000:])
+    assert start["unit"] == "s" and 0 < start["value"] < 30 and len(start["samples"]) == 1
+    for part in ("interpreter", "imports", "plugin loading"):
+        row = by[(f"skiffd start: {part}", "skiffd")]
+        assert row["unit"] == "s" and 0 < row["value"] < start["value"] + 30, row
+    assert ("skiffd start: config, engine start, socket (the rest)", "skiffd") in by
