@@ -313,7 +313,7 @@ class ContainerManager:
             c.mount_points = await self.to_thread(container_mounts.realize, self.volumes,
                                                   self.registry.get, self.storage, c, mount_plan)
             etcfiles.write_at_create(c, self._nameserver(c), netns)
-            c.save()
+            c.save_new()
             self.plugins.hook.skiff_container_create(container=c)
         except BaseException:
             await self._discard(c)

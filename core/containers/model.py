@@ -128,6 +128,30 @@ class Container:
     # -- persistence -----------------------------------------------------
 
     def save(self) -> None:
+        # State changes at every start and stop; its rename need not be durable
+        # (a crash leaves the previous state, which restore() handles).  The
+        # host config changes rarely: rewrite it only when it did.
+        self._write_record()
+        self._write_host_config(durable=True)
+
+    def save_new(self) -> None:
+        """The record of a container being created, written once, at the end of
+        its create: hostconfig.json first, config.v2.json last, so a crash in
+        between leaves a directory without a record, which reconciliation
+        removes (complete or absent; the other order left a record that cannot
+        be loaded).  Each file is fsynced before its rename; no directory
+        fsync: the container's own directory entry is not fsynced either, and
+        journalled renames in one directory reach the disk in order."""
+        self._write_host_config(durable=False)
+        self._write_record()
+
+    def _write_host_config(self, *, durable: bool) -> None:
+        hc = json.dumps(self.host_config, separators=(",", ":"))
+        if hc != self._saved_host_config:
+            write_atomic(os.path.join(self.root, "hostconfig.json"), hc, durable=durable)
+            self._saved_host_config = hc
+
+    def _write_record(self) -> None:
         record = {
             "ID": self.id,
             "Name": "/" + self.name,
@@ -150,14 +174,7 @@ class Container:
             "MountPoints": self.mount_points,
             "SkiffUserns": self.userns,
         }
-        # State changes at every start and stop; its rename need not be durable
-        # (a crash leaves the previous state, which restore() handles).  The
-        # host config changes rarely: rewrite it only when it did.
         write_json_atomic(os.path.join(self.root, "config.v2.json"), record, durable=False)
-        hc = json.dumps(self.host_config, separators=(",", ":"))
-        if hc != self._saved_host_config:
-            write_atomic(os.path.join(self.root, "hostconfig.json"), hc)
-            self._saved_host_config = hc
 
     @classmethod
     def load(cls, root: str) -> Container:

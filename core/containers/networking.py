@@ -161,8 +161,13 @@ class NetworkAttachment:
             c.networks = {c.network_mode: {}}  # a record from before networks were kept
         for name in list(c.networks):
             await self.attach(c, track, name, pid)
-        await self.to_thread(self._write_hosts, c, track, netns)
-        await self.to_thread(write_resolv_conf, c, self.nameserver(c), netns)
+        # one worker-thread hop for both files: a hop costs more than either write
+        await self.to_thread(self._write_etc_files, c, track, netns, self.nameserver(c))
+
+    def _write_etc_files(self, c: Container, track: Track, netns: NetworkNamespace,
+                         nameserver: str | bool) -> None:
+        self._write_hosts(c, track, netns)
+        write_resolv_conf(c, nameserver, netns)
 
     def _write_hosts(self, c: Container, track: Track, netns: NetworkNamespace) -> None:
         """/etc/hosts (blocking): the daemon's lines, then those the drivers of

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from skiff.core import reconcile
+from skiff.core.containers.model import Container
 
 
 def test_stray_mounts_are_below_the_roots_deepest_first_and_spare_the_storage_home() -> None:
@@ -41,3 +44,26 @@ def test_clear_dir_keeps_what_it_is_told(tmp_path: Path) -> None:
     assert sorted(Path(p).name for p in gone) == ["pull-1", "spool"]
     assert [p.name for p in tmp_path.iterdir()] == ["keep"]
     assert reconcile.clear_dir(str(tmp_path / "absent")) == []
+
+
+def _new_container(root: Path) -> Container:
+    root.mkdir()
+    return Container(id=root.name, name="c", created="2026-12-07T00:00:00Z",
+                     image_id="sha256:" + "0" * 64, config={"Hostname": "h"},
+                     host_config={"NetworkMode": "none"}, path="true", args=[],
+                     driver="overlay2", root=str(root))
+
+
+def test_a_create_cut_before_its_record_is_absent_after_reconciliation(tmp_path: Path) -> None:
+    # the host config cannot be written (a directory in its place): the create
+    # stops there, and the record, written last, is not there to keep it
+    c = _new_container(tmp_path / ("e" * 64))
+    (tmp_path / c.id / "hostconfig.json" / "x").mkdir(parents=True)
+    with pytest.raises(OSError):
+        c.save_new()
+    assert not (tmp_path / c.id / "config.v2.json").exists()
+    assert reconcile.interrupted_creates(str(tmp_path), known=set()) == [c.id]
+    ok = _new_container(tmp_path / ("f" * 64))
+    ok.save_new()
+    assert Container.load(ok.root).host_config == {"NetworkMode": "none"}
+    assert reconcile.interrupted_creates(str(tmp_path), known=set()) == []
