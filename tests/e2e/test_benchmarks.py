@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,19 +19,26 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCKER = Path("/usr/local/bin/docker")
 
 
-@pytest.mark.skipif(not DOCKER.exists(), reason="the stock docker CLI is not installed")
-def test_engine_smoke_writes_table_json_and_chart(tmp_path: Path) -> None:
+def smoke(tmp_path: Path, only: str, timeout: int
+          ) -> tuple[subprocess.CompletedProcess[str], list[dict[str, Any]]]:
+    """``benchmarks engine --smoke --no-docker --only ONLY``: its output and its rows."""
     out = tmp_path / "out"
     res = subprocess.run(
         [sys.executable, "-m", "benchmarks", "engine", "--smoke", "--no-docker",
-         "--only", "api,run,lifecycle,memory", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=180,
+         "--only", only, "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=timeout,
     )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return res, json.loads((out / "engine.json").read_text())["rows"]
+
+
+@pytest.mark.skipif(not DOCKER.exists(), reason="the stock docker CLI is not installed")
+def test_engine_smoke_writes_table_json_and_chart(tmp_path: Path) -> None:
+    res, rows = smoke(tmp_path, "api,run,lifecycle,memory", timeout=180)
+    out = tmp_path / "out"
     data = json.loads((out / "engine.json").read_text())
     assert data["meta"]["mode"] == "smoke"
     assert data["meta"]["cpus"] >= 1
-    rows = data["rows"]
     assert all({"metric", "engine", "value", "unit"} <= row.keys() for row in rows)
     by = {(r["metric"], r["engine"]): r for r in rows}
     median = by[("run --rm true: median", "skiffd")]
@@ -79,15 +87,8 @@ def test_profile_summary_counts_frames(tmp_path: Path) -> None:
 @pytest.mark.skipif(not DOCKER.exists(), reason="the stock docker CLI is not installed")
 def test_userns_workload_rows(tmp_path: Path) -> None:
     """The userns workload (issue 14): its three daemons' rows, structure only."""
-    out = tmp_path / "out"
-    res = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "engine", "--smoke", "--no-docker",
-         "--only", "userns", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-    )
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    by = {(r["metric"], r["engine"]): r for r in json.loads((out / "engine.json").read_text())
-          ["rows"]}
+    _, rows = smoke(tmp_path, "userns", timeout=600)
+    by = {(r["metric"], r["engine"]): r for r in rows}
     for engine in ("skiffd", "skiffd userns (idmap)", "skiffd userns (chown)"):
         assert by[("userns: run --rm true, 10 layers: median", engine)]["value"] > 0
     slow = by[("userns: create --userns=auto, 10 layers: slowdown vs no remapping",
@@ -98,15 +99,8 @@ def test_userns_workload_rows(tmp_path: Path) -> None:
 @pytest.mark.skipif(not DOCKER.exists(), reason="the stock docker CLI is not installed")
 def test_build_workload_rows(tmp_path: Path) -> None:
     """The build workload (issue 16): its rows, structure only."""
-    out = tmp_path / "out"
-    res = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "engine", "--smoke", "--no-docker",
-         "--only", "build", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-    )
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    by = {(r["metric"], r["engine"]): r for r in json.loads((out / "engine.json").read_text())
-          ["rows"]}
+    res, rows = smoke(tmp_path, "build", timeout=600)
+    by = {(r["metric"], r["engine"]): r for r in rows}
     for metric in ("build_cold: FROM + 3 steps, --no-cache",
                    "build_warm: FROM + 3 steps, all cached",
                    "build_parallel: 2 independent stages + final, --no-cache",
@@ -119,15 +113,8 @@ def test_build_workload_rows(tmp_path: Path) -> None:
 @pytest.mark.skipif(not DOCKER.exists(), reason="the stock docker CLI is not installed")
 def test_scale_rows(tmp_path: Path) -> None:
     """The scale extra (issue 22): its rows, structure only."""
-    out = tmp_path / "out"
-    res = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "engine", "--smoke", "--no-docker",
-         "--only", "scale", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-    )
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    by = {(r["metric"], r["engine"]): r for r in json.loads((out / "engine.json").read_text())
-          ["rows"]}
+    _, rows = smoke(tmp_path, "scale", timeout=600)
+    by = {(r["metric"], r["engine"]): r for r in rows}
     for metric, unit in (("scale: run --rm true with 0 idle running, median", "s"),
                          ("scale: run --rm true with 2 idle running, median", "s"),
                          ("scale: engine PSS with 2 idle", "MB"),
@@ -144,14 +131,8 @@ def test_scale_rows(tmp_path: Path) -> None:
 def test_budget_rows(tmp_path: Path) -> None:
     """The start path's budget (issue 22): spans from the daemon, the shim and the
     init land under the client's phases; structure only."""
-    out = tmp_path / "out"
-    res = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "engine", "--smoke", "--no-docker",
-         "--only", "budget", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    by = {r["metric"]: r for r in json.loads((out / "engine.json").read_text())["rows"]}
+    _, rows = smoke(tmp_path, "budget", timeout=300)
+    by = {r["metric"]: r for r in rows}
     for metric in ("budget: API create: create: init + rw layers",
                    "budget: API start: start: runtime.prepare (fork server, shim, init "
                    "builds the rootfs)",
@@ -162,22 +143,15 @@ def test_budget_rows(tmp_path: Path) -> None:
         row = by.get(metric)
         assert row is not None, (metric, sorted(by))
         assert row["unit"] == "s" and row["value"] > 0 and row["count"] == 3
-    table = (out / "budget.md").read_text()
+    table = (tmp_path / "out" / "budget.md").read_text()
     assert table.startswith("| phase | span | at (ms) | ms (median) | where |")
 
 
 @pytest.mark.skipif(not DOCKER.exists(), reason="the stock docker CLI is not installed")
 def test_tc_workload_rows(tmp_path: Path) -> None:
     """The tc extra (issue 20): its rows, structure only."""
-    out = tmp_path / "out"
-    res = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "engine", "--smoke", "--no-docker",
-         "--only", "tc", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-    )
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    by = {(r["metric"], r["engine"]): r for r in json.loads((out / "engine.json").read_text())
-          ["rows"]}
+    _, rows = smoke(tmp_path, "tc", timeout=600)
+    by = {(r["metric"], r["engine"]): r for r in rows}
     assert by[("tc: throughput on a user bridge, no limit", "skiffd")]["value"] > 10
     for direction in ("egress", "ingress"):
         for rate in ("1mbit", "10mbit", "100mbit"):
@@ -191,14 +165,8 @@ def test_tc_workload_rows(tmp_path: Path) -> None:
 @pytest.mark.skipif(shutil.which("etcd") is None, reason="etcd is not installed")
 def test_overlay_workload_rows(tmp_path: Path) -> None:
     """The overlay extra (issue 19): its rows, structure only."""
-    out = tmp_path / "out"
-    res = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "engine", "--smoke", "--no-docker",
-         "--only", "overlay", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-    )
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    by = {r["metric"]: r for r in json.loads((out / "engine.json").read_text())["rows"]}
+    _, rows = smoke(tmp_path, "overlay", timeout=600)
+    by = {r["metric"]: r for r in rows}
     for kind in ("bridge, one host", "overlay, two hosts"):
         assert by[f"overlay: {kind}: ping round trip, median"]["value"] > 0
         assert by[f"overlay: {kind}: throughput"]["value"] > 1
@@ -208,16 +176,9 @@ def test_overlay_workload_rows(tmp_path: Path) -> None:
 @pytest.mark.skipif(not DOCKER.exists(), reason="the stock docker CLI is not installed")
 def test_logs_workload_rows(tmp_path: Path) -> None:
     """The logs rows (issue 18), per driver: structure only (numbers need a quiet machine)."""
-    out = tmp_path / "out"
-    res = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "engine", "--smoke", "--no-docker",
-         "--only", "logs", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    res, rows = smoke(tmp_path, "logs", timeout=300)
     assert "failed" not in res.stdout, res.stdout[-3000:]  # a row that failed is only logged
-    by = {(r["metric"], r["engine"]): r for r in json.loads((out / "engine.json").read_text())
-          ["rows"]}
+    by = {(r["metric"], r["engine"]): r for r in rows}
     for prefix in ("logs: ", "logs (local): "):
         assert by[(prefix + "2_000 lines, docker logs reads all", "skiffd")]["unit"] == "s"
         assert by[(prefix + "docker logs --tail 10 of a 2 MB log", "skiffd")]["value"] > 0
@@ -227,15 +188,8 @@ def test_logs_workload_rows(tmp_path: Path) -> None:
 @pytest.mark.skipif(not DOCKER.exists(), reason="the stock docker CLI is not installed")
 def test_daemonstart_rows(tmp_path: Path) -> None:
     """The daemon-start extra: a restart timed to its first /_ping, and the split."""
-    out = tmp_path / "out"
-    res = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "engine", "--smoke", "--no-docker",
-         "--only", "daemonstart", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    by = {(r["metric"], r["engine"]): r for r in json.loads((out / "engine.json").read_text())
-          ["rows"]}
+    res, rows = smoke(tmp_path, "daemonstart", timeout=300)
+    by = {(r["metric"], r["engine"]): r for r in rows}
     start = by.get(("skiffd start to first /_ping (dockerd: its own start)", "skiffd"))
     assert start is not None, (sorted(by), res.stdout[-2000:])
     assert start["unit"] == "s" and 0 < start["value"] < 30 and len(start["samples"]) == 1
