@@ -149,17 +149,11 @@ class ContainerLayers:
             if key is not None:
                 write_synced(os.path.join(tmp, "mapped"), key)
             fsync_dir(tmp)
-            init_tar: IO[bytes] = io.BytesIO(init_layer.init_tar(init_files))
-            if key is not None and chowned is not None:
-                if parent is not None:
-                    parent_cache = self._copies.acquire(key, parent, chowned)
-                    copied = True
-                init_tar = self._shifted(init_tar, chowned)
+            if key is not None and chowned is not None and parent is not None:
+                parent_cache = self._copies.acquire(key, parent, chowned)
+                copied = True
             self.driver.create(init_id, parent_cache)
-            try:
-                self.driver.apply_diff(init_id, parent_cache, init_tar)
-            finally:
-                init_tar.close()
+            self._fill_init(init_id, parent_cache, init_files, chowned)
             self.driver.create_rw(mount_id, init_id, dict(storage_opts or {}))
             if chowned is not None:
                 # the root directory is no entry of any tar: give it the container's root
@@ -187,6 +181,24 @@ class ContainerLayers:
             raise
         log.info("layer.rw_created", container=container_id, mount_id=mount_id, parent=parent)
         return init_id, mount_id
+
+    def _fill_init(self, init_id: str, parent_cache: str | None,
+                   init_files: Mapping[str, bytes] | None, chowned: IdMap | None) -> None:
+        """The init layer's few entries: written directly where the driver
+        offers ``apply_files`` (contract 2.17), else as a tar through ``apply_diff``."""
+        apply_files = getattr(self.driver, "apply_files", None)
+        if apply_files is not None:
+            owner = (chowned.root_uid, chowned.root_gid) if chowned is not None else None
+            apply_files(init_id, parent_cache,
+                        lambda fd: init_layer.write_into(fd, init_files, owner))
+            return
+        init_tar: IO[bytes] = io.BytesIO(init_layer.init_tar(init_files))
+        if chowned is not None:
+            init_tar = self._shifted(init_tar, chowned)
+        try:
+            self.driver.apply_diff(init_id, parent_cache, init_tar)
+        finally:
+            init_tar.close()
 
     def get(self, container_id: str) -> RWLayer:
         """The container's RW layer record; ``LayerNotFound`` if it has none."""
