@@ -29,6 +29,7 @@ from skiff.core.images import init_layer
 from skiff.core.images.errors import ImageConflict, LayerNotFound
 from skiff.core.images.layer_copies import ChownedCopies
 from skiff.core.images.metafiles import MetaDirs, read_meta, write_synced
+from skiff.core.images.trash import Trash
 from skiff.core.userns import IdMap
 
 if TYPE_CHECKING:
@@ -77,6 +78,7 @@ class ContainerLayers:
         copies: ChownedCopies,
         dirs: MetaDirs,
         shifted: Callable[[IO[bytes], IdMap], IO[bytes]],
+        trash: Trash,
     ) -> None:
         self.root = root
         self.driver = driver
@@ -85,6 +87,7 @@ class ContainerLayers:
         self._copies = copies
         self._dirs = dirs
         self._shifted = shifted
+        self._trash = trash
         self._mounts: dict[str, RWLayer] = {}
         self._creating: set[str] = set()
         os.makedirs(root, mode=0o700, exist_ok=True)
@@ -214,13 +217,22 @@ class ContainerLayers:
         with self._lock:
             return list(self._mounts.values())
 
-    def remove(self, container_id: str) -> None:
-        """Remove a container's RW and init layers and release the image layer."""
+    def remove(self, container_id: str, defer: bool = False) -> None:
+        """Remove a container's RW and init layers and release the image layer.
+
+        ``defer``: the driver layers go on the trash's worker (``trash``),
+        after this returns; the container's layers are gone for every caller
+        at once all the same.  Not for layers on chowned copies: the copy
+        below may go with this release, and must not before its child.
+        """
         with self._lock:
             rw = self.get(container_id)
             del self._mounts[container_id]
             path = self._dirs.retire(os.path.join(self.root, container_id))
-        self._dirs.discard(path)
+        if defer and not rw.mapped:
+            self._trash.put(path)
+        else:
+            self._dirs.discard(path)
         if rw.mapped and rw.parent is not None and self._copies.has(rw.mapped, rw.parent):
             self._copies.release(rw.mapped, rw.parent)
         if rw.parent is not None and self._layers.exists(rw.parent):
