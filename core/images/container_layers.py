@@ -151,7 +151,12 @@ class ContainerLayers:
                 write_synced(os.path.join(tmp, "parent"), parent)
             if key is not None:
                 write_synced(os.path.join(tmp, "mapped"), key)
-            fsync_dir(tmp)
+            # No fsync of tmp itself: each file's fsync made its new name
+            # durable too on the journalling filesystems a data-root lives on
+            # (ext4, xfs and btrfs commit a file's creation with the file),
+            # and the directory's own entry is made durable by the fsync of
+            # mounts/ after the rename below.  After a power cut the intent
+            # is whole or, with nothing named, was never acted on.
             if key is not None and chowned is not None and parent is not None:
                 parent_cache = self._copies.acquire(key, parent, chowned)
                 copied = True
@@ -228,7 +233,12 @@ class ContainerLayers:
         with self._lock:
             rw = self.get(container_id)
             del self._mounts[container_id]
-            path = self._dirs.retire(os.path.join(self.root, container_id))
+            # not durable: a rename the power cut undoes puts the layers back
+            # under a container whose record says "removing" (finished at the
+            # next start), auto-removes (removed then too) or is gone (its
+            # layers are an orphan reconciliation removes): rm is all or
+            # nothing either way, so its fsync bought nothing
+            path = self._dirs.retire(os.path.join(self.root, container_id), durable=False)
         if defer and not rw.mapped:
             self._trash.put(path)
         else:

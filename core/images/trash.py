@@ -4,7 +4,7 @@ layers it names.
 
 Crash safety comes from where the work sits, not from the worker: a retired
 metadata directory is already under the layer database's ``tmp/`` (renamed
-there atomically and fsynced, ``MetaDirs.retire``), and the store's start-up
+there atomically, ``MetaDirs.retire``), and the store's start-up
 discards everything under ``tmp/`` with the driver layers it names
 (``MetaDirs.clean``) before the API serves.  So a daemon that dies with work
 queued leaves what a crash inside an inline removal always left: debris the
