@@ -44,6 +44,7 @@ from skiff.core.images.layers import LayerStore, chain_id, chain_ids
 from skiff.core.images.records import ZERO_CONTAINER_CONFIG, encode_config
 from skiff.core.images.store import ImageStore
 from skiff.core.plugins import load_plugins
+from skiff.core.userns import IdMap
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="storage drivers need root")
 
@@ -770,6 +771,27 @@ def test_container_rw_layers(env: Env) -> None:
     assert env.driver_layers() == before
     with pytest.raises(LayerNotFound):
         env2.layers.remove_rw(cid)
+
+
+def test_a_remapped_containers_init_layer_is_its_roots(env: Env) -> None:
+    """On chowned copies (userns without idmapped mounts) every entry of the init
+    layer belongs to the container's root on the host, written directly
+    (overlay2) or through the shifted tar (vfs) alike."""
+    create_image(env, [BASE], "app:1")
+    top = env.images.get("app:1").top_layer
+    assert top is not None
+    idmap = IdMap(uids=((0, 231072, 65536),), gids=((0, 231072, 65536),))
+    cid = secrets.token_hex(32)
+    _, mount_id = env.layers.create_rw(cid, top, {}, None, idmap)
+    root = env.driver.get(mount_id)
+    try:
+        for path in ("etc", "etc/hostname", "etc/hosts", "etc/resolv.conf", "etc/mtab", "dev",
+                     "dev/pts", "dev/shm", "dev/console", "proc", "sys", ".dockerenv"):
+            st = os.lstat(os.path.join(root, path))
+            assert (st.st_uid, st.st_gid) == (231072, 231072), path
+    finally:
+        env.driver.put(mount_id)
+    env.layers.remove_rw(cid)
 
 
 def test_deferred_rw_removal_answers_first_and_leaves_nothing(env: Env) -> None:
