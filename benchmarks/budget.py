@@ -52,6 +52,7 @@ TARGETS: dict[str, str] = {
     "skiff.core.containers.mounts:realize": "create: volumes (mounts.realize)",
     "skiff.core.containers.etcfiles:write_at_create": "create: hostname, hosts, resolv.conf",
     "skiff.core.containers.model:Container.save": "Container.save",
+    "skiff.core.containers.model:Container.save_new": "Container.save_new (create's record)",
     "skiff.core.containers.manager:ContainerManager.start": "start",
     "skiff.core.containers.manager:ContainerManager.start_run": "start: start_run",
     "skiff.core.containers.runspec:SpecBuilder.build": "start: spec (SpecBuilder.build)",
@@ -88,6 +89,7 @@ TARGETS: dict[str, str] = {
 DETAIL: dict[str, str] = {
     "skiff.plugins.storage.overlay2:Overlay2Driver.create": "  overlay2.create",
     "skiff.plugins.storage.overlay2:Overlay2Driver.apply_diff": "  overlay2.apply_diff",
+    "skiff.plugins.storage.overlay2:Overlay2Driver.apply_files": "  overlay2.apply_files",
     "skiff.plugins.storage.overlay2:Overlay2Driver.create_rw": "  overlay2.create_rw",
     "skiff.plugins.storage.overlay2:Overlay2Driver.remove": "  overlay2.remove",
     "skiff.plugins.storage._quota:LoopQuota.destroy": "  LoopQuota.destroy",

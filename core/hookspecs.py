@@ -79,6 +79,16 @@ each container's own ``HostConfig.CgroupParent`` and ``state_dir`` a folder
 for its state; an optional ``CgroupDriver.check_parent(parent)`` says the
 driver places containers under parents of their own (docs/limits.md).
 
+*Files without a tar (2.17).*  A storage driver may offer
+``apply_files(id, parent, write) -> int``: like ``apply_diff`` on a new, empty
+layer, but ``write(fd)`` fills it through ``fd``, an open descriptor of the
+layer's root directory, with ``*at`` calls relative to it (no whiteouts, only
+new entries), and returns the bytes written.  The layer store uses it for a
+container's init layer, a few fixed entries at every create, where building
+and unpacking a tar cost more than the rest of the layer work; a driver
+without it gets the tar through ``apply_diff``.  Optional, not a Protocol
+member.
+
 This module is one piece on purpose, though long: it is the one file a plugin
 author reads, so every hook, Protocol and record a driver sees is here, with
 the promises each side makes, and nothing else is (the daemon's own code
@@ -114,7 +124,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 #: accepts any minor of the same major (see ``skiff.core.plugins``).  Major 1
 #: is the contract before versions, when network options and endpoint data
 #: crossed it as dicts; 2 made them records.
-CONTRACT_VERSION = "2.14"
+CONTRACT_VERSION = "2.17"
 #: the contract of a plugin that declares none: it was written before versions
 UNDECLARED_CONTRACT = "1.0"
 #: the module attribute holding a plugin's declared contract version

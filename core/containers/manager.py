@@ -675,7 +675,10 @@ class ContainerManager:
             c.save()
         self.plugins.hook.skiff_container_remove(container=c)
         try:
-            await self.to_thread(self.layers.remove_rw, c.id)
+            # the driver's removal of both layers (half of an exit+rm) follows
+            # the answer, on the layer store's trash worker: the metadata is
+            # retired first, so a crash leaves it to the next start's clean-up
+            await self.to_thread(self.layers.remove_rw, c.id, True)
         except LayerNotFound:
             pass  # an earlier rm, cut by a crash, removed it already
         except Exception:

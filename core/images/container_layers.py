@@ -29,6 +29,7 @@ from skiff.core.images import init_layer
 from skiff.core.images.errors import ImageConflict, LayerNotFound
 from skiff.core.images.layer_copies import ChownedCopies
 from skiff.core.images.metafiles import MetaDirs, read_meta, write_synced
+from skiff.core.images.trash import Trash
 from skiff.core.userns import IdMap
 
 if TYPE_CHECKING:
@@ -77,6 +78,7 @@ class ContainerLayers:
         copies: ChownedCopies,
         dirs: MetaDirs,
         shifted: Callable[[IO[bytes], IdMap], IO[bytes]],
+        trash: Trash,
     ) -> None:
         self.root = root
         self.driver = driver
@@ -85,6 +87,7 @@ class ContainerLayers:
         self._copies = copies
         self._dirs = dirs
         self._shifted = shifted
+        self._trash = trash
         self._mounts: dict[str, RWLayer] = {}
         self._creating: set[str] = set()
         os.makedirs(root, mode=0o700, exist_ok=True)
@@ -148,18 +151,17 @@ class ContainerLayers:
                 write_synced(os.path.join(tmp, "parent"), parent)
             if key is not None:
                 write_synced(os.path.join(tmp, "mapped"), key)
-            fsync_dir(tmp)
-            init_tar: IO[bytes] = io.BytesIO(init_layer.init_tar(init_files))
-            if key is not None and chowned is not None:
-                if parent is not None:
-                    parent_cache = self._copies.acquire(key, parent, chowned)
-                    copied = True
-                init_tar = self._shifted(init_tar, chowned)
+            # No fsync of tmp itself: each file's fsync made its new name
+            # durable too on the journalling filesystems a data-root lives on
+            # (ext4, xfs and btrfs commit a file's creation with the file),
+            # and the directory's own entry is made durable by the fsync of
+            # mounts/ after the rename below.  After a power cut the intent
+            # is whole or, with nothing named, was never acted on.
+            if key is not None and chowned is not None and parent is not None:
+                parent_cache = self._copies.acquire(key, parent, chowned)
+                copied = True
             self.driver.create(init_id, parent_cache)
-            try:
-                self.driver.apply_diff(init_id, parent_cache, init_tar)
-            finally:
-                init_tar.close()
+            self._fill_init(init_id, parent_cache, init_files, chowned)
             self.driver.create_rw(mount_id, init_id, dict(storage_opts or {}))
             if chowned is not None:
                 # the root directory is no entry of any tar: give it the container's root
@@ -188,6 +190,24 @@ class ContainerLayers:
         log.info("layer.rw_created", container=container_id, mount_id=mount_id, parent=parent)
         return init_id, mount_id
 
+    def _fill_init(self, init_id: str, parent_cache: str | None,
+                   init_files: Mapping[str, bytes] | None, chowned: IdMap | None) -> None:
+        """The init layer's few entries: written directly where the driver
+        offers ``apply_files`` (contract 2.17), else as a tar through ``apply_diff``."""
+        apply_files = getattr(self.driver, "apply_files", None)
+        if apply_files is not None:
+            owner = (chowned.root_uid, chowned.root_gid) if chowned is not None else None
+            apply_files(init_id, parent_cache,
+                        lambda fd: init_layer.write_into(fd, init_files, owner))
+            return
+        init_tar: IO[bytes] = io.BytesIO(init_layer.init_tar(init_files))
+        if chowned is not None:
+            init_tar = self._shifted(init_tar, chowned)
+        try:
+            self.driver.apply_diff(init_id, parent_cache, init_tar)
+        finally:
+            init_tar.close()
+
     def get(self, container_id: str) -> RWLayer:
         """The container's RW layer record; ``LayerNotFound`` if it has none."""
         with self._lock:
@@ -202,13 +222,27 @@ class ContainerLayers:
         with self._lock:
             return list(self._mounts.values())
 
-    def remove(self, container_id: str) -> None:
-        """Remove a container's RW and init layers and release the image layer."""
+    def remove(self, container_id: str, defer: bool = False) -> None:
+        """Remove a container's RW and init layers and release the image layer.
+
+        ``defer``: the driver layers go on the trash's worker (``trash``),
+        after this returns; the container's layers are gone for every caller
+        at once all the same.  Not for layers on chowned copies: the copy
+        below may go with this release, and must not before its child.
+        """
         with self._lock:
             rw = self.get(container_id)
             del self._mounts[container_id]
-            path = self._dirs.retire(os.path.join(self.root, container_id))
-        self._dirs.discard(path)
+            # not durable: a rename the power cut undoes puts the layers back
+            # under a container whose record says "removing" (finished at the
+            # next start), auto-removes (removed then too) or is gone (its
+            # layers are an orphan reconciliation removes): rm is all or
+            # nothing either way, so its fsync bought nothing
+            path = self._dirs.retire(os.path.join(self.root, container_id), durable=False)
+        if defer and not rw.mapped:
+            self._trash.put(path)
+        else:
+            self._dirs.discard(path)
         if rw.mapped and rw.parent is not None and self._copies.has(rw.mapped, rw.parent):
             self._copies.release(rw.mapped, rw.parent)
         if rw.parent is not None and self._layers.exists(rw.parent):

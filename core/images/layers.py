@@ -72,6 +72,7 @@ from skiff.core.images.errors import (
 )
 from skiff.core.images.layer_copies import ChownedCopies
 from skiff.core.images.metafiles import MetaDirs, read_meta, write_synced
+from skiff.core.images.trash import Trash
 from skiff.core.userns import IdMap
 
 log = structlog.get_logger("skiff.images.layers")
@@ -162,12 +163,14 @@ class LayerStore:
         self._layers: dict[str, Layer] = {}
         self._refs: dict[str, int] = {}
         self._dirs = MetaDirs(self._tmp_dir, driver)
+        #: containers' layers removed after ``remove_rw(defer=True)`` returned
+        self.trash = Trash(self._dirs.discard)
         self._copies = ChownedCopies(
             os.path.join(self.root, "mapped"), driver, self.pinned_copies, self._lock,
             self.get, self._shifted, self._dirs.retire, self._dirs.discard)
         self._containers = ContainerLayers(
             os.path.join(self.root, "mounts"), driver, self._lock, self, self._copies,
-            self._dirs, self._shifted)
+            self._dirs, self._shifted, self.trash)
         self._restore()
 
     # -- start-up ------------------------------------------------------------
@@ -302,6 +305,8 @@ class LayerStore:
                 doomed.append((layer, self._dirs.retire(os.path.join(self._layers_dir, hexid))))
                 cur = layer.parent
         # children before parents: a driver may refuse to drop a lower layer still in use
+        if doomed:
+            self.trash.drain()  # containers' layers on it may still be queued
         for layer, path in doomed:
             for key in self.pinned_copies:
                 if self._copies.has(key, layer.chain_id):
@@ -492,9 +497,10 @@ class LayerStore:
     def rw_layers(self) -> list[RWLayer]:
         return self._containers.all()
 
-    def remove_rw(self, container_id: str) -> None:
-        """Remove a container's RW and init layers and release the image layer."""
-        self._containers.remove(container_id)
+    def remove_rw(self, container_id: str, defer: bool = False) -> None:
+        """Remove a container's RW and init layers and release the image layer;
+        ``defer``: the driver's work after the return (``ContainerLayers.remove``)."""
+        self._containers.remove(container_id, defer)
 
     # -- chowned copies ----------------------------------------------------------
 

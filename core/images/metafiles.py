@@ -45,11 +45,16 @@ class MetaDirs:
         """A fresh path under tmp/ (not yet made)."""
         return os.path.join(self.tmp_dir, f"{prefix}-{secrets.token_hex(8)}")
 
-    def retire(self, path: str) -> str:
-        """Move a live metadata dir into tmp/ (fast, atomic); the caller frees it."""
+    def retire(self, path: str, durable: bool = True) -> str:
+        """Move a live metadata dir into tmp/ (fast, atomic); the caller frees it.
+
+        ``durable``: the rename survives a power cut (an image layer's, whose
+        driver layer goes next); a caller whose record makes the removal all
+        or nothing at the next start may pass False."""
         dest = self.new("del")
         os.rename(path, dest)
-        fsync_dir(os.path.dirname(path))
+        if durable:
+            fsync_dir(os.path.dirname(path))
         return dest
 
     def discard(self, path: str) -> None:

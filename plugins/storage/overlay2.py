@@ -33,7 +33,7 @@ import secrets
 import shutil
 import tempfile
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import IO, Literal
 
 from skiff.core import archive, syscalls
@@ -521,6 +521,23 @@ class Overlay2Driver:
             os.mkdir(upper, 0o755)
             os.chmod(upper, 0o755)
             raise
+
+    def apply_files(self, id: str, parent: str | None, write: Callable[[int], int]) -> int:
+        """Contract 2.17: ``write`` fills the new layer's empty diff directory
+        through a descriptor of it (a container's init layer, without a tar)."""
+        path = self._existing(id)
+        self._check_parent(id, path, parent)
+        upper = os.path.join(path, "diff")
+        fd = os.open(upper, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            return write(fd)
+        except BaseException:
+            shutil.rmtree(upper, ignore_errors=True)  # empty again, as apply_diff leaves it
+            os.mkdir(upper, 0o755)
+            os.chmod(upper, 0o755)
+            raise
+        finally:
+            os.close(fd)
 
     def diff(self, id: str, parent: str | None) -> IO[bytes]:
         path = self._existing(id)

@@ -733,6 +733,49 @@ def test_random_stacks_match_model(name: str, data: st.DataObject) -> None:
         assert_same(view(driver, "copy-" + top), sm.expected_listing(layers[-1][3]))
 
 
+def _without_mtimes(listing: dict[str, Any]) -> dict[str, Any]:
+    return {"entries": {p: [*row[:4], None, *row[5:]] for p, row in listing["entries"].items()},
+            "links": listing["links"]}
+
+
+def test_apply_files_makes_the_layer_its_tar_makes(env: tuple[StorageDriver, Path]) -> None:
+    """Contract 2.17: a driver that offers ``apply_files`` (a container's init
+    layer written through a descriptor) gives the same layer as ``apply_diff``
+    of the same entries as a tar, seen on the host, in a container's mounts and
+    by ``changes``; a write that fails leaves the layer empty."""
+    import io
+
+    from skiff.core.images import init_layer
+
+    driver, base = env
+    apply_files = getattr(driver, "apply_files", None)
+    if apply_files is None:
+        pytest.skip(f"{driver.name} has no apply_files (optional)")
+    build_stack(driver)
+    extra = {"etc/extra/file": b"x\n"}
+    driver.create("by-files", "L3")
+    size = apply_files("by-files", "L3", lambda fd: init_layer.write_into(fd, extra))
+    assert size == 2
+    driver.create("by-tar", "L3")
+    driver.apply_diff("by-tar", "L3", io.BytesIO(init_layer.init_tar(extra)))
+    assert_same(_without_mtimes(view(driver, "by-files")), _without_mtimes(view(driver, "by-tar")))
+    driver.create_rw("rw-files", "by-files", {})
+    driver.create_rw("rw-tar", "by-tar", {})
+    assert_same(_without_mtimes(view_in_namespace(driver, "rw-files", base)),
+                _without_mtimes(view_in_namespace(driver, "rw-tar", base)))
+    assert changes(driver, "by-files", "L3") == changes(driver, "by-tar", "L3")
+
+    def half_then_fail(fd: int) -> int:
+        os.mkdir("half", dir_fd=fd)
+        raise OSError("cut short")
+
+    driver.create("broken", "L3")
+    with pytest.raises(OSError, match="cut short"):
+        apply_files("broken", "L3", half_then_fail)
+    assert changes(driver, "broken", "L3") == []
+    assert_same(view(driver, "broken"), view(driver, "L3"))
+
+
 # ---------------------------------------------------------------------------
 # Built-in drivers: what only they promise
 # ---------------------------------------------------------------------------

@@ -44,6 +44,7 @@ from skiff.core.images.layers import LayerStore, chain_id, chain_ids
 from skiff.core.images.records import ZERO_CONTAINER_CONFIG, encode_config
 from skiff.core.images.store import ImageStore
 from skiff.core.plugins import load_plugins
+from skiff.core.userns import IdMap
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="storage drivers need root")
 
@@ -770,6 +771,77 @@ def test_container_rw_layers(env: Env) -> None:
     assert env.driver_layers() == before
     with pytest.raises(LayerNotFound):
         env2.layers.remove_rw(cid)
+
+
+def test_a_remapped_containers_init_layer_is_its_roots(env: Env) -> None:
+    """On chowned copies (userns without idmapped mounts) every entry of the init
+    layer belongs to the container's root on the host, written directly
+    (overlay2) or through the shifted tar (vfs) alike."""
+    create_image(env, [BASE], "app:1")
+    top = env.images.get("app:1").top_layer
+    assert top is not None
+    idmap = IdMap(uids=((0, 231072, 65536),), gids=((0, 231072, 65536),))
+    cid = secrets.token_hex(32)
+    _, mount_id = env.layers.create_rw(cid, top, {}, None, idmap)
+    root = env.driver.get(mount_id)
+    try:
+        for path in ("etc", "etc/hostname", "etc/hosts", "etc/resolv.conf", "etc/mtab", "dev",
+                     "dev/pts", "dev/shm", "dev/console", "proc", "sys", ".dockerenv"):
+            st = os.lstat(os.path.join(root, path))
+            assert (st.st_uid, st.st_gid) == (231072, 231072), path
+    finally:
+        env.driver.put(mount_id)
+    env.layers.remove_rw(cid)
+
+
+def test_deferred_rw_removal_answers_first_and_leaves_nothing(env: Env) -> None:
+    """``remove_rw(defer=True)`` (docker rm): the container's layers are gone for
+    every caller at once, the driver's files once the trash is drained; an rmi
+    right after waits for them (children before parents) and leaves the
+    driver as it was before the image."""
+    before_image = env.driver_layers()
+    create_image(env, [BASE, TOP], "app:1")
+    top = env.images.get("app:1").top_layer
+    assert top is not None
+    with_image = env.driver_layers()
+    tmp = Path(env.root, "image", env.name, "layerdb", "tmp")
+    cids = [secrets.token_hex(32) for _ in range(3)]
+    ids = [env.layers.create_rw(cid, top, {}) for cid in cids]
+    for cid in cids:
+        env.layers.remove_rw(cid, defer=True)
+        with pytest.raises(LayerNotFound):
+            env.layers.rw_layer(cid)
+    assert env.layers.refcount(top) == 1  # released at once: rmi sees no holder
+    assert env.layers.trash.drain(30)
+    for init_id, mount_id in ids:
+        assert not env.driver.exists(init_id) and not env.driver.exists(mount_id)
+    assert env.driver_layers() == with_image and os.listdir(tmp) == []
+    cid = secrets.token_hex(32)
+    env.layers.create_rw(cid, top, {})
+    env.layers.remove_rw(cid, defer=True)
+    env.images.delete("app:1", force=False, prune=True)
+    assert env.layers.trash.pending() == 0  # the release drained it first
+    assert env.driver_layers() == before_image and os.listdir(tmp) == []
+
+
+def test_deferred_rw_removal_cut_by_a_crash_is_finished_at_start(env: Env) -> None:
+    """A daemon that dies with removals queued leaves retired metadata under
+    layerdb/tmp naming the driver layers; the next store's start-up frees them."""
+    create_image(env, [BASE], "app:1")
+    top = env.images.get("app:1").top_layer
+    assert top is not None
+    before = env.driver_layers()
+    cid = secrets.token_hex(32)
+    init_id, mount_id = env.layers.create_rw(cid, top, {})
+    queued: list[str] = []
+    env.layers.trash.put = queued.append  # type: ignore[method-assign]  # the worker never ran
+    env.layers.remove_rw(cid, defer=True)
+    assert len(queued) == 1 and env.driver.exists(mount_id) and env.driver.exists(init_id)
+    env2 = env.reopen()
+    assert not env.driver.exists(mount_id) and not env.driver.exists(init_id)
+    assert not os.path.exists(queued[0])
+    assert env.driver_layers() == before
+    assert env2.layers.refcount(top) == 1
 
 
 def test_container_rw_layer_failure_leaves_nothing(env: Env) -> None:
