@@ -155,7 +155,7 @@ def _state(c: Container) -> pb.PodSandboxState:
 
 def _ip(c: Container) -> str:
     # a copy of the values first: the loop may join or leave a network meanwhile
-    for net in list(c.networks.values()):
+    for net in list((c.networks or {}).values()):
         ip = net.get("IPAddress")
         if ip:
             return str(ip)
