@@ -211,8 +211,9 @@ def critest_benchmark(tools: Path, endpoint: str, listing: list[str], mode: str,
 def measure(mode: str, scratch: Path, log: Log, baseline: str | None = None,
             rounds: int = 1) -> list[Row]:
     """critest -benchmark against each runtime in turn, ``rounds`` times
-    (A B C A B C ...: a load that comes and goes weighs on each alike); the
-    median of every sample of an operation.  ``baseline``: the Python of
+    (A B C, B C A, C A B ...: a load that comes and goes, and the first place
+    of a round, weigh on each alike); the median of every sample of an
+    operation.  ``baseline``: the Python of
     another skiff checkout, a second skiffd (column ``baseline``)."""
     from tests.registry import REGISTRY, running_registry
 
@@ -245,7 +246,10 @@ def measure(mode: str, scratch: Path, log: Log, baseline: str | None = None,
             listing = fill_registry(skiffd, reg.host, scratch)
             took: dict[str, dict[str, list[float]]] = {}
             for i in range(rounds):
-                for engine, endpoint in runtimes:
+                # each round starts with the next runtime: the first of a round runs
+                # slower (what the previous one left settling), so each takes its turn
+                shift = i % len(runtimes)
+                for engine, endpoint in runtimes[shift:] + runtimes[:shift]:
                     if engine is not skiffd:
                         engine.start()
                     log(f"  critest -benchmark against {engine.name} ({i + 1}/{rounds})")
