@@ -1,9 +1,11 @@
 """``critest -benchmark`` against skiffd's CRI and Debian's containerd 1.6, side
 by side on this machine (docs/benchmarks.md, docs/cri.md).
 
-An extra of ``python -m benchmarks engine`` (``--only cri``), or alone:
-``python -m benchmarks.cri [--out DIR]`` (as root; it enters a network and
-mount namespace of its own, as the harness does).  Both runtimes run private:
+An extra of ``python -m benchmarks engine`` (``--only cri``; with
+``--baseline`` the other checkout's skiffd is measured too), or alone:
+``python -m benchmarks.cri [--baseline PYTHON] [--rounds N] [--smoke]`` (as
+root; it enters a network and mount namespace of its own, as the harness
+does).  Both runtimes run private:
 their own folders, sockets and cgroups, inside the harness's namespaces;
 containerd with its CRI plugin, its network namespaces under its state
 folder, CNI's bridge and host-local (IPAM state in its folder too), and every
@@ -17,6 +19,7 @@ pulls, image listing); per operation the median in seconds.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -205,7 +208,13 @@ def critest_benchmark(tools: Path, endpoint: str, listing: list[str], mode: str,
     return took
 
 
-def measure(mode: str, scratch: Path, log: Log) -> list[Row]:
+def measure(mode: str, scratch: Path, log: Log, baseline: str | None = None,
+            rounds: int = 1) -> list[Row]:
+    """critest -benchmark against each runtime in turn, ``rounds`` times
+    (A B C, B C A, C A B ...: a load that comes and goes, and the first place
+    of a round, weigh on each alike); the median of every sample of an
+    operation.  ``baseline``: the Python of
+    another skiff checkout, a second skiffd (column ``baseline``)."""
     from tests.registry import REGISTRY, running_registry
 
     if not (TOOLS / "critest.xz").exists() or not os.path.exists(REGISTRY):
@@ -219,6 +228,12 @@ def measure(mode: str, scratch: Path, log: Log) -> list[Row]:
             "cri": str(scratch / "skiffd" / "cri.sock"),
             "registry-domain-mirrors": {"registry.k8s.io": [f"http://{reg.host}"]}})
         runtimes: list[tuple[Engine, str]] = [(skiffd, "unix://" + str(skiffd.config["cri"]))]
+        if baseline:
+            # its own bridge and subnet: two daemons on one bridge would clash
+            base = Skiffd(scratch / "baseline", name="baseline", python=baseline, config={
+                **skiffd.config, "cri": str(scratch / "baseline" / "cri.sock"),
+                "bridge": "skiffbase0", "bip": "172.31.254.1/24"})
+            runtimes.append((base, "unix://" + str(base.config["cri"])))
         containerd = Containerd(scratch / "containerd", reg.host)
         if Containerd.available():
             runtimes.append((containerd, "unix://" + containerd.socket))
@@ -229,17 +244,34 @@ def measure(mode: str, scratch: Path, log: Log) -> list[Row]:
             skiffd.start()
             skiffd.bootstrap_busybox()
             listing = fill_registry(skiffd, reg.host, scratch)
-            for engine, endpoint in runtimes:
-                if engine is not skiffd:
-                    engine.start()
-                log(f"  critest -benchmark against {engine.name}")
-                took = critest_benchmark(tools, endpoint, listing, mode, scratch)
-                for op, samples in took.items():
+            took: dict[str, dict[str, list[float]]] = {}
+            for i in range(rounds):
+                # each round starts with the next runtime: the first of a round runs
+                # slower (what the previous one left settling), so each takes its turn
+                shift = i % len(runtimes)
+                for engine, endpoint in runtimes[shift:] + runtimes[:shift]:
+                    if engine is not skiffd:
+                        engine.start()
+                    log(f"  critest -benchmark against {engine.name} ({i + 1}/{rounds})")
+                    try:
+                        for op, samples in critest_benchmark(tools, endpoint, listing, mode,
+                                                             scratch).items():
+                            took.setdefault(engine.name, {}).setdefault(op, []).extend(samples)
+                    except EngineError as exc:
+                        # critest itself trips now and then on a loaded machine (ginkgo's
+                        # "By outside of a running spec"): one round lost, not the run
+                        if rounds == 1:
+                            raise
+                        log(f"  round {i + 1} against {engine.name} failed, left out: "
+                            f"{str(exc)[-300:]}")
+                    if engine is not skiffd:
+                        engine.stop()
+            for name, ops in took.items():
+                for op, samples in ops.items():
                     samples.sort()
-                    rows.append({"metric": f"CRI {op} (median)", "engine": engine.name,
-                                 "value": samples[len(samples) // 2], "unit": "s"})
-                if engine is not skiffd:
-                    engine.stop()
+                    rows.append({"metric": f"CRI {op} (median)", "engine": name,
+                                 "value": samples[len(samples) // 2], "unit": "s",
+                                 "samples": len(samples)})
         finally:
             for engine, _ in runtimes:
                 with contextlib.suppress(Exception):
@@ -249,23 +281,36 @@ def measure(mode: str, scratch: Path, log: Log) -> list[Row]:
 
 def engine_rows(ctx: Any) -> list[Row]:
     """Extra rows for ``python -m benchmarks engine`` (``--only cri``)."""
+    # the run's --baseline skiffd, if any, gets its critest run too
+    baseline = next((e.python for e in ctx.engines
+                     if isinstance(e, Skiffd) and e.name == "baseline"), None)
     scratch = Path(tempfile.mkdtemp(prefix="skiff-bench-cri-"))
     try:
-        return measure(ctx.mode, scratch, ctx.log)
+        return measure(ctx.mode, scratch, ctx.log, baseline)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
 def main() -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.cri", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--smoke", action="store_true",
+                   help="tiny counts: checks the harness works, measures nothing")
+    p.add_argument("--baseline", metavar="PYTHON",
+                   help="also run the skiffd of another checkout, by its venv's python "
+                        "(engine 'baseline'): a change before and after, in one run")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="critest runs per runtime, interleaved (default 1)")
+    args = p.parse_args()
     if os.environ.get("SKIFF_BENCH_IN_NS") != "1":
         os.environ["SKIFF_BENCH_IN_NS"] = "1"
         os.execvp("unshare", ["unshare", "--net", "--mount", "--propagation", "private", "--",
                               sys.executable, "-m", "benchmarks.cri", *sys.argv[1:]])
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
-    mode = "smoke" if "--smoke" in sys.argv else "full"
     scratch = Path(tempfile.mkdtemp(prefix="skiff-bench-cri-"))
     try:
-        rows = measure(mode, scratch, print)
+        rows = measure("smoke" if args.smoke else "full", scratch, print, args.baseline,
+                       max(args.rounds, 1))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     print(json.dumps(rows, indent=1))

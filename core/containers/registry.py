@@ -84,7 +84,9 @@ class ContainerRegistry:
         raise NotFound(f"No such container: {ref}")
 
     def using_image(self, image_id: str) -> list[Container]:
-        return [c for c in self.by_id.values() if c.image_id == image_id]
+        # called from a worker thread (rmi's in-use check) while the loop adds
+        # and drops containers: a copy first, one operation under the GIL
+        return [c for c in list(self.by_id.values()) if c.image_id == image_id]
 
     def counts(self) -> tuple[int, int, int, int]:
         running = sum(1 for c in self.by_id.values() if c.state.Running and not c.state.Paused)

@@ -59,6 +59,12 @@ class TrioBridge:
         with self._lock:
             return len(self._scopes)
 
+    @property
+    def closed(self) -> bool:
+        """The daemon is shutting down: no call is taken any more."""
+        with self._lock:
+            return self._closed
+
     def call(self, fn: Callable[..., Awaitable[T]], *args: Any,
              on_done: Callable[[Callable[[], None]], object] | None = None) -> T:
         """``await fn(*args)`` on the trio loop; called from a gRPC thread.

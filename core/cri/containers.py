@@ -29,6 +29,7 @@ from skiff.core.containers.resources import merge_update
 from skiff.core.cri.filters import chosen
 from skiff.core.cri.logs import CriLogs
 from skiff.core.cri.namespace import NAMESPACE, NAMESPACE_LABEL
+from skiff.core.cri.records import parsed
 from skiff.core.cri.runtime_v1 import api_pb2 as pb
 from skiff.core.cri.sandboxes import KIND_LABEL, record_of
 from skiff.core.cri.security import seccomp_opts
@@ -38,7 +39,7 @@ from skiff.core.hookspecs import StartError
 from skiff.core.timefmt import parse_rfc3339
 
 if TYPE_CHECKING:
-    from skiff.core.containers.model import Container
+    from skiff.core.containers.model import Container, State
     from skiff.core.engine import Engine
 
 RECORD_LABEL = "io.skiff.cri.container"
@@ -233,20 +234,22 @@ def container_name(config: pb.ContainerConfig, sandbox_record: dict[str, Any]) -
 
 
 def container_record(c: Container) -> dict[str, Any] | None:
+    """The CRI's record of container ``c`` (shared: never change it), None
+    when ``c`` is none of the CRI's containers."""
     labels = c.config.get("Labels") or {}
     if labels.get(KIND_LABEL) != "container" or NAMESPACE_LABEL not in labels:
         return None
-    try:
-        record = json.loads(labels.get(RECORD_LABEL, ""))
-    except ValueError:
-        return None
-    return record if isinstance(record, dict) else None
+    return parsed(str(labels.get(RECORD_LABEL, "")))
 
 
 def _state(c: Container) -> pb.ContainerState:
-    if c.state.Running or c.state.Paused or c.state.Restarting:
+    return _state_of(c.state)
+
+
+def _state_of(st: State) -> pb.ContainerState:
+    if st.Running or st.Paused or st.Restarting:
         return pb.CONTAINER_RUNNING
-    if c.state.Status == "created":
+    if st.Status == "created":
         return pb.CONTAINER_CREATED
     return pb.CONTAINER_EXITED
 
@@ -288,6 +291,10 @@ class Containers:
     def _find(self, ref: str) -> tuple[Container, dict[str, Any]] | None:
         if not ref:
             raise InvalidParameter("the container ID is empty")
+        c = self.engine.containers.by_id.get(ref)  # kubelet's: the full ID
+        if c is not None:
+            record = container_record(c)
+            return (c, record) if record is not None else None
         found = [(c, r) for c, r in self.all() if c.id.startswith(ref)]
         if len(found) > 1:
             raise InvalidParameter(f"container ID {ref!r} is ambiguous")
@@ -380,58 +387,63 @@ class Containers:
         self.calls.run(context, "RemoveContainer", work)
         return pb.RemoveContainerResponse()
 
-    def _message(self, c: Container, record: dict[str, Any]) -> pb.Container:
+    def _message(self, c: Container, record: dict[str, Any], state: pb.ContainerState
+                 ) -> pb.Container:
         return pb.Container(
             id=c.id, pod_sandbox_id=record.get("sandbox", ""), metadata=_metadata(record),
             image=pb.ImageSpec(image=record.get("image", "")), image_ref=c.image_id,
-            image_id=c.image_id, state=_state(c), created_at=int(record.get("created", 0)),
+            image_id=c.image_id, state=state, created_at=int(record.get("created", 0)),
             labels=record.get("labels") or {}, annotations=record.get("annotations") or {})
 
     def list(self, request: pb.ListContainersRequest, context: grpc.ServicerContext
              ) -> pb.ListContainersResponse:
         flt = request.filter if request.HasField("filter") else None
 
-        async def work() -> list[pb.Container]:
+        # on gRPC's thread (Calls.read): safe off the loop, see sandboxes.Sandboxes
+        def work() -> list[pb.Container]:
             out = []
             for c, record in sorted(self.all(), key=lambda x: x[0].created):
-                if chosen(c.id, record, flt, _state(c)):
-                    out.append(self._message(c, record))
+                state = _state(c)
+                if chosen(c.id, record, flt, state):
+                    out.append(self._message(c, record, state))
             return out
 
-        return pb.ListContainersResponse(containers=self.calls.run(context, "ListContainers",
-                                                                   work))
+        return pb.ListContainersResponse(containers=self.calls.read(context, "ListContainers",
+                                                                    work))
 
     def status(self, request: pb.ContainerStatusRequest, context: grpc.ServicerContext
                ) -> pb.ContainerStatusResponse:
-        async def work() -> pb.ContainerStatusResponse:
+        # on gRPC's thread (Calls.read): safe off the loop, see sandboxes.Sandboxes
+        def work() -> pb.ContainerStatusResponse:
             found = self._find(request.container_id)
             if found is None:
                 raise NotFound(f"container {request.container_id!r} not found")
             c, record = found
-            state = _state(c)
+            st = c.state  # one State: the loop replaces it whole at start and exit
+            state = _state_of(st)
             reason = ""
             if state == pb.CONTAINER_EXITED:
-                reason = ("OOMKilled" if c.state.OOMKilled
-                          else "Completed" if c.state.ExitCode == 0 else "Error")
+                reason = ("OOMKilled" if st.OOMKilled
+                          else "Completed" if st.ExitCode == 0 else "Error")
             status = pb.ContainerStatus(
                 id=c.id, metadata=_metadata(record), state=state,
                 created_at=int(record.get("created", 0)),
-                started_at=_ns(c.state.StartedAt) if state != pb.CONTAINER_CREATED else 0,
-                finished_at=_ns(c.state.FinishedAt) if state == pb.CONTAINER_EXITED else 0,
-                exit_code=int(c.state.ExitCode or 0), image=pb.ImageSpec(
+                started_at=_ns(st.StartedAt) if state != pb.CONTAINER_CREATED else 0,
+                finished_at=_ns(st.FinishedAt) if state == pb.CONTAINER_EXITED else 0,
+                exit_code=int(st.ExitCode or 0), image=pb.ImageSpec(
                     image=record.get("image", "")),
                 image_ref=c.image_id, image_id=c.image_id, reason=reason,
-                message=str(c.state.Error or ""),
+                message=str(st.Error or ""),
                 labels=record.get("labels") or {}, annotations=record.get("annotations") or {},
                 mounts=[pb.Mount(**m) for m in record.get("mounts") or []],
                 log_path=record.get("log_path", ""))
             reply = pb.ContainerStatusResponse(status=status)
             if request.verbose:
-                reply.info["info"] = json.dumps({"pid": c.state.Pid, "name": c.name,
+                reply.info["info"] = json.dumps({"pid": st.Pid, "name": c.name,
                                                  "sandboxID": record.get("sandbox", "")})
             return reply
 
-        return self.calls.run(context, "ContainerStatus", work)
+        return self.calls.read(context, "ContainerStatus", work)
 
     def exec_sync(self, request: pb.ExecSyncRequest, context: grpc.ServicerContext
                   ) -> pb.ExecSyncResponse:

@@ -105,6 +105,13 @@ def disk_usage(root: str) -> tuple[int, int]:
 
 
 class ImageService(rpc.ImageServiceServicer):
+    """Pull and remove run on the loop; ``ImageStatus`` and ``ListImages``
+    answer on gRPC's thread (``Calls.read``), without the loop and without a
+    worker thread: the image and layer stores are thread-safe (each behind
+    its lock, written by pulls, loads, builds and removals in worker threads
+    while the loop runs), and these read only their in-memory indexes (the
+    image config file too for a verbose status, blocking this thread only)."""
+
     def __init__(self, engine: Engine, calls: Calls) -> None:
         self.engine = engine
         self.calls = calls
@@ -114,34 +121,32 @@ class ImageService(rpc.ImageServiceServicer):
         engine = self.engine
         wanted = request.filter.image.image if request.HasField("filter") else ""
 
-        async def work() -> list[pb.Image]:
-            def listing() -> list[pb.Image]:
-                if wanted:
-                    found = _find(engine, wanted)
-                    return [image_message(engine, found)] if found is not None else []
-                return [image_message(engine, image) for image in engine.images.images()]
-            return await engine.to_thread(listing)
+        # on gRPC's thread (Calls.read): see the class's docstring
+        def work() -> list[pb.Image]:
+            if wanted:
+                found = _find(engine, wanted)
+                return [image_message(engine, found)] if found is not None else []
+            return [image_message(engine, image) for image in engine.images.images()]
 
-        return pb.ListImagesResponse(images=self.calls.run(context, "ListImages", work))
+        return pb.ListImagesResponse(images=self.calls.read(context, "ListImages", work))
 
     def ImageStatus(self, request: pb.ImageStatusRequest, context: grpc.ServicerContext
                     ) -> pb.ImageStatusResponse:
         engine = self.engine
         name = request.image.image
 
-        async def work() -> pb.ImageStatusResponse:
-            def status() -> pb.ImageStatusResponse:
-                image = _find(engine, name)
-                if image is None:
-                    return pb.ImageStatusResponse()
-                reply = pb.ImageStatusResponse(image=image_message(engine, image))
-                if request.verbose:
-                    # as containerd: the image config, JSON, under "info"
-                    reply.info["info"] = engine.images.config_bytes(image.id).decode()
-                return reply
-            return await engine.to_thread(status)
+        # on gRPC's thread (Calls.read): see the class's docstring
+        def work() -> pb.ImageStatusResponse:
+            image = _find(engine, name)
+            if image is None:
+                return pb.ImageStatusResponse()
+            reply = pb.ImageStatusResponse(image=image_message(engine, image))
+            if request.verbose:
+                # as containerd: the image config, JSON, under "info"
+                reply.info["info"] = engine.images.config_bytes(image.id).decode()
+            return reply
 
-        return self.calls.run(context, "ImageStatus", work)
+        return self.calls.read(context, "ImageStatus", work)
 
     def PullImage(self, request: pb.PullImageRequest, context: grpc.ServicerContext
                   ) -> pb.PullImageResponse:

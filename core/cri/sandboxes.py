@@ -31,6 +31,7 @@ from skiff.core.containers.resources import cgroup_procs, network_stats
 from skiff.core.cri import sysctls
 from skiff.core.cri.filters import chosen
 from skiff.core.cri.namespace import NAMESPACE, NAMESPACE_LABEL
+from skiff.core.cri.records import parsed
 from skiff.core.cri.runtime_v1 import api_pb2 as pb
 from skiff.core.cri.security import seccomp_opts
 from skiff.core.cri.service import Calls
@@ -133,14 +134,12 @@ def sandbox_name(config: pb.PodSandboxConfig) -> str:
 
 
 def record_of(c: Container) -> dict[str, Any] | None:
+    """The CRI's record of sandbox ``c`` (shared: never change it), None when
+    ``c`` is no sandbox."""
     labels = c.config.get("Labels") or {}
     if labels.get(KIND_LABEL) != "sandbox" or NAMESPACE_LABEL not in labels:
         return None
-    try:
-        record = json.loads(labels.get(RECORD_LABEL, ""))
-    except ValueError:
-        return None
-    return record if isinstance(record, dict) else None
+    return parsed(str(labels.get(RECORD_LABEL, "")))
 
 
 def _metadata(record: dict[str, Any]) -> pb.PodSandboxMetadata:
@@ -155,14 +154,35 @@ def _state(c: Container) -> pb.PodSandboxState:
 
 
 def _ip(c: Container) -> str:
-    for net in (c.network_settings().get("Networks") or {}).values():
-        if net.get("IPAddress"):
-            return str(net["IPAddress"])
+    # a copy of the values first: the loop may join or leave a network meanwhile
+    for net in list((c.networks or {}).values()):
+        ip = net.get("IPAddress")
+        if ip:
+            return str(ip)
     return ""
 
 
 class Sandboxes:
-    """The five sandbox RPCs; ``RuntimeService`` delegates to them."""
+    """The sandbox RPCs; ``RuntimeService`` delegates to them.
+
+    Read off the loop: the status and list RPCs (of pods here, of containers in
+    ``containers.py``) answer on gRPC's thread, not the loop's (``Calls.read``).
+    What they read, and who writes it:
+
+    * ``engine.containers.by_id``: a dict the loop adds to and removes from;
+      ``get`` and ``list(values())`` are single operations under the GIL, so a
+      lookup sees a container either registered or not, never a dict mid-change.
+    * the CRI record: the container's labels, written at create, never after.
+    * ``c.state``: the loop replaces the whole ``State`` at start, exit and
+      restart, so a reader that takes ``c.state`` once sees one of them; the
+      fields set one by one (a failed start's error and exit code, pause,
+      "removing") are each a value a status may show.
+    * ``c.networks``: the loop's, read as a copy of its values (an IP per network).
+
+    A lookup answered while the loop is between two of those writes answers
+    the state just before or just after, as a call through the loop would have
+    a moment earlier or later.  Nothing here writes.
+    """
 
     def __init__(self, engine: Engine, calls: Calls, containers: Containers) -> None:
         self.engine = engine
@@ -184,6 +204,10 @@ class Sandboxes:
     def _find(self, ref: str) -> tuple[Container, dict[str, Any]] | None:
         if not ref:
             raise InvalidParameter("the pod sandbox ID is empty")
+        c = self.engine.containers.by_id.get(ref)  # kubelet's: the full ID
+        if c is not None:
+            record = record_of(c)
+            return (c, record) if record is not None else None
         found = [(c, r) for c, r in self._all() if c.id.startswith(ref)]
         if len(found) > 1:
             raise InvalidParameter(f"pod sandbox ID {ref!r} is ambiguous")
@@ -276,17 +300,20 @@ class Sandboxes:
 
     def status(self, request: pb.PodSandboxStatusRequest, context: grpc.ServicerContext
                ) -> pb.PodSandboxStatusResponse:
-        async def work() -> pb.PodSandboxStatusResponse:
+        # on gRPC's thread (Calls.read): safe off the loop, see Sandboxes
+        def work() -> pb.PodSandboxStatusResponse:
             found = self._find(request.pod_sandbox_id)
             if found is None:
                 raise NotFound(f"pod sandbox {request.pod_sandbox_id!r} not found")
             c, record = found
+            st = c.state  # one State: the loop replaces it whole at start and exit
             options = pb.NamespaceOption(
                 network=pb.NODE if record.get("host_network") else pb.POD,
                 pid=pb.NamespaceMode.Name(int(record.get("pid", pb.CONTAINER))),
                 ipc=pb.NamespaceMode.Name(int(record.get("ipc", pb.POD))))
             status = pb.PodSandboxStatus(
-                id=c.id, metadata=_metadata(record), state=_state(c),
+                id=c.id, metadata=_metadata(record),
+                state=pb.SANDBOX_READY if st.Running else pb.SANDBOX_NOTREADY,
                 created_at=int(record.get("created", 0)),
                 network=pb.PodSandboxNetworkStatus(ip=_ip(c)),
                 linux=pb.LinuxPodSandboxStatus(namespaces=pb.Namespace(options=options)),
@@ -294,28 +321,30 @@ class Sandboxes:
                 runtime_handler="")
             reply = pb.PodSandboxStatusResponse(status=status)
             if request.verbose:
-                reply.info["info"] = json.dumps({"pid": c.state.Pid, "name": c.name,
+                reply.info["info"] = json.dumps({"pid": st.Pid, "name": c.name,
                                                  "image": PAUSE_IMAGE})
             return reply
 
-        return self.calls.run(context, "PodSandboxStatus", work)
+        return self.calls.read(context, "PodSandboxStatus", work)
 
     def list(self, request: pb.ListPodSandboxRequest, context: grpc.ServicerContext
              ) -> pb.ListPodSandboxResponse:
         flt = request.filter if request.HasField("filter") else None
 
-        async def work() -> list[pb.PodSandbox]:
+        # on gRPC's thread (Calls.read): safe off the loop, see Sandboxes
+        def work() -> list[pb.PodSandbox]:
             out = []
             for c, record in sorted(self._all(), key=lambda x: x[0].created):
-                if not chosen(c.id, record, flt, _state(c)):
+                state = _state(c)
+                if not chosen(c.id, record, flt, state):
                     continue
                 out.append(pb.PodSandbox(
-                    id=c.id, metadata=_metadata(record), state=_state(c),
+                    id=c.id, metadata=_metadata(record), state=state,
                     created_at=int(record.get("created", 0)), labels=record.get("labels") or {},
                     annotations=record.get("annotations") or {}, runtime_handler=""))
             return out
 
-        return pb.ListPodSandboxResponse(items=self.calls.run(context, "ListPodSandbox", work))
+        return pb.ListPodSandboxResponse(items=self.calls.read(context, "ListPodSandbox", work))
 
     # -- stats -------------------------------------------------------------------------
 

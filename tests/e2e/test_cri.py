@@ -740,6 +740,74 @@ def test_containers_in_a_pod_with_crictl(tools: Path, skiffd: Daemon, cri: Cri,
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+def test_lookups_off_the_loop_while_pods_come_and_go(skiffd: Daemon, cri: Cri) -> None:
+    """The status and list RPCs answer on gRPC's threads, not the loop's
+    (core/cri/service.py ``Calls.read``): hammered while a pod and its
+    container are made, started, stopped and removed, every answer is a state
+    the pod or container really passed through, or NOT_FOUND once it is gone;
+    never an error of skiffd's own (a dict changed under a reader)."""
+    done = threading.Event()
+    seen: dict[str, set[str]] = {"pod": set(), "ctr": set(), "codes": set()}
+    ids: dict[str, str] = {}
+
+    def lookups() -> None:
+        c = Cri(cri_path(skiffd))
+        try:
+            while not done.is_set():
+                for name, call in (
+                        ("pod", lambda: pb.PodSandboxState.Name(c.runtime.PodSandboxStatus(
+                            pb.PodSandboxStatusRequest(pod_sandbox_id=ids["pod"]),
+                            timeout=10).status.state)),
+                        ("ctr", lambda: pb.ContainerState.Name(c.runtime.ContainerStatus(
+                            pb.ContainerStatusRequest(container_id=ids["ctr"]),
+                            timeout=10).status.state)),
+                        ("codes", lambda: str(len(c.runtime.ListPodSandbox(
+                            pb.ListPodSandboxRequest(), timeout=10).items) >= 0)),
+                        ("codes", lambda: str(len(c.runtime.ListContainers(
+                            pb.ListContainersRequest(), timeout=10).containers) >= 0))):
+                    if name != "codes" and name not in ids:
+                        continue
+                    try:
+                        seen[name].add(call())
+                    except grpc.RpcError as exc:
+                        seen["codes"].add(exc.code().name)
+        finally:
+            c.close()
+
+    readers = [threading.Thread(target=lookups, daemon=True) for _ in range(2)]
+    for t in readers:
+        t.start()
+    try:
+        for round_ in range(2):
+            config = pb.PodSandboxConfig(metadata=pb.PodSandboxMetadata(
+                name=f"busy{round_}", uid=f"uid-busy{round_}", namespace="cri-test"))
+            ids["pod"] = cri.runtime.RunPodSandbox(
+                pb.RunPodSandboxRequest(config=config), timeout=60).pod_sandbox_id
+            ids["ctr"] = cri.runtime.CreateContainer(pb.CreateContainerRequest(
+                pod_sandbox_id=ids["pod"], sandbox_config=config,
+                config=pb.ContainerConfig(metadata=pb.ContainerMetadata(name="c"),
+                                          image=pb.ImageSpec(image="busybox:latest"),
+                                          command=["sleep", "60"])),
+                timeout=60).container_id
+            cri.runtime.StartContainer(pb.StartContainerRequest(container_id=ids["ctr"]),
+                                       timeout=60)
+            cri.runtime.StopContainer(pb.StopContainerRequest(container_id=ids["ctr"],
+                                                              timeout=0), timeout=60)
+            cri.runtime.RemoveContainer(pb.RemoveContainerRequest(container_id=ids["ctr"]),
+                                        timeout=60)
+            cri.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=ids["pod"]),
+                                       timeout=60)
+            cri.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(
+                pod_sandbox_id=ids["pod"]), timeout=60)
+    finally:
+        done.set()
+        for t in readers:
+            t.join(30)
+    assert seen["pod"] <= {"SANDBOX_READY", "SANDBOX_NOTREADY"} and seen["pod"], seen
+    assert seen["ctr"] <= {"CONTAINER_CREATED", "CONTAINER_RUNNING", "CONTAINER_EXITED"}, seen
+    assert seen["codes"] <= {"True", "NOT_FOUND"}, (seen, skiffd.logs()[-3000:])
+
+
 def test_container_refusals(skiffd: Daemon, cri: Cri) -> None:
     md = pb.PodSandboxMetadata(name="refusing", uid="uid-refusing", namespace="cri-test")
     pod = cri.runtime.RunPodSandbox(pb.RunPodSandboxRequest(
