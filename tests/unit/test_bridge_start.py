@@ -66,6 +66,8 @@ print("on top", real(["iptables", "-S", "INPUT"]).stdout.splitlines()[1].endswit
 
 print("reconcile", leftovers.reconcile("/dr", set(), [fw.Firewall(True)]))
 print("gone", links.index_of("tb0"), ours())
+import sys
+print("pyroute2", "pyroute2" in sys.modules)
 """
 
 
@@ -87,4 +89,5 @@ def test_bridge_plumbing_and_rules_kept_on_restart() -> None:
         "on top True",
         "reconcile ['bridge tb0', 'rules skiff:tb0']",
         "gone None []",
+        "pyroute2 False",
     ], res.stdout + res.stderr
