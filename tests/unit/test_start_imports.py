@@ -61,3 +61,15 @@ print(rich.__name__)
                          timeout=60)
     assert res.returncode == 0, res.stderr
     assert "handed over" in res.stdout and res.stdout.split()[-1] == "rich"
+
+
+def test_the_fork_server_imports_no_logging() -> None:
+    """The lean structlog import is a hook, not an import: the fork server
+    (its own interpreter, started with every daemon) never loads structlog."""
+    code = ("import sys, skiff.plugins.isolation.forkserver; "
+            "print(sorted(m for m in ('structlog', 'trio', 'importlib.resources') "
+            "if m in sys.modules))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]"
