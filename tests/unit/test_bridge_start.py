@@ -47,7 +47,10 @@ def ours():
 
 fw.Firewall(True).replace("tb0", rules)
 made = ours()
-print("made", len(made) == len(rules))
+print("made", len(made) == len(rules), calls.count("iptables-restore"))
+shared = [line for line in real(["iptables-save"]).stdout.splitlines()
+          if line.startswith("-A ") and "skiff:" not in line]
+print("shared", shared)
 calls.clear()
 again = fw.Firewall(True)
 again.replace("tb0", rules)
@@ -82,7 +85,11 @@ def test_bridge_plumbing_and_rules_kept_on_restart() -> None:
         "alias skiff /dr None None",
         "again True",
         "shown True True True True True",
-        "made True",
+        "made True 1",
+        "shared ['-A FORWARD -j SKIFF-USER', '-A FORWARD -j SKIFF-ISOLATION-STAGE-1', "
+        "'-A SKIFF-ISOLATION-STAGE-1 -j RETURN', '-A SKIFF-ISOLATION-STAGE-2 -j RETURN', "
+        "'-A SKIFF-USER -j RETURN', '-A PREROUTING -m addrtype --dst-type LOCAL -j SKIFF', "
+        "'-A OUTPUT -m addrtype --dst-type LOCAL -j SKIFF']",
         "restart ['iptables-save'] True",
         "tags {'tb0'} []",
         "endpoint left True True",

@@ -112,28 +112,39 @@ class Firewall:
 
     # -- shared chains ---------------------------------------------------------
 
-    def _ensure_chains(self) -> None:
+    def _ensure_chains(self) -> str:
+        """The shared chains and the jumps to them, checked against one save
+        (a command per chain and jump, nine processes, was most of a
+        restart's firewall time when they were all there).  Returns what the
+        caller's restore must do first: the RETURN of each chain made here
+        and the jumps to it (a chain that did not exist has none)."""
         if self._ready:
-            return
-        # read from one save: a command per chain and jump (nine processes)
-        # was most of a restart's firewall time when they were all there
+            return ""
         chains, lines = _parse(self._save())
         saved_rules = {_canon_saved(t, line) for t, line in lines if "skiff:" not in line}
+        made: set[tuple[str, str]] = set()
         for table, chain in SHARED_CHAINS:
             if (table, chain) in chains:
                 continue
             self._changed()
-            if _run([self._tool, "-t", table, "-N", chain]).returncode == 0 and chain in (
-                    ISO1, ISO2, USER):
-                _run([self._tool, "-t", table, "-A", chain, "-j", "RETURN"])
+            # -N, not a chain line in the restore: declaring a chain another
+            # daemon just made would flush that daemon's rules from it
+            if _run([self._tool, "-t", table, "-N", chain]).returncode == 0:
+                made.add((table, chain))
+        returns: list[Rule] = [(t, c, ["-j", "RETURN"]) for t, c in sorted(made)
+                               if c in (ISO1, ISO2, USER)]
+        jumps: list[Rule] = []
         for table, chain, spec in self._jumps():
-            if _canon(table, chain, spec) in saved_rules:
+            if (table, spec[-1]) in made:
+                jumps.append((table, chain, spec))
+            elif _canon(table, chain, spec) in saved_rules:
                 continue
             # not found as saved: asked of iptables itself, which knows its own spelling
-            if _run([self._tool, "-t", table, "-C", chain, *spec]).returncode != 0:
+            elif _run([self._tool, "-t", table, "-C", chain, *spec]).returncode != 0:
                 self._changed()
                 _run([self._tool, "-t", table, "-I", chain, "1", *spec])
         self._ready = True
+        return self._script(returns, "-A") + self._script(jumps, "-I")
 
     def _jumps(self) -> list[Rule]:
         # IPv6: ::1 is left out of the host's own DNAT, which cannot work for
@@ -179,18 +190,18 @@ class Firewall:
         if not self.enabled or not rules:
             return
         with self._lock:
-            self._ensure_chains()
+            first = self._ensure_chains()
             inserts = [r for r in rules if (r[0], r[1]) in INSERTED]
             appends = [r for r in rules if (r[0], r[1]) not in INSERTED]
             script = self._script(inserts, "-I") + self._script(appends, "-A")
             self._changed()
-            res = _run([f"{self._tool}-restore", "--noflush"], input=script)
+            res = _run([f"{self._tool}-restore", "--noflush"], input=first + script)
             if res.returncode != 0:
                 # Another daemon in this namespace may have dropped the shared
                 # chains after its last network went: make them again, once.
                 self._ready = False
-                self._ensure_chains()
-                res = _run([f"{self._tool}-restore", "--noflush"], input=script)
+                first = self._ensure_chains()
+                res = _run([f"{self._tool}-restore", "--noflush"], input=first + script)
             if res.returncode != 0:
                 raise FirewallError(
                     f"{self._tool}-restore failed: {res.stderr.strip()}\n{script}")
