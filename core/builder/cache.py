@@ -29,11 +29,17 @@ from typing import Any
 import structlog
 
 from skiff.core.atomic import write_atomic
-from skiff.core.builder.runconfig import canonical
 
 log = structlog.get_logger("skiff.builder.cache")
 
 __all__ = ["BuildCache", "CacheEntry", "step_key"]
+
+
+def canonical(cfg: Mapping[str, Any]) -> str:
+    """A config as one canonical JSON text (the cache compares these).  Here,
+    not in runconfig, which imports the Dockerfile's instructions: the daemon's
+    start reads the cache's usage (``system df``) long before any build."""
+    return json.dumps(cfg, sort_keys=True, separators=(",", ":"))
 
 
 def step_key(parent: str | None, config: Mapping[str, Any]) -> str:

@@ -13,7 +13,6 @@ shows them and the cache compares them.
 
 from __future__ import annotations
 
-import json
 import posixpath
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -317,8 +316,3 @@ def apply_metadata(state: StageState, node: ins.Instruction) -> str:
             words.append(name if default is None else f"{name}={default}")
         return "ARG " + " ".join(words)
     raise TypeError(f"{node.keyword} is not a metadata instruction")
-
-
-def canonical(cfg: Mapping[str, Any]) -> str:
-    """A config as one canonical JSON text (the cache compares these)."""
-    return json.dumps(cfg, sort_keys=True, separators=(",", ":"))

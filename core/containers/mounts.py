@@ -310,7 +310,8 @@ def realize(store: VolumeStore, lookup: Callable[[str], Container], storage: Sto
                 raise InvalidParameter(exc.message) from None
             if new:
                 created.append(v.name)
-            store.hold(v.name)
+            if not store.hold(v.name):  # removed meanwhile (found by the chaos test: a 500)
+                raise NotFound(f"get {v.name}: no such volume")
             held.append(v.name)
             mp["Name"], mp["Driver"] = v.name, v.driver
             mp["Source"] = store.driver(v.driver).path(v.name)

@@ -183,10 +183,15 @@ class VolumeStore:
     def in_use(self, name: str) -> bool:
         return bool(self._pending.get(name)) or bool(self.users(name))
 
-    def hold(self, name: str) -> None:
-        """Count a container being created as a user until ``release_hold``."""
+    def hold(self, name: str) -> bool:
+        """Count a container being created as a user until ``release_hold``;
+        False, holding nothing, when the volume is gone (a ``volume rm`` of
+        another client between ``create`` finding it and this)."""
         with self._lock:
+            if name not in self.volumes:
+                return False
             self._pending[name] = self._pending.get(name, 0) + 1
+            return True
 
     def release_hold(self, name: str) -> None:
         with self._lock:

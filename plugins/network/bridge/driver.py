@@ -50,7 +50,7 @@ import structlog
 from skiff.core.hookspecs import Endpoint, NetworkContext, NetworkOptions, PortBinding
 from skiff.plugins.network._netns import run_in_netns
 from skiff.plugins.network.bridge import firewall as fw
-from skiff.plugins.network.bridge import leftovers
+from skiff.plugins.network.bridge import leftovers, links
 from skiff.plugins.network.bridge.dns import DNS_IP, DnsServer, parse_upstreams
 from skiff.plugins.network.bridge.ipam import Pool, mac_for
 from skiff.plugins.network.bridge.leftovers import VETH_PREFIX
@@ -151,8 +151,6 @@ class BridgeNetworkDriver:
     # -- networks ------------------------------------------------------------
 
     def create_network(self, network_id: str, options: NetworkOptions) -> None:
-        from pyroute2 import IPRoute
-
         bridge = options.bridge or f"skf-{network_id[:11]}"
         pool = Pool(options.subnet, options.gateway, options.ip_range)
         pool6 = (Pool(options.subnet6, options.gateway6, options.ip_range6)
@@ -161,42 +159,36 @@ class BridgeNetworkDriver:
                   pool=pool, icc=options.icc, internal=options.internal, dns=options.dns,
                   pool6=pool6)
         intent = leftovers.Intents(self.ctx.exec_root)
-        with IPRoute() as ipr:
-            found = ipr.link_lookup(ifname=bridge)
-            if not found:
+        with links.Rtnl() as rtnl:
+            index = links.index_of(bridge)
+            if index is None:
                 # a kill between the add and the alias below would leave a
                 # bridge nobody can prove is ours: the intent is on disk first
                 intent.begin(bridge)
-                ipr.link("add", ifname=bridge, kind="bridge")
-                found = ipr.link_lookup(ifname=bridge)
-            index = found[0]
-            have = {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=index, family=2)}
-            if str(pool.gateway) not in have:
-                ipr.addr("add", index=index, address=str(pool.gateway),
-                         prefixlen=pool.prefixlen)
+                rtnl.add_bridge(bridge)
+                index = links.index_of(bridge)
+                if index is None:
+                    raise links.NetlinkError(errno.ENODEV, f"bridge {bridge} vanished")
+            if str(pool.gateway) not in rtnl.addresses(index, socket.AF_INET):
+                rtnl.add_address(index, str(pool.gateway), pool.prefixlen)
             if pool6 is not None:
                 _sysctl(f"/proc/sys/net/ipv6/conf/{bridge}/disable_ipv6", "0")
-                have6 = {a.get_attr("IFA_ADDRESS")
-                         for a in ipr.get_addr(index=index, family=socket.AF_INET6)}
-                if str(pool6.gateway) not in have6:
-                    ipr.addr("add", index=index, address=str(pool6.gateway),
-                             prefixlen=pool6.prefixlen, family=socket.AF_INET6,
-                             flags=IFA_F_NODAD)
-            ipr.link("set", index=index, state="up")
-            # whose it is, for the reconciliation at the next start (leftovers.py)
-            ipr.link("set", index=index, ifalias=leftovers.owner_mark(self.ctx.data_root))
+                if str(pool6.gateway) not in rtnl.addresses(index, socket.AF_INET6):
+                    rtnl.add_address(index, str(pool6.gateway), pool6.prefixlen,
+                                     family=socket.AF_INET6, flags=IFA_F_NODAD)
+            # up, and whose it is, for the reconciliation at the next start (leftovers.py)
+            rtnl.set_up(index, alias=leftovers.owner_mark(self.ctx.data_root))
         intent.done(bridge)
         # Off until a port is published on loopback (a crash may have left it on).
         _route_localnet(bridge, False)
-        # Rules of an earlier life of this bridge (a crash) go before new ones come.
-        self.firewall.purge(bridge)
-        self.firewall6.purge(bridge)
         net.rules = fw.network_rules(bridge, str(pool.subnet), net.icc, net.internal)
         if pool6 is not None:
             net.rules6 = fw.network_rules6(bridge, str(pool6.subnet), net.icc, net.internal)
         try:
-            self.firewall.add(net.rules)
-            self.firewall6.add(net.rules6)
+            # rules of an earlier life of this bridge (a crash) go before new ones
+            # come; a restart that finds just these kept them (one save)
+            self.firewall.replace(bridge, net.rules)
+            self.firewall6.replace(bridge, net.rules6)
             if self.ip_forward and not _forwarding_on():
                 if self.forward_drop:
                     # As dockerd: a host that did not route must not become a
@@ -219,13 +211,10 @@ class BridgeNetworkDriver:
                  subnet=str(pool.subnet))
 
     def _remove_bridge(self, bridge: str) -> None:
-        from pyroute2 import IPRoute
-
-        with IPRoute() as ipr:
-            found = ipr.link_lookup(ifname=bridge)
-            if found:
-                with contextlib.suppress(Exception):
-                    ipr.link("del", index=found[0])
+        index = links.index_of(bridge)
+        if index is not None:
+            with contextlib.suppress(OSError), links.Rtnl() as rtnl:
+                rtnl.delete(index)
 
     def reconcile(self, keep: set[str]) -> list[str]:
         """Daemon start (contract 2.8): bridges, veths and rules of no network."""
@@ -538,16 +527,12 @@ class BridgeNetworkDriver:
                      parse_upstreams(ep.dns_servers) if ep.dns_servers else None)
 
     def leave(self, endpoint: Endpoint) -> None:
-        from pyroute2 import IPRoute
-
         ep = _own(endpoint)
         veth = ep.veth
-        if veth:
-            with IPRoute() as ipr:
-                found = ipr.link_lookup(ifname=veth)
-                if found:
-                    with contextlib.suppress(Exception):
-                        ipr.link("del", index=found[0])
+        index = links.index_of(veth) if veth else None
+        if index is not None:
+            with contextlib.suppress(OSError), links.Rtnl() as rtnl:
+                rtnl.delete(index)
         cid = endpoint.container_id
         with self._lock:
             if cid in self._ifaces:

@@ -44,6 +44,7 @@ import ipaddress
 import shlex
 import subprocess
 import threading
+import time
 from collections.abc import Iterable, Sequence
 
 import structlog
@@ -63,6 +64,11 @@ Rule = tuple[str, str, list[str]]  # (table, chain, match/target arguments)
 INSERTED = frozenset({("filter", ISO1), ("filter", ISO2), ("raw", "PREROUTING"),
                       ("filter", "INPUT")})
 LOOPBACK = "127.0.0.0/8"
+#: the chains every bridge network's rules use, shared by the daemons of a namespace
+SHARED_CHAINS = (("nat", NAT_CHAIN), ("filter", FILTER_CHAIN), ("filter", ISO1),
+                 ("filter", ISO2), ("filter", USER))
+#: seconds a save is used again (the start's networks and reconciliation)
+SAVE_FRESH = 2.0
 
 
 class FirewallError(Exception):
@@ -86,21 +92,59 @@ class Firewall:
         self._tool = "ip6tables" if family == 6 else "iptables"
         self._lock = threading.Lock()
         self._ready = False
+        #: (when, text) of the last ``-save``, dropped by any change made here
+        self._saved: tuple[float, str] | None = None
+
+    def _save(self, fresh: bool = False) -> str:
+        """The tables as ``<tool>-save`` prints them; a save taken less than
+        ``SAVE_FRESH`` ago, with no change made here since, is used again (the
+        start reads the tables for each network and then for the reconciliation:
+        one process instead of several)."""
+        now = time.monotonic()
+        if not fresh and self._saved is not None and now - self._saved[0] < SAVE_FRESH:
+            return self._saved[1]
+        text = _run([f"{self._tool}-save"]).stdout
+        self._saved = (now, text)
+        return text
+
+    def _changed(self) -> None:
+        self._saved = None
 
     # -- shared chains ---------------------------------------------------------
 
-    def _ensure_chains(self) -> None:
+    def _ensure_chains(self) -> str:
+        """The shared chains and the jumps to them, checked against one save
+        (a command per chain and jump, nine processes, was most of a
+        restart's firewall time when they were all there).  Returns what the
+        caller's restore must do first: the RETURN of each chain made here
+        and the jumps to it (a chain that did not exist has none)."""
         if self._ready:
-            return
-        for table, chain in (("nat", NAT_CHAIN), ("filter", FILTER_CHAIN), ("filter", ISO1),
-                             ("filter", ISO2), ("filter", USER)):
-            if _run([self._tool, "-t", table, "-N", chain]).returncode == 0 and chain in (
-                    ISO1, ISO2, USER):
-                _run([self._tool, "-t", table, "-A", chain, "-j", "RETURN"])
+            return ""
+        chains, lines = _parse(self._save())
+        saved_rules = {_canon_saved(t, line) for t, line in lines if "skiff:" not in line}
+        made: set[tuple[str, str]] = set()
+        for table, chain in SHARED_CHAINS:
+            if (table, chain) in chains:
+                continue
+            self._changed()
+            # -N, not a chain line in the restore: declaring a chain another
+            # daemon just made would flush that daemon's rules from it
+            if _run([self._tool, "-t", table, "-N", chain]).returncode == 0:
+                made.add((table, chain))
+        returns: list[Rule] = [(t, c, ["-j", "RETURN"]) for t, c in sorted(made)
+                               if c in (ISO1, ISO2, USER)]
+        jumps: list[Rule] = []
         for table, chain, spec in self._jumps():
-            if _run([self._tool, "-t", table, "-C", chain, *spec]).returncode != 0:
+            if (table, spec[-1]) in made:
+                jumps.append((table, chain, spec))
+            elif _canon(table, chain, spec) in saved_rules:
+                continue
+            # not found as saved: asked of iptables itself, which knows its own spelling
+            elif _run([self._tool, "-t", table, "-C", chain, *spec]).returncode != 0:
+                self._changed()
                 _run([self._tool, "-t", table, "-I", chain, "1", *spec])
         self._ready = True
+        return self._script(returns, "-A") + self._script(jumps, "-I")
 
     def _jumps(self) -> list[Rule]:
         # IPv6: ::1 is left out of the host's own DNAT, which cannot work for
@@ -116,14 +160,14 @@ class Firewall:
 
     def _drop_chains_if_unused(self) -> None:
         """Remove the shared chains when no skiff rule is left in any of them."""
-        save = _run([f"{self._tool}-save"]).stdout
+        save = self._save(fresh=True)  # another daemon of the namespace may use them
         if "skiff:" in save:
             return
+        self._changed()
         for table, chain, spec in self._jumps():
             while _run([self._tool, "-t", table, "-D", chain, *spec]).returncode == 0:
                 pass
-        for table, chain in (("nat", NAT_CHAIN), ("filter", FILTER_CHAIN), ("filter", ISO1),
-                             ("filter", ISO2), ("filter", USER)):
+        for table, chain in SHARED_CHAINS:
             _run([self._tool, "-t", table, "-F", chain])
             _run([self._tool, "-t", table, "-X", chain])
         self._ready = False
@@ -146,17 +190,18 @@ class Firewall:
         if not self.enabled or not rules:
             return
         with self._lock:
-            self._ensure_chains()
+            first = self._ensure_chains()
             inserts = [r for r in rules if (r[0], r[1]) in INSERTED]
             appends = [r for r in rules if (r[0], r[1]) not in INSERTED]
             script = self._script(inserts, "-I") + self._script(appends, "-A")
-            res = _run([f"{self._tool}-restore", "--noflush"], input=script)
+            self._changed()
+            res = _run([f"{self._tool}-restore", "--noflush"], input=first + script)
             if res.returncode != 0:
                 # Another daemon in this namespace may have dropped the shared
                 # chains after its last network went: make them again, once.
                 self._ready = False
-                self._ensure_chains()
-                res = _run([f"{self._tool}-restore", "--noflush"], input=script)
+                first = self._ensure_chains()
+                res = _run([f"{self._tool}-restore", "--noflush"], input=first + script)
             if res.returncode != 0:
                 raise FirewallError(
                     f"{self._tool}-restore failed: {res.stderr.strip()}\n{script}")
@@ -166,6 +211,7 @@ class Firewall:
         if not self.enabled or not rules:
             return
         with self._lock:
+            self._changed()
             res = _run([f"{self._tool}-restore", "--noflush"], input=self._script(rules, "-D"))
             if res.returncode != 0:  # some rule was already gone: go one by one
                 for table, chain, spec in rules:
@@ -181,6 +227,7 @@ class Firewall:
         if not self.enabled:
             return
         with self._lock:
+            self._changed()
             res = _run([self._tool, "-t", "filter", "-P", "FORWARD", "DROP"])
         if res.returncode != 0:
             raise FirewallError(f"setting the FORWARD policy to DROP failed: {res.stderr.strip()}")
@@ -193,7 +240,7 @@ class Firewall:
             return set()
         found: set[str] = set()
         with self._lock:
-            for line in _run([f"{self._tool}-save"]).stdout.splitlines():
+            for line in self._save().splitlines():
                 if line.startswith("-A ") and "skiff:" in line:
                     found.update(a[len("skiff:"):] for a in shlex.split(line[3:])
                                  if a.startswith("skiff:"))
@@ -204,30 +251,120 @@ class Firewall:
         if not self.enabled:
             return
         with self._lock:
-            marker = f"skiff:{tag}"
-            table = ""
-            doomed: list[list[str]] = []
-            script: dict[str, list[str]] = {}
-            for line in _run([f"{self._tool}-save"]).stdout.splitlines():
-                if line.startswith("*"):
-                    table = line[1:]
-                elif line.startswith("-A ") and marker in line:
-                    args = shlex.split(line[3:])
-                    if marker in args:  # not a longer bridge name with this prefix
-                        doomed.append([self._tool, "-t", table, "-D", *args])
-                        # as saved, so as restore reads it
-                        script.setdefault(table, []).append("-D " + line[3:])
-            # one transaction (a command per rule costs a process each: a
-            # network's dozen rules were a quarter of a second of the start);
-            # one by one only if a rule went meanwhile
-            batch = "".join(f"*{t}\n" + "\n".join(lines) + "\nCOMMIT\n"
-                            for t, lines in script.items())
-            if doomed and _run([f"{self._tool}-restore", "--noflush"],
-                               input=batch).returncode != 0:
-                for cmd in doomed:
-                    _run(cmd)
+            self._purge(tag, self._save(fresh=True))
             if drop_chains:
                 self._drop_chains_if_unused()
+
+    def _purge(self, tag: str, saved: str) -> None:
+        marker = f"skiff:{tag}"
+        table = ""
+        doomed: list[list[str]] = []
+        script: dict[str, list[str]] = {}
+        for line in saved.splitlines():
+            if line.startswith("*"):
+                table = line[1:]
+            elif line.startswith("-A ") and marker in line:
+                args = shlex.split(line[3:])
+                if marker in args:  # not a longer bridge name with this prefix
+                    doomed.append([self._tool, "-t", table, "-D", *args])
+                    # as saved, so as restore reads it
+                    script.setdefault(table, []).append("-D " + line[3:])
+        if not doomed:
+            return
+        self._changed()
+        # one transaction (a command per rule costs a process each: a
+        # network's dozen rules were a quarter of a second of the start);
+        # one by one only if a rule went meanwhile
+        batch = "".join(f"*{t}\n" + "\n".join(lines) + "\nCOMMIT\n"
+                        for t, lines in script.items())
+        if _run([f"{self._tool}-restore", "--noflush"], input=batch).returncode != 0:
+            for cmd in doomed:
+                _run(cmd)
+
+    def replace(self, tag: str, rules: list[Rule]) -> None:
+        """Make ``rules`` the rules tagged ``skiff:<tag>``: those of an earlier
+        life (a crash) go before the new ones come.  When the tables already
+        hold exactly these, on top where they go first, with the shared chains
+        (a restart with its state kept), one save is all it costs."""
+        if not self.enabled:
+            return
+        with self._lock:
+            saved = self._save()
+            chains, lines = _parse(saved)
+            jumps = {_canon(t, c, spec) for t, c, spec in self._jumps()}
+            if all(c in chains for c in SHARED_CHAINS) and jumps <= {
+                    _canon_saved(t, line) for t, line in lines if "skiff:" not in line}:
+                self._ready = True  # the purge below takes rules, never chains
+                if self._in_place(lines, tag, rules):
+                    return
+            self._purge(tag, saved)
+        self.add(rules)
+
+    @staticmethod
+    def _in_place(lines: list[tuple[str, str]], tag: str, rules: list[Rule]) -> bool:
+        marker = f"skiff:{tag}"
+        have = sorted(_canon_saved(t, line) for t, line in lines
+                      if marker in line and marker in shlex.split(line))
+        if have != sorted(_canon(t, c, spec) for t, c, spec in rules):
+            return False  # missing, changed, or with an endpoint's rules
+        # the rules that go first are still ahead of everyone else's
+        for table, chain in INSERTED:
+            prefix = f"-A {chain} "
+            seen_foreign = False
+            for t, line in lines:
+                if t != table or not line.startswith(prefix):
+                    continue
+                if "skiff:" not in line:
+                    seen_foreign = True
+                elif seen_foreign and marker in line and marker in shlex.split(line):
+                    return False
+        return True
+
+
+#: the options iptables prints in an order of its own (source, destination,
+#: interfaces, protocol), whatever the order they were given in
+_BASIC = frozenset({"-s", "-d", "-i", "-o", "-p"})
+
+Canon = tuple[str, str, tuple[tuple[bool, str, str], ...], tuple[str, ...]]
+
+
+def _canon(table: str, chain: str, spec: Sequence[str]) -> Canon:
+    """A rule in a form that compares equal to its ``-save`` line's: the
+    basic options as a set, the matches and the target in their order."""
+    basic: list[tuple[bool, str, str]] = []
+    i, negated = 0, False
+    while i < len(spec):
+        if spec[i] == "!" and i + 1 < len(spec) and spec[i + 1] in _BASIC:
+            negated = True
+            i += 1
+            continue
+        if spec[i] in _BASIC and i + 1 < len(spec):
+            basic.append((negated, spec[i], spec[i + 1]))
+            negated = False
+            i += 2
+            continue
+        break
+    return table, chain, tuple(sorted(basic)), tuple(spec[i:])
+
+
+def _canon_saved(table: str, line: str) -> Canon:
+    args = shlex.split(line)  # "-A", chain, spec...
+    return _canon(table, args[1], args[2:])
+
+
+def _parse(saved: str) -> tuple[set[tuple[str, str]], list[tuple[str, str]]]:
+    """The (table, chain) pairs and (table, ``-A`` line) rules of a save."""
+    chains: set[tuple[str, str]] = set()
+    lines: list[tuple[str, str]] = []
+    table = ""
+    for line in saved.splitlines():
+        if line.startswith("*"):
+            table = line[1:]
+        elif line.startswith(":"):
+            chains.add((table, line[1:].split(" ", 1)[0]))
+        elif line.startswith("-A "):
+            lines.append((table, line))
+    return chains, lines
 
 
 def _quote(arg: str) -> str:

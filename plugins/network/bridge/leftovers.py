@@ -18,6 +18,8 @@ import os
 from collections.abc import Iterable
 from typing import Protocol
 
+from skiff.plugins.network.bridge import links
+
 #: the host side of an endpoint's veth pair (driver.py names them)
 VETH_PREFIX = "skfv"
 
@@ -67,33 +69,28 @@ def reconcile(data_root: str, bridges: set[str], firewalls: Iterable[Rules],
     ``keep_paired`` (live-restore): a veth whose peer is in another namespace
     is a running container's and stays.  ``intents``: bridges whose add was
     begun, ours even without the alias (a kill before it was set)."""
-    from pyroute2 import IPRoute
-
     mark = owner_mark(data_root)
     begun = intents.pending() if intents is not None else set()
     gone: list[str] = []
-    with IPRoute() as ipr:
-        links = ipr.get_links()
-        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in links}
-        ours = {names[link["index"]] for link in links
-                if link.get_attr("IFLA_IFALIAS") == mark
-                or (names[link["index"]] in begun and link.get_attr("IFLA_IFALIAS") is None)}
-        for link in links:
-            name = names[link["index"]]
-            master = names.get(link.get_attr("IFLA_MASTER") or -1)
-            if keep_paired and link.get_attr("IFLA_LINK_NETNSID") is not None:
+    with links.Rtnl() as rtnl:
+        found = rtnl.links()
+        names = {link.index: link.name for link in found}
+        ours = {link.name for link in found
+                if link.alias == mark or (link.name in begun and link.alias is None)}
+        for link in found:
+            master = names.get(link.master if link.master is not None else -1)
+            if keep_paired and link.netnsid is not None:
                 continue
-            if name.startswith(VETH_PREFIX) and (master in bridges or master in ours):
-                with contextlib.suppress(Exception):
-                    ipr.link("del", index=link["index"])
-                    gone.append(f"veth {name}")
-        for link in links:
-            name = names[link["index"]]
-            if name in ours and name not in bridges:
-                with contextlib.suppress(Exception):
-                    ipr.link("del", index=link["index"])
-                    gone.append(f"bridge {name}")
-        present = {link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+            if link.name.startswith(VETH_PREFIX) and (master in bridges or master in ours):
+                with contextlib.suppress(OSError):
+                    rtnl.delete(link.index)
+                    gone.append(f"veth {link.name}")
+        for link in found:
+            if link.name in ours and link.name not in bridges:
+                with contextlib.suppress(OSError):
+                    rtnl.delete(link.index)
+                    gone.append(f"bridge {link.name}")
+        present = {link.name for link in rtnl.links()}
     if intents is not None:
         for bridge in begun:  # judged above: gone, or a network's and marked again
             intents.done(bridge)
