@@ -115,6 +115,19 @@ class Daemon:
         self.proc = None
         return rc
 
+    def settled(self, timeout: float = 60) -> None:
+        """Wait until the layers of removed containers are gone from disk.
+
+        ``docker rm`` answers before the driver's files of the container's
+        layers are removed (core/images/trash.py); their metadata waits under
+        the layer store's ``tmp/`` until they are, so an empty ``tmp/`` means
+        nothing is being removed.  For tests that compare the data-root's
+        files before and after something."""
+        def idle() -> bool:
+            return all(not any(tmp.iterdir())
+                       for tmp in self.root_dir.glob("image/*/layerdb/tmp"))
+        poll(idle, timeout, "the removed containers' layers to be gone")
+
     def logs(self) -> str:
         try:
             return self.log_path.read_text(errors="replace")[-8000:]

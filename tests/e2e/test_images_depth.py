@@ -544,6 +544,7 @@ def test_hostile_archive_is_refused_and_writes_nothing_outside(
         pytest.skip("docker import takes one layer; the load variant covers lower layers")
     ref = uniq("hostile") + ":x"
     skip = {"skiffd.log"}
+    skiffd.settled()  # the previous test's run --rm may still be freeing its layers
     before = _tree(skiffd.base, skip)
     images_before = out(skiffd.docker("images", "-aq", "--no-trunc", check=True))
     if how == "load":
