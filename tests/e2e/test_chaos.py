@@ -21,6 +21,7 @@ import pytest
 
 from tests.chaos import run, seed_and_rounds
 from tests.daemon import running_daemon
+from tests.e2e.conftest import END_OF_RUN
 
 #: the time CI gives the kill points (the daemon's first start and the
 #: image's bootstrap come on top, a few seconds)
@@ -40,10 +41,12 @@ def test_chaos_kills_lose_nothing_and_leak_nothing(tmp_path: Path) -> None:
         began = time.monotonic()
         chaos = run(d, rounds, seed, seconds=seconds)
         took = time.monotonic() - began
-        print(f"chaos: seed {seed}, {chaos.kills} kills of skiffd, {chaos.monitor_kills} of "
-              f"a monitor, {chaos.forkserver_kills} of the fork server, "
-              f"{chaos.ledger.ops} operations answered, {took:.1f} s "
-              f"({', '.join(f'{k} {v:.1f} s' for k, v in chaos.seconds.items())})")
+        line = (f"chaos: seed {seed}, {chaos.kills} kills of skiffd, {chaos.monitor_kills} of "
+                f"a monitor, {chaos.forkserver_kills} of the fork server, "
+                f"{chaos.ledger.ops} operations answered, {took:.1f} s "
+                f"({', '.join(f'{k} {v:.1f} s' for k, v in chaos.seconds.items())})")
+        print(line)
+        END_OF_RUN.append(line)  # the count issue 21 asks of every CI run, at the log's end
         if chaos.problems:  # the daemon's log outlives the test's directory
             Path(f"/tmp/skiff-chaos-{seed}.log").write_bytes(d.log_path.read_bytes())
         assert not chaos.problems, (
