@@ -25,16 +25,36 @@ import struct
 import threading
 from dataclasses import dataclass
 
-NETLINK_ROUTE = 0
-RTM_NEWLINK, RTM_DELLINK = 16, 17
+from skiff.plugins._rtnetlink import (
+    IFF_UP,
+    IFLA_IFNAME,
+    IFLA_INFO_KIND,
+    IFLA_LINKINFO,
+    NLM_F_ACK,
+    NLM_F_CREATE,
+    NLM_F_DUMP,
+    NLM_F_EXCL,
+    NLMSG_DONE,
+    NLMSG_ERROR,
+    RTM_DELLINK,
+    RTM_NEWLINK,
+    NetlinkError,
+    attr,
+    attrs,
+    error_of,
+    header,
+    ifinfomsg,
+    messages,
+    nested,
+    open_socket,
+    string,
+)
+
+__all__ = ["NetlinkError", "Request", "Rtnl", "add_ifb", "add_ingress", "add_redirect",
+           "add_tbf", "del_ingress", "del_link", "del_root"]
+
 RTM_NEWQDISC, RTM_DELQDISC, RTM_GETQDISC = 36, 37, 38
 RTM_NEWTFILTER = 44
-NLMSG_ERROR, NLMSG_DONE = 2, 3
-NLM_F_REQUEST, NLM_F_ACK, NLM_F_DUMP = 0x1, 0x4, 0x300
-NLM_F_EXCL, NLM_F_CREATE = 0x200, 0x400
-NLA_F_NESTED = 0x8000
-IFF_UP = 0x1
-IFLA_IFNAME, IFLA_LINKINFO, IFLA_INFO_KIND = 3, 18, 1
 TCA_KIND, TCA_OPTIONS = 1, 2
 TCA_TBF_PARMS, TCA_TBF_RATE64, TCA_TBF_BURST = 1, 4, 6
 TCA_U32_CLASSID, TCA_U32_SEL, TCA_U32_ACT = 1, 5, 7
@@ -50,12 +70,6 @@ INGRESS_HANDLE = 0xFFFF0000
 ETH_P_ALL = 0x0003
 #: one page more than a dump of a few qdiscs needs
 RECV_SIZE = 65536
-#: seconds to wait for the kernel's answers to one batch
-REPLY_TIMEOUT = 10.0
-
-
-class NetlinkError(OSError):
-    """The kernel refused a request (``errno`` is its error)."""
 
 
 @dataclass(frozen=True)
@@ -65,19 +79,6 @@ class Request:
     type: int
     flags: int
     payload: bytes
-
-
-def _attr(kind: int, data: bytes) -> bytes:
-    length = 4 + len(data)
-    return struct.pack("=HH", length, kind) + data + b"\0" * (-length % 4)
-
-
-def _nested(kind: int, *attrs: bytes) -> bytes:
-    return _attr(kind | NLA_F_NESTED, b"".join(attrs))
-
-
-def _string(kind: int, text: str) -> bytes:
-    return _attr(kind, text.encode() + b"\0")
 
 
 def _tcmsg(index: int, handle: int, parent: int, info: int = 0) -> bytes:
@@ -98,12 +99,12 @@ def add_tbf(index: int, rate: int, burst: int, latency: int) -> Request:
     limit = int(rate_bps * latency / 1_000_000) + burst
     # rate, peakrate, limit, buffer (ticks; TCA_TBF_BURST gives it in bytes), mtu
     qopt = _ratespec(rate_bps) + struct.pack("=12x") + struct.pack("=III", limit, 0, 0)
-    attrs = [_attr(TCA_TBF_PARMS, qopt), _attr(TCA_TBF_BURST, struct.pack("=I", burst))]
+    attrs = [attr(TCA_TBF_PARMS, qopt), attr(TCA_TBF_BURST, struct.pack("=I", burst))]
     if rate_bps > 0xFFFFFFFF:
-        attrs.append(_attr(TCA_TBF_RATE64, struct.pack("=Q", rate_bps)))
+        attrs.append(attr(TCA_TBF_RATE64, struct.pack("=Q", rate_bps)))
     return Request(RTM_NEWQDISC, NLM_F_CREATE | NLM_F_EXCL,
-                   _tcmsg(index, 0, TC_H_ROOT) + _string(TCA_KIND, "tbf")
-                   + _nested(TCA_OPTIONS, *attrs))
+                   _tcmsg(index, 0, TC_H_ROOT) + string(TCA_KIND, "tbf")
+                   + nested(TCA_OPTIONS, *attrs))
 
 
 def del_root(index: int) -> Request:
@@ -112,7 +113,7 @@ def del_root(index: int) -> Request:
 
 def add_ingress(index: int) -> Request:
     return Request(RTM_NEWQDISC, NLM_F_CREATE | NLM_F_EXCL,
-                   _tcmsg(index, INGRESS_HANDLE, TC_H_INGRESS) + _string(TCA_KIND, "ingress"))
+                   _tcmsg(index, INGRESS_HANDLE, TC_H_INGRESS) + string(TCA_KIND, "ingress"))
 
 
 def del_ingress(index: int) -> Request:
@@ -128,28 +129,24 @@ def add_redirect(index: int, to_index: int) -> Request:
     sel += struct.pack("=IIii", 0, 0, 0, 0)
     # tc_gen (index, capab, action, refcnt, bindcnt), eaction, ifindex
     mirred = struct.pack("=IIiiiiI", 0, 0, TC_ACT_STOLEN, 0, 0, TCA_EGRESS_REDIR, to_index)
-    action = _nested(1, _string(TCA_ACT_KIND, "mirred"),
-                     _nested(TCA_ACT_OPTIONS, _attr(TCA_MIRRED_PARMS, mirred)))
-    options = _nested(TCA_OPTIONS, _attr(TCA_U32_CLASSID, struct.pack("=I", 0x10000)),
-                      _attr(TCA_U32_SEL, sel), _nested(TCA_U32_ACT, action))
+    action = nested(1, string(TCA_ACT_KIND, "mirred"),
+                     nested(TCA_ACT_OPTIONS, attr(TCA_MIRRED_PARMS, mirred)))
+    options = nested(TCA_OPTIONS, attr(TCA_U32_CLASSID, struct.pack("=I", 0x10000)),
+                      attr(TCA_U32_SEL, sel), nested(TCA_U32_ACT, action))
     info = (1 << 16) | socket.htons(ETH_P_ALL)  # priority 1, protocol
     return Request(RTM_NEWTFILTER, NLM_F_CREATE | NLM_F_EXCL,
-                   _tcmsg(index, 0, INGRESS_HANDLE, info) + _string(TCA_KIND, "u32") + options)
-
-
-def _ifinfomsg(index: int = 0, flags: int = 0, change: int = 0) -> bytes:
-    return struct.pack("=BxHiII", socket.AF_UNSPEC, 0, index, flags, change)
+                   _tcmsg(index, 0, INGRESS_HANDLE, info) + string(TCA_KIND, "u32") + options)
 
 
 def add_ifb(name: str) -> Request:
     """An IFB device named ``name``, up."""
     return Request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL,
-                   _ifinfomsg(flags=IFF_UP, change=IFF_UP) + _string(IFLA_IFNAME, name)
-                   + _nested(IFLA_LINKINFO, _string(IFLA_INFO_KIND, "ifb")))
+                   ifinfomsg(flags=IFF_UP, change=IFF_UP) + string(IFLA_IFNAME, name)
+                   + nested(IFLA_LINKINFO, string(IFLA_INFO_KIND, "ifb")))
 
 
 def del_link(name: str) -> Request:
-    return Request(RTM_DELLINK, 0, _ifinfomsg() + _string(IFLA_IFNAME, name))
+    return Request(RTM_DELLINK, 0, ifinfomsg() + string(IFLA_IFNAME, name))
 
 
 class Rtnl:
@@ -157,12 +154,7 @@ class Rtnl:
     error (0 for none).  Thread-safe: a lock serialises the batches."""
 
     def __init__(self) -> None:
-        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                                   NETLINK_ROUTE)
-        self._sock.bind((0, 0))
-        # the kernel acks every request; a wait past this is a bug, not a load:
-        # raise (socket.timeout) rather than hold a worker thread for good
-        self._sock.settimeout(REPLY_TIMEOUT)
+        self._sock = open_socket()
         self._seq = 0
         self._lock = threading.Lock()
 
@@ -177,15 +169,14 @@ class Rtnl:
             first = self._seq + 1
             self._seq += len(requests)
             data = b"".join(
-                struct.pack("=IHHII", 16 + len(r.payload), r.type,
-                            NLM_F_REQUEST | NLM_F_ACK | r.flags, first + i, 0) + r.payload
+                header(len(r.payload), r.type, NLM_F_ACK | r.flags, first + i) + r.payload
                 for i, r in enumerate(requests))
             self._sock.send(data)
             errors: dict[int, int] = {}
             while len(errors) < len(requests):
-                for seq, kind, body in _messages(self._sock.recv(RECV_SIZE)):
+                for seq, kind, body in messages(self._sock.recv(RECV_SIZE)):
                     if kind == NLMSG_ERROR and first <= seq < first + len(requests):
-                        errors[seq] = -struct.unpack_from("=i", body)[0]
+                        errors[seq] = error_of(body)
             return [errors[first + i] for i in range(len(requests))]
 
     def check(self, requests: list[Request], what: str) -> None:
@@ -199,45 +190,18 @@ class Rtnl:
         with self._lock:
             self._seq += 1
             seq = self._seq
-            self._sock.send(struct.pack("=IHHII", 16 + 20, RTM_GETQDISC,
-                                        NLM_F_REQUEST | NLM_F_DUMP, seq, 0)
-                            + _tcmsg(index, 0, 0))
+            self._sock.send(header(20, RTM_GETQDISC, NLM_F_DUMP, seq) + _tcmsg(index, 0, 0))
             out: dict[int, str] = {}
             while True:
-                for got, kind, body in _messages(self._sock.recv(RECV_SIZE)):
+                for got, kind, body in messages(self._sock.recv(RECV_SIZE)):
                     if got != seq:
                         continue
                     if kind == NLMSG_DONE:
                         return out
                     if kind == NLMSG_ERROR:
-                        err = -struct.unpack_from("=i", body)[0]
+                        err = error_of(body)
                         raise NetlinkError(err, f"qdisc dump: {os.strerror(err or errno.EIO)}")
                     if kind == RTM_NEWQDISC:
                         _, ifindex, _, parent, _ = struct.unpack_from("=BxxxiIII", body)
                         if ifindex == index:
-                            out[parent] = _kind(body[20:])
-
-
-def _messages(data: bytes) -> list[tuple[int, int, bytes]]:
-    """(seq, type, payload) of each message of a datagram."""
-    out = []
-    offset = 0
-    while offset + 16 <= len(data):
-        length, kind, _flags, seq, _pid = struct.unpack_from("=IHHII", data, offset)
-        if length < 16:
-            break
-        out.append((seq, kind, data[offset + 16:offset + length]))
-        offset += (length + 3) & ~3
-    return out
-
-
-def _kind(attrs: bytes) -> str:
-    offset = 0
-    while offset + 4 <= len(attrs):
-        length, kind = struct.unpack_from("=HH", attrs, offset)
-        if length < 4:
-            break
-        if kind & ~NLA_F_NESTED == TCA_KIND:
-            return attrs[offset + 4:offset + length].rstrip(b"\0").decode()
-        offset += (length + 3) & ~3
-    return ""
+                            out[parent] = attrs(body[20:]).get(TCA_KIND, b"").rstrip(b"\0").decode()

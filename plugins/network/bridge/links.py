@@ -20,26 +20,40 @@ import struct
 from dataclasses import dataclass
 from types import TracebackType
 
-NETLINK_ROUTE = 0
-RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
+from skiff.plugins._rtnetlink import (
+    IFF_UP,
+    IFLA_IFNAME,
+    IFLA_INFO_KIND,
+    IFLA_LINKINFO,
+    NLM_F_ACK,
+    NLM_F_CREATE,
+    NLM_F_DUMP,
+    NLM_F_EXCL,
+    NLMSG_DONE,
+    NLMSG_ERROR,
+    RTM_DELLINK,
+    RTM_NEWLINK,
+    NetlinkError,
+    attr,
+    attrs,
+    error_of,
+    header,
+    ifinfomsg,
+    messages,
+    nested,
+    open_socket,
+    string,
+)
+
+__all__ = ["Link", "NetlinkError", "Rtnl", "index_of"]
+
+RTM_GETLINK = 18
 RTM_NEWADDR, RTM_GETADDR = 20, 22
-NLMSG_ERROR, NLMSG_DONE = 2, 3
-NLM_F_REQUEST, NLM_F_ACK, NLM_F_DUMP = 0x1, 0x4, 0x300
-NLM_F_EXCL, NLM_F_CREATE = 0x200, 0x400
-NLA_F_NESTED = 0x8000
-IFF_UP = 0x1
-IFLA_IFNAME, IFLA_MASTER, IFLA_LINKINFO, IFLA_IFALIAS = 3, 10, 18, 20
+IFLA_MASTER, IFLA_IFALIAS = 10, 20
 IFLA_LINK_NETNSID = 37
-IFLA_INFO_KIND = 1
 IFA_ADDRESS, IFA_LOCAL, IFA_FLAGS = 1, 2, 8
 #: a dump's datagrams are at most a few pages; a message is never cut
 RECV_SIZE = 1 << 17
-#: seconds to wait for the kernel's answer; a longer wait is a bug, not a load
-REPLY_TIMEOUT = 10.0
-
-
-class NetlinkError(OSError):
-    """The kernel refused a request (``errno`` is its error)."""
 
 
 @dataclass(frozen=True)
@@ -53,56 +67,15 @@ class Link:
     netnsid: int | None  #: set when its peer lives in another namespace
 
 
-def _attr(kind: int, data: bytes) -> bytes:
-    length = 4 + len(data)
-    return struct.pack("=HH", length, kind) + data + b"\0" * (-length % 4)
-
-
-def _string(kind: int, text: str) -> bytes:
-    return _attr(kind, text.encode() + b"\0")
-
-
-def _ifinfomsg(index: int = 0, flags: int = 0, change: int = 0) -> bytes:
-    return struct.pack("=BxHiII", socket.AF_UNSPEC, 0, index, flags, change)
-
-
-def _attrs(data: bytes) -> dict[int, bytes]:
-    out: dict[int, bytes] = {}
-    offset = 0
-    while offset + 4 <= len(data):
-        length, kind = struct.unpack_from("=HH", data, offset)
-        if length < 4:
-            break
-        out[kind & ~NLA_F_NESTED] = data[offset + 4:offset + length]
-        offset += (length + 3) & ~3
-    return out
-
-
 def _text(data: bytes) -> str:
     return data.split(b"\0", 1)[0].decode(errors="replace")
-
-
-def _messages(data: bytes) -> list[tuple[int, int, bytes]]:
-    """(seq, type, payload) of each message of a datagram."""
-    out = []
-    offset = 0
-    while offset + 16 <= len(data):
-        length, kind, _flags, seq, _pid = struct.unpack_from("=IHHII", data, offset)
-        if length < 16:
-            break
-        out.append((seq, kind, data[offset + 16:offset + length]))
-        offset += (length + 3) & ~3
-    return out
 
 
 class Rtnl:
     """One rtnetlink socket of the calling thread's namespace (a context manager)."""
 
     def __init__(self) -> None:
-        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                                   NETLINK_ROUTE)
-        self._sock.bind((0, 0))
-        self._sock.settimeout(REPLY_TIMEOUT)
+        self._sock = open_socket()
         self._seq = 0
 
     def close(self) -> None:
@@ -117,17 +90,16 @@ class Rtnl:
 
     def _send(self, kind: int, flags: int, payload: bytes) -> int:
         self._seq += 1
-        self._sock.send(struct.pack("=IHHII", 16 + len(payload), kind,
-                                    NLM_F_REQUEST | flags, self._seq, 0) + payload)
+        self._sock.send(header(len(payload), kind, flags, self._seq) + payload)
         return self._seq
 
     def request(self, kind: int, flags: int, payload: bytes, what: str) -> None:
         """One acknowledged request; ``NetlinkError`` when the kernel refuses it."""
         seq = self._send(kind, NLM_F_ACK | flags, payload)
         while True:
-            for got, mtype, body in _messages(self._sock.recv(RECV_SIZE)):
+            for got, mtype, body in messages(self._sock.recv(RECV_SIZE)):
                 if got == seq and mtype == NLMSG_ERROR:
-                    err = -struct.unpack_from("=i", body)[0]
+                    err = error_of(body)
                     if err:
                         raise NetlinkError(err, f"{what}: {os.strerror(err)}")
                     return
@@ -137,13 +109,13 @@ class Rtnl:
         seq = self._send(kind, NLM_F_DUMP, payload)
         out: list[tuple[int, bytes]] = []
         while True:
-            for got, mtype, body in _messages(self._sock.recv(RECV_SIZE)):
+            for got, mtype, body in messages(self._sock.recv(RECV_SIZE)):
                 if got != seq:
                     continue
                 if mtype == NLMSG_DONE:
                     return out
                 if mtype == NLMSG_ERROR:
-                    err = -struct.unpack_from("=i", body)[0]
+                    err = error_of(body)
                     raise NetlinkError(err or errno.EIO, f"{what}: {os.strerror(err or errno.EIO)}")
                 out.append((mtype, body))
 
@@ -151,35 +123,35 @@ class Rtnl:
 
     def links(self) -> list[Link]:
         out = []
-        for mtype, body in self.dump(RTM_GETLINK, _ifinfomsg(), "listing the links"):
+        for mtype, body in self.dump(RTM_GETLINK, ifinfomsg(), "listing the links"):
             if mtype != RTM_NEWLINK:
                 continue
             index = struct.unpack_from("=i", body, 4)[0]
-            attrs = _attrs(body[16:])
-            master = attrs.get(IFLA_MASTER)
-            netnsid = attrs.get(IFLA_LINK_NETNSID)
+            found = attrs(body[16:])
+            master = found.get(IFLA_MASTER)
+            netnsid = found.get(IFLA_LINK_NETNSID)
             out.append(Link(
-                index=index, name=_text(attrs.get(IFLA_IFNAME, b"")),
-                alias=_text(attrs[IFLA_IFALIAS]) if IFLA_IFALIAS in attrs else None,
+                index=index, name=_text(found.get(IFLA_IFNAME, b"")),
+                alias=_text(found[IFLA_IFALIAS]) if IFLA_IFALIAS in found else None,
                 master=struct.unpack("=I", master[:4])[0] if master else None,
                 netnsid=struct.unpack("=i", netnsid[:4])[0] if netnsid else None))
         return out
 
     def add_bridge(self, name: str) -> None:
         self.request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL,
-                     _ifinfomsg() + _string(IFLA_IFNAME, name)
-                     + _attr(IFLA_LINKINFO | NLA_F_NESTED, _string(IFLA_INFO_KIND, "bridge")),
+                     ifinfomsg() + string(IFLA_IFNAME, name)
+                     + nested(IFLA_LINKINFO, string(IFLA_INFO_KIND, "bridge")),
                      f"adding bridge {name}")
 
     def set_up(self, index: int, alias: str | None = None) -> None:
         """Link ``index`` up, with ``alias`` as its alias when given."""
-        payload = _ifinfomsg(index, IFF_UP, IFF_UP)
+        payload = ifinfomsg(index, IFF_UP, IFF_UP)
         if alias is not None:
-            payload += _string(IFLA_IFALIAS, alias)
+            payload += string(IFLA_IFALIAS, alias)
         self.request(RTM_NEWLINK, 0, payload, f"setting link {index} up")
 
     def delete(self, index: int) -> None:
-        self.request(RTM_DELLINK, 0, _ifinfomsg(index), f"deleting link {index}")
+        self.request(RTM_DELLINK, 0, ifinfomsg(index), f"deleting link {index}")
 
     # -- addresses -----------------------------------------------------------------
 
@@ -191,8 +163,8 @@ class Rtnl:
             fam, _, _, _, ifindex = struct.unpack_from("=BBBBI", body)
             if mtype != RTM_NEWADDR or ifindex != index or fam != family:
                 continue
-            attrs = _attrs(body[8:])
-            raw = attrs.get(IFA_ADDRESS) or attrs.get(IFA_LOCAL)
+            found = attrs(body[8:])
+            raw = found.get(IFA_ADDRESS) or found.get(IFA_LOCAL)
             if raw:
                 out.add(socket.inet_ntop(family, raw))
         return out
@@ -202,8 +174,8 @@ class Rtnl:
         raw = socket.inet_pton(family, address)
         self.request(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL,
                      struct.pack("=BBBBI", family, prefixlen, flags & 0xFF, 0, index)
-                     + _attr(IFA_LOCAL, raw) + _attr(IFA_ADDRESS, raw)
-                     + _attr(IFA_FLAGS, struct.pack("=I", flags)),
+                     + attr(IFA_LOCAL, raw) + attr(IFA_ADDRESS, raw)
+                     + attr(IFA_FLAGS, struct.pack("=I", flags)),
                      f"adding address {address}/{prefixlen}")
 
 
