@@ -146,9 +146,18 @@ class VolumeStore:
                 continue
             self.volumes[v.name] = v
         with contextlib.suppress(Exception):
-            for info in self.driver(DEFAULT_DRIVER).list():
-                if info.name not in self.volumes:
-                    v = Volume(info.name, DEFAULT_DRIVER, self._created(info.mountpoint))
+            present = {info.name: info for info in self.driver(DEFAULT_DRIVER).list()}
+            for name, v in list(self.volumes.items()):
+                if v.driver == DEFAULT_DRIVER and name not in present:
+                    # a remove killed between the driver's delete and the record's:
+                    # finish it, or a create would find a volume without data
+                    log.warning("volume.remove_finished", name=name)
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(os.path.join(self.meta_dir, f"{name}.json"))
+                    del self.volumes[name]
+            for name, info in present.items():
+                if name not in self.volumes:
+                    v = Volume(name, DEFAULT_DRIVER, self._created(info.mountpoint))
                     self.volumes[v.name] = v
                     self._save(v)
 

@@ -57,6 +57,10 @@ def _parse_o(o: str) -> tuple[int, str]:
     return flags, ",".join(data)
 
 
+#: where ``remove`` renames a volume before deleting it; not a volume name (NAME_RE)
+TRASH_PREFIX = "_removing-"
+
+
 class LocalDriver:
     """Volumes as directories on the daemon's own filesystem."""
 
@@ -70,6 +74,11 @@ class LocalDriver:
         self._refs: dict[str, set[str]] = {}
         # No container survives its daemon (no live-restore): a host mount left
         # by a crash has no user and would hide the directory underneath.
+        # a remove killed after its rename leaves the renamed directory behind
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.listdir(self.home):
+                if entry.startswith(TRASH_PREFIX):
+                    shutil.rmtree(os.path.join(self.home, entry), ignore_errors=True)
         for name in self._names():
             data = self._data(name)
             if self._options(name) and os.path.ismount(data):
@@ -148,7 +157,7 @@ class LocalDriver:
             if os.path.ismount(data):
                 sc.umount(data, sc.MNT_DETACH)
         # rename first: a half-removed volume must not look like a volume
-        trash = os.path.join(self.home, f"_removing-{name}-{os.getpid()}")
+        trash = os.path.join(self.home, f"{TRASH_PREFIX}{name}-{os.getpid()}")
         os.rename(path, trash)
         shutil.rmtree(trash)
 

@@ -39,3 +39,22 @@ def test_a_held_volume_cannot_be_removed(tmp_path: Path) -> None:
         store.remove("data")
     store.release_hold(v.name)
     store.remove("data")
+
+
+def test_a_remove_cut_after_the_drivers_delete_is_finished_at_the_next_start(
+        tmp_path: Path) -> None:
+    """kill -9 between the local driver's rename and the record's unlink left a
+    record without data: the next create that named it answered 500 with the
+    driver's KeyError (found by the chaos test in CI, seed 2121)."""
+    store = _store(tmp_path)
+    store.create("data", None)
+    store.create("kept", None)
+    home = tmp_path / "volumes"
+    (home / "data").rename(home / "_removing-data-4242")  # where the kill struck
+    again = _store(tmp_path)
+    again.load()
+    assert sorted(again.volumes) == ["kept"]
+    assert not (home / "_meta" / "data.json").exists()
+    assert not (home / "_removing-data-4242").exists()
+    _v, new = again.create("data", None)  # a create naming it makes it anew
+    assert new and (home / "data" / "_data").is_dir()
