@@ -16,3 +16,12 @@ Contract for contributed modules:
 
 Units that end in ``/s`` are better higher; all others lower.
 """
+
+import os
+
+# The engines measured start Python processes (skiffd, its fork server, the
+# CLI): without bytecode each compiles skiff again, which would be measured
+# as their start.  Cached outside the tree, as the tests do (tests/conftest.py).
+if os.environ.pop("PYTHONDONTWRITEBYTECODE", None) is not None:
+    os.environ.setdefault("PYTHONPYCACHEPREFIX", "/var/tmp/skiff-pycache")
+

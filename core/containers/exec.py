@@ -41,7 +41,14 @@ from skiff.core.containers.streams import (
     take_terminal,
 )
 from skiff.core.errors import Conflict, InvalidParameter, NotFound
-from skiff.core.hookspecs import CgroupDriver, ExecSpec, Runtime, StartError, Stdio
+from skiff.core.hookspecs import (
+    CgroupDriver,
+    ContainerSpec,
+    ExecSpec,
+    Runtime,
+    StartError,
+    Stdio,
+)
 
 if TYPE_CHECKING:
     from skiff.core.containers.model import Container
@@ -249,10 +256,9 @@ class ExecManager:
         self._check_running(ex.container)
         return ex
 
-    def _spec(self, ex: Exec) -> ExecSpec:
+    def _spec(self, ex: Exec, base: ContainerSpec | None) -> ExecSpec:
+        """``ex``'s spec; ``base``, its container's run's, gives what it inherits."""
         c = ex.container
-        track = self.registry.tracks.get(c.id)
-        base = track.spec if track is not None else None
         pid = c.state.Pid
         cfg = c.config
         env = merge_env(list(cfg.get("Env") or []), ex.env)
@@ -293,7 +299,8 @@ class ExecManager:
         ex = self.check_startable(exec_id)
         c = ex.container
         ex.started = True
-        spec = self._spec(ex)
+        track = self.registry.tracks.get(c.id)
+        spec = self._spec(ex, await track.run_spec() if track is not None else None)
         attached = stream is not None
         # a detached exec gets its TTY too (Docker's exec -dt); _run drains it
         open_stdin = ex.attach_stdin and attached

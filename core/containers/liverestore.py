@@ -18,6 +18,7 @@ exited, with the code its monitor left if it did.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from typing import TYPE_CHECKING, Literal
 
@@ -162,7 +163,12 @@ async def adopt(m: ContainerManager, c: Container) -> None:
     tty = bool(c.config.get("Tty"))
     track.process = got.process
     track.stopping = False
-    track.spec = await _spec(m, c)
+    if any(mp.get("Type") == "volume" for mp in c.mount_points or []):
+        # now: building it asks the volumes' drivers for their mounts again,
+        # which the run's exit gives back
+        track.spec, track.spec_loader = await _spec(m, c), None
+    else:
+        track.spec, track.spec_loader = None, functools.partial(_spec, m, c)
     await m.network.readopt_all(c, track, got.process.pid)
     track.hub.begin_run(got.stdout if tty else -1)
     if got.stdin >= 0:

@@ -474,7 +474,7 @@ class ContainerManager:
                         StartedAt=now_rfc3339(), FinishedAt=c.state.FinishedAt, pid_start=pid_start,
                         boot_id=pidproof.boot_id(), Health=c.state.Health)
         track.process = process
-        track.spec = spec
+        track.spec, track.spec_loader = spec, None
         track.stopping = False
         track.hub.begin_run(out_r if spec.tty else -1)
         if in_w >= 0:

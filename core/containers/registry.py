@@ -50,8 +50,25 @@ class Track:
     log_limiter: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(1))
     #: the spec of the current run, after every plugin amended it: what an exec inherits
     spec: ContainerSpec | None = None
+    #: an adopted run's spec, built on its first exec rather than at adoption
+    #: (see ``run_spec``); None once built or for a run this daemon started
+    spec_loader: Callable[[], Awaitable[ContainerSpec | None]] | None = None
+    _spec_lock: trio.Lock = field(default_factory=trio.Lock)
     #: cancels the watch of the current run without ending it (live-restore shutdown)
     detach: trio.CancelScope | None = None
+
+
+    async def run_spec(self) -> ContainerSpec | None:
+        """The spec of the current run, built now if its adoption left it for
+        later: building the specs of 500 adopted containers was half of a
+        daemon's start-up, and only an exec needs one."""
+        loader = self.spec_loader
+        if loader is not None:
+            async with self._spec_lock:  # two execs at once build it once
+                if self.spec_loader is loader:
+                    self.spec = await loader()
+                    self.spec_loader = None
+        return self.spec
 
 
 class ContainerRegistry:

@@ -54,3 +54,39 @@ def test_replay_stamps_each_line_with_the_read_that_ended_it() -> None:
         ("stdout", b"one\n", 1.0), ("stdout", b"two\n", 2.0), ("stderr", b"err\n", 3.0)]
     # the unfinished line goes on with the live output
     assert carry == {"stdout": b"thr", "stderr": b""}
+
+
+def test_an_adopted_runs_spec_is_built_once_on_first_use() -> None:
+    """Adoption leaves the spec to the first exec (its build was half of a start
+    with 500 to adopt); execs at once must all get it, built once."""
+    from typing import Any, cast
+
+    import trio
+
+    from skiff.core.containers.registry import Track
+
+    builds: list[int] = []
+    marker = cast(Any, object())
+
+    async def load() -> Any:
+        builds.append(1)
+        await trio.sleep(0.01)  # a thread's work: the second exec arrives meanwhile
+        return marker
+
+    async def main() -> list[Any]:
+        track = Track()
+        track.spec_loader = load
+        got: list[Any] = []
+
+        async def one() -> None:
+            got.append(await track.run_spec())
+
+        async with trio.open_nursery() as n:
+            for _ in range(3):
+                n.start_soon(one)
+        assert track.spec_loader is None
+        got.append(await track.run_spec())
+        return got
+
+    assert trio.run(main) == [marker] * 4
+    assert builds == [1]
