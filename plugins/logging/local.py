@@ -361,12 +361,17 @@ class LocalDriver:
         if start is None:
             return
         wanted = _filter(config)
+        until = config.until
         first, offset = start
         for index in range(first, len(opened)):
             src = opened[index]
             entries = (self._entries(src, offset) if index == first and offset
                        else self._entries(src))
             for msg, _ in entries:
+                # the first message past ``until`` ends the read, as going forwards
+                # and as the C renderer: a clock set back must not let later ones in
+                if until is not None and msg.time > until:
+                    return
                 if wanted(msg):
                     yield msg
 

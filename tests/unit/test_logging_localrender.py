@@ -6,7 +6,7 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from skiff.core.containers.framing import HEADER
@@ -90,6 +90,13 @@ def write(path: Path, items: list[tuple[str, bytes, bool | PartialMeta | None, i
 @settings(max_examples=300, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(items=entries, cfg=requests, how=renders)
+# found by hypothesis: a clock set back (stderr at +2 s after stdout at +2.000001 s)
+# with --tail and --until; the general tail read let the later one in, the C
+# renderer stopped at the first message past --until
+@example(items=[("stdout", b"", False, 2, 0), ("stderr", b"", False, 0, 0),
+                ("stdout", b"", False, 0, 1000), ("stderr", b"", False, 0, 0)],
+         cfg=ReadConfig(tail=2, since=None, until=T0 + 2.0000005, stdout=False, stderr=True),
+         how=LogRender(timestamps=False, details=False, framed=False, coalesce=False))
 def test_rendered_equals_the_general_path(tmp_path: Path, items: list, cfg: ReadConfig,
                                           how: LogRender) -> None:
     path = tmp_path / "container.log"
