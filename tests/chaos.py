@@ -418,8 +418,9 @@ class Chaos:
                     self.ledger.started.add(name)
             monitors = monitors_now()
         if monitors:
-            os.kill(rnd.choice(monitors), signal.SIGKILL)
-            self.monitor_kills += 1
+            with contextlib.suppress(ProcessLookupError):  # its container ended meanwhile
+                os.kill(rnd.choice(monitors), signal.SIGKILL)
+                self.monitor_kills += 1
 
     def _kill_the_fork_server(self) -> None:
         # the daemon's child that serves <exec-root>/forkserver.sock (its spares
