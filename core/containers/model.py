@@ -209,11 +209,15 @@ class Container:
 
     # -- API shapes ------------------------------------------------------
 
-    def network_settings(self) -> dict[str, Any]:
-        networks = {
+    def endpoints_api(self) -> dict[str, dict[str, Any]]:
+        """``NetworkSettings.Networks``: Docker's EndpointSettings per network."""
+        return {
             name: {**endpoint_settings(), **shown(settings)}
             for name, settings in (self.networks or {self.network_mode: {}}).items()
         }
+
+    def network_settings(self) -> dict[str, Any]:
+        networks = self.endpoints_api()
         # The top-level fields are the default bridge's, as in Docker.
         primary = networks.get("bridge") or {}
         return {
@@ -321,7 +325,7 @@ class Container:
             "State": self.state.Status,
             "Status": self.status_text(),
             "HostConfig": {"NetworkMode": self.host_config.get("NetworkMode") or "default"},
-            "NetworkSettings": {"Networks": self.network_settings()["Networks"]},
+            "NetworkSettings": {"Networks": self.endpoints_api()},
             "Mounts": self.mounts_api(),
         }
 
