@@ -592,5 +592,6 @@ class Engine:
             self.plugins.hook.skiff_daemon_shutdown(config=self.config)
             # removed containers' layers still queued, before the driver lets go
             await self.to_thread(self.layers.trash.drain, 30.0)
+            await self.to_thread(self.containers.trash.drain, 30.0)
             await self.to_thread(self.storage.cleanup)
             reconcile.drop_memory_spool(self.builds.memory_spool)

@@ -71,6 +71,8 @@ def at_start(*, data_root: str, exec_root: str, storage_home: str, storage: Stor
     step("bundles", lambda: clear_dir(bundles, keep=owned.__contains__))
     step("temp_dirs", lambda: [
         *clear_dir(os.path.join(data_root, "tmp")),
+        # removed containers' exec-root folders the trash had not deleted yet
+        *clear_dir(os.path.join(exec_root, "tmp")),
         *clear_dir(os.path.join(layers.image_root, "distribution", "tmp")),
         *(clear_dir(memory_spool) if memory_spool else []),
     ])

@@ -116,17 +116,22 @@ class Daemon:
         return rc
 
     def settled(self, timeout: float = 60) -> None:
-        """Wait until the layers of removed containers are gone from disk.
+        """Wait until the layers and folders of removed containers are gone from disk.
 
         ``docker rm`` answers before the driver's files of the container's
-        layers are removed (core/images/trash.py); their metadata waits under
+        layers are removed (core/trash.py); their metadata waits under
         the layer store's ``tmp/`` until they are, so an empty ``tmp/`` means
         nothing is being removed.  For tests that compare the data-root's
         files before and after something."""
+        exec_tmp = Path(self.config["exec-root"]) / "tmp"
+
         def idle() -> bool:
-            return all(not any(tmp.iterdir())
-                       for tmp in self.root_dir.glob("image/*/layerdb/tmp"))
-        poll(idle, timeout, "the removed containers' layers to be gone")
+            # their folders wait in the two tmp/ folders (core/containers/manager.py)
+            return (all(not any(tmp.iterdir())
+                        for tmp in self.root_dir.glob("image/*/layerdb/tmp"))
+                    and not any(self.root_dir.glob("tmp/rm-*"))
+                    and not any(exec_tmp.glob("rm-*")))
+        poll(idle, timeout, "the removed containers' layers and folders to be gone")
 
     def logs(self) -> str:
         try:

@@ -70,6 +70,7 @@ from skiff.core.hookspecs import (
 from skiff.core.images.errors import LayerNotFound
 from skiff.core.networks import NoSuchNetwork
 from skiff.core.timefmt import now_rfc3339
+from skiff.core.trash import Trash
 from skiff.core.userns import IdMap
 
 if TYPE_CHECKING:
@@ -98,6 +99,10 @@ ADOPT_CONCURRENCY = 16
 KILL_WAIT = 30.0
 
 
+def _discard_tree(path: str) -> None:
+    shutil.rmtree(path)
+
+
 class ContainerManager:
     """The containers of one daemon.
 
@@ -120,6 +125,10 @@ class ContainerManager:
         self.root = os.path.join(data_root, "containers")
         self.config = config
         self.exec_root = exec_root
+        #: where a removed container's folders wait for the trash's worker
+        #: (reconciliation empties both at start)
+        self.retired = (os.path.join(data_root, "tmp"), os.path.join(exec_root, "tmp"))
+        self.trash = Trash(_discard_tree, name="container")
         self.plugins = plugins
         self.images = images
         self.layers = layers
@@ -686,10 +695,10 @@ class ContainerManager:
             c.state.Dead = True
             c.save()
             raise
-        await self.to_thread(shutil.rmtree, c.root, True)
-        await self.to_thread(
-            shutil.rmtree, os.path.join(self.exec_root, "containers", c.id), True
-        )
+        # its folders go after the answer too: renamed where the next start's
+        # clean-up looks (the rename is the removal; deleting a folder with a
+        # log in it while other work writes was most of a CRI RemoveContainer)
+        await self.to_thread(self._retire_folders, c)
         if c.userns.get("Mode") == "auto" and self.userns_ranges is not None:
             # only now: the block is free once nothing of the container is left
             await self.to_thread(self.userns_ranges.release, c.id)
@@ -700,6 +709,23 @@ class ContainerManager:
         track.removed.fire(c.state.ExitCode)
         self.event(c, "destroy")
         log.info("container.remove", id=c.id)
+
+    def _retire_folders(self, c: Container) -> None:
+        """Rename ``c``'s folder and its exec-root folder into the retired
+        folders and queue them for the trash's worker; removed here, inline,
+        where a rename cannot do it (another filesystem)."""
+        folders = (c.root, os.path.join(self.exec_root, "containers", c.id))
+        for folder, retired in zip(folders, self.retired, strict=True):
+            target = os.path.join(retired, f"rm-{c.id}")
+            try:
+                os.makedirs(retired, mode=0o700, exist_ok=True)
+                os.rename(folder, target)
+            except FileNotFoundError:
+                continue  # never made (a create cut short), or an earlier rm's
+            except OSError:
+                shutil.rmtree(folder, ignore_errors=True)
+                continue
+            self.trash.put(target)
 
     # -- networks, attach and logs (their own modules) -----------------------
 

@@ -29,7 +29,7 @@ from skiff.core.images import init_layer
 from skiff.core.images.errors import ImageConflict, LayerNotFound
 from skiff.core.images.layer_copies import ChownedCopies
 from skiff.core.images.metafiles import MetaDirs, read_meta, write_synced
-from skiff.core.images.trash import Trash
+from skiff.core.trash import Trash
 from skiff.core.userns import IdMap
 
 if TYPE_CHECKING:

@@ -72,7 +72,7 @@ from skiff.core.images.errors import (
 )
 from skiff.core.images.layer_copies import ChownedCopies
 from skiff.core.images.metafiles import MetaDirs, read_meta, write_synced
-from skiff.core.images.trash import Trash
+from skiff.core.trash import Trash
 from skiff.core.userns import IdMap
 
 log = structlog.get_logger("skiff.images.layers")

@@ -139,6 +139,11 @@ def test_crash_leftovers_go_and_live_objects_stay(tmp_path: Path, planted: list[
             subprocess.run(["mount", "-t", "tmpfs", "none", str(point)], check=True)
         (data / "tmp" / "load-dead").mkdir()
         (data / "tmp" / "load-dead" / "layer.tar").write_bytes(b"x" * 100)
+        # a removed container's folders, renamed for the trash, which the crash
+        # stopped before it deleted them (core/containers/manager.py)
+        for retired in (data / "tmp" / f"rm-{fake}", exec_root / "tmp" / f"rm-{fake}"):
+            retired.mkdir(parents=True)
+            (retired / "config.v2.json").write_text("{}")
         spool = Path("/dev/shm", "skiff-" + hashlib.sha256(str(data).encode()).hexdigest()[:12])
         assert spool.is_dir()  # this daemon's own corner of the memory spool
         (spool / "skiff-context-dead").mkdir()
@@ -178,6 +183,7 @@ def test_crash_leftovers_go_and_live_objects_stay(tmp_path: Path, planted: list[
         assert not mounted(tmp_mount) and not mounted(bundle_mount)
         assert not (exec_root / "containers" / fake).exists()
         assert os.listdir(data / "tmp") == []
+        assert os.listdir(exec_root / "tmp") == []
         assert not pull_tmp.exists()
         assert spool.is_dir() and os.listdir(spool) == []
         assert all(not g.exists() for g in group_dirs(parent, fake))
