@@ -275,6 +275,7 @@ def test_load_cut_by_a_crash_leaves_no_layer_and_no_temp(tmp_path: Path) -> None
         ok(d, "save", "-o", str(archive), tag)
         ok(d, "rm", maker)
         ok(d, "rmi", tag)
+        d.settled()  # the removed container's folder is not the load's spool below
         layerdb = next((data / "image").iterdir()) / "layerdb"
         layers_before = sorted(os.listdir(layerdb / "sha256"))
         blob = archive.read_bytes()

@@ -108,8 +108,10 @@ def daemon_log(d: Daemon) -> str:
 
 
 def tmp_entries(d: Daemon) -> list[str]:
+    """The daemon's temporary files, but for removed containers' folders, which
+    the trash deletes on its own time (``rm-<id>``, core/containers/manager.py)."""
     tmp = d.root_dir / "tmp"
-    return sorted(os.listdir(tmp)) if tmp.exists() else []
+    return sorted(n for n in os.listdir(tmp) if not n.startswith("rm-")) if tmp.exists() else []
 
 
 # -- 1. tar headers ----------------------------------------------------------------------
