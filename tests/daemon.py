@@ -123,14 +123,16 @@ class Daemon:
         the layer store's ``tmp/`` until they are, so an empty ``tmp/`` means
         nothing is being removed.  For tests that compare the data-root's
         files before and after something."""
+        from skiff.core.containers.manager import RETIRED_PREFIX
+
         exec_tmp = Path(self.config["exec-root"]) / "tmp"
 
         def idle() -> bool:
             # their folders wait in the two tmp/ folders (core/containers/manager.py)
             return (all(not any(tmp.iterdir())
                         for tmp in self.root_dir.glob("image/*/layerdb/tmp"))
-                    and not any(self.root_dir.glob("tmp/rm-*"))
-                    and not any(exec_tmp.glob("rm-*")))
+                    and not any(self.root_dir.glob(f"tmp/{RETIRED_PREFIX}*"))
+                    and not any(exec_tmp.glob(f"{RETIRED_PREFIX}*")))
         poll(idle, timeout, "the removed containers' layers and folders to be gone")
 
     def logs(self) -> str:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 import trio
 
+from skiff.core.containers import pidproof
 from skiff.core.containers.framing import STDERR, STDOUT, multiplex_frame
 from skiff.core.containers.registry import ContainerRegistry, ToThread
 from skiff.core.containers.resources import cgroup_procs
@@ -203,7 +204,7 @@ class ExecManager:
         fault: the 409 dockerd gives an exec into a container not running."""
         if not isinstance(exc, Exception):  # a cancel is no failure of the exec
             return
-        if c.state.Running and _alive(pid):
+        if c.state.Running and pidproof.namespaces_alive(pid):
             return
         raise Conflict(f"Container {c.id} is not running") from exc
 
@@ -437,13 +438,3 @@ class ExecManager:
             set_winsize(ex.terminal, height, width)
         except OSError as exc:
             raise InvalidParameter(f"cannot resize the TTY: {exc.strerror}") from exc
-
-
-def _alive(pid: int) -> bool:
-    """``pid`` runs still: its namespaces are there (they go first when it
-    exits, while it may still wait for the rest of its pid namespace)."""
-    try:
-        os.readlink(f"/proc/{pid}/ns/ipc")
-    except OSError:
-        return False
-    return True

@@ -97,10 +97,9 @@ OUTPUT_GRACE = 2.0
 ADOPT_CONCURRENCY = 16
 #: how long ``docker kill`` (SIGKILL) waits for the exit before it answers anyway
 KILL_WAIT = 30.0
-
-
-def _discard_tree(path: str) -> None:
-    shutil.rmtree(path)
+#: a removed container's folders wait for the trash as ``<data-root>/tmp/rm-<id>``
+#: and ``<exec-root>/tmp/rm-<id>``
+RETIRED_PREFIX = "rm-"
 
 
 class ContainerManager:
@@ -128,7 +127,7 @@ class ContainerManager:
         #: where a removed container's folders wait for the trash's worker
         #: (reconciliation empties both at start)
         self.retired = (os.path.join(data_root, "tmp"), os.path.join(exec_root, "tmp"))
-        self.trash = Trash(_discard_tree, name="container")
+        self.trash = Trash(shutil.rmtree, name="container")
         self.plugins = plugins
         self.images = images
         self.layers = layers
@@ -716,9 +715,13 @@ class ContainerManager:
         where a rename cannot do it (another filesystem)."""
         folders = (c.root, os.path.join(self.exec_root, "containers", c.id))
         for folder, retired in zip(folders, self.retired, strict=True):
-            target = os.path.join(retired, f"rm-{c.id}")
+            target = os.path.join(retired, RETIRED_PREFIX + c.id)
             try:
                 os.makedirs(retired, mode=0o700, exist_ok=True)
+            except OSError:
+                shutil.rmtree(folder, ignore_errors=True)
+                continue
+            try:
                 os.rename(folder, target)
             except FileNotFoundError:
                 continue  # never made (a create cut short), or an earlier rm's

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 import secrets
 from collections.abc import Callable
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 import structlog
 import trio
 
+from skiff.core.containers import pidproof
 from skiff.core.containers.config import dns_settings
 from skiff.core.containers.endpoints import (
     REQUESTED_MAC,
@@ -37,13 +37,6 @@ from skiff.core.hookspecs import (
 from skiff.core.networks import Network, NetworkStore, NoSuchNetwork, trait
 
 log = structlog.get_logger("skiff.containers")
-
-
-def namespaces_gone(pid: int) -> bool:
-    """Whether process ``pid`` no longer has its namespaces: gone, or dead and
-    not yet reaped (a zombie keeps its ``/proc/<pid>`` but not its ``ns/``
-    links; the chaos test found a connect racing an ``rm -f`` there, a 500)."""
-    return not os.path.exists(f"/proc/{pid}/ns/net")
 
 
 class NetworkAttachment:
@@ -302,7 +295,7 @@ class NetworkAttachment:
                         if net.name in track.endpoints:
                             await self.detach(c, track, net.name)
                     del c.networks[net.name]
-                    if isinstance(exc, OSError) and namespaces_gone(c.state.Pid):
+                    if isinstance(exc, OSError) and not pidproof.namespaces_alive(c.state.Pid):
                         # the container ended while it was being connected
                         raise Conflict(f"Container {c.id} is not running") from exc
                     if isinstance(exc, ValueError) and not isinstance(exc, InvalidParameter):

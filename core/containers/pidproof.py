@@ -25,7 +25,7 @@ import select
 import signal
 from collections.abc import Callable
 
-__all__ = ["boot_id", "kill_if_proven", "start_time"]
+__all__ = ["boot_id", "kill_if_proven", "namespaces_alive", "start_time"]
 
 _boot_id: str | None = None
 
@@ -95,3 +95,16 @@ def kill_if_proven(pid: int, recorded_start: int, recorded_boot: str,
         return "killed"
     finally:
         os.close(pidfd)
+
+
+def namespaces_alive(pid: int) -> bool:
+    """Whether ``pid`` still has its namespaces, i.e. still runs: they go first
+    when a process exits, while it may still wait for the rest of its pid
+    namespace or to be reaped (a zombie keeps ``/proc/<pid>``, not its
+    ``ns/`` links).  How an exec or a network connect that failed tells a
+    container that ended meanwhile (a 409) from a fault of the daemon."""
+    try:
+        os.readlink(f"/proc/{pid}/ns/ipc")
+    except OSError:
+        return False
+    return True

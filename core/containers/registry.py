@@ -53,10 +53,9 @@ class Track:
     #: an adopted run's spec, built on its first exec rather than at adoption
     #: (see ``run_spec``); None once built or for a run this daemon started
     spec_loader: Callable[[], Awaitable[ContainerSpec | None]] | None = None
-    _spec_lock: trio.Lock = field(default_factory=trio.Lock)
+    _spec_lock: trio.Lock = field(default_factory=trio.Lock, init=False, repr=False)
     #: cancels the watch of the current run without ending it (live-restore shutdown)
     detach: trio.CancelScope | None = None
-
 
     async def run_spec(self) -> ContainerSpec | None:
         """The spec of the current run, built now if its adoption left it for

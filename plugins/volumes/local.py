@@ -72,14 +72,14 @@ class LocalDriver:
         self._lock = threading.Lock()
         #: volume name -> refs (container IDs) holding its host mount
         self._refs: dict[str, set[str]] = {}
+        entries = os.listdir(self.home)
+        for entry in entries:
+            # a remove killed after its rename leaves the renamed directory behind
+            if entry.startswith(TRASH_PREFIX):
+                shutil.rmtree(os.path.join(self.home, entry), ignore_errors=True)
         # No container survives its daemon (no live-restore): a host mount left
         # by a crash has no user and would hide the directory underneath.
-        # a remove killed after its rename leaves the renamed directory behind
-        with contextlib.suppress(FileNotFoundError):
-            for entry in os.listdir(self.home):
-                if entry.startswith(TRASH_PREFIX):
-                    shutil.rmtree(os.path.join(self.home, entry), ignore_errors=True)
-        for name in self._names():
+        for name in self._names(entries):
             data = self._data(name)
             if self._options(name) and os.path.ismount(data):
                 with contextlib.suppress(OSError):
@@ -99,11 +99,13 @@ class LocalDriver:
     def _data(self, name: str) -> str:
         return os.path.join(self._dir(name), "_data")
 
-    def _names(self) -> list[str]:
-        try:
-            entries = os.listdir(self.home)
-        except FileNotFoundError:
-            return []
+    def _names(self, entries: list[str] | None = None) -> list[str]:
+        """The volumes' names; ``entries``: the home's listing, if already read."""
+        if entries is None:
+            try:
+                entries = os.listdir(self.home)
+            except FileNotFoundError:
+                return []
         return [n for n in entries
                 if NAME_RE.match(n) and os.path.isdir(os.path.join(self.home, n, "_data"))]
 

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pytest
 
+from skiff.core.containers.manager import RETIRED_PREFIX
 from skiff.core.containers.pidproof import start_time
 from skiff.core.engine import TRANSFER_THREADS
 from tests.daemon import Daemon, poll
@@ -109,9 +110,11 @@ def daemon_log(d: Daemon) -> str:
 
 def tmp_entries(d: Daemon) -> list[str]:
     """The daemon's temporary files, but for removed containers' folders, which
-    the trash deletes on its own time (``rm-<id>``, core/containers/manager.py)."""
+    the trash deletes on its own time (``RETIRED_PREFIX``)."""
     tmp = d.root_dir / "tmp"
-    return sorted(n for n in os.listdir(tmp) if not n.startswith("rm-")) if tmp.exists() else []
+    if not tmp.exists():
+        return []
+    return sorted(n for n in os.listdir(tmp) if not n.startswith(RETIRED_PREFIX))
 
 
 # -- 1. tar headers ----------------------------------------------------------------------

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import time
 
-from skiff.core.containers.networking import namespaces_gone
+from skiff.core.containers.pidproof import namespaces_alive
 
 
 def _state(pid: int) -> str:
@@ -25,8 +25,8 @@ def test_a_zombie_has_no_namespaces_though_its_proc_entry_stays() -> None:
             assert time.monotonic() < deadline, "the child did not exit"
             time.sleep(0.01)
         assert os.path.exists(f"/proc/{pid}")  # what the old check looked at
-        assert namespaces_gone(pid)
+        assert not namespaces_alive(pid)
     finally:
         os.waitpid(pid, 0)
-    assert namespaces_gone(pid)
-    assert not namespaces_gone(os.getpid())
+    assert not namespaces_alive(pid)
+    assert namespaces_alive(os.getpid())
