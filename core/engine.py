@@ -29,6 +29,7 @@ from skiff.core.cluster.membership import ClusterMembership
 from skiff.core.config import ConfigError, exec_options, storage_options
 from skiff.core.containers import logdelivery
 from skiff.core.containers.archive import ContainerFiles
+from skiff.core.containers.cgroupprime import CgroupPrimer
 from skiff.core.containers.exec import ExecManager
 from skiff.core.containers.health import HealthMonitor
 from skiff.core.containers.healthprobe import ExecProbe
@@ -304,6 +305,8 @@ class Engine:
                 self.cluster, self.networks, self.to_thread,
                 lambda action, net: self.events.publish(
                     "network", action, net.id, {"name": net.name, "type": net.driver}))
+        #: the kernel's wait for a move into a group, paid ahead (contract 2.18)
+        prime = CgroupPrimer(self.cgroups, self.to_thread, self.spawn)
         # last: the manager takes the stores and drivers above as its collaborators
         self.containers = ContainerManager(
             self.registry, data_root=self.data_root, config=self.config,
@@ -313,9 +316,9 @@ class Engine:
             network_driver=self.network_driver, resolve_network_mode=self.resolve_network_mode,
             remap=self.remap, userns_ranges=self.userns_ranges,
             userns_storage=lambda: self.userns_storage, publish=self.events.publish,
-            to_thread=self.to_thread, spawn=self.spawn, shaping=self.shaping)
+            to_thread=self.to_thread, spawn=self.spawn, shaping=self.shaping, prime=prime)
         self.execs = ExecManager(self.registry, self.runtime, self.runtime_name, self.cgroups,
-                                 self.to_thread, self.spawn)
+                                 self.to_thread, self.spawn, prime)
         #: healthchecks: follows the containers' start and die events, probes as execs
         self.health = HealthMonitor(self.registry, ExecProbe(self.execs), self.spawn)
         builder_root = os.path.join(self.data_root, "builder")

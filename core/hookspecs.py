@@ -89,6 +89,17 @@ and unpacking a tar cost more than the rest of the layer work; a driver
 without it gets the tar through ``apply_diff``.  Optional, not a Protocol
 member.
 
+*Moves into groups paid ahead (2.18).*  A cgroup driver may offer
+``prime()``: make the kernel ready for the next move of a process into a
+group, blocking while it waits, without moving anything.  On cgroup v1 and
+v2 the first write to a ``cgroup.procs`` after an idle spell waits for an RCU
+grace period (5 to 15 ms), and writes for about a grace period after it do
+not; the daemon calls ``prime`` from a worker thread, not awaited, when a
+move is likely soon (a container created, a start or an exec begun), so the
+move on the start path finds the wait over.  It must never move a process
+out of its group, and a failure only makes it do nothing from then on.
+Optional, not a Protocol member.
+
 This module is one piece on purpose, though long: it is the one file a plugin
 author reads, so every hook, Protocol and record a driver sees is here, with
 the promises each side makes, and nothing else is (the daemon's own code
@@ -124,7 +135,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 #: accepts any minor of the same major (see ``skiff.core.plugins``).  Major 1
 #: is the contract before versions, when network options and endpoint data
 #: crossed it as dicts; 2 made them records.
-CONTRACT_VERSION = "2.17"
+CONTRACT_VERSION = "2.18"
 #: the contract of a plugin that declares none: it was written before versions
 UNDECLARED_CONTRACT = "1.0"
 #: the module attribute holding a plugin's declared contract version

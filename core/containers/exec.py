@@ -153,8 +153,12 @@ class ExecManager:
     """
 
     def __init__(self, registry: ContainerRegistry, runtime: Runtime, runtime_name: str,
-                 cgroups: CgroupDriver | None, to_thread: ToThread, spawn: Spawn) -> None:
+                 cgroups: CgroupDriver | None, to_thread: ToThread, spawn: Spawn,
+                 prime: Callable[[], None] = lambda: None) -> None:
         self.registry = registry
+        #: the kernel's wait for the process's move into the container's
+        #: groups, started ahead (``CgroupPrimer``)
+        self.prime = prime
         self.runtime = runtime
         self.runtime_name = runtime_name
         self.cgroups = cgroups
@@ -241,6 +245,8 @@ class ExecManager:
             console_size=body.get("ConsoleSize") or None,
         )
         self.by_id[ex.id] = ex
+        if self.cgroups is not None:
+            self.prime()  # the start follows: its move finds the grace period over
         self.registry.event(c, f"exec_create: {ex.command}", execID=ex.id)
         log.info("exec.create", id=ex.id, container=c.id, cmd=ex.command)
         return ex.id
@@ -300,6 +306,8 @@ class ExecManager:
         ex = self.check_startable(exec_id)
         c = ex.container
         ex.started = True
+        if self.cgroups is not None:
+            self.prime()
         track = self.registry.tracks.get(c.id)
         spec = self._spec(ex, await track.run_spec() if track is not None else None)
         attached = stream is not None

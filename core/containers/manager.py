@@ -38,6 +38,7 @@ from skiff.core.containers import namespaces as container_namespaces
 from skiff.core.containers import restore as container_restore
 from skiff.core.containers import userns as container_userns
 from skiff.core.containers.attach import Attacher
+from skiff.core.containers.cgroupprime import GroupsAhead
 from skiff.core.containers.config import (
     NAME_RE,
     InvalidConfig,
@@ -120,7 +121,8 @@ class ContainerManager:
                  resolve_network_mode: Callable[[str], str], remap: Remap | None,
                  userns_ranges: RangeAllocator | None, userns_storage: Callable[[], str],
                  publish: Publish, to_thread: ToThread, spawn: Spawn,
-                 shaping: Shaping | None = None) -> None:
+                 shaping: Shaping | None = None,
+                 prime: Callable[[], None] = lambda: None) -> None:
         self.root = os.path.join(data_root, "containers")
         self.config = config
         self.exec_root = exec_root
@@ -139,6 +141,11 @@ class ContainerManager:
         self.userns_ranges = userns_ranges
         self.userns_storage = userns_storage
         self.spawn = spawn
+        #: the kernel's wait for the init's move into its groups, started
+        #: ahead in the background (``CgroupPrimer``)
+        self.prime = prime
+        #: a created container's groups, made in the background for its start
+        self.groups_ahead = GroupsAhead(cgroups, prime, to_thread, spawn)
         self.storage_name = storage_name
         self.volumes = volumes
         self.resolve_network_mode = resolve_network_mode
@@ -309,6 +316,8 @@ class ContainerManager:
         self.registry.index(c)
         try:
             self.network.check_create(c)
+            with contextlib.suppress(ValueError):  # the start says what is wrong
+                self.groups_ahead.begin(cid, container_limits.resources_from(hc))
             os.makedirs(root, mode=0o700)
             idmap = await self._assign_userns(c)
             chowned = idmap if c.userns.get("Storage") == "chown" else None
@@ -352,6 +361,7 @@ class ContainerManager:
 
     async def _discard(self, c: Container) -> None:
         """Undo a create that failed half-way; leaves no trace of ``c``."""
+        await self.groups_ahead.drop(c.id)
         if c.mount_id:
             with contextlib.suppress(Exception):
                 await self.to_thread(self.layers.remove_rw, c.id)
@@ -420,8 +430,9 @@ class ContainerManager:
         if self.cgroups is not None:
             # before prepare: the init bind-mounts the groups into the container
             try:
-                await self.to_thread(self.cgroups.create, c.id,
-                                     container_limits.resources_from(c.host_config))
+                resources = container_limits.resources_from(c.host_config)
+                if not await self.groups_ahead.claim(c.id, resources):
+                    await self.to_thread(self.cgroups.create, c.id, resources)
             except ValueError as exc:  # a limit this host cannot apply: the client's
                 raise InvalidParameter(str(exc)) from exc
             spec.cgroup_procs = cgroup_procs(self.cgroups, c.id)
@@ -698,6 +709,7 @@ class ContainerManager:
         # clean-up looks (the rename is the removal; deleting a folder with a
         # log in it while other work writes was most of a CRI RemoveContainer)
         await self.to_thread(self._retire_folders, c)
+        await self.groups_ahead.drop(c.id)
         if c.userns.get("Mode") == "auto" and self.userns_ranges is not None:
             # only now: the block is free once nothing of the container is left
             await self.to_thread(self.userns_ranges.release, c.id)
@@ -777,4 +789,5 @@ class ContainerManager:
                                        "without live-restore, or without skiff-monitor): it "
                                        "is stopped as without live-restore")
                 n.start_soon(self._stop, c, track, None)
+        await self.groups_ahead.close()
 

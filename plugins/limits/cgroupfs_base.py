@@ -233,6 +233,67 @@ def _mountinfo() -> Iterator[tuple[str, str, set[str]]]:
                 yield fields[4], rfields[0], set(rfields[2].split(","))
 
 
+def _own_procs_file(version: int) -> str | None:
+    """The ``cgroup.procs`` of the group this process is in, in one hierarchy
+    mounted from its root (v1: the first such; v2: the unified one), read
+    afresh: None when there is none to be found."""
+    own: dict[str, str] = {}
+    with contextlib.suppress(OSError), open("/proc/self/cgroup") as f:
+        for line in f:
+            _, names, path = line.rstrip("\n").split(":", 2)
+            own[names] = path
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            fields, rfields = left.split(), right.split()
+            if len(rfields) < 3 or fields[3] != "/" or not fields[4].startswith(CGROUP_ROOT):
+                continue
+            if version == 2 and rfields[0] == "cgroup2" and "" in own:
+                path = own[""]
+            elif version == 1 and rfields[0] == "cgroup":
+                controllers = [o for o in rfields[2].split(",") if o in V1_CONTROLLERS]
+                path = next((p for names, p in own.items()
+                             if names and set(names.split(",")) & set(controllers)), "")
+            else:
+                continue
+            if path.startswith("/"):
+                return os.path.join(fields[4], path.lstrip("/"), "cgroup.procs")
+    return None
+
+
+#: v1 controllers whose hierarchies a prime may use (never a named one)
+V1_CONTROLLERS = frozenset({"pids", "freezer", "devices", "memory", "cpu", "cpuacct",
+                            "cpuset", "blkio", "net_cls", "net_prio", "perf_event",
+                            "hugetlb", "rdma", "misc"})
+
+
+def prime_moves(version: int) -> str | None:
+    """Make the kernel ready for the next move of a process into a group.
+
+    On both cgroup versions a write to a ``cgroup.procs`` takes the kernel's
+    ``cgroup_threadgroup_rwsem`` for writing, and the first such write after
+    an idle spell waits for an RCU grace period (5 to 15 ms on this VM);
+    writes for about one grace period after the last are fast.  Writing
+    ``0`` (the writer itself) into the group this process is already in
+    takes the lock and moves nothing, so a move made soon after costs tens
+    of microseconds.  Blocks for the grace period; returns why it could not
+    (None: done).  The group is read from ``/proc/self/cgroup`` right
+    before the write, so the process is never moved anywhere.
+    """
+    try:
+        target = _own_procs_file(version)
+        if target is None:
+            return "the daemon's own group is not in a mounted hierarchy"
+        fd = os.open(target, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, b"0")
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        return f"cannot write to the daemon's own cgroup.procs: {exc.strerror or exc}"
+    return None
+
+
 def v1_hierarchies() -> dict[str, str]:
     """Mounted v1 controller hierarchies: mount point -> comma-joined controllers.
 
@@ -282,6 +343,7 @@ class CgroupfsBase:
         self._parents: dict[str, str] = {}
         self._made: set[str] = set()
         self._own_groups: dict[str | None, str] = {}
+        self._prime_off = False
         with contextlib.suppress(OSError, ValueError, TypeError, AttributeError), \
                 open(self._state_file) as f:
             state = json.load(f)
@@ -294,6 +356,19 @@ class CgroupfsBase:
         if controller not in self._own_groups:
             self._own_groups[controller] = own_cgroup(controller)
         return self._own_groups[controller]
+
+    def prime(self) -> None:
+        """Contract 2.18: see ``prime_moves``.  Turned off for good, with a
+        warning, the first time it cannot work (a daemon in a group it cannot
+        write, a hierarchy not mounted from its root): a start is then as
+        slow as without it, never broken."""
+        if self._prime_off:
+            return
+        why = prime_moves(self.version)
+        if why is not None:
+            self._prime_off = True
+            log.warning("cgroup.prime_off", reason=why,
+                        hint="starts wait for the kernel's grace period on the start path")
 
     def check_parent(self, parent: str) -> None:
         """``HostConfig.CgroupParent``'s checks (contract 2.14): ``ValueError``."""

@@ -331,3 +331,112 @@ def test_kernel_memory_is_refused_with_the_reason(daemon: Daemon) -> None:
     err = res.stderr.decode()
     assert "Kernel memory limit is not supported" in err
     assert ("cgroup v2" in err) if V2 else ("memory.kmem.limit_in_bytes" in err), err
+
+
+# -- a created container's groups, made ahead of its start (cgroupprime.py) ------
+
+def group_dirs(d: Daemon, cid: str) -> list[Path]:
+    """The container's groups on the host, in every hierarchy that has one."""
+    parent = d.config["cgroup-parent"]
+    if V2:
+        return [p for p in [Path("/sys/fs/cgroup", parent, cid)] if p.is_dir()]
+    return [p for p in Path("/sys/fs/cgroup").glob(f"*/{parent}/{cid}") if p.is_dir()]
+
+
+def wait_groups(d: Daemon, cid: str, present: bool, timeout: float = 10) -> list[Path]:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = group_dirs(d, cid)
+        if bool(found) == present or time.monotonic() > deadline:
+            return found
+        time.sleep(0.02)
+
+
+def test_created_groups_are_made_ahead_follow_update_and_go_with_rm(daemon: Daemon) -> None:
+    """docker create makes the container's groups in the background, with its
+    limits (its start then finds them, and the kernel's grace period for
+    the move over); a limit changed before the start is the one the
+    container gets; rm of a container that never started removes them."""
+    n = name()
+    limit = cat("memory/memory.limit_in_bytes", "memory.max")
+    cid = daemon.docker("create", "--name", n, "--memory", "32m", "--memory-swap", "64m",
+                        "busybox", "sh", "-c", limit, check=True).stdout.decode().strip()
+    try:
+        assert wait_groups(daemon, cid, True), "no groups made at create"
+        host_limit = host_group_file(daemon, cid, "memory/memory.limit_in_bytes", "memory.max")
+        assert host_limit.read_text().strip() == str(32 * MiB)
+        daemon.docker("update", "--memory", "48m", "--memory-swap", "96m", n, check=True)
+        out = daemon.docker("start", "-a", n, check=True, timeout=60).stdout.decode()
+        assert out.strip() == str(48 * MiB)
+    finally:
+        daemon.docker("rm", "-f", n, check=True)
+    assert not group_dirs(daemon, cid)
+
+    n2 = name()
+    cid2 = daemon.docker("create", "--name", n2, "busybox", "true",
+                         check=True).stdout.decode().strip()
+    assert wait_groups(daemon, cid2, True)
+    daemon.docker("rm", n2, check=True)
+    assert not group_dirs(daemon, cid2), "rm left the groups made at create"
+
+
+def test_at_most_eight_created_containers_have_groups_ahead(daemon: Daemon) -> None:
+    """A thousand ``docker create`` must not make a thousand empty memory
+    groups: only ``AHEAD_MAX`` created containers have theirs, and the
+    others make them at start, as before."""
+    from skiff.core.containers.cgroupprime import AHEAD_MAX
+
+    names = [name() for _ in range(AHEAD_MAX + 3)]
+    ids = [daemon.docker("create", "--name", n, "busybox", "true",
+                         check=True).stdout.decode().strip() for n in names]
+    try:
+        time.sleep(0.5)  # every background make has long finished
+        with_groups = [c for c in ids if group_dirs(daemon, c)]
+        assert len(with_groups) == AHEAD_MAX, (len(with_groups), AHEAD_MAX)
+        assert with_groups == ids[:AHEAD_MAX]
+        # one without: its start makes them; it runs, exits and keeps none
+        res = daemon.docker("start", "-a", names[-1], timeout=60)
+        assert res.returncode == 0, res
+        assert not group_dirs(daemon, ids[-1])
+    finally:
+        daemon.docker("rm", "-f", *names, check=True)
+    assert not any(group_dirs(daemon, c) for c in ids)
+
+
+def test_groups_made_ahead_end_with_the_daemon(tmp_path: Path) -> None:
+    """SIGTERM removes the groups of created containers (the next daemon
+    makes them at start); after SIGKILL, the next daemon's reconciliation
+    removes them (it keeps the groups of running containers only).  The
+    container starts either way."""
+    d = Daemon(tmp_path, daemon_config(tmp_path))
+    d.start(timeout=START_TIMEOUT)
+    try:
+        d.skiff("image", "bootstrap", "busybox", timeout=max(60, START_TIMEOUT))
+        cid = d.docker("create", "busybox", "true", check=True).stdout.decode().strip()
+        assert wait_groups(d, cid, True)
+        assert d.stop() == 0
+        assert not group_dirs(d, cid), "SIGTERM left a created container's groups"
+        d.start(timeout=START_TIMEOUT)
+        cid2 = d.docker("create", "busybox", "true", check=True).stdout.decode().strip()
+        assert wait_groups(d, cid2, True)
+        assert d.proc is not None
+        os.killpg(d.proc.pid, 9)
+        d.proc.wait()
+        d.proc = None
+        assert group_dirs(d, cid2)  # the crash left them
+        d.start(timeout=START_TIMEOUT)
+        assert not group_dirs(d, cid2), "reconciliation kept a created container's groups"
+        for c in (cid, cid2):
+            res = d.docker("start", "-a", c, timeout=60)
+            assert res.returncode == 0, res
+        d.docker("rm", cid, cid2, check=True)
+    finally:
+        if d.proc is not None:
+            left = d.docker("ps", "-aq", timeout=60).stdout.decode().split()
+            if left:
+                d.docker("rm", "-f", *left, timeout=120)
+            d.stop()
+        shutil.rmtree(tmp_path, ignore_errors=True)
+    parent = d.config["cgroup-parent"]
+    assert not [p for p in [Path("/sys/fs/cgroup", parent),
+                            *Path("/sys/fs/cgroup").glob(f"*/{parent}")] if p.exists()]

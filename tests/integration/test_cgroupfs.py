@@ -490,3 +490,88 @@ def test_bad_container_id(h: Harness, bad: str) -> None:
     with pytest.raises(ValueError, match="invalid container id"):
         h.driver.create(bad, resources_from({}))
     assert not leftovers(h.parent)
+
+
+PRIME_CHILD = r"""
+import ctypes, json, os, sys
+from skiff.plugins.limits import cgroupfs_base as b
+version, mode = int(sys.argv[1]), sys.argv[2]
+sys.stdin.readline()  # the test has moved us into the container's groups
+if mode != "plain":
+    # a cgroup namespace rooted at our group: /proc/self/cgroup says "/"
+    if ctypes.CDLL(None, use_errno=True).unshare(0x02000000) != 0:
+        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWCGROUP)")
+out = {"why": b.prime_moves(version)}
+if mode == "driver":
+    from skiff.core.hookspecs import CgroupContext
+    from skiff.plugins.limits.cgroupfs import cgroupfs_factory
+    d = cgroupfs_factory(CgroupContext(sys.argv[3]))
+    d.prime()
+    out["off"] = d._prime_off
+    d.prime()
+if mode == "naive":
+    # the protection off: our group read from /proc/self/cgroup alone, joined
+    # to the mount point, without checking the mount's root in mountinfo
+    for line in open("/proc/self/cgroup"):
+        _, names, path = line.rstrip("\n").split(":", 2)
+        if (version == 1 and names == "pids") or (version == 2 and names == ""):
+            point = "/sys/fs/cgroup/pids" if version == 1 else "/sys/fs/cgroup"
+            target = os.path.join(point, path.lstrip("/"), "cgroup.procs")
+    fd = os.open(target, os.O_WRONLY)
+    os.write(fd, b"0")
+    os.close(fd)
+    out["wrote"] = target
+print(json.dumps(out), flush=True)
+sys.stdin.readline()
+"""
+
+
+@pytest.mark.parametrize("mode", ["plain", "cgroupns", "driver", "naive"])
+def test_prime_takes_the_lock_and_never_moves_the_process(h: Harness, mode: str) -> None:
+    """``prime`` (contract 2.18) writes 0, itself, into the group the process is
+    in, read afresh; in a cgroup namespace, where /proc/self/cgroup is
+    relative to the namespace, the mount's root in mountinfo ("/..") shows
+    the path would be wrong and it does nothing (the driver then turns its
+    prime off and says so once).  With that check off (``naive``) the same
+    write moves the process out of its group."""
+    import json
+
+    c = cid()
+    h.driver.create(c, resources_from({}))
+    child = h.spawn(sys.executable, "-c", PRIME_CHILD, str(h.driver.version), mode,
+                    h.parent, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert child.stdin is not None and child.stdout is not None
+    try:
+        h.driver.add_process(c, child.pid)
+        before = cgroup_of(child.pid)
+        child.stdin.write(b"\n")
+        child.stdin.flush()
+        lines = [child.stdout.readline()]
+        while not lines[-1].startswith(b"{"):
+            lines.append(child.stdout.readline())
+        out = json.loads(lines[-1])
+        after = cgroup_of(child.pid)
+        pids_key = "pids" if h.driver.version == 1 else ""
+        assert before[pids_key].endswith(f"/{h.parent}/{c}")
+        if mode == "plain":
+            assert out["why"] is None
+            assert after == before
+        elif mode in ("cgroupns", "driver"):
+            assert out["why"] == "the daemon's own group is not in a mounted hierarchy"
+            assert after == before
+            if mode == "driver":
+                assert out["off"] is True
+                # the warning once, though prime was called twice
+                assert sum(b"cgroup.prime_off" in x for x in lines) == 1, lines
+        else:
+            assert out["why"] is not None
+            assert after[pids_key] == "/", (out, after)  # moved to the root group
+        child.stdin.write(b"\n")
+        child.stdin.flush()
+        assert child.wait(10) == 0
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        h.driver.destroy(c)
+
