@@ -5,10 +5,11 @@ exec's process) writes a ``cgroup.procs``.  The first such write after an
 idle spell waits for an RCU grace period, 5 to 15 ms on this VM: on cgroup v1
 it was the largest single piece of a start (docs/benchmarks.md, the start
 path's budget).  Writes for about one grace period after the last are fast.
-So when a move is likely soon (a container was just created, a start or an
-exec begins) the daemon has the cgroup driver pay that wait in a worker
-thread beside the request's own work (``CgroupDriver.prime``, contract 2.18):
-the move on the start path then finds the lock ready.
+So when a move is likely soon the daemon has the cgroup driver pay that wait
+in a worker thread beside the request's own work (``CgroupDriver.prime``,
+contract 2.18), and the move then finds the lock ready: a container's create
+makes its groups and primes (``GroupsAhead``), an exec primes at its create
+and its start.  A start itself never primes: see ``GroupsAhead``.
 """
 
 from __future__ import annotations

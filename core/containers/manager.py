@@ -469,12 +469,22 @@ class ContainerManager:
             os.close(fd)
         # read while the init waits for "go": the pid is certainly that process
         pid_start = pidproof.start_time(process.pid) or 0
+        snapshot: tuple[str, str | None] | None = None
         try:
             if spec.tty:  # the pty master (out_r, err_r is -1); sized before go
                 out_r, in_w = take_terminal(process, spec.open_stdin,
                                             c.host_config.get("ConsoleSize"))
             await self._prestart(c, track, process)
-            await process.go()
+            running = State(Status="running", Running=True, Pid=process.pid,
+                            StartedAt=now_rfc3339(), FinishedAt=c.state.FinishedAt,
+                            pid_start=pid_start, boot_id=pidproof.boot_id(),
+                            Health=c.state.Health)
+            # The record says running while go runs: the disk and the init are
+            # waited for at once.  Should go fail, the record is written again
+            # below; a crash in between leaves "running" with a run that never
+            # began, which restore finds ended, as any run that died.
+            snapshot = c.snapshot(running)
+            await self._go_while_saving(c, snapshot, process)
         except BaseException as exc:
             with trio.CancelScope(shield=True):
                 await process.abort()
@@ -484,14 +494,13 @@ class ContainerManager:
                         os.close(fd)
                 if log_driver is not None:
                     log_driver.close()
-            if isinstance(exc, StartError):
-                c.state.Error = str(exc)
-                c.state.ExitCode = exc.exit_code
-                c.save()
+                if isinstance(exc, StartError):
+                    c.state.Error = str(exc)
+                    c.state.ExitCode = exc.exit_code
+                if snapshot is not None or isinstance(exc, StartError):
+                    await self.to_thread(c.save)
             raise
-        c.state = State(Status="running", Running=True, Pid=process.pid,
-                        StartedAt=now_rfc3339(), FinishedAt=c.state.FinishedAt, pid_start=pid_start,
-                        boot_id=pidproof.boot_id(), Health=c.state.Health)
+        c.state = running
         track.process = process
         track.spec, track.spec_loader = spec, None
         track.stopping = False
@@ -501,11 +510,35 @@ class ContainerManager:
                                if self.config.get("live-restore") and not spec.tty
                                else trio.lowlevel.FdStream(in_w))
             track.hub.stdin_ready.set()
-        c.save()
         self.spawn(self._monitor, c, track, process, out_r, err_r, log_driver)
         self.event(c, "start")
         log.info("container.start", id=c.id, pid=process.pid,
                  ms=round((time.perf_counter() - t0) * 1000, 2))
+
+    async def _go_while_saving(self, c: Container, snapshot: tuple[str, str | None],
+                               process: ContainerProcess) -> None:
+        """``process.go()`` with the record written beside it, in a worker
+        thread; raises what either raised (go's error first), as itself, not
+        in an exception group."""
+        written = trio.Event()
+        failed: list[Exception] = []
+
+        async def write() -> None:
+            try:
+                await self.to_thread(c.write_snapshot, snapshot)
+            except Exception as exc:  # noqa: BLE001: raised below, by the start
+                failed.append(exc)
+            finally:
+                written.set()
+
+        self.spawn(write)
+        try:
+            await process.go()
+        finally:
+            with trio.CancelScope(shield=True):
+                await written.wait()
+        if failed:
+            raise failed[0]
 
     async def _prestart(self, c: Container, track: Track, process: ContainerProcess) -> None:
         if self.cgroups is not None:

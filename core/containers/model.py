@@ -134,6 +134,25 @@ class Container:
         self._write_record()
         self._write_host_config(durable=True)
 
+    def snapshot(self, state: State) -> tuple[str, str | None]:
+        """What ``save`` would write with ``state`` as the state (``self.state``
+        is left as it is): the record's text, and the host config's when it
+        changed.  Made on the event loop, written by ``write_snapshot`` in a
+        worker thread: the dicts are never read while the loop changes them."""
+        record = self._record()
+        record["State"] = asdict(state)
+        hc = json.dumps(self.host_config, separators=(",", ":"))
+        return (json.dumps(record, separators=(",", ":")),
+                hc if hc != self._saved_host_config else None)
+
+    def write_snapshot(self, snapshot: tuple[str, str | None]) -> None:
+        """Write a ``snapshot`` as ``save`` writes (safe in a worker thread)."""
+        record, hc = snapshot
+        write_atomic(os.path.join(self.root, "config.v2.json"), record, durable=False)
+        if hc is not None:
+            write_atomic(os.path.join(self.root, "hostconfig.json"), hc, durable=True)
+            self._saved_host_config = hc
+
     def save_new(self) -> None:
         """The record of a container being created, written once, at the end of
         its create: hostconfig.json first, config.v2.json last, so a crash in
@@ -152,7 +171,11 @@ class Container:
             self._saved_host_config = hc
 
     def _write_record(self) -> None:
-        record = {
+        write_json_atomic(os.path.join(self.root, "config.v2.json"), self._record(),
+                          durable=False)
+
+    def _record(self) -> dict[str, Any]:
+        return {
             "ID": self.id,
             "Name": "/" + self.name,
             "Created": self.created,
@@ -174,7 +197,6 @@ class Container:
             "MountPoints": self.mount_points,
             "SkiffUserns": self.userns,
         }
-        write_json_atomic(os.path.join(self.root, "config.v2.json"), record, durable=False)
 
     @classmethod
     def load(cls, root: str) -> Container:

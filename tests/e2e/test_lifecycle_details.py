@@ -433,3 +433,26 @@ def test_settings_skiff_cannot_honour_are_refused(daemon: Daemon, host_config: d
         assert len(client.api.containers(all=True)) == before
     finally:
         client.close()
+
+
+def test_an_exec_that_fails_at_go_leaves_no_running_record(daemon: Daemon,
+                                                            tmp_path: Path) -> None:
+    """A start writes its record ("running") beside go, in a worker thread;
+    when the command's execve fails only then (a file the kernel cannot run),
+    the record on disk says what happened, not "running"."""
+    bad = tmp_path / "notelf"
+    bad.write_bytes(b"\x00\x01 not a program\n")
+    bad.chmod(0o755)
+    name = unique("goerr")
+    try:
+        res = daemon.docker("run", "--name", name, "--network", "none", "-v",
+                            f"{bad}:/notelf:ro", "busybox", "/notelf")
+        assert res.returncode != 0 and b"exec format error" in res.stderr, res
+        cid = daemon.docker("inspect", "-f", "{{.Id}}", name, check=True).stdout.decode().strip()
+        record = json.loads((daemon.root_dir / "containers" / cid / "config.v2.json")
+                            .read_text())
+        assert record["State"]["Running"] is False, record["State"]
+        assert record["State"]["Status"] == "created"
+        assert "exec format error" in record["State"]["Error"], record["State"]
+    finally:
+        daemon.docker("rm", "-f", name)
