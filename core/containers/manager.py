@@ -51,7 +51,7 @@ from skiff.core.containers.config import (
 from skiff.core.containers.config import runtime as config_runtime
 from skiff.core.containers.logopts import check_generic
 from skiff.core.containers.logstream import LogStreams, open_run_log
-from skiff.core.containers.model import Container, State
+from skiff.core.containers.model import Container, Snapshot, State
 from skiff.core.containers.netns import namespace_of
 from skiff.core.containers.networking import NetworkAttachment
 from skiff.core.containers.registry import ContainerRegistry, Notice, ToThread, Track
@@ -79,7 +79,13 @@ if TYPE_CHECKING:
     from skiff.core.containers.netrates import Shaping
     from skiff.core.containers.userns import RangeAllocator
     from skiff.core.events import Publish
-    from skiff.core.hookspecs import CgroupDriver, NetworkDriver, Runtime, StorageDriver
+    from skiff.core.hookspecs import (
+        CgroupDriver,
+        NetworkDriver,
+        NetworkNamespace,
+        Runtime,
+        StorageDriver,
+    )
     from skiff.core.images.layers import LayerStore
     from skiff.core.images.store import ImageStore
     from skiff.core.networks import NetworkStore
@@ -329,8 +335,10 @@ class ContainerManager:
             c.graph_data = await self.to_thread(self.storage.metadata, mount_id)
             c.mount_points = await self.to_thread(container_mounts.realize, self.volumes,
                                                   self.registry.get, self.storage, c, mount_plan)
-            etcfiles.write_at_create(c, self._nameserver(c), netns)
-            c.save_new()
+            # the files and the record in one worker-thread hop: their writes
+            # and fsyncs no longer hold up the event loop
+            await self.to_thread(self._write_new, c, self._nameserver(c), netns,
+                                 c.snapshot(c.state))
             self.plugins.hook.skiff_container_create(container=c)
         except BaseException:
             await self._discard(c)
@@ -339,6 +347,14 @@ class ContainerManager:
         log.info("container.create", id=cid, name=name, image=image_ref,
                  storage=self.storage_name, network=network_mode)
         return cid, []
+
+    @staticmethod
+    def _write_new(c: Container, nameserver: str | bool, netns: NetworkNamespace,
+                   snapshot: Snapshot) -> None:
+        """A new container's hostname, hosts and resolv.conf, then its record
+        (as ``Container.save_new``: hostconfig.json first)."""
+        etcfiles.write_at_create(c, nameserver, netns)
+        c.write_snapshot(snapshot, new=True)
 
     async def _assign_userns(self, c: Container) -> IdMap | None:
         """Give ``c`` its user namespace's mapping (recorded in ``c.userns``): the
@@ -469,7 +485,7 @@ class ContainerManager:
             os.close(fd)
         # read while the init waits for "go": the pid is certainly that process
         pid_start = pidproof.start_time(process.pid) or 0
-        snapshot: tuple[str, str | None] | None = None
+        snapshot: Snapshot | None = None
         try:
             if spec.tty:  # the pty master (out_r, err_r is -1); sized before go
                 out_r, in_w = take_terminal(process, spec.open_stdin,
@@ -515,7 +531,7 @@ class ContainerManager:
         log.info("container.start", id=c.id, pid=process.pid,
                  ms=round((time.perf_counter() - t0) * 1000, 2))
 
-    async def _go_while_saving(self, c: Container, snapshot: tuple[str, str | None],
+    async def _go_while_saving(self, c: Container, snapshot: Snapshot,
                                process: ContainerProcess) -> None:
         """``process.go()`` with the record written beside it, in a worker
         thread; raises what either raised (go's error first), as itself, not
@@ -724,7 +740,7 @@ class ContainerManager:
         # start (restart.after_restore), never left half-removed; an
         # auto-removed container that is not running is removed there anyway
         if not c.host_config.get("AutoRemove"):
-            c.save()
+            await self.to_thread(c.write_snapshot, c.snapshot(c.state))
         self.plugins.hook.skiff_container_remove(container=c)
         try:
             # the driver's removal of both layers (half of an exit+rm) follows
