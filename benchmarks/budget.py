@@ -215,7 +215,11 @@ def install(path: str, targets: dict[str, str], by_path: bool = False) -> list[s
         fn = getattr(owner, attr, None) if owner is not None else None
         if fn is None:
             continue
-        setattr(owner, attr, _wrap(trace, fn, label))
+        wrapped = _wrap(trace, fn, label)
+        # a static method must stay one, or the class would pass itself in
+        if isinstance(inspect.getattr_static(owner, attr), staticmethod):
+            wrapped = staticmethod(wrapped)
+        setattr(owner, attr, wrapped)
         done.append(label)
     return done
 
