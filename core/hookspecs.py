@@ -95,8 +95,10 @@ group, blocking while it waits, without moving anything.  On cgroup v1 and
 v2 the first write to a ``cgroup.procs`` after an idle spell waits for an RCU
 grace period (5 to 15 ms), and writes for about a grace period after it do
 not; the daemon calls ``prime`` from a worker thread, not awaited, when a
-move is likely soon (a container created, a start or an exec begun), so the
-move on the start path finds the wait over.  It must never move a process
+move is likely soon (a container created, an exec created or started), so
+the move on the start path finds the wait over.  Never at a start: a prime
+holds the kernel's ``cgroup_mutex`` while it waits, and the start's own
+``mkdir`` of the groups would wait for it.  It must never move a process
 out of its group, and a failure only makes it do nothing from then on.
 Optional, not a Protocol member.
 

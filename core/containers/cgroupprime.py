@@ -36,8 +36,9 @@ class CgroupPrimer:
     whose prime fails is the same as one without it.
     """
 
-    def __init__(self, cgroups: Any, to_thread: Callable[..., Awaitable[Any]],
+    def __init__(self, cgroups: CgroupDriver | None, to_thread: Callable[..., Awaitable[Any]],
                  spawn: Callable[..., None]) -> None:
+        # optional in the contract: a driver without it (or none) primes nothing
         self._prime: Callable[[], None] | None = getattr(cgroups, "prime", None)
         self._to_thread = to_thread
         self._spawn = spawn

@@ -245,8 +245,7 @@ class ExecManager:
             console_size=body.get("ConsoleSize") or None,
         )
         self.by_id[ex.id] = ex
-        if self.cgroups is not None:
-            self.prime()  # the start follows: its move finds the grace period over
+        self.prime()  # the start follows: its move finds the grace period over
         self.registry.event(c, f"exec_create: {ex.command}", execID=ex.id)
         log.info("exec.create", id=ex.id, container=c.id, cmd=ex.command)
         return ex.id
@@ -306,8 +305,7 @@ class ExecManager:
         ex = self.check_startable(exec_id)
         c = ex.container
         ex.started = True
-        if self.cgroups is not None:
-            self.prime()
+        self.prime()
         track = self.registry.tracks.get(c.id)
         spec = self._spec(ex, await track.run_spec() if track is not None else None)
         attached = stream is not None

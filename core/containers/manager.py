@@ -514,7 +514,7 @@ class ContainerManager:
                     c.state.Error = str(exc)
                     c.state.ExitCode = exc.exit_code
                 if snapshot is not None or isinstance(exc, StartError):
-                    await self.to_thread(c.save)
+                    await self.to_thread(c.write_snapshot, c.snapshot(c.state))
             raise
         c.state = running
         track.process = process

@@ -101,13 +101,18 @@ def check_name(what: str, name: str) -> str:
 
 def own_cgroup(controller: str | None) -> str:
     """The daemon's own group in one hierarchy (``None``: the v2 one)."""
+    return found_cgroup(controller) or "/"
+
+
+def found_cgroup(controller: str | None) -> str | None:
+    """``own_cgroup`` read afresh, or None where /proc/self/cgroup does not say."""
     with contextlib.suppress(OSError), open("/proc/self/cgroup") as f:
         for line in f:
             _, names, path = line.rstrip("\n").split(":", 2)
             if (names == "" and controller is None) or (
                     controller is not None and controller in names.split(",")):
                 return path
-    return "/"
+    return None
 
 
 def resolve_parent(parent: str, own: str) -> str:
@@ -222,52 +227,32 @@ def rmdir_retry(path: str, deadline: float) -> None:
         delay = min(delay * 2, 0.05)
 
 
-def _mountinfo() -> Iterator[tuple[str, str, set[str]]]:
-    """``(mount point, fstype, super options)`` of every cgroup mount."""
+def _mountinfo() -> Iterator[tuple[str, str, set[str], str]]:
+    """``(mount point, fstype, super options, root)`` of every cgroup mount;
+    root is the group the mount shows at its top (``/``: the hierarchy's own
+    root; in a cgroup namespace, ``/..`` for a mount from outside it)."""
     with open("/proc/self/mountinfo") as f:
         for line in f:
             left, _, right = line.partition(" - ")
             fields, rfields = left.split(), right.split()
             if len(rfields) >= 3 and rfields[0] in ("cgroup", "cgroup2"):
                 # octal escapes (\040) in mount points: cgroupfs paths never have them
-                yield fields[4], rfields[0], set(rfields[2].split(","))
+                yield fields[4], rfields[0], set(rfields[2].split(",")), fields[3]
 
 
-def _own_procs_file(version: int) -> str | None:
-    """The ``cgroup.procs`` of the group this process is in, in one hierarchy
-    mounted from its root (v1: the first such; v2: the unified one), read
-    afresh: None when there is none to be found."""
-    own: dict[str, str] = {}
-    with contextlib.suppress(OSError), open("/proc/self/cgroup") as f:
-        for line in f:
-            _, names, path = line.rstrip("\n").split(":", 2)
-            own[names] = path
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            fields, rfields = left.split(), right.split()
-            if len(rfields) < 3 or fields[3] != "/" or not fields[4].startswith(CGROUP_ROOT):
-                continue
-            if version == 2 and rfields[0] == "cgroup2" and "" in own:
-                path = own[""]
-            elif version == 1 and rfields[0] == "cgroup":
-                controllers = [o for o in rfields[2].split(",") if o in V1_CONTROLLERS]
-                path = next((p for names, p in own.items()
-                             if names and set(names.split(",")) & set(controllers)), "")
-            else:
-                continue
-            if path.startswith("/"):
-                return os.path.join(fields[4], path.lstrip("/"), "cgroup.procs")
-    return None
+def prime_target(version: int) -> tuple[str, str | None] | None:
+    """Where a prime writes: a hierarchy mounted from its root, as (mount
+    point, a controller of it; None for v2), or None when there is none."""
+    if version == 2:
+        return next(((point, None) for point, fstype, _, root in _mountinfo()
+                     if fstype == "cgroup2" and point == CGROUP_ROOT and root == "/"), None)
+    roots = {point: root for point, fstype, _, root in _mountinfo() if fstype == "cgroup"}
+    return next(((point, controllers.split(",")[0])
+                 for point, controllers in v1_hierarchies().items()
+                 if roots.get(point) == "/"), None)
 
 
-#: v1 controllers whose hierarchies a prime may use (never a named one)
-V1_CONTROLLERS = frozenset({"pids", "freezer", "devices", "memory", "cpu", "cpuacct",
-                            "cpuset", "blkio", "net_cls", "net_prio", "perf_event",
-                            "hugetlb", "rdma", "misc"})
-
-
-def prime_moves(version: int) -> str | None:
+def prime_moves(target: tuple[str, str | None] | None) -> str | None:
     """Make the kernel ready for the next move of a process into a group.
 
     On both cgroup versions a write to a ``cgroup.procs`` takes the kernel's
@@ -276,15 +261,20 @@ def prime_moves(version: int) -> str | None:
     writes for about one grace period after the last are fast.  Writing
     ``0`` (the writer itself) into the group this process is already in
     takes the lock and moves nothing, so a move made soon after costs tens
-    of microseconds.  Blocks for the grace period; returns why it could not
-    (None: done).  The group is read from ``/proc/self/cgroup`` right
-    before the write, so the process is never moved anywhere.
+    of microseconds.  ``target``: ``prime_target``'s.  Blocks for the grace
+    period; returns why it could not (None: done).  The group is read from
+    ``/proc/self/cgroup`` right before the write, so the process is never
+    moved anywhere.
     """
+    if target is None:
+        return "the daemon's own group is not in a mounted hierarchy"
+    point, controller = target
+    own = found_cgroup(controller)
+    if own is None or not own.startswith("/"):
+        return "the daemon's own group is not in a mounted hierarchy"
     try:
-        target = _own_procs_file(version)
-        if target is None:
-            return "the daemon's own group is not in a mounted hierarchy"
-        fd = os.open(target, os.O_WRONLY | os.O_CLOEXEC)
+        fd = os.open(os.path.join(point, own.lstrip("/"), "cgroup.procs"),
+                     os.O_WRONLY | os.O_CLOEXEC)
         try:
             os.write(fd, b"0")
         finally:
@@ -303,7 +293,7 @@ def v1_hierarchies() -> dict[str, str]:
     options = {"rw", "ro", "noprefix", "clone_children", "xattr", "cpuset_v2_mode",
                "favordynmods", "nofavordynmods"}
     found: dict[str, str] = {}
-    for point, fstype, opts in _mountinfo():
+    for point, fstype, opts, _ in _mountinfo():
         if fstype != "cgroup" or any(o.startswith("name=") for o in opts):
             continue
         controllers = sorted(o for o in opts if o not in options and "=" not in o)
@@ -344,6 +334,9 @@ class CgroupfsBase:
         self._made: set[str] = set()
         self._own_groups: dict[str | None, str] = {}
         self._prime_off = False
+        #: where prime writes (``prime_target``), looked for at the first prime
+        self._prime_target: tuple[str, str | None] | None = None
+        self._prime_looked = False
         with contextlib.suppress(OSError, ValueError, TypeError, AttributeError), \
                 open(self._state_file) as f:
             state = json.load(f)
@@ -364,7 +357,10 @@ class CgroupfsBase:
         slow as without it, never broken."""
         if self._prime_off:
             return
-        why = prime_moves(self.version)
+        if not self._prime_looked:
+            # the mounts do not move under a running daemon: found once
+            self._prime_target, self._prime_looked = prime_target(self.version), True
+        why = prime_moves(self._prime_target)
         if why is not None:
             self._prime_off = True
             log.warning("cgroup.prime_off", reason=why,

@@ -502,7 +502,7 @@ if mode != "plain":
     # a cgroup namespace rooted at our group: /proc/self/cgroup says "/"
     if ctypes.CDLL(None, use_errno=True).unshare(0x02000000) != 0:
         raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWCGROUP)")
-out = {"why": b.prime_moves(version)}
+out = {"why": b.prime_moves(b.prime_target(version))}
 if mode == "driver":
     from skiff.core.hookspecs import CgroupContext
     from skiff.plugins.limits.cgroupfs import cgroupfs_factory
