@@ -53,9 +53,6 @@ TARGETS: dict[str, str] = {
     "skiff.core.containers.etcfiles:write_at_create": "create: hostname, hosts, resolv.conf",
     "skiff.core.containers.model:Container.save": "Container.save",
     "skiff.core.containers.model:Container.save_new": "Container.save_new (create's record)",
-    "skiff.core.containers.manager:ContainerManager._write_new":
-        "create: etc files and record (one worker-thread hop)",
-    "skiff.core.containers.model:Container.write_snapshot": "Container.write_snapshot",
     "skiff.core.containers.manager:ContainerManager.start": "start",
     "skiff.core.containers.manager:ContainerManager.start_run": "start: start_run",
     "skiff.core.containers.runspec:SpecBuilder.build": "start: spec (SpecBuilder.build)",

@@ -51,7 +51,7 @@ from skiff.core.containers.config import (
 from skiff.core.containers.config import runtime as config_runtime
 from skiff.core.containers.logopts import check_generic
 from skiff.core.containers.logstream import LogStreams, open_run_log
-from skiff.core.containers.model import Container, Snapshot, State
+from skiff.core.containers.model import Container, State
 from skiff.core.containers.netns import namespace_of
 from skiff.core.containers.networking import NetworkAttachment
 from skiff.core.containers.registry import ContainerRegistry, Notice, ToThread, Track
@@ -79,13 +79,7 @@ if TYPE_CHECKING:
     from skiff.core.containers.netrates import Shaping
     from skiff.core.containers.userns import RangeAllocator
     from skiff.core.events import Publish
-    from skiff.core.hookspecs import (
-        CgroupDriver,
-        NetworkDriver,
-        NetworkNamespace,
-        Runtime,
-        StorageDriver,
-    )
+    from skiff.core.hookspecs import CgroupDriver, NetworkDriver, Runtime, StorageDriver
     from skiff.core.images.layers import LayerStore
     from skiff.core.images.store import ImageStore
     from skiff.core.networks import NetworkStore
@@ -335,10 +329,8 @@ class ContainerManager:
             c.graph_data = await self.to_thread(self.storage.metadata, mount_id)
             c.mount_points = await self.to_thread(container_mounts.realize, self.volumes,
                                                   self.registry.get, self.storage, c, mount_plan)
-            # the files and the record in one worker-thread hop: their writes
-            # and fsyncs no longer hold up the event loop
-            await self.to_thread(self._write_new, c, self._nameserver(c), netns,
-                                 c.snapshot(c.state))
+            etcfiles.write_at_create(c, self._nameserver(c), netns)
+            c.save_new()
             self.plugins.hook.skiff_container_create(container=c)
         except BaseException:
             await self._discard(c)
@@ -347,14 +339,6 @@ class ContainerManager:
         log.info("container.create", id=cid, name=name, image=image_ref,
                  storage=self.storage_name, network=network_mode)
         return cid, []
-
-    @staticmethod
-    def _write_new(c: Container, nameserver: str | bool, netns: NetworkNamespace,
-                   snapshot: Snapshot) -> None:
-        """A new container's hostname, hosts and resolv.conf, then its record
-        (as ``Container.save_new``: hostconfig.json first)."""
-        etcfiles.write_at_create(c, nameserver, netns)
-        c.write_snapshot(snapshot, new=True)
 
     async def _assign_userns(self, c: Container) -> IdMap | None:
         """Give ``c`` its user namespace's mapping (recorded in ``c.userns``): the
@@ -485,22 +469,12 @@ class ContainerManager:
             os.close(fd)
         # read while the init waits for "go": the pid is certainly that process
         pid_start = pidproof.start_time(process.pid) or 0
-        snapshot: Snapshot | None = None
         try:
             if spec.tty:  # the pty master (out_r, err_r is -1); sized before go
                 out_r, in_w = take_terminal(process, spec.open_stdin,
                                             c.host_config.get("ConsoleSize"))
             await self._prestart(c, track, process)
-            running = State(Status="running", Running=True, Pid=process.pid,
-                            StartedAt=now_rfc3339(), FinishedAt=c.state.FinishedAt,
-                            pid_start=pid_start, boot_id=pidproof.boot_id(),
-                            Health=c.state.Health)
-            # The record says running while go runs: the disk and the init are
-            # waited for at once.  Should go fail, the record is written again
-            # below; a crash in between leaves "running" with a run that never
-            # began, which restore finds ended, as any run that died.
-            snapshot = c.snapshot(running)
-            await self._go_while_saving(c, snapshot, process)
+            await process.go()
         except BaseException as exc:
             with trio.CancelScope(shield=True):
                 await process.abort()
@@ -510,13 +484,18 @@ class ContainerManager:
                         os.close(fd)
                 if log_driver is not None:
                     log_driver.close()
-                if isinstance(exc, StartError):
-                    c.state.Error = str(exc)
-                    c.state.ExitCode = exc.exit_code
-                if snapshot is not None or isinstance(exc, StartError):
-                    await self.to_thread(c.write_snapshot, c.snapshot(c.state))
+            if isinstance(exc, StartError):
+                c.state.Error = str(exc)
+                c.state.ExitCode = exc.exit_code
+                c.save()
             raise
-        c.state = running
+        # The state and its record change together, on the loop: a record
+        # written beside go, in a worker thread, was overwritten by any other
+        # save of the container meanwhile (its state still "created"), and a
+        # crash then left a started container recorded as created (CI's chaos)
+        c.state = State(Status="running", Running=True, Pid=process.pid,
+                        StartedAt=now_rfc3339(), FinishedAt=c.state.FinishedAt, pid_start=pid_start,
+                        boot_id=pidproof.boot_id(), Health=c.state.Health)
         track.process = process
         track.spec, track.spec_loader = spec, None
         track.stopping = False
@@ -526,35 +505,11 @@ class ContainerManager:
                                if self.config.get("live-restore") and not spec.tty
                                else trio.lowlevel.FdStream(in_w))
             track.hub.stdin_ready.set()
+        c.save()
         self.spawn(self._monitor, c, track, process, out_r, err_r, log_driver)
         self.event(c, "start")
         log.info("container.start", id=c.id, pid=process.pid,
                  ms=round((time.perf_counter() - t0) * 1000, 2))
-
-    async def _go_while_saving(self, c: Container, snapshot: Snapshot,
-                               process: ContainerProcess) -> None:
-        """``process.go()`` with the record written beside it, in a worker
-        thread; raises what either raised (go's error first), as itself, not
-        in an exception group."""
-        written = trio.Event()
-        failed: list[Exception] = []
-
-        async def write() -> None:
-            try:
-                await self.to_thread(c.write_snapshot, snapshot)
-            except Exception as exc:  # noqa: BLE001: raised below, by the start
-                failed.append(exc)
-            finally:
-                written.set()
-
-        self.spawn(write)
-        try:
-            await process.go()
-        finally:
-            with trio.CancelScope(shield=True):
-                await written.wait()
-        if failed:
-            raise failed[0]
 
     async def _prestart(self, c: Container, track: Track, process: ContainerProcess) -> None:
         if self.cgroups is not None:
@@ -740,7 +695,7 @@ class ContainerManager:
         # start (restart.after_restore), never left half-removed; an
         # auto-removed container that is not running is removed there anyway
         if not c.host_config.get("AutoRemove"):
-            await self.to_thread(c.write_snapshot, c.snapshot(c.state))
+            c.save()
         self.plugins.hook.skiff_container_remove(container=c)
         try:
             # the driver's removal of both layers (half of an exit+rm) follows

@@ -12,7 +12,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from skiff.core.atomic import write_atomic
+from skiff.core.atomic import write_atomic, write_json_atomic
 from skiff.core.containers.endpoints import shown
 from skiff.core.containers.health import ps_suffix as health_suffix
 from skiff.core.timefmt import format_duration_ago, parse_rfc3339
@@ -63,16 +63,6 @@ class State:
 
 _PRIVATE_STATE = ("changed", "pid_start", "boot_id")
 _STATE_FIELDS = frozenset(State.__dataclass_fields__)
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """A container's record as text, made on the event loop to be written in a
-    worker thread (``Container.snapshot``)."""
-
-    record: str
-    host_config: str
-    host_config_changed: bool
 
 
 @dataclass
@@ -141,34 +131,8 @@ class Container:
         # State changes at every start and stop; its rename need not be durable
         # (a crash leaves the previous state, which restore() handles).  The
         # host config changes rarely: rewrite it only when it did.
-        self.write_snapshot(self.snapshot(self.state))
-
-    def snapshot(self, state: State) -> Snapshot:
-        """What ``save`` would write with ``state`` as the state (``self.state``
-        is left as it is).  Made on the event loop, written by
-        ``write_snapshot`` in a worker thread: the dicts are never read while
-        the loop changes them."""
-        record = self._record()
-        record["State"] = asdict(state)
-        hc = json.dumps(self.host_config, separators=(",", ":"))
-        return Snapshot(json.dumps(record, separators=(",", ":")), hc,
-                        hc != self._saved_host_config)
-
-    def write_snapshot(self, snapshot: Snapshot, *, new: bool = False) -> None:
-        """Write a ``snapshot`` as ``save`` writes, or with ``new`` as
-        ``save_new`` does (safe in a worker thread)."""
-        record = os.path.join(self.root, "config.v2.json")
-        if new:
-            write_atomic(os.path.join(self.root, "hostconfig.json"), snapshot.host_config,
-                         durable=False)
-            self._saved_host_config = snapshot.host_config
-            write_atomic(record, snapshot.record, durable=False)
-            return
-        write_atomic(record, snapshot.record, durable=False)
-        if snapshot.host_config_changed:
-            write_atomic(os.path.join(self.root, "hostconfig.json"), snapshot.host_config,
-                         durable=True)
-            self._saved_host_config = snapshot.host_config
+        self._write_record()
+        self._write_host_config(durable=True)
 
     def save_new(self) -> None:
         """The record of a container being created, written once, at the end of
@@ -178,10 +142,17 @@ class Container:
         be loaded).  Each file is fsynced before its rename; no directory
         fsync: the container's own directory entry is not fsynced either, and
         journalled renames in one directory reach the disk in order."""
-        self.write_snapshot(self.snapshot(self.state), new=True)
+        self._write_host_config(durable=False)
+        self._write_record()
 
-    def _record(self) -> dict[str, Any]:
-        return {
+    def _write_host_config(self, *, durable: bool) -> None:
+        hc = json.dumps(self.host_config, separators=(",", ":"))
+        if hc != self._saved_host_config:
+            write_atomic(os.path.join(self.root, "hostconfig.json"), hc, durable=durable)
+            self._saved_host_config = hc
+
+    def _write_record(self) -> None:
+        record = {
             "ID": self.id,
             "Name": "/" + self.name,
             "Created": self.created,
@@ -203,6 +174,7 @@ class Container:
             "MountPoints": self.mount_points,
             "SkiffUserns": self.userns,
         }
+        write_json_atomic(os.path.join(self.root, "config.v2.json"), record, durable=False)
 
     @classmethod
     def load(cls, root: str) -> Container:
